@@ -1,0 +1,235 @@
+"""The image file on the host: real pread/pwrite/fdatasync, optionally through a private overlay.
+
+In overlay mode (the default, like QEMU's -snapshot) the image is opened read-only and every
+write goes to a sparse temporary file with a copy-on-write bitmap of 4 KiB blocks; the
+temporary file is deleted on close.  In write mode the image itself is opened read-write.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import tempfile
+
+from ..errors import ImageError
+
+BLOCK = 4096
+CHUNK = 65536           # digest granularity
+_ZERO_CHUNK_HASH = hashlib.blake2b(bytes(CHUNK), digest_size=16).digest()
+
+
+def _data_ranges(fd: int, size: int) -> list[tuple[int, int]]:
+    """(start, end) of the ranges of fd that hold data (SEEK_DATA/SEEK_HOLE; all of it if unsupported)."""
+    out = []
+    pos = 0
+    try:
+        while pos < size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError as e:
+                if e.errno == errno.ENXIO:
+                    break
+                raise
+            end = os.lseek(fd, start, os.SEEK_HOLE)
+            out.append((start, min(end, size)))
+            pos = end
+    except (OSError, AttributeError):
+        return [(0, size)] if size else []
+    return out
+
+
+class HostFile:
+    """One image file as the protocol layer (QEMU block/file-posix.c) sees it."""
+
+    def __init__(self, path: str, mode: str = "overlay", overlay_dir: str | None = None) -> None:
+        if mode not in ("overlay", "write", "read"):
+            raise ValueError(mode)
+        self.path = path
+        self.mode = mode
+        try:
+            self.fd = os.open(path, os.O_RDWR if mode == "write" else os.O_RDONLY)
+        except FileNotFoundError:
+            raise ImageError(f"{path}: no such file") from None
+        except IsADirectoryError:
+            raise ImageError(f"{path}: is a directory, not an image") from None
+        except PermissionError:
+            raise ImageError(f"{path}: permission denied"
+                             + (" (--write needs a writable image)" if mode == "write" else "")) from None
+        except OSError as e:
+            raise ImageError(f"{path}: cannot open: {e.strerror}") from None
+        st = os.fstat(self.fd)
+        if not (os.path.stat.S_ISREG(st.st_mode) or os.path.stat.S_ISBLK(st.st_mode)):
+            os.close(self.fd)
+            raise ImageError(f"{path}: not a regular file")
+        self.base_size = st.st_size
+        self.size = st.st_size
+        self.ov_fd = -1
+        self.ov_path = ""
+        self.cow = bytearray()
+        if mode == "overlay":
+            d = overlay_dir or tempfile.gettempdir()
+            fd, self.ov_path = tempfile.mkstemp(prefix="vblkdbg-", suffix=".overlay", dir=d)
+            self.ov_fd = fd
+            os.unlink(self.ov_path)          # dropped at exit whatever happens
+            self.cow = bytearray((self.size + BLOCK - 1) // BLOCK)
+        self._hashes: list | None = None
+        self._dirty: set = set()
+        self.syncs = 0
+        self.writes = 0
+
+    # -- raw access ------------------------------------------------------------------
+    def _pread_fd(self, fd: int, off: int, n: int) -> bytes:
+        data = os.pread(fd, n, off)
+        if len(data) < n:
+            data += bytes(n - len(data))
+        return data
+
+    def pread(self, off: int, n: int) -> bytes:
+        """Logical content of [off, off+n); bytes past EOF read as zero (file-posix pads)."""
+        if n <= 0:
+            return b""
+        if self.mode != "overlay":
+            return self._pread_fd(self.fd, off, n)
+        out = bytearray()
+        pos, end = off, off + n
+        while pos < end:
+            blk = pos // BLOCK
+            in_ov = blk < len(self.cow) and self.cow[blk]
+            run_end = min(end, (blk + 1) * BLOCK)
+            while run_end < end:
+                b = run_end // BLOCK
+                if (b < len(self.cow) and self.cow[b]) != in_ov:
+                    break
+                run_end = min(end, (b + 1) * BLOCK)
+            fd = self.ov_fd if in_ov else self.fd
+            if not in_ov and pos >= self.base_size:
+                out += bytes(run_end - pos)
+            else:
+                out += self._pread_fd(fd, pos, run_end - pos)
+            pos = run_end
+        return bytes(out)
+
+    def pwrite(self, off: int, data: bytes) -> None:
+        n = len(data)
+        if n == 0:
+            return
+        self._touch(off, n)
+        self.writes += 1
+        if self.mode == "read":
+            raise OSError(errno.EBADF, "image opened read-only")
+        if self.mode == "write":
+            os.pwrite(self.fd, data, off)
+        else:
+            self._cow_prepare(off, n)
+            os.pwrite(self.ov_fd, data, off)
+        self.size = max(self.size, off + n)
+
+    def _cow_prepare(self, off: int, n: int) -> None:
+        end = off + n
+        need = (max(end, self.size) + BLOCK - 1) // BLOCK
+        if len(self.cow) < need:
+            self.cow.extend(bytes(need - len(self.cow)))
+        first, last = off // BLOCK, (end - 1) // BLOCK
+        for blk in (first, last):
+            if self.cow[blk]:
+                continue
+            bstart = blk * BLOCK
+            partial = off > bstart or end < bstart + BLOCK
+            if partial and bstart < self.base_size:
+                os.pwrite(self.ov_fd, self._pread_fd(self.fd, bstart, BLOCK), bstart)
+        self.cow[first:last + 1] = b"\x01" * (last - first + 1)
+
+    def fdatasync(self) -> None:
+        self.syncs += 1
+        os.fdatasync(self.ov_fd if self.mode == "overlay" else self.fd)
+
+    def truncate(self, size: int) -> None:
+        """ftruncate(): grow or shrink the logical file."""
+        self._touch(min(size, self.size), abs(size - self.size) or 1)
+        if self.mode == "write":
+            os.ftruncate(self.fd, size)
+        elif self.mode == "overlay":
+            os.ftruncate(self.ov_fd, max(size, 0))
+            if size < self.size:
+                first = (size + BLOCK - 1) // BLOCK
+                self.cow[first:] = b"\x01" * (len(self.cow) - first)
+                if size % BLOCK:
+                    self._cow_prepare(size - size % BLOCK, size % BLOCK)
+            self.base_size = min(self.base_size, size)
+        self.size = size
+
+    def close(self) -> None:
+        for fd in (self.ov_fd, self.fd):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self.ov_fd = self.fd = -1
+
+    # -- keeping a result ----------------------------------------------------------------
+    def save_as(self, dest: str) -> None:
+        """Write the logical content to dest (sparse), via a temporary name and a rename."""
+        tmp = dest + ".vblkdbg-tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        try:
+            for start, end in self.data_ranges():
+                pos = start
+                while pos < end:
+                    n = min(end - pos, 1 << 20)
+                    os.pwrite(fd, self.pread(pos, n), pos)
+                    pos += n
+            os.ftruncate(fd, self.size)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, dest)
+
+    # -- digest ----------------------------------------------------------------------------
+    def data_ranges(self) -> list[tuple[int, int]]:
+        if self.mode != "overlay":
+            return _data_ranges(self.fd, self.size)
+        ranges = [(s, min(e, self.size)) for s, e in _data_ranges(self.fd, self.base_size)]
+        blk = self.cow.find(1)
+        while blk != -1:
+            end = self.cow.find(0, blk)
+            end = len(self.cow) if end == -1 else end
+            ranges.append((blk * BLOCK, min(end * BLOCK, self.size)))
+            blk = self.cow.find(1, end) if end < len(self.cow) else -1
+        ranges.sort()
+        merged: list = []
+        for s, e in ranges:
+            if merged and s <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(e, merged[-1][1]))
+            elif e > s:
+                merged.append((s, e))
+        return merged
+
+    def _touch(self, off: int, n: int) -> None:
+        if self._hashes is None:
+            return
+        for c in range(off // CHUNK, (off + n - 1) // CHUNK + 1):
+            self._dirty.add(c)
+
+    def digest(self) -> bytes:
+        """Hash of the logical content and size; only chunks written since the last call are reread."""
+        nchunks = (self.size + CHUNK - 1) // CHUNK
+        if self._hashes is None:
+            self._hashes = [_ZERO_CHUNK_HASH] * nchunks
+            self._dirty = set()
+            for s, e in self.data_ranges():
+                self._dirty.update(range(s // CHUNK, (e - 1) // CHUNK + 1))
+        if len(self._hashes) < nchunks:
+            self._hashes.extend([_ZERO_CHUNK_HASH] * (nchunks - len(self._hashes)))
+            self._dirty.update(range(len(self._hashes) - 1, nchunks))
+        del self._hashes[nchunks:]
+        for c in sorted(self._dirty):
+            if c < nchunks:
+                data = self.pread(c * CHUNK, CHUNK)
+                if c == nchunks - 1 and self.size % CHUNK:
+                    data = data[:self.size % CHUNK] + bytes(CHUNK - self.size % CHUNK)
+                self._hashes[c] = hashlib.blake2b(data, digest_size=16).digest()
+        self._dirty = set()
+        h = hashlib.sha256(self.size.to_bytes(8, "little"))
+        h.update(b"".join(self._hashes))
+        return h.digest()

@@ -1,0 +1,1 @@
+"""The QEMU side: the generic virtio device/virtqueue and the virtio-blk device model."""

@@ -1,0 +1,1 @@
+"""Guest-physical RAM and the guest kernel's allocators."""

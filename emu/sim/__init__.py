@@ -1,0 +1,1 @@
+"""The discrete-event core: scheduler, step registry, effect log, digest."""

@@ -1,0 +1,1 @@
+"""The virtio-pci modern transport: the register file between the guest driver and the device."""

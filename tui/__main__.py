@@ -1,0 +1,4 @@
+"""python -m tui == vblkdbg."""
+from .cli import main
+
+raise SystemExit(main())

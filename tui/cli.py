@@ -1,0 +1,207 @@
+"""vblkdbg's command line: run, create (one-line errors, exit status, JSON for scripts)."""
+from __future__ import annotations
+
+import argparse
+import errno
+import json
+import os
+import sys
+
+from . import __version__
+
+PROG = "vblkdbg"
+
+
+class CliError(Exception):
+    """A user-facing error: printed as one line, exit status 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # one line, exit 2, like argparse but without the usage dump
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def _size(text: str) -> int:
+    from emu.workload import parse_size
+    try:
+        return parse_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _inject(text: str) -> dict:
+    """OP@OFFSET[+LEN][:ERRNO][*COUNT], e.g. write@0x10000+4096:EIO*1, flush:EIO."""
+    from emu.workload import parse_size
+    spec = text
+    count = -1
+    if "*" in spec:
+        spec, c = spec.rsplit("*", 1)
+        if not c.isdigit():
+            raise argparse.ArgumentTypeError(f"bad count in --inject {text!r}")
+        count = int(c)
+    err = errno.EIO
+    if ":" in spec:
+        spec, name = spec.split(":", 1)
+        err = getattr(errno, name.upper(), None) if not name.isdigit() else int(name)
+        if not isinstance(err, int):
+            raise argparse.ArgumentTypeError(f"unknown errno {name!r} in --inject {text!r}")
+    op, _, where = spec.partition("@")
+    ops = {"read": "read", "write": "write", "flush": "flush", "discard": "discard",
+           "write-zeroes": "write_zeroes"}
+    if op not in ops:
+        raise argparse.ArgumentTypeError(
+            f"--inject {text!r}: operation must be one of {', '.join(ops)}")
+    start, end = 0, 1 << 62
+    if where:
+        off, _, ln = where.partition("+")
+        try:
+            start = parse_size(off)
+            end = start + (parse_size(ln) if ln else 1)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(f"--inject {text!r}: {e}") from None
+    return {"op": ops[op], "start": start, "end": end, "errno": err, "count": count}
+
+
+def _add_machine_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("machine")
+    g.add_argument("--seed", type=int, default=0, help="seed of the latency jitter (default 0)")
+    g.add_argument("--queue-size", type=int, default=256, help="virtqueue size (default 256)")
+    g.add_argument("--no-indirect", action="store_true", help="device does not offer INDIRECT_DESC")
+    g.add_argument("--no-event-idx", action="store_true", help="device does not offer EVENT_IDX")
+    g.add_argument("--ram-size", type=_size, default=64 << 20, help="guest RAM (default 64M)")
+    g.add_argument("--cache", default="writeback", choices=("writeback", "writethrough", "unsafe"),
+                   help="QEMU -drive cache= (default writeback)")
+    g.add_argument("--discard", default="ignore", choices=("ignore", "unmap"),
+                   help="QEMU -drive discard= (default ignore)")
+    g.add_argument("--serial", default="", help="the disk's serial (GET_ID), at most 20 bytes")
+    g.add_argument("--read-only", action="store_true", help="a read-only drive (offers VIRTIO_BLK_F_RO)")
+    g.add_argument("--werror", default="report", choices=("report", "ignore"))
+    g.add_argument("--rerror", default="report", choices=("report", "ignore"))
+    g.add_argument("--jitter", type=int, default=10, metavar="PCT",
+                   help="seeded latency jitter in percent (default 10)")
+    g.add_argument("--inject", type=_inject, action="append", default=[], metavar="SPEC",
+                   help="host I/O error: OP@OFFSET[+LEN][:ERRNO][*COUNT], e.g. write@0+4096:EIO")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="A debugger for the whole virtio-blk path.")
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = p.add_subparsers(dest="cmd", parser_class=_Parser)
+    r = sub.add_parser("run", help="run a workload headless and print a summary")
+    r.add_argument("image")
+    r.add_argument("--workload", required=True, metavar="FILE")
+    r.add_argument("--json", action="store_true", help="print one JSON object")
+    r.add_argument("--events", metavar="FILE", help="write one JSON line per step")
+    r.add_argument("--dump-ram", metavar="FILE", help="write guest RAM (gpa = file offset)")
+    r.add_argument("--steps", type=int, metavar="N", help="stop after N steps")
+    w = r.add_mutually_exclusive_group()
+    w.add_argument("--write", action="store_true", help="write to IMAGE itself")
+    w.add_argument("--save-as", metavar="FILE", help="keep the resulting image in FILE")
+    _add_machine_options(r)
+    c = sub.add_parser("create", help="create a raw image")
+    c.add_argument("image")
+    c.add_argument("size", type=_size)
+    c.add_argument("--force", action="store_true", help="overwrite an existing file")
+    return p
+
+
+def config_from_args(a):
+    from emu.block.latency import LatencyModel
+    from emu.config import Config
+    if not 0 <= a.jitter <= 100:
+        raise CliError("--jitter must be between 0 and 100")
+    return Config(ram_size=a.ram_size, queue_size=a.queue_size, indirect=not a.no_indirect,
+                  event_idx=not a.no_event_idx, seed=a.seed, cache=a.cache, discard=a.discard,
+                  serial=a.serial, read_only=a.read_only, werror=a.werror, rerror=a.rerror,
+                  latency=LatencyModel(jitter_pct=a.jitter), faults=tuple(a.inject))
+
+
+def load_workload(path: str) -> list:
+    from emu.workload import parse_workload
+    try:
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+    except FileNotFoundError:
+        raise CliError(f"{path}: no such workload file") from None
+    except UnicodeDecodeError as e:
+        raise CliError(f"{path}: not a text file (byte {e.start} is not UTF-8)") from None
+    except OSError as e:
+        raise CliError(f"{path}: cannot read: {e.strerror}") from None
+    return parse_workload(text, path)
+
+
+def _check_output(path: str | None, image: str) -> None:
+    if not path:
+        return
+    if os.path.exists(path) and os.path.samefile(path, image):
+        raise CliError(f"{path}: refusing to overwrite the image with another output")
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d):
+        raise CliError(f"{path}: directory {d} does not exist")
+
+
+def cmd_run(a) -> int:
+    from emu.block.image import open_image
+    from emu.machine import Machine
+    from emu.summary import summary
+    from emu.workload import check_bounds
+    cfg = config_from_args(a)
+    cfg.validate()
+    ops = load_workload(a.workload)
+    for out in (a.events, a.dump_ram, a.save_as):
+        _check_output(out, a.image)
+    hf, fmt = open_image(a.image, "write" if a.write else "overlay")
+    try:
+        check_bounds(ops, fmt.virtual_size(), a.workload)
+        m = Machine(hf, fmt, cfg, ops)
+        events = open(a.events, "w", encoding="utf-8") if a.events else None
+        try:
+            on_step = None
+            if events is not None:
+                def on_step(rec):
+                    events.write(json.dumps(rec.event_json()) + "\n")
+                    return False
+            stop = m.run(a.steps, on_step)
+        finally:
+            if events is not None:
+                events.close()
+        if a.dump_ram:
+            with open(a.dump_ram, "wb") as f:
+                f.write(m.mem.ram)
+        result = summary(m, stop)
+        if a.save_as:
+            hf.save_as(a.save_as)
+    finally:
+        hf.close()
+    if a.json:
+        print(json.dumps(result, indent=2))
+    else:
+        from .report import print_summary
+        print_summary(result, a.image, a.workload)
+    return 0
+
+
+def cmd_create(a) -> int:
+    from emu.block.image import create_raw
+    create_raw(a.image, a.size, a.force)
+    print(f"Formatting '{a.image}', fmt=raw size={a.size}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from emu.errors import EmuError
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if a.cmd is None:
+        parser.print_help()
+        return 0
+    try:
+        return {"run": cmd_run, "create": cmd_create}[a.cmd](a)
+    except (CliError, EmuError) as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
