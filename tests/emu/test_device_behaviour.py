@@ -147,3 +147,25 @@ def test_read_only_drive(image):
     run_all(m)
     assert m.guest.config["read_only"]
     assert [r["status"] for r in sorted(m.guest.proc.results, key=lambda r: r["n"])] == ["IOERR", "OK"]
+
+
+def test_data_length_not_a_multiple_of_the_block_size_is_ioerr(image):
+    m = build(image, "write 0 4k\n")
+    run_until(m, lambda s: s.kind == "vring.add_publish")
+    rq = next(iter(m.guest.blkmq.rqs.values()))
+    m.poke(rq["table"] + 16 + 8, struct.pack("<I", 1000))      # table[1].len = 1000
+    run_all(m)
+    assert m.guest.proc.results[0]["status"] == "IOERR"
+    assert m.vdev.error is None and m.hostfile.pread(0, 8) == bytes(8)
+
+
+def test_qemu_merges_what_blk_mq_could_not(image):
+    """Queue size 4 gives seg_max 2: blk-mq stops merging at 2 segments, QEMU merges on."""
+    m = build(image, "write 0 4k\nwrite 4k 4k\nwrite 8k 4k\nwait\n", queue_size=4)
+    steps = run_all(m)
+    assert m.guest.blkmq.limits["max_segments"] == 2
+    assert m.vblk.by_type["OUT"] == 2
+    assert m.vblk.merged == 1
+    writes = [e for s in steps for e in s.effects if e[0] == "file"]
+    assert len(writes) == 1 and writes[0][1] == 0 and len(writes[0][3]) == 12288
+    assert [r["status"] for r in m.guest.proc.results] == ["OK"] * 3
