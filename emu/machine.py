@@ -12,6 +12,7 @@ import json
 from . import device as _device  # noqa: F401  (registers step handlers)
 from .block import file_posix as _file_posix  # noqa: F401
 from .block import raw as _raw  # noqa: F401
+from .block.qcow2 import driver as _qcow2  # noqa: F401
 from .block.backend import BlockState
 from .config import Config
 from .device import virtio_blk as _vblk
@@ -64,8 +65,11 @@ class Machine:
                                       seg_max=qs - 2, request_merging=config.request_merging,
                                       cyls=cyls, heads=heads, secs=secs)
         wce = config.cache != "writethrough"
+        read_only = config.read_only or bool(fmt.read_only_reason)
+        if read_only and not config.read_only:
+            self.vdev.host_features |= 1 << 5          # VIRTIO_BLK_F_RO: the drive is read-only
         self.block = BlockState(length=size, wce=wce, wce_default=wce,
-                                read_only=config.read_only,
+                                read_only=read_only, probed=fmt.name == "raw",
                                 discard_unmap=config.discard == "unmap",
                                 no_flush=config.cache == "unsafe",
                                 werror=config.werror, rerror=config.rerror,
@@ -137,6 +141,18 @@ class Machine:
     @property
     def finished(self) -> bool:
         return not self.sim.queue
+
+    def shutdown(self, on_step=None) -> int:
+        """Close the block layer as QEMU's exit does (qcow2: write back caches, mark clean).
+
+        Runs only once the machine is idle; returns the number of steps it took."""
+        kind = getattr(self.fmt, "close_kind", None)
+        if kind is None or self.sim.queue:
+            return 0
+        self.sim.post("qemu", kind)
+        before = self.steps
+        self.run(None, on_step)
+        return self.steps - before
 
     # -- state and digest --------------------------------------------------------------------------
     def state(self) -> dict:

@@ -45,7 +45,9 @@ def summary(m, stop: str) -> dict:
         "ops": sorted(m.guest.proc.results, key=lambda r: r["n"]),
         "guest": {"probe_error": m.guest.probe_error or None, "log": list(m.guest.log),
                   "outstanding_ops": m.guest.proc.inflight},
-        "image": {"format": m.fmt.name, "size": m.hostfile.size,
-                  "host_writes": m.hostfile.writes, "fdatasyncs": m.hostfile.syncs},
+        "image": {"format": m.fmt.name, "file_size": m.hostfile.size,
+                  "virtual_size": m.fmt.virtual_size(), "host_writes": m.hostfile.writes,
+                  "fdatasyncs": m.hostfile.syncs, "warnings": list(m.fmt.warnings),
+                  **m.fmt.summary()},
     }
 

@@ -7,5 +7,5 @@ HERE = Path(__file__).resolve().parent
 
 
 def path(name: str) -> Path:
-    """The bundled file `name` (e.g. 'article.raw')."""
+    """The bundled file `name` (e.g. 'article.qcow2')."""
     return HERE / name

@@ -1,7 +1,8 @@
 # The article's scenario: a process in the VM writes a small file and calls fsync().
 #
-# The disk is article.raw, an 8 MiB ext4 file system (4 KiB blocks, data=ordered journal)
-# holding /article.txt (inode 12; its one data block is fs block 1162 = byte 0x48a000;
+# The disk is article.qcow2, a qcow2 image (64 KiB clusters) of an 8 MiB ext4 file system
+# (4 KiB blocks, data=ordered journal) holding /article.txt (inode 12; its one data block is
+# fs block 1162 = guest byte 0x48a000;
 # inode 12 lives in the inode table block 34 = 0x22000; the journal is inode 8 and starts at
 # fs block 8 = 0x8000).  This workload replays the block I/O that ext4 + jbd2 send for
 # write(fd, buf, 136); fsync(fd) -- so every hop below the page cache can be stepped through.

@@ -81,6 +81,8 @@ def _add_machine_options(p: argparse.ArgumentParser) -> None:
                    help="seeded latency jitter in percent (default 10)")
     g.add_argument("--inject", type=_inject, action="append", default=[], metavar="SPEC",
                    help="host I/O error: OP@OFFSET[+LEN][:ERRNO][*COUNT], e.g. write@0+4096:EIO")
+    g.add_argument("--allow-backing-outside", action="store_true",
+                   help="allow a qcow2 backing file outside the image's folder")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,10 +100,25 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--write", action="store_true", help="write to IMAGE itself")
     w.add_argument("--save-as", metavar="FILE", help="keep the resulting image in FILE")
     _add_machine_options(r)
-    c = sub.add_parser("create", help="create a raw image")
+    c = sub.add_parser("create", help="create a raw or qcow2 image (like qemu-img create)")
+    c.add_argument("-f", "--format", default="raw", choices=("raw", "qcow2"),
+                   help="image format (default raw)")
     c.add_argument("image")
-    c.add_argument("size", type=_size)
+    c.add_argument("size", type=_size, nargs="?",
+                   help="virtual size (qcow2 with -b: default the backing file's size)")
+    c.add_argument("--cluster-size", type=_size, metavar="N",
+                   help="qcow2 cluster size (default 64k)")
+    c.add_argument("--refcount-bits", type=int, metavar="N",
+                   help="qcow2 refcount width (default 16)")
+    c.add_argument("-b", "--backing", metavar="BACKING", help="qcow2 backing file")
+    c.add_argument("-F", "--backing-format", choices=("raw", "qcow2"),
+                   help="format of the backing file (default: probed)")
+    c.add_argument("--lazy-refcounts", action="store_true", help="qcow2 lazy refcounts")
+    c.add_argument("--compat", choices=("0.10", "1.1"), help="qcow2 version: 0.10 = v2, 1.1 = v3")
     c.add_argument("--force", action="store_true", help="overwrite an existing file")
+    mp = sub.add_parser("map", help="classify every range of an image's host file")
+    mp.add_argument("image")
+    mp.add_argument("--json", action="store_true", help="print the ranges as a JSON list")
     return p
 
 
@@ -150,7 +167,11 @@ def cmd_run(a) -> int:
     ops = load_workload(a.workload)
     for out in (a.events, a.dump_ram, a.save_as):
         _check_output(out, a.image)
-    hf, fmt = open_image(a.image, "write" if a.write else "overlay")
+    hf, fmt = open_image(a.image, "write" if a.write else "overlay",
+                         discard_unmap=cfg.discard == "unmap",
+                         allow_backing_outside=a.allow_backing_outside)
+    for w in fmt.warnings:
+        print(f"{PROG}: warning: {w}", file=sys.stderr)
     try:
         check_bounds(ops, fmt.virtual_size(), a.workload)
         m = Machine(hf, fmt, cfg, ops)
@@ -162,6 +183,8 @@ def cmd_run(a) -> int:
                     events.write(json.dumps(rec.event_json()) + "\n")
                     return False
             stop = m.run(a.steps, on_step)
+            if stop == "end":
+                m.shutdown(on_step)      # close the image as QEMU's exit does
         finally:
             if events is not None:
                 events.close()
@@ -172,19 +195,13 @@ def cmd_run(a) -> int:
         if a.save_as:
             hf.save_as(a.save_as)
     finally:
+        fmt.close()
         hf.close()
     if a.json:
         print(json.dumps(result, indent=2))
     else:
         from .report import print_summary
         print_summary(result, a.image, a.workload)
-    return 0
-
-
-def cmd_create(a) -> int:
-    from emu.block.image import create_raw
-    create_raw(a.image, a.size, a.force)
-    print(f"Formatting '{a.image}', fmt=raw size={a.size}")
     return 0
 
 
@@ -196,7 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
-        return {"run": cmd_run, "create": cmd_create}[a.cmd](a)
+        from . import image_cmds
+        return {"run": cmd_run, "create": image_cmds.cmd_create,
+                "map": image_cmds.cmd_map}[a.cmd](a)
     except (CliError, EmuError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1

@@ -24,6 +24,16 @@ def print_summary(r: dict, image: str, workload: str) -> None:
     c.print(f"kicks {r['kicks']} ({r['kicks_suppressed']} suppressed by EVENT_IDX), "
             f"interrupts {r['interrupts']} ({r['interrupts_suppressed']} suppressed)")
     c.print(f"device status {dev['status']:#x} = {'|'.join(dev['status_names']) or '0'}")
+    img = r["image"]
+    extra = ""
+    if img["format"] == "qcow2":
+        extra = (f", {img['cluster_size'] // 1024} KiB clusters"
+                 + (f", backing file {img['backing']}" if img["backing"] else ""))
+    c.print(f"image: {img['format']}{extra}, virtual size {img['virtual_size']}, host file "
+            f"{img['file_size']} bytes after {img['host_writes']} writes and "
+            f"{img['fdatasyncs']} fdatasync(s)")
+    if img.get("corruption"):
+        c.print(f"[bold red]{img['corruption']}[/]")
     if dev["error"]:
         e = dev["error"]
         c.print(f"[bold red]device error at step {e['step']}: {e['message']} "

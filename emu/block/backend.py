@@ -121,7 +121,7 @@ def bdrv_co_done(m, bid: int) -> str:
             and req["phase"] != "fua":
         req["phase"] = "fua"
         req["cur_op"] = "flush"
-        m.sim.cont("file.co_entry", (bid,))
+        m.sim.cont(m.fmt.entry_kind("flush"), (bid,))
         return "BDRV_REQ_FUA not supported by the driver: bdrv_co_flush() after the write"
     m.sim.cont("blk.aio_complete", (bid,))
     return f"{req['op']} returns {_ret_str(req['ret'])}"

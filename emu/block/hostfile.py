@@ -15,7 +15,6 @@ from ..errors import ImageError
 
 BLOCK = 4096
 CHUNK = 65536           # digest granularity
-_ZERO_CHUNK_HASH = hashlib.blake2b(bytes(CHUNK), digest_size=16).digest()
 
 
 def _data_ranges(fd: int, size: int) -> list[tuple[int, int]]:
@@ -65,14 +64,13 @@ class HostFile:
         self.size = st.st_size
         self.ov_fd = -1
         self.ov_path = ""
-        self.cow = bytearray()
+        self.cow: set = set()          # overlay blocks (4 KiB) that live in the temporary file
         if mode == "overlay":
             d = overlay_dir or tempfile.gettempdir()
             fd, self.ov_path = tempfile.mkstemp(prefix="vblkdbg-", suffix=".overlay", dir=d)
             self.ov_fd = fd
             os.unlink(self.ov_path)          # dropped at exit whatever happens
-            self.cow = bytearray((self.size + BLOCK - 1) // BLOCK)
-        self._hashes: list | None = None
+        self._hashes: dict | None = None
         self._dirty: set = set()
         self.syncs = 0
         self.writes = 0
@@ -92,15 +90,13 @@ class HostFile:
             return self._pread_fd(self.fd, off, n)
         out = bytearray()
         pos, end = off, off + n
+        cow = self.cow
         while pos < end:
             blk = pos // BLOCK
-            in_ov = blk < len(self.cow) and self.cow[blk]
+            in_ov = blk in cow
             run_end = min(end, (blk + 1) * BLOCK)
-            while run_end < end:
-                b = run_end // BLOCK
-                if (b < len(self.cow) and self.cow[b]) != in_ov:
-                    break
-                run_end = min(end, (b + 1) * BLOCK)
+            while run_end < end and ((run_end // BLOCK) in cow) == in_ov:
+                run_end = min(end, (run_end // BLOCK + 1) * BLOCK)
             fd = self.ov_fd if in_ov else self.fd
             if not in_ov and pos >= self.base_size:
                 out += bytes(run_end - pos)
@@ -126,18 +122,15 @@ class HostFile:
 
     def _cow_prepare(self, off: int, n: int) -> None:
         end = off + n
-        need = (max(end, self.size) + BLOCK - 1) // BLOCK
-        if len(self.cow) < need:
-            self.cow.extend(bytes(need - len(self.cow)))
         first, last = off // BLOCK, (end - 1) // BLOCK
         for blk in (first, last):
-            if self.cow[blk]:
+            if blk in self.cow:
                 continue
             bstart = blk * BLOCK
             partial = off > bstart or end < bstart + BLOCK
             if partial and bstart < self.base_size:
                 os.pwrite(self.ov_fd, self._pread_fd(self.fd, bstart, BLOCK), bstart)
-        self.cow[first:last + 1] = b"\x01" * (last - first + 1)
+        self.cow.update(range(first, last + 1))
 
     def fdatasync(self) -> None:
         self.syncs += 1
@@ -149,12 +142,10 @@ class HostFile:
         if self.mode == "write":
             os.ftruncate(self.fd, size)
         elif self.mode == "overlay":
+            if size < self.size and size % BLOCK:
+                self._cow_prepare(size - size % BLOCK, size % BLOCK)
             os.ftruncate(self.ov_fd, max(size, 0))
-            if size < self.size:
-                first = (size + BLOCK - 1) // BLOCK
-                self.cow[first:] = b"\x01" * (len(self.cow) - first)
-                if size % BLOCK:
-                    self._cow_prepare(size - size % BLOCK, size % BLOCK)
+            self.cow = {b for b in self.cow if b * BLOCK < size}
             self.base_size = min(self.base_size, size)
         self.size = size
 
@@ -190,12 +181,16 @@ class HostFile:
         if self.mode != "overlay":
             return _data_ranges(self.fd, self.size)
         ranges = [(s, min(e, self.size)) for s, e in _data_ranges(self.fd, self.base_size)]
-        blk = self.cow.find(1)
-        while blk != -1:
-            end = self.cow.find(0, blk)
-            end = len(self.cow) if end == -1 else end
-            ranges.append((blk * BLOCK, min(end * BLOCK, self.size)))
-            blk = self.cow.find(1, end) if end < len(self.cow) else -1
+        run = None
+        for blk in sorted(self.cow):
+            if run and run[1] == blk:
+                run[1] = blk + 1
+                continue
+            if run:
+                ranges.append((run[0] * BLOCK, min(run[1] * BLOCK, self.size)))
+            run = [blk, blk + 1]
+        if run:
+            ranges.append((run[0] * BLOCK, min(run[1] * BLOCK, self.size)))
         ranges.sort()
         merged: list = []
         for s, e in ranges:
@@ -212,24 +207,26 @@ class HostFile:
             self._dirty.add(c)
 
     def digest(self) -> bytes:
-        """Hash of the logical content and size; only chunks written since the last call are reread."""
-        nchunks = (self.size + CHUNK - 1) // CHUNK
+        """Hash of the logical size and of every chunk that is not all zeros (sparse-friendly).
+
+        Only chunks written since the last call are reread, so the cost follows what changed.
+        """
         if self._hashes is None:
-            self._hashes = [_ZERO_CHUNK_HASH] * nchunks
+            self._hashes = {}
             self._dirty = set()
             for s, e in self.data_ranges():
                 self._dirty.update(range(s // CHUNK, (e - 1) // CHUNK + 1))
-        if len(self._hashes) < nchunks:
-            self._hashes.extend([_ZERO_CHUNK_HASH] * (nchunks - len(self._hashes)))
-            self._dirty.update(range(len(self._hashes) - 1, nchunks))
-        del self._hashes[nchunks:]
         for c in sorted(self._dirty):
-            if c < nchunks:
-                data = self.pread(c * CHUNK, CHUNK)
-                if c == nchunks - 1 and self.size % CHUNK:
-                    data = data[:self.size % CHUNK] + bytes(CHUNK - self.size % CHUNK)
+            data = self.pread(c * CHUNK, CHUNK) if c * CHUNK < self.size else b""
+            if c * CHUNK + CHUNK > self.size:
+                data = data[:max(0, self.size - c * CHUNK)]
+            if data.count(0) == len(data):
+                self._hashes.pop(c, None)
+            else:
                 self._hashes[c] = hashlib.blake2b(data, digest_size=16).digest()
         self._dirty = set()
         h = hashlib.sha256(self.size.to_bytes(8, "little"))
-        h.update(b"".join(self._hashes))
+        for c in sorted(self._hashes):
+            if c * CHUNK < self.size:
+                h.update(c.to_bytes(8, "little") + self._hashes[c])
         return h.digest()

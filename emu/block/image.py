@@ -5,6 +5,7 @@ import os
 
 from ..errors import ImageError
 from .hostfile import HostFile
+from .qcow2 import layout as L
 from .raw import RawFormat
 
 QCOW2_MAGIC = b"QFI\xfb"
@@ -25,17 +26,43 @@ def detect_format(path: str) -> str:
     return "qcow2" if head == QCOW2_MAGIC else "raw"
 
 
-def open_image(path: str, mode: str = "overlay", overlay_dir: str | None = None):
-    """(HostFile, format driver) for path; mode 'overlay' (default), 'write' or 'read'."""
+def open_image(path: str, mode: str = "overlay", overlay_dir: str | None = None, *,
+               discard_unmap: bool = False, allow_backing_outside: bool = False):
+    """(HostFile, format driver) for path; mode 'overlay' (default), 'write' or 'read'.
+
+    The format comes from the magic (qcow2) or is raw; a qcow2 image is opened the way
+    qcow2_do_open does, with its backing chain (read-only).
+    """
     fmt = detect_format(path)
-    if fmt == "qcow2":
-        raise ImageError(f"{path}: qcow2 images are not supported yet (only raw)")
     size = os.path.getsize(path)
-    if size < 512:
+    if fmt == "raw" and size < 512:
         raise ImageError(f"{path}: too small to be a disk ({size} bytes; a disk needs at least "
                          "one 512-byte sector)")
     hf = HostFile(path, mode, overlay_dir)
-    return hf, RawFormat(hf)
+    if fmt == "raw":
+        return hf, RawFormat(hf)
+    from .qcow2.driver import Qcow2Format
+    from .qcow2.image import open_backing_chain, open_qcow2
+    try:
+        meta = open_qcow2(hf.pread, hf.size, path, allow_backing_outside=allow_backing_outside)
+        backing = open_backing_chain(meta, allow_backing_outside)
+        if meta.header.size < 512:
+            raise ImageError(f"{path}: virtual size {meta.header.size} is too small to be a disk")
+        if meta.header.incompatible_features & L.INCOMPAT_DIRTY and not meta.read_only_reason:
+            meta.read_only_reason = ("the image was not closed cleanly (dirty bit, lazy refcounts); "
+                                     "QEMU would repair its refcounts, which vblkdbg does not do: "
+                                     "opened read-only (repair with `qemu-img check -r all`)")
+            meta.warnings.append(meta.read_only_reason)
+    except BaseException:
+        hf.close()
+        raise
+    try:
+        return hf, Qcow2Format(hf, meta, backing, discard_unmap=discard_unmap)
+    except BaseException:
+        if backing is not None:
+            backing.close()
+        hf.close()
+        raise
 
 
 def create_raw(path: str, size: int, force: bool = False) -> None:

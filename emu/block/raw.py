@@ -27,12 +27,21 @@ def probe_other_format(head: bytes) -> str | None:
 class RawFormat:
     """The format-driver interface: which step each operation enters, and the virtual size."""
     name = "raw"
+    close_kind = None
+    read_only_reason = None
+    warnings: list = []
 
     def __init__(self, hostfile) -> None:
         self.file = hostfile
 
     def virtual_size(self) -> int:
         return self.file.size
+
+    def close(self) -> None:
+        """Nothing beyond the host file (which the caller closes)."""
+
+    def summary(self) -> dict:
+        return {}
 
     def entry_kind(self, op: str) -> str:
         return "raw.co_entry"
@@ -45,7 +54,7 @@ class RawFormat:
 def co_entry(m, bid: int) -> str:
     """raw_co_*: refuse a guest write that would change what the probed format looks like."""
     req = m.block.reqs[bid]
-    op = req["op"]
+    op = req["cur_op"]
     m.set_function(FN[op])
     if op == "write" and m.block.probed and req["offset"] < 512 and req["bytes"]:
         other = probe_other_format(iov_to_buf(m, req["qiov"], 512))

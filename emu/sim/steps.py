@@ -5,7 +5,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 GUEST_LAYERS = ("app", "blk-mq", "virtio_blk", "virtio_ring", "virtio_pci")
-HOST_LAYERS = ("virtio-pci", "virtio", "virtio-blk", "block", "raw", "file")
+HOST_LAYERS = ("virtio-pci", "virtio", "virtio-blk", "block", "raw", "qcow2", "file")
 LAYER_ORDER = GUEST_LAYERS + HOST_LAYERS
 
 

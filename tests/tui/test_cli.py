@@ -96,14 +96,14 @@ def test_image_untouched_by_default_write_and_save_as(tmp_path):
 
 def test_same_command_same_digest(tmp_path):
     wl = os.path.join(SAMPLES, "mixed.wl")
-    img = os.path.join(SAMPLES, "article.raw")
+    img = os.path.join(SAMPLES, "article.qcow2")
     a = json.loads(run_cli("run", img, "--workload", wl, "--json").stdout)
     b = json.loads(run_cli("run", img, "--workload", wl, "--json").stdout)
     assert a["digest"] == b["digest"] and a["steps"] == b["steps"]
 
 
 def test_samples_run_and_stay_pristine():
-    img = os.path.join(SAMPLES, "article.raw")
+    img = os.path.join(SAMPLES, "article.qcow2")
     before = _sha(img)
     for wl in ("article.wl", "mixed.wl"):
         r = run_cli("run", img, "--workload", os.path.join(SAMPLES, wl), "--json")
