@@ -65,6 +65,7 @@ class Machine:
                                       seg_max=qs - 2, request_merging=config.request_merging,
                                       cyls=cyls, heads=heads, secs=secs)
         wce = config.cache != "writethrough"
+        fmt.prepare_open(not config.read_only)
         read_only = config.read_only or bool(fmt.read_only_reason)
         if read_only and not config.read_only:
             self.vdev.host_features |= 1 << 5          # VIRTIO_BLK_F_RO: the drive is read-only
@@ -80,6 +81,8 @@ class Machine:
         self.rng = config.seed & ((1 << 64) - 1)
         self.steps = 0
         self.cur: Step | None = None
+        if getattr(fmt, "open_kind", None):
+            self.sim.post("qemu", fmt.open_kind)     # bdrv_open's fix-ups, before the guest runs
         self.sim.post("vcpu", "probe.reset")
 
     # -- services the layers use ---------------------------------------------------------

@@ -91,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="cmd", parser_class=_Parser)
     r = sub.add_parser("run", help="run a workload headless and print a summary")
     r.add_argument("image")
+    r.add_argument("-f", "--format", default="auto", choices=("auto", "raw", "qcow2"),
+                   help="image format (default: detected from the magic)")
     r.add_argument("--workload", required=True, metavar="FILE")
     r.add_argument("--json", action="store_true", help="print one JSON object")
     r.add_argument("--events", metavar="FILE", help="write one JSON line per step")
@@ -169,7 +171,7 @@ def cmd_run(a) -> int:
         _check_output(out, a.image)
     hf, fmt = open_image(a.image, "write" if a.write else "overlay",
                          discard_unmap=cfg.discard == "unmap",
-                         allow_backing_outside=a.allow_backing_outside)
+                         allow_backing_outside=a.allow_backing_outside, fmt=a.format)
     for w in fmt.warnings:
         print(f"{PROG}: warning: {w}", file=sys.stderr)
     try:

@@ -5,7 +5,6 @@ import os
 
 from ..errors import ImageError
 from .hostfile import HostFile
-from .qcow2 import layout as L
 from .raw import RawFormat
 
 QCOW2_MAGIC = b"QFI\xfb"
@@ -27,13 +26,18 @@ def detect_format(path: str) -> str:
 
 
 def open_image(path: str, mode: str = "overlay", overlay_dir: str | None = None, *,
-               discard_unmap: bool = False, allow_backing_outside: bool = False):
+               discard_unmap: bool = False, allow_backing_outside: bool = False,
+               fmt: str = "auto"):
     """(HostFile, format driver) for path; mode 'overlay' (default), 'write' or 'read'.
 
     The format comes from the magic (qcow2) or is raw; a qcow2 image is opened the way
     qcow2_do_open does, with its backing chain (read-only).
     """
-    fmt = detect_format(path)
+    detected = detect_format(path)
+    if fmt == "qcow2" and detected != "qcow2":
+        raise ImageError(f"{path}: not a qcow2 image (bad magic: the file does not start with "
+                         "'QFI\\xfb')")
+    fmt = detected if fmt == "auto" else fmt
     size = os.path.getsize(path)
     if fmt == "raw" and size < 512:
         raise ImageError(f"{path}: too small to be a disk ({size} bytes; a disk needs at least "
@@ -48,11 +52,6 @@ def open_image(path: str, mode: str = "overlay", overlay_dir: str | None = None,
         backing = open_backing_chain(meta, allow_backing_outside)
         if meta.header.size < 512:
             raise ImageError(f"{path}: virtual size {meta.header.size} is too small to be a disk")
-        if meta.header.incompatible_features & L.INCOMPAT_DIRTY and not meta.read_only_reason:
-            meta.read_only_reason = ("the image was not closed cleanly (dirty bit, lazy refcounts); "
-                                     "QEMU would repair its refcounts, which vblkdbg does not do: "
-                                     "opened read-only (repair with `qemu-img check -r all`)")
-            meta.warnings.append(meta.read_only_reason)
     except BaseException:
         hf.close()
         raise

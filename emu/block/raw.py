@@ -28,6 +28,7 @@ class RawFormat:
     """The format-driver interface: which step each operation enters, and the virtual size."""
     name = "raw"
     close_kind = None
+    open_kind = None
     read_only_reason = None
     warnings: list = []
 
@@ -36,6 +37,9 @@ class RawFormat:
 
     def virtual_size(self) -> int:
         return self.file.size
+
+    def prepare_open(self, writable: bool) -> None:
+        """Nothing to fix up when a raw image is opened."""
 
     def close(self) -> None:
         """Nothing beyond the host file (which the caller closes)."""

@@ -169,3 +169,34 @@ def test_version_and_help():
     assert r.returncode == 0 and r.stdout.startswith("vblkdbg ")
     r = run_cli("run", "--help")
     assert r.returncode == 0 and "--workload" in r.stdout
+
+
+def test_run_qcow2_and_explicit_formats(tmp_path):
+    from tests.oracle import qemu_img
+    img = str(tmp_path / "d.qcow2")
+    qemu_img("create", "-q", "-f", "qcow2", img, "4M")
+    r = run_cli("run", img, "--workload", _wl(tmp_path, "write 0 4k\nread 0 4k\n"), "--json")
+    assert r.returncode == 0, r.stderr
+    j = json.loads(r.stdout)
+    assert j["image"]["format"] == "qcow2" and j["image"]["virtual_size"] == 4 << 20
+    text = tmp_path / "notes.txt"
+    text.write_text("not an image\n" * 100)
+    r = run_cli("run", str(text), "-f", "qcow2", "--workload", _wl(tmp_path, "read 0 512\n"))
+    assert r.returncode == 1 and "not a qcow2 image (bad magic" in r.stderr
+
+
+def test_backing_file_outside_the_folder_needs_permission(tmp_path):
+    from tests.oracle import qemu_img
+    outside = tmp_path / "elsewhere"
+    inside = tmp_path / "vm"
+    outside.mkdir()
+    inside.mkdir()
+    base = str(outside / "base.raw")
+    qemu_img("create", "-q", "-f", "raw", base, "4M")
+    top = str(inside / "top.qcow2")
+    qemu_img("create", "-q", "-f", "qcow2", "-b", base, "-F", "raw", top)
+    wl = _wl(tmp_path, "read 0 4k\n")
+    r = run_cli("run", top, "--workload", wl)
+    assert r.returncode == 1 and "backing file" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("run", top, "--workload", wl, "--allow-backing-outside", "--json")
+    assert r.returncode == 0, r.stderr

@@ -41,6 +41,7 @@ class Qcow2Format:
     """The format-driver interface the block layer calls (same shape as RawFormat)."""
     name = "qcow2"
     close_kind = "qcow2.close"
+    open_kind = "qcow2.open"
 
     def __init__(self, hostfile, meta, backing, *, discard_unmap: bool) -> None:
         self.file = hostfile
@@ -52,6 +53,35 @@ class Qcow2Format:
         self.lock_owner: int | None = None
         self.lock_queue: list = []
         self.cos: dict = {}              # bid -> coroutine state (plain data)
+        self.open_plan: list = []
+        self.open_notes: list = []
+        self.discard_unmap = discard_unmap
+
+    def prepare_open(self, writable: bool) -> None:
+        """qcow2_do_open's read/write fix-ups, planned for the first step: repair a dirty image
+        (qcow2_co_check_locked with FIX_ERRORS|FIX_LEAKS) and clear unknown autoclear bits."""
+        from .repair import RepairRefused, check_and_fix
+        eng = self.engine
+        if not writable or self.meta.read_only_reason:
+            eng.read_only = True          # never written back, not even at close
+            return
+        if eng.incompatible_features & L.INCOMPAT_DIRTY:
+            try:
+                self.open_notes.append(check_and_fix(eng))
+            except RepairRefused as e:
+                reason = (f"the image is dirty (lazy refcounts) and {e}; QEMU would rebuild its "
+                          "refcounts, vblkdbg does not: opened read-only "
+                          "(repair with qemu-img check -r all)")
+                self.meta.read_only_reason = reason
+                self.meta.warnings.append(reason)
+                self.engine = Qcow2Engine(self.meta, self.file.pread, self.file.size, self.backing,
+                                          discard_unmap=self.discard_unmap, read_only=True)
+                return
+        if eng.header.autoclear_features:
+            eng.header.autoclear_features = 0     # bits this model does not maintain (bitmaps)
+            eng.update_header("qcow2_do_open")
+            self.open_notes.append("autoclear feature bits cleared (qcow2_update_header)")
+        self.open_plan, eng.plan = eng.plan, []
 
     def virtual_size(self) -> int:
         return self.engine.size
@@ -631,6 +661,19 @@ def io_done(m, bid: int) -> str:
     m.sim.cont("qcow2.compute", (bid,))
     return (f"{item['what']}: {_errname(ret)}: a metadata update failed; the in-memory metadata may "
             "be ahead of the image, so the qcow2 node stops serving I/O")
+
+
+@handler("qcow2.open", "qcow2", "qcow2_do_open", SRC)
+def open_(m) -> str:
+    """The read/write fix-ups of opening the image, before the guest runs."""
+    f = m.fmt
+    if not f.open_plan:
+        return "image opened; nothing to fix"
+    f.cos[0] = {"op": "open", "phase": "done", "plan": f.open_plan, "pi": 0, "ret": 0}
+    f.open_plan = []
+    f.lock_owner = 0
+    m.sim.cont("qcow2.io", (0,))
+    return "; ".join(f.open_notes) or "opening the image"
 
 
 @handler("qcow2.close", "qcow2", "qcow2_inactivate", SRC)

@@ -176,10 +176,8 @@ def open_qcow2(pread: PRead, file_size: int, path: str, *,
                      "qemu-img check -r all")
         warnings.append("image is marked corrupt; opened read-only")
     elif h.incompatible_features & L.INCOMPAT_DIRTY:
-        read_only = ("the dirty bit is set (lazy refcounts): its refcounts may be stale; QEMU "
-                     "repairs them when it opens the image read/write, vblkdbg does not "
-                     "(run qemu-img check -r all)")
-        warnings.append("image is dirty (lazy refcounts were in use); opened read-only")
+        warnings.append("image is dirty (lazy refcounts were in use): its refcounts are "
+                        "repaired when it is opened read/write, as QEMU does")
     if h.autoclear_features & ~L.AUTOCLEAR_MASK:
         warnings.append(f"unknown autoclear feature bits "
                         f"{h.autoclear_features & ~L.AUTOCLEAR_MASK:#x} (QEMU clears them when "

@@ -172,6 +172,36 @@ def test_allocation_fidelity_against_qemu_io(tmp_path, cluster, refbits):
     assert qemu_img("check", ours, check=False).returncode == 0
 
 
+@pytest.mark.slow
+@settings(max_examples=20, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(ops=st.lists(st.tuples(st.sampled_from(["write", "write", "write", "zero", "zerou", "discard"]),
+                              st.integers(0, (8 << 20) // SECT - 1), st.integers(1, 600)),
+                    min_size=1, max_size=14),
+       cluster=st.sampled_from([512, 4096, 65536]), refbits=st.sampled_from([2, 16, 64]))
+def test_allocation_fidelity_random_sequences(tmp_path_factory, ops, cluster, refbits):
+    size = 8 << 20
+    d = tmp_path_factory.mktemp("f")
+    ours, theirs = str(d / "ours.qcow2"), str(d / "qemu.qcow2")
+    for p in (ours, theirs):
+        qemu_img("create", "-q", "-f", "qcow2", "-o", f"cluster_size={cluster},refcount_bits={refbits}",
+                 p, size)
+    lines, cmds = [], []
+    for i, (k, sect, nsect) in enumerate(ops):
+        off, ln = sect * SECT, min(nsect, size // SECT - sect) * SECT
+        pat = (i % 250) + 1
+        lines.append({"write": f"write {off} {ln} fill={pat}", "zero": f"write-zeroes {off} {ln}",
+                      "zerou": f"write-zeroes {off} {ln} unmap", "discard": f"discard {off} {ln}"}[k])
+        lines.append("wait")
+        cmds += ["-c", {"write": f"write -P {pat} {off} {ln}", "zero": f"write -z {off} {ln}",
+                        "zerou": f"write -z -u {off} {ln}", "discard": f"discard {off} {ln}"}[k]]
+    _run(ours, "\n".join(lines) + "\n", discard="unmap")
+    qemu_io("--image-opts", f"driver=qcow2,file.filename={theirs},discard=unmap", *cmds)
+    assert qemu_img_json("map", ours) == qemu_img_json("map", theirs)
+    assert qemu_img("compare", ours, theirs, check=False).returncode == 0
+    assert qemu_img("check", ours, check=False).returncode == 0
+
+
 def _guest_reads(tmp_path, image, size, chunk):
     wl = "".join(f"read {o} {min(chunk, size - o)}\n" for o in range(0, size, chunk))
     m = build(image, wl)
