@@ -14,6 +14,7 @@ import errno as E
 
 from . import layout as L
 from .cache import Cache
+from .create import refcount_metadata_blocks
 
 INV = -1
 # qcow2_discard_type
@@ -373,28 +374,11 @@ class Qcow2Engine:
         self.refcount_area(meta_offset, 0, False, ti, new_block)
         return -E.EAGAIN, self.cache_get(rbc, new_block)
 
-    def refcount_metadata_size(self, clusters: int, generous: bool) -> int:
-        """qcow2_refcount_metadata_size(): number of refcount blocks (fixed point)."""
-        per_table_cluster = self.cluster_size // 8
-        per_block = self.refcount_block_size
-        table = blocks = n = 0
-        while True:
-            last = n
-            blocks = -(-(clusters + table + blocks) // per_block)
-            table = -(-blocks // per_table_cluster)
-            n = clusters + blocks + table
-            if n == last and generous:
-                clusters += -(-table // 2)
-                n = 0
-                generous = False
-                continue
-            if n == last:
-                return blocks
-
     def refcount_area(self, start_offset: int, additional: int, exact: bool,
                       new_index: int, new_offset: int) -> int:
         """qcow2_refcount_area(): a new, bigger, self-describing refcount table at the end."""
-        total = self.refcount_metadata_size(start_offset // self.cluster_size + additional, not exact)
+        total = refcount_metadata_blocks(start_offset // self.cluster_size + additional,
+                                         self.cluster_size, self.refcount_order, not exact)
         if total > L.QCOW_MAX_REFTABLE_SIZE:
             raise Qcow2Error(-E.EFBIG, "refcount table would exceed QCOW_MAX_REFTABLE_SIZE")
         area_index = (start_offset // self.cluster_size) // self.refcount_block_size
@@ -904,8 +888,9 @@ class Qcow2Engine:
         return True
 
     # -- discard and write-zeroes ----------------------------------------------------------------------------
-    def cluster_discard(self, offset: int, nbytes: int, dtype: int, full: bool) -> None:
-        """qcow2_cluster_discard() -> discard_in_l2_slice()."""
+    def _each_l2_slice(self, offset: int, nbytes: int, update) -> None:
+        """The loop of qcow2_cluster_discard / qcow2_subcluster_zeroize: one L2 slice at a time,
+        update(old entry) -> (new entry, free the old cluster?), freed host ranges discarded."""
         n = self.size_to_clusters(nbytes)
         self.cache_discards = True
         try:
@@ -916,17 +901,13 @@ class Qcow2Engine:
                 try:
                     for i in range(cnt):
                         old = self.get_entry(c.tables[ci], l2i + i)
-                        t = L.cluster_type(old)
-                        new = old
-                        if full:
-                            new = 0
-                        elif self.backing is not None or t not in (L.UNALLOCATED, L.ZERO_PLAIN):
-                            new = L.QCOW_OFLAG_ZERO if self.version >= 3 else 0
+                        new, free_type = update(old)
                         if new == old:
                             continue
                         c.dirty[ci] = True
                         self.set_entry(c.tables[ci], l2i + i, new)
-                        self.free_any_cluster(old, dtype)
+                        if free_type is not None:
+                            self.free_any_cluster(old, free_type)
                 finally:
                     c.put(ci)
                 n -= cnt
@@ -935,37 +916,25 @@ class Qcow2Engine:
             self.cache_discards = False
         self.process_discards(0)
 
+    def cluster_discard(self, offset: int, nbytes: int, dtype: int, full: bool) -> None:
+        """qcow2_cluster_discard() -> discard_in_l2_slice()."""
+        def update(old: int):
+            if full:
+                return 0, dtype
+            if self.backing is not None or L.cluster_type(old) not in (L.UNALLOCATED, L.ZERO_PLAIN):
+                return (L.QCOW_OFLAG_ZERO if self.version >= 3 else 0), dtype
+            return old, dtype
+        self._each_l2_slice(offset, nbytes, update)
+
     def subcluster_zeroize(self, offset: int, nbytes: int, flags: int) -> None:
         """qcow2_subcluster_zeroize() -> zero_in_l2_slice() (no subclusters)."""
         if self.version < 3:
             if self.backing is None:
                 return self.cluster_discard(offset, nbytes, DISCARD_REQUEST, False)
             raise Qcow2Error(-E.ENOTSUP)
-        n = self.size_to_clusters(nbytes)
-        self.cache_discards = True
-        try:
-            while n > 0:
-                ci, l2i = self.get_cluster_table(offset)
-                c = self.l2_cache
-                cnt = min(n, self.l2_slice_size - l2i)
-                try:
-                    for i in range(cnt):
-                        old = self.get_entry(c.tables[ci], l2i + i)
-                        t = L.cluster_type(old)
-                        unmap = t == L.COMPRESSED or (flags & BDRV_REQ_MAY_UNMAP and
-                                                      t in (L.NORMAL, L.ZERO_ALLOC, L.COMPRESSED))
-                        new = 0 if unmap else old
-                        new |= L.QCOW_OFLAG_ZERO
-                        if new == old:
-                            continue
-                        c.dirty[ci] = True
-                        self.set_entry(c.tables[ci], l2i + i, new)
-                        if unmap:
-                            self.free_any_cluster(old, DISCARD_REQUEST)
-                finally:
-                    c.put(ci)
-                n -= cnt
-                offset += cnt * self.cluster_size
-        finally:
-            self.cache_discards = False
-        self.process_discards(0)
+        def update(old: int):
+            t = L.cluster_type(old)
+            unmap = t == L.COMPRESSED or (bool(flags & BDRV_REQ_MAY_UNMAP) and
+                                          t in (L.NORMAL, L.ZERO_ALLOC, L.COMPRESSED))
+            return (0 if unmap else old) | L.QCOW_OFLAG_ZERO, DISCARD_REQUEST if unmap else None
+        self._each_l2_slice(offset, nbytes, update)
