@@ -10,10 +10,15 @@ from .spec import virtio as V
 def virtio_status(m) -> dict:
     """info virtio-status."""
     vdev = m.vdev
-    return {"device_name": "virtio-blk", "device_id": 2, "vhost_started": False,
-            "bus_name": "virtio-bus", "broken": vdev.broken, "disabled": False,
-            "started": vdev.started, "start_on_kick": False, "num_vqs": len(vdev.vqs),
-            "queue_sel": vdev.queue_sel, "isr": vdev.isr, "endianness": "little",
+    # QEMU's VirtioStatus names (qapi/virtio.json), plus device_name/endianness, the names
+    # this dict first used (kept for its readers)
+    return {"name": "virtio-blk", "device_name": "virtio-blk", "device_id": 2,
+            "vhost_started": False, "bus_name": "virtio-bus", "broken": vdev.broken,
+            "disabled": False, "vm_running": True, "use_started": True, "started": vdev.started,
+            "start_on_kick": False, "disable_legacy_check": False,
+            "use_guest_notifier_mask": True, "num_vqs": len(vdev.vqs),
+            "queue_sel": vdev.queue_sel, "isr": vdev.isr, "device_endian": "little",
+            "endianness": "little",
             "status": vdev.status, "status_names": V.status_names(vdev.status),
             "guest_features": V.feature_names(vdev.guest_features),
             "host_features": V.feature_names(vdev.host_features & ~V.LEGACY_FEATURES),
@@ -24,7 +29,7 @@ def virtio_status(m) -> dict:
 def virtio_queue_status(m, queue: int = 0) -> dict:
     """info virtio-queue-status."""
     q = m.vdev.vqs[queue]
-    return {"queue_index": queue, "inuse": q.inuse, "used_idx": q.used_idx,
+    return {"name": "virtio-blk", "queue_index": queue, "inuse": q.inuse, "used_idx": q.used_idx,
             "signalled_used": q.signalled_used, "signalled_used_valid": q.signalled_used_valid,
             "last_avail_idx": q.last_avail_idx, "shadow_avail_idx": q.shadow_avail_idx,
             "vring_num": q.num, "vring_num_default": q.num_default, "vring_align": 4096,

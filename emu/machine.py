@@ -90,12 +90,14 @@ class Machine:
         self.rng, out = splitmix64(self.rng)
         return out
 
-    def set_function(self, function: str, source: str | None = None) -> None:
+    def set_function(self, function: str, source: str | None = None, caller: str | None = None) -> None:
         """A handler that models several real functions names the one this step is."""
         if self.cur is not None:
             self.cur.function = function
             if source:
                 self.cur.source = source
+            if caller:
+                self.cur.caller = caller
 
     def raise_msi(self, addr: int, data: int) -> None:
         """An MSI-X message reaches the guest's local APIC: run the handler for that vector."""
@@ -145,14 +147,21 @@ class Machine:
     def finished(self) -> bool:
         return not self.sim.queue
 
+    def begin_shutdown(self) -> bool:
+        """Post the block layer's close (QEMU's exit path) if the machine is idle; its steps
+        then run like any other.  False when there is nothing to close."""
+        kind = getattr(self.fmt, "close_kind", None)
+        if kind is None or self.sim.queue:
+            return False
+        self.sim.post("qemu", kind)
+        return True
+
     def shutdown(self, on_step=None) -> int:
         """Close the block layer as QEMU's exit does (qcow2: write back caches, mark clean).
 
         Runs only once the machine is idle; returns the number of steps it took."""
-        kind = getattr(self.fmt, "close_kind", None)
-        if kind is None or self.sim.queue:
+        if not self.begin_shutdown():
             return 0
-        self.sim.post("qemu", kind)
         before = self.steps
         self.run(None, on_step)
         return self.steps - before

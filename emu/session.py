@@ -40,10 +40,10 @@ class Session:
     def _one(self) -> Step | None:
         rec = self.m.step()
         if rec is None and not self.closed:
+            # the workload is done: QEMU's exit closes the image (qcow2_close), step by step
             self.closed = True
-            if self.m.shutdown(self._record) == 0:
-                return None
-            return self.last
+            if self.m.begin_shutdown():
+                rec = self.m.step()
         if rec is not None:
             self._record(rec)
         return rec
@@ -171,6 +171,11 @@ class Session:
             raise ValueError(f"{gpa:#x}+{n} is outside guest RAM (0..{self.m.mem.size:#x})")
         return self.m.mem.read(gpa, n)
 
+    def read_ram_clamped(self, gpa: int, n: int) -> bytes:
+        """Guest RAM bytes for a viewer: clamped to the end of RAM instead of refused."""
+        gpa = min(max(0, gpa), self.m.mem.size)
+        return self.m.mem.read(gpa, max(0, min(n, self.m.mem.size - gpa)))
+
     def guest_to_host(self, offset: int, length: int):
         return views.guest_to_host(self.m, offset, length)
 
@@ -183,7 +188,7 @@ class Session:
     def chains(self) -> dict:
         """The call chain of the latest step on each side (guest, host)."""
         from .callchain import call_chain
-        return {side: (rec.n, call_chain(rec.function, rec.source))
+        return {side: (rec.n, call_chain(rec.function, rec.source, rec.caller))
                 for side, rec in self.last_by_side.items()}
 
     def info(self, what: str, arg: int | None = None) -> dict:

@@ -116,18 +116,46 @@ def _device_req_by_head(m) -> dict:
     return {r["elem"]["index"]: r for r in m.vblk.reqs.values() if r.get("elem")}
 
 
-def _live_stage(m, rq: dict, dev: dict) -> str:
+def _unpopped_heads(m) -> set:
+    """Heads the driver published that the device has not popped yet (last_avail_idx..avail.idx)."""
+    vq, q = m.guest.vq, m.vdev.vqs[0]
+    if not vq.num:
+        return set()
+    idx = m.mem.read_u16(vq.avail + 2)
+    pending = min((idx - q.last_avail_idx) % 65536, vq.num)
+    return {m.mem.read_u16(vq.avail + 4 + 2 * ((q.last_avail_idx + i) % vq.num)) for i in range(pending)}
+
+
+def _used_heads(m) -> set:
+    """Heads the device pushed that the driver has not taken yet (last_used_idx..used.idx)."""
+    vq = m.guest.vq
+    if not vq.num:
+        return set()
+    idx = m.mem.read_u16(vq.used + 2)
+    pending = min((idx - vq.last_used_idx) % 65536, vq.num)
+    return {m.mem.read_u32(vq.used + 4 + 8 * ((vq.last_used_idx + i) % vq.num)) for i in range(pending)}
+
+
+def _live_stage(m, rq: dict, dev: dict, unpopped: set, pushed: set = frozenset()) -> str:
     stage = rq["stage"]
     if stage in ("plugged", "queued", "requeued"):
         return stage
     if stage in ("dispatched", "started"):
-        return "driver: building chain"
+        return "driver: adding"                     # virtio_queue_rq .. virtqueue_add_split
     if stage == "avail":
-        d = dev.get(rq.get("head"))
-        if d is None:
-            return "used: waiting for the interrupt" if rq.get("used_len") is None else "completing"
-        return {"popped": "device: popped", "mrb": "device: MultiReqBuffer",
-                "submitted": "host: block layer I/O", "flush": "host: flush",
+        # furthest along first: virtqueue_get_buf took it (QEMU's virtio_notify for it may not
+        # have run yet); published but not popped (a device request under a reused head is an
+        # older chain's); pushed by virtqueue_flush (virtio_notify may still be deciding)
+        if rq.get("used_len") is not None:
+            return "guest: completing"
+        head = rq.get("head")
+        if head in unpopped:
+            return "avail: not popped"
+        d = dev.get(head)
+        if d is None or head in pushed:
+            return "used: awaiting irq"
+        return {"popped": "device: popped", "mrb": "device: merging",
+                "submitted": "host: block I/O", "flush": "host: flush",
                 "completing": "device: completing"}.get(d["stage"], "device: " + d["stage"])
     return stage
 
@@ -139,10 +167,12 @@ def requests(m) -> list[RequestView]:
         out.append(RequestView(c["id"], GUEST_OPS.get(c["op"], c["op"]), c["sector"], c["bytes"],
                                "done", c["status"]))
     dev = _device_req_by_head(m)
+    unpopped = _unpopped_heads(m)
+    pushed = _used_heads(m)
     for rid, rq in sorted(m.guest.blkmq.rqs.items()):
         data = tuple(seg for bio in rq["bios"] for seg in bio["segs"])
         out.append(RequestView(rid, GUEST_OPS.get(rq["op"], rq["op"]), rq["sector"], rq["bytes"],
-                               _live_stage(m, rq, dev), "", rq["tag"], rq.get("head"), data))
+                               _live_stage(m, rq, dev, unpopped, pushed), "", rq["tag"], rq.get("head"), data))
     out.sort(key=lambda r: r.id)
     return out
 
@@ -162,8 +192,8 @@ def descriptors(m) -> list[DescView]:
     tables: dict = {}
     for rid, rq in m.guest.blkmq.rqs.items():
         head = rq.get("head")
-        if head is None or head >= vq.num:
-            continue
+        if head is None or head >= vq.num or vq.desc_data[head] != rid:
+            continue        # not on the ring yet, or detached by virtqueue_get_buf (free again)
         rr = rq.get("roles", [])
         if rq.get("table"):
             roles[head] = ("indirect table", rid)

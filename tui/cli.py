@@ -86,7 +86,8 @@ def _add_machine_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog=PROG, description="A debugger for the whole virtio-blk path.")
+    p = _Parser(prog=PROG, description="A debugger for the whole virtio-blk path. Without a "
+                "subcommand, `vblkdbg [IMAGE [--workload FILE]]` opens the debugger.")
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = p.add_subparsers(dest="cmd", parser_class=_Parser)
     r = sub.add_parser("run", help="run a workload headless and print a summary")
@@ -207,13 +208,78 @@ def cmd_run(a) -> int:
     return 0
 
 
+SUBCOMMANDS = ("run", "create", "map")
+
+
+def build_tui_parser() -> argparse.ArgumentParser:
+    """vblkdbg [IMAGE [--workload FILE]] [machine options]: the debugger itself."""
+    p = _Parser(prog=PROG, description="Open the debugger (default: the bundled sample).")
+    p.add_argument("image", nargs="?", help="raw or qcow2 image (default: the bundled sample)")
+    p.add_argument("-f", "--format", default="auto", choices=("auto", "raw", "qcow2"))
+    p.add_argument("--workload", metavar="FILE", help="the guest's workload (default: the "
+                   "article's scenario with the bundled sample, none otherwise)")
+    p.add_argument("--keys", default="letters", choices=("letters", "fkeys"),
+                   help="key profile: letters (s n f c) or fkeys (also F5 F10 F11 Shift+F11)")
+    w = p.add_mutually_exclusive_group()
+    w.add_argument("--write", action="store_true", help="write to IMAGE itself")
+    _add_machine_options(p)
+    return p
+
+
+def open_session(a):
+    """The Session the debugger works on (the image behind a private overlay unless --write)."""
+    from emu.block.image import open_image
+    from emu.machine import Machine
+    from emu.session import Session
+    from emu.workload import check_bounds
+    import sample_images
+    image, workload = a.image, a.workload
+    if image is None:
+        image = str(sample_images.path("article.qcow2"))
+        workload = workload or str(sample_images.path("article.wl"))
+    cfg = config_from_args(a)
+    cfg.validate()
+    ops = load_workload(workload) if workload else []
+    hf, fmt = open_image(image, "write" if a.write else "overlay",
+                         discard_unmap=cfg.discard == "unmap",
+                         allow_backing_outside=a.allow_backing_outside, fmt=a.format)
+    try:
+        check_bounds(ops, fmt.virtual_size(), workload or "")
+        m = Machine(hf, fmt, cfg, ops)
+    except BaseException:
+        fmt.close()
+        hf.close()
+        raise
+    return Session(m, os.path.basename(image), os.path.basename(workload) if workload else "no workload")
+
+
+def cmd_tui(argv: list[str]) -> int:
+    a = build_tui_parser().parse_args(argv)
+    session = open_session(a)
+    for w in session.m.fmt.warnings:
+        print(f"{PROG}: warning: {w}", file=sys.stderr)
+    from .app import DebuggerApp
+    try:
+        DebuggerApp(session, keys=a.keys).run()
+    finally:
+        session.m.fmt.close()
+        session.m.hostfile.close()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from emu.errors import EmuError
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or (argv[0] not in SUBCOMMANDS and argv[0] not in ("-h", "--help", "--version")):
+        try:
+            return cmd_tui(argv)
+        except (CliError, EmuError) as e:
+            print(f"{PROG}: error: {e}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
     parser = build_parser()
     a = parser.parse_args(argv)
-    if a.cmd is None:
-        parser.print_help()
-        return 0
     try:
         from . import image_cmds
         return {"run": cmd_run, "create": image_cmds.cmd_create,

@@ -34,6 +34,8 @@ class Step:
     source: str
     detail: str = ""
     effects: list = field(default_factory=list)
+    caller: str = ""          # set when the caller is known only at run time (qcow2 plan items)
+    facts: list = field(default_factory=list)   # structured facts for breakpoints (add_fact)
 
     def event_json(self) -> dict:
         return {"step": self.n, "time_ns": self.time_ns, "layer": self.layer,
@@ -54,6 +56,28 @@ def handler(kind: str, layer: str, function: str, source: str) -> Callable:
         REGISTRY[kind] = (fn, StepInfo(kind, layer, function, source))
         return fn
     return deco
+
+
+def add_fact(m, fact: tuple) -> None:
+    """Attach a structured fact to the step being executed (nothing between steps).
+
+    Facts say what a step did in the terms breakpoints match on, where the effects alone
+    cannot tell (e.g. which descriptor virtqueue_pop read).  They live on the Step record
+    only: never in machine state, so they cannot change a digest.  Kinds (tuples):
+
+    ("desc", on, q, slot, table, entry, head, addr, len, flags, next, req)
+        on: "add" (the driver wrote it), "pop" (the device read it in virtqueue_pop),
+        "used" (virtqueue_fill returned its chain); slot: the ring's descriptor-table index
+        or None for an indirect-table entry; table/entry: the indirect table's guest address
+        and the entry index, or None for ring descriptors; head: the chain's head slot;
+        req: the guest request id on "add" facts (the driver knows it), None on the
+        device's "pop"/"used" facts (the device does not know the guest's request).
+    ("req-status", rid, status, status_gpa)
+        the device completed its request rid with this virtio-blk status byte.
+    """
+    rec = getattr(m, "cur", None)
+    if rec is not None and m.log.cur is not None:
+        rec.facts.append(fact)
 
 
 class EffectLog:

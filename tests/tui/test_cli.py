@@ -128,6 +128,10 @@ BAD = [
     (["run", "IMG", "--workload", "W", "--serial", "x" * 21], "serial is at most 20 bytes"),
     (["run", "IMG", "--workload", "BIN"], "not a text file"),
     (["run", "DIR", "--workload", "W"], "is a directory"),
+    (["MISSING.raw"], "no such file"),                       # the debugger's own command line
+    (["IMG", "--workload", "BADWL"], "bad.wl:2: unknown operation 'scribble'"),
+    (["IMG", "--workload", "W", "--keys", "emacs"], "invalid choice: 'emacs'"),
+    (["SMALL"], "too small to be a disk"),
     (["create", "IMG", "1M"], "already exists"),
     (["create", "NEW", "1000"], "positive multiple of 512"),
     (["create", "NEW", "lots"], "not a size"),

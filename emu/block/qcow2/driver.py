@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno as E
 import zlib
 
+from ...callchain import QEMU_ROOTS, source_of, static_path
 from ...device.iov import iov_size
 from ...sim.steps import handler
 from ..file_posix import ERRNO_NAMES, _fault
@@ -194,6 +195,30 @@ def _finish(m, bid: int) -> None:
 @handler("qcow2.compute", "qcow2", "qcow2_alloc_host_offset", CLUSTER_SRC)
 def compute(m, bid: int) -> str:
     """Decide the next phase of a request with the engine; its host I/O becomes the plan."""
+    detail = _compute(m, bid)
+    co = m.fmt.cos.get(bid)
+    if co is not None and m.cur is not None:
+        co["caller"] = m.cur.function          # the qcow2 function whose I/O the plan is
+    return detail
+
+
+# the guest-data I/O of a request: bdrv_co_*v_part on the file child, called from the task
+DATA_IO = {"bdrv_co_pwritev_part": "qcow2_co_pwritev_task", "bdrv_co_preadv_part": "qcow2_co_preadv_task"}
+
+
+def _plan_frame(m, co: dict, item: dict) -> None:
+    """Name the step after the plan item's real function, called from the function that
+    planned it (the coroutine's last compute step) when the table does not know its caller."""
+    fn = item["fn"]
+    caller = DATA_IO.get(fn, "")
+    path = static_path(fn)
+    ctx = co.get("caller", "")
+    if not caller and ctx and ctx not in path and path[0] not in QEMU_ROOTS:
+        caller = ">".join([ctx, *path[:-1]])
+    m.set_function(fn, source_of(fn) or SRC, caller=caller)
+
+
+def _compute(m, bid: int) -> str:
     f = m.fmt
     eng = f.engine
     co = f.cos[bid]
@@ -531,7 +556,7 @@ def io(m, bid: int) -> str:
     f = m.fmt
     co = f.cos[bid]
     item = co["plan"][co["pi"]]
-    m.set_function(item["fn"])
+    _plan_frame(m, co, item)
     op = item["op"]
     if op == "guest_zero":
         for gpa, ln in item["iov"]:
@@ -635,7 +660,7 @@ def io_done(m, bid: int) -> str:
     """The I/O completed: the coroutine re-enters; errors end the request."""
     co = m.fmt.cos[bid]
     item = co["plan"][co["pi"]]
-    m.set_function(item["fn"])
+    _plan_frame(m, co, item)
     ret = co.pop("io_ret")
     op = item["op"]
     if ret == 0:

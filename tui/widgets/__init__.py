@@ -1,0 +1,1 @@
+"""Widgets of the vblkdbg debugger, one per module."""
