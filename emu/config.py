@@ -59,3 +59,44 @@ class Config:
         d = asdict(self)
         d["faults"] = [dict(f) for f in self.faults]
         return d
+
+    @classmethod
+    def from_json(cls, d: dict, where: str = "config") -> "Config":
+        """The inverse of to_json; unknown or mistyped keys raise ConfigError naming them."""
+        from dataclasses import fields
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where}: expected an object, not {type(d).__name__}")
+        nested = {"latency": LatencyModel, "timing": Timing}
+        known = {f.name: f for f in fields(cls)}
+        kw: dict = {}
+        for k, v in d.items():
+            if k not in known:
+                raise ConfigError(f"{where}: unknown setting {k!r}")
+            if k in nested:
+                sub = {f.name for f in fields(nested[k])}
+                if not isinstance(v, dict) or set(v) - sub:
+                    raise ConfigError(f"{where}.{k}: expected an object with keys from "
+                                      f"{', '.join(sorted(sub))}")
+                if any(type(x) is not int for x in v.values()):
+                    raise ConfigError(f"{where}.{k}: values must be integers")
+                v = nested[k](**v)
+            elif k == "faults":
+                if not isinstance(v, list) or not all(isinstance(f, dict) for f in v):
+                    raise ConfigError(f"{where}.faults: expected a list of objects")
+                keys = {"op": str, "start": int, "end": int, "errno": int, "count": int}
+                for n, f in enumerate(v):
+                    if set(f) != set(keys) or any(type(f[x]) is not t for x, t in keys.items()):
+                        raise ConfigError(f"{where}.faults[{n}]: expected integer start, end, "
+                                          f"errno, count and an op, not {f!r}")
+                    if f["op"] not in ("read", "write", "flush", "discard", "write_zeroes"):
+                        raise ConfigError(f"{where}.faults[{n}]: unknown op {f['op']!r}")
+                v = tuple(dict(f) for f in v)
+            else:
+                want = type(getattr(cls(), k))
+                if type(v) is not want:
+                    raise ConfigError(f"{where}.{k}: expected {want.__name__}, not {v!r}")
+            kw[k] = v
+        cfg = cls(**kw)
+        cfg.validate()
+        return cfg
+

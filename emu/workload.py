@@ -6,7 +6,9 @@ import re
 from .errors import WorkloadError
 from .spec.blk import SECTOR_SIZE
 
-OPS = ("write", "read", "flush", "discard", "write-zeroes", "get-id", "wait", "queue-depth")
+OPS = ("write", "read", "flush", "discard", "write-zeroes", "get-id", "wait", "queue-depth", "at")
+_TIME = re.compile(r"^(\d+)(ns|us|ms|s)?$")
+_TIME_MULT = {None: 1, "ns": 1, "us": 1000, "ms": 1000_000, "s": 1000_000_000}
 _SIZE = re.compile(r"^(0x[0-9a-fA-F]+|\d+)([kKmMgG]?)$")
 _MULT = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 RECORD = 16      # bytes per pattern record
@@ -18,6 +20,14 @@ def parse_size(text: str) -> int:
     if not mt:
         raise ValueError(f"not a size: {text!r} (use e.g. 4096, 0x1000, 4k, 1M, 2G)")
     return int(mt.group(1), 0) * _MULT[mt.group(2).lower()]
+
+
+def parse_time(text: str) -> int:
+    """'1500', '1500ns', '20us', '3ms', '2s' -> nanoseconds of virtual time."""
+    mt = _TIME.match(text)
+    if not mt:
+        raise ValueError(f"not a time: {text!r} (use e.g. 1500, 1500ns, 20us, 3ms, 2s)")
+    return int(mt.group(1)) * _TIME_MULT[mt.group(2)]
 
 
 def parse_workload(text: str, path: str = "<workload>") -> list[dict]:
@@ -48,6 +58,11 @@ def _parse_line(line: str, lineno: int, n: int) -> dict:
         if len(args) != 1 or not args[0].isdigit() or int(args[0]) < 1:
             raise ValueError("queue-depth takes one positive integer")
         d["depth"] = int(args[0])
+        return d
+    if op == "at":
+        if len(args) != 1:
+            raise ValueError("at takes one time (virtual time since the start, e.g. 20us)")
+        d["time_ns"] = parse_time(args[0])
         return d
     if len(args) < 2:
         raise ValueError(f"{op} needs OFFSET and LEN")

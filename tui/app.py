@@ -17,6 +17,7 @@ from textual.worker import get_current_worker
 from .screens import HelpScreen
 from .palette import DebuggerCommands
 from .widgets.avail_ring_pane import AvailRingPane
+from .widgets.breakpoints_pane import BreakpointsPane
 from .widgets.command_line import CommandLine
 from .widgets.descriptors_pane import DescriptorsPane
 from .widgets.device_pane import DevicePane
@@ -28,11 +29,16 @@ from .widgets.used_ring_pane import UsedRingPane
 
 MIN_W, MIN_H = 120, 36
 SYNC_STEPS = 200            # `step N` up to this runs on the UI thread; more goes to a worker
-PANES = ("requests", "descriptors", "avail", "used", "device", "hex", "steps")
+PANES = ("requests", "descriptors", "avail", "used", "device", "hex", "steps", "breakpoints")
 TITLES = {"requests": "Requests", "descriptors": "Descriptors", "avail": "Avail ring",
-          "used": "Used ring", "device": "Device", "hex": "Host image", "steps": "Steps"}
+          "used": "Used ring", "device": "Device", "hex": "Host image", "steps": "Steps",
+          "breakpoints": "Breakpoints"}
 # the F-key profile (vscode-like); the letters keep working
-FKEYS = {"continue": "f5,c", "next": "f10,n", "step": "f11,s", "finish": "shift+f11,f"}
+FKEYS = {"continue": "f5,c", "next": "f10,n", "step": "f11,s", "finish": "shift+f11,f",
+         "reverse-continue": "shift+f5,C", "reverse-next": "shift+f10,N", "reverse-step": "ctrl+f11,S",
+         "breakpoint": "f9,b"}
+RUN_ACTIONS = ("step", "next", "finish", "continue", "command_line", "reverse_step", "reverse_next",
+               "reverse_finish", "reverse_continue", "breakpoint")
 
 
 class DebuggerApp(App):
@@ -45,8 +51,13 @@ class DebuggerApp(App):
         Binding("s", "step", "step", id="step"),
         Binding("n", "next", "next", id="next"),
         Binding("f", "finish", "finish", id="finish"),
-        Binding("c", "continue", "continue", id="continue"),
-        Binding("colon", "command_line", ":cmd", id="command-line"),
+        Binding("c", "continue", "cont", id="continue"),
+        Binding("S", "reverse_step", "↶step", id="reverse-step"),
+        Binding("N", "reverse_next", "↶next", id="reverse-next"),
+        Binding("F", "reverse_finish", "↶finish", id="reverse-finish"),
+        Binding("C", "reverse_continue", "↶cont", id="reverse-continue"),
+        Binding("b", "breakpoint", "break", id="breakpoint"),
+        Binding("colon", "command_line", "cmd", id="command-line"),
         Binding("m", "toggle_space", "host/RAM", id="toggle-space"),
         Binding("h", "follow", "follow", id="follow"),
         Binding("question_mark", "help", "help", id="help"),
@@ -74,7 +85,9 @@ class DebuggerApp(App):
         yield Header(show_clock=False, icon="")
         with Vertical(id="panes"):
             with Horizontal(id="row-top", classes="row"):
-                yield RequestsPane(id="requests", classes="pane")
+                with Vertical(id="col-requests"):
+                    yield RequestsPane(id="requests", classes="pane")
+                    yield BreakpointsPane(id="breakpoints", classes="pane")
                 yield DescriptorsPane(id="descriptors", classes="pane")
                 yield DevicePane(id="device", classes="pane")
             with Horizontal(id="row-mid", classes="row"):
@@ -85,7 +98,7 @@ class DebuggerApp(App):
         yield Static("", id="too-small")
         yield StatusBar(id="status")
         yield CommandLine(id="cmdline")
-        yield Footer()
+        yield Footer(compact=True, show_command_palette=False)
 
     def on_mount(self) -> None:
         if self.keys_profile == "fkeys":
@@ -120,8 +133,12 @@ class DebuggerApp(App):
         sel_head = next((r.head for r in reqs if r.id == self.selected), None)
         self.query_one(UsedRingPane).show(rings, sel_head)
         self.query_one(DevicePane).show(s.device())
+        hit = s.stop.hit.id if s.stop.hit is not None else None
+        self.query_one(BreakpointsPane).show(s.breakpoints.list(), hit)
         steps = self.query_one(StepsPane)
         new = s.m.steps - self._shown_steps
+        if new < 0:                      # went back in time: everything may have changed
+            full = True
         if full or new > 200:
             steps.reset(s.recent_steps(200))
         elif new > 0:
@@ -143,7 +160,8 @@ class DebuggerApp(App):
         if self.space == "host":
             if hv.data_size != self.session.host_size():
                 self._set_hex_source()
-            if full or (changed and self._map_step != self.session.m.steps):
+            moved = self.session.m.steps - self._map_step
+            if full or (moved and (changed or moved != 1)):
                 hv.set_regions(self._host_regions())
         else:
             hv.set_regions(self._ram_regions())
@@ -210,7 +228,7 @@ class DebuggerApp(App):
 
     # -- actions -----------------------------------------------------------------------------------------
     def check_action(self, action: str, parameters) -> bool | None:
-        if self.running and action in ("step", "next", "finish", "continue", "command_line"):
+        if self.running and action in RUN_ACTIONS:
             return None
         return True
 
@@ -244,6 +262,50 @@ class DebuggerApp(App):
 
     def action_continue(self) -> None:
         self._run(("run", "continue"))
+
+    # reverse execution: back through the checkpoints (a re-run from the nearest one)
+    def action_reverse_step(self) -> None:
+        from .cmdline.commands import run_action
+        before = self.session.m.steps
+        self._after_run(run_action(self.session, ("run", "reverse-step", 1)), before)
+
+    def action_reverse_next(self) -> None:
+        self._run(("run", "reverse-next"), report=True)
+
+    def action_reverse_finish(self) -> None:
+        """Back to before the selected request (or the newest in flight) was created."""
+        reqs = self.session.requests()
+        known = [r.id for r in reqs]
+        live = [r.id for r in reqs if r.stage != "done"]
+        rid = self.selected if self.selected in known else (max(live) if live else None)
+        if rid is None:
+            self.notify("select a request in Requests (1) to go back to its creation", severity="warning")
+            return
+        self._run(("run", "reverse-finish", rid), report=True)
+
+    def action_reverse_continue(self) -> None:
+        self._run(("run", "reverse-continue"), report=True)
+
+    def action_breakpoint(self) -> None:
+        """b: a breakpoint on the descriptor or request selected in its pane."""
+        focused = self.focused
+        line = None
+        if isinstance(focused, DescriptorsPane):
+            d = focused.selected_descriptor()
+            if d is not None:
+                line = (f"break desc idx={d.index}" if d.ring else
+                        f"break desc indirect=yes addr={d.addr:#x}")
+        if line is None:
+            req = next((r for r in self.session.requests() if r.id == self.selected), None)
+            if req is not None and not isinstance(focused, DescriptorsPane):
+                sectors = max(1, req.length // 512)
+                rng = f" sector={req.sector}..{req.sector + sectors - 1}" if req.length else ""
+                line = f"break req type={req.type}{rng} stage=done"
+        if line is None:
+            self.notify("select a descriptor in Descriptors (2) or a request in Requests (1) first",
+                        severity="warning")
+            return
+        self.run_command(line)
 
     def _run(self, action: tuple, report: bool = False) -> None:
         self.running = True
@@ -355,6 +417,7 @@ class DebuggerApp(App):
             self.notify(res.lines[0] if res.lines else "error", severity="error")
             return
         if not res.action:
+            self.refresh_panes()         # break, delete, poke, ... change what the panes show
             return
         if res.action[0] == "goto":
             self._goto(res.action[1], res.action[2])

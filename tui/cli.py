@@ -122,6 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
     mp = sub.add_parser("map", help="classify every range of an image's host file")
     mp.add_argument("image")
     mp.add_argument("--json", action="store_true", help="print the ranges as a JSON list")
+    from .batch import add_batch_arguments
+    b = sub.add_parser("batch", help="run debugger commands non-interactively, one JSON line each")
+    add_batch_arguments(b)
+    _add_machine_options(b)
     return p
 
 
@@ -208,7 +212,7 @@ def cmd_run(a) -> int:
     return 0
 
 
-SUBCOMMANDS = ("run", "create", "map")
+SUBCOMMANDS = ("run", "create", "map", "batch")
 
 
 def build_tui_parser() -> argparse.ArgumentParser:
@@ -267,6 +271,24 @@ def cmd_tui(argv: list[str]) -> int:
     return 0
 
 
+def cmd_batch(a) -> int:
+    from .batch import read_script, run_batch
+
+    def error(msg: str):
+        raise CliError(msg)
+    script = read_script(a.script, error)
+    if not script:
+        raise CliError("batch: no commands (give -x FILE or -ex CMD)")
+    session = open_session(a)
+    for w in session.m.fmt.warnings:
+        print(f"{PROG}: warning: {w}", file=sys.stderr)
+    try:
+        return run_batch(session, script)
+    finally:
+        session.m.fmt.close()
+        session.m.hostfile.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     from emu.errors import EmuError
     argv = sys.argv[1:] if argv is None else argv
@@ -283,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from . import image_cmds
         return {"run": cmd_run, "create": image_cmds.cmd_create,
-                "map": image_cmds.cmd_map}[a.cmd](a)
+                "map": image_cmds.cmd_map, "batch": cmd_batch}[a.cmd](a)
     except (CliError, EmuError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
@@ -292,3 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -3,6 +3,13 @@
 In overlay mode (the default, like QEMU's -snapshot) the image is opened read-only and every
 write goes to a sparse temporary file with a copy-on-write bitmap of 4 KiB blocks; the
 temporary file is deleted on close.  In write mode the image itself is opened read-write.
+
+Reverse execution (emu.debug.timeline) sets `undo` to a dict: from then on pwrite and
+truncate first keep the old content of each 4 KiB block they are about to change, once per
+block per dict (undo[block number] = 4096 bytes, or None for a block that lay wholly at or
+past the logical size), and the first of them keeps the logical size in `undo_size`.
+`restore_blocks` puts such blocks and the size back.  A HostFile is never copied:
+copy.deepcopy returns the object itself, so copies of a format driver share it.
 """
 from __future__ import annotations
 
@@ -74,6 +81,11 @@ class HostFile:
         self._dirty: set = set()
         self.syncs = 0
         self.writes = 0
+        self.undo: dict | None = None        # block -> old bytes or None (see module doc)
+        self.undo_size: int | None = None    # logical size when `undo` got its first entry
+
+    def __deepcopy__(self, memo) -> HostFile:
+        return self                          # one real file: copies share it
 
     # -- raw access ------------------------------------------------------------------
     def _pread_fd(self, fd: int, off: int, n: int) -> bytes:
@@ -113,6 +125,8 @@ class HostFile:
         self.writes += 1
         if self.mode == "read":
             raise OSError(errno.EBADF, "image opened read-only")
+        if self.undo is not None:
+            self._keep_old(off, off + n)
         if self.mode == "write":
             os.pwrite(self.fd, data, off)
         else:
@@ -138,6 +152,8 @@ class HostFile:
 
     def truncate(self, size: int) -> None:
         """ftruncate(): grow or shrink the logical file."""
+        if self.undo is not None and self.mode != "read":
+            self._keep_old(size, self.size)    # growing keeps only the size (see _keep_old)
         self._touch(min(size, self.size), abs(size - self.size) or 1)
         if self.mode == "write":
             os.ftruncate(self.fd, size)
@@ -148,6 +164,62 @@ class HostFile:
             self.cow = {b for b in self.cow if b * BLOCK < size}
             self.base_size = min(self.base_size, size)
         self.size = size
+
+    # -- undo (reverse execution) ------------------------------------------------------
+    def _keep_old(self, start: int, end: int) -> None:
+        """Record in `undo` the blocks of [start, end) not recorded yet, before they change.
+
+        Blocks wholly at or past `undo_size` (the size when recording began) are recorded as
+        None: restoring the size cuts them off, so their bytes need not be kept (a long range
+        of them, like a file growing, is not even marked)."""
+        undo = self.undo
+        if self.undo_size is None:
+            self.undo_size = self.size
+        if end <= start:
+            return
+        limit = self.undo_size
+        first = start // BLOCK
+        last = (end - 1) // BLOCK
+        kept_last = min(last, (limit - 1) // BLOCK)       # last block holding old bytes
+        b = first
+        while b <= kept_last:
+            if b in undo:
+                b += 1
+                continue
+            run = b + 1                     # read a run of unrecorded blocks in one pread
+            while run <= kept_last and run not in undo:
+                run += 1
+            data = self.pread(b * BLOCK, (run - b) * BLOCK)
+            for i in range(b, run):
+                undo[i] = data[(i - b) * BLOCK:(i - b + 1) * BLOCK]
+            b = run
+        past = max(first, kept_last + 1)
+        if last - past < 64:
+            for b in range(past, last + 1):
+                undo.setdefault(b, None)
+
+    def restore_blocks(self, blocks: dict, size: int) -> None:
+        """Write old blocks back ({block: 4096 bytes or None}) and set the logical size.
+
+        Goes through pwrite and truncate like any write (so overlay mode keeps the image
+        untouched and write mode puts the user's file back byte for byte), without
+        recording anything in `undo` and without counting in `writes`."""
+        undo, self.undo = self.undo, None
+        writes = self.writes
+        try:
+            keys = sorted(b for b, d in blocks.items() if d is not None)
+            i = 0
+            while i < len(keys):
+                j = i + 1
+                while j < len(keys) and keys[j] == keys[j - 1] + 1:
+                    j += 1
+                self.pwrite(keys[i] * BLOCK, b"".join(blocks[k] for k in keys[i:j]))
+                i = j
+            if self.size != size:
+                self.truncate(size)
+        finally:
+            self.undo = undo
+            self.writes = writes
 
     def close(self) -> None:
         for fd in (self.ov_fd, self.fd):

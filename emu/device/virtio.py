@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..sim.steps import add_fact
 from ..spec import pci as P
 from ..spec import virtio as V
 
@@ -199,6 +200,7 @@ def virtqueue_pop(m, qi: int) -> dict | None:
     descs = []
     addr, length, flags, nxt = _read_desc(m, base, i)
     descs.append((base, i, addr, length, flags, nxt))
+    add_fact(m, ("desc", "pop", qi, i, None, None, head, addr, length, flags, nxt, None))
     indirect_table = None
     if flags & V.VIRTQ_DESC_F_INDIRECT:
         if not length or length % V.DESC_SIZE:
@@ -218,6 +220,7 @@ def virtqueue_pop(m, qi: int) -> dict | None:
         i = 0
         addr, length, flags, nxt = _read_desc(m, base, i)
         descs.append((base, i, addr, length, flags, nxt))
+        add_fact(m, ("desc", "pop", qi, None, base, i, head, addr, length, flags, nxt, None))
     out_iov: list = []
     in_iov: list = []
     out_addr: list = []
@@ -246,6 +249,10 @@ def virtqueue_pop(m, qi: int) -> dict | None:
         i = nxt
         addr, length, flags, nxt = _read_desc(m, base, i)
         descs.append((base, i, addr, length, flags, nxt))
+        if indirect_table is None:
+            add_fact(m, ("desc", "pop", qi, i, None, None, head, addr, length, flags, nxt, None))
+        else:
+            add_fact(m, ("desc", "pop", qi, None, base, i, head, addr, length, flags, nxt, None))
     set_reg(m, vq, "inuse", f"vq{qi}.inuse", vq.inuse + 1)
     return {"index": head, "ndescs": 1, "out": out_iov, "in": in_iov,
             "descs": descs, "indirect": indirect_table, "avail_idx": idx}
@@ -262,6 +269,13 @@ def virtqueue_fill(m, qi: int, elem: dict, length: int, idx: int = 0) -> bool:
     slot = (idx + vq.used_idx) % vq.num
     a = vq.used + V.USED_RING + V.USED_ELEM_SIZE * slot
     m.mem.write(a, elem["index"].to_bytes(4, "little") + (length & 0xFFFFFFFF).to_bytes(4, "little"))
+    # for breakpoints: the chain goes back to the driver; its descriptors as popped
+    head = elem["index"]
+    for k, (base, i, daddr, dlen, dflags, dnext) in enumerate(elem.get("descs", ())):
+        if k == 0 or not elem.get("indirect"):
+            add_fact(m, ("desc", "used", qi, i, None, None, head, daddr, dlen, dflags, dnext, None))
+        else:
+            add_fact(m, ("desc", "used", qi, None, base, i, head, daddr, dlen, dflags, dnext, None))
     return True
 
 

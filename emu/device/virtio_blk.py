@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from ..block.backend import BDRV_REQ_MAY_UNMAP, blk_aio_submit
 from ..spec import blk as B
 from ..spec import virtio as V
-from ..sim.steps import handler
+from ..sim.steps import add_fact, handler
 from . import virtio as VD
 from .iov import iov_discard_back, iov_discard_front, iov_from_buf, iov_size, iov_to_buf
 
@@ -460,6 +460,7 @@ def req_complete(m, rid: int, status: int) -> str:
     req = m.vblk.reqs[rid]
     m.mem.write(req["status_gpa"], bytes([status]))
     req["status"] = status
+    add_fact(m, ("req-status", rid, status, req["status_gpa"]))
     req["stage"] = "completing"
     m.sim.cont("vq.fill", (rid,))
     return f"status {B.STATUS_NAMES.get(status, status)} -> status byte @{req['status_gpa']:#x}"

@@ -11,13 +11,15 @@ from . import blk_mq as Q
 from .state import BIO_MAX_VECS, BLK_MAX_REQUEST_COUNT, BLK_PLUG_FLUSH_SIZE
 
 FOPS = "block/fops.c"
+BLKDEV_MIN_RQ = 4                     # include/linux/blkdev.h
 PAGE = 4096
 OP_FN = {"write": ("blkdev_write_iter", FOPS), "read": ("blkdev_read_iter", FOPS),
          "discard": ("blkdev_issue_discard", "block/blk-lib.c"),
          "write-zeroes": ("blkdev_issue_zeroout", "block/blk-lib.c"),
          "flush": ("blkdev_issue_flush", "block/blk-flush.c"),
          "get-id": ("virtblk_get_id", "drivers/block/virtio_blk.c"),
-         "wait": ("io_getevents", "fs/aio.c"), "queue-depth": ("queue_requests_store", "block/blk-sysfs.c")}
+         "wait": ("io_getevents", "fs/aio.c"), "queue-depth": ("queue_requests_store", "block/blk-sysfs.c"),
+         "at": ("hrtimer_nanosleep", "kernel/time/hrtimer.c")}
 
 
 def _wake(m, reason: str) -> None:
@@ -99,12 +101,28 @@ def op_step(m) -> str:
         p.pc += 1
         m.sim.cont("app.op", preemptible=True)
         return where + ": nothing in flight"
+    if kind == "at":
+        # clock_nanosleep(TIMER_ABSTIME): the next operation is issued no earlier than T
+        p.pc += 1
+        now = m.sim.now
+        if now < op["time_ns"]:
+            m.sim.at(op["time_ns"] - now, "app.hrtimer")
+            return where + f" {op['time_ns']} ns (now {now} ns): " + _sleep(m, "timer")
+        m.sim.cont("app.op", preemptible=True)
+        return where + f" {op['time_ns']} ns: already past (now {now} ns)"
     if kind == "queue-depth":
-        g.blkmq.nr_requests = op["depth"]
-        g.blkmq.alloc_hint %= op["depth"]
+        # queue_requests_store: raised to BLKDEV_MIN_RQ; blk_mq_update_nr_requests refuses
+        # more than the tag set holds with -EINVAL and leaves nr_requests as it was.
+        q = g.blkmq
+        nr = max(op["depth"], BLKDEV_MIN_RQ)
         p.pc += 1
         m.sim.cont("app.op", preemptible=True)
-        return where + f" {op['depth']}: nr_requests = {op['depth']}"
+        if nr > q.depth:
+            return where + (f" {op['depth']}: write error: Invalid argument (EINVAL: the tag"
+                            f" set holds {q.depth}); nr_requests stays {q.nr_requests}")
+        q.nr_requests = nr
+        q.alloc_hint %= nr
+        return where + f" {op['depth']}: nr_requests = {nr}"
     bios, buf, err = _make_bios(m, op)
     if err == "ENOMEM" and p.inflight:
         return where + ": no free guest pages for the buffer: " + _sleep(m, "mem")
@@ -307,6 +325,12 @@ def resume(m) -> str:
         return "woken: a tag is free"
     m.sim.cont("app.op", preemptible=True)
     return f"woken ({reason})"
+
+
+@handler("app.hrtimer", "app", "hrtimer_wakeup", "kernel/time/hrtimer.c")
+def hrtimer_wakeup(m) -> str:
+    _wake(m, "timer")
+    return "the sleep's timer expired: wake the process"
 
 
 @handler("app.exit", "app", "do_exit", "kernel/exit.c")

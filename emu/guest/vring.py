@@ -4,7 +4,7 @@ from __future__ import annotations
 import struct
 
 from ..spec import virtio as V
-from ..sim.steps import handler
+from ..sim.steps import add_fact, handler
 
 RING = "drivers/virtio/virtio_ring.c"
 COMMON = "drivers/virtio/virtio_pci_common.c"
@@ -92,6 +92,12 @@ def add_desc(m, rid: int) -> str:
         st["k"] = k + 1
         st["i"] = nxt
         m.sim.cont("vring.add_desc", (rid,))
+    # for breakpoints: the descriptor as this step left it (ring slot i, or entry i of the table)
+    written = flags & ~V.VIRTQ_DESC_F_NEXT if last else flags
+    if st["indirect"]:
+        add_fact(m, ("desc", "add", vq.index, None, base, i, st["head"], gpa, length, written, nxt, rid))
+    else:
+        add_fact(m, ("desc", "add", vq.index, i, None, None, st["head"], gpa, length, written, nxt, rid))
     shown = V.desc_flag_names(flags & ~V.VIRTQ_DESC_F_NEXT if last else flags)
     return (f"{where} = {{addr {gpa:#x}, len {length}, {shown}, next {nxt}}} ({role})"
             + ("; last: NEXT cleared" if last else ""))
@@ -107,6 +113,8 @@ def add_head(m, rid: int) -> str:
     length = V.DESC_SIZE * len(rq["sgs"])
     nxt = vq.extra_next[head]
     write_desc(m, vq.desc, head, st["table"], length, V.VIRTQ_DESC_F_INDIRECT, nxt)
+    add_fact(m, ("desc", "add", vq.index, head, None, None, head, st["table"], length,
+                 V.VIRTQ_DESC_F_INDIRECT, nxt, rid))
     vq.extra_len[head] = length
     vq.extra_flags[head] = V.VIRTQ_DESC_F_INDIRECT
     m.sim.cont("vring.add_avail", (rid,))

@@ -1,4 +1,9 @@
-"""Guest-physical RAM: one bytearray, little-endian accessors, write logging, page digests."""
+"""Guest-physical RAM: one bytearray, little-endian accessors, write logging, page digests.
+
+Reverse execution (emu.debug.timeline) sets `undo` to a dict: from then on every write first
+keeps the old content of each 4 KiB page it is about to change, once per page per dict
+(undo[page number] = bytes of the page), and `restore_pages` puts such pages back.
+"""
 from __future__ import annotations
 
 import hashlib
@@ -32,6 +37,7 @@ class GuestMemory:
         zero = _page_hash(bytes(PAGE_SIZE))
         self._hashes = bytearray(zero * npages)     # 16 bytes per page
         self._dirty = bytearray(npages)             # 1 = page hash is stale
+        self.undo: dict | None = None               # page number -> old bytes (see module doc)
 
     # -- mapping (dma_memory_map / address_space_cache_init) -----------------------
     def is_mapped(self, gpa: int, length: int) -> bool:
@@ -60,6 +66,16 @@ class GuestMemory:
             raise EmuError(f"guest write outside RAM: {gpa:#x}+{n}")
         if n == 0:
             return
+        undo = self.undo
+        if undo is not None:
+            p = gpa >> PAGE_SHIFT
+            last = (gpa + n - 1) >> PAGE_SHIFT
+            while True:
+                if p not in undo:
+                    undo[p] = bytes(self.ram[p << PAGE_SHIFT:(p + 1) << PAGE_SHIFT])
+                if p == last:
+                    break
+                p += 1
         old = bytes(self.ram[gpa:gpa + n])
         self.ram[gpa:gpa + n] = data
         self._mark(gpa, n)
@@ -84,6 +100,17 @@ class GuestMemory:
             self._dirty[first] = 1
         else:
             self._dirty[first:last + 1] = b"\x01" * (last - first + 1)
+
+    def restore_pages(self, pages: dict) -> None:
+        """Put whole pages back ({page number: 4096 bytes}): not a guest write, so nothing is
+        logged and nothing is recorded in `undo`; the pages' digest entries go stale."""
+        ram = self.ram
+        dirty = self._dirty
+        for p, data in pages.items():
+            if len(data) != PAGE_SIZE or not 0 <= p < len(dirty):
+                raise EmuError(f"restore_pages: bad page {p} ({len(data)} bytes)")
+            ram[p << PAGE_SHIFT:(p + 1) << PAGE_SHIFT] = data
+            dirty[p] = 1
 
     # -- digest --------------------------------------------------------------------
     def digest(self) -> bytes:

@@ -312,6 +312,10 @@ def test_fkey_profile():
             assert app.session.m.steps == 1
             await pilot.press("f10")
             assert app.session.m.steps > 1
+            n = app.session.m.steps
+            await pilot.press("ctrl+f11")                # reverse-step
+            assert app.session.m.steps == n - 1
+            await pilot.press("f11")
             await pilot.press("f5")
             await app.workers.wait_for_complete()
             await pilot.pause()
@@ -525,4 +529,92 @@ def test_the_host_write_is_highlighted_and_annotated_in_the_hex_view():
             lit = list(hv.render_line(y))
             hv.set_changed([])
             assert list(hv.render_line(y)) != lit                          # the change was highlighted
+    run(go())
+
+
+def test_b_on_a_descriptor_sets_a_breakpoint_that_c_stops_at_and_the_pane_lists():
+    async def go():
+        app = make_app(SAMPLE, "--workload", MIXED)
+        s = app.session
+        async with app.run_test(size=SIZE) as pilot:
+            assert await _press_until(pilot, "s", lambda: s.last and s.last.kind == "vring.add_publish",
+                                      limit=3000)
+            await pilot.press("2", "home", "b")
+            await pilot.pause()
+            bps = [b for b in s.breakpoints if b.kind == "desc"]
+            assert len(bps) == 1 and bps[0].spec == "desc idx=0"
+            pane = text_of(app.query_one("#breakpoints"))
+            assert "desc idx=0" in pane and "catchpoint" in pane
+            await pilot.press("c")
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            assert s.stop.reason == "breakpoint" and s.stop.hit.id == bps[0].id
+            assert "Breakpoint" in text_of(app.query_one("#status"))
+            row = app.query_one("#breakpoints").get_row(str(bps[0].id))
+            assert str(row[3]) == "1"                               # one hit, shown
+    run(go())
+
+
+def test_b_on_a_request_breaks_when_its_sectors_complete():
+    async def go():
+        app = make_app()
+        s = app.session
+        async with app.run_test(size=SIZE) as pilot:
+            assert await _press_until(pilot, "s", lambda: s.m.guest.blkmq.rqs)
+            rid = min(s.m.guest.blkmq.rqs)
+            await pilot.press("1", "home", "b")
+            await pilot.pause()
+            assert any(b.kind == "req" for b in s.breakpoints)
+            await pilot.press("c")
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            assert s.stop.reason == "breakpoint" and s.stop.hit.match["id"] == rid
+            assert s.stop.hit.match["stage"] == "done"
+    run(go())
+
+
+def test_reverse_keys_go_back_exactly():
+    async def go():
+        app = make_app()
+        s = app.session
+        async with app.run_test(size=SIZE) as pilot:
+            app.run_command("step 80")
+            await pilot.pause()
+            d79 = None
+            app.run_command("step 1")
+            await pilot.pause()
+            want = s.m.digest()                 # at 81
+            await pilot.press("S")
+            await pilot.pause()
+            assert s.m.steps == 80
+            await pilot.press("s")
+            assert s.m.steps == 81 and s.m.digest() == want
+            assert "step 81" in text_of(app.query_one("#status"))
+            # N: back to before this layer's run of steps
+            layer = s.last.layer
+            await pilot.press("N")
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            assert s.m.steps < 81 and (s.last is None or s.last.layer != layer or s.m.steps == 0)
+            # C: back to the previous breakpoint hit
+            app.run_command("break step vp_notify")
+            await pilot.pause()
+            await pilot.press("c")
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            first = s.stop.step
+            app.run_command("step 40")
+            await pilot.pause()
+            await pilot.press("C")
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            assert s.m.steps == first and s.stop.reason == "breakpoint"
+            # F: back to before the selected request existed
+            rid = max(r.id for r in s.requests())
+            app.selected = rid
+            await pilot.press("F")
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            assert s.m.guest.blkmq.next_rq <= rid
+            assert rid not in [r.id for r in s.requests()]
     run(go())

@@ -113,7 +113,9 @@ def test_commands_are_frozen():
 def test_aliases_all_resolve_to_table_entries():
     assert ALIASES == {"s": "step", "n": "next", "f": "finish", "c": "continue", "cont": "continue",
                        "g": "goto", "i": "info", "xp": "x", "h": "help",
-                       "bt": "backtrace", "where": "backtrace"}
+                       "bt": "backtrace", "where": "backtrace", "b": "break", "br": "break",
+                       "tb": "tbreak", "d": "delete", "rs": "reverse-step", "rn": "reverse-next",
+                       "rf": "reverse-finish", "rc": "reverse-continue"}
     for alias, name in ALIASES.items():
         assert canonical(alias) == name and alias in COMMANDS[name].aliases
     assert canonical("frob") is None
@@ -137,12 +139,14 @@ def test_aliases_all_resolve_to_table_entries():
     ("finish x", "finish: REQUEST_ID 'x' is not a number"),
     ("finish -1", "finish: REQUEST_ID must not be negative ('-1')"),
     ("finish 1 2", "finish: unexpected '2' (usage: finish [REQUEST_ID])"),
-    ("goto", "goto: expected where to go (usage: goto host OFFSET | goto ram ADDR, "
+    ("goto", "goto: expected where to go (usage: goto host OFFSET | goto ram ADDR | goto step N, "
              "e.g. goto host s:9296)"),
-    ("goto nowhere 5", "goto: expected 'host' or 'ram', not 'nowhere' "
-                       "(usage: goto host OFFSET | goto ram ADDR)"),
-    ("goto 0x1000", "goto: expected 'host' or 'ram', not '0x1000' "
-                    "(usage: goto host OFFSET | goto ram ADDR)"),
+    ("goto nowhere 5", "goto: expected 'host', 'ram' or 'step', not 'nowhere' "
+                       "(usage: goto host OFFSET | goto ram ADDR | goto step N)"),
+    ("goto 0x1000", "goto: expected 'host', 'ram' or 'step', not '0x1000' "
+                    "(usage: goto host OFFSET | goto ram ADDR | goto step N)"),
+    ("goto step", "goto: missing N (usage: goto step N; 0 is the start)"),
+    ("goto step -1", "goto: step N must not be negative ('-1')"),
     ("goto host", "goto: missing OFFSET (usage: goto host OFFSET)"),
     ("goto ram", "goto: missing ADDR (usage: goto ram ADDR)"),
     ("goto host -5", "goto: OFFSET must not be negative ('-5')"),
@@ -155,9 +159,10 @@ def test_aliases_all_resolve_to_table_entries():
     ("goto host s:x", "goto: SECTOR 'x' is not a number (e.g. s:9296)"),
     ("goto host s:-1", "goto: SECTOR must not be negative ('-1')"),
     ("goto host 1 2", "goto: unexpected '2' (usage: goto host OFFSET)"),
-    ("info", "info: expected a topic (virtio-status, virtio-queue-status, virtio-queue-element)"),
+    ("info", "info: expected a topic (virtio-status, virtio-queue-status, virtio-queue-element, "
+             "breakpoints, checkpoints)"),
     ("info frob", "info: unknown topic 'frob' (topics: virtio-status, virtio-queue-status, "
-                  "virtio-queue-element)"),
+                  "virtio-queue-element, breakpoints, checkpoints)"),
     ("info virtio-queue", "info: 'virtio-queue' is ambiguous "
                           "(virtio-queue-status, virtio-queue-element)"),
     ("info virtio", "info: 'virtio' is ambiguous "
@@ -555,16 +560,17 @@ def test_execute_run_passes_other_commands_through(session):
     ("", sorted(COMMANDS)),
     ("s", ["step"]),
     ("st", ["step"]),
-    ("co", ["continue"]),
+    ("co", ["condition", "continue"]),
     ("cont", ["continue"]),
-    ("i", ["info"]),
+    ("i", ["ignore", "info"]),
     ("h", ["help"]),
     ("zz", []),
-    ("info ", ["info virtio-queue-element", "info virtio-queue-status", "info virtio-status"]),
+    ("info ", ["info breakpoints", "info checkpoints", "info virtio-queue-element",
+               "info virtio-queue-status", "info virtio-status"]),
     ("info virtio-q", ["info virtio-queue-element", "info virtio-queue-status"]),
     ("i virtio-s", ["i virtio-status"]),
     ("info virtio-queue-element ", []),
-    ("goto ", ["goto host", "goto ram"]),
+    ("goto ", ["goto host", "goto ram", "goto step"]),
     ("g h", ["g host"]),
     ("x/16xb h", ["x/16xb host"]),
     ("xp /16bx r", ["xp /16bx ram"]),

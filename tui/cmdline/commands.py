@@ -161,6 +161,8 @@ FORMATTERS: dict[str, Callable[[dict], list[str]]] = {
     "virtio-status": format_virtio_status,
     "virtio-queue-status": format_virtio_queue_status,
     "virtio-queue-element": format_virtio_queue_element,
+    "breakpoints": lambda d: format_breakpoints(d["breakpoints"]),
+    "checkpoints": lambda d: format_checkpoints(d),
 }
 
 
@@ -204,6 +206,8 @@ def _x(cmd: Command, session) -> Result:
 
 def _goto(cmd: Command, session) -> Result:
     space, off = cmd.args
+    if space == "step":
+        return Result("goto", True, action=("run", "goto", off))
     if space == "ram":
         size = session.ram_size()
         if off >= size:
@@ -295,13 +299,24 @@ def run_action(session, action: tuple, cancelled: Callable[[], bool] | None = No
         return session.finish(action[2], cancelled=cancelled)
     if kind == "continue":
         return session.cont(cancelled=cancelled, progress=progress)
+    if kind == "goto":
+        return session.goto(action[2])
+    if kind == "reverse-step":
+        return session.reverse_step(action[2] if len(action) > 2 else 1)
+    if kind == "reverse-next":
+        return session.reverse_next()
+    if kind == "reverse-finish":
+        return session.reverse_finish(action[2])
+    if kind == "reverse-continue":
+        return session.reverse_cont()
     raise ValueError(f"unknown run action {action!r}")
 
 
 def stop_lines(session, stop: Stop, ran: int) -> tuple[str, ...]:
     """Text for a finished run: why it stopped, and the step it stopped at."""
     msg = f" ({stop.message})" if stop.message else ""
-    out = [f"stopped: {stop.reason}{msg} at step {stop.step}, {ran} step(s) run"]
+    moved = f"{ran} step(s) run" if ran >= 0 else f"{-ran} step(s) back"
+    out = [f"stopped: {stop.reason}{msg} at step {stop.step}, {moved}"]
     last = session.last_step()
     if last is not None:
         detail = f"  {last.detail}" if last.detail else ""
@@ -327,7 +342,7 @@ def execute_run(cmd: Command, session, cancelled: Callable[[], bool] | None = No
     except ValueError as e:
         return fail(cmd.name, f"{cmd.name}: {e}")
     ran = _steps(session) - before
-    data = {"reason": stop.reason, "step": stop.step, "message": stop.message, "steps": ran}
+    data = {**stop.to_json(), "steps": ran}
     if first.action[1] == "finish":
         data["request"] = first.action[2]
     return Result(cmd.name, True, stop_lines(session, stop, ran), data)
@@ -362,3 +377,9 @@ _HANDLERS: dict[str, Callable[[Command, object], Result]] = {
     "finish": _run,
     "continue": _run,
 }
+
+
+from . import debug_cmds  # noqa: E402  (registers break, watch, reverse-*, ... and their handlers)
+from .debug_cmds import format_breakpoints, format_checkpoints  # noqa: E402
+
+_HANDLERS.update(debug_cmds._handlers())

@@ -174,7 +174,7 @@ def _p_finish(name: str, fmt: str | None, args: list[str]) -> tuple:
     return (parse_index(name, args[0], "REQUEST_ID") if args else None,)
 
 
-GOTO_USAGE = "goto host OFFSET | goto ram ADDR"
+GOTO_USAGE = "goto host OFFSET | goto ram ADDR | goto step N"
 
 
 def _p_goto(name: str, fmt: str | None, args: list[str]) -> tuple:
@@ -183,8 +183,13 @@ def _p_goto(name: str, fmt: str | None, args: list[str]) -> tuple:
         raise CommandError(f"{name}: expected where to go (usage: {GOTO_USAGE}, "
                            "e.g. goto host s:9296)", name)
     space = args[0]
+    if space == "step":
+        if len(args) < 2:
+            raise CommandError(f"{name}: missing N (usage: goto step N; 0 is the start)", name)
+        _at_most(name, args, 2, "goto step N")
+        return ("step", parse_index(name, args[1], "step N"))
     if space not in ("host", "ram"):
-        raise CommandError(f"{name}: expected 'host' or 'ram', not {space!r} "
+        raise CommandError(f"{name}: expected 'host', 'ram' or 'step', not {space!r} "
                            f"(usage: {GOTO_USAGE})", name)
     what = "OFFSET" if space == "host" else "ADDR"
     if len(args) < 2:
@@ -307,10 +312,13 @@ register(Spec("finish", _p_finish, "finish [REQUEST_ID]",
 register(Spec("continue", _p_none, "continue", "run to the end of the workload or a device error",
               ("Esc interrupts a long run.",), ("continue", "c"), run=True),
          aliases=("c", "cont"))
-register(Spec("goto", _p_goto, "goto host OFFSET | goto ram ADDR",
-              "show the host image at OFFSET (or s:SECTOR) or guest RAM at ADDR",
-              ("OFFSET and ADDR: decimal, 0x hex or with a k/M/G suffix; s:SECTOR = SECTOR*512.",),
-              ("goto host 0x48a000", "g host s:9296", "goto ram 64k"), words=("host", "ram")),
+register(Spec("goto", _p_goto, GOTO_USAGE,
+              "show the host image at OFFSET (or s:SECTOR) or guest RAM at ADDR; or travel to step N",
+              ("OFFSET and ADDR: decimal, 0x hex or with a k/M/G suffix; s:SECTOR = SECTOR*512.",
+               "goto step N: the state right after step N (0: before anything ran), backward or",
+               "forward; past the end it runs to the end and says so."),
+              ("goto host 0x48a000", "g host s:9296", "goto ram 64k", "goto step 120"),
+              words=("host", "ram", "step")),
          aliases=("g",))
 register(Spec("info", _p_info, "info TOPIC [ARG]",
               "QEMU's introspection: " + ", ".join(INFO_TOPICS),

@@ -64,6 +64,15 @@ class DescriptorsPane(SyncTable):
         flush_run()
         self.set_rows(rows)
 
+    def selected_descriptor(self):
+        """(index, addr, ring) of the highlighted row: ring False for an indirect-table entry."""
+        key = self.cursor_key
+        d = self._rows.get(key)
+        if d is None:
+            return None
+        from types import SimpleNamespace
+        return SimpleNamespace(index=d.index, addr=d.addr, ring="." not in key)
+
     def on_data_table_row_highlighted(self, event) -> None:
         event.stop()
         d = self._rows.get(self.cursor_key)
