@@ -29,7 +29,7 @@ from .sim.rng import splitmix64
 from .sim.scheduler import Scheduler
 from .sim.steps import REGISTRY, EffectLog, Step
 from .spec import pci as P
-from .transport.virtio_pci import Transport, VirtioPciProxy
+from .transport.virtio_pci import ProxyQueue, Transport, VirtioPciProxy
 
 PAGE_ALLOC_START = 0x10000     # the guest kernel's allocations start above the first 64 KiB
 COUNTERS = ("kicks", "kicks_suppressed", "notifies", "interrupts", "irqs_suppressed", "irqs_lost")
@@ -172,17 +172,31 @@ class Machine:
         d = dataclasses.asdict
         return {"steps": self.steps, "rng": self.rng, "sim": self.sim.state(),
                 "pages": self.pages.state(), "guest": d(self.guest), "vdev": d(self.vdev),
-                "proxy": d(self.transport.proxy), "vblk": d(self.vblk),
+                "proxy": _proxy_state(self.transport.proxy), "vblk": d(self.vblk),
                 "block": d(self.block), "fmt": self.fmt.state(), "counters": dict(self.counters)}
 
-    def digest(self) -> str:
-        """sha256 over guest RAM, the image content and every component's state."""
+    def digest(self, state: dict | None = None) -> str:
+        """sha256 over guest RAM, the image content and every component's state (state: this
+        machine's state() just taken, to save taking it again)."""
         h = hashlib.sha256()
         h.update(self.mem.digest())
         h.update(self.hostfile.digest())
-        h.update(json.dumps(self.state(), sort_keys=True, separators=(",", ":"),
+        h.update(json.dumps(self.state() if state is None else state, sort_keys=True, separators=(",", ":"),
                             default=_jsonable).encode())
         return h.hexdigest()
+
+
+_IDLE_QUEUE = ProxyQueue()
+
+
+def _proxy_state(p: VirtioPciProxy) -> dict:
+    """The proxy as plain data; of its VIRTIO_QUEUE_MAX queues only those the driver touched."""
+    d = {"nvectors": p.nvectors, "dfselect": p.dfselect, "gfselect": p.gfselect,
+         "guest_features": list(p.guest_features), "msix_enabled": p.msix_enabled,
+         "msix_table": [dataclasses.asdict(e) for e in p.msix_table],
+         "msix_pba": list(p.msix_pba),
+         "vqs": {i: dataclasses.asdict(q) for i, q in enumerate(p.vqs) if q != _IDLE_QUEUE}}
+    return d
 
 
 def _jsonable(o):

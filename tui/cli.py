@@ -85,6 +85,40 @@ def _add_machine_options(p: argparse.ArgumentParser) -> None:
                    help="allow a qcow2 backing file outside the image's folder")
 
 
+def _add_workload_options(p: argparse.ArgumentParser) -> None:
+    """How --workload is read when it is a trace of a real tool (see docs/importers.md)."""
+    g = p.add_argument_group("workload traces (fio iolog, blkparse, MSR CSV, QEMU log)")
+    g.add_argument("--workload-format", default="auto",
+                   choices=("auto", "workload", "fio", "blkparse", "msr", "qemu-log"),
+                   help="the --workload file's format (default: detected)")
+    g.add_argument("--timing", default="asap", choices=("asap", "honour"),
+                   help="a trace's timestamps: asap (default) or honour (virtual time)")
+    g.add_argument("--beyond", default="refuse", choices=("refuse", "clip", "wrap"),
+                   help="a trace's I/O past the end of the disk (default refuse)")
+    g.add_argument("--iolog-file", metavar="NAME|INDEX",
+                   help="fio: the file of a multi-file iolog")
+
+
+def load_workload_any(path: str, a, disk_bytes: int | None) -> tuple[str, list]:
+    """(text, ops) of --workload: a vblkdbg workload as it is, a real tool's trace converted
+    (the text is the converted workload, so that a recording can re-create it)."""
+    from emu.trace.importer import detect_format, options_from, workload_lines
+    from emu.workload import parse_workload
+    fmt = getattr(a, "workload_format", "auto")
+    if fmt == "auto":
+        if not os.path.exists(path):
+            raise CliError(f"{path}: no such workload file")
+        fmt = detect_format(path) or "workload"
+    if fmt == "workload":
+        text = read_workload_text(path)
+        return text, parse_workload(text, path)
+    opts = options_from(disk_bytes, timing=a.timing, beyond=a.beyond, file=a.iolog_file)
+    lines, _stats = workload_lines(path, fmt, opts)
+    text = f"# {fmt} trace {os.path.basename(path)}, imported by vblkdbg\n" + "".join(
+        t + "\n" for t, _ in lines)
+    return text, parse_workload(text, path)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="A debugger for the whole virtio-blk path. Without a "
                 "subcommand, `vblkdbg [IMAGE [--workload FILE]]` opens the debugger.")
@@ -103,6 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--write", action="store_true", help="write to IMAGE itself")
     w.add_argument("--save-as", metavar="FILE", help="keep the resulting image in FILE")
     _add_machine_options(r)
+    _add_workload_options(r)
     c = sub.add_parser("create", help="create a raw or qcow2 image (like qemu-img create)")
     c.add_argument("-f", "--format", default="raw", choices=("raw", "qcow2"),
                    help="image format (default raw)")
@@ -126,6 +161,10 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("batch", help="run debugger commands non-interactively, one JSON line each")
     add_batch_arguments(b)
     _add_machine_options(b)
+    _add_workload_options(b)
+    from . import cli_import, trace_cli
+    trace_cli.add_parsers(sub, _add_machine_options, _add_workload_options)
+    cli_import.add_parser(sub)
     return p
 
 
@@ -140,18 +179,24 @@ def config_from_args(a):
                   latency=LatencyModel(jitter_pct=a.jitter), faults=tuple(a.inject))
 
 
-def load_workload(path: str) -> list:
-    from emu.workload import parse_workload
+def read_workload_text(path: str) -> str:
+    """The workload file's text (FILE:problem errors)."""
     try:
         with open(path, encoding="utf-8") as f:
-            text = f.read()
+            return f.read()
     except FileNotFoundError:
         raise CliError(f"{path}: no such workload file") from None
+    except IsADirectoryError:
+        raise CliError(f"{path}: is a directory, not a workload file") from None
     except UnicodeDecodeError as e:
         raise CliError(f"{path}: not a text file (byte {e.start} is not UTF-8)") from None
     except OSError as e:
         raise CliError(f"{path}: cannot read: {e.strerror}") from None
-    return parse_workload(text, path)
+
+
+def load_workload(path: str) -> list:
+    from emu.workload import parse_workload
+    return parse_workload(read_workload_text(path), path)
 
 
 def _check_output(path: str | None, image: str) -> None:
@@ -171,7 +216,6 @@ def cmd_run(a) -> int:
     from emu.workload import check_bounds
     cfg = config_from_args(a)
     cfg.validate()
-    ops = load_workload(a.workload)
     for out in (a.events, a.dump_ram, a.save_as):
         _check_output(out, a.image)
     hf, fmt = open_image(a.image, "write" if a.write else "overlay",
@@ -180,6 +224,7 @@ def cmd_run(a) -> int:
     for w in fmt.warnings:
         print(f"{PROG}: warning: {w}", file=sys.stderr)
     try:
+        _text, ops = load_workload_any(a.workload, a, fmt.virtual_size())
         check_bounds(ops, fmt.virtual_size(), a.workload)
         m = Machine(hf, fmt, cfg, ops)
         events = open(a.events, "w", encoding="utf-8") if a.events else None
@@ -212,7 +257,7 @@ def cmd_run(a) -> int:
     return 0
 
 
-SUBCOMMANDS = ("run", "create", "map", "batch")
+SUBCOMMANDS = ("run", "create", "map", "batch", "record", "replay", "export", "import")
 
 
 def build_tui_parser() -> argparse.ArgumentParser:
@@ -227,34 +272,62 @@ def build_tui_parser() -> argparse.ArgumentParser:
     w = p.add_mutually_exclusive_group()
     w.add_argument("--write", action="store_true", help="write to IMAGE itself")
     _add_machine_options(p)
+    _add_workload_options(p)
     return p
 
 
 def open_session(a):
-    """The Session the debugger works on (the image behind a private overlay unless --write)."""
+    """The Session the debugger works on (the image behind a private overlay unless --write);
+    IMAGE may also be a vblkdbg trace, which brings its own configuration and workload."""
     from emu.block.image import open_image
     from emu.machine import Machine
     from emu.session import Session
+    from emu.trace.record import file_identity, is_trace
     from emu.workload import check_bounds
     import sample_images
     image, workload = a.image, a.workload
+    if image is not None and is_trace(image):
+        return open_trace_session(a)
     if image is None:
         image = str(sample_images.path("article.qcow2"))
         workload = workload or str(sample_images.path("article.wl"))
     cfg = config_from_args(a)
     cfg.validate()
-    ops = load_workload(workload) if workload else []
+    ident = file_identity(image) if a.write and os.path.isfile(image) else None  # before any write
     hf, fmt = open_image(image, "write" if a.write else "overlay",
                          discard_unmap=cfg.discard == "unmap",
                          allow_backing_outside=a.allow_backing_outside, fmt=a.format)
     try:
+        text, ops = load_workload_any(workload, a, fmt.virtual_size()) if workload else ("", [])
         check_bounds(ops, fmt.virtual_size(), workload or "")
         m = Machine(hf, fmt, cfg, ops)
     except BaseException:
         fmt.close()
         hf.close()
         raise
-    return Session(m, os.path.basename(image), os.path.basename(workload) if workload else "no workload")
+    s = Session(m, os.path.basename(image), os.path.basename(workload) if workload else "no workload")
+    s.origin = {"image": os.path.abspath(image), "format": a.format, "identity": ident,
+                "config": cfg, "workload_name": os.path.basename(workload) if workload else "",
+                "workload_text": text, "write": bool(a.write),
+                "allow_backing_outside": bool(a.allow_backing_outside)}
+    return s
+
+
+def open_trace_session(a, image_override: str | None = None):
+    """A session on a recorded trace: its image, configuration and workload; its inputs
+    are applied when the run reaches their steps."""
+    from emu.trace.record import load, open_origin, origin_of_trace
+    if getattr(a, "workload", None):
+        raise CliError(f"{a.image}: a trace carries its own workload (drop --workload)")
+    if getattr(a, "write", False):
+        raise CliError(f"{a.image}: a trace is replayed on an overlay (drop --write)")
+    t = load(a.image)
+    origin = origin_of_trace(t, image_override or getattr(a, "trace_image", None))
+    s = open_origin(origin, catch_errors=True)
+    s.workload = f"{origin['workload_name']} (trace {os.path.basename(a.image)})"
+    s.trace = t
+    s.schedule(t.inputs)
+    return s
 
 
 def cmd_tui(argv: list[str]) -> int:
@@ -303,9 +376,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     a = parser.parse_args(argv)
     try:
-        from . import image_cmds
-        return {"run": cmd_run, "create": image_cmds.cmd_create,
-                "map": image_cmds.cmd_map, "batch": cmd_batch}[a.cmd](a)
+        from . import cli_import, image_cmds, trace_cli
+        return {"import": cli_import.run, "run": cmd_run, "create": image_cmds.cmd_create,
+                "map": image_cmds.cmd_map, "batch": cmd_batch, "record": trace_cli.cmd_record,
+                "replay": trace_cli.cmd_replay, "export": trace_cli.cmd_export}[a.cmd](a)
     except (CliError, EmuError) as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1

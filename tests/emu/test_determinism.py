@@ -61,3 +61,20 @@ def test_digest_stable_for_any_seed(tmp_path_factory, seed):
     run_all(m1)
     run_all(m2)
     assert m1.digest() == m2.digest()
+
+
+def test_the_digest_covers_every_proxy_field_and_touched_queue(image):
+    """Machine.state() lists only the proxy queues the driver touched: every field of
+    VirtioPciProxy is still there, and writing any queue register changes the digest."""
+    import dataclasses
+
+    from emu.machine import _proxy_state
+    from emu.transport.virtio_pci import VirtioPciProxy
+    m = build(image, "write 0 4k\n")
+    p = m.transport.proxy
+    assert set(_proxy_state(p)) == {f.name for f in dataclasses.fields(VirtioPciProxy)}
+    before = m.digest()
+    p.vqs[1000].num = 8                       # a queue nobody uses
+    assert m.digest() != before
+    p.vqs[1000].num = 0
+    assert m.digest() == before

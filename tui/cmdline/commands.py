@@ -383,3 +383,7 @@ from . import debug_cmds  # noqa: E402  (registers break, watch, reverse-*, ... 
 from .debug_cmds import format_breakpoints, format_checkpoints  # noqa: E402
 
 _HANDLERS.update(debug_cmds._handlers())
+
+from . import trace_cmds  # noqa: E402  (registers record)
+
+_HANDLERS.update(trace_cmds._handlers())
