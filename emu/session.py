@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from . import introspect, views
 from .debug.breakpoints import BreakpointTable, Hit, parse_command
 from .debug.timeline import Timeline
-from .sim.steps import Step
+from .sim.steps import GUEST_LAYERS, Step
 
 HISTORY = 5000
 CHECKPOINT_INTERVAL = 1000
@@ -67,6 +67,30 @@ class Session:
         self.inputs: list[dict] = []
         # inputs a replayed trace applies whenever the run reaches their step
         self.scheduled: dict[int, list[dict]] = {}
+        # the engine: "auto" runs continue, goto and reverse execution's re-runs on the
+        # compiled engine when it is built and single steps in Python; "py" / "fast" force one
+        self.engine = "auto"
+        self._step = machine.step
+
+    def set_engine(self, name: str) -> None:
+        """py | fast | auto (fast raises FastEngineMissing when emu_fast is not compiled)."""
+        from . import engine
+        if name != "auto":
+            engine.check_engine(name)
+        self.engine = name
+
+    def _use(self, bulk: bool) -> None:
+        """Pick the step function for the command about to run (see set_engine)."""
+        from . import engine
+        name = self.engine
+        if name == "auto":
+            import emu_fast
+            name = "fast" if bulk and emu_fast.available() else "py"
+        self._step = engine.stepper(self.m, name)
+
+    @property
+    def engine_in_use(self) -> str:
+        return "py" if self._step == self.m.step else "fast"
 
     # -- the session's own state, checkpointed with the machine ------------------------------------
     def _save(self) -> dict:
@@ -79,12 +103,12 @@ class Session:
 
     # -- running ------------------------------------------------------------------------------
     def _one(self) -> Step | None:
-        rec = self.m.step()
+        rec = self._step()
         if rec is None and not self.closed:
             # the workload is done: QEMU's exit closes the image (qcow2_close), step by step
             self.closed = True
             if self.m.begin_shutdown():
-                rec = self.m.step()
+                rec = self._step()
         if rec is not None:
             self._record(rec)
             self.timeline.after_step()
@@ -111,7 +135,7 @@ class Session:
     def _record(self, rec: Step) -> bool:
         self.history.append(rec)
         self.last = rec
-        self.last_by_side[views.step_view(rec).side] = rec
+        self.last_by_side["guest" if rec.layer in GUEST_LAYERS else "host"] = rec
         return False
 
     def _advance(self) -> tuple[Step | None, Stop | None]:
@@ -134,6 +158,7 @@ class Session:
 
     def step(self, n: int = 1) -> Stop:
         """n single events (a breakpoint or an error stops early)."""
+        self._use(bulk=False)
         done = 0
         for _ in range(max(1, n)):
             _rec, stop = self._advance()
@@ -144,6 +169,7 @@ class Session:
 
     def next(self, limit: int = 100000) -> Stop:
         """Run until the next step is in another layer than the current one."""
+        self._use(bulk=False)
         start_layer = self.last.layer if self.last else None
         for _ in range(limit):
             rec, stop = self._advance()
@@ -155,6 +181,7 @@ class Session:
 
     def finish(self, rid: int, cancelled=None, limit: int = 10_000_000) -> Stop:
         """Run until guest request rid has completed (blk_mq_end_request)."""
+        self._use(bulk=False)
         if not any(r.id == rid for r in views.requests(self.m)):
             raise ValueError(f"no request {rid}")
         if rid not in self.m.guest.blkmq.rqs:
@@ -173,6 +200,7 @@ class Session:
 
     def cont(self, cancelled=None, progress=None, every: int = 500) -> Stop:
         """Continue to the end, a breakpoint, a device error, or until cancelled() says so."""
+        self._use(bulk=True)
         k = 0
         while True:
             if cancelled is not None and k % 64 == 0 and cancelled():
@@ -193,6 +221,7 @@ class Session:
     # -- going back in time ---------------------------------------------------------------------------
     def _replay_to(self, target: int) -> None:
         """Re-run quietly (no breakpoints) from the restored checkpoint up to step target."""
+        self._use(bulk=True)
         while self.m.steps < target:
             if self._one() is None:
                 break

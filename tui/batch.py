@@ -79,9 +79,10 @@ def result_json(line: str, res, session) -> dict:
     return d
 
 
-def run_batch(session, script: list[tuple[str, str]], out=sys.stdout) -> int:
+def run_batch(session, script: list[tuple[str, str]], out=None) -> int:
     from .cmdline.commands import execute_run, fail
     from .cmdline.parser import CommandError, parse
+    out = sys.stdout if out is None else out
     failed = 0
     for _where, line in script:
         try:

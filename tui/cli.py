@@ -81,6 +81,9 @@ def _add_machine_options(p: argparse.ArgumentParser) -> None:
                    help="seeded latency jitter in percent (default 10)")
     g.add_argument("--inject", type=_inject, action="append", default=[], metavar="SPEC",
                    help="host I/O error: OP@OFFSET[+LEN][:ERRNO][*COUNT], e.g. write@0+4096:EIO")
+    g.add_argument("--engine", default="auto", choices=("auto", "py", "fast"),
+                   help="py: the Python engine; fast: the compiled one (emu_fast); auto "
+                   "(default): fast for continue, goto, replay when it is compiled, py otherwise")
     g.add_argument("--allow-backing-outside", action="store_true",
                    help="allow a qcow2 backing file outside the image's folder")
 
@@ -119,10 +122,22 @@ def load_workload_any(path: str, a, disk_bytes: int | None) -> tuple[str, list]:
     return text, parse_workload(text, path)
 
 
+def version_text() -> str:
+    from emu.engine import version_line
+    return f"{PROG} {__version__} ({version_line()})"
+
+
+def check_engine_arg(a) -> None:
+    """--engine fast without the compiled extension: say so before anything runs."""
+    from emu.engine import check_engine
+    if getattr(a, "engine", "auto") != "auto":
+        check_engine(a.engine)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="A debugger for the whole virtio-blk path. Without a "
                 "subcommand, `vblkdbg [IMAGE [--workload FILE]]` opens the debugger.")
-    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    p.add_argument("--version", action="version", version=version_text())
     sub = p.add_subparsers(dest="cmd", parser_class=_Parser)
     r = sub.add_parser("run", help="run a workload headless and print a summary")
     r.add_argument("image")
@@ -165,7 +180,24 @@ def build_parser() -> argparse.ArgumentParser:
     from . import cli_import, trace_cli
     trace_cli.add_parsers(sub, _add_machine_options, _add_workload_options)
     cli_import.add_parser(sub)
+    bp = sub.add_parser("bench", help="requests/s of both engines (and qemu-img bench) on standard workloads")
+    bp.add_argument("--json", action="store_true", help="print one JSON object")
+    bp.add_argument("--requests", type=int, default=2000, metavar="N",
+                    help="requests per workload (default 2000)")
+    bp.add_argument("--repeat", type=int, default=3, metavar="N", help="best of N runs (default 3)")
     return p
+
+
+def cmd_bench(a) -> int:
+    from emu_fast.bench import run_bench
+    if a.requests < 1 or a.repeat < 1:
+        raise CliError("--requests and --repeat must be at least 1")
+    if a.json:
+        res = run_bench(True, requests=a.requests, repeat=a.repeat, out=lambda *x, **k: None)
+        print(json.dumps(res, indent=2))
+    else:
+        run_bench(False, requests=a.requests, repeat=a.repeat)
+    return 0
 
 
 def config_from_args(a):
@@ -216,6 +248,7 @@ def cmd_run(a) -> int:
     from emu.workload import check_bounds
     cfg = config_from_args(a)
     cfg.validate()
+    check_engine_arg(a)
     for out in (a.events, a.dump_ram, a.save_as):
         _check_output(out, a.image)
     hf, fmt = open_image(a.image, "write" if a.write else "overlay",
@@ -234,7 +267,10 @@ def cmd_run(a) -> int:
                 def on_step(rec):
                     events.write(json.dumps(rec.event_json()) + "\n")
                     return False
-            stop = m.run(a.steps, on_step)
+            from emu import engine
+            import emu_fast
+            name = a.engine if a.engine != "auto" else ("fast" if emu_fast.available() else "py")
+            stop = engine.run(m, name, a.steps, on_step)
             if stop == "end":
                 m.shutdown(on_step)      # close the image as QEMU's exit does
         finally:
@@ -257,7 +293,7 @@ def cmd_run(a) -> int:
     return 0
 
 
-SUBCOMMANDS = ("run", "create", "map", "batch", "record", "replay", "export", "import")
+SUBCOMMANDS = ("run", "create", "map", "batch", "record", "replay", "export", "import", "bench")
 
 
 def build_tui_parser() -> argparse.ArgumentParser:
@@ -286,8 +322,11 @@ def open_session(a):
     from emu.workload import check_bounds
     import sample_images
     image, workload = a.image, a.workload
+    check_engine_arg(a)
     if image is not None and is_trace(image):
-        return open_trace_session(a)
+        s = open_trace_session(a)
+        s.set_engine(getattr(a, "engine", "auto"))
+        return s
     if image is None:
         image = str(sample_images.path("article.qcow2"))
         workload = workload or str(sample_images.path("article.wl"))
@@ -310,6 +349,7 @@ def open_session(a):
                 "config": cfg, "workload_name": os.path.basename(workload) if workload else "",
                 "workload_text": text, "write": bool(a.write),
                 "allow_backing_outside": bool(a.allow_backing_outside)}
+    s.set_engine(a.engine)
     return s
 
 
@@ -377,7 +417,7 @@ def main(argv: list[str] | None = None) -> int:
     a = parser.parse_args(argv)
     try:
         from . import cli_import, image_cmds, trace_cli
-        return {"import": cli_import.run, "run": cmd_run, "create": image_cmds.cmd_create,
+        return {"import": cli_import.run, "bench": cmd_bench, "run": cmd_run, "create": image_cmds.cmd_create,
                 "map": image_cmds.cmd_map, "batch": cmd_batch, "record": trace_cli.cmd_record,
                 "replay": trace_cli.cmd_replay, "export": trace_cli.cmd_export}[a.cmd](a)
     except (CliError, EmuError) as e:

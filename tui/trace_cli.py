@@ -41,12 +41,16 @@ def add_parsers(sub, add_machine_options, add_workload_options) -> None:
     p.add_argument("trace")
     p.add_argument("--check", action="store_true", help="compare every stored digest, not only the end")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--engine", default="auto", choices=("auto", "py", "fast"),
+                   help="the engine that re-executes it (default: fast when compiled)")
     p.add_argument("--image", metavar="PATH", help="the recorded image, if it has moved; for a "
                    "real tool's trace (fio, blkparse, msr, qemu-log) the image to run it on")
     e = sub.add_parser("export", help="export a trace's step timeline (Chrome trace events for Perfetto)")
     e.add_argument("trace")
     e.add_argument("--perfetto", required=True, metavar="OUT", help="write Chrome trace-event JSON here")
     e.add_argument("--image", metavar="PATH", help="the recorded image, if it has moved")
+    e.add_argument("--engine", default="auto", choices=("auto", "py", "fast"),
+                   help="the engine that re-executes it (default: fast when compiled)")
 
 
 def cmd_record(a) -> int:
@@ -80,7 +84,7 @@ def cmd_record(a) -> int:
         prog = _Progress("recording")
         try:
             t = record(s.origin, s.inputs, s.m.steps, out, a.digest_interval or DIGEST_INTERVAL,
-                       expect_digest=s.m.digest(), progress=prog)
+                       expect_digest=s.m.digest(), progress=prog, engine=a.engine)
         finally:
             prog.done()
     finally:
@@ -105,12 +109,15 @@ def cmd_replay(a) -> int:
             raise CliError(f"{a.trace}: a {detect_format(a.trace)} trace has no image: give "
                            "--image IMAGE to run it on")
         from .cli import build_parser, cmd_run
-        argv = ["run", a.image, "--workload", a.trace] + (["--json"] if a.json else [])
+        argv = ["run", a.image, "--workload", a.trace, "--engine", a.engine] + (
+            ["--json"] if a.json else [])
         return cmd_run(build_parser().parse_args(argv))
+    from .cli import check_engine_arg
+    check_engine_arg(a)
     t = load(a.trace)
     prog = _Progress("replaying")
     try:
-        res = replay(t, a.image, check=a.check, progress=prog)
+        res = replay(t, a.image, check=a.check, progress=prog, engine=a.engine)
     finally:
         prog.done()
     if a.json:
@@ -140,6 +147,8 @@ def cmd_export(a) -> int:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             w = PerfettoWriter(f)
+            s.set_engine(a.engine)
+            s._use(bulk=True)
             s.schedule(t.inputs)
             while s.m.steps < t.end["step"]:
                 rec = s._one()

@@ -8,8 +8,7 @@ an interrupt message in flight) belong to no context.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-
-from sortedcontainers import SortedList
+from heapq import heappop, heappush
 
 Frame = tuple  # (kind: str, args: tuple)
 
@@ -38,7 +37,9 @@ class Scheduler:
     def __init__(self) -> None:
         self.now = 0
         self.seq = 0
-        self.queue: SortedList = SortedList()
+        # a binary heap of (time, seq, ctx, kind, args): (time, seq) is unique, so the heap
+        # pops exactly the order a sorted list would; state() lists it sorted
+        self.queue: list = []
         self.ctxs: dict[str, Ctx] = {}
         self.cur: str = ""          # context of the step being executed
         self._decided = False
@@ -49,13 +50,13 @@ class Scheduler:
 
     def _schedule(self, delay: int, ctx: str, kind: str, args: tuple) -> None:
         self.seq += 1
-        self.queue.add((self.now + delay, self.seq, ctx, kind, args))
+        heappush(self.queue, (self.now + delay, self.seq, ctx, kind, args))
 
     def pop(self):
         """Remove and return the earliest event, or None when nothing is left."""
         if not self.queue:
             return None
-        ev = self.queue.pop(0)
+        ev = heappop(self.queue)
         self.now = ev[0]
         self.cur = ev[2]
         self._decided = False
@@ -146,5 +147,5 @@ class Scheduler:
 
     # -- state --------------------------------------------------------------------
     def state(self) -> dict:
-        return {"now": self.now, "seq": self.seq, "queue": list(self.queue),
+        return {"now": self.now, "seq": self.seq, "queue": sorted(self.queue),
                 "ctxs": [self.ctxs[k].state() for k in sorted(self.ctxs)]}

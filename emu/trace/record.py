@@ -80,7 +80,7 @@ def _tool() -> str:
 
 def record(origin: dict, inputs: list[dict], until: int, out: str,
            interval: int = DIGEST_INTERVAL, expect_digest: str | None = None,
-           progress=None) -> Trace:
+           progress=None, engine: str = "auto") -> Trace:
     """Re-run the origin's machine from the start with these inputs up to step `until`,
     taking digests every `interval` steps and at every input, and write the trace to `out`
     (a temporary file renamed into place: nothing partial is left behind).
@@ -91,6 +91,8 @@ def record(origin: dict, inputs: list[dict], until: int, out: str,
         raise ValueError("the digest interval must be at least 1 step")
     session = open_origin(origin)
     try:
+        session.set_engine(engine)
+        session._use(bulk=True)
         session.schedule(inputs)
         at_input = {i["step"] for i in inputs}
         points = [_point(session.m)]

@@ -53,13 +53,15 @@ def _compare(rec: dict, now: dict) -> Divergence | None:
 
 
 def replay(t: Trace, image: str | None = None, check: bool = False, progress=None,
-           session=None) -> ReplayResult:
+           session=None, engine: str = "auto") -> ReplayResult:
     """Run the trace's inputs to its end step.  check: compare every stored digest and stop
     at the first that differs; otherwise only the end state is compared."""
     own = session is None
     if own:
         session = open_origin(origin_of_trace(t, image))
     try:
+        session.set_engine(engine)
+        session._use(bulk=True)
         session.schedule(t.inputs)
         points = (t.digests if check else []) + [t.end]
         checked = 0

@@ -558,7 +558,7 @@ def test_execute_run_passes_other_commands_through(session):
 
 @pytest.mark.parametrize("prefix, want", [
     ("", sorted(COMMANDS)),
-    ("s", ["step"]),
+    ("s", ["set", "step"]),
     ("st", ["step"]),
     ("co", ["condition", "continue"]),
     ("cont", ["continue"]),

@@ -387,3 +387,7 @@ _HANDLERS.update(debug_cmds._handlers())
 from . import trace_cmds  # noqa: E402  (registers record)
 
 _HANDLERS.update(trace_cmds._handlers())
+
+from . import engine_cmds  # noqa: E402  (registers set engine)
+
+_HANDLERS.update(engine_cmds._handlers())

@@ -1,0 +1,118 @@
+"""emu_fast: the compiled (Cython) engine for bulk runs, with exactly the emulator's semantics.
+
+It runs the same Machine object, from the same state, to bit-identical results: the run loop
+(pop an event, dispatch its handler, record the Step, finish the step), the scheduler's rules
+and queue, and guest-memory accessors (with their undo/dirty/effect bookkeeping) are compiled;
+the step handlers themselves are the emulator's own (emu.*), so every Step record (detail,
+effects, facts) is the one the Python engine makes.  Switching engines between any two steps
+needs nothing but calling the other engine's step/run: no state is converted or copied.
+
+    import emu_fast
+    emu_fast.require()                  # EmuError subclass if the extension is not compiled
+    reason = emu_fast.run(machine, max_steps=None, on_step=None)   # == Machine.run
+    rec = emu_fast.step(machine)                                   # == Machine.step
+    emu_fast.detach(machine)            # optional: back to pure-Python methods everywhere
+
+There is no silent fallback: without the compiled extension every entry point raises
+FastEngineMissing.  `available()` / `status()` tell which it is.
+"""
+from __future__ import annotations
+
+from emu.errors import EmuError
+
+BUILD_HINT = ("build it with `pip install .` (or `python setup.py build_ext --inplace` in a "
+              "checkout) on a machine with a C compiler and the Python headers, e.g. "
+              "`apt-get install gcc python3-dev`")
+
+
+class FastEngineMissing(EmuError):
+    """The compiled engine was asked for but the extension is not built."""
+
+
+# Running from a source checkout (e.g. `python -m pytest` in the repository after
+# `pip install .`) imports this package from the tree, while the compiled module was installed
+# into site-packages: look for it in every emu_fast directory on sys.path.
+__path__ = __import__("pkgutil").extend_path(__path__, __name__)
+
+
+def _pyx_sha256() -> str | None:
+    """The hash of the _core.pyx next to this file (None when not a source tree)."""
+    import hashlib
+    import os
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_core.pyx")
+    if not os.path.exists(src):
+        return None
+    with open(src, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def _load():
+    import importlib
+    import importlib.util
+    if importlib.util.find_spec(__name__ + "._core") is None:
+        return None, "no compiled module emu_fast._core is installed"
+    try:
+        mod = importlib.import_module(__name__ + "._core")
+    except ImportError as e:      # compiled for another Python, or a broken build
+        return None, f"emu_fast._core does not load: {e}"
+    want = _pyx_sha256()
+    if want is not None and getattr(mod, "PYX_SHA256", None) != want:
+        return None, (f"{mod.__file__} was compiled from another version of emu_fast/_core.pyx "
+                      "than this source tree's: rebuild it")
+    return mod, ""
+
+
+_core, _IMPORT_ERROR = _load()
+
+
+def available() -> bool:
+    """True when the compiled extension is importable."""
+    return _core is not None
+
+
+def status() -> str:
+    """One line for `vblkdbg --version`."""
+    if _core is None:
+        return "emu_fast: not compiled"
+    return f"emu_fast: compiled (Cython {_core.CYTHON_VERSION_STR})"
+
+
+def require():
+    """The compiled module, or FastEngineMissing saying how to build it."""
+    if _core is None:
+        raise FastEngineMissing("the fast engine (emu_fast) is not compiled: the Cython extension "
+                                f"is missing ({_IMPORT_ERROR}); {BUILD_HINT}")
+    return _core
+
+
+def step(machine):
+    """Machine.step on the compiled engine: the next Step record, or None at the end."""
+    return require().step(machine)
+
+
+def run(machine, max_steps: int | None = None, on_step=None) -> str:
+    """Machine.run on the compiled engine: 'end', 'steps' (max_steps run) or 'stopped'
+    (on_step(rec) returned true)."""
+    return require().run(machine, max_steps, on_step)
+
+
+def run_count(machine, max_steps: int | None = None, on_step=None) -> tuple[str, int]:
+    """run(), returning (stop_reason, steps run)."""
+    return require().run_count(machine, max_steps, on_step)
+
+
+def attach(machine) -> None:
+    """Have the machine's scheduler and guest memory use the compiled methods from now on
+    (step/run do this themselves; handlers called between steps then use them too)."""
+    require().attach(machine)
+
+
+def detach(machine) -> None:
+    """Back to the pure-Python methods (the Python engine does not need this: the compiled
+    methods compute exactly the same, but `--engine py` should run pure Python)."""
+    if _core is not None:
+        _core.detach(machine)
+
+
+def attached(machine) -> bool:
+    return _core is not None and bool(_core.attached(machine))

@@ -1,0 +1,178 @@
+"""`vblkdbg bench`: requests/s of the Python and the compiled engine on standard workloads.
+
+Workloads (each on a fresh 64 MiB raw image and a fresh 64 MiB qcow2 image, 64 KiB clusters,
+made with emu.block.qcow2.create.create_qcow2):
+
+  rand4k    N random 4 KiB writes, queue depth 1 (the configuration of `qemu-img bench -d 1`)
+  seq64k    N sequential 64 KiB writes, queue depth 8
+  mixed     N requests: 4 KiB / 16 KiB writes and reads at random offsets, a flush every 16,
+            queue depth 16
+
+Both engines run each workload from the same state (alternating, best of `repeat` runs); the run is checked to end with the same
+digest on both.  When qemu-img is installed, `qemu-img bench -w -d 1 -s 4k -c N` runs on the
+same image configuration in the same run (qemu-img bench writes sequentially: it has no
+random mode) and its requests/s is printed next to the fast engine's rand4k.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+
+MiB = 1 << 20
+SIZE = 64 * MiB
+WORKLOADS = ("rand4k", "seq64k", "mixed")
+FORMATS = ("raw", "qcow2")
+
+
+def workload(name: str, n: int, seed: int = 1) -> str:
+    rng = random.Random(seed)
+    lines = []
+    if name == "rand4k":
+        lines.append("queue-depth 1")
+        lines += [f"write {rng.randrange(SIZE // 4096) * 4096} 4k" for _ in range(n)]
+    elif name == "seq64k":
+        lines.append("queue-depth 8")
+        lines += [f"write {(i * 65536) % SIZE} 64k" for i in range(n)]
+    elif name == "mixed":
+        lines.append("queue-depth 16")
+        for i in range(n):
+            if i % 16 == 15:
+                lines.append("flush")
+                continue
+            size = rng.choice((4096, 16384))
+            off = rng.randrange((SIZE - size) // 4096) * 4096
+            lines.append(f"{rng.choice(('write', 'read'))} {off} {size}")
+    else:
+        raise ValueError(f"unknown workload {name!r}")
+    lines.append("wait")
+    return "\n".join(lines) + "\n"
+
+
+def make_image(path: str, fmt: str) -> str:
+    if fmt == "qcow2":
+        from emu.block.qcow2.create import create_qcow2
+        create_qcow2(path, SIZE)
+    else:
+        with open(path, "wb") as f:
+            f.truncate(SIZE)
+    return path
+
+
+def _machine(image: str, wl: str):
+    from emu.block.image import open_image
+    from emu.config import Config
+    from emu.machine import Machine
+    from emu.workload import parse_workload
+    hf, fmt = open_image(image, "overlay")
+    return Machine(hf, fmt, Config(), parse_workload(wl, "bench.wl"))
+
+
+def run_engine(engine: str, image: str, wl: str) -> dict:
+    from emu import engine as E
+    m = _machine(image, wl)
+    nreq = sum(1 for line in wl.splitlines() if line.split()[0] in ("write", "read", "flush"))
+    t0 = time.perf_counter()
+    reason = E.run(m, engine)
+    dt = time.perf_counter() - t0
+    E.set_engine(m, "py") if engine == "fast" else None
+    out = {"engine": engine, "reason": reason, "steps": m.steps, "seconds": dt,
+           "requests": nreq, "req_per_s": nreq / dt if dt else 0.0, "digest": m.digest()}
+    m.hostfile.close() if hasattr(m.hostfile, "close") else None
+    return out
+
+
+def qemu_img_bench(image: str, fmt: str, n: int) -> dict | None:
+    """`qemu-img bench -w -d 1 -s 4k -c n` on the image (None when qemu-img is missing)."""
+    exe = shutil.which("qemu-img")
+    if exe is None:
+        return None
+    for cache in ("none", "writeback"):       # O_DIRECT is refused on some file systems
+        cmd = [exe, "bench", "-w", "-t", cache, "-d", "1", "-s", "4k", "-c", str(n), "-f", fmt, image]
+        p = subprocess.run(cmd, capture_output=True, text=True)
+        mt = re.search(r"Run completed in ([0-9.]+) seconds", p.stdout)
+        if p.returncode == 0 and mt:
+            sec = float(mt.group(1))
+            return {"command": " ".join(cmd[1:-1] + [os.path.basename(image)]), "cache": cache,
+                    "seconds": sec, "requests": n, "req_per_s": n / sec if sec else float("inf")}
+    return {"error": (p.stderr or p.stdout).strip()[:200]}
+
+
+def run_bench(as_json: bool = False, requests: int = 2000, workloads=WORKLOADS,
+              formats=FORMATS, engines=("py", "fast"), qemu: bool = True, out=print,
+              repeat: int = 3) -> dict:
+    """Run the benchmark; print a table (or JSON when as_json) and return the results."""
+    import emu_fast
+    if "fast" in engines:
+        emu_fast.require()
+    tmp = tempfile.mkdtemp(prefix="vblkdbg-bench-")
+    res: dict = {"status": emu_fast.status(), "requests": requests, "repeat": repeat,
+                 "results": []}
+    try:
+        for wname in workloads:
+            wl = workload(wname, requests)
+            for fmt in formats:
+                row: dict = {"workload": wname, "format": fmt}
+                for _ in range(max(1, repeat)):         # engines alternate; best of `repeat`
+                    for eng in engines:
+                        img = make_image(os.path.join(tmp, f"{wname}-{eng}.{fmt}"), fmt)
+                        r = run_engine(eng, img, wl)
+                        os.unlink(img)
+                        if eng not in row or r["seconds"] < row[eng]["seconds"]:
+                            row[eng] = r
+                if "py" in row and "fast" in row:
+                    row["identical"] = row["py"]["digest"] == row["fast"]["digest"]
+                    row["fast_over_py"] = row["py"]["seconds"] / max(row["fast"]["seconds"], 1e-9)
+                if qemu and wname == "rand4k":
+                    q = None
+                    for _ in range(max(1, repeat)):
+                        img = make_image(os.path.join(tmp, f"qemu.{fmt}"), fmt)
+                        r = qemu_img_bench(img, fmt, requests)
+                        os.unlink(img)
+                        if q is None or r is None or "seconds" not in q or \
+                                r.get("seconds", float("inf")) < q["seconds"]:
+                            q = r
+                    if q is not None:
+                        row["qemu_img"] = q
+                        best = row.get("fast", row.get("py"))
+                        if "req_per_s" in q and best:
+                            row["engine_over_qemu"] = best["req_per_s"] / q["req_per_s"]
+                res["results"].append(row)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    for row in res["results"]:
+        for eng in engines:
+            row[eng].pop("digest", None)
+    if as_json:
+        out(json.dumps(res, indent=2))
+    else:
+        out(_table(res, engines))
+    return res
+
+
+def _table(res: dict, engines) -> str:
+    lines = [res["status"], f"{res['requests']} requests per workload, best of {res['repeat']} runs "
+             "(engines alternating)", ""]
+    head = f"{'workload':<8} {'format':<6} " + " ".join(f"{e + ' req/s':>12}" for e in engines)
+    head += f" {'fast/py':>8} {'same':>5}  qemu-img bench -d 1 (req/s, fast/qemu)"
+    lines.append(head)
+    for row in res["results"]:
+        s = f"{row['workload']:<8} {row['format']:<6} "
+        s += " ".join(f"{row[e]['req_per_s']:>12.0f}" for e in engines)
+        s += f" {row['fast_over_py']:>7.2f}x" if "fast_over_py" in row else f" {'':>8}"
+        s += f" {('yes' if row['identical'] else 'NO'):>5}" if "identical" in row else f" {'':>5}"
+        q = row.get("qemu_img")
+        if q is not None:
+            if "req_per_s" in q:
+                s += f"  {q['req_per_s']:.0f} ({q['cache']}), {row['engine_over_qemu']:.4f}x"
+            else:
+                s += f"  qemu-img bench failed: {q['error']}"
+        lines.append(s)
+    if not any("qemu_img" in r for r in res["results"]):
+        lines.append("(qemu-img not installed: no qemu-img bench comparison)")
+    return "\n".join(lines)

@@ -1,0 +1,48 @@
+"""The extension is there (in CI), or says clearly that it is not and how to build it."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+import emu_fast
+from emu import engine
+from emu.errors import EmuError
+
+
+def test_ci_builds_the_extension():
+    """CI builds emu_fast (`pip install .` with a C compiler): there it must be importable."""
+    if os.environ.get("VBLKDBG_CI") != "1":
+        pytest.skip("only enforced in CI (VBLKDBG_CI=1)")
+    assert emu_fast.available(), emu_fast._IMPORT_ERROR
+    assert emu_fast.status().startswith("emu_fast: compiled (Cython ")
+
+
+def test_status_line():
+    s = emu_fast.status()
+    assert s == "emu_fast: not compiled" or s.startswith("emu_fast: compiled (Cython 3")
+    assert engine.version_line() == s
+
+
+def test_missing_extension_is_an_error_not_a_fallback(monkeypatch, tmp_path):
+    monkeypatch.setattr(emu_fast, "_core", None)
+    monkeypatch.setattr(emu_fast, "_IMPORT_ERROR", "No module named 'emu_fast._core'")
+    assert not emu_fast.available()
+    assert emu_fast.status() == "emu_fast: not compiled"
+    with pytest.raises(emu_fast.FastEngineMissing) as ei:
+        emu_fast.require()
+    assert isinstance(ei.value, EmuError)
+    msg = str(ei.value)
+    assert "not compiled" in msg and "pip install ." in msg and "gcc python3-dev" in msg
+    with pytest.raises(emu_fast.FastEngineMissing):
+        engine.check_engine("fast")
+    from tests.conftest import build, make_image
+    m = build(make_image(tmp_path / "d.raw", 1 << 20), "write 0 4k\n", ram_size=1 << 20)
+    for call in (lambda: emu_fast.run(m), lambda: emu_fast.step(m), lambda: engine.run(m, "fast"),
+                 lambda: engine.stepper(m, "fast")):
+        with pytest.raises(emu_fast.FastEngineMissing):
+            call()
+    assert m.steps == 0
+    assert engine.check_engine("py") == "py"
+    with pytest.raises(engine.EngineError):
+        engine.check_engine("turbo")
