@@ -5,36 +5,22 @@ Step records, digest, guest RAM, image bytes and step count), so the engine can 
 between any two steps; nothing is converted.  'fast' without the compiled extension raises
 emu_fast.FastEngineMissing (an EmuError): there is no silent fallback.
 
-What the session / CLI / TUI call
----------------------------------
+How it is wired
+---------------
 
-* ``check_engine(name) -> str``: validate a ``--engine py|fast`` / ``set engine`` value (raises
-  EngineError, an EmuError, for an unknown name and FastEngineMissing for 'fast' when it is
-  not compiled).  Call it when the option is parsed, so the error comes before any run.
-* ``stepper(machine, engine) -> step()``: the function to call instead of ``machine.step()``.
-  The simplest complete wiring of Session is one line in ``Session._one``::
-
-      rec = self._step()          # was: rec = self.m.step()  (both places in _one)
-
-  with ``self._step = engine.stepper(self.m, self.engine)`` set in __init__ and again by
-  ``set engine``.  Then step/next/finish/continue/goto/reverse-* (their re-execution goes
-  through _one) all run on the chosen engine, through the session's own code, so the stop
-  step is the same by construction.  Calling stepper(m, "py") also detaches the compiled
-  methods, so 'py' is pure Python again.
+* ``check_engine(name) -> str`` validates ``--engine py|fast`` / ``set engine`` (EngineError
+  for an unknown name, FastEngineMissing for 'fast' when it is not compiled).
+* ``stepper(machine, engine) -> step()``: what Session._one calls instead of Machine.step;
+  Session.set_engine / Session._use choose it per command, so step, next, finish, continue,
+  goto and the reverse commands' re-runs go through the session's own code on either engine
+  and stop at the same step by construction.
 * ``run_until(session, engine, limit=None, stop=None, progress=None, cancelled=None,
-  every=500) -> Stop``: Session.cont on the given engine without editing Session (it
-  repeats _one/_advance with the engine's step; it uses session._record,
-  session.timeline.after_step, session.scheduled/_apply_scheduled, session.closed,
-  session.breakpoints.check and session._done, exactly as Session does).  ``limit``: at
-  most that many steps, then Stop('limit'); ``stop(rec) -> Stop | None`` ends the run after
-  a step (e.g. `finish`); progress(steps, requests_in_flight) every `every` steps;
-  cancelled() checked every 64 steps.
-* ``replay_to(session, target, engine)``: Session._replay_to (quiet re-execution, no
-  breakpoints) on the engine: goto / reverse execution's re-run.
+  every=500) -> Stop`` and ``replay_to(session, target, engine)``: Session.cont (with a step
+  limit and a stop test) and Session._replay_to on a given engine, through _advance / _one.
 * ``run(machine, engine, max_steps=None, on_step=None) -> str``: Machine.run on the engine
-  (trace replays without a session, benchmarks).
-* ``version_line() -> str``: "emu_fast: compiled (Cython X.Y)" / "emu_fast: not compiled"
-  for ``vblkdbg --version``; ``emu_fast.bench.run_bench(as_json)`` for ``vblkdbg bench``.
+  (headless runs, benchmarks).
+* ``version_line() -> str`` for ``vblkdbg --version``; ``emu_fast.bench.run_bench`` for
+  ``vblkdbg bench``.
 """
 from __future__ import annotations
 
@@ -97,54 +83,35 @@ def run(machine, engine: str, max_steps: int | None = None, on_step=None) -> str
 
 # -- the session's loops, on an engine ------------------------------------------------------------
 
-def _one(s, step):
-    """Session._one with `step` for self.m.step."""
-    rec = step()
-    if rec is None and not s.closed:
-        s.closed = True
-        if s.m.begin_shutdown():
-            rec = step()
-    if rec is not None:
-        s._record(rec)
-        s.timeline.after_step()
-        if s.m.steps in s.scheduled:
-            s._apply_scheduled()
-    return rec
-
-
 def run_until(session, engine: str = "py", limit: int | None = None, stop=None, progress=None,
               cancelled=None, every: int = 500):
-    """Session.cont on the engine (see the module doc); returns the session's Stop."""
+    """Session.cont on the engine, through the session's own _advance (see the module doc),
+    with a step limit and a stop(rec) -> Stop | None test; returns the session's Stop."""
     from .session import Stop
-    step = stepper(session.m, engine)
     s = session
-    m = s.m
-    check = s.breakpoints.check
+    s._step = stepper(s.m, engine)
     k = 0
     while True:
         if limit is not None and k >= limit:
-            return s._done(Stop("limit", m.steps, f"{limit} step(s) run"))
+            return s._done(Stop("limit", s.m.steps, f"{limit} step(s) run"))
         if cancelled is not None and k % 64 == 0 and cancelled():
-            return s._done(Stop("interrupted", m.steps, "stopped by the user (Esc)"))
-        rec = _one(s, step)
+            return s._done(Stop("interrupted", s.m.steps, "stopped by the user (Esc)"))
+        rec, st = s._advance()
         k += 1
-        if rec is None:
-            return s._done(Stop("end", m.steps, "the workload finished"))
-        hit = check(m, rec)
-        if hit is not None:
-            return s._done(Stop(hit.reason, rec.n, hit.message, hit))
+        if st is not None:
+            return s._done(st)
         if stop is not None:
             st = stop(rec)
             if st is not None:
                 return s._done(st)
         if progress is not None and k % every == 0:
-            progress(m.steps, len(m.guest.blkmq.rqs))
+            progress(s.m.steps, len(s.m.guest.blkmq.rqs))
 
 
 def replay_to(session, target: int, engine: str = "py") -> None:
     """Session._replay_to on the engine: re-run quietly (no breakpoints) up to step target."""
-    step = stepper(session.m, engine)
+    session._step = stepper(session.m, engine)
     while session.m.steps < target:
-        if _one(session, step) is None:
+        if session._one() is None:
             break
     session.breakpoints.sync(session.m)

@@ -10,7 +10,7 @@ from dataclasses import replace
 
 from emu.debug.breakpoints import BreakpointError
 
-from .parser import (COMMANDS, INFO_TOPICS, CommandError, InfoTopic, Spec, _at_most, _no_format, parse_count,
+from .parser import (COMMANDS, INFO_TOPICS, CommandError, InfoTopic, Spec, _at_most, _no_format, _p_none, parse_count,
                      parse_index, parse_offset, register)
 
 # -- parsing ------------------------------------------------------------------------------------
@@ -47,13 +47,6 @@ def _p_count(name: str, fmt: str | None, args: list[str]) -> tuple:
     _no_format(name, fmt)
     _at_most(name, args, 1, f"{name} [N]")
     return (parse_count(name, args[0]) if args else 1,)
-
-
-def _p_none(name: str, fmt: str | None, args: list[str]) -> tuple:
-    _no_format(name, fmt)
-    if args:
-        raise CommandError(f"{name}: takes no arguments (got {args[0]!r})", name)
-    return ()
 
 
 def _p_rfinish(name: str, fmt: str | None, args: list[str]) -> tuple:
