@@ -5,6 +5,8 @@ plus the callers, outermost first.  Functions not listed stand alone.
 """
 from __future__ import annotations
 
+import functools
+
 _CALLERS: dict[str, tuple[str, str]] = {
     # Checked against Linux 6.18/6.19 and QEMU 10.2 sources.  One caller per function: where
     # the real caller depends on the path (a read or a write, a flush or a discard), the
@@ -251,12 +253,17 @@ def source_of(function: str) -> str:
 
 def static_path(function: str) -> list[str]:
     """The function and its static callers, outermost first."""
+    return list(_static_path(function))
+
+
+@functools.lru_cache(maxsize=None)
+def _static_path(function: str) -> tuple:
     path = [function]
     caller = _CALLERS.get(function, ("", ""))[0]
     while caller and caller not in path:
         path.insert(0, caller)
         caller = _CALLERS.get(caller, ("", ""))[0]
-    return path
+    return tuple(path)
 
 
 def call_chain(function: str, source: str = "", caller: str = "") -> list[tuple[str, str]]:
