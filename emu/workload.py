@@ -40,7 +40,9 @@ def parse_workload(text: str, path: str = "<workload>") -> list[dict]:
         try:
             ops.append(_parse_line(line, lineno, len(ops) + 1))
         except ValueError as e:
-            raise WorkloadError(f"{path}:{lineno}: {e} (line: {raw.strip()!r})") from None
+            text = raw.strip()
+            text = text if len(text) <= 100 else text[:100] + "…"
+            raise WorkloadError(f"{path}:{lineno}: {e} (line: {text!r})") from None
     return ops
 
 
@@ -48,7 +50,8 @@ def _parse_line(line: str, lineno: int, n: int) -> dict:
     toks = line.split()
     op, args = toks[0], toks[1:]
     if op not in OPS:
-        raise ValueError(f"unknown operation {op!r} (expected one of: {', '.join(OPS)})")
+        shown = op if len(op) <= 40 else op[:40] + '…'
+        raise ValueError(f"unknown operation {shown!r} (expected one of: {', '.join(OPS)})")
     d: dict = {"op": op, "line": lineno, "n": n}
     if op in ("flush", "get-id", "wait"):
         if args:

@@ -107,6 +107,10 @@ def load_workload_any(path: str, a, disk_bytes: int | None) -> tuple[str, list]:
     (the text is the converted workload, so that a recording can re-create it)."""
     from emu.trace.importer import detect_format, options_from, workload_lines
     from emu.workload import parse_workload
+    from emu.trace.record import is_trace
+    if is_trace(path):
+        raise CliError(f"{path}: is a vblkdbg trace, not a workload: open it with `vblkdbg "
+                       f"{path}` or `vblkdbg replay {path}`")
     fmt = getattr(a, "workload_format", "auto")
     if fmt == "auto":
         if not os.path.exists(path):
@@ -428,6 +432,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except OSError as e:                 # a file the user named cannot be read or written
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"{PROG}: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

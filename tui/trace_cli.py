@@ -64,6 +64,8 @@ def cmd_record(a) -> int:
     if a.digest_interval is not None and a.digest_interval < 1:
         raise CliError("--digest-interval must be at least 1")
     out = a.output
+    if os.path.isdir(out):
+        raise CliError(f"{out}: is a directory (give the trace file's name)")
     d = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(d):
         raise CliError(f"{out}: directory {d} does not exist")
@@ -138,6 +140,8 @@ def cmd_export(a) -> int:
     from .cli import CliError
     t = load(a.trace)
     out = a.perfetto
+    if os.path.isdir(out):
+        raise CliError(f"{out}: is a directory (give the output file's name)")
     d = os.path.dirname(os.path.abspath(out))
     if not os.path.isdir(d):
         raise CliError(f"{out}: directory {d} does not exist")

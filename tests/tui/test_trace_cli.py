@@ -180,3 +180,23 @@ def test_run_batch_record_and_replay_take_a_fio_log_directly(tmp_path):
     assert r.returncode == 0 and "match the recording" in r.stdout, r.stdout + r.stderr
     r = vblkdbg("replay", "f.log", cwd=tmp_path)
     assert r.returncode == 1 and "--image" in r.stderr
+
+
+def test_outputs_that_are_directories_and_traces_given_as_workloads(tmp_path):
+    setup(tmp_path)
+    os.mkdir(tmp_path / "d")
+    r = vblkdbg("record", "article.qcow2", "--workload", "article.wl", "-o", "d", *SMALL, cwd=tmp_path)
+    assert r.returncode == 1 and "d: is a directory" in r.stderr and "Traceback" not in r.stderr
+    assert vblkdbg("record", "article.qcow2", "--workload", "article.wl", "-o", "a.trace", *SMALL,
+                   cwd=tmp_path).returncode == 0
+    r = vblkdbg("export", "a.trace", "--perfetto", "d", cwd=tmp_path)
+    assert r.returncode == 1 and "is a directory" in r.stderr
+    r = vblkdbg("run", "article.qcow2", "--workload", "a.trace", cwd=tmp_path)
+    assert r.returncode == 1 and "is a vblkdbg trace, not a workload" in r.stderr
+    assert len(r.stderr.splitlines()) == 1
+    r = vblkdbg("batch", "article.qcow2", "--workload", "article.wl", *SMALL,
+                "-ex", "record d", "-ex", "record nowhere/x.trace", cwd=tmp_path)
+    out = [json.loads(x) for x in r.stdout.splitlines()]
+    assert [o["ok"] for o in out] == [False, False]
+    assert "is a directory" in out[0]["error"] and "does not exist" in out[1]["error"]
+    assert os.listdir(tmp_path / "d") == []

@@ -30,7 +30,13 @@ def _handlers():
     from .commands import Result, fail
 
     def do_record(cmd, session) -> Result:
+        import os
         path, every = cmd.args
+        if os.path.isdir(path):
+            return fail("record", f"record: {path}: is a directory (give the trace file's name)")
+        if not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            return fail("record", f"record: {path}: directory {os.path.dirname(os.path.abspath(path))} "
+                        "does not exist")
         if not session.origin:
             return fail("record", "record: this session was not opened from an image and a "
                         "workload file, so there is nothing to re-run")
