@@ -100,6 +100,8 @@ def _add_workload_options(p: argparse.ArgumentParser) -> None:
                    help="a trace's I/O past the end of the disk (default refuse)")
     g.add_argument("--iolog-file", metavar="NAME|INDEX",
                    help="fio: the file of a multi-file iolog")
+    g.add_argument("--trace-queue-depth", type=int, metavar="N",
+                   help="a trace's workload starts with `queue-depth N` (nr_requests)")
 
 
 def load_workload_any(path: str, a, disk_bytes: int | None) -> tuple[str, list]:
@@ -119,7 +121,10 @@ def load_workload_any(path: str, a, disk_bytes: int | None) -> tuple[str, list]:
     if fmt == "workload":
         text = read_workload_text(path)
         return text, parse_workload(text, path)
-    opts = options_from(disk_bytes, timing=a.timing, beyond=a.beyond, file=a.iolog_file)
+    if a.trace_queue_depth is not None and a.trace_queue_depth < 1:
+        raise CliError("--trace-queue-depth must be a positive integer")
+    opts = options_from(disk_bytes, timing=a.timing, beyond=a.beyond, file=a.iolog_file,
+                        queue_depth=a.trace_queue_depth)
     lines, _stats = workload_lines(path, fmt, opts)
     text = f"# {fmt} trace {os.path.basename(path)}, imported by vblkdbg\n" + "".join(
         t + "\n" for t, _ in lines)

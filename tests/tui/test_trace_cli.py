@@ -200,3 +200,27 @@ def test_outputs_that_are_directories_and_traces_given_as_workloads(tmp_path):
     assert [o["ok"] for o in out] == [False, False]
     assert "is a directory" in out[0]["error"] and "does not exist" in out[1]["error"]
     assert os.listdir(tmp_path / "d") == []
+
+
+def test_trace_options_on_run_timing_and_queue_depth(tmp_path):
+    setup(tmp_path)
+    _fio_log(tmp_path)
+    last_us = max(int(ln.split()[0]) for ln in (tmp_path / "f.log").read_text().splitlines()[1:]
+                  if ln.split()[2] in ("read", "write"))
+    runs = {}
+    for extra in ([], ["--timing", "honour"], ["--trace-queue-depth", "1"]):
+        r = vblkdbg("run", "article.qcow2", "--workload", "f.log", "--json", *SMALL, *extra,
+                    cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+        runs[tuple(extra)] = json.loads(r.stdout)
+    # honour: fio's timestamps (microseconds since fio started, relative to the first record)
+    # become virtual time, so the run lasts at least as long as the traced span
+    first_us = min(int(ln.split()[0]) for ln in (tmp_path / "f.log").read_text().splitlines()[1:]
+                   if ln.split()[2] in ("read", "write"))
+    assert runs[("--timing", "honour")]["time_ns"] >= (last_us - first_us) * 1000
+    assert runs[()]["time_ns"] < runs[("--timing", "honour")]["time_ns"]
+    # queue depth 1 serialises the requests: another run (nr_requests is guest state)
+    assert runs[("--trace-queue-depth", "1")]["digest"] != runs[()]["digest"]
+    r = vblkdbg("run", "article.qcow2", "--workload", "f.log", "--trace-queue-depth", "0",
+                cwd=tmp_path)
+    assert r.returncode == 1 and "positive" in r.stderr
