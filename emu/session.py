@@ -400,4 +400,5 @@ class Session:
     def status_line(self) -> str:
         t = self.m.sim.now
         return (f"step {self.m.steps}  t={t / 1000:.3f} µs  stopped: {self.stop.reason}"
-                + (f" ({self.stop.message})" if self.stop.message else ""))
+                + (f" ({self.stop.message})" if self.stop.message else "")
+                + f"  · engine {self.engine_in_use}" + ("" if self.engine == "auto" else " (set)"))

@@ -56,3 +56,22 @@ def test_bench_prints_requests_per_second_and_ratios(capsys):
     for r in rows:
         assert r["identical"] and r["fast_over_py"] > 0
         assert r["py"]["req_per_s"] > 0 and r["fast"]["req_per_s"] > 0
+
+
+def test_set_engine_in_the_debugger_shows_in_the_status_line():
+    import asyncio
+
+    from tests.tui.test_app import SIZE, make_app, text_of
+
+    async def go():
+        app = make_app()
+        async with app.run_test(size=SIZE) as pilot:
+            await pilot.press("s")
+            assert "engine py" in text_of(app.query_one("#status"))
+            await pilot.press("colon", *"set engine py", "enter")
+            await pilot.press("c")
+            await app.workers.wait_for_complete()
+            await pilot.pause()
+            status = text_of(app.query_one("#status"))
+            assert "engine py (set)" in status and "stopped: end" in status
+    asyncio.run(go())
