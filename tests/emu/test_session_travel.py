@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 from emu.block.qcow2.create import create_qcow2
 from emu.session import Session
 from tests.conftest import build, make_image
+from tests.strategies import io_ops, workload_text
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SAMPLES = os.path.join(ROOT, "sample_images")
@@ -41,17 +42,7 @@ def fresh_digest(image: str, wl: str | None, k: int, **cfg) -> str:
 
 
 _names = iter(range(10 ** 9))
-ops = st.lists(st.one_of(
-    st.tuples(st.sampled_from(["write", "read", "discard", "write-zeroes"]),
-              st.integers(0, 63), st.sampled_from([1, 2, 8, 9])),
-    st.just(("flush", 0, 0)), st.just(("wait", 0, 0))), min_size=1, max_size=8)
-
-
-def workload_text(items) -> str:
-    out = []
-    for op, blk, n in items:
-        out.append(op if op in ("flush", "wait") else f"{op} {blk * 4096} {n * 512}")
-    return "\n".join(out) + "\n"
+ops = io_ops(8, (1, 2, 8, 9))
 
 
 @pytest.mark.slow
@@ -195,7 +186,7 @@ def test_reverse_finish_goes_back_to_just_before_the_request_was_created():
     s.step(400)
     rid = max(s.m.guest.blkmq.rqs) if s.m.guest.blkmq.rqs else s.m.guest.blkmq.next_rq - 1
     stop = s.reverse_finish(rid)
-    t = stop.step
+    assert stop.step == s.m.steps < 400
     assert s.m.guest.blkmq.next_rq <= rid            # not created yet...
     s.step(1)
     assert s.m.guest.blkmq.next_rq > rid             # ...and the next step creates it

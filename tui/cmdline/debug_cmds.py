@@ -207,7 +207,6 @@ def _handlers():
 
     def reverse(cmd, session) -> Result:
         if cmd.name == "reverse-finish":
-            from .commands import default_request
             rid = cmd.args[0]
             if rid is None:
                 live = [r.id for r in session.requests() if r.stage != "done"]

@@ -1,7 +1,6 @@
 """`queue-depth N` is a write to /sys/block/vda/queue/nr_requests (queue_requests_store)."""
 from __future__ import annotations
 
-import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from tests.conftest import build, run_all

@@ -16,20 +16,13 @@ from emu.session import Session
 from emu.trace.record import TraceError, file_identity, load, open_origin, record
 from emu.trace.replay import replay
 from tests.conftest import build, make_image
+from tests.strategies import io_ops, workload_text
 
 MiB = 1 << 20
 _names = iter(range(10 ** 9))
 HEALTH = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow]
 
-ops = st.lists(st.one_of(
-    st.tuples(st.sampled_from(["write", "read", "discard", "write-zeroes"]),
-              st.integers(0, 63), st.sampled_from([1, 2, 8])),
-    st.just(("flush", 0, 0)), st.just(("wait", 0, 0))), min_size=1, max_size=6)
-
-
-def workload_text(items) -> str:
-    return "".join((op if op in ("flush", "wait") else f"{op} {blk * 4096} {n * 512}") + "\n"
-                   for op, blk, n in items)
+ops = io_ops(6, (1, 2, 8))
 
 
 RAM = 2 * MiB
