@@ -11,12 +11,14 @@ How it is wired
 * ``check_engine(name) -> str`` validates ``--engine py|fast`` / ``set engine`` (EngineError
   for an unknown name, FastEngineMissing for 'fast' when it is not compiled).
 * ``stepper(machine, engine) -> step()``: what Session._one calls instead of Machine.step;
-  Session.set_engine / Session._use choose it per command, so step, next, finish, continue,
-  goto and the reverse commands' re-runs go through the session's own code on either engine
-  and stop at the same step by construction.
+  Session.set_engine / Session._use choose it per command (single steps, next and finish
+  go through the session's own code on either engine).
+* ``bulk_runner(engine)``: what Session._run (continue, goto's re-runs, replays, recording)
+  delegates to: None for 'py', emu_fast.session_run for 'fast' -- the same loop compiled, with
+  the breakpoint check run only at steps a C prefilter finds could match (a superset).
 * ``run_until(session, engine, limit=None, stop=None, progress=None, cancelled=None,
   every=500) -> Stop`` and ``replay_to(session, target, engine)``: Session.cont (with a step
-  limit and a stop test) and Session._replay_to on a given engine, through _advance / _one.
+  limit and a stop test) and Session._replay_to on a given engine.
 * ``run(machine, engine, max_steps=None, on_step=None) -> str``: Machine.run on the engine
   (headless runs, benchmarks).
 * ``version_line() -> str`` for ``vblkdbg --version``; ``emu_fast.bench.run_bench`` for
@@ -83,35 +85,28 @@ def run(machine, engine: str, max_steps: int | None = None, on_step=None) -> str
 
 # -- the session's loops, on an engine ------------------------------------------------------------
 
+def bulk_runner(engine: str) -> Callable | None:
+    """What Session._run delegates to on this engine: None for 'py' (its own loop), the
+    compiled loop (emu_fast.session_run) for 'fast'."""
+    if check_engine(engine) == "py":
+        return None
+    import emu_fast
+    return emu_fast.require().session_run
+
+
 def run_until(session, engine: str = "py", limit: int | None = None, stop=None, progress=None,
               cancelled=None, every: int = 500):
-    """Session.cont on the engine, through the session's own _advance (see the module doc),
-    with a step limit and a stop(rec) -> Stop | None test; returns the session's Stop."""
-    from .session import Stop
+    """Session.cont on the engine, with a step limit and a stop(rec) -> Stop | None test;
+    returns the session's Stop."""
     s = session
     s._step = stepper(s.m, engine)
-    k = 0
-    while True:
-        if limit is not None and k >= limit:
-            return s._done(Stop("limit", s.m.steps, f"{limit} step(s) run"))
-        if cancelled is not None and k % 64 == 0 and cancelled():
-            return s._done(Stop("interrupted", s.m.steps, "stopped by the user (Esc)"))
-        rec, st = s._advance()
-        k += 1
-        if st is not None:
-            return s._done(st)
-        if stop is not None:
-            st = stop(rec)
-            if st is not None:
-                return s._done(st)
-        if progress is not None and k % every == 0:
-            progress(s.m.steps, len(s.m.guest.blkmq.rqs))
+    s._bulk = bulk_runner(engine)
+    return s._done(s._run(None, True, limit, stop, cancelled, progress, every))
 
 
 def replay_to(session, target: int, engine: str = "py") -> None:
     """Session._replay_to on the engine: re-run quietly (no breakpoints) up to step target."""
     session._step = stepper(session.m, engine)
-    while session.m.steps < target:
-        if session._one() is None:
-            break
+    session._bulk = bulk_runner(engine)
+    session._run(target, check=False)
     session.breakpoints.sync(session.m)

@@ -71,6 +71,7 @@ class Session:
         # compiled engine when it is built and single steps in Python; "py" / "fast" force one
         self.engine = "auto"
         self._step = machine.step
+        self._bulk = None           # the compiled Session._run when the engine is 'fast'
 
     def set_engine(self, name: str) -> None:
         """py | fast | auto (fast raises FastEngineMissing when emu_fast is not compiled)."""
@@ -87,6 +88,7 @@ class Session:
             import emu_fast
             name = "fast" if bulk and emu_fast.available() else "py"
         self._step = engine.stepper(self.m, name)
+        self._bulk = engine.bulk_runner(name) if bulk else None
 
     @property
     def engine_in_use(self) -> str:
@@ -201,16 +203,39 @@ class Session:
     def cont(self, cancelled=None, progress=None, every: int = 500) -> Stop:
         """Continue to the end, a breakpoint, a device error, or until cancelled() says so."""
         self._use(bulk=True)
+        return self._done(self._run(cancelled=cancelled, progress=progress, every=every))
+
+    def _run(self, target: int | None = None, check: bool = True, limit: int | None = None,
+             stop=None, cancelled=None, progress=None, every: int = 500) -> Stop | None:
+        """The bulk loop under continue, goto's re-runs and replays: step (_one) until step
+        `target` (None: no end; then None is returned), checking the breakpoints (_advance)
+        when `check`; stop early after `limit` steps, when stop(rec) returns a Stop, or when
+        cancelled() (asked every 64 steps) is true; progress(steps, live requests) every
+        `every` steps.  With the fast engine, emu_fast runs this same loop compiled."""
+        if self._bulk is not None:
+            return self._bulk(self, target, check, limit, stop, cancelled, progress, every)
+        m = self.m
         k = 0
-        while True:
+        while target is None or m.steps < target:
+            if limit is not None and k >= limit:
+                return Stop("limit", m.steps, f"{limit} step(s) run")
             if cancelled is not None and k % 64 == 0 and cancelled():
-                return self._done(Stop("interrupted", self.m.steps, "stopped by the user (Esc)"))
-            _rec, stop = self._advance()
+                return Stop("interrupted", m.steps, "stopped by the user (Esc)")
+            if check:
+                rec, st = self._advance()
+            else:
+                rec = self._one()
+                st = None if rec is not None else Stop("end", m.steps, "the workload finished")
             k += 1
+            if st is not None:
+                return st
             if stop is not None:
-                return self._done(stop)
+                st = stop(rec)
+                if st is not None:
+                    return st
             if progress is not None and k % every == 0:
-                progress(self.m.steps, len(self.m.guest.blkmq.rqs))
+                progress(m.steps, len(m.guest.blkmq.rqs))
+        return None
 
     # -- breakpoints --------------------------------------------------------------------------------
     def add_breakpoint(self, verb: str, text: str) -> int:
@@ -222,9 +247,7 @@ class Session:
     def _replay_to(self, target: int) -> None:
         """Re-run quietly (no breakpoints) from the restored checkpoint up to step target."""
         self._use(bulk=True)
-        while self.m.steps < target:
-            if self._one() is None:
-                break
+        self._run(target, check=False)
         self.breakpoints.sync(self.m)
 
     def _rewind(self, target: int) -> None:

@@ -425,3 +425,254 @@ def run_count(m, max_steps=None, on_step=None):
     cdef Py_ssize_t n0 = m.steps
     reason = run(m, max_steps, on_step)
     return reason, m.steps - n0
+
+
+# == the session's bulk loop, with breakpoint prefilters =========================================
+# Session._run (emu/session.py) on the compiled step: the same per-step work (_one: record the
+# step, periodic checkpoints, scheduled inputs; _advance: the breakpoint check) in the same
+# order.  BreakpointTable.check (Python) runs only at candidate steps: those where a cheap test
+# in C says some enabled breakpoint *could* match (a superset of the steps where one does), so
+# hit counts, ignore counts, conditions and temporaries behave exactly as when check() runs at
+# every step.  Request breakpoints track stages across steps, so with one enabled check() runs
+# at every step, as in Python.
+
+from libc.stdlib cimport malloc, free
+
+cdef str _E_RAM = "ram"
+cdef str _E_FILE = "file"
+cdef str _E_REG = "reg"
+cdef str _E_ERROR = "error"
+cdef str _E_GERROR = "guest-error"
+cdef str _F_DESC = "desc"
+cdef str _F_STATUS = "req-status"
+
+cdef inline bint _is(object a, str b):
+    return a is b or (type(a) is str and <str>a == b)
+
+
+cdef class _Prefilter:
+    """Which steps could make some enabled breakpoint match (emu.debug.breakpoints matchers)."""
+    cdef bint always            # check every step (request breakpoints, unknown kinds)
+    cdef bint none              # nothing enabled: check() would return None at once
+    cdef bint desc              # any "desc" fact
+    cdef bint error             # an "error" or "guest-error" effect
+    cdef bint ioerr             # a "req-status" fact with status IOERR
+    cdef int ioerr_status
+    cdef Py_ssize_t nram, nhost
+    cdef long long* ram         # [lo, hi) pairs
+    cdef long long* host
+    cdef list steps             # step patterns (callables on the function name)
+    cdef dict step_cache        # function name -> any pattern matches
+    cdef list regs              # reg patterns
+    cdef dict reg_cache         # register name -> any pattern matches
+    cdef set inuse_names        # "vqN.inuse" of ring inuse>= breakpoints
+    cdef list rings             # queue numbers of ring avail_idx/used_idx/wrap breakpoints
+
+    def __cinit__(self):
+        self.ram = NULL
+        self.host = NULL
+
+    def __dealloc__(self):
+        free(self.ram)
+        free(self.host)
+
+    def __init__(self, table, int ioerr_status):
+        self.ioerr_status = ioerr_status
+        self.steps, self.regs, self.rings = [], [], []
+        self.step_cache, self.reg_cache = {}, {}
+        self.inuse_names = set()
+        enabled = table._enabled
+        self.always = bool(table._has_req)
+        self.none = not enabled and not self.always
+        rams, hosts = [], []
+        for bp in enabled:
+            k = bp.kind
+            p = bp.params
+            if k == "desc":
+                self.desc = True
+            elif k == "step":
+                self.steps.append(bp.pattern)
+            elif k == "reg":
+                self.regs.append(bp.pattern)
+            elif k == "ram":
+                rams.append((p["addr"], p["addr"] + p["len"]))
+            elif k == "host":
+                hosts.append((p["addr"], p["addr"] + p["len"]))
+            elif k == "error":
+                self.error = True
+                if "ioerr" in p["kinds"]:
+                    self.ioerr = True
+            elif k == "ring":
+                q = p["q"] or 0
+                if p["what"] == "inuse":
+                    self.inuse_names.add(f"vq{q}.inuse")
+                else:
+                    self.rings.append(q)
+            else:
+                self.always = True
+        self.nram = len(rams)
+        self.nhost = len(hosts)
+        self.ram = self._pairs(rams)
+        self.host = self._pairs(hosts)
+
+    cdef long long* _pairs(self, list spans) except? NULL:
+        cdef Py_ssize_t i
+        cdef long long* out
+        if not spans:
+            return NULL
+        out = <long long*>malloc(2 * len(spans) * sizeof(long long))
+        if out == NULL:
+            raise MemoryError()
+        for i in range(len(spans)):
+            out[2 * i] = spans[i][0]
+            out[2 * i + 1] = spans[i][1]
+        return out
+
+    cdef bint _step_matches(self, object function) except -1:
+        hit = self.step_cache.get(function)
+        if hit is None:
+            hit = any(pat(function) for pat in self.steps)
+            self.step_cache[function] = hit
+        return hit
+
+    cdef bint _reg_matches(self, object name) except -1:
+        if name in self.inuse_names:
+            return True
+        if not self.regs:
+            return False
+        hit = self.reg_cache.get(name)
+        if hit is None:
+            hit = any(pat(name) for pat in self.regs)
+            self.reg_cache[name] = hit
+        return hit
+
+    cdef bint _ring_hit(self, object m, long long a, long long b) except -1:
+        """A RAM write [a, b) touches a ring index some ring breakpoint reads (_match_ring)."""
+        cdef long long x
+        gvq = m.guest.vq
+        vqs = m.vdev.vqs
+        for q in self.rings:
+            if q >= len(vqs):
+                continue
+            if gvq.num and gvq.index == q:
+                x = gvq.avail + 2
+                if a < x + 2 and b > x:
+                    return True
+            dvq = vqs[q]
+            if dvq.used and dvq.num:
+                x = dvq.used + 2
+                if a < x + 2 and b > x:
+                    return True
+        return False
+
+    cdef bint candidate(self, object m, object rec) except -1:
+        cdef Py_ssize_t i
+        cdef long long a, b
+        if self.always:
+            return True
+        if self.none:
+            return False
+        if self.steps and self._step_matches(rec.function):
+            return True
+        if self.desc or self.ioerr:
+            for f in <list>rec.facts:
+                t = f[0]
+                if self.desc and _is(t, _F_DESC):
+                    return True
+                if self.ioerr and _is(t, _F_STATUS) and f[2] == self.ioerr_status:
+                    return True
+        for e in <list>rec.effects:
+            t = e[0]
+            if _is(t, _E_RAM):
+                if self.nram or self.rings:
+                    a = e[1]
+                    b = a + len(e[3])
+                    for i in range(self.nram):
+                        if a < self.ram[2 * i + 1] and b > self.ram[2 * i]:
+                            return True
+                    if self.rings and self._ring_hit(m, a, b):
+                        return True
+            elif _is(t, _E_FILE):
+                if self.nhost:
+                    a = e[1]
+                    b = a + len(e[3])
+                    for i in range(self.nhost):
+                        if a < self.host[2 * i + 1] and b > self.host[2 * i]:
+                            return True
+            elif _is(t, _E_REG):
+                if (self.regs or self.inuse_names) and self._reg_matches(e[1]):
+                    return True
+            elif _is(t, _E_ERROR) or _is(t, _E_GERROR):
+                if self.error:
+                    return True
+        return False
+
+
+def prefilter_candidates(table, m, recs, int ioerr_status):
+    """For tests: which of these step records the prefilter passes to check()."""
+    pf = _Prefilter(table, ioerr_status)
+    return [bool(pf.candidate(m, r)) for r in recs]
+
+
+cdef object _Stop = None
+
+
+def session_run(s, target=None, bint check=True, limit=None, stop=None, cancelled=None,
+                progress=None, Py_ssize_t every=500):
+    """Session._run on the compiled step (see the section comment)."""
+    global _Stop
+    if _Stop is None:
+        from emu.session import Stop as _S
+        _Stop = _S
+    from emu.spec.blk import S_IOERR
+    from emu.sim.steps import GUEST_LAYERS
+    cdef frozenset guest = frozenset(GUEST_LAYERS)
+    cdef Py_ssize_t k = 0, lim = -1, tgt = -1
+    cdef bint has_target = target is not None
+    m = s.m
+    _ensure(m)
+    if limit is not None:
+        lim = limit
+    if has_target:
+        tgt = target
+    table = s.breakpoints
+    cdef _Prefilter pf = _Prefilter(table, S_IOERR) if check else None
+    history_append = s.history.append
+    last_by_side = s.last_by_side
+    tl = s.timeline
+    while not has_target or m.steps < tgt:
+        if lim >= 0 and k >= lim:
+            return _Stop("limit", m.steps, f"{limit} step(s) run")
+        if cancelled is not None and k % 64 == 0 and cancelled():
+            return _Stop("interrupted", m.steps, "stopped by the user (Esc)")
+        # -- Session._one
+        rec = _step(m)
+        if rec is None and not s.closed:
+            s.closed = True
+            if m.begin_shutdown():
+                rec = _step(m)
+        k += 1
+        if rec is None:
+            return _Stop("end", m.steps, "the workload finished")
+        history_append(rec)
+        s.last = rec
+        last_by_side["guest" if rec.layer in guest else "host"] = rec
+        cps = tl.checkpoints
+        if m.steps - cps[len(cps) - 1].step >= tl.interval:     # (no negative index: wraparound=False)
+            tl.checkpoint()
+        if s.scheduled and m.steps in s.scheduled:
+            s._apply_scheduled()
+            _ensure(m)
+        # -- Session._advance
+        if check and pf.candidate(m, rec):
+            hit = table.check(m, rec)
+            if hit is not None:
+                return _Stop(hit.reason, rec.n, hit.message, hit)
+        if stop is not None:
+            st = stop(rec)
+            if st is not None:
+                return st
+            _ensure(m)
+        if progress is not None and k % every == 0:
+            progress(m.steps, len(m.guest.blkmq.rqs))
+    return None

@@ -12,6 +12,10 @@ Both engines run each workload from the same state (alternating, best of `repeat
 digest on both.  When qemu-img is installed, `qemu-img bench -w -d 1 -s 4k -c N` runs on the
 same image configuration in the same run (qemu-img bench writes sequentially: it has no
 random mode) and its requests/s is printed next to the fast engine's rand4k.
+
+A second table runs rand4k as the debugger's `continue` does (emu.session.Session.cont: the
+step history, a checkpoint every 1000 steps, `catch error` and one descriptor breakpoint
+whose condition never holds, so every step is a breakpoint question), on both engines.
 """
 from __future__ import annotations
 
@@ -87,6 +91,33 @@ def run_engine(engine: str, image: str, wl: str) -> dict:
     return out
 
 
+CONTINUE_BREAK = ("break", "desc on=used if len == 3")   # never true: runs to the end
+
+
+def run_continue(engine: str, image: str, wl: str) -> dict:
+    """Session.cont to the end on the engine (see the module doc)."""
+    from emu import engine as E
+    from emu.session import Session
+    s = Session(_machine(image, wl))
+    s.set_engine(engine)
+    s.add_breakpoint(*CONTINUE_BREAK)
+    nreq = sum(1 for line in wl.splitlines() if line.split()[0] in ("write", "read", "flush"))
+    t0 = time.perf_counter()
+    stops = []
+    while True:
+        st = s.cont()
+        stops.append((st.reason, st.step))
+        if st.reason in ("end", "error") or len(stops) > 100:
+            break
+    dt = time.perf_counter() - t0
+    out = {"engine": engine, "reason": st.reason, "steps": s.m.steps, "seconds": dt,
+           "requests": nreq, "req_per_s": nreq / dt if dt else 0.0, "digest": s.m.digest(),
+           "stops": stops}
+    E.set_engine(s.m, "py")
+    s.m.hostfile.close() if hasattr(s.m.hostfile, "close") else None
+    return out
+
+
 def qemu_img_bench(image: str, fmt: str, n: int) -> dict | None:
     """`qemu-img bench -w -d 1 -s 4k -c n` on the image (None when qemu-img is missing)."""
     exe = shutil.which("qemu-img")
@@ -143,11 +174,30 @@ def run_bench(as_json: bool = False, requests: int = 2000, workloads=WORKLOADS,
                         if "req_per_s" in q and best:
                             row["engine_over_qemu"] = best["req_per_s"] / q["req_per_s"]
                 res["results"].append(row)
+        res["continue"] = []
+        if "rand4k" in workloads:
+            wl = workload("rand4k", requests)
+            for fmt in formats:
+                row = {"workload": "rand4k", "format": fmt,
+                       "breakpoint": " ".join(CONTINUE_BREAK)}
+                for _ in range(max(1, repeat)):
+                    for eng in engines:
+                        img = make_image(os.path.join(tmp, f"cont-{eng}.{fmt}"), fmt)
+                        r = run_continue(eng, img, wl)
+                        os.unlink(img)
+                        if eng not in row or r["seconds"] < row[eng]["seconds"]:
+                            row[eng] = r
+                if "py" in row and "fast" in row:
+                    row["identical"] = (row["py"]["digest"] == row["fast"]["digest"]
+                                        and row["py"]["stops"] == row["fast"]["stops"])
+                    row["fast_over_py"] = row["py"]["seconds"] / max(row["fast"]["seconds"], 1e-9)
+                res["continue"].append(row)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    for row in res["results"]:
+    for row in res["results"] + res.get("continue", []):
         for eng in engines:
             row[eng].pop("digest", None)
+            row[eng].pop("stops", None)
     if as_json:
         out(json.dumps(res, indent=2))
     else:
@@ -175,4 +225,15 @@ def _table(res: dict, engines) -> str:
         lines.append(s)
     if not any("qemu_img" in r for r in res["results"]):
         lines.append("(qemu-img not installed: no qemu-img bench comparison)")
+    if res.get("continue"):
+        lines += ["", "continue in the debugger (history, checkpoints every 1000 steps, catch error, "
+                  f"{' '.join(CONTINUE_BREAK)})",
+                  f"{'workload':<8} {'format':<6} " + " ".join(f"{e + ' req/s':>12}" for e in engines)
+                  + f" {'fast/py':>8} {'same':>5}"]
+        for row in res["continue"]:
+            s = f"{row['workload']:<8} {row['format']:<6} "
+            s += " ".join(f"{row[e]['req_per_s']:>12.0f}" for e in engines)
+            s += f" {row['fast_over_py']:>7.2f}x" if "fast_over_py" in row else f" {'':>8}"
+            s += f" {('yes' if row['identical'] else 'NO'):>5}" if "identical" in row else ""
+            lines.append(s)
     return "\n".join(lines)

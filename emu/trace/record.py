@@ -7,6 +7,7 @@ header's inputs must reproduce every digest: the machine is deterministic.
 """
 from __future__ import annotations
 
+import bisect
 import hashlib
 import json
 import os
@@ -94,15 +95,22 @@ def record(origin: dict, inputs: list[dict], until: int, out: str,
         session.set_engine(engine)
         session._use(bulk=True)
         session.schedule(inputs)
-        at_input = {i["step"] for i in inputs}
+        at_input = sorted({i["step"] for i in inputs})
         points = [_point(session.m)]
-        while session.m.steps < until:
-            if session._one() is None:
-                break
-            n = session.m.steps
+        n = session.m.steps
+        while n < until:
+            # run (on the session's engine) to the next digest point: a multiple of the
+            # interval, an input's step, or the end
+            nxt = min((n // interval + 1) * interval, until)
+            j = bisect.bisect_right(at_input, n)
+            if j < len(at_input):
+                nxt = min(nxt, at_input[j])
+            if session._run(nxt, check=False) is not None:
+                break                               # the run ended before `until`
+            before, n = n, session.m.steps
             if n % interval == 0 or n in at_input:
                 points.append(_point(session.m))
-            if progress is not None and n % 1000 == 0:
+            if progress is not None and n // 1000 != before // 1000:
                 progress(n, until)
         end = _point(session.m)
         if expect_digest is not None and end["digest"] != expect_digest:

@@ -66,14 +66,15 @@ def replay(t: Trace, image: str | None = None, check: bool = False, progress=Non
         points = (t.digests if check else []) + [t.end]
         checked = 0
         for p in points:
-            while session.m.steps < p["step"]:
-                if session._one() is None:
-                    now = _point(session.m)
-                    return ReplayResult(t.path, session.m.steps, now["digest"], checked,
-                                        Divergence(p["step"], p["digest"], now["digest"], [],
-                                                   f"the replay ended at step {session.m.steps}"))
-                if progress is not None and session.m.steps % 1000 == 0:
-                    progress(session.m.steps, t.end["step"])
+            end = t.end["step"]
+            st = session._run(p["step"], check=False, every=1000,
+                              progress=None if progress is None
+                              else lambda n, _live: progress(n, end))
+            if st is not None:
+                now = _point(session.m)
+                return ReplayResult(t.path, session.m.steps, now["digest"], checked,
+                                    Divergence(p["step"], p["digest"], now["digest"], [],
+                                               f"the replay ended at step {session.m.steps}"))
             now = _point(session.m)
             checked += 1
             div = _compare(p, now)

@@ -179,7 +179,10 @@ def test_single_steps_and_stop_callback(tmp_path):
 
 BREAKS = [("break", "desc on=pop"), ("break", "req type=OUT stage=done"), ("break", "step qcow2_*"),
           ("break", "ring inuse>=2"), ("watch", "ram 0x10000+64"), ("tbreak", "step virtqueue_fill"),
-          ("break", "desc on=add if len == 1 and flags & WRITE"), ("catch", "error")]
+          ("break", "desc on=add if len == 1 and flags & WRITE"), ("catch", "error"),
+          ("watch", "host 0x0+512"), ("watch", "reg vq0.*"), ("break", "ring wrap"),
+          ("break", "ring used_idx=3"), ("catch", "error ioerr"),
+          ("break", "desc on=used q=0 if req > 1")]
 
 
 def _stops(s: Session, eng: str | None) -> list:
@@ -241,5 +244,8 @@ def test_bench_runs_and_both_engines_agree():
     res = run_bench(as_json=True, requests=12, qemu=False, out=printed.append, repeat=1)
     assert len(res["results"]) == 6 and all(r["identical"] for r in res["results"])
     assert all(r["fast"]["req_per_s"] > 0 and r["py"]["req_per_s"] > 0 for r in res["results"])
+    assert len(res["continue"]) == 2 and all(r["identical"] for r in res["continue"])
+    assert all(r[e]["reason"] == "end" and r[e]["steps"] > 12 for r in res["continue"]
+               for e in ("py", "fast"))
     import json
     assert json.loads(printed[0])["requests"] == 12
