@@ -40,6 +40,7 @@ class OptionalBuildExt(build_ext):
 
 
 def _sha256(path: str) -> str:
+    """The hash emu_fast/__init__.py compares with the source: each module has its own."""
     import hashlib
     with open(path, "rb") as f:
         return hashlib.sha256(f.read()).hexdigest()
@@ -53,16 +54,19 @@ def _extensions() -> list:
         _warn(f"Cython is not installed ({e})")
         return []
     pyx = sorted(f for f in os.listdir(os.path.join(HERE, "emu_fast")) if f.endswith(".pyx"))
+    exts = []
     try:
-        return cythonize([os.path.join("emu_fast", f) for f in pyx],
-                         compiler_directives={"language_level": "3"},
-                         compile_time_env={"CYTHON_VERSION": Cython.__version__,
-                                           "PYX_HASH": _sha256(os.path.join(HERE, "emu_fast", "_core.pyx"))},
-                         build_dir=os.path.join("build", "cython"),    # generated C stays out of the tree
-                         quiet=True)
+        for f in pyx:       # one call per module: each is compiled with its own source's hash
+            exts += cythonize([os.path.join("emu_fast", f)],
+                              compiler_directives={"language_level": "3"},
+                              compile_time_env={"CYTHON_VERSION": Cython.__version__,
+                                                "PYX_HASH": _sha256(os.path.join(HERE, "emu_fast", f))},
+                              build_dir=os.path.join("build", "cython"),    # generated C stays out of the tree
+                              quiet=True)
     except Exception as e:  # noqa: BLE001
         _warn(f"cythonize failed ({e})")
         return []
+    return exts
 
 
 setup(ext_modules=_extensions(), cmdclass={"build_ext": OptionalBuildExt},

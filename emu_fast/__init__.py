@@ -35,11 +35,14 @@ class FastEngineMissing(EmuError):
 __path__ = __import__("pkgutil").extend_path(__path__, __name__)
 
 
-def _pyx_sha256() -> str | None:
-    """The hash of the _core.pyx next to this file (None when not a source tree)."""
+MODULES = ("_core", "_hostfile")     # the compiled modules (emu_fast/<name>.pyx)
+
+
+def _pyx_sha256(name: str) -> str | None:
+    """The hash of emu_fast/<name>.pyx next to this file (None when not a source tree)."""
     import hashlib
     import os
-    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_core.pyx")
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".pyx")
     if not os.path.exists(src):
         return None
     with open(src, "rb") as f:
@@ -49,17 +52,21 @@ def _pyx_sha256() -> str | None:
 def _load():
     import importlib
     import importlib.util
-    if importlib.util.find_spec(__name__ + "._core") is None:
-        return None, "no compiled module emu_fast._core is installed"
-    try:
-        mod = importlib.import_module(__name__ + "._core")
-    except ImportError as e:      # compiled for another Python, or a broken build
-        return None, f"emu_fast._core does not load: {e}"
-    want = _pyx_sha256()
-    if want is not None and getattr(mod, "PYX_SHA256", None) != want:
-        return None, (f"{mod.__file__} was compiled from another version of emu_fast/_core.pyx "
-                      "than this source tree's: rebuild it")
-    return mod, ""
+    mods = {}
+    for name in MODULES:
+        full = f"{__name__}.{name}"
+        if importlib.util.find_spec(full) is None:
+            return None, f"no compiled module {full} is installed"
+        try:
+            mod = importlib.import_module(full)
+        except ImportError as e:      # compiled for another Python, or a broken build
+            return None, f"{full} does not load: {e}"
+        want = _pyx_sha256(name)
+        if want is not None and getattr(mod, "PYX_SHA256", None) != want:
+            return None, (f"{mod.__file__} was compiled from another version of "
+                          f"emu_fast/{name}.pyx than this source tree's: rebuild it")
+        mods[name] = mod
+    return mods["_core"], ""
 
 
 _core, _IMPORT_ERROR = _load()

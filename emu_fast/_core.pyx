@@ -15,7 +15,9 @@ from libc.string cimport memcpy, memset
 import copyreg as _copyreg
 from heapq import heappop as _heappop, heappush as _heappush
 
+from emu.block.hostfile import HostFile
 from emu.mem.guest_memory import GuestMemory
+from emu_fast import _hostfile
 from emu.sim.scheduler import Scheduler
 from emu.sim.steps import REGISTRY, Step
 
@@ -24,6 +26,7 @@ PYX_SHA256 = PYX_HASH                   # the hash of this file when it was comp
 
 cdef object _Scheduler = Scheduler
 cdef object _GuestMemory = GuestMemory
+cdef object _HostFileType = HostFile
 cdef object _Step = Step
 cdef dict _REGISTRY = REGISTRY
 
@@ -360,6 +363,9 @@ cdef inline void _ensure(object m) except *:
     mem = m.mem
     if mem.__dict__.get("write") is None:
         attach_memory(mem)
+    hf = m.hostfile
+    if type(hf) is _HostFileType and hf.__dict__.get("pwrite") is None:
+        _hostfile.attach(hf)
 
 
 def attach_memory(mem):
@@ -387,10 +393,12 @@ def detach(m):
     if type(m.sim) is FastScheduler:
         m.sim.__class__ = _Scheduler
     detach_memory(m.mem)
+    _hostfile.detach(m.hostfile)
 
 
 def attached(m):
-    return type(m.sim) is FastScheduler and m.mem.__dict__.get("write") is not None
+    return (type(m.sim) is FastScheduler and m.mem.__dict__.get("write") is not None
+            and (type(m.hostfile) is not _HostFileType or _hostfile.attached(m.hostfile)))
 
 
 def step(m):

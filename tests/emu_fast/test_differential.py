@@ -127,7 +127,8 @@ def test_same_run_on_both_engines(tmp_path_factory, fmt, wl, cfg):
         assert a == b, f"step {a.n}: {a.kind} {a.detail!r} != {b.kind} {b.detail!r}"
     assert snapshot(m_py) == snapshot(m_fast)
     assert type(m_py.sim).__name__ == "Scheduler"      # the Python engine stayed pure Python
-    assert "write" not in vars(m_py.mem)
+    assert "write" not in vars(m_py.mem) and "pwrite" not in vars(m_py.hostfile)
+    assert emu_fast.attached(m_fast)
 
 
 @settings(**SETTINGS)

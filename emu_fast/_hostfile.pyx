@@ -1,0 +1,205 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, binding=True
+"""emu.block.hostfile.HostFile's pread/pwrite compiled: the protocol layer's host I/O (QEMU
+block/file-posix.c, raw_co_prw), for both format drivers (raw and qcow2).
+
+Line-for-line translations of the Python methods named in each docstring, over the same
+object (its fds, overlay copy-on-write set, undo journal and digest bookkeeping), calling
+pread(2)/pwrite(2) directly.  Like os.pread/os.pwrite they make one call (retried on EINTR),
+raise OSError from errno on failure, and -- as the Python methods do -- zero-pad a short read
+and ignore a short write's count.  Arguments of unusual types go to the Python method itself.
+"""
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.exc cimport PyErr_SetFromErrno
+from libc.errno cimport errno, EINTR
+from libc.string cimport memset
+from posix.types cimport off_t
+from posix.unistd cimport pread as c_pread, pwrite as c_pwrite
+
+from errno import EBADF as _EBADF
+
+from emu.block.hostfile import BLOCK as _BLOCK_PY, CHUNK as _CHUNK_PY, HostFile
+
+PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
+
+cdef object _HostFile = HostFile
+cdef long long BLOCK = _BLOCK_PY
+cdef long long CHUNK = _CHUNK_PY
+assert BLOCK == 4096 and CHUNK == 65536
+
+
+cdef int _pread_into(int fd, char* buf, long long n, long long off) except -1:
+    """HostFile._pread_fd into buf: one pread, the rest (past EOF) zeros."""
+    cdef ssize_t got
+    while True:
+        got = c_pread(fd, buf, <size_t>n, <off_t>off)
+        if got >= 0:
+            break
+        if errno != EINTR:
+            PyErr_SetFromErrno(OSError)
+            return -1
+    if got < n:
+        memset(buf + got, 0, <size_t>(n - got))
+    return 0
+
+
+cdef int _pwrite_from(int fd, const char* buf, long long n, long long off) except -1:
+    """os.pwrite(fd, buf, off): one write (retried on EINTR); its count is not checked."""
+    cdef ssize_t put
+    while True:
+        put = c_pwrite(fd, buf, <size_t>n, <off_t>off)
+        if put >= 0:
+            return 0
+        if errno != EINTR:
+            PyErr_SetFromErrno(OSError)
+            return -1
+
+
+cdef bytes _pread(object hf, long long off, long long n):
+    """HostFile.pread (n > 0)."""
+    cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
+    cdef char* buf = PyBytes_AS_STRING(out)
+    cdef long long pos, end, blk, run_end, base_size
+    cdef bint in_ov
+    cdef int fd
+    if hf.mode != "overlay":
+        _pread_into(hf.fd, buf, n, off)
+        return out
+    cdef set cow = hf.cow
+    cdef int ov_fd = hf.ov_fd
+    cdef int base_fd = hf.fd
+    base_size = hf.base_size
+    pos = off
+    end = off + n
+    while pos < end:
+        blk = pos // BLOCK
+        in_ov = blk in cow
+        run_end = min(end, (blk + 1) * BLOCK)
+        while run_end < end and ((run_end // BLOCK) in cow) == in_ov:
+            run_end = min(end, (run_end // BLOCK + 1) * BLOCK)
+        fd = ov_fd if in_ov else base_fd
+        if not in_ov and pos >= base_size:
+            memset(buf + (pos - off), 0, <size_t>(run_end - pos))
+        else:
+            _pread_into(fd, buf + (pos - off), run_end - pos, pos)
+        pos = run_end
+    return out
+
+
+cdef void _cow_prepare(object hf, long long off, long long n) except *:
+    """HostFile._cow_prepare"""
+    cdef long long end = off + n
+    cdef long long first = off // BLOCK, last = (end - 1) // BLOCK, bstart
+    cdef long long blk
+    cdef bint partial
+    cdef set cow = hf.cow
+    cdef bytes old
+    for blk in (first, last):
+        if blk in cow:
+            continue
+        bstart = blk * BLOCK
+        partial = off > bstart or end < bstart + BLOCK
+        if partial and bstart < hf.base_size:
+            old = PyBytes_FromStringAndSize(NULL, BLOCK)
+            _pread_into(hf.fd, PyBytes_AS_STRING(old), BLOCK, bstart)
+            _pwrite_from(hf.ov_fd, PyBytes_AS_STRING(old), BLOCK, bstart)
+    cow.update(range(first, last + 1))
+
+
+cdef void _keep_old(object hf, long long start, long long end) except *:
+    """HostFile._keep_old"""
+    cdef dict undo = hf.undo
+    cdef long long limit, first, last, kept_last, b, run, i, past
+    cdef bytes data
+    if hf.undo_size is None:
+        hf.undo_size = hf.size
+    if end <= start:
+        return
+    limit = hf.undo_size
+    first = start // BLOCK
+    last = (end - 1) // BLOCK
+    kept_last = min(last, (limit - 1) // BLOCK)
+    b = first
+    while b <= kept_last:
+        if b in undo:
+            b += 1
+            continue
+        run = b + 1
+        while run <= kept_last and run not in undo:
+            run += 1
+        data = _pread(hf, b * BLOCK, (run - b) * BLOCK)
+        for i in range(b, run):
+            undo[i] = data[(i - b) * BLOCK:(i - b + 1) * BLOCK]
+        b = run
+    past = max(first, kept_last + 1)
+    if last - past < 64:
+        for b in range(past, last + 1):
+            undo.setdefault(b, None)
+
+
+cdef void _touch(object hf, long long off, long long n) except *:
+    """HostFile._touch"""
+    cdef long long c
+    if hf._hashes is None:
+        return
+    dirty = hf._dirty
+    for c in range(off // CHUNK, (off + n - 1) // CHUNK + 1):
+        dirty.add(c)
+
+
+def hf_pread(self, off, n):
+    """HostFile.pread"""
+    if type(off) is not int or type(n) is not int or off < 0:
+        return _HostFile.pread(self, off, n)
+    if n <= 0:
+        return b""
+    return _pread(self, off, n)
+
+
+def hf_pwrite(self, off, data):
+    """HostFile.pwrite"""
+    cdef long long o, n
+    cdef const char* buf
+    if type(off) is not int or type(data) is not bytes or off < 0:
+        return _HostFile.pwrite(self, off, data)
+    n = PyBytes_GET_SIZE(data)
+    if n == 0:
+        return None
+    o = off
+    _touch(self, o, n)
+    self.writes += 1
+    mode = self.mode
+    if mode == "read":
+        raise OSError(_EBADF, "image opened read-only")
+    if self.undo is not None:
+        _keep_old(self, o, o + n)
+    buf = PyBytes_AS_STRING(data)
+    if mode == "write":
+        _pwrite_from(self.fd, buf, n, o)
+    else:
+        _cow_prepare(self, o, n)
+        _pwrite_from(self.ov_fd, buf, n, o)
+    self.size = max(self.size, o + n)
+    return None
+
+
+HF_METHODS = {"pread": hf_pread, "pwrite": hf_pwrite}
+
+
+def attach(hf):
+    """Bind the compiled methods to this HostFile (instance attributes)."""
+    if type(hf) is not _HostFile:
+        return
+    d = hf.__dict__
+    for name, fn in HF_METHODS.items():
+        d[name] = fn.__get__(hf, type(hf))
+
+
+def detach(hf):
+    d = getattr(hf, "__dict__", None)
+    if d is not None:
+        for name in HF_METHODS:
+            d.pop(name, None)
+
+
+def attached(hf):
+    return getattr(hf, "__dict__", {}).get("pwrite") is not None

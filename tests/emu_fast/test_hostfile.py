@@ -1,0 +1,115 @@
+"""emu_fast._hostfile: HostFile.pread/pwrite compiled, against the Python methods.
+
+Two HostFiles on copies of the same image run the same random operations (reads, writes
+across block boundaries and past the end, truncates, an undo journal opened and restored),
+one with the compiled methods attached; every result, the whole object state (size,
+copy-on-write blocks, undo journal, digest bookkeeping) and the logical content must agree.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import emu_fast
+from emu.block.hostfile import HostFile
+from tests.emu_fast.test_differential import SETTINGS
+
+pytestmark = pytest.mark.skipif(not emu_fast.available(),
+                                reason="emu_fast is not compiled (python setup.py build_ext --inplace)")
+
+SIZE = 5 * 4096 + 700          # not a multiple of the block size
+_off = st.integers(0, SIZE + 9000)
+_len = st.sampled_from([1, 7, 512, 4095, 4096, 4097, 9000, 16384])
+ops = st.lists(st.one_of(
+    st.tuples(st.just("read"), _off, st.integers(-1, 20000)),
+    st.tuples(st.just("write"), _off, _len, st.integers(0, 255)),
+    st.tuples(st.just("truncate"), st.integers(0, SIZE + 12000)),
+    st.tuples(st.just("undo"), st.booleans()),
+    st.tuples(st.just("digest"),)), min_size=1, max_size=25)
+
+
+def state(hf: HostFile) -> dict:
+    d = {k: v for k, v in vars(hf).items() if k not in ("pread", "pwrite", "fd", "ov_fd",
+                                                         "ov_path", "path")}
+    d["content"] = HostFile.pread(hf, 0, hf.size)
+    return d
+
+
+def apply(hf: HostFile, op: tuple):
+    kind = op[0]
+    try:
+        if kind == "read":
+            return hf.pread(op[1], op[2])
+        if kind == "write":
+            return hf.pwrite(op[1], bytes([op[3]]) * op[2])
+        if kind == "truncate":
+            return hf.truncate(op[1])
+        if kind == "digest":
+            return hf.digest()
+        if op[1] or hf.undo is None:
+            hf.undo, hf.undo_size = {}, None
+            return None
+        blocks, size = hf.undo, hf.undo_size if hf.undo_size is not None else hf.size
+        hf.undo = None
+        hf.restore_blocks(blocks, size)
+        return None
+    except OSError as e:
+        return ("OSError", e.errno, e.strerror)
+
+
+@settings(**dict(SETTINGS, max_examples=120))
+@given(mode=st.sampled_from(["overlay", "write", "read"]), ops=ops)
+def test_compiled_hostfile_methods_are_the_python_ones(tmp_path_factory, mode, ops):
+    tmp = tmp_path_factory.mktemp("hf")
+    base = tmp / "base.img"
+    base.write_bytes(bytes(range(256)) * (SIZE // 256) + b"\x5a" * (SIZE % 256))
+    paths = []
+    for name in ("py.img", "fast.img"):
+        shutil.copy(base, tmp / name)
+        paths.append(str(tmp / name))
+    a = HostFile(paths[0], mode, overlay_dir=str(tmp))
+    b = HostFile(paths[1], mode, overlay_dir=str(tmp))
+    emu_fast.require()._hostfile.attach(b)
+    assert emu_fast.require()._hostfile.attached(b) and "pwrite" not in vars(a)
+    try:
+        for op in ops:
+            assert apply(a, op) == apply(b, op), op
+            assert state(a) == state(b), op
+    finally:
+        a.close()
+        b.close()
+    with open(paths[0], "rb") as fa, open(paths[1], "rb") as fb:
+        assert fa.read() == fb.read()
+    if mode != "write":
+        assert open(paths[1], "rb").read() == base.read_bytes()     # never touched
+
+
+def test_errors_are_the_python_ones(tmp_path):
+    p = tmp_path / "x.img"
+    p.write_bytes(bytes(8192))
+    hf = HostFile(str(p), "write")
+    emu_fast.require()._hostfile.attach(hf)
+    hf.close()                                      # fd -1: EBADF from the system call
+    with pytest.raises(OSError) as e1:
+        hf.pread(0, 10)
+    with pytest.raises(OSError) as e2:
+        HostFile.pread(hf, 0, 10)
+    assert (e1.value.errno, e1.value.strerror) == (e2.value.errno, e2.value.strerror)
+    with pytest.raises(OSError) as e3:
+        hf.pwrite(0, b"x")
+    assert e3.value.errno == e1.value.errno
+    assert hf.pread(0, 0) == b"" and hf.pwrite(0, b"") is None
+    # unusual argument types take the Python path (same result, same errors)
+    ro = HostFile(str(p), "read")
+    emu_fast.require()._hostfile.attach(ro)
+    assert ro.pread(0, 5) == bytes(5)
+    with pytest.raises(OSError):
+        ro.pwrite(0, bytearray(b"ab"))
+    with pytest.raises(OSError):
+        ro.pwrite(0, b"ab")
+    ro.close()
+    assert os.path.getsize(p) == 8192
