@@ -2,9 +2,12 @@
 
 It runs the same Machine object, from the same state, to bit-identical results: the run loop
 (pop an event, dispatch its handler, record the Step, finish the step), the scheduler's rules
-and queue, and guest-memory accessors (with their undo/dirty/effect bookkeeping) are compiled;
-the step handlers themselves are the emulator's own (emu.*), so every Step record (detail,
-effects, facts) is the one the Python engine makes.  Switching engines between any two steps
+and queue, the guest-memory and host-file accessors (with their undo/dirty/effect
+bookkeeping) and the debugger's bulk loop with its breakpoint prefilter are compiled (_core,
+_hostfile); handler modules translate step handlers of the emulator line for line (each
+exports HANDLERS = {kind: (compiled, python)}); every other step runs the emulator's own
+handler (emu.*), so every Step record (detail, effects, facts) is the one the Python engine
+makes.  Switching engines between any two steps
 needs nothing but calling the other engine's step/run: no state is converted or copied.
 
     import emu_fast
@@ -66,6 +69,9 @@ def _load():
             return None, (f"{mod.__file__} was compiled from another version of "
                           f"emu_fast/{name}.pyx than this source tree's: rebuild it")
         mods[name] = mod
+    for mod in mods.values():
+        if hasattr(mod, "HANDLERS"):
+            mods["_core"].register(mod.HANDLERS)
     return mods["_core"], ""
 
 
@@ -106,6 +112,12 @@ def run(machine, max_steps: int | None = None, on_step=None) -> str:
 def run_count(machine, max_steps: int | None = None, on_step=None) -> tuple[str, int]:
     """run(), returning (stop_reason, steps run)."""
     return require().run_count(machine, max_steps, on_step)
+
+
+def compiled_kinds() -> list[str]:
+    """The step kinds whose handlers run compiled (the rest run the emulator's own Python
+    handlers on the fast engine too)."""
+    return list(require().compiled_kinds())
 
 
 def attach(machine) -> None:

@@ -328,6 +328,30 @@ MEM_METHODS = {"read": mem_read, "read_u16": mem_read_u16, "read_u32": mem_read_
                "write_u32": mem_write_u32, "write_u64": mem_write_u64}
 
 
+# == compiled handlers ===========================================================================
+# The emu_fast handler modules (emu_fast/__init__.py MODULES) each export HANDLERS =
+# {kind: (compiled function, the emu Python handler it translates)}; _step runs the compiled
+# one while REGISTRY[kind] still holds that Python function.
+
+cdef dict _COMPILED = {}
+
+
+def register(handlers):
+    """Add a module's HANDLERS (see above); a kind registered twice is an error."""
+    for kind, pair in handlers.items():
+        fn, py = pair
+        if kind not in _REGISTRY:
+            raise ValueError(f"compiled handler for unknown step kind {kind!r}")
+        if kind in _COMPILED and _COMPILED[kind] != pair:
+            raise ValueError(f"two compiled handlers for step kind {kind!r}")
+        _COMPILED[kind] = (fn, py)
+
+
+def compiled_kinds():
+    """The step kinds whose handler runs compiled on the fast engine (sorted)."""
+    return sorted(k for k, (fn, py) in _COMPILED.items() if _REGISTRY[k][0] is py)
+
+
 # == the run loop ================================================================================
 
 cdef object _step(object m):
@@ -342,6 +366,9 @@ cdef object _step(object m):
     sim.cur = ctx
     sim._decided = False
     fn, info = <tuple>_REGISTRY[kind]
+    c = _COMPILED.get(kind)
+    if c is not None and (<tuple>c)[1] is fn:     # (a replaced Python handler is used as is)
+        fn = (<tuple>c)[0]
     rec = _make_step(m.steps + 1, time, ctx, kind, info)
     m.cur = rec
     log = m.log
