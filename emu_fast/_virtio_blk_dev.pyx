@@ -1,0 +1,772 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, binding=True
+"""The QEMU device side of the virtio-blk request path compiled: hw/block/virtio-blk.c
+(handle_vq, handle_request, the MultiReqBuffer, submit_multireq/submit_requests, completion),
+hw/virtio/virtio.c (virtqueue_split_pop/fill/flush, virtio_split_should_notify, virtio_irq)
+and hw/virtio/virtio-pci.c (the doorbell write), as modelled by emu/device/virtio_blk.py,
+emu/device/virtio.py and emu/device/iov.py.
+
+Every function is a line-for-line translation of the Python function named in its docstring,
+over the same objects (VirtIOBlock, VirtIODevice, VirtQueue, the request dicts), with the same
+side effects in the same order: RAM writes go through m.mem.write*, scheduler calls through
+m.sim, register effects and facts are appended exactly where set_reg/add_fact append them.
+Guest-RAM reads are done from the bytearray when the address is an int inside it (the bounds
+GuestMemory's readers check); anything else calls m.mem's own reader, so even errors are the
+same.  Every validation of virtqueue_pop is translated (with QEMU's messages, through the
+emulator's own virtio_error); the request types other than IN/OUT run the Python
+handle_request (nothing has changed when it is called).
+"""
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+
+from operator import itemgetter as _itemgetter
+
+import emu.device.virtio as _VD
+import emu.device.virtio_blk as _vb
+from emu.spec import blk as _B
+from emu.spec import virtio as _V
+
+PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
+
+cdef extern from "Python.h":
+    long long PyLong_AsLongLongAndOverflow(object, int*) except? -1
+
+# the constants the Python code uses (checked: this file hard-codes the layouts they imply)
+assert (_V.VIRTQ_DESC_F_NEXT, _V.VIRTQ_DESC_F_WRITE, _V.VIRTQ_DESC_F_INDIRECT) == (1, 2, 4)
+assert (_V.DESC_SIZE, _V.USED_ELEM_SIZE, _V.VIRTQUEUE_MAX_SIZE) == (16, 8, 1024)
+assert (_V.AVAIL_FLAGS, _V.AVAIL_IDX, _V.AVAIL_RING, _V.USED_FLAGS, _V.USED_IDX, _V.USED_RING) == (
+    0, 2, 4, 0, 2, 4)
+assert (_V.VRING_AVAIL_F_NO_INTERRUPT, _V.VRING_USED_F_NO_NOTIFY) == (1, 1)
+assert (_V.F_NOTIFY_ON_EMPTY, _V.F_INDIRECT_DESC, _V.F_EVENT_IDX) == (24, 28, 29)
+assert (_B.T_IN, _B.T_OUT, _B.T_BARRIER, _B.OUTHDR_SIZE) == (0, 1, 0x80000000, 16)
+assert (_B.S_OK, _B.S_IOERR, _B.MAX_MERGE_REQS, _B.IOV_MAX) == (0, 1, 32, 1024)
+
+cdef object BDRV_REQUEST_MAX_SECTORS = _B.BDRV_REQUEST_MAX_SECTORS
+cdef dict TYPE_NAMES = _B.TYPE_NAMES
+cdef dict STATUS_NAMES = _B.STATUS_NAMES
+cdef object _sector_key = _itemgetter("sector")
+
+# the Python handlers translated here (fallbacks and the HANDLERS pairs)
+cdef object _py_handle_request = _vb.handle_request
+
+
+# == primitives ===================================================================================
+
+cdef inline bint _addr(object x, long long* out) except -1:
+    """x is an int in [0, 2**62) (an address or size C arithmetic can use as is)."""
+    cdef int ovf = 0
+    cdef long long v
+    if type(x) is not int:
+        return False
+    v = PyLong_AsLongLongAndOverflow(x, &ovf)
+    if ovf or v < 0 or v >= (<long long>1 << 62):
+        return False
+    out[0] = v
+    return True
+
+
+cdef inline uint64_t _ld(const uint8_t* p, int n) noexcept nogil:
+    cdef uint64_t v = 0
+    cdef int i
+    for i in range(n - 1, -1, -1):
+        v = (v << 8) | p[i]
+    return v
+
+
+cdef object _rd16(object mem, object gpa):
+    """GuestMemory.read_u16"""
+    cdef long long g
+    cdef bytearray ram = mem.ram
+    if _addr(gpa, &g) and g + 2 <= PyByteArray_GET_SIZE(ram):
+        return <uint16_t>_ld(<const uint8_t*>PyByteArray_AS_STRING(ram) + g, 2)
+    return mem.read_u16(gpa)
+
+
+cdef object _read(object mem, object gpa, object length):
+    """GuestMemory.read"""
+    cdef long long g, n
+    cdef bytearray ram = mem.ram
+    if (_addr(gpa, &g) and _addr(length, &n) and g + n <= PyByteArray_GET_SIZE(ram)
+            and g + n <= mem.size):
+        return PyBytes_FromStringAndSize(PyByteArray_AS_STRING(ram) + g, n)
+    return mem.read(gpa, length)
+
+
+cdef tuple _read_desc(object m, object base, object i):
+    """emu.device.virtio._read_desc"""
+    cdef long long g
+    cdef const uint8_t* p
+    a = base + 16 * i
+    mem = m.mem
+    cdef bytearray ram = mem.ram
+    if _addr(a, &g) and g + 16 <= PyByteArray_GET_SIZE(ram):
+        p = <const uint8_t*>PyByteArray_AS_STRING(ram) + g
+        return (_ld(p, 8), <uint32_t>_ld(p + 8, 4), <uint16_t>_ld(p + 12, 2),
+                <uint16_t>_ld(p + 14, 2))
+    return mem.read_u64(a), mem.read_u32(a + 8), mem.read_u16(a + 12), mem.read_u16(a + 14)
+
+
+cdef inline void _log(object m, tuple eff) except *:
+    """EffectLog.add"""
+    cur = m.log.cur
+    if cur is not None:
+        cur.append(eff)
+
+
+cdef inline list _facts(object m):
+    """Where add_fact appends (None: facts are not recorded now)."""
+    rec = getattr(m, "cur", None)
+    if rec is not None and m.log.cur is not None:
+        return rec.facts
+    return None
+
+
+cdef inline bint _has(object vdev, int bit) except -1:
+    """VirtIODevice.has_feature"""
+    return bool(vdev.guest_features >> bit & 1)
+
+
+cdef inline void _set_reg(object m, object obj, str attr, str name, object value) except *:
+    """emu.device.virtio.set_reg"""
+    old = getattr(obj, attr)
+    if old != value:
+        setattr(obj, attr, value)
+        _log(m, ("reg", name, old, value))
+
+
+cdef object _iov_size(list iov):
+    """emu.device.iov.iov_size"""
+    total = 0
+    for a, n in iov:
+        total = total + n
+    return total
+
+
+# == emu/device/virtio.py ==========================================================================
+
+cdef object _vring_avail_idx(object m, object vq):
+    """vring_avail_idx"""
+    v = _rd16(m.mem, vq.avail + 2)
+    vq.shadow_avail_idx = v
+    return v
+
+
+cdef void _vring_set_avail_event(object m, object vq, object val) except *:
+    """vring_set_avail_event"""
+    if not vq.notification:
+        return
+    m.mem.write_u16(vq.used + (4 + 8 * vq.num), val)
+
+
+cdef void _set_notification(object m, object qi, bint enable) except *:
+    """virtio_queue_set_notification"""
+    vq = m.vdev.vqs[qi]
+    vq.notification = enable
+    if not vq.desc or not vq.caches:
+        return
+    if _has(m.vdev, 29):
+        _vring_set_avail_event(m, vq, _vring_avail_idx(m, vq))
+    else:
+        flags = _rd16(m.mem, vq.used + 0)
+        new = flags & ~1 if enable else flags | 1
+        if new != flags:
+            m.mem.write_u16(vq.used + 0, new)
+
+
+cdef bint _queue_empty(object m, object qi) except -1:
+    """virtio_queue_empty"""
+    vdev = m.vdev
+    vq = vdev.vqs[qi]
+    if vdev.broken or not vq.avail:
+        return True
+    if vq.shadow_avail_idx != vq.last_avail_idx:
+        return False
+    avail_idx = _vring_avail_idx(m, vq) if vq.caches else 0
+    return avail_idx == vq.last_avail_idx
+
+
+cdef bint _map_desc(object m, list iov, object max_num_sg, object pa, object sz) except -1:
+    """_map_desc (virtqueue_map_desc)"""
+    cdef long long p, s, size
+    mem = m.mem
+    if not sz:
+        _VD.virtio_error(m, "virtio: zero sized buffers are not allowed", "2.7.5 (len of a buffer)")
+        return False
+    if not (_addr(pa, &p) and _addr(sz, &s) and _addr(mem.size, &size)):
+        return _map_desc_py(m, iov, max_num_sg, pa, sz)
+    while s:
+        if len(iov) == max_num_sg:
+            _VD.virtio_error(m, "virtio: too many write descriptors in indirect table",
+                             "2.7.5.3.1 (chain longer than the queue allows)")
+            return False
+        if not p + 1 <= size:
+            _VD.virtio_error(m, "virtio: bogus descriptor or out of resources",
+                             "2.7.5 (addr is a guest-physical address of a buffer)")
+            return False
+        length = min(s, size - p)
+        iov.append((p, length))
+        s -= length
+        p += length
+    return True
+
+
+cdef bint _map_desc_py(object m, list iov, object max_num_sg, object pa, object sz) except -1:
+    """_map_desc with Python ints (addresses beyond 2**62)."""
+    while sz:
+        if len(iov) == max_num_sg:
+            _VD.virtio_error(m, "virtio: too many write descriptors in indirect table",
+                             "2.7.5.3.1 (chain longer than the queue allows)")
+            return False
+        if not m.mem.is_mapped(pa, 1):
+            _VD.virtio_error(m, "virtio: bogus descriptor or out of resources",
+                             "2.7.5 (addr is a guest-physical address of a buffer)")
+            return False
+        length = min(sz, m.mem.size - pa)
+        iov.append((pa, length))
+        sz -= length
+        pa += length
+    return True
+
+
+cdef object _virtqueue_pop(object m, object qi):
+    """virtqueue_pop (virtqueue_split_pop)"""
+    cdef int flags
+    cdef Py_ssize_t entries
+    vdev = m.vdev
+    if vdev.broken:
+        return None
+    vq = vdev.vqs[qi]
+    if _queue_empty(m, qi):
+        return None
+    max_ = vq.num
+    if vq.inuse >= vq.num:
+        _VD.virtio_error(m, "Virtqueue size exceeded",
+                         "2.7.13.3 (driver made more buffers available than the queue size)")
+        return None
+    idx = vq.last_avail_idx
+    _set_reg(m, vq, "last_avail_idx", f"vq{qi}.last_avail_idx", (idx + 1) & 0xFFFF)
+    head = _rd16(m.mem, vq.avail + 4 + 2 * (idx % vq.num))
+    if head >= vq.num:
+        _VD.virtio_error(m, f"Guest says index {head} is available",
+                         "2.7.6 (avail ring entries are heads of descriptor chains < queue size)")
+        return None
+    if _has(vdev, 29):
+        _vring_set_avail_event(m, vq, vq.last_avail_idx)
+    if not vq.caches:
+        _VD.virtio_error(m, "Region caches not initialized", "4.1.4.3 (queue not set up)")
+        return None
+    if vq.desc_len < max_ * 16:
+        _VD.virtio_error(m, "Cannot map descriptor ring", "2.7.5 (descriptor table in RAM)")
+        return None
+    facts = _facts(m)
+    base = vq.desc
+    i = head
+    descs = []
+    addr, length, flags_o, nxt = _read_desc(m, base, i)
+    flags = flags_o
+    descs.append((base, i, addr, length, flags_o, nxt))
+    if facts is not None:
+        facts.append(("desc", "pop", qi, i, None, None, head, addr, length, flags_o, nxt, None))
+    indirect_table = None
+    if flags & 4:
+        if not length or length % 16:
+            _VD.virtio_error(m, "Invalid size for indirect buffer table",
+                             "2.7.5.3.1 (indirect table len is a multiple of 16)")
+            return None
+        if not _has(vdev, 28):
+            vdev.guest_errors.append("Device virtio-blk: indirect_desc was not negotiated!")
+            _log(m, ("guest-error", "indirect_desc was not negotiated!"))
+        if not (0 <= addr and length >= 0 and addr + length <= m.mem.size):   # is_mapped
+            _VD.virtio_error(m, "Cannot map indirect buffer",
+                             "2.7.5.3.1 (indirect table in RAM)")
+            return None
+        max_ = length // 16
+        base = addr
+        indirect_table = (addr, length)
+        i = 0
+        addr, length, flags_o, nxt = _read_desc(m, base, i)
+        flags = flags_o
+        descs.append((base, i, addr, length, flags_o, nxt))
+        if facts is not None:
+            facts.append(("desc", "pop", qi, None, base, i, head, addr, length, flags_o, nxt, None))
+    out_iov = []
+    in_iov = []
+    entries = 0
+    while True:
+        if flags & 2:
+            ok = _map_desc(m, in_iov, 1024 - len(out_iov), addr, length)
+        else:
+            if in_iov:
+                _VD.virtio_error(m, "Incorrect order for descriptors",
+                                 "2.7.4.2 (device-writable buffers after device-readable ones)")
+                return None
+            ok = _map_desc(m, out_iov, 1024, addr, length)
+        if not ok:
+            return None
+        entries += 1
+        if entries > max_:
+            _VD.virtio_error(m, "Looped descriptor", "2.7.5.2 (a chain must not loop)")
+            return None
+        if not flags & 1:
+            break
+        if nxt >= max_:
+            _VD.virtio_error(m, f"Desc next is {nxt}", "2.7.5.2 (next < queue size / table entries)")
+            return None
+        i = nxt
+        addr, length, flags_o, nxt = _read_desc(m, base, i)
+        flags = flags_o
+        descs.append((base, i, addr, length, flags_o, nxt))
+        if facts is not None:
+            if indirect_table is None:
+                facts.append(("desc", "pop", qi, i, None, None, head, addr, length, flags_o, nxt,
+                              None))
+            else:
+                facts.append(("desc", "pop", qi, None, base, i, head, addr, length, flags_o, nxt,
+                              None))
+    _set_reg(m, vq, "inuse", f"vq{qi}.inuse", vq.inuse + 1)
+    return {"index": head, "ndescs": 1, "out": out_iov, "in": in_iov,
+            "descs": descs, "indirect": indirect_table, "avail_idx": idx}
+
+
+cdef bint _virtqueue_fill(object m, object qi, dict elem, object length) except -1:
+    """virtqueue_fill (virtqueue_split_fill), idx 0"""
+    cdef long long h, ln
+    cdef uint8_t buf[8]
+    cdef int k
+    vdev = m.vdev
+    vq = vdev.vqs[qi]
+    if vdev.broken or not vq.used:
+        return False
+    slot = vq.used_idx % vq.num
+    a = vq.used + 4 + 8 * slot
+    index = elem["index"]
+    if _addr(index, &h) and h <= 0xFFFFFFFF and type(length) is int:
+        ln = length & 0xFFFFFFFF
+        for k in range(4):
+            buf[k] = <uint8_t>(h >> (8 * k))
+            buf[4 + k] = <uint8_t>(ln >> (8 * k))
+        data = PyBytes_FromStringAndSize(<char*>buf, 8)
+    else:
+        data = index.to_bytes(4, "little") + (length & 0xFFFFFFFF).to_bytes(4, "little")
+    m.mem.write(a, data)
+    head = elem["index"]
+    facts = _facts(m)
+    k = 0
+    for d in elem.get("descs", ()):
+        base, i, daddr, dlen, dflags, dnext = d
+        if facts is not None:
+            if k == 0 or not elem.get("indirect"):
+                facts.append(("desc", "used", qi, i, None, None, head, daddr, dlen, dflags, dnext,
+                              None))
+            else:
+                facts.append(("desc", "used", qi, None, base, i, head, daddr, dlen, dflags, dnext,
+                              None))
+        k += 1
+    return True
+
+
+cdef bint _virtqueue_flush(object m, object qi) except -1:
+    """virtqueue_flush (virtqueue_split_flush), count 1"""
+    vdev = m.vdev
+    vq = vdev.vqs[qi]
+    if vdev.broken:
+        _set_reg(m, vq, "inuse", f"vq{qi}.inuse", vq.inuse - 1)
+        return False
+    if not vq.used:
+        return False
+    old = vq.used_idx
+    new = (old + 1) & 0xFFFF
+    m.mem.write_u16(vq.used + 2, new)
+    _set_reg(m, vq, "used_idx", f"vq{qi}.used_idx", new)
+    _set_reg(m, vq, "inuse", f"vq{qi}.inuse", vq.inuse - 1)
+    diff = (new - vq.signalled_used) & 0xFFFF
+    if (diff - 0x10000 if diff >= 0x8000 else diff) < ((new - old) & 0xFFFF):
+        vq.signalled_used_valid = False
+    return True
+
+
+cdef tuple _should_notify(object m, object qi):
+    """virtio_should_notify (virtio_split_should_notify)"""
+    vdev = m.vdev
+    vq = vdev.vqs[qi]
+    if _has(vdev, 24) and not vq.inuse and _queue_empty(m, qi):
+        return True, "NOTIFY_ON_EMPTY and the queue is empty"
+    if not _has(vdev, 29):
+        flags = _rd16(m.mem, vq.avail + 0)
+        if flags & 1:
+            return False, "avail.flags has NO_INTERRUPT"
+        return True, "avail.flags allows interrupts"
+    v = vq.signalled_used_valid
+    vq.signalled_used_valid = True
+    old = vq.signalled_used
+    new = vq.used_idx
+    _set_reg(m, vq, "signalled_used", f"vq{qi}.signalled_used", new)
+    event = _rd16(m.mem, vq.avail + (4 + 2 * vq.num))
+    if not v:
+        return True, f"first notification (signalled_used was not valid), used_event={event}"
+    need = ((new - event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
+    return need, (f"vring_need_event(used_event={event}, new={new}, old={old}) = "
+                  f"{'true' if need else 'false'}")
+
+
+# == emu/device/iov.py ==============================================================================
+
+cdef object _iov_to_buf(object m, list iov, Py_ssize_t nbytes):
+    """iov_to_buf"""
+    out = bytearray()
+    mem = m.mem
+    for gpa, n in iov:
+        take = min(n, nbytes - len(out))
+        if take <= 0:
+            break
+        out += _read(mem, gpa, take)
+    return bytes(out)
+
+
+cdef list _iov_discard_front(list iov, object nbytes):
+    """iov_discard_front"""
+    out = []
+    for gpa, n in iov:
+        if nbytes >= n:
+            nbytes -= n
+            continue
+        out.append((gpa + nbytes, n - nbytes))
+        nbytes = 0
+    return out
+
+
+cdef list _iov_discard_back(list iov, object nbytes):
+    """iov_discard_back"""
+    out = list(iov)
+    while out and nbytes:
+        gpa, n = out[len(out) - 1]
+        if nbytes >= n:
+            nbytes -= n
+            out.pop()
+        else:
+            out[len(out) - 1] = (gpa, n - nbytes)
+            nbytes = 0
+    return out
+
+
+# == emu/device/virtio_blk.py: the processing pass =================================================
+
+def notify_write(m, off):
+    """notify_write (vpci.notify)"""
+    qi = m.transport.notify_queue(off)
+    vdev = m.vdev
+    m.counters["notifies"] += 1
+    if qi is None or qi >= len(vdev.vqs) or not vdev.vqs[qi].desc or vdev.broken:
+        why = "device is broken (needs reset)" if vdev.broken else f"queue {qi} has no ring"
+        m.sim.unblock("vcpu", m.timing.vmentry_ns)
+        return f"virtio_queue_notify ignores the kick: {why}"
+    m.sim.call("vblk.handle_vq", (qi, 0), "vpci.notify_done", ())
+    return f"kick for queue {qi}: virtio_queue_notify -> virtio_blk_handle_output"
+
+
+def notify_done(m):
+    """notify_done (vpci.notify_done)"""
+    m.sim.unblock("vcpu", m.timing.vmentry_ns)
+    return "the MMIO write returns; the vCPU re-enters the guest"
+
+
+def handle_vq(m, qi, again):
+    """handle_vq (vblk.handle_vq)"""
+    s = m.vblk
+    if not again:
+        s.suppress[qi] = m.vdev.vqs[qi].notification
+    if s.suppress[qi]:
+        _set_notification(m, qi, False)
+    m.sim.cont("vblk.pop", (qi,))
+    how = ("EVENT_IDX: avail_event goes stale" if _has(m.vdev, 29)
+           else "used.flags |= NO_NOTIFY")
+    return (("again: " if again else "") +
+            (f"virtio_queue_set_notification(vq, 0) ({how})" if s.suppress[qi]
+             else "notifications already off"))
+
+
+def pop(m, qi):
+    """pop (vblk.pop)"""
+    s = m.vblk
+    before = len(m.vdev.errors)
+    elem = _virtqueue_pop(m, qi)
+    if elem is None:
+        m.sim.cont("vblk.pass_end", (qi,))
+        errors = m.vdev.errors
+        if len(errors) > before:
+            return f"virtio_error: {errors[len(errors) - 1]['message']}"
+        return "avail ring empty (last_avail_idx == avail.idx)"
+    rid = s.next_id
+    s.next_id += 1
+    s.reqs[rid] = {"id": rid, "qi": qi, "elem": elem, "type": None, "sector": 0,
+                   "in_len": 0, "status_gpa": 0, "qiov": [], "mr_next": None,
+                   "is_write": False, "stage": "popped"}
+    m.sim.cont("vblk.handle_request", (qi, rid))
+    out = "+".join([str(n) for _a, n in elem["out"]]) or "0"
+    inn = "+".join([str(n) for _a, n in elem["in"]]) or "0"
+    via = f" via indirect table @{elem['indirect'][0]:#x}" if elem["indirect"] else ""
+    return (f"head {elem['index']} (avail idx {elem['avail_idx']}){via}: "
+            f"out {out} bytes, in {inn} bytes; inuse={m.vdev.vqs[qi].inuse}")
+
+
+def handle_request(m, qi, rid):
+    """handle_request (vblk.handle_request): IN and OUT here, every other type (and every
+    malformed request) by the Python function, called before anything has changed."""
+    s = m.vblk
+    req = s.reqs[rid]
+    elem = req["elem"]
+    out_iov, in_iov = elem["out"], elem["in"]
+    if type(out_iov) is not list or type(in_iov) is not list or len(out_iov) < 1 or len(in_iov) < 1:
+        return _py_handle_request(m, qi, rid)
+    hdr = _iov_to_buf(m, out_iov, 16)
+    if len(hdr) != 16:
+        return _py_handle_request(m, qi, rid)
+    if in_iov[len(in_iov) - 1][1] < 1:
+        return _py_handle_request(m, qi, rid)
+    cdef const uint8_t* h = <const uint8_t*><char*>hdr
+    cdef uint32_t typ_c = <uint32_t>_ld(h, 4)
+    if typ_c & ~<uint32_t>0x80000001:        # masked != T_IN
+        return _py_handle_request(m, qi, rid)
+    typ = typ_c
+    sector = _ld(h + 8, 8)
+    out_iov = _iov_discard_front(out_iov, 16)
+    req["in_len"] = _iov_size(in_iov)
+    gpa, n = in_iov[len(in_iov) - 1]
+    req["status_gpa"] = gpa + n - 1
+    in_iov = _iov_discard_back(in_iov, 1)
+    req["type"] = typ
+    tname = TYPE_NAMES.get(typ & ~0x80000000, f"type {typ:#x}")
+    by_type = s.by_type
+    if tname in by_type:
+        by_type[tname] += 1
+    s.submitted += 1
+    return _handle_rw(m, qi, rid, typ, sector, out_iov, in_iov)
+
+
+cdef bint _sect_range_ok(object s, object sector, object size) except -1:
+    """sect_range_ok"""
+    nb = size >> 9
+    if nb > BDRV_REQUEST_MAX_SECTORS or sector & s.sector_mask or size % s.logical_block_size:
+        return False
+    return not (sector > s.capacity or nb > s.capacity - sector)
+
+
+cdef object _handle_rw(object m, object qi, object rid, object typ, object sector, list out_iov,
+                       list in_iov):
+    """_handle_rw"""
+    s = m.vblk
+    req = s.reqs[rid]
+    is_write = bool(typ & 1)
+    qiov = out_iov if is_write else in_iov
+    req["sector"] = sector
+    req["is_write"] = is_write
+    req["qiov"] = qiov
+    size = _iov_size(req["qiov"])
+    what = f"{'OUT' if is_write else 'IN'} sector {sector} ({size} bytes)"
+    if not _sect_range_ok(s, sector, size):
+        m.sim.call("vblk.req_complete", (rid, 1), "vblk.pop", (qi,))
+        return (f"{what}: virtio_blk_sect_range_ok fails "
+                f"(capacity {s.capacity} sectors, block {s.logical_block_size}): IOERR")
+    mrb = s.mrb
+    if mrb and (len(mrb) == 32 or is_write != s.mrb_is_write or not s.request_merging):
+        m.sim.call("vblk.submit_multireq", (qi,), "vblk.mrb_add", (qi, rid))
+        return f"{what}: submit the MultiReqBuffer first"
+    _mrb_append(s, rid, is_write)
+    m.sim.cont("vblk.pop", (qi,))
+    return f"{what}: appended to the MultiReqBuffer ({len(s.mrb)} queued)"
+
+
+cdef inline void _mrb_append(object s, object rid, object is_write) except *:
+    """_mrb_append"""
+    s.mrb.append(rid)
+    s.mrb_is_write = is_write
+    s.reqs[rid]["stage"] = "mrb"
+
+
+def mrb_add(m, qi, rid):
+    """mrb_add (vblk.mrb_add)"""
+    s = m.vblk
+    _mrb_append(s, rid, s.reqs[rid]["is_write"])
+    m.sim.cont("vblk.pop", (qi,))
+    return f"request appended to the MultiReqBuffer ({len(s.mrb)} queued)"
+
+
+def pass_end(m, qi):
+    """pass_end (vblk.pass_end)"""
+    s = m.vblk
+    msg = ""
+    if s.suppress.get(qi):
+        _set_notification(m, qi, True)
+        vq = m.vdev.vqs[qi]
+        msg = (f"virtio_queue_set_notification(vq, 1): avail_event = {vq.shadow_avail_idx}; "
+               if _has(m.vdev, 29) else "used.flags NO_NOTIFY cleared; ")
+    if not _queue_empty(m, qi):
+        m.sim.cont("vblk.handle_vq", (qi, 1))
+        return msg + "virtio_queue_empty: more buffers arrived, loop"
+    if s.mrb:
+        m.sim.cont("vblk.submit_multireq", (qi,))
+        return msg + f"queue empty; submit the MultiReqBuffer ({len(s.mrb)} requests)"
+    s.suppress.pop(qi, None)
+    return msg + "queue empty; pass ends"
+
+
+def submit_multireq(m, qi):
+    """submit_multireq (vblk.submit_multireq)"""
+    s = m.vblk
+    reqs_d = s.reqs
+    reqs = [reqs_d[r] for r in s.mrb]
+    if len(reqs) > 1:
+        reqs.sort(key=_sector_key)
+    max_transfer = 0x7FFFFFFF
+    groups = []
+    cur = []
+    sector = nb = niov = 0
+    for r in reqs:
+        qiov = r["qiov"]
+        size = _iov_size(qiov)
+        if cur and (sector + nb != r["sector"] or niov > 1024 - len(qiov)
+                    or size > max_transfer or nb > (max_transfer - size) // 512):
+            groups.append(cur)
+            cur = []
+        if not cur:
+            sector, nb, niov = r["sector"], 0, 0
+        cur.append(r["id"])
+        nb += size // 512
+        niov += len(qiov)
+    if cur:
+        groups.append(cur)
+    s.mrb = []
+    s.groups = groups
+    s.merged += sum([len(g) - 1 for g in groups])
+    m.sim.cont("vblk.submit_requests", (qi,))
+    reqs_d = s.reqs
+    shown = ", ".join(["[" + " ".join([str(reqs_d[r]["sector"]) for r in g]) + "]" for g in groups])
+    return f"{len(reqs)} requests -> {len(groups)} group(s) by sector: {shown}"
+
+
+def submit_requests(m, qi):
+    """submit_requests (vblk.submit_requests)"""
+    cdef Py_ssize_t k
+    s = m.vblk
+    group = s.groups.pop(0)
+    reqs_d = s.reqs
+    first = reqs_d[group[0]]
+    qiov = []
+    for k in range(len(group) - 1):
+        reqs_d[group[k]]["mr_next"] = group[k + 1]
+    for r in group:
+        req = reqs_d[r]
+        qiov.extend(req["qiov"])
+        req["stage"] = "submitted"
+    op = "write" if first["is_write"] else "read"
+    then = ("vblk.submit_requests", (qi,)) if s.groups else None
+    _vb.blk_aio_submit(m, op, first["sector"] << 9, 0, qiov, 0, ("vblk.rw_complete", (group[0],)),
+                       then)
+    return (f"blk_aio_p{'writev' if op == 'write' else 'readv'}(offset {first['sector'] << 9:#x}, "
+            f"{_iov_size(qiov)} bytes, {len(qiov)} iovecs) for {len(group)} request(s)")
+
+
+# == completion ======================================================================================
+
+def rw_complete(m, rid, ret):
+    """rw_complete (vblk.rw_complete)"""
+    s = m.vblk
+    req = s.reqs.get(rid)
+    if req is None or req.get("dropped"):
+        s.reqs.pop(rid, None)
+        return "request was dropped by a device reset"
+    status = 0
+    why = "ok"
+    if ret:
+        action = _vb._error_action(m, ret, not req["is_write"])
+        status = 0 if action == "ignore" else 1
+        why = f"error {ret}: {action} policy"
+    nxt = req["mr_next"]
+    if nxt is not None:
+        m.sim.call("vblk.req_complete", (rid, status), "vblk.rw_complete", (nxt, ret))
+    else:
+        m.sim.cont("vblk.req_complete", (rid, status))
+    return f"sector {req['sector']}: {why}"
+
+
+def req_complete(m, rid, status):
+    """req_complete (vblk.req_complete)"""
+    req = m.vblk.reqs[rid]
+    m.mem.write(req["status_gpa"], bytes([status]))
+    req["status"] = status
+    facts = _facts(m)
+    if facts is not None:
+        facts.append(("req-status", rid, status, req["status_gpa"]))
+    req["stage"] = "completing"
+    m.sim.cont("vq.fill", (rid,))
+    return f"status {STATUS_NAMES.get(status, status)} -> status byte @{req['status_gpa']:#x}"
+
+
+def fill(m, rid):
+    """fill (vq.fill)"""
+    req = m.vblk.reqs[rid]
+    qi = req["qi"]
+    vq = m.vdev.vqs[qi]
+    if not _virtqueue_fill(m, qi, req["elem"], req["in_len"]):
+        m.sim.cont("vq.flush", (rid,))
+        return "device broken: buffers unmapped, nothing written to the used ring"
+    m.sim.cont("vq.flush", (rid,))
+    return (f"used.ring[{vq.used_idx % vq.num}] = {{id {req['elem']['index']}, "
+            f"len {req['in_len']}}}")
+
+
+def flush(m, rid):
+    """flush (vq.flush)"""
+    req = m.vblk.reqs[rid]
+    qi = req["qi"]
+    vq = m.vdev.vqs[qi]
+    published = _virtqueue_flush(m, qi)
+    s = m.vblk
+    if not published:
+        s.reqs.pop(rid)
+        return f"device broken: inuse -> {vq.inuse}, used.idx not published"
+    s.completed += 1
+    if req.get("status"):
+        s.errors += 1
+    m.sim.cont("vq.notify", (rid,))
+    return f"smp_wmb; used.idx = {vq.used_idx}; inuse = {vq.inuse}"
+
+
+def notify(m, rid):
+    """notify (vq.notify)"""
+    req = m.vblk.reqs.pop(rid)
+    qi = req["qi"]
+    need, why = _should_notify(m, qi)
+    if need:
+        m.sim.cont("vq.irq", (qi,))
+        return f"virtio_should_notify: yes ({why})"
+    m.counters["irqs_suppressed"] += 1
+    return f"virtio_should_notify: no ({why}); no interrupt"
+
+
+def irq(m, qi):
+    """irq (vq.irq)"""
+    vdev = m.vdev
+    _set_reg(m, vdev, "isr", "isr", vdev.isr | 1)
+    vec = m.vdev.vqs[qi].vector
+    sent = m.transport.msix_notify(m, vec)
+    return f"ISR |= 1; msix_notify(vector {vec})" + ("" if sent else " (masked or no vector)")
+
+
+HANDLERS = {
+    "vblk.pop": (pop, _vb.pop),
+    "vblk.handle_request": (handle_request, _vb.handle_request),
+    "vblk.submit_multireq": (submit_multireq, _vb.submit_multireq),
+    "vblk.submit_requests": (submit_requests, _vb.submit_requests),
+    "vblk.pass_end": (pass_end, _vb.pass_end),
+    "vblk.handle_vq": (handle_vq, _vb.handle_vq),
+    "vblk.req_complete": (req_complete, _vb.req_complete),
+    "vblk.rw_complete": (rw_complete, _vb.rw_complete),
+    "vblk.mrb_add": (mrb_add, _vb.mrb_add),
+    "vq.fill": (fill, _vb.fill),
+    "vq.flush": (flush, _vb.flush),
+    "vq.notify": (notify, _vb.notify),
+    "vq.irq": (irq, _vb.irq),
+    "vpci.notify": (notify_write, _vb.notify_write),
+    "vpci.notify_done": (notify_done, _vb.notify_done),
+}
