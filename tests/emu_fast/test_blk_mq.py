@@ -172,6 +172,10 @@ def test_branches_are_reached(tmp_path):
          {"ram_size": MiB, "seg_max": 3, "lbs": 4096, "max_discard_sectors": 8,
           "max_write_zeroes_sectors": None, "drop": (V.BLK_F_WRITE_ZEROES,)}),
         ("discard 0 4k\nwrite-zeroes 0 8k unmap\nflush\n", {}, {"drop": (V.BLK_F_DISCARD,)}),
+        # merges that reach max_discard_sectors exactly: in the plug, then in mq-deadline
+        ("discard 0 2k\ndiscard 2k 2k\ndiscard 4k 2k\nwait\n"
+         "discard 8k 2k\ndiscard 100k 2k\ndiscard 10k 2k\n",
+         {"discard": "unmap"}, {"max_discard_sectors": 8}),
         ("write 0 128k\nwrite 1M 4k\n" + rnd, {}, {}),
         ("".join(f"read {k * 4096} 4k\nwrite {(k + 300) * 4096} 4k\n" for k in range(40)),
          {"queue_size": 16, "indirect": False}, {}),
@@ -183,7 +187,9 @@ def test_branches_are_reached(tmp_path):
         d.update(dev)
         details += [r.detail for r in both(tmp_path, "raw", wl, cfg, d)]
     text = "\n".join(details)
-    for needle in ("-merged into plugged", "merged into queued request", "-merged into queued request", "no free tag",
+    for needle in ("-merged into plugged", "merged into queued request", "-merged into queued request",
+                   "bio 2 back-merged into plugged request 1 (now 4096 bytes)",
+                   "request 5 merged into queued request 3", "no free tag",
                    "plug full: flush the 32 plugged", "plug full: flush the 1 plugged", "bio_split_to_limits", "no free guest pages", "ENOMEM",
                    "EINVAL", "EOPNOTSUPP", "no write cache", "already past", "sleeps (timer)",
                    "woken (mem)", "woken: a tag is free", "GET_ID header", "nr_requests = 4",
