@@ -1,0 +1,805 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, binding=True
+"""The guest's process and block layer compiled: the workload process issuing O_DIRECT + AIO
+on /dev/vda (Linux block/fops.c, block/blk-lib.c, block/blk-flush.c: emu/guest/process.py)
+and the request queue under it (block/blk-mq.c, blk-merge.c, mq-deadline.c:
+emu/guest/blk_mq.py) -- tags, plugging, merging, mq-deadline dispatch, completion.
+
+Line-for-line translations of the Python handlers (and the helpers they call) named in each
+docstring, over the same plain-data state (Proc, BlkMq dataclasses and their dicts/lists),
+with the same side-effect order: guest-memory writes through m.mem.write, scheduler calls,
+state mutations and dict key insertion order.  Also write_pattern (emu.workload), the bytes a
+`write` carries, built in C.  Values stored into the state are Python ints/bools/strs of the
+same types the Python code stores; arithmetic on C integers is used only on quantities bounded
+by the disk and queue sizes (checked where they enter).
+"""
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from libc.string cimport memcpy, memset
+
+import hashlib as _hashlib
+import struct as _struct
+
+import emu.workload as _W
+import emu.guest.process as _P
+import emu.guest.blk_mq as _Q
+from emu.guest import state as _S
+from emu.spec import blk as _B
+from emu.guest.virtio_blk import pdu_of as _pdu_of
+
+PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
+
+cdef object _write_pattern_py = _W.write_pattern
+cdef object _sha256 = _hashlib.sha256
+cdef bytes _GET_ID_HDR = _struct.pack("<IIQ", _B.T_GET_ID, 0, 0)
+cdef object _ID_BYTES = _B.ID_BYTES
+cdef long long SECTOR_SIZE = _W.SECTOR_SIZE
+cdef long long RECORD = _W.RECORD
+assert SECTOR_SIZE == 512 and RECORD == 16
+
+cdef long long PAGE = _P.PAGE
+cdef long long BIO_MAX_VECS = _S.BIO_MAX_VECS
+cdef long long BLK_MAX_REQUEST_COUNT = _S.BLK_MAX_REQUEST_COUNT
+cdef long long BLK_PLUG_FLUSH_SIZE = _S.BLK_PLUG_FLUSH_SIZE
+cdef object BLKDEV_MIN_RQ = _P.BLKDEV_MIN_RQ
+cdef object DD_READ_EXPIRE_NS = _S.DD_READ_EXPIRE_NS
+cdef object DD_WRITE_EXPIRE_NS = _S.DD_WRITE_EXPIRE_NS
+cdef long long DD_WRITES_STARVED = _S.DD_WRITES_STARVED
+cdef long long DD_FIFO_BATCH = _S.DD_FIFO_BATCH
+cdef dict OP_FN = _P.OP_FN
+assert _Q.MERGEABLE == ("READ", "WRITE", "DISCARD")
+
+cdef long long LIM = 1LL << 52          # C arithmetic only on values below this (disk offsets)
+
+
+# == emu.workload ================================================================================
+
+cdef char* _HEX = b"0123456789abcdef"
+
+
+def write_pattern(n, offset, length, fill=None):
+    """emu.workload.write_pattern: fill=, or 16-byte records 'wNNNNNN:SSSSSSSS' (32 per sector)."""
+    cdef long long first, count, nn, k, i
+    cdef unsigned long long s
+    cdef bytes out
+    cdef char* o
+    cdef char* r
+    cdef Py_ssize_t j
+    if fill is not None:
+        if type(fill) is int and type(length) is int and 0 <= fill <= 255 and length < LIM:
+            if length <= 0:
+                return b""
+            out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>length)
+            memset(PyBytes_AS_STRING(out), <int>fill, <size_t>length)
+            return out
+        return _write_pattern_py(n, offset, length, fill)
+    if type(n) is not int or type(offset) is not int or type(length) is not int \
+            or not -LIM < offset < LIM or not -LIM < length < LIM:
+        return _write_pattern_py(n, offset, length, fill)
+    first = offset // 512               # Python floor division on the ints
+    count = length // 512
+    nn = n % 1000000
+    if count <= 0:
+        return b""
+    out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>(count * SECTOR_SIZE))
+    o = PyBytes_AS_STRING(out)
+    for i in range(count):
+        r = o + i * SECTOR_SIZE
+        r[0] = b'w'
+        k = nn
+        for j in range(6, 0, -1):
+            r[j] = <char>(48 + k % 10)
+            k = k // 10
+        r[7] = b':'
+        s = (<unsigned long long>(first + i)) & 0xFFFFFFFFULL
+        for j in range(15, 7, -1):
+            r[j] = _HEX[s & 15]
+            s >>= 4
+        j = RECORD
+        while j < SECTOR_SIZE:
+            memcpy(r + j, r, <size_t>j)
+            j *= 2
+    return out
+
+
+# == emu/guest/blk_mq.py helpers =================================================================
+
+cdef inline bint _mergeable(str op):
+    return op == "READ" or op == "WRITE" or op == "DISCARD"
+
+
+cdef inline int _rq_dir(str op):
+    """rq_dir"""
+    return 0 if (op == "READ" or op == "DRV_IN") else 1
+
+
+cdef long long _get_tag(object q) except -2:
+    """get_tag (sbitmap_queue_get): first free tag at or after the hint, wrapping; -1 if none."""
+    cdef long long n = q.nr_requests
+    cdef long long hint = q.alloc_hint
+    tags = q.tags
+    cdef char* t_
+    cdef long long k, t
+    if type(tags) is not bytearray or hint < 0 or n > PyByteArray_GET_SIZE(tags):
+        return _Q.get_tag(q)
+    t_ = PyByteArray_AS_STRING(tags)
+    for k in range(n):
+        t = (hint + k) % n
+        if not t_[t]:
+            t_[t] = 1
+            if t == hint:
+                q.alloc_hint = (t + 1) % n
+            return t
+    return -1
+
+
+cdef void _put_tag(object q, object tag) except *:
+    """put_tag"""
+    q.tags[tag] = 0
+    if tag < q.nr_requests:
+        q.alloc_hint = tag
+
+
+cdef str _try_merge(object q, dict rq, dict bio):
+    """try_merge (blk_rq_merge_ok + blk_try_merge + ll_{back,front}_merge_fn)."""
+    cdef str op = rq["op"]
+    cdef long long nsect, rsect, rsector, bsector
+    if op != bio["op"] or not _mergeable(op) or rq.get("nomerge"):
+        return ""
+    stage = rq["stage"]
+    if not (stage == "plugged" or stage == "queued"):
+        return ""
+    nsect = (<long long>bio["bytes"]) >> 9
+    rsect = (<long long>rq["bytes"]) >> 9
+    lim = q.limits
+    if rsect + nsect > <long long>(lim["max_discard_sectors"] if op == "DISCARD" else lim["max_sectors"]):
+        return ""
+    if op != "DISCARD" and rq["nsegs"] + len(bio["segs"]) > lim["max_segments"]:
+        return ""
+    rsector = rq["sector"]
+    bsector = bio["sector"]
+    if rsector + rsect == bsector:
+        return "back"
+    if bsector + nsect == rsector:
+        return "front"
+    return ""
+
+
+cdef void _do_merge(dict rq, dict bio, str how) except *:
+    """do_merge"""
+    if how == "back":
+        (<list>rq["bios"]).append(bio)
+    else:
+        (<list>rq["bios"]).insert(0, bio)
+        rq["sector"] = bio["sector"]
+    rq["bytes"] += bio["bytes"]
+    rq["nsegs"] += len(bio["segs"]) if rq["op"] != "DISCARD" else 0
+
+
+cdef void _free_request(object m, object rid) except *:
+    """free_request"""
+    q = m.guest.blkmq
+    rq = q.rqs.pop(rid)
+    _put_tag(q, rq["tag"])
+    proc = m.guest.proc
+    if proc.waiting == "tag":
+        proc.waiting = "woken-tag"
+        m.sim.post("vcpu", "app.resume")
+
+
+cdef str _dd_insert(object m, object rid):
+    """dd_insert (dd_insert_request): back merge into a queued request, else onto the FIFO."""
+    q = m.guest.blkmq
+    cdef dict rq = q.rqs[rid]
+    cdef str op = rq["op"]
+    cdef int d = _rq_dir(op)
+    cdef dict other
+    cdef long long rsector, rsect, maxs
+    if _mergeable(op):
+        rsector = rq["sector"]
+        rsect = (<long long>rq["bytes"]) >> 9
+        lim = q.limits
+        maxs = lim["max_discard_sectors"] if op == "DISCARD" else lim["max_sectors"]
+        rqs = q.rqs
+        for oid in <list>(q.dd_fifo[d]):
+            other = rqs[oid]
+            if other["op"] == op and <long long>other["sector"] + ((<long long>other["bytes"]) >> 9) == rsector \
+                    and ((<long long>other["bytes"]) >> 9) + rsect <= maxs \
+                    and (op == "DISCARD" or other["nsegs"] + rq["nsegs"] <= lim["max_segments"]):
+                for bio in rq["bios"]:
+                    other["bios"].append(bio)
+                other["bytes"] += rq["bytes"]
+                other["nsegs"] += rq["nsegs"] if op != "DISCARD" else 0
+                _free_request(m, rid)
+                return f"request {rid} merged into queued request {oid}"
+    rq["stage"] = "queued"
+    rq["deadline"] = m.sim.now + (DD_READ_EXPIRE_NS if d == 0 else DD_WRITE_EXPIRE_NS)
+    q.dd_fifo[d].append(rid)
+    return f"request {rid} queued in mq-deadline ({'read' if d == 0 else 'write'} FIFO)"
+
+
+cdef object _dd_next(object q, int d):
+    """_dd_next (deadline_next_request): lowest sector at or after the last dispatched end."""
+    cdef long long pos = q.dd_next_sector[d]
+    cdef long long s, bs = 0
+    best = None
+    rqs = q.rqs
+    for rid in <list>(q.dd_fifo[d]):
+        s = rqs[rid]["sector"]
+        if s >= pos and (best is None or s < bs):
+            best = rid
+            bs = s
+    return best
+
+
+cdef object _dd_dispatch(object m):
+    """dd_dispatch (dd_dispatch_request): sector-order batches, reads first, FIFO expiry."""
+    q = m.guest.blkmq
+    cdef int d
+    rid = None
+    if q.dd_batching < DD_FIFO_BATCH:
+        rid = _dd_next(q, q.dd_last_dir)
+    if rid is None:
+        reads, writes = q.dd_fifo
+        if reads and not (writes and q.dd_starved >= DD_WRITES_STARVED):
+            d = 0
+            if writes:
+                q.dd_starved += 1
+        elif writes:
+            d = 1
+            q.dd_starved = 0
+        else:
+            return None
+        nxt = _dd_next(q, d)
+        head = q.dd_fifo[d][0]
+        rid = head if nxt is None or q.rqs[head]["deadline"] <= m.sim.now else nxt
+        q.dd_last_dir = d
+        q.dd_batching = 0
+    rq = q.rqs[rid]
+    d = _rq_dir(rq["op"])
+    q.dd_fifo[d].remove(rid)
+    q.dd_next_sector[d] = rq["sector"] + (rq["bytes"] >> 9)
+    q.dd_batching += 1
+    return rid
+
+
+# == emu/guest/process.py helpers ================================================================
+
+cdef void _wake(object m, str reason) except *:
+    """_wake"""
+    p = m.guest.proc
+    if p.waiting == reason:
+        p.waiting = "woken-" + reason
+        m.sim.post("vcpu", "app.resume")
+
+
+cdef void _bio_done(object m, dict bio, str status) except *:
+    """bio_done (bio_endio): the op's last bio completes the AIO."""
+    p = m.guest.proc
+    st = p.op_state[bio["op_idx"]]
+    st["bios"] -= 1
+    if status != "OK" and st["status"] == "OK":
+        st["status"] = status
+    if st["bios"] == 0:
+        _op_done(m, bio["op_idx"])
+
+
+cdef void _op_done(object m, object idx) except *:
+    """_op_done"""
+    p = m.guest.proc
+    st = p.op_state.pop(idx)
+    op = p.ops[idx]
+    p.inflight -= 1
+    if op["op"] == "read":
+        data = m.mem.read(st["buf"], op["length"])
+        p.reads.append({"n": op["n"], "offset": op["offset"], "length": op["length"],
+                        "sha256": _sha256(data).hexdigest(), "status": st["status"],
+                        "line": op["line"]})
+    if op["op"] == "get-id":
+        raw = m.mem.read(st["buf"], _ID_BYTES)
+        st["serial"] = raw.split(b"\0", 1)[0].decode("latin-1")
+    if st.get("buf"):
+        m.pages.free_pages(st["buf"])
+    res = {"n": op["n"], "line": op["line"], "op": op["op"], "status": st["status"]}
+    if "serial" in st:
+        res["serial"] = st["serial"]
+    p.results.append(res)
+    _wake(m, "mem")
+    if p.inflight == 0:
+        _wake(m, "drain")
+        _wake(m, "exit")
+
+
+cdef str _sleep(object m, str reason):
+    """_sleep: the process blocks; schedule() flushes its plug first."""
+    p = m.guest.proc
+    p.waiting = reason
+    if m.guest.blkmq.plug:
+        m.sim.cont("blkmq.flush_plug", (-1,))
+        return f"sleeps ({reason}); its plug is flushed on the way"
+    return f"sleeps ({reason})"
+
+
+cdef dict _bio(object p, str rq_op, object sector, object nbytes, list segs):
+    """_bio"""
+    b = {"id": p.next_bio, "op_idx": p.pc, "op": rq_op, "sector": sector, "bytes": nbytes,
+         "segs": segs}
+    p.next_bio += 1
+    return b
+
+
+cdef list _range_bios(object m, dict op, str rq_op, object max_sectors, object unmap):
+    """_range_bios"""
+    cdef list bios = []
+    cdef dict b
+    p = m.guest.proc
+    lbs_sect = m.guest.blkmq.limits["logical_block_size"] >> 9
+    step = max(lbs_sect, max_sectors - max_sectors % lbs_sect) << 9
+    length = op["length"]
+    offset = op["offset"]
+    for pos in range(0, length, step):
+        n = min(step, length - pos)
+        b = _bio(p, rq_op, (offset + pos) >> 9, n, [])
+        b["unmap"] = unmap
+        bios.append(b)
+    return bios
+
+
+cdef tuple _make_bios(object m, dict op):
+    """_make_bios: the op's bios as blkdev_direct_IO / blkdev_issue_* build them."""
+    g = m.guest
+    p = g.proc
+    lim = g.blkmq.limits
+    cdef str kind = op["op"]
+    cdef list bios, segs
+    cdef long long clen, coff, pos, n, k, step, zp
+    if kind == "flush":
+        if not g.blkmq.write_cache:
+            return [], 0, ""
+        return [_bio(p, "FLUSH", 0, 0, [])], 0, ""
+    if kind == "get-id":
+        buf = m.pages.alloc_pages(1)
+        if buf is None:
+            return [], 0, "ENOMEM"
+        return [_bio(p, "DRV_IN", 0, _ID_BYTES, [(buf, _ID_BYTES)])], buf, ""
+    off, length = op["offset"], op["length"]
+    lbs = lim["logical_block_size"]
+    if off % lbs or length % lbs:
+        return [], 0, "EINVAL"
+    step = BIO_MAX_VECS * PAGE
+    if kind == "write" or kind == "read":
+        npages = (length + PAGE - 1) // PAGE
+        buf = m.pages.alloc_pages(npages)
+        if buf is None:
+            return [], 0, "ENOMEM"
+        if kind == "write":
+            m.mem.write(buf, write_pattern(op["n"], off, length, op.get("fill")))
+        bios = []
+        clen = length
+        coff = off
+        rq_op = "WRITE" if kind == "write" else "READ"
+        pos = 0
+        while pos < clen:
+            n = min(step, clen - pos)
+            bios.append(_bio(p, rq_op, (coff + pos) >> 9, n, [(buf + pos, n)]))
+            pos += step
+        return bios, buf, ""
+    if kind == "discard":
+        if not lim["max_discard_sectors"]:
+            return [], 0, "EOPNOTSUPP"
+        return _range_bios(m, op, "DISCARD", lim["max_discard_sectors"], False), 0, ""
+    # write-zeroes
+    if lim["max_write_zeroes_sectors"]:
+        return _range_bios(m, op, "WRITE_ZEROES", lim["max_write_zeroes_sectors"],
+                           bool(op.get("unmap"))), 0, ""
+    if op.get("unmap"):
+        return [], 0, "EOPNOTSUPP"
+    if not g.zero_page:
+        g.zero_page = m.pages.alloc_pages(1) or 0
+    zero_page = g.zero_page
+    bios = []
+    clen = length
+    coff = off
+    pos = 0
+    while pos < clen:
+        n = min(step, clen - pos)
+        segs = []
+        k = 0
+        while k < n:
+            segs.append((zero_page, min(PAGE, n - k)))
+            k += PAGE
+        bios.append(_bio(p, "WRITE", (coff + pos) >> 9, n, segs))
+        pos += step
+    return bios, 0, ""
+
+
+cdef bint _plain_op(dict op):
+    """Whether op's offset/length (if any) are ints the C arithmetic above may take."""
+    if "offset" not in op:
+        return True
+    off = op["offset"]
+    length = op["length"]
+    return type(off) is int and type(length) is int and 0 <= off < LIM and 0 <= length < LIM
+
+
+# == process.py steps ============================================================================
+
+def start(m):
+    """emu.guest.process.start (app.start)"""
+    p = m.guest.proc
+    p.started = True
+    m.sim.cont("app.op", (), None, True)
+    return f"the workload process opens /dev/vda (O_RDWR|O_DIRECT); {len(p.ops)} operations"
+
+
+def op_step(m):
+    """emu.guest.process.op_step (app.op): issue the next workload operation (or wait)."""
+    g = m.guest
+    p = g.proc
+    cdef list ops = p.ops
+    cdef dict op
+    cdef list bios
+    if p.pc >= len(ops):
+        if p.inflight:
+            return "end of the workload: " + _sleep(m, "exit")
+        m.sim.cont("app.exit")
+        return "end of the workload"
+    op = ops[p.pc]
+    if not _plain_op(op):
+        return _P.op_step(m)
+    cdef str kind = op["op"]
+    fn_src = OP_FN[kind]
+    m.set_function(fn_src[0], fn_src[1])
+    where = f"line {op['line']}: {kind}"
+    if kind == "wait":
+        if p.inflight:
+            return where + ": " + _sleep(m, "drain")
+        p.pc += 1
+        m.sim.cont("app.op", (), None, True)
+        return where + ": nothing in flight"
+    if kind == "at":
+        p.pc += 1
+        now = m.sim.now
+        if now < op["time_ns"]:
+            m.sim.at(op["time_ns"] - now, "app.hrtimer")
+            return where + f" {op['time_ns']} ns (now {now} ns): " + _sleep(m, "timer")
+        m.sim.cont("app.op", (), None, True)
+        return where + f" {op['time_ns']} ns: already past (now {now} ns)"
+    if kind == "queue-depth":
+        q = g.blkmq
+        nr = max(op["depth"], BLKDEV_MIN_RQ)
+        p.pc += 1
+        m.sim.cont("app.op", (), None, True)
+        if nr > q.depth:
+            return where + (f" {op['depth']}: write error: Invalid argument (EINVAL: the tag"
+                            f" set holds {q.depth}); nr_requests stays {q.nr_requests}")
+        q.nr_requests = nr
+        q.alloc_hint %= nr
+        return where + f" {op['depth']}: nr_requests = {nr}"
+    bios, buf, err = _make_bios(m, op)
+    if err == "ENOMEM" and p.inflight:
+        return where + ": no free guest pages for the buffer: " + _sleep(m, "mem")
+    p.pc += 1
+    if err:
+        p.results.append({"n": op["n"], "line": op["line"], "op": kind, "status": err})
+        m.sim.cont("app.op", (), None, True)
+        return where + f": fails with {err} before reaching the disk"
+    if not bios:
+        p.results.append({"n": op["n"], "line": op["line"], "op": kind, "status": "OK"})
+        m.sim.cont("app.op", (), None, True)
+        return where + ": the queue has no write cache, so the flush completes at once (no request)"
+    idx = p.pc - 1
+    p.op_state[idx] = {"bios": len(bios), "status": "OK", "buf": buf}
+    p.inflight += 1
+    p.pending_bios.extend(bios)
+    m.sim.cont("blkmq.submit_bio", (), None, True)
+    size = f" {op['offset']:#x}+{op['length']:#x}" if "offset" in op else ""
+    return where + size + f": {len(bios)} bio(s)" + (f", buffer at {buf:#x}" if buf else "")
+
+
+cdef str _split(object m, dict bio):
+    """_split (bio_split_to_limits): cut at max_sectors / max_segments; requeue the rest."""
+    q = m.guest.blkmq
+    lim = q.limits
+    mds = lim["max_discard_sectors"]
+    mwz = lim["max_write_zeroes_sectors"]
+    cdef str op = bio["op"]
+    maxs = mds if op == "DISCARD" else (mwz if op == "WRITE_ZEROES" else lim["max_sectors"])
+    cdef list segs = bio["segs"]
+    cdef list head, tail
+    nbytes = bio["bytes"]
+    cut = min(nbytes, maxs << 9)
+    if segs:
+        mseg = lim["max_segments"]
+        if len(segs) > mseg:
+            cut = min(cut, sum([sg[1] for sg in segs[:mseg]]))
+    if op == "FLUSH" or op == "DRV_IN" or cut >= nbytes:
+        return ""
+    p = m.guest.proc
+    rest = dict(bio)
+    rest["id"] = p.next_bio
+    rest["sector"] = bio["sector"] + (cut >> 9)
+    rest["bytes"] = nbytes - cut
+    p.next_bio += 1
+    if segs:
+        head, tail, pos = [], [], 0
+        for a, n in segs:
+            if pos + n <= cut:
+                head.append((a, n))
+            elif pos >= cut:
+                tail.append((a, n))
+            else:
+                head.append((a, cut - pos))
+                tail.append((a + cut - pos, n - (cut - pos)))
+            pos += n
+        bio["segs"], rest["segs"] = head, tail
+    bio["bytes"] = cut
+    p.pending_bios.insert(1, rest)
+    p.op_state[bio["op_idx"]]["bios"] += 1
+    return f"bio_split_to_limits: {cut} bytes now, bio {rest['id']} ({rest['bytes']} bytes) later; "
+
+
+cdef inline tuple _next_frame(object m):
+    """_next_frame"""
+    return ("blkmq.submit_bio", ()) if m.guest.proc.pending_bios else ("app.op", ())
+
+
+cdef inline void _next(object m) except *:
+    """_next"""
+    kind, args = _next_frame(m)
+    m.sim.cont(kind, args, None, True)
+
+
+def submit_bio(m):
+    """emu.guest.process.submit_bio (blkmq.submit_bio): split, merge, else tag and plug."""
+    g = m.guest
+    q = g.blkmq
+    p = g.proc
+    cdef list pending = p.pending_bios
+    cdef dict bio = pending[0]
+    cdef dict rq
+    cdef str how, bop
+    cdef list cands, plug
+    cdef long long tag
+    b_bytes = bio["bytes"]
+    b_sector = bio["sector"]
+    if not (type(b_bytes) is int and type(b_sector) is int and 0 <= b_bytes < LIM
+            and 0 <= b_sector < LIM):
+        return _P.submit_bio(m)
+    note = _split(m, bio)
+    bop = bio["op"]
+    rqs = q.rqs
+    if _mergeable(bop):
+        plug = q.plug
+        cands = [plug[len(plug) - 1]] if plug else []
+        cands += q.dd_fifo[_rq_dir(bop)]
+        for rid in cands:
+            how = _try_merge(q, rqs[rid], bio)
+            if how:
+                rq = rqs[rid]
+                _do_merge(rq, bio, how)
+                p.pending_bios.pop(0)
+                _next(m)
+                where = "plugged" if rq["stage"] == "plugged" else "queued"
+                return note + f"bio {bio['id']} {how}-merged into {where} request {rid} " \
+                    f"(now {rq['bytes']} bytes)"
+    tag = _get_tag(q)
+    if tag < 0:
+        return note + f"no free tag ({q.nr_requests} in use): " + _sleep(m, "tag")
+    p.pending_bios.pop(0)
+    rid = q.next_rq
+    q.next_rq += 1
+    segs = bio["segs"]
+    rq = {"id": rid, "tag": tag, "op": bop, "sector": bio["sector"], "bytes": bio["bytes"],
+          "bios": [bio], "nsegs": len(segs) or (1 if (bop == "DISCARD" or bop == "WRITE_ZEROES") else 0),
+          "nomerge": not _mergeable(bop), "unmap": bio.get("unmap", False),
+          "stage": "plugged", "head": None, "table": 0, "payload": 0, "status": None}
+    rqs[rid] = rq
+    what = f"bio {bio['id']} -> new request {rid} ({bop} sector {bio['sector']}, {bio['bytes']} bytes), tag {tag}"
+    if bop == "FLUSH" or bop == "DRV_IN":
+        if bop == "DRV_IN":
+            m.mem.write(_pdu_of(m, tag), _GET_ID_HDR)
+        rq["stage"] = "queued"
+        q.dispatch.append(rid)
+        kind, args = _next_frame(m)
+        m.sim.call("blkmq.run_queue", (), kind, args)
+        return note + what + ("; virtblk_get_id wrote the GET_ID header" if bop == "DRV_IN" else "") \
+            + "; bypasses the plug and the scheduler (hctx->dispatch), run the queue"
+    plug = q.plug
+    cdef Py_ssize_t n_before = len(plug)
+    flush_first = n_before > 0 and (n_before >= BLK_MAX_REQUEST_COUNT or
+                                    rqs[plug[n_before - 1]]["bytes"] >= BLK_PLUG_FLUSH_SIZE)
+    plug.append(rid)
+    if flush_first:
+        kind, args = _next_frame(m)
+        m.sim.call("blkmq.flush_plug", (n_before,), kind, args)
+        return note + what + f"; plug full: flush the {n_before} plugged request(s) first"
+    _next(m)
+    return note + what + f"; plugged ({len(plug)} in the plug)"
+
+
+def resume(m):
+    """emu.guest.process.resume (app.resume)"""
+    p = m.guest.proc
+    reason = p.waiting.replace("woken-", "")
+    p.waiting = ""
+    if reason == "drain":
+        p.pc += 1
+        m.sim.cont("app.op", (), None, True)
+        return "woken: all in-flight operations completed"
+    if reason == "exit":
+        m.sim.cont("app.exit")
+        return "woken: the last operation completed"
+    if reason == "tag":
+        m.sim.cont("blkmq.submit_bio", (), None, True)
+        return "woken: a tag is free"
+    m.sim.cont("app.op", (), None, True)
+    return f"woken ({reason})"
+
+
+def hrtimer_wakeup(m):
+    """emu.guest.process.hrtimer_wakeup (app.hrtimer)"""
+    _wake(m, "timer")
+    return "the sleep's timer expired: wake the process"
+
+
+def exit_(m):
+    """emu.guest.process.exit_ (app.exit)"""
+    p = m.guest.proc
+    p.waiting = "done"
+    if m.guest.blkmq.plug:
+        m.sim.cont("blkmq.flush_plug", (-1,))
+    return f"the workload process exits ({len(p.results)} operations finished)"
+
+
+# == blk_mq.py steps =============================================================================
+
+def flush_plug(m, count):
+    """emu.guest.blk_mq.flush_plug (blkmq.flush_plug): plugged requests -> mq-deadline."""
+    q = m.guest.blkmq
+    cdef list old = q.plug
+    cdef Py_ssize_t n
+    if type(count) is not int:
+        return _Q.flush_plug(m, count)
+    if count < 0:
+        n = len(old)
+    elif count > len(old):
+        n = len(old)
+    else:
+        n = count
+    cdef list plug = old[:n]
+    q.plug = old[n:]
+    notes = [_dd_insert(m, rid) for rid in plug]
+    m.sim.cont("blkmq.run_queue")
+    return f"{len(plug)} plugged request(s) -> mq-deadline; " + "; ".join(notes) if plug \
+        else "plug empty; run the queue"
+
+
+def run_queue(m):
+    """emu.guest.blk_mq.run_queue (blkmq.run_queue): hctx->dispatch first, then mq-deadline."""
+    q = m.guest.blkmq
+    if q.stopped:
+        return "hardware queue stopped (BLK_MQ_S_STOPPED): nothing dispatched"
+    if q.batch:
+        return "a dispatch is already running"
+    if q.dispatch:
+        q.batch, q.dispatch = q.dispatch, []
+        q.batch_from = "dispatch"
+    else:
+        batch = q.batch
+        nr = q.nr_requests
+        while len(batch) < nr:
+            rid = _dd_dispatch(m)
+            if rid is None:
+                break
+            batch.append(rid)
+        q.batch_from = "sched"
+    batch = q.batch
+    if not batch:
+        return "nothing to dispatch"
+    q.queued = 0
+    m.sim.cont("blkmq.dispatch")
+    return f"{len(batch)} request(s) from {'hctx->dispatch' if q.batch_from == 'dispatch' else 'mq-deadline'}: " \
+        + " ".join([str(r) for r in batch])
+
+
+def dispatch(m):
+    """emu.guest.blk_mq.dispatch (blkmq.dispatch)"""
+    q = m.guest.blkmq
+    batch = q.batch
+    rid = batch[0]
+    cdef object last = len(batch) == 1          # a Python bool (it is formatted)
+    q.rqs[rid]["stage"] = "dispatched"
+    m.sim.call("vblkd.queue_rq", (rid, int(last)), "blkmq.dispatch_ret", (rid,))
+    return f".queue_rq(request {rid}, last={last})"
+
+
+def dispatch_ret(m, rid):
+    """emu.guest.blk_mq.dispatch_ret (blkmq.dispatch_ret)"""
+    q = m.guest.blkmq
+    ret = q.last_ret
+    if ret == "OK":
+        q.batch.pop(0)
+        q.queued += 1
+        if q.batch:
+            m.sim.cont("blkmq.dispatch", (), None, True)
+            return f"request {rid}: BLK_STS_OK"
+        m.sim.cont("blkmq.run_queue", (), None, True)
+        return f"request {rid}: BLK_STS_OK; batch done, look for more"
+    if ret == "IOERR" or ret == "NOTSUPP":
+        q.batch.pop(0)
+        if q.batch:
+            m.sim.call("blkmq.end_request", (rid, ret, 0), "blkmq.dispatch", ())
+        else:
+            m.sim.call("blkmq.end_request", (rid, ret, 0), "blkmq.run_queue", ())
+        return f"request {rid}: BLK_STS_{ret}: end it with an error"
+    for r in q.batch:
+        q.rqs[r]["stage"] = "requeued"
+    q.dispatch = q.batch + q.dispatch
+    q.batch = []
+    if ret == "RESOURCE":
+        m.sim.at(3_000_000, "blkmq.delay_run")
+    if q.queued:
+        m.sim.cont("vblkd.commit_rqs")
+    return (f"request {rid}: BLK_STS_{ret}: {len(q.dispatch)} request(s) back on hctx->dispatch"
+            + ("; commit_rqs" if q.queued else ""))
+
+
+def delay_run(m):
+    """emu.guest.blk_mq.delay_run (blkmq.delay_run)"""
+    m.sim.post("vcpu", "blkmq.run_work")
+    return "BLK_MQ_RESOURCE_DELAY expired: schedule a queue run"
+
+
+def run_work(m):
+    """emu.guest.blk_mq.run_work (blkmq.run_work)"""
+    m.guest.blkmq.run_work_pending = False
+    m.sim.cont("blkmq.run_queue")
+    return "kblockd: run the hardware queue"
+
+
+def start_request(m, rid):
+    """emu.guest.blk_mq.start_request (blkmq.start_request)"""
+    rq = m.guest.blkmq.rqs[rid]
+    rq["stage"] = "started"
+    rq["start_ns"] = m.sim.now
+    m.sim.cont("vblkd.add_req", (rid,))
+    return f"request {rid}: MQ_RQ_IN_FLIGHT"
+
+
+def end_request(m, rid, status, from_irq):
+    """emu.guest.blk_mq.end_request (blkmq.end_request): complete the bios, free the tag."""
+    if type(status) is not str:
+        return _Q.end_request(m, rid, status, from_irq)
+    g = m.guest
+    q = g.blkmq
+    cdef dict rq = q.rqs[rid]
+    rq["status"] = status
+    for bio in rq["bios"]:
+        _bio_done(m, bio, status)
+    _free_request(m, rid)
+    cdef list completed = g.completed
+    completed.append({"id": rid, "op": rq["op"], "sector": rq["sector"],
+                      "bytes": rq["bytes"], "status": status})
+    if len(completed) > 64:
+        del completed[0]
+    if from_irq:
+        m.sim.cont("vring.get_buf")
+    return f"request {rid} ({rq['op']} sector {rq['sector']}, {rq['bytes']} bytes): BLK_STS_{status}; tag {rq['tag']} freed"
+
+
+HANDLERS = {
+    "app.start": (start, _P.start),
+    "app.op": (op_step, _P.op_step),
+    "app.resume": (resume, _P.resume),
+    "app.hrtimer": (hrtimer_wakeup, _P.hrtimer_wakeup),
+    "app.exit": (exit_, _P.exit_),
+    "blkmq.submit_bio": (submit_bio, _P.submit_bio),
+    "blkmq.flush_plug": (flush_plug, _Q.flush_plug),
+    "blkmq.run_queue": (run_queue, _Q.run_queue),
+    "blkmq.dispatch": (dispatch, _Q.dispatch),
+    "blkmq.dispatch_ret": (dispatch_ret, _Q.dispatch_ret),
+    "blkmq.delay_run": (delay_run, _Q.delay_run),
+    "blkmq.run_work": (run_work, _Q.run_work),
+    "blkmq.start_request": (start_request, _Q.start_request),
+    "blkmq.end_request": (end_request, _Q.end_request),
+}
