@@ -87,7 +87,10 @@ def status() -> str:
     """One line for `vblkdbg --version`."""
     if _core is None:
         return "emu_fast: not compiled"
-    return f"emu_fast: compiled (Cython {_core.CYTHON_VERSION_STR})"
+    import emu.machine  # noqa: F401  (imports every layer: all handlers registered)
+    from emu.sim.steps import REGISTRY
+    return (f"emu_fast: compiled (Cython {_core.CYTHON_VERSION_STR}; "
+            f"{len(_core.compiled_kinds())} of {len(REGISTRY)} step handlers compiled)")
 
 
 def require():

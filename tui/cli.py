@@ -131,6 +131,18 @@ def load_workload_any(path: str, a, disk_bytes: int | None) -> tuple[str, list]:
     return text, parse_workload(text, path)
 
 
+class _VersionAction(argparse.Action):
+    """--version: one unwrapped line (argparse's own action wraps it to the terminal)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS,
+                 help=None):  # noqa: A002  (argparse's name)
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(version_text())
+        parser.exit()
+
+
 def version_text() -> str:
     from emu.engine import version_line
     return f"{PROG} {__version__} ({version_line()})"
@@ -146,7 +158,8 @@ def check_engine_arg(a) -> None:
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="A debugger for the whole virtio-blk path. Without a "
                 "subcommand, `vblkdbg [IMAGE [--workload FILE]]` opens the debugger.")
-    p.add_argument("--version", action="version", version=version_text())
+    p.add_argument("--version", action=_VersionAction, help="show the version and whether "
+                   "the compiled engine is built, then exit")
     sub = p.add_subparsers(dest="cmd", parser_class=_Parser)
     r = sub.add_parser("run", help="run a workload headless and print a summary")
     r.add_argument("image")

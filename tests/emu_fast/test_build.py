@@ -21,6 +21,12 @@ def test_ci_builds_the_extension():
 def test_status_line():
     s = emu_fast.status()
     assert s == "emu_fast: not compiled" or s.startswith("emu_fast: compiled (Cython 3")
+    if emu_fast.available():
+        import emu.machine  # noqa: F401  (registers every handler)
+        from emu.sim.steps import REGISTRY
+        n = len(emu_fast.compiled_kinds())
+        assert 0 < n < len(REGISTRY)
+        assert s.endswith(f"; {n} of {len(REGISTRY)} step handlers compiled)")
     assert engine.version_line() == s
 
 
