@@ -42,7 +42,9 @@ def setup_cmd(m, rid: int) -> str:
     if rq["op"] in ("DISCARD", "WRITE_ZEROES"):
         rng = m.pages.kmalloc(B.DWZ_SEG_SIZE)
         if rng is None:
-            rq["setup_err"] = "RESOURCE"
+            # virtio_queue_rq returns virtblk_prep_rq's status at once: blk-mq requeues the
+            # request and runs the queue again after BLK_MQ_RESOURCE_DELAY
+            m.guest.blkmq.last_ret = "RESOURCE"
             return detail + "; kmalloc of the range failed: BLK_STS_RESOURCE"
         flags = B.WRITE_ZEROES_FLAG_UNMAP if rq.get("unmap") else 0
         m.mem.write(rng, struct.pack("<QII", rq["sector"], rq["bytes"] >> 9, flags))
