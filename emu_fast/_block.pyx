@@ -1,0 +1,359 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, binding=True
+"""The QEMU block layer's request path compiled: BlockBackend and block/io.c (blk.*, bdrv.*),
+the raw format driver (raw.co_entry), file-posix's thread-pool requests (file.*) and the qcow2
+driver's host-I/O steps (qcow2.io, qcow2.worker, qcow2.io_done, qcow2.co_entry).
+
+Line-for-line translations of the handlers in emu/block/{backend,raw,file_posix}.py and
+emu/block/qcow2/driver.py named in each docstring.  Rare branches (a probed raw image's sector
+0, a qcow2 plan item that never leaves guest memory, a flush item, a failed qcow2 I/O) run the
+Python handler itself, decided before anything has changed.  qcow2's compute step (the
+engine's cluster mapping and allocation) stays Python.
+"""
+import errno as _E
+
+from emu.block import backend as _BK
+from emu.block import file_posix as _FP
+from emu.block import raw as _RAW
+from emu.block.qcow2 import driver as _Q
+
+PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
+
+cdef dict AIO_FN = _FP.AIO_FN
+cdef dict CO_FN = _FP.CO_FN
+cdef dict ERRNO_NAMES = _FP.ERRNO_NAMES
+cdef dict BLK_FN = _BK.BLK_FN
+cdef dict BDRV_FN = _BK.BDRV_FN
+cdef dict RAW_FN = _RAW.FN
+cdef dict Q_CO_FN = _Q.CO_FN
+cdef dict WORKER_FN = _Q.WORKER_FN
+cdef long long BDRV_REQ_FUA = _BK.BDRV_REQ_FUA
+cdef long long BDRV_REQ_MAY_UNMAP = _BK.BDRV_REQ_MAY_UNMAP
+cdef object _fault = _FP._fault
+cdef object _flush_acquire = _FP._flush_acquire
+cdef object _plan_frame = _Q._plan_frame
+cdef object _next_item = _Q._next_item
+cdef object _q_run = _Q._run
+cdef object _fp_run = _FP._run
+cdef object Qcow2Error = _Q.Qcow2Error
+cdef int EIO = _E.EIO
+cdef int EPERM = _E.EPERM
+cdef int ENOMEDIUM = _E.ENOMEDIUM
+cdef dict _Q_LAT_OP = {"guest_write": "write", "write": "write", "flush": "flush",
+                       "discard": "discard", "write_zeroes": "write_zeroes"}
+cdef dict _Q_FAULT_OP = {"guest_write": "write", "guest_read": "read", "cow_read": "read",
+                         "compressed_read": "read", "backing_read": "read"}
+
+
+cdef inline void _log(object m, tuple eff) except *:
+    """EffectLog.add"""
+    cur = m.log.cur
+    if cur is not None:
+        cur.append(eff)
+
+
+cdef str _ret_str(object ret):
+    """file_posix._ret_str"""
+    if not ret:
+        return "0"
+    return f"-{ERRNO_NAMES.get(-ret, -ret)}"
+
+
+cdef long long _iov_size(object iov) except? -1:
+    """emu.device.iov.iov_size"""
+    return sum(n for _a, n in iov)
+
+
+# -- file-posix -----------------------------------------------------------------------------
+
+cdef object _submit(object m, object bid, object op, object offset, object nbytes, object iov):
+    """file_posix.submit (data=None)"""
+    blk = m.block
+    aid = blk.next_aio
+    blk.next_aio += 1
+    blk.aios[aid] = {"bid": bid, "op": op, "offset": offset, "bytes": nbytes,
+                     "iov": iov, "data": None, "ret": None}
+    lat = m.latency.cost(op, nbytes, m.rand())
+    m.sim.at(lat, "file.aio_worker", (aid,))
+    return lat
+
+
+cdef str _fp_run_rw(object m, object f, dict aio):
+    """file_posix._run for read and write"""
+    op, off, n = aio["op"], aio["offset"], aio["bytes"]
+    mem = m.mem
+    cdef Py_ssize_t pos
+    if op == "read":
+        data = f.pread(off, n)
+        _log(m, ("file-read", off, n))
+        pos = 0
+        for gpa, ln in aio["iov"]:
+            mem.write(gpa, data[pos:pos + ln])
+            pos += ln
+        return f"preadv({n} bytes at host offset {off:#x}) into {len(aio['iov'])} guest buffer(s)"
+    if aio["data"] is not None:
+        data = aio["data"]
+    else:
+        data = b"".join([mem.read(gpa, ln) for gpa, ln in aio["iov"]])
+    old = f.pread(off, n)
+    f.pwrite(off, data)
+    _log(m, ("file", off, old, data))
+    return f"pwritev({n} bytes at host offset {off:#x})"
+
+
+def aio_worker(m, aid):
+    """file_posix.aio_worker"""
+    cdef dict aio = m.block.aios[aid]
+    op, off, n = aio["op"], aio["offset"], aio["bytes"]
+    m.set_function(AIO_FN[op])
+    f = m.hostfile
+    err = _fault(m, op, off, n)
+    if err:
+        aio["ret"] = -err
+        detail = f"{op} at {off:#x}+{n}: injected error {ERRNO_NAMES.get(err, err)}"
+    else:
+        try:
+            if op == "read" or op == "write":
+                detail = _fp_run_rw(m, f, aio)
+            else:
+                detail = _fp_run(m, f, aio)
+            aio["ret"] = 0
+        except OSError as e:
+            aio["ret"] = -(e.errno or EIO)
+            detail = f"{op} at {off:#x}+{n} failed: {e.strerror}"
+    m.sim.post("qemu", "file.co_resume", (aid,))
+    return detail
+
+
+def file_co_entry(m, bid):
+    """file_posix.co_entry"""
+    cdef dict req = m.block.reqs[bid]
+    op = req["cur_op"]
+    m.set_function(CO_FN[op])
+    if op == "flush" and not _flush_acquire(m, bid):
+        return "a flush is already running: wait for it (bs->active_flush_req)"
+    if op == "flush" and (m.block.no_flush or m.block.flushed_gen == m.block.write_gen):
+        req["ret"] = 0
+        why = "cache=unsafe (BDRV_O_NO_FLUSH)" if m.block.no_flush else \
+            "nothing written since the last flush (flushed_gen == write_gen)"
+        m.sim.cont("file.flush_done", (bid,))
+        return f"no fdatasync: {why}"
+    if op == "flush":
+        req["flush_gen"] = m.block.write_gen
+    rw = op == "read" or op == "write"
+    nbytes = _iov_size(req["qiov"]) if rw else req["bytes"]
+    lat = _submit(m, bid, op, req["offset"], nbytes, req["qiov"] if rw else None)
+    return f"{op} {nbytes} bytes at {req['offset']:#x} -> thread pool (done in {lat} ns); coroutine yields"
+
+
+def file_co_resume(m, aid):
+    """file_posix.co_resume"""
+    blk = m.block
+    cdef dict aio = blk.aios.pop(aid)
+    bid = aio["bid"]
+    cdef dict req = blk.reqs[bid]
+    m.set_function(CO_FN[aio["op"]])
+    req["ret"] = aio["ret"]
+    if aio["op"] == "flush":
+        if aio["ret"] == 0:
+            m.block.flushed_gen = req.pop("flush_gen")
+        m.sim.cont("file.flush_done", (bid,))
+    else:
+        if aio["op"] != "read" and aio["ret"] == 0:
+            m.block.write_gen += 1
+        m.sim.cont("bdrv.co_done", (bid,))
+    return f"{aio['op']} returned {_ret_str(aio['ret'])}; coroutine re-entered"
+
+
+# -- BlockBackend and block/io.c -------------------------------------------------------------
+
+cdef void _complete_early(object m, object bid, object ret) except *:
+    """backend._complete_early"""
+    m.block.reqs[bid]["ret"] = ret
+    m.sim.post("qemu", "blk.aio_complete", (bid,))
+
+
+def blk_co_entry(m, bid):
+    """backend.co_entry"""
+    blk = m.block
+    cdef dict req = blk.reqs[bid]
+    op = req["op"]
+    m.set_function(BLK_FN[op])
+    if op != "flush":
+        off, n = req["offset"], req["bytes"]
+        if off < 0 or n < 0 or off > blk.length or n > blk.length - off:
+            _complete_early(m, bid, -EIO)
+            return f"blk_check_byte_request: {off:#x}+{n} beyond the device ({blk.length} bytes): -EIO"
+    extra = ""
+    if op == "write" and not blk.wce:
+        req["flags"] |= BDRV_REQ_FUA
+        extra = "; write cache off (writethrough): BDRV_REQ_FUA added"
+    m.sim.cont("bdrv.co_entry", (bid,))
+    return f"{op} {req['bytes']} bytes at {req['offset']:#x}{extra}"
+
+
+def bdrv_co_entry(m, bid):
+    """backend.bdrv_co_entry"""
+    blk = m.block
+    cdef dict req = blk.reqs[bid]
+    op = req["op"]
+    m.set_function(BDRV_FN[op])
+    if (op == "write" or op == "write_zeroes" or op == "discard") and blk.read_only:
+        _complete_early(m, bid, -EPERM)
+        return "bdrv_co_write_req_prepare: read-only node: -EPERM"
+    if op == "discard" and not blk.discard_unmap:
+        _complete_early(m, bid, 0)
+        return "discard=ignore (no BDRV_O_UNMAP): succeeds without touching the image"
+    if op == "write_zeroes" and not blk.discard_unmap:
+        req["flags"] &= ~BDRV_REQ_MAY_UNMAP
+    m.sim.cont(m.fmt.entry_kind(op), (bid,))
+    return f"-> {m.fmt.name} driver"
+
+
+def bdrv_co_done(m, bid):
+    """backend.bdrv_co_done"""
+    cdef dict req = m.block.reqs[bid]
+    m.set_function(BDRV_FN[req["op"]])
+    if req["op"] == "write" and req["flags"] & BDRV_REQ_FUA and req["ret"] == 0 \
+            and req["phase"] != "fua":
+        req["phase"] = "fua"
+        req["cur_op"] = "flush"
+        m.sim.cont(m.fmt.entry_kind("flush"), (bid,))
+        return "BDRV_REQ_FUA not supported by the driver: bdrv_co_flush() after the write"
+    m.sim.cont("blk.aio_complete", (bid,))
+    return f"{req['op']} returns {_ret_str(req['ret'])}"
+
+
+def blk_aio_complete(m, bid):
+    """backend.aio_complete"""
+    cdef dict req = m.block.reqs.pop(bid)
+    kind, args = req["cb"]
+    m.sim.cont(kind, tuple(args) + (req["ret"],))
+    return f"{req['op']} request {bid} completes with {_ret_str(req['ret'])}"
+
+
+# -- raw-format --------------------------------------------------------------------------------
+
+def raw_co_entry(m, bid):
+    """raw.co_entry (a write reaching sector 0 of a probed image: the Python handler)"""
+    cdef dict req = m.block.reqs[bid]
+    op = req["cur_op"]
+    if op == "write" and m.block.probed and req["offset"] < 512 and req["bytes"]:
+        return _RAW.co_entry(m, bid)
+    m.set_function(RAW_FN[op])
+    m.sim.cont("file.co_entry", (bid,))
+    return f"{op} passes straight to the file at the same offset"
+
+
+# -- qcow2: the host I/O of a plan -------------------------------------------------------------
+
+def q_co_entry(m, bid):
+    """qcow2 driver.co_entry"""
+    f = m.fmt
+    cdef dict req = m.block.reqs[bid]
+    op = req["cur_op"]
+    m.set_function(Q_CO_FN[op])
+    if f.engine.drv_gone:
+        req["ret"] = -ENOMEDIUM
+        m.sim.post("qemu", "blk.aio_complete", (bid,))
+        return "the qcow2 node was made unusable by an earlier corruption: -ENOMEDIUM"
+    cdef dict co = {"op": op, "phase": "start", "plan": [], "pi": 0, "ret": 0}
+    if op == "write" or op == "read":
+        co.update(pos=req["offset"], remaining=req["bytes"], qoff=0, pieces=[], link_i=0,
+                  zero=False, wphase="alloc")
+    f.cos[bid] = co
+    if f.lock_owner is not None:
+        f.lock_queue.append(bid)
+        return f"s->lock is held by request {f.lock_owner}: wait (qemu_co_mutex_lock)"
+    f.lock_owner = bid
+    m.sim.cont("qcow2.compute", (bid,))
+    return f"{op} {req['bytes']} bytes at guest {req['offset']:#x}; s->lock taken"
+
+
+def q_io(m, bid):
+    """qcow2 driver.io (guest_zero and flush items: the Python handler)"""
+    cdef dict co = m.fmt.cos[bid]
+    cdef dict item = co["plan"][co["pi"]]
+    op = item["op"]
+    if op == "guest_zero" or op == "flush":
+        return _Q.io(m, bid)
+    _plan_frame(m, co, item)
+    lat = m.latency.cost(_Q_LAT_OP.get(op, "read"), item.get("length", 0), m.rand())
+    m.sim.at(lat, "qcow2.worker", (bid,))
+    return f"{item['what']} -> thread pool ({lat} ns); coroutine yields"
+
+
+cdef str _q_run_write(object m, dict item):
+    """qcow2 driver._run for write and guest_write"""
+    f = m.hostfile
+    op, off = item["op"], item["offset"]
+    mem = m.mem
+    if op == "write":
+        data = item["data"]
+    else:
+        data = b"".join([mem.read(p[1], p[2]) if p[0] == "ram" else
+                         (bytes(p[1]) if p[0] == "zero" else p[1]) for p in item["parts"]])
+    old = f.pread(off, len(data))
+    f.pwrite(off, data)
+    _log(m, ("file", off, old, data))
+    return f"pwrite {len(data)} bytes at host {off:#x}: {item['what']}"
+
+
+def q_worker(m, bid):
+    """qcow2 driver.worker"""
+    cdef dict co = m.fmt.cos[bid]
+    cdef dict item = co["plan"][co["pi"]]
+    op = item["op"]
+    m.set_function(WORKER_FN[op])
+    fault_op = _Q_FAULT_OP.get(op, op)
+    err = _fault(m, fault_op, item["offset"], max(item.get("length", 0), 1))
+    detail = ""
+    if err:
+        co["io_ret"] = -err
+        detail = f"{item['what']}: injected error {ERRNO_NAMES.get(err, err)}"
+    else:
+        try:
+            if op == "write" or op == "guest_write":
+                detail = _q_run_write(m, item)
+            else:
+                detail = _q_run(m, item)
+            co["io_ret"] = 0
+        except OSError as e:
+            co["io_ret"] = -(e.errno or EIO)
+            detail = f"{item['what']} failed: {e.strerror}"
+        except Qcow2Error as e:
+            co["io_ret"] = e.errno
+            detail = f"{item['what']} failed: {e}"
+    m.sim.post("qemu", "qcow2.io_done", (bid,))
+    return detail
+
+
+def q_io_done(m, bid):
+    """qcow2 driver.io_done (a failed I/O: the Python handler)"""
+    cdef dict co = m.fmt.cos[bid]
+    if co.get("io_ret") != 0:
+        return _Q.io_done(m, bid)
+    cdef dict item = co["plan"][co["pi"]]
+    _plan_frame(m, co, item)
+    co.pop("io_ret")
+    op = item["op"]
+    if op == "write" or op == "guest_write" or op == "write_zeroes" or op == "discard":
+        m.block.write_gen += 1
+    if op == "flush":
+        m.block.flushed_gen = item["gen"]
+    return _next_item(m, bid, co, f"{item['what']}: done")
+
+
+HANDLERS = {
+    "file.aio_worker": (aio_worker, _FP.aio_worker),
+    "file.co_entry": (file_co_entry, _FP.co_entry),
+    "file.co_resume": (file_co_resume, _FP.co_resume),
+    "blk.co_entry": (blk_co_entry, _BK.co_entry),
+    "bdrv.co_entry": (bdrv_co_entry, _BK.bdrv_co_entry),
+    "bdrv.co_done": (bdrv_co_done, _BK.bdrv_co_done),
+    "blk.aio_complete": (blk_aio_complete, _BK.aio_complete),
+    "raw.co_entry": (raw_co_entry, _RAW.co_entry),
+    "qcow2.co_entry": (q_co_entry, _Q.co_entry),
+    "qcow2.io": (q_io, _Q.io),
+    "qcow2.worker": (q_worker, _Q.worker),
+    "qcow2.io_done": (q_io_done, _Q.io_done),
+}
