@@ -1,0 +1,723 @@
+# cython: language_level=3, binding=True
+"""The guest driver's step handlers compiled: Linux drivers/virtio/virtio_ring.c (split ring:
+emu.guest.vring) and drivers/block/virtio_blk.c (virtio_queue_rq / virtblk_done:
+emu.guest.virtio_blk).
+
+Each handler is a line-for-line translation of the Python handler named in its docstring, over
+the same objects (the guest's DriverVq, the blk-mq request dicts, the scheduler, the page
+allocator), with the same reads, writes, facts, scheduling calls and detail strings in the
+same order.  Guest RAM is read directly from the GuestMemory's bytearray when the access lies
+inside RAM (otherwise, or for a memory object of another type, with its own method, so even
+the error is the same); every write goes through m.mem.write / write_u16 (undo journal,
+dirty pages, the step's "ram" effect).  Values a Python struct.pack would refuse go to
+struct.pack.  The error paths that stay Python (add_err_kick,
+add_err_end, BAD_RING's _bad_ring) are called or scheduled exactly as the Python code does.
+
+Integers are C integers where Python's could not differ: what is read from guest RAM (u16,
+u32, a status byte) and the ring indices and guest addresses the driver keeps in its own state
+(DriverVq, the request dicts: the emulator makes them); everything else stays a Python object.
+Detail strings format ints in C (format(x, '#x') and str(x) exactly) and other values with
+format().  Bounds and wraparound checks stay on: list indexing behaves as in Python
+(IndexError, negative indices).
+"""
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.long cimport PyLong_AsLongLongAndOverflow
+from cpython.unicode cimport PyUnicode_DecodeASCII
+from libc.stdint cimport uint8_t, uint64_t
+from libc.stdio cimport snprintf
+
+import struct as _struct
+
+from emu.guest import virtio_blk as _vb
+from emu.guest import vring as _vr
+from emu.guest.state import VBLK_PDU_SIZE as _PDU_SIZE_PY
+from emu.mem.guest_memory import GuestMemory, PAGE_SHIFT as _GM_PAGE_SHIFT
+from emu.spec import blk as B
+from emu.spec import virtio as V
+
+PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
+
+cdef object _GuestMemory = GuestMemory
+cdef object _DESC_PACK = _vr._DESC.pack        # "<QIHH"
+cdef object _bad_ring = _vr._bad_ring
+cdef object _desc_flag_names = V.desc_flag_names
+cdef object _HDR_PACK = _struct.Struct("<IIQ").pack
+cdef object _DWZ_PACK = _struct.Struct("<QII").pack
+cdef dict _TYPE_OF = _vb.TYPE_OF
+cdef dict _TYPE_NAMES = B.TYPE_NAMES
+cdef dict _STATUS_NAMES = B.STATUS_NAMES
+
+# the constants, checked against the Python modules they come from
+cdef enum:
+    PAGE_SHIFT = 12
+cdef long long DESC_SIZE = V.DESC_SIZE
+cdef long long F_NEXT = V.VIRTQ_DESC_F_NEXT
+cdef long long F_WRITE = V.VIRTQ_DESC_F_WRITE
+cdef long long F_INDIRECT = V.VIRTQ_DESC_F_INDIRECT
+cdef long long AVAIL_F_NO_INTERRUPT = V.VRING_AVAIL_F_NO_INTERRUPT
+cdef long long USED_F_NO_NOTIFY = V.VRING_USED_F_NO_NOTIFY
+cdef long long AVAIL_FLAGS = V.AVAIL_FLAGS
+cdef long long AVAIL_IDX = V.AVAIL_IDX
+cdef long long AVAIL_RING = V.AVAIL_RING
+cdef long long USED_FLAGS = V.USED_FLAGS
+cdef long long USED_IDX = V.USED_IDX
+cdef long long USED_RING = V.USED_RING
+cdef long long USED_ELEM_SIZE = V.USED_ELEM_SIZE
+cdef long long PDU_SIZE = _PDU_SIZE_PY
+cdef long long OUTHDR_SIZE = B.OUTHDR_SIZE
+cdef long long DWZ_SEG_SIZE = B.DWZ_SEG_SIZE
+cdef long long WZ_FLAG_UNMAP = B.WRITE_ZEROES_FLAG_UNMAP
+cdef long long T_OUT = B.T_OUT
+cdef long long T_GET_ID = B.T_GET_ID
+cdef long long S_OK = B.S_OK
+cdef long long S_UNSUPP = B.S_UNSUPP
+assert (DESC_SIZE, F_NEXT, F_WRITE, F_INDIRECT) == (16, 1, 2, 4)
+assert _vr._DESC.format == "<QIHH" and _vr._DESC.size == DESC_SIZE
+assert all(V.avail_used_event_off(n) == AVAIL_RING + 2 * n and
+           V.used_avail_event_off(n) == USED_RING + USED_ELEM_SIZE * n for n in (1, 256, 1024))
+assert (V.DESC_FLAG_NAMES == ((1, "NEXT"), (2, "WRITE"), (4, "INDIRECT")))
+assert OUTHDR_SIZE == 16 and _GM_PAGE_SHIFT == PAGE_SHIFT
+
+# desc_flag_names(f) for f in 0..7 (other values: the Python function)
+cdef tuple _FLAG_NAMES = tuple(V.desc_flag_names(f) for f in range(8))
+
+
+cdef inline str _flag_names(long long flags):
+    if 0 <= flags < 8:
+        return <str>_FLAG_NAMES[flags]
+    return _desc_flag_names(flags)
+
+
+# == guest memory ===============================================================================
+# Reads: GuestMemory.read_u16/read_u32/read on the bytearray (as emu_fast._core's accessors);
+# outside RAM or on another memory type: the object's own method.  Writes: the object's own.
+
+cdef inline object _ram(object mem, long long g, long long n):
+    """mem.ram when mem is a GuestMemory and [g, g+n) lies inside RAM (and inside the
+    bytearray, whole pages of it); else None."""
+    cdef long long size
+    if type(mem) is not _GuestMemory or g < 0:
+        return None
+    size = mem.size
+    if g + n > size:
+        return None
+    ram = mem.ram
+    if (type(ram) is not bytearray
+            or ((((g + n - 1) >> PAGE_SHIFT) + 1) << PAGE_SHIFT) > PyByteArray_GET_SIZE(ram)):
+        return None
+    return ram
+
+
+cdef inline uint64_t _ld(const uint8_t* p, int n) noexcept nogil:
+    cdef uint64_t v = 0
+    cdef int i
+    for i in range(n - 1, -1, -1):
+        v = (v << 8) | p[i]
+    return v
+
+
+cdef long long _rd(object mem, long long gpa, int n) except? -1:
+    """mem.read_u16(gpa) (n 2), mem.read_u32(gpa) (n 4), mem.read(gpa, 1)[0] (n 1)."""
+    ram = _ram(mem, gpa, n)
+    if ram is not None:
+        return <long long>_ld(<const uint8_t*>PyByteArray_AS_STRING(ram) + gpa, n)
+    if n == 2:
+        return mem.read_u16(gpa)
+    if n == 4:
+        return mem.read_u32(gpa)
+    return mem.read(gpa, 1)[0]
+
+
+cdef inline int _wr(object mem, long long gpa, bytes new) except -1:
+    """mem.write(gpa, new): every RAM write goes through the memory object's own write (on
+    the fast engine _core's compiled GuestMemory.write: undo journal, dirty pages, the "ram"
+    effect)."""
+    mem.write(gpa, new)
+    return 0
+
+
+cdef inline void _st(uint8_t* p, uint64_t v, int n) noexcept nogil:
+    cdef int i
+    for i in range(n):
+        p[i] = <uint8_t>(v >> (8 * i))
+
+
+cdef inline int _wr16(object mem, long long gpa, object val) except -1:
+    """mem.write_u16(gpa, val)"""
+    mem.write_u16(gpa, val)
+    return 0
+
+
+# == formatting ==================================================================================
+# f"{x}" and f"{x:#x}" of ints without Python's int formatting (other values: format()).
+
+cdef str _hexll(long long v):
+    """format(v, '#x')"""
+    cdef char buf[24]
+    cdef int n
+    if v >= 0:
+        n = snprintf(buf, sizeof(buf), "0x%llx", <unsigned long long>v)
+    else:
+        n = snprintf(buf, sizeof(buf), "-0x%llx", <unsigned long long>0 - <unsigned long long>v)
+    return PyUnicode_DecodeASCII(buf, n, NULL)
+
+
+cdef str _hex(object o):
+    """format(o, '#x')"""
+    cdef int ovf = 0
+    cdef long long v
+    if type(o) is int:
+        v = PyLong_AsLongLongAndOverflow(o, &ovf)
+        if not ovf:
+            return _hexll(v)
+    return format(o, "#x")
+
+
+cdef str _dec(object o):
+    """format(o, '') (f"{o}")"""
+    cdef int ovf = 0
+    cdef long long v
+    if type(o) is int:
+        v = PyLong_AsLongLongAndOverflow(o, &ovf)
+        if not ovf:
+            return f"{v}"
+    return format(o, "")
+
+
+
+
+cdef bytes _desc_bytes(object addr, object length, long long flags, object nxt):
+    """emu.guest.vring._DESC.pack(addr, length, flags, nxt): struct virtq_desc ("<QIHH")."""
+    cdef uint8_t buf[16]
+    if (type(addr) is int and type(length) is int and type(nxt) is int
+            and 0 <= addr <= 0xFFFFFFFFFFFFFFFF and 0 <= length <= 0xFFFFFFFF
+            and 0 <= flags <= 0xFFFF and 0 <= nxt <= 0xFFFF):
+        _st(buf, <uint64_t>addr, 8)
+        _st(buf + 8, <uint64_t><long long>length, 4)
+        _st(buf + 12, <uint64_t>flags, 2)
+        _st(buf + 14, <uint64_t><long long>nxt, 2)
+        return PyBytes_FromStringAndSize(<char*>buf, 16)
+    return _DESC_PACK(addr, length, flags, nxt)         # raises struct.error as Python does
+
+
+def format_int(o):
+    """(format(o, '#x'), format(o, '')) as the handlers make them (for the tests)."""
+    return _hex(o), _dec(o)
+
+
+def pack_desc(addr, length, flags, nxt):
+    """A descriptor's bytes as the handlers make them (for the tests); flags is a C integer
+    here as in the handlers."""
+    return _desc_bytes(addr, length, flags, nxt)
+
+
+cdef inline void _add_fact(object m, tuple fact) except *:
+    """emu.sim.steps.add_fact"""
+    rec = getattr(m, "cur", None)
+    if rec is not None and m.log.cur is not None:
+        rec.facts.append(fact)
+
+
+# == drivers/virtio/virtio_ring.c ===============================================================
+
+def add_split(m, rid):
+    """emu.guest.vring.add_split"""
+    g = m.guest
+    vq = g.vq
+    rq = g.blkmq.rqs[rid]
+    sgs = rq["sgs"]
+    total = len(sgs)
+    if vq.broken:
+        rq["add_err"] = "EIO"
+        return "queue is broken: -EIO"
+    indirect = vq.indirect and total > 1 and vq.num_free > 0
+    table = 0
+    note = ""
+    if indirect:
+        table = m.pages.kmalloc(DESC_SIZE * total) or 0
+        if not table:
+            indirect = False
+            note = "kmalloc of the indirect table failed: falling back to direct descriptors; "
+    used = 1 if indirect else total
+    if vq.num_free < used:
+        rq["add_err"] = "ENOSPC"
+        if rq["out_sgs"]:
+            m.sim.cont("vring.notify", (1,))
+            return (note + f"need {_dec(used)} descriptors, {_dec(vq.num_free)} free: forced notify "
+                    "('for historical reasons'), then -ENOSPC")
+        return note + f"need {_dec(used)} descriptors, {_dec(vq.num_free)} free: -ENOSPC"
+    head = vq.free_head
+    rq["add"] = {"indirect": indirect, "table": table, "k": 0, "i": 0 if indirect else head,
+                 "head": head, "used": used}
+    rq["table"] = table
+    m.sim.cont("vring.add_desc", (rid,))
+    if indirect:
+        return note + f"{total} sg entries -> indirect table of {total} descriptors at {_hex(table)}"
+    return note + f"{total} sg entries -> {total} ring descriptors from free_head {_dec(head)}"
+
+
+def add_desc(m, rid):
+    """emu.guest.vring.add_desc (write_desc inlined)"""
+    cdef long long flags, written, base, ci
+    cdef bint ind, last
+    g = m.guest
+    vq = g.vq
+    rq = g.blkmq.rqs[rid]
+    st = rq["add"]
+    k = st["k"]
+    sgs = rq["sgs"]
+    gpa, length, is_in = sgs[k]
+    flags = F_NEXT | (F_WRITE if is_in else 0)
+    i = st["i"]
+    ci = i
+    ind = bool(st["indirect"])
+    if ind:
+        table = st["table"]
+        base = table
+        nxt = i + 1
+    else:
+        base = vq.desc
+        nxt = vq.extra_next[i]
+        vq.extra_len[i] = length
+        vq.extra_flags[i] = flags
+    mem = m.mem
+    _wr(mem, base + DESC_SIZE * ci, _desc_bytes(gpa, length, flags, nxt))
+    last = k == len(sgs) - 1
+    role = rq["roles"][k]
+    if last:
+        written = flags & ~F_NEXT
+        _wr(mem, base + DESC_SIZE * ci, _desc_bytes(gpa, length, written, nxt))
+        if not ind:
+            vq.extra_flags[i] = written
+        st["prev"] = i
+        m.sim.cont("vring.add_head" if ind else "vring.add_avail", (rid,))
+    else:
+        written = flags
+        st["k"] = k + 1
+        st["i"] = nxt
+        m.sim.cont("vring.add_desc", (rid,))
+    # for breakpoints: the descriptor as this step left it (ring slot i, or entry i of the table)
+    if ind:
+        _add_fact(m, ("desc", "add", vq.index, None, table, i, st["head"], gpa, length, written,
+                      nxt, rid))
+        where = f"table[{ci}]"
+    else:
+        _add_fact(m, ("desc", "add", vq.index, i, None, None, st["head"], gpa, length, written,
+                      nxt, rid))
+        where = f"desc[{ci}]"
+    return (f"{where} = {{addr {_hex(gpa)}, len {_dec(length)}, {_flag_names(written)}, "
+            f"next {_dec(nxt)}}} ({role})" + ("; last: NEXT cleared" if last else ""))
+
+
+def add_head(m, rid):
+    """emu.guest.vring.add_head"""
+    cdef long long length, chead
+    vq = m.guest.vq
+    rq = m.guest.blkmq.rqs[rid]
+    st = rq["add"]
+    head = st["head"]
+    chead = head
+    length = DESC_SIZE * len(rq["sgs"])
+    nxt = vq.extra_next[head]
+    table = st["table"]
+    _wr(m.mem, vq.desc + DESC_SIZE * chead, _desc_bytes(table, length, F_INDIRECT, nxt))
+    _add_fact(m, ("desc", "add", vq.index, head, None, None, head, table, length,
+                  F_INDIRECT, nxt, rid))
+    vq.extra_len[head] = length
+    vq.extra_flags[head] = F_INDIRECT
+    m.sim.cont("vring.add_avail", (rid,))
+    return f"desc[{chead}] = {{addr {_hex(table)}, len {length}, INDIRECT, next {_dec(nxt)}}}"
+
+
+def add_avail(m, rid):
+    """emu.guest.vring.add_avail"""
+    cdef long long slot
+    vq = m.guest.vq
+    rq = m.guest.blkmq.rqs[rid]
+    st = rq.pop("add")
+    head = st["head"]
+    vq.num_free -= st["used"]
+    vq.free_head = vq.extra_next[head] if st["indirect"] else vq.extra_next[st["prev"]]
+    vq.desc_data[head] = rid
+    vq.desc_indir[head] = st["table"]
+    rq["head"] = head
+    slot = vq.avail_idx_shadow & (vq.num - 1)
+    _wr16(m.mem, vq.avail + AVAIL_RING + 2 * slot, head)
+    m.sim.cont("vring.add_publish", (rid,))
+    return (f"avail.ring[{slot}] = {_dec(head)}; num_free {_dec(vq.num_free)}, "
+            f"free_head {_dec(vq.free_head)}")
+
+
+def add_publish(m, rid):
+    """emu.guest.vring.add_publish"""
+    vq = m.guest.vq
+    rq = m.guest.blkmq.rqs[rid]
+    shadow = (vq.avail_idx_shadow + 1) & 0xFFFF
+    vq.avail_idx_shadow = shadow
+    _wr16(m.mem, vq.avail + AVAIL_IDX, shadow)
+    vq.num_added += 1
+    rq["stage"] = "avail"
+    rq["add_err"] = ""
+    return (f"virtio_wmb; avail.idx = {_dec(vq.avail_idx_shadow)} (head {_dec(rq['head'])} is now "
+            "visible to the device)")
+
+
+def kick_prepare(m, then_notify):
+    """emu.guest.vring.kick_prepare"""
+    cdef long long new, old, ev, flags
+    cdef bint need
+    vq = m.guest.vq
+    new = vq.avail_idx_shadow
+    old = (new - vq.num_added) & 0xFFFF
+    vq.num_added = 0
+    if vq.event:
+        ev = _rd(m.mem, vq.used + USED_RING + USED_ELEM_SIZE * vq.num, 2)
+        need = ((new - ev - 1) & 0xFFFF) < ((new - old) & 0xFFFF)      # vring_need_event
+        why = f"vring_need_event(avail_event={ev}, new={new}, old={old}) = {'true' if need else 'false'}"
+    else:
+        flags = _rd(m.mem, vq.used + USED_FLAGS, 2)
+        need = not flags & USED_F_NO_NOTIFY
+        why = f"used.flags = {_hexll(flags)}: " + ("notify" if need else "NO_NOTIFY")
+    m.guest.kick_needed = need
+    if not need:
+        m.counters["kicks_suppressed"] += 1
+    if then_notify and need:
+        m.sim.cont("vring.notify", (0,))
+    return why + ("" if need else "; no kick needed")
+
+
+def notify(m, forced):
+    """emu.guest.vring.notify"""
+    vq = m.guest.vq
+    if vq.broken:
+        return "virtqueue_notify: queue broken, no notify"
+    m.transport.mmio_write(m, vq.notify_off, 2, vq.index)
+    m.counters["kicks"] += 1
+    m.sim.post("qemu", "vpci.notify", (vq.notify_off,), delay=m.timing.vmexit_ns)
+    m.sim.block("", ())
+    return (("forced " if forced else "") +
+            f"iowrite16({_dec(vq.index)}, BAR4+{_hex(vq.notify_off)}): VM exit to QEMU")
+
+
+def interrupt(m, vector):
+    """emu.guest.vring.interrupt"""
+    cdef long long used_idx
+    vq = m.guest.vq
+    used_idx = _rd(m.mem, vq.used + USED_IDX, 2)
+    if used_idx == vq.last_used_idx:
+        return f"vector {_dec(vector)}: no new used buffers (last_used_idx {used_idx}): IRQ_NONE"
+    if vq.broken:
+        return "queue broken: interrupt ignored"
+    if vq.event:
+        vq.event_triggered = True
+    m.guest.done_count = 0
+    m.sim.cont("vblkd.done")
+    return (f"vector {_dec(vector)}: used.idx {used_idx} != last_used_idx {_dec(vq.last_used_idx)}: "
+            "callback virtblk_done")
+
+
+def disable_cb(m):
+    """emu.guest.vring.disable_cb"""
+    vq = m.guest.vq
+    m.sim.cont("vring.get_buf")
+    if vq.avail_flags_shadow & AVAIL_F_NO_INTERRUPT:
+        return "callbacks already disabled"
+    vq.avail_flags_shadow |= AVAIL_F_NO_INTERRUPT
+    if vq.event_triggered:
+        return "shadow NO_INTERRUPT; event already triggered: no memory write"
+    if vq.event:
+        _wr16(m.mem, vq.avail + AVAIL_RING + 2 * vq.num, 0)
+        return "used_event = 0 (\"a hack\")"
+    _wr16(m.mem, vq.avail + AVAIL_FLAGS, vq.avail_flags_shadow)
+    return "avail.flags = NO_INTERRUPT"
+
+
+def get_buf(m):
+    """emu.guest.vring.get_buf"""
+    cdef long long used_idx, slot, a, uid, ulen, freed
+    g = m.guest
+    vq = g.vq
+    if vq.broken:
+        m.sim.cont("vring.enable_cb")
+        return "queue broken: NULL"
+    mem = m.mem
+    used_idx = _rd(mem, vq.used + USED_IDX, 2)
+    if vq.last_used_idx == used_idx:
+        m.sim.cont("vring.enable_cb")
+        return f"last_used_idx == used.idx ({used_idx}): NULL"
+    slot = vq.last_used_idx & (vq.num - 1)
+    a = vq.used + USED_RING + USED_ELEM_SIZE * slot
+    uid = _rd(mem, a, 4)
+    ulen = _rd(mem, a + 4, 4)
+    if uid >= vq.num:
+        _bad_ring(m, f"id {uid} out of range")
+        m.sim.cont("vring.enable_cb")
+        return f"used.ring[{slot}].id = {uid}: BAD_RING: id {uid} out of range (queue broken)"
+    rid = vq.desc_data[uid]
+    if rid < 0:
+        _bad_ring(m, f"id {uid} is not a head!")
+        m.sim.cont("vring.enable_cb")
+        return f"used.ring[{slot}].id = {uid}: BAD_RING: id {uid} is not a head! (queue broken)"
+    freed = _detach_buf_split(m, uid)
+    vq.last_used_idx = (vq.last_used_idx + 1) & 0xFFFF
+    note = ""
+    if not vq.avail_flags_shadow & AVAIL_F_NO_INTERRUPT:
+        _wr16(m.mem, vq.avail + AVAIL_RING + 2 * vq.num, vq.last_used_idx)
+        note = f"; used_event = {_dec(vq.last_used_idx)}"
+    g.done_count += 1
+    rq = g.blkmq.rqs[rid]
+    rq["used_len"] = ulen
+    m.sim.cont("vblkd.request_done", (rid,))
+    return (f"used.ring[{slot}] = {{id {uid}, len {ulen}}}: request {_dec(rid)}; detach_buf_split "
+            f"freed {freed} descriptor(s), num_free {_dec(vq.num_free)}; last_used_idx "
+            f"{_dec(vq.last_used_idx)}{note}")
+
+
+cdef long long _detach_buf_split(object m, long long head) except -1:
+    """emu.guest.vring.detach_buf_split"""
+    cdef long long n, desc
+    vq = m.guest.vq
+    vq.desc_data[head] = -1
+    i = head
+    n = 1
+    mem = m.mem
+    desc = vq.desc
+    while _rd(mem, desc + DESC_SIZE * i + 12, 2) & F_NEXT:
+        i = vq.extra_next[i]
+        n += 1
+        if n > vq.num:
+            _bad_ring(m, f"detach_buf_split: chain from {head} loops (shared NEXT flags corrupted)")
+            break
+    vq.extra_next[i] = vq.free_head
+    vq.free_head = head
+    vq.num_free += n
+    table = vq.desc_indir[head]
+    if table:
+        m.pages.kfree(table)
+        vq.desc_indir[head] = 0
+    return n
+
+
+def enable_cb(m):
+    """emu.guest.vring.enable_cb"""
+    cdef long long used_idx
+    vq = m.guest.vq
+    vq.event_triggered = False
+    note = ""
+    if vq.avail_flags_shadow & AVAIL_F_NO_INTERRUPT:
+        vq.avail_flags_shadow &= ~AVAIL_F_NO_INTERRUPT
+        if not vq.event:
+            _wr16(m.mem, vq.avail + AVAIL_FLAGS, vq.avail_flags_shadow)
+            note = "avail.flags = 0; "
+    _wr16(m.mem, vq.avail + AVAIL_RING + 2 * vq.num, vq.last_used_idx)
+    used_idx = _rd(m.mem, vq.used + USED_IDX, 2)
+    if used_idx != vq.last_used_idx and not vq.broken:
+        m.sim.cont("vring.disable_cb")
+        return (note + f"used_event = {_dec(vq.last_used_idx)}; virtio_mb; used.idx {used_idx}: "
+                "more work, loop")
+    m.sim.cont("vblkd.done_end")
+    return note + f"used_event = {_dec(vq.last_used_idx)}; virtio_mb; used.idx {used_idx}: done"
+
+
+# == drivers/block/virtio_blk.c =================================================================
+
+def queue_rq(m, rid, last):
+    """emu.guest.virtio_blk.queue_rq"""
+    rq = m.guest.blkmq.rqs[rid]
+    rq["last"] = bool(last)
+    m.guest.kick_needed = False
+    m.sim.cont("vblkd.setup_cmd", (rid,))
+    return (f"request {_dec(rid)} (tag {_dec(rq['tag'])}, {rq['op']} sector {_dec(rq['sector'])}), "
+            f"bd->last = {'True' if last else 'False'}")
+
+
+def setup_cmd(m, rid):
+    """emu.guest.virtio_blk.setup_cmd"""
+    rq = m.guest.blkmq.rqs[rid]
+    pdu = m.guest.pdu_base + rq["tag"] * PDU_SIZE                  # pdu_of
+    rq["pdu"] = pdu
+    op = rq["op"]
+    if op == "DRV_IN":
+        m.sim.cont("vblkd.map_data", (rid,))
+        return "REQ_OP_DRV_IN: out header already prepared by virtblk_get_id"
+    typ = _TYPE_OF[op]
+    sector = rq["sector"] if op in ("READ", "WRITE") else 0
+    _wr(m.mem, pdu, _HDR_PACK(typ, 0, sector))
+    detail = f"out_hdr @{_hex(pdu)} = {{type {_TYPE_NAMES[typ]}, ioprio 0, sector {_dec(sector)}}}"
+    if op in ("DISCARD", "WRITE_ZEROES"):
+        rng = m.pages.kmalloc(DWZ_SEG_SIZE)
+        if rng is None:
+            rq["setup_err"] = "RESOURCE"
+            return detail + "; kmalloc of the range failed: BLK_STS_RESOURCE"
+        flags = WZ_FLAG_UNMAP if rq.get("unmap") else 0
+        _wr(m.mem, rng, _DWZ_PACK(rq["sector"], rq["bytes"] >> 9, flags))
+        rq["payload"] = rng
+        detail += (f"; range @{_hex(rng)} = {{sector {_dec(rq['sector'])}, {_dec(rq['bytes'] >> 9)} sectors, "
+                   f"flags {flags}}}")
+    m.sim.cont("vblkd.map_data", (rid,))
+    return detail
+
+
+def map_data(m, rid):
+    """emu.guest.virtio_blk.map_data: the scatterlist is built as tuples directly (the Python
+    code merges into lists and converts them at the end: the same values)."""
+    cdef list sgs = []
+    cdef Py_ssize_t n_sgs
+    cdef bint have = False               # sgs[-1] of the Python code is (cur_a, cur_n)
+    rq = m.guest.blkmq.rqs[rid]
+    if rq.get("payload"):
+        sgs = [(rq["payload"], DWZ_SEG_SIZE)]
+    else:
+        cur_a = cur_n = None
+        for bio in rq["bios"]:
+            for gpa, n in bio["segs"]:
+                if have and cur_a + cur_n == gpa:
+                    cur_n += n
+                else:
+                    if have:
+                        sgs.append((cur_a, cur_n))
+                    cur_a, cur_n = gpa, n
+                    have = True
+        if have:
+            sgs.append((cur_a, cur_n))
+    rq["data_sgs"] = sgs
+    m.sim.cont("blkmq.start_request", (rid,))
+    n_sgs = len(sgs)
+    if not n_sgs:
+        return "0 data segment(s)"
+    return f"{n_sgs} data segment(s): " + ", ".join([_hex(a) + "+" + _dec(n) for a, n in sgs])
+
+
+def add_req(m, rid):
+    """emu.guest.virtio_blk.add_req"""
+    cdef Py_ssize_t n_out = 1, n_in = 1
+    cdef bint is_out
+    g = m.guest
+    rq = g.blkmq.rqs[rid]
+    g.vq_locked = True
+    pdu = rq["pdu"]
+    is_out = bool(_TYPE_OF.get(rq["op"], T_GET_ID) & T_OUT)
+    sgs = [(pdu, OUTHDR_SIZE, False)]
+    roles = ["request header"]
+    data_sgs = rq["data_sgs"]
+    for gpa, n in data_sgs:
+        sgs.append((gpa, n, not is_out))
+        if is_out:
+            n_out += 1
+        else:
+            n_in += 1
+        roles.append("data" if not rq.get("payload") else "range")
+    sgs.append((pdu + 16, 1, True))
+    roles.append("status")
+    rq["sgs"] = sgs
+    rq["roles"] = roles
+    rq["out_sgs"] = 2 if is_out and rq["data_sgs"] else 1
+    m.sim.call("vring.add_split", (rid,), "vblkd.add_ret", (rid,))
+    return f"spin_lock_irqsave(vq lock); virtqueue_add_sgs: {n_out} out, {n_in} in"
+
+
+def add_ret(m, rid):
+    """emu.guest.virtio_blk.add_ret"""
+    rq = m.guest.blkmq.rqs[rid]
+    err = rq.get("add_err", "")
+    if err:
+        m.sim.call("vring.kick_prepare", ("",), "vblkd.add_err_kick", (rid,))
+        return f"virtblk_add_req failed: -{err}: virtqueue_kick anyway"
+    if rq["last"]:
+        m.sim.call("vring.kick_prepare", ("",), "vblkd.queue_rq_end", (rid,))
+        return "added; bd->last: virtqueue_kick_prepare"
+    m.sim.cont("vblkd.queue_rq_end", (rid,))
+    return "added; not the last request of the batch: no kick yet"
+
+
+def queue_rq_end(m, rid):
+    """emu.guest.virtio_blk.queue_rq_end"""
+    g = m.guest
+    g.vq_locked = False
+    g.blkmq.last_ret = "OK"
+    if g.kick_needed:
+        g.kick_needed = False
+        m.sim.cont("vring.notify", (0,))
+        return "spin_unlock_irqrestore; notify outside the lock"
+    return "spin_unlock_irqrestore; BLK_STS_OK"
+
+
+def commit_rqs(m):
+    """emu.guest.virtio_blk.commit_rqs"""
+    m.sim.call("vring.kick_prepare", ("",), "vblkd.commit_notify", ())
+    return "dispatch stopped early: kick what was queued"
+
+
+def commit_notify(m):
+    """emu.guest.virtio_blk.commit_notify"""
+    if m.guest.kick_needed:
+        m.guest.kick_needed = False
+        m.sim.cont("vring.notify", (0,))
+        return "notify"
+    return "no notify needed"
+
+
+def done(m):
+    """emu.guest.virtio_blk.done"""
+    m.guest.vq_locked = True
+    m.sim.cont("vring.disable_cb")
+    return ("spin_lock_irqsave(vq lock); do { virtqueue_disable_cb; while (get_buf) complete; } "
+            "while (!enable_cb)")
+
+
+def request_done(m, rid):
+    """emu.guest.virtio_blk.request_done"""
+    cdef long long status
+    rq = m.guest.blkmq.rqs[rid]
+    status = _rd(m.mem, rq["pdu"] + 16, 1)
+    rq["vstatus"] = status
+    sts = "OK" if status == S_OK else "NOTSUPP" if status == S_UNSUPP else "IOERR"
+    if rq.get("payload"):                                   # _cleanup_cmd
+        m.pages.kfree(rq["payload"])
+        rq["payload"] = 0
+    m.sim.cont("blkmq.end_request", (rid, sts, 1))
+    return f"status byte {status} ({_STATUS_NAMES.get(status, 'unknown')}) -> BLK_STS_{sts}"
+
+
+def done_end(m):
+    """emu.guest.virtio_blk.done_end"""
+    g = m.guest
+    q = g.blkmq
+    note = ""
+    if g.done_count and q.stopped:
+        q.stopped = False
+        if not q.run_work_pending:
+            q.run_work_pending = True
+            m.sim.post("vcpu", "blkmq.run_work")
+        note = "blk_mq_start_stopped_hw_queues(async): kblockd will run the queue; "
+    g.vq_locked = False
+    return note + f"{_dec(g.done_count)} request(s) completed; spin_unlock_irqrestore"
+
+
+# == registration ===============================================================================
+
+HANDLERS = {
+    "vring.add_split": (add_split, _vr.add_split),
+    "vring.add_desc": (add_desc, _vr.add_desc),
+    "vring.add_head": (add_head, _vr.add_head),
+    "vring.add_avail": (add_avail, _vr.add_avail),
+    "vring.add_publish": (add_publish, _vr.add_publish),
+    "vring.kick_prepare": (kick_prepare, _vr.kick_prepare),
+    "vring.notify": (notify, _vr.notify),
+    "vring.interrupt": (interrupt, _vr.interrupt),
+    "vring.disable_cb": (disable_cb, _vr.disable_cb),
+    "vring.get_buf": (get_buf, _vr.get_buf),
+    "vring.enable_cb": (enable_cb, _vr.enable_cb),
+    "vblkd.queue_rq": (queue_rq, _vb.queue_rq),
+    "vblkd.setup_cmd": (setup_cmd, _vb.setup_cmd),
+    "vblkd.map_data": (map_data, _vb.map_data),
+    "vblkd.add_req": (add_req, _vb.add_req),
+    "vblkd.add_ret": (add_ret, _vb.add_ret),
+    "vblkd.queue_rq_end": (queue_rq_end, _vb.queue_rq_end),
+    "vblkd.commit_rqs": (commit_rqs, _vb.commit_rqs),
+    "vblkd.commit_notify": (commit_notify, _vb.commit_notify),
+    "vblkd.done": (done, _vb.done),
+    "vblkd.request_done": (request_done, _vb.request_done),
+    "vblkd.done_end": (done_end, _vb.done_end),
+}
