@@ -548,7 +548,7 @@ def setup_cmd(m, rid):
     if op in ("DISCARD", "WRITE_ZEROES"):
         rng = m.pages.kmalloc(DWZ_SEG_SIZE)
         if rng is None:
-            rq["setup_err"] = "RESOURCE"
+            m.guest.blkmq.last_ret = "RESOURCE"
             return detail + "; kmalloc of the range failed: BLK_STS_RESOURCE"
         flags = WZ_FLAG_UNMAP if rq.get("unmap") else 0
         _wr(m.mem, rng, _DWZ_PACK(rq["sector"], rq["bytes"] >> 9, flags))
