@@ -4,7 +4,9 @@ A Timeline keeps checkpoints of one machine.  A checkpoint at step s holds
 
   * the machine's component state (every attribute of the Machine except guest RAM, the
     host file and the immutable configuration), pickled and zlib-compressed: a deep copy
-    that stays pristine because it is bytes;
+    that stays pristine because it is bytes (the guest process's workload ops, which never
+    change, are referred to, and its append-only results list is stored as its length, so
+    a checkpoint costs the same at request 100 and at request 100,000);
   * the caller's own state, through the optional `extra` pair (save, load);
   * the host file's logical size and its write/sync counters at s;
   * the undo data of the interval that ENDS at s: the old content, as it was at the previous
@@ -31,8 +33,8 @@ redo it, though, so after any change made between steps call `note_external_writ
 use `Timeline.poke`): it takes a pinned checkpoint, which later rewinds to that step or
 beyond start from, so the change is kept.
 
-Checkpoints cost time only when taken (pickling the component state: a few milliseconds,
-about the cost of a few hundred steps) and when rewinding; a step with the hooks on costs
+Checkpoints cost time only when taken (pickling the component state: about a millisecond,
+the cost of a few hundred steps) and when rewinding; a step with the hooks on costs
 one dict lookup per page or block it writes.
 """
 from __future__ import annotations
@@ -48,6 +50,7 @@ from typing import Callable
 
 from ..block.hostfile import BLOCK, HostFile
 from ..block.qcow2.image import Qcow2Reader, RawReader
+from ..guest.state import Proc
 from ..machine import Machine
 from ..mem.guest_memory import PAGE_SIZE, GuestMemory
 from ..sim.steps import EffectLog
@@ -81,14 +84,28 @@ def _shared(index: int):
     raise pickle.UnpicklingError("a Timeline checkpoint can only be loaded by its Timeline")
 
 
+def _proc(state: dict, ops: int, results: int, n: int):
+    """Placeholder the pickles name for a guest process (see _Freezer._reduce_proc)."""
+    raise pickle.UnpicklingError("a Timeline checkpoint can only be loaded by its Timeline")
+
+
 class _Unpickler(pickle.Unpickler):
     def __init__(self, data: bytes, objs: list) -> None:
         super().__init__(io.BytesIO(data))
         self._objs = objs
 
+    def _proc(self, state: dict, ops: int, results: int, n: int) -> Proc:
+        p = Proc.__new__(Proc)
+        p.__dict__.update(state)
+        p.ops = self._objs[ops]
+        p.results = self._objs[results][:n]
+        return p
+
     def find_class(self, module: str, name: str):
         if module == __name__ and name == "_shared":
             return self._objs.__getitem__
+        if module == __name__ and name == "_proc":
+            return self._proc
         return super().find_class(module, name)
 
 
@@ -104,6 +121,7 @@ class _Freezer:
         self._table = copyreg.dispatch_table.copy()
         for t in SHARED_TYPES:
             self._table[t] = self._reduce
+        self._table[Proc] = self._reduce_proc
 
     def share(self, obj) -> int:
         i = self._index.get(id(obj))
@@ -114,6 +132,17 @@ class _Freezer:
 
     def _reduce(self, obj):
         return _shared, (self.share(obj),)
+
+    def _reduce_proc(self, p: Proc):
+        """The guest process without its two long lists: the workload's ops never change
+        after the machine is built (shared, not copied), and results is append-only with
+        entries that never change (its length is enough: the list at this checkpoint is a
+        prefix of the list as it is later on this timeline).  Copying both made each
+        checkpoint cost O(requests run so far)."""
+        d = dict(p.__dict__)
+        ops, results = d["ops"], d["results"]
+        d["ops"] = d["results"] = None          # (keeps the attribute order)
+        return _proc, (d, self.share(ops), self.share(results), len(results))
 
     def dumps(self, obj) -> bytes:
         buf = io.BytesIO()

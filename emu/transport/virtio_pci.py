@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import compress
 
 from ..device import virtio as VD
 from ..spec import pci as P
@@ -51,8 +52,11 @@ class VirtioPciProxy:
     # the rest of a checkpoint); unpickling rebuilds the others as idle queues.
     def __getstate__(self) -> dict:
         d = dict(self.__dict__)
-        idle = vars(ProxyQueue())
-        d["vqs"] = (len(self.vqs), {i: q for i, q in enumerate(self.vqs) if vars(q) != idle})
+        vqs = self.vqs
+        # the comparisons run in C (map/compress): a Python loop over 1024 queues cost
+        # ~0.5 ms per checkpoint
+        touched = compress(range(len(vqs)), map(vars(ProxyQueue()).__ne__, map(vars, vqs)))
+        d["vqs"] = (len(vqs), {i: vqs[i] for i in touched})
         return d
 
     def __setstate__(self, d: dict) -> None:

@@ -671,3 +671,39 @@ def test_a_poke_that_breaks_the_device_ends_the_run_sooner_and_rewinds(images):
     finally:
         poked.close()
         plain.close()
+
+
+def test_a_checkpoint_does_not_copy_the_workload_or_its_finished_results(tmp_path):
+    """The workload's ops never change and results only grows: a checkpoint refers to the
+    first and keeps the length of the second, so it costs the same early and late in a long
+    run (copying both made `continue` quadratic in the number of requests)."""
+    import pickle
+    import zlib
+
+    def wl(n):
+        return "".join(f"write {(i * 7919) % 2000 * 512} 512\n" for i in range(n))
+
+    def run(n):
+        m = build(make_image(tmp_path / f"d{n}.raw", DISK), wl(n))
+        tl = Timeline(m, interval=2000)
+        while m.step() is not None:
+            tl.after_step()
+        assert len(m.guest.proc.results) == n
+        return m, tl, tl.checkpoint()         # idle, every op finished
+
+    short, _, cp_short = run(60)
+    m, tl, cp_long = run(600)
+    p = m.guest.proc
+    ops = len(zlib.compress(pickle.dumps(p.ops), 1))
+    results = len(zlib.compress(pickle.dumps(p.results), 1))
+    assert len(tl.checkpoints[0].state) < ops                 # the ops are not in a checkpoint
+    assert abs(len(cp_long.state) - len(cp_short.state)) < results // 4     # nor the results
+    # and a checkpoint taken midway still gives back the results as they were then
+    mid = tl.checkpoints[len(tl.checkpoints) // 2]
+    ref = build(make_image(tmp_path / "e.raw", DISK), wl(600))
+    for _ in range(mid.step):
+        ref.step()
+    tl.rewind(mid.step)
+    assert 0 < len(ref.guest.proc.results) < 600
+    assert m.guest.proc.results == ref.guest.proc.results and m.guest.proc.ops == ref.guest.proc.ops
+    assert m.digest() == ref.digest()
