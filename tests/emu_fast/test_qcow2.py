@@ -70,6 +70,7 @@ def machine(tmp_path, name: str, wl: str, cfg: dict):
 # offsets mostly in a small window (so clusters are rewritten: COPIED in place), sometimes anywhere
 _off = st.one_of(st.integers(0, 96).map(lambda s: s * 512),
                  st.integers(0, 16).map(lambda c: c * 65536 - 512 if c else 0),
+                 st.integers(0, 31).map(lambda c: c * 4096), st.integers(0, 7).map(lambda c: c * 65536),
                  st.integers(0, DISK // 512 - 1).map(lambda s: s * 512))
 _len = st.sampled_from([512, 1024, 3584, 4096, 5120, 12288, 65536, 66048, 131072, 200704])
 
@@ -123,7 +124,7 @@ def test_qcow2_compute_runs_compiled():
     assert "qcow2.compute" in emu_fast.compiled_kinds()
 
 
-@settings(**dict(SETTINGS, max_examples=60))
+@settings(**dict(SETTINGS, max_examples=150))
 @given(name=st.sampled_from(sorted(IMAGES)), wl=workloads, cfg=configs)
 def test_qcow2_differential(tmp_path_factory, name, wl, cfg):
     tmp = tmp_path_factory.mktemp("q")
@@ -151,6 +152,77 @@ def test_images_that_grow_their_refcount_structures(tmp_path, cluster_size, refc
     _same_run(a, b)
     assert (b.fmt.engine.refcount_table_offset != table) == grows
     assert not b.fmt.engine.corrupt
+
+
+@pytest.mark.parametrize("name", ["qcow2", "qcow2s", "tiny", "lazy", "backing"])
+def test_rewrites_of_zeroed_allocated_clusters(tmp_path, name):
+    """write-zeroes without unmap leaves allocated zero clusters (ZERO_ALLOC, COPIED): a partial
+    write into one is done in place with COW of the rest (calculate_l2_meta's keep_old case)."""
+    wl = ["write 0 262144 fill=0x5a", "write 524288 131072", "flush",
+          "write-zeroes 0 131072", "write-zeroes 524288 65536",
+          "write 4608 1024", "write 65536 512", "write 126976 4096 fill=0x11", "write 528384 8192",
+          "write 61440 8192", "read 0 262144", "write-zeroes 0 262144 unmap", "write 1024 2048",
+          "read 0 131072", "flush"]
+    wl = "\n".join(wl) + "\n"
+    _same_run(machine(tmp_path, name, wl, {}), machine(tmp_path, name, wl, {}))
+
+
+def _written_image(tmp_path, name: str, version: int = 3) -> tuple[str, object]:
+    """A 4 KiB-cluster image with guest clusters 0-7 written (header 0, reftable 0x1000,
+    refblock 0x2000, L1 0x3000, L2 0x4000, data 0x5000..): (path, its engine at open)."""
+    path = str(tmp_path / f"{name}.qcow2")
+    create_qcow2(path, DISK, cluster_size=4096, version=version)
+    wl = "".join(f"write {i * 4096} 4k fill={i + 1:#x}\n" for i in range(8)) + "flush\n"
+    m = build(path, wl, mode="write", ram_size=4 * MiB)
+    run_with(m, "py", [])
+    m.hostfile.close()
+    return path, build(path, "flush\n", ram_size=4 * MiB).fmt.engine
+
+
+def _patch(path: str, offset: int, value: int) -> None:
+    import struct
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(struct.pack(">Q", value))
+
+
+# (name, what to patch: engine -> [(file offset, 8-byte value)], version)
+CORRUPTIONS = [
+    ("data-on-l1", lambda e: [(0x4000, e.l1_table_offset | 1 << 63)], 3),
+    ("data-on-refblock", lambda e: [(0x4000 + 8, e.refcount_table[0] | 1 << 63)], 3),
+    ("data-on-reftable", lambda e: [(0x4000 + 16, e.refcount_table_offset | 1 << 63)], 3),
+    ("data-on-l2", lambda e: [(0x4000 + 24, 0x4000 | 1 << 63)], 3),
+    ("data-unaligned", lambda e: [(0x4000 + 32, 0x9200 | 1 << 63)], 3),
+    ("zero-alloc-unaligned", lambda e: [(0x4000 + 40, 0xa200 | 1 << 63 | 1)], 3),
+    ("l2-not-copied", lambda e: [(e.l1_table_offset, 0x4000)], 3),
+    ("data-not-copied", lambda e: [(0x4000 + 48, 0xb000)], 3),
+    ("zero-in-v2", lambda e: [(0x4000 + 8, 1)], 2),
+]
+
+
+CORRUPT_WORKLOADS = {
+    "read-first": ["read 0 32768", "write 512 1024", "write 4096 4096", "write 8192 8192",
+                   "write 16384 4096", "write 20480 8192 fill=0x77", "read 0 32768",
+                   "write 65536 4096", "discard 0 16384", "write-zeroes 24576 8192", "flush"],
+    "write-first": ["write 16384 1024", "write 20992 512", "write 12288 8192", "write 8192 512",
+                    "write 0 4096", "write 36864 4096", "read 0 65536", "flush"],
+}
+
+
+@pytest.mark.parametrize("wl", sorted(CORRUPT_WORKLOADS))
+@pytest.mark.parametrize("case", CORRUPTIONS, ids=[c[0] for c in CORRUPTIONS])
+def test_corrupt_metadata_on_both_engines(tmp_path, case, wl):
+    """Writes onto metadata (the overlap check marks the image corrupt), misaligned entries,
+    shared (not COPIED) tables and clusters, zero clusters in a v2 image: the same failures
+    on both engines."""
+    name, patches, version = case
+    path, eng = _written_image(tmp_path, name, version)
+    for off, val in patches(eng):
+        _patch(path, off, val)
+    text = "\n".join(CORRUPT_WORKLOADS[wl]) + "\n"
+    a = build(path, text, ram_size=4 * MiB)
+    b = build(path, text, ram_size=4 * MiB)
+    _same_run(a, b)
 
 
 class _Pickler(pickle.Pickler):
