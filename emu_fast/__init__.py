@@ -38,7 +38,7 @@ class FastEngineMissing(EmuError):
 __path__ = __import__("pkgutil").extend_path(__path__, __name__)
 
 
-MODULES = ("_core", "_hostfile", "_virtio_blk_dev", "_blk_mq", "_block", "_vring")   # compiled modules (emu_fast/<name>.pyx)
+MODULES = ("_core", "_hostfile", "_virtio_blk_dev", "_blk_mq", "_block", "_vring", "_qcow2")   # compiled modules (emu_fast/<name>.pyx)
 
 
 def _pyx_sha256(name: str) -> str | None:
@@ -72,7 +72,11 @@ def _load():
     for mod in mods.values():
         if hasattr(mod, "HANDLERS"):
             mods["_core"].register(mod.HANDLERS)
+    _DETACH[:] = [mod.detach_machine for mod in mods.values() if hasattr(mod, "detach_machine")]
     return mods["_core"], ""
+
+
+_DETACH: list = []      # the modules' detach_machine(machine) hooks (e.g. _qcow2's engine class)
 
 
 _core, _IMPORT_ERROR = _load()
@@ -134,6 +138,8 @@ def detach(machine) -> None:
     methods compute exactly the same, but `--engine py` should run pure Python)."""
     if _core is not None:
         _core.detach(machine)
+        for hook in _DETACH:
+            hook(machine)
 
 
 def attached(machine) -> bool:

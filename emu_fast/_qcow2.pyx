@@ -1,0 +1,1121 @@
+# cython: language_level=3, binding=True
+"""The qcow2 format driver's mapping and allocation compiled: the `qcow2.compute` step
+(emu/block/qcow2/driver.py compute/_compute and the write and read phases) and the engine
+functions it runs (emu/block/qcow2/engine.py: the L2 lookup, handle_copied/handle_alloc,
+calculate_l2_meta, cluster allocation and refcount updates, the L2 link, the overlap check,
+the planned-I/O view of the file) and the cache's hit path (cache.py).
+
+Line-for-line translations of the Python functions named in each docstring, over the
+engine's own objects: the L2 slices and refcount blocks are the caches' bytearrays, read and
+written in place through their buffers.  Rare branches (a cache miss, a missing refcount
+block or L2 table, a corruption, 64-bit refcounts, an out-of-range entry) run the Python
+code itself, decided before anything has changed, so every Step record and all state are the
+Python engine's.
+
+While the fast engine runs a qcow2 request, the image's Qcow2Engine is given the class
+FastQcow2Engine (this module), whose hot methods are these compiled functions, so Python code
+that calls them (the flush, discard, write-zeroes and close phases, the plan's I/O steps) uses
+them too.  It pickles and copies as a plain Qcow2Engine; emu_fast.detach puts the plain class
+back.
+"""
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from libc.stdint cimport uint8_t, uint64_t
+
+import copyreg as _copyreg
+import errno as _E
+
+from emu.block.qcow2 import driver as _Q
+from emu.block.qcow2 import engine as _QE
+from emu.block.qcow2 import layout as _L
+
+PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
+
+cdef object Qcow2Engine = _QE.Qcow2Engine
+cdef object Qcow2Error = _QE.Qcow2Error
+cdef object _refcount_get_py = _L.refcount_get
+cdef object _refcount_set_py = _L.refcount_set
+cdef object _cluster_type_py = _L.cluster_type
+cdef dict PHASES = _Q.PHASES
+cdef object _perform_cow = _Q._perform_cow
+cdef object _finish_py = _Q._finish
+cdef dict ERRNO_NAMES = _Q.ERRNO_NAMES
+cdef str SRC = _Q.SRC
+cdef str CLUSTER_SRC = _Q.CLUSTER_SRC
+cdef long long INT_MAX = _Q.INT_MAX
+cdef long long INV = _QE.INV
+cdef long long BDRV_REQUEST_MAX_BYTES = _QE.BDRV_REQUEST_MAX_BYTES
+cdef int EAGAIN = _E.EAGAIN
+cdef int EINVAL = _E.EINVAL
+cdef int EFBIG = _E.EFBIG
+cdef int DISCARD_NEVER = _QE.DISCARD_NEVER
+cdef long long OL_MAIN_HEADER = _QE.OL_MAIN_HEADER
+cdef long long OL_ACTIVE_L1 = _QE.OL_ACTIVE_L1
+cdef long long OL_ACTIVE_L2 = _QE.OL_ACTIVE_L2
+cdef long long OL_REFCOUNT_TABLE = _QE.OL_REFCOUNT_TABLE
+cdef long long OL_REFCOUNT_BLOCK = _QE.OL_REFCOUNT_BLOCK
+cdef long long OL_SNAPSHOT_TABLE = _QE.OL_SNAPSHOT_TABLE
+cdef long long OL_INACTIVE_L1 = _QE.OL_INACTIVE_L1
+cdef dict OL_NAMES = _QE.OL_NAMES
+cdef uint64_t QCOW_OFLAG_COPIED = _L.QCOW_OFLAG_COPIED
+cdef uint64_t QCOW_OFLAG_COMPRESSED = _L.QCOW_OFLAG_COMPRESSED
+cdef uint64_t QCOW_OFLAG_ZERO = _L.QCOW_OFLAG_ZERO
+cdef uint64_t L1E_OFFSET_MASK = _L.L1E_OFFSET_MASK
+cdef uint64_t L2E_OFFSET_MASK = _L.L2E_OFFSET_MASK
+cdef uint64_t REFT_OFFSET_MASK = _L.REFT_OFFSET_MASK
+cdef long long INCOMPAT_DIRTY = _L.INCOMPAT_DIRTY
+cdef long long QCOW_MAX_CLUSTER_OFFSET = _L.QCOW_MAX_CLUSTER_OFFSET
+
+# cluster types (layout.cluster_type) as small ints; TNAME gives the layout's strings
+cdef enum:
+    T_UNALLOCATED = 0
+    T_ZERO_PLAIN = 1
+    T_ZERO_ALLOC = 2
+    T_NORMAL = 3
+    T_COMPRESSED = 4
+cdef tuple TNAME = (_L.UNALLOCATED, _L.ZERO_PLAIN, _L.ZERO_ALLOC, _L.NORMAL, _L.COMPRESSED)
+cdef object UNALLOCATED = _L.UNALLOCATED
+cdef object ZERO_PLAIN = _L.ZERO_PLAIN
+cdef object ZERO_ALLOC = _L.ZERO_ALLOC
+cdef object COMPRESSED = _L.COMPRESSED
+
+
+cdef inline int _ctype(uint64_t e) noexcept:
+    """layout.cluster_type"""
+    if e & QCOW_OFLAG_COMPRESSED:
+        return T_COMPRESSED
+    if e & QCOW_OFLAG_ZERO:
+        return T_ZERO_ALLOC if e & L2E_OFFSET_MASK else T_ZERO_PLAIN
+    if not e & L2E_OFFSET_MASK:
+        return T_UNALLOCATED
+    return T_NORMAL
+
+
+# == table entries (Qcow2Engine.get_entry / set_entry) ==========================================
+
+cdef uint64_t _get(object table, Py_ssize_t i) except? 0xFFFFFFFFFFFFFFFF:
+    """Qcow2Engine.get_entry: the big-endian 64-bit entry i (a short or odd table: Python)"""
+    cdef const uint8_t *p
+    cdef uint64_t v
+    cdef int k
+    if type(table) is bytearray and i >= 0 and (i + 1) * 8 <= PyByteArray_GET_SIZE(table):
+        p = <const uint8_t *>PyByteArray_AS_STRING(table) + i * 8
+        v = 0
+        for k in range(8):
+            v = (v << 8) | p[k]
+        return v
+    return int.from_bytes(table[i * 8:i * 8 + 8], "big")
+
+
+cdef int _set(object table, Py_ssize_t i, uint64_t val) except -1:
+    """Qcow2Engine.set_entry"""
+    cdef uint8_t *p
+    cdef int k
+    if type(table) is bytearray and i >= 0 and (i + 1) * 8 <= PyByteArray_GET_SIZE(table):
+        p = <uint8_t *>PyByteArray_AS_STRING(table) + i * 8
+        for k in range(7, -1, -1):
+            p[k] = val & 0xFF
+            val >>= 8
+        return 0
+    table[i * 8:i * 8 + 8] = (<object>val).to_bytes(8, "big")
+    return 0
+
+
+cdef object _refcount_get(object block, long long index, int order):
+    """layout.refcount_get (a Python int)"""
+    cdef int bits = 1 << order
+    cdef int per, n, k
+    cdef const uint8_t *p
+    cdef uint64_t v
+    if type(block) is not bytearray:
+        return _refcount_get_py(block, index, order)
+    if bits < 8:
+        per = 8 // bits
+        if index < 0 or index // per >= PyByteArray_GET_SIZE(block):
+            return _refcount_get_py(block, index, order)
+        p = <const uint8_t *>PyByteArray_AS_STRING(block)
+        return (p[index // per] >> ((index % per) * bits)) & ((1 << bits) - 1)
+    n = bits // 8
+    if index < 0 or (index + 1) * n > PyByteArray_GET_SIZE(block):
+        return _refcount_get_py(block, index, order)
+    p = <const uint8_t *>PyByteArray_AS_STRING(block) + index * n
+    v = 0
+    for k in range(n):
+        v = (v << 8) | p[k]
+    return v
+
+
+cdef int _refcount_set(object block, long long index, int order, long long value) except -1:
+    """layout.refcount_set for orders 0-5 with 0 <= value < 2**bits (the caller checks)"""
+    cdef int bits = 1 << order
+    cdef int per, n, k, shift
+    cdef uint8_t *p
+    cdef uint64_t v = <uint64_t>value
+    cdef uint8_t mask
+    if type(block) is not bytearray or value < 0 or order > 5:
+        _refcount_set_py(block, index, order, value)
+        return 0
+    if bits < 8:
+        per = 8 // bits
+        if index < 0 or index // per >= PyByteArray_GET_SIZE(block) or value >= (1 << bits):
+            _refcount_set_py(block, index, order, value)
+            return 0
+        shift = (index % per) * bits
+        mask = <uint8_t>(((1 << bits) - 1) << shift)
+        p = <uint8_t *>PyByteArray_AS_STRING(block) + index // per
+        p[0] = <uint8_t>((p[0] & ~mask) | (v << shift))
+        return 0
+    n = bits // 8
+    if index < 0 or (index + 1) * n > PyByteArray_GET_SIZE(block) or value >> bits:
+        _refcount_set_py(block, index, order, value)
+        return 0
+    p = <uint8_t *>PyByteArray_AS_STRING(block) + index * n
+    for k in range(n - 1, -1, -1):
+        p[k] = v & 0xFF
+        v >>= 8
+    return 0
+
+
+# == the caches (cache.py Cache; engine.py cache_get) ===========================================
+
+cdef inline Py_ssize_t _lookup(object c, long long offset) except -2:
+    """Cache.lookup's search: the index caching offset, or -1"""
+    cdef list offsets = c.offsets
+    cdef Py_ssize_t i
+    for i in range(len(offsets)):
+        if <long long>offsets[i] == offset:
+            return i
+    return -1
+
+
+cdef int _put(object c, Py_ssize_t i) except -1:
+    """Cache.put"""
+    cdef list ref = c.ref
+    cdef long long r = <long long>ref[i] - 1
+    ref[i] = r
+    if r == 0:
+        n = c.lru_counter + 1
+        c.lru_counter = n
+        (<list>c.lru)[i] = n
+    return 0
+
+
+cdef Py_ssize_t _cache_get(object eng, object c, long long offset, bint read=True) except -1:
+    """Qcow2Engine.cache_get (a miss: the Python method)"""
+    cdef Py_ssize_t i
+    if offset % <long long>c.table_size:
+        return Qcow2Engine.cache_get(eng, c, offset, read)
+    i = _lookup(c, offset)
+    if i < 0:
+        return Qcow2Engine.cache_get(eng, c, offset, read)
+    cdef list ref = c.ref
+    ref[i] = <long long>ref[i] + 1
+    return i
+
+
+cdef int _cache_set_dependency(object eng, object c, object dep) except -1:
+    """Qcow2Engine.cache_set_dependency"""
+    if dep.depends:
+        eng.cache_flush_dependency(dep)
+    if c.depends and c.depends != dep.name:
+        eng.cache_flush_dependency(c)
+    c.depends = dep.name
+    return 0
+
+
+# == the view of the file and the plan (Qcow2Engine.pread / io / executed) =========================
+
+cdef bytes _pread(object eng, object offset, object n):
+    """Qcow2Engine.pread"""
+    buf = bytearray(eng.pread_file(offset, n))
+    cdef long long o = offset, nn = n, off, lo, hi, ln
+    for pend in eng.pending:
+        off = pend[0]
+        data = pend[1]
+        ln = len(data)
+        lo = off if off > o else o
+        hi = off + ln if off + ln < o + nn else o + nn
+        if lo < hi:
+            buf[lo - o:hi - o] = data[lo - off:hi - off]
+    return bytes(buf)
+
+
+cdef int _io(object eng, object op, object fn, object what, object offset, object data,
+             object length, dict extra) except -1:
+    """Qcow2Engine.io"""
+    cdef dict item = {"op": op, "fn": fn, "what": what, "offset": offset, "length": length}
+    if data is not None:
+        b = bytes(data)
+        item["data"] = b
+        item["length"] = len(b)
+        eng.pending.append([offset, bytes(data)])
+        eng.file_size = max(eng.file_size, offset + len(b))
+    elif op == "write_zeroes" or op == "discard":
+        eng.pending.append([offset, bytes(length)])
+        eng.file_size = max(eng.file_size, offset + length) if op == "write_zeroes" \
+            else eng.file_size
+    elif op == "guest_write":
+        eng.pending.append([offset, b""])
+        eng.file_size = max(eng.file_size, offset + length)
+    if extra:
+        item.update(extra)
+    eng.plan.append(item)
+    return 0
+
+
+cdef int _executed(object eng, dict item) except -1:
+    """Qcow2Engine.executed"""
+    if "data" in item:
+        eng.pending.pop(0)
+        return 0
+    op = item["op"]
+    if op == "write_zeroes" or op == "discard" or op == "guest_write":
+        eng.pending.pop(0)
+    return 0
+
+
+# == overlap checks ====================================================================================
+
+cdef long long _check_metadata_overlap(object eng, long long ign, long long offset,
+                                       long long size) except -1:
+    """Qcow2Engine.check_metadata_overlap"""
+    cdef long long chk = <long long>eng.overlap_check & ~ign
+    cdef long long cs = eng.cluster_size
+    cdef long long o, s, end
+    cdef uint64_t e
+    cdef Py_ssize_t i, top
+    if not size:
+        return 0
+    if chk & OL_MAIN_HEADER and offset < cs:
+        return OL_MAIN_HEADER
+    size = ((offset & (cs - 1)) + size + cs - 1) // cs * cs
+    offset = offset & ~(cs - 1)
+    end = offset + size
+    if chk & OL_ACTIVE_L1:
+        s = eng.l1_size
+        if s:
+            o = eng.l1_table_offset
+            if o < end and offset < o + s * 8:
+                return OL_ACTIVE_L1
+    if chk & OL_REFCOUNT_TABLE:
+        s = eng.refcount_table_size
+        if s:
+            o = eng.refcount_table_offset
+            if o < end and offset < o + s * 8:
+                return OL_REFCOUNT_TABLE
+    if chk & OL_SNAPSHOT_TABLE:
+        s = eng.snapshots_size
+        if s:
+            o = eng.snapshots_offset
+            if o < end and offset < o + s:
+                return OL_SNAPSHOT_TABLE
+    if chk & OL_INACTIVE_L1:
+        for l1_off, l1_sz in eng.snapshots:
+            if l1_sz and l1_off < end and offset < l1_off + l1_sz * 8:
+                return OL_INACTIVE_L1
+    if chk & OL_ACTIVE_L2:
+        for x in eng.l1_table:
+            e = x
+            e &= L1E_OFFSET_MASK
+            if e and <long long>e < end and offset < <long long>e + cs:
+                return OL_ACTIVE_L2
+    if chk & OL_REFCOUNT_BLOCK:
+        rt = eng.refcount_table
+        top = eng.max_refcount_table_index
+        for i in range(top + 1):
+            e = rt[i]
+            e &= REFT_OFFSET_MASK
+            if e and <long long>e < end and offset < <long long>e + cs:
+                return OL_REFCOUNT_BLOCK
+    return 0
+
+
+cdef int _pre_write_overlap_check(object eng, long long ign, long long offset,
+                                  long long size) except -1:
+    """Qcow2Engine.pre_write_overlap_check"""
+    cdef long long hit = _check_metadata_overlap(eng, ign, offset, size)
+    if hit:
+        eng.signal_corruption(True, "Preventing invalid write on metadata (overlaps with "
+                              f"{OL_NAMES[hit]})")
+    return 0
+
+
+# == refcounts ============================================================================================
+
+cdef object _get_refcount(object eng, long long cluster_index):
+    """Qcow2Engine.get_refcount (a misaligned refcount block: the Python method)"""
+    cdef int rbb = eng.refcount_block_bits
+    cdef long long ti = cluster_index >> rbb
+    cdef uint64_t rb
+    if ti >= <long long>eng.refcount_table_size:
+        return 0
+    rb = (<list>eng.refcount_table)[ti]
+    rb &= REFT_OFFSET_MASK
+    if not rb:
+        return 0
+    cdef long long cs = eng.cluster_size
+    if rb & <uint64_t>(cs - 1):
+        return Qcow2Engine.get_refcount(eng, cluster_index)
+    rbc = eng.rb_cache
+    cdef Py_ssize_t i = _cache_get(eng, rbc, <long long>rb, True)
+    val = _refcount_get((<list>rbc.tables)[i], cluster_index & ((1LL << rbb) - 1),
+                        eng.refcount_order)
+    _put(rbc, i)
+    return val
+
+
+cdef int _alloc_refcount_block(object eng, long long cluster_index, Py_ssize_t *ci) except? -99:
+    """Qcow2Engine.alloc_refcount_block: an existing block is compiled, a new one is Python"""
+    cdef long long ti = cluster_index >> <int>eng.refcount_block_bits
+    cdef uint64_t rb
+    cdef long long cs = eng.cluster_size
+    if ti < <long long>eng.refcount_table_size:
+        rb = (<list>eng.refcount_table)[ti]
+        rb &= REFT_OFFSET_MASK
+        if rb and not rb & <uint64_t>(cs - 1):
+            ci[0] = _cache_get(eng, eng.rb_cache, <long long>rb, True)
+            return 0
+    r, i = eng.alloc_refcount_block(cluster_index)
+    ci[0] = i
+    return r
+
+
+cdef long long _update_refcount(object eng, long long offset, long long length, long long addend,
+                                bint decrease, int dtype) except? -99:
+    """Qcow2Engine.update_refcount (64-bit refcounts: the Python method)"""
+    cdef int order = eng.refcount_order
+    if order > 5:
+        return Qcow2Engine.update_refcount(eng, offset, length, addend, decrease, dtype)
+    if length <= 0:
+        return 0
+    if decrease:
+        _cache_set_dependency(eng, eng.rb_cache, eng.l2_cache)
+    cdef int cb = eng.cluster_bits
+    cdef long long cs = 1LL << cb
+    cdef int rbb = eng.refcount_block_bits
+    cdef long long rbs_mask = (1LL << rbb) - 1
+    cdef long long refcount_max = eng.refcount_max
+    cdef long long start = offset & ~(cs - 1)
+    cdef long long last = (offset + length - 1) & ~(cs - 1)
+    rbc = eng.rb_cache
+    cdef Py_ssize_t ci = -1, t
+    cdef long long old_ti = -1, ti, cluster_index, bi, rc, new
+    cdef long long ret = 0, r
+    cdef long long cluster_offset = start
+    try:
+        while cluster_offset <= last:
+            cluster_index = cluster_offset >> cb
+            ti = cluster_index >> rbb
+            if ti != old_ti:
+                if ci >= 0:
+                    _put(rbc, ci)
+                    ci = -1
+                r = _alloc_refcount_block(eng, cluster_index, &ci)
+                if r == -EAGAIN:
+                    if eng.free_cluster_index > start >> cb:
+                        eng.free_cluster_index = start >> cb
+                    ret = r
+                    break
+            old_ti = ti
+            (<list>rbc.dirty)[ci] = True
+            bi = cluster_index & rbs_mask
+            table = (<list>rbc.tables)[ci]
+            rc = _refcount_get(table, bi, order)
+            new = rc - addend if decrease else rc + addend
+            if new < 0 or new > refcount_max:
+                ret = -EINVAL
+                break
+            if new == 0 and cluster_index < eng.free_cluster_index:
+                eng.free_cluster_index = cluster_index
+            _refcount_set(table, bi, order, new)
+            if new == 0:
+                t = rbc.is_table_offset(offset)
+                if t >= 0:
+                    _put(rbc, ci)
+                    ci = -1
+                    old_ti = -1
+                    rbc.discard(t)
+                eng.cache_discard_offset(eng.l2_cache, offset)
+                if eng.discard_passthrough[dtype]:
+                    eng.update_refcount_discard(cluster_offset, cs)
+            cluster_offset += cs
+    finally:
+        if ci >= 0:
+            _put(rbc, ci)
+    if not eng.cache_discards:
+        if eng.discards:
+            eng.process_discards(ret)
+        else:
+            eng.discards = []
+    if ret < 0:
+        if ret != -EAGAIN:
+            _update_refcount(eng, offset, cluster_offset - offset, addend, not decrease, DISCARD_NEVER)
+            raise Qcow2Error(ret, "refcount overflow or underflow")
+        if cluster_offset > offset:
+            _update_refcount(eng, offset, cluster_offset - offset, addend, not decrease, DISCARD_NEVER)
+    return ret
+
+
+cdef long long _alloc_clusters_noref(object eng, long long size, long long max_) except -1:
+    """Qcow2Engine.alloc_clusters_noref"""
+    if eng.cache_discards:
+        eng.process_discards(0)
+    cdef int cb = eng.cluster_bits
+    cdef long long n = (size + (1LL << cb) - 1) >> cb
+    cdef long long i = 0
+    cdef long long idx
+    while i < n:
+        idx = eng.free_cluster_index
+        eng.free_cluster_index = idx + 1
+        if _get_refcount(eng, idx):
+            i = 0
+            continue
+        i += 1
+    cdef long long fci = eng.free_cluster_index
+    if fci > 0 and fci - 1 > max_ >> cb:
+        raise Qcow2Error(-EFBIG, "image would exceed the maximum cluster offset")
+    return (fci - n) << cb
+
+
+cdef long long _alloc_clusters(object eng, long long size) except -1:
+    """Qcow2Engine.alloc_clusters"""
+    cdef long long off
+    while True:
+        off = _alloc_clusters_noref(eng, size, QCOW_MAX_CLUSTER_OFFSET)
+        if _update_refcount(eng, off, size, 1, False, DISCARD_NEVER) != -EAGAIN:
+            return off
+
+
+cdef long long _alloc_clusters_at(object eng, long long offset, long long nb_clusters) except -1:
+    """Qcow2Engine.alloc_clusters_at"""
+    cdef int cb = eng.cluster_bits
+    cdef long long ci, i
+    if nb_clusters == 0:
+        return 0
+    while True:
+        ci = offset >> cb
+        i = 0
+        while i < nb_clusters:
+            if _get_refcount(eng, ci):
+                break
+            ci += 1
+            i += 1
+        if _update_refcount(eng, offset, i << cb, 1, False, DISCARD_NEVER) != -EAGAIN:
+            return i
+
+
+# == L2 tables ===============================================================================================
+
+cdef inline long long _slice_index(object eng, long long off):
+    """Qcow2Engine.l2_slice_index"""
+    return (off >> <int>eng.cluster_bits) & (<long long>eng.l2_slice_size - 1)
+
+
+cdef Py_ssize_t _l2_load(object eng, long long offset, long long l2_offset) except -1:
+    """Qcow2Engine.l2_load"""
+    cdef int cb = eng.cluster_bits
+    cdef long long start = 8 * (((offset >> cb) & (<long long>eng.l2_size - 1))
+                                - _slice_index(eng, offset))
+    return _cache_get(eng, eng.l2_cache, l2_offset + start, True)
+
+
+cdef Py_ssize_t _get_cluster_table(object eng, long long offset, Py_ssize_t *l2i) except -1:
+    """Qcow2Engine.get_cluster_table (an L2 table to allocate or COW, an offset beyond the L1
+    table or a misaligned L2 table: the Python method)"""
+    cdef int cb = eng.cluster_bits
+    cdef long long l1i = offset >> (<int>eng.l2_bits + cb)
+    cdef uint64_t l1e, l2_offset
+    if l1i < <long long>eng.l1_size:
+        l1e = (<list>eng.l1_table)[l1i]
+        l2_offset = l1e & L1E_OFFSET_MASK
+        if l1e & QCOW_OFLAG_COPIED and not l2_offset & ((1ULL << cb) - 1):
+            l2i[0] = _slice_index(eng, offset)
+            return _l2_load(eng, offset, <long long>l2_offset)
+    ci, i = Qcow2Engine.get_cluster_table(eng, offset)
+    l2i[0] = i
+    return ci
+
+
+cdef inline bint _needs_new_alloc(uint64_t e) noexcept:
+    """Qcow2Engine.cluster_needs_new_alloc"""
+    cdef int t = _ctype(e)
+    if (t == T_NORMAL or t == T_ZERO_ALLOC) and e & QCOW_OFLAG_COPIED:
+        return False
+    return True
+
+
+cdef long long _count_single_write_clusters(object eng, long long n, object table, Py_ssize_t l2i,
+                                            bint new_alloc) except -1:
+    """Qcow2Engine.count_single_write_clusters"""
+    cdef long long cs = eng.cluster_size
+    cdef uint64_t expected = _get(table, l2i) & L2E_OFFSET_MASK
+    cdef uint64_t e
+    cdef long long i = 0
+    while i < n:
+        e = _get(table, l2i + i)
+        if _needs_new_alloc(e) != new_alloc:
+            break
+        if not new_alloc:
+            if expected != e & L2E_OFFSET_MASK:
+                break
+            expected += cs
+        i += 1
+    return i
+
+
+cdef int _calculate_l2_meta(object eng, long long host_cluster_offset, long long guest_offset,
+                            long long nbytes, object table, Py_ssize_t l2i0, bint keep_old,
+                            list metas) except -1:
+    """Qcow2Engine.calculate_l2_meta"""
+    cdef long long cs = eng.cluster_size
+    cdef int cb = eng.cluster_bits
+    cdef long long cow_start_to = guest_offset & (cs - 1)
+    cdef long long cow_end_from = cow_start_to + nbytes
+    cdef long long nb_clusters = (cow_end_from + cs - 1) >> cb
+    cdef bint skip_cow = keep_old
+    cdef long long i, cow_start_from, cow_end_to
+    cdef int t_first, t_last
+    for i in range(nb_clusters):
+        if skip_cow and _ctype(_get(table, l2i0 + i)) != T_NORMAL:
+            skip_cow = False
+    if skip_cow:
+        return 0
+    t_first = _ctype(_get(table, l2i0))
+    t_last = _ctype(_get(table, l2i0 + nb_clusters - 1))
+    if not keep_old:
+        cow_start_from = 0 if (t_first == T_COMPRESSED or t_first == T_NORMAL or
+                               t_first == T_ZERO_ALLOC) else cow_start_to & ~(cs - 1)
+        cow_end_to = (cow_end_from + cs - 1) // cs * cs
+    else:
+        cow_start_from = cow_start_to if t_first == T_NORMAL else 0
+        cow_end_to = cow_end_from if t_last == T_NORMAL else (cow_end_from + cs - 1) // cs * cs
+    metas.append({"offset": guest_offset & ~(cs - 1), "alloc_offset": host_cluster_offset,
+                  "nb_clusters": nb_clusters, "keep_old": keep_old,
+                  "cow_start": [cow_start_from, cow_start_to - cow_start_from],
+                  "cow_end": [cow_end_from, cow_end_to - cow_end_from], "skip_cow": False})
+    return 0
+
+
+cdef inline long long _min3(long long a, long long b, long long c) noexcept:
+    if b < a:
+        a = b
+    if c < a:
+        a = c
+    return a
+
+
+cdef int _handle_copied(object eng, long long guest_offset, long long *host_offset,
+                        long long *nbytes, list metas) except -1:
+    """Qcow2Engine.handle_copied -> ret; host_offset and nbytes are in/out"""
+    cdef long long cs = eng.cluster_size
+    cdef int cb = eng.cluster_bits
+    cdef long long oic = guest_offset & (cs - 1)
+    cdef long long n = (oic + nbytes[0] + cs - 1) >> cb
+    n = _min3(n, <long long>eng.l2_slice_size - _slice_index(eng, guest_offset),
+              BDRV_REQUEST_MAX_BYTES >> cb)
+    cdef Py_ssize_t l2i
+    cdef Py_ssize_t ci = _get_cluster_table(eng, guest_offset, &l2i)
+    l2c = eng.l2_cache
+    table = (<list>l2c.tables)[ci]
+    cdef uint64_t e
+    cdef long long cluster_offset, keep, nb
+    try:
+        e = _get(table, l2i)
+        cluster_offset = e & L2E_OFFSET_MASK
+        if _needs_new_alloc(e):
+            return 0
+        if cluster_offset & (cs - 1):
+            kind = "Preallocated zero" if e & QCOW_OFLAG_ZERO else "Data"
+            eng.signal_corruption(True, f"{kind} cluster offset {cluster_offset:#x} unaligned "
+                                  f"(guest offset: {guest_offset:#x})")
+        if host_offset[0] != INV and cluster_offset != host_offset[0]:
+            nbytes[0] = 0
+            return 0
+        keep = _count_single_write_clusters(eng, n, table, l2i, False)
+        nb = keep * cs - oic
+        if nb < nbytes[0]:
+            nbytes[0] = nb
+        _calculate_l2_meta(eng, cluster_offset, guest_offset, nbytes[0], table, l2i, True, metas)
+        host_offset[0] = cluster_offset + oic
+        return 1
+    finally:
+        _put(l2c, ci)
+
+
+cdef int _handle_alloc(object eng, long long guest_offset, long long *host_offset,
+                       long long *nbytes, list metas) except -1:
+    """Qcow2Engine.handle_alloc -> ret; host_offset and nbytes are in/out"""
+    cdef long long cs = eng.cluster_size
+    cdef int cb = eng.cluster_bits
+    cdef long long oic = guest_offset & (cs - 1)
+    cdef long long n = (oic + nbytes[0] + cs - 1) >> cb
+    n = _min3(n, <long long>eng.l2_slice_size - _slice_index(eng, guest_offset),
+              BDRV_REQUEST_MAX_BYTES >> cb)
+    cdef Py_ssize_t l2i
+    cdef Py_ssize_t ci = _get_cluster_table(eng, guest_offset, &l2i)
+    l2c = eng.l2_cache
+    cdef long long alloc, requested, avail, nb
+    try:
+        table = (<list>l2c.tables)[ci]
+        n = _count_single_write_clusters(eng, n, table, l2i, True)
+        if host_offset[0] == INV:
+            alloc = _alloc_clusters(eng, n * cs)
+        else:
+            alloc = host_offset[0] & ~(cs - 1)
+            n = _alloc_clusters_at(eng, alloc, n)
+        if n == 0:
+            nbytes[0] = 0
+            return 0
+        requested = nbytes[0] + oic
+        avail = n << cb
+        nb = requested if requested < avail else avail
+        host_offset[0] = alloc + oic
+        if nb - oic < nbytes[0]:
+            nbytes[0] = nb - oic
+        table = (<list>l2c.tables)[ci]
+        _calculate_l2_meta(eng, alloc, guest_offset, nbytes[0], table, l2i, False, metas)
+        return 1
+    finally:
+        _put(l2c, ci)
+
+
+cdef long long _alloc_host_offset(object eng, long long offset, long long nbytes,
+                                  long long *cur_out, list metas) except? -2:
+    """Qcow2Engine.alloc_host_offset -> host offset; cur_out: the bytes mapped"""
+    cdef long long start = offset, remaining = nbytes
+    cdef long long cluster_offset = INV, host_offset = INV, cur = 0
+    cdef int ret
+    while True:
+        if host_offset == INV and cluster_offset != INV:
+            host_offset = cluster_offset
+        start += cur
+        remaining -= cur
+        if cluster_offset != INV:
+            cluster_offset += cur
+        if remaining == 0:
+            break
+        cur = remaining
+        ret = _handle_copied(eng, start, &cluster_offset, &cur, metas)
+        if ret:
+            continue
+        if cur == 0:
+            break
+        ret = _handle_alloc(eng, start, &cluster_offset, &cur, metas)
+        if ret:
+            continue
+        break
+    cur_out[0] = nbytes - remaining
+    return host_offset
+
+
+cdef int _alloc_cluster_link_l2(object eng, dict mt) except -1:
+    """Qcow2Engine.alloc_cluster_link_l2"""
+    if eng.use_lazy_refcounts:
+        eng.mark_dirty()
+    if not <long long>eng.incompatible_features & INCOMPAT_DIRTY:
+        _cache_set_dependency(eng, eng.l2_cache, eng.rb_cache)
+    cdef Py_ssize_t l2i
+    cdef Py_ssize_t ci = _get_cluster_table(eng, mt["offset"], &l2i)
+    c = eng.l2_cache
+    (<list>c.dirty)[ci] = True
+    cdef list old = []
+    cdef long long nb = mt["nb_clusters"], i
+    cdef long long alloc = mt["alloc_offset"]
+    cdef int cb = eng.cluster_bits
+    cdef uint64_t e
+    table = (<list>c.tables)[ci]
+    for i in range(nb):
+        e = _get(table, l2i + i)
+        if e:
+            old.append(e)
+        _set(table, l2i + i, <uint64_t>(alloc + (i << cb)) | QCOW_OFLAG_COPIED)
+    _put(c, ci)
+    if not mt["keep_old"]:
+        for x in old:
+            eng.free_any_cluster(x, DISCARD_NEVER)
+    return 0
+
+
+# == reads ===================================================================================================
+
+cdef tuple _get_host_offset(object eng, long long offset, long long nbytes):
+    """Qcow2Engine.get_host_offset (a misaligned L2 table: the Python method)"""
+    cdef long long cs = eng.cluster_size
+    cdef int cb = eng.cluster_bits
+    cdef long long oic = offset & (cs - 1)
+    cdef long long needed = nbytes + oic
+    cdef long long avail = (<long long>eng.l2_slice_size - _slice_index(eng, offset)) << cb
+    if avail < needed:
+        needed = avail
+    cdef long long l1i = offset >> (<int>eng.l2_bits + cb)
+    cdef uint64_t l1e = 0, l2_offset
+    if l1i < <long long>eng.l1_size:
+        l1e = (<list>eng.l1_table)[l1i]
+    if l1i >= <long long>eng.l1_size or not l1e & L1E_OFFSET_MASK:
+        return UNALLOCATED, 0, (avail if avail < needed else needed) - oic, 0
+    l2_offset = l1e & L1E_OFFSET_MASK
+    if l2_offset & <uint64_t>(cs - 1):
+        return Qcow2Engine.get_host_offset(eng, offset, nbytes)
+    cdef Py_ssize_t ci = _l2_load(eng, offset, <long long>l2_offset)
+    l2c = eng.l2_cache
+    cdef Py_ssize_t l2i
+    cdef uint64_t e, ei, expected, hc
+    cdef int t, ti
+    cdef long long count, nb, i, got
+    try:
+        table = (<list>l2c.tables)[ci]
+        l2i = _slice_index(eng, offset)
+        e = _get(table, l2i)
+        t = _ctype(e)
+        if eng.version < 3 and (t == T_ZERO_PLAIN or t == T_ZERO_ALLOC):
+            eng.signal_corruption(True, f"Zero cluster entry found in pre-v3 image (L2 offset: "
+                                  f"{l2_offset:#x}, L2 index: {l2i:#x})")
+        host = 0
+        if t == T_COMPRESSED:
+            host = e
+        elif t == T_ZERO_ALLOC or t == T_NORMAL:
+            hc = e & L2E_OFFSET_MASK
+            host = hc + oic
+            if hc & <uint64_t>(cs - 1):
+                eng.signal_corruption(True, f"Cluster allocation offset {hc:#x} unaligned (L2 offset: "
+                                      f"{l2_offset:#x}, L2 index: {l2i:#x})")
+        count = 0
+        nb = (needed + cs - 1) >> cb
+        expected = e & L2E_OFFSET_MASK
+        for i in range(nb):
+            ei = _get(table, l2i + i)
+            ti = _ctype(ei)
+            if i == 0:
+                count = 1
+                if t == T_COMPRESSED:
+                    break
+                continue
+            if ti != t:
+                break
+            if t == T_NORMAL or t == T_ZERO_ALLOC:
+                expected += cs
+                if expected != ei & L2E_OFFSET_MASK:
+                    break
+            count += 1
+        got = count << cb
+        if needed < got:
+            got = needed
+        return TNAME[t], host, got - oic, e
+    finally:
+        _put(l2c, ci)
+
+
+cdef bint _is_zero_fast(object eng, long long offset, long long nbytes) except -1:
+    """Qcow2Engine.is_zero_fast"""
+    cdef long long end = offset + nbytes
+    cdef long long size = eng.size
+    cdef long long n
+    if size < end:
+        end = size
+    while offset < end:
+        t, _h, n, _e = _get_host_offset(eng, offset, end - offset)
+        if t == ZERO_PLAIN or t == ZERO_ALLOC:
+            pass
+        elif t == UNALLOCATED:
+            backing = eng.backing
+            if backing is not None and offset < backing.size:
+                return False
+        else:
+            return False
+        offset += n if n > 1 else 1
+    return True
+
+
+# == the engine with the compiled methods ==================================================================
+
+class FastQcow2Engine(Qcow2Engine):
+    """emu.block.qcow2.engine.Qcow2Engine with its hot methods compiled (the functions above).
+    It pickles and copies as a plain Qcow2Engine."""
+
+    def __reduce_ex__(self, proto):
+        # a plain Qcow2Engine with this state (copyreg._reconstructor: object.__new__(Qcow2Engine))
+        return (_copyreg._reconstructor, (Qcow2Engine, object, None), self.__dict__)
+
+    def pread(self, offset, n):
+        return _pread(self, offset, n)
+
+    def io(self, op, fn, what, offset=0, data=None, length=0, **extra):
+        _io(self, op, fn, what, offset, data, length, extra)
+
+    def executed(self, item):
+        _executed(self, item)
+
+    def check_metadata_overlap(self, ign, offset, size):
+        return _check_metadata_overlap(self, ign, offset, size)
+
+    def pre_write_overlap_check(self, ign, offset, size):
+        _pre_write_overlap_check(self, ign, offset, size)
+
+    def cache_get(self, c, offset, read=True):
+        return _cache_get(self, c, offset, read)
+
+    def cache_set_dependency(self, c, dep):
+        _cache_set_dependency(self, c, dep)
+
+    def get_refcount(self, cluster_index):
+        return _get_refcount(self, cluster_index)
+
+    def update_refcount(self, offset, length, addend, decrease, dtype):
+        return _update_refcount(self, offset, length, addend, decrease, dtype)
+
+    def alloc_clusters(self, size):
+        return _alloc_clusters(self, size)
+
+    def alloc_clusters_at(self, offset, nb_clusters):
+        return _alloc_clusters_at(self, offset, nb_clusters)
+
+    def l2_load(self, offset, l2_offset):
+        return _l2_load(self, offset, l2_offset)
+
+    def get_cluster_table(self, offset):
+        cdef Py_ssize_t l2i
+        ci = _get_cluster_table(self, offset, &l2i)
+        return ci, l2i
+
+    def alloc_host_offset(self, offset, nbytes):
+        cdef long long cur
+        cdef list metas = []
+        host = _alloc_host_offset(self, offset, nbytes, &cur, metas)
+        return host, cur, metas
+
+    def alloc_cluster_link_l2(self, m):
+        _alloc_cluster_link_l2(self, m)
+
+    def get_host_offset(self, offset, nbytes):
+        return _get_host_offset(self, offset, nbytes)
+
+    def is_zero_fast(self, offset, nbytes):
+        return _is_zero_fast(self, offset, nbytes)
+
+
+cdef object _FastQcow2Engine = FastQcow2Engine
+
+
+cdef inline object _fast_engine(object f):
+    eng = f.engine
+    if type(eng) is Qcow2Engine:
+        eng.__class__ = _FastQcow2Engine
+    return eng
+
+
+def detach_machine(m):
+    """Give the machine's qcow2 engine its plain class back (state is untouched)."""
+    f = getattr(m, "fmt", None)
+    eng = getattr(f, "engine", None)
+    if type(eng) is _FastQcow2Engine:
+        eng.__class__ = Qcow2Engine
+
+
+# == the driver's compute step (driver.py) ====================================================================
+
+cdef str _errname(object ret):
+    """driver._errname"""
+    return "0" if not ret else f"-{ERRNO_NAMES.get(-ret, -ret)}"
+
+
+cdef list _iov_slice(object iov, long long start, long long n):
+    """driver._iov_slice"""
+    cdef list out = []
+    cdef long long pos = 0, gpa, ln, lo, hi
+    for g, l in iov:
+        gpa = g
+        ln = l
+        lo = start if start > pos else pos
+        hi = start + n if start + n < pos + ln else pos + ln
+        if lo < hi:
+            out.append((gpa + lo - pos, hi - lo))
+        pos += ln
+    return out
+
+
+cdef list _data_parts(object m, object bid, dict co, long long qoff, long long n):
+    """driver._data_parts"""
+    if co.get("zero"):
+        return [("zero", n)]
+    return [("ram", gpa, ln) for gpa, ln in _iov_slice(m.block.reqs.get(bid, {})["qiov"], qoff, n)]
+
+
+cdef int _write_task(object m, object eng, object bid, dict co, dict piece) except -1:
+    """driver._write_task"""
+    cdef list metas = piece["metas"]
+    cdef dict mt
+    cdef list cs, ce
+    cdef long long start, nb
+    for mt in metas:
+        cs, ce = mt["cow_start"], mt["cow_end"]
+        if not cs[1] and not ce[1]:
+            continue
+        if _is_zero_fast(eng, mt["offset"] + cs[0], cs[1]) and \
+                _is_zero_fast(eng, mt["offset"] + ce[0], ce[1]):
+            start = mt["alloc_offset"] + cs[0]
+            nb = ce[0] + ce[1] - cs[0]
+            _pre_write_overlap_check(eng, 0, start, nb)
+            _io(eng, "write_zeroes", "handle_alloc_space",
+                f"COW areas read as zero: zero {start:#x}+{nb:#x} (fallocate ZERO_RANGE)", start,
+                None, nb, {"kind": "data"})
+            mt["skip_cow"] = True
+    for mt in metas:
+        cs, ce = mt["cow_start"], mt["cow_end"]
+        if (not cs[1] and not ce[1]) or mt["skip_cow"]:
+            continue
+        if mt["offset"] + cs[0] + cs[1] != piece["guest"]:
+            continue
+        if mt["offset"] + ce[0] != piece["guest"] + piece["bytes"]:
+            continue
+        mt["data"] = True
+        return 0
+    _io(eng, "guest_write", "bdrv_co_pwritev_part", f"guest data {piece['bytes']:#x} bytes -> host "
+        f"{piece['host']:#x}", piece["host"], None, piece["bytes"],
+        {"parts": _data_parts(m, bid, co, piece["qoff"], piece["bytes"]), "kind": "data",
+         "piece": len(co["pieces"]) - 1})
+    return 0
+
+
+cdef str _write_machine(object m, object eng, object bid, dict co):
+    """driver._write_machine"""
+    cdef long long host, cur, pos, rem
+    cdef list metas, pieces
+    cdef dict piece, mt
+    wphase = co["wphase"]
+    if wphase == "alloc":
+        if co["remaining"] == 0:
+            co["wphase"] = "link"
+            return "every piece allocated and written: link the L2 entries"
+        m.set_function("qcow2_alloc_host_offset", CLUSTER_SRC)
+        pos = co["pos"]
+        rem = co["remaining"]
+        metas = []
+        host = _alloc_host_offset(eng, pos, rem if rem < INT_MAX else INT_MAX, &cur, metas)
+        piece = {"guest": pos, "host": host, "bytes": cur, "qoff": co["qoff"], "metas": metas,
+                 "failed": False}
+        co["pieces"].append(piece)
+        co["pos"] += cur
+        co["remaining"] -= cur
+        co["qoff"] += cur
+        _pre_write_overlap_check(eng, 0, host, cur)
+        _write_task(m, eng, bid, co, piece)
+        what = ", ".join([f"{mt['nb_clusters']} new cluster(s) at {mt['alloc_offset']:#x}"
+                          for mt in metas if not mt["keep_old"]]) or "in place (COPIED clusters)"
+        return f"guest {pos:#x}+{cur:#x} -> host {host:#x}: {what}"
+    if wphase == "link":
+        m.set_function("qcow2_alloc_cluster_link_l2", CLUSTER_SRC)
+        pieces = co["pieces"]
+        if co["link_i"] >= len(pieces):
+            co["wphase"] = "done"
+            return "all L2 entries linked"
+        piece = pieces[co["link_i"]]
+        co["link_i"] += 1
+        if piece["failed"] or co["ret"]:
+            for mt in piece["metas"]:
+                eng.alloc_cluster_abort(mt)
+            return f"piece at guest {piece['guest']:#x}: the write failed, qcow2_alloc_cluster_abort frees its clusters"
+        n = 0
+        for mt in piece["metas"]:
+            cs, ce = mt["cow_start"], mt["cow_end"]
+            if (cs[1] or ce[1]) and not mt["skip_cow"]:
+                _perform_cow(m, bid, co, piece, mt)
+            _alloc_cluster_link_l2(eng, mt)
+        for mt in piece["metas"]:
+            n += mt["nb_clusters"]
+        return (f"piece at guest {piece['guest']:#x}: {n} L2 entr{'y' if n == 1 else 'ies'} "
+                "point at the new clusters (COPIED)" if n else
+                f"piece at guest {piece['guest']:#x}: nothing to link")
+    raise AssertionError(wphase)
+
+
+cdef str _write_phase(object m, object eng, object bid, dict co):
+    """driver._write_phase"""
+    detail = _write_machine(m, eng, bid, co)
+    if co["wphase"] == "done":
+        co["phase"] = "done"
+    return detail
+
+
+cdef str _read_phase(object m, object eng, object bid, dict co):
+    """driver._read_phase"""
+    if co["remaining"] == 0:
+        co["phase"] = "done"
+        return "read complete"
+    m.set_function("qcow2_get_host_offset", CLUSTER_SRC)
+    pos = co["pos"]
+    rem = co["remaining"]
+    t, host, cur, entry = _get_host_offset(eng, pos, rem if rem < INT_MAX else INT_MAX)
+    if cur < 1:
+        cur = 1
+    seg = _iov_slice(m.block.reqs.get(bid, {})["qiov"], co["qoff"], cur)
+    co["pos"] += cur
+    co["remaining"] -= cur
+    co["qoff"] += cur
+    if t == ZERO_PLAIN or t == ZERO_ALLOC or (t == UNALLOCATED and m.fmt.backing is None):
+        _io(eng, "guest_zero", "qemu_iovec_memset", f"guest {pos:#x}+{cur:#x} reads as zero ({t})",
+            pos, None, cur, {"iov": seg})
+        return f"guest {pos:#x}+{cur:#x}: {t} cluster(s)"
+    if t == UNALLOCATED:
+        _io(eng, "backing_read", "bdrv_co_preadv_part", f"guest {pos:#x}+{cur:#x} from the backing file",
+            pos, None, cur, {"iov": seg})
+        return f"guest {pos:#x}+{cur:#x}: unallocated, read the backing file"
+    if t == COMPRESSED:
+        h, csize = _L.compressed_params(entry, eng.cluster_bits)
+        _io(eng, "compressed_read", "qcow2_co_preadv_compressed",
+            f"inflate the compressed cluster at host {h:#x} ({csize} bytes)", h, None, csize,
+            {"iov": seg, "entry": entry, "guest": pos})
+        return f"guest {pos:#x}+{cur:#x}: compressed cluster at host {h:#x}"
+    _io(eng, "guest_read", "bdrv_co_preadv_part", f"guest {pos:#x}+{cur:#x} <- host {host:#x}", host,
+        None, cur, {"iov": seg, "kind": "data"})
+    return f"guest {pos:#x}+{cur:#x} -> host {host:#x}"
+
+
+cdef str _compute(object m, object f, object eng, object bid):
+    """driver._compute"""
+    cdef dict co = f.cos[bid]
+    if co["phase"] == "done":
+        _finish_py(m, bid)
+        return f"request done ({_errname(co['ret'])}), s->lock released"
+    eng.plan = []
+    op = co["op"]
+    try:
+        if op == "write":
+            detail = _write_phase(m, eng, bid, co)
+        elif op == "read":
+            detail = _read_phase(m, eng, bid, co)
+        else:
+            detail = PHASES[op](m, bid, co)
+    except Qcow2Error as e:
+        co["ret"] = e.errno
+        co["phase"] = "done"
+        detail = f"fails: {e}"
+        m.log.add(("error", str(e), "qcow2"))
+    plan = eng.plan
+    co["plan"] = plan
+    eng.plan = []
+    co["pi"] = 0
+    if plan:
+        m.sim.cont("qcow2.io", (bid,))
+        return detail + f"; {len(plan)} host I/O(s) planned"
+    if co["phase"] == "done":
+        _finish_py(m, bid)
+        return detail + f"; request done ({_errname(co['ret'])}), s->lock released"
+    m.sim.cont("qcow2.compute", (bid,))
+    return detail
+
+
+def q_compute(m, bid):
+    """driver.compute"""
+    f = m.fmt
+    eng = _fast_engine(f)
+    if type(eng) is not _FastQcow2Engine:        # a subclass of the engine: its own methods
+        return _Q.compute(m, bid)
+    detail = _compute(m, f, eng, bid)
+    co = f.cos.get(bid)
+    if co is not None and m.cur is not None:
+        co["caller"] = m.cur.function
+    return detail
+
+
+HANDLERS = {
+    "qcow2.compute": (q_compute, _Q.compute),
+}
