@@ -38,7 +38,8 @@ class FastEngineMissing(EmuError):
 __path__ = __import__("pkgutil").extend_path(__path__, __name__)
 
 
-MODULES = ("_core", "_hostfile", "_virtio_blk_dev", "_blk_mq", "_block", "_vring", "_qcow2")   # compiled modules (emu_fast/<name>.pyx)
+MODULES = ("_core", "_support", "_hostfile", "_virtio_blk_dev", "_blk_mq", "_block", "_vring",
+           "_qcow2")   # compiled modules (emu_fast/<name>.pyx)
 
 
 def _pyx_sha256(name: str) -> str | None:

@@ -26,6 +26,8 @@ from emu.guest import state as _S
 from emu.spec import blk as _B
 from emu.guest.virtio_blk import pdu_of as _pdu_of
 
+from emu_fast import _support as _SUP
+
 PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
 
 cdef object _write_pattern_py = _W.write_pattern
@@ -298,7 +300,7 @@ cdef void _op_done(object m, object idx) except *:
         raw = m.mem.read(st["buf"], _ID_BYTES)
         st["serial"] = raw.split(b"\0", 1)[0].decode("latin-1")
     if st.get("buf"):
-        m.pages.free_pages(st["buf"])
+        _SUP.free_pages(m.pages, st["buf"])
     res = {"n": op["n"], "line": op["line"], "op": op["op"], "status": st["status"]}
     if "serial" in st:
         res["serial"] = st["serial"]
@@ -357,7 +359,7 @@ cdef tuple _make_bios(object m, dict op):
             return [], 0, ""
         return [_bio(p, "FLUSH", 0, 0, [])], 0, ""
     if kind == "get-id":
-        buf = m.pages.alloc_pages(1)
+        buf = _SUP.alloc_pages(m.pages, 1)
         if buf is None:
             return [], 0, "ENOMEM"
         return [_bio(p, "DRV_IN", 0, _ID_BYTES, [(buf, _ID_BYTES)])], buf, ""
@@ -368,7 +370,7 @@ cdef tuple _make_bios(object m, dict op):
     step = BIO_MAX_VECS * PAGE
     if kind == "write" or kind == "read":
         npages = (length + PAGE - 1) // PAGE
-        buf = m.pages.alloc_pages(npages)
+        buf = _SUP.alloc_pages(m.pages, npages)
         if buf is None:
             return [], 0, "ENOMEM"
         if kind == "write":
@@ -394,7 +396,7 @@ cdef tuple _make_bios(object m, dict op):
     if op.get("unmap"):
         return [], 0, "EOPNOTSUPP"
     if not g.zero_page:
-        g.zero_page = m.pages.alloc_pages(1) or 0
+        g.zero_page = _SUP.alloc_pages(m.pages, 1) or 0
     zero_page = g.zero_page
     bios = []
     clen = length
@@ -448,7 +450,7 @@ def op_step(m):
         return _P.op_step(m)
     cdef str kind = op["op"]
     fn_src = OP_FN[kind]
-    m.set_function(fn_src[0], fn_src[1])
+    _SUP.set_function(m, fn_src[0], fn_src[1])
     where = f"line {op['line']}: {kind}"
     if kind == "wait":
         if p.inflight:

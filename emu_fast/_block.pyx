@@ -16,6 +16,8 @@ from emu.block import file_posix as _FP
 from emu.block import raw as _RAW
 from emu.block.qcow2 import driver as _Q
 
+from emu_fast import _support as _SUP
+
 PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
 
 cdef dict AIO_FN = _FP.AIO_FN
@@ -28,7 +30,6 @@ cdef dict Q_CO_FN = _Q.CO_FN
 cdef dict WORKER_FN = _Q.WORKER_FN
 cdef long long BDRV_REQ_FUA = _BK.BDRV_REQ_FUA
 cdef long long BDRV_REQ_MAY_UNMAP = _BK.BDRV_REQ_MAY_UNMAP
-cdef object _fault = _FP._fault
 cdef object _flush_acquire = _FP._flush_acquire
 cdef object _plan_frame = _Q._plan_frame
 cdef object _next_item = _Q._next_item
@@ -72,7 +73,7 @@ cdef object _submit(object m, object bid, object op, object offset, object nbyte
     blk.next_aio += 1
     blk.aios[aid] = {"bid": bid, "op": op, "offset": offset, "bytes": nbytes,
                      "iov": iov, "data": None, "ret": None}
-    lat = m.latency.cost(op, nbytes, m.rand())
+    lat = _SUP.cost(m.latency, op, nbytes, _SUP.rand(m))
     m.sim.at(lat, "file.aio_worker", (aid,))
     return lat
 
@@ -104,9 +105,9 @@ def aio_worker(m, aid):
     """file_posix.aio_worker"""
     cdef dict aio = m.block.aios[aid]
     op, off, n = aio["op"], aio["offset"], aio["bytes"]
-    m.set_function(AIO_FN[op])
+    _SUP.set_function(m, AIO_FN[op])
     f = m.hostfile
-    err = _fault(m, op, off, n)
+    err = _SUP.fault(m, op, off, n)
     if err:
         aio["ret"] = -err
         detail = f"{op} at {off:#x}+{n}: injected error {ERRNO_NAMES.get(err, err)}"
@@ -128,7 +129,7 @@ def file_co_entry(m, bid):
     """file_posix.co_entry"""
     cdef dict req = m.block.reqs[bid]
     op = req["cur_op"]
-    m.set_function(CO_FN[op])
+    _SUP.set_function(m, CO_FN[op])
     if op == "flush" and not _flush_acquire(m, bid):
         return "a flush is already running: wait for it (bs->active_flush_req)"
     if op == "flush" and (m.block.no_flush or m.block.flushed_gen == m.block.write_gen):
@@ -151,7 +152,7 @@ def file_co_resume(m, aid):
     cdef dict aio = blk.aios.pop(aid)
     bid = aio["bid"]
     cdef dict req = blk.reqs[bid]
-    m.set_function(CO_FN[aio["op"]])
+    _SUP.set_function(m, CO_FN[aio["op"]])
     req["ret"] = aio["ret"]
     if aio["op"] == "flush":
         if aio["ret"] == 0:
@@ -177,7 +178,7 @@ def blk_co_entry(m, bid):
     blk = m.block
     cdef dict req = blk.reqs[bid]
     op = req["op"]
-    m.set_function(BLK_FN[op])
+    _SUP.set_function(m, BLK_FN[op])
     if op != "flush":
         off, n = req["offset"], req["bytes"]
         if off < 0 or n < 0 or off > blk.length or n > blk.length - off:
@@ -196,7 +197,7 @@ def bdrv_co_entry(m, bid):
     blk = m.block
     cdef dict req = blk.reqs[bid]
     op = req["op"]
-    m.set_function(BDRV_FN[op])
+    _SUP.set_function(m, BDRV_FN[op])
     if (op == "write" or op == "write_zeroes" or op == "discard") and blk.read_only:
         _complete_early(m, bid, -EPERM)
         return "bdrv_co_write_req_prepare: read-only node: -EPERM"
@@ -212,7 +213,7 @@ def bdrv_co_entry(m, bid):
 def bdrv_co_done(m, bid):
     """backend.bdrv_co_done"""
     cdef dict req = m.block.reqs[bid]
-    m.set_function(BDRV_FN[req["op"]])
+    _SUP.set_function(m, BDRV_FN[req["op"]])
     if req["op"] == "write" and req["flags"] & BDRV_REQ_FUA and req["ret"] == 0 \
             and req["phase"] != "fua":
         req["phase"] = "fua"
@@ -239,7 +240,7 @@ def raw_co_entry(m, bid):
     op = req["cur_op"]
     if op == "write" and m.block.probed and req["offset"] < 512 and req["bytes"]:
         return _RAW.co_entry(m, bid)
-    m.set_function(RAW_FN[op])
+    _SUP.set_function(m, RAW_FN[op])
     m.sim.cont("file.co_entry", (bid,))
     return f"{op} passes straight to the file at the same offset"
 
@@ -251,7 +252,7 @@ def q_co_entry(m, bid):
     f = m.fmt
     cdef dict req = m.block.reqs[bid]
     op = req["cur_op"]
-    m.set_function(Q_CO_FN[op])
+    _SUP.set_function(m, Q_CO_FN[op])
     if f.engine.drv_gone:
         req["ret"] = -ENOMEDIUM
         m.sim.post("qemu", "blk.aio_complete", (bid,))
@@ -277,7 +278,7 @@ def q_io(m, bid):
     if op == "guest_zero" or op == "flush":
         return _Q.io(m, bid)
     _plan_frame(m, co, item)
-    lat = m.latency.cost(_Q_LAT_OP.get(op, "read"), item.get("length", 0), m.rand())
+    lat = _SUP.cost(m.latency, _Q_LAT_OP.get(op, "read"), item.get("length", 0), _SUP.rand(m))
     m.sim.at(lat, "qcow2.worker", (bid,))
     return f"{item['what']} -> thread pool ({lat} ns); coroutine yields"
 
@@ -303,9 +304,9 @@ def q_worker(m, bid):
     cdef dict co = m.fmt.cos[bid]
     cdef dict item = co["plan"][co["pi"]]
     op = item["op"]
-    m.set_function(WORKER_FN[op])
+    _SUP.set_function(m, WORKER_FN[op])
     fault_op = _Q_FAULT_OP.get(op, op)
-    err = _fault(m, fault_op, item["offset"], max(item.get("length", 0), 1))
+    err = _SUP.fault(m, fault_op, item["offset"], max(item.get("length", 0), 1))
     detail = ""
     if err:
         co["io_ret"] = -err

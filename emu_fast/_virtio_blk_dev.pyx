@@ -26,6 +26,8 @@ import emu.device.virtio_blk as _vb
 from emu.spec import blk as _B
 from emu.spec import virtio as _V
 
+from emu_fast import _support as _SUP
+
 PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
 
 cdef extern from "Python.h":
@@ -660,7 +662,7 @@ def submit_requests(m, qi):
         req["stage"] = "submitted"
     op = "write" if first["is_write"] else "read"
     then = ("vblk.submit_requests", (qi,)) if s.groups else None
-    _vb.blk_aio_submit(m, op, first["sector"] << 9, 0, qiov, 0, ("vblk.rw_complete", (group[0],)),
+    _SUP.blk_aio_submit(m, op, first["sector"] << 9, 0, qiov, 0, ("vblk.rw_complete", (group[0],)),
                        then)
     return (f"blk_aio_p{'writev' if op == 'write' else 'readv'}(offset {first['sector'] << 9:#x}, "
             f"{_iov_size(qiov)} bytes, {len(qiov)} iovecs) for {len(group)} request(s)")
@@ -749,7 +751,7 @@ def irq(m, qi):
     vdev = m.vdev
     _set_reg(m, vdev, "isr", "isr", vdev.isr | 1)
     vec = m.vdev.vqs[qi].vector
-    sent = m.transport.msix_notify(m, vec)
+    sent = _SUP.msix_notify(m.transport, m, vec)
     return f"ISR |= 1; msix_notify(vector {vec})" + ("" if sent else " (masked or no vector)")
 
 

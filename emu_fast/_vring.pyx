@@ -36,6 +36,8 @@ from emu.mem.guest_memory import GuestMemory, PAGE_SHIFT as _GM_PAGE_SHIFT
 from emu.spec import blk as B
 from emu.spec import virtio as V
 
+from emu_fast import _support as _SUP
+
 PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
 
 cdef object _GuestMemory = GuestMemory
@@ -235,7 +237,7 @@ def add_split(m, rid):
     table = 0
     note = ""
     if indirect:
-        table = m.pages.kmalloc(DESC_SIZE * total) or 0
+        table = _SUP.kmalloc(m.pages, DESC_SIZE * total) or 0
         if not table:
             indirect = False
             note = "kmalloc of the indirect table failed: falling back to direct descriptors; "
@@ -392,7 +394,7 @@ def notify(m, forced):
     vq = m.guest.vq
     if vq.broken:
         return "virtqueue_notify: queue broken, no notify"
-    m.transport.mmio_write(m, vq.notify_off, 2, vq.index)
+    _SUP.mmio_write(m.transport, m, vq.notify_off, 2, vq.index)
     m.counters["kicks"] += 1
     m.sim.post("qemu", "vpci.notify", (vq.notify_off,), delay=m.timing.vmexit_ns)
     m.sim.block("", ())
@@ -494,7 +496,7 @@ cdef long long _detach_buf_split(object m, long long head) except -1:
     vq.num_free += n
     table = vq.desc_indir[head]
     if table:
-        m.pages.kfree(table)
+        _SUP.kfree(m.pages, table)
         vq.desc_indir[head] = 0
     return n
 
@@ -546,7 +548,7 @@ def setup_cmd(m, rid):
     _wr(m.mem, pdu, _HDR_PACK(typ, 0, sector))
     detail = f"out_hdr @{_hex(pdu)} = {{type {_TYPE_NAMES[typ]}, ioprio 0, sector {_dec(sector)}}}"
     if op in ("DISCARD", "WRITE_ZEROES"):
-        rng = m.pages.kmalloc(DWZ_SEG_SIZE)
+        rng = _SUP.kmalloc(m.pages, DWZ_SEG_SIZE)
         if rng is None:
             m.guest.blkmq.last_ret = "RESOURCE"
             return detail + "; kmalloc of the range failed: BLK_STS_RESOURCE"
@@ -674,7 +676,7 @@ def request_done(m, rid):
     rq["vstatus"] = status
     sts = "OK" if status == S_OK else "NOTSUPP" if status == S_UNSUPP else "IOERR"
     if rq.get("payload"):                                   # _cleanup_cmd
-        m.pages.kfree(rq["payload"])
+        _SUP.kfree(m.pages, rq["payload"])
         rq["payload"] = 0
     m.sim.cont("blkmq.end_request", (rid, sts, 1))
     return f"status byte {status} ({_STATUS_NAMES.get(status, 'unknown')}) -> BLK_STS_{sts}"

@@ -1,0 +1,287 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, binding=True
+"""Services the compiled handlers call many times per request, compiled: the step's function
+name (Machine.set_function), the machine RNG and the latency model, the guest's page and
+kmalloc allocator, MSI-X delivery, the notify MMIO write, blkdebug-style fault rules and
+blk_aio_submit.
+
+Each function is a line-for-line translation of the Python method or function named in its
+docstring, and runs only while that Python code is the one in place: when a class attribute
+was replaced, or an instance carries its own (a test's failing kmalloc), or the object is of
+another type, the Python code runs instead.
+"""
+from emu.block import backend as _BK
+from emu.block import file_posix as _FP
+from emu.block.latency import LatencyModel
+from emu import machine as _machine_mod
+from emu.machine import Machine
+from emu.mem.page_alloc import KMALLOC_CLASSES, PageAllocator
+from emu.sim.rng import splitmix64
+from emu.sim.steps import EffectLog
+from emu.spec import pci as _P
+from emu.transport.virtio_pci import Transport
+
+PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
+
+cdef object _Machine = Machine
+cdef object _PageAllocator = PageAllocator
+cdef object _LatencyModel = LatencyModel
+cdef object _Transport = Transport
+cdef object _PY_SET_FUNCTION = Machine.set_function
+cdef object _PY_RAND = Machine.rand
+cdef object _PY_RAISE_MSI = Machine.raise_msi
+cdef object _PY_KMALLOC = PageAllocator.kmalloc
+cdef object _PY_KFREE = PageAllocator.kfree
+cdef object _PY_ALLOC_PAGES = PageAllocator.alloc_pages
+cdef object _PY_FREE_PAGES = PageAllocator.free_pages
+cdef object _PY_COST = LatencyModel.cost
+cdef object _PY_MSIX_NOTIFY = Transport.msix_notify
+cdef object _PY_MMIO_WRITE = Transport.mmio_write
+cdef object _PY_SPLITMIX = splitmix64
+cdef object _PY_FAULT = _FP._fault
+cdef object _PY_SUBMIT = _BK.blk_aio_submit
+cdef object _EffectLog = EffectLog
+cdef object _PY_LOG_ADD = EffectLog.add
+cdef tuple _KMALLOC_CLASSES = tuple(KMALLOC_CLASSES)
+cdef long long PAGE_SHIFT = 12
+cdef long long PAGE_SIZE = 4096
+cdef long long MSIX_ADDRESS = _P.MSIX_ADDRESS
+cdef long long NO_VECTOR = _P.NO_VECTOR
+cdef long long BAR4_GPA = _P.BAR4_GPA
+cdef long long COMMON_CFG = _P.COMMON_CFG
+cdef long long DEVICE_CFG = _P.DEVICE_CFG
+cdef long long REGION_SIZE = _P.REGION_SIZE
+cdef object MASK64 = (1 << 64) - 1
+cdef str _VQ = "vq"
+cdef str _INTERRUPTS = "interrupts"
+cdef str _IRQS_LOST = "irqs_lost"
+
+
+cdef inline bint _own(object obj, object cls, object pycls_attr, str name, object py) except -1:
+    """obj is exactly a cls whose method `name` is still py, with no instance override."""
+    if type(obj) is not cls or pycls_attr is not py:
+        return False
+    d = getattr(obj, "__dict__", None)
+    return d is None or name not in d
+
+
+cdef inline void _log_add(object log, tuple eff) except *:
+    """EffectLog.add"""
+    if type(log) is _EffectLog and _EffectLog.add is _PY_LOG_ADD:
+        cur = log.cur
+        if cur is not None:
+            cur.append(eff)
+    else:
+        log.add(eff)
+
+
+# -- the machine's services (emu/machine.py) ------------------------------------------------------
+
+def set_function(m, function, source=None, caller=None):
+    """Machine.set_function"""
+    if type(m) is not _Machine or _Machine.set_function is not _PY_SET_FUNCTION:
+        return m.set_function(function, source, caller)
+    cur = m.cur
+    if cur is not None:
+        cur.function = function
+        if source:
+            cur.source = source
+        if caller:
+            cur.caller = caller
+
+
+def rand(m):
+    """Machine.rand (emu.sim.rng.splitmix64 inlined)"""
+    if type(m) is not _Machine or _Machine.rand is not _PY_RAND \
+            or _machine_mod.splitmix64 is not _PY_SPLITMIX:
+        return m.rand()
+    state = m.rng
+    if type(state) is not int:
+        return m.rand()
+    state = (state + 0x9E3779B97F4A7C15) & MASK64
+    z = state
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
+    m.rng = state
+    return z ^ (z >> 31)
+
+
+def raise_msi(m, addr, data):
+    """Machine.raise_msi"""
+    if type(m) is not _Machine or _Machine.raise_msi is not _PY_RAISE_MSI:
+        return m.raise_msi(addr, data)
+    handler = m.guest.irq_vectors.get(data) if addr == MSIX_ADDRESS else None
+    if handler is None:
+        m.counters[_IRQS_LOST] += 1
+        return
+    kind = "vring.interrupt" if handler[0] == _VQ else "probe.config_changed"
+    m.sim.post("vcpu", kind, (data,), delay=m.timing.irq_ns, urgent=True)
+
+
+# -- the latency model (emu/block/latency.py) --------------------------------------------------------
+
+def cost(lat, op, nbytes, noise):
+    """LatencyModel.cost"""
+    if type(lat) is not _LatencyModel or _LatencyModel.cost is not _PY_COST:
+        return lat.cost(op, nbytes, noise)
+    if op == "read":
+        base = lat.read_ns
+    elif op == "write":
+        base = lat.write_ns
+    elif op == "flush":
+        base = lat.flush_ns
+    elif op == "discard":
+        base = lat.discard_ns
+    elif op == "write_zeroes":
+        base = lat.zero_ns
+    else:
+        return lat.cost(op, nbytes, noise)       # (the KeyError, as in Python)
+    if op == "read" or op == "write":
+        base += nbytes * lat.ps_per_byte // 1000
+    jitter = lat.jitter_pct
+    if jitter:
+        span = base * jitter // 100
+        base += noise % (2 * span + 1) - span if span else 0
+    return max(base, 1)
+
+
+# -- the guest's allocator (emu/mem/page_alloc.py) ------------------------------------------------
+
+def alloc_pages(pages, npages):
+    """PageAllocator.alloc_pages"""
+    if not _own(pages, _PageAllocator, _PageAllocator.alloc_pages, "alloc_pages", _PY_ALLOC_PAGES) \
+            or type(npages) is not int or npages < 0:
+        return pages.alloc_pages(npages)
+    return _alloc_pages(pages, npages)
+
+
+cdef object _alloc_pages(object pages, Py_ssize_t npages):
+    cdef bytearray used = pages.used
+    pos = used.find(bytes(npages))
+    if pos < 0:
+        return None
+    used[pos:pos + npages] = b"\x01" * npages
+    gpa = pos << PAGE_SHIFT
+    pages.large[gpa] = npages
+    return gpa
+
+
+def free_pages(pages, gpa):
+    """PageAllocator.free_pages"""
+    if not _own(pages, _PageAllocator, _PageAllocator.free_pages, "free_pages", _PY_FREE_PAGES):
+        return pages.free_pages(gpa)
+    npages = pages.large.pop(gpa)
+    pos = gpa >> PAGE_SHIFT
+    pages.used[pos:pos + npages] = bytes(npages)
+
+
+def kmalloc(pages, size):
+    """PageAllocator.kmalloc"""
+    if not _own(pages, _PageAllocator, _PageAllocator.kmalloc, "kmalloc", _PY_KMALLOC) \
+            or type(size) is not int \
+            or not _own(pages, _PageAllocator, _PageAllocator.alloc_pages, "alloc_pages", _PY_ALLOC_PAGES):
+        return pages.kmalloc(size)
+    cls = None
+    for c in _KMALLOC_CLASSES:
+        if c >= size:
+            cls = c
+            break
+    if cls is None:
+        npages = (size + PAGE_SIZE - 1) >> PAGE_SHIFT
+        if npages < 0:
+            return pages.alloc_pages(npages)
+        return _alloc_pages(pages, npages)
+    slab_free = pages.slab_free
+    free = slab_free.get(cls)
+    if free is None:
+        free = slab_free.setdefault(cls, [])
+    if not free:
+        page = _alloc_pages(pages, 1)
+        if page is None:
+            return None
+        del pages.large[page]              # the page now belongs to the slab
+        n = PAGE_SIZE // cls
+        free.extend([page + cls * i for i in range(n - 1, -1, -1)])
+    gpa = free.pop()
+    pages.slab_objs[gpa] = cls
+    return gpa
+
+
+def kfree(pages, gpa):
+    """PageAllocator.kfree"""
+    if not _own(pages, _PageAllocator, _PageAllocator.kfree, "kfree", _PY_KFREE) \
+            or not _own(pages, _PageAllocator, _PageAllocator.free_pages, "free_pages", _PY_FREE_PAGES):
+        return pages.kfree(gpa)
+    cls = pages.slab_objs.pop(gpa, None)
+    if cls is None:
+        npages = pages.large.pop(gpa)
+        pos = gpa >> PAGE_SHIFT
+        pages.used[pos:pos + npages] = bytes(npages)
+        return
+    pages.slab_free[cls].append(gpa)
+
+
+# -- virtio-pci (emu/transport/virtio_pci.py) -------------------------------------------------------
+
+def msix_notify(transport, m, vector):
+    """Transport.msix_notify"""
+    if not _own(transport, _Transport, _Transport.msix_notify, "msix_notify", _PY_MSIX_NOTIFY):
+        return transport.msix_notify(m, vector)
+    px = transport.proxy
+    if not px.msix_enabled or vector == NO_VECTOR or vector >= px.nvectors:
+        return False
+    entry = px.msix_table[vector]
+    log = m.log
+    if entry.masked:
+        px.msix_pba[vector] = True
+        _log_add(log, ("reg", f"msix.pba[{vector}]", False, True))
+        return False
+    _log_add(log, ("msi", vector, entry.addr, entry.data))
+    m.counters[_INTERRUPTS] += 1
+    raise_msi(m, entry.addr, entry.data)
+    return True
+
+
+def mmio_write(transport, m, off, size, val):
+    """Transport.mmio_write"""
+    if not _own(transport, _Transport, _Transport.mmio_write, "mmio_write", _PY_MMIO_WRITE):
+        return transport.mmio_write(m, off, size, val)
+    _log_add(m.log, ("mmio-write", BAR4_GPA + off, size, val))
+    if COMMON_CFG <= off < COMMON_CFG + REGION_SIZE:
+        transport.common_write(m, off - COMMON_CFG, val)
+    elif DEVICE_CFG <= off < DEVICE_CFG + REGION_SIZE:
+        transport.config_write(m, off - DEVICE_CFG, size, val)
+
+
+# -- the block layer (emu/block/file_posix.py, emu/block/backend.py) ------------------------------
+
+def fault(m, op, offset, nbytes):
+    """emu.block.file_posix._fault"""
+    if _FP._fault is not _PY_FAULT:
+        return _FP._fault(m, op, offset, nbytes)
+    for rule in m.block.faults:
+        if rule["op"] != op or rule["count"] == 0:
+            continue
+        if op != "flush" and not (offset < rule["end"] and rule["start"] < offset + nbytes):
+            continue
+        if rule["count"] > 0:
+            rule["count"] -= 1
+        return rule["errno"]
+    return 0
+
+
+def blk_aio_submit(m, op, offset, nbytes, qiov, flags, cb, then):
+    """emu.block.backend.blk_aio_submit"""
+    if _BK.blk_aio_submit is not _PY_SUBMIT:
+        return _BK.blk_aio_submit(m, op, offset, nbytes, qiov, flags, cb, then)
+    blk = m.block
+    bid = blk.next_req
+    blk.next_req += 1
+    if qiov is not None:
+        nbytes = sum([n for _a, n in qiov])
+    blk.reqs[bid] = {"id": bid, "op": op, "cur_op": op, "offset": offset, "bytes": nbytes,
+                     "qiov": qiov, "flags": flags, "cb": cb, "ret": None, "phase": "submit"}
+    if then is None:
+        m.sim.cont("blk.co_entry", (bid,))
+    else:
+        m.sim.call("blk.co_entry", (bid,), then[0], then[1])
+    return bid
