@@ -7,7 +7,7 @@ Line-for-line translations of the handlers in emu/block/{backend,raw,file_posix}
 emu/block/qcow2/driver.py named in each docstring.  Rare branches (a probed raw image's sector
 0, a qcow2 plan item that never leaves guest memory, a flush item, a failed qcow2 I/O) run the
 Python handler itself, decided before anything has changed.  qcow2's compute step (the
-engine's cluster mapping and allocation) stays Python.
+engine's cluster mapping and allocation) is in _qcow2.pyx.
 """
 import errno as _E
 
@@ -31,9 +31,15 @@ cdef dict WORKER_FN = _Q.WORKER_FN
 cdef long long BDRV_REQ_FUA = _BK.BDRV_REQ_FUA
 cdef long long BDRV_REQ_MAY_UNMAP = _BK.BDRV_REQ_MAY_UNMAP
 cdef object _flush_acquire = _FP._flush_acquire
-cdef object _plan_frame = _Q._plan_frame
-cdef object _next_item = _Q._next_item
 cdef object _q_run = _Q._run
+cdef object _PY_PLAN_FRAME = _Q._plan_frame
+cdef object _PY_NEXT_ITEM = _Q._next_item
+cdef dict DATA_IO = _Q.DATA_IO
+cdef object _static_path = _Q.static_path
+cdef object _source_of = _Q.source_of
+cdef object QEMU_ROOTS = _Q.QEMU_ROOTS
+cdef str Q_SRC = _Q.SRC
+cdef dict _FRAMES = {}      # (fn, the coroutine's caller) -> (source, caller): static tables only
 cdef object _fp_run = _FP._run
 cdef object Qcow2Error = _Q.Qcow2Error
 cdef int EIO = _E.EIO
@@ -299,6 +305,49 @@ cdef str _q_run_write(object m, dict item):
     return f"pwrite {len(data)} bytes at host {off:#x}: {item['what']}"
 
 
+cdef object _plan_frame(object m, dict co, dict item):
+    """qcow2 driver._plan_frame (its static call-chain lookups cached per function and caller)"""
+    if _Q._plan_frame is not _PY_PLAN_FRAME:
+        return _Q._plan_frame(m, co, item)
+    fn = item["fn"]
+    ctx = co.get("caller", "")
+    key = (fn, ctx)
+    r = _FRAMES.get(key)
+    if r is None:
+        caller = DATA_IO.get(fn, "")
+        path = _static_path(fn)
+        if not caller and ctx and ctx not in path and path[0] not in QEMU_ROOTS:
+            caller = ">".join([ctx, *path[:len(path) - 1]])
+        r = (_source_of(fn) or Q_SRC, caller)
+        _FRAMES[key] = r
+    _SUP.set_function(m, fn, (<tuple>r)[0], (<tuple>r)[1])
+
+
+cdef object _next_item(object m, object bid, dict co, object detail):
+    """qcow2 driver._next_item"""
+    if _Q._next_item is not _PY_NEXT_ITEM:
+        return _Q._next_item(m, bid, co, detail)
+    m.fmt.engine.executed(co["plan"][co["pi"]])
+    co["pi"] += 1
+    m.sim.cont("qcow2.io" if co["pi"] < len(co["plan"]) else "qcow2.compute", (bid,))
+    return detail
+
+
+cdef str _q_run_zero(object m, dict item):
+    """qcow2 driver._run for write_zeroes and discard"""
+    f = m.hostfile
+    op, off, n = item["op"], item["offset"], item.get("length", 0)
+    end = off + n if op == "write_zeroes" else min(off + n, f.size)
+    if end > off:
+        old = f.pread(off, end - off)
+        new = bytes(end - off)
+        if old != new or end > f.size:
+            f.pwrite(off, new)
+            _log(m, ("file", off, old, new))
+    return f"{'fallocate(ZERO_RANGE)' if op == 'write_zeroes' else 'fallocate(PUNCH_HOLE)'} " \
+           f"{off:#x}+{n:#x}: {item['what']}"
+
+
 def q_worker(m, bid):
     """qcow2 driver.worker"""
     cdef dict co = m.fmt.cos[bid]
@@ -313,8 +362,12 @@ def q_worker(m, bid):
         detail = f"{item['what']}: injected error {ERRNO_NAMES.get(err, err)}"
     else:
         try:
-            if op == "write" or op == "guest_write":
+            if _Q._run is not _q_run:
+                detail = _Q._run(m, item)
+            elif op == "write" or op == "guest_write":
                 detail = _q_run_write(m, item)
+            elif op == "write_zeroes" or op == "discard":
+                detail = _q_run_zero(m, item)
             else:
                 detail = _q_run(m, item)
             co["io_ret"] = 0
