@@ -28,6 +28,8 @@ from emu.block.qcow2 import driver as _Q
 from emu.block.qcow2 import engine as _QE
 from emu.block.qcow2 import layout as _L
 
+from emu_fast import _support as _SUP
+
 PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
 
 cdef object Qcow2Engine = _QE.Qcow2Engine
@@ -37,7 +39,7 @@ cdef object _refcount_set_py = _L.refcount_set
 cdef object _cluster_type_py = _L.cluster_type
 cdef dict PHASES = _Q.PHASES
 cdef object _perform_cow = _Q._perform_cow
-cdef object _finish_py = _Q._finish
+cdef object _PY_FINISH = _Q._finish
 cdef dict ERRNO_NAMES = _Q.ERRNO_NAMES
 cdef str SRC = _Q.SRC
 cdef str CLUSTER_SRC = _Q.CLUSTER_SRC
@@ -912,6 +914,24 @@ def detach_machine(m):
 
 # == the driver's compute step (driver.py) ====================================================================
 
+cdef object _finish(object m, object bid):
+    """qcow2 driver._finish"""
+    if _Q._finish is not _PY_FINISH:
+        return _Q._finish(m, bid)
+    f = m.fmt
+    co = f.cos.pop(bid)
+    f.lock_owner = None
+    if f.lock_queue:
+        nxt = f.lock_queue.pop(0)
+        f.lock_owner = nxt
+        m.sim.post("qemu", "qcow2.compute", (nxt,))
+    if bid == 0:            # close: nobody to return to
+        return
+    req = m.block.reqs[bid]
+    req["ret"] = co["ret"]
+    m.sim.cont("bdrv.co_done", (bid,))
+
+
 cdef str _errname(object ret):
     """driver._errname"""
     return "0" if not ret else f"-{ERRNO_NAMES.get(-ret, -ret)}"
@@ -985,7 +1005,7 @@ cdef str _write_machine(object m, object eng, object bid, dict co):
         if co["remaining"] == 0:
             co["wphase"] = "link"
             return "every piece allocated and written: link the L2 entries"
-        m.set_function("qcow2_alloc_host_offset", CLUSTER_SRC)
+        _SUP.set_function(m, "qcow2_alloc_host_offset", CLUSTER_SRC)
         pos = co["pos"]
         rem = co["remaining"]
         metas = []
@@ -1002,7 +1022,7 @@ cdef str _write_machine(object m, object eng, object bid, dict co):
                           for mt in metas if not mt["keep_old"]]) or "in place (COPIED clusters)"
         return f"guest {pos:#x}+{cur:#x} -> host {host:#x}: {what}"
     if wphase == "link":
-        m.set_function("qcow2_alloc_cluster_link_l2", CLUSTER_SRC)
+        _SUP.set_function(m, "qcow2_alloc_cluster_link_l2", CLUSTER_SRC)
         pieces = co["pieces"]
         if co["link_i"] >= len(pieces):
             co["wphase"] = "done"
@@ -1040,7 +1060,7 @@ cdef str _read_phase(object m, object eng, object bid, dict co):
     if co["remaining"] == 0:
         co["phase"] = "done"
         return "read complete"
-    m.set_function("qcow2_get_host_offset", CLUSTER_SRC)
+    _SUP.set_function(m, "qcow2_get_host_offset", CLUSTER_SRC)
     pos = co["pos"]
     rem = co["remaining"]
     t, host, cur, entry = _get_host_offset(eng, pos, rem if rem < INT_MAX else INT_MAX)
@@ -1073,7 +1093,7 @@ cdef str _compute(object m, object f, object eng, object bid):
     """driver._compute"""
     cdef dict co = f.cos[bid]
     if co["phase"] == "done":
-        _finish_py(m, bid)
+        _finish(m, bid)
         return f"request done ({_errname(co['ret'])}), s->lock released"
     eng.plan = []
     op = co["op"]
@@ -1097,7 +1117,7 @@ cdef str _compute(object m, object f, object eng, object bid):
         m.sim.cont("qcow2.io", (bid,))
         return detail + f"; {len(plan)} host I/O(s) planned"
     if co["phase"] == "done":
-        _finish_py(m, bid)
+        _finish(m, bid)
         return detail + f"; request done ({_errname(co['ret'])}), s->lock released"
     m.sim.cont("qcow2.compute", (bid,))
     return detail
