@@ -25,7 +25,7 @@ from emu.block.hostfile import HostFile
 from emu.mem.guest_memory import GuestMemory
 from emu_fast import _hostfile
 from emu.sim.scheduler import Ctx, Scheduler
-from emu.sim.steps import REGISTRY, Step
+from emu.sim.steps import REGISTRY, Step, StepInfo
 
 CYTHON_VERSION_STR = CYTHON_VERSION     # set by setup.py (compile_time_env)
 PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled
@@ -38,39 +38,84 @@ cdef dict _REGISTRY = REGISTRY
 
 # Step records are made field by field (what the dataclass __init__ does, without running its
 # Python code) when Step has exactly the fields this module knows; otherwise by Step(...).
+# Each field is a __slots__ member: the record is allocated as Step.__new__(Step) does
+# (Step's tp_new, object's) and each (still empty) slot is stored as object.__setattr__ stores
+# it (PyMember_SetOne of a T_OBJECT_EX member), at the member's offset.
+cdef extern from *:
+    """
+    #include "structmember.h"
+    static PyObject* vb_tp_new(PyObject* type, PyObject* args) {
+        return ((PyTypeObject*)type)->tp_new((PyTypeObject*)type, args, NULL);
+    }
+    static int vb_member_offset(PyObject* d, Py_ssize_t* off) {
+        PyMemberDef* m = ((PyMemberDescrObject*)d)->d_member;
+        if (m->type != T_OBJECT_EX || (m->flags & READONLY)) return 0;
+        *off = m->offset;
+        return 1;
+    }
+    /* obj.<slot at off> = v (PyMember_SetOne, T_OBJECT_EX) */
+    static void vb_slot_set(PyObject* o, Py_ssize_t off, PyObject* v) {
+        PyObject** p = (PyObject**)((char*)o + off);
+        PyObject* old = *p;
+        Py_INCREF(v);
+        *p = v;
+        Py_XDECREF(old);
+    }
+    """
+    object vb_tp_new(object type, object args)
+    int vb_member_offset(object d, Py_ssize_t* off)
+    void vb_slot_set(object o, Py_ssize_t off, object v)
+
+
 import dataclasses as _dc
-cdef bint _STEP_DIRECT = tuple(f.name for f in _dc.fields(Step)) == (
-    "n", "time_ns", "ctx", "kind", "layer", "function", "source", "detail", "effects", "caller",
-    "facts") and hasattr(Step, "__slots__")
-cdef object _step_new = Step.__new__
+import types as _types
+
+_STEP_FIELDS = ("n", "time_ns", "ctx", "kind", "layer", "function", "source", "detail", "effects",
+                "caller", "facts")
+cdef Py_ssize_t _OFF[11]
 
 
-cdef inline object _make_step(object n, object time, object ctx, object kind, object info):
+cdef bint _slot_offsets(object cls, tuple names, Py_ssize_t* out) except -1:
+    """out[i] = the offset of member names[i] of cls, when each is a plain writable object
+    slot set as object.__setattr__ sets it; else False."""
+    cdef Py_ssize_t i
+    if cls.__setattr__ is not object.__setattr__ or cls.__new__ is not object.__new__:
+        return False
+    for i in range(len(names)):
+        d = vars(cls).get(names[i])
+        if type(d) is not _types.MemberDescriptorType or not vb_member_offset(d, &out[i]):
+            return False
+    return True
+
+
+cdef bint _STEP_DIRECT = (tuple(f.name for f in _dc.fields(Step)) == _STEP_FIELDS
+                          and hasattr(Step, "__slots__") and _slot_offsets(Step, _STEP_FIELDS, _OFF))
+
+
+cdef inline object _make_step(object n, object time, object ctx, object kind, object layer,
+                              object function, object source, object effects):
+    """Step(n, time, ctx, kind, layer, function, source), its effects list being effects."""
     if not _STEP_DIRECT:
-        return _Step(n, time, ctx, kind, info.layer, info.function, info.source)
-    rec = _step_new(_Step)
-    rec.n = n
-    rec.time_ns = time
-    rec.ctx = ctx
-    rec.kind = kind
-    rec.layer = info.layer
-    rec.function = info.function
-    rec.source = info.source
-    rec.detail = ""
-    rec.effects = []
-    rec.caller = ""
-    rec.facts = []
+        rec = _Step(n, time, ctx, kind, layer, function, source)
+        rec.effects = effects
+        return rec
+    rec = vb_tp_new(_Step, ())
+    vb_slot_set(rec, _OFF[0], n)
+    vb_slot_set(rec, _OFF[1], time)
+    vb_slot_set(rec, _OFF[2], ctx)
+    vb_slot_set(rec, _OFF[3], kind)
+    vb_slot_set(rec, _OFF[4], layer)
+    vb_slot_set(rec, _OFF[5], function)
+    vb_slot_set(rec, _OFF[6], source)
+    vb_slot_set(rec, _OFF[7], "")
+    vb_slot_set(rec, _OFF[8], effects)
+    vb_slot_set(rec, _OFF[9], "")
+    vb_slot_set(rec, _OFF[10], [])
     return rec
 
 
-class _Info:
-    layer = "l"
-    function = "f"
-    source = "s"
-
-
 if _STEP_DIRECT:    # the defaults must be what the dataclass gives
-    _STEP_DIRECT = _make_step(1, 2, "c", "k", _Info) == Step(1, 2, "c", "k", "l", "f", "s")
+    _STEP_DIRECT = _make_step(1, 2, "c", "k", "l", "f", "s", []) == Step(1, 2, "c", "k", "l", "f", "s")
 
 
 # == scheduler ================================================================================
@@ -693,6 +738,7 @@ def register(handlers):
         if kind in _COMPILED and _COMPILED[kind] != pair:
             raise ValueError(f"two compiled handlers for step kind {kind!r}")
         _COMPILED[kind] = (fn, py)
+    _RESOLVED.clear()
 
 
 def compiled_kinds():
@@ -702,8 +748,58 @@ def compiled_kinds():
 
 # == the run loop ================================================================================
 
+cdef object _StepInfo = StepInfo
+
+
+cdef class _Kind:
+    """What the run loop needs for one event kind, resolved from its REGISTRY entry (the
+    handler to run: the compiled one while the entry holds the Python function it translates;
+    the StepInfo's fields)."""
+    cdef object entry       # the REGISTRY[kind] tuple this was resolved from
+    cdef object fn
+    cdef object layer, function, source
+
+
+# kind -> _Kind, for entries whose StepInfo is a StepInfo (frozen: its fields never change).
+# An entry is used while REGISTRY[kind] is still the same tuple (a tuple: what it holds never
+# changes) and until register() adds compiled handlers.
+cdef dict _RESOLVED = {}
+
+
+cdef _Kind _resolve(object kind, object entry):
+    fn, info = <tuple>entry
+    c = _COMPILED.get(kind)
+    if c is not None and (<tuple>c)[1] is fn:     # (a replaced Python handler is used as is)
+        fn = (<tuple>c)[0]
+    cdef _Kind r = _Kind.__new__(_Kind)
+    r.entry = entry
+    r.fn = fn
+    r.layer = info.layer
+    r.function = info.function
+    r.source = info.source
+    if type(info) is _StepInfo and type(entry) is tuple:
+        _RESOLVED[kind] = r
+    return r
+
+
+cdef inline object _vcall(object fn, object m, object args):
+    """fn(m, *args)"""
+    cdef PyObject* argv[9]
+    cdef Py_ssize_t i, n
+    if type(args) is tuple:
+        n = PyTuple_GET_SIZE(args)
+        if n <= 8:
+            argv[0] = <PyObject*>m
+            for i in range(n):
+                argv[i + 1] = PyTuple_GET_ITEM(args, i)
+            return PyObject_Vectorcall(fn, argv, n + 1, NULL)
+    return fn(m, *args)
+
+
 cdef object _step(object m):
     """Machine.step, with Scheduler.pop and Scheduler.finish_step inlined."""
+    cdef PyObject* o
+    cdef _Kind r
     sim = m.sim
     sd = _sdict(sim) if type(sim) is FastScheduler else None
     q = _get(sim, sd, "queue")
@@ -714,16 +810,23 @@ cdef object _step(object m):
     _set(sim, sd, "now", time)
     _set(sim, sd, "cur", ctx)
     _set(sim, sd, "_decided", False)
-    fn, info = <tuple>_REGISTRY[kind]
-    c = _COMPILED.get(kind)
-    if c is not None and (<tuple>c)[1] is fn:     # (a replaced Python handler is used as is)
-        fn = (<tuple>c)[0]
-    rec = _make_step(m.steps + 1, time, ctx, kind, info)
+    entry = _REGISTRY[kind]
+    o = PyDict_GetItemWithError(_RESOLVED, kind)
+    if o != NULL and (<_Kind>o).entry is entry:
+        r = <_Kind>o
+    else:
+        r = _resolve(kind, entry)
+    effects = []
+    rec = _make_step(m.steps + 1, time, ctx, kind, r.layer, r.function, r.source, effects)
     m.cur = rec
     log = m.log
-    log.cur = rec.effects
+    log.cur = effects
     try:
-        rec.detail = fn(m, *args) or ""
+        detail = _vcall(r.fn, m, args) or ""
+        if _STEP_DIRECT:
+            vb_slot_set(rec, _OFF[7], detail)
+        else:
+            rec.detail = detail
     finally:
         log.cur = None
     _finish_step(sim, sd)
@@ -1060,3 +1163,10 @@ def session_run(s, target=None, bint check=True, limit=None, stop=None, cancelle
         if progress is not None and k % every == 0:
             progress(m.steps, len(m.guest.blkmq.rqs))
     return None
+
+
+def fast_paths():
+    """Which exact shortcuts this build takes (all True unless emu's classes changed shape):
+    Step records made slot by slot, Scheduler and Ctx attributes read from their __dict__."""
+    return {"step_slots": bool(_STEP_DIRECT), "scheduler_dict": bool(_SCHED_DICT),
+            "ctx_dict": bool(_CTX_DICT)}

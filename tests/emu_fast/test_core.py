@@ -128,3 +128,74 @@ def test_a_long_run_pops_in_time_then_seq_order():
         assert core.sched_op(c, "pop", ()) == py.pop()
         assert c.queue == py.queue
     assert core.sched_op(c, "pop", ()) is None and c.state() == py.state()
+
+
+# -- the run loop ------------------------------------------------------------------------------
+
+def _machines(tmp_path):
+    from tests.emu_fast.test_differential import machine
+    wl = "write 0 4096\nread 4096 8192\nwrite 65536 12288\nflush\n"
+    return (machine(tmp_path, "raw", "a", wl, {}), machine(tmp_path, "raw", "b", wl, {}))
+
+
+def test_the_run_loop_follows_registry_changes_between_steps(tmp_path, monkeypatch):
+    """The run loop resolves each kind's handler once, but a REGISTRY entry replaced after
+    that (and put back) is used from the next step on, as Machine.step does."""
+    from emu.sim.steps import REGISTRY
+    a, b = _machines(tmp_path)
+    kind = "vring.add_desc"
+    real = REGISTRY[kind]
+    calls = []
+
+    def spy(m, *args):
+        calls.append(args)
+        return real[0](m, *args) + " (spy)"
+
+    def step_both_until(cond):
+        while True:
+            ra = a.step()
+            rb = emu_fast.step(b)
+            assert rb == ra and ra is not None
+            if cond(ra):
+                return ra
+
+    step_both_until(lambda r: r.kind == kind)       # resolved (the compiled handler) by now
+    monkeypatch.setitem(REGISTRY, kind, (spy, real[1]))
+    r = step_both_until(lambda r: r.kind == kind)
+    assert r.detail.endswith(" (spy)") and len(calls) == 2      # both engines ran the spy
+    monkeypatch.setitem(REGISTRY, kind, real)
+    r = step_both_until(lambda r: r.kind == kind)
+    assert not r.detail.endswith(" (spy)") and len(calls) == 2  # neither does once put back
+    while (ra := a.step()) is not None:
+        assert emu_fast.step(b) == ra
+    assert emu_fast.step(b) is None and b.digest() == a.digest()
+
+
+@pytest.mark.parametrize("nargs", [0, 1, 8, 9])
+def test_handler_arguments_of_any_count(tmp_path, monkeypatch, nargs):
+    """fn(m, *args) for events with no, few and many arguments (and a list, not a tuple)."""
+    from emu.sim.steps import REGISTRY
+    a, b = _machines(tmp_path)
+    got = []
+
+    def fn(m, *args):
+        got.append(args)
+        return f"{len(args)} args" if args else None      # (None: the detail becomes "")
+    monkeypatch.setitem(REGISTRY, "test.args", (fn, REGISTRY["vring.add_desc"][1]))
+    args = tuple(range(nargs))
+    for m in (a, b):
+        m.sim.at(0, "test.args", args)
+        m.sim.at(0, "test.args", list(args))
+    recs_a = list(iter(a.step, None))
+    recs_b = list(iter(lambda: emu_fast.step(b), None))
+    assert recs_b == recs_a and got == [args, args] * 2
+    mine = [r for r in recs_b if r.kind == "test.args"]
+    assert [r.detail for r in mine] == [f"{nargs} args" if nargs else ""] * 2
+
+
+def test_the_exact_shortcuts_are_taken():
+    """Step, Scheduler and Ctx have the shape _core's shortcuts check for at import (slots of
+    Step at their offsets, attributes in __dict__): if a change to emu's classes turns one
+    off, the fast engine stays exact but slower, and this says so."""
+    assert emu_fast.require().fast_paths() == {"step_slots": True, "scheduler_dict": True,
+                                               "ctx_dict": True}
