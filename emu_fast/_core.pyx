@@ -25,7 +25,7 @@ from emu.block.hostfile import HostFile
 from emu.mem.guest_memory import GuestMemory
 from emu_fast import _hostfile
 from emu.sim.scheduler import Ctx, Scheduler
-from emu.sim.steps import REGISTRY, Step, StepInfo
+from emu.sim.steps import REGISTRY, EffectLog, Step, StepInfo
 
 CYTHON_VERSION_STR = CYTHON_VERSION     # set by setup.py (compile_time_env)
 PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled
@@ -298,8 +298,7 @@ cdef inline object _heappop(object heap):
     n = PyList_GET_SIZE(heap)
     if n == 0:
         raise IndexError("index out of range")
-    lastelt = (<list>heap)[n - 1]
-    del (<list>heap)[n - 1]
+    lastelt = (<list>heap).pop()
     n -= 1
     if n == 0:
         return lastelt
@@ -782,6 +781,23 @@ cdef _Kind _resolve(object kind, object entry):
     return r
 
 
+# EffectLog.cur is stored at its slot's offset (as _make_step stores Step's).  (The Machine's
+# attributes stay getattr/setattr: reading them from a materialized __dict__ made the handlers'
+# own m.<attr> lookups slower than it saved here.)
+cdef object _EffectLog = EffectLog
+cdef Py_ssize_t _LOG_OFF[1]
+cdef bint _LOG_SLOT = _slot_offsets(EffectLog, ("cur",), _LOG_OFF)
+
+
+cdef inline int _log_cur(object log, object value) except -1:
+    """log.cur = value"""
+    if _LOG_SLOT and type(log) is _EffectLog:
+        vb_slot_set(log, _LOG_OFF[0], value)
+    else:
+        log.cur = value
+    return 0
+
+
 cdef inline object _vcall(object fn, object m, object args):
     """fn(m, *args)"""
     cdef PyObject* argv[9]
@@ -820,7 +836,7 @@ cdef object _step(object m):
     rec = _make_step(m.steps + 1, time, ctx, kind, r.layer, r.function, r.source, effects)
     m.cur = rec
     log = m.log
-    log.cur = effects
+    _log_cur(log, effects)
     try:
         detail = _vcall(r.fn, m, args) or ""
         if _STEP_DIRECT:
@@ -828,7 +844,7 @@ cdef object _step(object m):
         else:
             rec.detail = detail
     finally:
-        log.cur = None
+        _log_cur(log, None)
     _finish_step(sim, sd)
     m.steps += 1
     return rec
@@ -1167,6 +1183,7 @@ def session_run(s, target=None, bint check=True, limit=None, stop=None, cancelle
 
 def fast_paths():
     """Which exact shortcuts this build takes (all True unless emu's classes changed shape):
-    Step records made slot by slot, Scheduler and Ctx attributes read from their __dict__."""
+    Step records and EffectLog.cur stored slot by slot, Scheduler and Ctx attributes read from
+    their __dict__."""
     return {"step_slots": bool(_STEP_DIRECT), "scheduler_dict": bool(_SCHED_DICT),
-            "ctx_dict": bool(_CTX_DICT)}
+            "ctx_dict": bool(_CTX_DICT), "effectlog_slot": bool(_LOG_SLOT)}

@@ -156,6 +156,7 @@ def test_the_run_loop_follows_registry_changes_between_steps(tmp_path, monkeypat
             ra = a.step()
             rb = emu_fast.step(b)
             assert rb == ra and ra is not None
+            assert b.log.cur is None and b.cur is rb and b.steps == a.steps
             if cond(ra):
                 return ra
 
@@ -194,8 +195,8 @@ def test_handler_arguments_of_any_count(tmp_path, monkeypatch, nargs):
 
 
 def test_the_exact_shortcuts_are_taken():
-    """Step, Scheduler and Ctx have the shape _core's shortcuts check for at import (slots of
+    """Step, EffectLog, Scheduler and Ctx have the shape _core's shortcuts check for at import (slots of
     Step at their offsets, attributes in __dict__): if a change to emu's classes turns one
     off, the fast engine stays exact but slower, and this says so."""
     assert emu_fast.require().fast_paths() == {"step_slots": True, "scheduler_dict": True,
-                                               "ctx_dict": True}
+                                               "ctx_dict": True, "effectlog_slot": True}
