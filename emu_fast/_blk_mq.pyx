@@ -15,6 +15,7 @@ by the disk and queue sizes (checked where they enter).
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from libc.string cimport memcpy, memset
+from emu_fast._core cimport sched_at, sched_call, sched_cont, sched_post
 
 import hashlib as _hashlib
 import struct as _struct
@@ -185,7 +186,7 @@ cdef void _free_request(object m, object rid) except *:
     proc = m.guest.proc
     if proc.waiting == "tag":
         proc.waiting = "woken-tag"
-        m.sim.post("vcpu", "app.resume")
+        sched_post(m.sim, "vcpu", "app.resume")
 
 
 cdef str _dd_insert(object m, object rid):
@@ -271,7 +272,7 @@ cdef void _wake(object m, str reason) except *:
     p = m.guest.proc
     if p.waiting == reason:
         p.waiting = "woken-" + reason
-        m.sim.post("vcpu", "app.resume")
+        sched_post(m.sim, "vcpu", "app.resume")
 
 
 cdef void _bio_done(object m, dict bio, str status) except *:
@@ -316,7 +317,7 @@ cdef str _sleep(object m, str reason):
     p = m.guest.proc
     p.waiting = reason
     if m.guest.blkmq.plug:
-        m.sim.cont("blkmq.flush_plug", (-1,))
+        sched_cont(m.sim, "blkmq.flush_plug", (-1,))
         return f"sleeps ({reason}); its plug is flushed on the way"
     return f"sleeps ({reason})"
 
@@ -429,7 +430,7 @@ def start(m):
     """emu.guest.process.start (app.start)"""
     p = m.guest.proc
     p.started = True
-    m.sim.cont("app.op", (), None, True)
+    sched_cont(m.sim, "app.op", (), None, True)
     return f"the workload process opens /dev/vda (O_RDWR|O_DIRECT); {len(p.ops)} operations"
 
 
@@ -443,7 +444,7 @@ def op_step(m):
     if p.pc >= len(ops):
         if p.inflight:
             return "end of the workload: " + _sleep(m, "exit")
-        m.sim.cont("app.exit")
+        sched_cont(m.sim, "app.exit")
         return "end of the workload"
     op = ops[p.pc]
     if not _plain_op(op):
@@ -456,21 +457,21 @@ def op_step(m):
         if p.inflight:
             return where + ": " + _sleep(m, "drain")
         p.pc += 1
-        m.sim.cont("app.op", (), None, True)
+        sched_cont(m.sim, "app.op", (), None, True)
         return where + ": nothing in flight"
     if kind == "at":
         p.pc += 1
         now = m.sim.now
         if now < op["time_ns"]:
-            m.sim.at(op["time_ns"] - now, "app.hrtimer")
+            sched_at(m.sim, op["time_ns"] - now, "app.hrtimer")
             return where + f" {op['time_ns']} ns (now {now} ns): " + _sleep(m, "timer")
-        m.sim.cont("app.op", (), None, True)
+        sched_cont(m.sim, "app.op", (), None, True)
         return where + f" {op['time_ns']} ns: already past (now {now} ns)"
     if kind == "queue-depth":
         q = g.blkmq
         nr = max(op["depth"], BLKDEV_MIN_RQ)
         p.pc += 1
-        m.sim.cont("app.op", (), None, True)
+        sched_cont(m.sim, "app.op", (), None, True)
         if nr > q.depth:
             return where + (f" {op['depth']}: write error: Invalid argument (EINVAL: the tag"
                             f" set holds {q.depth}); nr_requests stays {q.nr_requests}")
@@ -483,17 +484,17 @@ def op_step(m):
     p.pc += 1
     if err:
         p.results.append({"n": op["n"], "line": op["line"], "op": kind, "status": err})
-        m.sim.cont("app.op", (), None, True)
+        sched_cont(m.sim, "app.op", (), None, True)
         return where + f": fails with {err} before reaching the disk"
     if not bios:
         p.results.append({"n": op["n"], "line": op["line"], "op": kind, "status": "OK"})
-        m.sim.cont("app.op", (), None, True)
+        sched_cont(m.sim, "app.op", (), None, True)
         return where + ": the queue has no write cache, so the flush completes at once (no request)"
     idx = p.pc - 1
     p.op_state[idx] = {"bios": len(bios), "status": "OK", "buf": buf}
     p.inflight += 1
     p.pending_bios.extend(bios)
-    m.sim.cont("blkmq.submit_bio", (), None, True)
+    sched_cont(m.sim, "blkmq.submit_bio", (), None, True)
     size = f" {op['offset']:#x}+{op['length']:#x}" if "offset" in op else ""
     return where + size + f": {len(bios)} bio(s)" + (f", buffer at {buf:#x}" if buf else "")
 
@@ -548,7 +549,7 @@ cdef inline tuple _next_frame(object m):
 cdef inline void _next(object m) except *:
     """_next"""
     kind, args = _next_frame(m)
-    m.sim.cont(kind, args, None, True)
+    sched_cont(m.sim, kind, args, None, True)
 
 
 def submit_bio(m):
@@ -603,7 +604,7 @@ def submit_bio(m):
         rq["stage"] = "queued"
         q.dispatch.append(rid)
         kind, args = _next_frame(m)
-        m.sim.call("blkmq.run_queue", (), kind, args)
+        sched_call(m.sim, "blkmq.run_queue", (), kind, args)
         return note + what + ("; virtblk_get_id wrote the GET_ID header" if bop == "DRV_IN" else "") \
             + "; bypasses the plug and the scheduler (hctx->dispatch), run the queue"
     plug = q.plug
@@ -613,7 +614,7 @@ def submit_bio(m):
     plug.append(rid)
     if flush_first:
         kind, args = _next_frame(m)
-        m.sim.call("blkmq.flush_plug", (n_before,), kind, args)
+        sched_call(m.sim, "blkmq.flush_plug", (n_before,), kind, args)
         return note + what + f"; plug full: flush the {n_before} plugged request(s) first"
     _next(m)
     return note + what + f"; plugged ({len(plug)} in the plug)"
@@ -626,15 +627,15 @@ def resume(m):
     p.waiting = ""
     if reason == "drain":
         p.pc += 1
-        m.sim.cont("app.op", (), None, True)
+        sched_cont(m.sim, "app.op", (), None, True)
         return "woken: all in-flight operations completed"
     if reason == "exit":
-        m.sim.cont("app.exit")
+        sched_cont(m.sim, "app.exit")
         return "woken: the last operation completed"
     if reason == "tag":
-        m.sim.cont("blkmq.submit_bio", (), None, True)
+        sched_cont(m.sim, "blkmq.submit_bio", (), None, True)
         return "woken: a tag is free"
-    m.sim.cont("app.op", (), None, True)
+    sched_cont(m.sim, "app.op", (), None, True)
     return f"woken ({reason})"
 
 
@@ -649,7 +650,7 @@ def exit_(m):
     p = m.guest.proc
     p.waiting = "done"
     if m.guest.blkmq.plug:
-        m.sim.cont("blkmq.flush_plug", (-1,))
+        sched_cont(m.sim, "blkmq.flush_plug", (-1,))
     return f"the workload process exits ({len(p.results)} operations finished)"
 
 
@@ -671,7 +672,7 @@ def flush_plug(m, count):
     cdef list plug = old[:n]
     q.plug = old[n:]
     notes = [_dd_insert(m, rid) for rid in plug]
-    m.sim.cont("blkmq.run_queue")
+    sched_cont(m.sim, "blkmq.run_queue")
     return f"{len(plug)} plugged request(s) -> mq-deadline; " + "; ".join(notes) if plug \
         else "plug empty; run the queue"
 
@@ -699,7 +700,7 @@ def run_queue(m):
     if not batch:
         return "nothing to dispatch"
     q.queued = 0
-    m.sim.cont("blkmq.dispatch")
+    sched_cont(m.sim, "blkmq.dispatch")
     return f"{len(batch)} request(s) from {'hctx->dispatch' if q.batch_from == 'dispatch' else 'mq-deadline'}: " \
         + " ".join([str(r) for r in batch])
 
@@ -711,7 +712,7 @@ def dispatch(m):
     rid = batch[0]
     cdef object last = len(batch) == 1          # a Python bool (it is formatted)
     q.rqs[rid]["stage"] = "dispatched"
-    m.sim.call("vblkd.queue_rq", (rid, int(last)), "blkmq.dispatch_ret", (rid,))
+    sched_call(m.sim, "vblkd.queue_rq", (rid, int(last)), "blkmq.dispatch_ret", (rid,))
     return f".queue_rq(request {rid}, last={last})"
 
 
@@ -723,39 +724,39 @@ def dispatch_ret(m, rid):
         q.batch.pop(0)
         q.queued += 1
         if q.batch:
-            m.sim.cont("blkmq.dispatch", (), None, True)
+            sched_cont(m.sim, "blkmq.dispatch", (), None, True)
             return f"request {rid}: BLK_STS_OK"
-        m.sim.cont("blkmq.run_queue", (), None, True)
+        sched_cont(m.sim, "blkmq.run_queue", (), None, True)
         return f"request {rid}: BLK_STS_OK; batch done, look for more"
     if ret == "IOERR" or ret == "NOTSUPP":
         q.batch.pop(0)
         if q.batch:
-            m.sim.call("blkmq.end_request", (rid, ret, 0), "blkmq.dispatch", ())
+            sched_call(m.sim, "blkmq.end_request", (rid, ret, 0), "blkmq.dispatch", ())
         else:
-            m.sim.call("blkmq.end_request", (rid, ret, 0), "blkmq.run_queue", ())
+            sched_call(m.sim, "blkmq.end_request", (rid, ret, 0), "blkmq.run_queue", ())
         return f"request {rid}: BLK_STS_{ret}: end it with an error"
     for r in q.batch:
         q.rqs[r]["stage"] = "requeued"
     q.dispatch = q.batch + q.dispatch
     q.batch = []
     if ret == "RESOURCE":
-        m.sim.at(3_000_000, "blkmq.delay_run")
+        sched_at(m.sim, 3_000_000, "blkmq.delay_run")
     if q.queued:
-        m.sim.cont("vblkd.commit_rqs")
+        sched_cont(m.sim, "vblkd.commit_rqs")
     return (f"request {rid}: BLK_STS_{ret}: {len(q.dispatch)} request(s) back on hctx->dispatch"
             + ("; commit_rqs" if q.queued else ""))
 
 
 def delay_run(m):
     """emu.guest.blk_mq.delay_run (blkmq.delay_run)"""
-    m.sim.post("vcpu", "blkmq.run_work")
+    sched_post(m.sim, "vcpu", "blkmq.run_work")
     return "BLK_MQ_RESOURCE_DELAY expired: schedule a queue run"
 
 
 def run_work(m):
     """emu.guest.blk_mq.run_work (blkmq.run_work)"""
     m.guest.blkmq.run_work_pending = False
-    m.sim.cont("blkmq.run_queue")
+    sched_cont(m.sim, "blkmq.run_queue")
     return "kblockd: run the hardware queue"
 
 
@@ -764,7 +765,7 @@ def start_request(m, rid):
     rq = m.guest.blkmq.rqs[rid]
     rq["stage"] = "started"
     rq["start_ns"] = m.sim.now
-    m.sim.cont("vblkd.add_req", (rid,))
+    sched_cont(m.sim, "vblkd.add_req", (rid,))
     return f"request {rid}: MQ_RQ_IN_FLIGHT"
 
 
@@ -785,7 +786,7 @@ def end_request(m, rid, status, from_irq):
     if len(completed) > 64:
         del completed[0]
     if from_irq:
-        m.sim.cont("vring.get_buf")
+        sched_cont(m.sim, "vring.get_buf")
     return f"request {rid} ({rq['op']} sector {rq['sector']}, {rq['bytes']} bytes): BLK_STS_{status}; tag {rq['tag']} freed"
 
 

@@ -9,11 +9,14 @@ emu/block/qcow2/driver.py named in each docstring.  Rare branches (a probed raw 
 Python handler itself, decided before anything has changed.  qcow2's compute step (the
 engine's cluster mapping and allocation) is in _qcow2.pyx.
 """
+from emu_fast._core cimport sched_at, sched_cont, sched_post
+
 import errno as _E
 
 from emu.block import backend as _BK
 from emu.block import file_posix as _FP
 from emu.block import raw as _RAW
+
 from emu.block.qcow2 import driver as _Q
 
 from emu_fast import _support as _SUP
@@ -80,7 +83,7 @@ cdef object _submit(object m, object bid, object op, object offset, object nbyte
     blk.aios[aid] = {"bid": bid, "op": op, "offset": offset, "bytes": nbytes,
                      "iov": iov, "data": None, "ret": None}
     lat = _SUP.cost(m.latency, op, nbytes, _SUP.rand(m))
-    m.sim.at(lat, "file.aio_worker", (aid,))
+    sched_at(m.sim, lat, "file.aio_worker", (aid,))
     return lat
 
 
@@ -127,7 +130,7 @@ def aio_worker(m, aid):
         except OSError as e:
             aio["ret"] = -(e.errno or EIO)
             detail = f"{op} at {off:#x}+{n} failed: {e.strerror}"
-    m.sim.post("qemu", "file.co_resume", (aid,))
+    sched_post(m.sim, "qemu", "file.co_resume", (aid,))
     return detail
 
 
@@ -142,7 +145,7 @@ def file_co_entry(m, bid):
         req["ret"] = 0
         why = "cache=unsafe (BDRV_O_NO_FLUSH)" if m.block.no_flush else \
             "nothing written since the last flush (flushed_gen == write_gen)"
-        m.sim.cont("file.flush_done", (bid,))
+        sched_cont(m.sim, "file.flush_done", (bid,))
         return f"no fdatasync: {why}"
     if op == "flush":
         req["flush_gen"] = m.block.write_gen
@@ -163,11 +166,11 @@ def file_co_resume(m, aid):
     if aio["op"] == "flush":
         if aio["ret"] == 0:
             m.block.flushed_gen = req.pop("flush_gen")
-        m.sim.cont("file.flush_done", (bid,))
+        sched_cont(m.sim, "file.flush_done", (bid,))
     else:
         if aio["op"] != "read" and aio["ret"] == 0:
             m.block.write_gen += 1
-        m.sim.cont("bdrv.co_done", (bid,))
+        sched_cont(m.sim, "bdrv.co_done", (bid,))
     return f"{aio['op']} returned {_ret_str(aio['ret'])}; coroutine re-entered"
 
 
@@ -176,7 +179,7 @@ def file_co_resume(m, aid):
 cdef void _complete_early(object m, object bid, object ret) except *:
     """backend._complete_early"""
     m.block.reqs[bid]["ret"] = ret
-    m.sim.post("qemu", "blk.aio_complete", (bid,))
+    sched_post(m.sim, "qemu", "blk.aio_complete", (bid,))
 
 
 def blk_co_entry(m, bid):
@@ -194,7 +197,7 @@ def blk_co_entry(m, bid):
     if op == "write" and not blk.wce:
         req["flags"] |= BDRV_REQ_FUA
         extra = "; write cache off (writethrough): BDRV_REQ_FUA added"
-    m.sim.cont("bdrv.co_entry", (bid,))
+    sched_cont(m.sim, "bdrv.co_entry", (bid,))
     return f"{op} {req['bytes']} bytes at {req['offset']:#x}{extra}"
 
 
@@ -212,7 +215,7 @@ def bdrv_co_entry(m, bid):
         return "discard=ignore (no BDRV_O_UNMAP): succeeds without touching the image"
     if op == "write_zeroes" and not blk.discard_unmap:
         req["flags"] &= ~BDRV_REQ_MAY_UNMAP
-    m.sim.cont(m.fmt.entry_kind(op), (bid,))
+    sched_cont(m.sim, m.fmt.entry_kind(op), (bid,))
     return f"-> {m.fmt.name} driver"
 
 
@@ -224,9 +227,9 @@ def bdrv_co_done(m, bid):
             and req["phase"] != "fua":
         req["phase"] = "fua"
         req["cur_op"] = "flush"
-        m.sim.cont(m.fmt.entry_kind("flush"), (bid,))
+        sched_cont(m.sim, m.fmt.entry_kind("flush"), (bid,))
         return "BDRV_REQ_FUA not supported by the driver: bdrv_co_flush() after the write"
-    m.sim.cont("blk.aio_complete", (bid,))
+    sched_cont(m.sim, "blk.aio_complete", (bid,))
     return f"{req['op']} returns {_ret_str(req['ret'])}"
 
 
@@ -234,7 +237,7 @@ def blk_aio_complete(m, bid):
     """backend.aio_complete"""
     cdef dict req = m.block.reqs.pop(bid)
     kind, args = req["cb"]
-    m.sim.cont(kind, tuple(args) + (req["ret"],))
+    sched_cont(m.sim, kind, tuple(args) + (req["ret"],))
     return f"{req['op']} request {bid} completes with {_ret_str(req['ret'])}"
 
 
@@ -247,7 +250,7 @@ def raw_co_entry(m, bid):
     if op == "write" and m.block.probed and req["offset"] < 512 and req["bytes"]:
         return _RAW.co_entry(m, bid)
     _SUP.set_function(m, RAW_FN[op])
-    m.sim.cont("file.co_entry", (bid,))
+    sched_cont(m.sim, "file.co_entry", (bid,))
     return f"{op} passes straight to the file at the same offset"
 
 
@@ -261,7 +264,7 @@ def q_co_entry(m, bid):
     _SUP.set_function(m, Q_CO_FN[op])
     if f.engine.drv_gone:
         req["ret"] = -ENOMEDIUM
-        m.sim.post("qemu", "blk.aio_complete", (bid,))
+        sched_post(m.sim, "qemu", "blk.aio_complete", (bid,))
         return "the qcow2 node was made unusable by an earlier corruption: -ENOMEDIUM"
     cdef dict co = {"op": op, "phase": "start", "plan": [], "pi": 0, "ret": 0}
     if op == "write" or op == "read":
@@ -272,7 +275,7 @@ def q_co_entry(m, bid):
         f.lock_queue.append(bid)
         return f"s->lock is held by request {f.lock_owner}: wait (qemu_co_mutex_lock)"
     f.lock_owner = bid
-    m.sim.cont("qcow2.compute", (bid,))
+    sched_cont(m.sim, "qcow2.compute", (bid,))
     return f"{op} {req['bytes']} bytes at guest {req['offset']:#x}; s->lock taken"
 
 
@@ -285,7 +288,7 @@ def q_io(m, bid):
         return _Q.io(m, bid)
     _plan_frame(m, co, item)
     lat = _SUP.cost(m.latency, _Q_LAT_OP.get(op, "read"), item.get("length", 0), _SUP.rand(m))
-    m.sim.at(lat, "qcow2.worker", (bid,))
+    sched_at(m.sim, lat, "qcow2.worker", (bid,))
     return f"{item['what']} -> thread pool ({lat} ns); coroutine yields"
 
 
@@ -329,7 +332,7 @@ cdef object _next_item(object m, object bid, dict co, object detail):
         return _Q._next_item(m, bid, co, detail)
     m.fmt.engine.executed(co["plan"][co["pi"]])
     co["pi"] += 1
-    m.sim.cont("qcow2.io" if co["pi"] < len(co["plan"]) else "qcow2.compute", (bid,))
+    sched_cont(m.sim, "qcow2.io" if co["pi"] < len(co["plan"]) else "qcow2.compute", (bid,))
     return detail
 
 
@@ -377,7 +380,7 @@ def q_worker(m, bid):
         except Qcow2Error as e:
             co["io_ret"] = e.errno
             detail = f"{item['what']} failed: {e}"
-    m.sim.post("qemu", "qcow2.io_done", (bid,))
+    sched_post(m.sim, "qemu", "qcow2.io_done", (bid,))
     return detail
 
 

@@ -11,15 +11,21 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
+from cpython.dict cimport PyDict_SetItem
+from cpython.list cimport PyList_GET_SIZE
+from cpython.long cimport PyLong_CheckExact, PyLong_AsLongLongAndOverflow
+from cpython.object cimport PyObject, PyObject_RichCompareBool, Py_LT
+from cpython.ref cimport Py_INCREF, Py_DECREF
+from cpython.tuple cimport PyTuple_CheckExact, PyTuple_GET_SIZE, PyTuple_GET_ITEM
 
 import copyreg as _copyreg
-from heapq import heappop as _heappop, heappush as _heappush
+from heapq import heappop as _py_heappop, heappush as _py_heappush
 
 from emu.block.hostfile import HostFile
 from emu.mem.guest_memory import GuestMemory
 from emu_fast import _hostfile
-from emu.sim.scheduler import Scheduler
-from emu.sim.steps import REGISTRY, Step
+from emu.sim.scheduler import Ctx, Scheduler
+from emu.sim.steps import REGISTRY, EffectLog, Step, StepInfo
 
 CYTHON_VERSION_STR = CYTHON_VERSION     # set by setup.py (compile_time_env)
 PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled
@@ -32,86 +38,494 @@ cdef dict _REGISTRY = REGISTRY
 
 # Step records are made field by field (what the dataclass __init__ does, without running its
 # Python code) when Step has exactly the fields this module knows; otherwise by Step(...).
+# Each field is a __slots__ member: the record is allocated as Step.__new__(Step) does
+# (Step's tp_new, object's) and each (still empty) slot is stored as object.__setattr__ stores
+# it (PyMember_SetOne of a T_OBJECT_EX member), at the member's offset.
+cdef extern from *:
+    """
+    #include "structmember.h"
+    static PyObject* vb_tp_new(PyObject* type, PyObject* args) {
+        return ((PyTypeObject*)type)->tp_new((PyTypeObject*)type, args, NULL);
+    }
+    static int vb_member_offset(PyObject* d, Py_ssize_t* off) {
+        PyMemberDef* m = ((PyMemberDescrObject*)d)->d_member;
+        if (m->type != T_OBJECT_EX || (m->flags & READONLY)) return 0;
+        *off = m->offset;
+        return 1;
+    }
+    /* obj.<slot at off> = v (PyMember_SetOne, T_OBJECT_EX) */
+    static void vb_slot_set(PyObject* o, Py_ssize_t off, PyObject* v) {
+        PyObject** p = (PyObject**)((char*)o + off);
+        PyObject* old = *p;
+        Py_INCREF(v);
+        *p = v;
+        Py_XDECREF(old);
+    }
+    """
+    object vb_tp_new(object type, object args)
+    int vb_member_offset(object d, Py_ssize_t* off)
+    void vb_slot_set(object o, Py_ssize_t off, object v)
+
+
 import dataclasses as _dc
-cdef bint _STEP_DIRECT = tuple(f.name for f in _dc.fields(Step)) == (
-    "n", "time_ns", "ctx", "kind", "layer", "function", "source", "detail", "effects", "caller",
-    "facts") and hasattr(Step, "__slots__")
-cdef object _step_new = Step.__new__
+import types as _types
+
+_STEP_FIELDS = ("n", "time_ns", "ctx", "kind", "layer", "function", "source", "detail", "effects",
+                "caller", "facts")
+cdef Py_ssize_t _OFF[11]
 
 
-cdef inline object _make_step(object n, object time, object ctx, object kind, object info):
+cdef bint _slot_offsets(object cls, tuple names, Py_ssize_t* out) except -1:
+    """out[i] = the offset of member names[i] of cls, when each is a plain writable object
+    slot set as object.__setattr__ sets it; else False."""
+    cdef Py_ssize_t i
+    if cls.__setattr__ is not object.__setattr__ or cls.__new__ is not object.__new__:
+        return False
+    for i in range(len(names)):
+        d = vars(cls).get(names[i])
+        if type(d) is not _types.MemberDescriptorType or not vb_member_offset(d, &out[i]):
+            return False
+    return True
+
+
+cdef bint _STEP_DIRECT = (tuple(f.name for f in _dc.fields(Step)) == _STEP_FIELDS
+                          and hasattr(Step, "__slots__") and _slot_offsets(Step, _STEP_FIELDS, _OFF))
+
+
+cdef inline object _make_step(object n, object time, object ctx, object kind, object layer,
+                              object function, object source, object effects):
+    """Step(n, time, ctx, kind, layer, function, source), its effects list being effects."""
     if not _STEP_DIRECT:
-        return _Step(n, time, ctx, kind, info.layer, info.function, info.source)
-    rec = _step_new(_Step)
-    rec.n = n
-    rec.time_ns = time
-    rec.ctx = ctx
-    rec.kind = kind
-    rec.layer = info.layer
-    rec.function = info.function
-    rec.source = info.source
-    rec.detail = ""
-    rec.effects = []
-    rec.caller = ""
-    rec.facts = []
+        rec = _Step(n, time, ctx, kind, layer, function, source)
+        rec.effects = effects
+        return rec
+    rec = vb_tp_new(_Step, ())
+    vb_slot_set(rec, _OFF[0], n)
+    vb_slot_set(rec, _OFF[1], time)
+    vb_slot_set(rec, _OFF[2], ctx)
+    vb_slot_set(rec, _OFF[3], kind)
+    vb_slot_set(rec, _OFF[4], layer)
+    vb_slot_set(rec, _OFF[5], function)
+    vb_slot_set(rec, _OFF[6], source)
+    vb_slot_set(rec, _OFF[7], "")
+    vb_slot_set(rec, _OFF[8], effects)
+    vb_slot_set(rec, _OFF[9], "")
+    vb_slot_set(rec, _OFF[10], [])
     return rec
 
 
-class _Info:
-    layer = "l"
-    function = "f"
-    source = "s"
-
-
 if _STEP_DIRECT:    # the defaults must be what the dataclass gives
-    _STEP_DIRECT = _make_step(1, 2, "c", "k", _Info) == Step(1, 2, "c", "k", "l", "f", "s")
+    _STEP_DIRECT = _make_step(1, 2, "c", "k", "l", "f", "s", []) == Step(1, 2, "c", "k", "l", "f", "s")
 
 
 # == scheduler ================================================================================
+# The Scheduler's and its Ctx's attributes are read and written in their instance __dict__
+# directly (what object.__getattribute__/__setattr__ do for them: the classes define no data
+# descriptor, __getattribute__ or __setattr__ of their own, checked below); a name missing
+# from the dict is looked up with getattr, so even the error is the same.  The event heap is
+# heapq's algorithm (siftdown/siftup of Modules/_heapqmodule.c, same moves, same checks) with
+# the queue's (time, seq, ...) tuples compared in C when both leading items are ints.
 
-cdef inline void _schedule(object sim, object delay, object ctx, object kind, object args) except *:
-    seq = sim.seq + 1
-    sim.seq = seq
-    _heappush(sim.queue, (sim.now + delay, seq, ctx, kind, args))
+cdef extern from "Python.h":
+    object PyObject_GenericGetDict(object o, void* context)
+    PyObject* PyDict_GetItemWithError(object d, object key) except? NULL
+    object PyObject_Vectorcall(object fn, PyObject** args, size_t nargsf, PyObject* kwnames)
+    PyObject** _PyList_ITEMS "PySequence_Fast_ITEMS" (object)
 
 
-cdef inline void _start_next(object sim, object ctx, object delay) except *:
-    cdef list urgent = ctx.urgent
+def _plain_attrs(cls, names):
+    """Instances of cls keep these attributes in their __dict__ (no data descriptor, no
+    __getattribute__/__setattr__ of the class's own)."""
+    if cls.__getattribute__ is not object.__getattribute__ or cls.__setattr__ is not object.__setattr__:
+        return False
+    for c in cls.__mro__:
+        if c is object:
+            continue
+        if "__slots__" in vars(c) or "__getattr__" in vars(c):
+            return False
+        for n in names:
+            v = vars(c).get(n)
+            if v is not None and (hasattr(type(v), "__set__") or hasattr(type(v), "__delete__")):
+                return False
+    return True
+
+
+cdef object _Ctx = Ctx
+cdef bint _CTX_DICT = _plain_attrs(Ctx, ("name", "step_ns", "busy", "stack", "fifo", "urgent",
+                                         "preempted", "blocked"))
+cdef bint _SCHED_DICT = False       # set after FastScheduler is defined
+
+
+cdef inline object _sdict(object sim):
+    """sim's attribute dict (sim is a FastScheduler), or None: then getattr/setattr."""
+    if _SCHED_DICT:
+        return PyObject_GenericGetDict(sim, NULL)
+    return None
+
+
+cdef inline object _cdict(object ctx):
+    if _CTX_DICT and type(ctx) is _Ctx:
+        return PyObject_GenericGetDict(ctx, NULL)
+    return None
+
+
+cdef inline object _get(object o, object d, str name):
+    cdef PyObject* v
+    if d is not None:
+        v = PyDict_GetItemWithError(d, name)
+        if v != NULL:
+            return <object>v
+    return getattr(o, name)
+
+
+cdef inline int _set(object o, object d, str name, object value) except -1:
+    if d is not None:
+        PyDict_SetItem(d, name, value)
+    else:
+        setattr(o, name, value)
+    return 0
+
+
+cdef inline int _lt(PyObject* a, PyObject* b) except -1:
+    """a < b (PyObject_RichCompareBool(a, b, Py_LT)) for queue entries."""
+    cdef PyObject *x
+    cdef PyObject *y
+    cdef long long u, v
+    cdef int o1 = 0, o2 = 0
+    if (PyTuple_CheckExact(<object>a) and PyTuple_CheckExact(<object>b)
+            and PyTuple_GET_SIZE(<object>a) >= 2 and PyTuple_GET_SIZE(<object>b) >= 2):
+        # tuple order: the first items that differ decide; exact ints differ iff their values do
+        x = PyTuple_GET_ITEM(<object>a, 0)
+        y = PyTuple_GET_ITEM(<object>b, 0)
+        if PyLong_CheckExact(<object>x) and PyLong_CheckExact(<object>y):
+            u = PyLong_AsLongLongAndOverflow(<object>x, &o1)
+            v = PyLong_AsLongLongAndOverflow(<object>y, &o2)
+            if not o1 and not o2:
+                if u != v:
+                    return u < v
+                x = PyTuple_GET_ITEM(<object>a, 1)
+                y = PyTuple_GET_ITEM(<object>b, 1)
+                if PyLong_CheckExact(<object>x) and PyLong_CheckExact(<object>y):
+                    u = PyLong_AsLongLongAndOverflow(<object>x, &o1)
+                    v = PyLong_AsLongLongAndOverflow(<object>y, &o2)
+                    if not o1 and not o2 and u != v:
+                        return u < v
+    return PyObject_RichCompareBool(<object>a, <object>b, Py_LT)
+
+
+cdef int _siftdown(list heap, Py_ssize_t startpos, Py_ssize_t pos) except -1:
+    """heapq's siftdown (Modules/_heapqmodule.c)."""
+    cdef Py_ssize_t parentpos, size = PyList_GET_SIZE(heap)
+    cdef PyObject** arr
+    cdef PyObject* newitem
+    cdef PyObject* parent
+    cdef int cmp
+    if pos >= size:
+        raise IndexError("index out of range")
+    arr = _PyList_ITEMS(heap)
+    newitem = arr[pos]
+    while pos > startpos:
+        parentpos = (pos - 1) >> 1
+        parent = arr[parentpos]
+        Py_INCREF(<object>newitem)
+        Py_INCREF(<object>parent)
+        try:
+            cmp = _lt(newitem, parent)
+        finally:
+            Py_DECREF(<object>parent)
+            Py_DECREF(<object>newitem)
+        if size != PyList_GET_SIZE(heap):
+            raise RuntimeError("list changed size during iteration")
+        if cmp == 0:
+            break
+        arr = _PyList_ITEMS(heap)
+        parent = arr[parentpos]
+        newitem = arr[pos]
+        arr[parentpos] = newitem
+        arr[pos] = parent
+        pos = parentpos
+    return 0
+
+
+cdef int _siftup(list heap, Py_ssize_t pos) except -1:
+    """heapq's siftup (Modules/_heapqmodule.c)."""
+    cdef Py_ssize_t startpos = pos, endpos = PyList_GET_SIZE(heap), childpos, limit
+    cdef PyObject** arr
+    cdef PyObject* a
+    cdef PyObject* b
+    cdef int cmp
+    if pos >= endpos:
+        raise IndexError("index out of range")
+    arr = _PyList_ITEMS(heap)
+    limit = endpos >> 1
+    while pos < limit:
+        childpos = 2 * pos + 1
+        if childpos + 1 < endpos:
+            a = arr[childpos]
+            b = arr[childpos + 1]
+            Py_INCREF(<object>a)
+            Py_INCREF(<object>b)
+            try:
+                cmp = _lt(a, b)
+            finally:
+                Py_DECREF(<object>a)
+                Py_DECREF(<object>b)
+            childpos += (<unsigned>cmp) ^ 1
+            arr = _PyList_ITEMS(heap)
+            if endpos != PyList_GET_SIZE(heap):
+                raise RuntimeError("list changed size during iteration")
+        a = arr[childpos]
+        arr[childpos] = arr[pos]
+        arr[pos] = a
+        pos = childpos
+    return _siftdown(heap, startpos, pos)
+
+
+cdef inline int _heappush(object heap, object item) except -1:
+    """heapq.heappush"""
+    if type(heap) is not list:
+        _py_heappush(heap, item)        # (its TypeError)
+        return 0
+    (<list>heap).append(item)
+    return _siftdown(<list>heap, 0, PyList_GET_SIZE(heap) - 1)
+
+
+cdef inline object _heappop(object heap):
+    """heapq.heappop"""
+    cdef Py_ssize_t n
+    if type(heap) is not list:
+        return _py_heappop(heap)
+    n = PyList_GET_SIZE(heap)
+    if n == 0:
+        raise IndexError("index out of range")
+    lastelt = (<list>heap).pop()
+    n -= 1
+    if n == 0:
+        return lastelt
+    returnitem = (<list>heap)[0]
+    (<list>heap)[0] = lastelt
+    _siftup(<list>heap, 0)
+    return returnitem
+
+
+cdef inline int _schedule(object sim, object sd, object delay, object ctx, object kind,
+                          object args) except -1:
+    """Scheduler._schedule"""
+    seq = _get(sim, sd, "seq") + 1
+    _set(sim, sd, "seq", seq)
+    q = _get(sim, sd, "queue")
+    return _heappush(q, (_get(sim, sd, "now") + delay, seq, ctx, kind, args))
+
+
+cdef int _start_next(object sim, object sd, object ctx, object delay) except -1:
+    """Scheduler._start_next"""
+    cd = _cdict(ctx)
+    urgent = _get(ctx, cd, "urgent")
     if urgent:
         kind, args = urgent.pop(0)
-    elif ctx.preempted:
-        kind, args, ctx.stack = ctx.preempted.pop()
-    elif ctx.fifo:
-        kind, args = ctx.fifo.pop(0)
+    elif _get(ctx, cd, "preempted"):
+        kind, args, stack = _get(ctx, cd, "preempted").pop()
+        _set(ctx, cd, "stack", stack)
+    elif _get(ctx, cd, "fifo"):
+        kind, args = _get(ctx, cd, "fifo").pop(0)
     else:
-        ctx.busy = False
-        return
-    _schedule(sim, ctx.step_ns if delay is None else delay, ctx.name, kind, args)
+        _set(ctx, cd, "busy", False)
+        return 0
+    return _schedule(sim, sd, _get(ctx, cd, "step_ns") if delay is None else delay,
+                     _get(ctx, cd, "name"), kind, args)
 
 
-cdef inline void _cont(object sim, object kind, object args, object delay, bint preemptible) except *:
-    ctx = sim.ctxs[sim.cur]
-    d = ctx.step_ns if delay is None else delay
-    sim._decided = True
-    if preemptible and ctx.urgent:
-        ctx.preempted.append((kind, args, ctx.stack))
-        ctx.stack = []
-        k, a = ctx.urgent.pop(0)
-        _schedule(sim, d, ctx.name, k, a)
-        return
-    _schedule(sim, d, ctx.name, kind, args)
+cdef int _cont(object sim, object sd, object kind, object args, object delay,
+               bint preemptible) except -1:
+    """Scheduler.cont"""
+    ctx = _get(sim, sd, "ctxs")[_get(sim, sd, "cur")]
+    cd = _cdict(ctx)
+    d = _get(ctx, cd, "step_ns") if delay is None else delay
+    _set(sim, sd, "_decided", True)
+    if preemptible and _get(ctx, cd, "urgent"):
+        _get(ctx, cd, "preempted").append((kind, args, _get(ctx, cd, "stack")))
+        _set(ctx, cd, "stack", [])
+        k, a = _get(ctx, cd, "urgent").pop(0)
+        return _schedule(sim, sd, d, _get(ctx, cd, "name"), k, a)
+    return _schedule(sim, sd, d, _get(ctx, cd, "name"), kind, args)
 
 
-cdef inline void _finish_step(object sim) except *:
-    if not sim.cur or sim._decided:
-        return
-    ctx = sim.ctxs[sim.cur]
-    stack = ctx.stack
+cdef int _call(object sim, object sd, object kind, object args, object ret_kind, object ret_args,
+               object delay) except -1:
+    """Scheduler.call"""
+    ctx = _get(sim, sd, "ctxs")[_get(sim, sd, "cur")]
+    _get(ctx, _cdict(ctx), "stack").append((ret_kind, ret_args))
+    return _cont(sim, sd, kind, args, delay, False)
+
+
+cdef int _block(object sim, object sd, object kind, object args) except -1:
+    """Scheduler.block"""
+    ctx = _get(sim, sd, "ctxs")[_get(sim, sd, "cur")]
+    _set(ctx, _cdict(ctx), "blocked", (kind, args))
+    return _set(sim, sd, "_decided", True)
+
+
+cdef int _unblock(object sim, object sd, object name, object delay) except -1:
+    """Scheduler.unblock"""
+    ctx = _get(sim, sd, "ctxs")[name]
+    cd = _cdict(ctx)
+    blocked = _get(ctx, cd, "blocked")
+    if blocked is None:
+        return 0
+    kind, args = blocked
+    _set(ctx, cd, "blocked", None)
+    if not kind:
+        stack = _get(ctx, cd, "stack")
+        if not stack:
+            return _start_next(sim, sd, ctx, delay)
+        kind, args = stack.pop()
+    return _schedule(sim, sd, delay, name, kind, args)
+
+
+cdef int _post(object sim, object sd, object name, object kind, object args, object delay,
+               bint urgent) except -1:
+    """Scheduler.post"""
+    ctx = _get(sim, sd, "ctxs")[name]
+    cd = _cdict(ctx)
+    if not _get(ctx, cd, "busy"):
+        _set(ctx, cd, "busy", True)
+        return _schedule(sim, sd, delay, name, kind, args)
+    elif urgent:
+        _get(ctx, cd, "urgent").append((kind, args))
+    else:
+        _get(ctx, cd, "fifo").append((kind, args))
+    return 0
+
+
+cdef int _finish_step(object sim, object sd) except -1:
+    """Scheduler.finish_step"""
+    if not _get(sim, sd, "cur") or _get(sim, sd, "_decided"):
+        return 0
+    ctx = _get(sim, sd, "ctxs")[_get(sim, sd, "cur")]
+    cd = _cdict(ctx)
+    stack = _get(ctx, cd, "stack")
     if stack:
         kind, args = stack.pop()
-        _schedule(sim, ctx.step_ns, ctx.name, kind, args)
-        return
-    _start_next(sim, ctx, None)
+        return _schedule(sim, sd, _get(ctx, cd, "step_ns"), _get(ctx, cd, "name"), kind, args)
+    return _start_next(sim, sd, ctx, None)
+
+
+# -- the C entry points for the handler modules (_core.pxd) ------------------------------------
+
+cdef int sched_cont(object sim, object kind, object args=(), object delay=None,
+                    bint preemptible=False) except -1:
+    """Scheduler.cont"""
+    if type(sim) is not FastScheduler:
+        sim.cont(kind, args, delay, preemptible)
+        return 0
+    return _cont(sim, _sdict(sim), kind, args, delay, preemptible)
+
+
+cdef int sched_call(object sim, object kind, object args, object ret_kind, object ret_args=(),
+                    object delay=None) except -1:
+    """Scheduler.call"""
+    if type(sim) is not FastScheduler:
+        sim.call(kind, args, ret_kind, ret_args, delay)
+        return 0
+    return _call(sim, _sdict(sim), kind, args, ret_kind, ret_args, delay)
+
+
+cdef int sched_block(object sim, object kind, object args=()) except -1:
+    """Scheduler.block"""
+    if type(sim) is not FastScheduler:
+        sim.block(kind, args)
+        return 0
+    return _block(sim, _sdict(sim), kind, args)
+
+
+cdef int sched_unblock(object sim, object name, object delay=0) except -1:
+    """Scheduler.unblock"""
+    if type(sim) is not FastScheduler:
+        sim.unblock(name, delay)
+        return 0
+    return _unblock(sim, _sdict(sim), name, delay)
+
+
+cdef int sched_post(object sim, object name, object kind, object args=(), object delay=0,
+                    bint urgent=False) except -1:
+    """Scheduler.post"""
+    if type(sim) is not FastScheduler:
+        sim.post(name, kind, args, delay, urgent)
+        return 0
+    return _post(sim, _sdict(sim), name, kind, args, delay, urgent)
+
+
+cdef int sched_at(object sim, object delay, object kind, object args=()) except -1:
+    """Scheduler.at"""
+    if type(sim) is not FastScheduler:
+        sim.at(delay, kind, args)
+        return 0
+    return _schedule(sim, _sdict(sim), delay, "", kind, args)
+
+
+def sched_op(sim, op, tuple a):
+    """For tests: the C entry point sched_<op>(sim, *a), called as the handler modules call it
+    (positional arguments, defaults for the rest); "finish_step" and "pop" run the run loop's
+    own versions."""
+    cdef Py_ssize_t n = len(a)
+    if op == "cont":
+        if n == 1:
+            sched_cont(sim, a[0])
+        elif n == 2:
+            sched_cont(sim, a[0], a[1])
+        elif n == 3:
+            sched_cont(sim, a[0], a[1], a[2])
+        else:
+            sched_cont(sim, a[0], a[1], a[2], a[3])
+    elif op == "call":
+        if n == 3:
+            sched_call(sim, a[0], a[1], a[2])
+        elif n == 4:
+            sched_call(sim, a[0], a[1], a[2], a[3])
+        else:
+            sched_call(sim, a[0], a[1], a[2], a[3], a[4])
+    elif op == "block":
+        if n == 1:
+            sched_block(sim, a[0])
+        else:
+            sched_block(sim, a[0], a[1])
+    elif op == "unblock":
+        if n == 1:
+            sched_unblock(sim, a[0])
+        else:
+            sched_unblock(sim, a[0], a[1])
+    elif op == "post":
+        if n == 2:
+            sched_post(sim, a[0], a[1])
+        elif n == 3:
+            sched_post(sim, a[0], a[1], a[2])
+        elif n == 4:
+            sched_post(sim, a[0], a[1], a[2], a[3])
+        else:
+            sched_post(sim, a[0], a[1], a[2], a[3], a[4])
+    elif op == "at":
+        if n == 2:
+            sched_at(sim, a[0], a[1])
+        else:
+            sched_at(sim, a[0], a[1], a[2])
+    elif op == "finish_step":
+        _finish_step(sim, _sdict(sim) if type(sim) is FastScheduler else None)
+    elif op == "pop":
+        return _pop(sim, _sdict(sim) if type(sim) is FastScheduler else None)
+    else:
+        raise ValueError(f"unknown scheduler op {op!r}")
+
+
+cdef object _pop(object sim, object sd):
+    """Scheduler.pop"""
+    q = _get(sim, sd, "queue")
+    if not q:
+        return None
+    ev = _heappop(q)
+    _set(sim, sd, "now", ev[0])
+    _set(sim, sd, "cur", ev[2])
+    _set(sim, sd, "_decided", False)
+    return ev
 
 
 class FastScheduler(Scheduler):
@@ -124,69 +538,47 @@ class FastScheduler(Scheduler):
         return (_copyreg._reconstructor, (_Scheduler, object, None), self.__dict__)
 
     def _schedule(self, delay, ctx, kind, args):
-        _schedule(self, delay, ctx, kind, args)
+        """Scheduler._schedule"""
+        _schedule(self, _sdict(self), delay, ctx, kind, args)
 
     def pop(self):
         """Scheduler.pop"""
-        q = self.queue
-        if not q:
-            return None
-        ev = _heappop(q)
-        self.now = ev[0]
-        self.cur = ev[2]
-        self._decided = False
-        return ev
+        return _pop(self, _sdict(self))
 
     def cont(self, kind, args=(), delay=None, preemptible=False):
         """Scheduler.cont"""
-        _cont(self, kind, args, delay, preemptible)
+        _cont(self, _sdict(self), kind, args, delay, preemptible)
 
     def call(self, kind, args, ret_kind, ret_args=(), delay=None):
         """Scheduler.call"""
-        self.ctxs[self.cur].stack.append((ret_kind, ret_args))
-        _cont(self, kind, args, delay, False)
+        _call(self, _sdict(self), kind, args, ret_kind, ret_args, delay)
 
     def block(self, kind, args=()):
         """Scheduler.block"""
-        ctx = self.ctxs[self.cur]
-        ctx.blocked = (kind, args)
-        self._decided = True
+        _block(self, _sdict(self), kind, args)
 
     def unblock(self, name, delay=0):
         """Scheduler.unblock"""
-        ctx = self.ctxs[name]
-        if ctx.blocked is None:
-            return
-        kind, args = ctx.blocked
-        ctx.blocked = None
-        if not kind:
-            if not ctx.stack:
-                _start_next(self, ctx, delay)
-                return
-            kind, args = ctx.stack.pop()
-        _schedule(self, delay, name, kind, args)
+        _unblock(self, _sdict(self), name, delay)
 
     def post(self, name, kind, args=(), delay=0, urgent=False):
         """Scheduler.post"""
-        ctx = self.ctxs[name]
-        if not ctx.busy:
-            ctx.busy = True
-            _schedule(self, delay, name, kind, args)
-        elif urgent:
-            ctx.urgent.append((kind, args))
-        else:
-            ctx.fifo.append((kind, args))
+        _post(self, _sdict(self), name, kind, args, delay, urgent)
 
     def at(self, delay, kind, args=()):
         """Scheduler.at"""
-        _schedule(self, delay, "", kind, args)
+        _schedule(self, _sdict(self), delay, "", kind, args)
 
     def finish_step(self):
         """Scheduler.finish_step"""
-        _finish_step(self)
+        _finish_step(self, _sdict(self))
 
     def _start_next(self, ctx, delay=None):
-        _start_next(self, ctx, delay)
+        """Scheduler._start_next"""
+        _start_next(self, _sdict(self), ctx, delay)
+
+
+_SCHED_DICT = _plain_attrs(FastScheduler, ("now", "seq", "queue", "ctxs", "cur", "_decided"))
 
 
 # == guest memory ================================================================================
@@ -345,6 +737,7 @@ def register(handlers):
         if kind in _COMPILED and _COMPILED[kind] != pair:
             raise ValueError(f"two compiled handlers for step kind {kind!r}")
         _COMPILED[kind] = (fn, py)
+    _RESOLVED.clear()
 
 
 def compiled_kinds():
@@ -354,30 +747,105 @@ def compiled_kinds():
 
 # == the run loop ================================================================================
 
+cdef object _StepInfo = StepInfo
+
+
+cdef class _Kind:
+    """What the run loop needs for one event kind, resolved from its REGISTRY entry (the
+    handler to run: the compiled one while the entry holds the Python function it translates;
+    the StepInfo's fields)."""
+    cdef object entry       # the REGISTRY[kind] tuple this was resolved from
+    cdef object fn
+    cdef object layer, function, source
+
+
+# kind -> _Kind, for entries whose StepInfo is a StepInfo (frozen: its fields never change).
+# An entry is used while REGISTRY[kind] is still the same tuple (a tuple: what it holds never
+# changes) and until register() adds compiled handlers.
+cdef dict _RESOLVED = {}
+
+
+cdef _Kind _resolve(object kind, object entry):
+    fn, info = <tuple>entry
+    c = _COMPILED.get(kind)
+    if c is not None and (<tuple>c)[1] is fn:     # (a replaced Python handler is used as is)
+        fn = (<tuple>c)[0]
+    cdef _Kind r = _Kind.__new__(_Kind)
+    r.entry = entry
+    r.fn = fn
+    r.layer = info.layer
+    r.function = info.function
+    r.source = info.source
+    if type(info) is _StepInfo and type(entry) is tuple:
+        _RESOLVED[kind] = r
+    return r
+
+
+# EffectLog.cur is stored at its slot's offset (as _make_step stores Step's).  (The Machine's
+# attributes stay getattr/setattr: reading them from a materialized __dict__ made the handlers'
+# own m.<attr> lookups slower than it saved here.)
+cdef object _EffectLog = EffectLog
+cdef Py_ssize_t _LOG_OFF[1]
+cdef bint _LOG_SLOT = _slot_offsets(EffectLog, ("cur",), _LOG_OFF)
+
+
+cdef inline int _log_cur(object log, object value) except -1:
+    """log.cur = value"""
+    if _LOG_SLOT and type(log) is _EffectLog:
+        vb_slot_set(log, _LOG_OFF[0], value)
+    else:
+        log.cur = value
+    return 0
+
+
+cdef inline object _vcall(object fn, object m, object args):
+    """fn(m, *args)"""
+    cdef PyObject* argv[9]
+    cdef Py_ssize_t i, n
+    if type(args) is tuple:
+        n = PyTuple_GET_SIZE(args)
+        if n <= 8:
+            argv[0] = <PyObject*>m
+            for i in range(n):
+                argv[i + 1] = PyTuple_GET_ITEM(args, i)
+            return PyObject_Vectorcall(fn, argv, n + 1, NULL)
+    return fn(m, *args)
+
+
 cdef object _step(object m):
     """Machine.step, with Scheduler.pop and Scheduler.finish_step inlined."""
+    cdef PyObject* o
+    cdef _Kind r
     sim = m.sim
-    cdef list q = sim.queue
+    sd = _sdict(sim) if type(sim) is FastScheduler else None
+    q = _get(sim, sd, "queue")
     if not q:
         return None
     ev = _heappop(q)
     time, _seq, ctx, kind, args = <tuple>ev
-    sim.now = time
-    sim.cur = ctx
-    sim._decided = False
-    fn, info = <tuple>_REGISTRY[kind]
-    c = _COMPILED.get(kind)
-    if c is not None and (<tuple>c)[1] is fn:     # (a replaced Python handler is used as is)
-        fn = (<tuple>c)[0]
-    rec = _make_step(m.steps + 1, time, ctx, kind, info)
+    _set(sim, sd, "now", time)
+    _set(sim, sd, "cur", ctx)
+    _set(sim, sd, "_decided", False)
+    entry = _REGISTRY[kind]
+    o = PyDict_GetItemWithError(_RESOLVED, kind)
+    if o != NULL and (<_Kind>o).entry is entry:
+        r = <_Kind>o
+    else:
+        r = _resolve(kind, entry)
+    effects = []
+    rec = _make_step(m.steps + 1, time, ctx, kind, r.layer, r.function, r.source, effects)
     m.cur = rec
     log = m.log
-    log.cur = rec.effects
+    _log_cur(log, effects)
     try:
-        rec.detail = fn(m, *args) or ""
+        detail = _vcall(r.fn, m, args) or ""
+        if _STEP_DIRECT:
+            vb_slot_set(rec, _OFF[7], detail)
+        else:
+            rec.detail = detail
     finally:
-        log.cur = None
-    _finish_step(sim)
+        _log_cur(log, None)
+    _finish_step(sim, sd)
     m.steps += 1
     return rec
 
@@ -711,3 +1179,11 @@ def session_run(s, target=None, bint check=True, limit=None, stop=None, cancelle
         if progress is not None and k % every == 0:
             progress(m.steps, len(m.guest.blkmq.rqs))
     return None
+
+
+def fast_paths():
+    """Which exact shortcuts this build takes (all True unless emu's classes changed shape):
+    Step records and EffectLog.cur stored slot by slot, Scheduler and Ctx attributes read from
+    their __dict__."""
+    return {"step_slots": bool(_STEP_DIRECT), "scheduler_dict": bool(_SCHED_DICT),
+            "ctx_dict": bool(_CTX_DICT), "effectlog_slot": bool(_LOG_SLOT)}

@@ -29,6 +29,7 @@ from emu.block.qcow2 import engine as _QE
 from emu.block.qcow2 import layout as _L
 
 from emu_fast import _support as _SUP
+from emu_fast._core cimport sched_cont, sched_post
 
 PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
 
@@ -924,12 +925,12 @@ cdef object _finish(object m, object bid):
     if f.lock_queue:
         nxt = f.lock_queue.pop(0)
         f.lock_owner = nxt
-        m.sim.post("qemu", "qcow2.compute", (nxt,))
+        sched_post(m.sim, "qemu", "qcow2.compute", (nxt,))
     if bid == 0:            # close: nobody to return to
         return
     req = m.block.reqs[bid]
     req["ret"] = co["ret"]
-    m.sim.cont("bdrv.co_done", (bid,))
+    sched_cont(m.sim, "bdrv.co_done", (bid,))
 
 
 cdef str _errname(object ret):
@@ -1114,12 +1115,12 @@ cdef str _compute(object m, object f, object eng, object bid):
     eng.plan = []
     co["pi"] = 0
     if plan:
-        m.sim.cont("qcow2.io", (bid,))
+        sched_cont(m.sim, "qcow2.io", (bid,))
         return detail + f"; {len(plan)} host I/O(s) planned"
     if co["phase"] == "done":
         _finish(m, bid)
         return detail + f"; request done ({_errname(co['ret'])}), s->lock released"
-    m.sim.cont("qcow2.compute", (bid,))
+    sched_cont(m.sim, "qcow2.compute", (bid,))
     return detail
 
 

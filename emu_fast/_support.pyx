@@ -20,6 +20,8 @@ from emu.sim.steps import EffectLog
 from emu.spec import pci as _P
 from emu.transport.virtio_pci import Transport
 
+from emu_fast._core cimport sched_call, sched_cont, sched_post
+
 PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
 
 cdef object _Machine = Machine
@@ -114,7 +116,7 @@ def raise_msi(m, addr, data):
         m.counters[_IRQS_LOST] += 1
         return
     kind = "vring.interrupt" if handler[0] == _VQ else "probe.config_changed"
-    m.sim.post("vcpu", kind, (data,), delay=m.timing.irq_ns, urgent=True)
+    sched_post(m.sim, "vcpu", kind, (data,), m.timing.irq_ns, True)
 
 
 # -- the latency model (emu/block/latency.py) --------------------------------------------------------
@@ -281,7 +283,7 @@ def blk_aio_submit(m, op, offset, nbytes, qiov, flags, cb, then):
     blk.reqs[bid] = {"id": bid, "op": op, "cur_op": op, "offset": offset, "bytes": nbytes,
                      "qiov": qiov, "flags": flags, "cb": cb, "ret": None, "phase": "submit"}
     if then is None:
-        m.sim.cont("blk.co_entry", (bid,))
+        sched_cont(m.sim, "blk.co_entry", (bid,))
     else:
-        m.sim.call("blk.co_entry", (bid,), then[0], then[1])
+        sched_call(m.sim, "blk.co_entry", (bid,), then[0], then[1])
     return bid

@@ -8,7 +8,8 @@ emu/device/virtio.py and emu/device/iov.py.
 Every function is a line-for-line translation of the Python function named in its docstring,
 over the same objects (VirtIOBlock, VirtIODevice, VirtQueue, the request dicts), with the same
 side effects in the same order: RAM writes go through m.mem.write*, scheduler calls through
-m.sim, register effects and facts are appended exactly where set_reg/add_fact append them.
+_core.sched_* (exactly the m.sim method each names), register effects and facts are appended
+exactly where set_reg/add_fact append them.
 Guest-RAM reads are done from the bytearray when the address is an int inside it (the bounds
 GuestMemory's readers check); anything else calls m.mem's own reader, so even errors are the
 same.  Every validation of virtqueue_pop is translated (with QEMU's messages, through the
@@ -18,6 +19,7 @@ handle_request (nothing has changed when it is called).
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from emu_fast._core cimport sched_call, sched_cont, sched_unblock
 
 from operator import itemgetter as _itemgetter
 
@@ -460,15 +462,15 @@ def notify_write(m, off):
     m.counters["notifies"] += 1
     if qi is None or qi >= len(vdev.vqs) or not vdev.vqs[qi].desc or vdev.broken:
         why = "device is broken (needs reset)" if vdev.broken else f"queue {qi} has no ring"
-        m.sim.unblock("vcpu", m.timing.vmentry_ns)
+        sched_unblock(m.sim, "vcpu", m.timing.vmentry_ns)
         return f"virtio_queue_notify ignores the kick: {why}"
-    m.sim.call("vblk.handle_vq", (qi, 0), "vpci.notify_done", ())
+    sched_call(m.sim, "vblk.handle_vq", (qi, 0), "vpci.notify_done", ())
     return f"kick for queue {qi}: virtio_queue_notify -> virtio_blk_handle_output"
 
 
 def notify_done(m):
     """notify_done (vpci.notify_done)"""
-    m.sim.unblock("vcpu", m.timing.vmentry_ns)
+    sched_unblock(m.sim, "vcpu", m.timing.vmentry_ns)
     return "the MMIO write returns; the vCPU re-enters the guest"
 
 
@@ -479,7 +481,7 @@ def handle_vq(m, qi, again):
         s.suppress[qi] = m.vdev.vqs[qi].notification
     if s.suppress[qi]:
         _set_notification(m, qi, False)
-    m.sim.cont("vblk.pop", (qi,))
+    sched_cont(m.sim, "vblk.pop", (qi,))
     how = ("EVENT_IDX: avail_event goes stale" if _has(m.vdev, 29)
            else "used.flags |= NO_NOTIFY")
     return (("again: " if again else "") +
@@ -493,7 +495,7 @@ def pop(m, qi):
     before = len(m.vdev.errors)
     elem = _virtqueue_pop(m, qi)
     if elem is None:
-        m.sim.cont("vblk.pass_end", (qi,))
+        sched_cont(m.sim, "vblk.pass_end", (qi,))
         errors = m.vdev.errors
         if len(errors) > before:
             return f"virtio_error: {errors[len(errors) - 1]['message']}"
@@ -503,7 +505,7 @@ def pop(m, qi):
     s.reqs[rid] = {"id": rid, "qi": qi, "elem": elem, "type": None, "sector": 0,
                    "in_len": 0, "status_gpa": 0, "qiov": [], "mr_next": None,
                    "is_write": False, "stage": "popped"}
-    m.sim.cont("vblk.handle_request", (qi, rid))
+    sched_cont(m.sim, "vblk.handle_request", (qi, rid))
     out = "+".join([str(n) for _a, n in elem["out"]]) or "0"
     inn = "+".join([str(n) for _a, n in elem["in"]]) or "0"
     via = f" via indirect table @{elem['indirect'][0]:#x}" if elem["indirect"] else ""
@@ -566,15 +568,15 @@ cdef object _handle_rw(object m, object qi, object rid, object typ, object secto
     size = _iov_size(req["qiov"])
     what = f"{'OUT' if is_write else 'IN'} sector {sector} ({size} bytes)"
     if not _sect_range_ok(s, sector, size):
-        m.sim.call("vblk.req_complete", (rid, 1), "vblk.pop", (qi,))
+        sched_call(m.sim, "vblk.req_complete", (rid, 1), "vblk.pop", (qi,))
         return (f"{what}: virtio_blk_sect_range_ok fails "
                 f"(capacity {s.capacity} sectors, block {s.logical_block_size}): IOERR")
     mrb = s.mrb
     if mrb and (len(mrb) == 32 or is_write != s.mrb_is_write or not s.request_merging):
-        m.sim.call("vblk.submit_multireq", (qi,), "vblk.mrb_add", (qi, rid))
+        sched_call(m.sim, "vblk.submit_multireq", (qi,), "vblk.mrb_add", (qi, rid))
         return f"{what}: submit the MultiReqBuffer first"
     _mrb_append(s, rid, is_write)
-    m.sim.cont("vblk.pop", (qi,))
+    sched_cont(m.sim, "vblk.pop", (qi,))
     return f"{what}: appended to the MultiReqBuffer ({len(s.mrb)} queued)"
 
 
@@ -589,7 +591,7 @@ def mrb_add(m, qi, rid):
     """mrb_add (vblk.mrb_add)"""
     s = m.vblk
     _mrb_append(s, rid, s.reqs[rid]["is_write"])
-    m.sim.cont("vblk.pop", (qi,))
+    sched_cont(m.sim, "vblk.pop", (qi,))
     return f"request appended to the MultiReqBuffer ({len(s.mrb)} queued)"
 
 
@@ -603,10 +605,10 @@ def pass_end(m, qi):
         msg = (f"virtio_queue_set_notification(vq, 1): avail_event = {vq.shadow_avail_idx}; "
                if _has(m.vdev, 29) else "used.flags NO_NOTIFY cleared; ")
     if not _queue_empty(m, qi):
-        m.sim.cont("vblk.handle_vq", (qi, 1))
+        sched_cont(m.sim, "vblk.handle_vq", (qi, 1))
         return msg + "virtio_queue_empty: more buffers arrived, loop"
     if s.mrb:
-        m.sim.cont("vblk.submit_multireq", (qi,))
+        sched_cont(m.sim, "vblk.submit_multireq", (qi,))
         return msg + f"queue empty; submit the MultiReqBuffer ({len(s.mrb)} requests)"
     s.suppress.pop(qi, None)
     return msg + "queue empty; pass ends"
@@ -640,7 +642,7 @@ def submit_multireq(m, qi):
     s.mrb = []
     s.groups = groups
     s.merged += sum([len(g) - 1 for g in groups])
-    m.sim.cont("vblk.submit_requests", (qi,))
+    sched_cont(m.sim, "vblk.submit_requests", (qi,))
     reqs_d = s.reqs
     shown = ", ".join(["[" + " ".join([str(reqs_d[r]["sector"]) for r in g]) + "]" for g in groups])
     return f"{len(reqs)} requests -> {len(groups)} group(s) by sector: {shown}"
@@ -685,9 +687,9 @@ def rw_complete(m, rid, ret):
         why = f"error {ret}: {action} policy"
     nxt = req["mr_next"]
     if nxt is not None:
-        m.sim.call("vblk.req_complete", (rid, status), "vblk.rw_complete", (nxt, ret))
+        sched_call(m.sim, "vblk.req_complete", (rid, status), "vblk.rw_complete", (nxt, ret))
     else:
-        m.sim.cont("vblk.req_complete", (rid, status))
+        sched_cont(m.sim, "vblk.req_complete", (rid, status))
     return f"sector {req['sector']}: {why}"
 
 
@@ -700,7 +702,7 @@ def req_complete(m, rid, status):
     if facts is not None:
         facts.append(("req-status", rid, status, req["status_gpa"]))
     req["stage"] = "completing"
-    m.sim.cont("vq.fill", (rid,))
+    sched_cont(m.sim, "vq.fill", (rid,))
     return f"status {STATUS_NAMES.get(status, status)} -> status byte @{req['status_gpa']:#x}"
 
 
@@ -710,9 +712,9 @@ def fill(m, rid):
     qi = req["qi"]
     vq = m.vdev.vqs[qi]
     if not _virtqueue_fill(m, qi, req["elem"], req["in_len"]):
-        m.sim.cont("vq.flush", (rid,))
+        sched_cont(m.sim, "vq.flush", (rid,))
         return "device broken: buffers unmapped, nothing written to the used ring"
-    m.sim.cont("vq.flush", (rid,))
+    sched_cont(m.sim, "vq.flush", (rid,))
     return (f"used.ring[{vq.used_idx % vq.num}] = {{id {req['elem']['index']}, "
             f"len {req['in_len']}}}")
 
@@ -730,7 +732,7 @@ def flush(m, rid):
     s.completed += 1
     if req.get("status"):
         s.errors += 1
-    m.sim.cont("vq.notify", (rid,))
+    sched_cont(m.sim, "vq.notify", (rid,))
     return f"smp_wmb; used.idx = {vq.used_idx}; inuse = {vq.inuse}"
 
 
@@ -740,7 +742,7 @@ def notify(m, rid):
     qi = req["qi"]
     need, why = _should_notify(m, qi)
     if need:
-        m.sim.cont("vq.irq", (qi,))
+        sched_cont(m.sim, "vq.irq", (qi,))
         return f"virtio_should_notify: yes ({why})"
     m.counters["irqs_suppressed"] += 1
     return f"virtio_should_notify: no ({why}); no interrupt"

@@ -26,6 +26,7 @@ from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.unicode cimport PyUnicode_DecodeASCII
 from libc.stdint cimport uint8_t, uint64_t
 from libc.stdio cimport snprintf
+from emu_fast._core cimport sched_block, sched_call, sched_cont, sched_post
 
 import struct as _struct
 
@@ -245,7 +246,7 @@ def add_split(m, rid):
     if vq.num_free < used:
         rq["add_err"] = "ENOSPC"
         if rq["out_sgs"]:
-            m.sim.cont("vring.notify", (1,))
+            sched_cont(m.sim, "vring.notify", (1,))
             return (note + f"need {_dec(used)} descriptors, {_dec(vq.num_free)} free: forced notify "
                     "('for historical reasons'), then -ENOSPC")
         return note + f"need {_dec(used)} descriptors, {_dec(vq.num_free)} free: -ENOSPC"
@@ -253,7 +254,7 @@ def add_split(m, rid):
     rq["add"] = {"indirect": indirect, "table": table, "k": 0, "i": 0 if indirect else head,
                  "head": head, "used": used}
     rq["table"] = table
-    m.sim.cont("vring.add_desc", (rid,))
+    sched_cont(m.sim, "vring.add_desc", (rid,))
     if indirect:
         return note + f"{total} sg entries -> indirect table of {total} descriptors at {_hex(table)}"
     return note + f"{total} sg entries -> {total} ring descriptors from free_head {_dec(head)}"
@@ -293,12 +294,12 @@ def add_desc(m, rid):
         if not ind:
             vq.extra_flags[i] = written
         st["prev"] = i
-        m.sim.cont("vring.add_head" if ind else "vring.add_avail", (rid,))
+        sched_cont(m.sim, "vring.add_head" if ind else "vring.add_avail", (rid,))
     else:
         written = flags
         st["k"] = k + 1
         st["i"] = nxt
-        m.sim.cont("vring.add_desc", (rid,))
+        sched_cont(m.sim, "vring.add_desc", (rid,))
     # for breakpoints: the descriptor as this step left it (ring slot i, or entry i of the table)
     if ind:
         _add_fact(m, ("desc", "add", vq.index, None, table, i, st["head"], gpa, length, written,
@@ -328,7 +329,7 @@ def add_head(m, rid):
                   F_INDIRECT, nxt, rid))
     vq.extra_len[head] = length
     vq.extra_flags[head] = F_INDIRECT
-    m.sim.cont("vring.add_avail", (rid,))
+    sched_cont(m.sim, "vring.add_avail", (rid,))
     return f"desc[{chead}] = {{addr {_hex(table)}, len {length}, INDIRECT, next {_dec(nxt)}}}"
 
 
@@ -346,7 +347,7 @@ def add_avail(m, rid):
     rq["head"] = head
     slot = vq.avail_idx_shadow & (vq.num - 1)
     _wr16(m.mem, vq.avail + AVAIL_RING + 2 * slot, head)
-    m.sim.cont("vring.add_publish", (rid,))
+    sched_cont(m.sim, "vring.add_publish", (rid,))
     return (f"avail.ring[{slot}] = {_dec(head)}; num_free {_dec(vq.num_free)}, "
             f"free_head {_dec(vq.free_head)}")
 
@@ -385,7 +386,7 @@ def kick_prepare(m, then_notify):
     if not need:
         m.counters["kicks_suppressed"] += 1
     if then_notify and need:
-        m.sim.cont("vring.notify", (0,))
+        sched_cont(m.sim, "vring.notify", (0,))
     return why + ("" if need else "; no kick needed")
 
 
@@ -396,8 +397,8 @@ def notify(m, forced):
         return "virtqueue_notify: queue broken, no notify"
     _SUP.mmio_write(m.transport, m, vq.notify_off, 2, vq.index)
     m.counters["kicks"] += 1
-    m.sim.post("qemu", "vpci.notify", (vq.notify_off,), delay=m.timing.vmexit_ns)
-    m.sim.block("", ())
+    sched_post(m.sim, "qemu", "vpci.notify", (vq.notify_off,), m.timing.vmexit_ns)
+    sched_block(m.sim, "", ())
     return (("forced " if forced else "") +
             f"iowrite16({_dec(vq.index)}, BAR4+{_hex(vq.notify_off)}): VM exit to QEMU")
 
@@ -414,7 +415,7 @@ def interrupt(m, vector):
     if vq.event:
         vq.event_triggered = True
     m.guest.done_count = 0
-    m.sim.cont("vblkd.done")
+    sched_cont(m.sim, "vblkd.done")
     return (f"vector {_dec(vector)}: used.idx {used_idx} != last_used_idx {_dec(vq.last_used_idx)}: "
             "callback virtblk_done")
 
@@ -422,7 +423,7 @@ def interrupt(m, vector):
 def disable_cb(m):
     """emu.guest.vring.disable_cb"""
     vq = m.guest.vq
-    m.sim.cont("vring.get_buf")
+    sched_cont(m.sim, "vring.get_buf")
     if vq.avail_flags_shadow & AVAIL_F_NO_INTERRUPT:
         return "callbacks already disabled"
     vq.avail_flags_shadow |= AVAIL_F_NO_INTERRUPT
@@ -441,12 +442,12 @@ def get_buf(m):
     g = m.guest
     vq = g.vq
     if vq.broken:
-        m.sim.cont("vring.enable_cb")
+        sched_cont(m.sim, "vring.enable_cb")
         return "queue broken: NULL"
     mem = m.mem
     used_idx = _rd(mem, vq.used + USED_IDX, 2)
     if vq.last_used_idx == used_idx:
-        m.sim.cont("vring.enable_cb")
+        sched_cont(m.sim, "vring.enable_cb")
         return f"last_used_idx == used.idx ({used_idx}): NULL"
     slot = vq.last_used_idx & (vq.num - 1)
     a = vq.used + USED_RING + USED_ELEM_SIZE * slot
@@ -454,12 +455,12 @@ def get_buf(m):
     ulen = _rd(mem, a + 4, 4)
     if uid >= vq.num:
         _bad_ring(m, f"id {uid} out of range")
-        m.sim.cont("vring.enable_cb")
+        sched_cont(m.sim, "vring.enable_cb")
         return f"used.ring[{slot}].id = {uid}: BAD_RING: id {uid} out of range (queue broken)"
     rid = vq.desc_data[uid]
     if rid < 0:
         _bad_ring(m, f"id {uid} is not a head!")
-        m.sim.cont("vring.enable_cb")
+        sched_cont(m.sim, "vring.enable_cb")
         return f"used.ring[{slot}].id = {uid}: BAD_RING: id {uid} is not a head! (queue broken)"
     freed = _detach_buf_split(m, uid)
     vq.last_used_idx = (vq.last_used_idx + 1) & 0xFFFF
@@ -470,7 +471,7 @@ def get_buf(m):
     g.done_count += 1
     rq = g.blkmq.rqs[rid]
     rq["used_len"] = ulen
-    m.sim.cont("vblkd.request_done", (rid,))
+    sched_cont(m.sim, "vblkd.request_done", (rid,))
     return (f"used.ring[{slot}] = {{id {uid}, len {ulen}}}: request {_dec(rid)}; detach_buf_split "
             f"freed {freed} descriptor(s), num_free {_dec(vq.num_free)}; last_used_idx "
             f"{_dec(vq.last_used_idx)}{note}")
@@ -515,10 +516,10 @@ def enable_cb(m):
     _wr16(m.mem, vq.avail + AVAIL_RING + 2 * vq.num, vq.last_used_idx)
     used_idx = _rd(m.mem, vq.used + USED_IDX, 2)
     if used_idx != vq.last_used_idx and not vq.broken:
-        m.sim.cont("vring.disable_cb")
+        sched_cont(m.sim, "vring.disable_cb")
         return (note + f"used_event = {_dec(vq.last_used_idx)}; virtio_mb; used.idx {used_idx}: "
                 "more work, loop")
-    m.sim.cont("vblkd.done_end")
+    sched_cont(m.sim, "vblkd.done_end")
     return note + f"used_event = {_dec(vq.last_used_idx)}; virtio_mb; used.idx {used_idx}: done"
 
 
@@ -529,7 +530,7 @@ def queue_rq(m, rid, last):
     rq = m.guest.blkmq.rqs[rid]
     rq["last"] = bool(last)
     m.guest.kick_needed = False
-    m.sim.cont("vblkd.setup_cmd", (rid,))
+    sched_cont(m.sim, "vblkd.setup_cmd", (rid,))
     return (f"request {_dec(rid)} (tag {_dec(rq['tag'])}, {rq['op']} sector {_dec(rq['sector'])}), "
             f"bd->last = {'True' if last else 'False'}")
 
@@ -541,7 +542,7 @@ def setup_cmd(m, rid):
     rq["pdu"] = pdu
     op = rq["op"]
     if op == "DRV_IN":
-        m.sim.cont("vblkd.map_data", (rid,))
+        sched_cont(m.sim, "vblkd.map_data", (rid,))
         return "REQ_OP_DRV_IN: out header already prepared by virtblk_get_id"
     typ = _TYPE_OF[op]
     sector = rq["sector"] if op in ("READ", "WRITE") else 0
@@ -557,7 +558,7 @@ def setup_cmd(m, rid):
         rq["payload"] = rng
         detail += (f"; range @{_hex(rng)} = {{sector {_dec(rq['sector'])}, {_dec(rq['bytes'] >> 9)} sectors, "
                    f"flags {flags}}}")
-    m.sim.cont("vblkd.map_data", (rid,))
+    sched_cont(m.sim, "vblkd.map_data", (rid,))
     return detail
 
 
@@ -584,7 +585,7 @@ def map_data(m, rid):
         if have:
             sgs.append((cur_a, cur_n))
     rq["data_sgs"] = sgs
-    m.sim.cont("blkmq.start_request", (rid,))
+    sched_cont(m.sim, "blkmq.start_request", (rid,))
     n_sgs = len(sgs)
     if not n_sgs:
         return "0 data segment(s)"
@@ -615,7 +616,7 @@ def add_req(m, rid):
     rq["sgs"] = sgs
     rq["roles"] = roles
     rq["out_sgs"] = 2 if is_out and rq["data_sgs"] else 1
-    m.sim.call("vring.add_split", (rid,), "vblkd.add_ret", (rid,))
+    sched_call(m.sim, "vring.add_split", (rid,), "vblkd.add_ret", (rid,))
     return f"spin_lock_irqsave(vq lock); virtqueue_add_sgs: {n_out} out, {n_in} in"
 
 
@@ -624,12 +625,12 @@ def add_ret(m, rid):
     rq = m.guest.blkmq.rqs[rid]
     err = rq.get("add_err", "")
     if err:
-        m.sim.call("vring.kick_prepare", ("",), "vblkd.add_err_kick", (rid,))
+        sched_call(m.sim, "vring.kick_prepare", ("",), "vblkd.add_err_kick", (rid,))
         return f"virtblk_add_req failed: -{err}: virtqueue_kick anyway"
     if rq["last"]:
-        m.sim.call("vring.kick_prepare", ("",), "vblkd.queue_rq_end", (rid,))
+        sched_call(m.sim, "vring.kick_prepare", ("",), "vblkd.queue_rq_end", (rid,))
         return "added; bd->last: virtqueue_kick_prepare"
-    m.sim.cont("vblkd.queue_rq_end", (rid,))
+    sched_cont(m.sim, "vblkd.queue_rq_end", (rid,))
     return "added; not the last request of the batch: no kick yet"
 
 
@@ -640,14 +641,14 @@ def queue_rq_end(m, rid):
     g.blkmq.last_ret = "OK"
     if g.kick_needed:
         g.kick_needed = False
-        m.sim.cont("vring.notify", (0,))
+        sched_cont(m.sim, "vring.notify", (0,))
         return "spin_unlock_irqrestore; notify outside the lock"
     return "spin_unlock_irqrestore; BLK_STS_OK"
 
 
 def commit_rqs(m):
     """emu.guest.virtio_blk.commit_rqs"""
-    m.sim.call("vring.kick_prepare", ("",), "vblkd.commit_notify", ())
+    sched_call(m.sim, "vring.kick_prepare", ("",), "vblkd.commit_notify", ())
     return "dispatch stopped early: kick what was queued"
 
 
@@ -655,7 +656,7 @@ def commit_notify(m):
     """emu.guest.virtio_blk.commit_notify"""
     if m.guest.kick_needed:
         m.guest.kick_needed = False
-        m.sim.cont("vring.notify", (0,))
+        sched_cont(m.sim, "vring.notify", (0,))
         return "notify"
     return "no notify needed"
 
@@ -663,7 +664,7 @@ def commit_notify(m):
 def done(m):
     """emu.guest.virtio_blk.done"""
     m.guest.vq_locked = True
-    m.sim.cont("vring.disable_cb")
+    sched_cont(m.sim, "vring.disable_cb")
     return ("spin_lock_irqsave(vq lock); do { virtqueue_disable_cb; while (get_buf) complete; } "
             "while (!enable_cb)")
 
@@ -678,7 +679,7 @@ def request_done(m, rid):
     if rq.get("payload"):                                   # _cleanup_cmd
         _SUP.kfree(m.pages, rq["payload"])
         rq["payload"] = 0
-    m.sim.cont("blkmq.end_request", (rid, sts, 1))
+    sched_cont(m.sim, "blkmq.end_request", (rid, sts, 1))
     return f"status byte {status} ({_STATUS_NAMES.get(status, 'unknown')}) -> BLK_STS_{sts}"
 
 
@@ -691,7 +692,7 @@ def done_end(m):
         q.stopped = False
         if not q.run_work_pending:
             q.run_work_pending = True
-            m.sim.post("vcpu", "blkmq.run_work")
+            sched_post(m.sim, "vcpu", "blkmq.run_work")
         note = "blk_mq_start_stopped_hw_queues(async): kblockd will run the queue; "
     g.vq_locked = False
     return note + f"{_dec(g.done_count)} request(s) completed; spin_unlock_irqrestore"
