@@ -272,10 +272,14 @@ cdef void _do_merge(dict rq, dict bio, str how) except *:
 
 cdef void _free_request(object m, object rid) except *:
     """free_request"""
-    q = m.guest.blkmq
+    g = m.guest
+    _free_request_qp(m, g.blkmq, g.proc, rid)
+
+
+cdef void _free_request_qp(object m, object q, object proc, object rid) except *:
+    """free_request (q, proc are m.guest.blkmq, m.guest.proc)"""
     rq = q.rqs.pop(rid)
     _put_tag(q, rq["tag"])
-    proc = m.guest.proc
     if proc.waiting == "tag":
         proc.waiting = "woken-tag"
         sched_post(m.sim, "vcpu", "app.resume")
@@ -371,20 +375,18 @@ cdef void _wake_p(object m, object p, str reason) except *:
         sched_post(m.sim, "vcpu", "app.resume")
 
 
-cdef void _bio_done(object m, dict bio, str status) except *:
-    """bio_done (bio_endio): the op's last bio completes the AIO."""
-    p = m.guest.proc
+cdef void _bio_done(object m, object p, dict bio, str status) except *:
+    """bio_done (bio_endio): the op's last bio completes the AIO.  (p is m.guest.proc)"""
     cdef dict st = p.op_state[bio["op_idx"]]
     st["bios"] -= 1
     if status != "OK" and st["status"] == "OK":
         st["status"] = status
     if st["bios"] == 0:
-        _op_done(m, bio["op_idx"])
+        _op_done(m, p, bio["op_idx"])
 
 
-cdef void _op_done(object m, object idx) except *:
-    """_op_done"""
-    p = m.guest.proc
+cdef void _op_done(object m, object p, object idx) except *:
+    """_op_done (p is m.guest.proc)"""
     cdef dict st = p.op_state.pop(idx)
     cdef dict op = p.ops[idx]
     p.inflight -= 1
@@ -410,9 +412,14 @@ cdef void _op_done(object m, object idx) except *:
 
 cdef str _sleep(object m, str reason):
     """_sleep: the process blocks; schedule() flushes its plug first."""
-    p = m.guest.proc
+    g = m.guest
+    return _sleep_pq(m, g.proc, g.blkmq, reason)
+
+
+cdef str _sleep_pq(object m, object p, object q, str reason):
+    """_sleep (p, q are m.guest.proc, m.guest.blkmq)"""
     p.waiting = reason
-    if m.guest.blkmq.plug:
+    if q.plug:
         sched_cont(m.sim, "blkmq.flush_plug", (-1,))
         return f"sleeps ({reason}); its plug is flushed on the way"
     return f"sleeps ({reason})"
@@ -692,7 +699,7 @@ def submit_bio(m):
                     f"(now {_dec(rq['bytes'])} bytes)"
     tag = _get_tag(q)
     if tag < 0:
-        return note + f"no free tag ({q.nr_requests} in use): " + _sleep(m, "tag")
+        return note + f"no free tag ({_dec(q.nr_requests)} in use): " + _sleep_pq(m, p, q, "tag")
     pending.pop(0)
     rid = q.next_rq
     q.next_rq += 1
@@ -887,11 +894,12 @@ def end_request(m, rid, status, from_irq):
         return _Q.end_request(m, rid, status, from_irq)
     g = m.guest
     q = g.blkmq
+    p = g.proc
     cdef dict rq = q.rqs[rid]
     rq["status"] = status
     for bio in rq["bios"]:
-        _bio_done(m, bio, status)
-    _free_request(m, rid)
+        _bio_done(m, p, bio, status)
+    _free_request_qp(m, q, p, rid)
     cdef list completed = g.completed
     completed.append({"id": rid, "op": rq["op"], "sector": rq["sector"],
                       "bytes": rq["bytes"], "status": status})

@@ -438,11 +438,11 @@ cdef str _q_run_zero(object m, dict item):
     if end > off:
         old = f.pread(off, end - off)
         new = bytes(end - off)
-        if old != new or end > f.size:
+        if end > f.size or old != new:      # (old != new or end > f.size): neither has effects
             f.pwrite(off, new)
             _log(m, ("file", off, old, new))
     return f"{'fallocate(ZERO_RANGE)' if op == 'write_zeroes' else 'fallocate(PUNCH_HOLE)'} " \
-           f"{off:#x}+{n:#x}: {item['what']}"
+           f"{_hex(off)}+{_hex(n)}: {item['what']}"
 
 
 def q_worker(m, bid):
