@@ -141,6 +141,11 @@ cdef str _hex(object o):
     return format(o, "#x")
 
 
+def _format_check(values):
+    """[(_dec(v), _hex(v)) for v in values]: for the tests (the f-string's own text)."""
+    return [(_dec(v), _hex(v)) for v in values]
+
+
 # == emu.workload ================================================================================
 
 cdef char* _HEX = b"0123456789abcdef"
@@ -334,11 +339,13 @@ cdef object _dd_dispatch(object m, object q):
     """dd_dispatch (dd_dispatch_request): sector-order batches, reads first, FIFO expiry.
     (q is m.guest.blkmq)"""
     cdef int d
+    fifo = q.dd_fifo
+    rqs = q.rqs
     rid = None
     if q.dd_batching < DD_FIFO_BATCH:
         rid = _dd_next(q, q.dd_last_dir)
     if rid is None:
-        reads, writes = q.dd_fifo
+        reads, writes = fifo
         if reads and not (writes and q.dd_starved >= DD_WRITES_STARVED):
             d = 0
             if writes:
@@ -349,13 +356,13 @@ cdef object _dd_dispatch(object m, object q):
         else:
             return None
         nxt = _dd_next(q, d)
-        head = q.dd_fifo[d][0]
-        rid = head if nxt is None or q.rqs[head]["deadline"] <= m.sim.now else nxt
+        head = fifo[d][0]
+        rid = head if nxt is None or rqs[head]["deadline"] <= m.sim.now else nxt
         q.dd_last_dir = d
         q.dd_batching = 0
-    cdef dict rq = q.rqs[rid]
+    cdef dict rq = rqs[rid]
     d = _rq_dir(rq["op"])
-    q.dd_fifo[d].remove(rid)
+    fifo[d].remove(rid)
     q.dd_next_sector[d] = rq["sector"] + (rq["bytes"] >> 9)
     q.dd_batching += 1
     return rid

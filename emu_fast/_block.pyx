@@ -39,6 +39,7 @@ cdef object _flush_acquire = _FP._flush_acquire
 cdef object _q_run = _Q._run
 cdef object _PY_PLAN_FRAME = _Q._plan_frame
 cdef object _PY_NEXT_ITEM = _Q._next_item
+cdef dict _QD = _Q.__dict__             # _Q.name is _QD.get(name) while the name is bound
 cdef dict DATA_IO = _Q.DATA_IO
 cdef object _static_path = _Q.static_path
 cdef object _source_of = _Q.source_of
@@ -134,6 +135,11 @@ cdef str _hex(object o):
         if not ovf:
             return _hexll(v)
     return format(o, "#x")
+
+
+def _format_check(values):
+    """[(_dec(v), _hex(v)) for v in values]: for the tests (the f-string's own text)."""
+    return [(_dec(v), _hex(v)) for v in values]
 
 
 cdef inline str _s(object o):
@@ -404,7 +410,7 @@ cdef str _q_run_write(object m, dict item):
 
 cdef object _plan_frame(object m, dict co, dict item):
     """qcow2 driver._plan_frame (its static call-chain lookups cached per function and caller)"""
-    if _Q._plan_frame is not _PY_PLAN_FRAME:
+    if _QD.get("_plan_frame") is not _PY_PLAN_FRAME:
         return _Q._plan_frame(m, co, item)
     fn = item["fn"]
     ctx = co.get("caller", "")
@@ -422,7 +428,7 @@ cdef object _plan_frame(object m, dict co, dict item):
 
 cdef object _next_item(object m, object bid, dict co, object detail):
     """qcow2 driver._next_item"""
-    if _Q._next_item is not _PY_NEXT_ITEM:
+    if _QD.get("_next_item") is not _PY_NEXT_ITEM:
         return _Q._next_item(m, bid, co, detail)
     m.fmt.engine.executed(co["plan"][co["pi"]])
     co["pi"] += 1
@@ -459,7 +465,7 @@ def q_worker(m, bid):
         detail = f"{item['what']}: injected error {ERRNO_NAMES.get(err, err)}"
     else:
         try:
-            if _Q._run is not _q_run:
+            if _QD.get("_run") is not _q_run:
                 detail = _Q._run(m, item)
             elif op == "write" or op == "guest_write":
                 detail = _q_run_write(m, item)
