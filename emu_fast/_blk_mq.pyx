@@ -605,7 +605,7 @@ def op_step(m):
     cdef Py_ssize_t nbios = len(bios)
     p.op_state[pc] = {"bios": nbios, "status": "OK", "buf": buf}    # idx = p.pc - 1 == pc
     p.inflight += 1
-    (<list>p.pending_bios).extend(bios)
+    p.pending_bios.extend(bios)
     sched_cont(m.sim, "blkmq.submit_bio", (), None, True)
     size = f" {_hex(op['offset'])}+{_hex(op['length'])}" if "offset" in op else ""
     return f"{where}{size}: {nbios} bio(s)" + (f", buffer at {_hex(buf)}" if buf else "")
