@@ -14,6 +14,7 @@ by the disk and queue sizes (checked where they enter).
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.long cimport PyLong_AsLongLongAndOverflow
 from libc.string cimport memcpy, memset
 from emu_fast._core cimport sched_at, sched_call, sched_cont, sched_post
 
@@ -52,6 +53,97 @@ cdef dict OP_FN = _P.OP_FN
 assert _Q.MERGEABLE == ("READ", "WRITE", "DISCARD")
 
 cdef long long LIM = 1LL << 52          # C arithmetic only on values below this (disk offsets)
+cdef object _set_function = _SUP.set_function
+cdef object _alloc_pages = _SUP.alloc_pages
+cdef object _free_pages = _SUP.free_pages
+cdef const char* _HEXD = b"0123456789abcdef"
+
+
+# == formatting ==================================================================================
+# f"{x}" and f"{x:#x}" of exact ints in C (digits written into a small buffer); any other value
+# goes through format() as the f-string would.
+
+cdef extern from "Python.h":
+    object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
+    void* PyUnicode_DATA(object o)
+
+
+cdef inline str _ascii(const char* p, Py_ssize_t n):
+    """the str of n ASCII bytes (as PyUnicode_DecodeASCII makes it)"""
+    cdef object u = PyUnicode_New(n, 127)
+    memcpy(PyUnicode_DATA(u), p, <size_t>n)
+    return <str>u
+
+
+cdef str _decll(long long v):
+    """format(v, '')"""
+    cdef char buf[24]
+    cdef char* p = buf + 24
+    cdef unsigned long long u = <unsigned long long>v if v >= 0 else <unsigned long long>0 - <unsigned long long>v
+    while True:
+        p -= 1
+        p[0] = <char>(48 + u % 10)
+        u //= 10
+        if u == 0:
+            break
+    if v < 0:
+        p -= 1
+        p[0] = b'-'
+    return _ascii(p, <Py_ssize_t>(buf + 24 - p))
+
+
+cdef str _hexll(long long v):
+    """format(v, '#x')"""
+    cdef char buf[24]
+    cdef char* p = buf + 24
+    cdef unsigned long long u = <unsigned long long>v if v >= 0 else <unsigned long long>0 - <unsigned long long>v
+    while True:
+        p -= 1
+        p[0] = _HEXD[u & 15]
+        u >>= 4
+        if u == 0:
+            break
+    p -= 2
+    p[0] = b'0'
+    p[1] = b'x'
+    if v < 0:
+        p -= 1
+        p[0] = b'-'
+    return _ascii(p, <Py_ssize_t>(buf + 24 - p))
+
+
+cdef str _dec(object o):
+    """format(o, '') (f"{o}")"""
+    cdef int ovf = 0
+    cdef long long v
+    if type(o) is int:
+        v = PyLong_AsLongLongAndOverflow(o, &ovf)
+        if not ovf:
+            return _decll(v)
+    return format(o, "")
+
+
+cdef inline str _str(object o):
+    """str(o)"""
+    if type(o) is int:
+        return _dec(o)
+    return str(o)
+
+
+cdef str _hex(object o):
+    """format(o, '#x') (f"{o:#x}")"""
+    cdef int ovf = 0
+    cdef long long v
+    if type(o) is int:
+        v = PyLong_AsLongLongAndOverflow(o, &ovf)
+        if not ovf:
+            return _hexll(v)
+    return format(o, "#x")
+
+
+def _format_check(values):
+    """[(_dec(v), _hex(v)) for v in values]: for the tests (the f-string's own text)."""
+    return [(_dec(v), _hex(v)) for v in values]
 
 
 # == emu.workload ================================================================================
@@ -61,6 +153,11 @@ cdef char* _HEX = b"0123456789abcdef"
 
 def write_pattern(n, offset, length, fill=None):
     """emu.workload.write_pattern: fill=, or 16-byte records 'wNNNNNN:SSSSSSSS' (32 per sector)."""
+    return _write_pattern(n, offset, length, fill)
+
+
+cdef object _write_pattern(object n, object offset, object length, object fill):
+    """emu.workload.write_pattern (write_pattern's body, called directly by _make_bios)"""
     cdef long long first, count, nn, k, i
     cdef unsigned long long s
     cdef bytes out
@@ -180,18 +277,22 @@ cdef void _do_merge(dict rq, dict bio, str how) except *:
 
 cdef void _free_request(object m, object rid) except *:
     """free_request"""
-    q = m.guest.blkmq
+    g = m.guest
+    _free_request_qp(m, g.blkmq, g.proc, rid)
+
+
+cdef void _free_request_qp(object m, object q, object proc, object rid) except *:
+    """free_request (q, proc are m.guest.blkmq, m.guest.proc)"""
     rq = q.rqs.pop(rid)
     _put_tag(q, rq["tag"])
-    proc = m.guest.proc
     if proc.waiting == "tag":
         proc.waiting = "woken-tag"
         sched_post(m.sim, "vcpu", "app.resume")
 
 
-cdef str _dd_insert(object m, object rid):
-    """dd_insert (dd_insert_request): back merge into a queued request, else onto the FIFO."""
-    q = m.guest.blkmq
+cdef str _dd_insert(object m, object q, object rid):
+    """dd_insert (dd_insert_request): back merge into a queued request, else onto the FIFO.
+    (q is m.guest.blkmq)"""
     cdef dict rq = q.rqs[rid]
     cdef str op = rq["op"]
     cdef int d = _rq_dir(op)
@@ -217,7 +318,7 @@ cdef str _dd_insert(object m, object rid):
     rq["stage"] = "queued"
     rq["deadline"] = m.sim.now + (DD_READ_EXPIRE_NS if d == 0 else DD_WRITE_EXPIRE_NS)
     q.dd_fifo[d].append(rid)
-    return f"request {rid} queued in mq-deadline ({'read' if d == 0 else 'write'} FIFO)"
+    return f"request {_dec(rid)} queued in mq-deadline ({'read' if d == 0 else 'write'} FIFO)"
 
 
 cdef object _dd_next(object q, int d):
@@ -234,15 +335,17 @@ cdef object _dd_next(object q, int d):
     return best
 
 
-cdef object _dd_dispatch(object m):
-    """dd_dispatch (dd_dispatch_request): sector-order batches, reads first, FIFO expiry."""
-    q = m.guest.blkmq
+cdef object _dd_dispatch(object m, object q):
+    """dd_dispatch (dd_dispatch_request): sector-order batches, reads first, FIFO expiry.
+    (q is m.guest.blkmq)"""
     cdef int d
+    fifo = q.dd_fifo
+    rqs = q.rqs
     rid = None
     if q.dd_batching < DD_FIFO_BATCH:
         rid = _dd_next(q, q.dd_last_dir)
     if rid is None:
-        reads, writes = q.dd_fifo
+        reads, writes = fifo
         if reads and not (writes and q.dd_starved >= DD_WRITES_STARVED):
             d = 0
             if writes:
@@ -253,13 +356,13 @@ cdef object _dd_dispatch(object m):
         else:
             return None
         nxt = _dd_next(q, d)
-        head = q.dd_fifo[d][0]
-        rid = head if nxt is None or q.rqs[head]["deadline"] <= m.sim.now else nxt
+        head = fifo[d][0]
+        rid = head if nxt is None or rqs[head]["deadline"] <= m.sim.now else nxt
         q.dd_last_dir = d
         q.dd_batching = 0
-    rq = q.rqs[rid]
+    cdef dict rq = rqs[rid]
     d = _rq_dir(rq["op"])
-    q.dd_fifo[d].remove(rid)
+    fifo[d].remove(rid)
     q.dd_next_sector[d] = rq["sector"] + (rq["bytes"] >> 9)
     q.dd_batching += 1
     return rid
@@ -269,28 +372,30 @@ cdef object _dd_dispatch(object m):
 
 cdef void _wake(object m, str reason) except *:
     """_wake"""
-    p = m.guest.proc
+    _wake_p(m, m.guest.proc, reason)
+
+
+cdef void _wake_p(object m, object p, str reason) except *:
+    """_wake (p is m.guest.proc)"""
     if p.waiting == reason:
         p.waiting = "woken-" + reason
         sched_post(m.sim, "vcpu", "app.resume")
 
 
-cdef void _bio_done(object m, dict bio, str status) except *:
-    """bio_done (bio_endio): the op's last bio completes the AIO."""
-    p = m.guest.proc
-    st = p.op_state[bio["op_idx"]]
+cdef void _bio_done(object m, object p, dict bio, str status) except *:
+    """bio_done (bio_endio): the op's last bio completes the AIO.  (p is m.guest.proc)"""
+    cdef dict st = p.op_state[bio["op_idx"]]
     st["bios"] -= 1
     if status != "OK" and st["status"] == "OK":
         st["status"] = status
     if st["bios"] == 0:
-        _op_done(m, bio["op_idx"])
+        _op_done(m, p, bio["op_idx"])
 
 
-cdef void _op_done(object m, object idx) except *:
-    """_op_done"""
-    p = m.guest.proc
-    st = p.op_state.pop(idx)
-    op = p.ops[idx]
+cdef void _op_done(object m, object p, object idx) except *:
+    """_op_done (p is m.guest.proc)"""
+    cdef dict st = p.op_state.pop(idx)
+    cdef dict op = p.ops[idx]
     p.inflight -= 1
     if op["op"] == "read":
         data = m.mem.read(st["buf"], op["length"])
@@ -301,22 +406,27 @@ cdef void _op_done(object m, object idx) except *:
         raw = m.mem.read(st["buf"], _ID_BYTES)
         st["serial"] = raw.split(b"\0", 1)[0].decode("latin-1")
     if st.get("buf"):
-        _SUP.free_pages(m.pages, st["buf"])
+        _free_pages(m.pages, st["buf"])
     res = {"n": op["n"], "line": op["line"], "op": op["op"], "status": st["status"]}
     if "serial" in st:
         res["serial"] = st["serial"]
     p.results.append(res)
-    _wake(m, "mem")
+    _wake_p(m, p, "mem")
     if p.inflight == 0:
-        _wake(m, "drain")
-        _wake(m, "exit")
+        _wake_p(m, p, "drain")
+        _wake_p(m, p, "exit")
 
 
 cdef str _sleep(object m, str reason):
     """_sleep: the process blocks; schedule() flushes its plug first."""
-    p = m.guest.proc
+    g = m.guest
+    return _sleep_pq(m, g.proc, g.blkmq, reason)
+
+
+cdef str _sleep_pq(object m, object p, object q, str reason):
+    """_sleep (p, q are m.guest.proc, m.guest.blkmq)"""
     p.waiting = reason
-    if m.guest.blkmq.plug:
+    if q.plug:
         sched_cont(m.sim, "blkmq.flush_plug", (-1,))
         return f"sleeps ({reason}); its plug is flushed on the way"
     return f"sleeps ({reason})"
@@ -324,9 +434,10 @@ cdef str _sleep(object m, str reason):
 
 cdef dict _bio(object p, str rq_op, object sector, object nbytes, list segs):
     """_bio"""
-    b = {"id": p.next_bio, "op_idx": p.pc, "op": rq_op, "sector": sector, "bytes": nbytes,
+    nb = p.next_bio
+    b = {"id": nb, "op_idx": p.pc, "op": rq_op, "sector": sector, "bytes": nbytes,
          "segs": segs}
-    p.next_bio += 1
+    p.next_bio = nb + 1
     return b
 
 
@@ -354,13 +465,13 @@ cdef tuple _make_bios(object m, dict op):
     lim = g.blkmq.limits
     cdef str kind = op["op"]
     cdef list bios, segs
-    cdef long long clen, coff, pos, n, k, step, zp
+    cdef long long clen, coff, pos, n, k, step, zp, npages
     if kind == "flush":
         if not g.blkmq.write_cache:
             return [], 0, ""
         return [_bio(p, "FLUSH", 0, 0, [])], 0, ""
     if kind == "get-id":
-        buf = _SUP.alloc_pages(m.pages, 1)
+        buf = _alloc_pages(m.pages, 1)
         if buf is None:
             return [], 0, "ENOMEM"
         return [_bio(p, "DRV_IN", 0, _ID_BYTES, [(buf, _ID_BYTES)])], buf, ""
@@ -370,12 +481,12 @@ cdef tuple _make_bios(object m, dict op):
         return [], 0, "EINVAL"
     step = BIO_MAX_VECS * PAGE
     if kind == "write" or kind == "read":
-        npages = (length + PAGE - 1) // PAGE
-        buf = _SUP.alloc_pages(m.pages, npages)
+        npages = (<long long>length + PAGE - 1) // PAGE     # 0 <= length < LIM (_plain_op)
+        buf = _alloc_pages(m.pages, npages)
         if buf is None:
             return [], 0, "ENOMEM"
         if kind == "write":
-            m.mem.write(buf, write_pattern(op["n"], off, length, op.get("fill")))
+            m.mem.write(buf, _write_pattern(op["n"], off, length, op.get("fill")))
         bios = []
         clen = length
         coff = off
@@ -397,7 +508,7 @@ cdef tuple _make_bios(object m, dict op):
     if op.get("unmap"):
         return [], 0, "EOPNOTSUPP"
     if not g.zero_page:
-        g.zero_page = _SUP.alloc_pages(m.pages, 1) or 0
+        g.zero_page = _alloc_pages(m.pages, 1) or 0
     zero_page = g.zero_page
     bios = []
     clen = length
@@ -441,18 +552,19 @@ def op_step(m):
     cdef list ops = p.ops
     cdef dict op
     cdef list bios
-    if p.pc >= len(ops):
+    pc = p.pc
+    if pc >= len(ops):
         if p.inflight:
             return "end of the workload: " + _sleep(m, "exit")
         sched_cont(m.sim, "app.exit")
         return "end of the workload"
-    op = ops[p.pc]
+    op = ops[pc]
     if not _plain_op(op):
         return _P.op_step(m)
     cdef str kind = op["op"]
     fn_src = OP_FN[kind]
-    _SUP.set_function(m, fn_src[0], fn_src[1])
-    where = f"line {op['line']}: {kind}"
+    _set_function(m, fn_src[0], fn_src[1])
+    where = f"line {_dec(op['line'])}: {kind}"
     if kind == "wait":
         if p.inflight:
             return where + ": " + _sleep(m, "drain")
@@ -490,18 +602,18 @@ def op_step(m):
         p.results.append({"n": op["n"], "line": op["line"], "op": kind, "status": "OK"})
         sched_cont(m.sim, "app.op", (), None, True)
         return where + ": the queue has no write cache, so the flush completes at once (no request)"
-    idx = p.pc - 1
-    p.op_state[idx] = {"bios": len(bios), "status": "OK", "buf": buf}
+    cdef Py_ssize_t nbios = len(bios)
+    p.op_state[pc] = {"bios": nbios, "status": "OK", "buf": buf}    # idx = p.pc - 1 == pc
     p.inflight += 1
     p.pending_bios.extend(bios)
     sched_cont(m.sim, "blkmq.submit_bio", (), None, True)
-    size = f" {op['offset']:#x}+{op['length']:#x}" if "offset" in op else ""
-    return where + size + f": {len(bios)} bio(s)" + (f", buffer at {buf:#x}" if buf else "")
+    size = f" {_hex(op['offset'])}+{_hex(op['length'])}" if "offset" in op else ""
+    return f"{where}{size}: {nbios} bio(s)" + (f", buffer at {_hex(buf)}" if buf else "")
 
 
-cdef str _split(object m, dict bio):
-    """_split (bio_split_to_limits): cut at max_sectors / max_segments; requeue the rest."""
-    q = m.guest.blkmq
+cdef str _split(object m, object q, dict bio):
+    """_split (bio_split_to_limits): cut at max_sectors / max_segments; requeue the rest.
+    (q is m.guest.blkmq)"""
     lim = q.limits
     mds = lim["max_discard_sectors"]
     mwz = lim["max_write_zeroes_sectors"]
@@ -548,8 +660,15 @@ cdef inline tuple _next_frame(object m):
 
 cdef inline void _next(object m) except *:
     """_next"""
-    kind, args = _next_frame(m)
-    sched_cont(m.sim, kind, args, None, True)
+    _next_p(m, m.guest.proc)
+
+
+cdef inline void _next_p(object m, object p) except *:
+    """_next (p is m.guest.proc)"""
+    if p.pending_bios:
+        sched_cont(m.sim, "blkmq.submit_bio", (), None, True)
+    else:
+        sched_cont(m.sim, "app.op", (), None, True)
 
 
 def submit_bio(m):
@@ -568,7 +687,7 @@ def submit_bio(m):
     if not (type(b_bytes) is int and type(b_sector) is int and 0 <= b_bytes < LIM
             and 0 <= b_sector < LIM):
         return _P.submit_bio(m)
-    note = _split(m, bio)
+    note = _split(m, q, bio)
     bop = bio["op"]
     rqs = q.rqs
     if _mergeable(bop):
@@ -580,24 +699,26 @@ def submit_bio(m):
             if how:
                 rq = rqs[rid]
                 _do_merge(rq, bio, how)
-                p.pending_bios.pop(0)
-                _next(m)
+                pending.pop(0)
+                _next_p(m, p)
                 where = "plugged" if rq["stage"] == "plugged" else "queued"
-                return note + f"bio {bio['id']} {how}-merged into {where} request {rid} " \
-                    f"(now {rq['bytes']} bytes)"
+                return note + f"bio {_dec(bio['id'])} {how}-merged into {where} request {_dec(rid)} " \
+                    f"(now {_dec(rq['bytes'])} bytes)"
     tag = _get_tag(q)
     if tag < 0:
-        return note + f"no free tag ({q.nr_requests} in use): " + _sleep(m, "tag")
-    p.pending_bios.pop(0)
+        return note + f"no free tag ({_dec(q.nr_requests)} in use): " + _sleep_pq(m, p, q, "tag")
+    pending.pop(0)
     rid = q.next_rq
     q.next_rq += 1
     segs = bio["segs"]
-    rq = {"id": rid, "tag": tag, "op": bop, "sector": bio["sector"], "bytes": bio["bytes"],
+    b_sector = bio["sector"]
+    b_bytes = bio["bytes"]
+    rq = {"id": rid, "tag": tag, "op": bop, "sector": b_sector, "bytes": b_bytes,
           "bios": [bio], "nsegs": len(segs) or (1 if (bop == "DISCARD" or bop == "WRITE_ZEROES") else 0),
           "nomerge": not _mergeable(bop), "unmap": bio.get("unmap", False),
           "stage": "plugged", "head": None, "table": 0, "payload": 0, "status": None}
     rqs[rid] = rq
-    what = f"bio {bio['id']} -> new request {rid} ({bop} sector {bio['sector']}, {bio['bytes']} bytes), tag {tag}"
+    what = f"bio {_dec(bio['id'])} -> new request {_dec(rid)} ({bop} sector {_dec(b_sector)}, {_dec(b_bytes)} bytes), tag {tag}"
     if bop == "FLUSH" or bop == "DRV_IN":
         if bop == "DRV_IN":
             m.mem.write(_pdu_of(m, tag), _GET_ID_HDR)
@@ -616,8 +737,8 @@ def submit_bio(m):
         kind, args = _next_frame(m)
         sched_call(m.sim, "blkmq.flush_plug", (n_before,), kind, args)
         return note + what + f"; plug full: flush the {n_before} plugged request(s) first"
-    _next(m)
-    return note + what + f"; plugged ({len(plug)} in the plug)"
+    _next_p(m, p)
+    return f"{note}{what}; plugged ({len(plug)} in the plug)"
 
 
 def resume(m):
@@ -671,7 +792,7 @@ def flush_plug(m, count):
         n = count
     cdef list plug = old[:n]
     q.plug = old[n:]
-    notes = [_dd_insert(m, rid) for rid in plug]
+    notes = [_dd_insert(m, q, rid) for rid in plug]
     sched_cont(m.sim, "blkmq.run_queue")
     return f"{len(plug)} plugged request(s) -> mq-deadline; " + "; ".join(notes) if plug \
         else "plug empty; run the queue"
@@ -684,25 +805,28 @@ def run_queue(m):
         return "hardware queue stopped (BLK_MQ_S_STOPPED): nothing dispatched"
     if q.batch:
         return "a dispatch is already running"
+    cdef bint from_dispatch
     if q.dispatch:
         q.batch, q.dispatch = q.dispatch, []
         q.batch_from = "dispatch"
+        from_dispatch = True
     else:
         batch = q.batch
         nr = q.nr_requests
         while len(batch) < nr:
-            rid = _dd_dispatch(m)
+            rid = _dd_dispatch(m, q)
             if rid is None:
                 break
             batch.append(rid)
         q.batch_from = "sched"
+        from_dispatch = False
     batch = q.batch
     if not batch:
         return "nothing to dispatch"
     q.queued = 0
     sched_cont(m.sim, "blkmq.dispatch")
-    return f"{len(batch)} request(s) from {'hctx->dispatch' if q.batch_from == 'dispatch' else 'mq-deadline'}: " \
-        + " ".join([str(r) for r in batch])
+    return f"{len(batch)} request(s) from {'hctx->dispatch' if from_dispatch else 'mq-deadline'}: " \
+        + " ".join([_str(r) for r in batch])
 
 
 def dispatch(m):
@@ -710,10 +834,10 @@ def dispatch(m):
     q = m.guest.blkmq
     batch = q.batch
     rid = batch[0]
-    cdef object last = len(batch) == 1          # a Python bool (it is formatted)
+    cdef bint last = len(batch) == 1
     q.rqs[rid]["stage"] = "dispatched"
-    sched_call(m.sim, "vblkd.queue_rq", (rid, int(last)), "blkmq.dispatch_ret", (rid,))
-    return f".queue_rq(request {rid}, last={last})"
+    sched_call(m.sim, "vblkd.queue_rq", (rid, 1 if last else 0), "blkmq.dispatch_ret", (rid,))
+    return f".queue_rq(request {_dec(rid)}, last={'True' if last else 'False'})"
 
 
 def dispatch_ret(m, rid):
@@ -721,13 +845,14 @@ def dispatch_ret(m, rid):
     q = m.guest.blkmq
     ret = q.last_ret
     if ret == "OK":
-        q.batch.pop(0)
+        batch = q.batch
+        batch.pop(0)
         q.queued += 1
-        if q.batch:
+        if batch:
             sched_cont(m.sim, "blkmq.dispatch", (), None, True)
-            return f"request {rid}: BLK_STS_OK"
+            return f"request {_dec(rid)}: BLK_STS_OK"
         sched_cont(m.sim, "blkmq.run_queue", (), None, True)
-        return f"request {rid}: BLK_STS_OK; batch done, look for more"
+        return f"request {_dec(rid)}: BLK_STS_OK; batch done, look for more"
     if ret == "IOERR" or ret == "NOTSUPP":
         q.batch.pop(0)
         if q.batch:
@@ -763,10 +888,11 @@ def run_work(m):
 def start_request(m, rid):
     """emu.guest.blk_mq.start_request (blkmq.start_request)"""
     rq = m.guest.blkmq.rqs[rid]
+    sim = m.sim
     rq["stage"] = "started"
-    rq["start_ns"] = m.sim.now
-    sched_cont(m.sim, "vblkd.add_req", (rid,))
-    return f"request {rid}: MQ_RQ_IN_FLIGHT"
+    rq["start_ns"] = sim.now
+    sched_cont(sim, "vblkd.add_req", (rid,))
+    return f"request {_dec(rid)}: MQ_RQ_IN_FLIGHT"
 
 
 def end_request(m, rid, status, from_irq):
@@ -775,11 +901,12 @@ def end_request(m, rid, status, from_irq):
         return _Q.end_request(m, rid, status, from_irq)
     g = m.guest
     q = g.blkmq
+    p = g.proc
     cdef dict rq = q.rqs[rid]
     rq["status"] = status
     for bio in rq["bios"]:
-        _bio_done(m, bio, status)
-    _free_request(m, rid)
+        _bio_done(m, p, bio, status)
+    _free_request_qp(m, q, p, rid)
     cdef list completed = g.completed
     completed.append({"id": rid, "op": rq["op"], "sector": rq["sector"],
                       "bytes": rq["bytes"], "status": status})
@@ -787,7 +914,7 @@ def end_request(m, rid, status, from_irq):
         del completed[0]
     if from_irq:
         sched_cont(m.sim, "vring.get_buf")
-    return f"request {rid} ({rq['op']} sector {rq['sector']}, {rq['bytes']} bytes): BLK_STS_{status}; tag {rq['tag']} freed"
+    return f"request {_dec(rid)} ({rq['op']} sector {_dec(rq['sector'])}, {_dec(rq['bytes'])} bytes): BLK_STS_{status}; tag {_dec(rq['tag'])} freed"
 
 
 HANDLERS = {

@@ -9,6 +9,8 @@ emu/block/qcow2/driver.py named in each docstring.  Rare branches (a probed raw 
 Python handler itself, decided before anything has changed.  qcow2's compute step (the
 engine's cluster mapping and allocation) is in _qcow2.pyx.
 """
+from cpython.long cimport PyLong_AsLongLongAndOverflow
+from libc.string cimport memcpy
 from emu_fast._core cimport sched_at, sched_cont, sched_post
 
 import errno as _E
@@ -37,6 +39,7 @@ cdef object _flush_acquire = _FP._flush_acquire
 cdef object _q_run = _Q._run
 cdef object _PY_PLAN_FRAME = _Q._plan_frame
 cdef object _PY_NEXT_ITEM = _Q._next_item
+cdef dict _QD = _Q.__dict__             # _Q.name is _QD.get(name) while the name is bound
 cdef dict DATA_IO = _Q.DATA_IO
 cdef object _static_path = _Q.static_path
 cdef object _source_of = _Q.source_of
@@ -52,6 +55,98 @@ cdef dict _Q_LAT_OP = {"guest_write": "write", "write": "write", "flush": "flush
                        "discard": "discard", "write_zeroes": "write_zeroes"}
 cdef dict _Q_FAULT_OP = {"guest_write": "write", "guest_read": "read", "cow_read": "read",
                          "compressed_read": "read", "backing_read": "read"}
+cdef object _set_function = _SUP.set_function
+cdef object _cost = _SUP.cost
+cdef object _rand = _SUP.rand
+cdef object _fault = _SUP.fault
+cdef const char* _HEXD = b"0123456789abcdef"
+
+
+# == formatting ==================================================================================
+# f"{x}" and f"{x:#x}" of exact ints in C (digits written into a small buffer); any other value
+# goes through format() as the f-string would.
+
+cdef extern from "Python.h":
+    object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
+    void* PyUnicode_DATA(object o)
+
+
+cdef inline str _ascii(const char* p, Py_ssize_t n):
+    """the str of n ASCII bytes (as PyUnicode_DecodeASCII makes it)"""
+    cdef object u = PyUnicode_New(n, 127)
+    memcpy(PyUnicode_DATA(u), p, <size_t>n)
+    return <str>u
+
+
+cdef str _decll(long long v):
+    """format(v, '')"""
+    cdef char buf[24]
+    cdef char* p = buf + 24
+    cdef unsigned long long u = <unsigned long long>v if v >= 0 else <unsigned long long>0 - <unsigned long long>v
+    while True:
+        p -= 1
+        p[0] = <char>(48 + u % 10)
+        u //= 10
+        if u == 0:
+            break
+    if v < 0:
+        p -= 1
+        p[0] = b'-'
+    return _ascii(p, <Py_ssize_t>(buf + 24 - p))
+
+
+cdef str _hexll(long long v):
+    """format(v, '#x')"""
+    cdef char buf[24]
+    cdef char* p = buf + 24
+    cdef unsigned long long u = <unsigned long long>v if v >= 0 else <unsigned long long>0 - <unsigned long long>v
+    while True:
+        p -= 1
+        p[0] = _HEXD[u & 15]
+        u >>= 4
+        if u == 0:
+            break
+    p -= 2
+    p[0] = b'0'
+    p[1] = b'x'
+    if v < 0:
+        p -= 1
+        p[0] = b'-'
+    return _ascii(p, <Py_ssize_t>(buf + 24 - p))
+
+
+cdef str _dec(object o):
+    """format(o, '') (f"{o}")"""
+    cdef int ovf = 0
+    cdef long long v
+    if type(o) is int:
+        v = PyLong_AsLongLongAndOverflow(o, &ovf)
+        if not ovf:
+            return _decll(v)
+    return format(o, "")
+
+
+cdef str _hex(object o):
+    """format(o, '#x') (f"{o:#x}")"""
+    cdef int ovf = 0
+    cdef long long v
+    if type(o) is int:
+        v = PyLong_AsLongLongAndOverflow(o, &ovf)
+        if not ovf:
+            return _hexll(v)
+    return format(o, "#x")
+
+
+def _format_check(values):
+    """[(_dec(v), _hex(v)) for v in values]: for the tests (the f-string's own text)."""
+    return [(_dec(v), _hex(v)) for v in values]
+
+
+cdef inline str _s(object o):
+    """format(o, '') of a value that is usually a str (f"{o}")"""
+    if type(o) is str:
+        return <str>o
+    return format(o, "")
 
 
 cdef inline void _log(object m, tuple eff) except *:
@@ -65,7 +160,7 @@ cdef str _ret_str(object ret):
     """file_posix._ret_str"""
     if not ret:
         return "0"
-    return f"-{ERRNO_NAMES.get(-ret, -ret)}"
+    return "-" + _s(ERRNO_NAMES.get(-ret, -ret))
 
 
 cdef long long _iov_size(object iov) except? -1:
@@ -82,7 +177,7 @@ cdef object _submit(object m, object bid, object op, object offset, object nbyte
     blk.next_aio += 1
     blk.aios[aid] = {"bid": bid, "op": op, "offset": offset, "bytes": nbytes,
                      "iov": iov, "data": None, "ret": None}
-    lat = _SUP.cost(m.latency, op, nbytes, _SUP.rand(m))
+    lat = _cost(m.latency, op, nbytes, _rand(m))
     sched_at(m.sim, lat, "file.aio_worker", (aid,))
     return lat
 
@@ -99,7 +194,7 @@ cdef str _fp_run_rw(object m, object f, dict aio):
         for gpa, ln in aio["iov"]:
             mem.write(gpa, data[pos:pos + ln])
             pos += ln
-        return f"preadv({n} bytes at host offset {off:#x}) into {len(aio['iov'])} guest buffer(s)"
+        return f"preadv({_dec(n)} bytes at host offset {_hex(off)}) into {len(aio['iov'])} guest buffer(s)"
     if aio["data"] is not None:
         data = aio["data"]
     else:
@@ -107,16 +202,16 @@ cdef str _fp_run_rw(object m, object f, dict aio):
     old = f.pread(off, n)
     f.pwrite(off, data)
     _log(m, ("file", off, old, data))
-    return f"pwritev({n} bytes at host offset {off:#x})"
+    return f"pwritev({_dec(n)} bytes at host offset {_hex(off)})"
 
 
 def aio_worker(m, aid):
     """file_posix.aio_worker"""
     cdef dict aio = m.block.aios[aid]
     op, off, n = aio["op"], aio["offset"], aio["bytes"]
-    _SUP.set_function(m, AIO_FN[op])
+    _set_function(m, AIO_FN[op])
     f = m.hostfile
-    err = _SUP.fault(m, op, off, n)
+    err = _fault(m, op, off, n)
     if err:
         aio["ret"] = -err
         detail = f"{op} at {off:#x}+{n}: injected error {ERRNO_NAMES.get(err, err)}"
@@ -138,7 +233,7 @@ def file_co_entry(m, bid):
     """file_posix.co_entry"""
     cdef dict req = m.block.reqs[bid]
     op = req["cur_op"]
-    _SUP.set_function(m, CO_FN[op])
+    _set_function(m, CO_FN[op])
     if op == "flush" and not _flush_acquire(m, bid):
         return "a flush is already running: wait for it (bs->active_flush_req)"
     if op == "flush" and (m.block.no_flush or m.block.flushed_gen == m.block.write_gen):
@@ -152,7 +247,7 @@ def file_co_entry(m, bid):
     rw = op == "read" or op == "write"
     nbytes = _iov_size(req["qiov"]) if rw else req["bytes"]
     lat = _submit(m, bid, op, req["offset"], nbytes, req["qiov"] if rw else None)
-    return f"{op} {nbytes} bytes at {req['offset']:#x} -> thread pool (done in {lat} ns); coroutine yields"
+    return f"{op} {_dec(nbytes)} bytes at {_hex(req['offset'])} -> thread pool (done in {_dec(lat)} ns); coroutine yields"
 
 
 def file_co_resume(m, aid):
@@ -161,17 +256,19 @@ def file_co_resume(m, aid):
     cdef dict aio = blk.aios.pop(aid)
     bid = aio["bid"]
     cdef dict req = blk.reqs[bid]
-    _SUP.set_function(m, CO_FN[aio["op"]])
-    req["ret"] = aio["ret"]
-    if aio["op"] == "flush":
-        if aio["ret"] == 0:
-            m.block.flushed_gen = req.pop("flush_gen")
+    aop = aio["op"]
+    ret = aio["ret"]
+    _set_function(m, CO_FN[aop])
+    req["ret"] = ret
+    if aop == "flush":
+        if ret == 0:
+            blk.flushed_gen = req.pop("flush_gen")
         sched_cont(m.sim, "file.flush_done", (bid,))
     else:
-        if aio["op"] != "read" and aio["ret"] == 0:
-            m.block.write_gen += 1
+        if aop != "read" and ret == 0:
+            blk.write_gen += 1
         sched_cont(m.sim, "bdrv.co_done", (bid,))
-    return f"{aio['op']} returned {_ret_str(aio['ret'])}; coroutine re-entered"
+    return f"{aop} returned {_ret_str(ret)}; coroutine re-entered"
 
 
 # -- BlockBackend and block/io.c -------------------------------------------------------------
@@ -187,7 +284,7 @@ def blk_co_entry(m, bid):
     blk = m.block
     cdef dict req = blk.reqs[bid]
     op = req["op"]
-    _SUP.set_function(m, BLK_FN[op])
+    _set_function(m, BLK_FN[op])
     if op != "flush":
         off, n = req["offset"], req["bytes"]
         if off < 0 or n < 0 or off > blk.length or n > blk.length - off:
@@ -198,7 +295,7 @@ def blk_co_entry(m, bid):
         req["flags"] |= BDRV_REQ_FUA
         extra = "; write cache off (writethrough): BDRV_REQ_FUA added"
     sched_cont(m.sim, "bdrv.co_entry", (bid,))
-    return f"{op} {req['bytes']} bytes at {req['offset']:#x}{extra}"
+    return f"{op} {_dec(req['bytes'])} bytes at {_hex(req['offset'])}{extra}"
 
 
 def bdrv_co_entry(m, bid):
@@ -206,7 +303,7 @@ def bdrv_co_entry(m, bid):
     blk = m.block
     cdef dict req = blk.reqs[bid]
     op = req["op"]
-    _SUP.set_function(m, BDRV_FN[op])
+    _set_function(m, BDRV_FN[op])
     if (op == "write" or op == "write_zeroes" or op == "discard") and blk.read_only:
         _complete_early(m, bid, -EPERM)
         return "bdrv_co_write_req_prepare: read-only node: -EPERM"
@@ -215,30 +312,33 @@ def bdrv_co_entry(m, bid):
         return "discard=ignore (no BDRV_O_UNMAP): succeeds without touching the image"
     if op == "write_zeroes" and not blk.discard_unmap:
         req["flags"] &= ~BDRV_REQ_MAY_UNMAP
-    sched_cont(m.sim, m.fmt.entry_kind(op), (bid,))
-    return f"-> {m.fmt.name} driver"
+    fmt = m.fmt
+    sched_cont(m.sim, fmt.entry_kind(op), (bid,))
+    return f"-> {fmt.name} driver"
 
 
 def bdrv_co_done(m, bid):
     """backend.bdrv_co_done"""
     cdef dict req = m.block.reqs[bid]
-    _SUP.set_function(m, BDRV_FN[req["op"]])
-    if req["op"] == "write" and req["flags"] & BDRV_REQ_FUA and req["ret"] == 0 \
+    op = req["op"]
+    _set_function(m, BDRV_FN[op])
+    if op == "write" and req["flags"] & BDRV_REQ_FUA and req["ret"] == 0 \
             and req["phase"] != "fua":
         req["phase"] = "fua"
         req["cur_op"] = "flush"
         sched_cont(m.sim, m.fmt.entry_kind("flush"), (bid,))
         return "BDRV_REQ_FUA not supported by the driver: bdrv_co_flush() after the write"
     sched_cont(m.sim, "blk.aio_complete", (bid,))
-    return f"{req['op']} returns {_ret_str(req['ret'])}"
+    return f"{op} returns {_ret_str(req['ret'])}"
 
 
 def blk_aio_complete(m, bid):
     """backend.aio_complete"""
     cdef dict req = m.block.reqs.pop(bid)
     kind, args = req["cb"]
-    sched_cont(m.sim, kind, tuple(args) + (req["ret"],))
-    return f"{req['op']} request {bid} completes with {_ret_str(req['ret'])}"
+    ret = req["ret"]
+    sched_cont(m.sim, kind, tuple(args) + (ret,))
+    return f"{req['op']} request {_dec(bid)} completes with {_ret_str(ret)}"
 
 
 # -- raw-format --------------------------------------------------------------------------------
@@ -249,7 +349,7 @@ def raw_co_entry(m, bid):
     op = req["cur_op"]
     if op == "write" and m.block.probed and req["offset"] < 512 and req["bytes"]:
         return _RAW.co_entry(m, bid)
-    _SUP.set_function(m, RAW_FN[op])
+    _set_function(m, RAW_FN[op])
     sched_cont(m.sim, "file.co_entry", (bid,))
     return f"{op} passes straight to the file at the same offset"
 
@@ -261,7 +361,7 @@ def q_co_entry(m, bid):
     f = m.fmt
     cdef dict req = m.block.reqs[bid]
     op = req["cur_op"]
-    _SUP.set_function(m, Q_CO_FN[op])
+    _set_function(m, Q_CO_FN[op])
     if f.engine.drv_gone:
         req["ret"] = -ENOMEDIUM
         sched_post(m.sim, "qemu", "blk.aio_complete", (bid,))
@@ -276,7 +376,7 @@ def q_co_entry(m, bid):
         return f"s->lock is held by request {f.lock_owner}: wait (qemu_co_mutex_lock)"
     f.lock_owner = bid
     sched_cont(m.sim, "qcow2.compute", (bid,))
-    return f"{op} {req['bytes']} bytes at guest {req['offset']:#x}; s->lock taken"
+    return f"{op} {_dec(req['bytes'])} bytes at guest {_hex(req['offset'])}; s->lock taken"
 
 
 def q_io(m, bid):
@@ -287,9 +387,9 @@ def q_io(m, bid):
     if op == "guest_zero" or op == "flush":
         return _Q.io(m, bid)
     _plan_frame(m, co, item)
-    lat = _SUP.cost(m.latency, _Q_LAT_OP.get(op, "read"), item.get("length", 0), _SUP.rand(m))
+    lat = _cost(m.latency, _Q_LAT_OP.get(op, "read"), item.get("length", 0), _rand(m))
     sched_at(m.sim, lat, "qcow2.worker", (bid,))
-    return f"{item['what']} -> thread pool ({lat} ns); coroutine yields"
+    return f"{item['what']} -> thread pool ({_dec(lat)} ns); coroutine yields"
 
 
 cdef str _q_run_write(object m, dict item):
@@ -305,12 +405,12 @@ cdef str _q_run_write(object m, dict item):
     old = f.pread(off, len(data))
     f.pwrite(off, data)
     _log(m, ("file", off, old, data))
-    return f"pwrite {len(data)} bytes at host {off:#x}: {item['what']}"
+    return f"pwrite {len(data)} bytes at host {_hex(off)}: {item['what']}"
 
 
 cdef object _plan_frame(object m, dict co, dict item):
     """qcow2 driver._plan_frame (its static call-chain lookups cached per function and caller)"""
-    if _Q._plan_frame is not _PY_PLAN_FRAME:
+    if _QD.get("_plan_frame") is not _PY_PLAN_FRAME:
         return _Q._plan_frame(m, co, item)
     fn = item["fn"]
     ctx = co.get("caller", "")
@@ -323,12 +423,12 @@ cdef object _plan_frame(object m, dict co, dict item):
             caller = ">".join([ctx, *path[:len(path) - 1]])
         r = (_source_of(fn) or Q_SRC, caller)
         _FRAMES[key] = r
-    _SUP.set_function(m, fn, (<tuple>r)[0], (<tuple>r)[1])
+    _set_function(m, fn, (<tuple>r)[0], (<tuple>r)[1])
 
 
 cdef object _next_item(object m, object bid, dict co, object detail):
     """qcow2 driver._next_item"""
-    if _Q._next_item is not _PY_NEXT_ITEM:
+    if _QD.get("_next_item") is not _PY_NEXT_ITEM:
         return _Q._next_item(m, bid, co, detail)
     m.fmt.engine.executed(co["plan"][co["pi"]])
     co["pi"] += 1
@@ -344,11 +444,11 @@ cdef str _q_run_zero(object m, dict item):
     if end > off:
         old = f.pread(off, end - off)
         new = bytes(end - off)
-        if old != new or end > f.size:
+        if end > f.size or old != new:      # (old != new or end > f.size): neither has effects
             f.pwrite(off, new)
             _log(m, ("file", off, old, new))
     return f"{'fallocate(ZERO_RANGE)' if op == 'write_zeroes' else 'fallocate(PUNCH_HOLE)'} " \
-           f"{off:#x}+{n:#x}: {item['what']}"
+           f"{_hex(off)}+{_hex(n)}: {item['what']}"
 
 
 def q_worker(m, bid):
@@ -356,16 +456,16 @@ def q_worker(m, bid):
     cdef dict co = m.fmt.cos[bid]
     cdef dict item = co["plan"][co["pi"]]
     op = item["op"]
-    _SUP.set_function(m, WORKER_FN[op])
+    _set_function(m, WORKER_FN[op])
     fault_op = _Q_FAULT_OP.get(op, op)
-    err = _SUP.fault(m, fault_op, item["offset"], max(item.get("length", 0), 1))
+    err = _fault(m, fault_op, item["offset"], max(item.get("length", 0), 1))
     detail = ""
     if err:
         co["io_ret"] = -err
         detail = f"{item['what']}: injected error {ERRNO_NAMES.get(err, err)}"
     else:
         try:
-            if _Q._run is not _q_run:
+            if _QD.get("_run") is not _q_run:
                 detail = _Q._run(m, item)
             elif op == "write" or op == "guest_write":
                 detail = _q_run_write(m, item)

@@ -85,24 +85,31 @@ cdef bytes _pread(object hf, long long off, long long n):
     return out
 
 
+cdef void _cow_block(object hf, set cow, long long blk, long long off, long long end) except *:
+    """HostFile._cow_prepare's loop body for one of (first, last)"""
+    cdef long long bstart
+    cdef bint partial
+    cdef bytes old
+    if blk in cow:
+        return
+    bstart = blk * BLOCK
+    partial = off > bstart or end < bstart + BLOCK
+    if partial and bstart < hf.base_size:
+        old = PyBytes_FromStringAndSize(NULL, BLOCK)
+        _pread_into(hf.fd, PyBytes_AS_STRING(old), BLOCK, bstart)
+        _pwrite_from(hf.ov_fd, PyBytes_AS_STRING(old), BLOCK, bstart)
+
+
 cdef void _cow_prepare(object hf, long long off, long long n) except *:
     """HostFile._cow_prepare"""
     cdef long long end = off + n
-    cdef long long first = off // BLOCK, last = (end - 1) // BLOCK, bstart
+    cdef long long first = off // BLOCK, last = (end - 1) // BLOCK
     cdef long long blk
-    cdef bint partial
     cdef set cow = hf.cow
-    cdef bytes old
-    for blk in (first, last):
-        if blk in cow:
-            continue
-        bstart = blk * BLOCK
-        partial = off > bstart or end < bstart + BLOCK
-        if partial and bstart < hf.base_size:
-            old = PyBytes_FromStringAndSize(NULL, BLOCK)
-            _pread_into(hf.fd, PyBytes_AS_STRING(old), BLOCK, bstart)
-            _pwrite_from(hf.ov_fd, PyBytes_AS_STRING(old), BLOCK, bstart)
-    cow.update(range(first, last + 1))
+    _cow_block(hf, cow, first, off, end)        # for blk in (first, last): ...
+    _cow_block(hf, cow, last, off, end)
+    for blk in range(first, last + 1):          # cow.update(range(first, last + 1)), in order
+        cow.add(blk)
 
 
 cdef void _keep_old(object hf, long long start, long long end) except *:

@@ -245,3 +245,25 @@ def test_dispatch_ret_statuses(tmp_path, ret):
     assert f"BLK_STS_{ret}" in a[0].detail
     if ret == "RESOURCE":
         assert any(r.kind == "blkmq.delay_run" for r in a)
+
+
+
+class _Int(int):
+    def __format__(self, spec):
+        return "I" + int.__format__(self, spec)
+
+
+@pytest.mark.parametrize("module", ["_blk_mq", "_block"])
+def test_int_formatting_in_c_is_the_f_strings(module):
+    """_dec/_hex (the C formatting of detail fields) give the f-string's text, or its error."""
+    import importlib
+    mod = importlib.import_module("emu_fast." + module)
+    values = [0, 1, 7, 9, 10, 15, 16, 255, 4096, 65535, 10 ** 18, -1, -9, -10, -16, -4096,
+              2 ** 63 - 1, -2 ** 63, 2 ** 63, -2 ** 63 - 1, 2 ** 100, -2 ** 100,
+              True, False, _Int(5), _Int(-300)]
+    assert mod._format_check(values) == [(f"{v}", f"{v:#x}") for v in values]
+    for v in ["WRITE", None, 1.5]:
+        with pytest.raises((TypeError, ValueError)) as want:
+            f"{v:#x}"
+        with pytest.raises(want.type):
+            mod._format_check([v])

@@ -76,3 +76,23 @@ def test_a_replaced_python_handler_is_used_as_is(tmp_path, monkeypatch):
     recs: list = []
     run_with(m, "fast", recs)
     assert len(seen) >= 2 and len(seen) == sum(r.kind == "file.aio_worker" for r in recs)
+
+
+@pytest.mark.parametrize("name", ["_run", "_plan_frame", "_next_item"])
+def test_a_replaced_qcow2_driver_function_is_used(tmp_path, monkeypatch, name):
+    """The compiled qcow2 host-I/O steps call driver._run/_plan_frame/_next_item's replacement."""
+    from emu.block.qcow2 import driver as Q
+    real = getattr(Q, name)
+    seen = []
+
+    def spy(*args):
+        seen.append(name)
+        return real(*args)
+    monkeypatch.setattr(Q, name, spy)
+    m = machine(tmp_path, "qcow2", "", "write 0 4k\nwrite 65536 4k\nread 0 4k\n", {})
+    recs: list = []
+    run_with(m, "fast", recs)
+    steps = {"_run": ("qcow2.worker",), "_plan_frame": ("qcow2.io", "qcow2.io_done"),
+             "_next_item": ("qcow2.io_done",)}[name]
+    n = sum(r.kind in steps for r in recs)
+    assert n and len(seen) >= n

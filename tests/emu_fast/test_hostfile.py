@@ -113,3 +113,23 @@ def test_errors_are_the_python_ones(tmp_path):
         ro.pwrite(0, b"ab")
     ro.close()
     assert os.path.getsize(p) == 8192
+
+
+@pytest.mark.parametrize("off,n", [(100, 4096), (4000, 200), (4096, 4096), (5000, 9000),
+                                   (8191, 2), (0, 5 * 4096 + 700), (3 * 4096 + 1, 4096)])
+def test_overlay_writes_copy_partial_first_and_last_blocks(tmp_path, off, n):
+    """A write into the overlay copies the base's partial first and last blocks first."""
+    base = bytes(range(256)) * (SIZE // 256) + b"\x5a" * (SIZE % 256)
+    hfs = []
+    for name in ("py.img", "fast.img"):
+        (tmp_path / name).write_bytes(base)
+        hfs.append(HostFile(str(tmp_path / name), "overlay", overlay_dir=str(tmp_path)))
+    emu_fast.require()._hostfile.attach(hfs[1])
+    try:
+        for hf in hfs:
+            hf.pwrite(off, b"\x01" * n)
+            hf.pwrite(off + n + 4096, b"\x02" * 7)
+        assert state(hfs[0]) == state(hfs[1])        # the content included
+    finally:
+        for hf in hfs:
+            hf.close()
