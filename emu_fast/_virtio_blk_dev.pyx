@@ -19,6 +19,7 @@ handle_request (nothing has changed when it is called).
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from cpython.unicode cimport PyUnicode_DecodeASCII
 from emu_fast._core cimport sched_call, sched_cont, sched_unblock
 
 from operator import itemgetter as _itemgetter
@@ -34,6 +35,7 @@ PYX_SHA256 = PYX_HASH                   # the hash of this file when it was comp
 
 cdef extern from "Python.h":
     long long PyLong_AsLongLongAndOverflow(object, int*) except? -1
+    unsigned long long PyLong_AsUnsignedLongLongMask(object) except? <unsigned long long>-1
 
 # the constants the Python code uses (checked: this file hard-codes the layouts they imply)
 assert (_V.VIRTQ_DESC_F_NEXT, _V.VIRTQ_DESC_F_WRITE, _V.VIRTQ_DESC_F_INDIRECT) == (1, 2, 4)
@@ -49,6 +51,7 @@ cdef object BDRV_REQUEST_MAX_SECTORS = _B.BDRV_REQUEST_MAX_SECTORS
 cdef dict TYPE_NAMES = _B.TYPE_NAMES
 cdef dict STATUS_NAMES = _B.STATUS_NAMES
 cdef object _sector_key = _itemgetter("sector")
+assert all(type(v) is str for v in TYPE_NAMES.values())     # .get(k) is None: k is not a key
 
 # the Python handlers translated here (fallbacks and the HANDLERS pairs)
 cdef object _py_handle_request = _vb.handle_request
@@ -67,6 +70,99 @@ cdef inline bint _addr(object x, long long* out) except -1:
         return False
     out[0] = v
     return True
+
+
+# == a C text buffer (snprintf is slower than CPython's own int formatting) =====================
+
+cdef inline int _pdec(char* p, long long v) noexcept nogil:
+    """Write "%lld" of v at p; return its length (at most 20)."""
+    cdef char tmp[24]
+    cdef int n = 0, k = 0
+    cdef unsigned long long u = <unsigned long long>v
+    if v < 0:
+        u = <unsigned long long>0 - u
+        p[0] = 45          # '-'
+        k = 1
+    while True:
+        tmp[n] = <char>(48 + u % 10)
+        n += 1
+        u //= 10
+        if not u:
+            break
+    while n:
+        n -= 1
+        p[k] = tmp[n]
+        k += 1
+    return k
+
+
+cdef inline int _phex(char* p, unsigned long long u) noexcept nogil:
+    """Write "0x%llx" of u at p; return its length (at most 18)."""
+    cdef char tmp[24]
+    cdef int n = 0, k = 2
+    cdef int d
+    p[0] = 48
+    p[1] = 120         # "0x"
+    while True:
+        d = <int>(u & 15)
+        tmp[n] = <char>(48 + d if d < 10 else 87 + d)
+        n += 1
+        u >>= 4
+        if not u:
+            break
+    while n:
+        n -= 1
+        p[k] = tmp[n]
+        k += 1
+    return k
+
+
+cdef inline int _pstr(char* p, const char* s) noexcept nogil:
+    """Copy the C string s to p (without its NUL); return its length."""
+    cdef int k = 0
+    while s[k]:
+        p[k] = s[k]
+        k += 1
+    return k
+
+
+cdef inline bint _ll(object o, long long* out) except -1:
+    """o is an int (exactly) that fits a long long: then f"{o}" / str(o) is "%lld" of *out."""
+    cdef int ovf = 0
+    cdef long long v
+    if type(o) is not int:
+        return False
+    v = PyLong_AsLongLongAndOverflow(o, &ovf)
+    if ovf:
+        return False
+    out[0] = v
+    return True
+
+
+cdef str _join_lens(object iov):
+    """"+".join(str(n) for _a, n in iov) or "0" (pop's detail): C formatting when iov is a
+    list of at most 16 2-tuples whose second items are plain ints; else the Python expression."""
+    cdef char buf[512]
+    cdef int pos = 0
+    cdef long long v
+    cdef Py_ssize_t k, cnt
+    buf[0] = 0
+    if type(iov) is list:
+        cnt = len(<list>iov)
+        if cnt == 0:
+            return "0"
+        if cnt <= 16:
+            for k in range(cnt):
+                t = (<list>iov)[k]
+                if type(t) is not tuple or len(<tuple>t) != 2 or not _ll((<tuple>t)[1], &v):
+                    break
+                if k:
+                    buf[pos] = 43       # '+'
+                    pos += 1
+                pos += _pdec(buf + pos, v)
+            else:
+                return PyUnicode_DecodeASCII(buf, pos, NULL)
+    return "+".join([str(n) for _a, n in iov]) or "0"
 
 
 cdef inline uint64_t _ld(const uint8_t* p, int n) noexcept nogil:
@@ -126,8 +222,12 @@ cdef inline list _facts(object m):
 
 
 cdef inline bint _has(object vdev, int bit) except -1:
-    """VirtIODevice.has_feature"""
-    return bool(vdev.guest_features >> bit & 1)
+    """VirtIODevice.has_feature (an int's bit 0..63 is bit of its low 64 two's-complement bits,
+    negative ints included: the C test; other types: the Python expression)"""
+    f = vdev.guest_features
+    if type(f) is int:
+        return (PyLong_AsUnsignedLongLongMask(f) >> bit) & 1
+    return bool(f >> bit & 1)
 
 
 cdef inline void _set_reg(object m, object obj, str attr, str name, object value) except *:
@@ -136,6 +236,13 @@ cdef inline void _set_reg(object m, object obj, str attr, str name, object value
     if old != value:
         setattr(obj, attr, value)
         _log(m, ("reg", name, old, value))
+
+
+cdef inline str _vqreg(object qi, str name0, str attr):
+    """f"vq{qi}.{attr}" (name0 is the one of queue 0)"""
+    if type(qi) is int and qi == 0:
+        return name0
+    return f"vq{qi}.{attr}"
 
 
 cdef object _iov_size(list iov):
@@ -248,7 +355,7 @@ cdef object _virtqueue_pop(object m, object qi):
                          "2.7.13.3 (driver made more buffers available than the queue size)")
         return None
     idx = vq.last_avail_idx
-    _set_reg(m, vq, "last_avail_idx", f"vq{qi}.last_avail_idx", (idx + 1) & 0xFFFF)
+    _set_reg(m, vq, "last_avail_idx", _vqreg(qi, "vq0.last_avail_idx", "last_avail_idx"), (idx + 1) & 0xFFFF)
     head = _rd16(m.mem, vq.avail + 4 + 2 * (idx % vq.num))
     if head >= vq.num:
         _VD.virtio_error(m, f"Guest says index {head} is available",
@@ -327,7 +434,7 @@ cdef object _virtqueue_pop(object m, object qi):
             else:
                 facts.append(("desc", "pop", qi, None, base, i, head, addr, length, flags_o, nxt,
                               None))
-    _set_reg(m, vq, "inuse", f"vq{qi}.inuse", vq.inuse + 1)
+    _set_reg(m, vq, "inuse", _vqreg(qi, "vq0.inuse", "inuse"), vq.inuse + 1)
     return {"index": head, "ndescs": 1, "out": out_iov, "in": in_iov,
             "descs": descs, "indirect": indirect_table, "avail_idx": idx}
 
@@ -374,15 +481,15 @@ cdef bint _virtqueue_flush(object m, object qi) except -1:
     vdev = m.vdev
     vq = vdev.vqs[qi]
     if vdev.broken:
-        _set_reg(m, vq, "inuse", f"vq{qi}.inuse", vq.inuse - 1)
+        _set_reg(m, vq, "inuse", _vqreg(qi, "vq0.inuse", "inuse"), vq.inuse - 1)
         return False
     if not vq.used:
         return False
     old = vq.used_idx
     new = (old + 1) & 0xFFFF
     m.mem.write_u16(vq.used + 2, new)
-    _set_reg(m, vq, "used_idx", f"vq{qi}.used_idx", new)
-    _set_reg(m, vq, "inuse", f"vq{qi}.inuse", vq.inuse - 1)
+    _set_reg(m, vq, "used_idx", _vqreg(qi, "vq0.used_idx", "used_idx"), new)
+    _set_reg(m, vq, "inuse", _vqreg(qi, "vq0.inuse", "inuse"), vq.inuse - 1)
     diff = (new - vq.signalled_used) & 0xFFFF
     if (diff - 0x10000 if diff >= 0x8000 else diff) < ((new - old) & 0xFFFF):
         vq.signalled_used_valid = False
@@ -404,7 +511,7 @@ cdef tuple _should_notify(object m, object qi):
     vq.signalled_used_valid = True
     old = vq.signalled_used
     new = vq.used_idx
-    _set_reg(m, vq, "signalled_used", f"vq{qi}.signalled_used", new)
+    _set_reg(m, vq, "signalled_used", _vqreg(qi, "vq0.signalled_used", "signalled_used"), new)
     event = _rd16(m.mem, vq.avail + (4 + 2 * vq.num))
     if not v:
         return True, f"first notification (signalled_used was not valid), used_event={event}"
@@ -506,8 +613,8 @@ def pop(m, qi):
                    "in_len": 0, "status_gpa": 0, "qiov": [], "mr_next": None,
                    "is_write": False, "stage": "popped"}
     sched_cont(m.sim, "vblk.handle_request", (qi, rid))
-    out = "+".join([str(n) for _a, n in elem["out"]]) or "0"
-    inn = "+".join([str(n) for _a, n in elem["in"]]) or "0"
+    out = _join_lens(elem["out"])
+    inn = _join_lens(elem["in"])
     via = f" via indirect table @{elem['indirect'][0]:#x}" if elem["indirect"] else ""
     return (f"head {elem['index']} (avail idx {elem['avail_idx']}){via}: "
             f"out {out} bytes, in {inn} bytes; inuse={m.vdev.vqs[qi].inuse}")
@@ -539,7 +646,9 @@ def handle_request(m, qi, rid):
     req["status_gpa"] = gpa + n - 1
     in_iov = _iov_discard_back(in_iov, 1)
     req["type"] = typ
-    tname = TYPE_NAMES.get(typ & ~0x80000000, f"type {typ:#x}")
+    tname = TYPE_NAMES.get(typ_c & ~<uint32_t>0x80000000)
+    if tname is None:
+        tname = f"type {typ:#x}"
     by_type = s.by_type
     if tname in by_type:
         by_type[tname] += 1
