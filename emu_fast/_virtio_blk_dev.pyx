@@ -139,6 +139,67 @@ cdef inline bint _ll(object o, long long* out) except -1:
     return True
 
 
+cdef int _put_lens(char* p, object iov) except -2:
+    """Write "+".join(str(n) for _a, n in iov) or "0" at p when iov is a list of at most 16
+    2-tuples whose second items are plain ints (at most 16 * 21 chars); else return -1."""
+    cdef int pos = 0
+    cdef long long v
+    cdef Py_ssize_t k, cnt
+    if type(iov) is not list:
+        return -1
+    cnt = len(<list>iov)
+    if cnt == 0:
+        p[0] = 48       # '0'
+        return 1
+    if cnt > 16:
+        return -1
+    for k in range(cnt):
+        t = (<list>iov)[k]
+        if type(t) is not tuple or len(<tuple>t) != 2 or not _ll((<tuple>t)[1], &v):
+            return -1
+        if k:
+            p[pos] = 43       # '+'
+            pos += 1
+        pos += _pdec(p + pos, v)
+    return pos
+
+
+cdef str _pop_detail(dict elem, object inuse):
+    """pop's detail string when every part is a plain int (the indirect address >= 0) and the
+    iovs fit _put_lens; else None."""
+    cdef char buf[1024]
+    cdef long long h, ai, iu, ia = 0
+    cdef int n, w
+    ind = elem["indirect"]
+    if not (_ll(elem["index"], &h) and _ll(elem["avail_idx"], &ai) and _ll(inuse, &iu)):
+        return None
+    if ind is not None:
+        if type(ind) is not tuple or len(<tuple>ind) < 1 or not _ll((<tuple>ind)[0], &ia) or ia < 0:
+            return None
+    n = _pstr(buf, "head ")
+    n += _pdec(buf + n, h)
+    n += _pstr(buf + n, " (avail idx ")
+    n += _pdec(buf + n, ai)
+    buf[n] = 41         # ')'
+    n += 1
+    if ind is not None:
+        n += _pstr(buf + n, " via indirect table @")
+        n += _phex(buf + n, <unsigned long long>ia)
+    n += _pstr(buf + n, ": out ")
+    w = _put_lens(buf + n, elem["out"])
+    if w < 0:
+        return None
+    n += w
+    n += _pstr(buf + n, " bytes, in ")
+    w = _put_lens(buf + n, elem["in"])
+    if w < 0:
+        return None
+    n += w
+    n += _pstr(buf + n, " bytes; inuse=")
+    n += _pdec(buf + n, iu)
+    return PyUnicode_DecodeASCII(buf, n, NULL)
+
+
 cdef str _join_lens(object iov):
     """"+".join(str(n) for _a, n in iov) or "0" (pop's detail): C formatting when iov is a
     list of at most 16 2-tuples whose second items are plain ints; else the Python expression."""
@@ -192,12 +253,11 @@ cdef object _read(object mem, object gpa, object length):
     return mem.read(gpa, length)
 
 
-cdef tuple _read_desc(object m, object base, object i):
-    """emu.device.virtio._read_desc"""
+cdef tuple _read_desc(object mem, object base, object i):
+    """emu.device.virtio._read_desc (mem is m.mem)"""
     cdef long long g
     cdef const uint8_t* p
     a = base + 16 * i
-    mem = m.mem
     cdef bytearray ram = mem.ram
     if _addr(a, &g) and g + 16 <= PyByteArray_GET_SIZE(ram):
         p = <const uint8_t*>PyByteArray_AS_STRING(ram) + g
@@ -287,13 +347,19 @@ cdef void _set_notification(object m, object qi, bint enable) except *:
 cdef bint _queue_empty(object m, object qi) except -1:
     """virtio_queue_empty"""
     vdev = m.vdev
-    vq = vdev.vqs[qi]
+    return _queue_empty_v(m, vdev, vdev.vqs[qi])
+
+
+cdef bint _queue_empty_v(object m, object vdev, object vq) except -1:
+    """virtio_queue_empty, vdev (m.vdev) and vq (vdev.vqs[qi]) looked up by the caller;
+    last_avail_idx read once (vring_avail_idx sets only shadow_avail_idx)"""
     if vdev.broken or not vq.avail:
         return True
-    if vq.shadow_avail_idx != vq.last_avail_idx:
+    last = vq.last_avail_idx
+    if vq.shadow_avail_idx != last:
         return False
     avail_idx = _vring_avail_idx(m, vq) if vq.caches else 0
-    return avail_idx == vq.last_avail_idx
+    return avail_idx == last
 
 
 cdef bint _map_desc(object m, list iov, object max_num_sg, object pa, object sz) except -1:
@@ -347,22 +413,25 @@ cdef object _virtqueue_pop(object m, object qi):
     if vdev.broken:
         return None
     vq = vdev.vqs[qi]
-    if _queue_empty(m, qi):
+    if _queue_empty_v(m, vdev, vq):
         return None
-    max_ = vq.num
-    if vq.inuse >= vq.num:
+    num = vq.num                    # (nothing below rebinds vq.num, m.mem, vq.last_avail_idx
+    mem = m.mem                     # but the _set_reg: nidx is the value it stores)
+    max_ = num
+    if vq.inuse >= num:
         _VD.virtio_error(m, "Virtqueue size exceeded",
                          "2.7.13.3 (driver made more buffers available than the queue size)")
         return None
     idx = vq.last_avail_idx
-    _set_reg(m, vq, "last_avail_idx", _vqreg(qi, "vq0.last_avail_idx", "last_avail_idx"), (idx + 1) & 0xFFFF)
-    head = _rd16(m.mem, vq.avail + 4 + 2 * (idx % vq.num))
-    if head >= vq.num:
+    nidx = (idx + 1) & 0xFFFF
+    _set_reg(m, vq, "last_avail_idx", _vqreg(qi, "vq0.last_avail_idx", "last_avail_idx"), nidx)
+    head = _rd16(mem, vq.avail + 4 + 2 * (idx % num))
+    if head >= num:
         _VD.virtio_error(m, f"Guest says index {head} is available",
                          "2.7.6 (avail ring entries are heads of descriptor chains < queue size)")
         return None
     if _has(vdev, 29):
-        _vring_set_avail_event(m, vq, vq.last_avail_idx)
+        _vring_set_avail_event(m, vq, nidx)
     if not vq.caches:
         _VD.virtio_error(m, "Region caches not initialized", "4.1.4.3 (queue not set up)")
         return None
@@ -373,7 +442,7 @@ cdef object _virtqueue_pop(object m, object qi):
     base = vq.desc
     i = head
     descs = []
-    addr, length, flags_o, nxt = _read_desc(m, base, i)
+    addr, length, flags_o, nxt = _read_desc(mem, base, i)
     flags = flags_o
     descs.append((base, i, addr, length, flags_o, nxt))
     if facts is not None:
@@ -387,7 +456,7 @@ cdef object _virtqueue_pop(object m, object qi):
         if not _has(vdev, 28):
             vdev.guest_errors.append("Device virtio-blk: indirect_desc was not negotiated!")
             _log(m, ("guest-error", "indirect_desc was not negotiated!"))
-        if not (0 <= addr and length >= 0 and addr + length <= m.mem.size):   # is_mapped
+        if not (0 <= addr and length >= 0 and addr + length <= mem.size):   # is_mapped
             _VD.virtio_error(m, "Cannot map indirect buffer",
                              "2.7.5.3.1 (indirect table in RAM)")
             return None
@@ -395,7 +464,7 @@ cdef object _virtqueue_pop(object m, object qi):
         base = addr
         indirect_table = (addr, length)
         i = 0
-        addr, length, flags_o, nxt = _read_desc(m, base, i)
+        addr, length, flags_o, nxt = _read_desc(mem, base, i)
         flags = flags_o
         descs.append((base, i, addr, length, flags_o, nxt))
         if facts is not None:
@@ -424,7 +493,7 @@ cdef object _virtqueue_pop(object m, object qi):
             _VD.virtio_error(m, f"Desc next is {nxt}", "2.7.5.2 (next < queue size / table entries)")
             return None
         i = nxt
-        addr, length, flags_o, nxt = _read_desc(m, base, i)
+        addr, length, flags_o, nxt = _read_desc(mem, base, i)
         flags = flags_o
         descs.append((base, i, addr, length, flags_o, nxt))
         if facts is not None:
@@ -500,7 +569,7 @@ cdef tuple _should_notify(object m, object qi):
     """virtio_should_notify (virtio_split_should_notify)"""
     vdev = m.vdev
     vq = vdev.vqs[qi]
-    if _has(vdev, 24) and not vq.inuse and _queue_empty(m, qi):
+    if _has(vdev, 24) and not vq.inuse and _queue_empty_v(m, vdev, vq):
         return True, "NOTIFY_ON_EMPTY and the queue is empty"
     if not _has(vdev, 29):
         flags = _rd16(m.mem, vq.avail + 0)
@@ -613,6 +682,9 @@ def pop(m, qi):
                    "in_len": 0, "status_gpa": 0, "qiov": [], "mr_next": None,
                    "is_write": False, "stage": "popped"}
     sched_cont(m.sim, "vblk.handle_request", (qi, rid))
+    detail = _pop_detail(elem, m.vdev.vqs[qi].inuse)
+    if detail is not None:
+        return detail
     out = _join_lens(elem["out"])
     inn = _join_lens(elem["in"])
     via = f" via indirect table @{elem['indirect'][0]:#x}" if elem["indirect"] else ""
