@@ -508,13 +508,12 @@ cdef object _virtqueue_pop(object m, object qi):
             "descs": descs, "indirect": indirect_table, "avail_idx": idx}
 
 
-cdef bint _virtqueue_fill(object m, object qi, dict elem, object length) except -1:
-    """virtqueue_fill (virtqueue_split_fill), idx 0"""
+cdef bint _virtqueue_fill(object m, object vdev, object vq, object qi, dict elem,
+                          object length) except -1:
+    """virtqueue_fill (virtqueue_split_fill), idx 0 (vdev is m.vdev, vq vdev.vqs[qi])"""
     cdef long long h, ln
     cdef uint8_t buf[8]
     cdef int k
-    vdev = m.vdev
-    vq = vdev.vqs[qi]
     if vdev.broken or not vq.used:
         return False
     slot = vq.used_idx % vq.num
@@ -585,8 +584,26 @@ cdef tuple _should_notify(object m, object qi):
     if not v:
         return True, f"first notification (signalled_used was not valid), used_event={event}"
     need = ((new - event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
-    return need, (f"vring_need_event(used_event={event}, new={new}, old={old}) = "
-                  f"{'true' if need else 'false'}")
+    return need, _need_event_why(event, new, old, need)
+
+
+cdef str _need_event_why(object event, object new, object old, bint need):
+    """f"vring_need_event(used_event={event}, new={new}, old={old}) = {'true' if need else
+    'false'}" (C buffer for plain ints)"""
+    cdef char buf[160]
+    cdef long long e, nw, od
+    cdef int n
+    if _ll(event, &e) and _ll(new, &nw) and _ll(old, &od):
+        n = _pstr(buf, "vring_need_event(used_event=")
+        n += _pdec(buf + n, e)
+        n += _pstr(buf + n, ", new=")
+        n += _pdec(buf + n, nw)
+        n += _pstr(buf + n, ", old=")
+        n += _pdec(buf + n, od)
+        n += _pstr(buf + n, ") = true" if need else ") = false")
+        return PyUnicode_DecodeASCII(buf, n, NULL)
+    return (f"vring_need_event(used_event={event}, new={new}, old={old}) = "
+            f"{'true' if need else 'false'}")
 
 
 # == emu/device/iov.py ==============================================================================
@@ -725,7 +742,7 @@ def handle_request(m, qi, rid):
     if tname in by_type:
         by_type[tname] += 1
     s.submitted += 1
-    return _handle_rw(m, qi, rid, typ, sector, out_iov, in_iov)
+    return _handle_rw(m, s, req, qi, rid, typ, sector, out_iov, in_iov)
 
 
 cdef bint _sect_range_ok(object s, object sector, object size) except -1:
@@ -736,18 +753,29 @@ cdef bint _sect_range_ok(object s, object sector, object size) except -1:
     return not (sector > s.capacity or nb > s.capacity - sector)
 
 
-cdef object _handle_rw(object m, object qi, object rid, object typ, object sector, list out_iov,
-                       list in_iov):
-    """_handle_rw"""
-    s = m.vblk
-    req = s.reqs[rid]
+cdef object _handle_rw(object m, object s, dict req, object qi, object rid, object typ,
+                       object sector, list out_iov, list in_iov):
+    """_handle_rw (s is m.vblk and req is s.reqs[rid]: handle_request looked them up)"""
+    cdef char buf[80]
+    cdef long long sc, sz
+    cdef int n
     is_write = bool(typ & 1)
     qiov = out_iov if is_write else in_iov
     req["sector"] = sector
     req["is_write"] = is_write
     req["qiov"] = qiov
-    size = _iov_size(req["qiov"])
-    what = f"{'OUT' if is_write else 'IN'} sector {sector} ({size} bytes)"
+    size = _iov_size(qiov)
+    if _ll(sector, &sc) and _ll(size, &sz):
+        n = _pstr(buf, "OUT sector " if is_write else "IN sector ")
+        n += _pdec(buf + n, sc)
+        buf[n] = 32         # ' '
+        buf[n + 1] = 40     # '('
+        n += 2
+        n += _pdec(buf + n, sz)
+        n += _pstr(buf + n, " bytes)")
+        what = PyUnicode_DecodeASCII(buf, n, NULL)
+    else:
+        what = f"{'OUT' if is_write else 'IN'} sector {sector} ({size} bytes)"
     if not _sect_range_ok(s, sector, size):
         sched_call(m.sim, "vblk.req_complete", (rid, 1), "vblk.pop", (qi,))
         return (f"{what}: virtio_blk_sect_range_ok fails "
@@ -756,9 +784,11 @@ cdef object _handle_rw(object m, object qi, object rid, object typ, object secto
     if mrb and (len(mrb) == 32 or is_write != s.mrb_is_write or not s.request_merging):
         sched_call(m.sim, "vblk.submit_multireq", (qi,), "vblk.mrb_add", (qi, rid))
         return f"{what}: submit the MultiReqBuffer first"
-    _mrb_append(s, rid, is_write)
+    mrb.append(rid)                 # _mrb_append(s, rid, is_write): mrb is s.mrb, req s.reqs[rid]
+    s.mrb_is_write = is_write
+    req["stage"] = "mrb"
     sched_cont(m.sim, "vblk.pop", (qi,))
-    return f"{what}: appended to the MultiReqBuffer ({len(s.mrb)} queued)"
+    return f"{what}: appended to the MultiReqBuffer ({len(mrb)} queued)"
 
 
 cdef inline void _mrb_append(object s, object rid, object is_write) except *:
@@ -889,15 +919,32 @@ def req_complete(m, rid, status):
 
 def fill(m, rid):
     """fill (vq.fill)"""
+    cdef char buf[96]
+    cdef long long ui, nm, ix, ln
+    cdef int n
     req = m.vblk.reqs[rid]
     qi = req["qi"]
-    vq = m.vdev.vqs[qi]
-    if not _virtqueue_fill(m, qi, req["elem"], req["in_len"]):
+    vdev = m.vdev
+    vq = vdev.vqs[qi]
+    if not _virtqueue_fill(m, vdev, vq, qi, req["elem"], req["in_len"]):
         sched_cont(m.sim, "vq.flush", (rid,))
         return "device broken: buffers unmapped, nothing written to the used ring"
     sched_cont(m.sim, "vq.flush", (rid,))
-    return (f"used.ring[{vq.used_idx % vq.num}] = {{id {req['elem']['index']}, "
-            f"len {req['in_len']}}}")
+    used_idx = vq.used_idx
+    num = vq.num
+    index = req['elem']['index']
+    in_len = req['in_len']
+    if (_ll(used_idx, &ui) and ui >= 0 and _ll(num, &nm) and nm > 0 and _ll(index, &ix)
+            and _ll(in_len, &ln)):
+        n = _pstr(buf, "used.ring[")
+        n += _pdec(buf + n, ui % nm)
+        n += _pstr(buf + n, "] = {id ")
+        n += _pdec(buf + n, ix)
+        n += _pstr(buf + n, ", len ")
+        n += _pdec(buf + n, ln)
+        buf[n] = 125        # '}'
+        return PyUnicode_DecodeASCII(buf, n + 1, NULL)
+    return f"used.ring[{used_idx % num}] = {{id {index}, len {in_len}}}"
 
 
 def flush(m, rid):
