@@ -433,7 +433,9 @@ def add_desc(m, rid):
 
 def add_head(m, rid):
     """emu.guest.vring.add_head"""
-    cdef long long length, chead
+    cdef long long length, chead, ta, nx
+    cdef char buf[128]
+    cdef int n
     vq = m.guest.vq
     rq = m.guest.blkmq.rqs[rid]
     st = rq["add"]
@@ -448,30 +450,59 @@ def add_head(m, rid):
     vq.extra_len[head] = length
     vq.extra_flags[head] = F_INDIRECT
     sched_cont(m.sim, "vring.add_avail", (rid,))
+    if _ll(table, &ta) and ta >= 0 and _ll(nxt, &nx):
+        n = _pstr(buf, "desc[")
+        n += _pdec(buf + n, chead)
+        n += _pstr(buf + n, "] = {addr ")
+        n += _phex(buf + n, <unsigned long long>ta)
+        n += _pstr(buf + n, ", len ")
+        n += _pdec(buf + n, length)
+        n += _pstr(buf + n, ", INDIRECT, next ")
+        n += _pdec(buf + n, nx)
+        buf[n] = 125        # '}'
+        return PyUnicode_DecodeASCII(buf, n + 1, NULL)
     return f"desc[{chead}] = {{addr {_hex(table)}, len {length}, INDIRECT, next {_dec(nxt)}}}"
 
 
 def add_avail(m, rid):
-    """emu.guest.vring.add_avail"""
-    cdef long long slot
+    """emu.guest.vring.add_avail (the num_free and free_head it stores kept in locals)"""
+    cdef long long slot, h, nf, fh
+    cdef char buf[96]
+    cdef int n
     vq = m.guest.vq
     rq = m.guest.blkmq.rqs[rid]
     st = rq.pop("add")
     head = st["head"]
-    vq.num_free -= st["used"]
-    vq.free_head = vq.extra_next[head] if st["indirect"] else vq.extra_next[st["prev"]]
+    num_free = vq.num_free - st["used"]
+    vq.num_free = num_free
+    extra_next = vq.extra_next
+    free_head = extra_next[head] if st["indirect"] else extra_next[st["prev"]]
+    vq.free_head = free_head
     vq.desc_data[head] = rid
     vq.desc_indir[head] = st["table"]
     rq["head"] = head
     slot = vq.avail_idx_shadow & (vq.num - 1)
     _wr16(m.mem, vq.avail + AVAIL_RING + 2 * slot, head)
     sched_cont(m.sim, "vring.add_publish", (rid,))
-    return (f"avail.ring[{slot}] = {_dec(head)}; num_free {_dec(vq.num_free)}, "
-            f"free_head {_dec(vq.free_head)}")
+    if _ll(head, &h) and _ll(num_free, &nf) and _ll(free_head, &fh):
+        n = _pstr(buf, "avail.ring[")
+        n += _pdec(buf + n, slot)
+        n += _pstr(buf + n, "] = ")
+        n += _pdec(buf + n, h)
+        n += _pstr(buf + n, "; num_free ")
+        n += _pdec(buf + n, nf)
+        n += _pstr(buf + n, ", free_head ")
+        n += _pdec(buf + n, fh)
+        return PyUnicode_DecodeASCII(buf, n, NULL)
+    return (f"avail.ring[{slot}] = {_dec(head)}; num_free {_dec(num_free)}, "
+            f"free_head {_dec(free_head)}")
 
 
 def add_publish(m, rid):
-    """emu.guest.vring.add_publish"""
+    """emu.guest.vring.add_publish (avail_idx_shadow: the value it stores)"""
+    cdef long long sh, h
+    cdef char buf[128]
+    cdef int n
     vq = m.guest.vq
     rq = m.guest.blkmq.rqs[rid]
     shadow = (vq.avail_idx_shadow + 1) & 0xFFFF
@@ -480,7 +511,15 @@ def add_publish(m, rid):
     vq.num_added += 1
     rq["stage"] = "avail"
     rq["add_err"] = ""
-    return (f"virtio_wmb; avail.idx = {_dec(vq.avail_idx_shadow)} (head {_dec(rq['head'])} is now "
+    head = rq['head']
+    if _ll(shadow, &sh) and _ll(head, &h):
+        n = _pstr(buf, "virtio_wmb; avail.idx = ")
+        n += _pdec(buf + n, sh)
+        n += _pstr(buf + n, " (head ")
+        n += _pdec(buf + n, h)
+        n += _pstr(buf + n, " is now visible to the device)")
+        return PyUnicode_DecodeASCII(buf, n, NULL)
+    return (f"virtio_wmb; avail.idx = {_dec(shadow)} (head {_dec(head)} is now "
             "visible to the device)")
 
 
