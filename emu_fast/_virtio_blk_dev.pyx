@@ -19,6 +19,7 @@ handle_request (nothing has changed when it is called).
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from cpython.unicode cimport PyUnicode_DecodeASCII
 from emu_fast._core cimport sched_call, sched_cont, sched_unblock
 
 from operator import itemgetter as _itemgetter
@@ -34,6 +35,7 @@ PYX_SHA256 = PYX_HASH                   # the hash of this file when it was comp
 
 cdef extern from "Python.h":
     long long PyLong_AsLongLongAndOverflow(object, int*) except? -1
+    unsigned long long PyLong_AsUnsignedLongLongMask(object) except? <unsigned long long>-1
 
 # the constants the Python code uses (checked: this file hard-codes the layouts they imply)
 assert (_V.VIRTQ_DESC_F_NEXT, _V.VIRTQ_DESC_F_WRITE, _V.VIRTQ_DESC_F_INDIRECT) == (1, 2, 4)
@@ -49,6 +51,7 @@ cdef object BDRV_REQUEST_MAX_SECTORS = _B.BDRV_REQUEST_MAX_SECTORS
 cdef dict TYPE_NAMES = _B.TYPE_NAMES
 cdef dict STATUS_NAMES = _B.STATUS_NAMES
 cdef object _sector_key = _itemgetter("sector")
+assert all(type(v) is str for v in TYPE_NAMES.values())     # .get(k) is None: k is not a key
 
 # the Python handlers translated here (fallbacks and the HANDLERS pairs)
 cdef object _py_handle_request = _vb.handle_request
@@ -67,6 +70,160 @@ cdef inline bint _addr(object x, long long* out) except -1:
         return False
     out[0] = v
     return True
+
+
+# == a C text buffer (snprintf is slower than CPython's own int formatting) =====================
+
+cdef inline int _pdec(char* p, long long v) noexcept nogil:
+    """Write "%lld" of v at p; return its length (at most 20)."""
+    cdef char tmp[24]
+    cdef int n = 0, k = 0
+    cdef unsigned long long u = <unsigned long long>v
+    if v < 0:
+        u = <unsigned long long>0 - u
+        p[0] = 45          # '-'
+        k = 1
+    while True:
+        tmp[n] = <char>(48 + u % 10)
+        n += 1
+        u //= 10
+        if not u:
+            break
+    while n:
+        n -= 1
+        p[k] = tmp[n]
+        k += 1
+    return k
+
+
+cdef inline int _phex(char* p, unsigned long long u) noexcept nogil:
+    """Write "0x%llx" of u at p; return its length (at most 18)."""
+    cdef char tmp[24]
+    cdef int n = 0, k = 2
+    cdef int d
+    p[0] = 48
+    p[1] = 120         # "0x"
+    while True:
+        d = <int>(u & 15)
+        tmp[n] = <char>(48 + d if d < 10 else 87 + d)
+        n += 1
+        u >>= 4
+        if not u:
+            break
+    while n:
+        n -= 1
+        p[k] = tmp[n]
+        k += 1
+    return k
+
+
+cdef inline int _pstr(char* p, const char* s) noexcept nogil:
+    """Copy the C string s to p (without its NUL); return its length."""
+    cdef int k = 0
+    while s[k]:
+        p[k] = s[k]
+        k += 1
+    return k
+
+
+cdef inline bint _ll(object o, long long* out) except -1:
+    """o is an int (exactly) that fits a long long: then f"{o}" / str(o) is "%lld" of *out."""
+    cdef int ovf = 0
+    cdef long long v
+    if type(o) is not int:
+        return False
+    v = PyLong_AsLongLongAndOverflow(o, &ovf)
+    if ovf:
+        return False
+    out[0] = v
+    return True
+
+
+cdef int _put_lens(char* p, object iov) except -2:
+    """Write "+".join(str(n) for _a, n in iov) or "0" at p when iov is a list of at most 16
+    2-tuples whose second items are plain ints (at most 16 * 21 chars); else return -1."""
+    cdef int pos = 0
+    cdef long long v
+    cdef Py_ssize_t k, cnt
+    if type(iov) is not list:
+        return -1
+    cnt = len(<list>iov)
+    if cnt == 0:
+        p[0] = 48       # '0'
+        return 1
+    if cnt > 16:
+        return -1
+    for k in range(cnt):
+        t = (<list>iov)[k]
+        if type(t) is not tuple or len(<tuple>t) != 2 or not _ll((<tuple>t)[1], &v):
+            return -1
+        if k:
+            p[pos] = 43       # '+'
+            pos += 1
+        pos += _pdec(p + pos, v)
+    return pos
+
+
+cdef str _pop_detail(dict elem, object inuse):
+    """pop's detail string when every part is a plain int (the indirect address >= 0) and the
+    iovs fit _put_lens; else None."""
+    cdef char buf[1024]
+    cdef long long h, ai, iu, ia = 0
+    cdef int n, w
+    ind = elem["indirect"]
+    if not (_ll(elem["index"], &h) and _ll(elem["avail_idx"], &ai) and _ll(inuse, &iu)):
+        return None
+    if ind is not None:
+        if type(ind) is not tuple or len(<tuple>ind) < 1 or not _ll((<tuple>ind)[0], &ia) or ia < 0:
+            return None
+    n = _pstr(buf, "head ")
+    n += _pdec(buf + n, h)
+    n += _pstr(buf + n, " (avail idx ")
+    n += _pdec(buf + n, ai)
+    buf[n] = 41         # ')'
+    n += 1
+    if ind is not None:
+        n += _pstr(buf + n, " via indirect table @")
+        n += _phex(buf + n, <unsigned long long>ia)
+    n += _pstr(buf + n, ": out ")
+    w = _put_lens(buf + n, elem["out"])
+    if w < 0:
+        return None
+    n += w
+    n += _pstr(buf + n, " bytes, in ")
+    w = _put_lens(buf + n, elem["in"])
+    if w < 0:
+        return None
+    n += w
+    n += _pstr(buf + n, " bytes; inuse=")
+    n += _pdec(buf + n, iu)
+    return PyUnicode_DecodeASCII(buf, n, NULL)
+
+
+cdef str _join_lens(object iov):
+    """"+".join(str(n) for _a, n in iov) or "0" (pop's detail): C formatting when iov is a
+    list of at most 16 2-tuples whose second items are plain ints; else the Python expression."""
+    cdef char buf[512]
+    cdef int pos = 0
+    cdef long long v
+    cdef Py_ssize_t k, cnt
+    buf[0] = 0
+    if type(iov) is list:
+        cnt = len(<list>iov)
+        if cnt == 0:
+            return "0"
+        if cnt <= 16:
+            for k in range(cnt):
+                t = (<list>iov)[k]
+                if type(t) is not tuple or len(<tuple>t) != 2 or not _ll((<tuple>t)[1], &v):
+                    break
+                if k:
+                    buf[pos] = 43       # '+'
+                    pos += 1
+                pos += _pdec(buf + pos, v)
+            else:
+                return PyUnicode_DecodeASCII(buf, pos, NULL)
+    return "+".join([str(n) for _a, n in iov]) or "0"
 
 
 cdef inline uint64_t _ld(const uint8_t* p, int n) noexcept nogil:
@@ -96,12 +253,11 @@ cdef object _read(object mem, object gpa, object length):
     return mem.read(gpa, length)
 
 
-cdef tuple _read_desc(object m, object base, object i):
-    """emu.device.virtio._read_desc"""
+cdef tuple _read_desc(object mem, object base, object i):
+    """emu.device.virtio._read_desc (mem is m.mem)"""
     cdef long long g
     cdef const uint8_t* p
     a = base + 16 * i
-    mem = m.mem
     cdef bytearray ram = mem.ram
     if _addr(a, &g) and g + 16 <= PyByteArray_GET_SIZE(ram):
         p = <const uint8_t*>PyByteArray_AS_STRING(ram) + g
@@ -126,8 +282,12 @@ cdef inline list _facts(object m):
 
 
 cdef inline bint _has(object vdev, int bit) except -1:
-    """VirtIODevice.has_feature"""
-    return bool(vdev.guest_features >> bit & 1)
+    """VirtIODevice.has_feature (an int's bit 0..63 is bit of its low 64 two's-complement bits,
+    negative ints included: the C test; other types: the Python expression)"""
+    f = vdev.guest_features
+    if type(f) is int:
+        return (PyLong_AsUnsignedLongLongMask(f) >> bit) & 1
+    return bool(f >> bit & 1)
 
 
 cdef inline void _set_reg(object m, object obj, str attr, str name, object value) except *:
@@ -136,6 +296,13 @@ cdef inline void _set_reg(object m, object obj, str attr, str name, object value
     if old != value:
         setattr(obj, attr, value)
         _log(m, ("reg", name, old, value))
+
+
+cdef inline str _vqreg(object qi, str name0, str attr):
+    """f"vq{qi}.{attr}" (name0 is the one of queue 0)"""
+    if type(qi) is int and qi == 0:
+        return name0
+    return f"vq{qi}.{attr}"
 
 
 cdef object _iov_size(list iov):
@@ -180,13 +347,19 @@ cdef void _set_notification(object m, object qi, bint enable) except *:
 cdef bint _queue_empty(object m, object qi) except -1:
     """virtio_queue_empty"""
     vdev = m.vdev
-    vq = vdev.vqs[qi]
+    return _queue_empty_v(m, vdev, vdev.vqs[qi])
+
+
+cdef bint _queue_empty_v(object m, object vdev, object vq) except -1:
+    """virtio_queue_empty, vdev (m.vdev) and vq (vdev.vqs[qi]) looked up by the caller;
+    last_avail_idx read once (vring_avail_idx sets only shadow_avail_idx)"""
     if vdev.broken or not vq.avail:
         return True
-    if vq.shadow_avail_idx != vq.last_avail_idx:
+    last = vq.last_avail_idx
+    if vq.shadow_avail_idx != last:
         return False
     avail_idx = _vring_avail_idx(m, vq) if vq.caches else 0
-    return avail_idx == vq.last_avail_idx
+    return avail_idx == last
 
 
 cdef bint _map_desc(object m, list iov, object max_num_sg, object pa, object sz) except -1:
@@ -240,22 +413,25 @@ cdef object _virtqueue_pop(object m, object qi):
     if vdev.broken:
         return None
     vq = vdev.vqs[qi]
-    if _queue_empty(m, qi):
+    if _queue_empty_v(m, vdev, vq):
         return None
-    max_ = vq.num
-    if vq.inuse >= vq.num:
+    num = vq.num                    # (nothing below rebinds vq.num, m.mem, vq.last_avail_idx
+    mem = m.mem                     # but the _set_reg: nidx is the value it stores)
+    max_ = num
+    if vq.inuse >= num:
         _VD.virtio_error(m, "Virtqueue size exceeded",
                          "2.7.13.3 (driver made more buffers available than the queue size)")
         return None
     idx = vq.last_avail_idx
-    _set_reg(m, vq, "last_avail_idx", f"vq{qi}.last_avail_idx", (idx + 1) & 0xFFFF)
-    head = _rd16(m.mem, vq.avail + 4 + 2 * (idx % vq.num))
-    if head >= vq.num:
+    nidx = (idx + 1) & 0xFFFF
+    _set_reg(m, vq, "last_avail_idx", _vqreg(qi, "vq0.last_avail_idx", "last_avail_idx"), nidx)
+    head = _rd16(mem, vq.avail + 4 + 2 * (idx % num))
+    if head >= num:
         _VD.virtio_error(m, f"Guest says index {head} is available",
                          "2.7.6 (avail ring entries are heads of descriptor chains < queue size)")
         return None
     if _has(vdev, 29):
-        _vring_set_avail_event(m, vq, vq.last_avail_idx)
+        _vring_set_avail_event(m, vq, nidx)
     if not vq.caches:
         _VD.virtio_error(m, "Region caches not initialized", "4.1.4.3 (queue not set up)")
         return None
@@ -266,7 +442,7 @@ cdef object _virtqueue_pop(object m, object qi):
     base = vq.desc
     i = head
     descs = []
-    addr, length, flags_o, nxt = _read_desc(m, base, i)
+    addr, length, flags_o, nxt = _read_desc(mem, base, i)
     flags = flags_o
     descs.append((base, i, addr, length, flags_o, nxt))
     if facts is not None:
@@ -280,7 +456,7 @@ cdef object _virtqueue_pop(object m, object qi):
         if not _has(vdev, 28):
             vdev.guest_errors.append("Device virtio-blk: indirect_desc was not negotiated!")
             _log(m, ("guest-error", "indirect_desc was not negotiated!"))
-        if not (0 <= addr and length >= 0 and addr + length <= m.mem.size):   # is_mapped
+        if not (0 <= addr and length >= 0 and addr + length <= mem.size):   # is_mapped
             _VD.virtio_error(m, "Cannot map indirect buffer",
                              "2.7.5.3.1 (indirect table in RAM)")
             return None
@@ -288,7 +464,7 @@ cdef object _virtqueue_pop(object m, object qi):
         base = addr
         indirect_table = (addr, length)
         i = 0
-        addr, length, flags_o, nxt = _read_desc(m, base, i)
+        addr, length, flags_o, nxt = _read_desc(mem, base, i)
         flags = flags_o
         descs.append((base, i, addr, length, flags_o, nxt))
         if facts is not None:
@@ -317,7 +493,7 @@ cdef object _virtqueue_pop(object m, object qi):
             _VD.virtio_error(m, f"Desc next is {nxt}", "2.7.5.2 (next < queue size / table entries)")
             return None
         i = nxt
-        addr, length, flags_o, nxt = _read_desc(m, base, i)
+        addr, length, flags_o, nxt = _read_desc(mem, base, i)
         flags = flags_o
         descs.append((base, i, addr, length, flags_o, nxt))
         if facts is not None:
@@ -327,18 +503,17 @@ cdef object _virtqueue_pop(object m, object qi):
             else:
                 facts.append(("desc", "pop", qi, None, base, i, head, addr, length, flags_o, nxt,
                               None))
-    _set_reg(m, vq, "inuse", f"vq{qi}.inuse", vq.inuse + 1)
+    _set_reg(m, vq, "inuse", _vqreg(qi, "vq0.inuse", "inuse"), vq.inuse + 1)
     return {"index": head, "ndescs": 1, "out": out_iov, "in": in_iov,
             "descs": descs, "indirect": indirect_table, "avail_idx": idx}
 
 
-cdef bint _virtqueue_fill(object m, object qi, dict elem, object length) except -1:
-    """virtqueue_fill (virtqueue_split_fill), idx 0"""
+cdef bint _virtqueue_fill(object m, object vdev, object vq, object qi, dict elem,
+                          object length) except -1:
+    """virtqueue_fill (virtqueue_split_fill), idx 0 (vdev is m.vdev, vq vdev.vqs[qi])"""
     cdef long long h, ln
     cdef uint8_t buf[8]
     cdef int k
-    vdev = m.vdev
-    vq = vdev.vqs[qi]
     if vdev.broken or not vq.used:
         return False
     slot = vq.used_idx % vq.num
@@ -374,15 +549,15 @@ cdef bint _virtqueue_flush(object m, object qi) except -1:
     vdev = m.vdev
     vq = vdev.vqs[qi]
     if vdev.broken:
-        _set_reg(m, vq, "inuse", f"vq{qi}.inuse", vq.inuse - 1)
+        _set_reg(m, vq, "inuse", _vqreg(qi, "vq0.inuse", "inuse"), vq.inuse - 1)
         return False
     if not vq.used:
         return False
     old = vq.used_idx
     new = (old + 1) & 0xFFFF
     m.mem.write_u16(vq.used + 2, new)
-    _set_reg(m, vq, "used_idx", f"vq{qi}.used_idx", new)
-    _set_reg(m, vq, "inuse", f"vq{qi}.inuse", vq.inuse - 1)
+    _set_reg(m, vq, "used_idx", _vqreg(qi, "vq0.used_idx", "used_idx"), new)
+    _set_reg(m, vq, "inuse", _vqreg(qi, "vq0.inuse", "inuse"), vq.inuse - 1)
     diff = (new - vq.signalled_used) & 0xFFFF
     if (diff - 0x10000 if diff >= 0x8000 else diff) < ((new - old) & 0xFFFF):
         vq.signalled_used_valid = False
@@ -393,7 +568,7 @@ cdef tuple _should_notify(object m, object qi):
     """virtio_should_notify (virtio_split_should_notify)"""
     vdev = m.vdev
     vq = vdev.vqs[qi]
-    if _has(vdev, 24) and not vq.inuse and _queue_empty(m, qi):
+    if _has(vdev, 24) and not vq.inuse and _queue_empty_v(m, vdev, vq):
         return True, "NOTIFY_ON_EMPTY and the queue is empty"
     if not _has(vdev, 29):
         flags = _rd16(m.mem, vq.avail + 0)
@@ -404,13 +579,31 @@ cdef tuple _should_notify(object m, object qi):
     vq.signalled_used_valid = True
     old = vq.signalled_used
     new = vq.used_idx
-    _set_reg(m, vq, "signalled_used", f"vq{qi}.signalled_used", new)
+    _set_reg(m, vq, "signalled_used", _vqreg(qi, "vq0.signalled_used", "signalled_used"), new)
     event = _rd16(m.mem, vq.avail + (4 + 2 * vq.num))
     if not v:
         return True, f"first notification (signalled_used was not valid), used_event={event}"
     need = ((new - event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
-    return need, (f"vring_need_event(used_event={event}, new={new}, old={old}) = "
-                  f"{'true' if need else 'false'}")
+    return need, _need_event_why(event, new, old, need)
+
+
+cdef str _need_event_why(object event, object new, object old, bint need):
+    """f"vring_need_event(used_event={event}, new={new}, old={old}) = {'true' if need else
+    'false'}" (C buffer for plain ints)"""
+    cdef char buf[160]
+    cdef long long e, nw, od
+    cdef int n
+    if _ll(event, &e) and _ll(new, &nw) and _ll(old, &od):
+        n = _pstr(buf, "vring_need_event(used_event=")
+        n += _pdec(buf + n, e)
+        n += _pstr(buf + n, ", new=")
+        n += _pdec(buf + n, nw)
+        n += _pstr(buf + n, ", old=")
+        n += _pdec(buf + n, od)
+        n += _pstr(buf + n, ") = true" if need else ") = false")
+        return PyUnicode_DecodeASCII(buf, n, NULL)
+    return (f"vring_need_event(used_event={event}, new={new}, old={old}) = "
+            f"{'true' if need else 'false'}")
 
 
 # == emu/device/iov.py ==============================================================================
@@ -506,8 +699,11 @@ def pop(m, qi):
                    "in_len": 0, "status_gpa": 0, "qiov": [], "mr_next": None,
                    "is_write": False, "stage": "popped"}
     sched_cont(m.sim, "vblk.handle_request", (qi, rid))
-    out = "+".join([str(n) for _a, n in elem["out"]]) or "0"
-    inn = "+".join([str(n) for _a, n in elem["in"]]) or "0"
+    detail = _pop_detail(elem, m.vdev.vqs[qi].inuse)
+    if detail is not None:
+        return detail
+    out = _join_lens(elem["out"])
+    inn = _join_lens(elem["in"])
     via = f" via indirect table @{elem['indirect'][0]:#x}" if elem["indirect"] else ""
     return (f"head {elem['index']} (avail idx {elem['avail_idx']}){via}: "
             f"out {out} bytes, in {inn} bytes; inuse={m.vdev.vqs[qi].inuse}")
@@ -539,12 +735,14 @@ def handle_request(m, qi, rid):
     req["status_gpa"] = gpa + n - 1
     in_iov = _iov_discard_back(in_iov, 1)
     req["type"] = typ
-    tname = TYPE_NAMES.get(typ & ~0x80000000, f"type {typ:#x}")
+    tname = TYPE_NAMES.get(typ_c & ~<uint32_t>0x80000000)
+    if tname is None:
+        tname = f"type {typ:#x}"
     by_type = s.by_type
     if tname in by_type:
         by_type[tname] += 1
     s.submitted += 1
-    return _handle_rw(m, qi, rid, typ, sector, out_iov, in_iov)
+    return _handle_rw(m, s, req, qi, rid, typ, sector, out_iov, in_iov)
 
 
 cdef bint _sect_range_ok(object s, object sector, object size) except -1:
@@ -555,18 +753,29 @@ cdef bint _sect_range_ok(object s, object sector, object size) except -1:
     return not (sector > s.capacity or nb > s.capacity - sector)
 
 
-cdef object _handle_rw(object m, object qi, object rid, object typ, object sector, list out_iov,
-                       list in_iov):
-    """_handle_rw"""
-    s = m.vblk
-    req = s.reqs[rid]
+cdef object _handle_rw(object m, object s, dict req, object qi, object rid, object typ,
+                       object sector, list out_iov, list in_iov):
+    """_handle_rw (s is m.vblk and req is s.reqs[rid]: handle_request looked them up)"""
+    cdef char buf[80]
+    cdef long long sc, sz
+    cdef int n
     is_write = bool(typ & 1)
     qiov = out_iov if is_write else in_iov
     req["sector"] = sector
     req["is_write"] = is_write
     req["qiov"] = qiov
-    size = _iov_size(req["qiov"])
-    what = f"{'OUT' if is_write else 'IN'} sector {sector} ({size} bytes)"
+    size = _iov_size(qiov)
+    if _ll(sector, &sc) and _ll(size, &sz):
+        n = _pstr(buf, "OUT sector " if is_write else "IN sector ")
+        n += _pdec(buf + n, sc)
+        buf[n] = 32         # ' '
+        buf[n + 1] = 40     # '('
+        n += 2
+        n += _pdec(buf + n, sz)
+        n += _pstr(buf + n, " bytes)")
+        what = PyUnicode_DecodeASCII(buf, n, NULL)
+    else:
+        what = f"{'OUT' if is_write else 'IN'} sector {sector} ({size} bytes)"
     if not _sect_range_ok(s, sector, size):
         sched_call(m.sim, "vblk.req_complete", (rid, 1), "vblk.pop", (qi,))
         return (f"{what}: virtio_blk_sect_range_ok fails "
@@ -575,9 +784,11 @@ cdef object _handle_rw(object m, object qi, object rid, object typ, object secto
     if mrb and (len(mrb) == 32 or is_write != s.mrb_is_write or not s.request_merging):
         sched_call(m.sim, "vblk.submit_multireq", (qi,), "vblk.mrb_add", (qi, rid))
         return f"{what}: submit the MultiReqBuffer first"
-    _mrb_append(s, rid, is_write)
+    mrb.append(rid)                 # _mrb_append(s, rid, is_write): mrb is s.mrb, req s.reqs[rid]
+    s.mrb_is_write = is_write
+    req["stage"] = "mrb"
     sched_cont(m.sim, "vblk.pop", (qi,))
-    return f"{what}: appended to the MultiReqBuffer ({len(s.mrb)} queued)"
+    return f"{what}: appended to the MultiReqBuffer ({len(mrb)} queued)"
 
 
 cdef inline void _mrb_append(object s, object rid, object is_write) except *:
@@ -708,15 +919,32 @@ def req_complete(m, rid, status):
 
 def fill(m, rid):
     """fill (vq.fill)"""
+    cdef char buf[96]
+    cdef long long ui, nm, ix, ln
+    cdef int n
     req = m.vblk.reqs[rid]
     qi = req["qi"]
-    vq = m.vdev.vqs[qi]
-    if not _virtqueue_fill(m, qi, req["elem"], req["in_len"]):
+    vdev = m.vdev
+    vq = vdev.vqs[qi]
+    if not _virtqueue_fill(m, vdev, vq, qi, req["elem"], req["in_len"]):
         sched_cont(m.sim, "vq.flush", (rid,))
         return "device broken: buffers unmapped, nothing written to the used ring"
     sched_cont(m.sim, "vq.flush", (rid,))
-    return (f"used.ring[{vq.used_idx % vq.num}] = {{id {req['elem']['index']}, "
-            f"len {req['in_len']}}}")
+    used_idx = vq.used_idx
+    num = vq.num
+    index = req['elem']['index']
+    in_len = req['in_len']
+    if (_ll(used_idx, &ui) and ui >= 0 and _ll(num, &nm) and nm > 0 and _ll(index, &ix)
+            and _ll(in_len, &ln)):
+        n = _pstr(buf, "used.ring[")
+        n += _pdec(buf + n, ui % nm)
+        n += _pstr(buf + n, "] = {id ")
+        n += _pdec(buf + n, ix)
+        n += _pstr(buf + n, ", len ")
+        n += _pdec(buf + n, ln)
+        buf[n] = 125        # '}'
+        return PyUnicode_DecodeASCII(buf, n + 1, NULL)
+    return f"used.ring[{used_idx % num}] = {{id {index}, len {in_len}}}"
 
 
 def flush(m, rid):

@@ -23,9 +23,8 @@ format().  Bounds and wraparound checks stay on: list indexing behaves as in Pyt
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.long cimport PyLong_AsLongLongAndOverflow
-from cpython.unicode cimport PyUnicode_DecodeASCII
+from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeASCII
 from libc.stdint cimport uint8_t, uint64_t
-from libc.stdio cimport snprintf
 from emu_fast._core cimport sched_block, sched_call, sched_cont, sched_post
 
 import struct as _struct
@@ -152,6 +151,60 @@ cdef inline int _wr16(object mem, long long gpa, object val) except -1:
     return 0
 
 
+# == a C text buffer (snprintf is slower than CPython's own int formatting) =====================
+
+cdef inline int _pdec(char* p, long long v) noexcept nogil:
+    """Write "%lld" of v at p; return its length (at most 20)."""
+    cdef char tmp[24]
+    cdef int n = 0, k = 0
+    cdef unsigned long long u = <unsigned long long>v
+    if v < 0:
+        u = <unsigned long long>0 - u
+        p[0] = 45          # '-'
+        k = 1
+    while True:
+        tmp[n] = <char>(48 + u % 10)
+        n += 1
+        u //= 10
+        if not u:
+            break
+    while n:
+        n -= 1
+        p[k] = tmp[n]
+        k += 1
+    return k
+
+
+cdef inline int _phex(char* p, unsigned long long u) noexcept nogil:
+    """Write "0x%llx" of u at p; return its length (at most 18)."""
+    cdef char tmp[24]
+    cdef int n = 0, k = 2
+    cdef int d
+    p[0] = 48
+    p[1] = 120         # "0x"
+    while True:
+        d = <int>(u & 15)
+        tmp[n] = <char>(48 + d if d < 10 else 87 + d)
+        n += 1
+        u >>= 4
+        if not u:
+            break
+    while n:
+        n -= 1
+        p[k] = tmp[n]
+        k += 1
+    return k
+
+
+cdef inline int _pstr(char* p, const char* s) noexcept nogil:
+    """Copy the C string s to p (without its NUL); return its length."""
+    cdef int k = 0
+    while s[k]:
+        p[k] = s[k]
+        k += 1
+    return k
+
+
 # == formatting ==================================================================================
 # f"{x}" and f"{x:#x}" of ints without Python's int formatting (other values: format()).
 
@@ -160,9 +213,10 @@ cdef str _hexll(long long v):
     cdef char buf[24]
     cdef int n
     if v >= 0:
-        n = snprintf(buf, sizeof(buf), "0x%llx", <unsigned long long>v)
+        n = _phex(buf, <unsigned long long>v)
     else:
-        n = snprintf(buf, sizeof(buf), "-0x%llx", <unsigned long long>0 - <unsigned long long>v)
+        buf[0] = 45        # '-'
+        n = 1 + _phex(buf + 1, <unsigned long long>0 - <unsigned long long>v)
     return PyUnicode_DecodeASCII(buf, n, NULL)
 
 
@@ -202,6 +256,73 @@ cdef bytes _desc_bytes(object addr, object length, long long flags, object nxt):
         _st(buf + 14, <uint64_t><long long>nxt, 2)
         return PyBytes_FromStringAndSize(<char*>buf, 16)
     return _DESC_PACK(addr, length, flags, nxt)         # raises struct.error as Python does
+
+
+cdef extern from "Python.h":
+    int PyUnicode_IS_ASCII(object o)
+
+# desc_flag_names(f) for f in 0..7 as C strings (checked against the Python function below)
+cdef const char* _FLAG_NAMES_C[8]
+_FLAG_NAMES_C[0] = "0"
+_FLAG_NAMES_C[1] = "NEXT"
+_FLAG_NAMES_C[2] = "WRITE"
+_FLAG_NAMES_C[3] = "NEXT|WRITE"
+_FLAG_NAMES_C[4] = "INDIRECT"
+_FLAG_NAMES_C[5] = "NEXT|INDIRECT"
+_FLAG_NAMES_C[6] = "WRITE|INDIRECT"
+_FLAG_NAMES_C[7] = "NEXT|WRITE|INDIRECT"
+assert all(V.desc_flag_names(f).encode() == _FLAG_NAMES_C[f] for f in range(8))
+
+
+cdef inline bint _ll(object o, long long* out) except -1:
+    """o is an int (exactly) that fits a long long: then f"{o}" is "%lld" of *out."""
+    cdef int ovf = 0
+    cdef long long v
+    if type(o) is not int:
+        return False
+    v = PyLong_AsLongLongAndOverflow(o, &ovf)
+    if ovf:
+        return False
+    out[0] = v
+    return True
+
+
+cdef str _desc_detail(bint ind, long long ci, object gpa, object length, long long written,
+                      object nxt, object role, bint last):
+    """add_desc's detail string: f"{where} = {{addr {gpa:#x}, len {length}, {shown}, next {nxt}}}
+    ({role})" + ("; last: NEXT cleared" if last else ""), written into a C buffer when every
+    part is a plain int (gpa >= 0) or an ASCII str (else by the f-string)."""
+    cdef long long a, ln, nx
+    cdef char buf[400]
+    cdef Py_ssize_t rl = 0, j
+    cdef const char* rp
+    cdef int n
+    if (_ll(gpa, &a) and a >= 0 and _ll(length, &ln) and _ll(nxt, &nx) and 0 <= written < 8
+            and type(role) is str and PyUnicode_IS_ASCII(role)):
+        rp = PyUnicode_AsUTF8AndSize(role, &rl)
+        if rl <= 200:
+            n = _pstr(buf, "table[" if ind else "desc[")
+            n += _pdec(buf + n, ci)
+            n += _pstr(buf + n, "] = {addr ")
+            n += _phex(buf + n, <unsigned long long>a)
+            n += _pstr(buf + n, ", len ")
+            n += _pdec(buf + n, ln)
+            n += _pstr(buf + n, ", ")
+            n += _pstr(buf + n, _FLAG_NAMES_C[written])
+            n += _pstr(buf + n, ", next ")
+            n += _pdec(buf + n, nx)
+            n += _pstr(buf + n, "} (")
+            for j in range(rl):
+                buf[n + j] = rp[j]
+            n += <int>rl
+            buf[n] = 41     # ')'
+            n += 1
+            if last:
+                n += _pstr(buf + n, "; last: NEXT cleared")
+            return PyUnicode_DecodeASCII(buf, n, NULL)
+    where = f"table[{ci}]" if ind else f"desc[{ci}]"
+    return (f"{where} = {{addr {_hex(gpa)}, len {_dec(length)}, {_flag_names(written)}, "
+            f"next {_dec(nxt)}}} ({role})" + ("; last: NEXT cleared" if last else ""))
 
 
 def format_int(o):
@@ -304,18 +425,17 @@ def add_desc(m, rid):
     if ind:
         _add_fact(m, ("desc", "add", vq.index, None, table, i, st["head"], gpa, length, written,
                       nxt, rid))
-        where = f"table[{ci}]"
     else:
         _add_fact(m, ("desc", "add", vq.index, i, None, None, st["head"], gpa, length, written,
                       nxt, rid))
-        where = f"desc[{ci}]"
-    return (f"{where} = {{addr {_hex(gpa)}, len {_dec(length)}, {_flag_names(written)}, "
-            f"next {_dec(nxt)}}} ({role})" + ("; last: NEXT cleared" if last else ""))
+    return _desc_detail(ind, ci, gpa, length, written, nxt, role, last)
 
 
 def add_head(m, rid):
     """emu.guest.vring.add_head"""
-    cdef long long length, chead
+    cdef long long length, chead, ta, nx
+    cdef char buf[128]
+    cdef int n
     vq = m.guest.vq
     rq = m.guest.blkmq.rqs[rid]
     st = rq["add"]
@@ -330,30 +450,59 @@ def add_head(m, rid):
     vq.extra_len[head] = length
     vq.extra_flags[head] = F_INDIRECT
     sched_cont(m.sim, "vring.add_avail", (rid,))
+    if _ll(table, &ta) and ta >= 0 and _ll(nxt, &nx):
+        n = _pstr(buf, "desc[")
+        n += _pdec(buf + n, chead)
+        n += _pstr(buf + n, "] = {addr ")
+        n += _phex(buf + n, <unsigned long long>ta)
+        n += _pstr(buf + n, ", len ")
+        n += _pdec(buf + n, length)
+        n += _pstr(buf + n, ", INDIRECT, next ")
+        n += _pdec(buf + n, nx)
+        buf[n] = 125        # '}'
+        return PyUnicode_DecodeASCII(buf, n + 1, NULL)
     return f"desc[{chead}] = {{addr {_hex(table)}, len {length}, INDIRECT, next {_dec(nxt)}}}"
 
 
 def add_avail(m, rid):
-    """emu.guest.vring.add_avail"""
-    cdef long long slot
+    """emu.guest.vring.add_avail (the num_free and free_head it stores kept in locals)"""
+    cdef long long slot, h, nf, fh
+    cdef char buf[96]
+    cdef int n
     vq = m.guest.vq
     rq = m.guest.blkmq.rqs[rid]
     st = rq.pop("add")
     head = st["head"]
-    vq.num_free -= st["used"]
-    vq.free_head = vq.extra_next[head] if st["indirect"] else vq.extra_next[st["prev"]]
+    num_free = vq.num_free - st["used"]
+    vq.num_free = num_free
+    extra_next = vq.extra_next
+    free_head = extra_next[head] if st["indirect"] else extra_next[st["prev"]]
+    vq.free_head = free_head
     vq.desc_data[head] = rid
     vq.desc_indir[head] = st["table"]
     rq["head"] = head
     slot = vq.avail_idx_shadow & (vq.num - 1)
     _wr16(m.mem, vq.avail + AVAIL_RING + 2 * slot, head)
     sched_cont(m.sim, "vring.add_publish", (rid,))
-    return (f"avail.ring[{slot}] = {_dec(head)}; num_free {_dec(vq.num_free)}, "
-            f"free_head {_dec(vq.free_head)}")
+    if _ll(head, &h) and _ll(num_free, &nf) and _ll(free_head, &fh):
+        n = _pstr(buf, "avail.ring[")
+        n += _pdec(buf + n, slot)
+        n += _pstr(buf + n, "] = ")
+        n += _pdec(buf + n, h)
+        n += _pstr(buf + n, "; num_free ")
+        n += _pdec(buf + n, nf)
+        n += _pstr(buf + n, ", free_head ")
+        n += _pdec(buf + n, fh)
+        return PyUnicode_DecodeASCII(buf, n, NULL)
+    return (f"avail.ring[{slot}] = {_dec(head)}; num_free {_dec(num_free)}, "
+            f"free_head {_dec(free_head)}")
 
 
 def add_publish(m, rid):
-    """emu.guest.vring.add_publish"""
+    """emu.guest.vring.add_publish (avail_idx_shadow: the value it stores)"""
+    cdef long long sh, h
+    cdef char buf[128]
+    cdef int n
     vq = m.guest.vq
     rq = m.guest.blkmq.rqs[rid]
     shadow = (vq.avail_idx_shadow + 1) & 0xFFFF
@@ -362,7 +511,15 @@ def add_publish(m, rid):
     vq.num_added += 1
     rq["stage"] = "avail"
     rq["add_err"] = ""
-    return (f"virtio_wmb; avail.idx = {_dec(vq.avail_idx_shadow)} (head {_dec(rq['head'])} is now "
+    head = rq['head']
+    if _ll(shadow, &sh) and _ll(head, &h):
+        n = _pstr(buf, "virtio_wmb; avail.idx = ")
+        n += _pdec(buf + n, sh)
+        n += _pstr(buf + n, " (head ")
+        n += _pdec(buf + n, h)
+        n += _pstr(buf + n, " is now visible to the device)")
+        return PyUnicode_DecodeASCII(buf, n, NULL)
+    return (f"virtio_wmb; avail.idx = {_dec(shadow)} (head {_dec(head)} is now "
             "visible to the device)")
 
 
@@ -437,68 +594,95 @@ def disable_cb(m):
 
 
 def get_buf(m):
-    """emu.guest.vring.get_buf"""
-    cdef long long used_idx, slot, a, uid, ulen, freed
+    """emu.guest.vring.get_buf (vq.used, vq.num, m.mem, m.sim read once: nothing here rebinds
+    them; last_used_idx kept in a C local after it is stored)"""
+    cdef long long used_idx, slot, a, uid, ulen, freed, last, num, r, nf
+    cdef char buf[320]
+    cdef int n
     g = m.guest
     vq = g.vq
+    sim = m.sim
     if vq.broken:
-        sched_cont(m.sim, "vring.enable_cb")
+        sched_cont(sim, "vring.enable_cb")
         return "queue broken: NULL"
     mem = m.mem
-    used_idx = _rd(mem, vq.used + USED_IDX, 2)
-    if vq.last_used_idx == used_idx:
-        sched_cont(m.sim, "vring.enable_cb")
+    used = vq.used
+    used_idx = _rd(mem, used + USED_IDX, 2)
+    last = vq.last_used_idx
+    if last == used_idx:
+        sched_cont(sim, "vring.enable_cb")
         return f"last_used_idx == used.idx ({used_idx}): NULL"
-    slot = vq.last_used_idx & (vq.num - 1)
-    a = vq.used + USED_RING + USED_ELEM_SIZE * slot
+    num = vq.num
+    slot = last & (num - 1)
+    a = used + USED_RING + USED_ELEM_SIZE * slot
     uid = _rd(mem, a, 4)
     ulen = _rd(mem, a + 4, 4)
-    if uid >= vq.num:
+    if uid >= num:
         _bad_ring(m, f"id {uid} out of range")
-        sched_cont(m.sim, "vring.enable_cb")
+        sched_cont(sim, "vring.enable_cb")
         return f"used.ring[{slot}].id = {uid}: BAD_RING: id {uid} out of range (queue broken)"
     rid = vq.desc_data[uid]
     if rid < 0:
         _bad_ring(m, f"id {uid} is not a head!")
-        sched_cont(m.sim, "vring.enable_cb")
+        sched_cont(sim, "vring.enable_cb")
         return f"used.ring[{slot}].id = {uid}: BAD_RING: id {uid} is not a head! (queue broken)"
-    freed = _detach_buf_split(m, uid)
-    vq.last_used_idx = (vq.last_used_idx + 1) & 0xFFFF
+    freed = _detach_buf_split(m, vq, uid)
+    last = (last + 1) & 0xFFFF
+    vq.last_used_idx = last
     note = ""
     if not vq.avail_flags_shadow & AVAIL_F_NO_INTERRUPT:
-        _wr16(m.mem, vq.avail + AVAIL_RING + 2 * vq.num, vq.last_used_idx)
-        note = f"; used_event = {_dec(vq.last_used_idx)}"
+        _wr16(mem, vq.avail + AVAIL_RING + 2 * num, last)
+        note = f"; used_event = {last}"
     g.done_count += 1
     rq = g.blkmq.rqs[rid]
     rq["used_len"] = ulen
-    sched_cont(m.sim, "vblkd.request_done", (rid,))
+    sched_cont(sim, "vblkd.request_done", (rid,))
+    nf_o = vq.num_free
+    if _ll(rid, &r) and _ll(nf_o, &nf):
+        n = _pstr(buf, "used.ring[")
+        n += _pdec(buf + n, slot)
+        n += _pstr(buf + n, "] = {id ")
+        n += _pdec(buf + n, uid)
+        n += _pstr(buf + n, ", len ")
+        n += _pdec(buf + n, ulen)
+        n += _pstr(buf + n, "}: request ")
+        n += _pdec(buf + n, r)
+        n += _pstr(buf + n, "; detach_buf_split freed ")
+        n += _pdec(buf + n, freed)
+        n += _pstr(buf + n, " descriptor(s), num_free ")
+        n += _pdec(buf + n, nf)
+        n += _pstr(buf + n, "; last_used_idx ")
+        n += _pdec(buf + n, last)
+        return PyUnicode_DecodeASCII(buf, n, NULL) + note
     return (f"used.ring[{slot}] = {{id {uid}, len {ulen}}}: request {_dec(rid)}; detach_buf_split "
-            f"freed {freed} descriptor(s), num_free {_dec(vq.num_free)}; last_used_idx "
-            f"{_dec(vq.last_used_idx)}{note}")
+            f"freed {freed} descriptor(s), num_free {_dec(nf_o)}; last_used_idx "
+            f"{last}{note}")
 
 
-cdef long long _detach_buf_split(object m, long long head) except -1:
-    """emu.guest.vring.detach_buf_split"""
-    cdef long long n, desc
-    vq = m.guest.vq
+cdef long long _detach_buf_split(object m, object vq, long long head) except -1:
+    """emu.guest.vring.detach_buf_split (vq is m.guest.vq; its lists and num read once)"""
+    cdef long long n, desc, num
     vq.desc_data[head] = -1
     i = head
     n = 1
     mem = m.mem
     desc = vq.desc
+    extra_next = vq.extra_next
+    num = vq.num
     while _rd(mem, desc + DESC_SIZE * i + 12, 2) & F_NEXT:
-        i = vq.extra_next[i]
+        i = extra_next[i]
         n += 1
-        if n > vq.num:
+        if n > num:
             _bad_ring(m, f"detach_buf_split: chain from {head} loops (shared NEXT flags corrupted)")
             break
-    vq.extra_next[i] = vq.free_head
+    extra_next[i] = vq.free_head
     vq.free_head = head
     vq.num_free += n
-    table = vq.desc_indir[head]
+    desc_indir = vq.desc_indir
+    table = desc_indir[head]
     if table:
         _SUP.kfree(m.pages, table)
-        vq.desc_indir[head] = 0
+        desc_indir[head] = 0
     return n
 
 

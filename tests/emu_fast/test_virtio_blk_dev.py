@@ -198,3 +198,32 @@ def test_replaced_python_handler_is_used(tmp_path, monkeypatch):
     monkeypatch.setitem(S.REGISTRY, "vblk.pop", (fn, info))
     run_with(ref, "py", b)
     assert a == b and snapshot(m2) == snapshot(ref)
+
+
+@pytest.mark.parametrize("event_idx", [True, False])
+@pytest.mark.parametrize("k", [1, 2])
+def test_pop_with_notifications_left_on(tmp_path, event_idx, k):
+    """virtqueue_pop writes avail_event (EVENT_IDX) only while the queue's notification flag is
+    on, which handle_vq normally turns off before popping: turn it back on after the k-th
+    vblk.pop on both engines, so the next pop's write of the new last_avail_idx is compared."""
+    wl = "write 0 4k\nread 8192 8k\nread 0 4k\nwrite 4096 4k\n"
+    cfg = {"event_idx": event_idx}
+    runs = []
+    for eng in ("py", "fast"):
+        m = machine(tmp_path, "raw", "", wl, cfg)
+        recs: list = []
+        seen = [0]
+
+        def on(rec, recs=recs, seen=seen):
+            recs.append(rec)
+            seen[0] += rec.kind == "vblk.pop"
+            return seen[0] >= k
+        assert engine.run(m, eng, None, on) == "stopped"
+        m.vdev.vqs[0].notification = True
+        run_with(m, eng, recs)
+        runs.append((m, recs))
+    (m_py, py_recs), (m_fast, fast_recs) = runs
+    assert any(r.kind == "vblk.pop" and any(e[0] == "ram" for e in r.effects) for r in py_recs) \
+        == event_idx
+    assert py_recs == fast_recs
+    assert snapshot(m_py) == snapshot(m_fast)
