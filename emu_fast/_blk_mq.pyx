@@ -29,6 +29,7 @@ from emu.spec import blk as _B
 from emu.guest.virtio_blk import pdu_of as _pdu_of
 
 from emu_fast import _support as _SUP
+from emu_fast._fmt cimport _ascii, _dec, _decll, _hex, _hexll, _ll, _str
 
 PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
 
@@ -56,90 +57,10 @@ cdef long long LIM = 1LL << 52          # C arithmetic only on values below this
 cdef object _set_function = _SUP.set_function
 cdef object _alloc_pages = _SUP.alloc_pages
 cdef object _free_pages = _SUP.free_pages
-cdef const char* _HEXD = b"0123456789abcdef"
 
 
 # == formatting ==================================================================================
-# f"{x}" and f"{x:#x}" of exact ints in C (digits written into a small buffer); any other value
-# goes through format() as the f-string would.
-
-cdef extern from "Python.h":
-    object PyUnicode_New(Py_ssize_t size, Py_UCS4 maxchar)
-    void* PyUnicode_DATA(object o)
-
-
-cdef inline str _ascii(const char* p, Py_ssize_t n):
-    """the str of n ASCII bytes (as PyUnicode_DecodeASCII makes it)"""
-    cdef object u = PyUnicode_New(n, 127)
-    memcpy(PyUnicode_DATA(u), p, <size_t>n)
-    return <str>u
-
-
-cdef str _decll(long long v):
-    """format(v, '')"""
-    cdef char buf[24]
-    cdef char* p = buf + 24
-    cdef unsigned long long u = <unsigned long long>v if v >= 0 else <unsigned long long>0 - <unsigned long long>v
-    while True:
-        p -= 1
-        p[0] = <char>(48 + u % 10)
-        u //= 10
-        if u == 0:
-            break
-    if v < 0:
-        p -= 1
-        p[0] = b'-'
-    return _ascii(p, <Py_ssize_t>(buf + 24 - p))
-
-
-cdef str _hexll(long long v):
-    """format(v, '#x')"""
-    cdef char buf[24]
-    cdef char* p = buf + 24
-    cdef unsigned long long u = <unsigned long long>v if v >= 0 else <unsigned long long>0 - <unsigned long long>v
-    while True:
-        p -= 1
-        p[0] = _HEXD[u & 15]
-        u >>= 4
-        if u == 0:
-            break
-    p -= 2
-    p[0] = b'0'
-    p[1] = b'x'
-    if v < 0:
-        p -= 1
-        p[0] = b'-'
-    return _ascii(p, <Py_ssize_t>(buf + 24 - p))
-
-
-cdef str _dec(object o):
-    """format(o, '') (f"{o}")"""
-    cdef int ovf = 0
-    cdef long long v
-    if type(o) is int:
-        v = PyLong_AsLongLongAndOverflow(o, &ovf)
-        if not ovf:
-            return _decll(v)
-    return format(o, "")
-
-
-cdef inline str _str(object o):
-    """str(o)"""
-    if type(o) is int:
-        return _dec(o)
-    return str(o)
-
-
-cdef str _hex(object o):
-    """format(o, '#x') (f"{o:#x}")"""
-    cdef int ovf = 0
-    cdef long long v
-    if type(o) is int:
-        v = PyLong_AsLongLongAndOverflow(o, &ovf)
-        if not ovf:
-            return _hexll(v)
-    return format(o, "#x")
-
+# f"{x}" and f"{x:#x}" of exact ints in C: emu_fast/_fmt.pxd.
 
 def _format_check(values):
     """[(_dec(v), _hex(v)) for v in values]: for the tests (the f-string's own text)."""

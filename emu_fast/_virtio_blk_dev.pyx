@@ -30,6 +30,7 @@ from emu.spec import blk as _B
 from emu.spec import virtio as _V
 
 from emu_fast import _support as _SUP
+from emu_fast._fmt cimport _ll, _pdec, _phex, _pstr
 
 PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
 
@@ -72,72 +73,7 @@ cdef inline bint _addr(object x, long long* out) except -1:
     return True
 
 
-# == a C text buffer (snprintf is slower than CPython's own int formatting) =====================
-
-cdef inline int _pdec(char* p, long long v) noexcept nogil:
-    """Write "%lld" of v at p; return its length (at most 20)."""
-    cdef char tmp[24]
-    cdef int n = 0, k = 0
-    cdef unsigned long long u = <unsigned long long>v
-    if v < 0:
-        u = <unsigned long long>0 - u
-        p[0] = 45          # '-'
-        k = 1
-    while True:
-        tmp[n] = <char>(48 + u % 10)
-        n += 1
-        u //= 10
-        if not u:
-            break
-    while n:
-        n -= 1
-        p[k] = tmp[n]
-        k += 1
-    return k
-
-
-cdef inline int _phex(char* p, unsigned long long u) noexcept nogil:
-    """Write "0x%llx" of u at p; return its length (at most 18)."""
-    cdef char tmp[24]
-    cdef int n = 0, k = 2
-    cdef int d
-    p[0] = 48
-    p[1] = 120         # "0x"
-    while True:
-        d = <int>(u & 15)
-        tmp[n] = <char>(48 + d if d < 10 else 87 + d)
-        n += 1
-        u >>= 4
-        if not u:
-            break
-    while n:
-        n -= 1
-        p[k] = tmp[n]
-        k += 1
-    return k
-
-
-cdef inline int _pstr(char* p, const char* s) noexcept nogil:
-    """Copy the C string s to p (without its NUL); return its length."""
-    cdef int k = 0
-    while s[k]:
-        p[k] = s[k]
-        k += 1
-    return k
-
-
-cdef inline bint _ll(object o, long long* out) except -1:
-    """o is an int (exactly) that fits a long long: then f"{o}" / str(o) is "%lld" of *out."""
-    cdef int ovf = 0
-    cdef long long v
-    if type(o) is not int:
-        return False
-    v = PyLong_AsLongLongAndOverflow(o, &ovf)
-    if ovf:
-        return False
-    out[0] = v
-    return True
-
+# == detail text in a C buffer (the int formatting: emu_fast/_fmt.pxd) =========================
 
 cdef int _put_lens(char* p, object iov) except -2:
     """Write "+".join(str(n) for _a, n in iov) or "0" at p when iov is a list of at most 16

@@ -37,6 +37,7 @@ from emu.spec import blk as B
 from emu.spec import virtio as V
 
 from emu_fast import _support as _SUP
+from emu_fast._fmt cimport _dec, _hex, _hexll, _ll, _pdec, _phex, _pstr
 
 PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
 
@@ -151,98 +152,7 @@ cdef inline int _wr16(object mem, long long gpa, object val) except -1:
     return 0
 
 
-# == a C text buffer (snprintf is slower than CPython's own int formatting) =====================
-
-cdef inline int _pdec(char* p, long long v) noexcept nogil:
-    """Write "%lld" of v at p; return its length (at most 20)."""
-    cdef char tmp[24]
-    cdef int n = 0, k = 0
-    cdef unsigned long long u = <unsigned long long>v
-    if v < 0:
-        u = <unsigned long long>0 - u
-        p[0] = 45          # '-'
-        k = 1
-    while True:
-        tmp[n] = <char>(48 + u % 10)
-        n += 1
-        u //= 10
-        if not u:
-            break
-    while n:
-        n -= 1
-        p[k] = tmp[n]
-        k += 1
-    return k
-
-
-cdef inline int _phex(char* p, unsigned long long u) noexcept nogil:
-    """Write "0x%llx" of u at p; return its length (at most 18)."""
-    cdef char tmp[24]
-    cdef int n = 0, k = 2
-    cdef int d
-    p[0] = 48
-    p[1] = 120         # "0x"
-    while True:
-        d = <int>(u & 15)
-        tmp[n] = <char>(48 + d if d < 10 else 87 + d)
-        n += 1
-        u >>= 4
-        if not u:
-            break
-    while n:
-        n -= 1
-        p[k] = tmp[n]
-        k += 1
-    return k
-
-
-cdef inline int _pstr(char* p, const char* s) noexcept nogil:
-    """Copy the C string s to p (without its NUL); return its length."""
-    cdef int k = 0
-    while s[k]:
-        p[k] = s[k]
-        k += 1
-    return k
-
-
-# == formatting ==================================================================================
-# f"{x}" and f"{x:#x}" of ints without Python's int formatting (other values: format()).
-
-cdef str _hexll(long long v):
-    """format(v, '#x')"""
-    cdef char buf[24]
-    cdef int n
-    if v >= 0:
-        n = _phex(buf, <unsigned long long>v)
-    else:
-        buf[0] = 45        # '-'
-        n = 1 + _phex(buf + 1, <unsigned long long>0 - <unsigned long long>v)
-    return PyUnicode_DecodeASCII(buf, n, NULL)
-
-
-cdef str _hex(object o):
-    """format(o, '#x')"""
-    cdef int ovf = 0
-    cdef long long v
-    if type(o) is int:
-        v = PyLong_AsLongLongAndOverflow(o, &ovf)
-        if not ovf:
-            return _hexll(v)
-    return format(o, "#x")
-
-
-cdef str _dec(object o):
-    """format(o, '') (f"{o}")"""
-    cdef int ovf = 0
-    cdef long long v
-    if type(o) is int:
-        v = PyLong_AsLongLongAndOverflow(o, &ovf)
-        if not ovf:
-            return f"{v}"
-    return format(o, "")
-
-
-
+# == descriptors and their text (the int formatting: emu_fast/_fmt.pxd) ========================
 
 cdef bytes _desc_bytes(object addr, object length, long long flags, object nxt):
     """emu.guest.vring._DESC.pack(addr, length, flags, nxt): struct virtq_desc ("<QIHH")."""
@@ -272,19 +182,6 @@ _FLAG_NAMES_C[5] = "NEXT|INDIRECT"
 _FLAG_NAMES_C[6] = "WRITE|INDIRECT"
 _FLAG_NAMES_C[7] = "NEXT|WRITE|INDIRECT"
 assert all(V.desc_flag_names(f).encode() == _FLAG_NAMES_C[f] for f in range(8))
-
-
-cdef inline bint _ll(object o, long long* out) except -1:
-    """o is an int (exactly) that fits a long long: then f"{o}" is "%lld" of *out."""
-    cdef int ovf = 0
-    cdef long long v
-    if type(o) is not int:
-        return False
-    v = PyLong_AsLongLongAndOverflow(o, &ovf)
-    if ovf:
-        return False
-    out[0] = v
-    return True
 
 
 cdef str _desc_detail(bint ind, long long ci, object gpa, object length, long long written,
