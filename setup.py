@@ -40,10 +40,17 @@ class OptionalBuildExt(build_ext):
 
 
 def _sha256(path: str) -> str:
-    """The hash emu_fast/__init__.py compares with the source: each module has its own."""
+    """The hash emu_fast/__init__.py compares with the source (emu_fast._source_sha256): the
+    module's .pyx and every .pxd next to it (the C declarations and inline code it cimports)."""
     import hashlib
+    h = hashlib.sha256()
     with open(path, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+        h.update(f.read())
+    d = os.path.dirname(path)
+    for name in sorted(n for n in os.listdir(d) if n.endswith(".pxd")):
+        with open(os.path.join(d, name), "rb") as f:
+            h.update(b"\0" + name.encode() + b"\0" + f.read())
+    return h.hexdigest()
 
 
 def _extensions() -> list:
@@ -56,13 +63,24 @@ def _extensions() -> list:
     pyx = sorted(f for f in os.listdir(os.path.join(HERE, "emu_fast")) if f.endswith(".pyx"))
     exts = []
     try:
+        build_dir = os.path.join("build", "cython")      # generated C stays out of the tree
         for f in pyx:       # one call per module: each is compiled with its own source's hash
+            digest = _sha256(os.path.join(HERE, "emu_fast", f))
+            # cythonize regenerates C only when a source is newer than it; the hash compiled into
+            # the module changes with other things too, so a stale one forces a regeneration
+            stamp = os.path.join(HERE, build_dir, "emu_fast", f + ".hash")
+            try:
+                with open(stamp) as sf:
+                    stale = sf.read() != digest
+            except OSError:
+                stale = True
             exts += cythonize([os.path.join("emu_fast", f)],
                               compiler_directives={"language_level": "3"},
-                              compile_time_env={"CYTHON_VERSION": Cython.__version__,
-                                                "PYX_HASH": _sha256(os.path.join(HERE, "emu_fast", f))},
-                              build_dir=os.path.join("build", "cython"),    # generated C stays out of the tree
-                              quiet=True)
+                              compile_time_env={"CYTHON_VERSION": Cython.__version__, "PYX_HASH": digest},
+                              build_dir=build_dir, force=stale, quiet=True)
+            os.makedirs(os.path.dirname(stamp), exist_ok=True)
+            with open(stamp, "w") as sf:
+                sf.write(digest)
     except Exception as e:  # noqa: BLE001
         _warn(f"cythonize failed ({e})")
         return []

@@ -42,15 +42,27 @@ MODULES = ("_core", "_support", "_hostfile", "_virtio_blk_dev", "_blk_mq", "_blo
            "_qcow2")   # compiled modules (emu_fast/<name>.pyx)
 
 
-def _pyx_sha256(name: str) -> str | None:
-    """The hash of emu_fast/<name>.pyx next to this file (None when not a source tree)."""
+def _source_sha256(directory: str, name: str) -> str | None:
+    """The hash of <directory>/<name>.pyx and every .pxd beside it (what setup.py compiles into
+    the module as PYX_SHA256); None when there is no such source."""
     import hashlib
     import os
-    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), name + ".pyx")
+    src = os.path.join(directory, name + ".pyx")
     if not os.path.exists(src):
         return None
+    h = hashlib.sha256()
     with open(src, "rb") as f:
-        return hashlib.sha256(f.read()).hexdigest()
+        h.update(f.read())
+    for pxd in sorted(n for n in os.listdir(directory) if n.endswith(".pxd")):
+        with open(os.path.join(directory, pxd), "rb") as f:
+            h.update(b"\0" + pxd.encode() + b"\0" + f.read())
+    return h.hexdigest()
+
+
+def _pyx_sha256(name: str) -> str | None:
+    """The source hash of emu_fast/<name> next to this file (None when not a source tree)."""
+    import os
+    return _source_sha256(os.path.dirname(os.path.abspath(__file__)), name)
 
 
 def _load():
@@ -68,7 +80,8 @@ def _load():
         want = _pyx_sha256(name)
         if want is not None and getattr(mod, "PYX_SHA256", None) != want:
             return None, (f"{mod.__file__} was compiled from another version of "
-                          f"emu_fast/{name}.pyx than this source tree's: rebuild it")
+                          f"emu_fast/{name}.pyx (or the .pxd files beside it) than this source tree's: "
+                          "rebuild it")
         mods[name] = mod
     for mod in mods.values():
         if hasattr(mod, "HANDLERS"):

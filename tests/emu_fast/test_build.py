@@ -75,3 +75,21 @@ def test_the_source_distribution_carries_every_cython_source(tmp_path):
     want = {f"emu_fast/{os.path.basename(f)}" for f in glob.glob(os.path.join(root, "emu_fast", "*.px[dy]"))}
     assert want and want <= names, sorted(want - names)
     assert not any(n.endswith((".c", ".so")) for n in names)
+
+
+def test_the_source_hash_covers_the_pxd_files(tmp_path):
+    """A module compiled before a .pxd beside it changed (inline code it cimports, the C
+    scheduler's declarations) is stale too: the hash it is checked against covers them."""
+    (tmp_path / "_m.pyx").write_text("x = 1\n")
+    (tmp_path / "_a.pxd").write_text("cdef inline int f(): return 1\n")
+    h0 = emu_fast._source_sha256(str(tmp_path), "_m")
+    (tmp_path / "_a.pxd").write_text("cdef inline int f(): return 2\n")
+    h1 = emu_fast._source_sha256(str(tmp_path), "_m")
+    (tmp_path / "_m.pyx").write_text("x = 2\n")
+    h2 = emu_fast._source_sha256(str(tmp_path), "_m")
+    assert len({h0, h1, h2}) == 3
+    assert emu_fast._source_sha256(str(tmp_path), "_missing") is None
+    if emu_fast.available():       # and what setup.py compiled in is that same hash
+        import importlib
+        for name in emu_fast.MODULES:
+            assert importlib.import_module(f"emu_fast.{name}").PYX_SHA256 == emu_fast._pyx_sha256(name)
