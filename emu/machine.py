@@ -38,6 +38,12 @@ COUNTERS = ("kicks", "kicks_suppressed", "notifies", "interrupts", "irqs_suppres
 class Machine:
     """Wires the layers together from a Config, an opened image and a parsed workload."""
 
+    # Its components are slots (the compiled engine reads them at their offsets); anything
+    # else a caller attaches goes to __dict__.  `attributes()` lists both.
+    __slots__ = ("config", "timing", "log", "sim", "mem", "pages", "hostfile", "fmt", "latency",
+                 "vdev", "transport", "dev_ops", "vblk", "block", "guest", "counters", "rng",
+                 "steps", "cur", "__dict__", "__weakref__")
+
     def __init__(self, hostfile, fmt, config: Config, ops: list[dict]) -> None:
         config.validate()
         self.config = config
@@ -84,6 +90,12 @@ class Machine:
         if getattr(fmt, "open_kind", None):
             self.sim.post("qemu", fmt.open_kind)     # bdrv_open's fix-ups, before the guest runs
         self.sim.post("vcpu", "probe.reset")
+
+    def attributes(self) -> dict:
+        """Every attribute set on this machine: its slots (in __slots__ order), then __dict__."""
+        d = {n: getattr(self, n) for n in Machine.__slots__ if n[:2] != "__" and hasattr(self, n)}
+        d.update(self.__dict__)
+        return d
 
     # -- services the layers use ---------------------------------------------------------
     def rand(self) -> int:

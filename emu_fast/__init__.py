@@ -156,5 +156,18 @@ def detach(machine) -> None:
             hook(machine)
 
 
+def slot_paths() -> dict[str, bool]:
+    """{"<module>.<class>": True} for each emulator class whose __slots__ members a compiled
+    module reads and writes at their offsets (emu_fast/_slots.pxd); False where the class is
+    not of the shape that needs (the module then uses getattr/setattr: exact, slower)."""
+    import importlib
+    require()
+    out = {}
+    for name in MODULES:
+        for cls, ok in getattr(importlib.import_module(f"{__name__}.{name}"), "SLOT_PATHS", {}).items():
+            out[f"{name}.{cls}"] = bool(ok)
+    return out
+
+
 def attached(machine) -> bool:
     return _core is not None and bool(_core.attached(machine))

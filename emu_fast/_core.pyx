@@ -26,6 +26,8 @@ from emu.mem.guest_memory import GuestMemory
 from emu_fast import _hostfile
 from emu.sim.scheduler import Ctx, Scheduler
 from emu.sim.steps import REGISTRY, EffectLog, Step, StepInfo
+from emu_fast._slots cimport slot_offsets, sget, sset, vbs_member_offset, vbs_set
+from emu.machine import Machine
 
 CYTHON_VERSION_STR = CYTHON_VERSION     # set by setup.py (compile_time_env)
 PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled
@@ -43,28 +45,11 @@ cdef dict _REGISTRY = REGISTRY
 # it (PyMember_SetOne of a T_OBJECT_EX member), at the member's offset.
 cdef extern from *:
     """
-    #include "structmember.h"
     static PyObject* vb_tp_new(PyObject* type, PyObject* args) {
         return ((PyTypeObject*)type)->tp_new((PyTypeObject*)type, args, NULL);
     }
-    static int vb_member_offset(PyObject* d, Py_ssize_t* off) {
-        PyMemberDef* m = ((PyMemberDescrObject*)d)->d_member;
-        if (m->type != T_OBJECT_EX || (m->flags & READONLY)) return 0;
-        *off = m->offset;
-        return 1;
-    }
-    /* obj.<slot at off> = v (PyMember_SetOne, T_OBJECT_EX) */
-    static void vb_slot_set(PyObject* o, Py_ssize_t off, PyObject* v) {
-        PyObject** p = (PyObject**)((char*)o + off);
-        PyObject* old = *p;
-        Py_INCREF(v);
-        *p = v;
-        Py_XDECREF(old);
-    }
     """
     object vb_tp_new(object type, object args)
-    int vb_member_offset(object d, Py_ssize_t* off)
-    void vb_slot_set(object o, Py_ssize_t off, object v)
 
 
 import dataclasses as _dc
@@ -83,7 +68,7 @@ cdef bint _slot_offsets(object cls, tuple names, Py_ssize_t* out) except -1:
         return False
     for i in range(len(names)):
         d = vars(cls).get(names[i])
-        if type(d) is not _types.MemberDescriptorType or not vb_member_offset(d, &out[i]):
+        if type(d) is not _types.MemberDescriptorType or not vbs_member_offset(d, &out[i]):
             return False
     return True
 
@@ -100,17 +85,17 @@ cdef inline object _make_step(object n, object time, object ctx, object kind, ob
         rec.effects = effects
         return rec
     rec = vb_tp_new(_Step, ())
-    vb_slot_set(rec, _OFF[0], n)
-    vb_slot_set(rec, _OFF[1], time)
-    vb_slot_set(rec, _OFF[2], ctx)
-    vb_slot_set(rec, _OFF[3], kind)
-    vb_slot_set(rec, _OFF[4], layer)
-    vb_slot_set(rec, _OFF[5], function)
-    vb_slot_set(rec, _OFF[6], source)
-    vb_slot_set(rec, _OFF[7], "")
-    vb_slot_set(rec, _OFF[8], effects)
-    vb_slot_set(rec, _OFF[9], "")
-    vb_slot_set(rec, _OFF[10], [])
+    vbs_set(rec, _OFF[0], n)
+    vbs_set(rec, _OFF[1], time)
+    vbs_set(rec, _OFF[2], ctx)
+    vbs_set(rec, _OFF[3], kind)
+    vbs_set(rec, _OFF[4], layer)
+    vbs_set(rec, _OFF[5], function)
+    vbs_set(rec, _OFF[6], source)
+    vbs_set(rec, _OFF[7], "")
+    vbs_set(rec, _OFF[8], effects)
+    vbs_set(rec, _OFF[9], "")
+    vbs_set(rec, _OFF[10], [])
     return rec
 
 
@@ -584,6 +569,20 @@ _SCHED_DICT = _plain_attrs(FastScheduler, ("now", "seq", "queue", "ctxs", "cur",
 # == guest memory ================================================================================
 # Bound to one GuestMemory as instance attributes (attach()); each mirrors the method named.
 
+# GuestMemory's and Machine's members, read at their offsets (emu_fast/_slots.pxd)
+cdef object _EffectLog = EffectLog
+cdef Py_ssize_t _LOG_OFF[1]
+cdef bint _LOG_SLOT = _slot_offsets(EffectLog, ("cur",), _LOG_OFF)
+cdef Py_ssize_t _GM[5]
+cdef object _Machine = Machine
+cdef Py_ssize_t _MO[4]
+# which classes' members this module reads at their offsets (emu_fast.slot_paths())
+SLOT_PATHS = {
+    "GuestMemory": slot_offsets(_GuestMemory, ("size", "ram", "undo", "_dirty", "log"), _GM),
+    "Machine": slot_offsets(_Machine, ("sim", "steps", "cur", "log"), _MO),
+}
+
+
 cdef inline bint _in_ram(object mem, object gpa, Py_ssize_t n, Py_ssize_t* out) except -1:
     """gpa is an int with [gpa, gpa+n) inside RAM (and inside the bytearray)."""
     cdef Py_ssize_t g, size
@@ -591,11 +590,11 @@ cdef inline bint _in_ram(object mem, object gpa, Py_ssize_t n, Py_ssize_t* out) 
         return False
     if gpa < 0:
         return False
-    size = mem.size
+    size = sget(mem, _GuestMemory, _GM[0], "size")
     if gpa > size:
         return False
     g = gpa
-    if g + n > size or g + n > PyByteArray_GET_SIZE(mem.ram):
+    if g + n > size or g + n > PyByteArray_GET_SIZE(sget(mem, _GuestMemory, _GM[1], "ram")):
         return False
     out[0] = g
     return True
@@ -612,10 +611,10 @@ cdef inline uint64_t _ld(const uint8_t* p, int n) noexcept nogil:
 cdef object _write(object mem, Py_ssize_t g, object data, Py_ssize_t n):
     """The body of GuestMemory.write for an in-RAM range, n > 0, data bytes or bytearray."""
     cdef Py_ssize_t p, last, PS = 4096
-    cdef bytearray ram = mem.ram
+    cdef bytearray ram = sget(mem, _GuestMemory, _GM[1], "ram")
     cdef bytearray dirty
     cdef char* base
-    undo = mem.undo
+    undo = sget(mem, _GuestMemory, _GM[2], "undo")
     if undo is not None:
         p = g >> 12
         last = (g + n - 1) >> 12
@@ -629,11 +628,11 @@ cdef object _write(object mem, Py_ssize_t g, object data, Py_ssize_t n):
     old = PyBytes_FromStringAndSize(base + g, n)
     new = data if type(data) is bytes else bytes(data)
     memcpy(base + g, PyBytes_AS_STRING(new), n)
-    dirty = mem._dirty
+    dirty = sget(mem, _GuestMemory, _GM[3], "_dirty")
     p = g >> 12
     last = (g + n - 1) >> 12
     memset(PyByteArray_AS_STRING(dirty) + p, 1, last - p + 1)
-    cur = mem.log.cur
+    cur = sget(sget(mem, _GuestMemory, _GM[4], "log"), _EffectLog, _LOG_OFF[0], "cur")
     if cur is not None:
         cur.append(("ram", g, old, new))
 
@@ -784,15 +783,12 @@ cdef _Kind _resolve(object kind, object entry):
 # EffectLog.cur is stored at its slot's offset (as _make_step stores Step's).  (The Machine's
 # attributes stay getattr/setattr: reading them from a materialized __dict__ made the handlers'
 # own m.<attr> lookups slower than it saved here.)
-cdef object _EffectLog = EffectLog
-cdef Py_ssize_t _LOG_OFF[1]
-cdef bint _LOG_SLOT = _slot_offsets(EffectLog, ("cur",), _LOG_OFF)
 
 
 cdef inline int _log_cur(object log, object value) except -1:
     """log.cur = value"""
     if _LOG_SLOT and type(log) is _EffectLog:
-        vb_slot_set(log, _LOG_OFF[0], value)
+        vbs_set(log, _LOG_OFF[0], value)
     else:
         log.cur = value
     return 0
@@ -816,7 +812,7 @@ cdef object _step(object m):
     """Machine.step, with Scheduler.pop and Scheduler.finish_step inlined."""
     cdef PyObject* o
     cdef _Kind r
-    sim = m.sim
+    sim = sget(m, _Machine, _MO[0], "sim")
     sd = _sdict(sim) if type(sim) is FastScheduler else None
     q = _get(sim, sd, "queue")
     if not q:
@@ -833,20 +829,21 @@ cdef object _step(object m):
     else:
         r = _resolve(kind, entry)
     effects = []
-    rec = _make_step(m.steps + 1, time, ctx, kind, r.layer, r.function, r.source, effects)
-    m.cur = rec
-    log = m.log
+    n = sget(m, _Machine, _MO[1], "steps") + 1
+    rec = _make_step(n, time, ctx, kind, r.layer, r.function, r.source, effects)
+    sset(m, _Machine, _MO[2], "cur", rec)
+    log = sget(m, _Machine, _MO[3], "log")
     _log_cur(log, effects)
     try:
         detail = _vcall(r.fn, m, args) or ""
         if _STEP_DIRECT:
-            vb_slot_set(rec, _OFF[7], detail)
+            vbs_set(rec, _OFF[7], detail)
         else:
             rec.detail = detail
     finally:
         _log_cur(log, None)
     _finish_step(sim, sd)
-    m.steps += 1
+    sset(m, _Machine, _MO[1], "steps", sget(m, _Machine, _MO[1], "steps") + 1)
     return rec
 
 
@@ -1187,3 +1184,19 @@ def fast_paths():
     their __dict__."""
     return {"step_slots": bool(_STEP_DIRECT), "scheduler_dict": bool(_SCHED_DICT),
             "ctx_dict": bool(_CTX_DICT), "effectlog_slot": bool(_LOG_SLOT)}
+
+
+def slot_access(cls, tuple names, obj, Py_ssize_t i, *value):
+    """For tests: resolve cls's member offsets for names (_slots.slot_offsets) and read
+    obj.<names[i]> (sget) or, given a value, write it (sset).  Returns (resolved, result)."""
+    cdef Py_ssize_t* off = <Py_ssize_t*>malloc(len(names) * sizeof(Py_ssize_t))
+    if off == NULL:
+        raise MemoryError()
+    try:
+        ok = slot_offsets(cls, names, off)
+        if value:
+            sset(obj, cls, off[i], names[i], value[0])
+            return ok, None
+        return ok, sget(obj, cls, off[i], names[i])
+    finally:
+        free(off)

@@ -23,7 +23,7 @@ BDRV_FN = {"read": "bdrv_co_preadv_part", "write": "bdrv_co_pwritev_part",
            "write_zeroes": "bdrv_co_pwrite_zeroes"}
 
 
-@dataclass
+@dataclass(slots=True)
 class BlockState:
     """BlockBackend + BlockDriverState state that the guest can influence or observe."""
     length: int                       # virtual disk size in bytes

@@ -45,7 +45,7 @@ import copyreg
 import io
 import pickle
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable
 
 from ..block.hostfile import BLOCK, HostFile
@@ -96,7 +96,8 @@ class _Unpickler(pickle.Unpickler):
 
     def _proc(self, state: dict, ops: int, results: int, n: int) -> Proc:
         p = Proc.__new__(Proc)
-        p.__dict__.update(state)
+        for k, v in state.items():
+            setattr(p, k, v)
         p.ops = self._objs[ops]
         p.results = self._objs[results][:n]
         return p
@@ -139,7 +140,7 @@ class _Freezer:
         entries that never change (its length is enough: the list at this checkpoint is a
         prefix of the list as it is later on this timeline).  Copying both made each
         checkpoint cost O(requests run so far)."""
-        d = dict(p.__dict__)
+        d = {f.name: getattr(p, f.name) for f in fields(p)}
         ops, results = d["ops"], d["results"]
         d["ops"] = d["results"] = None          # (keeps the attribute order)
         return _proc, (d, self.share(ops), self.share(results), len(results))
@@ -218,7 +219,7 @@ class Timeline:
         """A checkpoint of now, closing the open interval (its undo data goes with it)."""
         m = self.m
         hf = m.hostfile
-        comps = {k: v for k, v in vars(m).items() if k not in EXCLUDE}
+        comps = {k: v for k, v in m.attributes().items() if k not in EXCLUDE}
         try:
             state = self._freezer.dumps(comps)
         except (pickle.PicklingError, TypeError, AttributeError) as e:

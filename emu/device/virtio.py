@@ -10,7 +10,7 @@ from ..spec import virtio as V
 VQ_MAX = 1024  # VIRTIO_QUEUE_MAX in QEMU
 
 
-@dataclass
+@dataclass(slots=True)
 class VirtQueue:
     """struct VirtQueue (split ring part), QEMU's own field names."""
     num: int = 0
@@ -30,7 +30,7 @@ class VirtQueue:
     vector: int = P.NO_VECTOR
 
 
-@dataclass
+@dataclass(slots=True)
 class VirtIODevice:
     """struct VirtIODevice: status, features, ISR, the queues; `error` keeps the last diagnostic."""
     host_features: int = 0

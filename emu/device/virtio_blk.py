@@ -16,7 +16,7 @@ VSRC = "hw/virtio/virtio.c"
 PSRC = "hw/virtio/virtio-pci.c"
 
 
-@dataclass
+@dataclass(slots=True)
 class VirtIOBlock:
     """VirtIOBlock: configuration (properties) plus requests in flight and per-pass state."""
     capacity: int                     # sectors

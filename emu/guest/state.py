@@ -17,7 +17,7 @@ DD_WRITES_STARVED = 2
 DD_FIFO_BATCH = 16
 
 
-@dataclass
+@dataclass(slots=True)
 class DriverVq:
     """struct vring_virtqueue for a split ring (drivers/virtio/virtio_ring.c)."""
     index: int = 0
@@ -46,7 +46,7 @@ class DriverVq:
     extra_flags: list = field(default_factory=list)   # desc_extra[].flags
 
 
-@dataclass
+@dataclass(slots=True)
 class BlkMq:
     """The disk's request queue: tags, plug, mq-deadline lists, hctx->dispatch, the stop flag."""
     depth: int = 0                    # tag set queue_depth
@@ -72,7 +72,7 @@ class BlkMq:
     write_cache: bool = True
 
 
-@dataclass
+@dataclass(slots=True)
 class Proc:
     """The guest process running the workload, one op at a time, O_DIRECT on /dev/vda."""
     ops: list = field(default_factory=list)
@@ -87,7 +87,7 @@ class Proc:
     next_bio: int = 1
 
 
-@dataclass
+@dataclass(slots=True)
 class Guest:
     """Everything the guest kernel keeps about the disk."""
     status: int = 0

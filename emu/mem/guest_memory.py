@@ -27,6 +27,10 @@ def _page_hash(data) -> bytes:
 class GuestMemory:
     """RAM at guest-physical [0, size). Every write is logged with its old and new bytes."""
 
+    # slots: the compiled engine reads them at their offsets; __dict__ holds the compiled
+    # accessors emu_fast binds to an instance (and anything else a caller attaches)
+    __slots__ = ("size", "ram", "log", "_hashes", "_dirty", "undo", "__dict__", "__weakref__")
+
     def __init__(self, size: int, log: EffectLog) -> None:
         if size <= 0 or size % PAGE_SIZE:
             raise EmuError(f"guest RAM size must be a positive multiple of {PAGE_SIZE}")

@@ -200,3 +200,56 @@ def test_the_exact_shortcuts_are_taken():
     off, the fast engine stays exact but slower, and this says so."""
     assert emu_fast.require().fast_paths() == {"step_slots": True, "scheduler_dict": True,
                                                "ctx_dict": True, "effectlog_slot": True}
+
+
+def test_slot_members_are_read_at_their_offsets():
+    """Every class whose members a compiled module reads at their offsets has the shape that
+    needs (plain object slots, object's __setattr__): a change to emu's classes that turns a
+    fast path off shows here."""
+    paths = emu_fast.slot_paths()
+    assert {"_core.Machine", "_core.GuestMemory"} <= set(paths)
+    assert all(paths.values()), paths
+
+
+class _Plain:
+    __slots__ = ("a", "b", "__dict__")
+
+
+class _Sub(_Plain):
+    @property
+    def b(self):
+        return "property"
+
+
+class _Hooked:
+    __slots__ = ("a",)
+
+    def __setattr__(self, name, value):
+        object.__setattr__(self, name, ("hooked", value))
+
+
+def test_slot_access_is_attribute_access():
+    """sget/sset (emu_fast/_slots.pxd) read and write a member at its offset only where that
+    is exactly what `o.name` does; a subclass, an unset slot, a class with its own
+    __setattr__, a name that is not a slot take getattr/setattr, errors included."""
+    core = emu_fast.require()
+    o = _Plain()
+    assert core.slot_access(_Plain, ("a", "b"), o, 0, 5) == (True, None)
+    assert o.a == 5 and core.slot_access(_Plain, ("a", "b"), o, 0) == (True, 5)
+    with pytest.raises(AttributeError) as e:                    # unset: getattr's own error
+        core.slot_access(_Plain, ("a", "b"), o, 1)
+    with pytest.raises(AttributeError) as e2:
+        o.b
+    assert str(e.value) == str(e2.value)
+    s = _Sub()
+    s.a = 1
+    _Plain.b.__set__(s, "slot")                     # what the member holds, hidden by the property
+    assert core.slot_access(_Plain, ("a", "b"), s, 1) == (True, "property")   # not exactly _Plain
+    assert core.slot_access(_Sub, ("a", "b"), s, 0)[0] is False              # b is no member of _Sub
+    h = _Hooked()
+    assert core.slot_access(_Hooked, ("a",), h, 0, 7) == (False, None) and h.a == ("hooked", 7)
+    o.c = 3
+    assert core.slot_access(_Plain, ("c",), o, 0) == (False, 3)                 # not a slot
+    del o.a
+    with pytest.raises(AttributeError):
+        core.slot_access(_Plain, ("a",), o, 0)
