@@ -56,6 +56,39 @@ cdef dict _Q_LAT_OP = {"guest_write": "write", "write": "write", "flush": "flush
                        "discard": "discard", "write_zeroes": "write_zeroes"}
 cdef dict _Q_FAULT_OP = {"guest_write": "write", "guest_read": "read", "cow_read": "read",
                          "compressed_read": "read", "backing_read": "read"}
+
+# Machine's and BlockState's members, read at their offsets (emu_fast/_slots.pxd)
+from emu.machine import Machine as _Machine_cls
+from emu_fast._slots cimport slot_offsets, sget, sset
+cdef object _Machine = _Machine_cls
+cdef object _BlockState = _BK.BlockState
+cdef Py_ssize_t _M[7]
+cdef Py_ssize_t _B[11]
+SLOT_PATHS = {
+    "Machine": slot_offsets(_Machine, ("sim", "block", "fmt", "hostfile", "mem", "latency", "log"), _M),
+    "BlockState": slot_offsets(_BlockState, ("reqs", "aios", "next_aio", "length", "wce", "read_only",
+                                             "discard_unmap", "no_flush", "flushed_gen", "write_gen",
+                                             "probed"), _B),
+}
+cdef inline object _m_sim(object m): return sget(m, _Machine, _M[0], "sim")
+cdef inline object _m_block(object m): return sget(m, _Machine, _M[1], "block")
+cdef inline object _m_fmt(object m): return sget(m, _Machine, _M[2], "fmt")
+cdef inline object _m_hostfile(object m): return sget(m, _Machine, _M[3], "hostfile")
+cdef inline object _m_mem(object m): return sget(m, _Machine, _M[4], "mem")
+cdef inline object _m_latency(object m): return sget(m, _Machine, _M[5], "latency")
+cdef inline object _m_log(object m): return sget(m, _Machine, _M[6], "log")
+cdef inline object _b_reqs(object b): return sget(b, _BlockState, _B[0], "reqs")
+cdef inline object _b_aios(object b): return sget(b, _BlockState, _B[1], "aios")
+cdef inline object _b_next_aio(object b): return sget(b, _BlockState, _B[2], "next_aio")
+cdef inline object _b_length(object b): return sget(b, _BlockState, _B[3], "length")
+cdef inline object _b_wce(object b): return sget(b, _BlockState, _B[4], "wce")
+cdef inline object _b_read_only(object b): return sget(b, _BlockState, _B[5], "read_only")
+cdef inline object _b_discard_unmap(object b): return sget(b, _BlockState, _B[6], "discard_unmap")
+cdef inline object _b_no_flush(object b): return sget(b, _BlockState, _B[7], "no_flush")
+cdef inline object _b_flushed_gen(object b): return sget(b, _BlockState, _B[8], "flushed_gen")
+cdef inline object _b_write_gen(object b): return sget(b, _BlockState, _B[9], "write_gen")
+cdef inline object _b_probed(object b): return sget(b, _BlockState, _B[10], "probed")
+
 cdef object _set_function = _SUP.set_function
 cdef object _cost = _SUP.cost
 cdef object _rand = _SUP.rand
@@ -79,7 +112,7 @@ cdef inline str _s(object o):
 
 cdef inline void _log(object m, tuple eff) except *:
     """EffectLog.add"""
-    cur = m.log.cur
+    cur = _m_log(m).cur
     if cur is not None:
         cur.append(eff)
 
@@ -100,20 +133,20 @@ cdef long long _iov_size(object iov) except? -1:
 
 cdef object _submit(object m, object bid, object op, object offset, object nbytes, object iov):
     """file_posix.submit (data=None)"""
-    blk = m.block
-    aid = blk.next_aio
-    blk.next_aio += 1
-    blk.aios[aid] = {"bid": bid, "op": op, "offset": offset, "bytes": nbytes,
+    blk = _m_block(m)
+    aid = _b_next_aio(blk)
+    sset(blk, _BlockState, _B[2], "next_aio", _b_next_aio(blk) + 1)
+    _b_aios(blk)[aid] = {"bid": bid, "op": op, "offset": offset, "bytes": nbytes,
                      "iov": iov, "data": None, "ret": None}
-    lat = _cost(m.latency, op, nbytes, _rand(m))
-    sched_at(m.sim, lat, "file.aio_worker", (aid,))
+    lat = _cost(_m_latency(m), op, nbytes, _rand(m))
+    sched_at(_m_sim(m), lat, "file.aio_worker", (aid,))
     return lat
 
 
 cdef str _fp_run_rw(object m, object f, dict aio):
     """file_posix._run for read and write"""
     op, off, n = aio["op"], aio["offset"], aio["bytes"]
-    mem = m.mem
+    mem = _m_mem(m)
     cdef Py_ssize_t pos
     if op == "read":
         data = f.pread(off, n)
@@ -135,10 +168,10 @@ cdef str _fp_run_rw(object m, object f, dict aio):
 
 def aio_worker(m, aid):
     """file_posix.aio_worker"""
-    cdef dict aio = m.block.aios[aid]
+    cdef dict aio = _b_aios(_m_block(m))[aid]
     op, off, n = aio["op"], aio["offset"], aio["bytes"]
     _set_function(m, AIO_FN[op])
-    f = m.hostfile
+    f = _m_hostfile(m)
     err = _fault(m, op, off, n)
     if err:
         aio["ret"] = -err
@@ -153,25 +186,25 @@ def aio_worker(m, aid):
         except OSError as e:
             aio["ret"] = -(e.errno or EIO)
             detail = f"{op} at {off:#x}+{n} failed: {e.strerror}"
-    sched_post(m.sim, "qemu", "file.co_resume", (aid,))
+    sched_post(_m_sim(m), "qemu", "file.co_resume", (aid,))
     return detail
 
 
 def file_co_entry(m, bid):
     """file_posix.co_entry"""
-    cdef dict req = m.block.reqs[bid]
+    cdef dict req = _b_reqs(_m_block(m))[bid]
     op = req["cur_op"]
     _set_function(m, CO_FN[op])
     if op == "flush" and not _flush_acquire(m, bid):
         return "a flush is already running: wait for it (bs->active_flush_req)"
-    if op == "flush" and (m.block.no_flush or m.block.flushed_gen == m.block.write_gen):
+    if op == "flush" and (_b_no_flush(_m_block(m)) or _b_flushed_gen(_m_block(m)) == _b_write_gen(_m_block(m))):
         req["ret"] = 0
-        why = "cache=unsafe (BDRV_O_NO_FLUSH)" if m.block.no_flush else \
+        why = "cache=unsafe (BDRV_O_NO_FLUSH)" if _b_no_flush(_m_block(m)) else \
             "nothing written since the last flush (flushed_gen == write_gen)"
-        sched_cont(m.sim, "file.flush_done", (bid,))
+        sched_cont(_m_sim(m), "file.flush_done", (bid,))
         return f"no fdatasync: {why}"
     if op == "flush":
-        req["flush_gen"] = m.block.write_gen
+        req["flush_gen"] = _b_write_gen(_m_block(m))
     rw = op == "read" or op == "write"
     nbytes = _iov_size(req["qiov"]) if rw else req["bytes"]
     lat = _submit(m, bid, op, req["offset"], nbytes, req["qiov"] if rw else None)
@@ -180,10 +213,10 @@ def file_co_entry(m, bid):
 
 def file_co_resume(m, aid):
     """file_posix.co_resume"""
-    blk = m.block
-    cdef dict aio = blk.aios.pop(aid)
+    blk = _m_block(m)
+    cdef dict aio = _b_aios(blk).pop(aid)
     bid = aio["bid"]
-    cdef dict req = blk.reqs[bid]
+    cdef dict req = _b_reqs(blk)[bid]
     aop = aio["op"]
     ret = aio["ret"]
     _set_function(m, CO_FN[aop])
@@ -191,11 +224,11 @@ def file_co_resume(m, aid):
     if aop == "flush":
         if ret == 0:
             blk.flushed_gen = req.pop("flush_gen")
-        sched_cont(m.sim, "file.flush_done", (bid,))
+        sched_cont(_m_sim(m), "file.flush_done", (bid,))
     else:
         if aop != "read" and ret == 0:
             blk.write_gen += 1
-        sched_cont(m.sim, "bdrv.co_done", (bid,))
+        sched_cont(_m_sim(m), "bdrv.co_done", (bid,))
     return f"{aop} returned {_ret_str(ret)}; coroutine re-entered"
 
 
@@ -203,69 +236,69 @@ def file_co_resume(m, aid):
 
 cdef void _complete_early(object m, object bid, object ret) except *:
     """backend._complete_early"""
-    m.block.reqs[bid]["ret"] = ret
-    sched_post(m.sim, "qemu", "blk.aio_complete", (bid,))
+    _b_reqs(_m_block(m))[bid]["ret"] = ret
+    sched_post(_m_sim(m), "qemu", "blk.aio_complete", (bid,))
 
 
 def blk_co_entry(m, bid):
     """backend.co_entry"""
-    blk = m.block
-    cdef dict req = blk.reqs[bid]
+    blk = _m_block(m)
+    cdef dict req = _b_reqs(blk)[bid]
     op = req["op"]
     _set_function(m, BLK_FN[op])
     if op != "flush":
         off, n = req["offset"], req["bytes"]
-        if off < 0 or n < 0 or off > blk.length or n > blk.length - off:
+        if off < 0 or n < 0 or off > _b_length(blk) or n > _b_length(blk) - off:
             _complete_early(m, bid, -EIO)
-            return f"blk_check_byte_request: {off:#x}+{n} beyond the device ({blk.length} bytes): -EIO"
+            return f"blk_check_byte_request: {off:#x}+{n} beyond the device ({_b_length(blk)} bytes): -EIO"
     extra = ""
-    if op == "write" and not blk.wce:
+    if op == "write" and not _b_wce(blk):
         req["flags"] |= BDRV_REQ_FUA
         extra = "; write cache off (writethrough): BDRV_REQ_FUA added"
-    sched_cont(m.sim, "bdrv.co_entry", (bid,))
+    sched_cont(_m_sim(m), "bdrv.co_entry", (bid,))
     return f"{op} {_dec(req['bytes'])} bytes at {_hex(req['offset'])}{extra}"
 
 
 def bdrv_co_entry(m, bid):
     """backend.bdrv_co_entry"""
-    blk = m.block
-    cdef dict req = blk.reqs[bid]
+    blk = _m_block(m)
+    cdef dict req = _b_reqs(blk)[bid]
     op = req["op"]
     _set_function(m, BDRV_FN[op])
-    if (op == "write" or op == "write_zeroes" or op == "discard") and blk.read_only:
+    if (op == "write" or op == "write_zeroes" or op == "discard") and _b_read_only(blk):
         _complete_early(m, bid, -EPERM)
         return "bdrv_co_write_req_prepare: read-only node: -EPERM"
-    if op == "discard" and not blk.discard_unmap:
+    if op == "discard" and not _b_discard_unmap(blk):
         _complete_early(m, bid, 0)
         return "discard=ignore (no BDRV_O_UNMAP): succeeds without touching the image"
-    if op == "write_zeroes" and not blk.discard_unmap:
+    if op == "write_zeroes" and not _b_discard_unmap(blk):
         req["flags"] &= ~BDRV_REQ_MAY_UNMAP
-    fmt = m.fmt
-    sched_cont(m.sim, fmt.entry_kind(op), (bid,))
+    fmt = _m_fmt(m)
+    sched_cont(_m_sim(m), fmt.entry_kind(op), (bid,))
     return f"-> {fmt.name} driver"
 
 
 def bdrv_co_done(m, bid):
     """backend.bdrv_co_done"""
-    cdef dict req = m.block.reqs[bid]
+    cdef dict req = _b_reqs(_m_block(m))[bid]
     op = req["op"]
     _set_function(m, BDRV_FN[op])
     if op == "write" and req["flags"] & BDRV_REQ_FUA and req["ret"] == 0 \
             and req["phase"] != "fua":
         req["phase"] = "fua"
         req["cur_op"] = "flush"
-        sched_cont(m.sim, m.fmt.entry_kind("flush"), (bid,))
+        sched_cont(_m_sim(m), _m_fmt(m).entry_kind("flush"), (bid,))
         return "BDRV_REQ_FUA not supported by the driver: bdrv_co_flush() after the write"
-    sched_cont(m.sim, "blk.aio_complete", (bid,))
+    sched_cont(_m_sim(m), "blk.aio_complete", (bid,))
     return f"{op} returns {_ret_str(req['ret'])}"
 
 
 def blk_aio_complete(m, bid):
     """backend.aio_complete"""
-    cdef dict req = m.block.reqs.pop(bid)
+    cdef dict req = _b_reqs(_m_block(m)).pop(bid)
     kind, args = req["cb"]
     ret = req["ret"]
-    sched_cont(m.sim, kind, tuple(args) + (ret,))
+    sched_cont(_m_sim(m), kind, tuple(args) + (ret,))
     return f"{req['op']} request {_dec(bid)} completes with {_ret_str(ret)}"
 
 
@@ -273,12 +306,12 @@ def blk_aio_complete(m, bid):
 
 def raw_co_entry(m, bid):
     """raw.co_entry (a write reaching sector 0 of a probed image: the Python handler)"""
-    cdef dict req = m.block.reqs[bid]
+    cdef dict req = _b_reqs(_m_block(m))[bid]
     op = req["cur_op"]
-    if op == "write" and m.block.probed and req["offset"] < 512 and req["bytes"]:
+    if op == "write" and _b_probed(_m_block(m)) and req["offset"] < 512 and req["bytes"]:
         return _RAW.co_entry(m, bid)
     _set_function(m, RAW_FN[op])
-    sched_cont(m.sim, "file.co_entry", (bid,))
+    sched_cont(_m_sim(m), "file.co_entry", (bid,))
     return f"{op} passes straight to the file at the same offset"
 
 
@@ -286,13 +319,13 @@ def raw_co_entry(m, bid):
 
 def q_co_entry(m, bid):
     """qcow2 driver.co_entry"""
-    f = m.fmt
-    cdef dict req = m.block.reqs[bid]
+    f = _m_fmt(m)
+    cdef dict req = _b_reqs(_m_block(m))[bid]
     op = req["cur_op"]
     _set_function(m, Q_CO_FN[op])
     if f.engine.drv_gone:
         req["ret"] = -ENOMEDIUM
-        sched_post(m.sim, "qemu", "blk.aio_complete", (bid,))
+        sched_post(_m_sim(m), "qemu", "blk.aio_complete", (bid,))
         return "the qcow2 node was made unusable by an earlier corruption: -ENOMEDIUM"
     cdef dict co = {"op": op, "phase": "start", "plan": [], "pi": 0, "ret": 0}
     if op == "write" or op == "read":
@@ -303,28 +336,28 @@ def q_co_entry(m, bid):
         f.lock_queue.append(bid)
         return f"s->lock is held by request {f.lock_owner}: wait (qemu_co_mutex_lock)"
     f.lock_owner = bid
-    sched_cont(m.sim, "qcow2.compute", (bid,))
+    sched_cont(_m_sim(m), "qcow2.compute", (bid,))
     return f"{op} {_dec(req['bytes'])} bytes at guest {_hex(req['offset'])}; s->lock taken"
 
 
 def q_io(m, bid):
     """qcow2 driver.io (guest_zero and flush items: the Python handler)"""
-    cdef dict co = m.fmt.cos[bid]
+    cdef dict co = _m_fmt(m).cos[bid]
     cdef dict item = co["plan"][co["pi"]]
     op = item["op"]
     if op == "guest_zero" or op == "flush":
         return _Q.io(m, bid)
     _plan_frame(m, co, item)
-    lat = _cost(m.latency, _Q_LAT_OP.get(op, "read"), item.get("length", 0), _rand(m))
-    sched_at(m.sim, lat, "qcow2.worker", (bid,))
+    lat = _cost(_m_latency(m), _Q_LAT_OP.get(op, "read"), item.get("length", 0), _rand(m))
+    sched_at(_m_sim(m), lat, "qcow2.worker", (bid,))
     return f"{item['what']} -> thread pool ({_dec(lat)} ns); coroutine yields"
 
 
 cdef str _q_run_write(object m, dict item):
     """qcow2 driver._run for write and guest_write"""
-    f = m.hostfile
+    f = _m_hostfile(m)
     op, off = item["op"], item["offset"]
-    mem = m.mem
+    mem = _m_mem(m)
     if op == "write":
         data = item["data"]
     else:
@@ -358,15 +391,15 @@ cdef object _next_item(object m, object bid, dict co, object detail):
     """qcow2 driver._next_item"""
     if _QD.get("_next_item") is not _PY_NEXT_ITEM:
         return _Q._next_item(m, bid, co, detail)
-    m.fmt.engine.executed(co["plan"][co["pi"]])
+    _m_fmt(m).engine.executed(co["plan"][co["pi"]])
     co["pi"] += 1
-    sched_cont(m.sim, "qcow2.io" if co["pi"] < len(co["plan"]) else "qcow2.compute", (bid,))
+    sched_cont(_m_sim(m), "qcow2.io" if co["pi"] < len(co["plan"]) else "qcow2.compute", (bid,))
     return detail
 
 
 cdef str _q_run_zero(object m, dict item):
     """qcow2 driver._run for write_zeroes and discard"""
-    f = m.hostfile
+    f = _m_hostfile(m)
     op, off, n = item["op"], item["offset"], item.get("length", 0)
     end = off + n if op == "write_zeroes" else min(off + n, f.size)
     if end > off:
@@ -381,7 +414,7 @@ cdef str _q_run_zero(object m, dict item):
 
 def q_worker(m, bid):
     """qcow2 driver.worker"""
-    cdef dict co = m.fmt.cos[bid]
+    cdef dict co = _m_fmt(m).cos[bid]
     cdef dict item = co["plan"][co["pi"]]
     op = item["op"]
     _set_function(m, WORKER_FN[op])
@@ -408,13 +441,13 @@ def q_worker(m, bid):
         except Qcow2Error as e:
             co["io_ret"] = e.errno
             detail = f"{item['what']} failed: {e}"
-    sched_post(m.sim, "qemu", "qcow2.io_done", (bid,))
+    sched_post(_m_sim(m), "qemu", "qcow2.io_done", (bid,))
     return detail
 
 
 def q_io_done(m, bid):
     """qcow2 driver.io_done (a failed I/O: the Python handler)"""
-    cdef dict co = m.fmt.cos[bid]
+    cdef dict co = _m_fmt(m).cos[bid]
     if co.get("io_ret") != 0:
         return _Q.io_done(m, bid)
     cdef dict item = co["plan"][co["pi"]]
@@ -422,9 +455,9 @@ def q_io_done(m, bid):
     co.pop("io_ret")
     op = item["op"]
     if op == "write" or op == "guest_write" or op == "write_zeroes" or op == "discard":
-        m.block.write_gen += 1
+        _m_block(m).write_gen += 1
     if op == "flush":
-        m.block.flushed_gen = item["gen"]
+        _m_block(m).flushed_gen = item["gen"]
     return _next_item(m, bid, co, f"{item['what']}: done")
 
 

@@ -16,11 +16,12 @@ from emu import machine as _machine_mod
 from emu.machine import Machine
 from emu.mem.page_alloc import KMALLOC_CLASSES, PageAllocator
 from emu.sim.rng import splitmix64
-from emu.sim.steps import EffectLog
+from emu.sim.steps import EffectLog, Step
 from emu.spec import pci as _P
 from emu.transport.virtio_pci import Transport
 
 from emu_fast._core cimport sched_call, sched_cont, sched_post
+from emu_fast._slots cimport slot_offsets, sget, sset
 
 PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
 
@@ -42,6 +43,29 @@ cdef object _PY_SPLITMIX = splitmix64
 cdef object _PY_FAULT = _FP._fault
 cdef object _PY_SUBMIT = _BK.blk_aio_submit
 cdef object _EffectLog = EffectLog
+
+# members read and written at their offsets (emu_fast/_slots.pxd)
+cdef object _Step = Step
+cdef object _BlockState = _BK.BlockState
+cdef Py_ssize_t _M[8]
+cdef Py_ssize_t _S[3]
+cdef Py_ssize_t _B[3]
+cdef Py_ssize_t _L[1]
+SLOT_PATHS = {
+    "Machine": slot_offsets(_Machine, ("cur", "rng", "log", "sim", "block", "counters", "guest",
+                                       "timing"), _M),
+    "Step": slot_offsets(_Step, ("function", "source", "caller"), _S),
+    "BlockState": slot_offsets(_BlockState, ("next_req", "reqs", "faults"), _B),
+    "EffectLog": slot_offsets(_EffectLog, ("cur",), _L),
+}
+cdef inline object _m_cur(object m): return sget(m, _Machine, _M[0], "cur")
+cdef inline object _m_rng(object m): return sget(m, _Machine, _M[1], "rng")
+cdef inline object _m_log(object m): return sget(m, _Machine, _M[2], "log")
+cdef inline object _m_sim(object m): return sget(m, _Machine, _M[3], "sim")
+cdef inline object _m_block(object m): return sget(m, _Machine, _M[4], "block")
+cdef inline object _m_counters(object m): return sget(m, _Machine, _M[5], "counters")
+cdef inline object _m_guest(object m): return sget(m, _Machine, _M[6], "guest")
+cdef inline object _m_timing(object m): return sget(m, _Machine, _M[7], "timing")
 cdef object _PY_LOG_ADD = EffectLog.add
 cdef tuple _KMALLOC_CLASSES = tuple(KMALLOC_CLASSES)
 cdef long long PAGE_SHIFT = 12
@@ -82,13 +106,13 @@ def set_function(m, function, source=None, caller=None):
     """Machine.set_function"""
     if type(m) is not _Machine or _Machine.set_function is not _PY_SET_FUNCTION:
         return m.set_function(function, source, caller)
-    cur = m.cur
+    cur = _m_cur(m)
     if cur is not None:
-        cur.function = function
+        sset(cur, _Step, _S[0], "function", function)
         if source:
-            cur.source = source
+            sset(cur, _Step, _S[1], "source", source)
         if caller:
-            cur.caller = caller
+            sset(cur, _Step, _S[2], "caller", caller)
 
 
 def rand(m):
@@ -96,14 +120,14 @@ def rand(m):
     if type(m) is not _Machine or _Machine.rand is not _PY_RAND \
             or _machine_mod.splitmix64 is not _PY_SPLITMIX:
         return m.rand()
-    state = m.rng
+    state = _m_rng(m)
     if type(state) is not int:
         return m.rand()
     state = (state + 0x9E3779B97F4A7C15) & MASK64
     z = state
     z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & MASK64
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & MASK64
-    m.rng = state
+    sset(m, _Machine, _M[1], "rng", state)
     return z ^ (z >> 31)
 
 
@@ -111,12 +135,12 @@ def raise_msi(m, addr, data):
     """Machine.raise_msi"""
     if type(m) is not _Machine or _Machine.raise_msi is not _PY_RAISE_MSI:
         return m.raise_msi(addr, data)
-    handler = m.guest.irq_vectors.get(data) if addr == MSIX_ADDRESS else None
+    handler = _m_guest(m).irq_vectors.get(data) if addr == MSIX_ADDRESS else None
     if handler is None:
-        m.counters[_IRQS_LOST] += 1
+        _m_counters(m)[_IRQS_LOST] += 1
         return
     kind = "vring.interrupt" if handler[0] == _VQ else "probe.config_changed"
-    sched_post(m.sim, "vcpu", kind, (data,), m.timing.irq_ns, True)
+    sched_post(_m_sim(m), "vcpu", kind, (data,), _m_timing(m).irq_ns, True)
 
 
 # -- the latency model (emu/block/latency.py) --------------------------------------------------------
@@ -232,13 +256,13 @@ def msix_notify(transport, m, vector):
     if not px.msix_enabled or vector == NO_VECTOR or vector >= px.nvectors:
         return False
     entry = px.msix_table[vector]
-    log = m.log
+    log = _m_log(m)
     if entry.masked:
         px.msix_pba[vector] = True
         _log_add(log, ("reg", f"msix.pba[{vector}]", False, True))
         return False
     _log_add(log, ("msi", vector, entry.addr, entry.data))
-    m.counters[_INTERRUPTS] += 1
+    _m_counters(m)[_INTERRUPTS] += 1
     raise_msi(m, entry.addr, entry.data)
     return True
 
@@ -247,7 +271,7 @@ def mmio_write(transport, m, off, size, val):
     """Transport.mmio_write"""
     if not _own(transport, _Transport, _Transport.mmio_write, "mmio_write", _PY_MMIO_WRITE):
         return transport.mmio_write(m, off, size, val)
-    _log_add(m.log, ("mmio-write", BAR4_GPA + off, size, val))
+    _log_add(_m_log(m), ("mmio-write", BAR4_GPA + off, size, val))
     if COMMON_CFG <= off < COMMON_CFG + REGION_SIZE:
         transport.common_write(m, off - COMMON_CFG, val)
     elif DEVICE_CFG <= off < DEVICE_CFG + REGION_SIZE:
@@ -260,7 +284,7 @@ def fault(m, op, offset, nbytes):
     """emu.block.file_posix._fault"""
     if _FP._fault is not _PY_FAULT:
         return _FP._fault(m, op, offset, nbytes)
-    for rule in m.block.faults:
+    for rule in sget(_m_block(m), _BlockState, _B[2], "faults"):
         if rule["op"] != op or rule["count"] == 0:
             continue
         if op != "flush" and not (offset < rule["end"] and rule["start"] < offset + nbytes):
@@ -275,15 +299,15 @@ def blk_aio_submit(m, op, offset, nbytes, qiov, flags, cb, then):
     """emu.block.backend.blk_aio_submit"""
     if _BK.blk_aio_submit is not _PY_SUBMIT:
         return _BK.blk_aio_submit(m, op, offset, nbytes, qiov, flags, cb, then)
-    blk = m.block
-    bid = blk.next_req
-    blk.next_req += 1
+    blk = _m_block(m)
+    bid = sget(blk, _BlockState, _B[0], "next_req")
+    sset(blk, _BlockState, _B[0], "next_req", bid + 1)
     if qiov is not None:
         nbytes = sum([n for _a, n in qiov])
-    blk.reqs[bid] = {"id": bid, "op": op, "cur_op": op, "offset": offset, "bytes": nbytes,
+    sget(blk, _BlockState, _B[1], "reqs")[bid] = {"id": bid, "op": op, "cur_op": op, "offset": offset, "bytes": nbytes,
                      "qiov": qiov, "flags": flags, "cb": cb, "ret": None, "phase": "submit"}
     if then is None:
-        sched_cont(m.sim, "blk.co_entry", (bid,))
+        sched_cont(_m_sim(m), "blk.co_entry", (bid,))
     else:
-        sched_call(m.sim, "blk.co_entry", (bid,), then[0], then[1])
+        sched_call(_m_sim(m), "blk.co_entry", (bid,), then[0], then[1])
     return bid
