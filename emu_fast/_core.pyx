@@ -104,71 +104,50 @@ if _STEP_DIRECT:    # the defaults must be what the dataclass gives
 
 
 # == scheduler ================================================================================
-# The Scheduler's and its Ctx's attributes are read and written in their instance __dict__
-# directly (what object.__getattribute__/__setattr__ do for them: the classes define no data
-# descriptor, __getattribute__ or __setattr__ of their own, checked below); a name missing
-# from the dict is looked up with getattr, so even the error is the same.  The event heap is
-# heapq's algorithm (siftdown/siftup of Modules/_heapqmodule.c, same moves, same checks) with
-# the queue's (time, seq, ...) tuples compared in C when both leading items are ints.
+# The Scheduler's and its Ctx's members are __slots__, read and written at their offsets
+# (emu_fast/_slots.pxd: exactly what object.__getattribute__/__setattr__ do for them; on any
+# other class, getattr/setattr, so even the errors are the same).  The event heap is heapq's
+# algorithm (siftdown/siftup of Modules/_heapqmodule.c, same moves, same checks) with the
+# queue's (time, seq, ...) tuples compared in C when both leading items are ints.
 
 cdef extern from "Python.h":
-    object PyObject_GenericGetDict(object o, void* context)
     PyObject* PyDict_GetItemWithError(object d, object key) except? NULL
     object PyObject_Vectorcall(object fn, PyObject** args, size_t nargsf, PyObject* kwnames)
     PyObject** _PyList_ITEMS "PySequence_Fast_ITEMS" (object)
 
 
-def _plain_attrs(cls, names):
-    """Instances of cls keep these attributes in their __dict__ (no data descriptor, no
-    __getattribute__/__setattr__ of the class's own)."""
-    if cls.__getattribute__ is not object.__getattribute__ or cls.__setattr__ is not object.__setattr__:
-        return False
-    for c in cls.__mro__:
-        if c is object:
-            continue
-        if "__slots__" in vars(c) or "__getattr__" in vars(c):
-            return False
-        for n in names:
-            v = vars(c).get(n)
-            if v is not None and (hasattr(type(v), "__set__") or hasattr(type(v), "__delete__")):
-                return False
-    return True
-
-
 cdef object _Ctx = Ctx
-cdef bint _CTX_DICT = _plain_attrs(Ctx, ("name", "step_ns", "busy", "stack", "fifo", "urgent",
-                                         "preempted", "blocked"))
-cdef bint _SCHED_DICT = False       # set after FastScheduler is defined
+cdef object _FastSched = None       # FastScheduler, once defined (below)
+cdef enum:
+    S_NOW, S_SEQ, S_QUEUE, S_CTXS, S_CUR, S_DECIDED
+cdef tuple _SN = ("now", "seq", "queue", "ctxs", "cur", "_decided")
+cdef Py_ssize_t _SO[6]
+cdef enum:
+    C_NAME, C_STEP_NS, C_BUSY, C_STACK, C_FIFO, C_URGENT, C_PREEMPTED, C_BLOCKED
+cdef tuple _CN = ("name", "step_ns", "busy", "stack", "fifo", "urgent", "preempted", "blocked")
+cdef Py_ssize_t _CO[8]
+cdef bint _CTX_SLOTS = slot_offsets(_Ctx, _CN, _CO)
+cdef bint _SCHED_SLOTS = False      # set once FastScheduler is defined
 
 
-cdef inline object _sdict(object sim):
-    """sim's attribute dict (sim is a FastScheduler), or None: then getattr/setattr."""
-    if _SCHED_DICT:
-        return PyObject_GenericGetDict(sim, NULL)
-    return None
+cdef inline object _sg(object sim, int i):
+    """sim.<_SN[i]>"""
+    return sget(sim, _FastSched, _SO[i], <str>_SN[i])
 
 
-cdef inline object _cdict(object ctx):
-    if _CTX_DICT and type(ctx) is _Ctx:
-        return PyObject_GenericGetDict(ctx, NULL)
-    return None
+cdef inline int _ss(object sim, int i, object value) except -1:
+    """sim.<_SN[i]> = value"""
+    return sset(sim, _FastSched, _SO[i], <str>_SN[i], value)
 
 
-cdef inline object _get(object o, object d, str name):
-    cdef PyObject* v
-    if d is not None:
-        v = PyDict_GetItemWithError(d, name)
-        if v != NULL:
-            return <object>v
-    return getattr(o, name)
+cdef inline object _cg(object ctx, int i):
+    """ctx.<_CN[i]>"""
+    return sget(ctx, _Ctx, _CO[i], <str>_CN[i])
 
 
-cdef inline int _set(object o, object d, str name, object value) except -1:
-    if d is not None:
-        PyDict_SetItem(d, name, value)
-    else:
-        setattr(o, name, value)
-    return 0
+cdef inline int _cs(object ctx, int i, object value) except -1:
+    """ctx.<_CN[i]> = value"""
+    return sset(ctx, _Ctx, _CO[i], <str>_CN[i], value)
 
 
 cdef inline int _lt(PyObject* a, PyObject* b) except -1:
@@ -293,106 +272,101 @@ cdef inline object _heappop(object heap):
     return returnitem
 
 
-cdef inline int _schedule(object sim, object sd, object delay, object ctx, object kind,
+cdef inline int _schedule(object sim, object delay, object ctx, object kind,
                           object args) except -1:
     """Scheduler._schedule"""
-    seq = _get(sim, sd, "seq") + 1
-    _set(sim, sd, "seq", seq)
-    q = _get(sim, sd, "queue")
-    return _heappush(q, (_get(sim, sd, "now") + delay, seq, ctx, kind, args))
+    seq = _sg(sim, S_SEQ) + 1
+    _ss(sim, S_SEQ, seq)
+    q = _sg(sim, S_QUEUE)
+    return _heappush(q, (_sg(sim, S_NOW) + delay, seq, ctx, kind, args))
 
 
-cdef int _start_next(object sim, object sd, object ctx, object delay) except -1:
+cdef int _start_next(object sim, object ctx, object delay) except -1:
     """Scheduler._start_next"""
-    cd = _cdict(ctx)
-    urgent = _get(ctx, cd, "urgent")
+    urgent = _cg(ctx, C_URGENT)
     if urgent:
         kind, args = urgent.pop(0)
-    elif _get(ctx, cd, "preempted"):
-        kind, args, stack = _get(ctx, cd, "preempted").pop()
-        _set(ctx, cd, "stack", stack)
-    elif _get(ctx, cd, "fifo"):
-        kind, args = _get(ctx, cd, "fifo").pop(0)
+    elif _cg(ctx, C_PREEMPTED):
+        kind, args, stack = _cg(ctx, C_PREEMPTED).pop()
+        _cs(ctx, C_STACK, stack)
+    elif _cg(ctx, C_FIFO):
+        kind, args = _cg(ctx, C_FIFO).pop(0)
     else:
-        _set(ctx, cd, "busy", False)
+        _cs(ctx, C_BUSY, False)
         return 0
-    return _schedule(sim, sd, _get(ctx, cd, "step_ns") if delay is None else delay,
-                     _get(ctx, cd, "name"), kind, args)
+    return _schedule(sim, _cg(ctx, C_STEP_NS) if delay is None else delay,
+                     _cg(ctx, C_NAME), kind, args)
 
 
-cdef int _cont(object sim, object sd, object kind, object args, object delay,
+cdef int _cont(object sim, object kind, object args, object delay,
                bint preemptible) except -1:
     """Scheduler.cont"""
-    ctx = _get(sim, sd, "ctxs")[_get(sim, sd, "cur")]
-    cd = _cdict(ctx)
-    d = _get(ctx, cd, "step_ns") if delay is None else delay
-    _set(sim, sd, "_decided", True)
-    if preemptible and _get(ctx, cd, "urgent"):
-        _get(ctx, cd, "preempted").append((kind, args, _get(ctx, cd, "stack")))
-        _set(ctx, cd, "stack", [])
-        k, a = _get(ctx, cd, "urgent").pop(0)
-        return _schedule(sim, sd, d, _get(ctx, cd, "name"), k, a)
-    return _schedule(sim, sd, d, _get(ctx, cd, "name"), kind, args)
+    ctx = _sg(sim, S_CTXS)[_sg(sim, S_CUR)]
+    d = _cg(ctx, C_STEP_NS) if delay is None else delay
+    _ss(sim, S_DECIDED, True)
+    if preemptible and _cg(ctx, C_URGENT):
+        _cg(ctx, C_PREEMPTED).append((kind, args, _cg(ctx, C_STACK)))
+        _cs(ctx, C_STACK, [])
+        k, a = _cg(ctx, C_URGENT).pop(0)
+        return _schedule(sim, d, _cg(ctx, C_NAME), k, a)
+    return _schedule(sim, d, _cg(ctx, C_NAME), kind, args)
 
 
-cdef int _call(object sim, object sd, object kind, object args, object ret_kind, object ret_args,
+cdef int _call(object sim, object kind, object args, object ret_kind, object ret_args,
                object delay) except -1:
     """Scheduler.call"""
-    ctx = _get(sim, sd, "ctxs")[_get(sim, sd, "cur")]
-    _get(ctx, _cdict(ctx), "stack").append((ret_kind, ret_args))
-    return _cont(sim, sd, kind, args, delay, False)
+    ctx = _sg(sim, S_CTXS)[_sg(sim, S_CUR)]
+    _cg(ctx, C_STACK).append((ret_kind, ret_args))
+    return _cont(sim, kind, args, delay, False)
 
 
-cdef int _block(object sim, object sd, object kind, object args) except -1:
+cdef int _block(object sim, object kind, object args) except -1:
     """Scheduler.block"""
-    ctx = _get(sim, sd, "ctxs")[_get(sim, sd, "cur")]
-    _set(ctx, _cdict(ctx), "blocked", (kind, args))
-    return _set(sim, sd, "_decided", True)
+    ctx = _sg(sim, S_CTXS)[_sg(sim, S_CUR)]
+    _cs(ctx, C_BLOCKED, (kind, args))
+    return _ss(sim, S_DECIDED, True)
 
 
-cdef int _unblock(object sim, object sd, object name, object delay) except -1:
+cdef int _unblock(object sim, object name, object delay) except -1:
     """Scheduler.unblock"""
-    ctx = _get(sim, sd, "ctxs")[name]
-    cd = _cdict(ctx)
-    blocked = _get(ctx, cd, "blocked")
+    ctx = _sg(sim, S_CTXS)[name]
+    blocked = _cg(ctx, C_BLOCKED)
     if blocked is None:
         return 0
     kind, args = blocked
-    _set(ctx, cd, "blocked", None)
+    _cs(ctx, C_BLOCKED, None)
     if not kind:
-        stack = _get(ctx, cd, "stack")
+        stack = _cg(ctx, C_STACK)
         if not stack:
-            return _start_next(sim, sd, ctx, delay)
+            return _start_next(sim, ctx, delay)
         kind, args = stack.pop()
-    return _schedule(sim, sd, delay, name, kind, args)
+    return _schedule(sim, delay, name, kind, args)
 
 
-cdef int _post(object sim, object sd, object name, object kind, object args, object delay,
+cdef int _post(object sim, object name, object kind, object args, object delay,
                bint urgent) except -1:
     """Scheduler.post"""
-    ctx = _get(sim, sd, "ctxs")[name]
-    cd = _cdict(ctx)
-    if not _get(ctx, cd, "busy"):
-        _set(ctx, cd, "busy", True)
-        return _schedule(sim, sd, delay, name, kind, args)
+    ctx = _sg(sim, S_CTXS)[name]
+    if not _cg(ctx, C_BUSY):
+        _cs(ctx, C_BUSY, True)
+        return _schedule(sim, delay, name, kind, args)
     elif urgent:
-        _get(ctx, cd, "urgent").append((kind, args))
+        _cg(ctx, C_URGENT).append((kind, args))
     else:
-        _get(ctx, cd, "fifo").append((kind, args))
+        _cg(ctx, C_FIFO).append((kind, args))
     return 0
 
 
-cdef int _finish_step(object sim, object sd) except -1:
+cdef int _finish_step(object sim) except -1:
     """Scheduler.finish_step"""
-    if not _get(sim, sd, "cur") or _get(sim, sd, "_decided"):
+    if not _sg(sim, S_CUR) or _sg(sim, S_DECIDED):
         return 0
-    ctx = _get(sim, sd, "ctxs")[_get(sim, sd, "cur")]
-    cd = _cdict(ctx)
-    stack = _get(ctx, cd, "stack")
+    ctx = _sg(sim, S_CTXS)[_sg(sim, S_CUR)]
+    stack = _cg(ctx, C_STACK)
     if stack:
         kind, args = stack.pop()
-        return _schedule(sim, sd, _get(ctx, cd, "step_ns"), _get(ctx, cd, "name"), kind, args)
-    return _start_next(sim, sd, ctx, None)
+        return _schedule(sim, _cg(ctx, C_STEP_NS), _cg(ctx, C_NAME), kind, args)
+    return _start_next(sim, ctx, None)
 
 
 # -- the C entry points for the handler modules (_core.pxd) ------------------------------------
@@ -400,52 +374,52 @@ cdef int _finish_step(object sim, object sd) except -1:
 cdef int sched_cont(object sim, object kind, object args=(), object delay=None,
                     bint preemptible=False) except -1:
     """Scheduler.cont"""
-    if type(sim) is not FastScheduler:
+    if type(sim) is not _FastSched:
         sim.cont(kind, args, delay, preemptible)
         return 0
-    return _cont(sim, _sdict(sim), kind, args, delay, preemptible)
+    return _cont(sim, kind, args, delay, preemptible)
 
 
 cdef int sched_call(object sim, object kind, object args, object ret_kind, object ret_args=(),
                     object delay=None) except -1:
     """Scheduler.call"""
-    if type(sim) is not FastScheduler:
+    if type(sim) is not _FastSched:
         sim.call(kind, args, ret_kind, ret_args, delay)
         return 0
-    return _call(sim, _sdict(sim), kind, args, ret_kind, ret_args, delay)
+    return _call(sim, kind, args, ret_kind, ret_args, delay)
 
 
 cdef int sched_block(object sim, object kind, object args=()) except -1:
     """Scheduler.block"""
-    if type(sim) is not FastScheduler:
+    if type(sim) is not _FastSched:
         sim.block(kind, args)
         return 0
-    return _block(sim, _sdict(sim), kind, args)
+    return _block(sim, kind, args)
 
 
 cdef int sched_unblock(object sim, object name, object delay=0) except -1:
     """Scheduler.unblock"""
-    if type(sim) is not FastScheduler:
+    if type(sim) is not _FastSched:
         sim.unblock(name, delay)
         return 0
-    return _unblock(sim, _sdict(sim), name, delay)
+    return _unblock(sim, name, delay)
 
 
 cdef int sched_post(object sim, object name, object kind, object args=(), object delay=0,
                     bint urgent=False) except -1:
     """Scheduler.post"""
-    if type(sim) is not FastScheduler:
+    if type(sim) is not _FastSched:
         sim.post(name, kind, args, delay, urgent)
         return 0
-    return _post(sim, _sdict(sim), name, kind, args, delay, urgent)
+    return _post(sim, name, kind, args, delay, urgent)
 
 
 cdef int sched_at(object sim, object delay, object kind, object args=()) except -1:
     """Scheduler.at"""
-    if type(sim) is not FastScheduler:
+    if type(sim) is not _FastSched:
         sim.at(delay, kind, args)
         return 0
-    return _schedule(sim, _sdict(sim), delay, "", kind, args)
+    return _schedule(sim, delay, "", kind, args)
 
 
 def sched_op(sim, op, tuple a):
@@ -494,22 +468,22 @@ def sched_op(sim, op, tuple a):
         else:
             sched_at(sim, a[0], a[1], a[2])
     elif op == "finish_step":
-        _finish_step(sim, _sdict(sim) if type(sim) is FastScheduler else None)
+        _finish_step(sim)
     elif op == "pop":
-        return _pop(sim, _sdict(sim) if type(sim) is FastScheduler else None)
+        return _pop(sim)
     else:
         raise ValueError(f"unknown scheduler op {op!r}")
 
 
-cdef object _pop(object sim, object sd):
+cdef object _pop(object sim):
     """Scheduler.pop"""
-    q = _get(sim, sd, "queue")
+    q = _sg(sim, S_QUEUE)
     if not q:
         return None
     ev = _heappop(q)
-    _set(sim, sd, "now", ev[0])
-    _set(sim, sd, "cur", ev[2])
-    _set(sim, sd, "_decided", False)
+    _ss(sim, S_NOW, ev[0])
+    _ss(sim, S_CUR, ev[2])
+    _ss(sim, S_DECIDED, False)
     return ev
 
 
@@ -518,52 +492,57 @@ class FastScheduler(Scheduler):
     machine's scheduler to this class while it runs; it pickles and copies as a plain
     Scheduler, so checkpoints taken on either engine are the same."""
 
+    __slots__ = ()
+
     def __reduce_ex__(self, proto):
-        # a plain Scheduler with this state (copyreg._reconstructor: object.__new__(Scheduler))
-        return (_copyreg._reconstructor, (_Scheduler, object, None), self.__dict__)
+        # a plain Scheduler with this state (copyreg._reconstructor: object.__new__(Scheduler),
+        # then its slots set from the (None, {slot: value}) state)
+        slots = {n: getattr(self, n) for n in _Scheduler.__slots__ if hasattr(self, n)}
+        return (_copyreg._reconstructor, (_Scheduler, object, None), (None, slots))
 
     def _schedule(self, delay, ctx, kind, args):
         """Scheduler._schedule"""
-        _schedule(self, _sdict(self), delay, ctx, kind, args)
+        _schedule(self, delay, ctx, kind, args)
 
     def pop(self):
         """Scheduler.pop"""
-        return _pop(self, _sdict(self))
+        return _pop(self)
 
     def cont(self, kind, args=(), delay=None, preemptible=False):
         """Scheduler.cont"""
-        _cont(self, _sdict(self), kind, args, delay, preemptible)
+        _cont(self, kind, args, delay, preemptible)
 
     def call(self, kind, args, ret_kind, ret_args=(), delay=None):
         """Scheduler.call"""
-        _call(self, _sdict(self), kind, args, ret_kind, ret_args, delay)
+        _call(self, kind, args, ret_kind, ret_args, delay)
 
     def block(self, kind, args=()):
         """Scheduler.block"""
-        _block(self, _sdict(self), kind, args)
+        _block(self, kind, args)
 
     def unblock(self, name, delay=0):
         """Scheduler.unblock"""
-        _unblock(self, _sdict(self), name, delay)
+        _unblock(self, name, delay)
 
     def post(self, name, kind, args=(), delay=0, urgent=False):
         """Scheduler.post"""
-        _post(self, _sdict(self), name, kind, args, delay, urgent)
+        _post(self, name, kind, args, delay, urgent)
 
     def at(self, delay, kind, args=()):
         """Scheduler.at"""
-        _schedule(self, _sdict(self), delay, "", kind, args)
+        _schedule(self, delay, "", kind, args)
 
     def finish_step(self):
         """Scheduler.finish_step"""
-        _finish_step(self, _sdict(self))
+        _finish_step(self)
 
     def _start_next(self, ctx, delay=None):
         """Scheduler._start_next"""
-        _start_next(self, _sdict(self), ctx, delay)
+        _start_next(self, ctx, delay)
 
 
-_SCHED_DICT = _plain_attrs(FastScheduler, ("now", "seq", "queue", "ctxs", "cur", "_decided"))
+_FastSched = FastScheduler
+_SCHED_SLOTS = slot_offsets(FastScheduler, _SN, _SO)
 
 
 # == guest memory ================================================================================
@@ -813,15 +792,14 @@ cdef object _step(object m):
     cdef PyObject* o
     cdef _Kind r
     sim = sget(m, _Machine, _MO[0], "sim")
-    sd = _sdict(sim) if type(sim) is FastScheduler else None
-    q = _get(sim, sd, "queue")
+    q = _sg(sim, S_QUEUE)
     if not q:
         return None
     ev = _heappop(q)
     time, _seq, ctx, kind, args = <tuple>ev
-    _set(sim, sd, "now", time)
-    _set(sim, sd, "cur", ctx)
-    _set(sim, sd, "_decided", False)
+    _ss(sim, S_NOW, time)
+    _ss(sim, S_CUR, ctx)
+    _ss(sim, S_DECIDED, False)
     entry = _REGISTRY[kind]
     o = PyDict_GetItemWithError(_RESOLVED, kind)
     if o != NULL and (<_Kind>o).entry is entry:
@@ -842,7 +820,7 @@ cdef object _step(object m):
             rec.detail = detail
     finally:
         _log_cur(log, None)
-    _finish_step(sim, sd)
+    _finish_step(sim)
     sset(m, _Machine, _MO[1], "steps", sget(m, _Machine, _MO[1], "steps") + 1)
     return rec
 
@@ -1182,8 +1160,8 @@ def fast_paths():
     """Which exact shortcuts this build takes (all True unless emu's classes changed shape):
     Step records and EffectLog.cur stored slot by slot, Scheduler and Ctx attributes read from
     their __dict__."""
-    return {"step_slots": bool(_STEP_DIRECT), "scheduler_dict": bool(_SCHED_DICT),
-            "ctx_dict": bool(_CTX_DICT), "effectlog_slot": bool(_LOG_SLOT)}
+    return {"step_slots": bool(_STEP_DIRECT), "scheduler_slots": bool(_SCHED_SLOTS),
+            "ctx_slots": bool(_CTX_SLOTS), "effectlog_slot": bool(_LOG_SLOT)}
 
 
 def slot_access(cls, tuple names, obj, Py_ssize_t i, *value):

@@ -13,7 +13,7 @@ from heapq import heappop, heappush
 Frame = tuple  # (kind: str, args: tuple)
 
 
-@dataclass
+@dataclass(slots=True)
 class Ctx:
     """One serial executor: the running task's return stack and the tasks waiting their turn."""
     name: str
@@ -33,6 +33,8 @@ class Ctx:
 
 class Scheduler:
     """The event queue and the context rules; handlers steer it with cont/call/post/block."""
+
+    __slots__ = ("now", "seq", "queue", "ctxs", "cur", "_decided")   # (the compiled engine reads them at their offsets)
 
     def __init__(self) -> None:
         self.now = 0
