@@ -24,17 +24,21 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeASCII
+from cpython.object cimport PyObject
 from libc.stdint cimport uint8_t, uint64_t
 from emu_fast._core cimport sched_block, sched_call, sched_cont, sched_post
+from emu_fast._slots cimport slot_offsets, sget, sset, vbs_peek
 
 import struct as _struct
 
 from emu.guest import virtio_blk as _vb
 from emu.guest import vring as _vr
-from emu.guest.state import VBLK_PDU_SIZE as _PDU_SIZE_PY
+from emu.guest.state import VBLK_PDU_SIZE as _PDU_SIZE_PY, BlkMq, DriverVq, Guest
+from emu.machine import Machine
 from emu.mem.guest_memory import GuestMemory, PAGE_SHIFT as _GM_PAGE_SHIFT
 from emu.spec import blk as B
 from emu.spec import virtio as V
+from emu.sim.steps import EffectLog, Step
 
 from emu_fast import _support as _SUP
 from emu_fast._fmt cimport _dec, _hex, _hexll, _ll, _pdec, _phex, _pstr
@@ -42,6 +46,56 @@ from emu_fast._fmt cimport _dec, _hex, _hexll, _ll, _pdec, _phex, _pstr
 PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
 
 cdef object _GuestMemory = GuestMemory
+
+# The emulator state's members, read and written at their __slots__ offsets
+# (emu_fast/_slots.pxd): sget(o, cls, table[index], "name") is o.name, sset(...) o.name = v.
+cdef object _Machine = Machine
+cdef object _Guest = Guest
+cdef object _DriverVq = DriverVq
+cdef object _BlkMq = BlkMq
+cdef object _EffectLog = EffectLog
+cdef object _Step = Step
+cdef enum:      # Machine, in the order of the names given to slot_offsets below
+    M_GUEST, M_MEM, M_SIM, M_PAGES, M_COUNTERS, M_TRANSPORT, M_TIMING, M_CUR, M_LOG, M_NMEMB
+cdef enum:      # Guest
+    G_VQ, G_BLKMQ, G_KICK_NEEDED, G_DONE_COUNT, G_PDU_BASE, G_VQ_LOCKED, G_NMEMB
+cdef enum:      # DriverVq
+    VQ_INDEX, VQ_NUM, VQ_DESC, VQ_AVAIL, VQ_USED, VQ_NOTIFY_OFF, VQ_FREE_HEAD, VQ_NUM_FREE,
+    VQ_NUM_ADDED, VQ_LAST_USED_IDX, VQ_AVAIL_IDX_SHADOW, VQ_AVAIL_FLAGS_SHADOW, VQ_EVENT,
+    VQ_INDIRECT, VQ_BROKEN, VQ_EVENT_TRIGGERED, VQ_DESC_DATA, VQ_DESC_INDIR, VQ_EXTRA_NEXT,
+    VQ_EXTRA_LEN, VQ_EXTRA_FLAGS, VQ_NMEMB
+cdef enum:      # BlkMq
+    Q_RQS, Q_STOPPED, Q_LAST_RET, Q_RUN_WORK_PENDING, Q_NMEMB
+cdef enum:      # GuestMemory
+    GM_SIZE, GM_RAM, GM_NMEMB
+cdef Py_ssize_t _M[M_NMEMB]
+cdef Py_ssize_t _G[G_NMEMB]
+cdef Py_ssize_t _VQ[VQ_NMEMB]
+cdef Py_ssize_t _Q[Q_NMEMB]
+cdef Py_ssize_t _GM[GM_NMEMB]
+cdef Py_ssize_t _LOG[1]         # EffectLog.cur
+cdef Py_ssize_t _STEP[1]        # Step.facts
+_M_NAMES = ("guest", "mem", "sim", "pages", "counters", "transport", "timing", "cur", "log")
+_G_NAMES = ("vq", "blkmq", "kick_needed", "done_count", "pdu_base", "vq_locked")
+_VQ_NAMES = ("index", "num", "desc", "avail", "used", "notify_off", "free_head", "num_free",
+             "num_added", "last_used_idx", "avail_idx_shadow", "avail_flags_shadow", "event",
+             "indirect", "broken", "event_triggered", "desc_data", "desc_indir", "extra_next",
+             "extra_len", "extra_flags")
+_Q_NAMES = ("rqs", "stopped", "last_ret", "run_work_pending")
+_GM_NAMES = ("size", "ram")
+assert (len(_M_NAMES), len(_G_NAMES), len(_VQ_NAMES), len(_Q_NAMES), len(_GM_NAMES)) == (
+    M_NMEMB, G_NMEMB, VQ_NMEMB, Q_NMEMB, GM_NMEMB)
+# which classes' members this module reads at their offsets (emu_fast.slot_paths())
+SLOT_PATHS = {
+    "Machine": slot_offsets(_Machine, _M_NAMES, _M),
+    "Guest": slot_offsets(_Guest, _G_NAMES, _G),
+    "DriverVq": slot_offsets(_DriverVq, _VQ_NAMES, _VQ),
+    "BlkMq": slot_offsets(_BlkMq, _Q_NAMES, _Q),
+    "GuestMemory": slot_offsets(_GuestMemory, _GM_NAMES, _GM),
+    "EffectLog": slot_offsets(_EffectLog, ("cur",), _LOG),
+    "Step": slot_offsets(_Step, ("facts",), _STEP),
+}
+
 cdef object _DESC_PACK = _vr._DESC.pack        # "<QIHH"
 cdef object _bad_ring = _vr._bad_ring
 cdef object _desc_flag_names = V.desc_flag_names
@@ -102,10 +156,10 @@ cdef inline object _ram(object mem, long long g, long long n):
     cdef long long size
     if type(mem) is not _GuestMemory or g < 0:
         return None
-    size = mem.size
+    size = sget(mem, _GuestMemory, _GM[GM_SIZE], "size")
     if g + n > size:
         return None
-    ram = mem.ram
+    ram = sget(mem, _GuestMemory, _GM[GM_RAM], "ram")
     if (type(ram) is not bytearray
             or ((((g + n - 1) >> PAGE_SHIFT) + 1) << PAGE_SHIFT) > PyByteArray_GET_SIZE(ram)):
         return None
@@ -233,46 +287,60 @@ def pack_desc(addr, length, flags, nxt):
     return _desc_bytes(addr, length, flags, nxt)
 
 
+cdef inline object _machine_cur(object m):
+    """getattr(m, "cur", None) (Machine.cur read at its offset, as sget does)"""
+    cdef PyObject* p
+    if _M[M_CUR] >= 0 and type(m) is _Machine:
+        p = vbs_peek(m, _M[M_CUR])
+        if p != NULL:
+            return <object>p
+    return getattr(m, "cur", None)
+
+
 cdef inline void _add_fact(object m, tuple fact) except *:
     """emu.sim.steps.add_fact"""
-    rec = getattr(m, "cur", None)
-    if rec is not None and m.log.cur is not None:
-        rec.facts.append(fact)
+    rec = _machine_cur(m)
+    if (rec is not None and
+            sget(sget(m, _Machine, _M[M_LOG], "log"), _EffectLog, _LOG[0], "cur") is not None):
+        sget(rec, _Step, _STEP[0], "facts").append(fact)
 
 
 # == drivers/virtio/virtio_ring.c ===============================================================
 
 def add_split(m, rid):
     """emu.guest.vring.add_split"""
-    g = m.guest
-    vq = g.vq
-    rq = g.blkmq.rqs[rid]
+    g = sget(m, _Machine, _M[M_GUEST], "guest")
+    vq = sget(g, _Guest, _G[G_VQ], "vq")
+    rq = sget(sget(g, _Guest, _G[G_BLKMQ], "blkmq"), _BlkMq, _Q[Q_RQS], "rqs")[rid]
     sgs = rq["sgs"]
     total = len(sgs)
-    if vq.broken:
+    if sget(vq, _DriverVq, _VQ[VQ_BROKEN], "broken"):
         rq["add_err"] = "EIO"
         return "queue is broken: -EIO"
-    indirect = vq.indirect and total > 1 and vq.num_free > 0
+    indirect = (sget(vq, _DriverVq, _VQ[VQ_INDIRECT], "indirect") and total > 1
+                and sget(vq, _DriverVq, _VQ[VQ_NUM_FREE], "num_free") > 0)
     table = 0
     note = ""
     if indirect:
-        table = _SUP.kmalloc(m.pages, DESC_SIZE * total) or 0
+        table = _SUP.kmalloc(sget(m, _Machine, _M[M_PAGES], "pages"), DESC_SIZE * total) or 0
         if not table:
             indirect = False
             note = "kmalloc of the indirect table failed: falling back to direct descriptors; "
     used = 1 if indirect else total
-    if vq.num_free < used:
+    if sget(vq, _DriverVq, _VQ[VQ_NUM_FREE], "num_free") < used:
         rq["add_err"] = "ENOSPC"
         if rq["out_sgs"]:
-            sched_cont(m.sim, "vring.notify", (1,))
-            return (note + f"need {_dec(used)} descriptors, {_dec(vq.num_free)} free: forced notify "
+            sched_cont(sget(m, _Machine, _M[M_SIM], "sim"), "vring.notify", (1,))
+            return (note + f"need {_dec(used)} descriptors, "
+                    f"{_dec(sget(vq, _DriverVq, _VQ[VQ_NUM_FREE], 'num_free'))} free: forced notify "
                     "('for historical reasons'), then -ENOSPC")
-        return note + f"need {_dec(used)} descriptors, {_dec(vq.num_free)} free: -ENOSPC"
-    head = vq.free_head
+        return (note + f"need {_dec(used)} descriptors, "
+                f"{_dec(sget(vq, _DriverVq, _VQ[VQ_NUM_FREE], 'num_free'))} free: -ENOSPC")
+    head = sget(vq, _DriverVq, _VQ[VQ_FREE_HEAD], "free_head")
     rq["add"] = {"indirect": indirect, "table": table, "k": 0, "i": 0 if indirect else head,
                  "head": head, "used": used}
     rq["table"] = table
-    sched_cont(m.sim, "vring.add_desc", (rid,))
+    sched_cont(sget(m, _Machine, _M[M_SIM], "sim"), "vring.add_desc", (rid,))
     if indirect:
         return note + f"{total} sg entries -> indirect table of {total} descriptors at {_hex(table)}"
     return note + f"{total} sg entries -> {total} ring descriptors from free_head {_dec(head)}"
@@ -282,9 +350,9 @@ def add_desc(m, rid):
     """emu.guest.vring.add_desc (write_desc inlined)"""
     cdef long long flags, written, base, ci
     cdef bint ind, last
-    g = m.guest
-    vq = g.vq
-    rq = g.blkmq.rqs[rid]
+    g = sget(m, _Machine, _M[M_GUEST], "guest")
+    vq = sget(g, _Guest, _G[G_VQ], "vq")
+    rq = sget(sget(g, _Guest, _G[G_BLKMQ], "blkmq"), _BlkMq, _Q[Q_RQS], "rqs")[rid]
     st = rq["add"]
     k = st["k"]
     sgs = rq["sgs"]
@@ -298,11 +366,11 @@ def add_desc(m, rid):
         base = table
         nxt = i + 1
     else:
-        base = vq.desc
-        nxt = vq.extra_next[i]
-        vq.extra_len[i] = length
-        vq.extra_flags[i] = flags
-    mem = m.mem
+        base = sget(vq, _DriverVq, _VQ[VQ_DESC], "desc")
+        nxt = sget(vq, _DriverVq, _VQ[VQ_EXTRA_NEXT], "extra_next")[i]
+        sget(vq, _DriverVq, _VQ[VQ_EXTRA_LEN], "extra_len")[i] = length
+        sget(vq, _DriverVq, _VQ[VQ_EXTRA_FLAGS], "extra_flags")[i] = flags
+    mem = sget(m, _Machine, _M[M_MEM], "mem")
     _wr(mem, base + DESC_SIZE * ci, _desc_bytes(gpa, length, flags, nxt))
     last = k == len(sgs) - 1
     role = rq["roles"][k]
@@ -310,21 +378,22 @@ def add_desc(m, rid):
         written = flags & ~F_NEXT
         _wr(mem, base + DESC_SIZE * ci, _desc_bytes(gpa, length, written, nxt))
         if not ind:
-            vq.extra_flags[i] = written
+            sget(vq, _DriverVq, _VQ[VQ_EXTRA_FLAGS], "extra_flags")[i] = written
         st["prev"] = i
-        sched_cont(m.sim, "vring.add_head" if ind else "vring.add_avail", (rid,))
+        sched_cont(sget(m, _Machine, _M[M_SIM], "sim"),
+                   "vring.add_head" if ind else "vring.add_avail", (rid,))
     else:
         written = flags
         st["k"] = k + 1
         st["i"] = nxt
-        sched_cont(m.sim, "vring.add_desc", (rid,))
+        sched_cont(sget(m, _Machine, _M[M_SIM], "sim"), "vring.add_desc", (rid,))
     # for breakpoints: the descriptor as this step left it (ring slot i, or entry i of the table)
     if ind:
-        _add_fact(m, ("desc", "add", vq.index, None, table, i, st["head"], gpa, length, written,
-                      nxt, rid))
+        _add_fact(m, ("desc", "add", sget(vq, _DriverVq, _VQ[VQ_INDEX], "index"), None, table, i,
+                      st["head"], gpa, length, written, nxt, rid))
     else:
-        _add_fact(m, ("desc", "add", vq.index, i, None, None, st["head"], gpa, length, written,
-                      nxt, rid))
+        _add_fact(m, ("desc", "add", sget(vq, _DriverVq, _VQ[VQ_INDEX], "index"), i, None, None,
+                      st["head"], gpa, length, written, nxt, rid))
     return _desc_detail(ind, ci, gpa, length, written, nxt, role, last)
 
 
@@ -333,20 +402,23 @@ def add_head(m, rid):
     cdef long long length, chead, ta, nx
     cdef char buf[128]
     cdef int n
-    vq = m.guest.vq
-    rq = m.guest.blkmq.rqs[rid]
+    g = sget(m, _Machine, _M[M_GUEST], "guest")             # m.guest, read once for both
+    vq = sget(g, _Guest, _G[G_VQ], "vq")
+    rq = sget(sget(g, _Guest, _G[G_BLKMQ], "blkmq"), _BlkMq, _Q[Q_RQS], "rqs")[rid]
     st = rq["add"]
     head = st["head"]
     chead = head
     length = DESC_SIZE * len(rq["sgs"])
-    nxt = vq.extra_next[head]
+    nxt = sget(vq, _DriverVq, _VQ[VQ_EXTRA_NEXT], "extra_next")[head]
     table = st["table"]
-    _wr(m.mem, vq.desc + DESC_SIZE * chead, _desc_bytes(table, length, F_INDIRECT, nxt))
-    _add_fact(m, ("desc", "add", vq.index, head, None, None, head, table, length,
-                  F_INDIRECT, nxt, rid))
-    vq.extra_len[head] = length
-    vq.extra_flags[head] = F_INDIRECT
-    sched_cont(m.sim, "vring.add_avail", (rid,))
+    _wr(sget(m, _Machine, _M[M_MEM], "mem"),
+        sget(vq, _DriverVq, _VQ[VQ_DESC], "desc") + DESC_SIZE * chead,
+        _desc_bytes(table, length, F_INDIRECT, nxt))
+    _add_fact(m, ("desc", "add", sget(vq, _DriverVq, _VQ[VQ_INDEX], "index"), head, None, None,
+                  head, table, length, F_INDIRECT, nxt, rid))
+    sget(vq, _DriverVq, _VQ[VQ_EXTRA_LEN], "extra_len")[head] = length
+    sget(vq, _DriverVq, _VQ[VQ_EXTRA_FLAGS], "extra_flags")[head] = F_INDIRECT
+    sched_cont(sget(m, _Machine, _M[M_SIM], "sim"), "vring.add_avail", (rid,))
     if _ll(table, &ta) and ta >= 0 and _ll(nxt, &nx):
         n = _pstr(buf, "desc[")
         n += _pdec(buf + n, chead)
@@ -366,21 +438,24 @@ def add_avail(m, rid):
     cdef long long slot, h, nf, fh
     cdef char buf[96]
     cdef int n
-    vq = m.guest.vq
-    rq = m.guest.blkmq.rqs[rid]
+    g = sget(m, _Machine, _M[M_GUEST], "guest")             # m.guest, read once for both
+    vq = sget(g, _Guest, _G[G_VQ], "vq")
+    rq = sget(sget(g, _Guest, _G[G_BLKMQ], "blkmq"), _BlkMq, _Q[Q_RQS], "rqs")[rid]
     st = rq.pop("add")
     head = st["head"]
-    num_free = vq.num_free - st["used"]
-    vq.num_free = num_free
-    extra_next = vq.extra_next
+    num_free = sget(vq, _DriverVq, _VQ[VQ_NUM_FREE], "num_free") - st["used"]
+    sset(vq, _DriverVq, _VQ[VQ_NUM_FREE], "num_free", num_free)
+    extra_next = sget(vq, _DriverVq, _VQ[VQ_EXTRA_NEXT], "extra_next")
     free_head = extra_next[head] if st["indirect"] else extra_next[st["prev"]]
-    vq.free_head = free_head
-    vq.desc_data[head] = rid
-    vq.desc_indir[head] = st["table"]
+    sset(vq, _DriverVq, _VQ[VQ_FREE_HEAD], "free_head", free_head)
+    sget(vq, _DriverVq, _VQ[VQ_DESC_DATA], "desc_data")[head] = rid
+    sget(vq, _DriverVq, _VQ[VQ_DESC_INDIR], "desc_indir")[head] = st["table"]
     rq["head"] = head
-    slot = vq.avail_idx_shadow & (vq.num - 1)
-    _wr16(m.mem, vq.avail + AVAIL_RING + 2 * slot, head)
-    sched_cont(m.sim, "vring.add_publish", (rid,))
+    slot = (sget(vq, _DriverVq, _VQ[VQ_AVAIL_IDX_SHADOW], "avail_idx_shadow")
+            & (sget(vq, _DriverVq, _VQ[VQ_NUM], "num") - 1))
+    _wr16(sget(m, _Machine, _M[M_MEM], "mem"),
+          sget(vq, _DriverVq, _VQ[VQ_AVAIL], "avail") + AVAIL_RING + 2 * slot, head)
+    sched_cont(sget(m, _Machine, _M[M_SIM], "sim"), "vring.add_publish", (rid,))
     if _ll(head, &h) and _ll(num_free, &nf) and _ll(free_head, &fh):
         n = _pstr(buf, "avail.ring[")
         n += _pdec(buf + n, slot)
@@ -400,12 +475,15 @@ def add_publish(m, rid):
     cdef long long sh, h
     cdef char buf[128]
     cdef int n
-    vq = m.guest.vq
-    rq = m.guest.blkmq.rqs[rid]
-    shadow = (vq.avail_idx_shadow + 1) & 0xFFFF
-    vq.avail_idx_shadow = shadow
-    _wr16(m.mem, vq.avail + AVAIL_IDX, shadow)
-    vq.num_added += 1
+    g = sget(m, _Machine, _M[M_GUEST], "guest")             # m.guest, read once for both
+    vq = sget(g, _Guest, _G[G_VQ], "vq")
+    rq = sget(sget(g, _Guest, _G[G_BLKMQ], "blkmq"), _BlkMq, _Q[Q_RQS], "rqs")[rid]
+    shadow = (sget(vq, _DriverVq, _VQ[VQ_AVAIL_IDX_SHADOW], "avail_idx_shadow") + 1) & 0xFFFF
+    sset(vq, _DriverVq, _VQ[VQ_AVAIL_IDX_SHADOW], "avail_idx_shadow", shadow)
+    _wr16(sget(m, _Machine, _M[M_MEM], "mem"),
+          sget(vq, _DriverVq, _VQ[VQ_AVAIL], "avail") + AVAIL_IDX, shadow)
+    sset(vq, _DriverVq, _VQ[VQ_NUM_ADDED], "num_added",
+         sget(vq, _DriverVq, _VQ[VQ_NUM_ADDED], "num_added") + 1)
     rq["stage"] = "avail"
     rq["add_err"] = ""
     head = rq['head']
@@ -424,69 +502,85 @@ def kick_prepare(m, then_notify):
     """emu.guest.vring.kick_prepare"""
     cdef long long new, old, ev, flags
     cdef bint need
-    vq = m.guest.vq
-    new = vq.avail_idx_shadow
-    old = (new - vq.num_added) & 0xFFFF
-    vq.num_added = 0
-    if vq.event:
-        ev = _rd(m.mem, vq.used + USED_RING + USED_ELEM_SIZE * vq.num, 2)
+    vq = sget(sget(m, _Machine, _M[M_GUEST], "guest"), _Guest, _G[G_VQ], "vq")
+    new = sget(vq, _DriverVq, _VQ[VQ_AVAIL_IDX_SHADOW], "avail_idx_shadow")
+    old = (new - sget(vq, _DriverVq, _VQ[VQ_NUM_ADDED], "num_added")) & 0xFFFF
+    sset(vq, _DriverVq, _VQ[VQ_NUM_ADDED], "num_added", 0)
+    if sget(vq, _DriverVq, _VQ[VQ_EVENT], "event"):
+        ev = _rd(sget(m, _Machine, _M[M_MEM], "mem"),
+                 sget(vq, _DriverVq, _VQ[VQ_USED], "used") + USED_RING
+                 + USED_ELEM_SIZE * sget(vq, _DriverVq, _VQ[VQ_NUM], "num"), 2)
         need = ((new - ev - 1) & 0xFFFF) < ((new - old) & 0xFFFF)      # vring_need_event
         why = f"vring_need_event(avail_event={ev}, new={new}, old={old}) = {'true' if need else 'false'}"
     else:
-        flags = _rd(m.mem, vq.used + USED_FLAGS, 2)
+        flags = _rd(sget(m, _Machine, _M[M_MEM], "mem"),
+                    sget(vq, _DriverVq, _VQ[VQ_USED], "used") + USED_FLAGS, 2)
         need = not flags & USED_F_NO_NOTIFY
         why = f"used.flags = {_hexll(flags)}: " + ("notify" if need else "NO_NOTIFY")
-    m.guest.kick_needed = need
+    sset(sget(m, _Machine, _M[M_GUEST], "guest"), _Guest, _G[G_KICK_NEEDED], "kick_needed", need)
     if not need:
-        m.counters["kicks_suppressed"] += 1
+        sget(m, _Machine, _M[M_COUNTERS], "counters")["kicks_suppressed"] += 1
     if then_notify and need:
-        sched_cont(m.sim, "vring.notify", (0,))
+        sched_cont(sget(m, _Machine, _M[M_SIM], "sim"), "vring.notify", (0,))
     return why + ("" if need else "; no kick needed")
 
 
 def notify(m, forced):
     """emu.guest.vring.notify"""
-    vq = m.guest.vq
-    if vq.broken:
+    vq = sget(sget(m, _Machine, _M[M_GUEST], "guest"), _Guest, _G[G_VQ], "vq")
+    if sget(vq, _DriverVq, _VQ[VQ_BROKEN], "broken"):
         return "virtqueue_notify: queue broken, no notify"
-    _SUP.mmio_write(m.transport, m, vq.notify_off, 2, vq.index)
-    m.counters["kicks"] += 1
-    sched_post(m.sim, "qemu", "vpci.notify", (vq.notify_off,), m.timing.vmexit_ns)
-    sched_block(m.sim, "", ())
+    _SUP.mmio_write(sget(m, _Machine, _M[M_TRANSPORT], "transport"), m,
+                    sget(vq, _DriverVq, _VQ[VQ_NOTIFY_OFF], "notify_off"), 2,
+                    sget(vq, _DriverVq, _VQ[VQ_INDEX], "index"))
+    sget(m, _Machine, _M[M_COUNTERS], "counters")["kicks"] += 1
+    sched_post(sget(m, _Machine, _M[M_SIM], "sim"), "qemu", "vpci.notify",
+               (sget(vq, _DriverVq, _VQ[VQ_NOTIFY_OFF], "notify_off"),),
+               sget(m, _Machine, _M[M_TIMING], "timing").vmexit_ns)
+    sched_block(sget(m, _Machine, _M[M_SIM], "sim"), "", ())
     return (("forced " if forced else "") +
-            f"iowrite16({_dec(vq.index)}, BAR4+{_hex(vq.notify_off)}): VM exit to QEMU")
+            f"iowrite16({_dec(sget(vq, _DriverVq, _VQ[VQ_INDEX], 'index'))}, "
+            f"BAR4+{_hex(sget(vq, _DriverVq, _VQ[VQ_NOTIFY_OFF], 'notify_off'))}): VM exit to QEMU")
 
 
 def interrupt(m, vector):
     """emu.guest.vring.interrupt"""
     cdef long long used_idx
-    vq = m.guest.vq
-    used_idx = _rd(m.mem, vq.used + USED_IDX, 2)
-    if used_idx == vq.last_used_idx:
+    vq = sget(sget(m, _Machine, _M[M_GUEST], "guest"), _Guest, _G[G_VQ], "vq")
+    used_idx = _rd(sget(m, _Machine, _M[M_MEM], "mem"),
+                   sget(vq, _DriverVq, _VQ[VQ_USED], "used") + USED_IDX, 2)
+    if used_idx == sget(vq, _DriverVq, _VQ[VQ_LAST_USED_IDX], "last_used_idx"):
         return f"vector {_dec(vector)}: no new used buffers (last_used_idx {used_idx}): IRQ_NONE"
-    if vq.broken:
+    if sget(vq, _DriverVq, _VQ[VQ_BROKEN], "broken"):
         return "queue broken: interrupt ignored"
-    if vq.event:
-        vq.event_triggered = True
-    m.guest.done_count = 0
-    sched_cont(m.sim, "vblkd.done")
-    return (f"vector {_dec(vector)}: used.idx {used_idx} != last_used_idx {_dec(vq.last_used_idx)}: "
+    if sget(vq, _DriverVq, _VQ[VQ_EVENT], "event"):
+        sset(vq, _DriverVq, _VQ[VQ_EVENT_TRIGGERED], "event_triggered", True)
+    sset(sget(m, _Machine, _M[M_GUEST], "guest"), _Guest, _G[G_DONE_COUNT], "done_count", 0)
+    sched_cont(sget(m, _Machine, _M[M_SIM], "sim"), "vblkd.done")
+    return (f"vector {_dec(vector)}: used.idx {used_idx} != last_used_idx "
+            f"{_dec(sget(vq, _DriverVq, _VQ[VQ_LAST_USED_IDX], 'last_used_idx'))}: "
             "callback virtblk_done")
 
 
 def disable_cb(m):
     """emu.guest.vring.disable_cb"""
-    vq = m.guest.vq
-    sched_cont(m.sim, "vring.get_buf")
-    if vq.avail_flags_shadow & AVAIL_F_NO_INTERRUPT:
+    vq = sget(sget(m, _Machine, _M[M_GUEST], "guest"), _Guest, _G[G_VQ], "vq")
+    sched_cont(sget(m, _Machine, _M[M_SIM], "sim"), "vring.get_buf")
+    if sget(vq, _DriverVq, _VQ[VQ_AVAIL_FLAGS_SHADOW], "avail_flags_shadow") & AVAIL_F_NO_INTERRUPT:
         return "callbacks already disabled"
-    vq.avail_flags_shadow |= AVAIL_F_NO_INTERRUPT
-    if vq.event_triggered:
+    sset(vq, _DriverVq, _VQ[VQ_AVAIL_FLAGS_SHADOW], "avail_flags_shadow",
+         sget(vq, _DriverVq, _VQ[VQ_AVAIL_FLAGS_SHADOW], "avail_flags_shadow")
+         | AVAIL_F_NO_INTERRUPT)
+    if sget(vq, _DriverVq, _VQ[VQ_EVENT_TRIGGERED], "event_triggered"):
         return "shadow NO_INTERRUPT; event already triggered: no memory write"
-    if vq.event:
-        _wr16(m.mem, vq.avail + AVAIL_RING + 2 * vq.num, 0)
+    if sget(vq, _DriverVq, _VQ[VQ_EVENT], "event"):
+        _wr16(sget(m, _Machine, _M[M_MEM], "mem"),
+              sget(vq, _DriverVq, _VQ[VQ_AVAIL], "avail") + AVAIL_RING
+              + 2 * sget(vq, _DriverVq, _VQ[VQ_NUM], "num"), 0)
         return "used_event = 0 (\"a hack\")"
-    _wr16(m.mem, vq.avail + AVAIL_FLAGS, vq.avail_flags_shadow)
+    _wr16(sget(m, _Machine, _M[M_MEM], "mem"),
+          sget(vq, _DriverVq, _VQ[VQ_AVAIL], "avail") + AVAIL_FLAGS,
+          sget(vq, _DriverVq, _VQ[VQ_AVAIL_FLAGS_SHADOW], "avail_flags_shadow"))
     return "avail.flags = NO_INTERRUPT"
 
 
@@ -496,20 +590,20 @@ def get_buf(m):
     cdef long long used_idx, slot, a, uid, ulen, freed, last, num, r, nf
     cdef char buf[320]
     cdef int n
-    g = m.guest
-    vq = g.vq
-    sim = m.sim
-    if vq.broken:
+    g = sget(m, _Machine, _M[M_GUEST], "guest")
+    vq = sget(g, _Guest, _G[G_VQ], "vq")
+    sim = sget(m, _Machine, _M[M_SIM], "sim")
+    if sget(vq, _DriverVq, _VQ[VQ_BROKEN], "broken"):
         sched_cont(sim, "vring.enable_cb")
         return "queue broken: NULL"
-    mem = m.mem
-    used = vq.used
+    mem = sget(m, _Machine, _M[M_MEM], "mem")
+    used = sget(vq, _DriverVq, _VQ[VQ_USED], "used")
     used_idx = _rd(mem, used + USED_IDX, 2)
-    last = vq.last_used_idx
+    last = sget(vq, _DriverVq, _VQ[VQ_LAST_USED_IDX], "last_used_idx")
     if last == used_idx:
         sched_cont(sim, "vring.enable_cb")
         return f"last_used_idx == used.idx ({used_idx}): NULL"
-    num = vq.num
+    num = sget(vq, _DriverVq, _VQ[VQ_NUM], "num")
     slot = last & (num - 1)
     a = used + USED_RING + USED_ELEM_SIZE * slot
     uid = _rd(mem, a, 4)
@@ -518,23 +612,24 @@ def get_buf(m):
         _bad_ring(m, f"id {uid} out of range")
         sched_cont(sim, "vring.enable_cb")
         return f"used.ring[{slot}].id = {uid}: BAD_RING: id {uid} out of range (queue broken)"
-    rid = vq.desc_data[uid]
+    rid = sget(vq, _DriverVq, _VQ[VQ_DESC_DATA], "desc_data")[uid]
     if rid < 0:
         _bad_ring(m, f"id {uid} is not a head!")
         sched_cont(sim, "vring.enable_cb")
         return f"used.ring[{slot}].id = {uid}: BAD_RING: id {uid} is not a head! (queue broken)"
     freed = _detach_buf_split(m, vq, uid)
     last = (last + 1) & 0xFFFF
-    vq.last_used_idx = last
+    sset(vq, _DriverVq, _VQ[VQ_LAST_USED_IDX], "last_used_idx", last)
     note = ""
-    if not vq.avail_flags_shadow & AVAIL_F_NO_INTERRUPT:
-        _wr16(mem, vq.avail + AVAIL_RING + 2 * num, last)
+    if not sget(vq, _DriverVq, _VQ[VQ_AVAIL_FLAGS_SHADOW], "avail_flags_shadow") & AVAIL_F_NO_INTERRUPT:
+        _wr16(mem, sget(vq, _DriverVq, _VQ[VQ_AVAIL], "avail") + AVAIL_RING + 2 * num, last)
         note = f"; used_event = {last}"
-    g.done_count += 1
-    rq = g.blkmq.rqs[rid]
+    sset(g, _Guest, _G[G_DONE_COUNT], "done_count",
+         sget(g, _Guest, _G[G_DONE_COUNT], "done_count") + 1)
+    rq = sget(sget(g, _Guest, _G[G_BLKMQ], "blkmq"), _BlkMq, _Q[Q_RQS], "rqs")[rid]
     rq["used_len"] = ulen
     sched_cont(sim, "vblkd.request_done", (rid,))
-    nf_o = vq.num_free
+    nf_o = sget(vq, _DriverVq, _VQ[VQ_NUM_FREE], "num_free")
     if _ll(rid, &r) and _ll(nf_o, &nf):
         n = _pstr(buf, "used.ring[")
         n += _pdec(buf + n, slot)
@@ -559,26 +654,27 @@ def get_buf(m):
 cdef long long _detach_buf_split(object m, object vq, long long head) except -1:
     """emu.guest.vring.detach_buf_split (vq is m.guest.vq; its lists and num read once)"""
     cdef long long n, desc, num
-    vq.desc_data[head] = -1
+    sget(vq, _DriverVq, _VQ[VQ_DESC_DATA], "desc_data")[head] = -1
     i = head
     n = 1
-    mem = m.mem
-    desc = vq.desc
-    extra_next = vq.extra_next
-    num = vq.num
+    mem = sget(m, _Machine, _M[M_MEM], "mem")
+    desc = sget(vq, _DriverVq, _VQ[VQ_DESC], "desc")
+    extra_next = sget(vq, _DriverVq, _VQ[VQ_EXTRA_NEXT], "extra_next")
+    num = sget(vq, _DriverVq, _VQ[VQ_NUM], "num")
     while _rd(mem, desc + DESC_SIZE * i + 12, 2) & F_NEXT:
         i = extra_next[i]
         n += 1
         if n > num:
             _bad_ring(m, f"detach_buf_split: chain from {head} loops (shared NEXT flags corrupted)")
             break
-    extra_next[i] = vq.free_head
-    vq.free_head = head
-    vq.num_free += n
-    desc_indir = vq.desc_indir
+    extra_next[i] = sget(vq, _DriverVq, _VQ[VQ_FREE_HEAD], "free_head")
+    sset(vq, _DriverVq, _VQ[VQ_FREE_HEAD], "free_head", head)
+    sset(vq, _DriverVq, _VQ[VQ_NUM_FREE], "num_free",
+         sget(vq, _DriverVq, _VQ[VQ_NUM_FREE], "num_free") + n)
+    desc_indir = sget(vq, _DriverVq, _VQ[VQ_DESC_INDIR], "desc_indir")
     table = desc_indir[head]
     if table:
-        _SUP.kfree(m.pages, table)
+        _SUP.kfree(sget(m, _Machine, _M[M_PAGES], "pages"), table)
         desc_indir[head] = 0
     return n
 
@@ -586,60 +682,74 @@ cdef long long _detach_buf_split(object m, object vq, long long head) except -1:
 def enable_cb(m):
     """emu.guest.vring.enable_cb"""
     cdef long long used_idx
-    vq = m.guest.vq
-    vq.event_triggered = False
+    vq = sget(sget(m, _Machine, _M[M_GUEST], "guest"), _Guest, _G[G_VQ], "vq")
+    sset(vq, _DriverVq, _VQ[VQ_EVENT_TRIGGERED], "event_triggered", False)
     note = ""
-    if vq.avail_flags_shadow & AVAIL_F_NO_INTERRUPT:
-        vq.avail_flags_shadow &= ~AVAIL_F_NO_INTERRUPT
-        if not vq.event:
-            _wr16(m.mem, vq.avail + AVAIL_FLAGS, vq.avail_flags_shadow)
+    if sget(vq, _DriverVq, _VQ[VQ_AVAIL_FLAGS_SHADOW], "avail_flags_shadow") & AVAIL_F_NO_INTERRUPT:
+        sset(vq, _DriverVq, _VQ[VQ_AVAIL_FLAGS_SHADOW], "avail_flags_shadow",
+             sget(vq, _DriverVq, _VQ[VQ_AVAIL_FLAGS_SHADOW], "avail_flags_shadow")
+             & ~AVAIL_F_NO_INTERRUPT)
+        if not sget(vq, _DriverVq, _VQ[VQ_EVENT], "event"):
+            _wr16(sget(m, _Machine, _M[M_MEM], "mem"),
+                  sget(vq, _DriverVq, _VQ[VQ_AVAIL], "avail") + AVAIL_FLAGS,
+                  sget(vq, _DriverVq, _VQ[VQ_AVAIL_FLAGS_SHADOW], "avail_flags_shadow"))
             note = "avail.flags = 0; "
-    _wr16(m.mem, vq.avail + AVAIL_RING + 2 * vq.num, vq.last_used_idx)
-    used_idx = _rd(m.mem, vq.used + USED_IDX, 2)
-    if used_idx != vq.last_used_idx and not vq.broken:
-        sched_cont(m.sim, "vring.disable_cb")
-        return (note + f"used_event = {_dec(vq.last_used_idx)}; virtio_mb; used.idx {used_idx}: "
-                "more work, loop")
-    sched_cont(m.sim, "vblkd.done_end")
-    return note + f"used_event = {_dec(vq.last_used_idx)}; virtio_mb; used.idx {used_idx}: done"
+    _wr16(sget(m, _Machine, _M[M_MEM], "mem"),
+          sget(vq, _DriverVq, _VQ[VQ_AVAIL], "avail") + AVAIL_RING
+          + 2 * sget(vq, _DriverVq, _VQ[VQ_NUM], "num"),
+          sget(vq, _DriverVq, _VQ[VQ_LAST_USED_IDX], "last_used_idx"))
+    used_idx = _rd(sget(m, _Machine, _M[M_MEM], "mem"),
+                   sget(vq, _DriverVq, _VQ[VQ_USED], "used") + USED_IDX, 2)
+    if (used_idx != sget(vq, _DriverVq, _VQ[VQ_LAST_USED_IDX], "last_used_idx")
+            and not sget(vq, _DriverVq, _VQ[VQ_BROKEN], "broken")):
+        sched_cont(sget(m, _Machine, _M[M_SIM], "sim"), "vring.disable_cb")
+        return (note + f"used_event = {_dec(sget(vq, _DriverVq, _VQ[VQ_LAST_USED_IDX], 'last_used_idx'))}; "
+                f"virtio_mb; used.idx {used_idx}: more work, loop")
+    sched_cont(sget(m, _Machine, _M[M_SIM], "sim"), "vblkd.done_end")
+    return (note + f"used_event = {_dec(sget(vq, _DriverVq, _VQ[VQ_LAST_USED_IDX], 'last_used_idx'))}; "
+            f"virtio_mb; used.idx {used_idx}: done")
 
 
 # == drivers/block/virtio_blk.c =================================================================
 
 def queue_rq(m, rid, last):
     """emu.guest.virtio_blk.queue_rq"""
-    rq = m.guest.blkmq.rqs[rid]
+    rq = sget(sget(sget(m, _Machine, _M[M_GUEST], "guest"), _Guest, _G[G_BLKMQ], "blkmq"),
+              _BlkMq, _Q[Q_RQS], "rqs")[rid]
     rq["last"] = bool(last)
-    m.guest.kick_needed = False
-    sched_cont(m.sim, "vblkd.setup_cmd", (rid,))
+    sset(sget(m, _Machine, _M[M_GUEST], "guest"), _Guest, _G[G_KICK_NEEDED], "kick_needed", False)
+    sched_cont(sget(m, _Machine, _M[M_SIM], "sim"), "vblkd.setup_cmd", (rid,))
     return (f"request {_dec(rid)} (tag {_dec(rq['tag'])}, {rq['op']} sector {_dec(rq['sector'])}), "
             f"bd->last = {'True' if last else 'False'}")
 
 
 def setup_cmd(m, rid):
     """emu.guest.virtio_blk.setup_cmd"""
-    rq = m.guest.blkmq.rqs[rid]
-    pdu = m.guest.pdu_base + rq["tag"] * PDU_SIZE                  # pdu_of
+    rq = sget(sget(sget(m, _Machine, _M[M_GUEST], "guest"), _Guest, _G[G_BLKMQ], "blkmq"),
+              _BlkMq, _Q[Q_RQS], "rqs")[rid]
+    pdu = (sget(sget(m, _Machine, _M[M_GUEST], "guest"), _Guest, _G[G_PDU_BASE], "pdu_base")
+           + rq["tag"] * PDU_SIZE)                                  # pdu_of
     rq["pdu"] = pdu
     op = rq["op"]
     if op == "DRV_IN":
-        sched_cont(m.sim, "vblkd.map_data", (rid,))
+        sched_cont(sget(m, _Machine, _M[M_SIM], "sim"), "vblkd.map_data", (rid,))
         return "REQ_OP_DRV_IN: out header already prepared by virtblk_get_id"
     typ = _TYPE_OF[op]
     sector = rq["sector"] if op in ("READ", "WRITE") else 0
-    _wr(m.mem, pdu, _HDR_PACK(typ, 0, sector))
+    _wr(sget(m, _Machine, _M[M_MEM], "mem"), pdu, _HDR_PACK(typ, 0, sector))
     detail = f"out_hdr @{_hex(pdu)} = {{type {_TYPE_NAMES[typ]}, ioprio 0, sector {_dec(sector)}}}"
     if op in ("DISCARD", "WRITE_ZEROES"):
-        rng = _SUP.kmalloc(m.pages, DWZ_SEG_SIZE)
+        rng = _SUP.kmalloc(sget(m, _Machine, _M[M_PAGES], "pages"), DWZ_SEG_SIZE)
         if rng is None:
-            m.guest.blkmq.last_ret = "RESOURCE"
+            sset(sget(sget(m, _Machine, _M[M_GUEST], "guest"), _Guest, _G[G_BLKMQ], "blkmq"),
+                 _BlkMq, _Q[Q_LAST_RET], "last_ret", "RESOURCE")
             return detail + "; kmalloc of the range failed: BLK_STS_RESOURCE"
         flags = WZ_FLAG_UNMAP if rq.get("unmap") else 0
-        _wr(m.mem, rng, _DWZ_PACK(rq["sector"], rq["bytes"] >> 9, flags))
+        _wr(sget(m, _Machine, _M[M_MEM], "mem"), rng, _DWZ_PACK(rq["sector"], rq["bytes"] >> 9, flags))
         rq["payload"] = rng
         detail += (f"; range @{_hex(rng)} = {{sector {_dec(rq['sector'])}, {_dec(rq['bytes'] >> 9)} sectors, "
                    f"flags {flags}}}")
-    sched_cont(m.sim, "vblkd.map_data", (rid,))
+    sched_cont(sget(m, _Machine, _M[M_SIM], "sim"), "vblkd.map_data", (rid,))
     return detail
 
 
@@ -649,7 +759,8 @@ def map_data(m, rid):
     cdef list sgs = []
     cdef Py_ssize_t n_sgs
     cdef bint have = False               # sgs[-1] of the Python code is (cur_a, cur_n)
-    rq = m.guest.blkmq.rqs[rid]
+    rq = sget(sget(sget(m, _Machine, _M[M_GUEST], "guest"), _Guest, _G[G_BLKMQ], "blkmq"),
+              _BlkMq, _Q[Q_RQS], "rqs")[rid]
     if rq.get("payload"):
         sgs = [(rq["payload"], DWZ_SEG_SIZE)]
     else:
@@ -666,7 +777,7 @@ def map_data(m, rid):
         if have:
             sgs.append((cur_a, cur_n))
     rq["data_sgs"] = sgs
-    sched_cont(m.sim, "blkmq.start_request", (rid,))
+    sched_cont(sget(m, _Machine, _M[M_SIM], "sim"), "blkmq.start_request", (rid,))
     n_sgs = len(sgs)
     if not n_sgs:
         return "0 data segment(s)"
@@ -677,9 +788,9 @@ def add_req(m, rid):
     """emu.guest.virtio_blk.add_req"""
     cdef Py_ssize_t n_out = 1, n_in = 1
     cdef bint is_out
-    g = m.guest
-    rq = g.blkmq.rqs[rid]
-    g.vq_locked = True
+    g = sget(m, _Machine, _M[M_GUEST], "guest")
+    rq = sget(sget(g, _Guest, _G[G_BLKMQ], "blkmq"), _BlkMq, _Q[Q_RQS], "rqs")[rid]
+    sset(g, _Guest, _G[G_VQ_LOCKED], "vq_locked", True)
     pdu = rq["pdu"]
     is_out = bool(_TYPE_OF.get(rq["op"], T_GET_ID) & T_OUT)
     sgs = [(pdu, OUTHDR_SIZE, False)]
@@ -697,55 +808,60 @@ def add_req(m, rid):
     rq["sgs"] = sgs
     rq["roles"] = roles
     rq["out_sgs"] = 2 if is_out and rq["data_sgs"] else 1
-    sched_call(m.sim, "vring.add_split", (rid,), "vblkd.add_ret", (rid,))
+    sched_call(sget(m, _Machine, _M[M_SIM], "sim"), "vring.add_split", (rid,), "vblkd.add_ret", (rid,))
     return f"spin_lock_irqsave(vq lock); virtqueue_add_sgs: {n_out} out, {n_in} in"
 
 
 def add_ret(m, rid):
     """emu.guest.virtio_blk.add_ret"""
-    rq = m.guest.blkmq.rqs[rid]
+    rq = sget(sget(sget(m, _Machine, _M[M_GUEST], "guest"), _Guest, _G[G_BLKMQ], "blkmq"),
+              _BlkMq, _Q[Q_RQS], "rqs")[rid]
     err = rq.get("add_err", "")
     if err:
-        sched_call(m.sim, "vring.kick_prepare", ("",), "vblkd.add_err_kick", (rid,))
+        sched_call(sget(m, _Machine, _M[M_SIM], "sim"), "vring.kick_prepare", ("",),
+                   "vblkd.add_err_kick", (rid,))
         return f"virtblk_add_req failed: -{err}: virtqueue_kick anyway"
     if rq["last"]:
-        sched_call(m.sim, "vring.kick_prepare", ("",), "vblkd.queue_rq_end", (rid,))
+        sched_call(sget(m, _Machine, _M[M_SIM], "sim"), "vring.kick_prepare", ("",),
+                   "vblkd.queue_rq_end", (rid,))
         return "added; bd->last: virtqueue_kick_prepare"
-    sched_cont(m.sim, "vblkd.queue_rq_end", (rid,))
+    sched_cont(sget(m, _Machine, _M[M_SIM], "sim"), "vblkd.queue_rq_end", (rid,))
     return "added; not the last request of the batch: no kick yet"
 
 
 def queue_rq_end(m, rid):
     """emu.guest.virtio_blk.queue_rq_end"""
-    g = m.guest
-    g.vq_locked = False
-    g.blkmq.last_ret = "OK"
-    if g.kick_needed:
-        g.kick_needed = False
-        sched_cont(m.sim, "vring.notify", (0,))
+    g = sget(m, _Machine, _M[M_GUEST], "guest")
+    sset(g, _Guest, _G[G_VQ_LOCKED], "vq_locked", False)
+    sset(sget(g, _Guest, _G[G_BLKMQ], "blkmq"), _BlkMq, _Q[Q_LAST_RET], "last_ret", "OK")
+    if sget(g, _Guest, _G[G_KICK_NEEDED], "kick_needed"):
+        sset(g, _Guest, _G[G_KICK_NEEDED], "kick_needed", False)
+        sched_cont(sget(m, _Machine, _M[M_SIM], "sim"), "vring.notify", (0,))
         return "spin_unlock_irqrestore; notify outside the lock"
     return "spin_unlock_irqrestore; BLK_STS_OK"
 
 
 def commit_rqs(m):
     """emu.guest.virtio_blk.commit_rqs"""
-    sched_call(m.sim, "vring.kick_prepare", ("",), "vblkd.commit_notify", ())
+    sched_call(sget(m, _Machine, _M[M_SIM], "sim"), "vring.kick_prepare", ("",),
+               "vblkd.commit_notify", ())
     return "dispatch stopped early: kick what was queued"
 
 
 def commit_notify(m):
     """emu.guest.virtio_blk.commit_notify"""
-    if m.guest.kick_needed:
-        m.guest.kick_needed = False
-        sched_cont(m.sim, "vring.notify", (0,))
+    if sget(sget(m, _Machine, _M[M_GUEST], "guest"), _Guest, _G[G_KICK_NEEDED], "kick_needed"):
+        sset(sget(m, _Machine, _M[M_GUEST], "guest"), _Guest, _G[G_KICK_NEEDED], "kick_needed",
+             False)
+        sched_cont(sget(m, _Machine, _M[M_SIM], "sim"), "vring.notify", (0,))
         return "notify"
     return "no notify needed"
 
 
 def done(m):
     """emu.guest.virtio_blk.done"""
-    m.guest.vq_locked = True
-    sched_cont(m.sim, "vring.disable_cb")
+    sset(sget(m, _Machine, _M[M_GUEST], "guest"), _Guest, _G[G_VQ_LOCKED], "vq_locked", True)
+    sched_cont(sget(m, _Machine, _M[M_SIM], "sim"), "vring.disable_cb")
     return ("spin_lock_irqsave(vq lock); do { virtqueue_disable_cb; while (get_buf) complete; } "
             "while (!enable_cb)")
 
@@ -753,30 +869,32 @@ def done(m):
 def request_done(m, rid):
     """emu.guest.virtio_blk.request_done"""
     cdef long long status
-    rq = m.guest.blkmq.rqs[rid]
-    status = _rd(m.mem, rq["pdu"] + 16, 1)
+    rq = sget(sget(sget(m, _Machine, _M[M_GUEST], "guest"), _Guest, _G[G_BLKMQ], "blkmq"),
+              _BlkMq, _Q[Q_RQS], "rqs")[rid]
+    status = _rd(sget(m, _Machine, _M[M_MEM], "mem"), rq["pdu"] + 16, 1)
     rq["vstatus"] = status
     sts = "OK" if status == S_OK else "NOTSUPP" if status == S_UNSUPP else "IOERR"
     if rq.get("payload"):                                   # _cleanup_cmd
-        _SUP.kfree(m.pages, rq["payload"])
+        _SUP.kfree(sget(m, _Machine, _M[M_PAGES], "pages"), rq["payload"])
         rq["payload"] = 0
-    sched_cont(m.sim, "blkmq.end_request", (rid, sts, 1))
+    sched_cont(sget(m, _Machine, _M[M_SIM], "sim"), "blkmq.end_request", (rid, sts, 1))
     return f"status byte {status} ({_STATUS_NAMES.get(status, 'unknown')}) -> BLK_STS_{sts}"
 
 
 def done_end(m):
     """emu.guest.virtio_blk.done_end"""
-    g = m.guest
-    q = g.blkmq
+    g = sget(m, _Machine, _M[M_GUEST], "guest")
+    q = sget(g, _Guest, _G[G_BLKMQ], "blkmq")
     note = ""
-    if g.done_count and q.stopped:
-        q.stopped = False
-        if not q.run_work_pending:
-            q.run_work_pending = True
-            sched_post(m.sim, "vcpu", "blkmq.run_work")
+    if sget(g, _Guest, _G[G_DONE_COUNT], "done_count") and sget(q, _BlkMq, _Q[Q_STOPPED], "stopped"):
+        sset(q, _BlkMq, _Q[Q_STOPPED], "stopped", False)
+        if not sget(q, _BlkMq, _Q[Q_RUN_WORK_PENDING], "run_work_pending"):
+            sset(q, _BlkMq, _Q[Q_RUN_WORK_PENDING], "run_work_pending", True)
+            sched_post(sget(m, _Machine, _M[M_SIM], "sim"), "vcpu", "blkmq.run_work")
         note = "blk_mq_start_stopped_hw_queues(async): kblockd will run the queue; "
-    g.vq_locked = False
-    return note + f"{_dec(g.done_count)} request(s) completed; spin_unlock_irqrestore"
+    sset(g, _Guest, _G[G_VQ_LOCKED], "vq_locked", False)
+    return (note + f"{_dec(sget(g, _Guest, _G[G_DONE_COUNT], 'done_count'))} request(s) completed; "
+            "spin_unlock_irqrestore")
 
 
 # == registration ===============================================================================

@@ -219,6 +219,39 @@ def test_other_memory_types_use_their_own_methods(tmp_path):
         assert _lockstep(a, b, None, 1) > 100
 
 
+
+def test_state_members_are_read_at_their_slot_offsets():
+    """The handlers read and write the members of these classes at their __slots__ offsets
+    (emu_fast/_slots.pxd); a change to emu's classes that turns that off shows here."""
+    paths = emu_fast.slot_paths()
+    mine = {k for k in paths if k.startswith("_vring.")}
+    assert mine == {f"_vring.{c}" for c in ("Machine", "Guest", "DriverVq", "BlkMq", "GuestMemory",
+                                            "EffectLog", "Step")}
+    assert all(paths[k] for k in mine), paths
+
+
+def _subclass(cls):
+    return type("Other" + cls.__name__, (cls,), {"__slots__": ()})
+
+
+def test_state_objects_of_other_types_take_the_getattr_path(tmp_path):
+    """With the machine, the guest, its virtqueue and its queue of subclasses (the same slots,
+    but not exactly the classes the offsets were taken from) the handlers read and write the
+    members by name: the same steps, the same final state."""
+    wl = "queue-depth 4\n" + "".join(f"write {i * 8192} 4k\nread {i * 4096} 8k\n" for i in range(6))
+    wl += "discard 0 64k\nwrite-zeroes 65536 8k unmap\nget-id\nflush\n"
+    for indirect, event_idx in ((True, True), (False, False)):
+        a, b = _pair(tmp_path, wl, {"indirect": indirect, "event_idx": event_idx})
+        while not a.guest.vq.num:           # until the driver's probe has set up its virtqueue
+            assert a.step() == emu_fast.step(b)
+        for m in (a, b):
+            for o in (m, m.guest, m.guest.vq, m.guest.blkmq):
+                o.__class__ = _subclass(type(o))
+        assert _lockstep(a, b, None, 1) > 100
+        assert [type(o).__name__ for o in (b, b.guest, b.guest.vq, b.guest.blkmq)] == [
+            "OtherMachine", "OtherGuest", "OtherDriverVq", "OtherBlkMq"]
+
+
 def test_driver_errors_and_full_rings(tmp_path):
     """Corrupt the used ring's next id or its index (BAD_RING), or set NEXT in every
     descriptor (detach_buf_split's chain loops), just before the driver reads them; on a ring
