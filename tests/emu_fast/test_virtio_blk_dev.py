@@ -227,3 +227,12 @@ def test_pop_with_notifications_left_on(tmp_path, event_idx, k):
         == event_idx
     assert py_recs == fast_recs
     assert snapshot(m_py) == snapshot(m_fast)
+
+
+def test_state_members_are_read_at_their_offsets():
+    """The handlers read and write the members of every emulator class they use at its
+    __slots__ offsets (emu_fast/_slots.pxd): each class resolved, none left on getattr."""
+    classes = ("Machine", "GuestMemory", "EffectLog", "Step", "VirtIODevice", "VirtQueue",
+               "VirtIOBlock")
+    paths = emu_fast.slot_paths()
+    assert {c: paths.get(f"_virtio_blk_dev.{c}") for c in classes} == dict.fromkeys(classes, True)
