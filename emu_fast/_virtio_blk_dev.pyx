@@ -800,10 +800,18 @@ def handle_request(m, qi, rid):
     return _handle_rw(m, s, req, qi, rid, typ, sector, out_iov, in_iov)
 
 
+cdef object _sector_mask(object s):
+    """VirtIOBlock.sector_mask (a property: its body when s is exactly a VirtIOBlock, else
+    getattr)"""
+    if type(s) is _VirtIOBlock:
+        return sget(s, _VirtIOBlock, _BK[B_LOGICAL_BLOCK_SIZE], "logical_block_size") // 512 - 1
+    return s.sector_mask
+
+
 cdef bint _sect_range_ok(object s, object sector, object size) except -1:
     """sect_range_ok"""
     nb = size >> 9
-    if (nb > BDRV_REQUEST_MAX_SECTORS or sector & s.sector_mask     # (a property: getattr)
+    if (nb > BDRV_REQUEST_MAX_SECTORS or sector & _sector_mask(s)
             or size % sget(s, _VirtIOBlock, _BK[B_LOGICAL_BLOCK_SIZE], "logical_block_size")):
         return False
     capacity = sget(s, _VirtIOBlock, _BK[B_CAPACITY], "capacity")
