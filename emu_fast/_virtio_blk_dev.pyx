@@ -746,8 +746,7 @@ def pop(m, qi):
             return f"virtio_error: {errors[len(errors) - 1]['message']}"
         return "avail ring empty (last_avail_idx == avail.idx)"
     rid = sget(s, _VirtIOBlock, _BK[B_NEXT_ID], "next_id")
-    sset(s, _VirtIOBlock, _BK[B_NEXT_ID], "next_id",
-         sget(s, _VirtIOBlock, _BK[B_NEXT_ID], "next_id") + 1)
+    sset(s, _VirtIOBlock, _BK[B_NEXT_ID], "next_id", rid + 1)       # s.next_id += 1
     sget(s, _VirtIOBlock, _BK[B_REQS], "reqs")[rid] = {
         "id": rid, "qi": qi, "elem": elem, "type": None, "sector": 0, "in_len": 0,
         "status_gpa": 0, "qiov": [], "mr_next": None, "is_write": False, "stage": "popped"}
