@@ -29,8 +29,15 @@ import emu.device.virtio_blk as _vb
 from emu.spec import blk as _B
 from emu.spec import virtio as _V
 
+from emu.device.virtio import VirtIODevice, VirtQueue
+from emu.machine import Machine
+from emu.mem.guest_memory import GuestMemory
+from emu.sim.steps import EffectLog, Step
+
 from emu_fast import _support as _SUP
 from emu_fast._fmt cimport _ll, _pdec, _phex, _pstr
+from emu_fast._slots cimport slot_offsets, sget, sset, vbs_peek
+from cpython.object cimport PyObject
 
 PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
 
@@ -56,6 +63,64 @@ assert all(type(v) is str for v in TYPE_NAMES.values())     # .get(k) is None: k
 
 # the Python handlers translated here (fallbacks and the HANDLERS pairs)
 cdef object _py_handle_request = _vb.handle_request
+
+
+# == the state members read and written at their __slots__ offsets (emu_fast/_slots.pxd) ==========
+# `sget(o, _Cls, _TABLE[K], "name")` is o.name and `sset(o, _Cls, _TABLE[K], "name", v)` is
+# o.name = v (getattr/setattr when o is not exactly _Cls).  The index names follow each table's
+# names tuple below, in the same order.
+
+cdef object _Machine = Machine
+cdef object _GuestMemory = GuestMemory
+cdef object _EffectLog = EffectLog
+cdef object _Step = Step
+cdef object _VirtIODevice = VirtIODevice
+cdef object _VirtQueue = VirtQueue
+cdef object _VirtIOBlock = _vb.VirtIOBlock
+
+cdef enum:      # Machine
+    M_MEM, M_VDEV, M_VBLK, M_SIM, M_LOG, M_CUR, M_TIMING, M_TRANSPORT, M_COUNTERS, M_N
+cdef enum:      # GuestMemory
+    GM_RAM, GM_SIZE, GM_N
+cdef enum:      # EffectLog
+    L_CUR, L_N
+cdef enum:      # Step
+    ST_FACTS, ST_N
+cdef enum:      # VirtIODevice
+    D_VQS, D_BROKEN, D_GUEST_FEATURES, D_ISR, D_ERRORS, D_GUEST_ERRORS, D_N
+cdef enum:      # VirtQueue
+    Q_NUM, Q_DESC, Q_AVAIL, Q_USED, Q_CACHES, Q_DESC_LEN, Q_LAST_AVAIL_IDX, Q_SHADOW_AVAIL_IDX,
+    Q_USED_IDX, Q_SIGNALLED_USED, Q_SIGNALLED_USED_VALID, Q_NOTIFICATION, Q_INUSE, Q_VECTOR, Q_N
+cdef enum:      # VirtIOBlock
+    B_CAPACITY, B_LOGICAL_BLOCK_SIZE, B_REQUEST_MERGING, B_REQS, B_NEXT_ID, B_MRB, B_MRB_IS_WRITE,
+    B_GROUPS, B_SUPPRESS, B_BY_TYPE, B_SUBMITTED, B_COMPLETED, B_ERRORS, B_MERGED, B_N
+
+cdef Py_ssize_t _MO[M_N]
+cdef Py_ssize_t _GM[GM_N]
+cdef Py_ssize_t _LOG[L_N]
+cdef Py_ssize_t _ST[ST_N]
+cdef Py_ssize_t _DV[D_N]
+cdef Py_ssize_t _VQ[Q_N]
+cdef Py_ssize_t _BK[B_N]
+
+# which classes' members this module reads at their offsets (emu_fast.slot_paths())
+SLOT_PATHS = {
+    "Machine": slot_offsets(_Machine, ("mem", "vdev", "vblk", "sim", "log", "cur", "timing",
+                                       "transport", "counters"), _MO),
+    "GuestMemory": slot_offsets(_GuestMemory, ("ram", "size"), _GM),
+    "EffectLog": slot_offsets(_EffectLog, ("cur",), _LOG),
+    "Step": slot_offsets(_Step, ("facts",), _ST),
+    "VirtIODevice": slot_offsets(_VirtIODevice, ("vqs", "broken", "guest_features", "isr", "errors",
+                                                 "guest_errors"), _DV),
+    "VirtQueue": slot_offsets(_VirtQueue, ("num", "desc", "avail", "used", "caches", "desc_len",
+                                           "last_avail_idx", "shadow_avail_idx", "used_idx",
+                                           "signalled_used", "signalled_used_valid",
+                                           "notification", "inuse", "vector"), _VQ),
+    "VirtIOBlock": slot_offsets(_VirtIOBlock, ("capacity", "logical_block_size", "request_merging",
+                                               "reqs", "next_id", "mrb", "mrb_is_write", "groups",
+                                               "suppress", "by_type", "submitted", "completed",
+                                               "errors", "merged"), _BK),
+}
 
 
 # == primitives ===================================================================================
@@ -173,7 +238,7 @@ cdef inline uint64_t _ld(const uint8_t* p, int n) noexcept nogil:
 cdef object _rd16(object mem, object gpa):
     """GuestMemory.read_u16"""
     cdef long long g
-    cdef bytearray ram = mem.ram
+    cdef bytearray ram = sget(mem, _GuestMemory, _GM[GM_RAM], "ram")
     if _addr(gpa, &g) and g + 2 <= PyByteArray_GET_SIZE(ram):
         return <uint16_t>_ld(<const uint8_t*>PyByteArray_AS_STRING(ram) + g, 2)
     return mem.read_u16(gpa)
@@ -182,9 +247,9 @@ cdef object _rd16(object mem, object gpa):
 cdef object _read(object mem, object gpa, object length):
     """GuestMemory.read"""
     cdef long long g, n
-    cdef bytearray ram = mem.ram
+    cdef bytearray ram = sget(mem, _GuestMemory, _GM[GM_RAM], "ram")
     if (_addr(gpa, &g) and _addr(length, &n) and g + n <= PyByteArray_GET_SIZE(ram)
-            and g + n <= mem.size):
+            and g + n <= sget(mem, _GuestMemory, _GM[GM_SIZE], "size")):
         return PyBytes_FromStringAndSize(PyByteArray_AS_STRING(ram) + g, n)
     return mem.read(gpa, length)
 
@@ -194,7 +259,7 @@ cdef tuple _read_desc(object mem, object base, object i):
     cdef long long g
     cdef const uint8_t* p
     a = base + 16 * i
-    cdef bytearray ram = mem.ram
+    cdef bytearray ram = sget(mem, _GuestMemory, _GM[GM_RAM], "ram")
     if _addr(a, &g) and g + 16 <= PyByteArray_GET_SIZE(ram):
         p = <const uint8_t*>PyByteArray_AS_STRING(ram) + g
         return (_ld(p, 8), <uint32_t>_ld(p + 8, 4), <uint16_t>_ld(p + 12, 2),
@@ -204,34 +269,51 @@ cdef tuple _read_desc(object mem, object base, object i):
 
 cdef inline void _log(object m, tuple eff) except *:
     """EffectLog.add"""
-    cur = m.log.cur
+    cur = sget(sget(m, _Machine, _MO[M_LOG], "log"), _EffectLog, _LOG[L_CUR], "cur")
     if cur is not None:
         cur.append(eff)
 
 
+cdef inline object _machine_cur(object m):
+    """getattr(m, "cur", None)"""
+    cdef PyObject* p
+    if _MO[M_CUR] >= 0 and type(m) is _Machine:
+        p = vbs_peek(m, _MO[M_CUR])
+        if p != NULL:
+            return <object>p
+    return getattr(m, "cur", None)
+
+
 cdef inline list _facts(object m):
     """Where add_fact appends (None: facts are not recorded now)."""
-    rec = getattr(m, "cur", None)
-    if rec is not None and m.log.cur is not None:
-        return rec.facts
+    rec = _machine_cur(m)
+    if rec is not None and sget(sget(m, _Machine, _MO[M_LOG], "log"), _EffectLog, _LOG[L_CUR],
+                                "cur") is not None:
+        return sget(rec, _Step, _ST[ST_FACTS], "facts")
     return None
 
 
 cdef inline bint _has(object vdev, int bit) except -1:
     """VirtIODevice.has_feature (an int's bit 0..63 is bit of its low 64 two's-complement bits,
     negative ints included: the C test; other types: the Python expression)"""
-    f = vdev.guest_features
+    f = sget(vdev, _VirtIODevice, _DV[D_GUEST_FEATURES], "guest_features")
     if type(f) is int:
         return (PyLong_AsUnsignedLongLongMask(f) >> bit) & 1
     return bool(f >> bit & 1)
 
 
-cdef inline void _set_reg(object m, object obj, str attr, str name, object value) except *:
-    """emu.device.virtio.set_reg"""
-    old = getattr(obj, attr)
+cdef inline void _set_reg(object m, object obj, object cls, Py_ssize_t off, str attr, str name,
+                          object value) except *:
+    """emu.device.virtio.set_reg (obj.<attr> is the member at offset off of class cls)"""
+    old = sget(obj, cls, off, attr)
     if old != value:
-        setattr(obj, attr, value)
+        sset(obj, cls, off, attr, value)
         _log(m, ("reg", name, old, value))
+
+
+cdef inline object _vq(object m, object qi):
+    """m.vdev.vqs[qi]"""
+    return sget(sget(m, _Machine, _MO[M_VDEV], "vdev"), _VirtIODevice, _DV[D_VQS], "vqs")[qi]
 
 
 cdef inline str _vqreg(object qi, str name0, str attr):
@@ -253,59 +335,67 @@ cdef object _iov_size(list iov):
 
 cdef object _vring_avail_idx(object m, object vq):
     """vring_avail_idx"""
-    v = _rd16(m.mem, vq.avail + 2)
-    vq.shadow_avail_idx = v
+    v = _rd16(sget(m, _Machine, _MO[M_MEM], "mem"),
+              sget(vq, _VirtQueue, _VQ[Q_AVAIL], "avail") + 2)
+    sset(vq, _VirtQueue, _VQ[Q_SHADOW_AVAIL_IDX], "shadow_avail_idx", v)
     return v
 
 
 cdef void _vring_set_avail_event(object m, object vq, object val) except *:
     """vring_set_avail_event"""
-    if not vq.notification:
+    if not sget(vq, _VirtQueue, _VQ[Q_NOTIFICATION], "notification"):
         return
-    m.mem.write_u16(vq.used + (4 + 8 * vq.num), val)
+    sget(m, _Machine, _MO[M_MEM], "mem").write_u16(
+        sget(vq, _VirtQueue, _VQ[Q_USED], "used")
+        + (4 + 8 * sget(vq, _VirtQueue, _VQ[Q_NUM], "num")), val)
 
 
 cdef void _set_notification(object m, object qi, bint enable) except *:
     """virtio_queue_set_notification"""
-    vq = m.vdev.vqs[qi]
-    vq.notification = enable
-    if not vq.desc or not vq.caches:
+    vq = _vq(m, qi)
+    sset(vq, _VirtQueue, _VQ[Q_NOTIFICATION], "notification", enable)
+    if (not sget(vq, _VirtQueue, _VQ[Q_DESC], "desc")
+            or not sget(vq, _VirtQueue, _VQ[Q_CACHES], "caches")):
         return
-    if _has(m.vdev, 29):
+    if _has(sget(m, _Machine, _MO[M_VDEV], "vdev"), 29):
         _vring_set_avail_event(m, vq, _vring_avail_idx(m, vq))
     else:
-        flags = _rd16(m.mem, vq.used + 0)
+        flags = _rd16(sget(m, _Machine, _MO[M_MEM], "mem"),
+                      sget(vq, _VirtQueue, _VQ[Q_USED], "used") + 0)
         new = flags & ~1 if enable else flags | 1
         if new != flags:
-            m.mem.write_u16(vq.used + 0, new)
+            sget(m, _Machine, _MO[M_MEM], "mem").write_u16(
+                sget(vq, _VirtQueue, _VQ[Q_USED], "used") + 0, new)
 
 
 cdef bint _queue_empty(object m, object qi) except -1:
     """virtio_queue_empty"""
-    vdev = m.vdev
-    return _queue_empty_v(m, vdev, vdev.vqs[qi])
+    vdev = sget(m, _Machine, _MO[M_VDEV], "vdev")
+    return _queue_empty_v(m, vdev, sget(vdev, _VirtIODevice, _DV[D_VQS], "vqs")[qi])
 
 
 cdef bint _queue_empty_v(object m, object vdev, object vq) except -1:
     """virtio_queue_empty, vdev (m.vdev) and vq (vdev.vqs[qi]) looked up by the caller;
     last_avail_idx read once (vring_avail_idx sets only shadow_avail_idx)"""
-    if vdev.broken or not vq.avail:
+    if (sget(vdev, _VirtIODevice, _DV[D_BROKEN], "broken")
+            or not sget(vq, _VirtQueue, _VQ[Q_AVAIL], "avail")):
         return True
-    last = vq.last_avail_idx
-    if vq.shadow_avail_idx != last:
+    last = sget(vq, _VirtQueue, _VQ[Q_LAST_AVAIL_IDX], "last_avail_idx")
+    if sget(vq, _VirtQueue, _VQ[Q_SHADOW_AVAIL_IDX], "shadow_avail_idx") != last:
         return False
-    avail_idx = _vring_avail_idx(m, vq) if vq.caches else 0
+    avail_idx = _vring_avail_idx(m, vq) if sget(vq, _VirtQueue, _VQ[Q_CACHES], "caches") else 0
     return avail_idx == last
 
 
 cdef bint _map_desc(object m, list iov, object max_num_sg, object pa, object sz) except -1:
     """_map_desc (virtqueue_map_desc)"""
     cdef long long p, s, size
-    mem = m.mem
+    mem = sget(m, _Machine, _MO[M_MEM], "mem")
     if not sz:
         _VD.virtio_error(m, "virtio: zero sized buffers are not allowed", "2.7.5 (len of a buffer)")
         return False
-    if not (_addr(pa, &p) and _addr(sz, &s) and _addr(mem.size, &size)):
+    if not (_addr(pa, &p) and _addr(sz, &s)
+            and _addr(sget(mem, _GuestMemory, _GM[GM_SIZE], "size"), &size)):
         return _map_desc_py(m, iov, max_num_sg, pa, sz)
     while s:
         if len(iov) == max_num_sg:
@@ -330,11 +420,12 @@ cdef bint _map_desc_py(object m, list iov, object max_num_sg, object pa, object 
             _VD.virtio_error(m, "virtio: too many write descriptors in indirect table",
                              "2.7.5.3.1 (chain longer than the queue allows)")
             return False
-        if not m.mem.is_mapped(pa, 1):
+        if not sget(m, _Machine, _MO[M_MEM], "mem").is_mapped(pa, 1):
             _VD.virtio_error(m, "virtio: bogus descriptor or out of resources",
                              "2.7.5 (addr is a guest-physical address of a buffer)")
             return False
-        length = min(sz, m.mem.size - pa)
+        length = min(sz, sget(sget(m, _Machine, _MO[M_MEM], "mem"), _GuestMemory, _GM[GM_SIZE],
+                              "size") - pa)
         iov.append((pa, length))
         sz -= length
         pa += length
@@ -345,37 +436,38 @@ cdef object _virtqueue_pop(object m, object qi):
     """virtqueue_pop (virtqueue_split_pop)"""
     cdef int flags
     cdef Py_ssize_t entries
-    vdev = m.vdev
-    if vdev.broken:
+    vdev = sget(m, _Machine, _MO[M_VDEV], "vdev")
+    if sget(vdev, _VirtIODevice, _DV[D_BROKEN], "broken"):
         return None
-    vq = vdev.vqs[qi]
+    vq = sget(vdev, _VirtIODevice, _DV[D_VQS], "vqs")[qi]
     if _queue_empty_v(m, vdev, vq):
         return None
-    num = vq.num                    # (nothing below rebinds vq.num, m.mem, vq.last_avail_idx
-    mem = m.mem                     # but the _set_reg: nidx is the value it stores)
-    max_ = num
-    if vq.inuse >= num:
+    num = sget(vq, _VirtQueue, _VQ[Q_NUM], "num")   # (nothing below rebinds vq.num, m.mem,
+    mem = sget(m, _Machine, _MO[M_MEM], "mem")      # vq.last_avail_idx but the _set_reg: nidx
+    max_ = num                                      # is the value it stores)
+    if sget(vq, _VirtQueue, _VQ[Q_INUSE], "inuse") >= num:
         _VD.virtio_error(m, "Virtqueue size exceeded",
                          "2.7.13.3 (driver made more buffers available than the queue size)")
         return None
-    idx = vq.last_avail_idx
+    idx = sget(vq, _VirtQueue, _VQ[Q_LAST_AVAIL_IDX], "last_avail_idx")
     nidx = (idx + 1) & 0xFFFF
-    _set_reg(m, vq, "last_avail_idx", _vqreg(qi, "vq0.last_avail_idx", "last_avail_idx"), nidx)
-    head = _rd16(mem, vq.avail + 4 + 2 * (idx % num))
+    _set_reg(m, vq, _VirtQueue, _VQ[Q_LAST_AVAIL_IDX], "last_avail_idx",
+             _vqreg(qi, "vq0.last_avail_idx", "last_avail_idx"), nidx)
+    head = _rd16(mem, sget(vq, _VirtQueue, _VQ[Q_AVAIL], "avail") + 4 + 2 * (idx % num))
     if head >= num:
         _VD.virtio_error(m, f"Guest says index {head} is available",
                          "2.7.6 (avail ring entries are heads of descriptor chains < queue size)")
         return None
     if _has(vdev, 29):
         _vring_set_avail_event(m, vq, nidx)
-    if not vq.caches:
+    if not sget(vq, _VirtQueue, _VQ[Q_CACHES], "caches"):
         _VD.virtio_error(m, "Region caches not initialized", "4.1.4.3 (queue not set up)")
         return None
-    if vq.desc_len < max_ * 16:
+    if sget(vq, _VirtQueue, _VQ[Q_DESC_LEN], "desc_len") < max_ * 16:
         _VD.virtio_error(m, "Cannot map descriptor ring", "2.7.5 (descriptor table in RAM)")
         return None
     facts = _facts(m)
-    base = vq.desc
+    base = sget(vq, _VirtQueue, _VQ[Q_DESC], "desc")
     i = head
     descs = []
     addr, length, flags_o, nxt = _read_desc(mem, base, i)
@@ -390,9 +482,11 @@ cdef object _virtqueue_pop(object m, object qi):
                              "2.7.5.3.1 (indirect table len is a multiple of 16)")
             return None
         if not _has(vdev, 28):
-            vdev.guest_errors.append("Device virtio-blk: indirect_desc was not negotiated!")
+            sget(vdev, _VirtIODevice, _DV[D_GUEST_ERRORS], "guest_errors").append(
+                "Device virtio-blk: indirect_desc was not negotiated!")
             _log(m, ("guest-error", "indirect_desc was not negotiated!"))
-        if not (0 <= addr and length >= 0 and addr + length <= mem.size):   # is_mapped
+        if not (0 <= addr and length >= 0                                   # is_mapped
+                and addr + length <= sget(mem, _GuestMemory, _GM[GM_SIZE], "size")):
             _VD.virtio_error(m, "Cannot map indirect buffer",
                              "2.7.5.3.1 (indirect table in RAM)")
             return None
@@ -439,7 +533,8 @@ cdef object _virtqueue_pop(object m, object qi):
             else:
                 facts.append(("desc", "pop", qi, None, base, i, head, addr, length, flags_o, nxt,
                               None))
-    _set_reg(m, vq, "inuse", _vqreg(qi, "vq0.inuse", "inuse"), vq.inuse + 1)
+    _set_reg(m, vq, _VirtQueue, _VQ[Q_INUSE], "inuse", _vqreg(qi, "vq0.inuse", "inuse"),
+             sget(vq, _VirtQueue, _VQ[Q_INUSE], "inuse") + 1)
     return {"index": head, "ndescs": 1, "out": out_iov, "in": in_iov,
             "descs": descs, "indirect": indirect_table, "avail_idx": idx}
 
@@ -450,10 +545,12 @@ cdef bint _virtqueue_fill(object m, object vdev, object vq, object qi, dict elem
     cdef long long h, ln
     cdef uint8_t buf[8]
     cdef int k
-    if vdev.broken or not vq.used:
+    if (sget(vdev, _VirtIODevice, _DV[D_BROKEN], "broken")
+            or not sget(vq, _VirtQueue, _VQ[Q_USED], "used")):
         return False
-    slot = vq.used_idx % vq.num
-    a = vq.used + 4 + 8 * slot
+    slot = (sget(vq, _VirtQueue, _VQ[Q_USED_IDX], "used_idx")
+            % sget(vq, _VirtQueue, _VQ[Q_NUM], "num"))
+    a = sget(vq, _VirtQueue, _VQ[Q_USED], "used") + 4 + 8 * slot
     index = elem["index"]
     if _addr(index, &h) and h <= 0xFFFFFFFF and type(length) is int:
         ln = length & 0xFFFFFFFF
@@ -463,7 +560,7 @@ cdef bint _virtqueue_fill(object m, object vdev, object vq, object qi, dict elem
         data = PyBytes_FromStringAndSize(<char*>buf, 8)
     else:
         data = index.to_bytes(4, "little") + (length & 0xFFFFFFFF).to_bytes(4, "little")
-    m.mem.write(a, data)
+    sget(m, _Machine, _MO[M_MEM], "mem").write(a, data)
     head = elem["index"]
     facts = _facts(m)
     k = 0
@@ -482,41 +579,49 @@ cdef bint _virtqueue_fill(object m, object vdev, object vq, object qi, dict elem
 
 cdef bint _virtqueue_flush(object m, object qi) except -1:
     """virtqueue_flush (virtqueue_split_flush), count 1"""
-    vdev = m.vdev
-    vq = vdev.vqs[qi]
-    if vdev.broken:
-        _set_reg(m, vq, "inuse", _vqreg(qi, "vq0.inuse", "inuse"), vq.inuse - 1)
+    vdev = sget(m, _Machine, _MO[M_VDEV], "vdev")
+    vq = sget(vdev, _VirtIODevice, _DV[D_VQS], "vqs")[qi]
+    if sget(vdev, _VirtIODevice, _DV[D_BROKEN], "broken"):
+        _set_reg(m, vq, _VirtQueue, _VQ[Q_INUSE], "inuse", _vqreg(qi, "vq0.inuse", "inuse"),
+                 sget(vq, _VirtQueue, _VQ[Q_INUSE], "inuse") - 1)
         return False
-    if not vq.used:
+    if not sget(vq, _VirtQueue, _VQ[Q_USED], "used"):
         return False
-    old = vq.used_idx
+    old = sget(vq, _VirtQueue, _VQ[Q_USED_IDX], "used_idx")
     new = (old + 1) & 0xFFFF
-    m.mem.write_u16(vq.used + 2, new)
-    _set_reg(m, vq, "used_idx", _vqreg(qi, "vq0.used_idx", "used_idx"), new)
-    _set_reg(m, vq, "inuse", _vqreg(qi, "vq0.inuse", "inuse"), vq.inuse - 1)
-    diff = (new - vq.signalled_used) & 0xFFFF
+    sget(m, _Machine, _MO[M_MEM], "mem").write_u16(sget(vq, _VirtQueue, _VQ[Q_USED], "used") + 2,
+                                                   new)
+    _set_reg(m, vq, _VirtQueue, _VQ[Q_USED_IDX], "used_idx",
+             _vqreg(qi, "vq0.used_idx", "used_idx"), new)
+    _set_reg(m, vq, _VirtQueue, _VQ[Q_INUSE], "inuse", _vqreg(qi, "vq0.inuse", "inuse"),
+             sget(vq, _VirtQueue, _VQ[Q_INUSE], "inuse") - 1)
+    diff = (new - sget(vq, _VirtQueue, _VQ[Q_SIGNALLED_USED], "signalled_used")) & 0xFFFF
     if (diff - 0x10000 if diff >= 0x8000 else diff) < ((new - old) & 0xFFFF):
-        vq.signalled_used_valid = False
+        sset(vq, _VirtQueue, _VQ[Q_SIGNALLED_USED_VALID], "signalled_used_valid", False)
     return True
 
 
 cdef tuple _should_notify(object m, object qi):
     """virtio_should_notify (virtio_split_should_notify)"""
-    vdev = m.vdev
-    vq = vdev.vqs[qi]
-    if _has(vdev, 24) and not vq.inuse and _queue_empty_v(m, vdev, vq):
+    vdev = sget(m, _Machine, _MO[M_VDEV], "vdev")
+    vq = sget(vdev, _VirtIODevice, _DV[D_VQS], "vqs")[qi]
+    if (_has(vdev, 24) and not sget(vq, _VirtQueue, _VQ[Q_INUSE], "inuse")
+            and _queue_empty_v(m, vdev, vq)):
         return True, "NOTIFY_ON_EMPTY and the queue is empty"
     if not _has(vdev, 29):
-        flags = _rd16(m.mem, vq.avail + 0)
+        flags = _rd16(sget(m, _Machine, _MO[M_MEM], "mem"),
+                      sget(vq, _VirtQueue, _VQ[Q_AVAIL], "avail") + 0)
         if flags & 1:
             return False, "avail.flags has NO_INTERRUPT"
         return True, "avail.flags allows interrupts"
-    v = vq.signalled_used_valid
-    vq.signalled_used_valid = True
-    old = vq.signalled_used
-    new = vq.used_idx
-    _set_reg(m, vq, "signalled_used", _vqreg(qi, "vq0.signalled_used", "signalled_used"), new)
-    event = _rd16(m.mem, vq.avail + (4 + 2 * vq.num))
+    v = sget(vq, _VirtQueue, _VQ[Q_SIGNALLED_USED_VALID], "signalled_used_valid")
+    sset(vq, _VirtQueue, _VQ[Q_SIGNALLED_USED_VALID], "signalled_used_valid", True)
+    old = sget(vq, _VirtQueue, _VQ[Q_SIGNALLED_USED], "signalled_used")
+    new = sget(vq, _VirtQueue, _VQ[Q_USED_IDX], "used_idx")
+    _set_reg(m, vq, _VirtQueue, _VQ[Q_SIGNALLED_USED], "signalled_used",
+             _vqreg(qi, "vq0.signalled_used", "signalled_used"), new)
+    event = _rd16(sget(m, _Machine, _MO[M_MEM], "mem"), sget(vq, _VirtQueue, _VQ[Q_AVAIL], "avail")
+                  + (4 + 2 * sget(vq, _VirtQueue, _VQ[Q_NUM], "num")))
     if not v:
         return True, f"first notification (signalled_used was not valid), used_event={event}"
     need = ((new - event - 1) & 0xFFFF) < ((new - old) & 0xFFFF)
@@ -547,7 +652,7 @@ cdef str _need_event_why(object event, object new, object old, bint need):
 cdef object _iov_to_buf(object m, list iov, Py_ssize_t nbytes):
     """iov_to_buf"""
     out = bytearray()
-    mem = m.mem
+    mem = sget(m, _Machine, _MO[M_MEM], "mem")
     for gpa, n in iov:
         take = min(n, nbytes - len(out))
         if take <= 0:
@@ -586,70 +691,82 @@ cdef list _iov_discard_back(list iov, object nbytes):
 
 def notify_write(m, off):
     """notify_write (vpci.notify)"""
-    qi = m.transport.notify_queue(off)
-    vdev = m.vdev
-    m.counters["notifies"] += 1
-    if qi is None or qi >= len(vdev.vqs) or not vdev.vqs[qi].desc or vdev.broken:
-        why = "device is broken (needs reset)" if vdev.broken else f"queue {qi} has no ring"
-        sched_unblock(m.sim, "vcpu", m.timing.vmentry_ns)
+    qi = sget(m, _Machine, _MO[M_TRANSPORT], "transport").notify_queue(off)
+    vdev = sget(m, _Machine, _MO[M_VDEV], "vdev")
+    sget(m, _Machine, _MO[M_COUNTERS], "counters")["notifies"] += 1
+    if (qi is None or qi >= len(sget(vdev, _VirtIODevice, _DV[D_VQS], "vqs"))
+            or not sget(sget(vdev, _VirtIODevice, _DV[D_VQS], "vqs")[qi], _VirtQueue, _VQ[Q_DESC],
+                        "desc")
+            or sget(vdev, _VirtIODevice, _DV[D_BROKEN], "broken")):
+        why = ("device is broken (needs reset)"
+               if sget(vdev, _VirtIODevice, _DV[D_BROKEN], "broken") else f"queue {qi} has no ring")
+        sched_unblock(sget(m, _Machine, _MO[M_SIM], "sim"), "vcpu",
+                      sget(m, _Machine, _MO[M_TIMING], "timing").vmentry_ns)
         return f"virtio_queue_notify ignores the kick: {why}"
-    sched_call(m.sim, "vblk.handle_vq", (qi, 0), "vpci.notify_done", ())
+    sched_call(sget(m, _Machine, _MO[M_SIM], "sim"), "vblk.handle_vq", (qi, 0), "vpci.notify_done",
+               ())
     return f"kick for queue {qi}: virtio_queue_notify -> virtio_blk_handle_output"
 
 
 def notify_done(m):
     """notify_done (vpci.notify_done)"""
-    sched_unblock(m.sim, "vcpu", m.timing.vmentry_ns)
+    sched_unblock(sget(m, _Machine, _MO[M_SIM], "sim"), "vcpu",
+                  sget(m, _Machine, _MO[M_TIMING], "timing").vmentry_ns)
     return "the MMIO write returns; the vCPU re-enters the guest"
 
 
 def handle_vq(m, qi, again):
     """handle_vq (vblk.handle_vq)"""
-    s = m.vblk
+    s = sget(m, _Machine, _MO[M_VBLK], "vblk")
     if not again:
-        s.suppress[qi] = m.vdev.vqs[qi].notification
-    if s.suppress[qi]:
+        sget(s, _VirtIOBlock, _BK[B_SUPPRESS], "suppress")[qi] = sget(
+            _vq(m, qi), _VirtQueue, _VQ[Q_NOTIFICATION], "notification")
+    if sget(s, _VirtIOBlock, _BK[B_SUPPRESS], "suppress")[qi]:
         _set_notification(m, qi, False)
-    sched_cont(m.sim, "vblk.pop", (qi,))
-    how = ("EVENT_IDX: avail_event goes stale" if _has(m.vdev, 29)
+    sched_cont(sget(m, _Machine, _MO[M_SIM], "sim"), "vblk.pop", (qi,))
+    how = ("EVENT_IDX: avail_event goes stale" if _has(sget(m, _Machine, _MO[M_VDEV], "vdev"), 29)
            else "used.flags |= NO_NOTIFY")
     return (("again: " if again else "") +
-            (f"virtio_queue_set_notification(vq, 0) ({how})" if s.suppress[qi]
+            (f"virtio_queue_set_notification(vq, 0) ({how})"
+             if sget(s, _VirtIOBlock, _BK[B_SUPPRESS], "suppress")[qi]
              else "notifications already off"))
 
 
 def pop(m, qi):
     """pop (vblk.pop)"""
-    s = m.vblk
-    before = len(m.vdev.errors)
+    s = sget(m, _Machine, _MO[M_VBLK], "vblk")
+    before = len(sget(sget(m, _Machine, _MO[M_VDEV], "vdev"), _VirtIODevice, _DV[D_ERRORS],
+                      "errors"))
     elem = _virtqueue_pop(m, qi)
     if elem is None:
-        sched_cont(m.sim, "vblk.pass_end", (qi,))
-        errors = m.vdev.errors
+        sched_cont(sget(m, _Machine, _MO[M_SIM], "sim"), "vblk.pass_end", (qi,))
+        errors = sget(sget(m, _Machine, _MO[M_VDEV], "vdev"), _VirtIODevice, _DV[D_ERRORS],
+                      "errors")
         if len(errors) > before:
             return f"virtio_error: {errors[len(errors) - 1]['message']}"
         return "avail ring empty (last_avail_idx == avail.idx)"
-    rid = s.next_id
-    s.next_id += 1
-    s.reqs[rid] = {"id": rid, "qi": qi, "elem": elem, "type": None, "sector": 0,
-                   "in_len": 0, "status_gpa": 0, "qiov": [], "mr_next": None,
-                   "is_write": False, "stage": "popped"}
-    sched_cont(m.sim, "vblk.handle_request", (qi, rid))
-    detail = _pop_detail(elem, m.vdev.vqs[qi].inuse)
+    rid = sget(s, _VirtIOBlock, _BK[B_NEXT_ID], "next_id")
+    sset(s, _VirtIOBlock, _BK[B_NEXT_ID], "next_id", rid + 1)       # s.next_id += 1
+    sget(s, _VirtIOBlock, _BK[B_REQS], "reqs")[rid] = {
+        "id": rid, "qi": qi, "elem": elem, "type": None, "sector": 0, "in_len": 0,
+        "status_gpa": 0, "qiov": [], "mr_next": None, "is_write": False, "stage": "popped"}
+    sched_cont(sget(m, _Machine, _MO[M_SIM], "sim"), "vblk.handle_request", (qi, rid))
+    detail = _pop_detail(elem, sget(_vq(m, qi), _VirtQueue, _VQ[Q_INUSE], "inuse"))
     if detail is not None:
         return detail
     out = _join_lens(elem["out"])
     inn = _join_lens(elem["in"])
     via = f" via indirect table @{elem['indirect'][0]:#x}" if elem["indirect"] else ""
     return (f"head {elem['index']} (avail idx {elem['avail_idx']}){via}: "
-            f"out {out} bytes, in {inn} bytes; inuse={m.vdev.vqs[qi].inuse}")
+            f"out {out} bytes, in {inn} bytes; "
+            f"inuse={sget(_vq(m, qi), _VirtQueue, _VQ[Q_INUSE], 'inuse')}")
 
 
 def handle_request(m, qi, rid):
     """handle_request (vblk.handle_request): IN and OUT here, every other type (and every
     malformed request) by the Python function, called before anything has changed."""
-    s = m.vblk
-    req = s.reqs[rid]
+    s = sget(m, _Machine, _MO[M_VBLK], "vblk")
+    req = sget(s, _VirtIOBlock, _BK[B_REQS], "reqs")[rid]
     elem = req["elem"]
     out_iov, in_iov = elem["out"], elem["in"]
     if type(out_iov) is not list or type(in_iov) is not list or len(out_iov) < 1 or len(in_iov) < 1:
@@ -674,19 +791,30 @@ def handle_request(m, qi, rid):
     tname = TYPE_NAMES.get(typ_c & ~<uint32_t>0x80000000)
     if tname is None:
         tname = f"type {typ:#x}"
-    by_type = s.by_type
+    by_type = sget(s, _VirtIOBlock, _BK[B_BY_TYPE], "by_type")
     if tname in by_type:
         by_type[tname] += 1
-    s.submitted += 1
+    sset(s, _VirtIOBlock, _BK[B_SUBMITTED], "submitted",
+         sget(s, _VirtIOBlock, _BK[B_SUBMITTED], "submitted") + 1)
     return _handle_rw(m, s, req, qi, rid, typ, sector, out_iov, in_iov)
+
+
+cdef object _sector_mask(object s):
+    """VirtIOBlock.sector_mask (a property: its body when s is exactly a VirtIOBlock, else
+    getattr)"""
+    if type(s) is _VirtIOBlock:
+        return sget(s, _VirtIOBlock, _BK[B_LOGICAL_BLOCK_SIZE], "logical_block_size") // 512 - 1
+    return s.sector_mask
 
 
 cdef bint _sect_range_ok(object s, object sector, object size) except -1:
     """sect_range_ok"""
     nb = size >> 9
-    if nb > BDRV_REQUEST_MAX_SECTORS or sector & s.sector_mask or size % s.logical_block_size:
+    if (nb > BDRV_REQUEST_MAX_SECTORS or sector & _sector_mask(s)
+            or size % sget(s, _VirtIOBlock, _BK[B_LOGICAL_BLOCK_SIZE], "logical_block_size")):
         return False
-    return not (sector > s.capacity or nb > s.capacity - sector)
+    capacity = sget(s, _VirtIOBlock, _BK[B_CAPACITY], "capacity")
+    return not (sector > capacity or nb > capacity - sector)
 
 
 cdef object _handle_rw(object m, object s, dict req, object qi, object rid, object typ,
@@ -713,59 +841,69 @@ cdef object _handle_rw(object m, object s, dict req, object qi, object rid, obje
     else:
         what = f"{'OUT' if is_write else 'IN'} sector {sector} ({size} bytes)"
     if not _sect_range_ok(s, sector, size):
-        sched_call(m.sim, "vblk.req_complete", (rid, 1), "vblk.pop", (qi,))
+        sched_call(sget(m, _Machine, _MO[M_SIM], "sim"), "vblk.req_complete", (rid, 1),
+                   "vblk.pop", (qi,))
         return (f"{what}: virtio_blk_sect_range_ok fails "
-                f"(capacity {s.capacity} sectors, block {s.logical_block_size}): IOERR")
-    mrb = s.mrb
-    if mrb and (len(mrb) == 32 or is_write != s.mrb_is_write or not s.request_merging):
-        sched_call(m.sim, "vblk.submit_multireq", (qi,), "vblk.mrb_add", (qi, rid))
+                f"(capacity {sget(s, _VirtIOBlock, _BK[B_CAPACITY], 'capacity')} sectors, "
+                f"block {sget(s, _VirtIOBlock, _BK[B_LOGICAL_BLOCK_SIZE], 'logical_block_size')})"
+                f": IOERR")
+    mrb = sget(s, _VirtIOBlock, _BK[B_MRB], "mrb")
+    if mrb and (len(mrb) == 32
+                or is_write != sget(s, _VirtIOBlock, _BK[B_MRB_IS_WRITE], "mrb_is_write")
+                or not sget(s, _VirtIOBlock, _BK[B_REQUEST_MERGING], "request_merging")):
+        sched_call(sget(m, _Machine, _MO[M_SIM], "sim"), "vblk.submit_multireq", (qi,),
+                   "vblk.mrb_add", (qi, rid))
         return f"{what}: submit the MultiReqBuffer first"
     mrb.append(rid)                 # _mrb_append(s, rid, is_write): mrb is s.mrb, req s.reqs[rid]
-    s.mrb_is_write = is_write
+    sset(s, _VirtIOBlock, _BK[B_MRB_IS_WRITE], "mrb_is_write", is_write)
     req["stage"] = "mrb"
-    sched_cont(m.sim, "vblk.pop", (qi,))
+    sched_cont(sget(m, _Machine, _MO[M_SIM], "sim"), "vblk.pop", (qi,))
     return f"{what}: appended to the MultiReqBuffer ({len(mrb)} queued)"
 
 
 cdef inline void _mrb_append(object s, object rid, object is_write) except *:
     """_mrb_append"""
-    s.mrb.append(rid)
-    s.mrb_is_write = is_write
-    s.reqs[rid]["stage"] = "mrb"
+    sget(s, _VirtIOBlock, _BK[B_MRB], "mrb").append(rid)
+    sset(s, _VirtIOBlock, _BK[B_MRB_IS_WRITE], "mrb_is_write", is_write)
+    sget(s, _VirtIOBlock, _BK[B_REQS], "reqs")[rid]["stage"] = "mrb"
 
 
 def mrb_add(m, qi, rid):
     """mrb_add (vblk.mrb_add)"""
-    s = m.vblk
-    _mrb_append(s, rid, s.reqs[rid]["is_write"])
-    sched_cont(m.sim, "vblk.pop", (qi,))
-    return f"request appended to the MultiReqBuffer ({len(s.mrb)} queued)"
+    s = sget(m, _Machine, _MO[M_VBLK], "vblk")
+    _mrb_append(s, rid, sget(s, _VirtIOBlock, _BK[B_REQS], "reqs")[rid]["is_write"])
+    sched_cont(sget(m, _Machine, _MO[M_SIM], "sim"), "vblk.pop", (qi,))
+    return (f"request appended to the MultiReqBuffer "
+            f"({len(sget(s, _VirtIOBlock, _BK[B_MRB], 'mrb'))} queued)")
 
 
 def pass_end(m, qi):
     """pass_end (vblk.pass_end)"""
-    s = m.vblk
+    s = sget(m, _Machine, _MO[M_VBLK], "vblk")
     msg = ""
-    if s.suppress.get(qi):
+    if sget(s, _VirtIOBlock, _BK[B_SUPPRESS], "suppress").get(qi):
         _set_notification(m, qi, True)
-        vq = m.vdev.vqs[qi]
-        msg = (f"virtio_queue_set_notification(vq, 1): avail_event = {vq.shadow_avail_idx}; "
-               if _has(m.vdev, 29) else "used.flags NO_NOTIFY cleared; ")
+        vq = _vq(m, qi)
+        msg = (f"virtio_queue_set_notification(vq, 1): avail_event = "
+               f"{sget(vq, _VirtQueue, _VQ[Q_SHADOW_AVAIL_IDX], 'shadow_avail_idx')}; "
+               if _has(sget(m, _Machine, _MO[M_VDEV], "vdev"), 29)
+               else "used.flags NO_NOTIFY cleared; ")
     if not _queue_empty(m, qi):
-        sched_cont(m.sim, "vblk.handle_vq", (qi, 1))
+        sched_cont(sget(m, _Machine, _MO[M_SIM], "sim"), "vblk.handle_vq", (qi, 1))
         return msg + "virtio_queue_empty: more buffers arrived, loop"
-    if s.mrb:
-        sched_cont(m.sim, "vblk.submit_multireq", (qi,))
-        return msg + f"queue empty; submit the MultiReqBuffer ({len(s.mrb)} requests)"
-    s.suppress.pop(qi, None)
+    if sget(s, _VirtIOBlock, _BK[B_MRB], "mrb"):
+        sched_cont(sget(m, _Machine, _MO[M_SIM], "sim"), "vblk.submit_multireq", (qi,))
+        return msg + (f"queue empty; submit the MultiReqBuffer "
+                      f"({len(sget(s, _VirtIOBlock, _BK[B_MRB], 'mrb'))} requests)")
+    sget(s, _VirtIOBlock, _BK[B_SUPPRESS], "suppress").pop(qi, None)
     return msg + "queue empty; pass ends"
 
 
 def submit_multireq(m, qi):
     """submit_multireq (vblk.submit_multireq)"""
-    s = m.vblk
-    reqs_d = s.reqs
-    reqs = [reqs_d[r] for r in s.mrb]
+    s = sget(m, _Machine, _MO[M_VBLK], "vblk")
+    reqs_d = sget(s, _VirtIOBlock, _BK[B_REQS], "reqs")
+    reqs = [reqs_d[r] for r in sget(s, _VirtIOBlock, _BK[B_MRB], "mrb")]
     if len(reqs) > 1:
         reqs.sort(key=_sector_key)
     max_transfer = 0x7FFFFFFF
@@ -786,11 +924,12 @@ def submit_multireq(m, qi):
         niov += len(qiov)
     if cur:
         groups.append(cur)
-    s.mrb = []
-    s.groups = groups
-    s.merged += sum([len(g) - 1 for g in groups])
-    sched_cont(m.sim, "vblk.submit_requests", (qi,))
-    reqs_d = s.reqs
+    sset(s, _VirtIOBlock, _BK[B_MRB], "mrb", [])
+    sset(s, _VirtIOBlock, _BK[B_GROUPS], "groups", groups)
+    sset(s, _VirtIOBlock, _BK[B_MERGED], "merged",
+         sget(s, _VirtIOBlock, _BK[B_MERGED], "merged") + sum([len(g) - 1 for g in groups]))
+    sched_cont(sget(m, _Machine, _MO[M_SIM], "sim"), "vblk.submit_requests", (qi,))
+    reqs_d = sget(s, _VirtIOBlock, _BK[B_REQS], "reqs")
     shown = ", ".join(["[" + " ".join([str(reqs_d[r]["sector"]) for r in g]) + "]" for g in groups])
     return f"{len(reqs)} requests -> {len(groups)} group(s) by sector: {shown}"
 
@@ -798,9 +937,9 @@ def submit_multireq(m, qi):
 def submit_requests(m, qi):
     """submit_requests (vblk.submit_requests)"""
     cdef Py_ssize_t k
-    s = m.vblk
-    group = s.groups.pop(0)
-    reqs_d = s.reqs
+    s = sget(m, _Machine, _MO[M_VBLK], "vblk")
+    group = sget(s, _VirtIOBlock, _BK[B_GROUPS], "groups").pop(0)
+    reqs_d = sget(s, _VirtIOBlock, _BK[B_REQS], "reqs")
     first = reqs_d[group[0]]
     qiov = []
     for k in range(len(group) - 1):
@@ -810,7 +949,8 @@ def submit_requests(m, qi):
         qiov.extend(req["qiov"])
         req["stage"] = "submitted"
     op = "write" if first["is_write"] else "read"
-    then = ("vblk.submit_requests", (qi,)) if s.groups else None
+    then = (("vblk.submit_requests", (qi,)) if sget(s, _VirtIOBlock, _BK[B_GROUPS], "groups")
+            else None)
     _SUP.blk_aio_submit(m, op, first["sector"] << 9, 0, qiov, 0, ("vblk.rw_complete", (group[0],)),
                        then)
     return (f"blk_aio_p{'writev' if op == 'write' else 'readv'}(offset {first['sector'] << 9:#x}, "
@@ -821,10 +961,10 @@ def submit_requests(m, qi):
 
 def rw_complete(m, rid, ret):
     """rw_complete (vblk.rw_complete)"""
-    s = m.vblk
-    req = s.reqs.get(rid)
+    s = sget(m, _Machine, _MO[M_VBLK], "vblk")
+    req = sget(s, _VirtIOBlock, _BK[B_REQS], "reqs").get(rid)
     if req is None or req.get("dropped"):
-        s.reqs.pop(rid, None)
+        sget(s, _VirtIOBlock, _BK[B_REQS], "reqs").pop(rid, None)
         return "request was dropped by a device reset"
     status = 0
     why = "ok"
@@ -834,22 +974,23 @@ def rw_complete(m, rid, ret):
         why = f"error {ret}: {action} policy"
     nxt = req["mr_next"]
     if nxt is not None:
-        sched_call(m.sim, "vblk.req_complete", (rid, status), "vblk.rw_complete", (nxt, ret))
+        sched_call(sget(m, _Machine, _MO[M_SIM], "sim"), "vblk.req_complete", (rid, status),
+                   "vblk.rw_complete", (nxt, ret))
     else:
-        sched_cont(m.sim, "vblk.req_complete", (rid, status))
+        sched_cont(sget(m, _Machine, _MO[M_SIM], "sim"), "vblk.req_complete", (rid, status))
     return f"sector {req['sector']}: {why}"
 
 
 def req_complete(m, rid, status):
     """req_complete (vblk.req_complete)"""
-    req = m.vblk.reqs[rid]
-    m.mem.write(req["status_gpa"], bytes([status]))
+    req = sget(sget(m, _Machine, _MO[M_VBLK], "vblk"), _VirtIOBlock, _BK[B_REQS], "reqs")[rid]
+    sget(m, _Machine, _MO[M_MEM], "mem").write(req["status_gpa"], bytes([status]))
     req["status"] = status
     facts = _facts(m)
     if facts is not None:
         facts.append(("req-status", rid, status, req["status_gpa"]))
     req["stage"] = "completing"
-    sched_cont(m.sim, "vq.fill", (rid,))
+    sched_cont(sget(m, _Machine, _MO[M_SIM], "sim"), "vq.fill", (rid,))
     return f"status {STATUS_NAMES.get(status, status)} -> status byte @{req['status_gpa']:#x}"
 
 
@@ -858,16 +999,16 @@ def fill(m, rid):
     cdef char buf[96]
     cdef long long ui, nm, ix, ln
     cdef int n
-    req = m.vblk.reqs[rid]
+    req = sget(sget(m, _Machine, _MO[M_VBLK], "vblk"), _VirtIOBlock, _BK[B_REQS], "reqs")[rid]
     qi = req["qi"]
-    vdev = m.vdev
-    vq = vdev.vqs[qi]
+    vdev = sget(m, _Machine, _MO[M_VDEV], "vdev")
+    vq = sget(vdev, _VirtIODevice, _DV[D_VQS], "vqs")[qi]
     if not _virtqueue_fill(m, vdev, vq, qi, req["elem"], req["in_len"]):
-        sched_cont(m.sim, "vq.flush", (rid,))
+        sched_cont(sget(m, _Machine, _MO[M_SIM], "sim"), "vq.flush", (rid,))
         return "device broken: buffers unmapped, nothing written to the used ring"
-    sched_cont(m.sim, "vq.flush", (rid,))
-    used_idx = vq.used_idx
-    num = vq.num
+    sched_cont(sget(m, _Machine, _MO[M_SIM], "sim"), "vq.flush", (rid,))
+    used_idx = sget(vq, _VirtQueue, _VQ[Q_USED_IDX], "used_idx")
+    num = sget(vq, _VirtQueue, _VQ[Q_NUM], "num")
     index = req['elem']['index']
     in_len = req['in_len']
     if (_ll(used_idx, &ui) and ui >= 0 and _ll(num, &nm) and nm > 0 and _ll(index, &ix)
@@ -885,39 +1026,44 @@ def fill(m, rid):
 
 def flush(m, rid):
     """flush (vq.flush)"""
-    req = m.vblk.reqs[rid]
+    req = sget(sget(m, _Machine, _MO[M_VBLK], "vblk"), _VirtIOBlock, _BK[B_REQS], "reqs")[rid]
     qi = req["qi"]
-    vq = m.vdev.vqs[qi]
+    vq = _vq(m, qi)
     published = _virtqueue_flush(m, qi)
-    s = m.vblk
+    s = sget(m, _Machine, _MO[M_VBLK], "vblk")
     if not published:
-        s.reqs.pop(rid)
-        return f"device broken: inuse -> {vq.inuse}, used.idx not published"
-    s.completed += 1
+        sget(s, _VirtIOBlock, _BK[B_REQS], "reqs").pop(rid)
+        return (f"device broken: inuse -> {sget(vq, _VirtQueue, _VQ[Q_INUSE], 'inuse')}, "
+                f"used.idx not published")
+    sset(s, _VirtIOBlock, _BK[B_COMPLETED], "completed",
+         sget(s, _VirtIOBlock, _BK[B_COMPLETED], "completed") + 1)
     if req.get("status"):
-        s.errors += 1
-    sched_cont(m.sim, "vq.notify", (rid,))
-    return f"smp_wmb; used.idx = {vq.used_idx}; inuse = {vq.inuse}"
+        sset(s, _VirtIOBlock, _BK[B_ERRORS], "errors",
+             sget(s, _VirtIOBlock, _BK[B_ERRORS], "errors") + 1)
+    sched_cont(sget(m, _Machine, _MO[M_SIM], "sim"), "vq.notify", (rid,))
+    return (f"smp_wmb; used.idx = {sget(vq, _VirtQueue, _VQ[Q_USED_IDX], 'used_idx')}; "
+            f"inuse = {sget(vq, _VirtQueue, _VQ[Q_INUSE], 'inuse')}")
 
 
 def notify(m, rid):
     """notify (vq.notify)"""
-    req = m.vblk.reqs.pop(rid)
+    req = sget(sget(m, _Machine, _MO[M_VBLK], "vblk"), _VirtIOBlock, _BK[B_REQS], "reqs").pop(rid)
     qi = req["qi"]
     need, why = _should_notify(m, qi)
     if need:
-        sched_cont(m.sim, "vq.irq", (qi,))
+        sched_cont(sget(m, _Machine, _MO[M_SIM], "sim"), "vq.irq", (qi,))
         return f"virtio_should_notify: yes ({why})"
-    m.counters["irqs_suppressed"] += 1
+    sget(m, _Machine, _MO[M_COUNTERS], "counters")["irqs_suppressed"] += 1
     return f"virtio_should_notify: no ({why}); no interrupt"
 
 
 def irq(m, qi):
     """irq (vq.irq)"""
-    vdev = m.vdev
-    _set_reg(m, vdev, "isr", "isr", vdev.isr | 1)
-    vec = m.vdev.vqs[qi].vector
-    sent = _SUP.msix_notify(m.transport, m, vec)
+    vdev = sget(m, _Machine, _MO[M_VDEV], "vdev")
+    _set_reg(m, vdev, _VirtIODevice, _DV[D_ISR], "isr", "isr",
+             sget(vdev, _VirtIODevice, _DV[D_ISR], "isr") | 1)
+    vec = sget(_vq(m, qi), _VirtQueue, _VQ[Q_VECTOR], "vector")
+    sent = _SUP.msix_notify(sget(m, _Machine, _MO[M_TRANSPORT], "transport"), m, vec)
     return f"ISR |= 1; msix_notify(vector {vec})" + ("" if sent else " (masked or no vector)")
 
 
