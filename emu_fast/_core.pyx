@@ -932,7 +932,8 @@ cdef class _Prefilter:
     """Which steps could make some enabled breakpoint match (emu.debug.breakpoints matchers)."""
     cdef bint always            # check every step (request breakpoints, unknown kinds)
     cdef bint none              # nothing enabled: check() would return None at once
-    cdef bint desc              # any "desc" fact
+    cdef bint desc              # any "desc" fact that could match a desc breakpoint (descs)
+    cdef list descs             # the desc breakpoints' params dicts (_match_desc's filters)
     cdef bint error             # an "error" or "guest-error" effect
     cdef bint ioerr             # a "req-status" fact with status IOERR
     cdef int ioerr_status
@@ -956,7 +957,7 @@ cdef class _Prefilter:
 
     def __init__(self, table, int ioerr_status):
         self.ioerr_status = ioerr_status
-        self.steps, self.regs, self.rings = [], [], []
+        self.steps, self.regs, self.rings, self.descs = [], [], [], []
         self.step_cache, self.reg_cache = {}, {}
         self.inuse_names = set()
         enabled = table._enabled
@@ -968,6 +969,7 @@ cdef class _Prefilter:
             p = bp.params
             if k == "desc":
                 self.desc = True
+                self.descs.append(p)
             elif k == "step":
                 self.steps.append(bp.pattern)
             elif k == "reg":
@@ -1043,6 +1045,37 @@ cdef class _Prefilter:
                     return True
         return False
 
+    cdef bint _desc_could_match(self, object f) except -1:
+        """Some desc breakpoint's filters (_match_desc's, before its condition) pass fact f;
+        True as well where _match_desc would fail on it (then check() raises as in Python)."""
+        try:
+            _t, on, q, slot, table, entry, head, addr, ln, flags, nxt, req = f
+            for p in self.descs:
+                ons = p["on"]
+                if ons is not None and on not in ons:
+                    continue
+                if p["q"] is not None and q != p["q"]:
+                    continue
+                if p["idx"] is not None and slot != p["idx"]:
+                    continue
+                if p["head"] is not None and head != p["head"]:
+                    continue
+                ind = table is not None
+                if p["indirect"] is not None and ind != p["indirect"]:
+                    continue
+                r = p["addr"]
+                if r is not None and not (r[0] <= addr <= r[1]):
+                    continue
+                r = p["len"]
+                if r is not None and not (r[0] <= ln <= r[1]):
+                    continue
+                if flags & p["flags"] != p["flags"]:
+                    continue
+                return True
+            return False
+        except Exception:
+            return True
+
     cdef bint candidate(self, object m, object rec) except -1:
         cdef Py_ssize_t i
         cdef long long a, b
@@ -1055,7 +1088,7 @@ cdef class _Prefilter:
         if self.desc or self.ioerr:
             for f in <list>rec.facts:
                 t = f[0]
-                if self.desc and _is(t, _F_DESC):
+                if self.desc and _is(t, _F_DESC) and self._desc_could_match(f):
                     return True
                 if self.ioerr and _is(t, _F_STATUS) and f[2] == self.ioerr_status:
                     return True

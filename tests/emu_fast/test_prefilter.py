@@ -20,7 +20,11 @@ from tests.emu_fast.test_differential import SETTINGS, configs, machine, snapsho
 pytestmark = pytest.mark.skipif(not emu_fast.available(),
                                 reason="emu_fast is not compiled (python setup.py build_ext --inplace)")
 
-SPECS = [("break", "desc"), ("break", "desc on=used q=0"), ("break", "step virtqueue_*"),
+SPECS = [("break", "desc"), ("break", "desc on=used q=0"), ("break", "desc on=add|pop idx=1"),
+         ("break", "desc head=0 flags=NEXT"), ("break", "desc len=16"),
+         ("break", "desc on=pop len=512..8192 flags=WRITE"), ("break", "desc indirect=yes"),
+         ("break", "desc indirect=no addr=0x0..0x7fffff"), ("break", "desc q=0 on=used if len == 3"),
+         ("break", "step virtqueue_*"),
          ("break", "step qcow2_co_pwritev_task"), ("break", "ring inuse>=2"),
          ("break", "ring wrap"), ("break", "ring avail_idx=3"), ("break", "ring used_idx=2"),
          ("watch", "ram 0x10000+4096"), ("watch", "ram 0x0..0x3fffff"), ("watch", "host 0x0+512"),
@@ -61,6 +65,28 @@ def test_prefilter_never_skips_a_matching_step(tmp_path_factory, fmt, wl, cfg, s
         matched += hit
         passed += cand
     assert passed <= m.steps
+
+
+def test_desc_filters_narrow_the_candidates(tmp_path):
+    """A desc breakpoint's filters (on=, idx=, len=, ...) are applied before check(): a step
+    whose desc facts none of them pass is not a candidate."""
+    wl = "queue-depth 4\n" + "".join(f"write {i * 8192} 4k\nread {i * 4096} 8k\n" for i in range(20))
+    counts = {}
+    for spec in ("desc", "desc on=used", "desc on=pop len=4096", "desc head=200"):
+        m = machine(tmp_path, "raw", "", wl, {"queue_size": 256, "indirect": False})
+        table = BP.BreakpointTable()
+        bp = table.get(table.add(BP.parse_command("break", spec, machine=m), m))
+        cand = hits = 0
+        for rec in iter(m.step, None):
+            c = emu_fast.require().prefilter_candidates(table, m, [rec], S_IOERR)[0]
+            h = _matches(bp, m, rec, table)
+            assert c or not h
+            cand += c
+            hits += h
+        counts[spec] = (cand, hits)
+    assert counts["desc"][0] > counts["desc on=used"][0] > counts["desc on=pop len=4096"][0] > 0
+    assert counts["desc head=200"] == (0, 0)
+    assert all(cand == hits for cand, hits in counts.values()), counts
 
 
 def test_prefilter_skips_steps_and_the_stops_are_the_same(tmp_path, monkeypatch):
