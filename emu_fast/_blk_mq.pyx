@@ -324,11 +324,12 @@ cdef object _dd_dispatch(object m, object q):
         rid = _dd_next(q, sget(q, _BlkMq, _BQ[Q_DD_LAST_DIR], "dd_last_dir"))
     if rid is None:
         reads, writes = fifo
-        starved = sget(q, _BlkMq, _BQ[Q_DD_STARVED], "dd_starved")
-        if reads and not (writes and starved >= DD_WRITES_STARVED):
+        if reads and not (writes and
+                          sget(q, _BlkMq, _BQ[Q_DD_STARVED], "dd_starved") >= DD_WRITES_STARVED):
             d = 0
             if writes:
-                sset(q, _BlkMq, _BQ[Q_DD_STARVED], "dd_starved", starved + 1)
+                sset(q, _BlkMq, _BQ[Q_DD_STARVED], "dd_starved",
+                     sget(q, _BlkMq, _BQ[Q_DD_STARVED], "dd_starved") + 1)
         elif writes:
             d = 1
             sset(q, _BlkMq, _BQ[Q_DD_STARVED], "dd_starved", 0)
