@@ -73,9 +73,9 @@ cdef object _BlkMq = _S.BlkMq
 cdef object _Proc = _S.Proc
 
 cdef enum:
-    M_SIM, M_GUEST, M_MEM, M_PAGES
+    M_SIM, M_GUEST, M_MEM, M_PAGES, M_N
 cdef enum:
-    G_BLKMQ, G_PROC, G_ZERO_PAGE, G_COMPLETED
+    G_BLKMQ, G_PROC, G_ZERO_PAGE, G_COMPLETED, G_N
 cdef enum:
     Q_DEPTH, Q_NR_REQUESTS, Q_TAGS, Q_ALLOC_HINT, Q_RQS, Q_NEXT_RQ, Q_PLUG, Q_DD_FIFO,
     Q_DD_NEXT_SECTOR, Q_DD_LAST_DIR, Q_DD_BATCHING, Q_DD_STARVED, Q_DISPATCH, Q_STOPPED,
@@ -85,8 +85,8 @@ cdef enum:
     P_OPS, P_PC, P_STARTED, P_INFLIGHT, P_WAITING, P_PENDING_BIOS, P_OP_STATE, P_READS,
     P_RESULTS, P_NEXT_BIO, P_N
 
-cdef Py_ssize_t _MA[4]
-cdef Py_ssize_t _GU[4]
+cdef Py_ssize_t _MA[M_N]
+cdef Py_ssize_t _GU[G_N]
 cdef Py_ssize_t _BQ[Q_N]
 cdef Py_ssize_t _PR[P_N]
 
