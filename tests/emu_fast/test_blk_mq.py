@@ -38,6 +38,15 @@ def test_kinds_are_compiled():
     assert set(KINDS) <= set(emu_fast.compiled_kinds())
 
 
+def test_state_members_are_read_at_their_slot_offsets():
+    """_blk_mq reads Machine/Guest/BlkMq/Proc members at their __slots__ offsets, not through
+    getattr (emu_fast/_slots.pxd): each class resolved its offsets at import."""
+    paths = emu_fast.slot_paths()
+    mine = {k: v for k, v in paths.items() if k.startswith("_blk_mq.")}
+    assert mine == {"_blk_mq.Machine": True, "_blk_mq.Guest": True, "_blk_mq.BlkMq": True,
+                    "_blk_mq.Proc": True}
+
+
 # -- write_pattern ------------------------------------------------------------------------------
 
 @settings(max_examples=400, deadline=None, derandomize=True)
