@@ -128,6 +128,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import partial
 
 from ..sim.steps import REGISTRY, Step
 from ..spec import blk as B
@@ -720,11 +721,18 @@ def _match_desc(bp: Breakpoint, c: "_Ctx"):
         fields = dict(match)
         fields["indirect"] = int(ind)
         fields.update(FLAG_NAMES)
-        where = f"indirect table {table:#x}[{entry}]" if ind else f"desc[{slot}]"
-        verb = {"add": "driver wrote", "pop": "device popped", "used": "device returned"}[on]
-        msg = (f"{verb} {where} of chain {head}" + (f" (request {req})" if req is not None else "")
-               + f": {{addr {addr:#x}, len {ln}, {_flag_str(flags)}, next {nxt}}}")
-        yield match, fields, msg
+        # the message is built only if this match stops (check() calls it): most candidate
+        # matches are rejected by the breakpoint's condition
+        yield match, fields, partial(_desc_msg, match)
+
+
+def _desc_msg(match: dict) -> str:
+    on, ind, head, req = match["on"], match["indirect"], match["head"], match["req"]
+    where = f"indirect table {match['table']:#x}[{match['entry']}]" if ind else f"desc[{match['idx']}]"
+    verb = {"add": "driver wrote", "pop": "device popped", "used": "device returned"}[on]
+    return (f"{verb} {where} of chain {head}" + (f" (request {req})" if req is not None else "")
+            + f": {{addr {match['addr']:#x}, len {match['len']}, {_flag_str(match['flags'])}, "
+            f"next {match['next']}}}")
 
 
 def _match_req(bp: Breakpoint, c: "_Ctx"):
@@ -929,6 +937,11 @@ _REASON = {"breakpoint": "breakpoint", "watchpoint": "watchpoint", "catchpoint":
 _LABEL = {"breakpoint": "Breakpoint", "watchpoint": "Watchpoint", "catchpoint": "Catchpoint"}
 
 
+def _text(msg) -> str:
+    """A matcher's message: a str, or a callable building it (see _match_desc)."""
+    return msg() if callable(msg) else msg
+
+
 class _Ctx:
     """What one check() looks at: the machine, the step, this step's request transitions."""
     __slots__ = ("m", "rec", "table")
@@ -1128,7 +1141,7 @@ class BreakpointTable:
                         ok = bp.cond.truth(fields)
                     except X.ExprError as e:
                         ok = True
-                        msg = f"error in condition {bp.condition!r}: {e}; stopped. {msg}"
+                        msg = f"error in condition {bp.condition!r}: {e}; stopped. {_text(msg)}"
                     if not ok:
                         continue
                 if dry:
@@ -1143,6 +1156,7 @@ class BreakpointTable:
         if not stops:
             return None
         bp, match, msg = stops[0]
+        msg = _text(msg)
         deleted = () if dry else tuple(b.id for b, _m, _s in stops if b.temporary)
         for i in deleted:
             del self._bps[i]

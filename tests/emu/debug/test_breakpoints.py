@@ -262,6 +262,27 @@ def test_desc_add_stop_matches_the_descriptor_now_in_ram(raw_image):
         assert not (r.function == "virtqueue_add_split"
                     and any(e[0] == "ram" and e[1] == base + 48 for e in r.effects)), r.n
     assert hit.match["req"] in m.guest.blkmq.rqs
+    flags = "|".join(n for n, b in (("NEXT", D.NEXT), ("WRITE", D.WRITE)) if d.flags & b) or "0"
+    assert hit.message.endswith(f"driver wrote desc[3] of chain {hit.match['head']} (request "
+                                f"{hit.match['req']}): {{addr {d.addr:#x}, len {d.len}, {flags}, "
+                                f"next {d.next}}}"), hit.message
+
+
+def test_desc_condition_errors_stop_with_the_match_described():
+    """A condition that cannot be evaluated stops, saying why, then what matched."""
+    image, wl, cfg = ARTICLE, ARTICLE_WL, {}
+    m = build(image, wl, **cfg)
+    table = table_with(m, ("break", "desc on=pop if len / 0 == 1"))
+    hit, rec = run_to_hit(m, table)
+    assert rec.function == "virtqueue_split_pop"
+    mt = hit.match
+    flags = "|".join(n for n, b in (("NEXT", D.NEXT), ("WRITE", D.WRITE), ("INDIRECT", 4))
+                     if mt["flags"] & b) or "0"
+    req = f" (request {mt['req']})" if mt["req"] is not None else ""
+    assert hit.message.endswith(
+        f"error in condition 'len / 0 == 1': division by zero; stopped. device popped "
+        f"desc[{mt['idx']}] of chain {mt['head']}{req}: {{addr {mt['addr']:#x}, len {mt['len']}, "
+        f"{flags}, next {mt['next']}}}"), hit.message
 
 
 def test_desc_pop_and_used_stop_at_the_device_steps():
@@ -273,6 +294,8 @@ def test_desc_pop_and_used_stop_at_the_device_steps():
     t, k = hit.match["table"], hit.match["entry"]
     d = D.desc(m.mem.ram, t, k)                  # the status byte entry of the indirect table
     assert (d.len, d.flags) == (1, D.WRITE) == (hit.match["len"], hit.match["flags"])
+    assert f"device popped indirect table {t:#x}[{k}] of chain {hit.match['head']}" in hit.message
+    assert hit.message.endswith(f": {{addr {d.addr:#x}, len 1, WRITE, next {d.next}}}"), hit.message
     assert not d.flags & D.NEXT and hit.match["idx"] is None and hit.match["indirect"] is True
     hit2, rec2 = run_to_hit(m, table)
     assert rec2.function == "virtqueue_fill" and hit2.id == 2
