@@ -739,8 +739,26 @@ cdef class _Kind:
 
 # kind -> _Kind, for entries whose StepInfo is a StepInfo (frozen: its fields never change).
 # An entry is used while REGISTRY[kind] is still the same tuple (a tuple: what it holds never
-# changes) and until register() adds compiled handlers.
+# changes) and until register() adds compiled handlers.  Where CPython keeps a version tag in
+# each dict (changed by every insertion, replacement and deletion; 3.6 to 3.13), the whole
+# cache is dropped when REGISTRY's tag changes, and an entry found is used without looking
+# REGISTRY[kind] up again.
 cdef dict _RESOLVED = {}
+
+cdef extern from *:
+    """
+    #if PY_VERSION_HEX < 0x030E0000
+    #define VB_HAVE_DICT_VERSION 1
+    #define VB_DICT_VERSION(d) ((unsigned long long)((PyDictObject*)(d))->ma_version_tag)
+    #else
+    #define VB_HAVE_DICT_VERSION 0
+    #define VB_DICT_VERSION(d) 0ULL
+    #endif
+    """
+    bint VB_HAVE_DICT_VERSION
+    unsigned long long VB_DICT_VERSION(dict d)
+
+cdef unsigned long long _registry_version = 0   # REGISTRY's tag when _RESOLVED was last valid
 
 
 cdef _Kind _resolve(object kind, object entry):
@@ -789,8 +807,10 @@ cdef inline object _vcall(object fn, object m, object args):
 
 cdef object _step(object m):
     """Machine.step, with Scheduler.pop and Scheduler.finish_step inlined."""
+    global _registry_version
     cdef PyObject* o
     cdef _Kind r
+    cdef unsigned long long v
     sim = sget(m, _Machine, _MO[0], "sim")
     q = _sg(sim, S_QUEUE)
     if not q:
@@ -800,14 +820,26 @@ cdef object _step(object m):
     _ss(sim, S_NOW, time)
     _ss(sim, S_CUR, ctx)
     _ss(sim, S_DECIDED, False)
-    entry = _REGISTRY[kind]
-    o = PyDict_GetItemWithError(_RESOLVED, kind)
-    if o != NULL and (<_Kind>o).entry is entry:
-        r = <_Kind>o
+    if VB_HAVE_DICT_VERSION:
+        v = VB_DICT_VERSION(_REGISTRY)
+        if v != _registry_version:
+            _RESOLVED.clear()
+            _registry_version = v
+        o = PyDict_GetItemWithError(_RESOLVED, kind)
+        if o != NULL:
+            r = <_Kind>o
+        else:
+            r = _resolve(kind, _REGISTRY[kind])
     else:
-        r = _resolve(kind, entry)
+        entry = _REGISTRY[kind]
+        o = PyDict_GetItemWithError(_RESOLVED, kind)
+        if o != NULL and (<_Kind>o).entry is entry:
+            r = <_Kind>o
+        else:
+            r = _resolve(kind, entry)
     effects = []
-    n = sget(m, _Machine, _MO[1], "steps") + 1
+    steps = sget(m, _Machine, _MO[1], "steps")
+    n = steps + 1
     rec = _make_step(n, time, ctx, kind, r.layer, r.function, r.source, effects)
     sset(m, _Machine, _MO[2], "cur", rec)
     log = sget(m, _Machine, _MO[3], "log")
@@ -821,7 +853,8 @@ cdef object _step(object m):
     finally:
         _log_cur(log, None)
     _finish_step(sim)
-    sset(m, _Machine, _MO[1], "steps", sget(m, _Machine, _MO[1], "steps") + 1)
+    now = sget(m, _Machine, _MO[1], "steps")         # (self.steps += 1: read again)
+    sset(m, _Machine, _MO[1], "steps", n if now is steps else now + 1)
     return rec
 
 

@@ -204,6 +204,23 @@ def test_handler_arguments_of_any_count(tmp_path, monkeypatch, nargs):
     assert [r.detail for r in mine] == [f"{nargs} args" if nargs else ""] * 2
 
 
+def test_a_handler_that_moves_the_step_counter(tmp_path, monkeypatch):
+    """Machine.step counts with `self.steps += 1` after the handler: a handler that changes
+    m.steps (none of emu's does) moves the count on both engines alike."""
+    from emu.sim.steps import REGISTRY
+    a, b = _machines(tmp_path)
+
+    def jump(m, by):
+        m.steps += by
+    monkeypatch.setitem(REGISTRY, "test.jump", (jump, REGISTRY["vring.add_desc"][1]))
+    for m in (a, b):
+        m.sim.at(0, "test.jump", (5,))
+        m.sim.at(3, "test.jump", (0,))
+    recs_a = list(iter(a.step, None))
+    recs_b = list(iter(lambda: emu_fast.step(b), None))
+    assert recs_b == recs_a and b.steps == a.steps == len(recs_a) + 5
+
+
 def test_the_exact_shortcuts_are_taken():
     """Step, EffectLog, Scheduler and Ctx have the shape _core's shortcuts check for at import (slots of
     Step, Scheduler and Ctx at their offsets): if a change to emu's classes turns one
