@@ -75,6 +75,16 @@ cdef inline object sget(object o, object cls, Py_ssize_t off, str name):
     return getattr(o, name)
 
 
+cdef inline object sget_or(object o, object cls, Py_ssize_t off, str name, object default):
+    """getattr(o, name, default)"""
+    cdef PyObject* p
+    if off >= 0 and type(o) is cls:
+        p = vbs_peek(o, off)
+        if p != NULL:
+            return <object>p
+    return getattr(o, name, default)
+
+
 cdef inline int sset(object o, object cls, Py_ssize_t off, str name, object v) except -1:
     """o.<name> = v"""
     if off >= 0 and type(o) is cls:

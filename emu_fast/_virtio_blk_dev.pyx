@@ -36,7 +36,7 @@ from emu.sim.steps import EffectLog, Step
 
 from emu_fast import _support as _SUP
 from emu_fast._fmt cimport _ll, _pdec, _phex, _pstr
-from emu_fast._slots cimport slot_offsets, sget, sset, vbs_peek
+from emu_fast._slots cimport slot_offsets, sget, sget_or, sset
 from cpython.object cimport PyObject
 
 PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
@@ -276,12 +276,7 @@ cdef inline void _log(object m, tuple eff) except *:
 
 cdef inline object _machine_cur(object m):
     """getattr(m, "cur", None)"""
-    cdef PyObject* p
-    if _MO[M_CUR] >= 0 and type(m) is _Machine:
-        p = vbs_peek(m, _MO[M_CUR])
-        if p != NULL:
-            return <object>p
-    return getattr(m, "cur", None)
+    return sget_or(m, _Machine, _MO[M_CUR], "cur", None)
 
 
 cdef inline list _facts(object m):

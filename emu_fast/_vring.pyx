@@ -27,7 +27,7 @@ from cpython.unicode cimport PyUnicode_AsUTF8AndSize, PyUnicode_DecodeASCII
 from cpython.object cimport PyObject
 from libc.stdint cimport uint8_t, uint64_t
 from emu_fast._core cimport sched_block, sched_call, sched_cont, sched_post
-from emu_fast._slots cimport slot_offsets, sget, sset, vbs_peek
+from emu_fast._slots cimport slot_offsets, sget, sget_or, sset
 
 import struct as _struct
 
@@ -288,13 +288,8 @@ def pack_desc(addr, length, flags, nxt):
 
 
 cdef inline object _machine_cur(object m):
-    """getattr(m, "cur", None) (Machine.cur read at its offset, as sget does)"""
-    cdef PyObject* p
-    if _M[M_CUR] >= 0 and type(m) is _Machine:
-        p = vbs_peek(m, _M[M_CUR])
-        if p != NULL:
-            return <object>p
-    return getattr(m, "cur", None)
+    """getattr(m, "cur", None)"""
+    return sget_or(m, _Machine, _M[M_CUR], "cur", None)
 
 
 cdef inline void _add_fact(object m, tuple fact) except *:
