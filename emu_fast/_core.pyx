@@ -1184,7 +1184,8 @@ def session_run(s, target=None, bint check=True, limit=None, stop=None, cancelle
     history_append = s.history.append
     last_by_side = s.last_by_side
     tl = s.timeline
-    while not has_target or m.steps < tgt:
+    cdef Py_ssize_t layer_off = _OFF[4] if _STEP_DIRECT else -1     # Step.layer's offset
+    while not has_target or sget(m, _Machine, _MO[1], "steps") < tgt:
         if lim >= 0 and k >= lim:
             return _Stop("limit", m.steps, f"{limit} step(s) run")
         if cancelled is not None and k % 64 == 0 and cancelled():
@@ -1200,11 +1201,13 @@ def session_run(s, target=None, bint check=True, limit=None, stop=None, cancelle
             return _Stop("end", m.steps, "the workload finished")
         history_append(rec)
         s.last = rec
-        last_by_side["guest" if rec.layer in guest else "host"] = rec
+        last_by_side["guest" if sget(rec, _Step, layer_off, "layer") in guest else "host"] = rec
         cps = tl.checkpoints
-        if m.steps - cps[len(cps) - 1].step >= tl.interval:     # (no negative index: wraparound=False)
+        steps = sget(m, _Machine, _MO[1], "steps")
+        if steps - cps[len(cps) - 1].step >= tl.interval:      # (no negative index: wraparound=False)
             tl.checkpoint()
-        if s.scheduled and m.steps in s.scheduled:
+            steps = sget(m, _Machine, _MO[1], "steps")
+        if s.scheduled and steps in s.scheduled:
             s._apply_scheduled()
             _ensure(m)
         # -- Session._advance
