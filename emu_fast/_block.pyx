@@ -60,6 +60,7 @@ cdef dict _Q_FAULT_OP = {"guest_write": "write", "guest_read": "read", "cow_read
 # Machine's and BlockState's members, read at their offsets (emu_fast/_slots.pxd)
 from emu.machine import Machine as _Machine_cls
 from emu_fast._slots cimport slot_offsets, sget, sset
+from emu_fast._zeros cimport vb_zeros
 cdef object _Machine = _Machine_cls
 cdef object _BlockState = _BK.BlockState
 cdef Py_ssize_t _M[7]
@@ -404,7 +405,8 @@ cdef str _q_run_zero(object m, dict item):
     end = off + n if op == "write_zeroes" else min(off + n, f.size)
     if end > off:
         old = f.pread(off, end - off)
-        new = bytes(end - off)
+        new = vb_zeros(end - off) if type(end) is int and type(off) is int and end - off < 1 << 40 \
+            else bytes(end - off)
         if end > f.size or old != new:      # (old != new or end > f.size): neither has effects
             f.pwrite(off, new)
             _log(m, ("file", off, old, new))

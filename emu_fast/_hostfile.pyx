@@ -15,6 +15,8 @@ from libc.string cimport memset
 from posix.types cimport off_t
 from posix.unistd cimport pread as c_pread, pwrite as c_pwrite
 
+from emu_fast._zeros cimport vb_zeros
+
 from errno import EBADF as _EBADF
 
 from emu.block.hostfile import BLOCK as _BLOCK_PY, CHUNK as _CHUNK_PY, HostFile
@@ -54,17 +56,34 @@ cdef int _pwrite_from(int fd, const char* buf, long long n, long long off) excep
             return -1
 
 
+cdef bint _past_base(object hf, set cow, long long off, long long n) except -1:
+    """Whether all of [off, off+n) lies past the base file and outside the overlay's blocks:
+    HostFile.pread's loop would read it as one run of zeros."""
+    cdef long long blk
+    if off < <long long>hf.base_size:
+        return False
+    for blk in range(off // BLOCK, (off + n - 1) // BLOCK + 1):
+        if blk in cow:
+            return False
+    return True
+
+
 cdef bytes _pread(object hf, long long off, long long n):
     """HostFile.pread (n > 0)."""
-    cdef bytes out = PyBytes_FromStringAndSize(NULL, n)
-    cdef char* buf = PyBytes_AS_STRING(out)
+    cdef bytes out
+    cdef char* buf
     cdef long long pos, end, blk, run_end, base_size
     cdef bint in_ov
     cdef int fd
     if hf.mode != "overlay":
-        _pread_into(hf.fd, buf, n, off)
+        out = PyBytes_FromStringAndSize(NULL, n)
+        _pread_into(hf.fd, PyBytes_AS_STRING(out), n, off)
         return out
     cdef set cow = hf.cow
+    if _past_base(hf, cow, off, n):
+        return vb_zeros(n)              # the same value, shared (emu_fast/_zeros.pxd)
+    out = PyBytes_FromStringAndSize(NULL, n)
+    buf = PyBytes_AS_STRING(out)
     cdef int ov_fd = hf.ov_fd
     cdef int base_fd = hf.fd
     base_size = hf.base_size

@@ -30,6 +30,7 @@ from emu.block.qcow2 import layout as _L
 
 from emu_fast import _support as _SUP
 from emu_fast._core cimport sched_cont, sched_post
+from emu_fast._zeros cimport vb_zeros
 
 PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
 
@@ -253,7 +254,8 @@ cdef int _io(object eng, object op, object fn, object what, object offset, objec
         eng.pending.append([offset, bytes(data)])
         eng.file_size = max(eng.file_size, offset + len(b))
     elif op == "write_zeroes" or op == "discard":
-        eng.pending.append([offset, bytes(length)])
+        eng.pending.append([offset, vb_zeros(length) if type(length) is int and 0 <= length < 1 << 40
+                                    else bytes(length)])
         eng.file_size = max(eng.file_size, offset + length) if op == "write_zeroes" \
             else eng.file_size
     elif op == "guest_write":

@@ -133,3 +133,26 @@ def test_overlay_writes_copy_partial_first_and_last_blocks(tmp_path, off, n):
     finally:
         for hf in hfs:
             hf.close()
+
+
+def test_reads_past_the_base_share_one_run_of_zeros(tmp_path):
+    """An overlay read wholly past the base file and its copied blocks is bytes(n), shared
+    between reads of the same length (emu_fast/_zeros.pxd); a read that touches a written
+    block or the base is not."""
+    p = tmp_path / "b.img"
+    p.write_bytes(b"\x5a" * 8192)
+    hf = HostFile(str(p), "overlay", overlay_dir=str(tmp_path))
+    emu_fast.require()._hostfile.attach(hf)
+    try:
+        hf.pwrite(65536, b"\x01" * 10)              # block 16 now lives in the overlay
+        lengths = [4096 * k for k in range(1, 12)] + [1, 65536, 4096]    # > 8: the cache evicts
+        for n in lengths:
+            a, b = hf.pread(81920, n), hf.pread(81920 + 4096, n)
+            assert a == bytes(n) and b == bytes(n) and a is b, n
+            assert HostFile.pread(hf, 81920, n) == a
+        touching = hf.pread(61440, 8192)            # ends in block 16
+        assert touching[4096:4106] == b"\x01" * 10 and touching[:4096] == bytes(4096)
+        assert hf.pread(8000, 4096) == b"\x5a" * 192 + bytes(3904)      # starts in the base
+        assert hf.pread(8192, 0) == b""
+    finally:
+        hf.close()
