@@ -807,6 +807,20 @@ cdef inline object _vcall(object fn, object m, object args):
 
 cdef object _step(object m):
     """Machine.step, with Scheduler.pop and Scheduler.finish_step inlined."""
+    return _step_into(m, None)
+
+
+cdef class _Scratch:
+    """The one Step record a run with no observer refills at every step (see run)."""
+    cdef object rec
+    cdef list effects
+    cdef list facts
+
+
+cdef object _step_into(object m, _Scratch scratch):
+    """_step; with a scratch record (run() without on_step: no one else can hold a record),
+    that record is refilled, field by field as _make_step fills a new one, instead of a new
+    one being made."""
     global _registry_version
     cdef PyObject* o
     cdef _Kind r
@@ -837,10 +851,27 @@ cdef object _step(object m):
             r = <_Kind>o
         else:
             r = _resolve(kind, entry)
-    effects = []
     steps = sget(m, _Machine, _MO[1], "steps")
     n = steps + 1
-    rec = _make_step(n, time, ctx, kind, r.layer, r.function, r.source, effects)
+    if scratch is None:
+        effects = []
+        rec = _make_step(n, time, ctx, kind, r.layer, r.function, r.source, effects)
+    else:
+        effects = scratch.effects
+        del effects[:]
+        del scratch.facts[:]
+        rec = scratch.rec
+        vbs_set(rec, _OFF[0], n)
+        vbs_set(rec, _OFF[1], time)
+        vbs_set(rec, _OFF[2], ctx)
+        vbs_set(rec, _OFF[3], kind)
+        vbs_set(rec, _OFF[4], r.layer)
+        vbs_set(rec, _OFF[5], r.function)
+        vbs_set(rec, _OFF[6], r.source)
+        vbs_set(rec, _OFF[7], "")
+        vbs_set(rec, _OFF[8], effects)
+        vbs_set(rec, _OFF[9], "")
+        vbs_set(rec, _OFF[10], scratch.facts)
     sset(m, _Machine, _MO[2], "cur", rec)
     log = sget(m, _Machine, _MO[3], "log")
     _log_cur(log, effects)
@@ -911,16 +942,27 @@ def step(m):
 
 
 def run(m, max_steps=None, on_step=None):
-    """Machine.run on the compiled loop: 'end', 'steps' or 'stopped'."""
+    """Machine.run on the compiled loop: 'end', 'steps' or 'stopped'.
+
+    Without on_step no one sees a step's record but its handlers (through m.cur, during the
+    step): one record is refilled at every step (_step_into), and m.cur is left holding the
+    last step's record, with the fields, effects and facts a new record would have."""
     cdef Py_ssize_t n = 0, limit = -1
     cdef bint has_cb = on_step is not None
+    cdef _Scratch scratch = None
     if max_steps is not None:
         limit = max_steps
         if limit < 0:
             limit = 0
     _ensure(m)
+    if not has_cb and _STEP_DIRECT:
+        scratch = _Scratch.__new__(_Scratch)
+        scratch.effects = []
+        scratch.facts = []
+        scratch.rec = _make_step(0, 0, "", "", "", "", "", scratch.effects)
+        vbs_set(scratch.rec, _OFF[10], scratch.facts)
     while limit < 0 or n < limit:
-        rec = _step(m)
+        rec = _step_into(m, scratch)
         if rec is None:
             return "end"
         n += 1

@@ -154,6 +154,23 @@ def test_switching_engines_mid_run(tmp_path_factory, fmt, wl, cfg, chunks):
     assert snapshot(m) == snapshot(ref)
 
 
+@settings(**SETTINGS)
+@given(fmt=st.sampled_from(["raw", "qcow2"]), wl=workloads, cfg=configs,
+       chunks=st.lists(st.integers(1, 80), min_size=1, max_size=6))
+def test_runs_without_an_observer_leave_the_same_last_record(tmp_path_factory, fmt, wl, cfg, chunks):
+    """run() with no on_step refills one record (emu_fast._core.run): after each run m.cur is
+    the record Machine.run leaves, field for field (detail, effects, facts, caller)."""
+    tmp = tmp_path_factory.mktemp("quiet")
+    a = machine(tmp, fmt, "", wl, cfg)
+    b = machine(tmp, fmt, "", wl, cfg)
+    for k in chunks + [None]:
+        assert engine.run(a, "py", k) == engine.run(b, "fast", k)
+        assert b.cur == a.cur and b.log.cur is None
+        assert snapshot(a) == snapshot(b)
+    if a.cur is not None:
+        assert type(b.cur) is type(a.cur) and type(b.cur.effects) is list
+
+
 def test_single_steps_and_stop_callback(tmp_path):
     """emu_fast.step is Machine.step; run(on_step) stops at the same record."""
     wl = "queue-depth 4\n" + "".join(f"write {i * 8192} 4k\nread {i * 4096} 8k\n" for i in range(8))
