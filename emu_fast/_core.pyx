@@ -13,9 +13,13 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 from cpython.dict cimport PyDict_SetItem
 from cpython.list cimport PyList_GET_SIZE
+
 from cpython.long cimport PyLong_CheckExact, PyLong_AsLongLongAndOverflow
 from cpython.object cimport PyObject, PyObject_RichCompareBool, Py_LT
 from cpython.ref cimport Py_INCREF, Py_DECREF
+
+cdef extern from "Python.h":
+    int PyList_SetSlice(object lst, Py_ssize_t low, Py_ssize_t high, PyObject* itemlist) except -1
 from cpython.tuple cimport PyTuple_CheckExact, PyTuple_GET_SIZE, PyTuple_GET_ITEM
 
 import copyreg as _copyreg
@@ -858,8 +862,10 @@ cdef object _step_into(object m, _Scratch scratch):
         rec = _make_step(n, time, ctx, kind, r.layer, r.function, r.source, effects)
     else:
         effects = scratch.effects
-        del effects[:]
-        del scratch.facts[:]
+        if PyList_GET_SIZE(effects):
+            PyList_SetSlice(effects, 0, PyList_GET_SIZE(effects), NULL)     # del effects[:]
+        if PyList_GET_SIZE(scratch.facts):
+            PyList_SetSlice(scratch.facts, 0, PyList_GET_SIZE(scratch.facts), NULL)
         rec = scratch.rec
         vbs_set(rec, _OFF[0], n)
         vbs_set(rec, _OFF[1], time)
