@@ -154,6 +154,49 @@ cdef inline int _cs(object ctx, int i, object value) except -1:
     return sset(ctx, _Ctx, _CO[i], <str>_CN[i], value)
 
 
+cdef extern from *:
+    """
+    /* (time, seq, ...) < (time', seq', ...) decided in C when both leading items are exact
+       ints small enough to read without a call (CPython's compact ints): 1 or 0; -1 when
+       it cannot tell that way (then _lt decides). */
+    #if PY_VERSION_HEX >= 0x030C0000
+    #define VB_COMPACT(x) PyUnstable_Long_IsCompact((PyLongObject*)(x))
+    #define VB_CVAL(x) ((long long)PyUnstable_Long_CompactValue((PyLongObject*)(x)))
+    #else
+    #define VB_COMPACT(x) (Py_SIZE(x) >= -1 && Py_SIZE(x) <= 1)
+    #define VB_CVAL(x) ((long long)Py_SIZE(x) * (long long)((PyLongObject*)(x))->ob_digit[0])
+    #endif
+    static CYTHON_INLINE int vb_lt_fast(PyObject* a, PyObject* b) {
+        PyObject *x, *y;
+        long long u, v;
+        int i;
+        if (!PyTuple_CheckExact(a) || !PyTuple_CheckExact(b)
+                || PyTuple_GET_SIZE(a) < 2 || PyTuple_GET_SIZE(b) < 2)
+            return -1;
+        for (i = 0; i < 2; i++) {
+            x = PyTuple_GET_ITEM(a, i);
+            y = PyTuple_GET_ITEM(b, i);
+            if (!PyLong_CheckExact(x) || !PyLong_CheckExact(y) || !VB_COMPACT(x) || !VB_COMPACT(y))
+                return -1;
+            u = VB_CVAL(x);
+            v = VB_CVAL(y);
+            if (u != v)
+                return u < v;
+        }
+        return -1;
+    }
+    /* list.pop() of a non-empty list: its last item (the list's reference, handed over) */
+    static CYTHON_INLINE PyObject* vb_list_pop_last(PyObject* l) {
+        Py_ssize_t n = Py_SIZE(l);
+        PyObject* it = PyList_GET_ITEM(l, n - 1);
+        Py_SET_SIZE(l, n - 1);
+        return it;
+    }
+    """
+    int vb_lt_fast(PyObject* a, PyObject* b)
+    object vb_list_pop_last(object l)
+
+
 cdef inline int _lt(PyObject* a, PyObject* b) except -1:
     """a < b (PyObject_RichCompareBool(a, b, Py_LT)) for queue entries."""
     cdef PyObject *x
@@ -195,15 +238,17 @@ cdef int _siftdown(list heap, Py_ssize_t startpos, Py_ssize_t pos) except -1:
     while pos > startpos:
         parentpos = (pos - 1) >> 1
         parent = arr[parentpos]
-        Py_INCREF(<object>newitem)
-        Py_INCREF(<object>parent)
-        try:
-            cmp = _lt(newitem, parent)
-        finally:
-            Py_DECREF(<object>parent)
-            Py_DECREF(<object>newitem)
-        if size != PyList_GET_SIZE(heap):
-            raise RuntimeError("list changed size during iteration")
+        cmp = vb_lt_fast(newitem, parent)
+        if cmp < 0:         # (a comparison that may run Python code: heapq's guards)
+            Py_INCREF(<object>newitem)
+            Py_INCREF(<object>parent)
+            try:
+                cmp = _lt(newitem, parent)
+            finally:
+                Py_DECREF(<object>parent)
+                Py_DECREF(<object>newitem)
+            if size != PyList_GET_SIZE(heap):
+                raise RuntimeError("list changed size during iteration")
         if cmp == 0:
             break
         arr = _PyList_ITEMS(heap)
@@ -231,17 +276,19 @@ cdef int _siftup(list heap, Py_ssize_t pos) except -1:
         if childpos + 1 < endpos:
             a = arr[childpos]
             b = arr[childpos + 1]
-            Py_INCREF(<object>a)
-            Py_INCREF(<object>b)
-            try:
-                cmp = _lt(a, b)
-            finally:
-                Py_DECREF(<object>a)
-                Py_DECREF(<object>b)
+            cmp = vb_lt_fast(a, b)
+            if cmp < 0:     # (a comparison that may run Python code: heapq's guards)
+                Py_INCREF(<object>a)
+                Py_INCREF(<object>b)
+                try:
+                    cmp = _lt(a, b)
+                finally:
+                    Py_DECREF(<object>a)
+                    Py_DECREF(<object>b)
+                arr = _PyList_ITEMS(heap)
+                if endpos != PyList_GET_SIZE(heap):
+                    raise RuntimeError("list changed size during iteration")
             childpos += (<unsigned>cmp) ^ 1
-            arr = _PyList_ITEMS(heap)
-            if endpos != PyList_GET_SIZE(heap):
-                raise RuntimeError("list changed size during iteration")
         a = arr[childpos]
         arr[childpos] = arr[pos]
         arr[pos] = a
@@ -266,7 +313,7 @@ cdef inline object _heappop(object heap):
     n = PyList_GET_SIZE(heap)
     if n == 0:
         raise IndexError("index out of range")
-    lastelt = (<list>heap).pop()
+    lastelt = vb_list_pop_last(heap)       # (<list>heap).pop()
     n -= 1
     if n == 0:
         return lastelt

@@ -31,9 +31,11 @@ NAMES = ("vcpu", "qemu")
 _name = st.sampled_from(NAMES + ("",))           # "" is no context: KeyError on both sides
 _kind = st.sampled_from(["a", "b", "c", ""])
 _args = st.sampled_from([(), (1,), (2, "x"), (3,)])
-# ints (small, equal ones for seq tie-breaks, past 64 bits) and other numbers: the heap
-# compares (time, seq) in C only for ints that fit, everything else as Python does
-_delay = st.sampled_from([0, 0, 1, 3, 7, 7, 1 << 70, 2.5, True])
+# ints (small, equal ones for seq tie-breaks, negative, each side of CPython's one-digit
+# ints at 2**30, past 64 bits) and other numbers: the heap compares (time, seq) in C for ints
+# that fit, everything else as Python does
+_delay = st.sampled_from([0, 0, 1, 3, 7, 7, -2, -9, (1 << 30) - 1, 1 << 30, 1 << 45, 1 << 70,
+                          2.5, True])
 _opt_delay = st.sampled_from([None, None, 0, 1, 5, 1 << 66, 0.5])
 
 
@@ -138,6 +140,30 @@ def test_a_long_run_pops_in_time_then_seq_order():
         assert core.sched_op(c, "pop", ()) == py.pop()
         assert c.queue == py.queue
     assert core.sched_op(c, "pop", ()) is None and c.state() == py.state()
+
+
+_times = st.one_of(st.integers(-(1 << 62), 1 << 62),
+                   st.sampled_from([0, 1, -1, (1 << 30) - 1, 1 << 30, -(1 << 30), -(1 << 30) + 1,
+                                    (1 << 63) - 1, 1 << 63, -(1 << 63), 1 << 90]))
+
+
+@settings(**{**SETTINGS, "max_examples": 200})
+@given(ops=st.lists(st.one_of(_times, st.just("pop")), min_size=1, max_size=80))
+def test_the_heap_orders_times_of_every_size_and_sign(ops):
+    """Free events at any times (negative, around CPython's one-digit ints, past 64 bits,
+    compared in C or by Python): the compiled heap is heapq's, entry for entry."""
+    core = emu_fast.require()
+    py, c = _new(Scheduler), _new(core.FastScheduler)
+    for o in ops:
+        if o == "pop":
+            assert core.sched_op(c, "pop", ()) == py.pop()
+        else:
+            py.at(o, "k")
+            core.sched_op(c, "at", (o, "k"))
+        assert c.queue == py.queue
+    while py.queue:
+        assert core.sched_op(c, "pop", ()) == py.pop()
+        assert c.queue == py.queue
 
 
 # -- the run loop ------------------------------------------------------------------------------
