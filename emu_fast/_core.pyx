@@ -1256,9 +1256,49 @@ def prefilter_candidates(table, m, recs, int ioerr_status):
 cdef object _Stop = None
 
 
+cdef class _Pending:
+    """What Session._one/_record would have written into the session by now and session_run
+    has not yet: s.last and last_by_side's two entries.  flush() writes them, before any
+    Python code that could read them runs (a checkpoint saves them, a breakpoint condition,
+    the caller's callbacks) and when the loop ends, however it ends."""
+    cdef object s
+    cdef object last
+    cdef object guest
+    cdef object host
+    cdef dict by_side           # s.last_by_side when it already has both keys (else None)
+
+    cdef int refresh(self) except -1:
+        d = self.s.last_by_side
+        self.by_side = <dict>d if (type(d) is dict and len(<dict>d) == 2 and "guest" in d
+                                   and "host" in d) else None
+        return 0
+
+    cdef int flush(self) except -1:
+        if self.last is not None:
+            self.s.last = self.last
+            self.last = None
+        if self.guest is not None:
+            self.by_side["guest"] = self.guest
+            self.guest = None
+        if self.host is not None:
+            self.by_side["host"] = self.host
+            self.host = None
+        return 0
+
+
 def session_run(s, target=None, bint check=True, limit=None, stop=None, cancelled=None,
                 progress=None, Py_ssize_t every=500):
     """Session._run on the compiled step (see the section comment)."""
+    cdef _Pending p = _Pending.__new__(_Pending)
+    p.s = s
+    try:
+        return _session_run(s, p, target, check, limit, stop, cancelled, progress, every)
+    finally:
+        p.flush()
+
+
+cdef object _session_run(s, _Pending p, target, bint check, limit, stop, cancelled, progress,
+                         Py_ssize_t every):
     global _Stop
     if _Stop is None:
         from emu.session import Stop as _S
@@ -1277,17 +1317,31 @@ def session_run(s, target=None, bint check=True, limit=None, stop=None, cancelle
     table = s.breakpoints
     cdef _Prefilter pf = _Prefilter(table, S_IOERR) if check else None
     history_append = s.history.append
-    last_by_side = s.last_by_side
     tl = s.timeline
     cdef Py_ssize_t layer_off = _OFF[4] if _STEP_DIRECT else -1     # Step.layer's offset
+    # read again after any Python code runs (it may change them): the session's and the
+    # timeline's attributes the loop reads at every step
+    cdef bint fresh = False
     while not has_target or sget(m, _Machine, _MO[1], "steps") < tgt:
+        if not fresh:
+            p.refresh()
+            cps = tl.checkpoints
+            cp_step = cps[len(cps) - 1].step                     # (no negative index: wraparound=False)
+            interval = tl.interval
+            scheduled = s.scheduled
+            fresh = True
         if lim >= 0 and k >= lim:
             return _Stop("limit", m.steps, f"{limit} step(s) run")
-        if cancelled is not None and k % 64 == 0 and cancelled():
-            return _Stop("interrupted", m.steps, "stopped by the user (Esc)")
+        if cancelled is not None and k % 64 == 0:
+            p.flush()
+            fresh = False
+            if cancelled():
+                return _Stop("interrupted", m.steps, "stopped by the user (Esc)")
         # -- Session._one
         rec = _step(m)
         if rec is None and not s.closed:
+            p.flush()
+            fresh = False
             s.closed = True
             if m.begin_shutdown():
                 rec = _step(m)
@@ -1295,27 +1349,44 @@ def session_run(s, target=None, bint check=True, limit=None, stop=None, cancelle
         if rec is None:
             return _Stop("end", m.steps, "the workload finished")
         history_append(rec)
-        s.last = rec
-        last_by_side["guest" if sget(rec, _Step, layer_off, "layer") in guest else "host"] = rec
-        cps = tl.checkpoints
+        if p.by_side is None:       # (a side's first record: the dict's key order is Python's)
+            s.last = rec
+            s.last_by_side["guest" if sget(rec, _Step, layer_off, "layer") in guest else "host"] = rec
+            p.refresh()
+        else:
+            p.last = rec
+            if sget(rec, _Step, layer_off, "layer") in guest:
+                p.guest = rec
+            else:
+                p.host = rec
         steps = sget(m, _Machine, _MO[1], "steps")
-        if steps - cps[len(cps) - 1].step >= tl.interval:      # (no negative index: wraparound=False)
+        if steps - cp_step >= interval:
+            p.flush()
+            fresh = False
             tl.checkpoint()
             steps = sget(m, _Machine, _MO[1], "steps")
-        if s.scheduled and steps in s.scheduled:
+        if scheduled and steps in scheduled:
+            p.flush()
+            fresh = False
             s._apply_scheduled()
             _ensure(m)
         # -- Session._advance
         if check and pf.candidate(m, rec):
+            p.flush()
+            fresh = False
             hit = table.check(m, rec)
             if hit is not None:
                 return _Stop(hit.reason, rec.n, hit.message, hit)
         if stop is not None:
+            p.flush()
+            fresh = False
             st = stop(rec)
             if st is not None:
                 return st
             _ensure(m)
         if progress is not None and k % every == 0:
+            p.flush()
+            fresh = False
             progress(m.steps, len(m.guest.blkmq.rqs))
     return None
 

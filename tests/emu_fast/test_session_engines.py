@@ -69,3 +69,60 @@ def test_set_engine_fast_without_the_extension_says_how_to_build(monkeypatch):
     assert s.engine == "auto"
     s.cont()                                   # auto: Python when nothing is compiled
     assert s.engine_in_use == "py" and s.stop.reason == "end"
+
+
+def _seen(s: Session) -> tuple:
+    """What the session shows of its last steps: s.last and last_by_side, in key order."""
+    return (s.last.n if s.last else None, [(k, r.n) for k, r in s.last_by_side.items()])
+
+
+@pytest.mark.parametrize("image", ["article", "raw"])
+@pytest.mark.parametrize("every_step", [True, False])
+def test_the_session_shows_its_last_steps_whenever_python_code_looks(tmp_path, monkeypatch, image,
+                                                                      every_step):
+    """session_run writes s.last and last_by_side late (emu_fast._core._Pending), but every
+    Python callback (a breakpoint check, stop, progress, cancelled, a checkpoint saving the
+    session) sees them as Session._record leaves them, and so does the caller afterwards --
+    whichever side appears first (the dict's key order: qcow2 opens the image on the host
+    first, a raw image has no such step)."""
+    from emu import engine
+    from emu.debug import breakpoints as BP
+    seen, checked = {}, {}
+    real = BP.BreakpointTable.check
+    for eng in ("py", "fast"):
+        log = seen[eng] = []
+        at_check = checked[eng] = {}
+        if image == "raw":
+            path = str(tmp_path / f"{eng}.img")
+            make_image(path, 4 << 20, content=bytes(range(256)) * 64)
+            s = Session(build(path, MIXED, ram_size=4 << 20), checkpoint_interval=37)
+            s.set_engine(eng)
+        else:
+            s = session(eng)
+        s.add_breakpoint("break", "desc on=used if len == 3")     # candidates, never a stop
+
+        def checking(self, m, rec, dry=False, _d=at_check, _s=s):
+            _d[rec.n] = _seen(_s)       # (the fast engine checks only candidate steps)
+            return real(self, m, rec, dry)
+        monkeypatch.setattr(BP.BreakpointTable, "check", checking)
+        stop = (lambda rec, _log=log, _s=s:
+                _log.append(("stop", rec.n) + _seen(_s)) if rec.n % 97 == 0 else None)
+        # (with a stop callback, Python code runs at every step; without one, only at the
+        # checkpoints, candidate steps, every 64th (cancelled) and 50th (progress) step)
+        engine.run_until(s, eng, limit=900, stop=stop if every_step else None,
+                         progress=lambda n, live, _log=log, _s=s: _log.append(("progress", n) + _seen(_s)),
+                         cancelled=lambda _log=log, _s=s: _log.append(("cancelled",) + _seen(_s)),
+                         every=50)
+        log.append(("after",) + _seen(s))
+        # each checkpoint saved the session as it was at its step
+        for cp in s.timeline.checkpoints:
+            if cp.extra is not None:
+                d = s.timeline._thaw_extra(cp.extra)
+                log.append(("checkpoint", cp.step, d["last"].n if d["last"] else None,
+                            [(k, r.n) for k, r in d["last_by_side"].items()]))
+        s.m.fmt.close()
+        s.m.hostfile.close()
+    assert seen["fast"] == seen["py"]
+    assert {e[0] for e in seen["py"]} == ({"stop"} if every_step else set()) | {
+        "progress", "cancelled", "after", "checkpoint"}
+    assert checked["fast"] and checked["fast"].items() <= checked["py"].items()
