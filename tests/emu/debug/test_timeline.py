@@ -707,3 +707,35 @@ def test_a_checkpoint_does_not_copy_the_workload_or_its_finished_results(tmp_pat
     assert 0 < len(ref.guest.proc.results) < 600
     assert m.guest.proc.results == ref.guest.proc.results and m.guest.proc.ops == ref.guest.proc.ops
     assert m.digest() == ref.digest()
+
+
+def _pickled_size(n: int) -> int:
+    import pickle
+    return len(pickle.dumps({"data": bytes(n), "n": n}, pickle.HIGHEST_PROTOCOL))
+
+
+@pytest.mark.parametrize("delta", [-1, 0, 1, None])
+def test_state_pickles_up_to_raw_max_are_kept_uncompressed(delta):
+    """_Freezer keeps a pickle of at most RAW_MAX bytes as it is and compresses a bigger
+    one; loads tells them apart and gives back an equal object either way."""
+    import pickle
+    import zlib
+
+    from emu.debug.timeline import RAW_MAX, _Freezer
+    if delta is None:
+        n = 0                                           # a tiny pickle
+    else:                                               # one of RAW_MAX + delta bytes
+        n = RAW_MAX + delta
+        while _pickled_size(n) > RAW_MAX + delta:
+            n -= 1
+        assert _pickled_size(n) == RAW_MAX + delta
+    obj = {"data": bytes(n), "n": n}
+    raw = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+    fr = _Freezer()
+    blob = fr.dumps(obj)
+    if len(raw) <= RAW_MAX:
+        assert blob == raw
+    else:
+        assert zlib.decompress(blob) == raw and len(blob) < len(raw) // 10
+    back = fr.loads(blob)
+    assert back == obj and back is not obj
