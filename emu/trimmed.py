@@ -48,3 +48,10 @@ def untrim(head: bytearray, n: int) -> bytearray:
 def trimmed(value):
     """Trimmed(value) for a bytearray; anything else (None, another type) as it is."""
     return Trimmed(value) if type(value) is bytearray else value
+
+
+def untrimmed(value):
+    """For __setstate__: the bytearray a Trimmed stands for, anything else as it is.  Pickle
+    and deepcopy have already turned a Trimmed into a new bytearray; copy.copy passes the
+    __getstate__ result on as it is, so a shallow copy shares the bytearray, as it should."""
+    return value.b if type(value) is Trimmed else value

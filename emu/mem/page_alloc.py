@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..trimmed import trimmed
+from ..trimmed import trimmed, untrimmed
 from .guest_memory import PAGE_SHIFT, PAGE_SIZE
 
 KMALLOC_CLASSES = (8, 16, 32, 64, 96, 128, 192, 256, 512, 1024, 2048, 4096)
@@ -29,6 +29,9 @@ class PageAllocator:
         # after the first-fit allocations, so it goes without its trailing zeros (~30 bytes
         # then; zlib compressing the 16 KiB was ~10% of a checkpoint).
         return {**self.__dict__, "used": trimmed(self.used)}
+
+    def __setstate__(self, d: dict) -> None:
+        self.__dict__.update(d, used=untrimmed(d["used"]))
 
     def alloc_pages(self, npages: int) -> int | None:
         """First fit: the lowest run of npages free frames, or None (alloc_pages_exact)."""

@@ -42,6 +42,8 @@ def test_page_allocator_round_trip(ops, free):
         pa.kfree(got[0])
     for other in (pickle.loads(pickle.dumps(pa)), copy.deepcopy(pa)):
         assert other == pa and type(other.used) is bytearray and other.used is not pa.used
+    shallow = copy.copy(pa)
+    assert shallow == pa and shallow.used is pa.used     # a shallow copy shares used[]
     assert type(pa.used) is bytearray and len(pa.used) == 256
 
 
@@ -54,3 +56,5 @@ def test_qcow2_cache_round_trip(tables):
         assert other == c
         assert [type(t) for t in other.tables] == [type(t) for t in tables]
         assert all(t is None or t is not u for t, u in zip(other.tables, tables))
+    shallow = copy.copy(c)
+    assert shallow == c and all(t is u for t, u in zip(shallow.tables, tables))

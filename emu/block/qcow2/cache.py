@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 
-from ...trimmed import trimmed
+from ...trimmed import trimmed, untrimmed
 
 
 @dataclass
@@ -37,6 +37,9 @@ class Cache:
         # 8 KiB; zlib compressing them was ~30% of a checkpoint).  Tables are referred to
         # only from here (the engine takes c.tables[i] anew in each function).
         return {**self.__dict__, "tables": [trimmed(t) for t in self.tables]}
+
+    def __setstate__(self, d: dict) -> None:
+        self.__dict__.update(d, tables=[untrimmed(t) for t in d["tables"]])
 
     def lookup(self, offset: int) -> tuple[int, int]:
         """qcow2_cache_do_get's search: (index caching offset, -1) or (-1, entry to replace).
