@@ -3,7 +3,8 @@
 A Timeline keeps checkpoints of one machine.  A checkpoint at step s holds
 
   * the machine's component state (every attribute of the Machine except guest RAM, the
-    host file and the immutable configuration), pickled and zlib-compressed: a deep copy
+    host file and the immutable configuration), pickled, and zlib-compressed when the
+    pickle is over RAW_MAX bytes (16 KiB): a deep copy
     that stays pristine because it is bytes (the guest process's workload ops, which never
     change, are referred to, and its append-only results list is stored as its length, so
     a checkpoint costs the same at request 100 and at request 100,000);
@@ -61,13 +62,20 @@ EXCLUDE = frozenset({"mem", "hostfile", "log", "config", "timing", "latency", "d
 # Objects that a checkpoint refers to instead of copying (files, RAM, the machine itself).
 SHARED_TYPES = (HostFile, GuestMemory, EffectLog, Machine, RawReader, Qcow2Reader)
 ZLEVEL = 1                     # the component state compresses ~30x at level 1 in < 1 ms
+# A pickle up to this size is kept as it is.  zlib level 1 was a quarter of a checkpoint's
+# instructions on the raw benchmark machine, whose state pickles to 13 KiB (5 KiB compressed);
+# a checkpoint there keeps ~108 KiB of old RAM pages and file blocks besides, so 8 KiB more
+# is ~7%, and 256 checkpoints keep at most 4 MiB of uncompressed state.  Bigger pickles
+# (qcow2's: ~120 KiB, its cached tables and refcount table) are compressed.
+RAW_MAX = 16 << 10
+_PROTO = pickle.PROTO[0]       # a pickle's first byte (a zlib stream's is 0x78)
 
 
 @dataclass(eq=False)
 class Checkpoint:
     """The state at one step, plus the undo data of the interval that ends here."""
     step: int
-    state: bytes               # the machine's component state (pickle + zlib)
+    state: bytes               # the machine's component state (a pickle, or one + zlib)
     extra: tuple | None        # the caller's state: ("pickle", bytes) or ("copy", object)
     file: tuple                # the host file's (size, writes, syncs) at this step
     pinned: bool = False       # follows an external change: thinning never drops it
@@ -111,7 +119,8 @@ class _Unpickler(pickle.Unpickler):
 
 
 class _Freezer:
-    """Deep copies as bytes: pickle with shared objects referred to by index, then zlib.
+    """Deep copies as bytes: pickle with shared objects referred to by index, then zlib
+    if the pickle is over RAW_MAX bytes.
 
     Same meaning as copy.deepcopy with the shared objects pre-seeded in the memo (aliasing
     inside one call is kept), about five times faster, and compact."""
@@ -150,10 +159,12 @@ class _Freezer:
         p = pickle.Pickler(buf, pickle.HIGHEST_PROTOCOL)
         p.dispatch_table = self._table
         p.dump(obj)
+        if buf.tell() <= RAW_MAX:
+            return buf.getvalue()                   # starts with PROTO: loads tells them apart
         return zlib.compress(buf.getbuffer(), ZLEVEL)
 
     def loads(self, blob: bytes):
-        return _Unpickler(zlib.decompress(blob), self.objs).load()
+        return _Unpickler(blob if blob[0] == _PROTO else zlib.decompress(blob), self.objs).load()
 
     def deepcopy(self, obj):
         return copy.deepcopy(obj, {id(o): o for o in self.objs})

@@ -707,3 +707,67 @@ def test_a_checkpoint_does_not_copy_the_workload_or_its_finished_results(tmp_pat
     assert 0 < len(ref.guest.proc.results) < 600
     assert m.guest.proc.results == ref.guest.proc.results and m.guest.proc.ops == ref.guest.proc.ops
     assert m.digest() == ref.digest()
+
+
+def _pickled_size(n: int) -> int:
+    import pickle
+    return len(pickle.dumps({"data": bytes(n), "n": n}, pickle.HIGHEST_PROTOCOL))
+
+
+@pytest.mark.parametrize("delta", [-1, 0, 1, None])
+def test_state_pickles_up_to_raw_max_are_kept_uncompressed(delta):
+    """_Freezer keeps a pickle of at most RAW_MAX bytes as it is and compresses a bigger
+    one; loads tells them apart and gives back an equal object either way."""
+    import pickle
+    import zlib
+
+    from emu.debug.timeline import RAW_MAX, _Freezer
+    if delta is None:
+        n = 0                                           # a tiny pickle
+    else:                                               # one of RAW_MAX + delta bytes
+        n = RAW_MAX + delta
+        while _pickled_size(n) > RAW_MAX + delta:
+            n -= 1
+        assert _pickled_size(n) == RAW_MAX + delta
+    obj = {"data": bytes(n), "n": n}
+    raw = pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+    fr = _Freezer()
+    blob = fr.dumps(obj)
+    if len(raw) <= RAW_MAX:
+        assert blob == raw
+    else:
+        assert zlib.decompress(blob) == raw and len(blob) < len(raw) // 10
+    back = fr.loads(blob)
+    assert back == obj and back is not obj
+
+
+def test_proxy_queues_edited_in_place_come_back_at_any_index(image):
+    """A checkpoint stores only the proxy queues that differ from an idle one: registers
+    edited between steps (in place, as common_write does), the last queue included, come
+    back on a rewind to that checkpoint, and a rewind further back makes them idle again."""
+    from emu.device import virtio as VD
+    from emu.transport.virtio_pci import ProxyQueue
+    m = build(image, "write 0 4k\nwait\n", ram_size=RAM)
+    tl = Timeline(m, interval=1000)
+    Driver(m).run(5)
+    vqs = m.transport.proxy.vqs
+    before = [dict(vars(q), desc=list(q.desc), avail=list(q.avail), used=list(q.used))
+              for q in vqs]
+    last = VD.VQ_MAX - 1
+    vqs[last].desc[1] = 0x1234              # in place, as common_write does
+    vqs[64].used[:] = [7, 0]
+    vqs[63].num = 16
+    tl.note_external_write()
+    edited = m.digest()
+    vqs[last].desc[1] = 0
+    vqs[64].used[0] = 0
+    vqs[63].num = 0
+    assert tl.rewind(m.steps) == 5
+    vqs = m.transport.proxy.vqs
+    assert (vqs[last].desc, vqs[64].used, vqs[63].num) == ([0, 0x1234], [7, 0], 16)
+    assert m.digest() == edited
+    tl.rewind(0)
+    Driver(m).run(5)
+    vqs = m.transport.proxy.vqs
+    assert [vars(q) for q in vqs] == before
+    assert vqs[last] == ProxyQueue() and vqs[last] is not vqs[last - 1]
