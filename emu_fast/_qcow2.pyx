@@ -30,6 +30,7 @@ from emu.block.qcow2 import layout as _L
 
 from emu_fast import _support as _SUP
 from emu_fast._core cimport sched_cont, sched_post
+from emu_fast._fmt cimport _hex, _hexll
 from emu_fast._zeros cimport vb_zeros
 
 PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
@@ -978,7 +979,7 @@ cdef int _write_task(object m, object eng, object bid, dict co, dict piece) exce
             nb = ce[0] + ce[1] - cs[0]
             _pre_write_overlap_check(eng, 0, start, nb)
             _io(eng, "write_zeroes", "handle_alloc_space",
-                f"COW areas read as zero: zero {start:#x}+{nb:#x} (fallocate ZERO_RANGE)", start,
+                f"COW areas read as zero: zero {_hexll(start)}+{_hexll(nb)} (fallocate ZERO_RANGE)", start,
                 None, nb, {"kind": "data"})
             mt["skip_cow"] = True
     for mt in metas:
@@ -991,8 +992,8 @@ cdef int _write_task(object m, object eng, object bid, dict co, dict piece) exce
             continue
         mt["data"] = True
         return 0
-    _io(eng, "guest_write", "bdrv_co_pwritev_part", f"guest data {piece['bytes']:#x} bytes -> host "
-        f"{piece['host']:#x}", piece["host"], None, piece["bytes"],
+    _io(eng, "guest_write", "bdrv_co_pwritev_part", f"guest data {_hex(piece['bytes'])} bytes -> host "
+        f"{_hex(piece['host'])}", piece["host"], None, piece["bytes"],
         {"parts": _data_parts(m, bid, co, piece["qoff"], piece["bytes"]), "kind": "data",
          "piece": len(co["pieces"]) - 1})
     return 0
@@ -1021,9 +1022,9 @@ cdef str _write_machine(object m, object eng, object bid, dict co):
         co["qoff"] += cur
         _pre_write_overlap_check(eng, 0, host, cur)
         _write_task(m, eng, bid, co, piece)
-        what = ", ".join([f"{mt['nb_clusters']} new cluster(s) at {mt['alloc_offset']:#x}"
+        what = ", ".join([f"{mt['nb_clusters']} new cluster(s) at {_hex(mt['alloc_offset'])}"
                           for mt in metas if not mt["keep_old"]]) or "in place (COPIED clusters)"
-        return f"guest {pos:#x}+{cur:#x} -> host {host:#x}: {what}"
+        return f"guest {_hexll(pos)}+{_hexll(cur)} -> host {_hexll(host)}: {what}"
     if wphase == "link":
         _SUP.set_function(m, "qcow2_alloc_cluster_link_l2", CLUSTER_SRC)
         pieces = co["pieces"]
@@ -1035,7 +1036,7 @@ cdef str _write_machine(object m, object eng, object bid, dict co):
         if piece["failed"] or co["ret"]:
             for mt in piece["metas"]:
                 eng.alloc_cluster_abort(mt)
-            return f"piece at guest {piece['guest']:#x}: the write failed, qcow2_alloc_cluster_abort frees its clusters"
+            return f"piece at guest {_hex(piece['guest'])}: the write failed, qcow2_alloc_cluster_abort frees its clusters"
         n = 0
         for mt in piece["metas"]:
             cs, ce = mt["cow_start"], mt["cow_end"]
@@ -1044,9 +1045,9 @@ cdef str _write_machine(object m, object eng, object bid, dict co):
             _alloc_cluster_link_l2(eng, mt)
         for mt in piece["metas"]:
             n += mt["nb_clusters"]
-        return (f"piece at guest {piece['guest']:#x}: {n} L2 entr{'y' if n == 1 else 'ies'} "
+        return (f"piece at guest {_hex(piece['guest'])}: {n} L2 entr{'y' if n == 1 else 'ies'} "
                 "point at the new clusters (COPIED)" if n else
-                f"piece at guest {piece['guest']:#x}: nothing to link")
+                f"piece at guest {_hex(piece['guest'])}: nothing to link")
     raise AssertionError(wphase)
 
 
@@ -1074,22 +1075,22 @@ cdef str _read_phase(object m, object eng, object bid, dict co):
     co["remaining"] -= cur
     co["qoff"] += cur
     if t == ZERO_PLAIN or t == ZERO_ALLOC or (t == UNALLOCATED and m.fmt.backing is None):
-        _io(eng, "guest_zero", "qemu_iovec_memset", f"guest {pos:#x}+{cur:#x} reads as zero ({t})",
+        _io(eng, "guest_zero", "qemu_iovec_memset", f"guest {_hex(pos)}+{_hex(cur)} reads as zero ({t})",
             pos, None, cur, {"iov": seg})
-        return f"guest {pos:#x}+{cur:#x}: {t} cluster(s)"
+        return f"guest {_hex(pos)}+{_hex(cur)}: {t} cluster(s)"
     if t == UNALLOCATED:
-        _io(eng, "backing_read", "bdrv_co_preadv_part", f"guest {pos:#x}+{cur:#x} from the backing file",
+        _io(eng, "backing_read", "bdrv_co_preadv_part", f"guest {_hex(pos)}+{_hex(cur)} from the backing file",
             pos, None, cur, {"iov": seg})
-        return f"guest {pos:#x}+{cur:#x}: unallocated, read the backing file"
+        return f"guest {_hex(pos)}+{_hex(cur)}: unallocated, read the backing file"
     if t == COMPRESSED:
         h, csize = _L.compressed_params(entry, eng.cluster_bits)
         _io(eng, "compressed_read", "qcow2_co_preadv_compressed",
-            f"inflate the compressed cluster at host {h:#x} ({csize} bytes)", h, None, csize,
+            f"inflate the compressed cluster at host {_hex(h)} ({csize} bytes)", h, None, csize,
             {"iov": seg, "entry": entry, "guest": pos})
-        return f"guest {pos:#x}+{cur:#x}: compressed cluster at host {h:#x}"
-    _io(eng, "guest_read", "bdrv_co_preadv_part", f"guest {pos:#x}+{cur:#x} <- host {host:#x}", host,
+        return f"guest {_hex(pos)}+{_hex(cur)}: compressed cluster at host {_hex(h)}"
+    _io(eng, "guest_read", "bdrv_co_preadv_part", f"guest {_hex(pos)}+{_hex(cur)} <- host {_hex(host)}", host,
         None, cur, {"iov": seg, "kind": "data"})
-    return f"guest {pos:#x}+{cur:#x} -> host {host:#x}"
+    return f"guest {_hex(pos)}+{_hex(cur)} -> host {_hex(host)}"
 
 
 cdef str _compute(object m, object f, object eng, object bid):

@@ -35,7 +35,7 @@ from emu.mem.guest_memory import GuestMemory
 from emu.sim.steps import EffectLog, Step
 
 from emu_fast import _support as _SUP
-from emu_fast._fmt cimport _ll, _pdec, _phex, _pstr
+from emu_fast._fmt cimport _hex, _ll, _pdec, _phex, _pstr
 from emu_fast._slots cimport slot_offsets, sget, sget_or, sset
 from cpython.object cimport PyObject
 
@@ -751,7 +751,7 @@ def pop(m, qi):
         return detail
     out = _join_lens(elem["out"])
     inn = _join_lens(elem["in"])
-    via = f" via indirect table @{elem['indirect'][0]:#x}" if elem["indirect"] else ""
+    via = f" via indirect table @{_hex(elem['indirect'][0])}" if elem["indirect"] else ""
     return (f"head {elem['index']} (avail idx {elem['avail_idx']}){via}: "
             f"out {out} bytes, in {inn} bytes; "
             f"inuse={sget(_vq(m, qi), _VirtQueue, _VQ[Q_INUSE], 'inuse')}")
@@ -948,7 +948,7 @@ def submit_requests(m, qi):
             else None)
     _SUP.blk_aio_submit(m, op, first["sector"] << 9, 0, qiov, 0, ("vblk.rw_complete", (group[0],)),
                        then)
-    return (f"blk_aio_p{'writev' if op == 'write' else 'readv'}(offset {first['sector'] << 9:#x}, "
+    return (f"blk_aio_p{'writev' if op == 'write' else 'readv'}(offset {_hex(first['sector'] << 9)}, "
             f"{_iov_size(qiov)} bytes, {len(qiov)} iovecs) for {len(group)} request(s)")
 
 
@@ -986,7 +986,7 @@ def req_complete(m, rid, status):
         facts.append(("req-status", rid, status, req["status_gpa"]))
     req["stage"] = "completing"
     sched_cont(sget(m, _Machine, _MO[M_SIM], "sim"), "vq.fill", (rid,))
-    return f"status {STATUS_NAMES.get(status, status)} -> status byte @{req['status_gpa']:#x}"
+    return f"status {STATUS_NAMES.get(status, status)} -> status byte @{_hex(req['status_gpa'])}"
 
 
 def fill(m, rid):
