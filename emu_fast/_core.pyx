@@ -1052,6 +1052,11 @@ cdef str _E_GERROR = "guest-error"
 cdef str _F_DESC = "desc"
 cdef str _F_STATUS = "req-status"
 
+cdef inline object _rec_field(object rec, int i, str name):
+    """rec.<_STEP_FIELDS[i]> (name), read at its slot's offset"""
+    return sget(rec, _Step, _OFF[i] if _STEP_DIRECT else -1, name)
+
+
 cdef inline bint _is(object a, str b):
     return a is b or (type(a) is str and <str>a == b)
 
@@ -1211,16 +1216,16 @@ cdef class _Prefilter:
             return True
         if self.none:
             return False
-        if self.steps and self._step_matches(rec.function):
+        if self.steps and self._step_matches(_rec_field(rec, 5, "function")):
             return True
         if self.desc or self.ioerr:
-            for f in <list>rec.facts:
+            for f in <list>_rec_field(rec, 10, "facts"):
                 t = f[0]
                 if self.desc and _is(t, _F_DESC) and self._desc_could_match(f):
                     return True
                 if self.ioerr and _is(t, _F_STATUS) and f[2] == self.ioerr_status:
                     return True
-        for e in <list>rec.effects:
+        for e in <list>_rec_field(rec, 8, "effects"):
             t = e[0]
             if _is(t, _E_RAM):
                 if self.nram or self.rings:
