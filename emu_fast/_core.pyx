@@ -224,6 +224,25 @@ cdef inline int _lt(PyObject* a, PyObject* b) except -1:
     return PyObject_RichCompareBool(<object>a, <object>b, Py_LT)
 
 
+cdef inline int _heap_lt(list heap, PyObject* a, PyObject* b, Py_ssize_t size) except -1:
+    """a < b for two entries of heap (of size items): inline for (time, seq) ints, else with
+    heapq's guards (the comparison may run Python code: both kept alive, the heap's size
+    checked after it).  The caller reads the heap's item array again afterwards."""
+    cdef int cmp = vb_lt_fast(a, b)
+    if cmp >= 0:
+        return cmp
+    Py_INCREF(<object>a)
+    Py_INCREF(<object>b)
+    try:
+        cmp = _lt(a, b)
+    finally:
+        Py_DECREF(<object>a)
+        Py_DECREF(<object>b)
+    if size != PyList_GET_SIZE(heap):
+        raise RuntimeError("list changed size during iteration")
+    return cmp
+
+
 cdef int _siftdown(list heap, Py_ssize_t startpos, Py_ssize_t pos) except -1:
     """heapq's siftdown (Modules/_heapqmodule.c)."""
     cdef Py_ssize_t parentpos, size = PyList_GET_SIZE(heap)
@@ -238,17 +257,7 @@ cdef int _siftdown(list heap, Py_ssize_t startpos, Py_ssize_t pos) except -1:
     while pos > startpos:
         parentpos = (pos - 1) >> 1
         parent = arr[parentpos]
-        cmp = vb_lt_fast(newitem, parent)
-        if cmp < 0:         # (a comparison that may run Python code: heapq's guards)
-            Py_INCREF(<object>newitem)
-            Py_INCREF(<object>parent)
-            try:
-                cmp = _lt(newitem, parent)
-            finally:
-                Py_DECREF(<object>parent)
-                Py_DECREF(<object>newitem)
-            if size != PyList_GET_SIZE(heap):
-                raise RuntimeError("list changed size during iteration")
+        cmp = _heap_lt(heap, newitem, parent, size)
         if cmp == 0:
             break
         arr = _PyList_ITEMS(heap)
@@ -265,7 +274,6 @@ cdef int _siftup(list heap, Py_ssize_t pos) except -1:
     cdef Py_ssize_t startpos = pos, endpos = PyList_GET_SIZE(heap), childpos, limit
     cdef PyObject** arr
     cdef PyObject* a
-    cdef PyObject* b
     cdef int cmp
     if pos >= endpos:
         raise IndexError("index out of range")
@@ -274,20 +282,8 @@ cdef int _siftup(list heap, Py_ssize_t pos) except -1:
     while pos < limit:
         childpos = 2 * pos + 1
         if childpos + 1 < endpos:
-            a = arr[childpos]
-            b = arr[childpos + 1]
-            cmp = vb_lt_fast(a, b)
-            if cmp < 0:     # (a comparison that may run Python code: heapq's guards)
-                Py_INCREF(<object>a)
-                Py_INCREF(<object>b)
-                try:
-                    cmp = _lt(a, b)
-                finally:
-                    Py_DECREF(<object>a)
-                    Py_DECREF(<object>b)
-                arr = _PyList_ITEMS(heap)
-                if endpos != PyList_GET_SIZE(heap):
-                    raise RuntimeError("list changed size during iteration")
+            cmp = _heap_lt(heap, arr[childpos], arr[childpos + 1], endpos)
+            arr = _PyList_ITEMS(heap)
             childpos += (<unsigned>cmp) ^ 1
         a = arr[childpos]
         arr[childpos] = arr[pos]

@@ -306,3 +306,39 @@ def test_slot_access_is_attribute_access():
     del o.a
     with pytest.raises(AttributeError):
         core.slot_access(_Plain, ("a",), o, 0)
+
+
+def test_a_comparison_that_changes_the_heap_fails_as_heapq_does():
+    """An entry whose comparison runs Python code that resizes the queue: heapq raises
+    RuntimeError; so does the compiled heap (its guard), in push and in pop."""
+    core = emu_fast.require()
+
+    class Sneaky(int):
+        queue = None
+
+        def __lt__(self, other):
+            if Sneaky.queue is not None:
+                Sneaky.queue.append((0, 0, "", "x", ()))
+            return int(self) < int(other)
+
+        def __radd__(self, other):          # (now + delay stays a Sneaky)
+            return Sneaky(other + int(self))
+
+    outcomes = {}
+    for name, cls, op in (("py", Scheduler, lambda s, a: getattr(s, a[0])(*a[1:])),
+                          ("c", core.FastScheduler, lambda s, a: core.sched_op(s, a[0], a[1:]))):
+        s = _new(cls)
+        got = []
+        for t in (5, 3, 8, 1):
+            op(s, ("at", Sneaky(t), "k"))
+        Sneaky.queue = s.queue
+        try:
+            for t in (4, 2):
+                got.append(_outcome(lambda: op(s, ("at", Sneaky(t), "k"))))
+            got.append(_outcome(lambda: op(s, ("pop",))))
+        finally:
+            Sneaky.queue = None
+        got.append(len(s.queue))
+        outcomes[name] = got
+    assert outcomes["c"] == outcomes["py"]
+    assert ("error", "RuntimeError", "list changed size during iteration") in outcomes["py"]
