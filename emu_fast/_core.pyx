@@ -13,13 +13,9 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 from cpython.dict cimport PyDict_SetItem
 from cpython.list cimport PyList_GET_SIZE
-
 from cpython.long cimport PyLong_CheckExact, PyLong_AsLongLongAndOverflow
 from cpython.object cimport PyObject, PyObject_RichCompareBool, Py_LT
 from cpython.ref cimport Py_INCREF, Py_DECREF
-
-cdef extern from "Python.h":
-    int PyList_SetSlice(object lst, Py_ssize_t low, Py_ssize_t high, PyObject* itemlist) except -1
 from cpython.tuple cimport PyTuple_CheckExact, PyTuple_GET_SIZE, PyTuple_GET_ITEM
 
 import copyreg as _copyreg
@@ -89,6 +85,14 @@ cdef inline object _make_step(object n, object time, object ctx, object kind, ob
         rec.effects = effects
         return rec
     rec = vb_tp_new(_Step, ())
+    _fill_step(rec, n, time, ctx, kind, layer, function, source, effects, [])
+    return rec
+
+
+cdef inline void _fill_step(object rec, object n, object time, object ctx, object kind,
+                            object layer, object function, object source, object effects,
+                            object facts):
+    """Every field of a Step record (_STEP_DIRECT), the defaults for detail and caller."""
     vbs_set(rec, _OFF[0], n)
     vbs_set(rec, _OFF[1], time)
     vbs_set(rec, _OFF[2], ctx)
@@ -99,8 +103,7 @@ cdef inline object _make_step(object n, object time, object ctx, object kind, ob
     vbs_set(rec, _OFF[7], "")
     vbs_set(rec, _OFF[8], effects)
     vbs_set(rec, _OFF[9], "")
-    vbs_set(rec, _OFF[10], [])
-    return rec
+    vbs_set(rec, _OFF[10], facts)
 
 
 if _STEP_DIRECT:    # the defaults must be what the dataclass gives
@@ -115,6 +118,7 @@ if _STEP_DIRECT:    # the defaults must be what the dataclass gives
 # queue's (time, seq, ...) tuples compared in C when both leading items are ints.
 
 cdef extern from "Python.h":
+    int PyList_SetSlice(object lst, Py_ssize_t low, Py_ssize_t high, PyObject* itemlist) except -1
     PyObject* PyDict_GetItemWithError(object d, object key) except? NULL
     object PyObject_Vectorcall(object fn, PyObject** args, size_t nargsf, PyObject* kwnames)
     PyObject** _PyList_ITEMS "PySequence_Fast_ITEMS" (object)
@@ -910,17 +914,7 @@ cdef object _step_into(object m, _Scratch scratch):
         if PyList_GET_SIZE(scratch.facts):
             PyList_SetSlice(scratch.facts, 0, PyList_GET_SIZE(scratch.facts), NULL)
         rec = scratch.rec
-        vbs_set(rec, _OFF[0], n)
-        vbs_set(rec, _OFF[1], time)
-        vbs_set(rec, _OFF[2], ctx)
-        vbs_set(rec, _OFF[3], kind)
-        vbs_set(rec, _OFF[4], r.layer)
-        vbs_set(rec, _OFF[5], r.function)
-        vbs_set(rec, _OFF[6], r.source)
-        vbs_set(rec, _OFF[7], "")
-        vbs_set(rec, _OFF[8], effects)
-        vbs_set(rec, _OFF[9], "")
-        vbs_set(rec, _OFF[10], scratch.facts)
+        _fill_step(rec, n, time, ctx, kind, r.layer, r.function, r.source, effects, scratch.facts)
     sset(m, _Machine, _MO[2], "cur", rec)
     log = sget(m, _Machine, _MO[3], "log")
     _log_cur(log, effects)
@@ -1008,8 +1002,7 @@ def run(m, max_steps=None, on_step=None):
         scratch = _Scratch.__new__(_Scratch)
         scratch.effects = []
         scratch.facts = []
-        scratch.rec = _make_step(0, 0, "", "", "", "", "", scratch.effects)
-        vbs_set(scratch.rec, _OFF[10], scratch.facts)
+        scratch.rec = vb_tp_new(_Step, ())
     while limit < 0 or n < limit:
         rec = _step_into(m, scratch)
         if rec is None:
@@ -1267,8 +1260,19 @@ cdef class _Pending:
     cdef object guest
     cdef object host
     cdef dict by_side           # s.last_by_side when it already has both keys (else None)
+    cdef bint fresh             # nothing but the loop has run since refresh()
+
+    cdef int handoff(self) except -1:
+        """Python code is about to run: write what is pending; read everything again after."""
+        self.fresh = False
+        return self.flush()
 
     cdef int refresh(self) except -1:
+        """After Python code ran (the loop reads its own attributes again too)."""
+        self.fresh = True
+        return self.refresh_sides()
+
+    cdef int refresh_sides(self) except -1:
         d = self.s.last_by_side
         self.by_side = <dict>d if (type(d) is dict and len(<dict>d) == 2 and "guest" in d
                                    and "host" in d) else None
@@ -1320,29 +1324,24 @@ cdef object _session_run(s, _Pending p, target, bint check, limit, stop, cancell
     history_append = s.history.append
     tl = s.timeline
     cdef Py_ssize_t layer_off = _OFF[4] if _STEP_DIRECT else -1     # Step.layer's offset
-    # read again after any Python code runs (it may change them): the session's and the
-    # timeline's attributes the loop reads at every step
-    cdef bint fresh = False
+    cdef str side
     while not has_target or sget(m, _Machine, _MO[1], "steps") < tgt:
-        if not fresh:
+        if not p.fresh:     # read again after any Python code ran (it may change them)
             p.refresh()
             cps = tl.checkpoints
             cp_step = cps[len(cps) - 1].step                     # (no negative index: wraparound=False)
             interval = tl.interval
             scheduled = s.scheduled
-            fresh = True
         if lim >= 0 and k >= lim:
             return _Stop("limit", m.steps, f"{limit} step(s) run")
         if cancelled is not None and k % 64 == 0:
-            p.flush()
-            fresh = False
+            p.handoff()
             if cancelled():
                 return _Stop("interrupted", m.steps, "stopped by the user (Esc)")
         # -- Session._one
         rec = _step(m)
         if rec is None and not s.closed:
-            p.flush()
-            fresh = False
+            p.handoff()
             s.closed = True
             if m.begin_shutdown():
                 rec = _step(m)
@@ -1350,44 +1349,40 @@ cdef object _session_run(s, _Pending p, target, bint check, limit, stop, cancell
         if rec is None:
             return _Stop("end", m.steps, "the workload finished")
         history_append(rec)
+        side = "guest" if sget(rec, _Step, layer_off, "layer") in guest else "host"
         if p.by_side is None:       # (a side's first record: the dict's key order is Python's)
             s.last = rec
-            s.last_by_side["guest" if sget(rec, _Step, layer_off, "layer") in guest else "host"] = rec
-            p.refresh()
+            s.last_by_side[side] = rec
+            p.refresh_sides()
         else:
             p.last = rec
-            if sget(rec, _Step, layer_off, "layer") in guest:
+            if side == "guest":
                 p.guest = rec
             else:
                 p.host = rec
         steps = sget(m, _Machine, _MO[1], "steps")
         if steps - cp_step >= interval:
-            p.flush()
-            fresh = False
+            p.handoff()
             tl.checkpoint()
             steps = sget(m, _Machine, _MO[1], "steps")
         if scheduled and steps in scheduled:
-            p.flush()
-            fresh = False
+            p.handoff()
             s._apply_scheduled()
             _ensure(m)
         # -- Session._advance
         if check and pf.candidate(m, rec):
-            p.flush()
-            fresh = False
+            p.handoff()
             hit = table.check(m, rec)
             if hit is not None:
                 return _Stop(hit.reason, rec.n, hit.message, hit)
         if stop is not None:
-            p.flush()
-            fresh = False
+            p.handoff()
             st = stop(rec)
             if st is not None:
                 return st
             _ensure(m)
         if progress is not None and k % every == 0:
-            p.flush()
-            fresh = False
+            p.handoff()
             progress(m.steps, len(m.guest.blkmq.rqs))
     return None
 
