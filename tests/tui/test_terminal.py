@@ -19,8 +19,12 @@ SAMPLE = os.path.join(ROOT, "sample_images", "article.qcow2")
 pytestmark = pytest.mark.slow
 
 
+# a tmux server of this test process's own: parallel test workers do not share one
+_SOCKET = f"vblkdbg-test-{os.getpid()}"
+
+
 def _tmux(*args, check=True):
-    return subprocess.run(["tmux", "-L", "vblkdbg-test", *args], capture_output=True, text=True, check=check)
+    return subprocess.run(["tmux", "-L", _SOCKET, *args], capture_output=True, text=True, check=check)
 
 
 def _screen() -> str:
