@@ -50,7 +50,7 @@ from dataclasses import dataclass, field, fields
 from typing import Callable
 
 from ..block.hostfile import BLOCK, HostFile
-from ..block.qcow2.image import Qcow2Reader, RawReader
+from ..block.qcow2.image import FrozenTable, Qcow2Reader, RawReader
 from ..guest.state import Proc
 from ..machine import Machine
 from ..mem.guest_memory import PAGE_SIZE, GuestMemory
@@ -59,8 +59,9 @@ from ..sim.steps import EffectLog
 # Machine attributes that are not checkpointed: RAM and the host file have undo journals;
 # the rest never changes after construction (frozen dataclasses, stateless helpers).
 EXCLUDE = frozenset({"mem", "hostfile", "log", "config", "timing", "latency", "dev_ops"})
-# Objects that a checkpoint refers to instead of copying (files, RAM, the machine itself).
-SHARED_TYPES = (HostFile, GuestMemory, EffectLog, Machine, RawReader, Qcow2Reader)
+# Objects that a checkpoint refers to instead of copying (files, RAM, the machine itself,
+# and qcow2's tables as read at open: immutable, 8192 ints each at the least).
+SHARED_TYPES = (HostFile, GuestMemory, EffectLog, Machine, RawReader, Qcow2Reader, FrozenTable)
 ZLEVEL = 1                     # the component state compresses ~30x at level 1 in < 1 ms
 # A pickle up to this size is kept as it is.  zlib level 1 was a quarter of a checkpoint's
 # instructions on the raw benchmark machine, whose state pickles to 13 KiB (5 KiB compressed);

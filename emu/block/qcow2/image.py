@@ -32,13 +32,20 @@ _L2_CACHE_TABLES = 16
 _SNAPSHOT_HEADER = struct.Struct(">QIHHIIQII")
 
 
+class FrozenTable(tuple):
+    """A metadata table as qcow2_do_open read it (big-endian u64 entries as ints), never
+    changed afterwards (the stepped engine works on its own list copies): a checkpoint
+    refers to it instead of copying it (emu.debug.timeline.SHARED_TYPES)."""
+    __slots__ = ()
+
+
 @dataclass
 class Qcow2Meta:
     """What qcow2_do_open keeps in RAM: the header, the whole active L1 table and the whole
     refcount table (raw big-endian u64 entries as ints), plus the resolved backing file."""
     header: Header
-    l1_table: list[int]
-    refcount_table: list[int]
+    l1_table: FrozenTable
+    refcount_table: FrozenTable
     backing: dict | None = None
     read_only_reason: str | None = None
     warnings: list[str] = field(default_factory=list)
@@ -194,7 +201,8 @@ def open_qcow2(pread: PRead, file_size: int, path: str, *,
         folder = os.path.dirname(os.path.abspath(path))
         backing = {"path": os.path.normpath(os.path.join(folder, h.backing_file)),
                    "name": h.backing_file, "format": h.backing_format}
-    return Qcow2Meta(header=h, l1_table=l1, refcount_table=rt, backing=backing,
+    return Qcow2Meta(header=h, l1_table=FrozenTable(l1), refcount_table=FrozenTable(rt),
+                     backing=backing,
                      read_only_reason=read_only, warnings=warnings, path=path,
                      file_size=file_size, snapshots=snapshots, snapshots_size=sn_size)
 

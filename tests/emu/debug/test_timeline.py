@@ -771,3 +771,34 @@ def test_proxy_queues_edited_in_place_come_back_at_any_index(image):
     vqs = m.transport.proxy.vqs
     assert [vars(q) for q in vqs] == before
     assert vqs[last] == ProxyQueue() and vqs[last] is not vqs[last - 1]
+
+
+def test_qcow2_tables_as_read_at_open_are_shared_not_copied(tmp_path):
+    """qcow2_do_open's L1 and refcount tables (8192 entries at the least) never change after
+    open: checkpoints refer to them.  The engine's own tables, which do change, are copied."""
+    from emu.block.qcow2.image import FrozenTable
+    path = str(tmp_path / "d.qcow2")
+    create_qcow2(path, 64 * MiB)
+    m = build(path, "".join(f"write {i * 65536 * 3} 4k\n" for i in range(40)))
+    meta, eng = m.fmt.meta, m.fmt.engine
+    assert type(meta.refcount_table) is FrozenTable and len(meta.refcount_table) == 8192
+    with pytest.raises(TypeError):
+        meta.refcount_table[0] = 0                      # immutable
+    tl = Timeline(m, interval=50)
+    while m.step() is not None:
+        tl.after_step()
+    assert eng.l1_table != list(meta.l1_table)        # the engine's copy moved on
+    cp = tl.checkpoints[1]
+    state = tl._freezer.loads(cp.state)
+    assert state["fmt"].meta.refcount_table is meta.refcount_table
+    assert state["fmt"].meta.l1_table is meta.l1_table
+    assert state["fmt"].engine.l1_table is not eng.l1_table       # copied
+    # going back restores the engine's tables and keeps the shared ones
+    ref = build(path, "".join(f"write {i * 65536 * 3} 4k\n" for i in range(40)))
+    for _ in range(cp.step):
+        ref.step()
+    tl.rewind(cp.step)
+    assert m.fmt.meta.refcount_table is meta.refcount_table
+    assert m.fmt.engine.l1_table == ref.fmt.engine.l1_table
+    assert m.fmt.engine.refcount_table == ref.fmt.engine.refcount_table
+    assert m.digest() == ref.digest()
