@@ -354,7 +354,7 @@ cdef object _get_refcount(object eng, long long cluster_index):
     cdef uint64_t rb
     if ti >= <long long>eng.refcount_table_size:
         return 0
-    rb = (<list>eng.refcount_table)[ti]
+    rb = (<tuple>eng.refcount_table)[ti]
     rb &= REFT_OFFSET_MASK
     if not rb:
         return 0
@@ -375,7 +375,7 @@ cdef int _alloc_refcount_block(object eng, long long cluster_index, Py_ssize_t *
     cdef uint64_t rb
     cdef long long cs = eng.cluster_size
     if ti < <long long>eng.refcount_table_size:
-        rb = (<list>eng.refcount_table)[ti]
+        rb = (<tuple>eng.refcount_table)[ti]
         rb &= REFT_OFFSET_MASK
         if rb and not rb & <uint64_t>(cs - 1):
             ci[0] = _cache_get(eng, eng.rb_cache, <long long>rb, True)

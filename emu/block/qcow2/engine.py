@@ -14,6 +14,7 @@ import errno as E
 
 from . import layout as L
 from .cache import Cache
+from .image import FrozenTable
 from .create import refcount_metadata_blocks
 
 INV = -1
@@ -64,7 +65,8 @@ class Qcow2Engine:
         self.l1_table = list(meta.l1_table)
         self.l1_size = h.l1_size
         self.l1_table_offset = h.l1_table_offset
-        self.refcount_table = list(meta.refcount_table)
+        rt = meta.refcount_table          # immutable (FrozenTable): shared, not copied
+        self.refcount_table = rt if type(rt) is FrozenTable else FrozenTable(rt)
         self.refcount_table_offset = h.refcount_table_offset
         self.refcount_table_size = len(self.refcount_table)
         self.update_max_refcount_table_index()
@@ -364,7 +366,7 @@ class Qcow2Engine:
                     self.refcount_table_offset + ti * 8, new_block.to_bytes(8, "big"),
                     kind="refcount-table")
             self.bdrv_flush("bdrv_pwrite_sync(refcount table entry)")
-            self.refcount_table[ti] = new_block
+            self.refcount_table = self.refcount_table.with_entry(ti, new_block)
             self.max_refcount_table_index = max(self.max_refcount_table_index, ti)
             return -E.EAGAIN, i
         rbc.put(i)
@@ -424,7 +426,7 @@ class Qcow2Engine:
                 48, table_offset.to_bytes(8, "big") + table_clusters.to_bytes(4, "big"), kind="header")
         self.bdrv_flush("bdrv_pwrite_sync(header)")
         old_offset, old_size = self.refcount_table_offset, self.refcount_table_size
-        self.refcount_table = new_table
+        self.refcount_table = FrozenTable(new_table)
         self.refcount_table_size = table_size
         self.refcount_table_offset = table_offset
         self.header.refcount_table_offset = table_offset

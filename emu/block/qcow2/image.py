@@ -33,10 +33,18 @@ _SNAPSHOT_HEADER = struct.Struct(">QIHHIIQII")
 
 
 class FrozenTable(tuple):
-    """A metadata table as qcow2_do_open read it (big-endian u64 entries as ints), never
-    changed afterwards (the stepped engine works on its own list copies): a checkpoint
-    refers to it instead of copying it (emu.debug.timeline.SHARED_TYPES)."""
+    """A qcow2 metadata table (big-endian u64 entries as ints) that is never changed in
+    place: the tables qcow2_do_open read, and the engine's refcount table, which gets a new
+    entry only when a refcount block is allocated (every 2 GiB of data with 64 KiB clusters
+    and 16-bit refcounts) and is then replaced by a new table.  A checkpoint refers to it
+    instead of copying it (emu.debug.timeline.SHARED_TYPES): at least 8192 entries."""
     __slots__ = ()
+
+    def with_entry(self, index: int, value: int) -> "FrozenTable":
+        """A new table: this one with entry `index` set to `value` (IndexError as list's)."""
+        t = list(self)
+        t[index] = value
+        return FrozenTable(t)
 
 
 @dataclass

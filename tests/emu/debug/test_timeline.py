@@ -802,3 +802,52 @@ def test_qcow2_tables_as_read_at_open_are_shared_not_copied(tmp_path):
     assert m.fmt.engine.l1_table == ref.fmt.engine.l1_table
     assert m.fmt.engine.refcount_table == ref.fmt.engine.refcount_table
     assert m.digest() == ref.digest()
+
+
+@pytest.mark.parametrize("engine", ["py", "fast"])
+def test_a_rewind_across_new_refcount_blocks_gives_the_older_refcount_table_back(tmp_path, engine):
+    """The engine's refcount table is immutable too: a new refcount block replaces it with a
+    new table (FrozenTable.with_entry), so the table a checkpoint refers to stays as it was.
+    512-byte clusters and 64-bit refcounts: a refcount block covers 64 clusters."""
+    from emu import engine as E
+    from emu.block.qcow2.image import FrozenTable
+    if engine == "fast":
+        import emu_fast
+        emu_fast.require()
+    path = str(tmp_path / "r.qcow2")
+    create_qcow2(path, 4 * MiB, cluster_size=512, refcount_bits=64)
+    wl = "".join(f"write {i * 8192} 4k\n" for i in range(60))
+    m = build(path, wl)
+    tl = Timeline(m, interval=40)
+    E.set_engine(m, engine)
+    tables = {0: m.fmt.engine.refcount_table}
+    while m.step() is not None:
+        tl.after_step()
+        t = m.fmt.engine.refcount_table
+        if t is not tables[max(tables)]:
+            tables[m.steps] = t
+    E.set_engine(m, "py")
+    assert len(tables) >= 4, "the workload should allocate several refcount blocks"
+    assert all(type(t) is FrozenTable for t in tables.values())
+    firsts = sorted(tables)
+    assert all(sum(map(bool, tables[a])) < sum(map(bool, tables[b]))
+               for a, b in zip(firsts, firsts[1:]))         # each change is a new table
+    for cp in tl.checkpoints[::-3]:                 # latest first: rewind only goes back
+        want = tables[max(s for s in firsts if s <= cp.step)]
+        tl.rewind(cp.step)
+        assert m.fmt.engine.refcount_table is want
+        ref = build(path, wl)
+        for _ in range(cp.step):
+            ref.step()
+        assert m.fmt.engine.refcount_table == ref.fmt.engine.refcount_table
+        assert m.digest() == ref.digest()
+
+
+def test_frozen_table_with_entry():
+    from emu.block.qcow2.image import FrozenTable
+    t = FrozenTable([0, 5, 0])
+    u = t.with_entry(2, 7)
+    assert type(u) is FrozenTable and u == (0, 5, 7) and t == (0, 5, 0)
+    assert t.with_entry(-1, 1) == (0, 5, 1)
+    with pytest.raises(IndexError):
+        t.with_entry(3, 1)
