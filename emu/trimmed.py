@@ -1,14 +1,17 @@
-"""A bytearray pickled without its trailing zero bytes: checkpoints of mostly-empty buffers.
+"""A bytearray (or bytes) pickled without its trailing zero bytes: checkpoints of mostly-empty
+buffers.
 
 Timeline checkpoints pickle the machine's state and zlib-compress it, and the time zlib takes
 grows with the bytes it is given.  Some state is one large, mostly zero bytearray whose
 non-zero bytes sit at its start: the page allocator's used[] (one byte per guest page, first
-fit) and qcow2's cached refcount blocks and L2 tables (clusters allocated in order).
+fit) and qcow2's cached refcount blocks and L2 tables (clusters allocated in order); and
+qcow2's planned writes include a new cluster's zeroed area, 64 KiB of zero bytes.
 `Trimmed(b)` in a __getstate__ result pickles as b's content up to its last non-zero byte
-plus its length, and unpickles (or deep-copies) as a bytearray equal to b.
+plus its length, and unpickles (or deep-copies) as a bytearray (bytes) equal to b.
 
 Only for a bytearray that nothing else in the pickled state refers to: the pickle memo sees
-the wrapper, so a second reference would come back as a second bytearray."""
+the wrapper, so a second reference would come back as a second bytearray.  (For immutable
+bytes a second equal object is the same value.)"""
 from __future__ import annotations
 
 
@@ -40,18 +43,19 @@ def content_end(b: bytearray) -> int:
 
 
 def untrim(head: bytearray, n: int) -> bytearray:
-    """The bytearray of length n that starts with head and is zero after it."""
+    """The bytearray (bytes, when head is bytes) of length n that starts with head and is zero
+    after it."""
     head += bytes(n - len(head))
     return head
 
 
 def trimmed(value):
-    """Trimmed(value) for a bytearray; anything else (None, another type) as it is."""
-    return Trimmed(value) if type(value) is bytearray else value
+    """Trimmed(value) for a bytearray or bytes; anything else (None, another type) as it is."""
+    return Trimmed(value) if type(value) is bytearray or type(value) is bytes else value
 
 
 def untrimmed(value):
-    """For __setstate__: the bytearray a Trimmed stands for, anything else as it is.  Pickle
+    """For __setstate__: the bytearray (bytes) a Trimmed stands for, anything else as it is.  Pickle
     and deepcopy have already turned a Trimmed into a new bytearray; copy.copy passes the
     __getstate__ result on as it is, so a shallow copy shares the bytearray, as it should."""
     return value.b if type(value) is Trimmed else value

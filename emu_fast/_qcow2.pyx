@@ -839,7 +839,7 @@ class FastQcow2Engine(Qcow2Engine):
 
     def __reduce_ex__(self, proto):
         # a plain Qcow2Engine with this state (copyreg._reconstructor: object.__new__(Qcow2Engine))
-        return (_copyreg._reconstructor, (Qcow2Engine, object, None), self.__dict__)
+        return (_copyreg._reconstructor, (Qcow2Engine, object, None), self.__getstate__())
 
     def pread(self, offset, n):
         return _pread(self, offset, n)

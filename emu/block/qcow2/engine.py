@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno as E
 
+from ...trimmed import trimmed, untrimmed
 from . import layout as L
 from .cache import Cache
 from .image import FrozenTable
@@ -97,6 +98,20 @@ class Qcow2Engine:
         self.plan: list = []
         self.pending: list = []          # planned writes not yet executed: [offset, bytes]
         self.file_size = file_size
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def __getstate__(self) -> dict:
+        """The planned writes' data pickle without trailing zeros (emu.trimmed): a new
+        cluster's zeroed area is 64 KiB of zeros.  (A shallow copy gets its own pending list
+        of equal entries.)"""
+        if not self.pending:
+            return self.__dict__
+        return {**self.__dict__, "pending": [[o, trimmed(d)] for o, d in self.pending]}
+
+    def __setstate__(self, d: dict) -> None:
+        self.__dict__.update(d)
+        if self.pending:
+            self.pending = [[o, untrimmed(b)] for o, b in self.pending]
 
     # -- plain data ---------------------------------------------------------------------------
     def state(self) -> dict:
