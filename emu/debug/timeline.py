@@ -7,7 +7,8 @@ A Timeline keeps checkpoints of one machine.  A checkpoint at step s holds
     pickle is over RAW_MAX bytes (16 KiB): a deep copy
     that stays pristine because it is bytes (the guest process's workload ops, which never
     change, are referred to, and its append-only results list is stored as its length, so
-    a checkpoint costs the same at request 100 and at request 100,000);
+    a checkpoint costs the same at request 100 and at request 100,000; qcow2's immutable
+    tables, FrozenTable, are referred to as well);
   * the caller's own state, through the optional `extra` pair (save, load);
   * the host file's logical size and its write/sync counters at s;
   * the undo data of the interval that ENDS at s: the old content, as it was at the previous
@@ -60,7 +61,7 @@ from ..sim.steps import EffectLog
 # the rest never changes after construction (frozen dataclasses, stateless helpers).
 EXCLUDE = frozenset({"mem", "hostfile", "log", "config", "timing", "latency", "dev_ops"})
 # Objects that a checkpoint refers to instead of copying (files, RAM, the machine itself,
-# and qcow2's tables as read at open: immutable, 8192 ints each at the least).
+# and qcow2's immutable FrozenTable tables: 8192 ints each at the least).
 SHARED_TYPES = (HostFile, GuestMemory, EffectLog, Machine, RawReader, Qcow2Reader, FrozenTable)
 ZLEVEL = 1                     # the component state compresses ~30x at level 1 in < 1 ms
 # A pickle up to this size is kept as it is.  zlib level 1 was a quarter of a checkpoint's
