@@ -347,6 +347,14 @@ cdef int _pre_write_overlap_check(object eng, long long ign, long long offset,
 
 # == refcounts ============================================================================================
 
+cdef inline object _reftable(object eng, Py_ssize_t ti):
+    """eng.refcount_table[ti]: a FrozenTable (a tuple) is indexed in C, anything else as Python does."""
+    rt = eng.refcount_table
+    if isinstance(rt, tuple):
+        return (<tuple>rt)[ti]
+    return rt[ti]
+
+
 cdef object _get_refcount(object eng, long long cluster_index):
     """Qcow2Engine.get_refcount (a misaligned refcount block: the Python method)"""
     cdef int rbb = eng.refcount_block_bits
@@ -354,7 +362,7 @@ cdef object _get_refcount(object eng, long long cluster_index):
     cdef uint64_t rb
     if ti >= <long long>eng.refcount_table_size:
         return 0
-    rb = (<tuple>eng.refcount_table)[ti]
+    rb = _reftable(eng, ti)
     rb &= REFT_OFFSET_MASK
     if not rb:
         return 0
@@ -375,7 +383,7 @@ cdef int _alloc_refcount_block(object eng, long long cluster_index, Py_ssize_t *
     cdef uint64_t rb
     cdef long long cs = eng.cluster_size
     if ti < <long long>eng.refcount_table_size:
-        rb = (<tuple>eng.refcount_table)[ti]
+        rb = _reftable(eng, ti)
         rb &= REFT_OFFSET_MASK
         if rb and not rb & <uint64_t>(cs - 1):
             ci[0] = _cache_get(eng, eng.rb_cache, <long long>rb, True)

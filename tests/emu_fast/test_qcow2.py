@@ -296,3 +296,19 @@ def test_checkpoints_restore_across_engines(tmp_path_factory, name, wl, interval
         run_with(s.m, second, recs)
         assert recs == ref_recs[k:]
         assert snapshot(s.m) == snapshot(ref)
+
+
+def test_a_refcount_table_poked_into_a_plain_list_is_read_as_python_reads_it(tmp_path):
+    """The engine keeps its refcount table as a FrozenTable (a tuple) and the compiled code
+    indexes tuples in C; anything else put there (a list, from a script) is indexed as Python
+    does, so both engines still agree."""
+    wl = "".join(f"write {i * 69632} 4k\n" for i in range(24))
+    out = {}
+    for eng in ("py", "fast"):
+        m = machine(tmp_path, "tiny", wl, {})
+        engine.run(m, eng, 150)
+        m.fmt.engine.refcount_table = list(m.fmt.engine.refcount_table)
+        records: list = []
+        assert run_with(m, eng, records) == "end"
+        out[eng] = (snapshot(m), [(r.kind, r.detail) for r in records])
+    assert out["py"] == out["fast"]
