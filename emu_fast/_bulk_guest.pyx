@@ -1,0 +1,1637 @@
+# cython: language_level=3, cdivision=False
+"""The guest side of the bulk core (emu_fast/_bulk.pxd): bulk handlers for the guest process
+(emu/guest/process.py app.*, blkmq.submit_bio), blk-mq (emu/guest/blk_mq.py), the virtio_blk
+driver (emu/guest/virtio_blk.py) and the driver's split virtqueue (emu/guest/vring.py).
+
+Each handler runs one event exactly as the Python handler named in its docstring changes the
+machine (the same mutations of the same Python objects, in the same order, the same guest-RAM
+bytes, the same scheduler calls), but records nothing (no effects, facts, detail text or
+set_function).  Every read that decides whether the event can run here comes before begin();
+the paths not modelled (BAD_RING, out-of-RAM rings, values struct.pack would refuse, the
+ring-full/resource requeue, discard/write-zeroes/get-id operations, split bios, anything of an
+unexpected type) return BAIL with nothing changed, and the compiled engine runs that event.
+
+The machine's objects (Guest, DriverVq, BlkMq, Proc, the page allocator, the counters dict) are
+looked up in the load hook at the start of each stretch (nothing in these handlers rebinds
+them); their members are read and written at their __slots__ offsets (emu_fast/_slots.pxd),
+which load checks are plain slots of exactly those classes.  Lists a handler rebinds (the
+plug, the batch, hctx->dispatch) are read from their slot at each use.
+"""
+from cpython.object cimport PyObject
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+
+from emu_fast._bulk cimport *
+from emu_fast._slots cimport slot_offsets, vbs_peek, vbs_set
+
+import hashlib as _hashlib
+
+from emu.guest import state as _S
+from emu.guest import process as _P
+from emu.guest import blk_mq as _Q
+from emu.guest import virtio_blk as _VB
+from emu.machine import Machine
+from emu.mem.page_alloc import PageAllocator
+from emu.spec import blk as B
+from emu.spec import pci as _PCI
+from emu.spec import virtio as V
+from emu.transport.virtio_pci import Transport
+from emu import workload as _W
+
+from emu_fast import _support as _SUP
+from emu_fast import _blk_mq as _BMQ
+
+PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
+
+# == constants (checked against the Python modules) ================================================
+cdef enum:
+    DESC_SIZE = 16
+    F_NEXT = 1
+    F_WRITE = 2
+    F_INDIRECT = 4
+    AVAIL_F_NO_INTERRUPT = 1
+    USED_F_NO_NOTIFY = 1
+    AVAIL_FLAGS = 0
+    AVAIL_IDX = 2
+    AVAIL_RING = 4
+    USED_FLAGS = 0
+    USED_IDX = 2
+    USED_RING = 4
+    USED_ELEM_SIZE = 8
+    PDU_SIZE = 64
+    OUTHDR_SIZE = 16
+    DWZ_SEG_SIZE = 16
+    PAGE = 4096
+    T_OUT = 1
+    T_GET_ID = 8
+    S_OK = 0
+    S_UNSUPP = 2
+assert (V.DESC_SIZE, V.VIRTQ_DESC_F_NEXT, V.VIRTQ_DESC_F_WRITE, V.VIRTQ_DESC_F_INDIRECT) == (16, 1, 2, 4)
+assert (V.VRING_AVAIL_F_NO_INTERRUPT, V.VRING_USED_F_NO_NOTIFY) == (1, 1)
+assert (V.AVAIL_FLAGS, V.AVAIL_IDX, V.AVAIL_RING, V.USED_FLAGS, V.USED_IDX, V.USED_RING,
+        V.USED_ELEM_SIZE) == (0, 2, 4, 0, 2, 4, 8)
+assert all(V.avail_used_event_off(n) == AVAIL_RING + 2 * n and
+           V.used_avail_event_off(n) == USED_RING + USED_ELEM_SIZE * n for n in (1, 256, 1024))
+assert _S.VBLK_PDU_SIZE == PDU_SIZE and B.OUTHDR_SIZE == OUTHDR_SIZE and B.DWZ_SEG_SIZE == DWZ_SEG_SIZE
+assert (B.T_IN, B.T_OUT, B.T_GET_ID, B.S_OK, B.S_UNSUPP) == (0, 1, 8, 0, 2)
+assert _P.PAGE == PAGE and _Q.MERGEABLE == ("READ", "WRITE", "DISCARD")
+
+cdef dict _TYPE_OF = _VB.TYPE_OF
+cdef long long BIO_MAX_VECS = _S.BIO_MAX_VECS
+cdef long long BLK_MAX_REQUEST_COUNT = _S.BLK_MAX_REQUEST_COUNT
+cdef long long BLK_PLUG_FLUSH_SIZE = _S.BLK_PLUG_FLUSH_SIZE
+cdef object BLKDEV_MIN_RQ = _P.BLKDEV_MIN_RQ
+cdef object DD_READ_EXPIRE_NS = _S.DD_READ_EXPIRE_NS
+cdef object DD_WRITE_EXPIRE_NS = _S.DD_WRITE_EXPIRE_NS
+cdef long long DD_WRITES_STARVED = _S.DD_WRITES_STARVED
+cdef long long DD_FIFO_BATCH = _S.DD_FIFO_BATCH
+cdef long long LIM = 1LL << 52          # C arithmetic only on values below this
+cdef long long COMMON_CFG = _PCI.COMMON_CFG
+cdef long long DEVICE_CFG = _PCI.DEVICE_CFG
+cdef long long REGION_SIZE = _PCI.REGION_SIZE
+
+cdef object _kmalloc = _SUP.kmalloc           # PageAllocator.kmalloc (compiled; exact)
+cdef object _kfree = _SUP.kfree
+cdef object _alloc_pages = _SUP.alloc_pages
+cdef object _free_pages = _SUP.free_pages
+cdef object _write_pattern = _BMQ.write_pattern   # emu.workload.write_pattern (compiled; exact)
+cdef object _sha256 = _hashlib.sha256
+cdef object _ID_BYTES = B.ID_BYTES
+cdef object _PY_MMIO_WRITE = Transport.mmio_write
+cdef object _PY_WRITE_PATTERN = _W.write_pattern
+
+# == the machine's members at their __slots__ offsets ==============================================
+cdef object _Machine = Machine
+cdef object _Guest = _S.Guest
+cdef object _DriverVq = _S.DriverVq
+cdef object _BlkMq = _S.BlkMq
+cdef object _Proc = _S.Proc
+cdef object _Transport = Transport
+cdef enum:
+    M_GUEST, M_PAGES, M_COUNTERS, M_TRANSPORT, M_TIMING, M_N
+cdef enum:
+    G_VQ, G_BLKMQ, G_PROC, G_KICK_NEEDED, G_DONE_COUNT, G_PDU_BASE, G_VQ_LOCKED, G_COMPLETED, G_N
+cdef enum:
+    VQ_INDEX, VQ_NUM, VQ_DESC, VQ_AVAIL, VQ_USED, VQ_NOTIFY_OFF, VQ_FREE_HEAD, VQ_NUM_FREE,
+    VQ_NUM_ADDED, VQ_LAST_USED_IDX, VQ_AVAIL_IDX_SHADOW, VQ_AVAIL_FLAGS_SHADOW, VQ_EVENT,
+    VQ_INDIRECT, VQ_BROKEN, VQ_EVENT_TRIGGERED, VQ_DESC_DATA, VQ_DESC_INDIR, VQ_EXTRA_NEXT,
+    VQ_EXTRA_LEN, VQ_EXTRA_FLAGS, VQ_N
+cdef enum:
+    Q_DEPTH, Q_NR_REQUESTS, Q_TAGS, Q_ALLOC_HINT, Q_RQS, Q_NEXT_RQ, Q_PLUG, Q_DD_FIFO,
+    Q_DD_NEXT_SECTOR, Q_DD_LAST_DIR, Q_DD_BATCHING, Q_DD_STARVED, Q_DISPATCH, Q_STOPPED,
+    Q_BATCH, Q_BATCH_FROM, Q_QUEUED, Q_LAST_RET, Q_RUN_WORK_PENDING, Q_LIMITS, Q_WRITE_CACHE,
+    Q_N
+cdef enum:
+    P_OPS, P_PC, P_INFLIGHT, P_WAITING, P_PENDING_BIOS, P_OP_STATE, P_READS, P_RESULTS,
+    P_NEXT_BIO, P_N
+cdef Py_ssize_t _MO[M_N]
+cdef Py_ssize_t _GO[G_N]
+cdef Py_ssize_t _VO[VQ_N]
+cdef Py_ssize_t _QO[Q_N]
+cdef Py_ssize_t _PO[P_N]
+SLOT_PATHS = {
+    "Machine": slot_offsets(_Machine, ("guest", "pages", "counters", "transport", "timing"), _MO),
+    "Guest": slot_offsets(_Guest, ("vq", "blkmq", "proc", "kick_needed", "done_count", "pdu_base",
+                                   "vq_locked", "completed"), _GO),
+    "DriverVq": slot_offsets(_DriverVq, (
+        "index", "num", "desc", "avail", "used", "notify_off", "free_head", "num_free",
+        "num_added", "last_used_idx", "avail_idx_shadow", "avail_flags_shadow", "event",
+        "indirect", "broken", "event_triggered", "desc_data", "desc_indir", "extra_next",
+        "extra_len", "extra_flags"), _VO),
+    "BlkMq": slot_offsets(_BlkMq, (
+        "depth", "nr_requests", "tags", "alloc_hint", "rqs", "next_rq", "plug", "dd_fifo",
+        "dd_next_sector", "dd_last_dir", "dd_batching", "dd_starved", "dispatch", "stopped",
+        "batch", "batch_from", "queued", "last_ret", "run_work_pending", "limits", "write_cache"),
+        _QO),
+    "Proc": slot_offsets(_Proc, ("ops", "pc", "inflight", "waiting", "pending_bios", "op_state",
+                                 "reads", "results", "next_bio"), _PO),
+}
+cdef bint _SLOTS_OK = all(SLOT_PATHS.values())
+
+
+cdef inline object SG(object o, Py_ssize_t off):
+    """o.<member at off> (o checked at load to be exactly its class)"""
+    cdef PyObject* p = vbs_peek(o, off)
+    if p == NULL:
+        raise AttributeError("member not set")
+    return <object>p
+
+
+cdef inline i64 SI(object o, Py_ssize_t off) except? -1:
+    """int(o.<member>) as a C integer"""
+    return <i64>SG(o, off)
+
+
+cdef inline void SS(object o, Py_ssize_t off, object v) noexcept:
+    """o.<member> = v"""
+    vbs_set(o, off, v)
+
+
+# == per-stretch state (the load hook) =============================================================
+cdef object _m = None
+cdef object _g = None
+cdef object _vq = None
+cdef object _q = None
+cdef object _p = None
+cdef object _mem = None
+cdef object _pages = None
+cdef dict _counters = None
+cdef dict _rqs = None
+cdef bint _ready = False
+cdef bint _notify_ok = False
+cdef i64 _vmexit_ns = 0
+cdef i64 _S_EMPTY = 0, _S_OK = 0, _S_IOERR = 0, _S_NOTSUPP = 0      # str argument indices
+
+
+cdef int _load(Core* c) except -1:
+    global _m, _g, _vq, _q, _p, _mem, _pages, _counters, _rqs, _ready, _notify_ok, _vmexit_ns
+    global _S_EMPTY, _S_OK, _S_IOERR, _S_NOTSUPP
+    _ready = False
+    m = <object>c.m
+    if not _SLOTS_OK or type(m) is not _Machine or c.vcpu < 0:
+        return 1            # the core may run; these handlers bail (see _ready)
+    g = SG(m, _MO[M_GUEST])
+    if type(g) is not _Guest:
+        return 1
+    vq = SG(g, _GO[G_VQ])
+    q = SG(g, _GO[G_BLKMQ])
+    p = SG(g, _GO[G_PROC])
+    counters = SG(m, _MO[M_COUNTERS])
+    if (type(vq) is not _DriverVq or type(q) is not _BlkMq or type(p) is not _Proc
+            or type(counters) is not dict or type(SG(q, _QO[Q_RQS])) is not dict):
+        return 1
+    _m, _g, _vq, _q, _p = m, g, vq, q, p
+    _mem = <object>c.mem
+    _pages = SG(m, _MO[M_PAGES])
+    _counters = counters
+    _rqs = SG(q, _QO[Q_RQS])
+    tr = SG(m, _MO[M_TRANSPORT])
+    _notify_ok = (type(tr) is _Transport and _Transport.mmio_write is _PY_MMIO_WRITE
+                  and "mmio_write" not in getattr(tr, "__dict__", {}))
+    vm = SG(m, _MO[M_TIMING]).vmexit_ns
+    if type(vm) is not int or not 0 <= vm < LIM:
+        _notify_ok = False
+    else:
+        _vmexit_ns = vm
+    _S_EMPTY = str_arg(c, "")
+    _S_OK = str_arg(c, "OK")
+    _S_IOERR = str_arg(c, "IOERR")
+    _S_NOTSUPP = str_arg(c, "NOTSUPP")
+    _ready = True
+    return 1
+
+
+cdef int _store(Core* c) except -1:
+    global _m, _g, _vq, _q, _p, _mem, _pages, _counters, _rqs, _ready
+    _m = _g = _vq = _q = _p = _mem = _pages = None
+    _counters = None
+    _rqs = None
+    _ready = False
+    return 0
+
+
+# == small helpers ===================================================================================
+
+cdef inline dict _rq(i64 rid):
+    """m.guest.blkmq.rqs[rid] (None when there is no such request or it is not a dict)"""
+    o = _rqs.get(rid)
+    if type(o) is not dict:
+        return None
+    return <dict>o
+
+
+cdef inline bint _is_int(object o) noexcept:
+    return type(o) is int
+
+
+cdef inline bint _small(object o) noexcept:
+    """o is an int in [0, 2**52)"""
+    return type(o) is int and 0 <= o < LIM
+
+
+cdef inline void _st(uint8_t* p, uint64_t v, int n) noexcept nogil:
+    cdef int i
+    for i in range(n):
+        p[i] = <uint8_t>(v >> (8 * i))
+
+
+cdef int _write_desc(Core* c, i64 gpa, uint64_t addr, uint64_t length, uint64_t flags,
+                     uint64_t nxt) except -1:
+    """emu.guest.vring.write_desc (struct virtq_desc "<QIHH"); the caller checked ram_ok"""
+    cdef uint8_t buf[16]
+    _st(buf, addr, 8)
+    _st(buf + 8, length, 4)
+    _st(buf + 12, flags, 2)
+    _st(buf + 14, nxt, 2)
+    return ram_write(c, gpa, buf, 16)
+
+
+cdef inline bint _u64(object o) noexcept:
+    return type(o) is int and 0 <= o <= 0xFFFFFFFFFFFFFFFF
+
+
+cdef inline bint _u32(object o) noexcept:
+    return type(o) is int and 0 <= o <= 0xFFFFFFFF
+
+
+cdef inline bint _u16(object o) noexcept:
+    return type(o) is int and 0 <= o <= 0xFFFF
+
+
+cdef inline bint _bool(object o) noexcept:
+    return o is True or o is False
+
+
+# == drivers/virtio/virtio_ring.c (emu/guest/vring.py) ==============================================
+
+cdef int h_add_split(Core* c, Frame* f) except -1:
+    """emu.guest.vring.add_split (virtqueue_add_split: indirect or direct, take descriptors)"""
+    cdef i64 rid = f.a[0], total, num_free, used
+    cdef dict rq
+    if not _ready:
+        return BAIL
+    rq = _rq(rid)
+    if rq is None:
+        return BAIL
+    sgs = rq.get("sgs")
+    if type(sgs) is not list:
+        return BAIL
+    total = len(<list>sgs)
+    vq = _vq
+    if not _bool(SG(vq, _VO[VQ_BROKEN])) or not _bool(SG(vq, _VO[VQ_INDIRECT])):
+        return BAIL
+    num_free = SI(vq, _VO[VQ_NUM_FREE])
+    begin(c)
+    if SG(vq, _VO[VQ_BROKEN]):
+        rq["add_err"] = "EIO"
+        return 0
+    indirect = SG(vq, _VO[VQ_INDIRECT]) and total > 1 and num_free > 0
+    table = 0
+    if indirect:
+        table = _kmalloc(_pages, DESC_SIZE * total) or 0
+        if not table:
+            indirect = False
+    used = 1 if indirect else total
+    if num_free < used:
+        rq["add_err"] = "ENOSPC"
+        if rq["out_sgs"]:
+            cont(c, F1(K_vring_notify, 1))
+        return 0
+    head = SG(vq, _VO[VQ_FREE_HEAD])
+    rq["add"] = {"indirect": indirect, "table": table, "k": 0, "i": 0 if indirect else head,
+                 "head": head, "used": used}
+    rq["table"] = table
+    cont(c, F1(K_vring_add_desc, rid))
+    return 0
+
+
+cdef int h_add_desc(Core* c, Frame* f) except -1:
+    """emu.guest.vring.add_desc (virtqueue_add_desc_split: one descriptor of the chain)"""
+    cdef i64 rid = f.a[0], k, ci, base, nsgs, flags, written
+    cdef bint ind, last
+    cdef dict rq, st
+    cdef tuple sg
+    if not _ready:
+        return BAIL
+    rq = _rq(rid)
+    if rq is None:
+        return BAIL
+    st_o = rq.get("add")
+    sgs = rq.get("sgs")
+    if type(st_o) is not dict or type(sgs) is not list:
+        return BAIL
+    st = <dict>st_o
+    k_o = st.get("k")
+    i = st.get("i")
+    ind_o = st.get("indirect")
+    if not _is_int(k_o) or not _u16(i) or not _bool(ind_o):
+        return BAIL
+    k = k_o
+    nsgs = len(<list>sgs)
+    if not 0 <= k < nsgs:
+        return BAIL
+    sg_o = (<list>sgs)[k]
+    if type(sg_o) is not tuple or len(<tuple>sg_o) != 3:
+        return BAIL
+    sg = <tuple>sg_o
+    gpa = sg[0]
+    length = sg[1]
+    is_in = sg[2]
+    if not _u64(gpa) or not _u32(length):
+        return BAIL
+    flags = F_NEXT | (F_WRITE if is_in else 0)
+    ci = i
+    ind = ind_o
+    vq = _vq
+    if ind:
+        table = st.get("table")
+        if not _small(table):
+            return BAIL
+        base = table
+        nxt = i + 1
+    else:
+        base = SI(vq, _VO[VQ_DESC])
+        extra_next = SG(vq, _VO[VQ_EXTRA_NEXT])
+        if type(extra_next) is not list or ci >= len(<list>extra_next):
+            return BAIL
+        nxt = (<list>extra_next)[ci]
+        if (type(SG(vq, _VO[VQ_EXTRA_LEN])) is not list or type(SG(vq, _VO[VQ_EXTRA_FLAGS])) is not list
+                or ci >= len(<list>SG(vq, _VO[VQ_EXTRA_LEN]))
+                or ci >= len(<list>SG(vq, _VO[VQ_EXTRA_FLAGS]))):
+            return BAIL
+    if not _u16(nxt) or not ram_ok(c, base + DESC_SIZE * ci, DESC_SIZE):
+        return BAIL
+    roles = rq.get("roles")
+    if type(roles) is not list or k >= len(<list>roles):
+        return BAIL         # (the Python handler reads rq["roles"][k] for its detail)
+    begin(c)
+    last = k == nsgs - 1
+    written = flags & ~F_NEXT if last else flags
+    if not ind:
+        (<list>SG(vq, _VO[VQ_EXTRA_LEN]))[ci] = length
+        (<list>SG(vq, _VO[VQ_EXTRA_FLAGS]))[ci] = flags
+    # (the Python handler writes the descriptor, then once more with NEXT cleared when it is
+    # the last: one write of the final bytes leaves the same RAM, dirty marks and undo pages)
+    _write_desc(c, base + DESC_SIZE * ci, <uint64_t>gpa, <uint64_t>length, <uint64_t>written,
+                <uint64_t>nxt)
+    if last:
+        if not ind:
+            (<list>SG(vq, _VO[VQ_EXTRA_FLAGS]))[ci] = written
+        st["prev"] = i
+        cont(c, F1(K_vring_add_head if ind else K_vring_add_avail, rid))
+    else:
+        st["k"] = k + 1
+        st["i"] = nxt
+        cont(c, F1(K_vring_add_desc, rid))
+    return 0
+
+
+cdef int h_add_head(Core* c, Frame* f) except -1:
+    """emu.guest.vring.add_head (the ring descriptor that points at the indirect table)"""
+    cdef i64 rid = f.a[0], chead, length, desc
+    cdef dict rq, st
+    if not _ready:
+        return BAIL
+    rq = _rq(rid)
+    if rq is None:
+        return BAIL
+    st_o = rq.get("add")
+    sgs = rq.get("sgs")
+    if type(st_o) is not dict or type(sgs) is not list:
+        return BAIL
+    st = <dict>st_o
+    head = st.get("head")
+    table = st.get("table")
+    if not _u16(head) or not _u64(table):
+        return BAIL
+    chead = head
+    vq = _vq
+    extra_next = SG(vq, _VO[VQ_EXTRA_NEXT])
+    extra_len = SG(vq, _VO[VQ_EXTRA_LEN])
+    extra_flags = SG(vq, _VO[VQ_EXTRA_FLAGS])
+    if (type(extra_next) is not list or type(extra_len) is not list or type(extra_flags) is not list
+            or chead >= len(<list>extra_next) or chead >= len(<list>extra_len)
+            or chead >= len(<list>extra_flags)):
+        return BAIL
+    length = DESC_SIZE * len(<list>sgs)
+    nxt = (<list>extra_next)[chead]
+    desc = SI(vq, _VO[VQ_DESC])
+    if not _u16(nxt) or length > 0xFFFFFFFF or not ram_ok(c, desc + DESC_SIZE * chead, DESC_SIZE):
+        return BAIL
+    begin(c)
+    _write_desc(c, desc + DESC_SIZE * chead, <uint64_t>table, <uint64_t>length, F_INDIRECT,
+                <uint64_t>nxt)
+    (<list>extra_len)[chead] = length
+    (<list>extra_flags)[chead] = F_INDIRECT
+    cont(c, F1(K_vring_add_avail, rid))
+    return 0
+
+
+cdef int h_add_avail(Core* c, Frame* f) except -1:
+    """emu.guest.vring.add_avail (free list, desc_state, avail.ring[shadow % N] = head)"""
+    cdef i64 rid = f.a[0], chead, num, slot, gpa, cprev
+    cdef dict rq, st
+    if not _ready:
+        return BAIL
+    rq = _rq(rid)
+    if rq is None:
+        return BAIL
+    st_o = rq.get("add")
+    if type(st_o) is not dict:
+        return BAIL
+    st = <dict>st_o
+    head = st.get("head")
+    used = st.get("used")
+    ind = st.get("indirect")
+    if not _u16(head) or not _is_int(used) or not _bool(ind):
+        return BAIL
+    chead = head
+    vq = _vq
+    extra_next = SG(vq, _VO[VQ_EXTRA_NEXT])
+    desc_data = SG(vq, _VO[VQ_DESC_DATA])
+    desc_indir = SG(vq, _VO[VQ_DESC_INDIR])
+    if (type(extra_next) is not list or type(desc_data) is not list or type(desc_indir) is not list
+            or chead >= len(<list>extra_next) or chead >= len(<list>desc_data)
+            or chead >= len(<list>desc_indir) or "table" not in st):
+        return BAIL
+    if ind:
+        cprev = chead
+    else:
+        prev = st.get("prev")
+        if not _u16(prev) or prev >= len(<list>extra_next):
+            return BAIL
+        cprev = prev
+    num = SI(vq, _VO[VQ_NUM])
+    slot = SI(vq, _VO[VQ_AVAIL_IDX_SHADOW]) & (num - 1)
+    gpa = SI(vq, _VO[VQ_AVAIL]) + AVAIL_RING + 2 * slot
+    if not ram_ok(c, gpa, 2) or not _is_int(SG(vq, _VO[VQ_NUM_FREE])):
+        return BAIL
+    begin(c)
+    del rq["add"]
+    SS(vq, _VO[VQ_NUM_FREE], SG(vq, _VO[VQ_NUM_FREE]) - used)
+    SS(vq, _VO[VQ_FREE_HEAD], (<list>extra_next)[cprev])
+    (<list>desc_data)[chead] = rid
+    (<list>desc_indir)[chead] = st["table"]
+    rq["head"] = head
+    ram_w16(c, gpa, <uint64_t>chead)
+    cont(c, F1(K_vring_add_publish, rid))
+    return 0
+
+
+cdef int h_add_publish(Core* c, Frame* f) except -1:
+    """emu.guest.vring.add_publish (virtio_wmb; avail.idx = ++avail_idx_shadow)"""
+    cdef i64 rid = f.a[0], shadow, gpa
+    cdef dict rq
+    if not _ready:
+        return BAIL
+    rq = _rq(rid)
+    if rq is None:
+        return BAIL
+    vq = _vq
+    gpa = SI(vq, _VO[VQ_AVAIL]) + AVAIL_IDX
+    if not ram_ok(c, gpa, 2) or not _is_int(SG(vq, _VO[VQ_NUM_ADDED])):
+        return BAIL
+    shadow = (SI(vq, _VO[VQ_AVAIL_IDX_SHADOW]) + 1) & 0xFFFF
+    begin(c)
+    SS(vq, _VO[VQ_AVAIL_IDX_SHADOW], shadow)
+    ram_w16(c, gpa, <uint64_t>shadow)
+    SS(vq, _VO[VQ_NUM_ADDED], SG(vq, _VO[VQ_NUM_ADDED]) + 1)
+    rq["stage"] = "avail"
+    rq["add_err"] = ""
+    return 0
+
+
+cdef int h_kick_prepare(Core* c, Frame* f) except -1:
+    """emu.guest.vring.kick_prepare (virtqueue_kick_prepare_split)"""
+    cdef i64 new, old, ev, flags, gpa
+    cdef bint need, then_notify
+    if not _ready or not f.s[0]:
+        return BAIL
+    if f.a[0] == _S_EMPTY:
+        then_notify = False
+    else:
+        then_notify = bool(arg_str(c, f.a[0]))
+    vq = _vq
+    ev_o = SG(vq, _VO[VQ_EVENT])
+    if not _bool(ev_o) or "kicks_suppressed" not in _counters:
+        return BAIL
+    if ev_o:
+        gpa = SI(vq, _VO[VQ_USED]) + USED_RING + USED_ELEM_SIZE * SI(vq, _VO[VQ_NUM])
+    else:
+        gpa = SI(vq, _VO[VQ_USED]) + USED_FLAGS
+    if not ram_ok(c, gpa, 2):
+        return BAIL
+    new = SI(vq, _VO[VQ_AVAIL_IDX_SHADOW])
+    old = (new - SI(vq, _VO[VQ_NUM_ADDED])) & 0xFFFF
+    begin(c)
+    SS(vq, _VO[VQ_NUM_ADDED], 0)
+    if ev_o:
+        ev = ram_r16(c, gpa)
+        need = ((new - ev - 1) & 0xFFFF) < ((new - old) & 0xFFFF)      # vring_need_event
+    else:
+        flags = ram_r16(c, gpa)
+        need = not flags & USED_F_NO_NOTIFY
+    SS(_g, _GO[G_KICK_NEEDED], need)
+    if not need:
+        _counters["kicks_suppressed"] += 1
+    if then_notify and need:
+        cont(c, F1(K_vring_notify, 0))
+    return 0
+
+
+cdef int h_notify(Core* c, Frame* f) except -1:
+    """emu.guest.vring.notify (vp_notify: the doorbell write, VM exit to QEMU)"""
+    cdef i64 off
+    if not _ready or not _notify_ok or c.qemu < 0:
+        return BAIL
+    vq = _vq
+    broken = SG(vq, _VO[VQ_BROKEN])
+    if not _bool(broken):
+        return BAIL
+    if broken:
+        begin(c)
+        return 0
+    off_o = SG(vq, _VO[VQ_NOTIFY_OFF])
+    if not _small(off_o) or "kicks" not in _counters:
+        return BAIL
+    off = off_o
+    # Transport.mmio_write: on the notify region it only logs (no state); elsewhere: compiled engine
+    if COMMON_CFG <= off < COMMON_CFG + REGION_SIZE or DEVICE_CFG <= off < DEVICE_CFG + REGION_SIZE:
+        return BAIL
+    begin(c)
+    _counters["kicks"] += 1
+    post(c, c.qemu, F1(K_vpci_notify, off), _vmexit_ns, False)
+    block(c, F0(K_NONE))
+    return 0
+
+
+cdef int h_interrupt(Core* c, Frame* f) except -1:
+    """emu.guest.vring.interrupt (vring_interrupt)"""
+    cdef i64 gpa, used_idx
+    if not _ready:
+        return BAIL
+    vq = _vq
+    gpa = SI(vq, _VO[VQ_USED]) + USED_IDX
+    if not ram_ok(c, gpa, 2):
+        return BAIL
+    begin(c)
+    used_idx = ram_r16(c, gpa)
+    if used_idx == SI(vq, _VO[VQ_LAST_USED_IDX]):
+        return 0
+    if SG(vq, _VO[VQ_BROKEN]):
+        return 0
+    if SG(vq, _VO[VQ_EVENT]):
+        SS(vq, _VO[VQ_EVENT_TRIGGERED], True)
+    SS(_g, _GO[G_DONE_COUNT], 0)
+    cont(c, F0(K_vblkd_done))
+    return 0
+
+
+cdef int h_disable_cb(Core* c, Frame* f) except -1:
+    """emu.guest.vring.disable_cb (virtqueue_disable_cb_split)"""
+    cdef i64 flags, avail, num
+    if not _ready:
+        return BAIL
+    vq = _vq
+    fl_o = SG(vq, _VO[VQ_AVAIL_FLAGS_SHADOW])
+    if not _small(fl_o):
+        return BAIL
+    flags = fl_o
+    avail = SI(vq, _VO[VQ_AVAIL])
+    num = SI(vq, _VO[VQ_NUM])
+    if not ram_ok(c, avail, AVAIL_RING + 2 * num + 2):
+        return BAIL
+    begin(c)
+    cont(c, F0(K_vring_get_buf))
+    if flags & AVAIL_F_NO_INTERRUPT:
+        return 0
+    flags |= AVAIL_F_NO_INTERRUPT
+    SS(vq, _VO[VQ_AVAIL_FLAGS_SHADOW], flags)
+    if SG(vq, _VO[VQ_EVENT_TRIGGERED]):
+        return 0
+    if SG(vq, _VO[VQ_EVENT]):
+        ram_w16(c, avail + AVAIL_RING + 2 * num, 0)
+        return 0
+    ram_w16(c, avail + AVAIL_FLAGS, <uint64_t>flags)
+    return 0
+
+
+cdef int h_get_buf(Core* c, Frame* f) except -1:
+    """emu.guest.vring.get_buf (virtqueue_get_buf_ctx_split + detach_buf_split)"""
+    cdef i64 used, num, last, used_idx, slot, a, uid, ulen, desc, avail, i, n, fh
+    cdef list desc_data, desc_indir, extra_next
+    if not _ready:
+        return BAIL
+    vq = _vq
+    broken = SG(vq, _VO[VQ_BROKEN])
+    if not _bool(broken):
+        return BAIL
+    if broken:
+        begin(c)
+        cont(c, F0(K_vring_enable_cb))
+        return 0
+    used = SI(vq, _VO[VQ_USED])
+    num = SI(vq, _VO[VQ_NUM])
+    if num <= 0 or not ram_ok(c, used, USED_RING + USED_ELEM_SIZE * num):
+        return BAIL
+    used_idx = ram_r16(c, used + USED_IDX)
+    last = SI(vq, _VO[VQ_LAST_USED_IDX])
+    if last == used_idx:
+        begin(c)
+        cont(c, F0(K_vring_enable_cb))
+        return 0
+    slot = last & (num - 1)
+    a = used + USED_RING + USED_ELEM_SIZE * slot
+    uid = ram_r32(c, a)
+    ulen = ram_r32(c, a + 4)
+    if uid >= num:
+        return BAIL                                     # BAD_RING: id out of range
+    dd = SG(vq, _VO[VQ_DESC_DATA])
+    di = SG(vq, _VO[VQ_DESC_INDIR])
+    en = SG(vq, _VO[VQ_EXTRA_NEXT])
+    if type(dd) is not list or type(di) is not list or type(en) is not list:
+        return BAIL
+    desc_data = <list>dd
+    desc_indir = <list>di
+    extra_next = <list>en
+    if uid >= len(desc_data) or uid >= len(desc_indir) or len(extra_next) < num:
+        return BAIL
+    rid = desc_data[uid]
+    if not _is_int(rid) or rid < 0 or _rq(rid) is None:
+        return BAIL                                     # BAD_RING: not a head (or no request)
+    # detach_buf_split's walk (read-only here: a loop is BAD_RING, left to the compiled engine)
+    desc = SI(vq, _VO[VQ_DESC])
+    if not ram_ok(c, desc, DESC_SIZE * num):
+        return BAIL
+    i = uid
+    n = 1
+    while ram_r16(c, desc + DESC_SIZE * i + 12) & F_NEXT:
+        nx = extra_next[i]
+        if not _is_int(nx) or not 0 <= nx < num:
+            return BAIL
+        i = nx
+        n += 1
+        if n > num:
+            return BAIL
+    avail = SI(vq, _VO[VQ_AVAIL])
+    fl_o = SG(vq, _VO[VQ_AVAIL_FLAGS_SHADOW])
+    if (not _small(fl_o) or not ram_ok(c, avail + AVAIL_RING + 2 * num, 2)
+            or not _is_int(SG(vq, _VO[VQ_NUM_FREE])) or not _is_int(SG(_g, _GO[G_DONE_COUNT]))):
+        return BAIL
+    begin(c)
+    desc_data[uid] = -1
+    extra_next[i] = SG(vq, _VO[VQ_FREE_HEAD])
+    SS(vq, _VO[VQ_FREE_HEAD], uid)
+    SS(vq, _VO[VQ_NUM_FREE], SG(vq, _VO[VQ_NUM_FREE]) + n)
+    table = desc_indir[uid]
+    if table:
+        _kfree(_pages, table)
+        desc_indir[uid] = 0
+    last = (last + 1) & 0xFFFF
+    SS(vq, _VO[VQ_LAST_USED_IDX], last)
+    if not (<i64>fl_o) & AVAIL_F_NO_INTERRUPT:
+        ram_w16(c, avail + AVAIL_RING + 2 * num, <uint64_t>last)
+    SS(_g, _GO[G_DONE_COUNT], SG(_g, _GO[G_DONE_COUNT]) + 1)
+    _rqs[rid]["used_len"] = ulen
+    cont(c, F1(K_vblkd_request_done, <i64>rid))
+    return 0
+
+
+cdef int h_enable_cb(Core* c, Frame* f) except -1:
+    """emu.guest.vring.enable_cb (enable_cb_prepare + poll)"""
+    cdef i64 flags, avail, used, num, last, used_idx
+    if not _ready:
+        return BAIL
+    vq = _vq
+    fl_o = SG(vq, _VO[VQ_AVAIL_FLAGS_SHADOW])
+    if not _small(fl_o):
+        return BAIL
+    flags = fl_o
+    avail = SI(vq, _VO[VQ_AVAIL])
+    used = SI(vq, _VO[VQ_USED])
+    num = SI(vq, _VO[VQ_NUM])
+    if not ram_ok(c, avail, AVAIL_RING + 2 * num + 2) or not ram_ok(c, used + USED_IDX, 2):
+        return BAIL
+    begin(c)
+    SS(vq, _VO[VQ_EVENT_TRIGGERED], False)
+    if flags & AVAIL_F_NO_INTERRUPT:
+        flags &= ~AVAIL_F_NO_INTERRUPT
+        SS(vq, _VO[VQ_AVAIL_FLAGS_SHADOW], flags)
+        if not SG(vq, _VO[VQ_EVENT]):
+            ram_w16(c, avail + AVAIL_FLAGS, <uint64_t>flags)
+    last = SI(vq, _VO[VQ_LAST_USED_IDX])
+    ram_w16(c, avail + AVAIL_RING + 2 * num, <uint64_t>last)
+    used_idx = ram_r16(c, used + USED_IDX)
+    if used_idx != last and not SG(vq, _VO[VQ_BROKEN]):
+        cont(c, F0(K_vring_disable_cb))
+    else:
+        cont(c, F0(K_vblkd_done_end))
+    return 0
+
+
+# == drivers/block/virtio_blk.c (emu/guest/virtio_blk.py) ===========================================
+
+cdef int h_queue_rq(Core* c, Frame* f) except -1:
+    """emu.guest.virtio_blk.queue_rq (virtio_queue_rq)"""
+    cdef i64 rid = f.a[0], last = f.a[1]
+    cdef dict rq
+    if not _ready:
+        return BAIL
+    rq = _rq(rid)
+    if rq is None:
+        return BAIL
+    begin(c)
+    rq["last"] = last != 0
+    SS(_g, _GO[G_KICK_NEEDED], False)
+    cont(c, F1(K_vblkd_setup_cmd, rid))
+    return 0
+
+
+cdef int h_setup_cmd(Core* c, Frame* f) except -1:
+    """emu.guest.virtio_blk.setup_cmd (virtblk_setup_cmd: the out header)"""
+    cdef i64 rid = f.a[0], pdu
+    cdef dict rq
+    cdef uint8_t buf[16]
+    cdef bint rw
+    if not _ready:
+        return BAIL
+    rq = _rq(rid)
+    if rq is None:
+        return BAIL
+    op = rq.get("op")
+    tag = rq.get("tag")
+    base = SG(_g, _GO[G_PDU_BASE])
+    if not _small(tag) or not _small(base) or type(op) is not str:
+        return BAIL
+    pdu = <i64>base + <i64>tag * PDU_SIZE
+    rw = op == "READ" or op == "WRITE"
+    if op == "DRV_IN":
+        begin(c)
+        rq["pdu"] = pdu
+        cont(c, F1(K_vblkd_map_data, rid))
+        return 0
+    if not rw and op != "FLUSH":
+        return BAIL                 # discard / write-zeroes (a range payload) or unknown: compiled
+    typ = _TYPE_OF[op]
+    sector = rq.get("sector") if rw else 0
+    if not _u64(sector) or not ram_ok(c, pdu, OUTHDR_SIZE):
+        return BAIL
+    begin(c)
+    rq["pdu"] = pdu
+    _st(buf, <uint64_t><i64>typ, 4)
+    _st(buf + 4, 0, 4)
+    _st(buf + 8, <uint64_t>sector, 8)
+    ram_write(c, pdu, buf, 16)
+    cont(c, F1(K_vblkd_map_data, rid))
+    return 0
+
+
+cdef int h_map_data(Core* c, Frame* f) except -1:
+    """emu.guest.virtio_blk.map_data (blk_rq_map_sg: contiguous segments merge)"""
+    cdef i64 rid = f.a[0]
+    cdef dict rq
+    cdef list sgs
+    cdef bint have = False
+    if not _ready:
+        return BAIL
+    rq = _rq(rid)
+    if rq is None:
+        return BAIL
+    if rq.get("payload"):
+        return BAIL
+    bios = rq.get("bios")
+    if type(bios) is not list:
+        return BAIL
+    for bio in <list>bios:
+        if type(bio) is not dict or type((<dict>bio).get("segs")) is not list:
+            return BAIL
+        for sg in <list>(<dict>bio)["segs"]:
+            if type(sg) is not tuple or len(<tuple>sg) != 2 or not _small((<tuple>sg)[0]) \
+                    or not _small((<tuple>sg)[1]):
+                return BAIL
+    begin(c)
+    sgs = []
+    cur_a = cur_n = None
+    for bio in <list>bios:
+        for sg in <list>(<dict>bio)["segs"]:
+            gpa = (<tuple>sg)[0]
+            n = (<tuple>sg)[1]
+            if have and cur_a + cur_n == gpa:
+                cur_n += n
+            else:
+                if have:
+                    sgs.append((cur_a, cur_n))
+                cur_a = gpa
+                cur_n = n
+                have = True
+    if have:
+        sgs.append((cur_a, cur_n))
+    rq["data_sgs"] = sgs
+    cont(c, F1(K_blkmq_start_request, rid))
+    return 0
+
+
+cdef int h_add_req(Core* c, Frame* f) except -1:
+    """emu.guest.virtio_blk.add_req (virtblk_add_req: header, data, status sg entries)"""
+    cdef i64 rid = f.a[0]
+    cdef dict rq
+    cdef list sgs, roles
+    cdef bint is_out, has_payload
+    if not _ready:
+        return BAIL
+    rq = _rq(rid)
+    if rq is None:
+        return BAIL
+    pdu = rq.get("pdu")
+    data_sgs = rq.get("data_sgs")
+    op = rq.get("op")
+    if not _small(pdu) or type(data_sgs) is not list or type(op) is not str:
+        return BAIL
+    for sg in <list>data_sgs:
+        if type(sg) is not tuple or len(<tuple>sg) != 2:
+            return BAIL
+    begin(c)
+    SS(_g, _GO[G_VQ_LOCKED], True)
+    is_out = bool(_TYPE_OF.get(op, T_GET_ID) & T_OUT)
+    sgs = [(pdu, OUTHDR_SIZE, False)]
+    roles = ["request header"]
+    for sg in <list>data_sgs:
+        sgs.append(((<tuple>sg)[0], (<tuple>sg)[1], not is_out))
+        roles.append("data" if not rq.get("payload") else "range")
+    sgs.append((pdu + 16, 1, True))
+    roles.append("status")
+    rq["sgs"] = sgs
+    rq["roles"] = roles
+    rq["out_sgs"] = 2 if is_out and rq["data_sgs"] else 1
+    call(c, F1(K_vring_add_split, rid), F1(K_vblkd_add_ret, rid))
+    return 0
+
+
+cdef inline Frame _kick_frame():
+    cdef Frame k = F1(K_vring_kick_prepare, _S_EMPTY)
+    k.s[0] = 1
+    return k
+
+
+cdef int h_add_ret(Core* c, Frame* f) except -1:
+    """emu.guest.virtio_blk.add_ret (virtio_queue_rq after virtblk_add_req)"""
+    cdef i64 rid = f.a[0]
+    cdef dict rq
+    if not _ready:
+        return BAIL
+    rq = _rq(rid)
+    if rq is None or "last" not in rq:
+        return BAIL
+    begin(c)
+    err = rq.get("add_err", "")
+    if err:
+        call(c, _kick_frame(), F1(K_vblkd_add_err_kick, rid))
+        return 0
+    if rq["last"]:
+        call(c, _kick_frame(), F1(K_vblkd_queue_rq_end, rid))
+        return 0
+    cont(c, F1(K_vblkd_queue_rq_end, rid))
+    return 0
+
+
+cdef int h_queue_rq_end(Core* c, Frame* f) except -1:
+    """emu.guest.virtio_blk.queue_rq_end (unlock; notify outside the lock)"""
+    if not _ready:
+        return BAIL
+    begin(c)
+    g = _g
+    SS(g, _GO[G_VQ_LOCKED], False)
+    SS(_q, _QO[Q_LAST_RET], "OK")
+    if SG(g, _GO[G_KICK_NEEDED]):
+        SS(g, _GO[G_KICK_NEEDED], False)
+        cont(c, F1(K_vring_notify, 0))
+    return 0
+
+
+cdef int h_done(Core* c, Frame* f) except -1:
+    """emu.guest.virtio_blk.done (virtblk_done: lock, then the disable_cb/get_buf loop)"""
+    if not _ready:
+        return BAIL
+    begin(c)
+    SS(_g, _GO[G_VQ_LOCKED], True)
+    cont(c, F0(K_vring_disable_cb))
+    return 0
+
+
+cdef int h_request_done(Core* c, Frame* f) except -1:
+    """emu.guest.virtio_blk.request_done (virtblk_request_done: the status byte)"""
+    cdef i64 rid = f.a[0], status
+    cdef dict rq
+    cdef Frame e
+    if not _ready:
+        return BAIL
+    rq = _rq(rid)
+    if rq is None:
+        return BAIL
+    pdu = rq.get("pdu")
+    if not _small(pdu) or not ram_ok(c, <i64>pdu + 16, 1):
+        return BAIL
+    begin(c)
+    status = c.ram[<i64>pdu + 16]
+    rq["vstatus"] = status
+    payload = rq.get("payload")
+    if payload:                                             # _cleanup_cmd
+        _kfree(_pages, payload)
+        rq["payload"] = 0
+    e = F3(K_blkmq_end_request, rid,
+           _S_OK if status == S_OK else _S_NOTSUPP if status == S_UNSUPP else _S_IOERR, 1)
+    e.s[1] = 1
+    cont(c, e)
+    return 0
+
+
+cdef int h_done_end(Core* c, Frame* f) except -1:
+    """emu.guest.virtio_blk.done_end (virtblk_done: restart a stopped queue; unlock)"""
+    if not _ready:
+        return BAIL
+    begin(c)
+    g = _g
+    q = _q
+    if SG(g, _GO[G_DONE_COUNT]) and SG(q, _QO[Q_STOPPED]):
+        SS(q, _QO[Q_STOPPED], False)
+        if not SG(q, _QO[Q_RUN_WORK_PENDING]):
+            SS(q, _QO[Q_RUN_WORK_PENDING], True)
+            post(c, c.vcpu, F0(K_blkmq_run_work), 0, False)
+    SS(g, _GO[G_VQ_LOCKED], False)
+    return 0
+
+
+# == block/blk-mq.c (emu/guest/blk_mq.py) ===========================================================
+
+cdef inline bint _mergeable(object op):
+    return op == "READ" or op == "WRITE" or op == "DISCARD"
+
+
+cdef inline int _rq_dir(object op):
+    """rq_dir"""
+    return 0 if (op == "READ" or op == "DRV_IN") else 1
+
+
+cdef int _wake(Core* c, str reason) except -1:
+    """emu.guest.process._wake"""
+    p = _p
+    if SG(p, _PO[P_WAITING]) == reason:
+        SS(p, _PO[P_WAITING], "woken-" + reason)
+        post(c, c.vcpu, F0(K_app_resume), 0, False)
+    return 0
+
+
+cdef int _put_tag(object q, object tag) except -1:
+    """emu.guest.blk_mq.put_tag"""
+    SG(q, _QO[Q_TAGS])[tag] = 0
+    if tag < SG(q, _QO[Q_NR_REQUESTS]):
+        SS(q, _QO[Q_ALLOC_HINT], tag)
+    return 0
+
+
+cdef int _free_request(Core* c, object rid) except -1:
+    """emu.guest.blk_mq.free_request"""
+    q = _q
+    rq = _rqs.pop(rid)
+    _put_tag(q, rq["tag"])
+    _wake(c, "tag")
+    return 0
+
+
+cdef long long _get_tag(object q) except -2:
+    """emu.guest.blk_mq.get_tag (sbitmap_queue_get)"""
+    cdef long long n = SG(q, _QO[Q_NR_REQUESTS])
+    cdef long long hint = SG(q, _QO[Q_ALLOC_HINT])
+    tags = SG(q, _QO[Q_TAGS])
+    cdef char* t_
+    cdef long long k, t
+    if type(tags) is not bytearray or hint < 0 or n <= 0 or n > PyByteArray_GET_SIZE(tags):
+        return _Q.get_tag(q)
+    t_ = PyByteArray_AS_STRING(tags)
+    for k in range(n):
+        t = (hint + k) % n
+        if not t_[t]:
+            t_[t] = 1
+            if t == hint:
+                SS(q, _QO[Q_ALLOC_HINT], (t + 1) % n)
+            return t
+    return -1
+
+
+cdef int _dd_insert(Core* c, object rid) except -1:
+    """emu.guest.blk_mq.dd_insert (dd_insert_request)"""
+    q = _q
+    rqs = _rqs
+    cdef dict rq = rqs[rid]
+    op = rq["op"]
+    cdef int d = _rq_dir(op)
+    cdef dict other
+    if _mergeable(op):
+        lim = SG(q, _QO[Q_LIMITS])
+        maxs = lim["max_discard_sectors"] if op == "DISCARD" else lim["max_sectors"]
+        for oid in <list>(SG(q, _QO[Q_DD_FIFO])[d]):
+            other = rqs[oid]
+            if other["op"] == op and other["sector"] + (other["bytes"] >> 9) == rq["sector"] \
+                    and (other["bytes"] >> 9) + (rq["bytes"] >> 9) <= maxs \
+                    and (op == "DISCARD" or other["nsegs"] + rq["nsegs"] <= lim["max_segments"]):
+                for bio in rq["bios"]:
+                    other["bios"].append(bio)
+                other["bytes"] += rq["bytes"]
+                other["nsegs"] += rq["nsegs"] if op != "DISCARD" else 0
+                _free_request(c, rid)
+                return 0
+    rq["stage"] = "queued"
+    rq["deadline"] = c.now + (DD_READ_EXPIRE_NS if d == 0 else DD_WRITE_EXPIRE_NS)
+    SG(q, _QO[Q_DD_FIFO])[d].append(rid)
+    return 0
+
+
+cdef object _dd_next(object q, int d):
+    """emu.guest.blk_mq._dd_next (deadline_next_request)"""
+    pos = SG(q, _QO[Q_DD_NEXT_SECTOR])[d]
+    best = None
+    bs = None
+    rqs = _rqs
+    for rid in <list>(SG(q, _QO[Q_DD_FIFO])[d]):
+        s = rqs[rid]["sector"]
+        if s >= pos and (best is None or s < bs):
+            best = rid
+            bs = s
+    return best
+
+
+cdef object _dd_dispatch(Core* c, object q):
+    """emu.guest.blk_mq.dd_dispatch (dd_dispatch_request)"""
+    cdef int d
+    fifo = SG(q, _QO[Q_DD_FIFO])
+    rqs = _rqs
+    rid = None
+    if SG(q, _QO[Q_DD_BATCHING]) < DD_FIFO_BATCH:
+        rid = _dd_next(q, SG(q, _QO[Q_DD_LAST_DIR]))
+    if rid is None:
+        reads, writes = fifo
+        if reads and not (writes and SG(q, _QO[Q_DD_STARVED]) >= DD_WRITES_STARVED):
+            d = 0
+            if writes:
+                SS(q, _QO[Q_DD_STARVED], SG(q, _QO[Q_DD_STARVED]) + 1)
+        elif writes:
+            d = 1
+            SS(q, _QO[Q_DD_STARVED], 0)
+        else:
+            return None
+        nxt = _dd_next(q, d)
+        head = fifo[d][0]
+        rid = head if nxt is None or rqs[head]["deadline"] <= c.now else nxt
+        SS(q, _QO[Q_DD_LAST_DIR], d)
+        SS(q, _QO[Q_DD_BATCHING], 0)
+    rq = rqs[rid]
+    d = _rq_dir(rq["op"])
+    fifo[d].remove(rid)
+    SG(q, _QO[Q_DD_NEXT_SECTOR])[d] = rq["sector"] + (rq["bytes"] >> 9)
+    SS(q, _QO[Q_DD_BATCHING], SG(q, _QO[Q_DD_BATCHING]) + 1)
+    return rid
+
+
+cdef bint _q_ok(object q) except -1:
+    """The blk-mq lists these handlers walk are lists (and the FIFOs two lists)."""
+    fifo = SG(q, _QO[Q_DD_FIFO])
+    return (type(SG(q, _QO[Q_PLUG])) is list and type(SG(q, _QO[Q_BATCH])) is list
+            and type(SG(q, _QO[Q_DISPATCH])) is list and type(fifo) is list
+            and len(<list>fifo) == 2 and type((<list>fifo)[0]) is list
+            and type((<list>fifo)[1]) is list)
+
+
+cdef int h_flush_plug(Core* c, Frame* f) except -1:
+    """emu.guest.blk_mq.flush_plug (blk_mq_flush_plug_list)"""
+    cdef i64 count = f.a[0]
+    cdef Py_ssize_t n
+    cdef list old, plug
+    if not _ready or not _q_ok(_q):
+        return BAIL
+    begin(c)
+    q = _q
+    old = SG(q, _QO[Q_PLUG])
+    n = len(old)
+    if 0 <= count < n:
+        n = count
+    plug = old[:n]
+    SS(q, _QO[Q_PLUG], old[n:])
+    for rid in plug:
+        _dd_insert(c, rid)
+    cont(c, F0(K_blkmq_run_queue))
+    return 0
+
+
+cdef int h_run_queue(Core* c, Frame* f) except -1:
+    """emu.guest.blk_mq.run_queue (blk_mq_run_hw_queue / blk_mq_sched_dispatch_requests)"""
+    if not _ready or not _q_ok(_q):
+        return BAIL
+    begin(c)
+    q = _q
+    if SG(q, _QO[Q_STOPPED]):
+        return 0
+    if SG(q, _QO[Q_BATCH]):
+        return 0
+    disp = SG(q, _QO[Q_DISPATCH])
+    if disp:
+        SS(q, _QO[Q_BATCH], disp)
+        SS(q, _QO[Q_DISPATCH], [])
+        SS(q, _QO[Q_BATCH_FROM], "dispatch")
+    else:
+        batch = SG(q, _QO[Q_BATCH])
+        nr = SG(q, _QO[Q_NR_REQUESTS])
+        while len(batch) < nr:
+            rid = _dd_dispatch(c, q)
+            if rid is None:
+                break
+            batch.append(rid)
+        SS(q, _QO[Q_BATCH_FROM], "sched")
+    if not SG(q, _QO[Q_BATCH]):
+        return 0
+    SS(q, _QO[Q_QUEUED], 0)
+    cont(c, F0(K_blkmq_dispatch))
+    return 0
+
+
+cdef int h_dispatch(Core* c, Frame* f) except -1:
+    """emu.guest.blk_mq.dispatch (blk_mq_dispatch_rq_list: .queue_rq)"""
+    cdef list batch
+    cdef bint last
+    if not _ready or not _q_ok(_q):
+        return BAIL
+    batch = SG(_q, _QO[Q_BATCH])
+    if not batch:
+        return BAIL
+    rid = batch[0]
+    if not _is_int(rid) or _rq(rid) is None:
+        return BAIL
+    begin(c)
+    last = len(batch) == 1
+    _rqs[rid]["stage"] = "dispatched"
+    call(c, F2(K_vblkd_queue_rq, <i64>rid, 1 if last else 0), F1(K_blkmq_dispatch_ret, <i64>rid))
+    return 0
+
+
+cdef int h_dispatch_ret(Core* c, Frame* f) except -1:
+    """emu.guest.blk_mq.dispatch_ret (blk_mq_dispatch_rq_list: the driver's answer)"""
+    cdef i64 rid = f.a[0]
+    cdef list batch
+    cdef Frame e
+    if not _ready or not _q_ok(_q):
+        return BAIL
+    q = _q
+    ret = SG(q, _QO[Q_LAST_RET])
+    batch = SG(q, _QO[Q_BATCH])
+    if not batch:
+        return BAIL
+    if ret == "OK":
+        begin(c)
+        batch.pop(0)
+        SS(q, _QO[Q_QUEUED], SG(q, _QO[Q_QUEUED]) + 1)
+        if batch:
+            cont(c, F0(K_blkmq_dispatch), -1, True)
+        else:
+            cont(c, F0(K_blkmq_run_queue), -1, True)
+        return 0
+    if ret == "IOERR" or ret == "NOTSUPP":
+        begin(c)
+        batch.pop(0)
+        e = F3(K_blkmq_end_request, rid, _S_IOERR if ret == "IOERR" else _S_NOTSUPP, 0)
+        e.s[1] = 1
+        if batch:
+            call(c, e, F0(K_blkmq_dispatch))
+        else:
+            call(c, e, F0(K_blkmq_run_queue))
+        return 0
+    return BAIL                     # DEV_RESOURCE / RESOURCE: requeue (compiled engine)
+
+
+cdef int h_start_request(Core* c, Frame* f) except -1:
+    """emu.guest.blk_mq.start_request (blk_mq_start_request)"""
+    cdef i64 rid = f.a[0]
+    cdef dict rq
+    if not _ready:
+        return BAIL
+    rq = _rq(rid)
+    if rq is None:
+        return BAIL
+    begin(c)
+    rq["stage"] = "started"
+    rq["start_ns"] = c.now
+    cont(c, F1(K_vblkd_add_req, rid))
+    return 0
+
+
+cdef int _op_done(Core* c, object idx) except -1:
+    """emu.guest.process._op_done (the AIO completes)"""
+    p = _p
+    cdef dict st = SG(p, _PO[P_OP_STATE]).pop(idx)
+    cdef dict op = SG(p, _PO[P_OPS])[idx]
+    SS(p, _PO[P_INFLIGHT], SG(p, _PO[P_INFLIGHT]) - 1)
+    if op["op"] == "read":
+        data = _mem.read(st["buf"], op["length"])
+        SG(p, _PO[P_READS]).append(
+            {"n": op["n"], "offset": op["offset"], "length": op["length"],
+             "sha256": _sha256(data).hexdigest(), "status": st["status"], "line": op["line"]})
+    if op["op"] == "get-id":
+        raw = _mem.read(st["buf"], _ID_BYTES)
+        st["serial"] = raw.split(b"\0", 1)[0].decode("latin-1")
+    if st.get("buf"):
+        _free_pages(_pages, st["buf"])
+    res = {"n": op["n"], "line": op["line"], "op": op["op"], "status": st["status"]}
+    if "serial" in st:
+        res["serial"] = st["serial"]
+    SG(p, _PO[P_RESULTS]).append(res)
+    _wake(c, "mem")
+    if SG(p, _PO[P_INFLIGHT]) == 0:
+        _wake(c, "drain")
+        _wake(c, "exit")
+    return 0
+
+
+cdef int h_end_request(Core* c, Frame* f) except -1:
+    """emu.guest.blk_mq.end_request (blk_mq_end_request: bio_endio, free the tag)"""
+    cdef i64 rid = f.a[0], from_irq = f.a[2]
+    cdef dict rq, st
+    cdef list completed
+    if not _ready or not f.s[1]:
+        return BAIL
+    rq = _rq(rid)
+    if rq is None or type(rq.get("bios")) is not list:
+        return BAIL
+    completed_o = SG(_g, _GO[G_COMPLETED])
+    if type(completed_o) is not list:
+        return BAIL
+    completed = <list>completed_o
+    status = arg_str(c, f.a[1])
+    p = _p
+    begin(c)
+    rq["status"] = status
+    for bio in <list>rq["bios"]:
+        idx = bio["op_idx"]                          # bio_done
+        st = SG(p, _PO[P_OP_STATE])[idx]
+        st["bios"] -= 1
+        if status != "OK" and st["status"] == "OK":
+            st["status"] = status
+        if st["bios"] == 0:
+            _op_done(c, idx)
+    _free_request(c, rid)
+    completed.append({"id": rid, "op": rq["op"], "sector": rq["sector"],
+                      "bytes": rq["bytes"], "status": status})
+    if len(completed) > 64:
+        del completed[0]
+    if from_irq:
+        cont(c, F0(K_vring_get_buf))
+    return 0
+
+
+# == block/fops.c: the guest process (emu/guest/process.py) =========================================
+
+cdef int _sleep(Core* c, str reason) except -1:
+    """emu.guest.process._sleep (schedule() flushes the plug first)"""
+    SS(_p, _PO[P_WAITING], reason)
+    if SG(_q, _QO[Q_PLUG]):
+        cont(c, F1(K_blkmq_flush_plug, -1))
+    return 0
+
+
+cdef inline int _next(Core* c) except -1:
+    """emu.guest.process._next"""
+    if SG(_p, _PO[P_PENDING_BIOS]):
+        cont(c, F0(K_blkmq_submit_bio), -1, True)
+    else:
+        cont(c, F0(K_app_op), -1, True)
+    return 0
+
+
+cdef inline Frame _next_frame():
+    """emu.guest.process._next_frame"""
+    if SG(_p, _PO[P_PENDING_BIOS]):
+        return F0(K_blkmq_submit_bio)
+    return F0(K_app_op)
+
+
+cdef dict _bio(object p, str rq_op, object sector, object nbytes, list segs):
+    """emu.guest.process._bio"""
+    nb = SG(p, _PO[P_NEXT_BIO])
+    b = {"id": nb, "op_idx": SG(p, _PO[P_PC]), "op": rq_op, "sector": sector, "bytes": nbytes,
+         "segs": segs}
+    SS(p, _PO[P_NEXT_BIO], nb + 1)
+    return b
+
+
+cdef int h_app_op(Core* c, Frame* f) except -1:
+    """emu.guest.process.op_step (blkdev_write_iter etc.: the next workload operation)"""
+    cdef list ops, bios
+    cdef dict op
+    cdef long long clen, coff, pos, n, step, npages
+    cdef bytes data
+    if not _ready or not _q_ok(_q):
+        return BAIL
+    p = _p
+    g = _g
+    q = _q
+    ops_o = SG(p, _PO[P_OPS])
+    pc = SG(p, _PO[P_PC])
+    if type(ops_o) is not list or not _small(pc) or type(SG(p, _PO[P_PENDING_BIOS])) is not list:
+        return BAIL
+    ops = <list>ops_o
+    if pc >= len(ops):
+        begin(c)
+        if SG(p, _PO[P_INFLIGHT]):
+            _sleep(c, "exit")
+            return 0
+        cont(c, F0(K_app_exit))
+        return 0
+    op_o = ops[pc]
+    if type(op_o) is not dict:
+        return BAIL
+    op = <dict>op_o
+    kind = op.get("op")
+    if kind == "wait":
+        begin(c)
+        if SG(p, _PO[P_INFLIGHT]):
+            _sleep(c, "drain")
+            return 0
+        SS(p, _PO[P_PC], pc + 1)
+        cont(c, F0(K_app_op), -1, True)
+        return 0
+    if kind == "at":
+        t = op.get("time_ns")
+        if not _small(t):
+            return BAIL
+        begin(c)
+        SS(p, _PO[P_PC], pc + 1)
+        if c.now < <i64>t:
+            at(c, <i64>t - c.now, F0(K_app_hrtimer))
+            _sleep(c, "timer")
+            return 0
+        cont(c, F0(K_app_op), -1, True)
+        return 0
+    if kind == "queue-depth":
+        depth = op.get("depth")
+        if type(depth) is not int:
+            return BAIL
+        begin(c)
+        nr = max(depth, BLKDEV_MIN_RQ)
+        SS(p, _PO[P_PC], pc + 1)
+        cont(c, F0(K_app_op), -1, True)
+        if nr > SG(q, _QO[Q_DEPTH]):
+            return 0
+        SS(q, _QO[Q_NR_REQUESTS], nr)
+        SS(q, _QO[Q_ALLOC_HINT], SG(q, _QO[Q_ALLOC_HINT]) % nr)
+        return 0
+    buf = 0
+    err = ""
+    if kind == "flush":
+        begin(c)
+        if not SG(q, _QO[Q_WRITE_CACHE]):
+            bios = []
+        else:
+            bios = [_bio(p, "FLUSH", 0, 0, [])]
+    elif kind == "write" or kind == "read":
+        off = op.get("offset")
+        length = op.get("length")
+        lbs = SG(q, _QO[Q_LIMITS]).get("logical_block_size")
+        if not _small(off) or not _small(length) or not _small(lbs) or not lbs:
+            return BAIL
+        if kind == "write":
+            fill = op.get("fill")
+            if fill is not None and not (type(fill) is int and 0 <= fill <= 255):
+                return BAIL
+            if not _small(op.get("n")) or _P.write_pattern is not _PY_WRITE_PATTERN:
+                return BAIL
+        begin(c)
+        bios = []
+        if off % lbs or length % lbs:
+            err = "EINVAL"
+        else:
+            npages = (<long long>length + PAGE - 1) // PAGE
+            buf = _alloc_pages(_pages, npages)
+            if buf is None:
+                err = "ENOMEM"
+                buf = 0
+            else:
+                if kind == "write":
+                    data = _write_pattern(op["n"], off, length, op.get("fill"))
+                    if ram_ok(c, buf, PyBytes_GET_SIZE(data)):
+                        if PyBytes_GET_SIZE(data):
+                            ram_write(c, buf, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
+                    else:
+                        _mem.write(buf, data)           # (raises as GuestMemory.write does)
+                step = BIO_MAX_VECS * PAGE
+                clen = length
+                coff = off
+                rq_op = "WRITE" if kind == "write" else "READ"
+                pos = 0
+                while pos < clen:
+                    n = min(step, clen - pos)
+                    bios.append(_bio(p, rq_op, (coff + pos) >> 9, n, [(buf + pos, n)]))
+                    pos += step
+    else:
+        return BAIL             # discard, write-zeroes, get-id, unknown: the compiled engine
+    if err == "ENOMEM" and SG(p, _PO[P_INFLIGHT]):
+        _sleep(c, "mem")
+        return 0
+    SS(p, _PO[P_PC], pc + 1)
+    if err:
+        SG(p, _PO[P_RESULTS]).append({"n": op["n"], "line": op["line"], "op": kind, "status": err})
+        cont(c, F0(K_app_op), -1, True)
+        return 0
+    if not bios:
+        SG(p, _PO[P_RESULTS]).append({"n": op["n"], "line": op["line"], "op": kind, "status": "OK"})
+        cont(c, F0(K_app_op), -1, True)
+        return 0
+    SG(p, _PO[P_OP_STATE])[pc] = {"bios": len(bios), "status": "OK", "buf": buf}
+    SS(p, _PO[P_INFLIGHT], SG(p, _PO[P_INFLIGHT]) + 1)
+    SG(p, _PO[P_PENDING_BIOS]).extend(bios)
+    cont(c, F0(K_blkmq_submit_bio), -1, True)
+    return 0
+
+
+cdef str _try_merge(object q, dict rq, dict bio):
+    """emu.guest.blk_mq.try_merge"""
+    op = rq["op"]
+    if op != bio["op"] or not _mergeable(op) or rq.get("nomerge"):
+        return ""
+    stage = rq["stage"]
+    if not (stage == "plugged" or stage == "queued"):
+        return ""
+    nsect = bio["bytes"] >> 9
+    lim = SG(q, _QO[Q_LIMITS])
+    if (rq["bytes"] >> 9) + nsect > (lim["max_discard_sectors"] if op == "DISCARD" else lim["max_sectors"]):
+        return ""
+    if op != "DISCARD" and rq["nsegs"] + len(bio["segs"]) > lim["max_segments"]:
+        return ""
+    if rq["sector"] + (rq["bytes"] >> 9) == bio["sector"]:
+        return "back"
+    if bio["sector"] + nsect == rq["sector"]:
+        return "front"
+    return ""
+
+
+cdef int h_submit_bio(Core* c, Frame* f) except -1:
+    """emu.guest.process.submit_bio (blk_mq_submit_bio: merge, else tag and plug)"""
+    cdef list pending, cands, plug, segs
+    cdef dict bio, rq
+    cdef str how
+    cdef long long tag
+    cdef Py_ssize_t n_before
+    cdef Frame nf
+    if not _ready or not _q_ok(_q):
+        return BAIL
+    p = _p
+    q = _q
+    pend_o = SG(p, _PO[P_PENDING_BIOS])
+    if type(pend_o) is not list or not pend_o:
+        return BAIL
+    pending = <list>pend_o
+    bio_o = pending[0]
+    if type(bio_o) is not dict:
+        return BAIL
+    bio = <dict>bio_o
+    bop = bio.get("op")
+    segs_o = bio.get("segs")
+    b_bytes = bio.get("bytes")
+    if type(bop) is not str or type(segs_o) is not list or not _small(b_bytes) \
+            or not _small(bio.get("sector")):
+        return BAIL
+    segs = <list>segs_o
+    # bio_split_to_limits: a bio that needs a cut goes to the compiled engine
+    lim = SG(q, _QO[Q_LIMITS])
+    if type(lim) is not dict:
+        return BAIL
+    if not (bop == "FLUSH" or bop == "DRV_IN"):
+        maxs = lim["max_discard_sectors"] if bop == "DISCARD" else (
+            lim["max_write_zeroes_sectors"] if bop == "WRITE_ZEROES" else lim["max_sectors"])
+        cut = min(b_bytes, maxs << 9)
+        if segs and len(segs) > lim["max_segments"]:
+            cut = min(cut, sum([sg[1] for sg in segs[:lim["max_segments"]]]))
+        if cut < b_bytes:
+            return BAIL
+    if bop == "DRV_IN":
+        return BAIL
+    begin(c)
+    rqs = _rqs
+    if _mergeable(bop):
+        plug = SG(q, _QO[Q_PLUG])
+        cands = [plug[len(plug) - 1]] if plug else []
+        cands += SG(q, _QO[Q_DD_FIFO])[_rq_dir(bop)]
+        for rid in cands:
+            rq = rqs[rid]
+            how = _try_merge(q, rq, bio)
+            if how:
+                if how == "back":                       # do_merge
+                    (<list>rq["bios"]).append(bio)
+                else:
+                    (<list>rq["bios"]).insert(0, bio)
+                    rq["sector"] = bio["sector"]
+                rq["bytes"] += bio["bytes"]
+                rq["nsegs"] += len(bio["segs"]) if rq["op"] != "DISCARD" else 0
+                pending.pop(0)
+                _next(c)
+                return 0
+    tag = _get_tag(q)
+    if tag < 0:
+        _sleep(c, "tag")
+        return 0
+    pending.pop(0)
+    rid = SG(q, _QO[Q_NEXT_RQ])
+    SS(q, _QO[Q_NEXT_RQ], rid + 1)
+    rq = {"id": rid, "tag": tag, "op": bop, "sector": bio["sector"], "bytes": bio["bytes"],
+          "bios": [bio], "nsegs": len(segs) or (1 if (bop == "DISCARD" or bop == "WRITE_ZEROES") else 0),
+          "nomerge": not _mergeable(bop), "unmap": bio.get("unmap", False),
+          "stage": "plugged", "head": None, "table": 0, "payload": 0, "status": None}
+    rqs[rid] = rq
+    if bop == "FLUSH":
+        rq["stage"] = "queued"
+        SG(q, _QO[Q_DISPATCH]).append(rid)
+        call(c, F0(K_blkmq_run_queue), _next_frame())
+        return 0
+    plug = SG(q, _QO[Q_PLUG])
+    n_before = len(plug)
+    flush_first = n_before > 0 and (n_before >= BLK_MAX_REQUEST_COUNT or
+                                    rqs[plug[n_before - 1]]["bytes"] >= BLK_PLUG_FLUSH_SIZE)
+    plug.append(rid)
+    if flush_first:
+        call(c, F1(K_blkmq_flush_plug, n_before), _next_frame())
+        return 0
+    _next(c)
+    return 0
+
+
+cdef int h_app_resume(Core* c, Frame* f) except -1:
+    """emu.guest.process.resume (schedule: the process wakes)"""
+    if not _ready:
+        return BAIL
+    p = _p
+    w = SG(p, _PO[P_WAITING])
+    if type(w) is not str:
+        return BAIL
+    begin(c)
+    reason = (<str>w).replace("woken-", "")
+    SS(p, _PO[P_WAITING], "")
+    if reason == "drain":
+        SS(p, _PO[P_PC], SG(p, _PO[P_PC]) + 1)
+        cont(c, F0(K_app_op), -1, True)
+    elif reason == "exit":
+        cont(c, F0(K_app_exit))
+    elif reason == "tag":
+        cont(c, F0(K_blkmq_submit_bio), -1, True)
+    else:
+        cont(c, F0(K_app_op), -1, True)
+    return 0
+
+
+# == registration ====================================================================================
+register_layer(_load, _store)
+register_handler(K_vring_add_split, h_add_split)
+register_handler(K_vring_add_desc, h_add_desc)
+register_handler(K_vring_add_head, h_add_head)
+register_handler(K_vring_add_avail, h_add_avail)
+register_handler(K_vring_add_publish, h_add_publish)
+register_handler(K_vring_kick_prepare, h_kick_prepare)
+register_handler(K_vring_notify, h_notify)
+register_handler(K_vring_interrupt, h_interrupt)
+register_handler(K_vring_disable_cb, h_disable_cb)
+register_handler(K_vring_get_buf, h_get_buf)
+register_handler(K_vring_enable_cb, h_enable_cb)
+register_handler(K_vblkd_queue_rq, h_queue_rq)
+register_handler(K_vblkd_setup_cmd, h_setup_cmd)
+register_handler(K_vblkd_map_data, h_map_data)
+register_handler(K_vblkd_add_req, h_add_req)
+register_handler(K_vblkd_add_ret, h_add_ret)
+register_handler(K_vblkd_queue_rq_end, h_queue_rq_end)
+register_handler(K_vblkd_done, h_done)
+register_handler(K_vblkd_request_done, h_request_done)
+register_handler(K_vblkd_done_end, h_done_end)
+register_handler(K_blkmq_flush_plug, h_flush_plug)
+register_handler(K_blkmq_run_queue, h_run_queue)
+register_handler(K_blkmq_dispatch, h_dispatch)
+register_handler(K_blkmq_dispatch_ret, h_dispatch_ret)
+register_handler(K_blkmq_start_request, h_start_request)
+register_handler(K_blkmq_end_request, h_end_request)
+register_handler(K_blkmq_submit_bio, h_submit_bio)
+register_handler(K_app_op, h_app_op)
+register_handler(K_app_resume, h_app_resume)
