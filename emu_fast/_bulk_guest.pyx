@@ -20,6 +20,9 @@ plug, the batch, hctx->dispatch) are read from their slot at each use.
 from cpython.object cimport PyObject
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.long cimport PyLong_AsLongLongAndOverflow
+from libc.stdlib cimport malloc, realloc, free
+from libc.string cimport memchr, memcpy, memset
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from emu_fast._bulk cimport *
@@ -32,7 +35,7 @@ from emu.guest import process as _P
 from emu.guest import blk_mq as _Q
 from emu.guest import virtio_blk as _VB
 from emu.machine import Machine
-from emu.mem.page_alloc import PageAllocator
+from emu.mem.page_alloc import KMALLOC_CLASSES, PageAllocator
 from emu.spec import blk as B
 from emu.spec import pci as _PCI
 from emu.spec import virtio as V
@@ -204,6 +207,7 @@ cdef int _load(Core* c) except -1:
     _m, _g, _vq, _q, _p = m, g, vq, q, p
     _mem = <object>c.mem
     _pages = SG(m, _MO[M_PAGES])
+    _pa_load(_pages)
     _counters = counters
     _rqs = SG(q, _QO[Q_RQS])
     tr = SG(m, _MO[M_TRANSPORT])
@@ -225,6 +229,7 @@ cdef int _load(Core* c) except -1:
 cdef int _store(Core* c) except -1:
     global _m, _g, _vq, _q, _p, _mem, _pages, _counters, _rqs, _ready
     _m = _g = _vq = _q = _p = _mem = _pages = None
+    _pa_load(None)
     _counters = None
     _rqs = None
     _ready = False
@@ -245,9 +250,19 @@ cdef inline bint _is_int(object o) noexcept:
     return type(o) is int
 
 
+cdef inline bint _in(object o, long long hi) noexcept:
+    """o is an int in [0, hi]"""
+    cdef int ovf = 0
+    cdef long long v
+    if type(o) is not int:
+        return False
+    v = PyLong_AsLongLongAndOverflow(o, &ovf)
+    return ovf == 0 and 0 <= v <= hi
+
+
 cdef inline bint _small(object o) noexcept:
     """o is an int in [0, 2**52)"""
-    return type(o) is int and 0 <= o < LIM
+    return _in(o, LIM - 1)
 
 
 cdef inline void _st(uint8_t* p, uint64_t v, int n) noexcept nogil:
@@ -268,19 +283,215 @@ cdef int _write_desc(Core* c, i64 gpa, uint64_t addr, uint64_t length, uint64_t 
 
 
 cdef inline bint _u64(object o) noexcept:
-    return type(o) is int and 0 <= o <= 0xFFFFFFFFFFFFFFFF
+    """o is an int struct.pack("Q") takes (all guest addresses here are below 2**63)"""
+    return _in(o, 0x7FFFFFFFFFFFFFFF)
 
 
 cdef inline bint _u32(object o) noexcept:
-    return type(o) is int and 0 <= o <= 0xFFFFFFFF
+    return _in(o, 0xFFFFFFFF)
 
 
 cdef inline bint _u16(object o) noexcept:
-    return type(o) is int and 0 <= o <= 0xFFFF
+    return _in(o, 0xFFFF)
 
 
 cdef inline bint _bool(object o) noexcept:
     return o is True or o is False
+
+
+
+# == the guest's page allocator (emu/mem/page_alloc.py), in C ======================================
+# PageAllocator.alloc_pages / free_pages / kmalloc / kfree over the allocator's own bytearray
+# and dicts (looked up at load; nothing here rebinds them), when the allocator is exactly a
+# PageAllocator whose methods are the Python ones (checked at load); else emu_fast._support's
+# (which call an override itself).
+
+cdef bint _pa_own = False
+cdef object _pa_used = None
+cdef dict _pa_slab_free = None
+cdef dict _pa_slab_objs = None
+cdef dict _pa_large = None
+cdef tuple _KM_CLASSES = tuple(KMALLOC_CLASSES)
+
+
+cdef object _PY_PA_ALLOC = PageAllocator.alloc_pages
+cdef object _PY_PA_FREE = PageAllocator.free_pages
+cdef object _PY_PA_KMALLOC = PageAllocator.kmalloc
+cdef object _PY_PA_KFREE = PageAllocator.kfree
+cdef object _PageAllocator = PageAllocator
+assert sorted(f.name for f in __import__("dataclasses").fields(PageAllocator)) == [
+    "large", "size", "slab_free", "slab_objs", "start", "used"]    # (_pa_load counts them)
+
+
+cdef int _pa_load(object pages) except -1:
+    """Use the C allocator when pages is exactly a PageAllocator with the Python methods, none
+    overridden on the instance (its __dict__ holds only its six fields)."""
+    global _pa_own, _pa_used, _pa_slab_free, _pa_slab_objs, _pa_large
+    _pa_own = False
+    _pa_used = _pa_slab_free = _pa_slab_objs = _pa_large = None
+    if (type(pages) is not _PageAllocator or _PageAllocator.alloc_pages is not _PY_PA_ALLOC
+            or _PageAllocator.free_pages is not _PY_PA_FREE
+            or _PageAllocator.kmalloc is not _PY_PA_KMALLOC
+            or _PageAllocator.kfree is not _PY_PA_KFREE):
+        return 0
+    d = pages.__dict__
+    if type(d) is not dict or len(<dict>d) != 6:
+        return 0
+    used = (<dict>d).get("used")
+    sf = (<dict>d).get("slab_free")
+    so = (<dict>d).get("slab_objs")
+    lg = (<dict>d).get("large")
+    if type(used) is not bytearray or type(sf) is not dict or type(so) is not dict or type(lg) is not dict:
+        return 0
+    _pa_used, _pa_slab_free, _pa_slab_objs, _pa_large = used, sf, so, lg
+    _pa_own = True
+    return 0
+
+
+cdef object _pa_alloc(long long npages):
+    """PageAllocator.alloc_pages (first fit; None when no run of npages free frames)"""
+    cdef uint8_t* buf
+    cdef Py_ssize_t size, p, i, j
+    cdef const void* z
+    if not _pa_own or npages <= 0:
+        return _alloc_pages(_pages, npages)
+    buf = <uint8_t*>PyByteArray_AS_STRING(_pa_used)
+    size = PyByteArray_GET_SIZE(_pa_used)
+    p = 0
+    while True:
+        if p >= size:
+            return None
+        z = memchr(buf + p, 0, <size_t>(size - p))
+        if z == NULL:
+            return None
+        i = <const uint8_t*>z - buf
+        j = i
+        while j < size and j - i < npages and buf[j] == 0:
+            j += 1
+        if j - i == npages:
+            break
+        p = j
+    memset(buf + i, 1, <size_t>npages)
+    gpa = (<long long>i) << 12
+    _pa_large[gpa] = npages
+    return gpa
+
+
+cdef int _pa_free(object gpa) except -1:
+    """PageAllocator.free_pages"""
+    cdef long long pos, n
+    if not _pa_own:
+        _free_pages(_pages, gpa)
+        return 0
+    npages = _pa_large.pop(gpa)
+    pos = gpa >> 12
+    n = npages
+    if 0 <= pos and 0 <= n and pos + n <= PyByteArray_GET_SIZE(_pa_used):
+        memset(<uint8_t*>PyByteArray_AS_STRING(_pa_used) + pos, 0, <size_t>n)
+    else:
+        _pa_used[pos:pos + npages] = bytes(npages)
+    return 0
+
+
+cdef object _pa_kmalloc(long long size):
+    """PageAllocator.kmalloc (the slab: LIFO free lists per size class)"""
+    cdef list fl
+    cdef long long i, n
+    if not _pa_own:
+        return _kmalloc(_pages, size)
+    cls = None
+    for k in _KM_CLASSES:
+        if k >= size:
+            cls = k
+            break
+    if cls is None:
+        return _kmalloc(_pages, size)
+    free_o = _pa_slab_free.get(cls)
+    if free_o is None:
+        free_o = _pa_slab_free.setdefault(cls, [])
+    fl = free_o
+    if not fl:
+        page = _pa_alloc(1)
+        if page is None:
+            return None
+        del _pa_large[page]
+        n = PAGE // <long long>cls
+        fl.extend([page + cls * i for i in range(n - 1, -1, -1)])
+    gpa = fl.pop()
+    _pa_slab_objs[gpa] = cls
+    return gpa
+
+
+cdef int _pa_kfree(object gpa) except -1:
+    """PageAllocator.kfree"""
+    if not _pa_own:
+        _kfree(_pages, gpa)
+        return 0
+    cls = _pa_slab_objs.pop(gpa, None)
+    if cls is None:
+        _pa_free(gpa)
+        return 0
+    _pa_slab_free[cls].append(gpa)
+    return 0
+
+
+# == emu.workload.write_pattern, written into guest RAM ===========================================
+cdef char* _HEX = b"0123456789abcdef"
+cdef uint8_t* _scratch = NULL
+cdef Py_ssize_t _scratch_cap = 0
+
+
+cdef int _write_pattern_ram(Core* c, i64 gpa, long long n, long long offset, long long length,
+                            object fill) except -1:
+    """GuestMemory.write(gpa, write_pattern(n, offset, length, fill)) for 0 <= offset, length <
+    2**52 and fill None or a byte (fill: length bytes; else 16-byte records 'wNNNNNN:SSSSSSSS',
+    32 per sector, for length // 512 sectors)"""
+    global _scratch, _scratch_cap
+    cdef long long first, count, nn, k, i, total
+    cdef unsigned long long sct
+    cdef Py_ssize_t j
+    cdef uint8_t* r
+    cdef void* v
+    if fill is not None:
+        total = length
+    else:
+        total = (length // 512) * 512
+    if total <= 0:
+        if not ram_ok(c, gpa, 0):
+            _mem.write(gpa, b"")
+        return 0
+    if not ram_ok(c, gpa, total):
+        _mem.write(gpa, _write_pattern(n, offset, length, fill))     # (raises as Python does)
+        return 0
+    if total > _scratch_cap:
+        v = realloc(_scratch, <size_t>total)
+        if v == NULL:
+            raise MemoryError()
+        _scratch = <uint8_t*>v
+        _scratch_cap = total
+    if fill is not None:
+        memset(_scratch, <int><long long>fill, <size_t>total)
+        return ram_write(c, gpa, _scratch, total)
+    first = offset // 512
+    count = length // 512
+    nn = n % 1000000
+    for i in range(count):
+        r = _scratch + i * 512
+        r[0] = 119          # 'w'
+        k = nn
+        for j in range(6, 0, -1):
+            r[j] = <uint8_t>(48 + k % 10)
+            k = k // 10
+        r[7] = 58           # ':'
+        sct = (<unsigned long long>(first + i)) & 0xFFFFFFFFULL
+        for j in range(15, 7, -1):
+            r[j] = <uint8_t>_HEX[sct & 15]
+            sct >>= 4
+        j = 16
+        while j < 512:
+            memcpy(r + j, r, <size_t>j)
+            j *= 2
+    return ram_write(c, gpa, _scratch, total)
 
 
 # == drivers/virtio/virtio_ring.c (emu/guest/vring.py) ==============================================
@@ -309,7 +520,7 @@ cdef int h_add_split(Core* c, Frame* f) except -1:
     indirect = SG(vq, _VO[VQ_INDIRECT]) and total > 1 and num_free > 0
     table = 0
     if indirect:
-        table = _kmalloc(_pages, DESC_SIZE * total) or 0
+        table = _pa_kmalloc(DESC_SIZE * total) or 0
         if not table:
             indirect = False
     used = 1 if indirect else total
@@ -706,7 +917,7 @@ cdef int h_get_buf(Core* c, Frame* f) except -1:
     SS(vq, _VO[VQ_NUM_FREE], SG(vq, _VO[VQ_NUM_FREE]) + n)
     table = desc_indir[uid]
     if table:
-        _kfree(_pages, table)
+        _pa_kfree(table)
         desc_indir[uid] = 0
     last = (last + 1) & 0xFFFF
     SS(vq, _VO[VQ_LAST_USED_IDX], last)
@@ -957,7 +1168,7 @@ cdef int h_request_done(Core* c, Frame* f) except -1:
     rq["vstatus"] = status
     payload = rq.get("payload")
     if payload:                                             # _cleanup_cmd
-        _kfree(_pages, payload)
+        _pa_kfree(payload)
         rq["payload"] = 0
     e = F3(K_blkmq_end_request, rid,
            _S_OK if status == S_OK else _S_NOTSUPP if status == S_UNSUPP else _S_IOERR, 1)
@@ -1258,7 +1469,7 @@ cdef int _op_done(Core* c, object idx) except -1:
         raw = _mem.read(st["buf"], _ID_BYTES)
         st["serial"] = raw.split(b"\0", 1)[0].decode("latin-1")
     if st.get("buf"):
-        _free_pages(_pages, st["buf"])
+        _pa_free(st["buf"])
     res = {"n": op["n"], "line": op["line"], "op": op["op"], "status": st["status"]}
     if "serial" in st:
         res["serial"] = st["serial"]
@@ -1428,18 +1639,13 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
             err = "EINVAL"
         else:
             npages = (<long long>length + PAGE - 1) // PAGE
-            buf = _alloc_pages(_pages, npages)
+            buf = _pa_alloc(npages)
             if buf is None:
                 err = "ENOMEM"
                 buf = 0
             else:
                 if kind == "write":
-                    data = _write_pattern(op["n"], off, length, op.get("fill"))
-                    if ram_ok(c, buf, PyBytes_GET_SIZE(data)):
-                        if PyBytes_GET_SIZE(data):
-                            ram_write(c, buf, PyBytes_AS_STRING(data), PyBytes_GET_SIZE(data))
-                    else:
-                        _mem.write(buf, data)           # (raises as GuestMemory.write does)
+                    _write_pattern_ram(c, buf, op["n"], off, length, op.get("fill"))
                 step = BIO_MAX_VECS * PAGE
                 clen = length
                 coff = off
