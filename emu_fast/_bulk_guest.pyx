@@ -21,6 +21,10 @@ from cpython.object cimport PyObject
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.long cimport PyLong_AsLongLongAndOverflow
+from cpython.dict cimport PyDict_SetItem
+
+cdef extern from "Python.h":
+    dict _PyDict_NewPresized(Py_ssize_t minused)    # (what BUILD_MAP's _PyDict_FromItems makes)
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memchr, memcpy, memset
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
@@ -499,7 +503,7 @@ cdef int _write_pattern_ram(Core* c, i64 gpa, long long n, long long offset, lon
 cdef int h_add_split(Core* c, Frame* f) except -1:
     """emu.guest.vring.add_split (virtqueue_add_split: indirect or direct, take descriptors)"""
     cdef i64 rid = f.a[0], total, num_free, used
-    cdef dict rq
+    cdef dict rq, st
     if not _ready:
         return BAIL
     rq = _rq(rid)
@@ -530,8 +534,14 @@ cdef int h_add_split(Core* c, Frame* f) except -1:
             cont(c, F1(K_vring_notify, 1))
         return 0
     head = SG(vq, _VO[VQ_FREE_HEAD])
-    rq["add"] = {"indirect": indirect, "table": table, "k": 0, "i": 0 if indirect else head,
-                 "head": head, "used": used}
+    st = _PyDict_NewPresized(6)         # {"indirect": .., "table": .., "k": 0, "i": .., "head": .., "used": ..}
+    PyDict_SetItem(st, "indirect", indirect)
+    PyDict_SetItem(st, "table", table)
+    PyDict_SetItem(st, "k", 0)
+    PyDict_SetItem(st, "i", 0 if indirect else head)
+    PyDict_SetItem(st, "head", head)
+    PyDict_SetItem(st, "used", used)
+    rq["add"] = st
     rq["table"] = table
     cont(c, F1(K_vring_add_desc, rid))
     return 0
@@ -593,9 +603,6 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
             return BAIL
     if not _u16(nxt) or not ram_ok(c, base + DESC_SIZE * ci, DESC_SIZE):
         return BAIL
-    roles = rq.get("roles")
-    if type(roles) is not list or k >= len(<list>roles):
-        return BAIL         # (the Python handler reads rq["roles"][k] for its detail)
     begin(c)
     last = k == nsgs - 1
     written = flags & ~F_NEXT if last else flags
@@ -1546,8 +1553,13 @@ cdef inline Frame _next_frame():
 cdef dict _bio(object p, str rq_op, object sector, object nbytes, list segs):
     """emu.guest.process._bio"""
     nb = SG(p, _PO[P_NEXT_BIO])
-    b = {"id": nb, "op_idx": SG(p, _PO[P_PC]), "op": rq_op, "sector": sector, "bytes": nbytes,
-         "segs": segs}
+    cdef dict b = _PyDict_NewPresized(6)
+    PyDict_SetItem(b, "id", nb)
+    PyDict_SetItem(b, "op_idx", SG(p, _PO[P_PC]))
+    PyDict_SetItem(b, "op", rq_op)
+    PyDict_SetItem(b, "sector", sector)
+    PyDict_SetItem(b, "bytes", nbytes)
+    PyDict_SetItem(b, "segs", segs)
     SS(p, _PO[P_NEXT_BIO], nb + 1)
     return b
 
@@ -1676,16 +1688,42 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
     return 0
 
 
+cdef inline bint _ll(object o, long long* out) noexcept:
+    """o is an int in [0, 2**52): *out = o"""
+    cdef int ovf = 0
+    if type(o) is not int:
+        return False
+    out[0] = PyLong_AsLongLongAndOverflow(o, &ovf)
+    return ovf == 0 and 0 <= out[0] < LIM
+
+
 cdef str _try_merge(object q, dict rq, dict bio):
-    """emu.guest.blk_mq.try_merge"""
+    """emu.guest.blk_mq.try_merge (sizes and sectors in C when they are ints below 2**52)"""
+    cdef long long bb, rb, mx, rs, bs, ns, mseg
+    cdef bint disc
     op = rq["op"]
     if op != bio["op"] or not _mergeable(op) or rq.get("nomerge"):
         return ""
     stage = rq["stage"]
     if not (stage == "plugged" or stage == "queued"):
         return ""
-    nsect = bio["bytes"] >> 9
     lim = SG(q, _QO[Q_LIMITS])
+    disc = op == "DISCARD"
+    if (type(lim) is dict and _ll(bio.get("bytes"), &bb) and _ll(rq.get("bytes"), &rb)
+            and _ll((<dict>lim).get("max_discard_sectors" if disc else "max_sectors"), &mx)
+            and _ll(rq.get("sector"), &rs) and _ll(bio.get("sector"), &bs)
+            and (disc or (_ll(rq.get("nsegs"), &ns) and _ll((<dict>lim).get("max_segments"), &mseg)
+                          and type(bio.get("segs")) is list))):
+        if (rb >> 9) + (bb >> 9) > mx:
+            return ""
+        if not disc and ns + len(<list>bio["segs"]) > mseg:
+            return ""
+        if rs + (rb >> 9) == bs:
+            return "back"
+        if bs + (bb >> 9) == rs:
+            return "front"
+        return ""
+    nsect = bio["bytes"] >> 9
     if (rq["bytes"] >> 9) + nsect > (lim["max_discard_sectors"] if op == "DISCARD" else lim["max_sectors"]):
         return ""
     if op != "DISCARD" and rq["nsegs"] + len(bio["segs"]) > lim["max_segments"]:
@@ -1695,6 +1733,24 @@ cdef str _try_merge(object q, dict rq, dict bio):
     if bio["sector"] + nsect == rq["sector"]:
         return "front"
     return ""
+
+
+cdef bint _merge(Core* c, dict rq, dict bio, list pending) except -1:
+    """try_merge + do_merge of bio into rq; on a merge the bio leaves pending and the task goes
+    on (_next).  True when merged."""
+    cdef str how = _try_merge(_q, rq, bio)
+    if not how:
+        return False
+    if how == "back":                       # do_merge
+        (<list>rq["bios"]).append(bio)
+    else:
+        (<list>rq["bios"]).insert(0, bio)
+        rq["sector"] = bio["sector"]
+    rq["bytes"] += bio["bytes"]
+    rq["nsegs"] += len(bio["segs"]) if rq["op"] != "DISCARD" else 0
+    pending.pop(0)
+    _next(c)
+    return True
 
 
 cdef int h_submit_bio(Core* c, Frame* f) except -1:
@@ -1720,8 +1776,9 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
     bop = bio.get("op")
     segs_o = bio.get("segs")
     b_bytes = bio.get("bytes")
+    b_sector = bio.get("sector")
     if type(bop) is not str or type(segs_o) is not list or not _small(b_bytes) \
-            or not _small(bio.get("sector")):
+            or not _small(b_sector):
         return BAIL
     segs = <list>segs_o
     # bio_split_to_limits: a bio that needs a cut goes to the compiled engine
@@ -1741,22 +1798,13 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
     begin(c)
     rqs = _rqs
     if _mergeable(bop):
+        # the candidates: the plug's last request, then the scheduler FIFO of the bio's
+        # direction (read in place: nothing changes them before a merge returns)
         plug = SG(q, _QO[Q_PLUG])
-        cands = [plug[len(plug) - 1]] if plug else []
-        cands += SG(q, _QO[Q_DD_FIFO])[_rq_dir(bop)]
-        for rid in cands:
-            rq = rqs[rid]
-            how = _try_merge(q, rq, bio)
-            if how:
-                if how == "back":                       # do_merge
-                    (<list>rq["bios"]).append(bio)
-                else:
-                    (<list>rq["bios"]).insert(0, bio)
-                    rq["sector"] = bio["sector"]
-                rq["bytes"] += bio["bytes"]
-                rq["nsegs"] += len(bio["segs"]) if rq["op"] != "DISCARD" else 0
-                pending.pop(0)
-                _next(c)
+        if plug and _merge(c, rqs[plug[len(plug) - 1]], bio, pending):
+            return 0
+        for rid in <list>(SG(q, _QO[Q_DD_FIFO])[_rq_dir(bop)]):
+            if _merge(c, rqs[rid], bio, pending):
                 return 0
     tag = _get_tag(q)
     if tag < 0:
@@ -1765,7 +1813,7 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
     pending.pop(0)
     rid = SG(q, _QO[Q_NEXT_RQ])
     SS(q, _QO[Q_NEXT_RQ], rid + 1)
-    rq = {"id": rid, "tag": tag, "op": bop, "sector": bio["sector"], "bytes": bio["bytes"],
+    rq = {"id": rid, "tag": tag, "op": bop, "sector": b_sector, "bytes": b_bytes,
           "bios": [bio], "nsegs": len(segs) or (1 if (bop == "DISCARD" or bop == "WRITE_ZEROES") else 0),
           "nomerge": not _mergeable(bop), "unmap": bio.get("unmap", False),
           "stage": "plugged", "head": None, "table": 0, "payload": 0, "status": None}
