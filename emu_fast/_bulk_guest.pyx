@@ -175,6 +175,89 @@ cdef inline void SS(object o, Py_ssize_t off, object v) noexcept:
     vbs_set(o, off, v)
 
 
+
+# == which kinds may run here ========================================================================
+# A kind's bulk handler runs only while emu.sim.steps.REGISTRY holds the Python handler it
+# models (a replaced handler -- a test's wrapper, a debugging hook -- runs as is, on the compiled
+# engine, as emu_fast._core does); looked up again when REGISTRY's dict version tag changes.
+cdef extern from *:
+    """
+    #if PY_VERSION_HEX < 0x030C0000
+    #define VBG_HAVE_DICT_VERSION 1
+    #define VBG_DICT_VERSION(d) ((unsigned long long)((PyDictObject*)(d))->ma_version_tag)
+    #else
+    #define VBG_HAVE_DICT_VERSION 0
+    #define VBG_DICT_VERSION(d) 0ULL
+    #endif
+    """
+    bint VBG_HAVE_DICT_VERSION
+    unsigned long long VBG_DICT_VERSION(dict d)
+
+from emu.sim.steps import REGISTRY as _REGISTRY_PY
+from emu.guest import vring as _VR
+cdef dict _REGISTRY = _REGISTRY_PY
+cdef tuple _KINDS = (
+    (K_vring_add_split, "vring.add_split", _VR.add_split),
+    (K_vring_add_desc, "vring.add_desc", _VR.add_desc),
+    (K_vring_add_head, "vring.add_head", _VR.add_head),
+    (K_vring_add_avail, "vring.add_avail", _VR.add_avail),
+    (K_vring_add_publish, "vring.add_publish", _VR.add_publish),
+    (K_vring_kick_prepare, "vring.kick_prepare", _VR.kick_prepare),
+    (K_vring_notify, "vring.notify", _VR.notify),
+    (K_vring_interrupt, "vring.interrupt", _VR.interrupt),
+    (K_vring_disable_cb, "vring.disable_cb", _VR.disable_cb),
+    (K_vring_get_buf, "vring.get_buf", _VR.get_buf),
+    (K_vring_enable_cb, "vring.enable_cb", _VR.enable_cb),
+    (K_vblkd_queue_rq, "vblkd.queue_rq", _VB.queue_rq),
+    (K_vblkd_setup_cmd, "vblkd.setup_cmd", _VB.setup_cmd),
+    (K_vblkd_map_data, "vblkd.map_data", _VB.map_data),
+    (K_vblkd_add_req, "vblkd.add_req", _VB.add_req),
+    (K_vblkd_add_ret, "vblkd.add_ret", _VB.add_ret),
+    (K_vblkd_queue_rq_end, "vblkd.queue_rq_end", _VB.queue_rq_end),
+    (K_vblkd_done, "vblkd.done", _VB.done),
+    (K_vblkd_request_done, "vblkd.request_done", _VB.request_done),
+    (K_vblkd_done_end, "vblkd.done_end", _VB.done_end),
+    (K_blkmq_flush_plug, "blkmq.flush_plug", _Q.flush_plug),
+    (K_blkmq_run_queue, "blkmq.run_queue", _Q.run_queue),
+    (K_blkmq_dispatch, "blkmq.dispatch", _Q.dispatch),
+    (K_blkmq_dispatch_ret, "blkmq.dispatch_ret", _Q.dispatch_ret),
+    (K_blkmq_start_request, "blkmq.start_request", _Q.start_request),
+    (K_blkmq_end_request, "blkmq.end_request", _Q.end_request),
+    (K_blkmq_submit_bio, "blkmq.submit_bio", _P.submit_bio),
+    (K_app_op, "app.op", _P.op_step),
+    (K_app_resume, "app.resume", _P.resume),
+)
+cdef bint _kreg[NKINDS]             # REGISTRY still holds the kind's Python handler
+cdef bint _kok[NKINDS]              # ... and this stretch's machine is one these handlers know
+cdef unsigned long long _reg_version = 0
+cdef bint _reg_valid = False
+
+
+cdef int _check_registry() except -1:
+    global _reg_version, _reg_valid
+    cdef unsigned long long v = VBG_DICT_VERSION(_REGISTRY)
+    cdef int k
+    if VBG_HAVE_DICT_VERSION and _reg_valid and v == _reg_version:
+        return 0
+    for k in range(NKINDS):
+        _kreg[k] = False
+    for k, name, fn in _KINDS:
+        entry = _REGISTRY.get(name)
+        _kreg[k] = type(entry) is tuple and len(<tuple>entry) == 2 and (<tuple>entry)[0] is fn
+    _reg_version = v
+    _reg_valid = True
+    return 0
+
+
+cdef int _set_ok(bint ready) except -1:
+    cdef int k
+    if ready:
+        _check_registry()
+    for k in range(NKINDS):
+        _kok[k] = ready and _kreg[k]
+    return 0
+
+
 # == per-stretch state (the load hook) =============================================================
 cdef object _m = None
 cdef object _g = None
@@ -195,6 +278,7 @@ cdef int _load(Core* c) except -1:
     global _m, _g, _vq, _q, _p, _mem, _pages, _counters, _rqs, _ready, _notify_ok, _vmexit_ns
     global _S_EMPTY, _S_OK, _S_IOERR, _S_NOTSUPP
     _ready = False
+    _set_ok(False)
     m = <object>c.m
     if not _SLOTS_OK or type(m) is not _Machine or c.vcpu < 0:
         return 1            # the core may run; these handlers bail (see _ready)
@@ -227,6 +311,7 @@ cdef int _load(Core* c) except -1:
     _S_IOERR = str_arg(c, "IOERR")
     _S_NOTSUPP = str_arg(c, "NOTSUPP")
     _ready = True
+    _set_ok(True)
     return 1
 
 
@@ -237,6 +322,7 @@ cdef int _store(Core* c) except -1:
     _counters = None
     _rqs = None
     _ready = False
+    _set_ok(False)
     return 0
 
 
@@ -504,7 +590,7 @@ cdef int h_add_split(Core* c, Frame* f) except -1:
     """emu.guest.vring.add_split (virtqueue_add_split: indirect or direct, take descriptors)"""
     cdef i64 rid = f.a[0], total, num_free, used
     cdef dict rq, st
-    if not _ready:
+    if not _kok[K_vring_add_split]:
         return BAIL
     rq = _rq(rid)
     if rq is None:
@@ -553,7 +639,7 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
     cdef bint ind, last
     cdef dict rq, st
     cdef tuple sg
-    if not _ready:
+    if not _kok[K_vring_add_desc]:
         return BAIL
     rq = _rq(rid)
     if rq is None:
@@ -629,7 +715,7 @@ cdef int h_add_head(Core* c, Frame* f) except -1:
     """emu.guest.vring.add_head (the ring descriptor that points at the indirect table)"""
     cdef i64 rid = f.a[0], chead, length, desc
     cdef dict rq, st
-    if not _ready:
+    if not _kok[K_vring_add_head]:
         return BAIL
     rq = _rq(rid)
     if rq is None:
@@ -670,7 +756,7 @@ cdef int h_add_avail(Core* c, Frame* f) except -1:
     """emu.guest.vring.add_avail (free list, desc_state, avail.ring[shadow % N] = head)"""
     cdef i64 rid = f.a[0], chead, num, slot, gpa, cprev
     cdef dict rq, st
-    if not _ready:
+    if not _kok[K_vring_add_avail]:
         return BAIL
     rq = _rq(rid)
     if rq is None:
@@ -721,7 +807,7 @@ cdef int h_add_publish(Core* c, Frame* f) except -1:
     """emu.guest.vring.add_publish (virtio_wmb; avail.idx = ++avail_idx_shadow)"""
     cdef i64 rid = f.a[0], shadow, gpa
     cdef dict rq
-    if not _ready:
+    if not _kok[K_vring_add_publish]:
         return BAIL
     rq = _rq(rid)
     if rq is None:
@@ -744,7 +830,7 @@ cdef int h_kick_prepare(Core* c, Frame* f) except -1:
     """emu.guest.vring.kick_prepare (virtqueue_kick_prepare_split)"""
     cdef i64 new, old, ev, flags, gpa
     cdef bint need, then_notify
-    if not _ready or not f.s[0]:
+    if not _kok[K_vring_kick_prepare] or not f.s[0]:
         return BAIL
     if f.a[0] == _S_EMPTY:
         then_notify = False
@@ -781,7 +867,7 @@ cdef int h_kick_prepare(Core* c, Frame* f) except -1:
 cdef int h_notify(Core* c, Frame* f) except -1:
     """emu.guest.vring.notify (vp_notify: the doorbell write, VM exit to QEMU)"""
     cdef i64 off
-    if not _ready or not _notify_ok or c.qemu < 0:
+    if not _kok[K_vring_notify] or not _notify_ok or c.qemu < 0:
         return BAIL
     vq = _vq
     broken = SG(vq, _VO[VQ_BROKEN])
@@ -807,7 +893,7 @@ cdef int h_notify(Core* c, Frame* f) except -1:
 cdef int h_interrupt(Core* c, Frame* f) except -1:
     """emu.guest.vring.interrupt (vring_interrupt)"""
     cdef i64 gpa, used_idx
-    if not _ready:
+    if not _kok[K_vring_interrupt]:
         return BAIL
     vq = _vq
     gpa = SI(vq, _VO[VQ_USED]) + USED_IDX
@@ -829,7 +915,7 @@ cdef int h_interrupt(Core* c, Frame* f) except -1:
 cdef int h_disable_cb(Core* c, Frame* f) except -1:
     """emu.guest.vring.disable_cb (virtqueue_disable_cb_split)"""
     cdef i64 flags, avail, num
-    if not _ready:
+    if not _kok[K_vring_disable_cb]:
         return BAIL
     vq = _vq
     fl_o = SG(vq, _VO[VQ_AVAIL_FLAGS_SHADOW])
@@ -859,7 +945,7 @@ cdef int h_get_buf(Core* c, Frame* f) except -1:
     """emu.guest.vring.get_buf (virtqueue_get_buf_ctx_split + detach_buf_split)"""
     cdef i64 used, num, last, used_idx, slot, a, uid, ulen, desc, avail, i, n, fh
     cdef list desc_data, desc_indir, extra_next
-    if not _ready:
+    if not _kok[K_vring_get_buf]:
         return BAIL
     vq = _vq
     broken = SG(vq, _VO[VQ_BROKEN])
@@ -939,7 +1025,7 @@ cdef int h_get_buf(Core* c, Frame* f) except -1:
 cdef int h_enable_cb(Core* c, Frame* f) except -1:
     """emu.guest.vring.enable_cb (enable_cb_prepare + poll)"""
     cdef i64 flags, avail, used, num, last, used_idx
-    if not _ready:
+    if not _kok[K_vring_enable_cb]:
         return BAIL
     vq = _vq
     fl_o = SG(vq, _VO[VQ_AVAIL_FLAGS_SHADOW])
@@ -974,7 +1060,7 @@ cdef int h_queue_rq(Core* c, Frame* f) except -1:
     """emu.guest.virtio_blk.queue_rq (virtio_queue_rq)"""
     cdef i64 rid = f.a[0], last = f.a[1]
     cdef dict rq
-    if not _ready:
+    if not _kok[K_vblkd_queue_rq]:
         return BAIL
     rq = _rq(rid)
     if rq is None:
@@ -992,7 +1078,7 @@ cdef int h_setup_cmd(Core* c, Frame* f) except -1:
     cdef dict rq
     cdef uint8_t buf[16]
     cdef bint rw
-    if not _ready:
+    if not _kok[K_vblkd_setup_cmd]:
         return BAIL
     rq = _rq(rid)
     if rq is None:
@@ -1031,7 +1117,7 @@ cdef int h_map_data(Core* c, Frame* f) except -1:
     cdef dict rq
     cdef list sgs
     cdef bint have = False
-    if not _ready:
+    if not _kok[K_vblkd_map_data]:
         return BAIL
     rq = _rq(rid)
     if rq is None:
@@ -1076,7 +1162,7 @@ cdef int h_add_req(Core* c, Frame* f) except -1:
     cdef dict rq
     cdef list sgs, roles
     cdef bint is_out, has_payload
-    if not _ready:
+    if not _kok[K_vblkd_add_req]:
         return BAIL
     rq = _rq(rid)
     if rq is None:
@@ -1116,7 +1202,7 @@ cdef int h_add_ret(Core* c, Frame* f) except -1:
     """emu.guest.virtio_blk.add_ret (virtio_queue_rq after virtblk_add_req)"""
     cdef i64 rid = f.a[0]
     cdef dict rq
-    if not _ready:
+    if not _kok[K_vblkd_add_ret]:
         return BAIL
     rq = _rq(rid)
     if rq is None or "last" not in rq:
@@ -1135,7 +1221,7 @@ cdef int h_add_ret(Core* c, Frame* f) except -1:
 
 cdef int h_queue_rq_end(Core* c, Frame* f) except -1:
     """emu.guest.virtio_blk.queue_rq_end (unlock; notify outside the lock)"""
-    if not _ready:
+    if not _kok[K_vblkd_queue_rq_end]:
         return BAIL
     begin(c)
     g = _g
@@ -1149,7 +1235,7 @@ cdef int h_queue_rq_end(Core* c, Frame* f) except -1:
 
 cdef int h_done(Core* c, Frame* f) except -1:
     """emu.guest.virtio_blk.done (virtblk_done: lock, then the disable_cb/get_buf loop)"""
-    if not _ready:
+    if not _kok[K_vblkd_done]:
         return BAIL
     begin(c)
     SS(_g, _GO[G_VQ_LOCKED], True)
@@ -1162,7 +1248,7 @@ cdef int h_request_done(Core* c, Frame* f) except -1:
     cdef i64 rid = f.a[0], status
     cdef dict rq
     cdef Frame e
-    if not _ready:
+    if not _kok[K_vblkd_request_done]:
         return BAIL
     rq = _rq(rid)
     if rq is None:
@@ -1186,7 +1272,7 @@ cdef int h_request_done(Core* c, Frame* f) except -1:
 
 cdef int h_done_end(Core* c, Frame* f) except -1:
     """emu.guest.virtio_blk.done_end (virtblk_done: restart a stopped queue; unlock)"""
-    if not _ready:
+    if not _kok[K_vblkd_done_end]:
         return BAIL
     begin(c)
     g = _g
@@ -1345,7 +1431,7 @@ cdef int h_flush_plug(Core* c, Frame* f) except -1:
     cdef i64 count = f.a[0]
     cdef Py_ssize_t n
     cdef list old, plug
-    if not _ready or not _q_ok(_q):
+    if not _kok[K_blkmq_flush_plug] or not _q_ok(_q):
         return BAIL
     begin(c)
     q = _q
@@ -1363,7 +1449,7 @@ cdef int h_flush_plug(Core* c, Frame* f) except -1:
 
 cdef int h_run_queue(Core* c, Frame* f) except -1:
     """emu.guest.blk_mq.run_queue (blk_mq_run_hw_queue / blk_mq_sched_dispatch_requests)"""
-    if not _ready or not _q_ok(_q):
+    if not _kok[K_blkmq_run_queue] or not _q_ok(_q):
         return BAIL
     begin(c)
     q = _q
@@ -1396,7 +1482,7 @@ cdef int h_dispatch(Core* c, Frame* f) except -1:
     """emu.guest.blk_mq.dispatch (blk_mq_dispatch_rq_list: .queue_rq)"""
     cdef list batch
     cdef bint last
-    if not _ready or not _q_ok(_q):
+    if not _kok[K_blkmq_dispatch] or not _q_ok(_q):
         return BAIL
     batch = SG(_q, _QO[Q_BATCH])
     if not batch:
@@ -1416,7 +1502,7 @@ cdef int h_dispatch_ret(Core* c, Frame* f) except -1:
     cdef i64 rid = f.a[0]
     cdef list batch
     cdef Frame e
-    if not _ready or not _q_ok(_q):
+    if not _kok[K_blkmq_dispatch_ret] or not _q_ok(_q):
         return BAIL
     q = _q
     ret = SG(q, _QO[Q_LAST_RET])
@@ -1449,7 +1535,7 @@ cdef int h_start_request(Core* c, Frame* f) except -1:
     """emu.guest.blk_mq.start_request (blk_mq_start_request)"""
     cdef i64 rid = f.a[0]
     cdef dict rq
-    if not _ready:
+    if not _kok[K_blkmq_start_request]:
         return BAIL
     rq = _rq(rid)
     if rq is None:
@@ -1493,7 +1579,7 @@ cdef int h_end_request(Core* c, Frame* f) except -1:
     cdef i64 rid = f.a[0], from_irq = f.a[2]
     cdef dict rq, st
     cdef list completed
-    if not _ready or not f.s[1]:
+    if not _kok[K_blkmq_end_request] or not f.s[1]:
         return BAIL
     rq = _rq(rid)
     if rq is None or type(rq.get("bios")) is not list:
@@ -1570,7 +1656,7 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
     cdef dict op
     cdef long long clen, coff, pos, n, step, npages
     cdef bytes data
-    if not _ready or not _q_ok(_q):
+    if not _kok[K_app_op] or not _q_ok(_q):
         return BAIL
     p = _p
     g = _g
@@ -1761,7 +1847,7 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
     cdef long long tag
     cdef Py_ssize_t n_before
     cdef Frame nf
-    if not _ready or not _q_ok(_q):
+    if not _kok[K_blkmq_submit_bio] or not _q_ok(_q):
         return BAIL
     p = _p
     q = _q
@@ -1837,7 +1923,7 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
 
 cdef int h_app_resume(Core* c, Frame* f) except -1:
     """emu.guest.process.resume (schedule: the process wakes)"""
-    if not _ready:
+    if not _kok[K_app_resume]:
         return BAIL
     p = _p
     w = SG(p, _PO[P_WAITING])

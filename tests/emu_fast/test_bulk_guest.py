@@ -176,3 +176,27 @@ def test_fast_engine_runs_use_the_core(tmp_path_factory, fmt, wl, cfg, chunks):
         assert b.cur == a.cur
         assert snapshot(a) == snapshot(b)
     assert _bulk.stats()["steps"] > 0
+
+
+def test_a_replaced_python_handler_runs_as_is(tmp_path, monkeypatch):
+    """A kind whose REGISTRY entry no longer holds the Python handler the bulk handler models
+    (a wrapper, a debugging hook) is not run in the core: the replacement runs at every step."""
+    from emu.sim import steps as S
+    wl = "queue-depth 4\n" + "".join(f"write {i * 8192} 4k\n" for i in range(8)) + "wait\n"
+    ref = machine(tmp_path, "raw", "", wl, {})
+    kinds = run_py(ref)
+    calls = []
+    for kind in ("vring.add_desc", "blkmq.end_request"):
+        fn, info = S.REGISTRY[kind]
+
+        def wrapped(m, *args, _fn=fn, _kind=kind):
+            calls.append(_kind)
+            return _fn(m, *args)
+        monkeypatch.setitem(S.REGISTRY, kind, (wrapped, info))
+    m = machine(tmp_path, "raw", "", wl, {})
+    _bulk.reset_stats()
+    engine.run(m, "fast")
+    assert calls.count("vring.add_desc") == kinds["vring.add_desc"] > 0
+    assert calls.count("blkmq.end_request") == kinds["blkmq.end_request"] > 0
+    assert _bulk.stats()["steps"] > 0                 # (the other kinds still ran in the core)
+    assert snapshot(m) == snapshot(ref)
