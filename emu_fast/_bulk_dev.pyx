@@ -148,9 +148,11 @@ cdef struct Vec:        # one MSI-X vector as msix_notify -> raise_msi would del
 cdef struct Dev:
     bint loaded         # _load ran in this stretch
     bint ok             # ... and the machine is one these handlers know
-    bint kind_ok[NKINDS]
     bint irq_ok         # msix_notify / raise_msi are the Python ones and their state is held
     bint tr_ok          # Transport.notify_queue is the Python one
+    bint msix_loaded    # _load_msix ran in this stretch
+    char kind_state[NKINDS]     # 0: not checked in this stretch; 1: the Python handler is in
+                                # REGISTRY; 2: another function is (the kind runs compiled)
     uint64_t features   # vdev.guest_features (low 64 bits)
     bint broken
     i64 isr, isr0
@@ -250,16 +252,16 @@ cdef bint _load_vq(object vq, VQ* q) except -1:
 
 
 cdef int _load_msix(object m) except -1:
-    """D.irq_ok and the vectors: msix_notify and raise_msi as their Python code would run."""
+    """D.irq_ok and the vectors: msix_notify and raise_msi as their Python code would run
+    (loaded at the stretch's first vq.irq)."""
     cdef i64 v, addr, nvec
     cdef int k
+    D.msix_loaded = True
     D.irq_ok = False
-    D.tr_ok = False
     tr = sget(m, _Machine, _MO[M_TRANSPORT], "transport")
     if type(tr) is not _Transport:
         return 0
     d = getattr(tr, "__dict__", None)
-    D.tr_ok = Transport.notify_queue is _PY_NOTIFY_QUEUE and (d is None or "notify_queue" not in d)
     if (Transport.msix_notify is not _PY_MSIX_NOTIFY or Machine.raise_msi is not _PY_RAISE_MSI
             or type(m) is not _Machine):
         return 0
@@ -333,10 +335,12 @@ cdef bint _load(Core* c) except -1:
     if _BK.blk_aio_submit is not _PY_SUBMIT or _vb.blk_aio_submit is not _PY_SUBMIT \
             or _vb._error_action is not _PY_ERROR_ACTION:
         return False
-    # the Python handlers in place (a test may have replaced one: that kind runs compiled)
-    for kind, name, fn in _KINDS:
-        entry = _REGISTRY.get(name)
-        D.kind_ok[<int>kind] = entry is not None and entry[0] is fn
+    tr = sget(m, _Machine, _MO[M_TRANSPORT], "transport")
+    d = getattr(tr, "__dict__", None) if type(tr) is _Transport else None
+    D.tr_ok = (type(tr) is _Transport and Transport.notify_queue is _PY_NOTIFY_QUEUE
+               and (d is None or "notify_queue" not in d))
+    D.msix_loaded = False
+    memset(D.kind_state, 0, sizeof(D.kind_state))
     # VirtIODevice
     feats = sget(vdev, _VirtIODevice, _DV[D_GUEST_FEATURES], "guest_features")
     if not PyLong_CheckExact(feats) or feats < 0 or feats >> 64:
@@ -383,7 +387,6 @@ cdef bint _load(Core* c) except -1:
     breqs = sget(block, _BlockState, _BS[K_REQS], "reqs")
     if type(breqs) is not dict:
         return False
-    _load_msix(m)
     _m = m
     _vdev = vdev
     _vblk = vblk
@@ -451,11 +454,28 @@ cdef int _layer_store(Core* c) except -1:
     return 0
 
 
+cdef bint _check_kind(int kind) except -1:
+    """REGISTRY holds the Python handler this kind's bulk handler models (a test may have
+    replaced it: then the kind runs compiled, with the replacement)"""
+    cdef object k
+    D.kind_state[kind] = 2
+    for k, name, fn in _KINDS:
+        if <int>k == kind:
+            entry = _REGISTRY.get(name)
+            if type(entry) is tuple and len(<tuple>entry) >= 1 and (<tuple>entry)[0] is fn:
+                D.kind_state[kind] = 1
+    return D.kind_state[kind] == 1
+
+
 cdef inline bint _ready(Core* c, int kind) except -1:
     """The device state is in D and this kind's Python handler is the one modelled."""
     if not D.loaded:
         _load(c)
-    return D.ok and D.kind_ok[kind]
+    if not D.ok:
+        return False
+    if D.kind_state[kind] == 0:
+        return _check_kind(kind)
+    return D.kind_state[kind] == 1
 
 
 # == small helpers ================================================================================
@@ -796,9 +816,6 @@ cdef int h_handle_request(Core* c, Frame* f) except -1:
     for k in range(nin):
         in_len += _in[k]
     status_gpa = _ia[nin - 1] + _in[nin - 1] - 1
-    for key in ("sector", "is_write", "qiov", "in_len", "status_gpa", "type", "stage"):
-        if PyDict_GetItem(req, key) == NULL:
-            return BAIL       # (the assignments below must not reorder the dict)
     mrb = sget(_vblk, _VirtIOBlock, _BK_[B_MRB], "mrb")
     if type(mrb) is not list:
         return BAIL
@@ -888,8 +905,7 @@ cdef int h_mrb_add(Core* c, Frame* f) except -1:
     if not _ready(c, K_vblk_mrb_add) or f.n != 2 or f.s[0] or f.s[1]:
         return BAIL
     req = _req(rid)
-    if req is None or PyDict_GetItem(req, "is_write") == NULL \
-            or PyDict_GetItem(req, "stage") == NULL:
+    if req is None or PyDict_GetItem(req, "is_write") == NULL:
         return BAIL
     mrb = sget(_vblk, _VirtIOBlock, _BK_[B_MRB], "mrb")
     if type(mrb) is not list:
@@ -1056,9 +1072,6 @@ cdef int h_submit_requests(Core* c, Frame* f) except -1:
         if p == NULL or type(<object>p) is not dict:
             return BAIL
         r = <dict>p
-        if (PyDict_GetItem(r, "mr_next") == NULL or PyDict_GetItem(r, "stage") == NULL
-                or type(_get(r, "qiov")) is not list):
-            return BAIL
         cnt = _iov_in(_get(r, "qiov"), _oa, _on)
         if cnt < 0:
             return BAIL
@@ -1092,7 +1105,7 @@ cdef int h_flush(Core* c, Frame* f) except -1:
     if not _ready(c, K_vblk_flush) or f.n != 2 or f.s[0] or f.s[1] or not _next_req_ok():
         return BAIL
     req = _req(rid)
-    if req is None or PyDict_GetItem(req, "stage") == NULL:
+    if req is None:
         return BAIL
     begin(c)
     _RAN[K_vblk_flush] += 1
@@ -1186,7 +1199,7 @@ cdef int h_req_complete(Core* c, Frame* f) except -1:
     if not _ready(c, K_vblk_req_complete) or f.n != 2 or f.s[0] or f.s[1] or not 0 <= status < 256:
         return BAIL
     req = _req(rid)
-    if req is None or PyDict_GetItem(req, "stage") == NULL:
+    if req is None:
         return BAIL
     if not _ll(_get(req, "status_gpa"), &gpa) or not ram_ok(c, gpa, 1):
         return BAIL
@@ -1333,7 +1346,11 @@ cdef int h_irq(Core* c, Frame* f) except -1:
     """vq.irq: irq (QEMU virtio_irq -> virtio_pci_notify -> msix_notify -> the MSI message)"""
     cdef i64 qi = f.a[0], vec
     cdef Vec* e
-    if not _ready(c, K_vq_irq) or f.n != 1 or f.s[0] or not 0 <= qi < D.nvq or not D.irq_ok:
+    if not _ready(c, K_vq_irq) or f.n != 1 or f.s[0] or not 0 <= qi < D.nvq:
+        return BAIL
+    if not D.msix_loaded:
+        _load_msix(_m)
+    if not D.irq_ok:
         return BAIL
     vec = D.q[qi].vector
     e = NULL
