@@ -16,7 +16,7 @@ objects during a stretch (the core runs no Python handler).  Request dicts, the 
 list, the suppress/by_type/reqs dicts and the counters dict stay the Python objects and are
 changed in place, as the Python handlers change them.
 """
-from cpython.dict cimport PyDict_GetItem, PyDict_SetItem, PyDict_DelItem
+from cpython.dict cimport PyDict_GetItemWithError, PyDict_SetItem, PyDict_DelItem
 from cpython.list cimport PyList_GET_SIZE, PyList_GET_ITEM
 from cpython.tuple cimport PyTuple_GET_SIZE, PyTuple_GET_ITEM
 from cpython.long cimport PyLong_CheckExact, PyLong_AsLongLongAndOverflow
@@ -56,6 +56,12 @@ assert (_P.NOTIFY_CFG, _P.NOTIFY_OFF_MULTIPLIER, _P.NO_VECTOR) == (0x3000, 4, 0x
 assert _vb.VD.VQ_MAX == 1024
 
 cdef long long MSIX_ADDRESS = _P.MSIX_ADDRESS
+cdef frozenset _SUMMARY = frozenset(_B.SUMMARY_TYPES)
+assert _SUMMARY == {"IN", "OUT", "FLUSH", "GET_ID", "DISCARD", "WRITE_ZEROES"}
+assert all(_B.TYPE_NAMES[t] == n for t, n in ((0, "IN"), (1, "OUT"), (4, "FLUSH"), (8, "GET_ID"),
+                                               (11, "DISCARD"), (13, "WRITE_ZEROES")))
+assert (_B.T_DISCARD, _B.T_WRITE_ZEROES, _B.T_GET_ID, _B.T_SCSI_CMD, _B.S_UNSUPP) == (11, 13, 8, 2, 2)
+assert (_B.DWZ_SEG_SIZE, _B.WRITE_ZEROES_FLAG_UNMAP, _BK.BDRV_REQ_MAY_UNMAP) == (16, 1, 4)
 
 # the Python code these handlers stand for (a machine whose code is not this runs compiled)
 cdef object _PY_SUBMIT = _BK.blk_aio_submit
@@ -81,7 +87,8 @@ cdef enum:      # VirtQueue
     Q_USED_IDX, Q_SIGNALLED_USED, Q_SIGNALLED_USED_VALID, Q_NOTIFICATION, Q_INUSE, Q_VECTOR, Q_N
 cdef enum:      # VirtIOBlock
     B_CAPACITY, B_LOGICAL_BLOCK_SIZE, B_REQUEST_MERGING, B_REQS, B_NEXT_ID, B_MRB, B_MRB_IS_WRITE,
-    B_GROUPS, B_SUPPRESS, B_BY_TYPE, B_SUBMITTED, B_COMPLETED, B_ERRORS, B_MERGED, B_N
+    B_GROUPS, B_SUPPRESS, B_BY_TYPE, B_SUBMITTED, B_COMPLETED, B_ERRORS, B_MERGED, B_MAX_DISCARD,
+    B_MAX_WZ, B_N
 cdef enum:      # BlockState
     K_NEXT_REQ, K_REQS, K_WERROR, K_RERROR, K_N
 
@@ -102,7 +109,8 @@ SLOT_PATHS = {
     "VirtIOBlock": slot_offsets(_VirtIOBlock, ("capacity", "logical_block_size", "request_merging",
                                                "reqs", "next_id", "mrb", "mrb_is_write", "groups",
                                                "suppress", "by_type", "submitted", "completed",
-                                               "errors", "merged"), _BK_),
+                                               "errors", "merged", "max_discard_sectors",
+                                               "max_write_zeroes_sectors"), _BK_),
     "BlockState": slot_offsets(_BlockState, ("next_req", "reqs", "werror", "rerror"), _BS),
 }
 
@@ -121,6 +129,7 @@ cdef tuple _KINDS = (
     (K_vblk_req_complete, "vblk.req_complete", _vb.req_complete),
     (K_vblk_flush, "vblk.flush", _vb.handle_flush),
     (K_vblk_flush_complete, "vblk.flush_complete", _vb.flush_complete),
+    (K_vblk_dwz_complete, "vblk.dwz_complete", _vb.dwz_complete),
     (K_vq_fill, "vq.fill", _vb.fill),
     (K_vq_flush, "vq.flush", _vb.flush),
     (K_vq_notify, "vq.notify", _vb.notify),
@@ -151,8 +160,6 @@ cdef struct Dev:
     bint irq_ok         # msix_notify / raise_msi are the Python ones and their state is held
     bint tr_ok          # Transport.notify_queue is the Python one
     bint msix_loaded    # _load_msix ran in this stretch
-    char kind_state[NKINDS]     # 0: not checked in this stretch; 1: the Python handler is in
-                                # REGISTRY; 2: another function is (the kind runs compiled)
     uint64_t features   # vdev.guest_features (low 64 bits)
     bint broken
     i64 isr, isr0
@@ -161,7 +168,7 @@ cdef struct Dev:
     VQ q0[MAXQ]         # as loaded (store writes back what differs)
     i64 next_id, submitted, completed, errors, merged
     i64 b0[5]
-    i64 capacity, lbs
+    i64 capacity, lbs, max_discard, max_wz
     i64 vmentry_ns, irq_ns
     bint msix_enabled
     i64 nvectors
@@ -259,16 +266,9 @@ cdef int _load_msix(object m) except -1:
     D.msix_loaded = True
     D.irq_ok = False
     tr = sget(m, _Machine, _MO[M_TRANSPORT], "transport")
-    if type(tr) is not _Transport:
+    if type(tr) is not _Transport or type(m) is not _Machine or not _MSI_CLASS_OK:
         return 0
-    d = getattr(tr, "__dict__", None)
-    if (Transport.msix_notify is not _PY_MSIX_NOTIFY or Machine.raise_msi is not _PY_RAISE_MSI
-            or type(m) is not _Machine):
-        return 0
-    if d is not None and "msix_notify" in d:
-        return 0
-    md = getattr(m, "__dict__", None)
-    if md is not None and "raise_msi" in md:
+    if _has_own(tr, "msix_notify") or _has_own(m, "raise_msi"):
         return 0
     px = tr.proxy
     en = px.msix_enabled
@@ -308,6 +308,29 @@ cdef int _load_msix(object m) except -1:
     return 0
 
 
+cdef object _timing = None         # the Timing object last read, and whether its values fit
+cdef bint _timing_ok = False
+cdef i64 _vmentry_ns, _irq_ns
+
+
+cdef int _load_timing(object timing) except -1:
+    global _timing, _timing_ok, _vmentry_ns, _irq_ns
+    _timing = timing
+    _timing_ok = (_ll(timing.vmentry_ns, &_vmentry_ns) and _ll(timing.irq_ns, &_irq_ns)
+                  and _vmentry_ns >= 0 and _irq_ns >= 0)
+    return 0
+
+
+cdef extern from "Python.h":
+    object PyObject_GenericGetDict(object o, void* context)
+
+
+cdef bint _has_own(object o, str name) except -1:
+    """o's instance dict has name (an instance override of a method)"""
+    d = PyObject_GenericGetDict(o, NULL)
+    return type(d) is dict and PyDict_GetItemWithError(<dict>d, name) != NULL
+
+
 cdef bint _load(Core* c) except -1:
     """The machine's device state into D (D.ok: it is one these handlers know)."""
     global _m, _vdev, _vblk, _block, _counters, _reqs, _breqs, _suppress, _by_type, _vqobjs
@@ -326,26 +349,19 @@ cdef bint _load(Core* c) except -1:
     if (type(vdev) is not _VirtIODevice or type(vblk) is not _VirtIOBlock
             or type(block) is not _BlockState or type(counters) is not dict):
         return False
-    for key in ("notifies", "interrupts", "irqs_suppressed", "irqs_lost"):
-        if key not in <dict>counters:
-            return False
-    if not (_ll(timing.vmentry_ns, &D.vmentry_ns) and _ll(timing.irq_ns, &D.irq_ns)
-            and D.vmentry_ns >= 0 and D.irq_ns >= 0):
+    if timing is not _timing:                   # (a frozen dataclass: read once per object)
+        _load_timing(timing)
+    if not _timing_ok or not _code_ok():
         return False
-    if _BK.blk_aio_submit is not _PY_SUBMIT or _vb.blk_aio_submit is not _PY_SUBMIT \
-            or _vb._error_action is not _PY_ERROR_ACTION:
-        return False
+    D.vmentry_ns = _vmentry_ns
+    D.irq_ns = _irq_ns
     tr = sget(m, _Machine, _MO[M_TRANSPORT], "transport")
-    d = getattr(tr, "__dict__", None) if type(tr) is _Transport else None
-    D.tr_ok = (type(tr) is _Transport and Transport.notify_queue is _PY_NOTIFY_QUEUE
-               and (d is None or "notify_queue" not in d))
+    D.tr_ok = type(tr) is _Transport and _TR_CLASS_OK and not _has_own(tr, "notify_queue")
     D.msix_loaded = False
-    memset(D.kind_state, 0, sizeof(D.kind_state))
     # VirtIODevice
-    feats = sget(vdev, _VirtIODevice, _DV[D_GUEST_FEATURES], "guest_features")
-    if not PyLong_CheckExact(feats) or feats < 0 or feats >> 64:
+    if not _ll(sget(vdev, _VirtIODevice, _DV[D_GUEST_FEATURES], "guest_features"), &v) or v < 0:
         return False
-    D.features = <uint64_t>feats
+    D.features = <uint64_t>v
     if not _bool(sget(vdev, _VirtIODevice, _DV[D_BROKEN], "broken"), &D.broken):
         return False
     if not _ll(sget(vdev, _VirtIODevice, _DV[D_ISR], "isr"), &D.isr):
@@ -372,8 +388,15 @@ cdef bint _load(Core* c) except -1:
             and _ll(sget(vblk, _VirtIOBlock, _BK_[B_MERGED], "merged"), &D.merged)
             and _ll(sget(vblk, _VirtIOBlock, _BK_[B_CAPACITY], "capacity"), &D.capacity)
             and _ll(sget(vblk, _VirtIOBlock, _BK_[B_LOGICAL_BLOCK_SIZE], "logical_block_size"),
-                    &D.lbs)):
+                    &D.lbs)
+            and _ll(sget(vblk, _VirtIOBlock, _BK_[B_MAX_DISCARD], "max_discard_sectors"),
+                    &D.max_discard)
+            and _ll(sget(vblk, _VirtIOBlock, _BK_[B_MAX_WZ], "max_write_zeroes_sectors"),
+                    &D.max_wz)):
         return False
+    for key in <dict>by_type:       # (only SUMMARY_TYPES: no other type name is counted)
+        if key not in _SUMMARY:
+            return False
     if not (0 <= D.next_id < (<i64>1 << 60) and 0 <= D.submitted < (<i64>1 << 60)
             and 0 <= D.completed < (<i64>1 << 60) and 0 <= D.errors < (<i64>1 << 60)
             and 0 <= D.merged < (<i64>1 << 60) and 0 <= D.capacity < (<i64>1 << 53)
@@ -454,28 +477,76 @@ cdef int _layer_store(Core* c) except -1:
     return 0
 
 
-cdef bint _check_kind(int kind) except -1:
-    """REGISTRY holds the Python handler this kind's bulk handler models (a test may have
-    replaced it: then the kind runs compiled, with the replacement)"""
+# Whether the Python code these handlers model is the code in place: REGISTRY's entries for the
+# kinds (a test may replace one: that kind then runs compiled, with the replacement) and the
+# module functions the handlers call.  Checked again only when REGISTRY or one of the modules'
+# dicts changed (CPython's dict version tags, 3.6 to 3.13; later: at every stretch).
+cdef extern from *:
+    """
+    #if PY_VERSION_HEX < 0x030E0000
+    #define VBD_HAVE_DICT_VERSION 1
+    #define VBD_DICT_VERSION(d) ((unsigned long long)((PyDictObject*)(d))->ma_version_tag)
+    #else
+    #define VBD_HAVE_DICT_VERSION 0
+    #define VBD_DICT_VERSION(d) 0ULL
+    #endif
+    """
+    bint VBD_HAVE_DICT_VERSION
+    unsigned long long VBD_DICT_VERSION(dict d)
+
+cdef dict _BK_DICT = vars(_BK)
+cdef dict _VB_DICT = vars(_vb)
+cdef extern from *:
+    """
+    #define VBD_TYPE_DICT(t) (((PyTypeObject*)(t))->tp_dict)
+    """
+    dict VBD_TYPE_DICT(object t)
+cdef dict _TR_DICT = VBD_TYPE_DICT(Transport)       # the classes' own dicts (what vars() shows)
+cdef dict _MACHINE_DICT = VBD_TYPE_DICT(Machine)
+cdef bint _TR_CLASS_OK = False      # Transport.notify_queue is the Python one
+cdef bint _MSI_CLASS_OK = False     # Transport.msix_notify and Machine.raise_msi are
+cdef bint _KIND_OK[NKINDS]
+cdef bint _FNS_OK = False
+cdef bint _CODE_KNOWN = False
+cdef unsigned long long _VERSIONS[5]
+
+
+cdef bint _code_ok() except -1:
+    """REGISTRY's entries and the module functions checked (see above); False: none of the
+    handlers runs (blk_aio_submit or _error_action replaced)"""
+    global _FNS_OK, _CODE_KNOWN, _TR_CLASS_OK, _MSI_CLASS_OK
     cdef object k
-    D.kind_state[kind] = 2
+    if (_CODE_KNOWN and VBD_HAVE_DICT_VERSION and VBD_DICT_VERSION(_REGISTRY) == _VERSIONS[0]
+            and VBD_DICT_VERSION(_BK_DICT) == _VERSIONS[1]
+            and VBD_DICT_VERSION(_VB_DICT) == _VERSIONS[2]
+            and VBD_DICT_VERSION(_TR_DICT) == _VERSIONS[3]
+            and VBD_DICT_VERSION(_MACHINE_DICT) == _VERSIONS[4]):
+        return _FNS_OK
+    memset(_KIND_OK, 0, sizeof(_KIND_OK))
     for k, name, fn in _KINDS:
-        if <int>k == kind:
-            entry = _REGISTRY.get(name)
-            if type(entry) is tuple and len(<tuple>entry) >= 1 and (<tuple>entry)[0] is fn:
-                D.kind_state[kind] = 1
-    return D.kind_state[kind] == 1
+        entry = _REGISTRY.get(name)
+        _KIND_OK[<int>k] = (type(entry) is tuple and len(<tuple>entry) >= 1
+                            and (<tuple>entry)[0] is fn)
+    _FNS_OK = (_BK_DICT.get("blk_aio_submit") is _PY_SUBMIT
+               and _VB_DICT.get("blk_aio_submit") is _PY_SUBMIT
+               and _VB_DICT.get("_error_action") is _PY_ERROR_ACTION)
+    _TR_CLASS_OK = _TR_DICT.get("notify_queue") is _PY_NOTIFY_QUEUE
+    _MSI_CLASS_OK = (_TR_DICT.get("msix_notify") is _PY_MSIX_NOTIFY
+                     and _MACHINE_DICT.get("raise_msi") is _PY_RAISE_MSI)
+    _VERSIONS[3] = VBD_DICT_VERSION(_TR_DICT)
+    _VERSIONS[4] = VBD_DICT_VERSION(_MACHINE_DICT)
+    _VERSIONS[0] = VBD_DICT_VERSION(_REGISTRY)
+    _VERSIONS[1] = VBD_DICT_VERSION(_BK_DICT)
+    _VERSIONS[2] = VBD_DICT_VERSION(_VB_DICT)
+    _CODE_KNOWN = True
+    return _FNS_OK
 
 
 cdef inline bint _ready(Core* c, int kind) except -1:
     """The device state is in D and this kind's Python handler is the one modelled."""
     if not D.loaded:
         _load(c)
-    if not D.ok:
-        return False
-    if D.kind_state[kind] == 0:
-        return _check_kind(kind)
-    return D.kind_state[kind] == 1
+    return D.ok and _KIND_OK[kind]
 
 
 # == small helpers ================================================================================
@@ -487,7 +558,7 @@ cdef inline bint _has(int bit) noexcept nogil:
 
 cdef inline dict _req(i64 rid):
     """vblk.reqs[rid] when it is a dict (else None)"""
-    cdef PyObject* p = PyDict_GetItem(_reqs, rid)
+    cdef PyObject* p = PyDict_GetItemWithError(_reqs, rid)
     if p == NULL or type(<object>p) is not dict:
         return None
     return <dict>p
@@ -495,7 +566,7 @@ cdef inline dict _req(i64 rid):
 
 cdef inline object _get(dict d, object key):
     """d[key] (None when missing: the callers check the keys they need first)"""
-    cdef PyObject* p = PyDict_GetItem(d, key)
+    cdef PyObject* p = PyDict_GetItemWithError(d, key)
     if p == NULL:
         return None
     return <object>p
@@ -596,7 +667,7 @@ cdef int h_handle_vq(Core* c, Frame* f) except -1:
     if not _notification_ok(c, q, False):
         return BAIL
     key = qi
-    if again and PyDict_GetItem(_suppress, key) == NULL:
+    if again and PyDict_GetItemWithError(_suppress, key) == NULL:
         return BAIL
     begin(c)
     _RAN[K_vblk_handle_vq] += 1
@@ -776,16 +847,42 @@ cdef int _iov_in(object lst, i64* a, i64* n) except -2:
     return <int>cnt
 
 
+cdef inline object _summary_name(uint32_t t):
+    """TYPE_NAMES[t] when it is one of SUMMARY_TYPES (the only keys of by_type: _load checks),
+    else None"""
+    if t == 0:
+        return "IN"
+    if t == 1:
+        return "OUT"
+    if t == 4:
+        return "FLUSH"
+    if t == 8:
+        return "GET_ID"
+    if t == 11:
+        return "DISCARD"
+    if t == 13:
+        return "WRITE_ZEROES"
+    return None
+
+
+cdef inline bint _sect_range_ok(uint64_t sector, i64 size) noexcept nogil:
+    """sect_range_ok (size >= 0)"""
+    return not ((size >> 9) > 4194303 or sector & <uint64_t>(D.lbs // 512 - 1) or size % D.lbs
+                or sector > <uint64_t>D.capacity or (size >> 9) > D.capacity - <i64>sector)
+
+
 cdef int h_handle_request(Core* c, Frame* f) except -1:
-    """vblk.handle_request: handle_request (QEMU virtio_blk_handle_request), IN, OUT and FLUSH;
-    other types and malformed requests bail"""
+    """vblk.handle_request: handle_request (QEMU virtio_blk_handle_request): IN, OUT, FLUSH,
+    DISCARD, WRITE_ZEROES and the unsupported types; GET_ID, SCSI_CMD and malformed requests
+    bail"""
     cdef i64 qi = f.a[0], rid = f.a[1], take, got = 0, nb, in_len = 0, status_gpa, size = 0
-    cdef i64 mask, cnt
-    cdef int nout, nin, k, first = 0
+    cdef i64 mask, cnt, out_len = 0
+    cdef int nout, nin, k, first = 0, status = 0
     cdef uint8_t hdr[16]
-    cdef uint32_t typ, masked
-    cdef uint64_t sector
-    cdef bint is_write, range_ok, w
+    cdef uint8_t seg[16]
+    cdef uint32_t typ, masked, num = 0, dflags = 0
+    cdef uint64_t sector, dsector = 0
+    cdef bint is_write, range_ok, w, is_wz = False
     if not _ready(c, K_vblk_handle_request) or f.n != 2 or f.s[0] or f.s[1]:
         return BAIL
     req = _req(rid)
@@ -811,8 +908,8 @@ cdef int h_handle_request(Core* c, Frame* f) except -1:
     memcpy(&typ, hdr, 4)
     memcpy(&sector, hdr + 8, 8)
     masked = typ & ~<uint32_t>0x80000001
-    if masked != 0 and (masked != 4 or typ & 1):
-        return BAIL           # (FLUSH|OUT: TYPE_NAMES has no name for it)
+    if masked == 2 or masked == 8:
+        return BAIL           # SCSI_CMD, GET_ID
     for k in range(nin):
         in_len += _in[k]
     status_gpa = _ia[nin - 1] + _in[nin - 1] - 1
@@ -834,31 +931,77 @@ cdef int h_handle_request(Core* c, Frame* f) except -1:
             for k in range(nin - 1):
                 size += _in[k]
             size += _in[nin - 1] - 1
-        # sect_range_ok
-        mask = D.lbs // 512 - 1
-        range_ok = not ((size >> 9) > 4194303 or sector & <uint64_t>mask or size % D.lbs
-                        or sector > <uint64_t>D.capacity
-                        or (size >> 9) > D.capacity - <i64>sector)
+        range_ok = _sect_range_ok(sector, size)
         if PyList_GET_SIZE(mrb):
             miw = sget(_vblk, _VirtIOBlock, _BK_[B_MRB_IS_WRITE], "mrb_is_write")
             if type(miw) is not bool:
                 return BAIL
+    elif masked == 10 or masked == 12:
+        # _handle_dwz: status 2 (UNSUPP) / 1 (IOERR) / 0 (submit), decided before anything
+        is_wz = typ & ~<uint32_t>0x80000000 == 13
+        nb = 16                         # iov_discard_front(out_iov, 16), then its size
+        for k in range(nout):
+            if nb >= _on[k]:
+                nb -= _on[k]
+                _on[k] = 0
+                continue
+            _oa[k] += nb
+            _on[k] -= nb
+            nb = 0
+            out_len += _on[k]
+        if not typ & 1 or out_len > 16:
+            status = 2
+        else:
+            got = 0                     # iov_to_buf(m, out_iov, 16)
+            for k in range(nout):
+                if not _on[k]:
+                    continue            # (dropped by iov_discard_front)
+                take = min(_on[k], 16 - got)
+                if take <= 0:
+                    break
+                if not ram_ok(c, _oa[k], take):
+                    return BAIL
+                memcpy(seg + got, c.ram + _oa[k], take)
+                got += take
+            if got != 16:
+                return BAIL             # _fatal: the discard/write_zeroes header is short
+            memcpy(&dsector, seg, 8)
+            memcpy(&num, seg + 8, 4)
+            memcpy(&dflags, seg + 12, 4)
+            if num > (D.max_wz if is_wz else D.max_discard) or not _sect_range_ok(dsector, (<i64>num) << 9):
+                status = 1
+            elif dflags & ~<uint32_t>1 or (not is_wz and dflags & 1):
+                status = 2
+            elif not _next_req_ok():
+                return BAIL
+    elif masked != 4:
+        status = 2                      # not supported by this device: UNSUPP
     begin(c)
     _RAN[K_vblk_handle_request] += 1
     req["in_len"] = in_len
     req["status_gpa"] = status_gpa
     req["type"] = typ
-    if typ & ~<uint32_t>0x80000000 == 0:
-        tname = "IN"
-    elif typ & ~<uint32_t>0x80000000 == 1:
-        tname = "OUT"
-    elif typ & ~<uint32_t>0x80000000 == 4:
-        tname = "FLUSH"
-    else:
-        tname = None
-    if tname is not None and PyDict_GetItem(_by_type, tname) != NULL:
+    tname = _summary_name(typ & ~<uint32_t>0x80000000)
+    if tname is not None and PyDict_GetItemWithError(_by_type, tname) != NULL:
         _by_type[tname] = _by_type[tname] + 1
     D.submitted += 1
+    if masked == 10 or masked == 12:
+        if typ & 1 and out_len <= 16:
+            req["sector"] = dsector
+        if status:
+            call(c, F2(K_vblk_req_complete, rid, status), F1(K_vblk_pop, qi))
+            return 0
+        req["stage"] = "submitted"
+        if is_wz:
+            _aio_submit(c, "write_zeroes", dsector << 9, None, (<i64>num) << 9,
+                        4 if dflags & 1 else 0, ("vblk.dwz_complete", (rid,)), True, F1(K_vblk_pop, qi))
+        else:
+            _aio_submit(c, "discard", dsector << 9, None, (<i64>num) << 9, 0,
+                        ("vblk.dwz_complete", (rid,)), True, F1(K_vblk_pop, qi))
+        return 0
+    if masked != 0 and masked != 4:
+        call(c, F2(K_vblk_req_complete, rid, 2), F1(K_vblk_pop, qi))
+        return 0
     if masked == 4:
         req["stage"] = "flush"
         if PyList_GET_SIZE(mrb) and sget(_vblk, _VirtIOBlock, _BK_[B_MRB_IS_WRITE], "mrb_is_write"):
@@ -905,7 +1048,7 @@ cdef int h_mrb_add(Core* c, Frame* f) except -1:
     if not _ready(c, K_vblk_mrb_add) or f.n != 2 or f.s[0] or f.s[1]:
         return BAIL
     req = _req(rid)
-    if req is None or PyDict_GetItem(req, "is_write") == NULL:
+    if req is None or PyDict_GetItemWithError(req, "is_write") == NULL:
         return BAIL
     mrb = sget(_vblk, _VirtIOBlock, _BK_[B_MRB], "mrb")
     if type(mrb) is not list:
@@ -951,7 +1094,7 @@ cdef int h_pass_end(Core* c, Frame* f) except -1:
     if PyList_GET_SIZE(mrb):
         cont(c, F1(K_vblk_submit_multireq, qi))
         return 0
-    if PyDict_GetItem(_suppress, key) != NULL:
+    if PyDict_GetItemWithError(_suppress, key) != NULL:
         PyDict_DelItem(_suppress, key)
     return 0
 
@@ -977,11 +1120,11 @@ cdef int h_submit_multireq(Core* c, Frame* f) except -1:
     n = PyList_GET_SIZE(mrb)
     reqs = []
     for k in range(n):
-        p = PyDict_GetItem(_reqs, <object>PyList_GET_ITEM(mrb, k))
+        p = PyDict_GetItemWithError(_reqs, <object>PyList_GET_ITEM(mrb, k))
         if p == NULL or type(<object>p) is not dict:
             return BAIL
         r = <dict>p
-        if (PyDict_GetItem(r, "id") == NULL or not _ll(_get(r, "sector"), &_ms[k])
+        if (PyDict_GetItemWithError(r, "id") == NULL or not _ll(_get(r, "sector"), &_ms[k])
                 or not 0 <= _ms[k] < (<i64>1 << 60)):
             return BAIL
         _mn[k] = _iov_in(_get(r, "qiov"), _oa, _on)
@@ -1030,16 +1173,16 @@ cdef int h_submit_multireq(Core* c, Frame* f) except -1:
     return 0
 
 
-cdef int _aio_submit(Core* c, str op, object offset, object qiov, i64 nbytes, object cb,
-                     bint then, Frame then_f) except -1:
-    """emu.block.backend.blk_aio_submit (qiov: its iov_size is nbytes; flags 0)"""
+cdef int _aio_submit(Core* c, str op, object offset, object qiov, i64 nbytes, i64 flags,
+                     object cb, bint then, Frame then_f) except -1:
+    """emu.block.backend.blk_aio_submit (qiov: its iov_size is nbytes)"""
     cdef i64 bid
     blk = _block
     bid_o = sget(blk, _BlockState, _BS[K_NEXT_REQ], "next_req")
     bid = bid_o
     sset(blk, _BlockState, _BS[K_NEXT_REQ], "next_req", bid_o + 1)
     _breqs[bid_o] = {"id": bid_o, "op": op, "cur_op": op, "offset": offset, "bytes": nbytes,
-                     "qiov": qiov, "flags": 0, "cb": cb, "ret": None, "phase": "submit"}
+                     "qiov": qiov, "flags": flags, "cb": cb, "ret": None, "phase": "submit"}
     if not then:
         cont(c, F1(K_blk_co_entry, bid))
     else:
@@ -1068,7 +1211,7 @@ cdef int h_submit_requests(Core* c, Frame* f) except -1:
         return BAIL
     n = PyList_GET_SIZE(group)
     for k in range(n):
-        p = PyDict_GetItem(_reqs, <object>PyList_GET_ITEM(group, k))
+        p = PyDict_GetItemWithError(_reqs, <object>PyList_GET_ITEM(group, k))
         if p == NULL or type(<object>p) is not dict:
             return BAIL
         r = <dict>p
@@ -1094,7 +1237,7 @@ cdef int h_submit_requests(Core* c, Frame* f) except -1:
         qiov.extend(r["qiov"])
         r["stage"] = "submitted"
     op = "write" if first["is_write"] else "read"
-    _aio_submit(c, op, sector << 9, qiov, nbytes, ("vblk.rw_complete", (group[0],)),
+    _aio_submit(c, op, sector << 9, qiov, nbytes, 0, ("vblk.rw_complete", (group[0],)),
                 PyList_GET_SIZE(groups) != 0, F1(K_vblk_submit_requests, qi))
     return 0
 
@@ -1110,7 +1253,7 @@ cdef int h_flush(Core* c, Frame* f) except -1:
     begin(c)
     _RAN[K_vblk_flush] += 1
     req["stage"] = "submitted"
-    _aio_submit(c, "flush", 0, None, 0, ("vblk.flush_complete", (rid,)), True,
+    _aio_submit(c, "flush", 0, None, 0, 0, ("vblk.flush_complete", (rid,)), True,
                 F1(K_vblk_pop, qi))
     return 0
 
@@ -1131,7 +1274,7 @@ cdef int h_rw_complete(Core* c, Frame* f) except -1:
     if not _ready(c, K_vblk_rw_complete) or f.n != 2 or f.s[0] or f.s[1]:
         return BAIL
     key = rid
-    p = PyDict_GetItem(_reqs, key)
+    p = PyDict_GetItemWithError(_reqs, key)
     if p == NULL:
         begin(c)
         _RAN[K_vblk_rw_complete] += 1
@@ -1145,8 +1288,8 @@ cdef int h_rw_complete(Core* c, Frame* f) except -1:
         _RAN[K_vblk_rw_complete] += 1
         PyDict_DelItem(_reqs, key)
         return 0
-    if PyDict_GetItem(<dict>req, "mr_next") == NULL or \
-            (ret and PyDict_GetItem(<dict>req, "is_write") == NULL):
+    if PyDict_GetItemWithError(<dict>req, "mr_next") == NULL or \
+            (ret and PyDict_GetItemWithError(<dict>req, "is_write") == NULL):
         return BAIL
     nxt_o = (<dict>req)["mr_next"]
     if nxt_o is not None and not _ll(nxt_o, &nxt):
@@ -1173,13 +1316,40 @@ cdef int h_flush_complete(Core* c, Frame* f) except -1:
     if not _ready(c, K_vblk_flush_complete) or f.n != 2 or f.s[0] or f.s[1]:
         return BAIL
     key = rid
-    p = PyDict_GetItem(_reqs, key)
+    p = PyDict_GetItemWithError(_reqs, key)
     if p != NULL and type(<object>p) is not dict:
         return BAIL
     if ret and type(sget(_block, _BlockState, _BS[K_WERROR], "werror")) is not str:
         return BAIL
     begin(c)
     _RAN[K_vblk_flush_complete] += 1
+    if p == NULL:
+        return 0
+    dropped = _get(<dict><object>p, "dropped")
+    if dropped is not None and dropped:
+        PyDict_DelItem(_reqs, key)
+        return 0
+    if ret:
+        status = _error_status(False)
+    cont(c, F2(K_vblk_req_complete, rid, status))
+    return 0
+
+
+cdef int h_dwz_complete(Core* c, Frame* f) except -1:
+    """vblk.dwz_complete: dwz_complete -> _simple_complete
+    (QEMU virtio_blk_discard_write_zeroes_complete)"""
+    cdef i64 rid = f.a[0], ret = f.a[1], status = 0
+    cdef PyObject* p
+    if not _ready(c, K_vblk_dwz_complete) or f.n != 2 or f.s[0] or f.s[1]:
+        return BAIL
+    key = rid
+    p = PyDict_GetItemWithError(_reqs, key)
+    if p != NULL and type(<object>p) is not dict:
+        return BAIL
+    if ret and type(sget(_block, _BlockState, _BS[K_WERROR], "werror")) is not str:
+        return BAIL
+    begin(c)
+    _RAN[K_vblk_dwz_complete] += 1
     if p == NULL:
         return 0
     dropped = _get(<dict><object>p, "dropped")
@@ -1238,7 +1408,7 @@ cdef int h_fill(Core* c, Frame* f) except -1:
         return BAIL
     q = &D.q[qi]
     elem = _get(req, "elem")
-    if type(elem) is not dict or PyDict_GetItem(req, "in_len") == NULL:
+    if type(elem) is not dict or PyDict_GetItemWithError(req, "in_len") == NULL:
         return BAIL
     filled = not D.broken and q.used
     if filled:
@@ -1388,6 +1558,7 @@ register_handler(K_vblk_submit_multireq, h_submit_multireq)
 register_handler(K_vblk_submit_requests, h_submit_requests)
 register_handler(K_vblk_flush, h_flush)
 register_handler(K_vblk_flush_complete, h_flush_complete)
+register_handler(K_vblk_dwz_complete, h_dwz_complete)
 register_handler(K_vblk_rw_complete, h_rw_complete)
 register_handler(K_vblk_req_complete, h_req_complete)
 register_handler(K_vq_fill, h_fill)

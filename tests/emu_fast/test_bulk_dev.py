@@ -31,7 +31,7 @@ if emu_fast.available():
 KINDS = ["vpci.notify", "vpci.notify_done", "vblk.handle_vq", "vblk.pop", "vblk.handle_request",
          "vblk.mrb_add", "vblk.pass_end", "vblk.submit_multireq", "vblk.submit_requests",
          "vblk.rw_complete", "vblk.req_complete", "vblk.flush", "vblk.flush_complete",
-         "vq.fill", "vq.flush", "vq.notify", "vq.irq"]
+         "vblk.dwz_complete", "vq.fill", "vq.flush", "vq.notify", "vq.irq"]
 
 FEW = dict(SETTINGS, max_examples=15)
 
@@ -112,13 +112,16 @@ WORKLOADS = {
          f"write {(i * 13) % 900 * 4096} 4k\n") + ("flush\n" if i % 8 == 7 else "")
         for i in range(48)) + "wait\n",
     "seq": "queue-depth 8\n" + "".join(f"write {i * 65536} 64k\n" for i in range(24)) + "wait\n",
+    "discard-zeroes": "queue-depth 4\n" + "".join(
+        f"write {i * 8192} 8k\ndiscard {i * 8192} 4k\nwrite-zeroes {i * 8192 + 4096} 4k"
+        f"{' unmap' if i % 2 else ''}\nread {i * 8192} 8k\n" for i in range(12)) + "wait\n",
 }
 
 
 @pytest.mark.parametrize("wl", sorted(WORKLOADS))
 @pytest.mark.parametrize("cfg", [{}, {"event_idx": False, "indirect": False},
                                  {"queue_size": 4, "request_merging": False},
-                                 {"cache": "writethrough", "werror": "ignore"}],
+                                 {"cache": "writethrough", "werror": "ignore", "discard": "unmap"}],
                          ids=["default", "no-event-idx-no-indirect", "small-ring", "writethrough"])
 def test_kinds_run_in_the_core(tmp_path, wl, cfg):
     """Every device kind the workload takes runs in the core (none bails), and the result is
