@@ -1,0 +1,1567 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The bulk core's device side (contract: emu_fast/_bulk.pxd): QEMU's virtio-pci doorbell,
+virtio-blk request handling (hw/block/virtio-blk.c) and the split virtqueue's pop/fill/flush/
+notify (hw/virtio/virtio.c), as modelled by emu/device/virtio_blk.py, emu/device/virtio.py and
+emu/transport/virtio_pci.py, run with no record.
+
+Each handler does the common path(s) of its Python handler exactly (same mutations of the same
+objects, same guest-RAM bytes, same scheduler calls in the same order) and bails, having changed
+nothing, on anything else: virtio_error paths (a chain that would break the device), request
+types other than IN/OUT/FLUSH, a broken device, values of unusual types.
+
+The device's scalar state (VirtIODevice.isr, each VirtQueue's fields, VirtIOBlock's counters)
+is held in C for a stretch: loaded at the first device event of the stretch, stored back (only
+the fields that changed) when the stretch ends.  Nothing but these handlers touches those
+objects during a stretch (the core runs no Python handler).  Request dicts, the MultiReqBuffer
+list, the suppress/by_type/reqs dicts and the counters dict stay the Python objects and are
+changed in place, as the Python handlers change them.
+"""
+from cpython.dict cimport PyDict_GetItemWithError, PyDict_SetItem, PyDict_DelItem
+from cpython.list cimport PyList_GET_SIZE, PyList_GET_ITEM
+from cpython.tuple cimport PyTuple_GET_SIZE, PyTuple_GET_ITEM
+from cpython.long cimport PyLong_CheckExact, PyLong_AsLongLongAndOverflow
+from cpython.object cimport PyObject
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy, memset
+
+from emu_fast._bulk cimport *
+from emu_fast._slots cimport slot_offsets, sget, sset
+
+import emu.block.backend as _BK
+import emu.device.virtio_blk as _vb
+from emu.device.virtio import VirtIODevice, VirtQueue
+from emu.machine import Machine
+from emu.sim.steps import REGISTRY
+from emu.spec import blk as _B
+from emu.spec import pci as _P
+from emu.spec import virtio as _V
+from emu.transport.virtio_pci import Transport
+
+PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
+
+# the constants this file hard-codes (the layouts they imply)
+assert (_V.VIRTQ_DESC_F_NEXT, _V.VIRTQ_DESC_F_WRITE, _V.VIRTQ_DESC_F_INDIRECT) == (1, 2, 4)
+assert (_V.DESC_SIZE, _V.USED_ELEM_SIZE, _V.VIRTQUEUE_MAX_SIZE) == (16, 8, 1024)
+assert (_V.AVAIL_FLAGS, _V.AVAIL_IDX, _V.AVAIL_RING, _V.USED_FLAGS, _V.USED_IDX, _V.USED_RING) == (
+    0, 2, 4, 0, 2, 4)
+assert _V.avail_used_event_off(7) == 4 + 2 * 7 and _V.used_avail_event_off(7) == 4 + 8 * 7
+assert (_V.VRING_AVAIL_F_NO_INTERRUPT, _V.VRING_USED_F_NO_NOTIFY) == (1, 1)
+assert (_V.F_NOTIFY_ON_EMPTY, _V.F_INDIRECT_DESC, _V.F_EVENT_IDX) == (24, 28, 29)
+assert (_B.T_IN, _B.T_OUT, _B.T_FLUSH, _B.T_BARRIER, _B.OUTHDR_SIZE) == (0, 1, 4, 0x80000000, 16)
+assert (_B.S_OK, _B.S_IOERR, _B.MAX_MERGE_REQS, _B.IOV_MAX) == (0, 1, 32, 1024)
+assert _B.BDRV_REQUEST_MAX_SECTORS == 4194303
+assert (_B.TYPE_NAMES[0], _B.TYPE_NAMES[1], _B.TYPE_NAMES[4], _B.TYPE_NAMES.get(5)) == (
+    "IN", "OUT", "FLUSH", None)
+assert (_P.NOTIFY_CFG, _P.NOTIFY_OFF_MULTIPLIER, _P.NO_VECTOR) == (0x3000, 4, 0xFFFF)
+assert _vb.VD.VQ_MAX == 1024
+
+cdef long long MSIX_ADDRESS = _P.MSIX_ADDRESS
+cdef frozenset _SUMMARY = frozenset(_B.SUMMARY_TYPES)
+assert _SUMMARY == {"IN", "OUT", "FLUSH", "GET_ID", "DISCARD", "WRITE_ZEROES"}
+assert all(_B.TYPE_NAMES[t] == n for t, n in ((0, "IN"), (1, "OUT"), (4, "FLUSH"), (8, "GET_ID"),
+                                               (11, "DISCARD"), (13, "WRITE_ZEROES")))
+assert (_B.T_DISCARD, _B.T_WRITE_ZEROES, _B.T_GET_ID, _B.T_SCSI_CMD, _B.S_UNSUPP) == (11, 13, 8, 2, 2)
+assert (_B.DWZ_SEG_SIZE, _B.WRITE_ZEROES_FLAG_UNMAP, _BK.BDRV_REQ_MAY_UNMAP) == (16, 1, 4)
+
+# the Python code these handlers stand for (a machine whose code is not this runs compiled)
+cdef object _PY_SUBMIT = _BK.blk_aio_submit
+cdef object _PY_ERROR_ACTION = _vb._error_action
+cdef object _PY_MSIX_NOTIFY = Transport.msix_notify
+cdef object _PY_NOTIFY_QUEUE = Transport.notify_queue
+cdef object _PY_RAISE_MSI = Machine.raise_msi
+cdef dict _REGISTRY = REGISTRY
+cdef object _Transport = Transport
+
+cdef object _Machine = Machine
+cdef object _VirtIODevice = VirtIODevice
+cdef object _VirtQueue = VirtQueue
+cdef object _VirtIOBlock = _vb.VirtIOBlock
+cdef object _BlockState = _BK.BlockState
+
+cdef enum:      # Machine
+    M_VDEV, M_VBLK, M_BLOCK, M_COUNTERS, M_TIMING, M_TRANSPORT, M_GUEST, M_N
+cdef enum:      # VirtIODevice
+    D_VQS, D_BROKEN, D_GUEST_FEATURES, D_ISR, D_N
+cdef enum:      # VirtQueue
+    Q_NUM, Q_DESC, Q_AVAIL, Q_USED, Q_CACHES, Q_DESC_LEN, Q_LAST_AVAIL_IDX, Q_SHADOW_AVAIL_IDX,
+    Q_USED_IDX, Q_SIGNALLED_USED, Q_SIGNALLED_USED_VALID, Q_NOTIFICATION, Q_INUSE, Q_VECTOR, Q_N
+cdef enum:      # VirtIOBlock
+    B_CAPACITY, B_LOGICAL_BLOCK_SIZE, B_REQUEST_MERGING, B_REQS, B_NEXT_ID, B_MRB, B_MRB_IS_WRITE,
+    B_GROUPS, B_SUPPRESS, B_BY_TYPE, B_SUBMITTED, B_COMPLETED, B_ERRORS, B_MERGED, B_MAX_DISCARD,
+    B_MAX_WZ, B_N
+cdef enum:      # BlockState
+    K_NEXT_REQ, K_REQS, K_WERROR, K_RERROR, K_N
+
+cdef Py_ssize_t _MO[M_N]
+cdef Py_ssize_t _DV[D_N]
+cdef Py_ssize_t _VQ[Q_N]
+cdef Py_ssize_t _BK_[B_N]
+cdef Py_ssize_t _BS[K_N]
+
+SLOT_PATHS = {
+    "Machine": slot_offsets(_Machine, ("vdev", "vblk", "block", "counters", "timing", "transport",
+                                       "guest"), _MO),
+    "VirtIODevice": slot_offsets(_VirtIODevice, ("vqs", "broken", "guest_features", "isr"), _DV),
+    "VirtQueue": slot_offsets(_VirtQueue, ("num", "desc", "avail", "used", "caches", "desc_len",
+                                           "last_avail_idx", "shadow_avail_idx", "used_idx",
+                                           "signalled_used", "signalled_used_valid",
+                                           "notification", "inuse", "vector"), _VQ),
+    "VirtIOBlock": slot_offsets(_VirtIOBlock, ("capacity", "logical_block_size", "request_merging",
+                                               "reqs", "next_id", "mrb", "mrb_is_write", "groups",
+                                               "suppress", "by_type", "submitted", "completed",
+                                               "errors", "merged", "max_discard_sectors",
+                                               "max_write_zeroes_sectors"), _BK_),
+    "BlockState": slot_offsets(_BlockState, ("next_req", "reqs", "werror", "rerror"), _BS),
+}
+
+# the kinds handled here, with the Python handler each stands for
+cdef tuple _KINDS = (
+    (K_vpci_notify, "vpci.notify", _vb.notify_write),
+    (K_vpci_notify_done, "vpci.notify_done", _vb.notify_done),
+    (K_vblk_handle_vq, "vblk.handle_vq", _vb.handle_vq),
+    (K_vblk_pop, "vblk.pop", _vb.pop),
+    (K_vblk_handle_request, "vblk.handle_request", _vb.handle_request),
+    (K_vblk_mrb_add, "vblk.mrb_add", _vb.mrb_add),
+    (K_vblk_pass_end, "vblk.pass_end", _vb.pass_end),
+    (K_vblk_submit_multireq, "vblk.submit_multireq", _vb.submit_multireq),
+    (K_vblk_submit_requests, "vblk.submit_requests", _vb.submit_requests),
+    (K_vblk_rw_complete, "vblk.rw_complete", _vb.rw_complete),
+    (K_vblk_req_complete, "vblk.req_complete", _vb.req_complete),
+    (K_vblk_flush, "vblk.flush", _vb.handle_flush),
+    (K_vblk_flush_complete, "vblk.flush_complete", _vb.flush_complete),
+    (K_vblk_dwz_complete, "vblk.dwz_complete", _vb.dwz_complete),
+    (K_vq_fill, "vq.fill", _vb.fill),
+    (K_vq_flush, "vq.flush", _vb.flush),
+    (K_vq_notify, "vq.notify", _vb.notify),
+    (K_vq_irq, "vq.irq", _vb.irq),
+)
+
+
+# == the device state held in C for a stretch =====================================================
+
+cdef enum:
+    MAXQ = 8            # queues held in C (a machine with more: its other queues' events bail)
+    MAXV = 8            # MSI-X vectors held in C
+    MAXREC = 1026       # descriptors of one chain (head, indirect table entries)
+
+cdef struct VQ:         # emu.device.virtio.VirtQueue
+    i64 num, desc, avail, used, desc_len
+    i64 last_avail_idx, shadow_avail_idx, used_idx, signalled_used, inuse, vector
+    bint caches, notification, signalled_used_valid
+
+cdef struct Vec:        # one MSI-X vector as msix_notify -> raise_msi would deliver it
+    bint masked
+    int kind            # K_vring_interrupt / K_probe_config_changed; 0: the message is lost
+    i64 data
+
+cdef struct Dev:
+    bint loaded         # _load ran in this stretch
+    bint ok             # ... and the machine is one these handlers know
+    bint irq_ok         # msix_notify / raise_msi are the Python ones and their state is held
+    bint tr_ok          # Transport.notify_queue is the Python one
+    bint msix_loaded    # _load_msix ran in this stretch
+    uint64_t features   # vdev.guest_features (low 64 bits)
+    bint broken
+    i64 isr, isr0
+    int nvq
+    VQ q[MAXQ]
+    VQ q0[MAXQ]         # as loaded (store writes back what differs)
+    i64 next_id, submitted, completed, errors, merged
+    i64 b0[5]
+    i64 capacity, lbs, max_discard, max_wz
+    i64 vmentry_ns, irq_ns
+    bint msix_enabled
+    i64 nvectors
+    Vec vec[MAXV]
+
+cdef Dev D
+memset(&D, 0, sizeof(Dev))
+
+cdef long long _RAN[NKINDS]       # events of each kind run here (counts())
+memset(_RAN, 0, sizeof(_RAN))
+
+
+def counts():
+    """{kind: events run by these handlers} since reset_counts() (tests: the kinds ran here)."""
+    names = {k: name for k, name, _fn in _KINDS}
+    return {names[k]: _RAN[k] for k in names if _RAN[k]}
+
+
+def reset_counts():
+    memset(_RAN, 0, sizeof(_RAN))
+
+# the Python objects of the machine of the stretch (set by _load, dropped by _store)
+cdef object _m = None
+cdef object _vdev = None
+cdef object _vblk = None
+cdef object _block = None
+cdef dict _counters = None
+cdef dict _reqs = None          # vblk.reqs
+cdef dict _breqs = None         # block.reqs
+cdef dict _suppress = None
+cdef dict _by_type = None
+cdef list _vqobjs = None
+cdef object _proxy = None
+
+
+cdef inline bint _ll(object o, i64* out) except -1:
+    """o is an exact int that fits a C long long"""
+    cdef int ovf = 0
+    cdef long long v
+    if not PyLong_CheckExact(o):
+        return False
+    v = PyLong_AsLongLongAndOverflow(o, &ovf)
+    if ovf:
+        return False
+    out[0] = v
+    return True
+
+
+cdef inline bint _addr(object o, i64* out) except -1:
+    """o is an exact int in [0, 2**62)"""
+    return _ll(o, out) and 0 <= out[0] < (<i64>1 << 62)
+
+
+cdef inline bint _bool(object o, bint* out) except -1:
+    if o is True:
+        out[0] = True
+    elif o is False:
+        out[0] = False
+    else:
+        return False
+    return True
+
+
+cdef bint _load_vq(object vq, VQ* q) except -1:
+    """q = the VirtQueue's fields (False: one is not of the plain type it has)"""
+    if type(vq) is not _VirtQueue:
+        return False
+    return (_ll(sget(vq, _VirtQueue, _VQ[Q_NUM], "num"), &q.num)
+            and _addr(sget(vq, _VirtQueue, _VQ[Q_DESC], "desc"), &q.desc)
+            and _addr(sget(vq, _VirtQueue, _VQ[Q_AVAIL], "avail"), &q.avail)
+            and _addr(sget(vq, _VirtQueue, _VQ[Q_USED], "used"), &q.used)
+            and _ll(sget(vq, _VirtQueue, _VQ[Q_DESC_LEN], "desc_len"), &q.desc_len)
+            and _ll(sget(vq, _VirtQueue, _VQ[Q_LAST_AVAIL_IDX], "last_avail_idx"), &q.last_avail_idx)
+            and _ll(sget(vq, _VirtQueue, _VQ[Q_SHADOW_AVAIL_IDX], "shadow_avail_idx"),
+                    &q.shadow_avail_idx)
+            and _ll(sget(vq, _VirtQueue, _VQ[Q_USED_IDX], "used_idx"), &q.used_idx)
+            and _ll(sget(vq, _VirtQueue, _VQ[Q_SIGNALLED_USED], "signalled_used"), &q.signalled_used)
+            and _ll(sget(vq, _VirtQueue, _VQ[Q_INUSE], "inuse"), &q.inuse)
+            and _ll(sget(vq, _VirtQueue, _VQ[Q_VECTOR], "vector"), &q.vector)
+            and _bool(sget(vq, _VirtQueue, _VQ[Q_CACHES], "caches"), &q.caches)
+            and _bool(sget(vq, _VirtQueue, _VQ[Q_NOTIFICATION], "notification"), &q.notification)
+            and _bool(sget(vq, _VirtQueue, _VQ[Q_SIGNALLED_USED_VALID], "signalled_used_valid"),
+                      &q.signalled_used_valid)
+            and 0 <= q.num <= 1024 and 0 <= q.last_avail_idx <= 0xFFFF
+            and 0 <= q.shadow_avail_idx <= 0xFFFF and 0 <= q.used_idx <= 0xFFFF
+            and 0 <= q.signalled_used <= 0xFFFF and 0 <= q.inuse < (<i64>1 << 40)
+            and 0 <= q.desc_len < (<i64>1 << 40))
+
+
+cdef int _load_msix(object m) except -1:
+    """D.irq_ok and the vectors: msix_notify and raise_msi as their Python code would run
+    (loaded at the stretch's first vq.irq)."""
+    cdef i64 v, addr, nvec
+    cdef int k
+    D.msix_loaded = True
+    D.irq_ok = False
+    tr = sget(m, _Machine, _MO[M_TRANSPORT], "transport")
+    if type(tr) is not _Transport or type(m) is not _Machine or not _MSI_CLASS_OK:
+        return 0
+    if _has_own(tr, "msix_notify") or _has_own(m, "raise_msi"):
+        return 0
+    px = tr.proxy
+    en = px.msix_enabled
+    if type(en) is not bool or not _ll(px.nvectors, &nvec) or nvec < 0:
+        return 0
+    table = px.msix_table
+    if type(table) is not list or type(px.msix_pba) is not list:
+        return 0
+    vectors = sget(m, _Machine, _MO[M_GUEST], "guest").irq_vectors
+    if type(vectors) is not dict:
+        return 0
+    D.msix_enabled = en
+    D.nvectors = nvec
+    for k in range(MAXV):
+        D.vec[k].kind = -1            # not held: an interrupt on it bails
+        if k >= nvec or k >= len(<list>table) or k >= len(<list>px.msix_pba):
+            continue
+        e = (<list>table)[k]
+        masked = e.masked
+        if type(masked) is not bool:
+            continue
+        D.vec[k].masked = masked
+        if masked:
+            D.vec[k].kind = 0
+            continue
+        if not (_ll(e.addr, &addr) and _ll(e.data, &v)):
+            continue
+        D.vec[k].data = v
+        h = (<dict>vectors).get(e.data) if addr == MSIX_ADDRESS else None
+        if h is None:
+            D.vec[k].kind = 0
+        elif type(h) is tuple and len(<tuple>h) >= 1 and type((<tuple>h)[0]) is str:
+            D.vec[k].kind = K_vring_interrupt if (<tuple>h)[0] == "vq" else K_probe_config_changed
+    global _proxy
+    _proxy = px
+    D.irq_ok = True
+    return 0
+
+
+cdef object _timing = None         # the Timing object last read, and whether its values fit
+cdef bint _timing_ok = False
+cdef i64 _vmentry_ns, _irq_ns
+
+
+cdef int _load_timing(object timing) except -1:
+    global _timing, _timing_ok, _vmentry_ns, _irq_ns
+    _timing = timing
+    _timing_ok = (_ll(timing.vmentry_ns, &_vmentry_ns) and _ll(timing.irq_ns, &_irq_ns)
+                  and _vmentry_ns >= 0 and _irq_ns >= 0)
+    return 0
+
+
+cdef extern from "Python.h":
+    object PyObject_GenericGetDict(object o, void* context)
+
+
+cdef bint _has_own(object o, str name) except -1:
+    """o's instance dict has name (an instance override of a method)"""
+    d = PyObject_GenericGetDict(o, NULL)
+    return type(d) is dict and PyDict_GetItemWithError(<dict>d, name) != NULL
+
+
+cdef bint _load(Core* c) except -1:
+    """The machine's device state into D (D.ok: it is one these handlers know)."""
+    global _m, _vdev, _vblk, _block, _counters, _reqs, _breqs, _suppress, _by_type, _vqobjs
+    cdef int i
+    cdef i64 v
+    D.loaded = True
+    D.ok = False
+    m = <object>c.m
+    if type(m) is not _Machine:
+        return False
+    vdev = sget(m, _Machine, _MO[M_VDEV], "vdev")
+    vblk = sget(m, _Machine, _MO[M_VBLK], "vblk")
+    block = sget(m, _Machine, _MO[M_BLOCK], "block")
+    counters = sget(m, _Machine, _MO[M_COUNTERS], "counters")
+    timing = sget(m, _Machine, _MO[M_TIMING], "timing")
+    if (type(vdev) is not _VirtIODevice or type(vblk) is not _VirtIOBlock
+            or type(block) is not _BlockState or type(counters) is not dict):
+        return False
+    if timing is not _timing:                   # (a frozen dataclass: read once per object)
+        _load_timing(timing)
+    if not _timing_ok or not _code_ok():
+        return False
+    D.vmentry_ns = _vmentry_ns
+    D.irq_ns = _irq_ns
+    tr = sget(m, _Machine, _MO[M_TRANSPORT], "transport")
+    D.tr_ok = type(tr) is _Transport and _TR_CLASS_OK and not _has_own(tr, "notify_queue")
+    D.msix_loaded = False
+    # VirtIODevice
+    if not _ll(sget(vdev, _VirtIODevice, _DV[D_GUEST_FEATURES], "guest_features"), &v) or v < 0:
+        return False
+    D.features = <uint64_t>v
+    if not _bool(sget(vdev, _VirtIODevice, _DV[D_BROKEN], "broken"), &D.broken):
+        return False
+    if not _ll(sget(vdev, _VirtIODevice, _DV[D_ISR], "isr"), &D.isr):
+        return False
+    D.isr0 = D.isr
+    vqs = sget(vdev, _VirtIODevice, _DV[D_VQS], "vqs")
+    if type(vqs) is not list:
+        return False
+    D.nvq = min(len(<list>vqs), MAXQ)
+    for i in range(D.nvq):
+        if not _load_vq((<list>vqs)[i], &D.q[i]):
+            return False
+        D.q0[i] = D.q[i]
+    # VirtIOBlock
+    reqs = sget(vblk, _VirtIOBlock, _BK_[B_REQS], "reqs")
+    suppress = sget(vblk, _VirtIOBlock, _BK_[B_SUPPRESS], "suppress")
+    by_type = sget(vblk, _VirtIOBlock, _BK_[B_BY_TYPE], "by_type")
+    if type(reqs) is not dict or type(suppress) is not dict or type(by_type) is not dict:
+        return False
+    if not (_ll(sget(vblk, _VirtIOBlock, _BK_[B_NEXT_ID], "next_id"), &D.next_id)
+            and _ll(sget(vblk, _VirtIOBlock, _BK_[B_SUBMITTED], "submitted"), &D.submitted)
+            and _ll(sget(vblk, _VirtIOBlock, _BK_[B_COMPLETED], "completed"), &D.completed)
+            and _ll(sget(vblk, _VirtIOBlock, _BK_[B_ERRORS], "errors"), &D.errors)
+            and _ll(sget(vblk, _VirtIOBlock, _BK_[B_MERGED], "merged"), &D.merged)
+            and _ll(sget(vblk, _VirtIOBlock, _BK_[B_CAPACITY], "capacity"), &D.capacity)
+            and _ll(sget(vblk, _VirtIOBlock, _BK_[B_LOGICAL_BLOCK_SIZE], "logical_block_size"),
+                    &D.lbs)
+            and _ll(sget(vblk, _VirtIOBlock, _BK_[B_MAX_DISCARD], "max_discard_sectors"),
+                    &D.max_discard)
+            and _ll(sget(vblk, _VirtIOBlock, _BK_[B_MAX_WZ], "max_write_zeroes_sectors"),
+                    &D.max_wz)):
+        return False
+    for key in <dict>by_type:       # (only SUMMARY_TYPES: no other type name is counted)
+        if key not in _SUMMARY:
+            return False
+    if not (0 <= D.next_id < (<i64>1 << 60) and 0 <= D.submitted < (<i64>1 << 60)
+            and 0 <= D.completed < (<i64>1 << 60) and 0 <= D.errors < (<i64>1 << 60)
+            and 0 <= D.merged < (<i64>1 << 60) and 0 <= D.capacity < (<i64>1 << 53)
+            and D.lbs >= 512):
+        return False
+    D.b0[0] = D.next_id
+    D.b0[1] = D.submitted
+    D.b0[2] = D.completed
+    D.b0[3] = D.errors
+    D.b0[4] = D.merged
+    breqs = sget(block, _BlockState, _BS[K_REQS], "reqs")
+    if type(breqs) is not dict:
+        return False
+    _m = m
+    _vdev = vdev
+    _vblk = vblk
+    _block = block
+    _counters = counters
+    _reqs = reqs
+    _breqs = breqs
+    _suppress = suppress
+    _by_type = by_type
+    _vqobjs = vqs
+    D.ok = True
+    return True
+
+
+cdef int _layer_load(Core* c) except -1:
+    """register_layer's load: the state is loaded at the stretch's first device event."""
+    D.loaded = False
+    D.ok = False
+    return 1
+
+
+cdef int _layer_store(Core* c) except -1:
+    """register_layer's store: the fields that changed back into the Python objects."""
+    global _m, _vdev, _vblk, _block, _counters, _reqs, _breqs, _suppress, _by_type, _vqobjs, _proxy
+    cdef int i
+    cdef VQ* q
+    cdef VQ* q0
+    if D.loaded and D.ok:
+        if D.isr != D.isr0:
+            sset(_vdev, _VirtIODevice, _DV[D_ISR], "isr", D.isr)
+        for i in range(D.nvq):
+            q = &D.q[i]
+            q0 = &D.q0[i]
+            vq = _vqobjs[i]
+            if q.last_avail_idx != q0.last_avail_idx:
+                sset(vq, _VirtQueue, _VQ[Q_LAST_AVAIL_IDX], "last_avail_idx", q.last_avail_idx)
+            if q.shadow_avail_idx != q0.shadow_avail_idx:
+                sset(vq, _VirtQueue, _VQ[Q_SHADOW_AVAIL_IDX], "shadow_avail_idx", q.shadow_avail_idx)
+            if q.used_idx != q0.used_idx:
+                sset(vq, _VirtQueue, _VQ[Q_USED_IDX], "used_idx", q.used_idx)
+            if q.signalled_used != q0.signalled_used:
+                sset(vq, _VirtQueue, _VQ[Q_SIGNALLED_USED], "signalled_used", q.signalled_used)
+            if q.inuse != q0.inuse:
+                sset(vq, _VirtQueue, _VQ[Q_INUSE], "inuse", q.inuse)
+            if q.notification != q0.notification:
+                sset(vq, _VirtQueue, _VQ[Q_NOTIFICATION], "notification", bool(q.notification))
+            if q.signalled_used_valid != q0.signalled_used_valid:
+                sset(vq, _VirtQueue, _VQ[Q_SIGNALLED_USED_VALID], "signalled_used_valid",
+                     bool(q.signalled_used_valid))
+        if D.next_id != D.b0[0]:
+            sset(_vblk, _VirtIOBlock, _BK_[B_NEXT_ID], "next_id", D.next_id)
+        if D.submitted != D.b0[1]:
+            sset(_vblk, _VirtIOBlock, _BK_[B_SUBMITTED], "submitted", D.submitted)
+        if D.completed != D.b0[2]:
+            sset(_vblk, _VirtIOBlock, _BK_[B_COMPLETED], "completed", D.completed)
+        if D.errors != D.b0[3]:
+            sset(_vblk, _VirtIOBlock, _BK_[B_ERRORS], "errors", D.errors)
+        if D.merged != D.b0[4]:
+            sset(_vblk, _VirtIOBlock, _BK_[B_MERGED], "merged", D.merged)
+    D.loaded = False
+    D.ok = False
+    _m = _vdev = _vblk = _block = _proxy = None
+    _counters = _reqs = _breqs = _suppress = _by_type = None
+    _vqobjs = None
+    return 0
+
+
+# Whether the Python code these handlers model is the code in place: REGISTRY's entries for the
+# kinds (a test may replace one: that kind then runs compiled, with the replacement) and the
+# module functions the handlers call.  Checked again only when REGISTRY or one of the modules'
+# dicts changed (CPython's dict version tags, 3.6 to 3.13; later: at every stretch).
+cdef extern from *:
+    """
+    #if PY_VERSION_HEX < 0x030E0000
+    #define VBD_HAVE_DICT_VERSION 1
+    #define VBD_DICT_VERSION(d) ((unsigned long long)((PyDictObject*)(d))->ma_version_tag)
+    #else
+    #define VBD_HAVE_DICT_VERSION 0
+    #define VBD_DICT_VERSION(d) 0ULL
+    #endif
+    """
+    bint VBD_HAVE_DICT_VERSION
+    unsigned long long VBD_DICT_VERSION(dict d)
+
+cdef dict _BK_DICT = vars(_BK)
+cdef dict _VB_DICT = vars(_vb)
+cdef extern from *:
+    """
+    #define VBD_TYPE_DICT(t) (((PyTypeObject*)(t))->tp_dict)
+    """
+    dict VBD_TYPE_DICT(object t)
+cdef dict _TR_DICT = VBD_TYPE_DICT(Transport)       # the classes' own dicts (what vars() shows)
+cdef dict _MACHINE_DICT = VBD_TYPE_DICT(Machine)
+cdef bint _TR_CLASS_OK = False      # Transport.notify_queue is the Python one
+cdef bint _MSI_CLASS_OK = False     # Transport.msix_notify and Machine.raise_msi are
+cdef bint _KIND_OK[NKINDS]
+cdef bint _FNS_OK = False
+cdef bint _CODE_KNOWN = False
+cdef unsigned long long _VERSIONS[5]
+
+
+cdef bint _code_ok() except -1:
+    """REGISTRY's entries and the module functions checked (see above); False: none of the
+    handlers runs (blk_aio_submit or _error_action replaced)"""
+    global _FNS_OK, _CODE_KNOWN, _TR_CLASS_OK, _MSI_CLASS_OK
+    cdef object k
+    if (_CODE_KNOWN and VBD_HAVE_DICT_VERSION and VBD_DICT_VERSION(_REGISTRY) == _VERSIONS[0]
+            and VBD_DICT_VERSION(_BK_DICT) == _VERSIONS[1]
+            and VBD_DICT_VERSION(_VB_DICT) == _VERSIONS[2]
+            and VBD_DICT_VERSION(_TR_DICT) == _VERSIONS[3]
+            and VBD_DICT_VERSION(_MACHINE_DICT) == _VERSIONS[4]):
+        return _FNS_OK
+    memset(_KIND_OK, 0, sizeof(_KIND_OK))
+    for k, name, fn in _KINDS:
+        entry = _REGISTRY.get(name)
+        _KIND_OK[<int>k] = (type(entry) is tuple and len(<tuple>entry) >= 1
+                            and (<tuple>entry)[0] is fn)
+    _FNS_OK = (_BK_DICT.get("blk_aio_submit") is _PY_SUBMIT
+               and _VB_DICT.get("blk_aio_submit") is _PY_SUBMIT
+               and _VB_DICT.get("_error_action") is _PY_ERROR_ACTION)
+    _TR_CLASS_OK = _TR_DICT.get("notify_queue") is _PY_NOTIFY_QUEUE
+    _MSI_CLASS_OK = (_TR_DICT.get("msix_notify") is _PY_MSIX_NOTIFY
+                     and _MACHINE_DICT.get("raise_msi") is _PY_RAISE_MSI)
+    _VERSIONS[3] = VBD_DICT_VERSION(_TR_DICT)
+    _VERSIONS[4] = VBD_DICT_VERSION(_MACHINE_DICT)
+    _VERSIONS[0] = VBD_DICT_VERSION(_REGISTRY)
+    _VERSIONS[1] = VBD_DICT_VERSION(_BK_DICT)
+    _VERSIONS[2] = VBD_DICT_VERSION(_VB_DICT)
+    _CODE_KNOWN = True
+    return _FNS_OK
+
+
+cdef inline bint _ready(Core* c, int kind) except -1:
+    """The device state is in D and this kind's Python handler is the one modelled."""
+    if not D.loaded:
+        _load(c)
+    return D.ok and _KIND_OK[kind]
+
+
+# == small helpers ================================================================================
+
+cdef inline bint _has(int bit) noexcept nogil:
+    """VirtIODevice.has_feature"""
+    return (D.features >> bit) & 1
+
+
+cdef inline dict _req(i64 rid):
+    """vblk.reqs[rid] when it is a dict (else None)"""
+    cdef PyObject* p = PyDict_GetItemWithError(_reqs, rid)
+    if p == NULL or type(<object>p) is not dict:
+        return None
+    return <dict>p
+
+
+cdef inline object _get(dict d, object key):
+    """d[key] (None when missing: the callers check the keys they need first)"""
+    cdef PyObject* p = PyDict_GetItemWithError(d, key)
+    if p == NULL:
+        return None
+    return <object>p
+
+
+cdef inline int _inc(dict d, str key) except -1:
+    """d[key] += 1"""
+    d[key] = d[key] + 1
+    return 0
+
+
+cdef inline int _queue_empty(Core* c, VQ* q, bint* set_shadow, i64* aidx) noexcept nogil:
+    """virtio_queue_empty, without its mutation: 1 (empty) or 0, and whether vring_avail_idx
+    would set shadow_avail_idx to *aidx; 2: its read is outside RAM (the caller bails)"""
+    set_shadow[0] = False
+    if D.broken or not q.avail:
+        return 1
+    if q.shadow_avail_idx != q.last_avail_idx:
+        return 0
+    aidx[0] = 0
+    if q.caches:
+        if not ram_ok(c, q.avail + 2, 2):
+            return 2
+        aidx[0] = ram_r16(c, q.avail + 2)
+        set_shadow[0] = True
+    return 1 if aidx[0] == q.last_avail_idx else 0
+
+
+cdef inline bint _no_overlap(i64 a, i64 n, i64 b, i64 m) noexcept nogil:
+    return a + n <= b or b + m <= a
+
+
+# == the processing pass ==========================================================================
+
+cdef int h_notify(Core* c, Frame* f) except -1:
+    """vpci.notify: notify_write (QEMU virtio_pci_notify_write -> virtio_queue_notify)"""
+    cdef i64 off = f.a[0], qi = -1
+    if not _ready(c, K_vpci_notify) or f.n != 1 or f.s[0] or c.vcpu < 0 or not D.tr_ok:
+        return BAIL
+    if off >= 0x3000 and (off - 0x3000) // 4 < 1024:
+        qi = (off - 0x3000) // 4
+    if qi >= 0 and qi < len(_vqobjs) and qi >= D.nvq:
+        return BAIL
+    begin(c)
+    _RAN[K_vpci_notify] += 1
+    _inc(_counters, "notifies")
+    if qi < 0 or qi >= D.nvq or not D.q[qi].desc or D.broken:
+        unblock(c, c.vcpu, D.vmentry_ns)
+        return 0
+    call(c, F2(K_vblk_handle_vq, qi, 0), F0(K_vpci_notify_done))
+    return 0
+
+
+cdef int h_notify_done(Core* c, Frame* f) except -1:
+    """vpci.notify_done: notify_done (QEMU virtio_pci_notify_write returns)"""
+    if not _ready(c, K_vpci_notify_done) or c.vcpu < 0:
+        return BAIL
+    begin(c)
+    _RAN[K_vpci_notify_done] += 1
+    unblock(c, c.vcpu, D.vmentry_ns)
+    return 0
+
+
+cdef int _set_notification(Core* c, VQ* q, bint enable) except -1:
+    """virtio_queue_set_notification (ram checked by the caller: _notification_ok)"""
+    cdef uint16_t flags, new
+    q.notification = enable
+    if not q.desc or not q.caches:
+        return 0
+    if _has(29):
+        q.shadow_avail_idx = ram_r16(c, q.avail + 2)          # vring_avail_idx
+        if q.notification:                                     # vring_set_avail_event
+            ram_w16(c, q.used + 4 + 8 * q.num, q.shadow_avail_idx)
+    else:
+        flags = ram_r16(c, q.used)
+        new = (flags & ~1) if enable else (flags | 1)
+        if new != flags:
+            ram_w16(c, q.used, new)
+    return 0
+
+
+cdef inline bint _notification_ok(Core* c, VQ* q, bint enable) noexcept nogil:
+    """_set_notification's RAM accesses are inside RAM"""
+    if not q.desc or not q.caches:
+        return True
+    if _has(29):
+        return ram_ok(c, q.avail + 2, 2) and (not enable or ram_ok(c, q.used + 4 + 8 * q.num, 2))
+    return ram_ok(c, q.used, 2)
+
+
+cdef int h_handle_vq(Core* c, Frame* f) except -1:
+    """vblk.handle_vq: handle_vq (QEMU virtio_blk_handle_vq)"""
+    cdef i64 qi = f.a[0], again = f.a[1]
+    cdef VQ* q
+    if not _ready(c, K_vblk_handle_vq) or f.n != 2 or f.s[0] or f.s[1] or not 0 <= qi < D.nvq:
+        return BAIL
+    q = &D.q[qi]
+    if not _notification_ok(c, q, False):
+        return BAIL
+    key = qi
+    if again and PyDict_GetItemWithError(_suppress, key) == NULL:
+        return BAIL
+    begin(c)
+    _RAN[K_vblk_handle_vq] += 1
+    if not again:
+        _suppress[key] = bool(q.notification)
+    if _suppress[key]:
+        _set_notification(c, q, False)
+    cont(c, F1(K_vblk_pop, qi))
+    return 0
+
+
+# the chain virtqueue_pop reads (static: one handler runs at a time)
+cdef i64 _rbase[MAXREC]
+cdef i64 _ri[MAXREC]
+cdef uint64_t _raddr[MAXREC]
+cdef uint32_t _rlen[MAXREC]
+cdef uint16_t _rflags[MAXREC]
+cdef uint16_t _rnext[MAXREC]
+cdef int _rout[MAXREC]
+cdef int _rin[MAXREC]
+
+
+cdef inline void _rd_desc(Core* c, int k, i64 base, i64 i) noexcept nogil:
+    cdef i64 a = base + 16 * i
+    _rbase[k] = base
+    _ri[k] = i
+    _raddr[k] = ram_r64(c, a)
+    _rlen[k] = ram_r32(c, a + 8)
+    _rflags[k] = ram_r16(c, a + 12)
+    _rnext[k] = ram_r16(c, a + 14)
+
+
+cdef inline bint _mapped(Core* c, uint64_t addr, uint64_t n) noexcept nogil:
+    """GuestMemory.is_mapped for a u64 address"""
+    return addr <= <uint64_t>c.ram_size and n <= <uint64_t>c.ram_size - addr
+
+
+cdef int h_pop(Core* c, Frame* f) except -1:
+    """vblk.pop: pop -> virtqueue_pop (QEMU virtio_blk_get_request -> virtqueue_split_pop)"""
+    cdef i64 qi = f.a[0], aidx = 0, num, idx, nidx, ha, wa = 0, base, max_, i, rid
+    cdef i64 itab = 0, ilen = 0
+    cdef VQ* q
+    cdef bint set_shadow = False, evw, ind = False
+    cdef int empty, nrec, k, nout = 0, nin = 0, entries = 0
+    cdef uint16_t head, flags
+    cdef uint32_t length
+    cdef uint64_t addr
+    if not _ready(c, K_vblk_pop) or f.n != 1 or f.s[0] or not 0 <= qi < D.nvq:
+        return BAIL
+    q = &D.q[qi]
+    if D.broken:
+        empty = True
+    else:
+        empty = _queue_empty(c, q, &set_shadow, &aidx)
+        if empty == 2:
+            return BAIL
+    if empty:
+        begin(c)
+        _RAN[K_vblk_pop] += 1
+        if set_shadow:
+            q.shadow_avail_idx = aidx
+        cont(c, F1(K_vblk_pass_end, qi))
+        return 0
+    num = q.num
+    if num <= 0 or q.inuse >= num:
+        return BAIL
+    idx = q.last_avail_idx
+    nidx = (idx + 1) & 0xFFFF
+    ha = q.avail + 4 + 2 * (idx % num)
+    if not ram_ok(c, ha, 2):
+        return BAIL
+    head = ram_r16(c, ha)
+    if head >= num:
+        return BAIL
+    evw = _has(29) and q.notification
+    if evw:
+        wa = q.used + 4 + 8 * num
+        if not ram_ok(c, wa, 2):
+            return BAIL
+    if not q.caches or q.desc_len < num * 16:
+        return BAIL
+    base = q.desc
+    if not ram_ok(c, base + 16 * <i64>head, 16):
+        return BAIL
+    _rd_desc(c, 0, base, head)
+    nrec = 1
+    max_ = num
+    if _rflags[0] & 4:
+        length = _rlen[0]
+        addr = _raddr[0]
+        if not length or length % 16 or not _has(28) or not _mapped(c, addr, length):
+            return BAIL
+        max_ = length // 16
+        base = <i64>addr
+        ind = True
+        itab = base
+        ilen = length
+        _rd_desc(c, 1, base, 0)
+        nrec = 2
+    k = nrec - 1
+    while True:
+        flags = _rflags[k]
+        length = _rlen[k]
+        addr = _raddr[k]
+        if not length or not _mapped(c, addr, length):
+            return BAIL
+        if flags & 2:
+            if nin == 1024 - nout:
+                return BAIL
+            _rin[nin] = k
+            nin += 1
+        else:
+            if nin or nout == 1024:
+                return BAIL
+            _rout[nout] = k
+            nout += 1
+        entries += 1
+        if entries > max_:
+            return BAIL
+        if not flags & 1:
+            break
+        i = _rnext[k]
+        if i >= max_ or nrec == MAXREC or not ram_ok(c, base + 16 * i, 16):
+            return BAIL
+        _rd_desc(c, nrec, base, i)
+        k = nrec
+        nrec += 1
+    if evw and not (_no_overlap(wa, 2, q.desc, 16 * num)
+                    and (not ind or _no_overlap(wa, 2, itab, ilen))):
+        return BAIL         # (the avail_event write would change descriptors read after it)
+    begin(c)
+    _RAN[K_vblk_pop] += 1
+    if set_shadow:
+        q.shadow_avail_idx = aidx
+    q.last_avail_idx = nidx
+    if evw:
+        ram_w16(c, wa, nidx)
+    descs = [(_rbase[k], _ri[k], _raddr[k], _rlen[k], _rflags[k], _rnext[k]) for k in range(nrec)]
+    out_iov = [(_raddr[_rout[k]], _rlen[_rout[k]]) for k in range(nout)]
+    in_iov = [(_raddr[_rin[k]], _rlen[_rin[k]]) for k in range(nin)]
+    elem = {"index": head, "ndescs": 1, "out": out_iov, "in": in_iov, "descs": descs,
+            "indirect": (itab, ilen) if ind else None, "avail_idx": idx}
+    q.inuse += 1
+    rid = D.next_id
+    D.next_id += 1
+    _reqs[rid] = {"id": rid, "qi": qi, "elem": elem, "type": None, "sector": 0,
+                  "in_len": 0, "status_gpa": 0, "qiov": [], "mr_next": None,
+                  "is_write": False, "stage": "popped"}
+    cont(c, F2(K_vblk_handle_request, qi, rid))
+    return 0
+
+
+# the iovecs handle_request reads (static)
+cdef i64 _oa[1024]
+cdef i64 _on[1024]
+cdef i64 _ia[1024]
+cdef i64 _in[1024]
+
+
+cdef int _iov_in(object lst, i64* a, i64* n) except -2:
+    """The (gpa, len) pairs of an iovec list into a and n: their number, or -1 (not a list of
+    at most 1024 pairs of exact ints with gpa in [0, 2**62) and 0 <= len < 2**40)"""
+    cdef Py_ssize_t k, cnt
+    if type(lst) is not list:
+        return -1
+    cnt = PyList_GET_SIZE(lst)
+    if cnt > 1024:
+        return -1
+    for k in range(cnt):
+        t = <object>PyList_GET_ITEM(lst, k)
+        if type(t) is not tuple or PyTuple_GET_SIZE(t) != 2:
+            return -1
+        if not _addr(<object>PyTuple_GET_ITEM(t, 0), &a[k]):
+            return -1
+        if not _ll(<object>PyTuple_GET_ITEM(t, 1), &n[k]) or not 0 <= n[k] < (<i64>1 << 40):
+            return -1
+    return <int>cnt
+
+
+cdef inline object _summary_name(uint32_t t):
+    """TYPE_NAMES[t] when it is one of SUMMARY_TYPES (the only keys of by_type: _load checks),
+    else None"""
+    if t == 0:
+        return "IN"
+    if t == 1:
+        return "OUT"
+    if t == 4:
+        return "FLUSH"
+    if t == 8:
+        return "GET_ID"
+    if t == 11:
+        return "DISCARD"
+    if t == 13:
+        return "WRITE_ZEROES"
+    return None
+
+
+cdef inline bint _sect_range_ok(uint64_t sector, i64 size) noexcept nogil:
+    """sect_range_ok (size >= 0)"""
+    return not ((size >> 9) > 4194303 or sector & <uint64_t>(D.lbs // 512 - 1) or size % D.lbs
+                or sector > <uint64_t>D.capacity or (size >> 9) > D.capacity - <i64>sector)
+
+
+cdef int h_handle_request(Core* c, Frame* f) except -1:
+    """vblk.handle_request: handle_request (QEMU virtio_blk_handle_request): IN, OUT, FLUSH,
+    DISCARD, WRITE_ZEROES and the unsupported types; GET_ID, SCSI_CMD and malformed requests
+    bail"""
+    cdef i64 qi = f.a[0], rid = f.a[1], take, got = 0, nb, in_len = 0, status_gpa, size = 0
+    cdef i64 mask, cnt, out_len = 0
+    cdef int nout, nin, k, first = 0, status = 0
+    cdef uint8_t hdr[16]
+    cdef uint8_t seg[16]
+    cdef uint32_t typ, masked, num = 0, dflags = 0
+    cdef uint64_t sector, dsector = 0
+    cdef bint is_write, range_ok, w, is_wz = False
+    if not _ready(c, K_vblk_handle_request) or f.n != 2 or f.s[0] or f.s[1]:
+        return BAIL
+    req = _req(rid)
+    if req is None:
+        return BAIL
+    elem = _get(req, "elem")
+    if type(elem) is not dict:
+        return BAIL
+    nout = _iov_in(_get(<dict>elem, "out"), _oa, _on)
+    nin = _iov_in(_get(<dict>elem, "in"), _ia, _in)
+    if nout < 1 or nin < 1:
+        return BAIL
+    for k in range(nout):                   # iov_to_buf(m, out_iov, 16)
+        take = min(_on[k], 16 - got)
+        if take <= 0:
+            break
+        if not ram_ok(c, _oa[k], take):
+            return BAIL
+        memcpy(hdr + got, c.ram + _oa[k], take)
+        got += take
+    if got != 16 or _in[nin - 1] < 1:
+        return BAIL
+    memcpy(&typ, hdr, 4)
+    memcpy(&sector, hdr + 8, 8)
+    masked = typ & ~<uint32_t>0x80000001
+    if masked == 2 or masked == 8:
+        return BAIL           # SCSI_CMD, GET_ID
+    for k in range(nin):
+        in_len += _in[k]
+    status_gpa = _ia[nin - 1] + _in[nin - 1] - 1
+    mrb = sget(_vblk, _VirtIOBlock, _BK_[B_MRB], "mrb")
+    if type(mrb) is not list:
+        return BAIL
+    is_write = typ & 1
+    if masked == 0:
+        # iov_discard_front(out_iov, 16) / iov_discard_back(in_iov, 1): qiov's size
+        if is_write:
+            nb = 16
+            for k in range(nout):
+                if nb >= _on[k]:
+                    nb -= _on[k]
+                    continue
+                size += _on[k] - nb
+                nb = 0
+        else:
+            for k in range(nin - 1):
+                size += _in[k]
+            size += _in[nin - 1] - 1
+        range_ok = _sect_range_ok(sector, size)
+        if PyList_GET_SIZE(mrb):
+            miw = sget(_vblk, _VirtIOBlock, _BK_[B_MRB_IS_WRITE], "mrb_is_write")
+            if type(miw) is not bool:
+                return BAIL
+    elif masked == 10 or masked == 12:
+        # _handle_dwz: status 2 (UNSUPP) / 1 (IOERR) / 0 (submit), decided before anything
+        is_wz = typ & ~<uint32_t>0x80000000 == 13
+        nb = 16                         # iov_discard_front(out_iov, 16), then its size
+        for k in range(nout):
+            if nb >= _on[k]:
+                nb -= _on[k]
+                _on[k] = 0
+                continue
+            _oa[k] += nb
+            _on[k] -= nb
+            nb = 0
+            out_len += _on[k]
+        if not typ & 1 or out_len > 16:
+            status = 2
+        else:
+            got = 0                     # iov_to_buf(m, out_iov, 16)
+            for k in range(nout):
+                if not _on[k]:
+                    continue            # (dropped by iov_discard_front)
+                take = min(_on[k], 16 - got)
+                if take <= 0:
+                    break
+                if not ram_ok(c, _oa[k], take):
+                    return BAIL
+                memcpy(seg + got, c.ram + _oa[k], take)
+                got += take
+            if got != 16:
+                return BAIL             # _fatal: the discard/write_zeroes header is short
+            memcpy(&dsector, seg, 8)
+            memcpy(&num, seg + 8, 4)
+            memcpy(&dflags, seg + 12, 4)
+            if num > (D.max_wz if is_wz else D.max_discard) or not _sect_range_ok(dsector, (<i64>num) << 9):
+                status = 1
+            elif dflags & ~<uint32_t>1 or (not is_wz and dflags & 1):
+                status = 2
+            elif not _next_req_ok():
+                return BAIL
+    elif masked != 4:
+        status = 2                      # not supported by this device: UNSUPP
+    begin(c)
+    _RAN[K_vblk_handle_request] += 1
+    req["in_len"] = in_len
+    req["status_gpa"] = status_gpa
+    req["type"] = typ
+    tname = _summary_name(typ & ~<uint32_t>0x80000000)
+    if tname is not None and PyDict_GetItemWithError(_by_type, tname) != NULL:
+        _by_type[tname] = _by_type[tname] + 1
+    D.submitted += 1
+    if masked == 10 or masked == 12:
+        if typ & 1 and out_len <= 16:
+            req["sector"] = dsector
+        if status:
+            call(c, F2(K_vblk_req_complete, rid, status), F1(K_vblk_pop, qi))
+            return 0
+        req["stage"] = "submitted"
+        if is_wz:
+            _aio_submit(c, "write_zeroes", dsector << 9, None, (<i64>num) << 9,
+                        4 if dflags & 1 else 0, ("vblk.dwz_complete", (rid,)), True, F1(K_vblk_pop, qi))
+        else:
+            _aio_submit(c, "discard", dsector << 9, None, (<i64>num) << 9, 0,
+                        ("vblk.dwz_complete", (rid,)), True, F1(K_vblk_pop, qi))
+        return 0
+    if masked != 0 and masked != 4:
+        call(c, F2(K_vblk_req_complete, rid, 2), F1(K_vblk_pop, qi))
+        return 0
+    if masked == 4:
+        req["stage"] = "flush"
+        if PyList_GET_SIZE(mrb) and sget(_vblk, _VirtIOBlock, _BK_[B_MRB_IS_WRITE], "mrb_is_write"):
+            call(c, F1(K_vblk_submit_multireq, qi), F2(K_vblk_flush, qi, rid))
+        else:
+            cont(c, F2(K_vblk_flush, qi, rid))
+        return 0
+    # _handle_rw
+    if is_write:
+        qiov = []
+        nb = 16
+        for k in range(nout):
+            if nb >= _on[k]:
+                nb -= _on[k]
+                continue
+            qiov.append((_oa[k] + nb, _on[k] - nb))
+            nb = 0
+    else:
+        qiov = [(_ia[k], _in[k]) for k in range(nin - 1)]
+        if _in[nin - 1] > 1:
+            qiov.append((_ia[nin - 1], _in[nin - 1] - 1))
+    req["sector"] = sector
+    req["is_write"] = is_write
+    req["qiov"] = qiov
+    if not range_ok:
+        call(c, F2(K_vblk_req_complete, rid, 1), F1(K_vblk_pop, qi))
+        return 0
+    if PyList_GET_SIZE(mrb):
+        w = sget(_vblk, _VirtIOBlock, _BK_[B_MRB_IS_WRITE], "mrb_is_write") is True
+        if (PyList_GET_SIZE(mrb) == 32 or is_write != w
+                or not sget(_vblk, _VirtIOBlock, _BK_[B_REQUEST_MERGING], "request_merging")):
+            call(c, F1(K_vblk_submit_multireq, qi), F2(K_vblk_mrb_add, qi, rid))
+            return 0
+    mrb.append(rid)
+    sset(_vblk, _VirtIOBlock, _BK_[B_MRB_IS_WRITE], "mrb_is_write", is_write)
+    req["stage"] = "mrb"
+    cont(c, F1(K_vblk_pop, qi))
+    return 0
+
+
+cdef int h_mrb_add(Core* c, Frame* f) except -1:
+    """vblk.mrb_add: mrb_add (QEMU virtio_blk_handle_request's virtio_blk_submit_multireq)"""
+    cdef i64 qi = f.a[0], rid = f.a[1]
+    if not _ready(c, K_vblk_mrb_add) or f.n != 2 or f.s[0] or f.s[1]:
+        return BAIL
+    req = _req(rid)
+    if req is None or PyDict_GetItemWithError(req, "is_write") == NULL:
+        return BAIL
+    mrb = sget(_vblk, _VirtIOBlock, _BK_[B_MRB], "mrb")
+    if type(mrb) is not list:
+        return BAIL
+    begin(c)
+    _RAN[K_vblk_mrb_add] += 1
+    mrb.append(rid)
+    sset(_vblk, _VirtIOBlock, _BK_[B_MRB_IS_WRITE], "mrb_is_write", req["is_write"])
+    req["stage"] = "mrb"
+    cont(c, F1(K_vblk_pop, qi))
+    return 0
+
+
+cdef int h_pass_end(Core* c, Frame* f) except -1:
+    """vblk.pass_end: pass_end (QEMU virtio_blk_handle_vq: notification back on, re-check)"""
+    cdef i64 qi = f.a[0], aidx = 0
+    cdef VQ* q
+    cdef bint sup, set_shadow
+    cdef int empty
+    if not _ready(c, K_vblk_pass_end) or f.n != 1 or f.s[0] or not 0 <= qi < D.nvq:
+        return BAIL
+    q = &D.q[qi]
+    key = qi
+    s = _get(_suppress, key)
+    sup = s is not None and s
+    if sup and not _notification_ok(c, q, True):
+        return BAIL
+    if q.avail and q.caches and not ram_ok(c, q.avail + 2, 2):
+        return BAIL
+    mrb = sget(_vblk, _VirtIOBlock, _BK_[B_MRB], "mrb")
+    if type(mrb) is not list:
+        return BAIL
+    begin(c)
+    _RAN[K_vblk_pass_end] += 1
+    if sup:
+        _set_notification(c, q, True)
+    empty = _queue_empty(c, q, &set_shadow, &aidx)
+    if set_shadow:
+        q.shadow_avail_idx = aidx
+    if not empty:
+        cont(c, F2(K_vblk_handle_vq, qi, 1))
+        return 0
+    if PyList_GET_SIZE(mrb):
+        cont(c, F1(K_vblk_submit_multireq, qi))
+        return 0
+    if PyDict_GetItemWithError(_suppress, key) != NULL:
+        PyDict_DelItem(_suppress, key)
+    return 0
+
+
+# submit_multireq's requests (static)
+cdef i64 _ms[64]          # sector
+cdef i64 _msz[64]         # iov_size(qiov)
+cdef i64 _mn[64]          # len(qiov)
+cdef int _mord[64]
+
+
+cdef int h_submit_multireq(Core* c, Frame* f) except -1:
+    """vblk.submit_multireq: submit_multireq (QEMU virtio_blk_submit_multireq: sort, merge)"""
+    cdef i64 qi = f.a[0], sector = 0, nb = 0, niov = 0, size, ngroups = 0, merged = 0, v
+    cdef Py_ssize_t n, k, j
+    cdef int t
+    cdef PyObject* p
+    if not _ready(c, K_vblk_submit_multireq) or f.n != 1 or f.s[0]:
+        return BAIL
+    mrb = sget(_vblk, _VirtIOBlock, _BK_[B_MRB], "mrb")
+    if type(mrb) is not list or PyList_GET_SIZE(mrb) > 64:
+        return BAIL
+    n = PyList_GET_SIZE(mrb)
+    reqs = []
+    for k in range(n):
+        p = PyDict_GetItemWithError(_reqs, <object>PyList_GET_ITEM(mrb, k))
+        if p == NULL or type(<object>p) is not dict:
+            return BAIL
+        r = <dict>p
+        if (PyDict_GetItemWithError(r, "id") == NULL or not _ll(_get(r, "sector"), &_ms[k])
+                or not 0 <= _ms[k] < (<i64>1 << 60)):
+            return BAIL
+        _mn[k] = _iov_in(_get(r, "qiov"), _oa, _on)
+        if _mn[k] < 0:
+            return BAIL
+        _msz[k] = 0
+        for j in range(_mn[k]):
+            _msz[k] += _on[j]
+        reqs.append(r)
+        _mord[k] = <int>k
+    # list.sort(key=sector): stable; insertion sort of the indices
+    if n > 1:
+        for k in range(1, n):
+            t = _mord[k]
+            j = k - 1
+            while j >= 0 and _ms[_mord[j]] > _ms[t]:
+                _mord[j + 1] = _mord[j]
+                j -= 1
+            _mord[j + 1] = t
+    begin(c)
+    _RAN[K_vblk_submit_multireq] += 1
+    groups = []
+    cur = []
+    for j in range(n):
+        k = _mord[j]
+        size = _msz[k]
+        if PyList_GET_SIZE(cur) and (sector + nb != _ms[k] or niov > 1024 - _mn[k]
+                                     or size > 0x7FFFFFFF or nb > (0x7FFFFFFF - size) // 512):
+            groups.append(cur)
+            merged += PyList_GET_SIZE(cur) - 1
+            cur = []
+        if not PyList_GET_SIZE(cur):
+            sector = _ms[k]
+            nb = 0
+            niov = 0
+        cur.append((<dict>reqs[k])["id"])
+        nb += size // 512
+        niov += _mn[k]
+    if PyList_GET_SIZE(cur):
+        groups.append(cur)
+        merged += PyList_GET_SIZE(cur) - 1
+    sset(_vblk, _VirtIOBlock, _BK_[B_MRB], "mrb", [])
+    sset(_vblk, _VirtIOBlock, _BK_[B_GROUPS], "groups", groups)
+    D.merged += merged
+    cont(c, F1(K_vblk_submit_requests, qi))
+    return 0
+
+
+cdef int _aio_submit(Core* c, str op, object offset, object qiov, i64 nbytes, i64 flags,
+                     object cb, bint then, Frame then_f) except -1:
+    """emu.block.backend.blk_aio_submit (qiov: its iov_size is nbytes)"""
+    cdef i64 bid
+    blk = _block
+    bid_o = sget(blk, _BlockState, _BS[K_NEXT_REQ], "next_req")
+    bid = bid_o
+    sset(blk, _BlockState, _BS[K_NEXT_REQ], "next_req", bid_o + 1)
+    _breqs[bid_o] = {"id": bid_o, "op": op, "cur_op": op, "offset": offset, "bytes": nbytes,
+                     "qiov": qiov, "flags": flags, "cb": cb, "ret": None, "phase": "submit"}
+    if not then:
+        cont(c, F1(K_blk_co_entry, bid))
+    else:
+        call(c, F1(K_blk_co_entry, bid), then_f)
+    return 0
+
+
+cdef inline bint _next_req_ok() except -1:
+    cdef i64 v
+    return _ll(sget(_block, _BlockState, _BS[K_NEXT_REQ], "next_req"), &v) and \
+        0 <= v < (<i64>1 << 60)
+
+
+cdef int h_submit_requests(Core* c, Frame* f) except -1:
+    """vblk.submit_requests: submit_requests (QEMU submit_requests -> blk_aio_pwritev/preadv)"""
+    cdef i64 qi = f.a[0], sector = 0, nbytes = 0, cnt
+    cdef Py_ssize_t n, k, j
+    cdef PyObject* p
+    if not _ready(c, K_vblk_submit_requests) or f.n != 1 or f.s[0] or not _next_req_ok():
+        return BAIL
+    groups = sget(_vblk, _VirtIOBlock, _BK_[B_GROUPS], "groups")
+    if type(groups) is not list or not PyList_GET_SIZE(groups):
+        return BAIL
+    group = <object>PyList_GET_ITEM(groups, 0)
+    if type(group) is not list or not PyList_GET_SIZE(group):
+        return BAIL
+    n = PyList_GET_SIZE(group)
+    for k in range(n):
+        p = PyDict_GetItemWithError(_reqs, <object>PyList_GET_ITEM(group, k))
+        if p == NULL or type(<object>p) is not dict:
+            return BAIL
+        r = <dict>p
+        cnt = _iov_in(_get(r, "qiov"), _oa, _on)
+        if cnt < 0:
+            return BAIL
+        for j in range(cnt):
+            nbytes += _on[j]
+        if k == 0:
+            first = r
+            if not _ll(_get(r, "sector"), &sector) or not 0 <= sector < (<i64>1 << 50):
+                return BAIL
+            if type(_get(r, "is_write")) is not bool:
+                return BAIL
+    begin(c)
+    _RAN[K_vblk_submit_requests] += 1
+    groups.pop(0)
+    qiov = []
+    for k in range(n - 1):
+        (<dict>_reqs[group[k]])["mr_next"] = group[k + 1]
+    for k in range(n):
+        r = <dict>_reqs[group[k]]
+        qiov.extend(r["qiov"])
+        r["stage"] = "submitted"
+    op = "write" if first["is_write"] else "read"
+    _aio_submit(c, op, sector << 9, qiov, nbytes, 0, ("vblk.rw_complete", (group[0],)),
+                PyList_GET_SIZE(groups) != 0, F1(K_vblk_submit_requests, qi))
+    return 0
+
+
+cdef int h_flush(Core* c, Frame* f) except -1:
+    """vblk.flush: handle_flush (QEMU virtio_blk_handle_flush -> blk_aio_flush)"""
+    cdef i64 qi = f.a[0], rid = f.a[1]
+    if not _ready(c, K_vblk_flush) or f.n != 2 or f.s[0] or f.s[1] or not _next_req_ok():
+        return BAIL
+    req = _req(rid)
+    if req is None:
+        return BAIL
+    begin(c)
+    _RAN[K_vblk_flush] += 1
+    req["stage"] = "submitted"
+    _aio_submit(c, "flush", 0, None, 0, 0, ("vblk.flush_complete", (rid,)), True,
+                F1(K_vblk_pop, qi))
+    return 0
+
+
+# == completion ===================================================================================
+
+cdef int _error_status(bint is_read) except -1:
+    """the status of a failed request: _error_action's policy ("ignore": OK)"""
+    pol = sget(_block, _BlockState, _BS[K_RERROR] if is_read else _BS[K_WERROR],
+               "rerror" if is_read else "werror")
+    return 0 if pol == "ignore" else 1
+
+
+cdef int h_rw_complete(Core* c, Frame* f) except -1:
+    """vblk.rw_complete: rw_complete (QEMU virtio_blk_rw_complete)"""
+    cdef i64 rid = f.a[0], ret = f.a[1], status = 0, nxt = 0
+    cdef PyObject* p
+    if not _ready(c, K_vblk_rw_complete) or f.n != 2 or f.s[0] or f.s[1]:
+        return BAIL
+    key = rid
+    p = PyDict_GetItemWithError(_reqs, key)
+    if p == NULL:
+        begin(c)
+        _RAN[K_vblk_rw_complete] += 1
+        return 0
+    req = <object>p
+    if type(req) is not dict:
+        return BAIL
+    dropped = _get(<dict>req, "dropped")
+    if dropped is not None and dropped:
+        begin(c)
+        _RAN[K_vblk_rw_complete] += 1
+        PyDict_DelItem(_reqs, key)
+        return 0
+    if PyDict_GetItemWithError(<dict>req, "mr_next") == NULL or \
+            (ret and PyDict_GetItemWithError(<dict>req, "is_write") == NULL):
+        return BAIL
+    nxt_o = (<dict>req)["mr_next"]
+    if nxt_o is not None and not _ll(nxt_o, &nxt):
+        return BAIL
+    if ret:
+        pol = sget(_block, _BlockState, _BS[K_WERROR], "werror")
+        if type(pol) is not str or type(sget(_block, _BlockState, _BS[K_RERROR], "rerror")) is not str:
+            return BAIL
+    begin(c)
+    _RAN[K_vblk_rw_complete] += 1
+    if ret:
+        status = _error_status(not (<dict>req)["is_write"])
+    if nxt_o is not None:
+        call(c, F2(K_vblk_req_complete, rid, status), F2(K_vblk_rw_complete, nxt, ret))
+    else:
+        cont(c, F2(K_vblk_req_complete, rid, status))
+    return 0
+
+
+cdef int h_flush_complete(Core* c, Frame* f) except -1:
+    """vblk.flush_complete: flush_complete -> _simple_complete (QEMU virtio_blk_flush_complete)"""
+    cdef i64 rid = f.a[0], ret = f.a[1], status = 0
+    cdef PyObject* p
+    if not _ready(c, K_vblk_flush_complete) or f.n != 2 or f.s[0] or f.s[1]:
+        return BAIL
+    key = rid
+    p = PyDict_GetItemWithError(_reqs, key)
+    if p != NULL and type(<object>p) is not dict:
+        return BAIL
+    if ret and type(sget(_block, _BlockState, _BS[K_WERROR], "werror")) is not str:
+        return BAIL
+    begin(c)
+    _RAN[K_vblk_flush_complete] += 1
+    if p == NULL:
+        return 0
+    dropped = _get(<dict><object>p, "dropped")
+    if dropped is not None and dropped:
+        PyDict_DelItem(_reqs, key)
+        return 0
+    if ret:
+        status = _error_status(False)
+    cont(c, F2(K_vblk_req_complete, rid, status))
+    return 0
+
+
+cdef int h_dwz_complete(Core* c, Frame* f) except -1:
+    """vblk.dwz_complete: dwz_complete -> _simple_complete
+    (QEMU virtio_blk_discard_write_zeroes_complete)"""
+    cdef i64 rid = f.a[0], ret = f.a[1], status = 0
+    cdef PyObject* p
+    if not _ready(c, K_vblk_dwz_complete) or f.n != 2 or f.s[0] or f.s[1]:
+        return BAIL
+    key = rid
+    p = PyDict_GetItemWithError(_reqs, key)
+    if p != NULL and type(<object>p) is not dict:
+        return BAIL
+    if ret and type(sget(_block, _BlockState, _BS[K_WERROR], "werror")) is not str:
+        return BAIL
+    begin(c)
+    _RAN[K_vblk_dwz_complete] += 1
+    if p == NULL:
+        return 0
+    dropped = _get(<dict><object>p, "dropped")
+    if dropped is not None and dropped:
+        PyDict_DelItem(_reqs, key)
+        return 0
+    if ret:
+        status = _error_status(False)
+    cont(c, F2(K_vblk_req_complete, rid, status))
+    return 0
+
+
+cdef int h_req_complete(Core* c, Frame* f) except -1:
+    """vblk.req_complete: req_complete (QEMU virtio_blk_req_complete: the status byte)"""
+    cdef i64 rid = f.a[0], status = f.a[1], gpa
+    cdef uint8_t b
+    if not _ready(c, K_vblk_req_complete) or f.n != 2 or f.s[0] or f.s[1] or not 0 <= status < 256:
+        return BAIL
+    req = _req(rid)
+    if req is None:
+        return BAIL
+    if not _ll(_get(req, "status_gpa"), &gpa) or not ram_ok(c, gpa, 1):
+        return BAIL
+    begin(c)
+    _RAN[K_vblk_req_complete] += 1
+    b = <uint8_t>status
+    ram_write(c, gpa, &b, 1)
+    req["status"] = status
+    req["stage"] = "completing"
+    cont(c, F1(K_vq_fill, rid))
+    return 0
+
+
+cdef inline int _req_qi(dict req) except -2:
+    """req["qi"] as an index of a queue held in D, or -1"""
+    cdef i64 qi
+    if not _ll(_get(req, "qi"), &qi) or not 0 <= qi < D.nvq:
+        return -1
+    return <int>qi
+
+
+cdef int h_fill(Core* c, Frame* f) except -1:
+    """vq.fill: fill -> virtqueue_fill (QEMU virtqueue_split_fill)"""
+    cdef i64 rid = f.a[0], index, length, a = 0
+    cdef int qi
+    cdef VQ* q
+    cdef bint filled
+    cdef uint32_t e[2]
+    if not _ready(c, K_vq_fill) or f.n != 1 or f.s[0]:
+        return BAIL
+    req = _req(rid)
+    if req is None:
+        return BAIL
+    qi = _req_qi(req)
+    if qi < 0:
+        return BAIL
+    q = &D.q[qi]
+    elem = _get(req, "elem")
+    if type(elem) is not dict or PyDict_GetItemWithError(req, "in_len") == NULL:
+        return BAIL
+    filled = not D.broken and q.used
+    if filled:
+        if q.num <= 0 or not _ll(_get(<dict>elem, "index"), &index) or not 0 <= index <= 0xFFFFFFFF \
+                or not _ll(req["in_len"], &length):
+            return BAIL
+        a = q.used + 4 + 8 * (q.used_idx % q.num)
+        if not ram_ok(c, a, 8):
+            return BAIL
+    begin(c)
+    _RAN[K_vq_fill] += 1
+    if filled:
+        e[0] = <uint32_t>index
+        e[1] = <uint32_t>(<uint64_t>length & 0xFFFFFFFF)
+        ram_write(c, a, e, 8)
+    cont(c, F1(K_vq_flush, rid))
+    return 0
+
+
+cdef int h_flush_used(Core* c, Frame* f) except -1:
+    """vq.flush: flush -> virtqueue_flush (QEMU virtqueue_split_flush); broken device: bail"""
+    cdef i64 rid = f.a[0], old, new, diff
+    cdef int qi
+    cdef VQ* q
+    if not _ready(c, K_vq_flush) or f.n != 1 or f.s[0]:
+        return BAIL
+    req = _req(rid)
+    if req is None:
+        return BAIL
+    qi = _req_qi(req)
+    if qi < 0:
+        return BAIL
+    q = &D.q[qi]
+    if D.broken or not q.used or not ram_ok(c, q.used + 2, 2):
+        return BAIL
+    begin(c)
+    _RAN[K_vq_flush] += 1
+    old = q.used_idx
+    new = (old + 1) & 0xFFFF
+    ram_w16(c, q.used + 2, new)
+    q.used_idx = new
+    q.inuse -= 1
+    diff = (new - q.signalled_used) & 0xFFFF
+    if (diff - 0x10000 if diff >= 0x8000 else diff) < ((new - old) & 0xFFFF):
+        q.signalled_used_valid = False
+    D.completed += 1
+    st = _get(req, "status")
+    if st is not None and st:
+        D.errors += 1
+    cont(c, F1(K_vq_notify, rid))
+    return 0
+
+
+cdef int h_notify_used(Core* c, Frame* f) except -1:
+    """vq.notify: notify -> virtio_should_notify (QEMU virtio_notify / virtio_split_should_notify)"""
+    cdef i64 rid = f.a[0], aidx = 0, old, new, event
+    cdef int qi, empty = 0
+    cdef VQ* q
+    cdef bint set_shadow = False, need, v
+    if not _ready(c, K_vq_notify) or f.n != 1 or f.s[0]:
+        return BAIL
+    req = _req(rid)
+    if req is None:
+        return BAIL
+    qi = _req_qi(req)
+    if qi < 0:
+        return BAIL
+    q = &D.q[qi]
+    if _has(24) and not q.inuse:
+        empty = _queue_empty(c, q, &set_shadow, &aidx)
+        if empty == 2:
+            return BAIL
+    if not empty:
+        if not _has(29):
+            if not ram_ok(c, q.avail, 2):
+                return BAIL
+        elif not ram_ok(c, q.avail + 4 + 2 * q.num, 2):
+            return BAIL
+    key = rid
+    begin(c)
+    _RAN[K_vq_notify] += 1
+    PyDict_DelItem(_reqs, key)
+    if set_shadow:
+        q.shadow_avail_idx = aidx
+    if empty:
+        need = True
+    elif not _has(29):
+        need = not (ram_r16(c, q.avail) & 1)
+    else:
+        v = q.signalled_used_valid
+        q.signalled_used_valid = True
+        old = q.signalled_used
+        new = q.used_idx
+        q.signalled_used = new
+        event = ram_r16(c, q.avail + 4 + 2 * q.num)
+        need = (not v) or (((new - event - 1) & 0xFFFF) < ((new - old) & 0xFFFF))
+    if need:
+        cont(c, F1(K_vq_irq, qi))
+    else:
+        _inc(_counters, "irqs_suppressed")
+    return 0
+
+
+cdef int h_irq(Core* c, Frame* f) except -1:
+    """vq.irq: irq (QEMU virtio_irq -> virtio_pci_notify -> msix_notify -> the MSI message)"""
+    cdef i64 qi = f.a[0], vec
+    cdef Vec* e
+    if not _ready(c, K_vq_irq) or f.n != 1 or f.s[0] or not 0 <= qi < D.nvq:
+        return BAIL
+    if not D.msix_loaded:
+        _load_msix(_m)
+    if not D.irq_ok:
+        return BAIL
+    vec = D.q[qi].vector
+    e = NULL
+    if D.msix_enabled and vec != 0xFFFF and vec < D.nvectors:
+        if not 0 <= vec < MAXV or D.vec[vec].kind < 0 or c.vcpu < 0:
+            return BAIL
+        e = &D.vec[vec]
+    begin(c)
+    _RAN[K_vq_irq] += 1
+    D.isr |= 1
+    if e == NULL:
+        return 0
+    if e.masked:
+        _proxy.msix_pba[vec] = True
+        return 0
+    _inc(_counters, "interrupts")
+    if e.kind == 0:
+        _inc(_counters, "irqs_lost")
+        return 0
+    post(c, c.vcpu, F1(e.kind, e.data), D.irq_ns, True)
+    return 0
+
+
+# == registration =================================================================================
+
+register_layer(_layer_load, _layer_store)
+register_handler(K_vpci_notify, h_notify)
+register_handler(K_vpci_notify_done, h_notify_done)
+register_handler(K_vblk_handle_vq, h_handle_vq)
+register_handler(K_vblk_pop, h_pop)
+register_handler(K_vblk_handle_request, h_handle_request)
+register_handler(K_vblk_mrb_add, h_mrb_add)
+register_handler(K_vblk_pass_end, h_pass_end)
+register_handler(K_vblk_submit_multireq, h_submit_multireq)
+register_handler(K_vblk_submit_requests, h_submit_requests)
+register_handler(K_vblk_flush, h_flush)
+register_handler(K_vblk_flush_complete, h_flush_complete)
+register_handler(K_vblk_dwz_complete, h_dwz_complete)
+register_handler(K_vblk_rw_complete, h_rw_complete)
+register_handler(K_vblk_req_complete, h_req_complete)
+register_handler(K_vq_fill, h_fill)
+register_handler(K_vq_flush, h_flush_used)
+register_handler(K_vq_notify, h_notify_used)
+register_handler(K_vq_irq, h_irq)
