@@ -1,0 +1,639 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, binding=True
+"""The bulk core's block layer (emu_fast/_bulk.pxd): BlockBackend and block/io.c (blk.*, bdrv.*),
+the raw format driver (raw.co_entry) and file-posix's thread-pool requests (file.*).
+
+Each handler runs one event with exactly the effect of the Python handler named in its
+docstring (emu/block/backend.py, raw.py, file_posix.py) on the machine's own objects (the
+request and aio dicts, BlockState, the HostFile, guest RAM), and records nothing.  Before
+begin() a handler only reads; every path it does not model (a byte range beyond the device,
+a read-only node, an ignored discard, a probed raw image's sector 0, a fault rule that would
+fire, an unusual value anywhere) returns BAIL with nothing changed, and the compiled engine
+runs that event.
+"""
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_GetItem, PyDict_DelItem, PyDict_SetItem
+from cpython.long cimport PyLong_AsLongLongAndOverflow
+from cpython.object cimport PyObject
+from libc.stdint cimport uint64_t
+from libc.string cimport memcpy
+
+from emu_fast._bulk cimport (
+    BAIL, Core, Frame, F0, F1, K_bdrv_co_done, K_bdrv_co_entry, K_blk_aio_complete, K_blk_co_entry,
+    K_file_aio_worker, K_file_co_entry, K_file_co_resume, K_file_flush_done, K_qcow2_co_entry,
+    K_raw_co_entry, K_vblk_dwz_complete, K_vblk_flush_complete, K_vblk_rw_complete, at, begin, cont,
+    i64, post, ram_ok, ram_write, register_handler, register_layer)
+from emu_fast._slots cimport slot_offsets, sget, sset
+
+import errno as _E
+
+from emu import machine as _machine_mod
+from emu.block import backend as _BK
+from emu.block import file_posix as _FP
+from emu.block import raw as _RAW
+from emu.block.latency import LatencyModel as _LatencyModel_cls
+from emu.block.qcow2 import driver as _Q
+from emu.machine import Machine as _Machine_cls
+from emu.sim.rng import splitmix64 as _splitmix64
+
+PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
+
+cdef object _Machine = _Machine_cls
+cdef object _BlockState = _BK.BlockState
+cdef object _LatencyModel = _LatencyModel_cls
+cdef object _RawFormat = _RAW.RawFormat
+cdef object _Qcow2Format = _Q.Qcow2Format
+cdef object _PY_RAND = _Machine_cls.rand
+cdef object _PY_SPLITMIX = _splitmix64
+cdef object _PY_COST = _LatencyModel_cls.cost
+cdef object _PY_FAULT = _FP._fault
+cdef object _PY_RAW_ENTRY_KIND = _RAW.RawFormat.entry_kind
+cdef object _PY_Q_ENTRY_KIND = _Q.Qcow2Format.entry_kind
+cdef object _fp_run = _FP._run
+cdef dict BLK_FN = _BK.BLK_FN
+cdef dict BDRV_FN = _BK.BDRV_FN
+cdef dict RAW_FN = _RAW.FN
+cdef dict CO_FN = _FP.CO_FN
+cdef dict AIO_FN = _FP.AIO_FN
+cdef object BDRV_REQ_FUA = _BK.BDRV_REQ_FUA
+cdef object NOT_MAY_UNMAP = ~_BK.BDRV_REQ_MAY_UNMAP
+cdef int EIO = _E.EIO
+cdef object _MISSING = object()
+cdef object _TWO64 = 1 << 64
+
+# the completion callbacks a request can carry (blk_aio_submit's cb)
+cdef dict _CB_KIND = {"vblk.rw_complete": K_vblk_rw_complete,
+                      "vblk.flush_complete": K_vblk_flush_complete,
+                      "vblk.dwz_complete": K_vblk_dwz_complete}
+
+# members read and written at their offsets (emu_fast/_slots.pxd)
+cdef Py_ssize_t _M[6]
+cdef Py_ssize_t _B[15]
+SLOT_PATHS = {
+    "Machine": slot_offsets(_Machine, ("block", "fmt", "hostfile", "latency", "rng", "mem"), _M),
+    "BlockState": slot_offsets(_BlockState, ("reqs", "aios", "next_aio", "length", "wce", "read_only",
+                                             "discard_unmap", "no_flush", "flushed_gen", "write_gen",
+                                             "probed", "active_flush", "flush_queue", "faults",
+                                             "next_req"), _B),
+}
+cdef inline object _m_block(object m): return sget(m, _Machine, _M[0], "block")
+cdef inline object _m_fmt(object m): return sget(m, _Machine, _M[1], "fmt")
+cdef inline object _m_hostfile(object m): return sget(m, _Machine, _M[2], "hostfile")
+cdef inline object _m_latency(object m): return sget(m, _Machine, _M[3], "latency")
+cdef inline object _m_rng(object m): return sget(m, _Machine, _M[4], "rng")
+cdef inline object _m_mem(object m): return sget(m, _Machine, _M[5], "mem")
+cdef inline object _b_reqs(object b): return sget(b, _BlockState, _B[0], "reqs")
+cdef inline object _b_aios(object b): return sget(b, _BlockState, _B[1], "aios")
+cdef inline object _b_next_aio(object b): return sget(b, _BlockState, _B[2], "next_aio")
+cdef inline object _b_length(object b): return sget(b, _BlockState, _B[3], "length")
+cdef inline object _b_wce(object b): return sget(b, _BlockState, _B[4], "wce")
+cdef inline object _b_read_only(object b): return sget(b, _BlockState, _B[5], "read_only")
+cdef inline object _b_discard_unmap(object b): return sget(b, _BlockState, _B[6], "discard_unmap")
+cdef inline object _b_no_flush(object b): return sget(b, _BlockState, _B[7], "no_flush")
+cdef inline object _b_flushed_gen(object b): return sget(b, _BlockState, _B[8], "flushed_gen")
+cdef inline object _b_write_gen(object b): return sget(b, _BlockState, _B[9], "write_gen")
+cdef inline object _b_probed(object b): return sget(b, _BlockState, _B[10], "probed")
+cdef inline object _b_active_flush(object b): return sget(b, _BlockState, _B[11], "active_flush")
+cdef inline object _b_flush_queue(object b): return sget(b, _BlockState, _B[12], "flush_queue")
+cdef inline object _b_faults(object b): return sget(b, _BlockState, _B[13], "faults")
+
+
+# == per-run state (the load hook) ==================================================================
+# Whether the machine's RNG and latency model are the emulator's own (then computed in C; else
+# their Python methods are called, which touch no scheduler state), and the latency constants.
+cdef bint _rand_c = False
+cdef bint _cost_c = False
+cdef i64 _lat_read, _lat_write, _lat_flush, _lat_discard, _lat_zero, _lat_ps, _lat_jitter
+cdef int _fmt_kind = 0          # the format driver's entry kind (fmt.entry_kind), 0: unknown
+
+
+cdef bint _small(object o, i64* out) except -1:
+    """o is an exact int in [0, 2**31)"""
+    cdef int ovf = 0
+    cdef i64 v
+    if type(o) is not int:
+        return False
+    v = PyLong_AsLongLongAndOverflow(o, &ovf)
+    if ovf or v < 0 or v >= (<i64>1 << 31):
+        return False
+    out[0] = v
+    return True
+
+
+cdef int _load(Core* c) except -1:
+    global _rand_c, _cost_c, _fmt_kind
+    global _lat_read, _lat_write, _lat_flush, _lat_discard, _lat_zero, _lat_ps, _lat_jitter
+    m = <object>c.m
+    d = getattr(m, "__dict__", None) or {}
+    _rand_c = (type(m) is _Machine and _Machine.rand is _PY_RAND and "rand" not in d
+               and _machine_mod.splitmix64 is _PY_SPLITMIX)
+    lat = _m_latency(m)
+    _cost_c = (type(lat) is _LatencyModel and _LatencyModel.cost is _PY_COST
+               and _small(lat.read_ns, &_lat_read) and _small(lat.write_ns, &_lat_write)
+               and _small(lat.flush_ns, &_lat_flush) and _small(lat.discard_ns, &_lat_discard)
+               and _small(lat.zero_ns, &_lat_zero) and _small(lat.ps_per_byte, &_lat_ps)
+               and _small(lat.jitter_pct, &_lat_jitter) and _lat_jitter <= 100)
+    fmt = _m_fmt(m)
+    _fmt_kind = 0
+    if type(fmt) is _RawFormat and _RawFormat.entry_kind is _PY_RAW_ENTRY_KIND \
+            and "entry_kind" not in (getattr(fmt, "__dict__", None) or {}):
+        _fmt_kind = K_raw_co_entry
+    elif type(fmt) is _Qcow2Format and _Qcow2Format.entry_kind is _PY_Q_ENTRY_KIND \
+            and "entry_kind" not in (getattr(fmt, "__dict__", None) or {}):
+        _fmt_kind = K_qcow2_co_entry
+    return 1
+
+
+cdef int _store(Core* c) except -1:
+    return 0
+
+
+# == helpers ========================================================================================
+
+cdef inline object _get(object d, object k):
+    """d[k] of a dict, or _MISSING"""
+    cdef PyObject* p = PyDict_GetItem(d, k)
+    if p == NULL:
+        return _MISSING
+    return <object>p
+
+
+cdef inline bint _as_i64(object o, i64* out) except -1:
+    """o is an exact int that fits an i64"""
+    cdef int ovf = 0
+    cdef i64 v
+    if type(o) is not int:
+        return False
+    v = PyLong_AsLongLongAndOverflow(o, &ovf)
+    if ovf:
+        return False
+    out[0] = v
+    return True
+
+
+cdef inline object _req(Core* c, object blk, i64 bid):
+    """m.block.reqs[bid] (a dict), or None: bail"""
+    reqs = _b_reqs(blk)
+    if type(reqs) is not dict:
+        return None
+    r = _get(reqs, bid)
+    if type(r) is not dict:
+        return None
+    return r
+
+
+cdef bint _iov_ok(Core* c, object iov, i64* total) except -1:
+    """iov is a list of (gpa, len) pairs of exact ints, each inside guest RAM (mem.read and
+    mem.write of each would succeed); total = their lengths' sum (emu.device.iov.iov_size)"""
+    cdef i64 gpa, ln, t = 0
+    if type(iov) is not list and type(iov) is not tuple:
+        return False
+    for e in iov:
+        if (type(e) is not tuple and type(e) is not list) or len(e) != 2:
+            return False
+        if not _as_i64(e[0], &gpa) or not _as_i64(e[1], &ln):
+            return False
+        if not ram_ok(c, gpa, ln) or ln > (<i64>1 << 40):
+            return False
+        t += ln
+    total[0] = t
+    return True
+
+
+cdef object _latency(Core* c, object m, object op, i64 nbytes):
+    """m.latency.cost(op, nbytes, m.rand()): Machine.rand and LatencyModel.cost"""
+    cdef uint64_t state, z
+    cdef i64 base, span
+    cdef int ovf = 0
+    s = _m_rng(m)
+    if not (_rand_c and _cost_c and type(s) is int and 0 <= nbytes < (<i64>1 << 32)
+            and (op == "read" or op == "write" or op == "flush" or op == "discard"
+                 or op == "write_zeroes")
+            and 0 <= s < _TWO64):
+        return _m_latency(m).cost(op, nbytes, m.rand())
+    state = <uint64_t>(<object>s)
+    state = state + <uint64_t>0x9E3779B97F4A7C15
+    z = state
+    z = (z ^ (z >> 30)) * <uint64_t>0xBF58476D1CE4E5B9
+    z = (z ^ (z >> 27)) * <uint64_t>0x94D049BB133111EB
+    z = z ^ (z >> 31)
+    sset(m, _Machine, _M[4], "rng", <object>state)
+    if op == "read":
+        base = _lat_read + nbytes * _lat_ps // 1000
+    elif op == "write":
+        base = _lat_write + nbytes * _lat_ps // 1000
+    elif op == "flush":
+        base = _lat_flush
+    elif op == "discard":
+        base = _lat_discard
+    else:
+        base = _lat_zero
+    if _lat_jitter:
+        span = base * _lat_jitter // 100
+        if span:
+            base += <i64>(z % <uint64_t>(2 * span + 1)) - span
+    return base if base > 1 else 1
+
+
+# == BlockBackend and block/io.c ====================================================================
+
+cdef int h_blk_co_entry(Core* c, Frame* f) except -1:
+    """backend.co_entry: blk_co_do_preadv_part/pwritev_part/flush/... (block/block-backend.c)"""
+    cdef i64 bid = f.a[0], off, n, length
+    m = <object>c.m
+    blk = _m_block(m)
+    req = _req(c, blk, bid)
+    if req is None:
+        return BAIL
+    op = _get(req, "op")
+    if type(op) is not str or PyDict_GetItem(BLK_FN, op) == NULL:
+        return BAIL
+    o_off = _get(req, "offset")
+    o_n = _get(req, "bytes")
+    if not _as_i64(o_off, &off) or not _as_i64(o_n, &n):
+        return BAIL                     # (the detail formats both)
+    if op != "flush":
+        if not _as_i64(_b_length(blk), &length):
+            return BAIL
+        if off < 0 or n < 0 or off > length or n > length - off:
+            return BAIL                 # _complete_early(-EIO)
+    fua = False
+    if op == "write" and not _b_wce(blk):
+        flags = _get(req, "flags")
+        if flags is _MISSING or type(flags) is not int:
+            return BAIL
+        fua = True
+    begin(c)
+    if fua:
+        req["flags"] = flags | BDRV_REQ_FUA
+    cont(c, F1(K_bdrv_co_entry, bid), -1)
+    return 0
+
+
+cdef int h_bdrv_co_entry(Core* c, Frame* f) except -1:
+    """backend.bdrv_co_entry: bdrv_co_preadv_part/pwritev_part/... (block/io.c)"""
+    cdef i64 bid = f.a[0]
+    m = <object>c.m
+    blk = _m_block(m)
+    req = _req(c, blk, bid)
+    if req is None or _fmt_kind == 0:
+        return BAIL
+    op = _get(req, "op")
+    if type(op) is not str or PyDict_GetItem(BDRV_FN, op) == NULL:
+        return BAIL
+    if (op == "write" or op == "write_zeroes" or op == "discard") and _b_read_only(blk):
+        return BAIL                     # -EPERM
+    unmap = True
+    if op == "discard" or op == "write_zeroes":
+        unmap = bool(_b_discard_unmap(blk))
+    if op == "discard" and not unmap:
+        return BAIL                     # discard=ignore: completes early
+    clear = op == "write_zeroes" and not unmap
+    if clear:
+        flags = _get(req, "flags")
+        if flags is _MISSING or type(flags) is not int:
+            return BAIL
+    begin(c)
+    if clear:
+        req["flags"] = flags & NOT_MAY_UNMAP
+    cont(c, F1(_fmt_kind, bid), -1)
+    return 0
+
+
+cdef int h_bdrv_co_done(Core* c, Frame* f) except -1:
+    """backend.bdrv_co_done: back in bdrv_co_pwritev_part (block/io.c), FUA emulated by a flush"""
+    cdef i64 bid = f.a[0]
+    m = <object>c.m
+    blk = _m_block(m)
+    req = _req(c, blk, bid)
+    if req is None:
+        return BAIL
+    op = _get(req, "op")
+    ret = _get(req, "ret")
+    if type(op) is not str or PyDict_GetItem(BDRV_FN, op) == NULL \
+            or (ret is not None and type(ret) is not int):
+        return BAIL
+    fua = False
+    if op == "write":
+        flags = _get(req, "flags")
+        if type(flags) is not int:
+            return BAIL
+        if flags & BDRV_REQ_FUA and ret == 0:
+            phase = _get(req, "phase")
+            if phase is _MISSING:
+                return BAIL
+            if phase != "fua":
+                if _fmt_kind == 0:
+                    return BAIL
+                fua = True
+    begin(c)
+    if fua:
+        req["phase"] = "fua"
+        req["cur_op"] = "flush"
+        cont(c, F1(_fmt_kind, bid), -1)
+        return 0
+    cont(c, F1(K_blk_aio_complete, bid), -1)
+    return 0
+
+
+cdef int h_blk_aio_complete(Core* c, Frame* f) except -1:
+    """backend.aio_complete: blk_aio_complete (block/block-backend.c) runs the device's callback"""
+    cdef i64 bid = f.a[0], a0 = 0, a1 = 0, r
+    cdef Frame nf
+    cdef Py_ssize_t na
+    m = <object>c.m
+    blk = _m_block(m)
+    req = _req(c, blk, bid)
+    if req is None:
+        return BAIL
+    cb = _get(req, "cb")
+    ret = _get(req, "ret")
+    if (type(cb) is not tuple and type(cb) is not list) or len(cb) != 2 \
+            or PyDict_GetItem(req, "op") == NULL or not _as_i64(ret, &r):
+        return BAIL
+    kind = cb[0]
+    args = cb[1]
+    if type(kind) is not str or (type(args) is not tuple and type(args) is not list):
+        return BAIL
+    k = _get(_CB_KIND, kind)
+    na = len(args)
+    if k is _MISSING or na > 2:
+        return BAIL
+    if na >= 1 and not _as_i64(args[0], &a0):
+        return BAIL
+    if na >= 2 and not _as_i64(args[1], &a1):
+        return BAIL
+    begin(c)
+    PyDict_DelItem(_b_reqs(blk), bid)
+    nf = F0(<int>k)
+    nf.n = <int>na + 1
+    nf.a[0] = a0
+    nf.a[1] = a1
+    nf.a[na] = r
+    cont(c, nf, -1)
+    return 0
+
+
+# == raw-format =====================================================================================
+
+cdef int h_raw_co_entry(Core* c, Frame* f) except -1:
+    """raw.co_entry: raw_co_preadv/pwritev/... (block/raw-format.c), straight to the file"""
+    cdef i64 bid = f.a[0]
+    m = <object>c.m
+    blk = _m_block(m)
+    req = _req(c, blk, bid)
+    if req is None:
+        return BAIL
+    op = _get(req, "cur_op")
+    if type(op) is not str or PyDict_GetItem(RAW_FN, op) == NULL:
+        return BAIL
+    if op == "write" and _b_probed(blk):
+        off = _get(req, "offset")
+        if type(off) is not int or off < 512:
+            return BAIL                 # a probed image's sector 0: the compiled engine decides
+    begin(c)
+    cont(c, F1(K_file_co_entry, bid), -1)
+    return 0
+
+
+# == file-posix =====================================================================================
+
+cdef int h_file_co_entry(Core* c, Frame* f) except -1:
+    """file_posix.co_entry: raw_co_prw/raw_co_flush_to_disk (block/file-posix.c) -> thread pool"""
+    cdef i64 bid = f.a[0], nb, aid
+    m = <object>c.m
+    blk = _m_block(m)
+    req = _req(c, blk, bid)
+    if req is None:
+        return BAIL
+    op = _get(req, "cur_op")
+    if type(op) is not str or PyDict_GetItem(CO_FN, op) == NULL:
+        return BAIL
+    is_flush = op == "flush"
+    skip = False
+    if is_flush:
+        active = _b_active_flush(blk)
+        if not (active is None or active == bid):
+            fq = _b_flush_queue(blk)
+            if type(fq) is not list:
+                return BAIL
+            begin(c)
+            (<list>fq).append(bid)      # _flush_acquire: wait (the task returns)
+            return 0
+        skip = bool(_b_no_flush(blk)) or _b_flushed_gen(blk) == _b_write_gen(blk)
+        if skip:
+            begin(c)
+            sset(blk, _BlockState, _B[11], "active_flush", bid)
+            req["ret"] = 0
+            cont(c, F1(K_file_flush_done, bid), -1)
+            return 0
+    # submit(): the checks first
+    offset = _get(req, "offset")
+    if type(offset) is not int:
+        return BAIL                     # (the detail formats it)
+    if op == "read" or op == "write":
+        iov = _get(req, "qiov")
+        if not _iov_ok(c, iov, &nb):
+            return BAIL
+        o_nb = nb
+    else:
+        iov = None
+        o_nb = _get(req, "bytes")
+        if not _as_i64(o_nb, &nb):
+            return BAIL
+    aios = _b_aios(blk)
+    o_aid = _b_next_aio(blk)
+    if type(aios) is not dict or not _as_i64(o_aid, &aid) or aid >= (<i64>1 << 62):
+        return BAIL
+    begin(c)
+    if is_flush:
+        sset(blk, _BlockState, _B[11], "active_flush", bid)
+        req["flush_gen"] = _b_write_gen(blk)
+    sset(blk, _BlockState, _B[2], "next_aio", aid + 1)
+    aios[o_aid] = {"bid": bid, "op": op, "offset": offset, "bytes": o_nb,
+                   "iov": iov, "data": None, "ret": None}
+    lat = _latency(c, m, op, nb)
+    at(c, lat, F1(K_file_aio_worker, aid))
+    return 0
+
+
+cdef bint _fault_fires(object m, object blk, object op, object off, object n) except -1:
+    """Whether file_posix._fault(m, op, off, n) would return an error (it changes nothing
+    when it does not)"""
+    faults = _b_faults(blk)
+    if type(faults) is not list:
+        return True
+    if not faults:
+        return False
+    if _FP._fault is not _PY_FAULT:
+        return True
+    try:
+        for rule in faults:
+            if type(rule) is not dict:
+                return True
+            if rule["op"] != op or rule["count"] == 0:
+                continue
+            if op != "flush" and not (off < rule["end"] and rule["start"] < off + n):
+                continue
+            return True
+    except Exception:
+        return True                     # (the compiled engine raises it)
+    return False
+
+
+cdef int h_file_aio_worker(Core* c, Frame* f) except -1:
+    """file_posix.aio_worker: handle_aiocb_rw/flush/... (block/file-posix.c), the syscall"""
+    cdef i64 aid = f.a[0], off, n, nb, gpa, ln, pos, l, have
+    cdef const char* src
+    cdef char* dst
+    m = <object>c.m
+    blk = _m_block(m)
+    aios = _b_aios(blk)
+    if type(aios) is not dict:
+        return BAIL
+    aio = _get(aios, aid)
+    if type(aio) is not dict:
+        return BAIL
+    op = _get(aio, "op")
+    o_off = _get(aio, "offset")
+    o_n = _get(aio, "bytes")
+    if type(op) is not str or PyDict_GetItem(AIO_FN, op) == NULL \
+            or not _as_i64(o_off, &off) or not _as_i64(o_n, &n) or off < 0 or n < 0:
+        return BAIL
+    if c.qemu < 0 or _fault_fires(m, blk, op, o_off, o_n):
+        return BAIL
+    hf = _m_hostfile(m)
+    iov = _get(aio, "iov")
+    data = None
+    if op == "read":
+        if not _iov_ok(c, iov, &nb):
+            return BAIL
+    elif op == "write":
+        data = _get(aio, "data")
+        if data is _MISSING:
+            return BAIL
+        if data is None and not _iov_ok(c, iov, &nb):
+            return BAIL
+    begin(c)
+    ret = 0
+    try:
+        if op == "read":
+            got = hf.pread(o_off, o_n)
+            if type(got) is bytes:
+                src = PyBytes_AS_STRING(got)
+                have = PyBytes_GET_SIZE(got)
+                pos = 0
+                for e in iov:
+                    gpa = e[0]
+                    ln = e[1]
+                    l = have - pos
+                    if l > ln:
+                        l = ln
+                    if l > 0:
+                        ram_write(c, gpa, src + pos, l)
+                    pos += ln
+            else:
+                mem = _m_mem(m)
+                pos = 0
+                for e in iov:
+                    mem.write(e[0], got[pos:pos + e[1]])
+                    pos += e[1]
+        elif op == "write":
+            if data is None:
+                data = PyBytes_FromStringAndSize(NULL, nb)
+                dst = PyBytes_AS_STRING(data)
+                pos = 0
+                for e in iov:
+                    gpa = e[0]
+                    ln = e[1]
+                    memcpy(dst + pos, c.ram + gpa, <size_t>ln)
+                    pos += ln
+            hf.pwrite(o_off, data)
+        elif op == "flush":
+            hf.fdatasync()
+        else:
+            _fp_run(m, hf, aio)
+    except OSError as e:
+        ret = -(e.errno or EIO)
+    aio["ret"] = ret
+    post(c, c.qemu, F1(K_file_co_resume, aid), 0, False)
+    return 0
+
+
+cdef int h_file_co_resume(Core* c, Frame* f) except -1:
+    """file_posix.co_resume: the thread-pool completion re-enters raw_co_prw (block/file-posix.c)"""
+    cdef i64 aid = f.a[0], bid
+    m = <object>c.m
+    blk = _m_block(m)
+    aios = _b_aios(blk)
+    if type(aios) is not dict:
+        return BAIL
+    aio = _get(aios, aid)
+    if type(aio) is not dict:
+        return BAIL
+    o_bid = _get(aio, "bid")
+    aop = _get(aio, "op")
+    ret = _get(aio, "ret")
+    if not _as_i64(o_bid, &bid) or type(aop) is not str or PyDict_GetItem(CO_FN, aop) == NULL \
+            or (ret is not None and type(ret) is not int):
+        return BAIL
+    req = _req(c, blk, bid)
+    if req is None:
+        return BAIL
+    if aop == "flush" and ret == 0 and PyDict_GetItem(req, "flush_gen") == NULL:
+        return BAIL
+    begin(c)
+    PyDict_DelItem(aios, aid)
+    req["ret"] = ret
+    if aop == "flush":
+        if ret == 0:
+            sset(blk, _BlockState, _B[8], "flushed_gen", req.pop("flush_gen"))
+        cont(c, F1(K_file_flush_done, bid), -1)
+    else:
+        if aop != "read" and ret == 0:
+            sset(blk, _BlockState, _B[9], "write_gen", _b_write_gen(blk) + 1)
+        cont(c, F1(K_bdrv_co_done, bid), -1)
+    return 0
+
+
+cdef int h_file_flush_done(Core* c, Frame* f) except -1:
+    """file_posix.flush_done: the end of bdrv_co_flush (block/io.c) wakes the next queued flush"""
+    cdef i64 bid = f.a[0], nxt = 0
+    m = <object>c.m
+    blk = _m_block(m)
+    req = _req(c, blk, bid)
+    if req is None:
+        return BAIL
+    ret = _get(req, "ret")
+    if ret is not None and type(ret) is not int:
+        return BAIL                     # (the detail formats it)
+    mine = _b_active_flush(blk) == bid
+    wake = False
+    if mine:
+        fq = _b_flush_queue(blk)
+        if type(fq) is not list:
+            return BAIL
+        if fq:
+            if c.qemu < 0 or not _as_i64((<list>fq)[0], &nxt):
+                return BAIL
+            wake = True
+    begin(c)
+    if mine:
+        sset(blk, _BlockState, _B[11], "active_flush", None)
+        if wake:
+            o_nxt = (<list>fq).pop(0)
+            sset(blk, _BlockState, _B[11], "active_flush", o_nxt)
+            post(c, c.qemu, F1(K_file_co_entry, nxt), 0, False)
+    cont(c, F1(K_bdrv_co_done, bid), -1)
+    return 0
+
+
+register_layer(_load, _store)
+register_handler(K_blk_co_entry, h_blk_co_entry)
+register_handler(K_bdrv_co_entry, h_bdrv_co_entry)
+register_handler(K_bdrv_co_done, h_bdrv_co_done)
+register_handler(K_blk_aio_complete, h_blk_aio_complete)
+register_handler(K_raw_co_entry, h_raw_co_entry)
+register_handler(K_file_co_entry, h_file_co_entry)
+register_handler(K_file_aio_worker, h_file_aio_worker)
+register_handler(K_file_co_resume, h_file_co_resume)
+register_handler(K_file_flush_done, h_file_flush_done)
