@@ -15,10 +15,10 @@ from cpython.dict cimport PyDict_GetItem, PyDict_DelItem, PyDict_SetItem
 from cpython.long cimport PyLong_AsLongLongAndOverflow
 from cpython.object cimport PyObject
 from libc.stdint cimport uint64_t
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 from emu_fast._bulk cimport (
-    BAIL, Core, Frame, F0, F1, K_bdrv_co_done, K_bdrv_co_entry, K_blk_aio_complete, K_blk_co_entry,
+    BAIL, NKINDS, Core, Frame, F0, F1, K_bdrv_co_done, K_bdrv_co_entry, K_blk_aio_complete, K_blk_co_entry,
     K_file_aio_worker, K_file_co_entry, K_file_co_resume, K_file_flush_done, K_qcow2_co_entry,
     K_raw_co_entry, K_vblk_dwz_complete, K_vblk_flush_complete, K_vblk_rw_complete, at, begin, cont,
     i64, post, ram_ok, ram_write, register_handler, register_layer)
@@ -147,6 +147,28 @@ cdef int _store(Core* c) except -1:
     return 0
 
 
+# == which events ran here (counts(): for the tests) ===============================================
+cdef long long _COUNT[NKINDS]
+memset(_COUNT, 0, sizeof(_COUNT))
+
+
+cdef inline int _begin(Core* c, int kind) except -1:
+    """begin(c), counted"""
+    _COUNT[kind] += 1
+    return begin(c)
+
+
+def counts():
+    """{kind: events of that kind this module's handlers ran} since reset_counts()"""
+    from emu_fast._bulk import kind_names
+    names = kind_names()
+    return {names[i]: _COUNT[i] for i in range(NKINDS) if _COUNT[i]}
+
+
+def reset_counts():
+    memset(_COUNT, 0, sizeof(_COUNT))
+
+
 # == helpers ========================================================================================
 
 cdef inline object _get(object d, object k):
@@ -262,7 +284,7 @@ cdef int h_blk_co_entry(Core* c, Frame* f) except -1:
         if flags is _MISSING or type(flags) is not int:
             return BAIL
         fua = True
-    begin(c)
+    _begin(c, K_blk_co_entry)
     if fua:
         req["flags"] = flags | BDRV_REQ_FUA
     cont(c, F1(K_bdrv_co_entry, bid), -1)
@@ -292,7 +314,7 @@ cdef int h_bdrv_co_entry(Core* c, Frame* f) except -1:
         flags = _get(req, "flags")
         if flags is _MISSING or type(flags) is not int:
             return BAIL
-    begin(c)
+    _begin(c, K_bdrv_co_entry)
     if clear:
         req["flags"] = flags & NOT_MAY_UNMAP
     cont(c, F1(_fmt_kind, bid), -1)
@@ -325,7 +347,7 @@ cdef int h_bdrv_co_done(Core* c, Frame* f) except -1:
                 if _fmt_kind == 0:
                     return BAIL
                 fua = True
-    begin(c)
+    _begin(c, K_bdrv_co_done)
     if fua:
         req["phase"] = "fua"
         req["cur_op"] = "flush"
@@ -362,7 +384,7 @@ cdef int h_blk_aio_complete(Core* c, Frame* f) except -1:
         return BAIL
     if na >= 2 and not _as_i64(args[1], &a1):
         return BAIL
-    begin(c)
+    _begin(c, K_blk_aio_complete)
     PyDict_DelItem(_b_reqs(blk), bid)
     nf = F0(<int>k)
     nf.n = <int>na + 1
@@ -390,7 +412,7 @@ cdef int h_raw_co_entry(Core* c, Frame* f) except -1:
         off = _get(req, "offset")
         if type(off) is not int or off < 512:
             return BAIL                 # a probed image's sector 0: the compiled engine decides
-    begin(c)
+    _begin(c, K_raw_co_entry)
     cont(c, F1(K_file_co_entry, bid), -1)
     return 0
 
@@ -416,12 +438,12 @@ cdef int h_file_co_entry(Core* c, Frame* f) except -1:
             fq = _b_flush_queue(blk)
             if type(fq) is not list:
                 return BAIL
-            begin(c)
+            _begin(c, K_file_co_entry)
             (<list>fq).append(bid)      # _flush_acquire: wait (the task returns)
             return 0
         skip = bool(_b_no_flush(blk)) or _b_flushed_gen(blk) == _b_write_gen(blk)
         if skip:
-            begin(c)
+            _begin(c, K_file_co_entry)
             sset(blk, _BlockState, _B[11], "active_flush", bid)
             req["ret"] = 0
             cont(c, F1(K_file_flush_done, bid), -1)
@@ -444,7 +466,7 @@ cdef int h_file_co_entry(Core* c, Frame* f) except -1:
     o_aid = _b_next_aio(blk)
     if type(aios) is not dict or not _as_i64(o_aid, &aid) or aid >= (<i64>1 << 62):
         return BAIL
-    begin(c)
+    _begin(c, K_file_co_entry)
     if is_flush:
         sset(blk, _BlockState, _B[11], "active_flush", bid)
         req["flush_gen"] = _b_write_gen(blk)
@@ -513,7 +535,7 @@ cdef int h_file_aio_worker(Core* c, Frame* f) except -1:
             return BAIL
         if data is None and not _iov_ok(c, iov, &nb):
             return BAIL
-    begin(c)
+    _begin(c, K_file_aio_worker)
     ret = 0
     try:
         if op == "read":
@@ -581,7 +603,7 @@ cdef int h_file_co_resume(Core* c, Frame* f) except -1:
         return BAIL
     if aop == "flush" and ret == 0 and PyDict_GetItem(req, "flush_gen") == NULL:
         return BAIL
-    begin(c)
+    _begin(c, K_file_co_resume)
     PyDict_DelItem(aios, aid)
     req["ret"] = ret
     if aop == "flush":
@@ -616,7 +638,7 @@ cdef int h_file_flush_done(Core* c, Frame* f) except -1:
             if c.qemu < 0 or not _as_i64((<list>fq)[0], &nxt):
                 return BAIL
             wake = True
-    begin(c)
+    _begin(c, K_file_flush_done)
     if mine:
         sset(blk, _BlockState, _B[11], "active_flush", None)
         if wake:
