@@ -20,8 +20,10 @@ from libc.string cimport memcpy, memset
 from emu_fast._bulk cimport (
     BAIL, NKINDS, Core, Frame, F0, F1, K_bdrv_co_done, K_bdrv_co_entry, K_blk_aio_complete, K_blk_co_entry,
     K_file_aio_worker, K_file_co_entry, K_file_co_resume, K_file_flush_done, K_qcow2_co_entry,
-    K_raw_co_entry, K_vblk_dwz_complete, K_vblk_flush_complete, K_vblk_rw_complete, at, begin, cont,
-    i64, post, ram_ok, ram_write, register_handler, register_layer)
+    K_qcow2_compute, K_qcow2_io, K_qcow2_io_done, K_qcow2_worker,
+    K_raw_co_entry, K_vblk_dwz_complete, K_vblk_flush_complete, K_vblk_rw_complete, arg_str, at,
+    begin, block, call, cont, i64, post, ram_ok, ram_write, register_handler, register_layer,
+    str_arg, unblock)
 from emu_fast._slots cimport slot_offsets, sget, sset
 
 import errno as _E
@@ -34,6 +36,10 @@ from emu.block.latency import LatencyModel as _LatencyModel_cls
 from emu.block.qcow2 import driver as _Q
 from emu.machine import Machine as _Machine_cls
 from emu.sim.rng import splitmix64 as _splitmix64
+from emu.sim.steps import REGISTRY as _REGISTRY, Step as _Step_cls
+
+from emu_fast import _block as _FB
+from emu_fast import _qcow2 as _FQ
 
 PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
 
@@ -66,10 +72,11 @@ cdef dict _CB_KIND = {"vblk.rw_complete": K_vblk_rw_complete,
                       "vblk.dwz_complete": K_vblk_dwz_complete}
 
 # members read and written at their offsets (emu_fast/_slots.pxd)
-cdef Py_ssize_t _M[6]
+cdef Py_ssize_t _M[8]
 cdef Py_ssize_t _B[15]
 SLOT_PATHS = {
-    "Machine": slot_offsets(_Machine, ("block", "fmt", "hostfile", "latency", "rng", "mem"), _M),
+    "Machine": slot_offsets(_Machine, ("block", "fmt", "hostfile", "latency", "rng", "mem", "sim",
+                                       "cur"), _M),
     "BlockState": slot_offsets(_BlockState, ("reqs", "aios", "next_aio", "length", "wce", "read_only",
                                              "discard_unmap", "no_flush", "flushed_gen", "write_gen",
                                              "probed", "active_flush", "flush_queue", "faults",
@@ -81,6 +88,8 @@ cdef inline object _m_hostfile(object m): return sget(m, _Machine, _M[2], "hostf
 cdef inline object _m_latency(object m): return sget(m, _Machine, _M[3], "latency")
 cdef inline object _m_rng(object m): return sget(m, _Machine, _M[4], "rng")
 cdef inline object _m_mem(object m): return sget(m, _Machine, _M[5], "mem")
+cdef inline object _m_sim(object m): return sget(m, _Machine, _M[6], "sim")
+cdef inline object _m_cur(object m): return sget(m, _Machine, _M[7], "cur")
 cdef inline object _b_reqs(object b): return sget(b, _BlockState, _B[0], "reqs")
 cdef inline object _b_aios(object b): return sget(b, _BlockState, _B[1], "aios")
 cdef inline object _b_next_aio(object b): return sget(b, _BlockState, _B[2], "next_aio")
@@ -649,7 +658,179 @@ cdef int h_file_flush_done(Core* c, Frame* f) except -1:
     return 0
 
 
+# == qcow2: the compiled engine's handlers, steered through a recording scheduler ====================
+# The qcow2 driver's steps (emu/block/qcow2/driver.py) run the compiled engine's own handlers
+# (emu_fast/_qcow2.pyx q_compute, emu_fast/_block.pyx q_co_entry/q_io/q_worker/q_io_done, which
+# the differential tests hold to the Python ones) with m.sim a _Rec that only records the
+# scheduler calls (none of these handlers reads the scheduler's state) and m.cur a scratch
+# record (their set_function calls, and compute's caller, read from it); the calls are then
+# made, in order, on the core's scheduler.  Their detail strings are made and dropped.
+
+cdef class _Rec:
+    """Records Scheduler.cont/call/block/unblock/post/at calls (emu.sim.scheduler)."""
+    cdef public list ops
+
+    def __cinit__(self):
+        self.ops = []
+
+    def cont(self, kind, args=(), delay=None, preemptible=False):
+        self.ops.append((0, kind, args, delay, preemptible))
+
+    def call(self, kind, args, ret_kind, ret_args=(), delay=None):
+        self.ops.append((1, kind, args, ret_kind, ret_args, delay))
+
+    def block(self, kind, args=()):
+        self.ops.append((2, kind, args))
+
+    def unblock(self, name, delay=0):
+        self.ops.append((3, name, delay))
+
+    def post(self, name, kind, args=(), delay=0, urgent=False):
+        self.ops.append((4, name, kind, args, delay, urgent))
+
+    def at(self, delay, kind, args=()):
+        self.ops.append((5, delay, kind, args))
+
+
+cdef _Rec _REC = _Rec()
+cdef dict _KID = {}
+cdef object _SCRATCH = None      # the Step record the wrapped handlers see as m.cur
+cdef object _Step = _Step_cls
+
+
+cdef Frame _frame(Core* c, object kind, object args) except *:
+    """(kind, args) as a Frame"""
+    cdef Frame fr
+    cdef Py_ssize_t i, n
+    cdef i64 v
+    fr = F0(<int>_KID[kind])
+    n = len(args)
+    if n > 3:
+        raise ValueError(f"bulk core: {kind} with {n} arguments")
+    fr.n = <int>n
+    for i in range(n):
+        a = args[i]
+        if type(a) is str:
+            fr.a[i] = str_arg(c, a)
+            fr.s[i] = 1
+        elif _as_i64(a, &v):
+            fr.a[i] = v
+        else:
+            raise TypeError(f"bulk core: argument {a!r} of {kind}")
+    return fr
+
+
+cdef int _ctx_index(Core* c, object name) except -2:
+    cdef int i
+    for i in range(c.nctx):
+        if <object>c.ctx[i].name == name:
+            return i
+    raise KeyError(name)
+
+
+cdef inline i64 _delay(object d) except? -2:
+    return -1 if d is None else <i64>d
+
+
+cdef int _replay(Core* c, list ops) except -1:
+    """Make the recorded scheduler calls on the core's scheduler, in order."""
+    for op in ops:
+        t = op[0]
+        if t == 0:
+            cont(c, _frame(c, op[1], op[2]), _delay(op[3]), bool(op[4]))
+        elif t == 1:
+            call(c, _frame(c, op[1], op[2]), _frame(c, op[3], op[4]), _delay(op[5]))
+        elif t == 2:
+            block(c, _frame(c, op[1], op[2]))
+        elif t == 3:
+            unblock(c, _ctx_index(c, op[1]), <i64>op[2])
+        elif t == 4:
+            post(c, _ctx_index(c, op[1]), _frame(c, op[2], op[3]), <i64>op[4], bool(op[5]))
+        else:
+            at(c, <i64>op[1], _frame(c, op[2], op[3]))
+    return 0
+
+
+cdef int _wrapped(Core* c, Frame* f, int kind, object fn, object info) except -1:
+    """Run the compiled engine's handler fn of this event against a recording scheduler."""
+    global _SCRATCH
+    cdef int i
+    if not _KID:
+        from emu_fast._bulk import kind_names
+        for i, name in enumerate(kind_names()):
+            _KID[name] = i
+    args = []
+    for i in range(f.n):
+        args.append(arg_str(c, f.a[i]) if f.s[i] else f.a[i])
+    _begin(c, kind)
+    m = <object>c.m
+    if _SCRATCH is None:
+        _SCRATCH = _Step(0, 0, "", "", "", "", "")
+    rec = _SCRATCH
+    rec.kind = info.kind
+    rec.layer = info.layer
+    rec.function = info.function
+    rec.source = info.source
+    rec.caller = ""
+    _REC.ops = []
+    sim = _m_sim(m)
+    cur = _m_cur(m)
+    sset(m, _Machine, _M[6], "sim", _REC)
+    sset(m, _Machine, _M[7], "cur", rec)
+    try:
+        fn(m, *args)
+    finally:
+        sset(m, _Machine, _M[6], "sim", sim)
+        sset(m, _Machine, _M[7], "cur", cur)
+    ops = _REC.ops
+    _REC.ops = []
+    _replay(c, ops)
+    return 0
+
+
+cdef object _FN_COMPUTE = _FQ.HANDLERS["qcow2.compute"][0]
+cdef object _FN_CO_ENTRY = _FB.HANDLERS["qcow2.co_entry"][0]
+cdef object _FN_IO = _FB.HANDLERS["qcow2.io"][0]
+cdef object _FN_WORKER = _FB.HANDLERS["qcow2.worker"][0]
+cdef object _FN_IO_DONE = _FB.HANDLERS["qcow2.io_done"][0]
+cdef object _I_COMPUTE = _REGISTRY["qcow2.compute"][1]
+cdef object _I_CO_ENTRY = _REGISTRY["qcow2.co_entry"][1]
+cdef object _I_IO = _REGISTRY["qcow2.io"][1]
+cdef object _I_WORKER = _REGISTRY["qcow2.worker"][1]
+cdef object _I_IO_DONE = _REGISTRY["qcow2.io_done"][1]
+
+
+cdef int h_qcow2_compute(Core* c, Frame* f) except -1:
+    """driver.compute: qcow2_alloc_host_offset/... (block/qcow2-cluster.c), the engine decides"""
+    return _wrapped(c, f, K_qcow2_compute, _FN_COMPUTE, _I_COMPUTE)
+
+
+cdef int h_qcow2_co_entry(Core* c, Frame* f) except -1:
+    """driver.co_entry: qcow2_co_preadv_part/pwritev_part/... (block/qcow2.c) takes s->lock"""
+    return _wrapped(c, f, K_qcow2_co_entry, _FN_CO_ENTRY, _I_CO_ENTRY)
+
+
+cdef int h_qcow2_io(Core* c, Frame* f) except -1:
+    """driver.io: bdrv_pwrite/... (block/qcow2.c), the next planned host I/O"""
+    return _wrapped(c, f, K_qcow2_io, _FN_IO, _I_IO)
+
+
+cdef int h_qcow2_worker(Core* c, Frame* f) except -1:
+    """driver.worker: handle_aiocb_rw/... (block/file-posix.c) runs one planned host I/O"""
+    return _wrapped(c, f, K_qcow2_worker, _FN_WORKER, _I_WORKER)
+
+
+cdef int h_qcow2_io_done(Core* c, Frame* f) except -1:
+    """driver.io_done: the planned I/O completed (block/qcow2.c)"""
+    return _wrapped(c, f, K_qcow2_io_done, _FN_IO_DONE, _I_IO_DONE)
+
+
 register_layer(_load, _store)
+register_handler(K_qcow2_compute, h_qcow2_compute)
+register_handler(K_qcow2_co_entry, h_qcow2_co_entry)
+register_handler(K_qcow2_io, h_qcow2_io)
+register_handler(K_qcow2_worker, h_qcow2_worker)
+register_handler(K_qcow2_io_done, h_qcow2_io_done)
 register_handler(K_blk_co_entry, h_blk_co_entry)
 register_handler(K_bdrv_co_entry, h_bdrv_co_entry)
 register_handler(K_bdrv_co_done, h_bdrv_co_done)
