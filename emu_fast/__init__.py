@@ -38,8 +38,9 @@ class FastEngineMissing(EmuError):
 __path__ = __import__("pkgutil").extend_path(__path__, __name__)
 
 
+BULK_LAYERS = ()    # the bulk core's layer modules (emu_fast/_bulk_<layer>.pyx: bulk handlers)
 MODULES = ("_core", "_support", "_hostfile", "_virtio_blk_dev", "_blk_mq", "_block", "_vring",
-           "_qcow2")   # compiled modules (emu_fast/<name>.pyx)
+           "_qcow2", "_bulk") + BULK_LAYERS   # compiled modules (emu_fast/<name>.pyx)
 
 
 def _source_sha256(directory: str, name: str) -> str | None:
@@ -87,6 +88,7 @@ def _load():
         if hasattr(mod, "HANDLERS"):
             mods["_core"].register(mod.HANDLERS)
     _DETACH[:] = [mod.detach_machine for mod in mods.values() if hasattr(mod, "detach_machine")]
+    mods["_core"].set_bulk(mods["_bulk"].run)
     return mods["_core"], ""
 
 

@@ -984,12 +984,24 @@ def step(m):
     return _step(m)
 
 
+cdef object _BULK_RUN = None      # emu_fast._bulk.run, once loaded (set_bulk)
+
+
+def set_bulk(fn):
+    """The bulk core's run(m, limit) (emu_fast._bulk), or None: run() without on_step hands it
+    the steps it can take."""
+    global _BULK_RUN
+    _BULK_RUN = fn
+
+
 def run(m, max_steps=None, on_step=None):
     """Machine.run on the compiled loop: 'end', 'steps' or 'stopped'.
 
     Without on_step no one sees a step's record but its handlers (through m.cur, during the
-    step): one record is refilled at every step (_step_into), and m.cur is left holding the
-    last step's record, with the fields, effects and facts a new record would have."""
+    step): the bulk core (emu_fast._bulk) runs the steps it can with no record at all, the
+    others refill one record (_step_into); the run's last step is never the core's, so m.cur
+    is left holding the last step's record, with the fields, effects and facts a new record
+    would have."""
     cdef Py_ssize_t n = 0, limit = -1
     cdef bint has_cb = on_step is not None
     cdef _Scratch scratch = None
@@ -1004,6 +1016,10 @@ def run(m, max_steps=None, on_step=None):
         scratch.facts = []
         scratch.rec = vb_tp_new(_Step, ())
     while limit < 0 or n < limit:
+        if scratch is not None and _BULK_RUN is not None:
+            # no one observes these steps: the bulk core runs what it can of them, all but
+            # the last this budget allows (that one is ours, with its record)
+            n += _BULK_RUN(m, limit - n - 1 if limit >= 0 else -1)
         rec = _step_into(m, scratch)
         if rec is None:
             return "end"

@@ -1,0 +1,295 @@
+# cython: language_level=3
+# The bulk core's contract (emu_fast/_bulk.pyx): what its layer modules (_bulk_*.pyx) cimport.
+#
+# A run with no observer (emu_fast._core.run without on_step) hands stretches of steps to the
+# bulk core.  The core keeps the scheduler (the event heap, each context's stack, queues and
+# blocked continuation, now/seq/cur) in C structures for the stretch, converted from m.sim when
+# it starts and back when it stops; everything else stays the Python engine's own objects
+# (guest RAM and the image bytes are shared bytearrays/files; per-request dicts stay dicts).
+# A handler runs one event exactly as its Python original does, but keeps no record: no
+# effects, facts or detail (nobody observes these steps).
+#
+# Handler protocol (handler_t): h(c, f) runs the event at the top of the heap (its frame f).
+#   1. It may read anything, and must decide whether it can run the event here.  If not
+#      (an error path, an unusual configuration, anything it does not model), it returns
+#      BAIL having changed nothing at all: the core stops, stores the scheduler back, and the
+#      compiled engine runs that event itself (then the core starts again).
+#   2. Otherwise it calls begin(c) (pops the event: now/cur as Scheduler.pop), then does what
+#      the Python handler does, in the same order, steering the scheduler with cont/call/
+#      block/unblock/post/at below, and returns 0.  finish_step runs after it.
+# Exceptions propagate (the scheduler is stored back first).
+#
+# During a stretch the Python m.sim and m.steps are stale: read the time as c.now (after
+# begin: the running event's time), the step count as c.steps (steps done before this one:
+# the Python handler's m.steps), the running context as c.cur, and never call Python code
+# that reads or steers m.sim (Scheduler methods, m.raise_msi, Python handlers).
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.string cimport memcpy
+from cpython.object cimport PyObject
+
+ctypedef int64_t i64
+
+cdef extern from *:
+    """
+    #define VB_NARGS 3
+    """
+    const int VB_NARGS
+
+cdef enum:
+    BAIL = 1
+    CTX_FREE = -1       # the context index of a free event (Scheduler.at: ctx "")
+
+cdef enum:
+    K_NONE = 0          # "" (block("", ()): resume by returning)
+    K_app_exit
+    K_app_hrtimer
+    K_app_op
+    K_app_resume
+    K_app_start
+    K_bdrv_co_done
+    K_bdrv_co_entry
+    K_blk_aio_complete
+    K_blk_co_entry
+    K_blkmq_delay_run
+    K_blkmq_dispatch
+    K_blkmq_dispatch_ret
+    K_blkmq_end_request
+    K_blkmq_flush_plug
+    K_blkmq_run_queue
+    K_blkmq_run_work
+    K_blkmq_start_request
+    K_blkmq_submit_bio
+    K_file_aio_worker
+    K_file_co_entry
+    K_file_co_resume
+    K_file_flush_done
+    K_probe_ack
+    K_probe_blk_start
+    K_probe_capacity
+    K_probe_config_changed
+    K_probe_driver
+    K_probe_driver_ok
+    K_probe_enable_vq
+    K_probe_features
+    K_probe_features_ok
+    K_probe_limits
+    K_probe_msix
+    K_probe_reset
+    K_probe_setup_vq
+    K_probe_tag_set
+    K_qcow2_close
+    K_qcow2_co_entry
+    K_qcow2_compute
+    K_qcow2_io
+    K_qcow2_io_done
+    K_qcow2_open
+    K_qcow2_worker
+    K_raw_co_entry
+    K_vblk_dwz_complete
+    K_vblk_flush
+    K_vblk_flush_complete
+    K_vblk_handle_request
+    K_vblk_handle_vq
+    K_vblk_mrb_add
+    K_vblk_pass_end
+    K_vblk_pop
+    K_vblk_req_complete
+    K_vblk_rw_complete
+    K_vblk_submit_multireq
+    K_vblk_submit_requests
+    K_vblkd_add_err_end
+    K_vblkd_add_err_kick
+    K_vblkd_add_req
+    K_vblkd_add_ret
+    K_vblkd_commit_notify
+    K_vblkd_commit_rqs
+    K_vblkd_done
+    K_vblkd_done_end
+    K_vblkd_map_data
+    K_vblkd_queue_rq
+    K_vblkd_queue_rq_end
+    K_vblkd_request_done
+    K_vblkd_setup_cmd
+    K_vpci_notify
+    K_vpci_notify_done
+    K_vq_fill
+    K_vq_flush
+    K_vq_irq
+    K_vq_notify
+    K_vring_add_avail
+    K_vring_add_desc
+    K_vring_add_head
+    K_vring_add_publish
+    K_vring_add_split
+    K_vring_disable_cb
+    K_vring_enable_cb
+    K_vring_get_buf
+    K_vring_interrupt
+    K_vring_kick_prepare
+    K_vring_notify
+    NKINDS
+
+
+cdef struct Frame:
+    int kind            # K_*
+    int n               # number of arguments
+    i64 a[3]            # the arguments: ints, or (s[i]) an index into Core.strs
+    uint8_t s[3]        # 1: a[i] is a str argument (arg_str/str_arg)
+
+
+cdef struct Ev:
+    i64 time
+    i64 seq
+    int ctx             # index into Core.ctx, or CTX_FREE
+    Frame f
+
+
+cdef struct Pre:        # a preempted task: (kind, args, stack)
+    Frame f
+    Frame* stack
+    Py_ssize_t nstack
+    Py_ssize_t cap
+
+
+cdef struct FrameList:  # a list of (kind, args)
+    Frame* v
+    Py_ssize_t n
+    Py_ssize_t cap
+
+
+cdef struct CtxS:       # emu.sim.scheduler.Ctx
+    PyObject* obj       # the Ctx (borrowed: m keeps it alive)
+    PyObject* name      # its name (str, borrowed)
+    i64 step_ns
+    bint busy
+    FrameList stack
+    FrameList fifo
+    FrameList urgent
+    Pre* pre
+    Py_ssize_t npre
+    Py_ssize_t cappre
+    bint has_blocked
+    Frame blocked
+
+
+cdef struct Core:
+    PyObject* m         # the Machine (borrowed for the run)
+    PyObject* sim       # m.sim
+    PyObject* strs      # list: the str arguments of frames (Frame.s)
+    # scheduler
+    i64 now
+    i64 seq
+    Ev* heap
+    Py_ssize_t nheap
+    Py_ssize_t capheap
+    CtxS ctx[8]
+    int nctx
+    int vcpu            # index of context "vcpu" (-1 if none)
+    int qemu            # index of context "qemu" (-1 if none)
+    int cur             # context of the running step (CTX_FREE for a free event)
+    bint decided
+    bint begun          # the running handler called begin()
+    Ev ev               # the running event (set by begin)
+    i64 steps           # m.steps
+    # guest RAM (m.mem)
+    PyObject* mem
+    uint8_t* ram
+    i64 ram_size
+    uint8_t* dirty      # mem._dirty (one byte per 4 KiB page)
+    PyObject* undo      # mem.undo (a dict, or None)
+
+
+ctypedef int (*handler_t)(Core* c, Frame* f) except -1
+ctypedef int (*load_t)(Core* c) except -1       # 1: ready; 0: this machine is not for the core
+ctypedef int (*store_t)(Core* c) except -1
+
+
+# -- registration (a layer module, at import) --------------------------------------------------
+cdef int register_handler(int kind, handler_t fn) except -1
+cdef int register_layer(load_t load, store_t store) except -1
+
+# -- the scheduler (emu.sim.scheduler.Scheduler, same rules) -----------------------------------
+cdef int begin(Core* c) except -1                       # Scheduler.pop of the running event
+cdef int cont(Core* c, Frame f, i64 delay=*, bint preemptible=*) except -1   # delay < 0: None
+cdef int call(Core* c, Frame f, Frame ret, i64 delay=*) except -1
+cdef int block(Core* c, Frame f) except -1
+cdef int unblock(Core* c, int ctx, i64 delay=*) except -1
+cdef int post(Core* c, int ctx, Frame f, i64 delay=*, bint urgent=*) except -1
+cdef int at(Core* c, i64 delay, Frame f) except -1
+cdef i64 str_arg(Core* c, object s) except -1           # a str argument's index (Frame.s)
+cdef object arg_str(Core* c, i64 i)                     # ... and back
+
+# -- guest RAM (emu.mem.guest_memory.GuestMemory; no effect records) ---------------------------
+cdef int ram_write(Core* c, i64 gpa, const void* src, i64 n) except -1   # GuestMemory.write
+
+
+cdef inline Frame F0(int kind) noexcept nogil:
+    cdef Frame f
+    f.kind = kind
+    f.n = 0
+    f.s[0] = 0
+    f.s[1] = 0
+    f.s[2] = 0
+    return f
+
+
+cdef inline Frame F1(int kind, i64 a0) noexcept nogil:
+    cdef Frame f = F0(kind)
+    f.n = 1
+    f.a[0] = a0
+    return f
+
+
+cdef inline Frame F2(int kind, i64 a0, i64 a1) noexcept nogil:
+    cdef Frame f = F0(kind)
+    f.n = 2
+    f.a[0] = a0
+    f.a[1] = a1
+    return f
+
+
+cdef inline Frame F3(int kind, i64 a0, i64 a1, i64 a2) noexcept nogil:
+    cdef Frame f = F0(kind)
+    f.n = 3
+    f.a[0] = a0
+    f.a[1] = a1
+    f.a[2] = a2
+    return f
+
+
+cdef inline bint ram_ok(Core* c, i64 gpa, i64 n) noexcept nogil:
+    """GuestMemory.is_mapped"""
+    return 0 <= gpa and n >= 0 and gpa + n <= c.ram_size
+
+
+cdef inline uint16_t ram_r16(Core* c, i64 gpa) noexcept nogil:     # (caller checks ram_ok)
+    cdef uint16_t v
+    memcpy(&v, c.ram + gpa, 2)
+    return v
+
+
+cdef inline uint32_t ram_r32(Core* c, i64 gpa) noexcept nogil:
+    cdef uint32_t v
+    memcpy(&v, c.ram + gpa, 4)
+    return v
+
+
+cdef inline uint64_t ram_r64(Core* c, i64 gpa) noexcept nogil:
+    cdef uint64_t v
+    memcpy(&v, c.ram + gpa, 8)
+    return v
+
+
+cdef inline int ram_w16(Core* c, i64 gpa, uint64_t v) except -1:
+    cdef uint16_t x = <uint16_t>v
+    return ram_write(c, gpa, &x, 2)
+
+
+cdef inline int ram_w32(Core* c, i64 gpa, uint64_t v) except -1:
+    cdef uint32_t x = <uint32_t>v
+    return ram_write(c, gpa, &x, 4)
+
+
+cdef inline int ram_w64(Core* c, i64 gpa, uint64_t v) except -1:
+    cdef uint64_t x = v
+    return ram_write(c, gpa, &x, 8)

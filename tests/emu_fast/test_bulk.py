@@ -1,0 +1,138 @@
+"""The bulk core (emu_fast/_bulk.pyx): its scheduler against emu.sim.scheduler.Scheduler.
+
+The core keeps the scheduler in C structures for a stretch of steps and stores it back; the
+rules applied to those structures must leave exactly the Scheduler the Python rules leave
+(the heap's list in the same order, each context's stack, queues, preempted tasks, blocked
+continuation, now/seq/cur).
+"""
+from __future__ import annotations
+
+import copy
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import emu_fast
+from emu.sim.scheduler import Scheduler
+
+pytestmark = pytest.mark.skipif(not emu_fast.available(),
+                                reason="emu_fast is not compiled (python setup.py build_ext --inplace)")
+
+if emu_fast.available():
+    from emu_fast import _bulk
+    KINDS = [k for k in _bulk.kind_names() if k]
+else:
+    KINDS = ["vring.get_buf"]
+
+_kind = st.sampled_from(KINDS)
+_arg = st.one_of(st.integers(-2**63, 2**63 - 1), st.integers(0, 300), st.sampled_from(["", "x", "OK"]))
+_args = st.lists(_arg, max_size=3).map(tuple)
+_ctx = st.sampled_from(["vcpu", "qemu"])
+_delay = st.one_of(st.none(), st.integers(0, 5000))
+
+_op = st.one_of(
+    st.just(("pop",)), st.just(("pop",)), st.just(("finish",)),
+    st.tuples(st.just("cont"), _kind, _args, _delay, st.booleans()),
+    st.tuples(st.just("call"), _kind, _args, _kind, _args, _delay),
+    st.tuples(st.just("block"), st.one_of(st.just(""), _kind), _args),
+    st.tuples(st.just("unblock"), _ctx, st.integers(0, 100)),
+    st.tuples(st.just("post"), _ctx, _kind, _args, st.integers(0, 3000), st.booleans()),
+    st.tuples(st.just("post"), _ctx, _kind, _args, st.integers(0, 3000), st.just(True)),
+    st.tuples(st.just("post"), _ctx, _kind, _args, st.integers(0, 3000), st.just(False)),
+    st.tuples(st.just("at"), st.integers(0, 3000), _kind, _args),
+)
+
+
+def _apply_py(sim: Scheduler, op) -> None:
+    name = op[0]
+    if name == "pop":
+        sim.pop()
+    elif name == "finish":
+        sim.finish_step()
+    elif name == "cont":
+        sim.cont(op[1], op[2], op[3], op[4])
+    elif name == "call":
+        sim.call(op[1], op[2], op[3], op[4], op[5])
+    elif name == "block":
+        sim.block(op[1], op[2])
+    elif name == "unblock":
+        sim.unblock(op[1], op[2])
+    elif name == "post":
+        sim.post(op[1], op[2], op[3], op[4], op[5])
+    elif name == "at":
+        sim.at(op[1], op[2], op[3])
+
+
+def _valid(sim: Scheduler, op) -> bool:
+    """ops the Python scheduler accepts in this state (pop needs an event; cont/call/block need
+    a running context)"""
+    if op[0] == "pop":
+        return bool(sim.queue)
+    if op[0] in ("cont", "call", "block"):
+        return bool(sim.cur)
+    return True
+
+
+def _fields(sim: Scheduler):
+    return (sim.now, sim.seq, list(sim.queue), sim.cur, sim._decided,
+            [(k, c.state()) for k, c in sim.ctxs.items()])
+
+
+def _sched() -> Scheduler:
+    s = Scheduler()
+    s.add_ctx("vcpu", 100)
+    s.add_ctx("qemu", 70)
+    s.post("vcpu", "app.start")
+    return s
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(st.lists(st.lists(_op, max_size=12), min_size=1, max_size=8))
+def test_the_core_schedules_exactly_as_the_scheduler(batches):
+    """Batches of operations, each batch on the C state (loaded from and stored back into one
+    Scheduler) and on the Python rules (another): the two Schedulers stay equal, field for
+    field, the heap's list in the same order."""
+    py, c = _sched(), _sched()
+    for batch in batches:
+        ops = []
+        for op in batch:
+            if not _valid(py, op):
+                continue
+            _apply_py(py, op)
+            ops.append(op)
+        assert _bulk.sched_ops(c, ops)
+        assert repr(_fields(c)) == repr(_fields(py))     # (repr: True is not 1)
+
+
+def test_a_round_trip_changes_nothing():
+    s = _sched()
+    s.pop()
+    s.call("vring.add_desc", (3,), "vblkd.add_ret", (3,))
+    s.post("vcpu", "vring.interrupt", (1,), 50, True)
+    s.post("qemu", "vpci.notify", (12288,))
+    s.post("qemu", "vblk.pop", (0,))
+    s.block("", ())
+    s.at(30, "file.aio_worker", (7,))
+    before = repr(_fields(s))
+    assert _bulk.sched_ops(s, [])
+    assert repr(_fields(s)) == before
+
+
+@pytest.mark.parametrize("poke", [
+    lambda s: s.queue.append((1, 99, "vcpu", "no.such.kind", ())),
+    lambda s: s.queue.append((1, 99, "vcpu", "app.op", (1.5,))),
+    lambda s: s.queue.append((1, 99, "vcpu", "app.op", (True,))),
+    lambda s: s.queue.append((1, 99, "vcpu", "app.op", (1, 2, 3, 4))),
+    lambda s: s.queue.append((1, 99, "vcpu", "app.op", (2 ** 64,))),
+    lambda s: s.queue.append((1, 99, "nobody", "app.op", ())),
+    lambda s: s.ctxs["vcpu"].fifo.append(("app.op", [1])),
+    lambda s: setattr(s, "now", 1.0),
+])
+def test_what_the_core_cannot_hold_is_left_alone(poke):
+    """A scheduler with something the C state cannot represent is refused, untouched."""
+    s = _sched()
+    poke(s)
+    before = copy.deepcopy(_fields(s))
+    assert _bulk.sched_ops(s, [("pop",)]) is False
+    assert _fields(s) == before
