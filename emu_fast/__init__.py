@@ -38,7 +38,7 @@ class FastEngineMissing(EmuError):
 __path__ = __import__("pkgutil").extend_path(__path__, __name__)
 
 
-BULK_LAYERS = ()    # the bulk core's layer modules (emu_fast/_bulk_<layer>.pyx: bulk handlers)
+BULK_LAYERS = ("_bulk_blk",)    # the bulk core's layer modules (emu_fast/_bulk_<layer>.pyx: bulk handlers)
 MODULES = ("_core", "_support", "_hostfile", "_virtio_blk_dev", "_blk_mq", "_block", "_vring",
            "_qcow2", "_bulk") + BULK_LAYERS   # compiled modules (emu_fast/<name>.pyx)
 
