@@ -11,8 +11,12 @@ fire, an unusual value anywhere) returns BAIL with nothing changed, and the comp
 runs that event.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
-from cpython.dict cimport PyDict_GetItem, PyDict_DelItem, PyDict_SetItem
-from cpython.long cimport PyLong_AsLongLongAndOverflow
+from cpython.dict cimport PyDict_DelItem, PyDict_GetItemWithError
+from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_AsUnsignedLongLong
+
+cdef extern from "Python.h":
+    int _PyLong_Sign(object v)
+    size_t _PyLong_NumBits(object v) except? <size_t>-1
 from cpython.object cimport PyObject
 from libc.stdint cimport uint64_t
 from libc.string cimport memcpy, memset
@@ -25,8 +29,10 @@ from emu_fast._bulk cimport (
     begin, block, call, cont, i64, post, ram_ok, ram_write, register_handler, register_layer,
     str_arg, unblock)
 from emu_fast._slots cimport slot_offsets, sget, sset
+from emu_fast._zeros cimport vb_zeros
 
 import errno as _E
+from weakref import ref as _weakref
 
 from emu import machine as _machine_mod
 from emu.block import backend as _BK
@@ -128,27 +134,41 @@ cdef bint _small(object o, i64* out) except -1:
     return True
 
 
+cdef object _lat_seen = None     # weakref of the LatencyModel _cost_c was decided for
+cdef object _fmt_seen = None     # ... and of the format driver _fmt_kind was decided for
+
+
 cdef int _load(Core* c) except -1:
-    global _rand_c, _cost_c, _fmt_kind
+    global _rand_c, _cost_c, _fmt_kind, _lat_seen, _fmt_seen
     global _lat_read, _lat_write, _lat_flush, _lat_discard, _lat_zero, _lat_ps, _lat_jitter
     m = <object>c.m
-    d = getattr(m, "__dict__", None) or {}
-    _rand_c = (type(m) is _Machine and _Machine.rand is _PY_RAND and "rand" not in d
-               and _machine_mod.splitmix64 is _PY_SPLITMIX)
+    _rand_c = (type(m) is _Machine and _Machine.rand is _PY_RAND
+               and _machine_mod.splitmix64 is _PY_SPLITMIX and "rand" not in m.__dict__)
     lat = _m_latency(m)
-    _cost_c = (type(lat) is _LatencyModel and _LatencyModel.cost is _PY_COST
-               and _small(lat.read_ns, &_lat_read) and _small(lat.write_ns, &_lat_write)
-               and _small(lat.flush_ns, &_lat_flush) and _small(lat.discard_ns, &_lat_discard)
-               and _small(lat.zero_ns, &_lat_zero) and _small(lat.ps_per_byte, &_lat_ps)
-               and _small(lat.jitter_pct, &_lat_jitter) and _lat_jitter <= 100)
+    if _lat_seen is None or _lat_seen() is not lat or _LatencyModel.cost is not _PY_COST:
+        _lat_seen = None
+        _cost_c = (type(lat) is _LatencyModel and _LatencyModel.cost is _PY_COST
+                   and _small(lat.read_ns, &_lat_read) and _small(lat.write_ns, &_lat_write)
+                   and _small(lat.flush_ns, &_lat_flush) and _small(lat.discard_ns, &_lat_discard)
+                   and _small(lat.zero_ns, &_lat_zero) and _small(lat.ps_per_byte, &_lat_ps)
+                   and _small(lat.jitter_pct, &_lat_jitter) and _lat_jitter <= 100)
+        if _cost_c:                     # (a LatencyModel is frozen: its fields stay)
+            _lat_seen = _weakref(lat)
     fmt = _m_fmt(m)
-    _fmt_kind = 0
-    if type(fmt) is _RawFormat and _RawFormat.entry_kind is _PY_RAW_ENTRY_KIND \
-            and "entry_kind" not in (getattr(fmt, "__dict__", None) or {}):
-        _fmt_kind = K_raw_co_entry
-    elif type(fmt) is _Qcow2Format and _Qcow2Format.entry_kind is _PY_Q_ENTRY_KIND \
-            and "entry_kind" not in (getattr(fmt, "__dict__", None) or {}):
-        _fmt_kind = K_qcow2_co_entry
+    if _fmt_seen is None or _fmt_seen() is not fmt or _RawFormat.entry_kind is not _PY_RAW_ENTRY_KIND \
+            or _Qcow2Format.entry_kind is not _PY_Q_ENTRY_KIND:
+        _fmt_seen = None
+        _fmt_kind = 0
+        if type(fmt) is _RawFormat and _RawFormat.entry_kind is _PY_RAW_ENTRY_KIND \
+                and "entry_kind" not in (getattr(fmt, "__dict__", None) or {}):
+            _fmt_kind = K_raw_co_entry
+        elif type(fmt) is _Qcow2Format and _Qcow2Format.entry_kind is _PY_Q_ENTRY_KIND \
+                and "entry_kind" not in (getattr(fmt, "__dict__", None) or {}):
+            _fmt_kind = K_qcow2_co_entry
+        if _fmt_kind:
+            _fmt_seen = _weakref(fmt)
+    elif "entry_kind" in (getattr(fmt, "__dict__", None) or {}):
+        _fmt_kind = 0
     return 1
 
 
@@ -158,7 +178,9 @@ cdef int _store(Core* c) except -1:
 
 # == which events ran here (counts(): for the tests) ===============================================
 cdef long long _COUNT[NKINDS]
+cdef long long _WRAPPED[NKINDS]      # ... of them through _wrapped (the compiled handler)
 memset(_COUNT, 0, sizeof(_COUNT))
+memset(_WRAPPED, 0, sizeof(_WRAPPED))
 
 
 cdef inline int _begin(Core* c, int kind) except -1:
@@ -167,25 +189,74 @@ cdef inline int _begin(Core* c, int kind) except -1:
     return begin(c)
 
 
-def counts():
-    """{kind: events of that kind this module's handlers ran} since reset_counts()"""
+def counts(bint wrapped=False):
+    """{kind: events of that kind this module's handlers ran} since reset_counts() (wrapped:
+    those of them that ran the compiled engine's handler against a recording scheduler)"""
     from emu_fast._bulk import kind_names
     names = kind_names()
-    return {names[i]: _COUNT[i] for i in range(NKINDS) if _COUNT[i]}
+    cdef long long* a = &_COUNT[0]
+    if wrapped:
+        a = &_WRAPPED[0]
+    return {names[i]: a[i] for i in range(NKINDS) if a[i]}
 
 
 def reset_counts():
     memset(_COUNT, 0, sizeof(_COUNT))
+    memset(_WRAPPED, 0, sizeof(_WRAPPED))
 
 
 # == helpers ========================================================================================
 
 cdef inline object _get(object d, object k):
     """d[k] of a dict, or _MISSING"""
-    cdef PyObject* p = PyDict_GetItem(d, k)
+    cdef PyObject* p = PyDict_GetItemWithError(d, k)
     if p == NULL:
         return _MISSING
     return <object>p
+
+
+# the block layer's operations: the keys of BLK_FN, BDRV_FN, raw's FN, file-posix's CO_FN and
+# AIO_FN (a request's "op"/"cur_op"); any other value is not modelled here (bail)
+cdef enum:
+    OP_READ = 0
+    OP_WRITE
+    OP_FLUSH
+    OP_DISCARD
+    OP_WZ
+cdef str S_READ = "read"
+cdef str S_WRITE = "write"
+cdef str S_FLUSH = "flush"
+cdef str S_DISCARD = "discard"
+cdef str S_WZ = "write_zeroes"
+cdef set _OPS = {S_READ, S_WRITE, S_FLUSH, S_DISCARD, S_WZ}
+assert set(BLK_FN) == set(BDRV_FN) == set(RAW_FN) == set(CO_FN) == set(AIO_FN) == _OPS
+
+
+cdef inline int _opcode(object op) except -2:
+    """OP_* of an operation name, -1 for anything else"""
+    if op is S_WRITE:
+        return OP_WRITE
+    if op is S_READ:
+        return OP_READ
+    if op is S_FLUSH:
+        return OP_FLUSH
+    if op is S_DISCARD:
+        return OP_DISCARD
+    if op is S_WZ:
+        return OP_WZ
+    if type(op) is not str:
+        return -1
+    if op == S_WRITE:
+        return OP_WRITE
+    if op == S_READ:
+        return OP_READ
+    if op == S_FLUSH:
+        return OP_FLUSH
+    if op == S_DISCARD:
+        return OP_DISCARD
+    if op == S_WZ:
+        return OP_WZ
+    return -1
 
 
 cdef inline bint _as_i64(object o, i64* out) except -1:
@@ -230,31 +301,28 @@ cdef bint _iov_ok(Core* c, object iov, i64* total) except -1:
     return True
 
 
-cdef object _latency(Core* c, object m, object op, i64 nbytes):
+cdef object _latency(Core* c, object m, object op, int opc, i64 nbytes):
     """m.latency.cost(op, nbytes, m.rand()): Machine.rand and LatencyModel.cost"""
     cdef uint64_t state, z
     cdef i64 base, span
-    cdef int ovf = 0
     s = _m_rng(m)
     if not (_rand_c and _cost_c and type(s) is int and 0 <= nbytes < (<i64>1 << 32)
-            and (op == "read" or op == "write" or op == "flush" or op == "discard"
-                 or op == "write_zeroes")
-            and 0 <= s < _TWO64):
+            and opc >= 0 and _PyLong_Sign(s) >= 0 and _PyLong_NumBits(s) <= 64):
         return _m_latency(m).cost(op, nbytes, m.rand())
-    state = <uint64_t>(<object>s)
+    state = PyLong_AsUnsignedLongLong(s)
     state = state + <uint64_t>0x9E3779B97F4A7C15
     z = state
     z = (z ^ (z >> 30)) * <uint64_t>0xBF58476D1CE4E5B9
     z = (z ^ (z >> 27)) * <uint64_t>0x94D049BB133111EB
     z = z ^ (z >> 31)
     sset(m, _Machine, _M[4], "rng", <object>state)
-    if op == "read":
+    if opc == OP_READ:
         base = _lat_read + nbytes * _lat_ps // 1000
-    elif op == "write":
+    elif opc == OP_WRITE:
         base = _lat_write + nbytes * _lat_ps // 1000
-    elif op == "flush":
+    elif opc == OP_FLUSH:
         base = _lat_flush
-    elif op == "discard":
+    elif opc == OP_DISCARD:
         base = _lat_discard
     else:
         base = _lat_zero
@@ -269,6 +337,7 @@ cdef object _latency(Core* c, object m, object op, i64 nbytes):
 
 cdef int h_blk_co_entry(Core* c, Frame* f) except -1:
     """backend.co_entry: blk_co_do_preadv_part/pwritev_part/flush/... (block/block-backend.c)"""
+    cdef int opc
     cdef i64 bid = f.a[0], off, n, length
     m = <object>c.m
     blk = _m_block(m)
@@ -276,19 +345,20 @@ cdef int h_blk_co_entry(Core* c, Frame* f) except -1:
     if req is None:
         return BAIL
     op = _get(req, "op")
-    if type(op) is not str or PyDict_GetItem(BLK_FN, op) == NULL:
+    opc = _opcode(op)
+    if opc < 0:
         return BAIL
     o_off = _get(req, "offset")
     o_n = _get(req, "bytes")
     if not _as_i64(o_off, &off) or not _as_i64(o_n, &n):
         return BAIL                     # (the detail formats both)
-    if op != "flush":
+    if opc != OP_FLUSH:
         if not _as_i64(_b_length(blk), &length):
             return BAIL
         if off < 0 or n < 0 or off > length or n > length - off:
             return BAIL                 # _complete_early(-EIO)
     fua = False
-    if op == "write" and not _b_wce(blk):
+    if opc == OP_WRITE and not _b_wce(blk):
         flags = _get(req, "flags")
         if flags is _MISSING or type(flags) is not int:
             return BAIL
@@ -302,6 +372,7 @@ cdef int h_blk_co_entry(Core* c, Frame* f) except -1:
 
 cdef int h_bdrv_co_entry(Core* c, Frame* f) except -1:
     """backend.bdrv_co_entry: bdrv_co_preadv_part/pwritev_part/... (block/io.c)"""
+    cdef int opc
     cdef i64 bid = f.a[0]
     m = <object>c.m
     blk = _m_block(m)
@@ -309,16 +380,17 @@ cdef int h_bdrv_co_entry(Core* c, Frame* f) except -1:
     if req is None or _fmt_kind == 0:
         return BAIL
     op = _get(req, "op")
-    if type(op) is not str or PyDict_GetItem(BDRV_FN, op) == NULL:
+    opc = _opcode(op)
+    if opc < 0:
         return BAIL
-    if (op == "write" or op == "write_zeroes" or op == "discard") and _b_read_only(blk):
+    if (opc == OP_WRITE or opc == OP_WZ or opc == OP_DISCARD) and _b_read_only(blk):
         return BAIL                     # -EPERM
     unmap = True
-    if op == "discard" or op == "write_zeroes":
+    if opc == OP_DISCARD or opc == OP_WZ:
         unmap = bool(_b_discard_unmap(blk))
-    if op == "discard" and not unmap:
+    if opc == OP_DISCARD and not unmap:
         return BAIL                     # discard=ignore: completes early
-    clear = op == "write_zeroes" and not unmap
+    clear = opc == OP_WZ and not unmap
     if clear:
         flags = _get(req, "flags")
         if flags is _MISSING or type(flags) is not int:
@@ -332,6 +404,7 @@ cdef int h_bdrv_co_entry(Core* c, Frame* f) except -1:
 
 cdef int h_bdrv_co_done(Core* c, Frame* f) except -1:
     """backend.bdrv_co_done: back in bdrv_co_pwritev_part (block/io.c), FUA emulated by a flush"""
+    cdef int opc
     cdef i64 bid = f.a[0]
     m = <object>c.m
     blk = _m_block(m)
@@ -340,11 +413,11 @@ cdef int h_bdrv_co_done(Core* c, Frame* f) except -1:
         return BAIL
     op = _get(req, "op")
     ret = _get(req, "ret")
-    if type(op) is not str or PyDict_GetItem(BDRV_FN, op) == NULL \
-            or (ret is not None and type(ret) is not int):
+    opc = _opcode(op)
+    if opc < 0 or (ret is not None and type(ret) is not int):
         return BAIL
     fua = False
-    if op == "write":
+    if opc == OP_WRITE:
         flags = _get(req, "flags")
         if type(flags) is not int:
             return BAIL
@@ -379,7 +452,7 @@ cdef int h_blk_aio_complete(Core* c, Frame* f) except -1:
     cb = _get(req, "cb")
     ret = _get(req, "ret")
     if (type(cb) is not tuple and type(cb) is not list) or len(cb) != 2 \
-            or PyDict_GetItem(req, "op") == NULL or not _as_i64(ret, &r):
+            or PyDict_GetItemWithError(req, "op") == NULL or not _as_i64(ret, &r):
         return BAIL
     kind = cb[0]
     args = cb[1]
@@ -408,6 +481,7 @@ cdef int h_blk_aio_complete(Core* c, Frame* f) except -1:
 
 cdef int h_raw_co_entry(Core* c, Frame* f) except -1:
     """raw.co_entry: raw_co_preadv/pwritev/... (block/raw-format.c), straight to the file"""
+    cdef int opc
     cdef i64 bid = f.a[0]
     m = <object>c.m
     blk = _m_block(m)
@@ -415,9 +489,10 @@ cdef int h_raw_co_entry(Core* c, Frame* f) except -1:
     if req is None:
         return BAIL
     op = _get(req, "cur_op")
-    if type(op) is not str or PyDict_GetItem(RAW_FN, op) == NULL:
+    opc = _opcode(op)
+    if opc < 0:
         return BAIL
-    if op == "write" and _b_probed(blk):
+    if opc == OP_WRITE and _b_probed(blk):
         off = _get(req, "offset")
         if type(off) is not int or off < 512:
             return BAIL                 # a probed image's sector 0: the compiled engine decides
@@ -430,6 +505,7 @@ cdef int h_raw_co_entry(Core* c, Frame* f) except -1:
 
 cdef int h_file_co_entry(Core* c, Frame* f) except -1:
     """file_posix.co_entry: raw_co_prw/raw_co_flush_to_disk (block/file-posix.c) -> thread pool"""
+    cdef int opc
     cdef i64 bid = f.a[0], nb, aid
     m = <object>c.m
     blk = _m_block(m)
@@ -437,9 +513,10 @@ cdef int h_file_co_entry(Core* c, Frame* f) except -1:
     if req is None:
         return BAIL
     op = _get(req, "cur_op")
-    if type(op) is not str or PyDict_GetItem(CO_FN, op) == NULL:
+    opc = _opcode(op)
+    if opc < 0:
         return BAIL
-    is_flush = op == "flush"
+    is_flush = opc == OP_FLUSH
     skip = False
     if is_flush:
         active = _b_active_flush(blk)
@@ -461,7 +538,7 @@ cdef int h_file_co_entry(Core* c, Frame* f) except -1:
     offset = _get(req, "offset")
     if type(offset) is not int:
         return BAIL                     # (the detail formats it)
-    if op == "read" or op == "write":
+    if opc == OP_READ or opc == OP_WRITE:
         iov = _get(req, "qiov")
         if not _iov_ok(c, iov, &nb):
             return BAIL
@@ -482,7 +559,7 @@ cdef int h_file_co_entry(Core* c, Frame* f) except -1:
     sset(blk, _BlockState, _B[2], "next_aio", aid + 1)
     aios[o_aid] = {"bid": bid, "op": op, "offset": offset, "bytes": o_nb,
                    "iov": iov, "data": None, "ret": None}
-    lat = _latency(c, m, op, nb)
+    lat = _latency(c, m, op, opc, nb)
     at(c, lat, F1(K_file_aio_worker, aid))
     return 0
 
@@ -513,6 +590,7 @@ cdef bint _fault_fires(object m, object blk, object op, object off, object n) ex
 
 cdef int h_file_aio_worker(Core* c, Frame* f) except -1:
     """file_posix.aio_worker: handle_aiocb_rw/flush/... (block/file-posix.c), the syscall"""
+    cdef int opc
     cdef i64 aid = f.a[0], off, n, nb, gpa, ln, pos, l, have
     cdef const char* src
     cdef char* dst
@@ -527,18 +605,18 @@ cdef int h_file_aio_worker(Core* c, Frame* f) except -1:
     op = _get(aio, "op")
     o_off = _get(aio, "offset")
     o_n = _get(aio, "bytes")
-    if type(op) is not str or PyDict_GetItem(AIO_FN, op) == NULL \
-            or not _as_i64(o_off, &off) or not _as_i64(o_n, &n) or off < 0 or n < 0:
+    opc = _opcode(op)
+    if opc < 0 or not _as_i64(o_off, &off) or not _as_i64(o_n, &n) or off < 0 or n < 0:
         return BAIL
     if c.qemu < 0 or _fault_fires(m, blk, op, o_off, o_n):
         return BAIL
     hf = _m_hostfile(m)
     iov = _get(aio, "iov")
     data = None
-    if op == "read":
+    if opc == OP_READ:
         if not _iov_ok(c, iov, &nb):
             return BAIL
-    elif op == "write":
+    elif opc == OP_WRITE:
         data = _get(aio, "data")
         if data is _MISSING:
             return BAIL
@@ -547,7 +625,7 @@ cdef int h_file_aio_worker(Core* c, Frame* f) except -1:
     _begin(c, K_file_aio_worker)
     ret = 0
     try:
-        if op == "read":
+        if opc == OP_READ:
             got = hf.pread(o_off, o_n)
             if type(got) is bytes:
                 src = PyBytes_AS_STRING(got)
@@ -568,7 +646,7 @@ cdef int h_file_aio_worker(Core* c, Frame* f) except -1:
                 for e in iov:
                     mem.write(e[0], got[pos:pos + e[1]])
                     pos += e[1]
-        elif op == "write":
+        elif opc == OP_WRITE:
             if data is None:
                 data = PyBytes_FromStringAndSize(NULL, nb)
                 dst = PyBytes_AS_STRING(data)
@@ -579,7 +657,7 @@ cdef int h_file_aio_worker(Core* c, Frame* f) except -1:
                     memcpy(dst + pos, c.ram + gpa, <size_t>ln)
                     pos += ln
             hf.pwrite(o_off, data)
-        elif op == "flush":
+        elif opc == OP_FLUSH:
             hf.fdatasync()
         else:
             _fp_run(m, hf, aio)
@@ -592,6 +670,7 @@ cdef int h_file_aio_worker(Core* c, Frame* f) except -1:
 
 cdef int h_file_co_resume(Core* c, Frame* f) except -1:
     """file_posix.co_resume: the thread-pool completion re-enters raw_co_prw (block/file-posix.c)"""
+    cdef int opc
     cdef i64 aid = f.a[0], bid
     m = <object>c.m
     blk = _m_block(m)
@@ -604,23 +683,23 @@ cdef int h_file_co_resume(Core* c, Frame* f) except -1:
     o_bid = _get(aio, "bid")
     aop = _get(aio, "op")
     ret = _get(aio, "ret")
-    if not _as_i64(o_bid, &bid) or type(aop) is not str or PyDict_GetItem(CO_FN, aop) == NULL \
-            or (ret is not None and type(ret) is not int):
+    opc = _opcode(aop)
+    if not _as_i64(o_bid, &bid) or opc < 0 or (ret is not None and type(ret) is not int):
         return BAIL
     req = _req(c, blk, bid)
     if req is None:
         return BAIL
-    if aop == "flush" and ret == 0 and PyDict_GetItem(req, "flush_gen") == NULL:
+    if opc == OP_FLUSH and ret == 0 and PyDict_GetItemWithError(req, "flush_gen") == NULL:
         return BAIL
     _begin(c, K_file_co_resume)
     PyDict_DelItem(aios, aid)
     req["ret"] = ret
-    if aop == "flush":
+    if opc == OP_FLUSH:
         if ret == 0:
             sset(blk, _BlockState, _B[8], "flushed_gen", req.pop("flush_gen"))
         cont(c, F1(K_file_flush_done, bid), -1)
     else:
-        if aop != "read" and ret == 0:
+        if opc != OP_READ and ret == 0:
             sset(blk, _BlockState, _B[9], "write_gen", _b_write_gen(blk) + 1)
         cont(c, F1(K_bdrv_co_done, bid), -1)
     return 0
@@ -763,6 +842,7 @@ cdef int _wrapped(Core* c, Frame* f, int kind, object fn, object info) except -1
     for i in range(f.n):
         args.append(arg_str(c, f.a[i]) if f.s[i] else f.a[i])
     _begin(c, kind)
+    _WRAPPED[kind] += 1
     m = <object>c.m
     if _SCRATCH is None:
         _SCRATCH = _Step(0, 0, "", "", "", "", "")
@@ -800,29 +880,355 @@ cdef object _I_WORKER = _REGISTRY["qcow2.worker"][1]
 cdef object _I_IO_DONE = _REGISTRY["qcow2.io_done"][1]
 
 
-cdef int h_qcow2_compute(Core* c, Frame* f) except -1:
-    """driver.compute: qcow2_alloc_host_offset/... (block/qcow2-cluster.c), the engine decides"""
-    return _wrapped(c, f, K_qcow2_compute, _FN_COMPUTE, _I_COMPUTE)
+# -- qcow2's host-I/O steps, natively on their common paths ------------------------------------------
+# (every other path runs the compiled handler through _wrapped: no bail)
+
+cdef dict Q_CO_FN = _Q.CO_FN
+cdef dict Q_WORKER_FN = _Q.WORKER_FN
+for _n in ("engine", "cos", "lock_owner", "lock_queue"):
+    assert not hasattr(_Q.Qcow2Format, _n)      # instance attributes: read from fmt.__dict__
+cdef dict _Q_LAT_OP = {"guest_write": S_WRITE, "write": S_WRITE, "flush": S_FLUSH,
+                       "discard": S_DISCARD, "write_zeroes": S_WZ}
+cdef dict _Q_FAULT_OP = {"guest_write": "write", "guest_read": "read", "cow_read": "read",
+                         "compressed_read": "read", "backing_read": "read"}
+cdef str S_GUEST_WRITE = "guest_write"
+cdef str S_GUEST_READ = "guest_read"
+cdef str S_COW_READ = "cow_read"
+cdef str S_GUEST_ZERO = "guest_zero"
+cdef str S_RAM = "ram"
+cdef str S_ZERO = "zero"
+
+# plan item operations (Qcow2Engine.io's op) the native handlers know
+cdef enum:
+    QI_OTHER = 0
+    QI_WRITE            # "write" (item["data"])
+    QI_GUEST_WRITE      # "guest_write" (item["parts"])
+    QI_GUEST_READ
+    QI_READ             # "read", "cow_read": nothing to do but the effect record
+    QI_FLUSH
+    QI_WZ
+    QI_DISCARD
+
+
+cdef inline int _qop(object op) except -1:
+    if op == S_GUEST_WRITE:
+        return QI_GUEST_WRITE
+    if op == S_WRITE:
+        return QI_WRITE
+    if op == S_GUEST_READ:
+        return QI_GUEST_READ
+    if op == S_WZ:
+        return QI_WZ
+    if op == S_COW_READ or op == S_READ:
+        return QI_READ
+    if op == S_FLUSH:
+        return QI_FLUSH
+    if op == S_DISCARD:
+        return QI_DISCARD
+    return QI_OTHER
+
+
+cdef object _qfmt(Core* c):
+    """m.fmt.__dict__ when m.fmt is a Qcow2Format (else None)"""
+    if _fmt_kind != K_qcow2_co_entry:
+        return None
+    d = _m_fmt(<object>c.m).__dict__
+    return d if type(d) is dict else None
+
+
+cdef object _q_co(object fd, i64 bid):
+    """m.fmt.cos[bid] (a dict), or None"""
+    cos = _get(fd, "cos")
+    if type(cos) is not dict:
+        return None
+    co = _get(cos, bid)
+    return co if type(co) is dict else None
+
+
+cdef object _q_item(object co, i64* pi, Py_ssize_t* nplan):
+    """co["plan"][co["pi"]] (a dict with str "op", "fn" and a "what"), or None"""
+    plan = _get(co, "plan")
+    if type(plan) is not list or not _as_i64(_get(co, "pi"), pi):
+        return None
+    if pi[0] < 0 or pi[0] >= len(<list>plan):
+        return None
+    nplan[0] = len(<list>plan)
+    item = (<list>plan)[pi[0]]
+    if type(item) is not dict or type(_get(item, "op")) is not str \
+            or type(_get(item, "fn")) is not str or _get(item, "what") is _MISSING:
+        return None
+    return item
 
 
 cdef int h_qcow2_co_entry(Core* c, Frame* f) except -1:
     """driver.co_entry: qcow2_co_preadv_part/pwritev_part/... (block/qcow2.c) takes s->lock"""
-    return _wrapped(c, f, K_qcow2_co_entry, _FN_CO_ENTRY, _I_CO_ENTRY)
+    cdef i64 bid = f.a[0], off, n
+    cdef int opc
+    m = <object>c.m
+    fd = _qfmt(c)
+    blk = _m_block(m)
+    req = _req(c, blk, bid)
+    if fd is None or req is None:
+        return _wrapped(c, f, K_qcow2_co_entry, _FN_CO_ENTRY, _I_CO_ENTRY)
+    eng = _get(fd, "engine")
+    op = _get(req, "cur_op")
+    opc = _opcode(op)
+    cos = _get(fd, "cos")
+    owner = _get(fd, "lock_owner")
+    lq = _get(fd, "lock_queue")
+    o_off = _get(req, "offset")
+    o_n = _get(req, "bytes")
+    if eng is _MISSING or opc < 0 or type(cos) is not dict or owner is _MISSING \
+            or (owner is not None and type(lq) is not list) \
+            or not _as_i64(o_off, &off) or not _as_i64(o_n, &n) or eng.drv_gone:
+        return _wrapped(c, f, K_qcow2_co_entry, _FN_CO_ENTRY, _I_CO_ENTRY)
+    _begin(c, K_qcow2_co_entry)
+    if opc == OP_WRITE or opc == OP_READ:
+        co = {"op": op, "phase": "start", "plan": [], "pi": 0, "ret": 0, "pos": o_off,
+              "remaining": o_n, "qoff": 0, "pieces": [], "link_i": 0, "zero": False,
+              "wphase": "alloc"}
+    else:
+        co = {"op": op, "phase": "start", "plan": [], "pi": 0, "ret": 0}
+    (<dict>cos)[bid] = co
+    if owner is not None:
+        (<list>lq).append(bid)          # s->lock is held: wait (the task returns)
+        return 0
+    fd["lock_owner"] = bid
+    cont(c, F1(K_qcow2_compute, bid), -1)
+    return 0
 
 
 cdef int h_qcow2_io(Core* c, Frame* f) except -1:
-    """driver.io: bdrv_pwrite/... (block/qcow2.c), the next planned host I/O"""
-    return _wrapped(c, f, K_qcow2_io, _FN_IO, _I_IO)
+    """driver.io: bdrv_pwrite/... (block/qcow2.c), the next planned host I/O to the thread pool"""
+    cdef i64 bid = f.a[0], pi, ln, tot, gpa, n
+    cdef Py_ssize_t nplan
+    cdef int opc
+    m = <object>c.m
+    fd = _qfmt(c)
+    co = _q_co(fd, bid) if fd is not None else None
+    item = _q_item(co, &pi, &nplan) if co is not None else None
+    if item is None:
+        return _wrapped(c, f, K_qcow2_io, _FN_IO, _I_IO)
+    op = (<dict>item)["op"]
+    lop = _get(_Q_LAT_OP, op)
+    if lop is _MISSING:
+        lop = S_READ
+    opc = _opcode(lop)
+    o_ln = _get(item, "length")
+    if o_ln is _MISSING:
+        o_ln = 0
+    if not _as_i64(o_ln, &ln):
+        return _wrapped(c, f, K_qcow2_io, _FN_IO, _I_IO)
+    if op == S_GUEST_ZERO:
+        # the zeros go straight into guest RAM, then the next item
+        iov = _get(item, "iov")
+        eng = _get(fd, "engine")
+        if PyDict_GetItemWithError(item, "length") == NULL or eng is _MISSING \
+                or not _iov_ok(c, iov, &tot):
+            return _wrapped(c, f, K_qcow2_io, _FN_IO, _I_IO)
+        _begin(c, K_qcow2_io)
+        for e in iov:
+            gpa = e[0]
+            n = e[1]
+            if n > 0:
+                z = vb_zeros(n)
+                ram_write(c, gpa, PyBytes_AS_STRING(z), n)
+        return _next_item(c, eng, co, item, pi, nplan, bid)
+    if op == S_FLUSH:
+        blk = _m_block(m)
+        eng = _get(fd, "engine")
+        if eng is _MISSING:
+            return _wrapped(c, f, K_qcow2_io, _FN_IO, _I_IO)
+        if _b_no_flush(blk) or _b_flushed_gen(blk) == _b_write_gen(blk):
+            _begin(c, K_qcow2_io)
+            return _next_item(c, eng, co, item, pi, nplan, bid)
+        _begin(c, K_qcow2_io)
+        item["gen"] = _b_write_gen(blk)
+    else:
+        _begin(c, K_qcow2_io)
+    lat = _latency(c, m, lop, opc, ln)
+    at(c, lat, F1(K_qcow2_worker, bid))
+    return 0
+
+
+cdef int _next_item(Core* c, object eng, object co, object item, i64 pi, Py_ssize_t nplan,
+                    i64 bid) except -1:
+    """driver._next_item"""
+    eng.executed(item)
+    co["pi"] = pi + 1
+    cont(c, F1(K_qcow2_io if pi + 1 < nplan else K_qcow2_compute, bid), -1)
+    return 0
+
+
+cdef bint _parts_ok(Core* c, object parts, i64* total) except -1:
+    """a guest_write item's parts: ("ram", gpa, len) inside guest RAM, ("zero", n) or
+    (other, bytes); total = the joined length"""
+    cdef i64 a, b, t = 0
+    if type(parts) is not list:
+        return False
+    for p in parts:
+        if type(p) is not tuple or len(<tuple>p) < 2:
+            return False
+        k = (<tuple>p)[0]
+        if k == S_RAM:
+            if len(<tuple>p) < 3 or not _as_i64((<tuple>p)[1], &a) or not _as_i64((<tuple>p)[2], &b) \
+                    or not ram_ok(c, a, b) or b > (<i64>1 << 40):
+                return False
+            t += b
+        elif k == S_ZERO:
+            if not _as_i64((<tuple>p)[1], &b) or b < 0 or b > (<i64>1 << 40):
+                return False
+            t += b
+        else:
+            if type((<tuple>p)[1]) is not bytes:
+                return False
+            t += PyBytes_GET_SIZE((<tuple>p)[1])
+    total[0] = t
+    return True
 
 
 cdef int h_qcow2_worker(Core* c, Frame* f) except -1:
-    """driver.worker: handle_aiocb_rw/... (block/file-posix.c) runs one planned host I/O"""
-    return _wrapped(c, f, K_qcow2_worker, _FN_WORKER, _I_WORKER)
+    """driver.worker: handle_aiocb_rw/flush/... (block/file-posix.c) runs one planned host I/O"""
+    cdef i64 bid = f.a[0], pi, off, n, nb = 0, pos, gpa, ln, l, have, end, size
+    cdef Py_ssize_t nplan
+    cdef int q
+    cdef const char* src
+    cdef char* dst
+    m = <object>c.m
+    fd = _qfmt(c)
+    co = _q_co(fd, bid) if fd is not None else None
+    item = _q_item(co, &pi, &nplan) if co is not None else None
+    if item is None or c.qemu < 0:
+        return _wrapped(c, f, K_qcow2_worker, _FN_WORKER, _I_WORKER)
+    op = (<dict>item)["op"]
+    q = _qop(op)
+    o_off = _get(item, "offset")
+    o_n = _get(item, "length")
+    if o_n is _MISSING:
+        o_n = 0
+    if q == QI_OTHER or PyDict_GetItemWithError(Q_WORKER_FN, op) == NULL \
+            or not _as_i64(o_off, &off) or not _as_i64(o_n, &n) or off < 0 or n < 0:
+        return _wrapped(c, f, K_qcow2_worker, _FN_WORKER, _I_WORKER)
+    fop = _get(_Q_FAULT_OP, op)
+    if fop is _MISSING:
+        fop = op
+    blk = _m_block(m)
+    if _fault_fires(m, blk, fop, o_off, o_n if n > 1 else 1):
+        return _wrapped(c, f, K_qcow2_worker, _FN_WORKER, _I_WORKER)
+    data = None
+    iov = None
+    if q == QI_WRITE:
+        data = _get(item, "data")
+        if type(data) is not bytes:
+            return _wrapped(c, f, K_qcow2_worker, _FN_WORKER, _I_WORKER)
+    elif q == QI_GUEST_WRITE:
+        parts = _get(item, "parts")
+        if not _parts_ok(c, parts, &nb):
+            return _wrapped(c, f, K_qcow2_worker, _FN_WORKER, _I_WORKER)
+    elif q == QI_GUEST_READ:
+        iov = _get(item, "iov")
+        if not _iov_ok(c, iov, &nb):
+            return _wrapped(c, f, K_qcow2_worker, _FN_WORKER, _I_WORKER)
+    hf = _m_hostfile(m)
+    _begin(c, K_qcow2_worker)
+    ret = 0
+    try:
+        if q == QI_WRITE or q == QI_GUEST_WRITE:
+            if q == QI_GUEST_WRITE:
+                data = PyBytes_FromStringAndSize(NULL, nb)
+                dst = PyBytes_AS_STRING(data)
+                pos = 0
+                for p in parts:
+                    k = (<tuple>p)[0]
+                    if k == S_RAM:
+                        gpa = (<tuple>p)[1]
+                        ln = (<tuple>p)[2]
+                        memcpy(dst + pos, c.ram + gpa, <size_t>ln)
+                    elif k == S_ZERO:
+                        ln = (<tuple>p)[1]
+                        memset(dst + pos, 0, <size_t>ln)
+                    else:
+                        b = (<tuple>p)[1]
+                        ln = PyBytes_GET_SIZE(b)
+                        memcpy(dst + pos, PyBytes_AS_STRING(b), <size_t>ln)
+                    pos += ln
+            hf.pwrite(o_off, data)
+        elif q == QI_GUEST_READ:
+            got = hf.pread(o_off, o_n)
+            if type(got) is bytes:
+                src = PyBytes_AS_STRING(got)
+                have = PyBytes_GET_SIZE(got)
+                pos = 0
+                for e in iov:
+                    gpa = e[0]
+                    ln = e[1]
+                    l = have - pos
+                    if l > ln:
+                        l = ln
+                    if l > 0:
+                        ram_write(c, gpa, src + pos, l)
+                    pos += ln
+            else:
+                mem = _m_mem(m)
+                pos = 0
+                for e in iov:
+                    mem.write(e[0], got[pos:pos + e[1]])
+                    pos += e[1]
+        elif q == QI_FLUSH:
+            hf.fdatasync()
+        elif q == QI_WZ or q == QI_DISCARD:
+            end = off + n
+            if q == QI_DISCARD:
+                size = hf.size
+                if size < end:
+                    end = size
+            if end > off:
+                old = hf.pread(o_off, end - off)
+                new = vb_zeros(end - off)
+                if old != new or end > hf.size:
+                    hf.pwrite(o_off, new)
+        # (QI_READ: a cow_read or read item only records its effect)
+    except OSError as e:
+        ret = -(e.errno or EIO)
+    co["io_ret"] = ret
+    post(c, c.qemu, F1(K_qcow2_io_done, bid), 0, False)
+    return 0
 
 
 cdef int h_qcow2_io_done(Core* c, Frame* f) except -1:
-    """driver.io_done: the planned I/O completed (block/qcow2.c)"""
-    return _wrapped(c, f, K_qcow2_io_done, _FN_IO_DONE, _I_IO_DONE)
+    """driver.io_done: the planned I/O completed, the coroutine re-enters (block/qcow2.c)"""
+    cdef i64 bid = f.a[0], pi, r
+    cdef Py_ssize_t nplan
+    cdef int q
+    m = <object>c.m
+    fd = _qfmt(c)
+    co = _q_co(fd, bid) if fd is not None else None
+    item = _q_item(co, &pi, &nplan) if co is not None else None
+    if item is None or not _as_i64(_get(co, "io_ret"), &r) or r != 0:
+        return _wrapped(c, f, K_qcow2_io_done, _FN_IO_DONE, _I_IO_DONE)
+    op = (<dict>item)["op"]
+    q = _qop(op)
+    gen = None
+    if q == QI_FLUSH:
+        gen = _get(item, "gen")
+        if gen is _MISSING:
+            return _wrapped(c, f, K_qcow2_io_done, _FN_IO_DONE, _I_IO_DONE)
+    eng = _get(fd, "engine")
+    if eng is _MISSING:
+        return _wrapped(c, f, K_qcow2_io_done, _FN_IO_DONE, _I_IO_DONE)
+    blk = _m_block(m)
+    _begin(c, K_qcow2_io_done)
+    PyDict_DelItem(co, "io_ret")
+    if q == QI_WRITE or q == QI_GUEST_WRITE or q == QI_WZ or q == QI_DISCARD:
+        sset(blk, _BlockState, _B[9], "write_gen", _b_write_gen(blk) + 1)
+    elif q == QI_FLUSH:
+        sset(blk, _BlockState, _B[8], "flushed_gen", gen)
+    return _next_item(c, eng, co, item, pi, nplan, bid)
+
+
+cdef int h_qcow2_compute(Core* c, Frame* f) except -1:
+    """driver.compute: qcow2_alloc_host_offset/... (block/qcow2-cluster.c), the engine decides"""
+    return _wrapped(c, f, K_qcow2_compute, _FN_COMPUTE, _I_COMPUTE)
 
 
 register_layer(_load, _store)
