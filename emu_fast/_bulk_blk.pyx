@@ -1,0 +1,1248 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, binding=True
+"""The bulk core's block layer (emu_fast/_bulk.pxd): BlockBackend and block/io.c (blk.*, bdrv.*),
+the raw format driver (raw.co_entry) and file-posix's thread-pool requests (file.*).
+
+Each handler runs one event with exactly the effect of the Python handler named in its
+docstring (emu/block/backend.py, raw.py, file_posix.py) on the machine's own objects (the
+request and aio dicts, BlockState, the HostFile, guest RAM), and records nothing.  Before
+begin() a handler only reads; every path it does not model (a byte range beyond the device,
+a read-only node, an ignored discard, a probed raw image's sector 0, a fault rule that would
+fire, an unusual value anywhere) returns BAIL with nothing changed, and the compiled engine
+runs that event.
+"""
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.dict cimport PyDict_DelItem, PyDict_GetItemWithError
+from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_AsUnsignedLongLong
+
+cdef extern from "Python.h":
+    int _PyLong_Sign(object v)
+    size_t _PyLong_NumBits(object v) except? <size_t>-1
+from cpython.object cimport PyObject
+from libc.stdint cimport uint64_t
+from libc.string cimport memcpy, memset
+
+from emu_fast._bulk cimport (
+    BAIL, NKINDS, Core, Frame, F0, F1, K_bdrv_co_done, K_bdrv_co_entry, K_blk_aio_complete, K_blk_co_entry,
+    K_file_aio_worker, K_file_co_entry, K_file_co_resume, K_file_flush_done, K_qcow2_co_entry,
+    K_qcow2_compute, K_qcow2_io, K_qcow2_io_done, K_qcow2_worker,
+    K_raw_co_entry, K_vblk_dwz_complete, K_vblk_flush_complete, K_vblk_rw_complete, arg_str, at,
+    begin, block, call, cont, i64, post, ram_ok, ram_write, register_handler, register_layer,
+    str_arg, unblock)
+from emu_fast._slots cimport slot_offsets, sget, sset
+from emu_fast._zeros cimport vb_zeros
+
+import errno as _E
+from weakref import ref as _weakref
+
+from emu import machine as _machine_mod
+from emu.block import backend as _BK
+from emu.block import file_posix as _FP
+from emu.block import raw as _RAW
+from emu.block.latency import LatencyModel as _LatencyModel_cls
+from emu.block.qcow2 import driver as _Q
+from emu.machine import Machine as _Machine_cls
+from emu.sim.rng import splitmix64 as _splitmix64
+from emu.sim.steps import REGISTRY as _REGISTRY, Step as _Step_cls
+
+from emu_fast import _block as _FB
+from emu_fast import _qcow2 as _FQ
+
+PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
+
+cdef object _Machine = _Machine_cls
+cdef object _BlockState = _BK.BlockState
+cdef object _LatencyModel = _LatencyModel_cls
+cdef object _RawFormat = _RAW.RawFormat
+cdef object _Qcow2Format = _Q.Qcow2Format
+cdef object _PY_RAND = _Machine_cls.rand
+cdef object _PY_SPLITMIX = _splitmix64
+cdef object _PY_COST = _LatencyModel_cls.cost
+cdef object _PY_FAULT = _FP._fault
+cdef object _PY_RAW_ENTRY_KIND = _RAW.RawFormat.entry_kind
+cdef object _PY_Q_ENTRY_KIND = _Q.Qcow2Format.entry_kind
+cdef object _fp_run = _FP._run
+cdef dict BLK_FN = _BK.BLK_FN
+cdef dict BDRV_FN = _BK.BDRV_FN
+cdef dict RAW_FN = _RAW.FN
+cdef dict CO_FN = _FP.CO_FN
+cdef dict AIO_FN = _FP.AIO_FN
+cdef object BDRV_REQ_FUA = _BK.BDRV_REQ_FUA
+cdef object NOT_MAY_UNMAP = ~_BK.BDRV_REQ_MAY_UNMAP
+cdef int EIO = _E.EIO
+cdef object _MISSING = object()
+cdef object _TWO64 = 1 << 64
+
+# the completion callbacks a request can carry (blk_aio_submit's cb)
+cdef dict _CB_KIND = {"vblk.rw_complete": K_vblk_rw_complete,
+                      "vblk.flush_complete": K_vblk_flush_complete,
+                      "vblk.dwz_complete": K_vblk_dwz_complete}
+
+# members read and written at their offsets (emu_fast/_slots.pxd)
+cdef Py_ssize_t _M[8]
+cdef Py_ssize_t _B[15]
+SLOT_PATHS = {
+    "Machine": slot_offsets(_Machine, ("block", "fmt", "hostfile", "latency", "rng", "mem", "sim",
+                                       "cur"), _M),
+    "BlockState": slot_offsets(_BlockState, ("reqs", "aios", "next_aio", "length", "wce", "read_only",
+                                             "discard_unmap", "no_flush", "flushed_gen", "write_gen",
+                                             "probed", "active_flush", "flush_queue", "faults",
+                                             "next_req"), _B),
+}
+cdef inline object _m_block(object m): return sget(m, _Machine, _M[0], "block")
+cdef inline object _m_fmt(object m): return sget(m, _Machine, _M[1], "fmt")
+cdef inline object _m_hostfile(object m): return sget(m, _Machine, _M[2], "hostfile")
+cdef inline object _m_latency(object m): return sget(m, _Machine, _M[3], "latency")
+cdef inline object _m_rng(object m): return sget(m, _Machine, _M[4], "rng")
+cdef inline object _m_mem(object m): return sget(m, _Machine, _M[5], "mem")
+cdef inline object _m_sim(object m): return sget(m, _Machine, _M[6], "sim")
+cdef inline object _m_cur(object m): return sget(m, _Machine, _M[7], "cur")
+cdef inline object _b_reqs(object b): return sget(b, _BlockState, _B[0], "reqs")
+cdef inline object _b_aios(object b): return sget(b, _BlockState, _B[1], "aios")
+cdef inline object _b_next_aio(object b): return sget(b, _BlockState, _B[2], "next_aio")
+cdef inline object _b_length(object b): return sget(b, _BlockState, _B[3], "length")
+cdef inline object _b_wce(object b): return sget(b, _BlockState, _B[4], "wce")
+cdef inline object _b_read_only(object b): return sget(b, _BlockState, _B[5], "read_only")
+cdef inline object _b_discard_unmap(object b): return sget(b, _BlockState, _B[6], "discard_unmap")
+cdef inline object _b_no_flush(object b): return sget(b, _BlockState, _B[7], "no_flush")
+cdef inline object _b_flushed_gen(object b): return sget(b, _BlockState, _B[8], "flushed_gen")
+cdef inline object _b_write_gen(object b): return sget(b, _BlockState, _B[9], "write_gen")
+cdef inline object _b_probed(object b): return sget(b, _BlockState, _B[10], "probed")
+cdef inline object _b_active_flush(object b): return sget(b, _BlockState, _B[11], "active_flush")
+cdef inline object _b_flush_queue(object b): return sget(b, _BlockState, _B[12], "flush_queue")
+cdef inline object _b_faults(object b): return sget(b, _BlockState, _B[13], "faults")
+
+
+# == per-run state (the load hook) ==================================================================
+# Whether the machine's RNG and latency model are the emulator's own (then computed in C; else
+# their Python methods are called, which touch no scheduler state), and the latency constants.
+cdef bint _rand_c = False
+cdef bint _cost_c = False
+cdef i64 _lat_read, _lat_write, _lat_flush, _lat_discard, _lat_zero, _lat_ps, _lat_jitter
+cdef int _fmt_kind = 0          # the format driver's entry kind (fmt.entry_kind), 0: unknown
+
+
+cdef bint _small(object o, i64* out) except -1:
+    """o is an exact int in [0, 2**31)"""
+    cdef int ovf = 0
+    cdef i64 v
+    if type(o) is not int:
+        return False
+    v = PyLong_AsLongLongAndOverflow(o, &ovf)
+    if ovf or v < 0 or v >= (<i64>1 << 31):
+        return False
+    out[0] = v
+    return True
+
+
+cdef object _lat_seen = None     # weakref of the LatencyModel _cost_c was decided for
+cdef object _fmt_seen = None     # ... and of the format driver _fmt_kind was decided for
+
+
+cdef int _load(Core* c) except -1:
+    global _rand_c, _cost_c, _fmt_kind, _lat_seen, _fmt_seen
+    global _lat_read, _lat_write, _lat_flush, _lat_discard, _lat_zero, _lat_ps, _lat_jitter
+    m = <object>c.m
+    _rand_c = (type(m) is _Machine and _Machine.rand is _PY_RAND
+               and _machine_mod.splitmix64 is _PY_SPLITMIX and "rand" not in m.__dict__)
+    lat = _m_latency(m)
+    if _lat_seen is None or _lat_seen() is not lat or _LatencyModel.cost is not _PY_COST:
+        _lat_seen = None
+        _cost_c = (type(lat) is _LatencyModel and _LatencyModel.cost is _PY_COST
+                   and _small(lat.read_ns, &_lat_read) and _small(lat.write_ns, &_lat_write)
+                   and _small(lat.flush_ns, &_lat_flush) and _small(lat.discard_ns, &_lat_discard)
+                   and _small(lat.zero_ns, &_lat_zero) and _small(lat.ps_per_byte, &_lat_ps)
+                   and _small(lat.jitter_pct, &_lat_jitter) and _lat_jitter <= 100)
+        if _cost_c:                     # (a LatencyModel is frozen: its fields stay)
+            _lat_seen = _weakref(lat)
+    fmt = _m_fmt(m)
+    if _fmt_seen is None or _fmt_seen() is not fmt or _RawFormat.entry_kind is not _PY_RAW_ENTRY_KIND \
+            or _Qcow2Format.entry_kind is not _PY_Q_ENTRY_KIND:
+        _fmt_seen = None
+        _fmt_kind = 0
+        if type(fmt) is _RawFormat and _RawFormat.entry_kind is _PY_RAW_ENTRY_KIND \
+                and "entry_kind" not in (getattr(fmt, "__dict__", None) or {}):
+            _fmt_kind = K_raw_co_entry
+        elif type(fmt) is _Qcow2Format and _Qcow2Format.entry_kind is _PY_Q_ENTRY_KIND \
+                and "entry_kind" not in (getattr(fmt, "__dict__", None) or {}):
+            _fmt_kind = K_qcow2_co_entry
+        if _fmt_kind:
+            _fmt_seen = _weakref(fmt)
+    elif "entry_kind" in (getattr(fmt, "__dict__", None) or {}):
+        _fmt_kind = 0
+    return 1
+
+
+cdef int _store(Core* c) except -1:
+    return 0
+
+
+# == which events ran here (counts(): for the tests) ===============================================
+cdef long long _COUNT[NKINDS]
+cdef long long _WRAPPED[NKINDS]      # ... of them through _wrapped (the compiled handler)
+memset(_COUNT, 0, sizeof(_COUNT))
+memset(_WRAPPED, 0, sizeof(_WRAPPED))
+
+
+cdef inline int _begin(Core* c, int kind) except -1:
+    """begin(c), counted"""
+    _COUNT[kind] += 1
+    return begin(c)
+
+
+def counts(bint wrapped=False):
+    """{kind: events of that kind this module's handlers ran} since reset_counts() (wrapped:
+    those of them that ran the compiled engine's handler against a recording scheduler)"""
+    from emu_fast._bulk import kind_names
+    names = kind_names()
+    cdef long long* a = &_COUNT[0]
+    if wrapped:
+        a = &_WRAPPED[0]
+    return {names[i]: a[i] for i in range(NKINDS) if a[i]}
+
+
+def reset_counts():
+    memset(_COUNT, 0, sizeof(_COUNT))
+    memset(_WRAPPED, 0, sizeof(_WRAPPED))
+
+
+# == helpers ========================================================================================
+
+cdef inline object _get(object d, object k):
+    """d[k] of a dict, or _MISSING"""
+    cdef PyObject* p = PyDict_GetItemWithError(d, k)
+    if p == NULL:
+        return _MISSING
+    return <object>p
+
+
+# the block layer's operations: the keys of BLK_FN, BDRV_FN, raw's FN, file-posix's CO_FN and
+# AIO_FN (a request's "op"/"cur_op"); any other value is not modelled here (bail)
+cdef enum:
+    OP_READ = 0
+    OP_WRITE
+    OP_FLUSH
+    OP_DISCARD
+    OP_WZ
+cdef str S_READ = "read"
+cdef str S_WRITE = "write"
+cdef str S_FLUSH = "flush"
+cdef str S_DISCARD = "discard"
+cdef str S_WZ = "write_zeroes"
+cdef set _OPS = {S_READ, S_WRITE, S_FLUSH, S_DISCARD, S_WZ}
+assert set(BLK_FN) == set(BDRV_FN) == set(RAW_FN) == set(CO_FN) == set(AIO_FN) == _OPS
+
+
+cdef inline int _opcode(object op) except -2:
+    """OP_* of an operation name, -1 for anything else"""
+    if op is S_WRITE:
+        return OP_WRITE
+    if op is S_READ:
+        return OP_READ
+    if op is S_FLUSH:
+        return OP_FLUSH
+    if op is S_DISCARD:
+        return OP_DISCARD
+    if op is S_WZ:
+        return OP_WZ
+    if type(op) is not str:
+        return -1
+    if op == S_WRITE:
+        return OP_WRITE
+    if op == S_READ:
+        return OP_READ
+    if op == S_FLUSH:
+        return OP_FLUSH
+    if op == S_DISCARD:
+        return OP_DISCARD
+    if op == S_WZ:
+        return OP_WZ
+    return -1
+
+
+cdef inline bint _as_i64(object o, i64* out) except -1:
+    """o is an exact int that fits an i64"""
+    cdef int ovf = 0
+    cdef i64 v
+    if type(o) is not int:
+        return False
+    v = PyLong_AsLongLongAndOverflow(o, &ovf)
+    if ovf:
+        return False
+    out[0] = v
+    return True
+
+
+cdef inline object _req(Core* c, object blk, i64 bid):
+    """m.block.reqs[bid] (a dict), or None: bail"""
+    reqs = _b_reqs(blk)
+    if type(reqs) is not dict:
+        return None
+    r = _get(reqs, bid)
+    if type(r) is not dict:
+        return None
+    return r
+
+
+cdef bint _iov_ok(Core* c, object iov, i64* total) except -1:
+    """iov is a list of (gpa, len) pairs of exact ints, each inside guest RAM (mem.read and
+    mem.write of each would succeed); total = their lengths' sum (emu.device.iov.iov_size)"""
+    cdef i64 gpa, ln, t = 0
+    if type(iov) is not list and type(iov) is not tuple:
+        return False
+    for e in iov:
+        if (type(e) is not tuple and type(e) is not list) or len(e) != 2:
+            return False
+        if not _as_i64(e[0], &gpa) or not _as_i64(e[1], &ln):
+            return False
+        if not ram_ok(c, gpa, ln) or ln > (<i64>1 << 40):
+            return False
+        t += ln
+    total[0] = t
+    return True
+
+
+cdef object _latency(Core* c, object m, object op, int opc, i64 nbytes):
+    """m.latency.cost(op, nbytes, m.rand()): Machine.rand and LatencyModel.cost"""
+    cdef uint64_t state, z
+    cdef i64 base, span
+    s = _m_rng(m)
+    if not (_rand_c and _cost_c and type(s) is int and 0 <= nbytes < (<i64>1 << 32)
+            and opc >= 0 and _PyLong_Sign(s) >= 0 and _PyLong_NumBits(s) <= 64):
+        return _m_latency(m).cost(op, nbytes, m.rand())
+    state = PyLong_AsUnsignedLongLong(s)
+    state = state + <uint64_t>0x9E3779B97F4A7C15
+    z = state
+    z = (z ^ (z >> 30)) * <uint64_t>0xBF58476D1CE4E5B9
+    z = (z ^ (z >> 27)) * <uint64_t>0x94D049BB133111EB
+    z = z ^ (z >> 31)
+    sset(m, _Machine, _M[4], "rng", <object>state)
+    if opc == OP_READ:
+        base = _lat_read + nbytes * _lat_ps // 1000
+    elif opc == OP_WRITE:
+        base = _lat_write + nbytes * _lat_ps // 1000
+    elif opc == OP_FLUSH:
+        base = _lat_flush
+    elif opc == OP_DISCARD:
+        base = _lat_discard
+    else:
+        base = _lat_zero
+    if _lat_jitter:
+        span = base * _lat_jitter // 100
+        if span:
+            base += <i64>(z % <uint64_t>(2 * span + 1)) - span
+    return base if base > 1 else 1
+
+
+# == BlockBackend and block/io.c ====================================================================
+
+cdef int h_blk_co_entry(Core* c, Frame* f) except -1:
+    """backend.co_entry: blk_co_do_preadv_part/pwritev_part/flush/... (block/block-backend.c)"""
+    cdef int opc
+    cdef i64 bid = f.a[0], off, n, length
+    m = <object>c.m
+    blk = _m_block(m)
+    req = _req(c, blk, bid)
+    if req is None:
+        return BAIL
+    op = _get(req, "op")
+    opc = _opcode(op)
+    if opc < 0:
+        return BAIL
+    o_off = _get(req, "offset")
+    o_n = _get(req, "bytes")
+    if not _as_i64(o_off, &off) or not _as_i64(o_n, &n):
+        return BAIL                     # (the detail formats both)
+    if opc != OP_FLUSH:
+        if not _as_i64(_b_length(blk), &length):
+            return BAIL
+        if off < 0 or n < 0 or off > length or n > length - off:
+            return BAIL                 # _complete_early(-EIO)
+    fua = False
+    if opc == OP_WRITE and not _b_wce(blk):
+        flags = _get(req, "flags")
+        if flags is _MISSING or type(flags) is not int:
+            return BAIL
+        fua = True
+    _begin(c, K_blk_co_entry)
+    if fua:
+        req["flags"] = flags | BDRV_REQ_FUA
+    cont(c, F1(K_bdrv_co_entry, bid), -1)
+    return 0
+
+
+cdef int h_bdrv_co_entry(Core* c, Frame* f) except -1:
+    """backend.bdrv_co_entry: bdrv_co_preadv_part/pwritev_part/... (block/io.c)"""
+    cdef int opc
+    cdef i64 bid = f.a[0]
+    m = <object>c.m
+    blk = _m_block(m)
+    req = _req(c, blk, bid)
+    if req is None or _fmt_kind == 0:
+        return BAIL
+    op = _get(req, "op")
+    opc = _opcode(op)
+    if opc < 0:
+        return BAIL
+    if (opc == OP_WRITE or opc == OP_WZ or opc == OP_DISCARD) and _b_read_only(blk):
+        return BAIL                     # -EPERM
+    unmap = True
+    if opc == OP_DISCARD or opc == OP_WZ:
+        unmap = bool(_b_discard_unmap(blk))
+    if opc == OP_DISCARD and not unmap:
+        return BAIL                     # discard=ignore: completes early
+    clear = opc == OP_WZ and not unmap
+    if clear:
+        flags = _get(req, "flags")
+        if flags is _MISSING or type(flags) is not int:
+            return BAIL
+    _begin(c, K_bdrv_co_entry)
+    if clear:
+        req["flags"] = flags & NOT_MAY_UNMAP
+    cont(c, F1(_fmt_kind, bid), -1)
+    return 0
+
+
+cdef int h_bdrv_co_done(Core* c, Frame* f) except -1:
+    """backend.bdrv_co_done: back in bdrv_co_pwritev_part (block/io.c), FUA emulated by a flush"""
+    cdef int opc
+    cdef i64 bid = f.a[0]
+    m = <object>c.m
+    blk = _m_block(m)
+    req = _req(c, blk, bid)
+    if req is None:
+        return BAIL
+    op = _get(req, "op")
+    ret = _get(req, "ret")
+    opc = _opcode(op)
+    if opc < 0 or (ret is not None and type(ret) is not int):
+        return BAIL
+    fua = False
+    if opc == OP_WRITE:
+        flags = _get(req, "flags")
+        if type(flags) is not int:
+            return BAIL
+        if flags & BDRV_REQ_FUA and ret == 0:
+            phase = _get(req, "phase")
+            if phase is _MISSING:
+                return BAIL
+            if phase != "fua":
+                if _fmt_kind == 0:
+                    return BAIL
+                fua = True
+    _begin(c, K_bdrv_co_done)
+    if fua:
+        req["phase"] = "fua"
+        req["cur_op"] = "flush"
+        cont(c, F1(_fmt_kind, bid), -1)
+        return 0
+    cont(c, F1(K_blk_aio_complete, bid), -1)
+    return 0
+
+
+cdef int h_blk_aio_complete(Core* c, Frame* f) except -1:
+    """backend.aio_complete: blk_aio_complete (block/block-backend.c) runs the device's callback"""
+    cdef i64 bid = f.a[0], a0 = 0, a1 = 0, r
+    cdef Frame nf
+    cdef Py_ssize_t na
+    m = <object>c.m
+    blk = _m_block(m)
+    req = _req(c, blk, bid)
+    if req is None:
+        return BAIL
+    cb = _get(req, "cb")
+    ret = _get(req, "ret")
+    if (type(cb) is not tuple and type(cb) is not list) or len(cb) != 2 \
+            or PyDict_GetItemWithError(req, "op") == NULL or not _as_i64(ret, &r):
+        return BAIL
+    kind = cb[0]
+    args = cb[1]
+    if type(kind) is not str or (type(args) is not tuple and type(args) is not list):
+        return BAIL
+    k = _get(_CB_KIND, kind)
+    na = len(args)
+    if k is _MISSING or na > 2:
+        return BAIL
+    if na >= 1 and not _as_i64(args[0], &a0):
+        return BAIL
+    if na >= 2 and not _as_i64(args[1], &a1):
+        return BAIL
+    _begin(c, K_blk_aio_complete)
+    PyDict_DelItem(_b_reqs(blk), bid)
+    nf = F0(<int>k)
+    nf.n = <int>na + 1
+    nf.a[0] = a0
+    nf.a[1] = a1
+    nf.a[na] = r
+    cont(c, nf, -1)
+    return 0
+
+
+# == raw-format =====================================================================================
+
+cdef int h_raw_co_entry(Core* c, Frame* f) except -1:
+    """raw.co_entry: raw_co_preadv/pwritev/... (block/raw-format.c), straight to the file"""
+    cdef int opc
+    cdef i64 bid = f.a[0]
+    m = <object>c.m
+    blk = _m_block(m)
+    req = _req(c, blk, bid)
+    if req is None:
+        return BAIL
+    op = _get(req, "cur_op")
+    opc = _opcode(op)
+    if opc < 0:
+        return BAIL
+    if opc == OP_WRITE and _b_probed(blk):
+        off = _get(req, "offset")
+        if type(off) is not int or off < 512:
+            return BAIL                 # a probed image's sector 0: the compiled engine decides
+    _begin(c, K_raw_co_entry)
+    cont(c, F1(K_file_co_entry, bid), -1)
+    return 0
+
+
+# == file-posix =====================================================================================
+
+cdef int h_file_co_entry(Core* c, Frame* f) except -1:
+    """file_posix.co_entry: raw_co_prw/raw_co_flush_to_disk (block/file-posix.c) -> thread pool"""
+    cdef int opc
+    cdef i64 bid = f.a[0], nb, aid
+    m = <object>c.m
+    blk = _m_block(m)
+    req = _req(c, blk, bid)
+    if req is None:
+        return BAIL
+    op = _get(req, "cur_op")
+    opc = _opcode(op)
+    if opc < 0:
+        return BAIL
+    is_flush = opc == OP_FLUSH
+    skip = False
+    if is_flush:
+        active = _b_active_flush(blk)
+        if not (active is None or active == bid):
+            fq = _b_flush_queue(blk)
+            if type(fq) is not list:
+                return BAIL
+            _begin(c, K_file_co_entry)
+            (<list>fq).append(bid)      # _flush_acquire: wait (the task returns)
+            return 0
+        skip = bool(_b_no_flush(blk)) or _b_flushed_gen(blk) == _b_write_gen(blk)
+        if skip:
+            _begin(c, K_file_co_entry)
+            sset(blk, _BlockState, _B[11], "active_flush", bid)
+            req["ret"] = 0
+            cont(c, F1(K_file_flush_done, bid), -1)
+            return 0
+    # submit(): the checks first
+    offset = _get(req, "offset")
+    if type(offset) is not int:
+        return BAIL                     # (the detail formats it)
+    if opc == OP_READ or opc == OP_WRITE:
+        iov = _get(req, "qiov")
+        if not _iov_ok(c, iov, &nb):
+            return BAIL
+        o_nb = nb
+    else:
+        iov = None
+        o_nb = _get(req, "bytes")
+        if not _as_i64(o_nb, &nb):
+            return BAIL
+    aios = _b_aios(blk)
+    o_aid = _b_next_aio(blk)
+    if type(aios) is not dict or not _as_i64(o_aid, &aid) or aid >= (<i64>1 << 62):
+        return BAIL
+    _begin(c, K_file_co_entry)
+    if is_flush:
+        sset(blk, _BlockState, _B[11], "active_flush", bid)
+        req["flush_gen"] = _b_write_gen(blk)
+    sset(blk, _BlockState, _B[2], "next_aio", aid + 1)
+    aios[o_aid] = {"bid": bid, "op": op, "offset": offset, "bytes": o_nb,
+                   "iov": iov, "data": None, "ret": None}
+    lat = _latency(c, m, op, opc, nb)
+    at(c, lat, F1(K_file_aio_worker, aid))
+    return 0
+
+
+cdef bint _fault_fires(object m, object blk, object op, object off, object n) except -1:
+    """Whether file_posix._fault(m, op, off, n) would return an error (it changes nothing
+    when it does not)"""
+    faults = _b_faults(blk)
+    if type(faults) is not list:
+        return True
+    if not faults:
+        return False
+    if _FP._fault is not _PY_FAULT:
+        return True
+    try:
+        for rule in faults:
+            if type(rule) is not dict:
+                return True
+            if rule["op"] != op or rule["count"] == 0:
+                continue
+            if op != "flush" and not (off < rule["end"] and rule["start"] < off + n):
+                continue
+            return True
+    except Exception:
+        return True                     # (the compiled engine raises it)
+    return False
+
+
+cdef int h_file_aio_worker(Core* c, Frame* f) except -1:
+    """file_posix.aio_worker: handle_aiocb_rw/flush/... (block/file-posix.c), the syscall"""
+    cdef int opc
+    cdef i64 aid = f.a[0], off, n, nb, gpa, ln, pos, l, have
+    cdef const char* src
+    cdef char* dst
+    m = <object>c.m
+    blk = _m_block(m)
+    aios = _b_aios(blk)
+    if type(aios) is not dict:
+        return BAIL
+    aio = _get(aios, aid)
+    if type(aio) is not dict:
+        return BAIL
+    op = _get(aio, "op")
+    o_off = _get(aio, "offset")
+    o_n = _get(aio, "bytes")
+    opc = _opcode(op)
+    if opc < 0 or not _as_i64(o_off, &off) or not _as_i64(o_n, &n) or off < 0 or n < 0:
+        return BAIL
+    if c.qemu < 0 or _fault_fires(m, blk, op, o_off, o_n):
+        return BAIL
+    hf = _m_hostfile(m)
+    iov = _get(aio, "iov")
+    data = None
+    if opc == OP_READ:
+        if not _iov_ok(c, iov, &nb):
+            return BAIL
+    elif opc == OP_WRITE:
+        data = _get(aio, "data")
+        if data is _MISSING:
+            return BAIL
+        if data is None and not _iov_ok(c, iov, &nb):
+            return BAIL
+    _begin(c, K_file_aio_worker)
+    ret = 0
+    try:
+        if opc == OP_READ:
+            got = hf.pread(o_off, o_n)
+            if type(got) is bytes:
+                src = PyBytes_AS_STRING(got)
+                have = PyBytes_GET_SIZE(got)
+                pos = 0
+                for e in iov:
+                    gpa = e[0]
+                    ln = e[1]
+                    l = have - pos
+                    if l > ln:
+                        l = ln
+                    if l > 0:
+                        ram_write(c, gpa, src + pos, l)
+                    pos += ln
+            else:
+                mem = _m_mem(m)
+                pos = 0
+                for e in iov:
+                    mem.write(e[0], got[pos:pos + e[1]])
+                    pos += e[1]
+        elif opc == OP_WRITE:
+            if data is None:
+                data = PyBytes_FromStringAndSize(NULL, nb)
+                dst = PyBytes_AS_STRING(data)
+                pos = 0
+                for e in iov:
+                    gpa = e[0]
+                    ln = e[1]
+                    memcpy(dst + pos, c.ram + gpa, <size_t>ln)
+                    pos += ln
+            hf.pwrite(o_off, data)
+        elif opc == OP_FLUSH:
+            hf.fdatasync()
+        else:
+            _fp_run(m, hf, aio)
+    except OSError as e:
+        ret = -(e.errno or EIO)
+    aio["ret"] = ret
+    post(c, c.qemu, F1(K_file_co_resume, aid), 0, False)
+    return 0
+
+
+cdef int h_file_co_resume(Core* c, Frame* f) except -1:
+    """file_posix.co_resume: the thread-pool completion re-enters raw_co_prw (block/file-posix.c)"""
+    cdef int opc
+    cdef i64 aid = f.a[0], bid
+    m = <object>c.m
+    blk = _m_block(m)
+    aios = _b_aios(blk)
+    if type(aios) is not dict:
+        return BAIL
+    aio = _get(aios, aid)
+    if type(aio) is not dict:
+        return BAIL
+    o_bid = _get(aio, "bid")
+    aop = _get(aio, "op")
+    ret = _get(aio, "ret")
+    opc = _opcode(aop)
+    if not _as_i64(o_bid, &bid) or opc < 0 or (ret is not None and type(ret) is not int):
+        return BAIL
+    req = _req(c, blk, bid)
+    if req is None:
+        return BAIL
+    if opc == OP_FLUSH and ret == 0 and PyDict_GetItemWithError(req, "flush_gen") == NULL:
+        return BAIL
+    _begin(c, K_file_co_resume)
+    PyDict_DelItem(aios, aid)
+    req["ret"] = ret
+    if opc == OP_FLUSH:
+        if ret == 0:
+            sset(blk, _BlockState, _B[8], "flushed_gen", req.pop("flush_gen"))
+        cont(c, F1(K_file_flush_done, bid), -1)
+    else:
+        if opc != OP_READ and ret == 0:
+            sset(blk, _BlockState, _B[9], "write_gen", _b_write_gen(blk) + 1)
+        cont(c, F1(K_bdrv_co_done, bid), -1)
+    return 0
+
+
+cdef int h_file_flush_done(Core* c, Frame* f) except -1:
+    """file_posix.flush_done: the end of bdrv_co_flush (block/io.c) wakes the next queued flush"""
+    cdef i64 bid = f.a[0], nxt = 0
+    m = <object>c.m
+    blk = _m_block(m)
+    req = _req(c, blk, bid)
+    if req is None:
+        return BAIL
+    ret = _get(req, "ret")
+    if ret is not None and type(ret) is not int:
+        return BAIL                     # (the detail formats it)
+    mine = _b_active_flush(blk) == bid
+    wake = False
+    if mine:
+        fq = _b_flush_queue(blk)
+        if type(fq) is not list:
+            return BAIL
+        if fq:
+            if c.qemu < 0 or not _as_i64((<list>fq)[0], &nxt):
+                return BAIL
+            wake = True
+    _begin(c, K_file_flush_done)
+    if mine:
+        sset(blk, _BlockState, _B[11], "active_flush", None)
+        if wake:
+            o_nxt = (<list>fq).pop(0)
+            sset(blk, _BlockState, _B[11], "active_flush", o_nxt)
+            post(c, c.qemu, F1(K_file_co_entry, nxt), 0, False)
+    cont(c, F1(K_bdrv_co_done, bid), -1)
+    return 0
+
+
+# == qcow2: the compiled engine's handlers, steered through a recording scheduler ====================
+# The qcow2 driver's steps (emu/block/qcow2/driver.py) run the compiled engine's own handlers
+# (emu_fast/_qcow2.pyx q_compute, emu_fast/_block.pyx q_co_entry/q_io/q_worker/q_io_done, which
+# the differential tests hold to the Python ones) with m.sim a _Rec that only records the
+# scheduler calls (none of these handlers reads the scheduler's state) and m.cur a scratch
+# record (their set_function calls, and compute's caller, read from it); the calls are then
+# made, in order, on the core's scheduler.  Their detail strings are made and dropped.
+
+cdef class _Rec:
+    """Records Scheduler.cont/call/block/unblock/post/at calls (emu.sim.scheduler)."""
+    cdef public list ops
+
+    def __cinit__(self):
+        self.ops = []
+
+    def cont(self, kind, args=(), delay=None, preemptible=False):
+        self.ops.append((0, kind, args, delay, preemptible))
+
+    def call(self, kind, args, ret_kind, ret_args=(), delay=None):
+        self.ops.append((1, kind, args, ret_kind, ret_args, delay))
+
+    def block(self, kind, args=()):
+        self.ops.append((2, kind, args))
+
+    def unblock(self, name, delay=0):
+        self.ops.append((3, name, delay))
+
+    def post(self, name, kind, args=(), delay=0, urgent=False):
+        self.ops.append((4, name, kind, args, delay, urgent))
+
+    def at(self, delay, kind, args=()):
+        self.ops.append((5, delay, kind, args))
+
+
+cdef _Rec _REC = _Rec()
+cdef dict _KID = {}
+cdef object _SCRATCH = None      # the Step record the wrapped handlers see as m.cur
+cdef object _Step = _Step_cls
+
+
+cdef Frame _frame(Core* c, object kind, object args) except *:
+    """(kind, args) as a Frame"""
+    cdef Frame fr
+    cdef Py_ssize_t i, n
+    cdef i64 v
+    fr = F0(<int>_KID[kind])
+    n = len(args)
+    if n > 3:
+        raise ValueError(f"bulk core: {kind} with {n} arguments")
+    fr.n = <int>n
+    for i in range(n):
+        a = args[i]
+        if type(a) is str:
+            fr.a[i] = str_arg(c, a)
+            fr.s[i] = 1
+        elif _as_i64(a, &v):
+            fr.a[i] = v
+        else:
+            raise TypeError(f"bulk core: argument {a!r} of {kind}")
+    return fr
+
+
+cdef int _ctx_index(Core* c, object name) except -2:
+    cdef int i
+    for i in range(c.nctx):
+        if <object>c.ctx[i].name == name:
+            return i
+    raise KeyError(name)
+
+
+cdef inline i64 _delay(object d) except? -2:
+    return -1 if d is None else <i64>d
+
+
+cdef int _replay(Core* c, list ops) except -1:
+    """Make the recorded scheduler calls on the core's scheduler, in order."""
+    for op in ops:
+        t = op[0]
+        if t == 0:
+            cont(c, _frame(c, op[1], op[2]), _delay(op[3]), bool(op[4]))
+        elif t == 1:
+            call(c, _frame(c, op[1], op[2]), _frame(c, op[3], op[4]), _delay(op[5]))
+        elif t == 2:
+            block(c, _frame(c, op[1], op[2]))
+        elif t == 3:
+            unblock(c, _ctx_index(c, op[1]), <i64>op[2])
+        elif t == 4:
+            post(c, _ctx_index(c, op[1]), _frame(c, op[2], op[3]), <i64>op[4], bool(op[5]))
+        else:
+            at(c, <i64>op[1], _frame(c, op[2], op[3]))
+    return 0
+
+
+cdef int _wrapped(Core* c, Frame* f, int kind, object fn, object info) except -1:
+    """Run the compiled engine's handler fn of this event against a recording scheduler."""
+    global _SCRATCH
+    cdef int i
+    if not _KID:
+        from emu_fast._bulk import kind_names
+        for i, name in enumerate(kind_names()):
+            _KID[name] = i
+    args = []
+    for i in range(f.n):
+        args.append(arg_str(c, f.a[i]) if f.s[i] else f.a[i])
+    _begin(c, kind)
+    _WRAPPED[kind] += 1
+    m = <object>c.m
+    if _SCRATCH is None:
+        _SCRATCH = _Step(0, 0, "", "", "", "", "")
+    rec = _SCRATCH
+    rec.kind = info.kind
+    rec.layer = info.layer
+    rec.function = info.function
+    rec.source = info.source
+    rec.caller = ""
+    _REC.ops = []
+    sim = _m_sim(m)
+    cur = _m_cur(m)
+    sset(m, _Machine, _M[6], "sim", _REC)
+    sset(m, _Machine, _M[7], "cur", rec)
+    try:
+        fn(m, *args)
+    finally:
+        sset(m, _Machine, _M[6], "sim", sim)
+        sset(m, _Machine, _M[7], "cur", cur)
+    ops = _REC.ops
+    _REC.ops = []
+    _replay(c, ops)
+    return 0
+
+
+cdef object _FN_COMPUTE = _FQ.HANDLERS["qcow2.compute"][0]
+cdef object _FN_CO_ENTRY = _FB.HANDLERS["qcow2.co_entry"][0]
+cdef object _FN_IO = _FB.HANDLERS["qcow2.io"][0]
+cdef object _FN_WORKER = _FB.HANDLERS["qcow2.worker"][0]
+cdef object _FN_IO_DONE = _FB.HANDLERS["qcow2.io_done"][0]
+cdef object _I_COMPUTE = _REGISTRY["qcow2.compute"][1]
+cdef object _I_CO_ENTRY = _REGISTRY["qcow2.co_entry"][1]
+cdef object _I_IO = _REGISTRY["qcow2.io"][1]
+cdef object _I_WORKER = _REGISTRY["qcow2.worker"][1]
+cdef object _I_IO_DONE = _REGISTRY["qcow2.io_done"][1]
+
+
+# -- qcow2's host-I/O steps, natively on their common paths ------------------------------------------
+# (every other path runs the compiled handler through _wrapped: no bail)
+
+cdef dict Q_CO_FN = _Q.CO_FN
+cdef dict Q_WORKER_FN = _Q.WORKER_FN
+for _n in ("engine", "cos", "lock_owner", "lock_queue"):
+    assert not hasattr(_Q.Qcow2Format, _n)      # instance attributes: read from fmt.__dict__
+cdef dict _Q_LAT_OP = {"guest_write": S_WRITE, "write": S_WRITE, "flush": S_FLUSH,
+                       "discard": S_DISCARD, "write_zeroes": S_WZ}
+cdef dict _Q_FAULT_OP = {"guest_write": "write", "guest_read": "read", "cow_read": "read",
+                         "compressed_read": "read", "backing_read": "read"}
+cdef str S_GUEST_WRITE = "guest_write"
+cdef str S_GUEST_READ = "guest_read"
+cdef str S_COW_READ = "cow_read"
+cdef str S_GUEST_ZERO = "guest_zero"
+cdef str S_RAM = "ram"
+cdef str S_ZERO = "zero"
+
+# plan item operations (Qcow2Engine.io's op) the native handlers know
+cdef enum:
+    QI_OTHER = 0
+    QI_WRITE            # "write" (item["data"])
+    QI_GUEST_WRITE      # "guest_write" (item["parts"])
+    QI_GUEST_READ
+    QI_READ             # "read", "cow_read": nothing to do but the effect record
+    QI_FLUSH
+    QI_WZ
+    QI_DISCARD
+
+
+cdef inline int _qop(object op) except -1:
+    if op == S_GUEST_WRITE:
+        return QI_GUEST_WRITE
+    if op == S_WRITE:
+        return QI_WRITE
+    if op == S_GUEST_READ:
+        return QI_GUEST_READ
+    if op == S_WZ:
+        return QI_WZ
+    if op == S_COW_READ or op == S_READ:
+        return QI_READ
+    if op == S_FLUSH:
+        return QI_FLUSH
+    if op == S_DISCARD:
+        return QI_DISCARD
+    return QI_OTHER
+
+
+cdef object _qfmt(Core* c):
+    """m.fmt.__dict__ when m.fmt is a Qcow2Format (else None)"""
+    if _fmt_kind != K_qcow2_co_entry:
+        return None
+    d = _m_fmt(<object>c.m).__dict__
+    return d if type(d) is dict else None
+
+
+cdef object _q_co(object fd, i64 bid):
+    """m.fmt.cos[bid] (a dict), or None"""
+    cos = _get(fd, "cos")
+    if type(cos) is not dict:
+        return None
+    co = _get(cos, bid)
+    return co if type(co) is dict else None
+
+
+cdef object _q_item(object co, i64* pi, Py_ssize_t* nplan):
+    """co["plan"][co["pi"]] (a dict with str "op", "fn" and a "what"), or None"""
+    plan = _get(co, "plan")
+    if type(plan) is not list or not _as_i64(_get(co, "pi"), pi):
+        return None
+    if pi[0] < 0 or pi[0] >= len(<list>plan):
+        return None
+    nplan[0] = len(<list>plan)
+    item = (<list>plan)[pi[0]]
+    if type(item) is not dict or type(_get(item, "op")) is not str \
+            or type(_get(item, "fn")) is not str or _get(item, "what") is _MISSING:
+        return None
+    return item
+
+
+cdef int h_qcow2_co_entry(Core* c, Frame* f) except -1:
+    """driver.co_entry: qcow2_co_preadv_part/pwritev_part/... (block/qcow2.c) takes s->lock"""
+    cdef i64 bid = f.a[0], off, n
+    cdef int opc
+    m = <object>c.m
+    fd = _qfmt(c)
+    blk = _m_block(m)
+    req = _req(c, blk, bid)
+    if fd is None or req is None:
+        return _wrapped(c, f, K_qcow2_co_entry, _FN_CO_ENTRY, _I_CO_ENTRY)
+    eng = _get(fd, "engine")
+    op = _get(req, "cur_op")
+    opc = _opcode(op)
+    cos = _get(fd, "cos")
+    owner = _get(fd, "lock_owner")
+    lq = _get(fd, "lock_queue")
+    o_off = _get(req, "offset")
+    o_n = _get(req, "bytes")
+    if eng is _MISSING or opc < 0 or type(cos) is not dict or owner is _MISSING \
+            or (owner is not None and type(lq) is not list) \
+            or not _as_i64(o_off, &off) or not _as_i64(o_n, &n) or eng.drv_gone:
+        return _wrapped(c, f, K_qcow2_co_entry, _FN_CO_ENTRY, _I_CO_ENTRY)
+    _begin(c, K_qcow2_co_entry)
+    if opc == OP_WRITE or opc == OP_READ:
+        co = {"op": op, "phase": "start", "plan": [], "pi": 0, "ret": 0, "pos": o_off,
+              "remaining": o_n, "qoff": 0, "pieces": [], "link_i": 0, "zero": False,
+              "wphase": "alloc"}
+    else:
+        co = {"op": op, "phase": "start", "plan": [], "pi": 0, "ret": 0}
+    (<dict>cos)[bid] = co
+    if owner is not None:
+        (<list>lq).append(bid)          # s->lock is held: wait (the task returns)
+        return 0
+    fd["lock_owner"] = bid
+    cont(c, F1(K_qcow2_compute, bid), -1)
+    return 0
+
+
+cdef int h_qcow2_io(Core* c, Frame* f) except -1:
+    """driver.io: bdrv_pwrite/... (block/qcow2.c), the next planned host I/O to the thread pool"""
+    cdef i64 bid = f.a[0], pi, ln, tot, gpa, n
+    cdef Py_ssize_t nplan
+    cdef int opc
+    m = <object>c.m
+    fd = _qfmt(c)
+    co = _q_co(fd, bid) if fd is not None else None
+    item = _q_item(co, &pi, &nplan) if co is not None else None
+    if item is None:
+        return _wrapped(c, f, K_qcow2_io, _FN_IO, _I_IO)
+    op = (<dict>item)["op"]
+    lop = _get(_Q_LAT_OP, op)
+    if lop is _MISSING:
+        lop = S_READ
+    opc = _opcode(lop)
+    o_ln = _get(item, "length")
+    if o_ln is _MISSING:
+        o_ln = 0
+    if not _as_i64(o_ln, &ln):
+        return _wrapped(c, f, K_qcow2_io, _FN_IO, _I_IO)
+    if op == S_GUEST_ZERO:
+        # the zeros go straight into guest RAM, then the next item
+        iov = _get(item, "iov")
+        eng = _get(fd, "engine")
+        if PyDict_GetItemWithError(item, "length") == NULL or eng is _MISSING \
+                or not _iov_ok(c, iov, &tot):
+            return _wrapped(c, f, K_qcow2_io, _FN_IO, _I_IO)
+        _begin(c, K_qcow2_io)
+        for e in iov:
+            gpa = e[0]
+            n = e[1]
+            if n > 0:
+                z = vb_zeros(n)
+                ram_write(c, gpa, PyBytes_AS_STRING(z), n)
+        return _next_item(c, eng, co, item, pi, nplan, bid)
+    if op == S_FLUSH:
+        blk = _m_block(m)
+        eng = _get(fd, "engine")
+        if eng is _MISSING:
+            return _wrapped(c, f, K_qcow2_io, _FN_IO, _I_IO)
+        if _b_no_flush(blk) or _b_flushed_gen(blk) == _b_write_gen(blk):
+            _begin(c, K_qcow2_io)
+            return _next_item(c, eng, co, item, pi, nplan, bid)
+        _begin(c, K_qcow2_io)
+        item["gen"] = _b_write_gen(blk)
+    else:
+        _begin(c, K_qcow2_io)
+    lat = _latency(c, m, lop, opc, ln)
+    at(c, lat, F1(K_qcow2_worker, bid))
+    return 0
+
+
+cdef int _next_item(Core* c, object eng, object co, object item, i64 pi, Py_ssize_t nplan,
+                    i64 bid) except -1:
+    """driver._next_item"""
+    eng.executed(item)
+    co["pi"] = pi + 1
+    cont(c, F1(K_qcow2_io if pi + 1 < nplan else K_qcow2_compute, bid), -1)
+    return 0
+
+
+cdef bint _parts_ok(Core* c, object parts, i64* total) except -1:
+    """a guest_write item's parts: ("ram", gpa, len) inside guest RAM, ("zero", n) or
+    (other, bytes); total = the joined length"""
+    cdef i64 a, b, t = 0
+    if type(parts) is not list:
+        return False
+    for p in parts:
+        if type(p) is not tuple or len(<tuple>p) < 2:
+            return False
+        k = (<tuple>p)[0]
+        if k == S_RAM:
+            if len(<tuple>p) < 3 or not _as_i64((<tuple>p)[1], &a) or not _as_i64((<tuple>p)[2], &b) \
+                    or not ram_ok(c, a, b) or b > (<i64>1 << 40):
+                return False
+            t += b
+        elif k == S_ZERO:
+            if not _as_i64((<tuple>p)[1], &b) or b < 0 or b > (<i64>1 << 40):
+                return False
+            t += b
+        else:
+            if type((<tuple>p)[1]) is not bytes:
+                return False
+            t += PyBytes_GET_SIZE((<tuple>p)[1])
+    total[0] = t
+    return True
+
+
+cdef int h_qcow2_worker(Core* c, Frame* f) except -1:
+    """driver.worker: handle_aiocb_rw/flush/... (block/file-posix.c) runs one planned host I/O"""
+    cdef i64 bid = f.a[0], pi, off, n, nb = 0, pos, gpa, ln, l, have, end, size
+    cdef Py_ssize_t nplan
+    cdef int q
+    cdef const char* src
+    cdef char* dst
+    m = <object>c.m
+    fd = _qfmt(c)
+    co = _q_co(fd, bid) if fd is not None else None
+    item = _q_item(co, &pi, &nplan) if co is not None else None
+    if item is None or c.qemu < 0:
+        return _wrapped(c, f, K_qcow2_worker, _FN_WORKER, _I_WORKER)
+    op = (<dict>item)["op"]
+    q = _qop(op)
+    o_off = _get(item, "offset")
+    o_n = _get(item, "length")
+    if o_n is _MISSING:
+        o_n = 0
+    if q == QI_OTHER or PyDict_GetItemWithError(Q_WORKER_FN, op) == NULL \
+            or not _as_i64(o_off, &off) or not _as_i64(o_n, &n) or off < 0 or n < 0:
+        return _wrapped(c, f, K_qcow2_worker, _FN_WORKER, _I_WORKER)
+    fop = _get(_Q_FAULT_OP, op)
+    if fop is _MISSING:
+        fop = op
+    blk = _m_block(m)
+    if _fault_fires(m, blk, fop, o_off, o_n if n > 1 else 1):
+        return _wrapped(c, f, K_qcow2_worker, _FN_WORKER, _I_WORKER)
+    data = None
+    iov = None
+    if q == QI_WRITE:
+        data = _get(item, "data")
+        if type(data) is not bytes:
+            return _wrapped(c, f, K_qcow2_worker, _FN_WORKER, _I_WORKER)
+    elif q == QI_GUEST_WRITE:
+        parts = _get(item, "parts")
+        if not _parts_ok(c, parts, &nb):
+            return _wrapped(c, f, K_qcow2_worker, _FN_WORKER, _I_WORKER)
+    elif q == QI_GUEST_READ:
+        iov = _get(item, "iov")
+        if not _iov_ok(c, iov, &nb):
+            return _wrapped(c, f, K_qcow2_worker, _FN_WORKER, _I_WORKER)
+    hf = _m_hostfile(m)
+    _begin(c, K_qcow2_worker)
+    ret = 0
+    try:
+        if q == QI_WRITE or q == QI_GUEST_WRITE:
+            if q == QI_GUEST_WRITE:
+                data = PyBytes_FromStringAndSize(NULL, nb)
+                dst = PyBytes_AS_STRING(data)
+                pos = 0
+                for p in parts:
+                    k = (<tuple>p)[0]
+                    if k == S_RAM:
+                        gpa = (<tuple>p)[1]
+                        ln = (<tuple>p)[2]
+                        memcpy(dst + pos, c.ram + gpa, <size_t>ln)
+                    elif k == S_ZERO:
+                        ln = (<tuple>p)[1]
+                        memset(dst + pos, 0, <size_t>ln)
+                    else:
+                        b = (<tuple>p)[1]
+                        ln = PyBytes_GET_SIZE(b)
+                        memcpy(dst + pos, PyBytes_AS_STRING(b), <size_t>ln)
+                    pos += ln
+            hf.pwrite(o_off, data)
+        elif q == QI_GUEST_READ:
+            got = hf.pread(o_off, o_n)
+            if type(got) is bytes:
+                src = PyBytes_AS_STRING(got)
+                have = PyBytes_GET_SIZE(got)
+                pos = 0
+                for e in iov:
+                    gpa = e[0]
+                    ln = e[1]
+                    l = have - pos
+                    if l > ln:
+                        l = ln
+                    if l > 0:
+                        ram_write(c, gpa, src + pos, l)
+                    pos += ln
+            else:
+                mem = _m_mem(m)
+                pos = 0
+                for e in iov:
+                    mem.write(e[0], got[pos:pos + e[1]])
+                    pos += e[1]
+        elif q == QI_FLUSH:
+            hf.fdatasync()
+        elif q == QI_WZ or q == QI_DISCARD:
+            end = off + n
+            if q == QI_DISCARD:
+                size = hf.size
+                if size < end:
+                    end = size
+            if end > off:
+                old = hf.pread(o_off, end - off)
+                new = vb_zeros(end - off)
+                if old != new or end > hf.size:
+                    hf.pwrite(o_off, new)
+        # (QI_READ: a cow_read or read item only records its effect)
+    except OSError as e:
+        ret = -(e.errno or EIO)
+    co["io_ret"] = ret
+    post(c, c.qemu, F1(K_qcow2_io_done, bid), 0, False)
+    return 0
+
+
+cdef int h_qcow2_io_done(Core* c, Frame* f) except -1:
+    """driver.io_done: the planned I/O completed, the coroutine re-enters (block/qcow2.c)"""
+    cdef i64 bid = f.a[0], pi, r
+    cdef Py_ssize_t nplan
+    cdef int q
+    m = <object>c.m
+    fd = _qfmt(c)
+    co = _q_co(fd, bid) if fd is not None else None
+    item = _q_item(co, &pi, &nplan) if co is not None else None
+    if item is None or not _as_i64(_get(co, "io_ret"), &r) or r != 0:
+        return _wrapped(c, f, K_qcow2_io_done, _FN_IO_DONE, _I_IO_DONE)
+    op = (<dict>item)["op"]
+    q = _qop(op)
+    gen = None
+    if q == QI_FLUSH:
+        gen = _get(item, "gen")
+        if gen is _MISSING:
+            return _wrapped(c, f, K_qcow2_io_done, _FN_IO_DONE, _I_IO_DONE)
+    eng = _get(fd, "engine")
+    if eng is _MISSING:
+        return _wrapped(c, f, K_qcow2_io_done, _FN_IO_DONE, _I_IO_DONE)
+    blk = _m_block(m)
+    _begin(c, K_qcow2_io_done)
+    PyDict_DelItem(co, "io_ret")
+    if q == QI_WRITE or q == QI_GUEST_WRITE or q == QI_WZ or q == QI_DISCARD:
+        sset(blk, _BlockState, _B[9], "write_gen", _b_write_gen(blk) + 1)
+    elif q == QI_FLUSH:
+        sset(blk, _BlockState, _B[8], "flushed_gen", gen)
+    return _next_item(c, eng, co, item, pi, nplan, bid)
+
+
+cdef int h_qcow2_compute(Core* c, Frame* f) except -1:
+    """driver.compute: qcow2_alloc_host_offset/... (block/qcow2-cluster.c), the engine decides"""
+    return _wrapped(c, f, K_qcow2_compute, _FN_COMPUTE, _I_COMPUTE)
+
+
+register_layer(_load, _store)
+register_handler(K_qcow2_compute, h_qcow2_compute)
+register_handler(K_qcow2_co_entry, h_qcow2_co_entry)
+register_handler(K_qcow2_io, h_qcow2_io)
+register_handler(K_qcow2_worker, h_qcow2_worker)
+register_handler(K_qcow2_io_done, h_qcow2_io_done)
+register_handler(K_blk_co_entry, h_blk_co_entry)
+register_handler(K_bdrv_co_entry, h_bdrv_co_entry)
+register_handler(K_bdrv_co_done, h_bdrv_co_done)
+register_handler(K_blk_aio_complete, h_blk_aio_complete)
+register_handler(K_raw_co_entry, h_raw_co_entry)
+register_handler(K_file_co_entry, h_file_co_entry)
+register_handler(K_file_aio_worker, h_file_aio_worker)
+register_handler(K_file_co_resume, h_file_co_resume)
+register_handler(K_file_flush_done, h_file_flush_done)

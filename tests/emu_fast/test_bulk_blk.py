@@ -1,0 +1,211 @@
+"""The bulk core's block layer (emu_fast/_bulk_blk.pyx) against the Python engine.
+
+Runs without an observer (engine.run(m, "fast", k) with no on_step) hand stretches of steps to
+the bulk core; its block-layer handlers (blk.*, bdrv.*, raw.co_entry, file.*) must leave exactly
+the state the Python handlers leave: same digest, guest RAM, image bytes, step count and time,
+and the same last record.  The handlers must actually run (counted per kind by the module), and
+the paths they do not model (a fault rule that fires, a probed raw image's sector 0, an ignored
+discard, a read-only node, a byte range beyond the device) must bail and still agree.
+"""
+from __future__ import annotations
+
+import errno
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import emu_fast
+from emu import engine
+from tests.emu_fast.test_differential import SETTINGS, configs, machine, snapshot, workloads
+
+pytestmark = pytest.mark.skipif(
+    not emu_fast.available() or "_bulk_blk" not in getattr(emu_fast, "BULK_LAYERS", ()),
+    reason="emu_fast (with the bulk core's block layer) is not compiled")
+
+KINDS = ("blk.co_entry", "bdrv.co_entry", "bdrv.co_done", "blk.aio_complete", "raw.co_entry",
+         "file.co_entry", "file.aio_worker", "file.co_resume", "file.flush_done")
+
+
+def _mods():
+    from emu_fast import _bulk, _bulk_blk
+    return _bulk, _bulk_blk
+
+
+def _reset():
+    bulk, blk = _mods()
+    bulk.reset_stats()
+    blk.reset_counts()
+
+
+def _py_kinds(m) -> dict:
+    """Run m on the Python engine to the end; {kind: events}."""
+    out: dict = {}
+
+    def count(rec):
+        out[rec.kind] = out.get(rec.kind, 0) + 1
+        return False
+    engine.run(m, "py", None, count)
+    return out
+
+
+def _same(a, b, chunks=(None,)):
+    """Run a on the Python engine and b on the fast one (no observer), chunk by chunk."""
+    for k in chunks:
+        assert engine.run(a, "py", k) == engine.run(b, "fast", k)
+        assert b.cur == a.cur and b.log.cur is None
+        assert snapshot(a) == snapshot(b)
+    assert engine.run(a, "py") == engine.run(b, "fast")
+    assert snapshot(a) == snapshot(b)
+    assert a.digest() == b.digest()
+
+
+@settings(**{**SETTINGS, "max_examples": 30})
+@given(fmt=st.sampled_from(["raw", "qcow2", "qcow2s", "article"]), wl=workloads, cfg=configs,
+       chunks=st.lists(st.integers(1, 300), min_size=1, max_size=4))
+def test_bulk_blk_same_state_as_python(tmp_path_factory, fmt, wl, cfg, chunks):
+    tmp = tmp_path_factory.mktemp("bulkblk")
+    kind = "qcow2" if fmt.startswith("qcow2") else fmt
+    name = "s" if fmt == "qcow2s" else ""
+    _same(machine(tmp, kind, name, wl, cfg), machine(tmp, kind, name, wl, cfg), chunks)
+
+
+# ("at" lines keep a guest timer pending, so an I/O completion is seldom the only event in the
+# queue: the core leaves such an event, which could be the run's last, to the compiled engine)
+WL = """queue-depth 4
+write 8192 4096 fill=0x5a
+at 1us
+write 65536 16384
+read 8192 4096
+read 0 512
+flush
+flush
+write 1048576 12288 fill=0x11
+flush
+write-zeroes 20480 8192 unmap
+discard 131072 65536
+read 1048576 8192
+flush
+flush
+at 3ms
+wait
+write 4096 4096
+read 4096 4096
+at 10ms
+"""
+
+
+@pytest.mark.parametrize("cache", ["writeback", "writethrough", "unsafe"])
+def test_bulk_blk_kinds_run_in_the_core(tmp_path, cache):
+    """Every block-layer kind of a plain raw workload runs in the core (all but a few: a
+    stretch never takes the run's last step, nor an event alone in the queue), with no bail."""
+    bulk, blk = _mods()
+    cfg = dict(cache=cache, discard="unmap")
+    ref = _py_kinds(machine(tmp_path, "raw", "", WL, cfg))
+    a = machine(tmp_path, "raw", "", WL, cfg)
+    b = machine(tmp_path, "raw", "", WL, cfg)
+    _reset()
+    _same(a, b)
+    got = blk.counts()
+    bails = bulk.stats()["bails"]
+    for kind in KINDS:
+        if kind == "file.flush_done" and cache != "writeback":
+            continue
+        assert ref.get(kind, 0) > 0, kind
+        assert got.get(kind, 0) >= ref[kind] * 3 // 4, (kind, got.get(kind), ref[kind])
+        assert kind not in bails, (kind, bails)
+    assert set(got) <= set(KINDS)
+    assert sum(got.values()) <= bulk.stats()["steps"]
+
+
+QWL = """queue-depth 16
+write 65536 4096 fill=0x33
+write 131072 8192
+read 0 4096
+flush
+write 200704 4096
+write-zeroes 262144 65536 unmap
+discard 393216 65536
+read 65536 16384
+write 1048576 12288
+flush
+at 50ms
+wait
+"""
+QCOW2_KINDS = ("blk.co_entry", "bdrv.co_entry", "bdrv.co_done", "blk.aio_complete", "qcow2.co_entry",
+               "qcow2.compute", "qcow2.io", "qcow2.worker", "qcow2.io_done")
+
+
+@pytest.mark.parametrize("name", ["", "s"])
+def test_bulk_blk_qcow2_kinds_run_in_the_core(tmp_path, name):
+    """On qcow2 (64 KiB and 4 KiB clusters) the generic block layer and the qcow2 driver's
+    steps run in the core too."""
+    bulk, blk = _mods()
+    cfg = dict(discard="unmap")
+    ref = _py_kinds(machine(tmp_path, "qcow2", name, QWL, cfg))
+    a = machine(tmp_path, "qcow2", name, QWL, cfg)
+    b = machine(tmp_path, "qcow2", name, QWL, cfg)
+    _reset()
+    _same(a, b)
+    got = blk.counts()
+    wrapped = blk.counts(wrapped=True)
+    for kind in QCOW2_KINDS:
+        assert got.get(kind, 0) >= ref[kind] * 3 // 4, (kind, got.get(kind), ref[kind])
+        assert kind not in bulk.stats()["bails"]
+    # the host-I/O steps run natively (compute runs the compiled handler)
+    for kind in ("qcow2.co_entry", "qcow2.io", "qcow2.worker", "qcow2.io_done"):
+        assert wrapped.get(kind, 0) == 0, (kind, wrapped)
+    assert wrapped.get("qcow2.compute", 0) == got["qcow2.compute"]
+
+
+@pytest.mark.parametrize("case", ["write_fault", "flush_fault", "zero_fault"])
+def test_bulk_blk_qcow2_failing_io_agrees(tmp_path, case):
+    """A planned host I/O that fails (an injected error) runs the compiled handlers (no bail)
+    and still agrees: the data write's allocation undone, a metadata failure's unusable node."""
+    bulk, blk = _mods()
+    op = {"write_fault": "write", "flush_fault": "flush", "zero_fault": "write_zeroes"}[case]
+    cfg = dict(discard="unmap", faults=({"op": op, "start": 0, "end": 1 << 62,
+                                         "errno": errno.EIO, "count": 2},))
+    a = machine(tmp_path, "qcow2", "", QWL, dict(cfg))
+    b = machine(tmp_path, "qcow2", "", QWL, dict(cfg))
+    _reset()
+    _same(a, b, (50, 200))
+    assert blk.counts(wrapped=True).get("qcow2.worker", 0) > 0
+    assert not bulk.stats()["bails"]
+
+
+@pytest.mark.parametrize("case", ["fault", "fault_once", "sector0", "discard_ignored", "ebadf"])
+def test_bulk_blk_bails_and_agrees(tmp_path, case):
+    """Paths the core does not model bail (the compiled engine runs them) and still agree; a
+    failing pwrite (an image opened read-only: EBADF) is modelled, and agrees too."""
+    bulk, blk = _mods()
+    wl = WL
+    cfg: dict = dict(discard="unmap")
+    expect = None
+    mode = None
+    if case == "fault":             # every write in [0, 1 MiB) fails
+        cfg["faults"] = ({"op": "write", "start": 0, "end": 1 << 20, "errno": errno.EIO,
+                          "count": -1},)
+        expect = "file.aio_worker"
+    elif case == "fault_once":      # one write fails; the exhausted rule then never fires
+        cfg["faults"] = ({"op": "write", "start": 65536, "end": 1 << 20, "errno": errno.ENOSPC,
+                          "count": 1},)
+        expect = "file.aio_worker"
+    elif case == "sector0":         # a probed raw image guards sector 0
+        wl = "write 0 4096 fill=0x51\nread 0 4096\nwrite 4096 4096\n"
+        expect = "raw.co_entry"
+    elif case == "discard_ignored":
+        cfg["discard"] = "ignore"
+        expect = "bdrv.co_entry"
+    elif case == "ebadf":
+        mode = "read"
+    if mode:
+        cfg["mode"] = mode
+    a = machine(tmp_path, "raw", "", wl, dict(cfg))
+    b = machine(tmp_path, "raw", "", wl, dict(cfg))
+    _reset()
+    _same(a, b, (7, 40))
+    if expect:
+        assert bulk.stats()["bails"].get(expect, 0) > 0, bulk.stats()
+    else:
+        assert blk.counts().get("file.aio_worker", 0) > 0 and not bulk.stats()["bails"]
