@@ -80,6 +80,7 @@ assert (V.AVAIL_FLAGS, V.AVAIL_IDX, V.AVAIL_RING, V.USED_FLAGS, V.USED_IDX, V.US
         V.USED_ELEM_SIZE) == (0, 2, 4, 0, 2, 4, 8)
 assert all(V.avail_used_event_off(n) == AVAIL_RING + 2 * n and
            V.used_avail_event_off(n) == USED_RING + USED_ELEM_SIZE * n for n in (1, 256, 1024))
+assert B.WRITE_ZEROES_FLAG_UNMAP == 1
 assert _S.VBLK_PDU_SIZE == PDU_SIZE and B.OUTHDR_SIZE == OUTHDR_SIZE and B.DWZ_SEG_SIZE == DWZ_SEG_SIZE
 assert (B.T_IN, B.T_OUT, B.T_GET_ID, B.S_OK, B.S_UNSUPP) == (0, 1, 8, 0, 2)
 assert _P.PAGE == PAGE and _Q.MERGEABLE == ("READ", "WRITE", "DISCARD")
@@ -118,7 +119,8 @@ cdef object _Transport = Transport
 cdef enum:
     M_GUEST, M_PAGES, M_COUNTERS, M_TRANSPORT, M_TIMING, M_N
 cdef enum:
-    G_VQ, G_BLKMQ, G_PROC, G_KICK_NEEDED, G_DONE_COUNT, G_PDU_BASE, G_VQ_LOCKED, G_COMPLETED, G_N
+    G_VQ, G_BLKMQ, G_PROC, G_KICK_NEEDED, G_DONE_COUNT, G_PDU_BASE, G_VQ_LOCKED, G_COMPLETED,
+    G_ZERO_PAGE, G_N
 cdef enum:
     VQ_INDEX, VQ_NUM, VQ_DESC, VQ_AVAIL, VQ_USED, VQ_NOTIFY_OFF, VQ_FREE_HEAD, VQ_NUM_FREE,
     VQ_NUM_ADDED, VQ_LAST_USED_IDX, VQ_AVAIL_IDX_SHADOW, VQ_AVAIL_FLAGS_SHADOW, VQ_EVENT,
@@ -140,7 +142,7 @@ cdef Py_ssize_t _PO[P_N]
 SLOT_PATHS = {
     "Machine": slot_offsets(_Machine, ("guest", "pages", "counters", "transport", "timing"), _MO),
     "Guest": slot_offsets(_Guest, ("vq", "blkmq", "proc", "kick_needed", "done_count", "pdu_base",
-                                   "vq_locked", "completed"), _GO),
+                                   "vq_locked", "completed", "zero_page"), _GO),
     "DriverVq": slot_offsets(_DriverVq, (
         "index", "num", "desc", "avail", "used", "notify_off", "free_head", "num_free",
         "num_added", "last_used_idx", "avail_idx_shadow", "avail_flags_shadow", "event",
@@ -945,6 +947,7 @@ cdef int h_get_buf(Core* c, Frame* f) except -1:
     """emu.guest.vring.get_buf (virtqueue_get_buf_ctx_split + detach_buf_split)"""
     cdef i64 used, num, last, used_idx, slot, a, uid, ulen, desc, avail, i, n, fh
     cdef list desc_data, desc_indir, extra_next
+    cdef dict rq
     if not _kok[K_vring_get_buf]:
         return BAIL
     vq = _vq
@@ -982,8 +985,11 @@ cdef int h_get_buf(Core* c, Frame* f) except -1:
     if uid >= len(desc_data) or uid >= len(desc_indir) or len(extra_next) < num:
         return BAIL
     rid = desc_data[uid]
-    if not _is_int(rid) or rid < 0 or _rq(rid) is None:
-        return BAIL                                     # BAD_RING: not a head (or no request)
+    if not _is_int(rid) or rid < 0:
+        return BAIL                                     # BAD_RING: not a head
+    rq = _rq(rid)
+    if rq is None:
+        return BAIL
     # detach_buf_split's walk (read-only here: a loop is BAD_RING, left to the compiled engine)
     desc = SI(vq, _VO[VQ_DESC])
     if not ram_ok(c, desc, DESC_SIZE * num):
@@ -1017,7 +1023,7 @@ cdef int h_get_buf(Core* c, Frame* f) except -1:
     if not (<i64>fl_o) & AVAIL_F_NO_INTERRUPT:
         ram_w16(c, avail + AVAIL_RING + 2 * num, <uint64_t>last)
     SS(_g, _GO[G_DONE_COUNT], SG(_g, _GO[G_DONE_COUNT]) + 1)
-    _rqs[rid]["used_len"] = ulen
+    rq["used_len"] = ulen
     cont(c, F1(K_vblkd_request_done, <i64>rid))
     return 0
 
@@ -1077,7 +1083,7 @@ cdef int h_setup_cmd(Core* c, Frame* f) except -1:
     cdef i64 rid = f.a[0], pdu
     cdef dict rq
     cdef uint8_t buf[16]
-    cdef bint rw
+    cdef bint rw, dwz
     if not _kok[K_vblkd_setup_cmd]:
         return BAIL
     rq = _rq(rid)
@@ -1095,18 +1101,38 @@ cdef int h_setup_cmd(Core* c, Frame* f) except -1:
         rq["pdu"] = pdu
         cont(c, F1(K_vblkd_map_data, rid))
         return 0
-    if not rw and op != "FLUSH":
-        return BAIL                 # discard / write-zeroes (a range payload) or unknown: compiled
+    dwz = op == "DISCARD" or op == "WRITE_ZEROES"
+    if not rw and not dwz and op != "FLUSH":
+        return BAIL                 # unknown: the compiled engine (its KeyError)
     typ = _TYPE_OF[op]
     sector = rq.get("sector") if rw else 0
     if not _u64(sector) or not ram_ok(c, pdu, OUTHDR_SIZE):
         return BAIL
+    if dwz:
+        rsect = rq.get("sector")
+        nbytes = rq.get("bytes")
+        if not _u64(rsect) or not _small(nbytes) or not _u32(nbytes >> 9):
+            return BAIL             # (struct.pack would refuse them)
     begin(c)
     rq["pdu"] = pdu
     _st(buf, <uint64_t><i64>typ, 4)
     _st(buf + 4, 0, 4)
     _st(buf + 8, <uint64_t>sector, 8)
     ram_write(c, pdu, buf, 16)
+    if dwz:
+        rng = _pa_kmalloc(DWZ_SEG_SIZE)
+        if rng is None:
+            # virtblk_prep_rq's BLK_STS_RESOURCE: blk-mq requeues and runs the queue later
+            SS(_q, _QO[Q_LAST_RET], "RESOURCE")
+            return 0
+        _st(buf, <uint64_t>rsect, 8)
+        _st(buf + 8, <uint64_t>(nbytes >> 9), 4)
+        _st(buf + 12, 1 if rq.get("unmap") else 0, 4)       # WRITE_ZEROES_FLAG_UNMAP
+        if ram_ok(c, rng, DWZ_SEG_SIZE):
+            ram_write(c, rng, buf, 16)
+        else:
+            _mem.write(rng, (<char*>buf)[:16])                   # (raises as Python does)
+        rq["payload"] = rng
     cont(c, F1(K_vblkd_map_data, rid))
     return 0
 
@@ -1122,25 +1148,31 @@ cdef int h_map_data(Core* c, Frame* f) except -1:
     rq = _rq(rid)
     if rq is None:
         return BAIL
-    if rq.get("payload"):
-        return BAIL
+    payload = rq.get("payload")
+    if payload:
+        begin(c)
+        rq["data_sgs"] = [(payload, DWZ_SEG_SIZE)]
+        cont(c, F1(K_blkmq_start_request, rid))
+        return 0
     bios = rq.get("bios")
     if type(bios) is not list:
         return BAIL
-    for bio in <list>bios:
-        if type(bio) is not dict or type((<dict>bio).get("segs")) is not list:
-            return BAIL
-        for sg in <list>(<dict>bio)["segs"]:
-            if type(sg) is not tuple or len(<tuple>sg) != 2 or not _small((<tuple>sg)[0]) \
-                    or not _small((<tuple>sg)[1]):
-                return BAIL
-    begin(c)
+    # (the scatterlist is built before begin: nothing is changed until it is stored)
     sgs = []
     cur_a = cur_n = None
     for bio in <list>bios:
-        for sg in <list>(<dict>bio)["segs"]:
+        if type(bio) is not dict:
+            return BAIL
+        segs = (<dict>bio).get("segs")
+        if type(segs) is not list:
+            return BAIL
+        for sg in <list>segs:
+            if type(sg) is not tuple or len(<tuple>sg) != 2:
+                return BAIL
             gpa = (<tuple>sg)[0]
             n = (<tuple>sg)[1]
+            if not _small(gpa) or not _small(n):
+                return BAIL
             if have and cur_a + cur_n == gpa:
                 cur_n += n
             else:
@@ -1151,6 +1183,7 @@ cdef int h_map_data(Core* c, Frame* f) except -1:
                 have = True
     if have:
         sgs.append((cur_a, cur_n))
+    begin(c)
     rq["data_sgs"] = sgs
     cont(c, F1(K_blkmq_start_request, rid))
     return 0
@@ -1488,11 +1521,14 @@ cdef int h_dispatch(Core* c, Frame* f) except -1:
     if not batch:
         return BAIL
     rid = batch[0]
-    if not _is_int(rid) or _rq(rid) is None:
+    if not _is_int(rid):
+        return BAIL
+    rq = _rq(rid)
+    if rq is None:
         return BAIL
     begin(c)
     last = len(batch) == 1
-    _rqs[rid]["stage"] = "dispatched"
+    rq["stage"] = "dispatched"
     call(c, F2(K_vblkd_queue_rq, <i64>rid, 1 if last else 0), F1(K_blkmq_dispatch_ret, <i64>rid))
     return 0
 
@@ -1650,6 +1686,43 @@ cdef dict _bio(object p, str rq_op, object sector, object nbytes, list segs):
     return b
 
 
+cdef list _range_bios(object p, dict lim, dict op, str rq_op, object max_sectors, object unmap):
+    """emu.guest.process._range_bios (discard / write-zeroes bios, cut at max_sectors)"""
+    cdef list bios = []
+    cdef dict b
+    lbs_sect = lim["logical_block_size"] >> 9
+    step = max(lbs_sect, max_sectors - max_sectors % lbs_sect) << 9
+    length = op["length"]
+    offset = op["offset"]
+    for pos in range(0, length, step):
+        n = min(step, length - pos)
+        b = _bio(p, rq_op, (offset + pos) >> 9, n, [])
+        b["unmap"] = unmap
+        bios.append(b)
+    return bios
+
+
+cdef list _zero_page_bios(object p, long long off, long long length):
+    """emu.guest.process._make_bios's write-zeroes fallback: WRITE bios of the shared zero page"""
+    cdef list bios = [], segs
+    cdef long long pos, n, k, step = BIO_MAX_VECS * PAGE
+    g = _g
+    if not SG(g, _GO[G_ZERO_PAGE]):
+        SS(g, _GO[G_ZERO_PAGE], _pa_alloc(1) or 0)
+    zero_page = SG(g, _GO[G_ZERO_PAGE])
+    pos = 0
+    while pos < length:
+        n = min(step, length - pos)
+        segs = []
+        k = 0
+        while k < n:
+            segs.append((zero_page, min(PAGE, n - k)))
+            k += PAGE
+        bios.append(_bio(p, "WRITE", (off + pos) >> 9, n, segs))
+        pos += step
+    return bios
+
+
 cdef int h_app_op(Core* c, Frame* f) except -1:
     """emu.guest.process.op_step (blkdev_write_iter etc.: the next workload operation)"""
     cdef list ops, bios
@@ -1753,8 +1826,35 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
                     n = min(step, clen - pos)
                     bios.append(_bio(p, rq_op, (coff + pos) >> 9, n, [(buf + pos, n)]))
                     pos += step
+    elif kind == "discard" or kind == "write-zeroes":
+        off = op.get("offset")
+        length = op.get("length")
+        lim = SG(q, _QO[Q_LIMITS])
+        if type(lim) is not dict:
+            return BAIL
+        lbs = (<dict>lim).get("logical_block_size")
+        if not _small(off) or not _small(length) or not _small(lbs) or not lbs:
+            return BAIL
+        begin(c)
+        bios = []
+        if off % lbs or length % lbs:
+            err = "EINVAL"
+        elif kind == "discard":
+            mds = lim["max_discard_sectors"]
+            if not mds:
+                err = "EOPNOTSUPP"
+            else:
+                bios = _range_bios(p, lim, op, "DISCARD", mds, False)
+        else:
+            mwz = lim["max_write_zeroes_sectors"]
+            if mwz:
+                bios = _range_bios(p, lim, op, "WRITE_ZEROES", mwz, bool(op.get("unmap")))
+            elif op.get("unmap"):
+                err = "EOPNOTSUPP"
+            else:
+                bios = _zero_page_bios(p, off, length)
     else:
-        return BAIL             # discard, write-zeroes, get-id, unknown: the compiled engine
+        return BAIL             # get-id, unknown: the compiled engine
     if err == "ENOMEM" and SG(p, _PO[P_INFLIGHT]):
         _sleep(c, "mem")
         return 0

@@ -123,11 +123,31 @@ def test_error_paths_bail_and_agree(tmp_path):
     assert snapshot(a) == snapshot(b)
     bails = _bulk.stats()["bails"]
     assert bails.get("blkmq.dispatch_ret", 0) > 0            # BLK_STS_DEV_RESOURCE requeue
-    assert bails.get("app.op", 0) > 0                         # discard / write-zeroes
-    assert outside["vblkd.setup_cmd"] > 0 or bails.get("vblkd.setup_cmd", 0) > 0
     core = in_core(py_kinds, outside)
     assert core["blkmq.end_request"] > 0 and core["vring.get_buf"] > 0
     assert any(r["status"] != "OK" for r in a.guest.proc.results)
+    assert any(r["op"] == "discard" for r in a.guest.proc.results)
+
+
+@pytest.mark.parametrize("dev", [{}, {"discard": "unmap"}])
+def test_discard_and_write_zeroes_run_in_the_core(tmp_path, dev):
+    """discard / write-zeroes: range bios, the range payload (kmalloc'd, kfree'd), or without
+    device support EOPNOTSUPP / the zero-page fallback; all in the core."""
+    wl = ("queue-depth 4\n" + "".join(f"write {i * 65536} 64k\n" for i in range(4))
+          + "discard 0 65536\nwrite-zeroes 65536 8192\nwrite-zeroes 131072 4096 unmap\n"
+          + "wait\nread 0 192k\n")
+    a = machine(tmp_path, "raw", "", wl, dev)
+    b = machine(tmp_path, "raw", "", wl, dev)
+    py_kinds = run_py(a)
+    _bulk.reset_stats()
+    outside = run_bulk(b)
+    assert snapshot(a) == snapshot(b)
+    assert not _bulk.stats()["bails"]
+    core = in_core(py_kinds, outside)
+    assert core["app.op"] > 0
+    assert core["vblkd.setup_cmd"] == py_kinds["vblkd.setup_cmd"] > 0    # (never a run's last step)
+    statuses = {r["op"]: r["status"] for r in a.guest.proc.results}
+    assert statuses["write-zeroes"] in ("OK", "EOPNOTSUPP") and "discard" in statuses
 
 
 def _corrupt_used_id(m) -> bool:
