@@ -133,7 +133,7 @@ cdef enum:
     Q_N
 cdef enum:
     P_OPS, P_PC, P_INFLIGHT, P_WAITING, P_PENDING_BIOS, P_OP_STATE, P_READS, P_RESULTS,
-    P_NEXT_BIO, P_N
+    P_NEXT_BIO, P_STARTED, P_N
 cdef Py_ssize_t _MO[M_N]
 cdef Py_ssize_t _GO[G_N]
 cdef Py_ssize_t _VO[VQ_N]
@@ -154,7 +154,7 @@ SLOT_PATHS = {
         "batch", "batch_from", "queued", "last_ret", "run_work_pending", "limits", "write_cache"),
         _QO),
     "Proc": slot_offsets(_Proc, ("ops", "pc", "inflight", "waiting", "pending_bios", "op_state",
-                                 "reads", "results", "next_bio"), _PO),
+                                 "reads", "results", "next_bio", "started"), _PO),
 }
 cdef bint _SLOTS_OK = all(SLOT_PATHS.values())
 
@@ -228,6 +228,15 @@ cdef tuple _KINDS = (
     (K_blkmq_submit_bio, "blkmq.submit_bio", _P.submit_bio),
     (K_app_op, "app.op", _P.op_step),
     (K_app_resume, "app.resume", _P.resume),
+    (K_vblkd_add_err_kick, "vblkd.add_err_kick", _VB.add_err_kick),
+    (K_vblkd_add_err_end, "vblkd.add_err_end", _VB.add_err_end),
+    (K_vblkd_commit_rqs, "vblkd.commit_rqs", _VB.commit_rqs),
+    (K_vblkd_commit_notify, "vblkd.commit_notify", _VB.commit_notify),
+    (K_blkmq_run_work, "blkmq.run_work", _Q.run_work),
+    (K_blkmq_delay_run, "blkmq.delay_run", _Q.delay_run),
+    (K_app_hrtimer, "app.hrtimer", _P.hrtimer_wakeup),
+    (K_app_exit, "app.exit", _P.exit_),
+    (K_app_start, "app.start", _P.start),
 )
 cdef bint _kreg[NKINDS]             # REGISTRY still holds the kind's Python handler
 cdef bint _kok[NKINDS]              # ... and this stretch's machine is one these handlers know
@@ -1564,7 +1573,22 @@ cdef int h_dispatch_ret(Core* c, Frame* f) except -1:
         else:
             call(c, e, F0(K_blkmq_run_queue))
         return 0
-    return BAIL                     # DEV_RESOURCE / RESOURCE: requeue (compiled engine)
+    if type(SG(q, _QO[Q_DISPATCH])) is not list:
+        return BAIL
+    # DEV_RESOURCE / RESOURCE: requeue the rest at the head of hctx->dispatch
+    for r in batch:
+        if _rqs.get(r) is None:
+            return BAIL
+    begin(c)
+    for r in batch:
+        _rqs[r]["stage"] = "requeued"
+    SS(q, _QO[Q_DISPATCH], batch + SG(q, _QO[Q_DISPATCH]))
+    SS(q, _QO[Q_BATCH], [])
+    if ret == "RESOURCE":
+        at(c, 3_000_000, F0(K_blkmq_delay_run))
+    if SG(q, _QO[Q_QUEUED]):
+        cont(c, F0(K_vblkd_commit_rqs))
+    return 0
 
 
 cdef int h_start_request(Core* c, Frame* f) except -1:
@@ -2044,6 +2068,115 @@ cdef int h_app_resume(Core* c, Frame* f) except -1:
     return 0
 
 
+# == the rarer guest kinds ===========================================================================
+
+cdef int h_add_err_kick(Core* c, Frame* f) except -1:
+    """emu.guest.virtio_blk.add_err_kick (virtqueue_kick after a failed add)"""
+    cdef i64 rid = f.a[0]
+    if not _kok[K_vblkd_add_err_kick]:
+        return BAIL
+    begin(c)
+    if SG(_g, _GO[G_KICK_NEEDED]):
+        call(c, F1(K_vring_notify, 0), F1(K_vblkd_add_err_end, rid))
+    else:
+        cont(c, F1(K_vblkd_add_err_end, rid))
+    return 0
+
+
+cdef int h_add_err_end(Core* c, Frame* f) except -1:
+    """emu.guest.virtio_blk.add_err_end (unlock; BLK_STS_DEV_RESOURCE / IOERR / RESOURCE)"""
+    cdef i64 rid = f.a[0]
+    cdef dict rq
+    if not _kok[K_vblkd_add_err_end]:
+        return BAIL
+    rq = _rq(rid)
+    if rq is None or "add_err" not in rq:
+        return BAIL
+    begin(c)
+    err = rq.pop("add_err")
+    payload = rq.get("payload")
+    if payload:                                             # _cleanup_cmd
+        _pa_kfree(payload)
+        rq["payload"] = 0
+    SS(_g, _GO[G_VQ_LOCKED], False)
+    q = _q
+    if err == "ENOSPC":
+        SS(q, _QO[Q_STOPPED], True)
+        SS(q, _QO[Q_LAST_RET], "DEV_RESOURCE")
+    else:
+        SS(q, _QO[Q_LAST_RET], "IOERR" if err == "EIO" else "RESOURCE")
+    return 0
+
+
+cdef int h_commit_rqs(Core* c, Frame* f) except -1:
+    """emu.guest.virtio_blk.commit_rqs (virtio_commit_rqs: kick what was queued)"""
+    if not _kok[K_vblkd_commit_rqs]:
+        return BAIL
+    begin(c)
+    call(c, _kick_frame(), F0(K_vblkd_commit_notify))
+    return 0
+
+
+cdef int h_commit_notify(Core* c, Frame* f) except -1:
+    """emu.guest.virtio_blk.commit_notify"""
+    if not _kok[K_vblkd_commit_notify]:
+        return BAIL
+    begin(c)
+    if SG(_g, _GO[G_KICK_NEEDED]):
+        SS(_g, _GO[G_KICK_NEEDED], False)
+        cont(c, F1(K_vring_notify, 0))
+    return 0
+
+
+cdef int h_run_work(Core* c, Frame* f) except -1:
+    """emu.guest.blk_mq.run_work (blk_mq_run_work_fn: kblockd runs the queue)"""
+    if not _kok[K_blkmq_run_work]:
+        return BAIL
+    begin(c)
+    SS(_q, _QO[Q_RUN_WORK_PENDING], False)
+    cont(c, F0(K_blkmq_run_queue))
+    return 0
+
+
+cdef int h_delay_run(Core* c, Frame* f) except -1:
+    """emu.guest.blk_mq.delay_run (blk_mq_delay_run_hw_queue's timer)"""
+    if not _kok[K_blkmq_delay_run]:
+        return BAIL
+    begin(c)
+    post(c, c.vcpu, F0(K_blkmq_run_work), 0, False)
+    return 0
+
+
+cdef int h_hrtimer(Core* c, Frame* f) except -1:
+    """emu.guest.process.hrtimer_wakeup (the sleep's timer expired)"""
+    if not _kok[K_app_hrtimer]:
+        return BAIL
+    begin(c)
+    _wake(c, "timer")
+    return 0
+
+
+cdef int h_app_exit(Core* c, Frame* f) except -1:
+    """emu.guest.process.exit_ (do_exit: the plug is flushed)"""
+    if not _kok[K_app_exit] or type(SG(_q, _QO[Q_PLUG])) is not list:
+        return BAIL
+    begin(c)
+    SS(_p, _PO[P_WAITING], "done")
+    if SG(_q, _QO[Q_PLUG]):
+        cont(c, F1(K_blkmq_flush_plug, -1))
+    return 0
+
+
+cdef int h_app_start(Core* c, Frame* f) except -1:
+    """emu.guest.process.start (blkdev_open)"""
+    if not _kok[K_app_start]:
+        return BAIL
+    begin(c)
+    SS(_p, _PO[P_STARTED], True)
+    cont(c, F0(K_app_op), -1, True)
+    return 0
+
+
 # == registration ====================================================================================
 register_layer(_load, _store)
 register_handler(K_vring_add_split, h_add_split)
@@ -2075,3 +2208,12 @@ register_handler(K_blkmq_end_request, h_end_request)
 register_handler(K_blkmq_submit_bio, h_submit_bio)
 register_handler(K_app_op, h_app_op)
 register_handler(K_app_resume, h_app_resume)
+register_handler(K_vblkd_add_err_kick, h_add_err_kick)
+register_handler(K_vblkd_add_err_end, h_add_err_end)
+register_handler(K_vblkd_commit_rqs, h_commit_rqs)
+register_handler(K_vblkd_commit_notify, h_commit_notify)
+register_handler(K_blkmq_run_work, h_run_work)
+register_handler(K_blkmq_delay_run, h_delay_run)
+register_handler(K_app_hrtimer, h_hrtimer)
+register_handler(K_app_exit, h_app_exit)
+register_handler(K_app_start, h_app_start)
