@@ -1877,8 +1877,17 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
                 err = "EOPNOTSUPP"
             else:
                 bios = _zero_page_bios(p, off, length)
+    elif kind == "get-id":
+        begin(c)
+        buf = _pa_alloc(1)
+        if buf is None:
+            bios = []
+            err = "ENOMEM"
+            buf = 0
+        else:
+            bios = [_bio(p, "DRV_IN", 0, _ID_BYTES, [(buf, _ID_BYTES)])]
     else:
-        return BAIL             # get-id, unknown: the compiled engine
+        return BAIL             # unknown: the compiled engine
     if err == "ENOMEM" and SG(p, _PO[P_INFLIGHT]):
         _sleep(c, "mem")
         return 0
@@ -1963,6 +1972,44 @@ cdef bint _merge(Core* c, dict rq, dict bio, list pending) except -1:
     return True
 
 
+cdef bint _split(object p, dict lim, dict bio, object op, list segs, object nbytes,
+                 object sector) except -1:
+    """emu.guest.process._split (bio_split_to_limits: cut at max_sectors / max_segments, the
+    rest queued next); True when the bio was cut"""
+    cdef list head, tail
+    maxs = lim["max_discard_sectors"] if op == "DISCARD" else (
+        lim["max_write_zeroes_sectors"] if op == "WRITE_ZEROES" else lim["max_sectors"])
+    cut = min(nbytes, maxs << 9)
+    if segs:
+        mseg = lim["max_segments"]
+        if len(segs) > mseg:
+            cut = min(cut, sum([sg[1] for sg in segs[:mseg]]))
+    if op == "FLUSH" or op == "DRV_IN" or cut >= nbytes:
+        return False
+    rest = dict(bio)
+    nb = SG(p, _PO[P_NEXT_BIO])
+    rest["id"] = nb
+    rest["sector"] = sector + (cut >> 9)
+    rest["bytes"] = nbytes - cut
+    SS(p, _PO[P_NEXT_BIO], nb + 1)
+    if segs:
+        head, tail, pos = [], [], 0
+        for a, n in segs:
+            if pos + n <= cut:
+                head.append((a, n))
+            elif pos >= cut:
+                tail.append((a, n))
+            else:
+                head.append((a, cut - pos))
+                tail.append((a + cut - pos, n - (cut - pos)))
+            pos += n
+        bio["segs"], rest["segs"] = head, tail
+    bio["bytes"] = cut
+    SG(p, _PO[P_PENDING_BIOS]).insert(1, rest)
+    SG(p, _PO[P_OP_STATE])[bio["op_idx"]]["bios"] += 1
+    return True
+
+
 cdef int h_submit_bio(Core* c, Frame* f) except -1:
     """emu.guest.process.submit_bio (blk_mq_submit_bio: merge, else tag and plug)"""
     cdef list pending, cands, plug, segs
@@ -1970,7 +2017,7 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
     cdef str how
     cdef long long tag
     cdef Py_ssize_t n_before
-    cdef Frame nf
+    cdef uint8_t hdr[16]
     if not _kok[K_blkmq_submit_bio] or not _q_ok(_q):
         return BAIL
     p = _p
@@ -1991,21 +2038,15 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
             or not _small(b_sector):
         return BAIL
     segs = <list>segs_o
-    # bio_split_to_limits: a bio that needs a cut goes to the compiled engine
     lim = SG(q, _QO[Q_LIMITS])
     if type(lim) is not dict:
         return BAIL
-    if not (bop == "FLUSH" or bop == "DRV_IN"):
-        maxs = lim["max_discard_sectors"] if bop == "DISCARD" else (
-            lim["max_write_zeroes_sectors"] if bop == "WRITE_ZEROES" else lim["max_sectors"])
-        cut = min(b_bytes, maxs << 9)
-        if segs and len(segs) > lim["max_segments"]:
-            cut = min(cut, sum([sg[1] for sg in segs[:lim["max_segments"]]]))
-        if cut < b_bytes:
-            return BAIL
-    if bop == "DRV_IN":
+    if bop == "DRV_IN" and not ram_ok(c, SI(_g, _GO[G_PDU_BASE]), PDU_SIZE * SI(q, _QO[Q_NR_REQUESTS])):
         return BAIL
     begin(c)
+    if _split(p, <dict>lim, bio, bop, segs, b_bytes, b_sector):
+        segs = bio["segs"]
+        b_bytes = bio["bytes"]
     rqs = _rqs
     if _mergeable(bop):
         # the candidates: the plug's last request, then the scheduler FIFO of the bio's
@@ -2028,7 +2069,12 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
           "nomerge": not _mergeable(bop), "unmap": bio.get("unmap", False),
           "stage": "plugged", "head": None, "table": 0, "payload": 0, "status": None}
     rqs[rid] = rq
-    if bop == "FLUSH":
+    if bop == "FLUSH" or bop == "DRV_IN":
+        if bop == "DRV_IN":                 # virtblk_get_id's GET_ID header in the tag's PDU
+            _st(hdr, T_GET_ID, 4)
+            _st(hdr + 4, 0, 4)
+            _st(hdr + 8, 0, 8)
+            ram_write(c, SI(_g, _GO[G_PDU_BASE]) + tag * PDU_SIZE, hdr, 16)
         rq["stage"] = "queued"
         SG(q, _QO[Q_DISPATCH]).append(rid)
         call(c, F0(K_blkmq_run_queue), _next_frame())

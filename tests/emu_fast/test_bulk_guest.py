@@ -252,3 +252,65 @@ def test_forced_dispatch_statuses(tmp_path, ret):
     (sa, py_kinds, ea), (sb, outside, eb) = runs
     assert sa == sb and ea == eb
     assert set(_bulk.stats()["bails"]) <= {"vring.get_buf"}      # (BAD_RING, later)
+
+
+# -- device limits (splits, small RAM, 4 KiB blocks, missing features): test_blk_mq's cases -------
+
+def _blk_mq_cases():
+    from tests.emu_fast import test_blk_mq as T
+    return T
+
+
+from tests.emu_fast.test_blk_mq import devices as blk_devices  # noqa: E402
+from tests.emu_fast.test_blk_mq import workloads as blk_workloads  # noqa: E402
+
+
+@settings(**{**SETTINGS, "max_examples": 25})
+@given(wl=blk_workloads, cfg=configs, dev=blk_devices, fmt=st.sampled_from(["raw", "qcow2"]),
+       chunk=st.sampled_from([-1, -1, 1, 4, 33]))
+def test_device_limits_same_as_the_python_engine(tmp_path_factory, wl, cfg, dev, fmt, chunk):
+    """tests/emu_fast/test_blk_mq.py's workloads (streams that merge, big writes, get-id, at,
+    queue depth changes) and device limits (seg_max, 4 KiB blocks, discard / write-zeroes
+    limits and features, small RAM: ENOMEM) through the core."""
+    T = _blk_mq_cases()
+    tmp = tmp_path_factory.mktemp("bulkd")
+    a = T.device_machine(tmp, fmt, wl, cfg, dev)
+    b = T.device_machine(tmp, fmt, wl, cfg, dev)
+    run_py(a)
+    run_bulk(b, chunk)
+    assert snapshot(a) == snapshot(b)
+    assert a.state() == b.state()
+
+
+def test_splits_get_id_and_small_ram_in_the_core(tmp_path):
+    """Bios cut to max_segments / max_discard_sectors (bio_split_to_limits), GET_ID, ENOMEM
+    sleeps and at: in the core, and the same state as on the Python engine."""
+    from emu.spec import virtio as V
+    T = _blk_mq_cases()
+    MiB = 1 << 20
+    rnd = "".join(f"write {(i * 37 % 900) * 4096} 4k\n" for i in range(40))
+    cases = [
+        ("write 0 4k\nwrite 400k 4k\nwrite 4k 4k\nwait\nqueue-depth 4\n" + rnd
+         + "wait\nget-id\nat 100ms\nat 0\nread 0 160k\n", {"queue_size": 16}, {}),
+        ("write 0 1536k fill=0x5a\nread 0 2M\nwrite-zeroes 0 1M\ndiscard 4096 64k\nflush\n"
+         "write 0 600k\nwrite 1M 600k\nwrite 2M 600k\nwait\nwrite 0 1M\nwrite 512 512\n",
+         {"indirect": False, "queue_size": 4, "cache": "writethrough"},
+         {"ram_size": MiB, "seg_max": 3, "lbs": 4096, "max_discard_sectors": 8,
+          "max_write_zeroes_sectors": None, "drop": (V.BLK_F_WRITE_ZEROES,)}),
+    ]
+    _bulk.reset_stats()
+    py_total: collections.Counter = collections.Counter()
+    out_total: collections.Counter = collections.Counter()
+    for wl, cfg, dev in cases:
+        d = {"ram_size": 4 * MiB, "seg_max": None, "lbs": 512, "max_discard_sectors": None,
+             "max_write_zeroes_sectors": None, "drop": ()}
+        d.update(dev)
+        a = T.device_machine(tmp_path, "raw", wl, cfg, d)
+        b = T.device_machine(tmp_path, "raw", wl, cfg, d)
+        py_total += run_py(a)
+        out_total += run_bulk(b)
+        assert snapshot(a) == snapshot(b)
+        assert a.state() == b.state()
+    assert set(_bulk.stats()["bails"]) <= {"vring.notify"}
+    core = in_core(py_total, out_total)
+    assert core["blkmq.submit_bio"] >= py_total["blkmq.submit_bio"] * 9 // 10
