@@ -26,7 +26,7 @@ from cpython.dict cimport PyDict_SetItem
 cdef extern from "Python.h":
     dict _PyDict_NewPresized(Py_ssize_t minused)    # (what BUILD_MAP's _PyDict_FromItems makes)
 from libc.stdlib cimport malloc, realloc, free
-from libc.string cimport memchr, memcpy, memset
+from libc.string cimport memchr, memcmp, memcpy, memset
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from emu_fast._bulk cimport *
@@ -345,6 +345,26 @@ cdef inline dict _rq(i64 rid):
     if type(o) is not dict:
         return None
     return <dict>o
+
+
+cdef extern from "Python.h":
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
+    int PyUnicode_KIND(object o)
+    void* PyUnicode_DATA(object o)
+
+
+cdef inline bint _eq(object a, str b) except -1:
+    """a == b for a str literal b: identity, then the length, then the characters (a str
+    subclass or another type: ==)"""
+    cdef Py_ssize_t n
+    if a is b:
+        return True
+    if type(a) is not str:
+        return a == b
+    n = PyUnicode_GET_LENGTH(b)
+    if PyUnicode_GET_LENGTH(a) != n or PyUnicode_KIND(a) != PyUnicode_KIND(b):
+        return False
+    return memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), <size_t>(n * PyUnicode_KIND(b))) == 0
 
 
 cdef inline bint _is_int(object o) noexcept:
@@ -1104,14 +1124,14 @@ cdef int h_setup_cmd(Core* c, Frame* f) except -1:
     if not _small(tag) or not _small(base) or type(op) is not str:
         return BAIL
     pdu = <i64>base + <i64>tag * PDU_SIZE
-    rw = op == "READ" or op == "WRITE"
-    if op == "DRV_IN":
+    rw = _eq(op, "READ") or _eq(op, "WRITE")
+    if _eq(op, "DRV_IN"):
         begin(c)
         rq["pdu"] = pdu
         cont(c, F1(K_vblkd_map_data, rid))
         return 0
-    dwz = op == "DISCARD" or op == "WRITE_ZEROES"
-    if not rw and not dwz and op != "FLUSH":
+    dwz = _eq(op, "DISCARD") or _eq(op, "WRITE_ZEROES")
+    if not rw and not dwz and not _eq(op, "FLUSH"):
         return BAIL                 # unknown: the compiled engine (its KeyError)
     typ = _TYPE_OF[op]
     sector = rq.get("sector") if rw else 0
@@ -1331,18 +1351,18 @@ cdef int h_done_end(Core* c, Frame* f) except -1:
 # == block/blk-mq.c (emu/guest/blk_mq.py) ===========================================================
 
 cdef inline bint _mergeable(object op):
-    return op == "READ" or op == "WRITE" or op == "DISCARD"
+    return _eq(op, "READ") or _eq(op, "WRITE") or _eq(op, "DISCARD")
 
 
 cdef inline int _rq_dir(object op):
     """rq_dir"""
-    return 0 if (op == "READ" or op == "DRV_IN") else 1
+    return 0 if (_eq(op, "READ") or _eq(op, "DRV_IN")) else 1
 
 
 cdef int _wake(Core* c, str reason) except -1:
     """emu.guest.process._wake"""
     p = _p
-    if SG(p, _PO[P_WAITING]) == reason:
+    if _eq(SG(p, _PO[P_WAITING]), reason):
         SS(p, _PO[P_WAITING], "woken-" + reason)
         post(c, c.vcpu, F0(K_app_resume), 0, False)
     return 0
@@ -1395,16 +1415,16 @@ cdef int _dd_insert(Core* c, object rid) except -1:
     cdef dict other
     if _mergeable(op):
         lim = SG(q, _QO[Q_LIMITS])
-        maxs = lim["max_discard_sectors"] if op == "DISCARD" else lim["max_sectors"]
+        maxs = lim["max_discard_sectors"] if _eq(op, "DISCARD") else lim["max_sectors"]
         for oid in <list>(SG(q, _QO[Q_DD_FIFO])[d]):
             other = rqs[oid]
             if other["op"] == op and other["sector"] + (other["bytes"] >> 9) == rq["sector"] \
                     and (other["bytes"] >> 9) + (rq["bytes"] >> 9) <= maxs \
-                    and (op == "DISCARD" or other["nsegs"] + rq["nsegs"] <= lim["max_segments"]):
+                    and (_eq(op, "DISCARD") or other["nsegs"] + rq["nsegs"] <= lim["max_segments"]):
                 for bio in rq["bios"]:
                     other["bios"].append(bio)
                 other["bytes"] += rq["bytes"]
-                other["nsegs"] += rq["nsegs"] if op != "DISCARD" else 0
+                other["nsegs"] += rq["nsegs"] if not _eq(op, "DISCARD") else 0
                 _free_request(c, rid)
                 return 0
     rq["stage"] = "queued"
@@ -1554,7 +1574,7 @@ cdef int h_dispatch_ret(Core* c, Frame* f) except -1:
     batch = SG(q, _QO[Q_BATCH])
     if not batch:
         return BAIL
-    if ret == "OK":
+    if _eq(ret, "OK"):
         begin(c)
         batch.pop(0)
         SS(q, _QO[Q_QUEUED], SG(q, _QO[Q_QUEUED]) + 1)
@@ -1563,10 +1583,10 @@ cdef int h_dispatch_ret(Core* c, Frame* f) except -1:
         else:
             cont(c, F0(K_blkmq_run_queue), -1, True)
         return 0
-    if ret == "IOERR" or ret == "NOTSUPP":
+    if _eq(ret, "IOERR") or _eq(ret, "NOTSUPP"):
         begin(c)
         batch.pop(0)
-        e = F3(K_blkmq_end_request, rid, _S_IOERR if ret == "IOERR" else _S_NOTSUPP, 0)
+        e = F3(K_blkmq_end_request, rid, _S_IOERR if _eq(ret, "IOERR") else _S_NOTSUPP, 0)
         e.s[1] = 1
         if batch:
             call(c, e, F0(K_blkmq_dispatch))
@@ -1584,7 +1604,7 @@ cdef int h_dispatch_ret(Core* c, Frame* f) except -1:
         _rqs[r]["stage"] = "requeued"
     SS(q, _QO[Q_DISPATCH], batch + SG(q, _QO[Q_DISPATCH]))
     SS(q, _QO[Q_BATCH], [])
-    if ret == "RESOURCE":
+    if _eq(ret, "RESOURCE"):
         at(c, 3_000_000, F0(K_blkmq_delay_run))
     if SG(q, _QO[Q_QUEUED]):
         cont(c, F0(K_vblkd_commit_rqs))
@@ -1613,12 +1633,12 @@ cdef int _op_done(Core* c, object idx) except -1:
     cdef dict st = SG(p, _PO[P_OP_STATE]).pop(idx)
     cdef dict op = SG(p, _PO[P_OPS])[idx]
     SS(p, _PO[P_INFLIGHT], SG(p, _PO[P_INFLIGHT]) - 1)
-    if op["op"] == "read":
+    if _eq(op["op"], "read"):
         data = _mem.read(st["buf"], op["length"])
         SG(p, _PO[P_READS]).append(
             {"n": op["n"], "offset": op["offset"], "length": op["length"],
              "sha256": _sha256(data).hexdigest(), "status": st["status"], "line": op["line"]})
-    if op["op"] == "get-id":
+    if _eq(op["op"], "get-id"):
         raw = _mem.read(st["buf"], _ID_BYTES)
         st["serial"] = raw.split(b"\0", 1)[0].decode("latin-1")
     if st.get("buf"):
@@ -1656,7 +1676,7 @@ cdef int h_end_request(Core* c, Frame* f) except -1:
         idx = bio["op_idx"]                          # bio_done
         st = SG(p, _PO[P_OP_STATE])[idx]
         st["bios"] -= 1
-        if status != "OK" and st["status"] == "OK":
+        if not _eq(status, "OK") and _eq(st["status"], "OK"):
             st["status"] = status
         if st["bios"] == 0:
             _op_done(c, idx)
@@ -1775,7 +1795,7 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
         return BAIL
     op = <dict>op_o
     kind = op.get("op")
-    if kind == "wait":
+    if _eq(kind, "wait"):
         begin(c)
         if SG(p, _PO[P_INFLIGHT]):
             _sleep(c, "drain")
@@ -1783,7 +1803,7 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
         SS(p, _PO[P_PC], pc + 1)
         cont(c, F0(K_app_op), -1, True)
         return 0
-    if kind == "at":
+    if _eq(kind, "at"):
         t = op.get("time_ns")
         if not _small(t):
             return BAIL
@@ -1795,7 +1815,7 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
             return 0
         cont(c, F0(K_app_op), -1, True)
         return 0
-    if kind == "queue-depth":
+    if _eq(kind, "queue-depth"):
         depth = op.get("depth")
         if type(depth) is not int:
             return BAIL
@@ -1810,19 +1830,19 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
         return 0
     buf = 0
     err = ""
-    if kind == "flush":
+    if _eq(kind, "flush"):
         begin(c)
         if not SG(q, _QO[Q_WRITE_CACHE]):
             bios = []
         else:
             bios = [_bio(p, "FLUSH", 0, 0, [])]
-    elif kind == "write" or kind == "read":
+    elif _eq(kind, "write") or _eq(kind, "read"):
         off = op.get("offset")
         length = op.get("length")
         lbs = SG(q, _QO[Q_LIMITS]).get("logical_block_size")
         if not _small(off) or not _small(length) or not _small(lbs) or not lbs:
             return BAIL
-        if kind == "write":
+        if _eq(kind, "write"):
             fill = op.get("fill")
             if fill is not None and not (type(fill) is int and 0 <= fill <= 255):
                 return BAIL
@@ -1839,18 +1859,18 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
                 err = "ENOMEM"
                 buf = 0
             else:
-                if kind == "write":
+                if _eq(kind, "write"):
                     _write_pattern_ram(c, buf, op["n"], off, length, op.get("fill"))
                 step = BIO_MAX_VECS * PAGE
                 clen = length
                 coff = off
-                rq_op = "WRITE" if kind == "write" else "READ"
+                rq_op = "WRITE" if _eq(kind, "write") else "READ"
                 pos = 0
                 while pos < clen:
                     n = min(step, clen - pos)
                     bios.append(_bio(p, rq_op, (coff + pos) >> 9, n, [(buf + pos, n)]))
                     pos += step
-    elif kind == "discard" or kind == "write-zeroes":
+    elif _eq(kind, "discard") or _eq(kind, "write-zeroes"):
         off = op.get("offset")
         length = op.get("length")
         lim = SG(q, _QO[Q_LIMITS])
@@ -1863,7 +1883,7 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
         bios = []
         if off % lbs or length % lbs:
             err = "EINVAL"
-        elif kind == "discard":
+        elif _eq(kind, "discard"):
             mds = lim["max_discard_sectors"]
             if not mds:
                 err = "EOPNOTSUPP"
@@ -1877,7 +1897,7 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
                 err = "EOPNOTSUPP"
             else:
                 bios = _zero_page_bios(p, off, length)
-    elif kind == "get-id":
+    elif _eq(kind, "get-id"):
         begin(c)
         buf = _pa_alloc(1)
         if buf is None:
@@ -1888,7 +1908,7 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
             bios = [_bio(p, "DRV_IN", 0, _ID_BYTES, [(buf, _ID_BYTES)])]
     else:
         return BAIL             # unknown: the compiled engine
-    if err == "ENOMEM" and SG(p, _PO[P_INFLIGHT]):
+    if _eq(err, "ENOMEM") and SG(p, _PO[P_INFLIGHT]):
         _sleep(c, "mem")
         return 0
     SS(p, _PO[P_PC], pc + 1)
@@ -1924,10 +1944,10 @@ cdef str _try_merge(object q, dict rq, dict bio):
     if op != bio["op"] or not _mergeable(op) or rq.get("nomerge"):
         return ""
     stage = rq["stage"]
-    if not (stage == "plugged" or stage == "queued"):
+    if not (_eq(stage, "plugged") or _eq(stage, "queued")):
         return ""
     lim = SG(q, _QO[Q_LIMITS])
-    disc = op == "DISCARD"
+    disc = _eq(op, "DISCARD")
     if (type(lim) is dict and _ll(bio.get("bytes"), &bb) and _ll(rq.get("bytes"), &rb)
             and _ll((<dict>lim).get("max_discard_sectors" if disc else "max_sectors"), &mx)
             and _ll(rq.get("sector"), &rs) and _ll(bio.get("sector"), &bs)
@@ -1943,9 +1963,9 @@ cdef str _try_merge(object q, dict rq, dict bio):
             return "front"
         return ""
     nsect = bio["bytes"] >> 9
-    if (rq["bytes"] >> 9) + nsect > (lim["max_discard_sectors"] if op == "DISCARD" else lim["max_sectors"]):
+    if (rq["bytes"] >> 9) + nsect > (lim["max_discard_sectors"] if _eq(op, "DISCARD") else lim["max_sectors"]):
         return ""
-    if op != "DISCARD" and rq["nsegs"] + len(bio["segs"]) > lim["max_segments"]:
+    if not _eq(op, "DISCARD") and rq["nsegs"] + len(bio["segs"]) > lim["max_segments"]:
         return ""
     if rq["sector"] + (rq["bytes"] >> 9) == bio["sector"]:
         return "back"
@@ -1960,13 +1980,13 @@ cdef bint _merge(Core* c, dict rq, dict bio, list pending) except -1:
     cdef str how = _try_merge(_q, rq, bio)
     if not how:
         return False
-    if how == "back":                       # do_merge
+    if _eq(how, "back"):                       # do_merge
         (<list>rq["bios"]).append(bio)
     else:
         (<list>rq["bios"]).insert(0, bio)
         rq["sector"] = bio["sector"]
     rq["bytes"] += bio["bytes"]
-    rq["nsegs"] += len(bio["segs"]) if rq["op"] != "DISCARD" else 0
+    rq["nsegs"] += len(bio["segs"]) if not _eq(rq["op"], "DISCARD") else 0
     pending.pop(0)
     _next(c)
     return True
@@ -1977,14 +1997,14 @@ cdef bint _split(object p, dict lim, dict bio, object op, list segs, object nbyt
     """emu.guest.process._split (bio_split_to_limits: cut at max_sectors / max_segments, the
     rest queued next); True when the bio was cut"""
     cdef list head, tail
-    maxs = lim["max_discard_sectors"] if op == "DISCARD" else (
-        lim["max_write_zeroes_sectors"] if op == "WRITE_ZEROES" else lim["max_sectors"])
+    maxs = lim["max_discard_sectors"] if _eq(op, "DISCARD") else (
+        lim["max_write_zeroes_sectors"] if _eq(op, "WRITE_ZEROES") else lim["max_sectors"])
     cut = min(nbytes, maxs << 9)
     if segs:
         mseg = lim["max_segments"]
         if len(segs) > mseg:
             cut = min(cut, sum([sg[1] for sg in segs[:mseg]]))
-    if op == "FLUSH" or op == "DRV_IN" or cut >= nbytes:
+    if _eq(op, "FLUSH") or _eq(op, "DRV_IN") or cut >= nbytes:
         return False
     rest = dict(bio)
     nb = SG(p, _PO[P_NEXT_BIO])
@@ -2041,7 +2061,7 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
     lim = SG(q, _QO[Q_LIMITS])
     if type(lim) is not dict:
         return BAIL
-    if bop == "DRV_IN" and not ram_ok(c, SI(_g, _GO[G_PDU_BASE]), PDU_SIZE * SI(q, _QO[Q_NR_REQUESTS])):
+    if _eq(bop, "DRV_IN") and not ram_ok(c, SI(_g, _GO[G_PDU_BASE]), PDU_SIZE * SI(q, _QO[Q_NR_REQUESTS])):
         return BAIL
     begin(c)
     if _split(p, <dict>lim, bio, bop, segs, b_bytes, b_sector):
@@ -2065,12 +2085,12 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
     rid = SG(q, _QO[Q_NEXT_RQ])
     SS(q, _QO[Q_NEXT_RQ], rid + 1)
     rq = {"id": rid, "tag": tag, "op": bop, "sector": b_sector, "bytes": b_bytes,
-          "bios": [bio], "nsegs": len(segs) or (1 if (bop == "DISCARD" or bop == "WRITE_ZEROES") else 0),
+          "bios": [bio], "nsegs": len(segs) or (1 if (_eq(bop, "DISCARD") or _eq(bop, "WRITE_ZEROES")) else 0),
           "nomerge": not _mergeable(bop), "unmap": bio.get("unmap", False),
           "stage": "plugged", "head": None, "table": 0, "payload": 0, "status": None}
     rqs[rid] = rq
-    if bop == "FLUSH" or bop == "DRV_IN":
-        if bop == "DRV_IN":                 # virtblk_get_id's GET_ID header in the tag's PDU
+    if _eq(bop, "FLUSH") or _eq(bop, "DRV_IN"):
+        if _eq(bop, "DRV_IN"):                 # virtblk_get_id's GET_ID header in the tag's PDU
             _st(hdr, T_GET_ID, 4)
             _st(hdr + 4, 0, 4)
             _st(hdr + 8, 0, 8)
@@ -2102,12 +2122,12 @@ cdef int h_app_resume(Core* c, Frame* f) except -1:
     begin(c)
     reason = (<str>w).replace("woken-", "")
     SS(p, _PO[P_WAITING], "")
-    if reason == "drain":
+    if _eq(reason, "drain"):
         SS(p, _PO[P_PC], SG(p, _PO[P_PC]) + 1)
         cont(c, F0(K_app_op), -1, True)
-    elif reason == "exit":
+    elif _eq(reason, "exit"):
         cont(c, F0(K_app_exit))
-    elif reason == "tag":
+    elif _eq(reason, "tag"):
         cont(c, F0(K_blkmq_submit_bio), -1, True)
     else:
         cont(c, F0(K_app_op), -1, True)
@@ -2146,11 +2166,11 @@ cdef int h_add_err_end(Core* c, Frame* f) except -1:
         rq["payload"] = 0
     SS(_g, _GO[G_VQ_LOCKED], False)
     q = _q
-    if err == "ENOSPC":
+    if _eq(err, "ENOSPC"):
         SS(q, _QO[Q_STOPPED], True)
         SS(q, _QO[Q_LAST_RET], "DEV_RESOURCE")
     else:
-        SS(q, _QO[Q_LAST_RET], "IOERR" if err == "EIO" else "RESOURCE")
+        SS(q, _QO[Q_LAST_RET], "IOERR" if _eq(err, "EIO") else "RESOURCE")
     return 0
 
 
