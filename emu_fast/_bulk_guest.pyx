@@ -290,6 +290,7 @@ cdef int _load(Core* c) except -1:
     global _S_EMPTY, _S_OK, _S_IOERR, _S_NOTSUPP
     _ready = False
     _set_ok(False)
+    _rq_forget()
     m = <object>c.m
     if not _SLOTS_OK or type(m) is not _Machine or c.vcpu < 0:
         return 1            # the core may run; these handlers bail (see _ready)
@@ -334,17 +335,36 @@ cdef int _store(Core* c) except -1:
     _rqs = None
     _ready = False
     _set_ok(False)
+    _rq_forget()
     return 0
 
 
 # == small helpers ===================================================================================
 
+# The request the last lookup found: a request's steps follow one another, and within a stretch
+# only these handlers change rqs (the entry of a request goes at _free_request; a new one is
+# added under a new id); cleared at load and store.
+cdef i64 _c_rid = -1
+cdef dict _c_rq = None
+
+
 cdef inline dict _rq(i64 rid):
     """m.guest.blkmq.rqs[rid] (None when there is no such request or it is not a dict)"""
+    global _c_rid, _c_rq
+    if rid == _c_rid and _c_rq is not None:
+        return _c_rq
     o = _rqs.get(rid)
     if type(o) is not dict:
         return None
+    _c_rid = rid
+    _c_rq = <dict>o
     return <dict>o
+
+
+cdef inline void _rq_forget() noexcept:
+    global _c_rid, _c_rq
+    _c_rid = -1
+    _c_rq = None
 
 
 cdef extern from "Python.h":
@@ -1379,6 +1399,7 @@ cdef int _put_tag(object q, object tag) except -1:
 cdef int _free_request(Core* c, object rid) except -1:
     """emu.guest.blk_mq.free_request"""
     q = _q
+    _rq_forget()
     rq = _rqs.pop(rid)
     _put_tag(q, rq["tag"])
     _wake(c, "tag")
@@ -2088,6 +2109,7 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
           "bios": [bio], "nsegs": len(segs) or (1 if (_eq(bop, "DISCARD") or _eq(bop, "WRITE_ZEROES")) else 0),
           "nomerge": not _mergeable(bop), "unmap": bio.get("unmap", False),
           "stage": "plugged", "head": None, "table": 0, "payload": 0, "status": None}
+    _rq_forget()
     rqs[rid] = rq
     if _eq(bop, "FLUSH") or _eq(bop, "DRV_IN"):
         if _eq(bop, "DRV_IN"):                 # virtblk_get_id's GET_ID header in the tag's PDU
