@@ -261,12 +261,21 @@ cdef int _check_registry() except -1:
 
 
 cdef int _set_ok(bint ready) except -1:
-    cdef int k
     if ready:
         _check_registry()
-    for k in range(NKINDS):
-        _kok[k] = ready and _kreg[k]
+        memcpy(_kok, _kreg, sizeof(_kok))
+    else:
+        memset(_kok, 0, sizeof(_kok))
     return 0
+
+
+# A class's attributes checked once per version of the class: CPython gives a class a new
+# version tag whenever one of its (or its bases') attributes is set or deleted (0: none yet).
+cdef extern from *:
+    """
+    #define VBG_TYPE_TAG(t) ((unsigned long long)((PyTypeObject*)(t))->tp_version_tag)
+    """
+    unsigned long long VBG_TYPE_TAG(object t)
 
 
 # == per-stretch state (the load hook) =============================================================
@@ -287,7 +296,7 @@ cdef i64 _S_EMPTY = 0, _S_OK = 0, _S_IOERR = 0, _S_NOTSUPP = 0      # str argume
 
 cdef int _load(Core* c) except -1:
     global _m, _g, _vq, _q, _p, _mem, _pages, _counters, _rqs, _ready, _notify_ok, _vmexit_ns
-    global _S_EMPTY, _S_OK, _S_IOERR, _S_NOTSUPP
+    global _S_EMPTY, _S_OK, _S_IOERR, _S_NOTSUPP, _tr_tag
     _ready = False
     _set_ok(False)
     _rq_forget()
@@ -311,10 +320,16 @@ cdef int _load(Core* c) except -1:
     _counters = counters
     _rqs = SG(q, _QO[Q_RQS])
     tr = SG(m, _MO[M_TRANSPORT])
-    _notify_ok = (type(tr) is _Transport and _Transport.mmio_write is _PY_MMIO_WRITE
-                  and "mmio_write" not in getattr(tr, "__dict__", {}))
+    _notify_ok = False
+    if type(tr) is _Transport:
+        if _tr_tag != 0 and VBG_TYPE_TAG(_Transport) == _tr_tag:
+            _notify_ok = True               # (checked for this version of the class)
+        else:
+            _notify_ok = _Transport.mmio_write is _PY_MMIO_WRITE
+            _tr_tag = VBG_TYPE_TAG(_Transport) if _notify_ok else 0
+        _notify_ok = _notify_ok and "mmio_write" not in tr.__dict__
     vm = SG(m, _MO[M_TIMING]).vmexit_ns
-    if type(vm) is not int or not 0 <= vm < LIM:
+    if not _small(vm):
         _notify_ok = False
     else:
         _vmexit_ns = vm
@@ -460,6 +475,8 @@ cdef object _PY_PA_FREE = PageAllocator.free_pages
 cdef object _PY_PA_KMALLOC = PageAllocator.kmalloc
 cdef object _PY_PA_KFREE = PageAllocator.kfree
 cdef object _PageAllocator = PageAllocator
+cdef unsigned long long _pa_tag = 0      # PageAllocator's version when its methods were checked
+cdef unsigned long long _tr_tag = 0      # Transport's, for mmio_write
 assert sorted(f.name for f in __import__("dataclasses").fields(PageAllocator)) == [
     "large", "size", "slab_free", "slab_objs", "start", "used"]    # (_pa_load counts them)
 
@@ -470,11 +487,17 @@ cdef int _pa_load(object pages) except -1:
     global _pa_own, _pa_used, _pa_slab_free, _pa_slab_objs, _pa_large
     _pa_own = False
     _pa_used = _pa_slab_free = _pa_slab_objs = _pa_large = None
-    if (type(pages) is not _PageAllocator or _PageAllocator.alloc_pages is not _PY_PA_ALLOC
-            or _PageAllocator.free_pages is not _PY_PA_FREE
-            or _PageAllocator.kmalloc is not _PY_PA_KMALLOC
-            or _PageAllocator.kfree is not _PY_PA_KFREE):
+    global _pa_tag
+    if type(pages) is not _PageAllocator:
         return 0
+    if _pa_tag == 0 or VBG_TYPE_TAG(_PageAllocator) != _pa_tag:
+        _pa_tag = 0
+        if (_PageAllocator.alloc_pages is not _PY_PA_ALLOC
+                or _PageAllocator.free_pages is not _PY_PA_FREE
+                or _PageAllocator.kmalloc is not _PY_PA_KMALLOC
+                or _PageAllocator.kfree is not _PY_PA_KFREE):
+            return 0
+        _pa_tag = VBG_TYPE_TAG(_PageAllocator)      # (0: checked again next time)
     d = pages.__dict__
     if type(d) is not dict or len(<dict>d) != 6:
         return 0

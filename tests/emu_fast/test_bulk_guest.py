@@ -314,3 +314,32 @@ def test_splits_get_id_and_small_ram_in_the_core(tmp_path):
     assert set(_bulk.stats()["bails"]) <= {"vring.notify"}
     core = in_core(py_total, out_total)
     assert core["blkmq.submit_bio"] >= py_total["blkmq.submit_bio"] * 9 // 10
+
+
+def test_replaced_methods_are_called(tmp_path, monkeypatch):
+    """A class-level replacement of Transport.mmio_write or PageAllocator.kmalloc/free_pages
+    (after the core has run with the originals) is called as often as on the Python engine."""
+    from emu.mem.page_alloc import PageAllocator
+    from emu.transport.virtio_pci import Transport
+    wl = "queue-depth 4\n" + "".join(f"write {i * 8192} 4k\nread {i * 4096} 4k\n"
+                                     for i in range(6)) + "wait\n"
+    warm = machine(tmp_path, "raw", "", wl, {})
+    engine.run(warm, "fast")                       # (the originals checked and remembered)
+    counts: collections.Counter = collections.Counter()
+    for cls, name in ((Transport, "mmio_write"), (PageAllocator, "kmalloc"),
+                      (PageAllocator, "free_pages")):
+        orig = getattr(cls, name)
+
+        def wrapped(self, *args, _orig=orig, _name=name):
+            counts[_name] += 1
+            return _orig(self, *args)
+        monkeypatch.setattr(cls, name, wrapped)
+    a = machine(tmp_path, "raw", "", wl, {})
+    run_py(a)
+    py_counts = dict(counts)
+    counts.clear()
+    b = machine(tmp_path, "raw", "", wl, {})
+    engine.run(b, "fast")
+    assert dict(counts) == py_counts and py_counts["mmio_write"] > 0
+    assert py_counts["kmalloc"] > 0 and py_counts["free_pages"] > 0
+    assert snapshot(a) == snapshot(b)
