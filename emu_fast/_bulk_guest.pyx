@@ -26,7 +26,7 @@ from cpython.dict cimport PyDict_SetItem
 cdef extern from "Python.h":
     dict _PyDict_NewPresized(Py_ssize_t minused)    # (what BUILD_MAP's _PyDict_FromItems makes)
 from libc.stdlib cimport malloc, realloc, free
-from libc.string cimport memchr, memcpy, memset
+from libc.string cimport memchr, memcmp, memcpy, memset
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from emu_fast._bulk cimport *
@@ -80,6 +80,7 @@ assert (V.AVAIL_FLAGS, V.AVAIL_IDX, V.AVAIL_RING, V.USED_FLAGS, V.USED_IDX, V.US
         V.USED_ELEM_SIZE) == (0, 2, 4, 0, 2, 4, 8)
 assert all(V.avail_used_event_off(n) == AVAIL_RING + 2 * n and
            V.used_avail_event_off(n) == USED_RING + USED_ELEM_SIZE * n for n in (1, 256, 1024))
+assert B.WRITE_ZEROES_FLAG_UNMAP == 1
 assert _S.VBLK_PDU_SIZE == PDU_SIZE and B.OUTHDR_SIZE == OUTHDR_SIZE and B.DWZ_SEG_SIZE == DWZ_SEG_SIZE
 assert (B.T_IN, B.T_OUT, B.T_GET_ID, B.S_OK, B.S_UNSUPP) == (0, 1, 8, 0, 2)
 assert _P.PAGE == PAGE and _Q.MERGEABLE == ("READ", "WRITE", "DISCARD")
@@ -118,7 +119,8 @@ cdef object _Transport = Transport
 cdef enum:
     M_GUEST, M_PAGES, M_COUNTERS, M_TRANSPORT, M_TIMING, M_N
 cdef enum:
-    G_VQ, G_BLKMQ, G_PROC, G_KICK_NEEDED, G_DONE_COUNT, G_PDU_BASE, G_VQ_LOCKED, G_COMPLETED, G_N
+    G_VQ, G_BLKMQ, G_PROC, G_KICK_NEEDED, G_DONE_COUNT, G_PDU_BASE, G_VQ_LOCKED, G_COMPLETED,
+    G_ZERO_PAGE, G_N
 cdef enum:
     VQ_INDEX, VQ_NUM, VQ_DESC, VQ_AVAIL, VQ_USED, VQ_NOTIFY_OFF, VQ_FREE_HEAD, VQ_NUM_FREE,
     VQ_NUM_ADDED, VQ_LAST_USED_IDX, VQ_AVAIL_IDX_SHADOW, VQ_AVAIL_FLAGS_SHADOW, VQ_EVENT,
@@ -131,7 +133,7 @@ cdef enum:
     Q_N
 cdef enum:
     P_OPS, P_PC, P_INFLIGHT, P_WAITING, P_PENDING_BIOS, P_OP_STATE, P_READS, P_RESULTS,
-    P_NEXT_BIO, P_N
+    P_NEXT_BIO, P_STARTED, P_N
 cdef Py_ssize_t _MO[M_N]
 cdef Py_ssize_t _GO[G_N]
 cdef Py_ssize_t _VO[VQ_N]
@@ -140,7 +142,7 @@ cdef Py_ssize_t _PO[P_N]
 SLOT_PATHS = {
     "Machine": slot_offsets(_Machine, ("guest", "pages", "counters", "transport", "timing"), _MO),
     "Guest": slot_offsets(_Guest, ("vq", "blkmq", "proc", "kick_needed", "done_count", "pdu_base",
-                                   "vq_locked", "completed"), _GO),
+                                   "vq_locked", "completed", "zero_page"), _GO),
     "DriverVq": slot_offsets(_DriverVq, (
         "index", "num", "desc", "avail", "used", "notify_off", "free_head", "num_free",
         "num_added", "last_used_idx", "avail_idx_shadow", "avail_flags_shadow", "event",
@@ -152,7 +154,7 @@ SLOT_PATHS = {
         "batch", "batch_from", "queued", "last_ret", "run_work_pending", "limits", "write_cache"),
         _QO),
     "Proc": slot_offsets(_Proc, ("ops", "pc", "inflight", "waiting", "pending_bios", "op_state",
-                                 "reads", "results", "next_bio"), _PO),
+                                 "reads", "results", "next_bio", "started"), _PO),
 }
 cdef bint _SLOTS_OK = all(SLOT_PATHS.values())
 
@@ -226,6 +228,15 @@ cdef tuple _KINDS = (
     (K_blkmq_submit_bio, "blkmq.submit_bio", _P.submit_bio),
     (K_app_op, "app.op", _P.op_step),
     (K_app_resume, "app.resume", _P.resume),
+    (K_vblkd_add_err_kick, "vblkd.add_err_kick", _VB.add_err_kick),
+    (K_vblkd_add_err_end, "vblkd.add_err_end", _VB.add_err_end),
+    (K_vblkd_commit_rqs, "vblkd.commit_rqs", _VB.commit_rqs),
+    (K_vblkd_commit_notify, "vblkd.commit_notify", _VB.commit_notify),
+    (K_blkmq_run_work, "blkmq.run_work", _Q.run_work),
+    (K_blkmq_delay_run, "blkmq.delay_run", _Q.delay_run),
+    (K_app_hrtimer, "app.hrtimer", _P.hrtimer_wakeup),
+    (K_app_exit, "app.exit", _P.exit_),
+    (K_app_start, "app.start", _P.start),
 )
 cdef bint _kreg[NKINDS]             # REGISTRY still holds the kind's Python handler
 cdef bint _kok[NKINDS]              # ... and this stretch's machine is one these handlers know
@@ -250,12 +261,21 @@ cdef int _check_registry() except -1:
 
 
 cdef int _set_ok(bint ready) except -1:
-    cdef int k
     if ready:
         _check_registry()
-    for k in range(NKINDS):
-        _kok[k] = ready and _kreg[k]
+        memcpy(_kok, _kreg, sizeof(_kok))
+    else:
+        memset(_kok, 0, sizeof(_kok))
     return 0
+
+
+# A class's attributes checked once per version of the class: CPython gives a class a new
+# version tag whenever one of its (or its bases') attributes is set or deleted (0: none yet).
+cdef extern from *:
+    """
+    #define VBG_TYPE_TAG(t) ((unsigned long long)((PyTypeObject*)(t))->tp_version_tag)
+    """
+    unsigned long long VBG_TYPE_TAG(object t)
 
 
 # == per-stretch state (the load hook) =============================================================
@@ -276,9 +296,10 @@ cdef i64 _S_EMPTY = 0, _S_OK = 0, _S_IOERR = 0, _S_NOTSUPP = 0      # str argume
 
 cdef int _load(Core* c) except -1:
     global _m, _g, _vq, _q, _p, _mem, _pages, _counters, _rqs, _ready, _notify_ok, _vmexit_ns
-    global _S_EMPTY, _S_OK, _S_IOERR, _S_NOTSUPP
+    global _S_EMPTY, _S_OK, _S_IOERR, _S_NOTSUPP, _tr_tag
     _ready = False
     _set_ok(False)
+    _rq_forget()
     m = <object>c.m
     if not _SLOTS_OK or type(m) is not _Machine or c.vcpu < 0:
         return 1            # the core may run; these handlers bail (see _ready)
@@ -299,10 +320,16 @@ cdef int _load(Core* c) except -1:
     _counters = counters
     _rqs = SG(q, _QO[Q_RQS])
     tr = SG(m, _MO[M_TRANSPORT])
-    _notify_ok = (type(tr) is _Transport and _Transport.mmio_write is _PY_MMIO_WRITE
-                  and "mmio_write" not in getattr(tr, "__dict__", {}))
+    _notify_ok = False
+    if type(tr) is _Transport:
+        if _tr_tag != 0 and VBG_TYPE_TAG(_Transport) == _tr_tag:
+            _notify_ok = True               # (checked for this version of the class)
+        else:
+            _notify_ok = _Transport.mmio_write is _PY_MMIO_WRITE
+            _tr_tag = VBG_TYPE_TAG(_Transport) if _notify_ok else 0
+        _notify_ok = _notify_ok and "mmio_write" not in tr.__dict__
     vm = SG(m, _MO[M_TIMING]).vmexit_ns
-    if type(vm) is not int or not 0 <= vm < LIM:
+    if not _small(vm):
         _notify_ok = False
     else:
         _vmexit_ns = vm
@@ -323,17 +350,56 @@ cdef int _store(Core* c) except -1:
     _rqs = None
     _ready = False
     _set_ok(False)
+    _rq_forget()
     return 0
 
 
 # == small helpers ===================================================================================
 
+# The request the last lookup found: a request's steps follow one another, and within a stretch
+# only these handlers change rqs (the entry of a request goes at _free_request; a new one is
+# added under a new id); cleared at load and store.
+cdef i64 _c_rid = -1
+cdef dict _c_rq = None
+
+
 cdef inline dict _rq(i64 rid):
     """m.guest.blkmq.rqs[rid] (None when there is no such request or it is not a dict)"""
+    global _c_rid, _c_rq
+    if rid == _c_rid and _c_rq is not None:
+        return _c_rq
     o = _rqs.get(rid)
     if type(o) is not dict:
         return None
+    _c_rid = rid
+    _c_rq = <dict>o
     return <dict>o
+
+
+cdef inline void _rq_forget() noexcept:
+    global _c_rid, _c_rq
+    _c_rid = -1
+    _c_rq = None
+
+
+cdef extern from "Python.h":
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
+    int PyUnicode_KIND(object o)
+    void* PyUnicode_DATA(object o)
+
+
+cdef inline bint _eq(object a, str b) except -1:
+    """a == b for a str literal b: identity, then the length, then the characters (a str
+    subclass or another type: ==)"""
+    cdef Py_ssize_t n
+    if a is b:
+        return True
+    if type(a) is not str:
+        return a == b
+    n = PyUnicode_GET_LENGTH(b)
+    if PyUnicode_GET_LENGTH(a) != n or PyUnicode_KIND(a) != PyUnicode_KIND(b):
+        return False
+    return memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), <size_t>(n * PyUnicode_KIND(b))) == 0
 
 
 cdef inline bint _is_int(object o) noexcept:
@@ -409,6 +475,8 @@ cdef object _PY_PA_FREE = PageAllocator.free_pages
 cdef object _PY_PA_KMALLOC = PageAllocator.kmalloc
 cdef object _PY_PA_KFREE = PageAllocator.kfree
 cdef object _PageAllocator = PageAllocator
+cdef unsigned long long _pa_tag = 0      # PageAllocator's version when its methods were checked
+cdef unsigned long long _tr_tag = 0      # Transport's, for mmio_write
 assert sorted(f.name for f in __import__("dataclasses").fields(PageAllocator)) == [
     "large", "size", "slab_free", "slab_objs", "start", "used"]    # (_pa_load counts them)
 
@@ -419,11 +487,17 @@ cdef int _pa_load(object pages) except -1:
     global _pa_own, _pa_used, _pa_slab_free, _pa_slab_objs, _pa_large
     _pa_own = False
     _pa_used = _pa_slab_free = _pa_slab_objs = _pa_large = None
-    if (type(pages) is not _PageAllocator or _PageAllocator.alloc_pages is not _PY_PA_ALLOC
-            or _PageAllocator.free_pages is not _PY_PA_FREE
-            or _PageAllocator.kmalloc is not _PY_PA_KMALLOC
-            or _PageAllocator.kfree is not _PY_PA_KFREE):
+    global _pa_tag
+    if type(pages) is not _PageAllocator:
         return 0
+    if _pa_tag == 0 or VBG_TYPE_TAG(_PageAllocator) != _pa_tag:
+        _pa_tag = 0
+        if (_PageAllocator.alloc_pages is not _PY_PA_ALLOC
+                or _PageAllocator.free_pages is not _PY_PA_FREE
+                or _PageAllocator.kmalloc is not _PY_PA_KMALLOC
+                or _PageAllocator.kfree is not _PY_PA_KFREE):
+            return 0
+        _pa_tag = VBG_TYPE_TAG(_PageAllocator)      # (0: checked again next time)
     d = pages.__dict__
     if type(d) is not dict or len(<dict>d) != 6:
         return 0
@@ -945,6 +1019,7 @@ cdef int h_get_buf(Core* c, Frame* f) except -1:
     """emu.guest.vring.get_buf (virtqueue_get_buf_ctx_split + detach_buf_split)"""
     cdef i64 used, num, last, used_idx, slot, a, uid, ulen, desc, avail, i, n, fh
     cdef list desc_data, desc_indir, extra_next
+    cdef dict rq
     if not _kok[K_vring_get_buf]:
         return BAIL
     vq = _vq
@@ -982,8 +1057,11 @@ cdef int h_get_buf(Core* c, Frame* f) except -1:
     if uid >= len(desc_data) or uid >= len(desc_indir) or len(extra_next) < num:
         return BAIL
     rid = desc_data[uid]
-    if not _is_int(rid) or rid < 0 or _rq(rid) is None:
-        return BAIL                                     # BAD_RING: not a head (or no request)
+    if not _is_int(rid) or rid < 0:
+        return BAIL                                     # BAD_RING: not a head
+    rq = _rq(rid)
+    if rq is None:
+        return BAIL
     # detach_buf_split's walk (read-only here: a loop is BAD_RING, left to the compiled engine)
     desc = SI(vq, _VO[VQ_DESC])
     if not ram_ok(c, desc, DESC_SIZE * num):
@@ -1017,7 +1095,7 @@ cdef int h_get_buf(Core* c, Frame* f) except -1:
     if not (<i64>fl_o) & AVAIL_F_NO_INTERRUPT:
         ram_w16(c, avail + AVAIL_RING + 2 * num, <uint64_t>last)
     SS(_g, _GO[G_DONE_COUNT], SG(_g, _GO[G_DONE_COUNT]) + 1)
-    _rqs[rid]["used_len"] = ulen
+    rq["used_len"] = ulen
     cont(c, F1(K_vblkd_request_done, <i64>rid))
     return 0
 
@@ -1077,7 +1155,7 @@ cdef int h_setup_cmd(Core* c, Frame* f) except -1:
     cdef i64 rid = f.a[0], pdu
     cdef dict rq
     cdef uint8_t buf[16]
-    cdef bint rw
+    cdef bint rw, dwz
     if not _kok[K_vblkd_setup_cmd]:
         return BAIL
     rq = _rq(rid)
@@ -1089,24 +1167,44 @@ cdef int h_setup_cmd(Core* c, Frame* f) except -1:
     if not _small(tag) or not _small(base) or type(op) is not str:
         return BAIL
     pdu = <i64>base + <i64>tag * PDU_SIZE
-    rw = op == "READ" or op == "WRITE"
-    if op == "DRV_IN":
+    rw = _eq(op, "READ") or _eq(op, "WRITE")
+    if _eq(op, "DRV_IN"):
         begin(c)
         rq["pdu"] = pdu
         cont(c, F1(K_vblkd_map_data, rid))
         return 0
-    if not rw and op != "FLUSH":
-        return BAIL                 # discard / write-zeroes (a range payload) or unknown: compiled
+    dwz = _eq(op, "DISCARD") or _eq(op, "WRITE_ZEROES")
+    if not rw and not dwz and not _eq(op, "FLUSH"):
+        return BAIL                 # unknown: the compiled engine (its KeyError)
     typ = _TYPE_OF[op]
     sector = rq.get("sector") if rw else 0
     if not _u64(sector) or not ram_ok(c, pdu, OUTHDR_SIZE):
         return BAIL
+    if dwz:
+        rsect = rq.get("sector")
+        nbytes = rq.get("bytes")
+        if not _u64(rsect) or not _small(nbytes) or not _u32(nbytes >> 9):
+            return BAIL             # (struct.pack would refuse them)
     begin(c)
     rq["pdu"] = pdu
     _st(buf, <uint64_t><i64>typ, 4)
     _st(buf + 4, 0, 4)
     _st(buf + 8, <uint64_t>sector, 8)
     ram_write(c, pdu, buf, 16)
+    if dwz:
+        rng = _pa_kmalloc(DWZ_SEG_SIZE)
+        if rng is None:
+            # virtblk_prep_rq's BLK_STS_RESOURCE: blk-mq requeues and runs the queue later
+            SS(_q, _QO[Q_LAST_RET], "RESOURCE")
+            return 0
+        _st(buf, <uint64_t>rsect, 8)
+        _st(buf + 8, <uint64_t>(nbytes >> 9), 4)
+        _st(buf + 12, 1 if rq.get("unmap") else 0, 4)       # WRITE_ZEROES_FLAG_UNMAP
+        if ram_ok(c, rng, DWZ_SEG_SIZE):
+            ram_write(c, rng, buf, 16)
+        else:
+            _mem.write(rng, (<char*>buf)[:16])                   # (raises as Python does)
+        rq["payload"] = rng
     cont(c, F1(K_vblkd_map_data, rid))
     return 0
 
@@ -1122,25 +1220,31 @@ cdef int h_map_data(Core* c, Frame* f) except -1:
     rq = _rq(rid)
     if rq is None:
         return BAIL
-    if rq.get("payload"):
-        return BAIL
+    payload = rq.get("payload")
+    if payload:
+        begin(c)
+        rq["data_sgs"] = [(payload, DWZ_SEG_SIZE)]
+        cont(c, F1(K_blkmq_start_request, rid))
+        return 0
     bios = rq.get("bios")
     if type(bios) is not list:
         return BAIL
-    for bio in <list>bios:
-        if type(bio) is not dict or type((<dict>bio).get("segs")) is not list:
-            return BAIL
-        for sg in <list>(<dict>bio)["segs"]:
-            if type(sg) is not tuple or len(<tuple>sg) != 2 or not _small((<tuple>sg)[0]) \
-                    or not _small((<tuple>sg)[1]):
-                return BAIL
-    begin(c)
+    # (the scatterlist is built before begin: nothing is changed until it is stored)
     sgs = []
     cur_a = cur_n = None
     for bio in <list>bios:
-        for sg in <list>(<dict>bio)["segs"]:
+        if type(bio) is not dict:
+            return BAIL
+        segs = (<dict>bio).get("segs")
+        if type(segs) is not list:
+            return BAIL
+        for sg in <list>segs:
+            if type(sg) is not tuple or len(<tuple>sg) != 2:
+                return BAIL
             gpa = (<tuple>sg)[0]
             n = (<tuple>sg)[1]
+            if not _small(gpa) or not _small(n):
+                return BAIL
             if have and cur_a + cur_n == gpa:
                 cur_n += n
             else:
@@ -1151,6 +1255,7 @@ cdef int h_map_data(Core* c, Frame* f) except -1:
                 have = True
     if have:
         sgs.append((cur_a, cur_n))
+    begin(c)
     rq["data_sgs"] = sgs
     cont(c, F1(K_blkmq_start_request, rid))
     return 0
@@ -1289,18 +1394,18 @@ cdef int h_done_end(Core* c, Frame* f) except -1:
 # == block/blk-mq.c (emu/guest/blk_mq.py) ===========================================================
 
 cdef inline bint _mergeable(object op):
-    return op == "READ" or op == "WRITE" or op == "DISCARD"
+    return _eq(op, "READ") or _eq(op, "WRITE") or _eq(op, "DISCARD")
 
 
 cdef inline int _rq_dir(object op):
     """rq_dir"""
-    return 0 if (op == "READ" or op == "DRV_IN") else 1
+    return 0 if (_eq(op, "READ") or _eq(op, "DRV_IN")) else 1
 
 
 cdef int _wake(Core* c, str reason) except -1:
     """emu.guest.process._wake"""
     p = _p
-    if SG(p, _PO[P_WAITING]) == reason:
+    if _eq(SG(p, _PO[P_WAITING]), reason):
         SS(p, _PO[P_WAITING], "woken-" + reason)
         post(c, c.vcpu, F0(K_app_resume), 0, False)
     return 0
@@ -1317,6 +1422,7 @@ cdef int _put_tag(object q, object tag) except -1:
 cdef int _free_request(Core* c, object rid) except -1:
     """emu.guest.blk_mq.free_request"""
     q = _q
+    _rq_forget()
     rq = _rqs.pop(rid)
     _put_tag(q, rq["tag"])
     _wake(c, "tag")
@@ -1353,16 +1459,16 @@ cdef int _dd_insert(Core* c, object rid) except -1:
     cdef dict other
     if _mergeable(op):
         lim = SG(q, _QO[Q_LIMITS])
-        maxs = lim["max_discard_sectors"] if op == "DISCARD" else lim["max_sectors"]
+        maxs = lim["max_discard_sectors"] if _eq(op, "DISCARD") else lim["max_sectors"]
         for oid in <list>(SG(q, _QO[Q_DD_FIFO])[d]):
             other = rqs[oid]
             if other["op"] == op and other["sector"] + (other["bytes"] >> 9) == rq["sector"] \
                     and (other["bytes"] >> 9) + (rq["bytes"] >> 9) <= maxs \
-                    and (op == "DISCARD" or other["nsegs"] + rq["nsegs"] <= lim["max_segments"]):
+                    and (_eq(op, "DISCARD") or other["nsegs"] + rq["nsegs"] <= lim["max_segments"]):
                 for bio in rq["bios"]:
                     other["bios"].append(bio)
                 other["bytes"] += rq["bytes"]
-                other["nsegs"] += rq["nsegs"] if op != "DISCARD" else 0
+                other["nsegs"] += rq["nsegs"] if not _eq(op, "DISCARD") else 0
                 _free_request(c, rid)
                 return 0
     rq["stage"] = "queued"
@@ -1488,11 +1594,14 @@ cdef int h_dispatch(Core* c, Frame* f) except -1:
     if not batch:
         return BAIL
     rid = batch[0]
-    if not _is_int(rid) or _rq(rid) is None:
+    if not _is_int(rid):
+        return BAIL
+    rq = _rq(rid)
+    if rq is None:
         return BAIL
     begin(c)
     last = len(batch) == 1
-    _rqs[rid]["stage"] = "dispatched"
+    rq["stage"] = "dispatched"
     call(c, F2(K_vblkd_queue_rq, <i64>rid, 1 if last else 0), F1(K_blkmq_dispatch_ret, <i64>rid))
     return 0
 
@@ -1509,7 +1618,7 @@ cdef int h_dispatch_ret(Core* c, Frame* f) except -1:
     batch = SG(q, _QO[Q_BATCH])
     if not batch:
         return BAIL
-    if ret == "OK":
+    if _eq(ret, "OK"):
         begin(c)
         batch.pop(0)
         SS(q, _QO[Q_QUEUED], SG(q, _QO[Q_QUEUED]) + 1)
@@ -1518,17 +1627,32 @@ cdef int h_dispatch_ret(Core* c, Frame* f) except -1:
         else:
             cont(c, F0(K_blkmq_run_queue), -1, True)
         return 0
-    if ret == "IOERR" or ret == "NOTSUPP":
+    if _eq(ret, "IOERR") or _eq(ret, "NOTSUPP"):
         begin(c)
         batch.pop(0)
-        e = F3(K_blkmq_end_request, rid, _S_IOERR if ret == "IOERR" else _S_NOTSUPP, 0)
+        e = F3(K_blkmq_end_request, rid, _S_IOERR if _eq(ret, "IOERR") else _S_NOTSUPP, 0)
         e.s[1] = 1
         if batch:
             call(c, e, F0(K_blkmq_dispatch))
         else:
             call(c, e, F0(K_blkmq_run_queue))
         return 0
-    return BAIL                     # DEV_RESOURCE / RESOURCE: requeue (compiled engine)
+    if type(SG(q, _QO[Q_DISPATCH])) is not list:
+        return BAIL
+    # DEV_RESOURCE / RESOURCE: requeue the rest at the head of hctx->dispatch
+    for r in batch:
+        if _rqs.get(r) is None:
+            return BAIL
+    begin(c)
+    for r in batch:
+        _rqs[r]["stage"] = "requeued"
+    SS(q, _QO[Q_DISPATCH], batch + SG(q, _QO[Q_DISPATCH]))
+    SS(q, _QO[Q_BATCH], [])
+    if _eq(ret, "RESOURCE"):
+        at(c, 3_000_000, F0(K_blkmq_delay_run))
+    if SG(q, _QO[Q_QUEUED]):
+        cont(c, F0(K_vblkd_commit_rqs))
+    return 0
 
 
 cdef int h_start_request(Core* c, Frame* f) except -1:
@@ -1553,12 +1677,12 @@ cdef int _op_done(Core* c, object idx) except -1:
     cdef dict st = SG(p, _PO[P_OP_STATE]).pop(idx)
     cdef dict op = SG(p, _PO[P_OPS])[idx]
     SS(p, _PO[P_INFLIGHT], SG(p, _PO[P_INFLIGHT]) - 1)
-    if op["op"] == "read":
+    if _eq(op["op"], "read"):
         data = _mem.read(st["buf"], op["length"])
         SG(p, _PO[P_READS]).append(
             {"n": op["n"], "offset": op["offset"], "length": op["length"],
              "sha256": _sha256(data).hexdigest(), "status": st["status"], "line": op["line"]})
-    if op["op"] == "get-id":
+    if _eq(op["op"], "get-id"):
         raw = _mem.read(st["buf"], _ID_BYTES)
         st["serial"] = raw.split(b"\0", 1)[0].decode("latin-1")
     if st.get("buf"):
@@ -1596,7 +1720,7 @@ cdef int h_end_request(Core* c, Frame* f) except -1:
         idx = bio["op_idx"]                          # bio_done
         st = SG(p, _PO[P_OP_STATE])[idx]
         st["bios"] -= 1
-        if status != "OK" and st["status"] == "OK":
+        if not _eq(status, "OK") and _eq(st["status"], "OK"):
             st["status"] = status
         if st["bios"] == 0:
             _op_done(c, idx)
@@ -1650,6 +1774,43 @@ cdef dict _bio(object p, str rq_op, object sector, object nbytes, list segs):
     return b
 
 
+cdef list _range_bios(object p, dict lim, dict op, str rq_op, object max_sectors, object unmap):
+    """emu.guest.process._range_bios (discard / write-zeroes bios, cut at max_sectors)"""
+    cdef list bios = []
+    cdef dict b
+    lbs_sect = lim["logical_block_size"] >> 9
+    step = max(lbs_sect, max_sectors - max_sectors % lbs_sect) << 9
+    length = op["length"]
+    offset = op["offset"]
+    for pos in range(0, length, step):
+        n = min(step, length - pos)
+        b = _bio(p, rq_op, (offset + pos) >> 9, n, [])
+        b["unmap"] = unmap
+        bios.append(b)
+    return bios
+
+
+cdef list _zero_page_bios(object p, long long off, long long length):
+    """emu.guest.process._make_bios's write-zeroes fallback: WRITE bios of the shared zero page"""
+    cdef list bios = [], segs
+    cdef long long pos, n, k, step = BIO_MAX_VECS * PAGE
+    g = _g
+    if not SG(g, _GO[G_ZERO_PAGE]):
+        SS(g, _GO[G_ZERO_PAGE], _pa_alloc(1) or 0)
+    zero_page = SG(g, _GO[G_ZERO_PAGE])
+    pos = 0
+    while pos < length:
+        n = min(step, length - pos)
+        segs = []
+        k = 0
+        while k < n:
+            segs.append((zero_page, min(PAGE, n - k)))
+            k += PAGE
+        bios.append(_bio(p, "WRITE", (off + pos) >> 9, n, segs))
+        pos += step
+    return bios
+
+
 cdef int h_app_op(Core* c, Frame* f) except -1:
     """emu.guest.process.op_step (blkdev_write_iter etc.: the next workload operation)"""
     cdef list ops, bios
@@ -1678,7 +1839,7 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
         return BAIL
     op = <dict>op_o
     kind = op.get("op")
-    if kind == "wait":
+    if _eq(kind, "wait"):
         begin(c)
         if SG(p, _PO[P_INFLIGHT]):
             _sleep(c, "drain")
@@ -1686,7 +1847,7 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
         SS(p, _PO[P_PC], pc + 1)
         cont(c, F0(K_app_op), -1, True)
         return 0
-    if kind == "at":
+    if _eq(kind, "at"):
         t = op.get("time_ns")
         if not _small(t):
             return BAIL
@@ -1698,7 +1859,7 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
             return 0
         cont(c, F0(K_app_op), -1, True)
         return 0
-    if kind == "queue-depth":
+    if _eq(kind, "queue-depth"):
         depth = op.get("depth")
         if type(depth) is not int:
             return BAIL
@@ -1713,19 +1874,19 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
         return 0
     buf = 0
     err = ""
-    if kind == "flush":
+    if _eq(kind, "flush"):
         begin(c)
         if not SG(q, _QO[Q_WRITE_CACHE]):
             bios = []
         else:
             bios = [_bio(p, "FLUSH", 0, 0, [])]
-    elif kind == "write" or kind == "read":
+    elif _eq(kind, "write") or _eq(kind, "read"):
         off = op.get("offset")
         length = op.get("length")
         lbs = SG(q, _QO[Q_LIMITS]).get("logical_block_size")
         if not _small(off) or not _small(length) or not _small(lbs) or not lbs:
             return BAIL
-        if kind == "write":
+        if _eq(kind, "write"):
             fill = op.get("fill")
             if fill is not None and not (type(fill) is int and 0 <= fill <= 255):
                 return BAIL
@@ -1742,20 +1903,56 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
                 err = "ENOMEM"
                 buf = 0
             else:
-                if kind == "write":
+                if _eq(kind, "write"):
                     _write_pattern_ram(c, buf, op["n"], off, length, op.get("fill"))
                 step = BIO_MAX_VECS * PAGE
                 clen = length
                 coff = off
-                rq_op = "WRITE" if kind == "write" else "READ"
+                rq_op = "WRITE" if _eq(kind, "write") else "READ"
                 pos = 0
                 while pos < clen:
                     n = min(step, clen - pos)
                     bios.append(_bio(p, rq_op, (coff + pos) >> 9, n, [(buf + pos, n)]))
                     pos += step
+    elif _eq(kind, "discard") or _eq(kind, "write-zeroes"):
+        off = op.get("offset")
+        length = op.get("length")
+        lim = SG(q, _QO[Q_LIMITS])
+        if type(lim) is not dict:
+            return BAIL
+        lbs = (<dict>lim).get("logical_block_size")
+        if not _small(off) or not _small(length) or not _small(lbs) or not lbs:
+            return BAIL
+        begin(c)
+        bios = []
+        if off % lbs or length % lbs:
+            err = "EINVAL"
+        elif _eq(kind, "discard"):
+            mds = lim["max_discard_sectors"]
+            if not mds:
+                err = "EOPNOTSUPP"
+            else:
+                bios = _range_bios(p, lim, op, "DISCARD", mds, False)
+        else:
+            mwz = lim["max_write_zeroes_sectors"]
+            if mwz:
+                bios = _range_bios(p, lim, op, "WRITE_ZEROES", mwz, bool(op.get("unmap")))
+            elif op.get("unmap"):
+                err = "EOPNOTSUPP"
+            else:
+                bios = _zero_page_bios(p, off, length)
+    elif _eq(kind, "get-id"):
+        begin(c)
+        buf = _pa_alloc(1)
+        if buf is None:
+            bios = []
+            err = "ENOMEM"
+            buf = 0
+        else:
+            bios = [_bio(p, "DRV_IN", 0, _ID_BYTES, [(buf, _ID_BYTES)])]
     else:
-        return BAIL             # discard, write-zeroes, get-id, unknown: the compiled engine
-    if err == "ENOMEM" and SG(p, _PO[P_INFLIGHT]):
+        return BAIL             # unknown: the compiled engine
+    if _eq(err, "ENOMEM") and SG(p, _PO[P_INFLIGHT]):
         _sleep(c, "mem")
         return 0
     SS(p, _PO[P_PC], pc + 1)
@@ -1791,10 +1988,10 @@ cdef str _try_merge(object q, dict rq, dict bio):
     if op != bio["op"] or not _mergeable(op) or rq.get("nomerge"):
         return ""
     stage = rq["stage"]
-    if not (stage == "plugged" or stage == "queued"):
+    if not (_eq(stage, "plugged") or _eq(stage, "queued")):
         return ""
     lim = SG(q, _QO[Q_LIMITS])
-    disc = op == "DISCARD"
+    disc = _eq(op, "DISCARD")
     if (type(lim) is dict and _ll(bio.get("bytes"), &bb) and _ll(rq.get("bytes"), &rb)
             and _ll((<dict>lim).get("max_discard_sectors" if disc else "max_sectors"), &mx)
             and _ll(rq.get("sector"), &rs) and _ll(bio.get("sector"), &bs)
@@ -1810,9 +2007,9 @@ cdef str _try_merge(object q, dict rq, dict bio):
             return "front"
         return ""
     nsect = bio["bytes"] >> 9
-    if (rq["bytes"] >> 9) + nsect > (lim["max_discard_sectors"] if op == "DISCARD" else lim["max_sectors"]):
+    if (rq["bytes"] >> 9) + nsect > (lim["max_discard_sectors"] if _eq(op, "DISCARD") else lim["max_sectors"]):
         return ""
-    if op != "DISCARD" and rq["nsegs"] + len(bio["segs"]) > lim["max_segments"]:
+    if not _eq(op, "DISCARD") and rq["nsegs"] + len(bio["segs"]) > lim["max_segments"]:
         return ""
     if rq["sector"] + (rq["bytes"] >> 9) == bio["sector"]:
         return "back"
@@ -1827,15 +2024,53 @@ cdef bint _merge(Core* c, dict rq, dict bio, list pending) except -1:
     cdef str how = _try_merge(_q, rq, bio)
     if not how:
         return False
-    if how == "back":                       # do_merge
+    if _eq(how, "back"):                       # do_merge
         (<list>rq["bios"]).append(bio)
     else:
         (<list>rq["bios"]).insert(0, bio)
         rq["sector"] = bio["sector"]
     rq["bytes"] += bio["bytes"]
-    rq["nsegs"] += len(bio["segs"]) if rq["op"] != "DISCARD" else 0
+    rq["nsegs"] += len(bio["segs"]) if not _eq(rq["op"], "DISCARD") else 0
     pending.pop(0)
     _next(c)
+    return True
+
+
+cdef bint _split(object p, dict lim, dict bio, object op, list segs, object nbytes,
+                 object sector) except -1:
+    """emu.guest.process._split (bio_split_to_limits: cut at max_sectors / max_segments, the
+    rest queued next); True when the bio was cut"""
+    cdef list head, tail
+    maxs = lim["max_discard_sectors"] if _eq(op, "DISCARD") else (
+        lim["max_write_zeroes_sectors"] if _eq(op, "WRITE_ZEROES") else lim["max_sectors"])
+    cut = min(nbytes, maxs << 9)
+    if segs:
+        mseg = lim["max_segments"]
+        if len(segs) > mseg:
+            cut = min(cut, sum([sg[1] for sg in segs[:mseg]]))
+    if _eq(op, "FLUSH") or _eq(op, "DRV_IN") or cut >= nbytes:
+        return False
+    rest = dict(bio)
+    nb = SG(p, _PO[P_NEXT_BIO])
+    rest["id"] = nb
+    rest["sector"] = sector + (cut >> 9)
+    rest["bytes"] = nbytes - cut
+    SS(p, _PO[P_NEXT_BIO], nb + 1)
+    if segs:
+        head, tail, pos = [], [], 0
+        for a, n in segs:
+            if pos + n <= cut:
+                head.append((a, n))
+            elif pos >= cut:
+                tail.append((a, n))
+            else:
+                head.append((a, cut - pos))
+                tail.append((a + cut - pos, n - (cut - pos)))
+            pos += n
+        bio["segs"], rest["segs"] = head, tail
+    bio["bytes"] = cut
+    SG(p, _PO[P_PENDING_BIOS]).insert(1, rest)
+    SG(p, _PO[P_OP_STATE])[bio["op_idx"]]["bios"] += 1
     return True
 
 
@@ -1846,7 +2081,7 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
     cdef str how
     cdef long long tag
     cdef Py_ssize_t n_before
-    cdef Frame nf
+    cdef uint8_t hdr[16]
     if not _kok[K_blkmq_submit_bio] or not _q_ok(_q):
         return BAIL
     p = _p
@@ -1867,21 +2102,15 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
             or not _small(b_sector):
         return BAIL
     segs = <list>segs_o
-    # bio_split_to_limits: a bio that needs a cut goes to the compiled engine
     lim = SG(q, _QO[Q_LIMITS])
     if type(lim) is not dict:
         return BAIL
-    if not (bop == "FLUSH" or bop == "DRV_IN"):
-        maxs = lim["max_discard_sectors"] if bop == "DISCARD" else (
-            lim["max_write_zeroes_sectors"] if bop == "WRITE_ZEROES" else lim["max_sectors"])
-        cut = min(b_bytes, maxs << 9)
-        if segs and len(segs) > lim["max_segments"]:
-            cut = min(cut, sum([sg[1] for sg in segs[:lim["max_segments"]]]))
-        if cut < b_bytes:
-            return BAIL
-    if bop == "DRV_IN":
+    if _eq(bop, "DRV_IN") and not ram_ok(c, SI(_g, _GO[G_PDU_BASE]), PDU_SIZE * SI(q, _QO[Q_NR_REQUESTS])):
         return BAIL
     begin(c)
+    if _split(p, <dict>lim, bio, bop, segs, b_bytes, b_sector):
+        segs = bio["segs"]
+        b_bytes = bio["bytes"]
     rqs = _rqs
     if _mergeable(bop):
         # the candidates: the plug's last request, then the scheduler FIFO of the bio's
@@ -1900,11 +2129,17 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
     rid = SG(q, _QO[Q_NEXT_RQ])
     SS(q, _QO[Q_NEXT_RQ], rid + 1)
     rq = {"id": rid, "tag": tag, "op": bop, "sector": b_sector, "bytes": b_bytes,
-          "bios": [bio], "nsegs": len(segs) or (1 if (bop == "DISCARD" or bop == "WRITE_ZEROES") else 0),
+          "bios": [bio], "nsegs": len(segs) or (1 if (_eq(bop, "DISCARD") or _eq(bop, "WRITE_ZEROES")) else 0),
           "nomerge": not _mergeable(bop), "unmap": bio.get("unmap", False),
           "stage": "plugged", "head": None, "table": 0, "payload": 0, "status": None}
+    _rq_forget()
     rqs[rid] = rq
-    if bop == "FLUSH":
+    if _eq(bop, "FLUSH") or _eq(bop, "DRV_IN"):
+        if _eq(bop, "DRV_IN"):                 # virtblk_get_id's GET_ID header in the tag's PDU
+            _st(hdr, T_GET_ID, 4)
+            _st(hdr + 4, 0, 4)
+            _st(hdr + 8, 0, 8)
+            ram_write(c, SI(_g, _GO[G_PDU_BASE]) + tag * PDU_SIZE, hdr, 16)
         rq["stage"] = "queued"
         SG(q, _QO[Q_DISPATCH]).append(rid)
         call(c, F0(K_blkmq_run_queue), _next_frame())
@@ -1932,15 +2167,124 @@ cdef int h_app_resume(Core* c, Frame* f) except -1:
     begin(c)
     reason = (<str>w).replace("woken-", "")
     SS(p, _PO[P_WAITING], "")
-    if reason == "drain":
+    if _eq(reason, "drain"):
         SS(p, _PO[P_PC], SG(p, _PO[P_PC]) + 1)
         cont(c, F0(K_app_op), -1, True)
-    elif reason == "exit":
+    elif _eq(reason, "exit"):
         cont(c, F0(K_app_exit))
-    elif reason == "tag":
+    elif _eq(reason, "tag"):
         cont(c, F0(K_blkmq_submit_bio), -1, True)
     else:
         cont(c, F0(K_app_op), -1, True)
+    return 0
+
+
+# == the rarer guest kinds ===========================================================================
+
+cdef int h_add_err_kick(Core* c, Frame* f) except -1:
+    """emu.guest.virtio_blk.add_err_kick (virtqueue_kick after a failed add)"""
+    cdef i64 rid = f.a[0]
+    if not _kok[K_vblkd_add_err_kick]:
+        return BAIL
+    begin(c)
+    if SG(_g, _GO[G_KICK_NEEDED]):
+        call(c, F1(K_vring_notify, 0), F1(K_vblkd_add_err_end, rid))
+    else:
+        cont(c, F1(K_vblkd_add_err_end, rid))
+    return 0
+
+
+cdef int h_add_err_end(Core* c, Frame* f) except -1:
+    """emu.guest.virtio_blk.add_err_end (unlock; BLK_STS_DEV_RESOURCE / IOERR / RESOURCE)"""
+    cdef i64 rid = f.a[0]
+    cdef dict rq
+    if not _kok[K_vblkd_add_err_end]:
+        return BAIL
+    rq = _rq(rid)
+    if rq is None or "add_err" not in rq:
+        return BAIL
+    begin(c)
+    err = rq.pop("add_err")
+    payload = rq.get("payload")
+    if payload:                                             # _cleanup_cmd
+        _pa_kfree(payload)
+        rq["payload"] = 0
+    SS(_g, _GO[G_VQ_LOCKED], False)
+    q = _q
+    if _eq(err, "ENOSPC"):
+        SS(q, _QO[Q_STOPPED], True)
+        SS(q, _QO[Q_LAST_RET], "DEV_RESOURCE")
+    else:
+        SS(q, _QO[Q_LAST_RET], "IOERR" if _eq(err, "EIO") else "RESOURCE")
+    return 0
+
+
+cdef int h_commit_rqs(Core* c, Frame* f) except -1:
+    """emu.guest.virtio_blk.commit_rqs (virtio_commit_rqs: kick what was queued)"""
+    if not _kok[K_vblkd_commit_rqs]:
+        return BAIL
+    begin(c)
+    call(c, _kick_frame(), F0(K_vblkd_commit_notify))
+    return 0
+
+
+cdef int h_commit_notify(Core* c, Frame* f) except -1:
+    """emu.guest.virtio_blk.commit_notify"""
+    if not _kok[K_vblkd_commit_notify]:
+        return BAIL
+    begin(c)
+    if SG(_g, _GO[G_KICK_NEEDED]):
+        SS(_g, _GO[G_KICK_NEEDED], False)
+        cont(c, F1(K_vring_notify, 0))
+    return 0
+
+
+cdef int h_run_work(Core* c, Frame* f) except -1:
+    """emu.guest.blk_mq.run_work (blk_mq_run_work_fn: kblockd runs the queue)"""
+    if not _kok[K_blkmq_run_work]:
+        return BAIL
+    begin(c)
+    SS(_q, _QO[Q_RUN_WORK_PENDING], False)
+    cont(c, F0(K_blkmq_run_queue))
+    return 0
+
+
+cdef int h_delay_run(Core* c, Frame* f) except -1:
+    """emu.guest.blk_mq.delay_run (blk_mq_delay_run_hw_queue's timer)"""
+    if not _kok[K_blkmq_delay_run]:
+        return BAIL
+    begin(c)
+    post(c, c.vcpu, F0(K_blkmq_run_work), 0, False)
+    return 0
+
+
+cdef int h_hrtimer(Core* c, Frame* f) except -1:
+    """emu.guest.process.hrtimer_wakeup (the sleep's timer expired)"""
+    if not _kok[K_app_hrtimer]:
+        return BAIL
+    begin(c)
+    _wake(c, "timer")
+    return 0
+
+
+cdef int h_app_exit(Core* c, Frame* f) except -1:
+    """emu.guest.process.exit_ (do_exit: the plug is flushed)"""
+    if not _kok[K_app_exit] or type(SG(_q, _QO[Q_PLUG])) is not list:
+        return BAIL
+    begin(c)
+    SS(_p, _PO[P_WAITING], "done")
+    if SG(_q, _QO[Q_PLUG]):
+        cont(c, F1(K_blkmq_flush_plug, -1))
+    return 0
+
+
+cdef int h_app_start(Core* c, Frame* f) except -1:
+    """emu.guest.process.start (blkdev_open)"""
+    if not _kok[K_app_start]:
+        return BAIL
+    begin(c)
+    SS(_p, _PO[P_STARTED], True)
+    cont(c, F0(K_app_op), -1, True)
     return 0
 
 
@@ -1975,3 +2319,12 @@ register_handler(K_blkmq_end_request, h_end_request)
 register_handler(K_blkmq_submit_bio, h_submit_bio)
 register_handler(K_app_op, h_app_op)
 register_handler(K_app_resume, h_app_resume)
+register_handler(K_vblkd_add_err_kick, h_add_err_kick)
+register_handler(K_vblkd_add_err_end, h_add_err_end)
+register_handler(K_vblkd_commit_rqs, h_commit_rqs)
+register_handler(K_vblkd_commit_notify, h_commit_notify)
+register_handler(K_blkmq_run_work, h_run_work)
+register_handler(K_blkmq_delay_run, h_delay_run)
+register_handler(K_app_hrtimer, h_hrtimer)
+register_handler(K_app_exit, h_app_exit)
+register_handler(K_app_start, h_app_start)

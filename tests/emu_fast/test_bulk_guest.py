@@ -107,9 +107,9 @@ def test_same_state_as_the_python_engine(tmp_path_factory, fmt, wl, cfg, chunk):
     assert snapshot(a) == snapshot(b)
 
 
-def test_error_paths_bail_and_agree(tmp_path):
-    """Device errors (IOERR status bytes), discard / write-zeroes (bail: range payloads), and
-    a queue too small for the depth (ring full: -ENOSPC, requeue: bail) agree with Python."""
+def test_error_paths_agree(tmp_path):
+    """Device errors (IOERR status bytes), discard / write-zeroes, and a queue too small for
+    the depth (ring full: -ENOSPC, BLK_STS_DEV_RESOURCE, requeue) agree with Python."""
     import errno
     wl = ("queue-depth 8\n" + "".join(f"write {i * 4096} 4k\n" for i in range(16))
           + "discard 0 8192\nwrite-zeroes 8192 4096\nwait\nread 0 64k\n")
@@ -121,13 +121,35 @@ def test_error_paths_bail_and_agree(tmp_path):
     _bulk.reset_stats()
     outside = run_bulk(b)
     assert snapshot(a) == snapshot(b)
-    bails = _bulk.stats()["bails"]
-    assert bails.get("blkmq.dispatch_ret", 0) > 0            # BLK_STS_DEV_RESOURCE requeue
-    assert bails.get("app.op", 0) > 0                         # discard / write-zeroes
-    assert outside["vblkd.setup_cmd"] > 0 or bails.get("vblkd.setup_cmd", 0) > 0
+    assert not _bulk.stats()["bails"]
     core = in_core(py_kinds, outside)
+    # the ring full: -ENOSPC, BLK_STS_DEV_RESOURCE, the requeue, the restart from virtblk_done
+    for k in ("vblkd.add_err_kick", "vblkd.add_err_end", "blkmq.run_work"):
+        assert core[k] > 0, k
     assert core["blkmq.end_request"] > 0 and core["vring.get_buf"] > 0
     assert any(r["status"] != "OK" for r in a.guest.proc.results)
+    assert any(r["op"] == "discard" for r in a.guest.proc.results)
+
+
+@pytest.mark.parametrize("dev", [{}, {"discard": "unmap"}])
+def test_discard_and_write_zeroes_run_in_the_core(tmp_path, dev):
+    """discard / write-zeroes: range bios, the range payload (kmalloc'd, kfree'd), or without
+    device support EOPNOTSUPP / the zero-page fallback; all in the core."""
+    wl = ("queue-depth 4\n" + "".join(f"write {i * 65536} 64k\n" for i in range(4))
+          + "discard 0 65536\nwrite-zeroes 65536 8192\nwrite-zeroes 131072 4096 unmap\n"
+          + "wait\nread 0 192k\n")
+    a = machine(tmp_path, "raw", "", wl, dev)
+    b = machine(tmp_path, "raw", "", wl, dev)
+    py_kinds = run_py(a)
+    _bulk.reset_stats()
+    outside = run_bulk(b)
+    assert snapshot(a) == snapshot(b)
+    assert not _bulk.stats()["bails"]
+    core = in_core(py_kinds, outside)
+    assert core["app.op"] > 0
+    assert core["vblkd.setup_cmd"] == py_kinds["vblkd.setup_cmd"] > 0    # (never a run's last step)
+    statuses = {r["op"]: r["status"] for r in a.guest.proc.results}
+    assert statuses["write-zeroes"] in ("OK", "EOPNOTSUPP") and "discard" in statuses
 
 
 def _corrupt_used_id(m) -> bool:
@@ -200,3 +222,124 @@ def test_a_replaced_python_handler_runs_as_is(tmp_path, monkeypatch):
     assert calls.count("blkmq.end_request") == kinds["blkmq.end_request"] > 0
     assert _bulk.stats()["steps"] > 0                 # (the other kinds still ran in the core)
     assert snapshot(m) == snapshot(ref)
+
+
+@pytest.mark.parametrize("ret", ["RESOURCE", "DEV_RESOURCE", "NOTSUPP"])
+def test_forced_dispatch_statuses(tmp_path, ret):
+    """blk_mq_dispatch_rq_list's other outcomes, forced at the second dispatch_ret (as
+    tests/emu_fast/test_blk_mq.py does): the requeue, the delayed queue run, an error end."""
+    wl = "".join(f"write {k * 65536} 4k\n" for k in range(6)) + "wait\n" + \
+        "".join(f"read {k * 65536} 4k\n" for k in range(6))
+    runs = []
+    _bulk.reset_stats()
+    for bulk in (False, True):
+        m = machine(tmp_path, "raw", "", wl, {})
+        seen = 0
+        while True:
+            if m.sim.queue and min(m.sim.queue)[3] == "blkmq.dispatch_ret":
+                seen += 1
+                if seen == 2:
+                    break
+            assert m.step() is not None
+        m.guest.blkmq.last_ret = ret
+        kinds: collections.Counter = collections.Counter()
+        try:
+            kinds = run_bulk(m) if bulk else run_py(m)
+            err = None
+        except Exception as e:  # noqa: BLE001  (the forced status may upset the model later)
+            err = repr(e)
+        runs.append((snapshot(m), kinds, err))
+    (sa, py_kinds, ea), (sb, outside, eb) = runs
+    assert sa == sb and ea == eb
+    assert set(_bulk.stats()["bails"]) <= {"vring.get_buf"}      # (BAD_RING, later)
+
+
+# -- device limits (splits, small RAM, 4 KiB blocks, missing features): test_blk_mq's cases -------
+
+def _blk_mq_cases():
+    from tests.emu_fast import test_blk_mq as T
+    return T
+
+
+from tests.emu_fast.test_blk_mq import devices as blk_devices  # noqa: E402
+from tests.emu_fast.test_blk_mq import workloads as blk_workloads  # noqa: E402
+
+
+@settings(**{**SETTINGS, "max_examples": 25})
+@given(wl=blk_workloads, cfg=configs, dev=blk_devices, fmt=st.sampled_from(["raw", "qcow2"]),
+       chunk=st.sampled_from([-1, -1, 1, 4, 33]))
+def test_device_limits_same_as_the_python_engine(tmp_path_factory, wl, cfg, dev, fmt, chunk):
+    """tests/emu_fast/test_blk_mq.py's workloads (streams that merge, big writes, get-id, at,
+    queue depth changes) and device limits (seg_max, 4 KiB blocks, discard / write-zeroes
+    limits and features, small RAM: ENOMEM) through the core."""
+    T = _blk_mq_cases()
+    tmp = tmp_path_factory.mktemp("bulkd")
+    a = T.device_machine(tmp, fmt, wl, cfg, dev)
+    b = T.device_machine(tmp, fmt, wl, cfg, dev)
+    run_py(a)
+    run_bulk(b, chunk)
+    assert snapshot(a) == snapshot(b)
+    assert a.state() == b.state()
+
+
+def test_splits_get_id_and_small_ram_in_the_core(tmp_path):
+    """Bios cut to max_segments / max_discard_sectors (bio_split_to_limits), GET_ID, ENOMEM
+    sleeps and at: in the core, and the same state as on the Python engine."""
+    from emu.spec import virtio as V
+    T = _blk_mq_cases()
+    MiB = 1 << 20
+    rnd = "".join(f"write {(i * 37 % 900) * 4096} 4k\n" for i in range(40))
+    cases = [
+        ("write 0 4k\nwrite 400k 4k\nwrite 4k 4k\nwait\nqueue-depth 4\n" + rnd
+         + "wait\nget-id\nat 100ms\nat 0\nread 0 160k\n", {"queue_size": 16}, {}),
+        ("write 0 1536k fill=0x5a\nread 0 2M\nwrite-zeroes 0 1M\ndiscard 4096 64k\nflush\n"
+         "write 0 600k\nwrite 1M 600k\nwrite 2M 600k\nwait\nwrite 0 1M\nwrite 512 512\n",
+         {"indirect": False, "queue_size": 4, "cache": "writethrough"},
+         {"ram_size": MiB, "seg_max": 3, "lbs": 4096, "max_discard_sectors": 8,
+          "max_write_zeroes_sectors": None, "drop": (V.BLK_F_WRITE_ZEROES,)}),
+    ]
+    _bulk.reset_stats()
+    py_total: collections.Counter = collections.Counter()
+    out_total: collections.Counter = collections.Counter()
+    for wl, cfg, dev in cases:
+        d = {"ram_size": 4 * MiB, "seg_max": None, "lbs": 512, "max_discard_sectors": None,
+             "max_write_zeroes_sectors": None, "drop": ()}
+        d.update(dev)
+        a = T.device_machine(tmp_path, "raw", wl, cfg, d)
+        b = T.device_machine(tmp_path, "raw", wl, cfg, d)
+        py_total += run_py(a)
+        out_total += run_bulk(b)
+        assert snapshot(a) == snapshot(b)
+        assert a.state() == b.state()
+    assert set(_bulk.stats()["bails"]) <= {"vring.notify"}
+    core = in_core(py_total, out_total)
+    assert core["blkmq.submit_bio"] >= py_total["blkmq.submit_bio"] * 9 // 10
+
+
+def test_replaced_methods_are_called(tmp_path, monkeypatch):
+    """A class-level replacement of Transport.mmio_write or PageAllocator.kmalloc/free_pages
+    (after the core has run with the originals) is called as often as on the Python engine."""
+    from emu.mem.page_alloc import PageAllocator
+    from emu.transport.virtio_pci import Transport
+    wl = "queue-depth 4\n" + "".join(f"write {i * 8192} 4k\nread {i * 4096} 4k\n"
+                                     for i in range(6)) + "wait\n"
+    warm = machine(tmp_path, "raw", "", wl, {})
+    engine.run(warm, "fast")                       # (the originals checked and remembered)
+    counts: collections.Counter = collections.Counter()
+    for cls, name in ((Transport, "mmio_write"), (PageAllocator, "kmalloc"),
+                      (PageAllocator, "free_pages")):
+        orig = getattr(cls, name)
+
+        def wrapped(self, *args, _orig=orig, _name=name):
+            counts[_name] += 1
+            return _orig(self, *args)
+        monkeypatch.setattr(cls, name, wrapped)
+    a = machine(tmp_path, "raw", "", wl, {})
+    run_py(a)
+    py_counts = dict(counts)
+    counts.clear()
+    b = machine(tmp_path, "raw", "", wl, {})
+    engine.run(b, "fast")
+    assert dict(counts) == py_counts and py_counts["mmio_write"] > 0
+    assert py_counts["kmalloc"] > 0 and py_counts["free_pages"] > 0
+    assert snapshot(a) == snapshot(b)
