@@ -144,6 +144,28 @@ def test_kinds_run_in_the_core(tmp_path, wl, cfg):
     assert sum(ran.values()) >= sum(seen.values()) // 3
 
 
+@pytest.mark.parametrize("wl,cfg,chunk", [
+    ("discard-zeroes", {"discard": "unmap"}, 5), ("discard-zeroes", {}, 9),
+    ("mixed", {"queue_size": 16}, 7), ("qd1-writes", {"event_idx": False}, 11)])
+def test_same_state_at_every_stop(tmp_path, wl, cfg, chunk):
+    """Runs of `chunk` steps (the core runs all but the last of each): the state in flight
+    (request dicts, the MultiReqBuffer, the block layer's requests) equal at every stop."""
+    m_py = machine(tmp_path, "raw", "", WORKLOADS[wl], cfg)
+    m_fast = machine(tmp_path, "raw", "", WORKLOADS[wl], cfg)
+    _dev.reset_counts()
+    while True:
+        a = engine.run(m_py, "py", chunk)
+        b = engine.run(m_fast, "fast", chunk)
+        assert a == b and m_py.steps == m_fast.steps
+        assert m_py.vdev == m_fast.vdev and m_py.vblk == m_fast.vblk
+        assert m_py.block == m_fast.block and m_py.counters == m_fast.counters
+        assert m_py.sim.state() == m_fast.sim.state()
+        if a == "end":
+            break
+    same(m_py, m_fast)
+    assert _dev.counts()
+
+
 # -- error paths and unusual state: bail, and agree --------------------------------------------------
 
 def _mutations():
