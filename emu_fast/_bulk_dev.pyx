@@ -56,10 +56,6 @@ assert (_P.NOTIFY_CFG, _P.NOTIFY_OFF_MULTIPLIER, _P.NO_VECTOR) == (0x3000, 4, 0x
 assert _vb.VD.VQ_MAX == 1024
 
 cdef long long MSIX_ADDRESS = _P.MSIX_ADDRESS
-cdef frozenset _SUMMARY = frozenset(_B.SUMMARY_TYPES)
-assert _SUMMARY == {"IN", "OUT", "FLUSH", "GET_ID", "DISCARD", "WRITE_ZEROES"}
-assert all(_B.TYPE_NAMES[t] == n for t, n in ((0, "IN"), (1, "OUT"), (4, "FLUSH"), (8, "GET_ID"),
-                                               (11, "DISCARD"), (13, "WRITE_ZEROES")))
 assert (_B.T_DISCARD, _B.T_WRITE_ZEROES, _B.T_GET_ID, _B.T_SCSI_CMD, _B.S_UNSUPP) == (11, 13, 8, 2, 2)
 assert (_B.DWZ_SEG_SIZE, _B.WRITE_ZEROES_FLAG_UNMAP, _BK.BDRV_REQ_MAY_UNMAP) == (16, 1, 4)
 
@@ -394,9 +390,6 @@ cdef bint _load(Core* c) except -1:
             and _ll(sget(vblk, _VirtIOBlock, _BK_[B_MAX_WZ], "max_write_zeroes_sectors"),
                     &D.max_wz)):
         return False
-    for key in <dict>by_type:       # (only SUMMARY_TYPES: no other type name is counted)
-        if key not in _SUMMARY:
-            return False
     if not (0 <= D.next_id < (<i64>1 << 60) and 0 <= D.submitted < (<i64>1 << 60)
             and 0 <= D.completed < (<i64>1 << 60) and 0 <= D.errors < (<i64>1 << 60)
             and 0 <= D.merged < (<i64>1 << 60) and 0 <= D.capacity < (<i64>1 << 53)
@@ -847,22 +840,21 @@ cdef int _iov_in(object lst, i64* a, i64* n) except -2:
     return <int>cnt
 
 
-cdef inline object _summary_name(uint32_t t):
-    """TYPE_NAMES[t] when it is one of SUMMARY_TYPES (the only keys of by_type: _load checks),
-    else None"""
+cdef dict _TYPE_NAMES = _B.TYPE_NAMES
+assert all(type(k) is int and type(v) is str for k, v in _TYPE_NAMES.items())
+
+
+cdef inline object _type_name(uint32_t typ):
+    """B.TYPE_NAMES.get(typ & ~T_BARRIER, f"type {typ:#x}")"""
+    cdef uint32_t t = typ & ~<uint32_t>0x80000000
     if t == 0:
         return "IN"
     if t == 1:
         return "OUT"
-    if t == 4:
-        return "FLUSH"
-    if t == 8:
-        return "GET_ID"
-    if t == 11:
-        return "DISCARD"
-    if t == 13:
-        return "WRITE_ZEROES"
-    return None
+    cdef PyObject* p = PyDict_GetItemWithError(_TYPE_NAMES, t)
+    if p != NULL:
+        return <object>p
+    return f"type {typ:#x}"
 
 
 cdef inline bint _sect_range_ok(uint64_t sector, i64 size) noexcept nogil:
@@ -981,8 +973,8 @@ cdef int h_handle_request(Core* c, Frame* f) except -1:
     req["in_len"] = in_len
     req["status_gpa"] = status_gpa
     req["type"] = typ
-    tname = _summary_name(typ & ~<uint32_t>0x80000000)
-    if tname is not None and PyDict_GetItemWithError(_by_type, tname) != NULL:
+    tname = _type_name(typ)
+    if PyDict_GetItemWithError(_by_type, tname) != NULL:
         _by_type[tname] = _by_type[tname] + 1
     D.submitted += 1
     if masked == 10 or masked == 12:
