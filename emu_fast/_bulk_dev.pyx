@@ -798,17 +798,25 @@ cdef int h_pop(Core* c, Frame* f) except -1:
     q.last_avail_idx = nidx
     if evw:
         ram_w16(c, wa, nidx)
-    descs = [(_rbase[k], _ri[k], _raddr[k], _rlen[k], _rflags[k], _rnext[k]) for k in range(nrec)]
-    out_iov = [(_raddr[_rout[k]], _rlen[_rout[k]]) for k in range(nout)]
-    in_iov = [(_raddr[_rin[k]], _rlen[_rin[k]]) for k in range(nin)]
+    # the elem (ints shared between its tuples, as the Python code's are)
+    ring_o = q.desc
+    tab_o = itab if ind else None
+    descs = []
+    for k in range(nrec):
+        descs.append((tab_o if ind and k else ring_o, _ri[k], _raddr[k], _rlen[k], _rflags[k],
+                      _rnext[k]))
+    out_iov = [(<tuple>descs[_rout[k]])[2:4] for k in range(nout)]
+    in_iov = [(<tuple>descs[_rin[k]])[2:4] for k in range(nin)]
     elem = {"index": head, "ndescs": 1, "out": out_iov, "in": in_iov, "descs": descs,
-            "indirect": (itab, ilen) if ind else None, "avail_idx": idx}
+            "indirect": (tab_o, ilen) if ind else None, "avail_idx": idx}
     q.inuse += 1
     rid = D.next_id
     D.next_id += 1
-    _reqs[rid] = {"id": rid, "qi": qi, "elem": elem, "type": None, "sector": 0,
-                  "in_len": 0, "status_gpa": 0, "qiov": [], "mr_next": None,
-                  "is_write": False, "stage": "popped"}
+    qi_o = qi
+    rid_o = rid
+    _reqs[rid_o] = {"id": rid_o, "qi": qi_o, "elem": elem, "type": None, "sector": 0,
+                    "in_len": 0, "status_gpa": 0, "qiov": [], "mr_next": None,
+                    "is_write": False, "stage": "popped"}
     cont(c, F2(K_vblk_handle_request, qi, rid))
     return 0
 
