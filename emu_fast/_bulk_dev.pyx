@@ -16,7 +16,7 @@ objects during a stretch (the core runs no Python handler).  Request dicts, the 
 list, the suppress/by_type/reqs dicts and the counters dict stay the Python objects and are
 changed in place, as the Python handlers change them.
 """
-from cpython.dict cimport PyDict_GetItemWithError, PyDict_SetItem, PyDict_DelItem
+from cpython.dict cimport PyDict_GetItemWithError, PyDict_SetItem, PyDict_DelItem, PyDict_Copy
 from cpython.list cimport PyList_GET_SIZE, PyList_GET_ITEM
 from cpython.tuple cimport PyTuple_GET_SIZE, PyTuple_GET_ITEM
 from cpython.long cimport PyLong_CheckExact, PyLong_AsLongLongAndOverflow
@@ -172,6 +172,28 @@ cdef struct Dev:
 
 cdef Dev D
 memset(&D, 0, sizeof(Dev))
+
+
+cdef dict _template(tuple items):
+    """A dict of these (key, value) items, in this order, with str keys, built key by key so
+    that it has CPython's compact str-keys table (what a dict display makes; a presized dict
+    has the general one): the dicts the handlers make are PyDict_Copy's of these (a copy of
+    the table, then each value replaced), equal to and ordered as the Python code's displays."""
+    cdef dict d = {}
+    for k, v in items:
+        assert type(k) is str
+        d[k] = v
+    return d
+
+
+cdef dict _REQ_T = _template((("id", None), ("qi", None), ("elem", None), ("type", None),
+                              ("sector", 0), ("in_len", 0), ("status_gpa", 0), ("qiov", None),
+                              ("mr_next", None), ("is_write", False), ("stage", "popped")))
+cdef dict _ELEM_T = _template((("index", None), ("ndescs", 1), ("out", None), ("in", None),
+                               ("descs", None), ("indirect", None), ("avail_idx", None)))
+cdef dict _BREQ_T = _template((("id", None), ("op", None), ("cur_op", None), ("offset", None),
+                               ("bytes", None), ("qiov", None), ("flags", None), ("cb", None),
+                               ("ret", None), ("phase", "submit")))
 
 cdef long long _RAN[NKINDS]       # events of each kind run here (counts())
 memset(_RAN, 0, sizeof(_RAN))
@@ -807,16 +829,24 @@ cdef int h_pop(Core* c, Frame* f) except -1:
                       _rnext[k]))
     out_iov = [(<tuple>descs[_rout[k]])[2:4] for k in range(nout)]
     in_iov = [(<tuple>descs[_rin[k]])[2:4] for k in range(nin)]
-    elem = {"index": head, "ndescs": 1, "out": out_iov, "in": in_iov, "descs": descs,
-            "indirect": (tab_o, ilen) if ind else None, "avail_idx": idx}
+    elem = PyDict_Copy(_ELEM_T)      # {"index": head, "ndescs": 1, "out": out_iov, "in": in_iov,
+    PyDict_SetItem(elem, "index", head)  # "descs": descs, "indirect": .., "avail_idx": idx}
+    PyDict_SetItem(elem, "out", out_iov)
+    PyDict_SetItem(elem, "in", in_iov)
+    PyDict_SetItem(elem, "descs", descs)
+    if ind:
+        PyDict_SetItem(elem, "indirect", (tab_o, ilen))
+    PyDict_SetItem(elem, "avail_idx", idx)
     q.inuse += 1
     rid = D.next_id
     D.next_id += 1
-    qi_o = qi
     rid_o = rid
-    _reqs[rid_o] = {"id": rid_o, "qi": qi_o, "elem": elem, "type": None, "sector": 0,
-                    "in_len": 0, "status_gpa": 0, "qiov": [], "mr_next": None,
-                    "is_write": False, "stage": "popped"}
+    r = PyDict_Copy(_REQ_T)          # {"id": rid, "qi": qi, "elem": elem, "type": None, "sector": 0,
+    PyDict_SetItem(r, "id", rid_o)   #  "in_len": 0, "status_gpa": 0, "qiov": [], "mr_next": None,
+    PyDict_SetItem(r, "qi", qi)      #  "is_write": False, "stage": "popped"}
+    PyDict_SetItem(r, "elem", elem)
+    PyDict_SetItem(r, "qiov", [])
+    _reqs[rid_o] = r
     cont(c, F2(K_vblk_handle_request, qi, rid))
     return 0
 
@@ -1181,8 +1211,16 @@ cdef int _aio_submit(Core* c, str op, object offset, object qiov, i64 nbytes, i6
     bid_o = sget(blk, _BlockState, _BS[K_NEXT_REQ], "next_req")
     bid = bid_o
     sset(blk, _BlockState, _BS[K_NEXT_REQ], "next_req", bid_o + 1)
-    _breqs[bid_o] = {"id": bid_o, "op": op, "cur_op": op, "offset": offset, "bytes": nbytes,
-                     "qiov": qiov, "flags": flags, "cb": cb, "ret": None, "phase": "submit"}
+    d = PyDict_Copy(_BREQ_T)         # {"id": bid, "op": op, "cur_op": op, "offset": offset,
+    PyDict_SetItem(d, "id", bid_o)   #  "bytes": nbytes, "qiov": qiov, "flags": flags, "cb": cb,
+    PyDict_SetItem(d, "op", op)      #  "ret": None, "phase": "submit"}
+    PyDict_SetItem(d, "cur_op", op)
+    PyDict_SetItem(d, "offset", offset)
+    PyDict_SetItem(d, "bytes", nbytes)
+    PyDict_SetItem(d, "qiov", qiov)
+    PyDict_SetItem(d, "flags", flags)
+    PyDict_SetItem(d, "cb", cb)
+    _breqs[bid_o] = d
     if not then:
         cont(c, F1(K_blk_co_entry, bid))
     else:
