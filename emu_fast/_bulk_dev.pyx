@@ -57,6 +57,7 @@ assert _vb.VD.VQ_MAX == 1024
 
 cdef long long MSIX_ADDRESS = _P.MSIX_ADDRESS
 assert (_B.T_DISCARD, _B.T_WRITE_ZEROES, _B.T_GET_ID, _B.T_SCSI_CMD, _B.S_UNSUPP) == (11, 13, 8, 2, 2)
+assert _B.ID_BYTES == 20
 assert (_B.DWZ_SEG_SIZE, _B.WRITE_ZEROES_FLAG_UNMAP, _BK.BDRV_REQ_MAY_UNMAP) == (16, 1, 4)
 
 # the Python code these handlers stand for (a machine whose code is not this runs compiled)
@@ -84,7 +85,7 @@ cdef enum:      # VirtQueue
 cdef enum:      # VirtIOBlock
     B_CAPACITY, B_LOGICAL_BLOCK_SIZE, B_REQUEST_MERGING, B_REQS, B_NEXT_ID, B_MRB, B_MRB_IS_WRITE,
     B_GROUPS, B_SUPPRESS, B_BY_TYPE, B_SUBMITTED, B_COMPLETED, B_ERRORS, B_MERGED, B_MAX_DISCARD,
-    B_MAX_WZ, B_N
+    B_MAX_WZ, B_SERIAL, B_N
 cdef enum:      # BlockState
     K_NEXT_REQ, K_REQS, K_WERROR, K_RERROR, K_N
 
@@ -106,7 +107,7 @@ SLOT_PATHS = {
                                                "reqs", "next_id", "mrb", "mrb_is_write", "groups",
                                                "suppress", "by_type", "submitted", "completed",
                                                "errors", "merged", "max_discard_sectors",
-                                               "max_write_zeroes_sectors"), _BK_),
+                                               "max_write_zeroes_sectors", "serial"), _BK_),
     "BlockState": slot_offsets(_BlockState, ("next_req", "reqs", "werror", "rerror"), _BS),
 }
 
@@ -902,9 +903,8 @@ cdef inline bint _sect_range_ok(uint64_t sector, i64 size) noexcept nogil:
 
 
 cdef int h_handle_request(Core* c, Frame* f) except -1:
-    """vblk.handle_request: handle_request (QEMU virtio_blk_handle_request): IN, OUT, FLUSH,
-    DISCARD, WRITE_ZEROES and the unsupported types; GET_ID, SCSI_CMD and malformed requests
-    bail"""
+    """vblk.handle_request: handle_request (QEMU virtio_blk_handle_request): every type;
+    malformed requests (virtio_error) bail"""
     cdef i64 qi = f.a[0], rid = f.a[1], take, got = 0, nb, in_len = 0, status_gpa, size = 0
     cdef i64 mask, cnt, out_len = 0
     cdef int nout, nin, k, first = 0, status = 0
@@ -938,8 +938,6 @@ cdef int h_handle_request(Core* c, Frame* f) except -1:
     memcpy(&typ, hdr, 4)
     memcpy(&sector, hdr + 8, 8)
     masked = typ & ~<uint32_t>0x80000001
-    if masked == 2 or masked == 8:
-        return BAIL           # SCSI_CMD, GET_ID
     for k in range(nin):
         in_len += _in[k]
     status_gpa = _ia[nin - 1] + _in[nin - 1] - 1
@@ -1004,6 +1002,37 @@ cdef int h_handle_request(Core* c, Frame* f) except -1:
                 status = 2
             elif not _next_req_ok():
                 return BAIL
+    elif masked == 8:
+        # GET_ID: the serial into in_iov (after iov_discard_back(in_iov, 1)), then OK
+        serial = sget(_vblk, _VirtIOBlock, _BK_[B_SERIAL], "serial")
+        if type(serial) is not str:
+            return BAIL
+        sb = (<str>serial).encode()[:20]
+        if _in[nin - 1] > 1:
+            _in[nin - 1] -= 1           # (the status byte dropped; a 1-byte iovec goes)
+        else:
+            nin -= 1
+        size = 0
+        for k in range(nin):
+            size += _in[k]
+        got = min(len(sb) + 1, size, 20)
+        idbuf = (sb + b"\0")[:got]
+        nb = 0                          # iov_from_buf's writes: inside RAM?
+        for k in range(nin):
+            take = min(_in[k], got - nb)
+            if take <= 0:
+                break
+            if not ram_ok(c, _ia[k], take):
+                return BAIL
+            nb += take
+    elif masked == 2:
+        # SCSI_CMD: IOERR with too few segments, else 255 at the second-to-last in iovec, UNSUPP
+        if nout < 2 or nin < 3:
+            status = 1
+        elif not ram_ok(c, _ia[nin - 2], 4):
+            return BAIL
+        else:
+            status = 2
     elif masked != 4:
         status = 2                      # not supported by this device: UNSUPP
     begin(c)
@@ -1029,8 +1058,20 @@ cdef int h_handle_request(Core* c, Frame* f) except -1:
             _aio_submit(c, "discard", dsector << 9, None, (<i64>num) << 9, 0,
                         ("vblk.dwz_complete", (rid,)), True, F1(K_vblk_pop, qi))
         return 0
+    if masked == 8:
+        nb = 0
+        for k in range(nin):
+            take = min(_in[k], got - nb)
+            if take <= 0:
+                break
+            ram_write(c, _ia[k], <const char*>idbuf + nb, take)
+            nb += take
+        call(c, F2(K_vblk_req_complete, rid, 0), F1(K_vblk_pop, qi))
+        return 0
+    if masked == 2 and status == 2:
+        ram_w32(c, _ia[nin - 2], 255)
     if masked != 0 and masked != 4:
-        call(c, F2(K_vblk_req_complete, rid, 2), F1(K_vblk_pop, qi))
+        call(c, F2(K_vblk_req_complete, rid, status), F1(K_vblk_pop, qi))
         return 0
     if masked == 4:
         req["stage"] = "flush"
