@@ -16,7 +16,7 @@ objects during a stretch (the core runs no Python handler).  Request dicts, the 
 list, the suppress/by_type/reqs dicts and the counters dict stay the Python objects and are
 changed in place, as the Python handlers change them.
 """
-from cpython.dict cimport PyDict_GetItemWithError, PyDict_SetItem, PyDict_DelItem
+from cpython.dict cimport PyDict_GetItemWithError, PyDict_SetItem, PyDict_DelItem, PyDict_Copy
 from cpython.list cimport PyList_GET_SIZE, PyList_GET_ITEM
 from cpython.tuple cimport PyTuple_GET_SIZE, PyTuple_GET_ITEM
 from cpython.long cimport PyLong_CheckExact, PyLong_AsLongLongAndOverflow
@@ -56,11 +56,8 @@ assert (_P.NOTIFY_CFG, _P.NOTIFY_OFF_MULTIPLIER, _P.NO_VECTOR) == (0x3000, 4, 0x
 assert _vb.VD.VQ_MAX == 1024
 
 cdef long long MSIX_ADDRESS = _P.MSIX_ADDRESS
-cdef frozenset _SUMMARY = frozenset(_B.SUMMARY_TYPES)
-assert _SUMMARY == {"IN", "OUT", "FLUSH", "GET_ID", "DISCARD", "WRITE_ZEROES"}
-assert all(_B.TYPE_NAMES[t] == n for t, n in ((0, "IN"), (1, "OUT"), (4, "FLUSH"), (8, "GET_ID"),
-                                               (11, "DISCARD"), (13, "WRITE_ZEROES")))
 assert (_B.T_DISCARD, _B.T_WRITE_ZEROES, _B.T_GET_ID, _B.T_SCSI_CMD, _B.S_UNSUPP) == (11, 13, 8, 2, 2)
+assert _B.ID_BYTES == 20
 assert (_B.DWZ_SEG_SIZE, _B.WRITE_ZEROES_FLAG_UNMAP, _BK.BDRV_REQ_MAY_UNMAP) == (16, 1, 4)
 
 # the Python code these handlers stand for (a machine whose code is not this runs compiled)
@@ -88,7 +85,7 @@ cdef enum:      # VirtQueue
 cdef enum:      # VirtIOBlock
     B_CAPACITY, B_LOGICAL_BLOCK_SIZE, B_REQUEST_MERGING, B_REQS, B_NEXT_ID, B_MRB, B_MRB_IS_WRITE,
     B_GROUPS, B_SUPPRESS, B_BY_TYPE, B_SUBMITTED, B_COMPLETED, B_ERRORS, B_MERGED, B_MAX_DISCARD,
-    B_MAX_WZ, B_N
+    B_MAX_WZ, B_SERIAL, B_N
 cdef enum:      # BlockState
     K_NEXT_REQ, K_REQS, K_WERROR, K_RERROR, K_N
 
@@ -110,7 +107,7 @@ SLOT_PATHS = {
                                                "reqs", "next_id", "mrb", "mrb_is_write", "groups",
                                                "suppress", "by_type", "submitted", "completed",
                                                "errors", "merged", "max_discard_sectors",
-                                               "max_write_zeroes_sectors"), _BK_),
+                                               "max_write_zeroes_sectors", "serial"), _BK_),
     "BlockState": slot_offsets(_BlockState, ("next_req", "reqs", "werror", "rerror"), _BS),
 }
 
@@ -176,6 +173,28 @@ cdef struct Dev:
 
 cdef Dev D
 memset(&D, 0, sizeof(Dev))
+
+
+cdef dict _template(tuple items):
+    """A dict of these (key, value) items, in this order, with str keys, built key by key so
+    that it has CPython's compact str-keys table (what a dict display makes; a presized dict
+    has the general one): the dicts the handlers make are PyDict_Copy's of these (a copy of
+    the table, then each value replaced), equal to and ordered as the Python code's displays."""
+    cdef dict d = {}
+    for k, v in items:
+        assert type(k) is str
+        d[k] = v
+    return d
+
+
+cdef dict _REQ_T = _template((("id", None), ("qi", None), ("elem", None), ("type", None),
+                              ("sector", 0), ("in_len", 0), ("status_gpa", 0), ("qiov", None),
+                              ("mr_next", None), ("is_write", False), ("stage", "popped")))
+cdef dict _ELEM_T = _template((("index", None), ("ndescs", 1), ("out", None), ("in", None),
+                               ("descs", None), ("indirect", None), ("avail_idx", None)))
+cdef dict _BREQ_T = _template((("id", None), ("op", None), ("cur_op", None), ("offset", None),
+                               ("bytes", None), ("qiov", None), ("flags", None), ("cb", None),
+                               ("ret", None), ("phase", "submit")))
 
 cdef long long _RAN[NKINDS]       # events of each kind run here (counts())
 memset(_RAN, 0, sizeof(_RAN))
@@ -394,9 +413,6 @@ cdef bint _load(Core* c) except -1:
             and _ll(sget(vblk, _VirtIOBlock, _BK_[B_MAX_WZ], "max_write_zeroes_sectors"),
                     &D.max_wz)):
         return False
-    for key in <dict>by_type:       # (only SUMMARY_TYPES: no other type name is counted)
-        if key not in _SUMMARY:
-            return False
     if not (0 <= D.next_id < (<i64>1 << 60) and 0 <= D.submitted < (<i64>1 << 60)
             and 0 <= D.completed < (<i64>1 << 60) and 0 <= D.errors < (<i64>1 << 60)
             and 0 <= D.merged < (<i64>1 << 60) and 0 <= D.capacity < (<i64>1 << 53)
@@ -805,17 +821,33 @@ cdef int h_pop(Core* c, Frame* f) except -1:
     q.last_avail_idx = nidx
     if evw:
         ram_w16(c, wa, nidx)
-    descs = [(_rbase[k], _ri[k], _raddr[k], _rlen[k], _rflags[k], _rnext[k]) for k in range(nrec)]
-    out_iov = [(_raddr[_rout[k]], _rlen[_rout[k]]) for k in range(nout)]
-    in_iov = [(_raddr[_rin[k]], _rlen[_rin[k]]) for k in range(nin)]
-    elem = {"index": head, "ndescs": 1, "out": out_iov, "in": in_iov, "descs": descs,
-            "indirect": (itab, ilen) if ind else None, "avail_idx": idx}
+    # the elem (ints shared between its tuples, as the Python code's are)
+    ring_o = q.desc
+    tab_o = itab if ind else None
+    descs = []
+    for k in range(nrec):
+        descs.append((tab_o if ind and k else ring_o, _ri[k], _raddr[k], _rlen[k], _rflags[k],
+                      _rnext[k]))
+    out_iov = [(<tuple>descs[_rout[k]])[2:4] for k in range(nout)]
+    in_iov = [(<tuple>descs[_rin[k]])[2:4] for k in range(nin)]
+    elem = PyDict_Copy(_ELEM_T)      # {"index": head, "ndescs": 1, "out": out_iov, "in": in_iov,
+    PyDict_SetItem(elem, "index", head)  # "descs": descs, "indirect": .., "avail_idx": idx}
+    PyDict_SetItem(elem, "out", out_iov)
+    PyDict_SetItem(elem, "in", in_iov)
+    PyDict_SetItem(elem, "descs", descs)
+    if ind:
+        PyDict_SetItem(elem, "indirect", (tab_o, ilen))
+    PyDict_SetItem(elem, "avail_idx", idx)
     q.inuse += 1
     rid = D.next_id
     D.next_id += 1
-    _reqs[rid] = {"id": rid, "qi": qi, "elem": elem, "type": None, "sector": 0,
-                  "in_len": 0, "status_gpa": 0, "qiov": [], "mr_next": None,
-                  "is_write": False, "stage": "popped"}
+    rid_o = rid
+    r = PyDict_Copy(_REQ_T)          # {"id": rid, "qi": qi, "elem": elem, "type": None, "sector": 0,
+    PyDict_SetItem(r, "id", rid_o)   #  "in_len": 0, "status_gpa": 0, "qiov": [], "mr_next": None,
+    PyDict_SetItem(r, "qi", qi)      #  "is_write": False, "stage": "popped"}
+    PyDict_SetItem(r, "elem", elem)
+    PyDict_SetItem(r, "qiov", [])
+    _reqs[rid_o] = r
     cont(c, F2(K_vblk_handle_request, qi, rid))
     return 0
 
@@ -847,22 +879,21 @@ cdef int _iov_in(object lst, i64* a, i64* n) except -2:
     return <int>cnt
 
 
-cdef inline object _summary_name(uint32_t t):
-    """TYPE_NAMES[t] when it is one of SUMMARY_TYPES (the only keys of by_type: _load checks),
-    else None"""
+cdef dict _TYPE_NAMES = _B.TYPE_NAMES
+assert all(type(k) is int and type(v) is str for k, v in _TYPE_NAMES.items())
+
+
+cdef inline object _type_name(uint32_t typ):
+    """B.TYPE_NAMES.get(typ & ~T_BARRIER, f"type {typ:#x}")"""
+    cdef uint32_t t = typ & ~<uint32_t>0x80000000
     if t == 0:
         return "IN"
     if t == 1:
         return "OUT"
-    if t == 4:
-        return "FLUSH"
-    if t == 8:
-        return "GET_ID"
-    if t == 11:
-        return "DISCARD"
-    if t == 13:
-        return "WRITE_ZEROES"
-    return None
+    cdef PyObject* p = PyDict_GetItemWithError(_TYPE_NAMES, t)
+    if p != NULL:
+        return <object>p
+    return f"type {typ:#x}"
 
 
 cdef inline bint _sect_range_ok(uint64_t sector, i64 size) noexcept nogil:
@@ -872,9 +903,8 @@ cdef inline bint _sect_range_ok(uint64_t sector, i64 size) noexcept nogil:
 
 
 cdef int h_handle_request(Core* c, Frame* f) except -1:
-    """vblk.handle_request: handle_request (QEMU virtio_blk_handle_request): IN, OUT, FLUSH,
-    DISCARD, WRITE_ZEROES and the unsupported types; GET_ID, SCSI_CMD and malformed requests
-    bail"""
+    """vblk.handle_request: handle_request (QEMU virtio_blk_handle_request): every type;
+    malformed requests (virtio_error) bail"""
     cdef i64 qi = f.a[0], rid = f.a[1], take, got = 0, nb, in_len = 0, status_gpa, size = 0
     cdef i64 mask, cnt, out_len = 0
     cdef int nout, nin, k, first = 0, status = 0
@@ -908,8 +938,6 @@ cdef int h_handle_request(Core* c, Frame* f) except -1:
     memcpy(&typ, hdr, 4)
     memcpy(&sector, hdr + 8, 8)
     masked = typ & ~<uint32_t>0x80000001
-    if masked == 2 or masked == 8:
-        return BAIL           # SCSI_CMD, GET_ID
     for k in range(nin):
         in_len += _in[k]
     status_gpa = _ia[nin - 1] + _in[nin - 1] - 1
@@ -974,6 +1002,37 @@ cdef int h_handle_request(Core* c, Frame* f) except -1:
                 status = 2
             elif not _next_req_ok():
                 return BAIL
+    elif masked == 8:
+        # GET_ID: the serial into in_iov (after iov_discard_back(in_iov, 1)), then OK
+        serial = sget(_vblk, _VirtIOBlock, _BK_[B_SERIAL], "serial")
+        if type(serial) is not str:
+            return BAIL
+        sb = (<str>serial).encode()[:20]
+        if _in[nin - 1] > 1:
+            _in[nin - 1] -= 1           # (the status byte dropped; a 1-byte iovec goes)
+        else:
+            nin -= 1
+        size = 0
+        for k in range(nin):
+            size += _in[k]
+        got = min(len(sb) + 1, size, 20)
+        idbuf = (sb + b"\0")[:got]
+        nb = 0                          # iov_from_buf's writes: inside RAM?
+        for k in range(nin):
+            take = min(_in[k], got - nb)
+            if take <= 0:
+                break
+            if not ram_ok(c, _ia[k], take):
+                return BAIL
+            nb += take
+    elif masked == 2:
+        # SCSI_CMD: IOERR with too few segments, else 255 at the second-to-last in iovec, UNSUPP
+        if nout < 2 or nin < 3:
+            status = 1
+        elif not ram_ok(c, _ia[nin - 2], 4):
+            return BAIL
+        else:
+            status = 2
     elif masked != 4:
         status = 2                      # not supported by this device: UNSUPP
     begin(c)
@@ -981,8 +1040,8 @@ cdef int h_handle_request(Core* c, Frame* f) except -1:
     req["in_len"] = in_len
     req["status_gpa"] = status_gpa
     req["type"] = typ
-    tname = _summary_name(typ & ~<uint32_t>0x80000000)
-    if tname is not None and PyDict_GetItemWithError(_by_type, tname) != NULL:
+    tname = _type_name(typ)
+    if PyDict_GetItemWithError(_by_type, tname) != NULL:
         _by_type[tname] = _by_type[tname] + 1
     D.submitted += 1
     if masked == 10 or masked == 12:
@@ -999,8 +1058,20 @@ cdef int h_handle_request(Core* c, Frame* f) except -1:
             _aio_submit(c, "discard", dsector << 9, None, (<i64>num) << 9, 0,
                         ("vblk.dwz_complete", (rid,)), True, F1(K_vblk_pop, qi))
         return 0
+    if masked == 8:
+        nb = 0
+        for k in range(nin):
+            take = min(_in[k], got - nb)
+            if take <= 0:
+                break
+            ram_write(c, _ia[k], <const char*>idbuf + nb, take)
+            nb += take
+        call(c, F2(K_vblk_req_complete, rid, 0), F1(K_vblk_pop, qi))
+        return 0
+    if masked == 2 and status == 2:
+        ram_w32(c, _ia[nin - 2], 255)
     if masked != 0 and masked != 4:
-        call(c, F2(K_vblk_req_complete, rid, 2), F1(K_vblk_pop, qi))
+        call(c, F2(K_vblk_req_complete, rid, status), F1(K_vblk_pop, qi))
         return 0
     if masked == 4:
         req["stage"] = "flush"
@@ -1181,8 +1252,16 @@ cdef int _aio_submit(Core* c, str op, object offset, object qiov, i64 nbytes, i6
     bid_o = sget(blk, _BlockState, _BS[K_NEXT_REQ], "next_req")
     bid = bid_o
     sset(blk, _BlockState, _BS[K_NEXT_REQ], "next_req", bid_o + 1)
-    _breqs[bid_o] = {"id": bid_o, "op": op, "cur_op": op, "offset": offset, "bytes": nbytes,
-                     "qiov": qiov, "flags": flags, "cb": cb, "ret": None, "phase": "submit"}
+    d = PyDict_Copy(_BREQ_T)         # {"id": bid, "op": op, "cur_op": op, "offset": offset,
+    PyDict_SetItem(d, "id", bid_o)   #  "bytes": nbytes, "qiov": qiov, "flags": flags, "cb": cb,
+    PyDict_SetItem(d, "op", op)      #  "ret": None, "phase": "submit"}
+    PyDict_SetItem(d, "cur_op", op)
+    PyDict_SetItem(d, "offset", offset)
+    PyDict_SetItem(d, "bytes", nbytes)
+    PyDict_SetItem(d, "qiov", qiov)
+    PyDict_SetItem(d, "flags", flags)
+    PyDict_SetItem(d, "cb", cb)
+    _breqs[bid_o] = d
     if not then:
         cont(c, F1(K_blk_co_entry, bid))
     else:
