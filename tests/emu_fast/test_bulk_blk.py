@@ -10,6 +10,7 @@ discard, a read-only node, a byte range beyond the device) must bail and still a
 from __future__ import annotations
 
 import errno
+import random
 
 import pytest
 from hypothesis import given, settings
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 
 import emu_fast
 from emu import engine
-from tests.emu_fast.test_differential import SETTINGS, configs, machine, snapshot, workloads
+from tests.emu_fast.test_differential import DISK, SETTINGS, configs, machine, snapshot, workloads
 
 pytestmark = pytest.mark.skipif(
     not emu_fast.available() or "_bulk_blk" not in getattr(emu_fast, "BULK_LAYERS", ()),
@@ -62,16 +63,57 @@ def _same(a, b, chunks=(None,)):
 
 @settings(**{**SETTINGS, "max_examples": 30})
 @given(fmt=st.sampled_from(["raw", "qcow2", "qcow2s", "article"]), wl=workloads, cfg=configs,
-       chunks=st.lists(st.integers(1, 300), min_size=1, max_size=4))
-def test_bulk_blk_same_state_as_python(tmp_path_factory, fmt, wl, cfg, chunks):
+       chunks=st.lists(st.integers(1, 300), min_size=1, max_size=4), timer=st.booleans())
+def test_bulk_blk_same_state_as_python(tmp_path_factory, fmt, wl, cfg, chunks, timer):
     tmp = tmp_path_factory.mktemp("bulkblk")
     kind = "qcow2" if fmt.startswith("qcow2") else fmt
     name = "s" if fmt == "qcow2s" else ""
+    if timer:       # a guest timer pending while the I/O runs: the core takes its completions too
+        wl = "queue-depth 16\n" + wl + "at 100ms\n"
     _same(machine(tmp, kind, name, wl, cfg), machine(tmp, kind, name, wl, cfg), chunks)
 
 
 # ("at" lines keep a guest timer pending, so an I/O completion is seldom the only event in the
 # queue: the core leaves such an event, which could be the run's last, to the compiled engine)
+def _random_case(seed: int):
+    """A random workload and configuration (seeded): 20-60 operations of every kind, sizes up
+    to 64 KiB, queue depth 1-16, a guest timer pending (so the core also takes I/O completions)
+    or not, on raw or qcow2 (64 KiB or 4 KiB clusters) or the article image."""
+    rng = random.Random(seed)
+    fmt = rng.choice(["raw", "qcow2", "qcow2s", "article"])
+    lines = [f"queue-depth {rng.choice([1, 4, 16])}"]
+    for _ in range(rng.randrange(20, 60)):
+        k = rng.choice(["write"] * 5 + ["read"] * 3 + ["flush", "discard", "write-zeroes", "wait"])
+        if k in ("flush", "wait"):
+            lines.append(k)
+            continue
+        n = rng.choice([512, 4096, 4096, 8192, 12288, 65536])
+        off = rng.randrange(0, (DISK - n) // 512) * 512
+        if rng.random() < 0.3:
+            off = off // 65536 * 65536
+        line = f"{k} {off} {n}"
+        if k == "write" and rng.random() < 0.3:
+            line += f" fill={rng.randrange(256):#x}"
+        if k == "write-zeroes" and rng.random() < 0.5:
+            line += " unmap"
+        lines.append(line)
+    if rng.random() < 0.7:
+        lines.append("at 500ms")
+    cfg = dict(queue_size=rng.choice([16, 256]), indirect=rng.random() < 0.5,
+               event_idx=rng.random() < 0.5,
+               cache=rng.choice(["writeback", "writeback", "writethrough", "unsafe"]),
+               discard=rng.choice(["ignore", "unmap"]), seed=rng.randrange(4))
+    kind = "qcow2" if fmt.startswith("qcow2") else fmt
+    return kind, "s" if fmt == "qcow2s" else "", "\n".join(lines) + "\n", cfg
+
+
+@pytest.mark.parametrize("seed", range(16))
+def test_bulk_blk_random_workloads(tmp_path, seed):
+    kind, name, wl, cfg = _random_case(seed)
+    _same(machine(tmp_path, kind, name, wl, cfg), machine(tmp_path, kind, name, wl, cfg),
+          (1 + seed * 37 % 500, 900))
+
+
 WL = """queue-depth 4
 write 8192 4096 fill=0x5a
 at 1us
