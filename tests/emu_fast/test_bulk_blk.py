@@ -103,11 +103,16 @@ def _random_case(seed: int):
                event_idx=rng.random() < 0.5,
                cache=rng.choice(["writeback", "writeback", "writethrough", "unsafe"]),
                discard=rng.choice(["ignore", "unmap"]), seed=rng.randrange(4))
+    if rng.random() < 0.3:
+        cfg["faults"] = ({"op": rng.choice(["read", "write", "flush", "discard", "write_zeroes"]),
+                          "start": rng.choice([0, 65536, 1 << 20]), "end": rng.choice([1 << 20, 1 << 62]),
+                          "errno": rng.choice([errno.EIO, errno.ENOSPC]),
+                          "count": rng.choice([-1, 1, 2])},)
     kind = "qcow2" if fmt.startswith("qcow2") else fmt
     return kind, "s" if fmt == "qcow2s" else "", "\n".join(lines) + "\n", cfg
 
 
-@pytest.mark.parametrize("seed", range(16))
+@pytest.mark.parametrize("seed", range(20))
 def test_bulk_blk_random_workloads(tmp_path, seed):
     kind, name, wl, cfg = _random_case(seed)
     _same(machine(tmp_path, kind, name, wl, cfg), machine(tmp_path, kind, name, wl, cfg),
