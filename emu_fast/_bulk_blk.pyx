@@ -343,25 +343,25 @@ cdef int h_blk_co_entry(Core* c, Frame* f) except -1:
     blk = _m_block(m)
     req = _req(c, blk, bid)
     if req is None:
-        return BAIL
+        return _other(c, f, K_blk_co_entry)
     op = _get(req, "op")
     opc = _opcode(op)
     if opc < 0:
-        return BAIL
+        return _other(c, f, K_blk_co_entry)
     o_off = _get(req, "offset")
     o_n = _get(req, "bytes")
     if not _as_i64(o_off, &off) or not _as_i64(o_n, &n):
-        return BAIL                     # (the detail formats both)
+        return _other(c, f, K_blk_co_entry)                     # (the detail formats both)
     if opc != OP_FLUSH:
         if not _as_i64(_b_length(blk), &length):
-            return BAIL
+            return _other(c, f, K_blk_co_entry)
         if off < 0 or n < 0 or off > length or n > length - off:
-            return BAIL                 # _complete_early(-EIO)
+            return _other(c, f, K_blk_co_entry)                 # _complete_early(-EIO)
     fua = False
     if opc == OP_WRITE and not _b_wce(blk):
         flags = _get(req, "flags")
         if flags is _MISSING or type(flags) is not int:
-            return BAIL
+            return _other(c, f, K_blk_co_entry)
         fua = True
     _begin(c, K_blk_co_entry)
     if fua:
@@ -378,23 +378,23 @@ cdef int h_bdrv_co_entry(Core* c, Frame* f) except -1:
     blk = _m_block(m)
     req = _req(c, blk, bid)
     if req is None or _fmt_kind == 0:
-        return BAIL
+        return _other(c, f, K_bdrv_co_entry)
     op = _get(req, "op")
     opc = _opcode(op)
     if opc < 0:
-        return BAIL
+        return _other(c, f, K_bdrv_co_entry)
     if (opc == OP_WRITE or opc == OP_WZ or opc == OP_DISCARD) and _b_read_only(blk):
-        return BAIL                     # -EPERM
+        return _other(c, f, K_bdrv_co_entry)                     # -EPERM
     unmap = True
     if opc == OP_DISCARD or opc == OP_WZ:
         unmap = bool(_b_discard_unmap(blk))
     if opc == OP_DISCARD and not unmap:
-        return BAIL                     # discard=ignore: completes early
+        return _other(c, f, K_bdrv_co_entry)                     # discard=ignore: completes early
     clear = opc == OP_WZ and not unmap
     if clear:
         flags = _get(req, "flags")
         if flags is _MISSING or type(flags) is not int:
-            return BAIL
+            return _other(c, f, K_bdrv_co_entry)
     _begin(c, K_bdrv_co_entry)
     if clear:
         req["flags"] = flags & NOT_MAY_UNMAP
@@ -410,24 +410,24 @@ cdef int h_bdrv_co_done(Core* c, Frame* f) except -1:
     blk = _m_block(m)
     req = _req(c, blk, bid)
     if req is None:
-        return BAIL
+        return _other(c, f, K_bdrv_co_done)
     op = _get(req, "op")
     ret = _get(req, "ret")
     opc = _opcode(op)
     if opc < 0 or (ret is not None and type(ret) is not int):
-        return BAIL
+        return _other(c, f, K_bdrv_co_done)
     fua = False
     if opc == OP_WRITE:
         flags = _get(req, "flags")
         if type(flags) is not int:
-            return BAIL
+            return _other(c, f, K_bdrv_co_done)
         if flags & BDRV_REQ_FUA and ret == 0:
             phase = _get(req, "phase")
             if phase is _MISSING:
-                return BAIL
+                return _other(c, f, K_bdrv_co_done)
             if phase != "fua":
                 if _fmt_kind == 0:
-                    return BAIL
+                    return _other(c, f, K_bdrv_co_done)
                 fua = True
     _begin(c, K_bdrv_co_done)
     if fua:
@@ -448,24 +448,24 @@ cdef int h_blk_aio_complete(Core* c, Frame* f) except -1:
     blk = _m_block(m)
     req = _req(c, blk, bid)
     if req is None:
-        return BAIL
+        return _other(c, f, K_blk_aio_complete)
     cb = _get(req, "cb")
     ret = _get(req, "ret")
     if (type(cb) is not tuple and type(cb) is not list) or len(cb) != 2 \
             or PyDict_GetItemWithError(req, "op") == NULL or not _as_i64(ret, &r):
-        return BAIL
+        return _other(c, f, K_blk_aio_complete)
     kind = cb[0]
     args = cb[1]
     if type(kind) is not str or (type(args) is not tuple and type(args) is not list):
-        return BAIL
+        return _other(c, f, K_blk_aio_complete)
     k = _get(_CB_KIND, kind)
     na = len(args)
     if k is _MISSING or na > 2:
-        return BAIL
+        return _other(c, f, K_blk_aio_complete)
     if na >= 1 and not _as_i64(args[0], &a0):
-        return BAIL
+        return _other(c, f, K_blk_aio_complete)
     if na >= 2 and not _as_i64(args[1], &a1):
-        return BAIL
+        return _other(c, f, K_blk_aio_complete)
     _begin(c, K_blk_aio_complete)
     PyDict_DelItem(_b_reqs(blk), bid)
     nf = F0(<int>k)
@@ -487,15 +487,15 @@ cdef int h_raw_co_entry(Core* c, Frame* f) except -1:
     blk = _m_block(m)
     req = _req(c, blk, bid)
     if req is None:
-        return BAIL
+        return _other(c, f, K_raw_co_entry)
     op = _get(req, "cur_op")
     opc = _opcode(op)
     if opc < 0:
-        return BAIL
+        return _other(c, f, K_raw_co_entry)
     if opc == OP_WRITE and _b_probed(blk):
         off = _get(req, "offset")
         if type(off) is not int or off < 512:
-            return BAIL                 # a probed image's sector 0: the compiled engine decides
+            return _other(c, f, K_raw_co_entry)                 # a probed image's sector 0: the compiled engine decides
     _begin(c, K_raw_co_entry)
     cont(c, F1(K_file_co_entry, bid), -1)
     return 0
@@ -511,11 +511,11 @@ cdef int h_file_co_entry(Core* c, Frame* f) except -1:
     blk = _m_block(m)
     req = _req(c, blk, bid)
     if req is None:
-        return BAIL
+        return _other(c, f, K_file_co_entry)
     op = _get(req, "cur_op")
     opc = _opcode(op)
     if opc < 0:
-        return BAIL
+        return _other(c, f, K_file_co_entry)
     is_flush = opc == OP_FLUSH
     skip = False
     if is_flush:
@@ -523,7 +523,7 @@ cdef int h_file_co_entry(Core* c, Frame* f) except -1:
         if not (active is None or active == bid):
             fq = _b_flush_queue(blk)
             if type(fq) is not list:
-                return BAIL
+                return _other(c, f, K_file_co_entry)
             _begin(c, K_file_co_entry)
             (<list>fq).append(bid)      # _flush_acquire: wait (the task returns)
             return 0
@@ -537,21 +537,21 @@ cdef int h_file_co_entry(Core* c, Frame* f) except -1:
     # submit(): the checks first
     offset = _get(req, "offset")
     if type(offset) is not int:
-        return BAIL                     # (the detail formats it)
+        return _other(c, f, K_file_co_entry)                     # (the detail formats it)
     if opc == OP_READ or opc == OP_WRITE:
         iov = _get(req, "qiov")
         if not _iov_ok(c, iov, &nb):
-            return BAIL
+            return _other(c, f, K_file_co_entry)
         o_nb = nb
     else:
         iov = None
         o_nb = _get(req, "bytes")
         if not _as_i64(o_nb, &nb):
-            return BAIL
+            return _other(c, f, K_file_co_entry)
     aios = _b_aios(blk)
     o_aid = _b_next_aio(blk)
     if type(aios) is not dict or not _as_i64(o_aid, &aid) or aid >= (<i64>1 << 62):
-        return BAIL
+        return _other(c, f, K_file_co_entry)
     _begin(c, K_file_co_entry)
     if is_flush:
         sset(blk, _BlockState, _B[11], "active_flush", bid)
@@ -598,30 +598,30 @@ cdef int h_file_aio_worker(Core* c, Frame* f) except -1:
     blk = _m_block(m)
     aios = _b_aios(blk)
     if type(aios) is not dict:
-        return BAIL
+        return _other(c, f, K_file_aio_worker)
     aio = _get(aios, aid)
     if type(aio) is not dict:
-        return BAIL
+        return _other(c, f, K_file_aio_worker)
     op = _get(aio, "op")
     o_off = _get(aio, "offset")
     o_n = _get(aio, "bytes")
     opc = _opcode(op)
     if opc < 0 or not _as_i64(o_off, &off) or not _as_i64(o_n, &n) or off < 0 or n < 0:
-        return BAIL
+        return _other(c, f, K_file_aio_worker)
     if c.qemu < 0 or _fault_fires(m, blk, op, o_off, o_n):
-        return BAIL
+        return _other(c, f, K_file_aio_worker)
     hf = _m_hostfile(m)
     iov = _get(aio, "iov")
     data = None
     if opc == OP_READ:
         if not _iov_ok(c, iov, &nb):
-            return BAIL
+            return _other(c, f, K_file_aio_worker)
     elif opc == OP_WRITE:
         data = _get(aio, "data")
         if data is _MISSING:
-            return BAIL
+            return _other(c, f, K_file_aio_worker)
         if data is None and not _iov_ok(c, iov, &nb):
-            return BAIL
+            return _other(c, f, K_file_aio_worker)
     _begin(c, K_file_aio_worker)
     ret = 0
     try:
@@ -676,21 +676,21 @@ cdef int h_file_co_resume(Core* c, Frame* f) except -1:
     blk = _m_block(m)
     aios = _b_aios(blk)
     if type(aios) is not dict:
-        return BAIL
+        return _other(c, f, K_file_co_resume)
     aio = _get(aios, aid)
     if type(aio) is not dict:
-        return BAIL
+        return _other(c, f, K_file_co_resume)
     o_bid = _get(aio, "bid")
     aop = _get(aio, "op")
     ret = _get(aio, "ret")
     opc = _opcode(aop)
     if not _as_i64(o_bid, &bid) or opc < 0 or (ret is not None and type(ret) is not int):
-        return BAIL
+        return _other(c, f, K_file_co_resume)
     req = _req(c, blk, bid)
     if req is None:
-        return BAIL
+        return _other(c, f, K_file_co_resume)
     if opc == OP_FLUSH and ret == 0 and PyDict_GetItemWithError(req, "flush_gen") == NULL:
-        return BAIL
+        return _other(c, f, K_file_co_resume)
     _begin(c, K_file_co_resume)
     PyDict_DelItem(aios, aid)
     req["ret"] = ret
@@ -712,19 +712,19 @@ cdef int h_file_flush_done(Core* c, Frame* f) except -1:
     blk = _m_block(m)
     req = _req(c, blk, bid)
     if req is None:
-        return BAIL
+        return _other(c, f, K_file_flush_done)
     ret = _get(req, "ret")
     if ret is not None and type(ret) is not int:
-        return BAIL                     # (the detail formats it)
+        return _other(c, f, K_file_flush_done)                     # (the detail formats it)
     mine = _b_active_flush(blk) == bid
     wake = False
     if mine:
         fq = _b_flush_queue(blk)
         if type(fq) is not list:
-            return BAIL
+            return _other(c, f, K_file_flush_done)
         if fq:
             if c.qemu < 0 or not _as_i64((<list>fq)[0], &nxt):
-                return BAIL
+                return _other(c, f, K_file_flush_done)
             wake = True
     _begin(c, K_file_flush_done)
     if mine:
@@ -773,6 +773,15 @@ cdef class _Rec:
 
 cdef _Rec _REC = _Rec()
 cdef dict _KID = {}
+cdef list _KNAME = []
+
+
+cdef int _kinds() except -1:
+    from emu_fast._bulk import kind_names
+    for i, name in enumerate(kind_names()):
+        _KID[name] = i
+        _KNAME.append(name)
+    return 0
 cdef object _SCRATCH = None      # the Step record the wrapped handlers see as m.cur
 cdef object _Step = _Step_cls
 
@@ -835,9 +844,7 @@ cdef int _wrapped(Core* c, Frame* f, int kind, object fn, object info) except -1
     global _SCRATCH
     cdef int i
     if not _KID:
-        from emu_fast._bulk import kind_names
-        for i, name in enumerate(kind_names()):
-            _KID[name] = i
+        _kinds()
     args = []
     for i in range(f.n):
         args.append(arg_str(c, f.a[i]) if f.s[i] else f.a[i])
@@ -878,6 +885,21 @@ cdef object _I_CO_ENTRY = _REGISTRY["qcow2.co_entry"][1]
 cdef object _I_IO = _REGISTRY["qcow2.io"][1]
 cdef object _I_WORKER = _REGISTRY["qcow2.worker"][1]
 cdef object _I_IO_DONE = _REGISTRY["qcow2.io_done"][1]
+
+# every other path of the block layer's steps: the compiled engine's handler (emu_fast/_block.pyx)
+# or, where it has none, the Python handler, through _wrapped (no bail: the stretch goes on)
+cdef dict _OTHER = {}
+for _k in ("blk.co_entry", "bdrv.co_entry", "bdrv.co_done", "blk.aio_complete", "raw.co_entry",
+           "file.co_entry", "file.aio_worker", "file.co_resume", "file.flush_done"):
+    _OTHER[_k] = (_FB.HANDLERS[_k][0] if _k in _FB.HANDLERS else _REGISTRY[_k][0], _REGISTRY[_k][1])
+
+
+cdef int _other(Core* c, Frame* f, int kind) except -1:
+    """the event's path the native handler does not model"""
+    if not _KID:
+        _kinds()
+    fn, info = _OTHER[_KNAME[kind]]
+    return _wrapped(c, f, kind, fn, info)
 
 
 # -- qcow2's host-I/O steps, natively on their common paths ------------------------------------------
