@@ -13,8 +13,11 @@ runs that event.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_DelItem, PyDict_GetItemWithError
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_AsUnsignedLongLong
+from cpython.object cimport PyObject
 
 cdef extern from "Python.h":
+    PyObject* _PyType_Lookup(object t, object name)
+    dict _PyDict_NewPresized(Py_ssize_t minused)
     int _PyLong_Sign(object v)
     size_t _PyLong_NumBits(object v) except? <size_t>-1
 from cpython.object cimport PyObject
@@ -138,16 +141,25 @@ cdef object _lat_seen = None     # weakref of the LatencyModel _cost_c was decid
 cdef object _fmt_seen = None     # ... and of the format driver _fmt_kind was decided for
 
 
+cdef dict _MACHINE_MOD = _machine_mod.__dict__
+
+
+cdef inline bint _cls_is(object cls, str name, object fn):
+    """cls.<name> is fn (the class attribute lookup, through the type's method cache)"""
+    return _PyType_Lookup(cls, name) == <PyObject*>fn
+
+
 cdef int _load(Core* c) except -1:
     global _rand_c, _cost_c, _fmt_kind, _lat_seen, _fmt_seen
     global _lat_read, _lat_write, _lat_flush, _lat_discard, _lat_zero, _lat_ps, _lat_jitter
     m = <object>c.m
-    _rand_c = (type(m) is _Machine and _Machine.rand is _PY_RAND
-               and _machine_mod.splitmix64 is _PY_SPLITMIX and "rand" not in m.__dict__)
+    _rand_c = (type(m) is _Machine and _cls_is(_Machine, "rand", _PY_RAND)
+               and PyDict_GetItemWithError(_MACHINE_MOD, "splitmix64") == <PyObject*>_PY_SPLITMIX
+               and "rand" not in m.__dict__)
     lat = _m_latency(m)
-    if _lat_seen is None or _lat_seen() is not lat or _LatencyModel.cost is not _PY_COST:
+    if _lat_seen is None or _lat_seen() is not lat or not _cls_is(_LatencyModel, "cost", _PY_COST):
         _lat_seen = None
-        _cost_c = (type(lat) is _LatencyModel and _LatencyModel.cost is _PY_COST
+        _cost_c = (type(lat) is _LatencyModel and _cls_is(_LatencyModel, "cost", _PY_COST)
                    and _small(lat.read_ns, &_lat_read) and _small(lat.write_ns, &_lat_write)
                    and _small(lat.flush_ns, &_lat_flush) and _small(lat.discard_ns, &_lat_discard)
                    and _small(lat.zero_ns, &_lat_zero) and _small(lat.ps_per_byte, &_lat_ps)
@@ -155,20 +167,20 @@ cdef int _load(Core* c) except -1:
         if _cost_c:                     # (a LatencyModel is frozen: its fields stay)
             _lat_seen = _weakref(lat)
     fmt = _m_fmt(m)
-    if _fmt_seen is None or _fmt_seen() is not fmt or _RawFormat.entry_kind is not _PY_RAW_ENTRY_KIND \
-            or _Qcow2Format.entry_kind is not _PY_Q_ENTRY_KIND:
+    if _fmt_seen is None or _fmt_seen() is not fmt \
+            or not _cls_is(_RawFormat, "entry_kind", _PY_RAW_ENTRY_KIND) \
+            or not _cls_is(_Qcow2Format, "entry_kind", _PY_Q_ENTRY_KIND):
         _fmt_seen = None
         _fmt_kind = 0
-        if type(fmt) is _RawFormat and _RawFormat.entry_kind is _PY_RAW_ENTRY_KIND \
-                and "entry_kind" not in (getattr(fmt, "__dict__", None) or {}):
+        if type(fmt) is _RawFormat and _cls_is(_RawFormat, "entry_kind", _PY_RAW_ENTRY_KIND):
             _fmt_kind = K_raw_co_entry
-        elif type(fmt) is _Qcow2Format and _Qcow2Format.entry_kind is _PY_Q_ENTRY_KIND \
-                and "entry_kind" not in (getattr(fmt, "__dict__", None) or {}):
+        elif type(fmt) is _Qcow2Format and _cls_is(_Qcow2Format, "entry_kind", _PY_Q_ENTRY_KIND):
             _fmt_kind = K_qcow2_co_entry
         if _fmt_kind:
             _fmt_seen = _weakref(fmt)
-    elif "entry_kind" in (getattr(fmt, "__dict__", None) or {}):
-        _fmt_kind = 0
+    if _fmt_kind and "entry_kind" in fmt.__dict__:
+        _fmt_kind = 0                   # (an instance's own entry_kind: the compiled handlers)
+        _fmt_seen = None
     return 1
 
 
@@ -557,8 +569,15 @@ cdef int h_file_co_entry(Core* c, Frame* f) except -1:
         sset(blk, _BlockState, _B[11], "active_flush", bid)
         req["flush_gen"] = _b_write_gen(blk)
     sset(blk, _BlockState, _B[2], "next_aio", aid + 1)
-    aios[o_aid] = {"bid": bid, "op": op, "offset": offset, "bytes": o_nb,
-                   "iov": iov, "data": None, "ret": None}
+    aio = _PyDict_NewPresized(7)       # (the dict display's size: no resize on the way)
+    aio["bid"] = bid
+    aio["op"] = op
+    aio["offset"] = offset
+    aio["bytes"] = o_nb
+    aio["iov"] = iov
+    aio["data"] = None
+    aio["ret"] = None
+    aios[o_aid] = aio
     lat = _latency(c, m, op, opc, nb)
     at(c, lat, F1(K_file_aio_worker, aid))
     return 0
