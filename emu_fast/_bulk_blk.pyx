@@ -803,6 +803,14 @@ cdef int _kinds() except -1:
     return 0
 cdef object _SCRATCH = None      # the Step record the wrapped handlers see as m.cur
 cdef object _Step = _Step_cls
+cdef Py_ssize_t _S[5]
+SLOT_PATHS["Step"] = slot_offsets(_Step, ("kind", "layer", "function", "source", "caller"), _S)
+
+
+cdef tuple _info(str kind):
+    """(kind, layer, function, source) of the kind's StepInfo: what a new Step record holds"""
+    i = _REGISTRY[kind][1]
+    return (i.kind, i.layer, i.function, i.source)
 
 
 cdef Frame _frame(Core* c, object kind, object args) except *:
@@ -858,7 +866,7 @@ cdef int _replay(Core* c, list ops) except -1:
     return 0
 
 
-cdef int _wrapped(Core* c, Frame* f, int kind, object fn, object info) except -1:
+cdef int _wrapped(Core* c, Frame* f, int kind, object fn, tuple info) except -1:
     """Run the compiled engine's handler fn of this event against a recording scheduler."""
     global _SCRATCH
     cdef int i
@@ -873,11 +881,11 @@ cdef int _wrapped(Core* c, Frame* f, int kind, object fn, object info) except -1
     if _SCRATCH is None:
         _SCRATCH = _Step(0, 0, "", "", "", "", "")
     rec = _SCRATCH
-    rec.kind = info.kind
-    rec.layer = info.layer
-    rec.function = info.function
-    rec.source = info.source
-    rec.caller = ""
+    sset(rec, _Step, _S[0], "kind", (<tuple>info)[0])
+    sset(rec, _Step, _S[1], "layer", (<tuple>info)[1])
+    sset(rec, _Step, _S[2], "function", (<tuple>info)[2])
+    sset(rec, _Step, _S[3], "source", (<tuple>info)[3])
+    sset(rec, _Step, _S[4], "caller", "")
     _REC.ops = []
     sim = _m_sim(m)
     cur = _m_cur(m)
@@ -899,18 +907,18 @@ cdef object _FN_CO_ENTRY = _FB.HANDLERS["qcow2.co_entry"][0]
 cdef object _FN_IO = _FB.HANDLERS["qcow2.io"][0]
 cdef object _FN_WORKER = _FB.HANDLERS["qcow2.worker"][0]
 cdef object _FN_IO_DONE = _FB.HANDLERS["qcow2.io_done"][0]
-cdef object _I_COMPUTE = _REGISTRY["qcow2.compute"][1]
-cdef object _I_CO_ENTRY = _REGISTRY["qcow2.co_entry"][1]
-cdef object _I_IO = _REGISTRY["qcow2.io"][1]
-cdef object _I_WORKER = _REGISTRY["qcow2.worker"][1]
-cdef object _I_IO_DONE = _REGISTRY["qcow2.io_done"][1]
+cdef tuple _I_COMPUTE = _info("qcow2.compute")
+cdef tuple _I_CO_ENTRY = _info("qcow2.co_entry")
+cdef tuple _I_IO = _info("qcow2.io")
+cdef tuple _I_WORKER = _info("qcow2.worker")
+cdef tuple _I_IO_DONE = _info("qcow2.io_done")
 
 # every other path of the block layer's steps: the compiled engine's handler (emu_fast/_block.pyx)
 # or, where it has none, the Python handler, through _wrapped (no bail: the stretch goes on)
 cdef dict _OTHER = {}
 for _k in ("blk.co_entry", "bdrv.co_entry", "bdrv.co_done", "blk.aio_complete", "raw.co_entry",
            "file.co_entry", "file.aio_worker", "file.co_resume", "file.flush_done"):
-    _OTHER[_k] = (_FB.HANDLERS[_k][0] if _k in _FB.HANDLERS else _REGISTRY[_k][0], _REGISTRY[_k][1])
+    _OTHER[_k] = (_FB.HANDLERS[_k][0] if _k in _FB.HANDLERS else _REGISTRY[_k][0], _info(_k))
 
 
 cdef int _other(Core* c, Frame* f, int kind) except -1:
@@ -1024,12 +1032,21 @@ cdef int h_qcow2_co_entry(Core* c, Frame* f) except -1:
             or not _as_i64(o_off, &off) or not _as_i64(o_n, &n) or eng.drv_gone:
         return _wrapped(c, f, K_qcow2_co_entry, _FN_CO_ENTRY, _I_CO_ENTRY)
     _begin(c, K_qcow2_co_entry)
-    if opc == OP_WRITE or opc == OP_READ:
-        co = {"op": op, "phase": "start", "plan": [], "pi": 0, "ret": 0, "pos": o_off,
-              "remaining": o_n, "qoff": 0, "pieces": [], "link_i": 0, "zero": False,
-              "wphase": "alloc"}
-    else:
-        co = {"op": op, "phase": "start", "plan": [], "pi": 0, "ret": 0}
+    rw = opc == OP_WRITE or opc == OP_READ
+    co = _PyDict_NewPresized(12 if rw else 5)
+    co["op"] = op
+    co["phase"] = "start"
+    co["plan"] = []
+    co["pi"] = 0
+    co["ret"] = 0
+    if rw:                              # (co.update(...), in its order)
+        co["pos"] = o_off
+        co["remaining"] = o_n
+        co["qoff"] = 0
+        co["pieces"] = []
+        co["link_i"] = 0
+        co["zero"] = False
+        co["wphase"] = "alloc"
     (<dict>cos)[bid] = co
     if owner is not None:
         (<list>lq).append(bid)          # s->lock is held: wait (the task returns)
