@@ -43,6 +43,7 @@ from emu.block import file_posix as _FP
 from emu.block import raw as _RAW
 from emu.block.latency import LatencyModel as _LatencyModel_cls
 from emu.block.qcow2 import driver as _Q
+from emu.block.qcow2 import engine as _QE_mod
 from emu.machine import Machine as _Machine_cls
 from emu.sim.rng import splitmix64 as _splitmix64
 from emu.sim.steps import REGISTRY as _REGISTRY, Step as _Step_cls
@@ -1284,9 +1285,89 @@ cdef int h_qcow2_io_done(Core* c, Frame* f) except -1:
     return _next_item(c, eng, co, item, pi, nplan, bid)
 
 
+cdef object _Qcow2Engine = _QE_mod.Qcow2Engine
+cdef object _FastQcow2Engine = _FQ.FastQcow2Engine
+cdef dict _QD = _Q.__dict__
+cdef object _PY_Q_FINISH = _Q._finish
+cdef object _PY_WRITE_PHASE = _Q._write_phase
+cdef object _PY_READ_PHASE = _Q._read_phase
+
+# the compute steps that decide without the engine (driver._compute):
+cdef enum:
+    QC_ENGINE = 0       # anything else: the compiled handler
+    QC_DONE             # the request is done: _finish
+    QC_TO_LINK          # a write's pieces are all allocated and written: link the L2 entries
+    QC_LINKED           # ... and all linked: done, _finish
+    QC_READ_DONE        # a read has nothing left: done, _finish
+
+
 cdef int h_qcow2_compute(Core* c, Frame* f) except -1:
-    """driver.compute: qcow2_alloc_host_offset/... (block/qcow2-cluster.c), the engine decides"""
-    return _wrapped(c, f, K_qcow2_compute, _FN_COMPUTE, _I_COMPUTE)
+    """driver.compute: qcow2_alloc_host_offset/... (block/qcow2-cluster.c), the engine decides
+    (natively: the steps that end a request or turn a write to its L2 links; the others run
+    the compiled handler)"""
+    cdef i64 bid = f.a[0], li, r
+    cdef int what = QC_ENGINE
+    m = <object>c.m
+    fd = _qfmt(c)
+    co = _q_co(fd, bid) if fd is not None else None
+    eng = _get(fd, "engine") if co is not None else _MISSING
+    if eng is _MISSING or (type(eng) is not _Qcow2Engine and type(eng) is not _FastQcow2Engine) \
+            or _get(_QD, "_finish") is not _PY_Q_FINISH or bid == 0:
+        return _wrapped(c, f, K_qcow2_compute, _FN_COMPUTE, _I_COMPUTE)
+    phase = _get(co, "phase")
+    op = _get(co, "op")
+    if phase == "done":
+        what = QC_DONE
+    elif op == S_WRITE and phase != "done":
+        wphase = _get(co, "wphase")
+        if wphase == "alloc":
+            if _get(co, "remaining") == 0:
+                what = QC_TO_LINK
+        elif wphase == "link":
+            pieces = _get(co, "pieces")
+            if _as_i64(_get(co, "link_i"), &li) and type(pieces) is list and li >= len(<list>pieces):
+                what = QC_LINKED
+    elif op == S_READ and _get(co, "remaining") == 0:
+        what = QC_READ_DONE
+    if what == QC_ENGINE:
+        return _wrapped(c, f, K_qcow2_compute, _FN_COMPUTE, _I_COMPUTE)
+    # _finish's reads: the request, and co["ret"] (formatted by the detail)
+    blk = _m_block(m)
+    req = _req(c, blk, bid)
+    lq = _get(fd, "lock_queue")
+    if req is None or not _as_i64(_get(co, "ret"), &r) or type(lq) is not list \
+            or (what == QC_TO_LINK and _QD.get("PHASES", {}).get("write") is not _PY_WRITE_PHASE) \
+            or (lq and (c.qemu < 0 or type((<list>lq)[0]) is not int)):
+        return _wrapped(c, f, K_qcow2_compute, _FN_COMPUTE, _I_COMPUTE)
+    _begin(c, K_qcow2_compute)
+    if type(eng) is _Qcow2Engine:
+        eng.__class__ = _FastQcow2Engine            # (as the compiled handler does)
+    if what != QC_DONE:                 # the phase runs with a fresh plan, and plans nothing
+        eng.plan = []
+        if what == QC_TO_LINK:
+            co["wphase"] = "link"
+        elif what == QC_LINKED:
+            co["wphase"] = "done"
+            co["phase"] = "done"
+        else:
+            co["phase"] = "done"
+        co["plan"] = eng.plan
+        eng.plan = []
+        co["pi"] = 0
+        if what == QC_TO_LINK:
+            cont(c, F1(K_qcow2_compute, bid), -1)
+            co["caller"] = (<tuple>_I_COMPUTE)[2]   # (the step's function: no set_function ran)
+            return 0
+    # driver._finish
+    PyDict_DelItem(_get(fd, "cos"), bid)
+    fd["lock_owner"] = None
+    if lq:
+        nxt = (<list>lq).pop(0)
+        fd["lock_owner"] = nxt
+        post(c, c.qemu, F1(K_qcow2_compute, <i64>nxt), 0, False)
+    req["ret"] = co["ret"]
+    cont(c, F1(K_bdrv_co_done, bid), -1)
+    return 0
 
 
 register_layer(_load, _store)
