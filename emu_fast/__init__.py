@@ -88,7 +88,6 @@ def _load():
         if hasattr(mod, "HANDLERS"):
             mods["_core"].register(mod.HANDLERS)
     _DETACH[:] = [mod.detach_machine for mod in mods.values() if hasattr(mod, "detach_machine")]
-    mods["_core"].set_bulk(mods["_bulk"].run)
     return mods["_core"], ""
 
 

@@ -204,6 +204,9 @@ ctypedef int (*load_t)(Core* c) except -1       # 1: ready; 0: this machine is n
 ctypedef int (*store_t)(Core* c) except -1
 
 
+# -- the entry (emu_fast._core.run) -----------------------------------------------------------
+cdef long long bulk_run(object m, long long limit) except -1
+
 # -- registration (a layer module, at import) --------------------------------------------------
 cdef int register_handler(int kind, handler_t fn) except -1
 cdef int register_layer(load_t load, store_t store) except -1

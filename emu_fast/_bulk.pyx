@@ -14,21 +14,28 @@ compiled engine runs those with a record, so m.cur after run() is what Machine.r
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem, PyDict_Contains
+
+cdef extern from "Python.h":
+    PyObject* PyDict_GetItemWithError(object d, object key) except? NULL
 from cpython.long cimport PyLong_CheckExact, PyLong_AsLongLongAndOverflow
-from cpython.ref cimport Py_INCREF
+from cpython.ref cimport Py_INCREF, Py_XDECREF
 from cpython.tuple cimport PyTuple_GET_SIZE, PyTuple_GET_ITEM
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy, memmove, memset
 
 from emu.errors import EmuError
 from emu.mem.guest_memory import GuestMemory
+from emu.machine import Machine
 from emu.sim.scheduler import Ctx, Scheduler
+from emu_fast._slots cimport slot_offsets, sget
 
 CYTHON_VERSION_STR = CYTHON_VERSION     # set by setup.py (compile_time_env)
 PYX_SHA256 = PYX_HASH
 
 cdef object _GuestMemory = GuestMemory
 cdef object _Ctx = Ctx
+cdef object _Machine = Machine
+cdef object _Scheduler = Scheduler
 cdef object _EmuError = EmuError
 
 _KIND_NAMES = (
@@ -124,6 +131,31 @@ _KIND_NAMES = (
 cdef dict _KIND_ID = {name: i for i, name in enumerate(_KIND_NAMES)}
 assert len(_KIND_NAMES) == NKINDS
 
+# kind str -> K_*: a direct-mapped cache keyed by the str object's address (each entry holds
+# a reference, so no other object can take that address while it is cached), then the dict
+cdef PyObject* _KC_OBJ[256]
+cdef int _KC_ID[256]
+memset(_KC_OBJ, 0, sizeof(_KC_OBJ))
+
+
+cdef int _kind_id(object kind) except -2:
+    """K_* of kind, or -1 when it is not a known kind (a str in _KIND_NAMES)"""
+    cdef size_t h = (<size_t><PyObject*>kind >> 4) & 255
+    cdef PyObject* o
+    if _KC_OBJ[h] == <PyObject*>kind:
+        return _KC_ID[h]
+    if type(kind) is not str:
+        return -1
+    o = PyDict_GetItemWithError(_KIND_ID, kind)
+    if o == NULL:
+        return -1
+    Py_INCREF(kind)
+    Py_XDECREF(_KC_OBJ[h])
+    _KC_OBJ[h] = <PyObject*>kind
+    _KC_ID[h] = <int><object>o
+    return _KC_ID[h]
+
+
 cdef handler_t _HANDLERS[NKINDS]
 memset(_HANDLERS, 0, sizeof(_HANDLERS))
 cdef load_t _LOADS[8]
@@ -209,15 +241,14 @@ cdef int _frame_from(Core* c, object kind, object args, Frame* f) except -1:
     not an exact int in range or an exact str, more than VB_NARGS arguments)."""
     cdef PyObject* o
     cdef Py_ssize_t i, n
-    cdef int ovf = 0
+    cdef int ovf = 0, k = _kind_id(kind)
     cdef long long v
-    o = PyDict_GetItem(_KIND_ID, kind) if type(kind) is str else NULL
-    if o == NULL or type(args) is not tuple:
+    if k < 0 or type(args) is not tuple:
         return 0
     n = PyTuple_GET_SIZE(args)
     if n > VB_NARGS:
         return 0
-    f[0] = F0(<int><object>o)
+    f[0] = F0(k)
     f.n = <int>n
     for i in range(n):
         a = <object>PyTuple_GET_ITEM(args, i)
@@ -766,31 +797,58 @@ cdef inline bint _may_end(Core* c) noexcept nogil:
     return not (x.stack.n or x.urgent.n or x.npre or x.fifo.n)
 
 
+cdef Py_ssize_t _MO[2]        # Machine.sim, Machine.steps
+cdef Py_ssize_t _SO[2]        # Scheduler.queue, Scheduler.ctxs
+cdef Py_ssize_t _CO[4]        # Ctx.stack, .urgent, .preempted, .fifo
+slot_offsets(_Machine, ("sim", "steps"), _MO)
+slot_offsets(_Scheduler, ("queue", "ctxs"), _SO)
+slot_offsets(_Ctx, ("stack", "urgent", "preempted", "fifo"), _CO)
+
+
+cdef object _sim_cls = None
+cdef Py_ssize_t _sim_off = -1
+
+
 cdef bint _quick_no(object m) except -1:
     """Without converting anything: the core would run no step of m now."""
-    sim = m.sim
-    q = sim.queue
+    cdef int k
+    global _sim_cls, _sim_off
+    sim = sget(m, _Machine, _MO[0], "sim")
+    cls = type(sim)
+    if cls is not _sim_cls:     # Scheduler, or emu_fast's FastScheduler (its slots are these)
+        _sim_off = _SO[0] if cls is _Scheduler or cls.__base__ is _Scheduler else -1
+        _sim_cls = cls
+    q = sget(sim, cls, _sim_off, "queue")
     if type(q) is not list or not q:
         return True
     top = (<list>q)[0]
-    if type(top) is not tuple or len(<tuple>top) != 5:
+    if type(top) is not tuple or PyTuple_GET_SIZE(top) != 5:
         return True
-    o = PyDict_GetItem(_KIND_ID, top[3]) if type(top[3]) is str else NULL
-    if o == NULL:
+    k = _kind_id(<object>PyTuple_GET_ITEM(top, 3))
+    if k < 0:
         return True
-    if _HANDLERS[<int><object>o] == NULL:
-        _UNHANDLED[<int><object>o] += 1
+    if _HANDLERS[k] == NULL:
+        _UNHANDLED[k] += 1
         return True
     if len(<list>q) == 1:
-        if not top[2]:
+        name = <object>PyTuple_GET_ITEM(top, 2)
+        if not name:
             return True
-        ctx = sim.ctxs.get(top[2])
-        if ctx is None or not (ctx.stack or ctx.urgent or ctx.preempted or ctx.fifo):
+        ctx = sim.ctxs.get(name)
+        if type(ctx) is not _Ctx:
+            return True
+        if not (sget(ctx, _Ctx, _CO[0], "stack") or sget(ctx, _Ctx, _CO[1], "urgent")
+                or sget(ctx, _Ctx, _CO[2], "preempted") or sget(ctx, _Ctx, _CO[3], "fifo")):
             return True
     return False
 
 
 def run(m, long long limit=-1):
+    """Run at most limit steps of m (limit < 0: no limit) in the core; the number run."""
+    return bulk_run(m, limit)
+
+
+cdef long long bulk_run(object m, long long limit) except -1:
     """Run at most limit steps of m (limit < 0: no limit) in the core; the number run.
 
     Stops before an event without a bulk handler, one its handler bails on, and one that could

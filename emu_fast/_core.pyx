@@ -27,6 +27,7 @@ from emu_fast import _hostfile
 from emu.sim.scheduler import Ctx, Scheduler
 from emu.sim.steps import REGISTRY, EffectLog, Step, StepInfo
 from emu_fast._slots cimport slot_offsets, sget, sset, vbs_member_offset, vbs_set
+from emu_fast._bulk cimport bulk_run
 from emu.machine import Machine
 
 CYTHON_VERSION_STR = CYTHON_VERSION     # set by setup.py (compile_time_env)
@@ -984,16 +985,6 @@ def step(m):
     return _step(m)
 
 
-cdef object _BULK_RUN = None      # emu_fast._bulk.run, once loaded (set_bulk)
-
-
-def set_bulk(fn):
-    """The bulk core's run(m, limit) (emu_fast._bulk), or None: run() without on_step hands it
-    the steps it can take."""
-    global _BULK_RUN
-    _BULK_RUN = fn
-
-
 def run(m, max_steps=None, on_step=None):
     """Machine.run on the compiled loop: 'end', 'steps' or 'stopped'.
 
@@ -1016,10 +1007,10 @@ def run(m, max_steps=None, on_step=None):
         scratch.facts = []
         scratch.rec = vb_tp_new(_Step, ())
     while limit < 0 or n < limit:
-        if scratch is not None and _BULK_RUN is not None:
+        if scratch is not None:
             # no one observes these steps: the bulk core runs what it can of them, all but
             # the last this budget allows (that one is ours, with its record)
-            n += _BULK_RUN(m, limit - n - 1 if limit >= 0 else -1)
+            n += bulk_run(m, limit - n - 1 if limit >= 0 else -1)
         rec = _step_into(m, scratch)
         if rec is None:
             return "end"

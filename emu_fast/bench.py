@@ -82,14 +82,23 @@ def run_engine(engine: str, image: str, wl: str) -> dict:
     from emu import engine as E
     m = _machine(image, wl)
     nreq = sum(1 for line in wl.splitlines() if line.split()[0] in ("write", "read", "flush"))
+    core0 = _core_steps() if engine == "fast" else 0
     t0 = time.perf_counter()
     reason = E.run(m, engine)
     dt = time.perf_counter() - t0
     E.set_engine(m, "py") if engine == "fast" else None
     out = {"engine": engine, "reason": reason, "steps": m.steps, "seconds": dt,
            "requests": nreq, "req_per_s": nreq / dt if dt else 0.0, "digest": m.digest()}
+    if engine == "fast":
+        out["core_steps"] = _core_steps() - core0     # of them, run by the bulk core
     m.hostfile.close() if hasattr(m.hostfile, "close") else None
     return out
+
+
+def _core_steps() -> int:
+    """Steps the bulk core (emu_fast._bulk) has run in this process."""
+    from emu_fast import _bulk
+    return _bulk.stats()["steps"]
 
 
 CONTINUE_BREAK = ("break", "desc on=used if len == 3")   # never true: runs to the end
@@ -214,13 +223,18 @@ def _table(res: dict, engines) -> str:
     lines = [res["status"], f"{res['requests']} requests per workload, best of {res['repeat']} runs "
              "(engines alternating)", ""]
     head = f"{'workload':<8} {'format':<6} " + " ".join(f"{e + ' req/s':>12}" for e in engines)
-    head += f" {'fast/py':>8} {'same':>5}  qemu-img bench -d 1 (req/s, fast/qemu)"
+    core = "fast" in engines
+    head += f" {'fast/py':>8} {'same':>5}" + (f" {'in core':>7}" if core else "")
+    head += "  qemu-img bench -d 1 (req/s, fast/qemu)"
     lines.append(head)
     for row in res["results"]:
         s = f"{row['workload']:<8} {row['format']:<6} "
         s += " ".join(f"{row[e]['req_per_s']:>12.0f}" for e in engines)
         s += f" {row['fast_over_py']:>7.2f}x" if "fast_over_py" in row else f" {'':>8}"
         s += f" {('yes' if row['identical'] else 'NO'):>5}" if "identical" in row else f" {'':>5}"
+        if core:
+            f = row["fast"]
+            s += f" {100.0 * f.get('core_steps', 0) / max(f['steps'], 1):>6.1f}%"
         q = row.get("qemu_img")
         if q is not None:
             if "req_per_s" in q:
