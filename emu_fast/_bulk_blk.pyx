@@ -13,8 +13,11 @@ runs that event.
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_DelItem, PyDict_GetItemWithError
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_AsUnsignedLongLong
+from cpython.object cimport PyObject
 
 cdef extern from "Python.h":
+    PyObject* _PyType_Lookup(object t, object name)
+    dict _PyDict_NewPresized(Py_ssize_t minused)
     int _PyLong_Sign(object v)
     size_t _PyLong_NumBits(object v) except? <size_t>-1
 from cpython.object cimport PyObject
@@ -40,6 +43,7 @@ from emu.block import file_posix as _FP
 from emu.block import raw as _RAW
 from emu.block.latency import LatencyModel as _LatencyModel_cls
 from emu.block.qcow2 import driver as _Q
+from emu.block.qcow2 import engine as _QE_mod
 from emu.machine import Machine as _Machine_cls
 from emu.sim.rng import splitmix64 as _splitmix64
 from emu.sim.steps import REGISTRY as _REGISTRY, Step as _Step_cls
@@ -138,16 +142,25 @@ cdef object _lat_seen = None     # weakref of the LatencyModel _cost_c was decid
 cdef object _fmt_seen = None     # ... and of the format driver _fmt_kind was decided for
 
 
+cdef dict _MACHINE_MOD = _machine_mod.__dict__
+
+
+cdef inline bint _cls_is(object cls, str name, object fn):
+    """cls.<name> is fn (the class attribute lookup, through the type's method cache)"""
+    return _PyType_Lookup(cls, name) == <PyObject*>fn
+
+
 cdef int _load(Core* c) except -1:
     global _rand_c, _cost_c, _fmt_kind, _lat_seen, _fmt_seen
     global _lat_read, _lat_write, _lat_flush, _lat_discard, _lat_zero, _lat_ps, _lat_jitter
     m = <object>c.m
-    _rand_c = (type(m) is _Machine and _Machine.rand is _PY_RAND
-               and _machine_mod.splitmix64 is _PY_SPLITMIX and "rand" not in m.__dict__)
+    _rand_c = (type(m) is _Machine and _cls_is(_Machine, "rand", _PY_RAND)
+               and PyDict_GetItemWithError(_MACHINE_MOD, "splitmix64") == <PyObject*>_PY_SPLITMIX
+               and "rand" not in m.__dict__)
     lat = _m_latency(m)
-    if _lat_seen is None or _lat_seen() is not lat or _LatencyModel.cost is not _PY_COST:
+    if _lat_seen is None or _lat_seen() is not lat or not _cls_is(_LatencyModel, "cost", _PY_COST):
         _lat_seen = None
-        _cost_c = (type(lat) is _LatencyModel and _LatencyModel.cost is _PY_COST
+        _cost_c = (type(lat) is _LatencyModel and _cls_is(_LatencyModel, "cost", _PY_COST)
                    and _small(lat.read_ns, &_lat_read) and _small(lat.write_ns, &_lat_write)
                    and _small(lat.flush_ns, &_lat_flush) and _small(lat.discard_ns, &_lat_discard)
                    and _small(lat.zero_ns, &_lat_zero) and _small(lat.ps_per_byte, &_lat_ps)
@@ -155,20 +168,20 @@ cdef int _load(Core* c) except -1:
         if _cost_c:                     # (a LatencyModel is frozen: its fields stay)
             _lat_seen = _weakref(lat)
     fmt = _m_fmt(m)
-    if _fmt_seen is None or _fmt_seen() is not fmt or _RawFormat.entry_kind is not _PY_RAW_ENTRY_KIND \
-            or _Qcow2Format.entry_kind is not _PY_Q_ENTRY_KIND:
+    if _fmt_seen is None or _fmt_seen() is not fmt \
+            or not _cls_is(_RawFormat, "entry_kind", _PY_RAW_ENTRY_KIND) \
+            or not _cls_is(_Qcow2Format, "entry_kind", _PY_Q_ENTRY_KIND):
         _fmt_seen = None
         _fmt_kind = 0
-        if type(fmt) is _RawFormat and _RawFormat.entry_kind is _PY_RAW_ENTRY_KIND \
-                and "entry_kind" not in (getattr(fmt, "__dict__", None) or {}):
+        if type(fmt) is _RawFormat and _cls_is(_RawFormat, "entry_kind", _PY_RAW_ENTRY_KIND):
             _fmt_kind = K_raw_co_entry
-        elif type(fmt) is _Qcow2Format and _Qcow2Format.entry_kind is _PY_Q_ENTRY_KIND \
-                and "entry_kind" not in (getattr(fmt, "__dict__", None) or {}):
+        elif type(fmt) is _Qcow2Format and _cls_is(_Qcow2Format, "entry_kind", _PY_Q_ENTRY_KIND):
             _fmt_kind = K_qcow2_co_entry
         if _fmt_kind:
             _fmt_seen = _weakref(fmt)
-    elif "entry_kind" in (getattr(fmt, "__dict__", None) or {}):
-        _fmt_kind = 0
+    if _fmt_kind and "entry_kind" in fmt.__dict__:
+        _fmt_kind = 0                   # (an instance's own entry_kind: the compiled handlers)
+        _fmt_seen = None
     return 1
 
 
@@ -343,25 +356,25 @@ cdef int h_blk_co_entry(Core* c, Frame* f) except -1:
     blk = _m_block(m)
     req = _req(c, blk, bid)
     if req is None:
-        return BAIL
+        return _other(c, f, K_blk_co_entry)
     op = _get(req, "op")
     opc = _opcode(op)
     if opc < 0:
-        return BAIL
+        return _other(c, f, K_blk_co_entry)
     o_off = _get(req, "offset")
     o_n = _get(req, "bytes")
     if not _as_i64(o_off, &off) or not _as_i64(o_n, &n):
-        return BAIL                     # (the detail formats both)
+        return _other(c, f, K_blk_co_entry)                     # (the detail formats both)
     if opc != OP_FLUSH:
         if not _as_i64(_b_length(blk), &length):
-            return BAIL
+            return _other(c, f, K_blk_co_entry)
         if off < 0 or n < 0 or off > length or n > length - off:
-            return BAIL                 # _complete_early(-EIO)
+            return _other(c, f, K_blk_co_entry)                 # _complete_early(-EIO)
     fua = False
     if opc == OP_WRITE and not _b_wce(blk):
         flags = _get(req, "flags")
         if flags is _MISSING or type(flags) is not int:
-            return BAIL
+            return _other(c, f, K_blk_co_entry)
         fua = True
     _begin(c, K_blk_co_entry)
     if fua:
@@ -378,23 +391,23 @@ cdef int h_bdrv_co_entry(Core* c, Frame* f) except -1:
     blk = _m_block(m)
     req = _req(c, blk, bid)
     if req is None or _fmt_kind == 0:
-        return BAIL
+        return _other(c, f, K_bdrv_co_entry)
     op = _get(req, "op")
     opc = _opcode(op)
     if opc < 0:
-        return BAIL
+        return _other(c, f, K_bdrv_co_entry)
     if (opc == OP_WRITE or opc == OP_WZ or opc == OP_DISCARD) and _b_read_only(blk):
-        return BAIL                     # -EPERM
+        return _other(c, f, K_bdrv_co_entry)                     # -EPERM
     unmap = True
     if opc == OP_DISCARD or opc == OP_WZ:
         unmap = bool(_b_discard_unmap(blk))
     if opc == OP_DISCARD and not unmap:
-        return BAIL                     # discard=ignore: completes early
+        return _other(c, f, K_bdrv_co_entry)                     # discard=ignore: completes early
     clear = opc == OP_WZ and not unmap
     if clear:
         flags = _get(req, "flags")
         if flags is _MISSING or type(flags) is not int:
-            return BAIL
+            return _other(c, f, K_bdrv_co_entry)
     _begin(c, K_bdrv_co_entry)
     if clear:
         req["flags"] = flags & NOT_MAY_UNMAP
@@ -410,24 +423,24 @@ cdef int h_bdrv_co_done(Core* c, Frame* f) except -1:
     blk = _m_block(m)
     req = _req(c, blk, bid)
     if req is None:
-        return BAIL
+        return _other(c, f, K_bdrv_co_done)
     op = _get(req, "op")
     ret = _get(req, "ret")
     opc = _opcode(op)
     if opc < 0 or (ret is not None and type(ret) is not int):
-        return BAIL
+        return _other(c, f, K_bdrv_co_done)
     fua = False
     if opc == OP_WRITE:
         flags = _get(req, "flags")
         if type(flags) is not int:
-            return BAIL
+            return _other(c, f, K_bdrv_co_done)
         if flags & BDRV_REQ_FUA and ret == 0:
             phase = _get(req, "phase")
             if phase is _MISSING:
-                return BAIL
+                return _other(c, f, K_bdrv_co_done)
             if phase != "fua":
                 if _fmt_kind == 0:
-                    return BAIL
+                    return _other(c, f, K_bdrv_co_done)
                 fua = True
     _begin(c, K_bdrv_co_done)
     if fua:
@@ -448,24 +461,24 @@ cdef int h_blk_aio_complete(Core* c, Frame* f) except -1:
     blk = _m_block(m)
     req = _req(c, blk, bid)
     if req is None:
-        return BAIL
+        return _other(c, f, K_blk_aio_complete)
     cb = _get(req, "cb")
     ret = _get(req, "ret")
     if (type(cb) is not tuple and type(cb) is not list) or len(cb) != 2 \
             or PyDict_GetItemWithError(req, "op") == NULL or not _as_i64(ret, &r):
-        return BAIL
+        return _other(c, f, K_blk_aio_complete)
     kind = cb[0]
     args = cb[1]
     if type(kind) is not str or (type(args) is not tuple and type(args) is not list):
-        return BAIL
+        return _other(c, f, K_blk_aio_complete)
     k = _get(_CB_KIND, kind)
     na = len(args)
     if k is _MISSING or na > 2:
-        return BAIL
+        return _other(c, f, K_blk_aio_complete)
     if na >= 1 and not _as_i64(args[0], &a0):
-        return BAIL
+        return _other(c, f, K_blk_aio_complete)
     if na >= 2 and not _as_i64(args[1], &a1):
-        return BAIL
+        return _other(c, f, K_blk_aio_complete)
     _begin(c, K_blk_aio_complete)
     PyDict_DelItem(_b_reqs(blk), bid)
     nf = F0(<int>k)
@@ -487,15 +500,15 @@ cdef int h_raw_co_entry(Core* c, Frame* f) except -1:
     blk = _m_block(m)
     req = _req(c, blk, bid)
     if req is None:
-        return BAIL
+        return _other(c, f, K_raw_co_entry)
     op = _get(req, "cur_op")
     opc = _opcode(op)
     if opc < 0:
-        return BAIL
+        return _other(c, f, K_raw_co_entry)
     if opc == OP_WRITE and _b_probed(blk):
         off = _get(req, "offset")
         if type(off) is not int or off < 512:
-            return BAIL                 # a probed image's sector 0: the compiled engine decides
+            return _other(c, f, K_raw_co_entry)                 # a probed image's sector 0: the compiled engine decides
     _begin(c, K_raw_co_entry)
     cont(c, F1(K_file_co_entry, bid), -1)
     return 0
@@ -511,11 +524,11 @@ cdef int h_file_co_entry(Core* c, Frame* f) except -1:
     blk = _m_block(m)
     req = _req(c, blk, bid)
     if req is None:
-        return BAIL
+        return _other(c, f, K_file_co_entry)
     op = _get(req, "cur_op")
     opc = _opcode(op)
     if opc < 0:
-        return BAIL
+        return _other(c, f, K_file_co_entry)
     is_flush = opc == OP_FLUSH
     skip = False
     if is_flush:
@@ -523,7 +536,7 @@ cdef int h_file_co_entry(Core* c, Frame* f) except -1:
         if not (active is None or active == bid):
             fq = _b_flush_queue(blk)
             if type(fq) is not list:
-                return BAIL
+                return _other(c, f, K_file_co_entry)
             _begin(c, K_file_co_entry)
             (<list>fq).append(bid)      # _flush_acquire: wait (the task returns)
             return 0
@@ -537,28 +550,35 @@ cdef int h_file_co_entry(Core* c, Frame* f) except -1:
     # submit(): the checks first
     offset = _get(req, "offset")
     if type(offset) is not int:
-        return BAIL                     # (the detail formats it)
+        return _other(c, f, K_file_co_entry)                     # (the detail formats it)
     if opc == OP_READ or opc == OP_WRITE:
         iov = _get(req, "qiov")
         if not _iov_ok(c, iov, &nb):
-            return BAIL
+            return _other(c, f, K_file_co_entry)
         o_nb = nb
     else:
         iov = None
         o_nb = _get(req, "bytes")
         if not _as_i64(o_nb, &nb):
-            return BAIL
+            return _other(c, f, K_file_co_entry)
     aios = _b_aios(blk)
     o_aid = _b_next_aio(blk)
     if type(aios) is not dict or not _as_i64(o_aid, &aid) or aid >= (<i64>1 << 62):
-        return BAIL
+        return _other(c, f, K_file_co_entry)
     _begin(c, K_file_co_entry)
     if is_flush:
         sset(blk, _BlockState, _B[11], "active_flush", bid)
         req["flush_gen"] = _b_write_gen(blk)
     sset(blk, _BlockState, _B[2], "next_aio", aid + 1)
-    aios[o_aid] = {"bid": bid, "op": op, "offset": offset, "bytes": o_nb,
-                   "iov": iov, "data": None, "ret": None}
+    aio = _PyDict_NewPresized(7)       # (the dict display's size: no resize on the way)
+    aio["bid"] = bid
+    aio["op"] = op
+    aio["offset"] = offset
+    aio["bytes"] = o_nb
+    aio["iov"] = iov
+    aio["data"] = None
+    aio["ret"] = None
+    aios[o_aid] = aio
     lat = _latency(c, m, op, opc, nb)
     at(c, lat, F1(K_file_aio_worker, aid))
     return 0
@@ -598,30 +618,30 @@ cdef int h_file_aio_worker(Core* c, Frame* f) except -1:
     blk = _m_block(m)
     aios = _b_aios(blk)
     if type(aios) is not dict:
-        return BAIL
+        return _other(c, f, K_file_aio_worker)
     aio = _get(aios, aid)
     if type(aio) is not dict:
-        return BAIL
+        return _other(c, f, K_file_aio_worker)
     op = _get(aio, "op")
     o_off = _get(aio, "offset")
     o_n = _get(aio, "bytes")
     opc = _opcode(op)
     if opc < 0 or not _as_i64(o_off, &off) or not _as_i64(o_n, &n) or off < 0 or n < 0:
-        return BAIL
+        return _other(c, f, K_file_aio_worker)
     if c.qemu < 0 or _fault_fires(m, blk, op, o_off, o_n):
-        return BAIL
+        return _other(c, f, K_file_aio_worker)
     hf = _m_hostfile(m)
     iov = _get(aio, "iov")
     data = None
     if opc == OP_READ:
         if not _iov_ok(c, iov, &nb):
-            return BAIL
+            return _other(c, f, K_file_aio_worker)
     elif opc == OP_WRITE:
         data = _get(aio, "data")
         if data is _MISSING:
-            return BAIL
+            return _other(c, f, K_file_aio_worker)
         if data is None and not _iov_ok(c, iov, &nb):
-            return BAIL
+            return _other(c, f, K_file_aio_worker)
     _begin(c, K_file_aio_worker)
     ret = 0
     try:
@@ -676,21 +696,21 @@ cdef int h_file_co_resume(Core* c, Frame* f) except -1:
     blk = _m_block(m)
     aios = _b_aios(blk)
     if type(aios) is not dict:
-        return BAIL
+        return _other(c, f, K_file_co_resume)
     aio = _get(aios, aid)
     if type(aio) is not dict:
-        return BAIL
+        return _other(c, f, K_file_co_resume)
     o_bid = _get(aio, "bid")
     aop = _get(aio, "op")
     ret = _get(aio, "ret")
     opc = _opcode(aop)
     if not _as_i64(o_bid, &bid) or opc < 0 or (ret is not None and type(ret) is not int):
-        return BAIL
+        return _other(c, f, K_file_co_resume)
     req = _req(c, blk, bid)
     if req is None:
-        return BAIL
+        return _other(c, f, K_file_co_resume)
     if opc == OP_FLUSH and ret == 0 and PyDict_GetItemWithError(req, "flush_gen") == NULL:
-        return BAIL
+        return _other(c, f, K_file_co_resume)
     _begin(c, K_file_co_resume)
     PyDict_DelItem(aios, aid)
     req["ret"] = ret
@@ -712,19 +732,19 @@ cdef int h_file_flush_done(Core* c, Frame* f) except -1:
     blk = _m_block(m)
     req = _req(c, blk, bid)
     if req is None:
-        return BAIL
+        return _other(c, f, K_file_flush_done)
     ret = _get(req, "ret")
     if ret is not None and type(ret) is not int:
-        return BAIL                     # (the detail formats it)
+        return _other(c, f, K_file_flush_done)                     # (the detail formats it)
     mine = _b_active_flush(blk) == bid
     wake = False
     if mine:
         fq = _b_flush_queue(blk)
         if type(fq) is not list:
-            return BAIL
+            return _other(c, f, K_file_flush_done)
         if fq:
             if c.qemu < 0 or not _as_i64((<list>fq)[0], &nxt):
-                return BAIL
+                return _other(c, f, K_file_flush_done)
             wake = True
     _begin(c, K_file_flush_done)
     if mine:
@@ -773,8 +793,25 @@ cdef class _Rec:
 
 cdef _Rec _REC = _Rec()
 cdef dict _KID = {}
+cdef list _KNAME = []
+
+
+cdef int _kinds() except -1:
+    from emu_fast._bulk import kind_names
+    for i, name in enumerate(kind_names()):
+        _KID[name] = i
+        _KNAME.append(name)
+    return 0
 cdef object _SCRATCH = None      # the Step record the wrapped handlers see as m.cur
 cdef object _Step = _Step_cls
+cdef Py_ssize_t _S[5]
+SLOT_PATHS["Step"] = slot_offsets(_Step, ("kind", "layer", "function", "source", "caller"), _S)
+
+
+cdef tuple _info(str kind):
+    """(kind, layer, function, source) of the kind's StepInfo: what a new Step record holds"""
+    i = _REGISTRY[kind][1]
+    return (i.kind, i.layer, i.function, i.source)
 
 
 cdef Frame _frame(Core* c, object kind, object args) except *:
@@ -830,14 +867,12 @@ cdef int _replay(Core* c, list ops) except -1:
     return 0
 
 
-cdef int _wrapped(Core* c, Frame* f, int kind, object fn, object info) except -1:
+cdef int _wrapped(Core* c, Frame* f, int kind, object fn, tuple info) except -1:
     """Run the compiled engine's handler fn of this event against a recording scheduler."""
     global _SCRATCH
     cdef int i
     if not _KID:
-        from emu_fast._bulk import kind_names
-        for i, name in enumerate(kind_names()):
-            _KID[name] = i
+        _kinds()
     args = []
     for i in range(f.n):
         args.append(arg_str(c, f.a[i]) if f.s[i] else f.a[i])
@@ -847,11 +882,11 @@ cdef int _wrapped(Core* c, Frame* f, int kind, object fn, object info) except -1
     if _SCRATCH is None:
         _SCRATCH = _Step(0, 0, "", "", "", "", "")
     rec = _SCRATCH
-    rec.kind = info.kind
-    rec.layer = info.layer
-    rec.function = info.function
-    rec.source = info.source
-    rec.caller = ""
+    sset(rec, _Step, _S[0], "kind", (<tuple>info)[0])
+    sset(rec, _Step, _S[1], "layer", (<tuple>info)[1])
+    sset(rec, _Step, _S[2], "function", (<tuple>info)[2])
+    sset(rec, _Step, _S[3], "source", (<tuple>info)[3])
+    sset(rec, _Step, _S[4], "caller", "")
     _REC.ops = []
     sim = _m_sim(m)
     cur = _m_cur(m)
@@ -873,11 +908,26 @@ cdef object _FN_CO_ENTRY = _FB.HANDLERS["qcow2.co_entry"][0]
 cdef object _FN_IO = _FB.HANDLERS["qcow2.io"][0]
 cdef object _FN_WORKER = _FB.HANDLERS["qcow2.worker"][0]
 cdef object _FN_IO_DONE = _FB.HANDLERS["qcow2.io_done"][0]
-cdef object _I_COMPUTE = _REGISTRY["qcow2.compute"][1]
-cdef object _I_CO_ENTRY = _REGISTRY["qcow2.co_entry"][1]
-cdef object _I_IO = _REGISTRY["qcow2.io"][1]
-cdef object _I_WORKER = _REGISTRY["qcow2.worker"][1]
-cdef object _I_IO_DONE = _REGISTRY["qcow2.io_done"][1]
+cdef tuple _I_COMPUTE = _info("qcow2.compute")
+cdef tuple _I_CO_ENTRY = _info("qcow2.co_entry")
+cdef tuple _I_IO = _info("qcow2.io")
+cdef tuple _I_WORKER = _info("qcow2.worker")
+cdef tuple _I_IO_DONE = _info("qcow2.io_done")
+
+# every other path of the block layer's steps: the compiled engine's handler (emu_fast/_block.pyx)
+# or, where it has none, the Python handler, through _wrapped (no bail: the stretch goes on)
+cdef dict _OTHER = {}
+for _k in ("blk.co_entry", "bdrv.co_entry", "bdrv.co_done", "blk.aio_complete", "raw.co_entry",
+           "file.co_entry", "file.aio_worker", "file.co_resume", "file.flush_done"):
+    _OTHER[_k] = (_FB.HANDLERS[_k][0] if _k in _FB.HANDLERS else _REGISTRY[_k][0], _info(_k))
+
+
+cdef int _other(Core* c, Frame* f, int kind) except -1:
+    """the event's path the native handler does not model"""
+    if not _KID:
+        _kinds()
+    fn, info = _OTHER[_KNAME[kind]]
+    return _wrapped(c, f, kind, fn, info)
 
 
 # -- qcow2's host-I/O steps, natively on their common paths ------------------------------------------
@@ -983,12 +1033,21 @@ cdef int h_qcow2_co_entry(Core* c, Frame* f) except -1:
             or not _as_i64(o_off, &off) or not _as_i64(o_n, &n) or eng.drv_gone:
         return _wrapped(c, f, K_qcow2_co_entry, _FN_CO_ENTRY, _I_CO_ENTRY)
     _begin(c, K_qcow2_co_entry)
-    if opc == OP_WRITE or opc == OP_READ:
-        co = {"op": op, "phase": "start", "plan": [], "pi": 0, "ret": 0, "pos": o_off,
-              "remaining": o_n, "qoff": 0, "pieces": [], "link_i": 0, "zero": False,
-              "wphase": "alloc"}
-    else:
-        co = {"op": op, "phase": "start", "plan": [], "pi": 0, "ret": 0}
+    rw = opc == OP_WRITE or opc == OP_READ
+    co = _PyDict_NewPresized(12 if rw else 5)
+    co["op"] = op
+    co["phase"] = "start"
+    co["plan"] = []
+    co["pi"] = 0
+    co["ret"] = 0
+    if rw:                              # (co.update(...), in its order)
+        co["pos"] = o_off
+        co["remaining"] = o_n
+        co["qoff"] = 0
+        co["pieces"] = []
+        co["link_i"] = 0
+        co["zero"] = False
+        co["wphase"] = "alloc"
     (<dict>cos)[bid] = co
     if owner is not None:
         (<list>lq).append(bid)          # s->lock is held: wait (the task returns)
@@ -1226,9 +1285,89 @@ cdef int h_qcow2_io_done(Core* c, Frame* f) except -1:
     return _next_item(c, eng, co, item, pi, nplan, bid)
 
 
+cdef object _Qcow2Engine = _QE_mod.Qcow2Engine
+cdef object _FastQcow2Engine = _FQ.FastQcow2Engine
+cdef dict _QD = _Q.__dict__
+cdef object _PY_Q_FINISH = _Q._finish
+cdef object _PY_WRITE_PHASE = _Q._write_phase
+cdef object _PY_READ_PHASE = _Q._read_phase
+
+# the compute steps that decide without the engine (driver._compute):
+cdef enum:
+    QC_ENGINE = 0       # anything else: the compiled handler
+    QC_DONE             # the request is done: _finish
+    QC_TO_LINK          # a write's pieces are all allocated and written: link the L2 entries
+    QC_LINKED           # ... and all linked: done, _finish
+    QC_READ_DONE        # a read has nothing left: done, _finish
+
+
 cdef int h_qcow2_compute(Core* c, Frame* f) except -1:
-    """driver.compute: qcow2_alloc_host_offset/... (block/qcow2-cluster.c), the engine decides"""
-    return _wrapped(c, f, K_qcow2_compute, _FN_COMPUTE, _I_COMPUTE)
+    """driver.compute: qcow2_alloc_host_offset/... (block/qcow2-cluster.c), the engine decides
+    (natively: the steps that end a request or turn a write to its L2 links; the others run
+    the compiled handler)"""
+    cdef i64 bid = f.a[0], li, r
+    cdef int what = QC_ENGINE
+    m = <object>c.m
+    fd = _qfmt(c)
+    co = _q_co(fd, bid) if fd is not None else None
+    eng = _get(fd, "engine") if co is not None else _MISSING
+    if eng is _MISSING or (type(eng) is not _Qcow2Engine and type(eng) is not _FastQcow2Engine) \
+            or _get(_QD, "_finish") is not _PY_Q_FINISH or bid == 0:
+        return _wrapped(c, f, K_qcow2_compute, _FN_COMPUTE, _I_COMPUTE)
+    phase = _get(co, "phase")
+    op = _get(co, "op")
+    if phase == "done":
+        what = QC_DONE
+    elif op == S_WRITE and phase != "done":
+        wphase = _get(co, "wphase")
+        if wphase == "alloc":
+            if _get(co, "remaining") == 0:
+                what = QC_TO_LINK
+        elif wphase == "link":
+            pieces = _get(co, "pieces")
+            if _as_i64(_get(co, "link_i"), &li) and type(pieces) is list and li >= len(<list>pieces):
+                what = QC_LINKED
+    elif op == S_READ and _get(co, "remaining") == 0:
+        what = QC_READ_DONE
+    if what == QC_ENGINE:
+        return _wrapped(c, f, K_qcow2_compute, _FN_COMPUTE, _I_COMPUTE)
+    # _finish's reads: the request, and co["ret"] (formatted by the detail)
+    blk = _m_block(m)
+    req = _req(c, blk, bid)
+    lq = _get(fd, "lock_queue")
+    if req is None or not _as_i64(_get(co, "ret"), &r) or type(lq) is not list \
+            or (what == QC_TO_LINK and _QD.get("PHASES", {}).get("write") is not _PY_WRITE_PHASE) \
+            or (lq and (c.qemu < 0 or type((<list>lq)[0]) is not int)):
+        return _wrapped(c, f, K_qcow2_compute, _FN_COMPUTE, _I_COMPUTE)
+    _begin(c, K_qcow2_compute)
+    if type(eng) is _Qcow2Engine:
+        eng.__class__ = _FastQcow2Engine            # (as the compiled handler does)
+    if what != QC_DONE:                 # the phase runs with a fresh plan, and plans nothing
+        eng.plan = []
+        if what == QC_TO_LINK:
+            co["wphase"] = "link"
+        elif what == QC_LINKED:
+            co["wphase"] = "done"
+            co["phase"] = "done"
+        else:
+            co["phase"] = "done"
+        co["plan"] = eng.plan
+        eng.plan = []
+        co["pi"] = 0
+        if what == QC_TO_LINK:
+            cont(c, F1(K_qcow2_compute, bid), -1)
+            co["caller"] = (<tuple>_I_COMPUTE)[2]   # (the step's function: no set_function ran)
+            return 0
+    # driver._finish
+    PyDict_DelItem(_get(fd, "cos"), bid)
+    fd["lock_owner"] = None
+    if lq:
+        nxt = (<list>lq).pop(0)
+        fd["lock_owner"] = nxt
+        post(c, c.qemu, F1(K_qcow2_compute, <i64>nxt), 0, False)
+    req["ret"] = co["ret"]
+    cont(c, F1(K_bdrv_co_done, bid), -1)
+    return 0
 
 
 register_layer(_load, _store)
