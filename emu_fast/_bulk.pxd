@@ -202,6 +202,9 @@ cdef struct Core:
 ctypedef int (*handler_t)(Core* c, Frame* f) except -1
 ctypedef int (*load_t)(Core* c) except -1       # 1: ready; 0: this machine is not for the core
 ctypedef int (*store_t)(Core* c) except -1
+# continues_t(c, f): True when the Python handler, run on frame f in the present state, surely
+# schedules an event (so the step cannot be a run's last; see _bulk.pyx _may_end)
+ctypedef bint (*continues_t)(Core* c, Frame* f) noexcept
 
 
 # -- the entry (emu_fast._core.run) -----------------------------------------------------------
@@ -210,6 +213,7 @@ cdef long long bulk_run(object m, long long limit) except -1
 # -- registration (a layer module, at import) --------------------------------------------------
 cdef int register_handler(int kind, handler_t fn) except -1
 cdef int register_layer(load_t load, store_t store) except -1
+cdef int register_continues(int kind, continues_t fn) except -1
 
 # -- the scheduler (emu.sim.scheduler.Scheduler, same rules) -----------------------------------
 cdef int begin(Core* c) except -1                       # Scheduler.pop of the running event

@@ -158,6 +158,8 @@ cdef int _kind_id(object kind) except -2:
 
 cdef handler_t _HANDLERS[NKINDS]
 memset(_HANDLERS, 0, sizeof(_HANDLERS))
+cdef continues_t _CONTINUES[NKINDS]
+memset(_CONTINUES, 0, sizeof(_CONTINUES))
 cdef load_t _LOADS[8]
 cdef store_t _STORES[8]
 cdef int _NLAYERS = 0
@@ -167,8 +169,11 @@ cdef bint _ENABLED = True
 cdef long long _ST_STEPS = 0
 cdef long long _ST_RUNS = 0
 cdef long long _ST_REFUSED = 0        # a layer's load said this machine is not for the core
+cdef long long _ST_MAY_END = 0        # the next event could have been the run's last (_may_end)
 cdef long long _BAILS[NKINDS]         # a handler returned BAIL for an event of this kind
 cdef long long _UNHANDLED[NKINDS]     # the next event's kind has no bulk handler
+cdef long long _MAYEND[NKINDS]        # ... could be the run's last (_may_end)
+memset(_MAYEND, 0, sizeof(_MAYEND))
 memset(_BAILS, 0, sizeof(_BAILS))
 memset(_UNHANDLED, 0, sizeof(_UNHANDLED))
 
@@ -177,6 +182,13 @@ cdef int register_handler(int kind, handler_t fn) except -1:
     if kind <= 0 or kind >= NKINDS:
         raise ValueError(f"register_handler: kind {kind} out of range")
     _HANDLERS[kind] = fn
+    return 0
+
+
+cdef int register_continues(int kind, continues_t fn) except -1:
+    if kind <= 0 or kind >= NKINDS:
+        raise ValueError(f"register_continues: kind {kind} out of range")
+    _CONTINUES[kind] = fn
     return 0
 
 
@@ -212,16 +224,18 @@ def enabled():
 def stats():
     """{'steps': steps run in the core, 'runs': stretches, 'refused': loads a layer refused,
     'bails': {kind: n}, 'unhandled': {kind: n}} since the last reset_stats()."""
-    return {"steps": _ST_STEPS, "runs": _ST_RUNS, "refused": _ST_REFUSED,
+    return {"steps": _ST_STEPS, "runs": _ST_RUNS, "refused": _ST_REFUSED, "may_end": _ST_MAY_END,
             "bails": {_KIND_NAMES[i]: _BAILS[i] for i in range(NKINDS) if _BAILS[i]},
-            "unhandled": {_KIND_NAMES[i]: _UNHANDLED[i] for i in range(NKINDS) if _UNHANDLED[i]}}
+            "unhandled": {_KIND_NAMES[i]: _UNHANDLED[i] for i in range(NKINDS) if _UNHANDLED[i]},
+            "may_end_kinds": {_KIND_NAMES[i]: _MAYEND[i] for i in range(NKINDS) if _MAYEND[i]}}
 
 
 def reset_stats():
-    global _ST_STEPS, _ST_RUNS, _ST_REFUSED
-    _ST_STEPS = _ST_RUNS = _ST_REFUSED = 0
+    global _ST_STEPS, _ST_RUNS, _ST_REFUSED, _ST_MAY_END
+    _ST_STEPS = _ST_RUNS = _ST_REFUSED = _ST_MAY_END = 0
     memset(_BAILS, 0, sizeof(_BAILS))
     memset(_UNHANDLED, 0, sizeof(_UNHANDLED))
+    memset(_MAYEND, 0, sizeof(_MAYEND))
 
 
 # == frames ======================================================================================
@@ -785,16 +799,44 @@ cdef class _Run:
         free(self.c.heap)
 
 
-cdef inline bint _may_end(Core* c) noexcept nogil:
+cdef inline bint _may_end(Core* c) noexcept:
     """The event at the top could be the last of the run (then the compiled engine runs it):
-    it is the only one, and it is free or its context has nothing to go on with."""
+    it is the only one, it is free or its context has nothing to go on with, and its kind's
+    continues predicate (if any) does not promise a next event."""
     cdef CtxS* x
+    cdef continues_t p
     if c.nheap != 1:
+        return False
+    p = _CONTINUES[c.heap[0].f.kind]
+    if p != NULL and p(c, &c.heap[0].f):
         return False
     if c.heap[0].ctx < 0:
         return True
     x = &c.ctx[c.heap[0].ctx]
     return not (x.stack.n or x.urgent.n or x.npre or x.fifo.n)
+
+
+# Kinds whose Python handler always schedules an event (emu/block/qcow2/driver.py): qcow2.io
+# ends in _next_item's cont or sim.at; qcow2.io_done in _next_item's cont or cont(compute);
+# qcow2.compute in cont(io), cont(compute) or _finish, which ends in cont(bdrv.co_done) for
+# every request but the close's (bid 0); qcow2.worker posts io_done to "qemu", which schedules
+# it when that context is idle.
+cdef bint _always(Core* c, Frame* f) noexcept:
+    return True
+
+
+cdef bint _compute_continues(Core* c, Frame* f) noexcept:
+    return f.n == 1 and not f.s[0] and f.a[0] != 0
+
+
+cdef bint _worker_continues(Core* c, Frame* f) noexcept:
+    return c.qemu >= 0 and not c.ctx[c.qemu].busy
+
+
+_CONTINUES[K_qcow2_io] = _always
+_CONTINUES[K_qcow2_io_done] = _always
+_CONTINUES[K_qcow2_compute] = _compute_continues
+_CONTINUES[K_qcow2_worker] = _worker_continues
 
 
 cdef Py_ssize_t _MO[2]        # Machine.sim, Machine.steps
@@ -812,7 +854,7 @@ cdef Py_ssize_t _sim_off = -1
 cdef bint _quick_no(object m) except -1:
     """Without converting anything: the core would run no step of m now."""
     cdef int k
-    global _sim_cls, _sim_off
+    global _sim_cls, _sim_off, _ST_MAY_END
     sim = sget(m, _Machine, _MO[0], "sim")
     cls = type(sim)
     if cls is not _sim_cls:     # Scheduler, or emu_fast's FastScheduler (its slots are these)
@@ -833,12 +875,16 @@ cdef bint _quick_no(object m) except -1:
     if len(<list>q) == 1:
         name = <object>PyTuple_GET_ITEM(top, 2)
         if not name:
+            _ST_MAY_END += 1
+            _MAYEND[k] += 1
             return True
         ctx = sim.ctxs.get(name)
         if type(ctx) is not _Ctx:
             return True
         if not (sget(ctx, _Ctx, _CO[0], "stack") or sget(ctx, _Ctx, _CO[1], "urgent")
                 or sget(ctx, _Ctx, _CO[2], "preempted") or sget(ctx, _Ctx, _CO[3], "fifo")):
+            _ST_MAY_END += 1
+            _MAYEND[k] += 1
             return True
     return False
 
@@ -853,7 +899,7 @@ cdef long long bulk_run(object m, long long limit) except -1:
 
     Stops before an event without a bulk handler, one its handler bails on, and one that could
     be the run's last (see _may_end); the scheduler and m.steps are then stored back."""
-    global _ST_STEPS, _ST_RUNS, _ST_REFUSED
+    global _ST_STEPS, _ST_RUNS, _ST_REFUSED, _ST_MAY_END
     cdef _Run r
     cdef Core* c
     cdef long long n = 0
@@ -883,7 +929,11 @@ cdef long long bulk_run(object m, long long limit) except -1:
         else:
             _ST_RUNS += 1
             while limit < 0 or n < limit:
-                if c.nheap == 0 or _may_end(c):
+                if c.nheap == 0:
+                    break
+                if _may_end(c):
+                    _ST_MAY_END += 1
+                    _MAYEND[c.heap[0].f.kind] += 1
                     break
                 fr = c.heap[0].f
                 fn = _HANDLERS[fr.kind]
