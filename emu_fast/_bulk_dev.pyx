@@ -6,8 +6,10 @@ emu/transport/virtio_pci.py, run with no record.
 
 Each handler does the common path(s) of its Python handler exactly (same mutations of the same
 objects, same guest-RAM bytes, same scheduler calls in the same order) and bails, having changed
-nothing, on anything else: virtio_error paths (a chain that would break the device), request
-types other than IN/OUT/FLUSH, a broken device, values of unusual types.
+nothing, on anything else: virtio_error paths (a chain or header that would break the device),
+an indirect table the driver did not negotiate, vq.flush on a broken device, an avail_event
+write that would land on a descriptor table pop reads after it, values of unusual types, a
+machine whose modelled Python code was replaced (REGISTRY, blk_aio_submit, msix_notify, ...).
 
 The device's scalar state (VirtIODevice.isr, each VirtQueue's fields, VirtIOBlock's counters)
 is held in C for a stretch: loaded at the first device event of the stretch, stored back (only
