@@ -872,7 +872,7 @@ cdef bint _quick_no(object m) except -1:
     if _HANDLERS[k] == NULL:
         _UNHANDLED[k] += 1
         return True
-    if len(<list>q) == 1:
+    if len(<list>q) == 1 and _CONTINUES[k] == NULL:     # (else _may_end decides, loaded)
         name = <object>PyTuple_GET_ITEM(top, 2)
         if not name:
             _ST_MAY_END += 1
