@@ -1993,19 +1993,23 @@ cdef str _try_merge(object q, dict rq, dict bio):
     lim = SG(q, _QO[Q_LIMITS])
     disc = _eq(op, "DISCARD")
     if (type(lim) is dict and _ll(bio.get("bytes"), &bb) and _ll(rq.get("bytes"), &rb)
+            and _ll(rq.get("sector"), &rs) and _ll(bio.get("sector"), &bs)):
+        if rs + (rb >> 9) != bs and bs + (bb >> 9) != rs:
+            return ""                   # (not adjacent: the limits need not be looked at)
+    if (type(lim) is dict and _ll(bio.get("bytes"), &bb) and _ll(rq.get("bytes"), &rb)
             and _ll((<dict>lim).get("max_discard_sectors" if disc else "max_sectors"), &mx)
             and _ll(rq.get("sector"), &rs) and _ll(bio.get("sector"), &bs)
             and (disc or (_ll(rq.get("nsegs"), &ns) and _ll((<dict>lim).get("max_segments"), &mseg)
                           and type(bio.get("segs")) is list))):
+        if rs + (rb >> 9) != bs and bs + (bb >> 9) != rs:
+            return ""                   # (not adjacent: the limits need not be looked at)
         if (rb >> 9) + (bb >> 9) > mx:
             return ""
         if not disc and ns + len(<list>bio["segs"]) > mseg:
             return ""
         if rs + (rb >> 9) == bs:
             return "back"
-        if bs + (bb >> 9) == rs:
-            return "front"
-        return ""
+        return "front"
     nsect = bio["bytes"] >> 9
     if (rq["bytes"] >> 9) + nsect > (lim["max_discard_sectors"] if _eq(op, "DISCARD") else lim["max_sectors"]):
         return ""
@@ -2041,8 +2045,13 @@ cdef bint _split(object p, dict lim, dict bio, object op, list segs, object nbyt
     """emu.guest.process._split (bio_split_to_limits: cut at max_sectors / max_segments, the
     rest queued next); True when the bio was cut"""
     cdef list head, tail
+    cdef long long cmaxs, cnb, cmseg
     maxs = lim["max_discard_sectors"] if _eq(op, "DISCARD") else (
         lim["max_write_zeroes_sectors"] if _eq(op, "WRITE_ZEROES") else lim["max_sectors"])
+    if _ll(maxs, &cmaxs) and _ll(nbytes, &cnb) and cnb <= (cmaxs << 9):
+        # the common case, in C: no cut by size; by segments only past max_segments
+        if not segs or (_ll(lim["max_segments"], &cmseg) and len(segs) <= cmseg):
+            return False
     cut = min(nbytes, maxs << 9)
     if segs:
         mseg = lim["max_segments"]
@@ -2165,7 +2174,14 @@ cdef int h_app_resume(Core* c, Frame* f) except -1:
     if type(w) is not str:
         return BAIL
     begin(c)
-    reason = (<str>w).replace("woken-", "")
+    if _eq(w, "woken-tag"):
+        reason = "tag"
+    elif _eq(w, "woken-drain"):
+        reason = "drain"
+    elif _eq(w, "woken-exit"):
+        reason = "exit"
+    else:
+        reason = (<str>w).replace("woken-", "")
     SS(p, _PO[P_WAITING], "")
     if _eq(reason, "drain"):
         SS(p, _PO[P_PC], SG(p, _PO[P_PC]) + 1)
