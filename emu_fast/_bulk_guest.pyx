@@ -468,6 +468,11 @@ cdef dict _pa_slab_free = None
 cdef dict _pa_slab_objs = None
 cdef dict _pa_large = None
 cdef tuple _KM_CLASSES = tuple(KMALLOC_CLASSES)
+cdef long long _KM_C[32]
+cdef Py_ssize_t _NKM = len(_KM_CLASSES)
+assert _NKM <= 32 and all(type(k) is int and 0 < k < LIM for k in _KM_CLASSES)
+for _j in range(_NKM):
+    _KM_C[_j] = _KM_CLASSES[_j]
 
 
 cdef object _PY_PA_ALLOC = PageAllocator.alloc_pages
@@ -563,10 +568,11 @@ cdef object _pa_kmalloc(long long size):
     cdef long long i, n
     if not _pa_own:
         return _kmalloc(_pages, size)
+    cdef Py_ssize_t j
     cls = None
-    for k in _KM_CLASSES:
-        if k >= size:
-            cls = k
+    for j in range(_NKM):
+        if _KM_C[j] >= size:
+            cls = _KM_CLASSES[j]            # (the tuple's own int, as next(...) gives)
             break
     if cls is None:
         return _kmalloc(_pages, size)
