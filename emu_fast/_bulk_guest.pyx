@@ -468,6 +468,11 @@ cdef dict _pa_slab_free = None
 cdef dict _pa_slab_objs = None
 cdef dict _pa_large = None
 cdef tuple _KM_CLASSES = tuple(KMALLOC_CLASSES)
+cdef long long _KM_C[32]
+cdef Py_ssize_t _NKM = len(_KM_CLASSES)
+assert _NKM <= 32 and all(type(k) is int and 0 < k < LIM for k in _KM_CLASSES)
+for _j in range(_NKM):
+    _KM_C[_j] = _KM_CLASSES[_j]
 
 
 cdef object _PY_PA_ALLOC = PageAllocator.alloc_pages
@@ -563,10 +568,11 @@ cdef object _pa_kmalloc(long long size):
     cdef long long i, n
     if not _pa_own:
         return _kmalloc(_pages, size)
+    cdef Py_ssize_t j
     cls = None
-    for k in _KM_CLASSES:
-        if k >= size:
-            cls = k
+    for j in range(_NKM):
+        if _KM_C[j] >= size:
+            cls = _KM_CLASSES[j]            # (the tuple's own int, as next(...) gives)
             break
     if cls is None:
         return _kmalloc(_pages, size)
@@ -1993,19 +1999,23 @@ cdef str _try_merge(object q, dict rq, dict bio):
     lim = SG(q, _QO[Q_LIMITS])
     disc = _eq(op, "DISCARD")
     if (type(lim) is dict and _ll(bio.get("bytes"), &bb) and _ll(rq.get("bytes"), &rb)
+            and _ll(rq.get("sector"), &rs) and _ll(bio.get("sector"), &bs)):
+        if rs + (rb >> 9) != bs and bs + (bb >> 9) != rs:
+            return ""                   # (not adjacent: the limits need not be looked at)
+    if (type(lim) is dict and _ll(bio.get("bytes"), &bb) and _ll(rq.get("bytes"), &rb)
             and _ll((<dict>lim).get("max_discard_sectors" if disc else "max_sectors"), &mx)
             and _ll(rq.get("sector"), &rs) and _ll(bio.get("sector"), &bs)
             and (disc or (_ll(rq.get("nsegs"), &ns) and _ll((<dict>lim).get("max_segments"), &mseg)
                           and type(bio.get("segs")) is list))):
+        if rs + (rb >> 9) != bs and bs + (bb >> 9) != rs:
+            return ""                   # (not adjacent: the limits need not be looked at)
         if (rb >> 9) + (bb >> 9) > mx:
             return ""
         if not disc and ns + len(<list>bio["segs"]) > mseg:
             return ""
         if rs + (rb >> 9) == bs:
             return "back"
-        if bs + (bb >> 9) == rs:
-            return "front"
-        return ""
+        return "front"
     nsect = bio["bytes"] >> 9
     if (rq["bytes"] >> 9) + nsect > (lim["max_discard_sectors"] if _eq(op, "DISCARD") else lim["max_sectors"]):
         return ""
@@ -2041,8 +2051,13 @@ cdef bint _split(object p, dict lim, dict bio, object op, list segs, object nbyt
     """emu.guest.process._split (bio_split_to_limits: cut at max_sectors / max_segments, the
     rest queued next); True when the bio was cut"""
     cdef list head, tail
+    cdef long long cmaxs, cnb, cmseg
     maxs = lim["max_discard_sectors"] if _eq(op, "DISCARD") else (
         lim["max_write_zeroes_sectors"] if _eq(op, "WRITE_ZEROES") else lim["max_sectors"])
+    if _ll(maxs, &cmaxs) and _ll(nbytes, &cnb) and cnb <= (cmaxs << 9):
+        # the common case, in C: no cut by size; by segments only past max_segments
+        if not segs or (_ll(lim["max_segments"], &cmseg) and len(segs) <= cmseg):
+            return False
     cut = min(nbytes, maxs << 9)
     if segs:
         mseg = lim["max_segments"]
@@ -2165,7 +2180,14 @@ cdef int h_app_resume(Core* c, Frame* f) except -1:
     if type(w) is not str:
         return BAIL
     begin(c)
-    reason = (<str>w).replace("woken-", "")
+    if _eq(w, "woken-tag"):
+        reason = "tag"
+    elif _eq(w, "woken-drain"):
+        reason = "drain"
+    elif _eq(w, "woken-exit"):
+        reason = "exit"
+    else:
+        reason = (<str>w).replace("woken-", "")
     SS(p, _PO[P_WAITING], "")
     if _eq(reason, "drain"):
         SS(p, _PO[P_PC], SG(p, _PO[P_PC]) + 1)

@@ -197,7 +197,8 @@ def test_fast_engine_runs_use_the_core(tmp_path_factory, fmt, wl, cfg, chunks):
         assert engine.run(a, "py", k) == engine.run(b, "fast", k)
         assert b.cur == a.cur
         assert snapshot(a) == snapshot(b)
-    assert _bulk.stats()["steps"] > 0
+    if any(line.split()[0] in ("write", "read") for line in wl.splitlines()):
+        assert _bulk.stats()["steps"] > 0          # (a request's steps ran in the core)
 
 
 def test_a_replaced_python_handler_runs_as_is(tmp_path, monkeypatch):
