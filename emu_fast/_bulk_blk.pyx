@@ -1,14 +1,20 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, binding=True
 """The bulk core's block layer (emu_fast/_bulk.pxd): BlockBackend and block/io.c (blk.*, bdrv.*),
-the raw format driver (raw.co_entry) and file-posix's thread-pool requests (file.*).
+the raw format driver (raw.co_entry), file-posix's thread-pool requests (file.*) and the qcow2
+driver's steps (qcow2.co_entry, io, worker, io_done, compute).
 
 Each handler runs one event with exactly the effect of the Python handler named in its
-docstring (emu/block/backend.py, raw.py, file_posix.py) on the machine's own objects (the
-request and aio dicts, BlockState, the HostFile, guest RAM), and records nothing.  Before
-begin() a handler only reads; every path it does not model (a byte range beyond the device,
-a read-only node, an ignored discard, a probed raw image's sector 0, a fault rule that would
-fire, an unusual value anywhere) returns BAIL with nothing changed, and the compiled engine
-runs that event.
+docstring (emu/block/backend.py, raw.py, file_posix.py, qcow2/driver.py) on the machine's own
+objects (the request, aio and coroutine dicts, BlockState, the qcow2 driver and engine, the
+HostFile through its own pread/pwrite/fdatasync, guest RAM through the core's ram_write), and
+records nothing.  Before begin() a handler only reads.  The paths it does not model (a byte
+range beyond the device, a read-only node, an ignored discard, a probed raw image's sector 0,
+a fault rule that would fire, a failed I/O, a backing or compressed read, the qcow2 engine's
+mapping and allocation in compute, an unusual value anywhere) do not bail: they run the
+compiled engine's own handler (emu_fast/_block.pyx, _qcow2.pyx; or the Python handler where
+none is compiled) with m.sim a recorder of its scheduler calls and m.cur a scratch record, and
+the recorded calls are then made on the core's scheduler in order (_wrapped), so the stretch
+goes on.  counts() says how many events of each kind ran here, and how many of them so.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_DelItem, PyDict_GetItemWithError

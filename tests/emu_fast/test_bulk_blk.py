@@ -261,3 +261,24 @@ def test_bulk_blk_other_paths_agree(tmp_path, case):
         assert blk.counts(wrapped=True).get(expect, 0) > 0, blk.counts(wrapped=True)
     else:
         assert blk.counts().get("file.aio_worker", 0) > 0 and not blk.counts(wrapped=True)
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2"])
+def test_bulk_blk_keeps_the_undo_journals(tmp_path, fmt):
+    """With reverse execution's undo journals on (GuestMemory.undo, HostFile.undo), the core's
+    guest-RAM writes and host-file writes keep them exactly as the Python engine does."""
+    _bulk, blk = _mods()
+    wl = QWL if fmt == "qcow2" else WL
+    a = machine(tmp_path, fmt, "", wl, dict(discard="unmap"))
+    b = machine(tmp_path, fmt, "", wl, dict(discard="unmap"))
+    _reset()
+    for k in (40, 400, None):
+        for m in (a, b):
+            m.mem.undo = {}
+            m.hostfile.undo = {}
+            m.hostfile.undo_size = None
+        assert engine.run(a, "py", k) == engine.run(b, "fast", k)
+        assert snapshot(a) == snapshot(b)
+        assert a.mem.undo == b.mem.undo
+        assert a.hostfile.undo == b.hostfile.undo and a.hostfile.undo_size == b.hostfile.undo_size
+    assert blk.counts().get("file.aio_worker" if fmt == "raw" else "qcow2.worker", 0) > 5
