@@ -10,6 +10,12 @@ handler (emu.*), so every Step record (detail, effects, facts) is the one the Py
 makes.  Switching engines between any two steps
 needs nothing but calling the other engine's step/run: no state is converted or copied.
 
+A run nobody observes (run() without on_step) goes further: the bulk core (_bulk and its layer
+modules _bulk_guest, _bulk_dev, _bulk_blk) runs stretches of it with the scheduler converted
+into C structures and back, and bulk handlers that change the machine exactly as the handlers
+do but make no Step record; the compiled loop above runs the steps the core hands back (the
+device probe, paths a bulk handler bails on, and a run's last step, whose record m.cur keeps).
+
     import emu_fast
     emu_fast.require()                  # EmuError subclass if the extension is not compiled
     reason = emu_fast.run(machine, max_steps=None, on_step=None)   # == Machine.run
@@ -108,8 +114,10 @@ def status() -> str:
         return "emu_fast: not compiled"
     import emu.machine  # noqa: F401  (imports every layer: all handlers registered)
     from emu.sim.steps import REGISTRY
+    from emu_fast import _bulk
     return (f"emu_fast: compiled (Cython {_core.CYTHON_VERSION_STR}; "
-            f"{len(_core.compiled_kinds())} of {len(REGISTRY)} step handlers compiled)")
+            f"{len(_core.compiled_kinds())} of {len(REGISTRY)} step handlers compiled, "
+            f"{len(_bulk.handled_kinds())} in the bulk core)")
 
 
 def require():

@@ -24,9 +24,11 @@ def test_status_line():
     if emu_fast.available():
         import emu.machine  # noqa: F401  (registers every handler)
         from emu.sim.steps import REGISTRY
+        from emu_fast import _bulk
         n = len(emu_fast.compiled_kinds())
-        assert 0 < n < len(REGISTRY)
-        assert s.endswith(f"; {n} of {len(REGISTRY)} step handlers compiled)")
+        b = [k for k in _bulk.handled_kinds() if k in REGISTRY]
+        assert 0 < n < len(REGISTRY) and 0 < len(b) == len(_bulk.handled_kinds()) < len(REGISTRY)
+        assert s.endswith(f"; {n} of {len(REGISTRY)} step handlers compiled, {len(b)} in the bulk core)")
     assert engine.version_line() == s
 
 
