@@ -652,26 +652,7 @@ cdef int h_file_aio_worker(Core* c, Frame* f) except -1:
     ret = 0
     try:
         if opc == OP_READ:
-            got = hf.pread(o_off, o_n)
-            if type(got) is bytes:
-                src = PyBytes_AS_STRING(got)
-                have = PyBytes_GET_SIZE(got)
-                pos = 0
-                for e in iov:
-                    gpa = e[0]
-                    ln = e[1]
-                    l = have - pos
-                    if l > ln:
-                        l = ln
-                    if l > 0:
-                        ram_write(c, gpa, src + pos, l)
-                    pos += ln
-            else:
-                mem = _m_mem(m)
-                pos = 0
-                for e in iov:
-                    mem.write(e[0], got[pos:pos + e[1]])
-                    pos += e[1]
+            _scatter(c, m, hf.pread(o_off, o_n), iov)
         elif opc == OP_WRITE:
             if data is None:
                 data = PyBytes_FromStringAndSize(NULL, nb)
@@ -1152,6 +1133,30 @@ cdef bint _parts_ok(Core* c, object parts, i64* total) except -1:
     return True
 
 
+cdef int _scatter(Core* c, object m, object got, object iov) except -1:
+    """The bytes a pread returned into the guest buffers of iov (the file driver's
+    dma_memory_write of each piece; iov checked by _iov_ok)"""
+    cdef const char* src
+    cdef i64 have, pos = 0, ln, l
+    if type(got) is bytes:
+        src = PyBytes_AS_STRING(got)
+        have = PyBytes_GET_SIZE(got)
+        for e in iov:
+            ln = e[1]
+            l = have - pos
+            if l > ln:
+                l = ln
+            if l > 0:
+                ram_write(c, e[0], src + pos, l)
+            pos += ln
+    else:
+        mem = _m_mem(m)
+        for e in iov:
+            mem.write(e[0], got[pos:pos + e[1]])
+            pos += e[1]
+    return 0
+
+
 cdef int h_qcow2_worker(Core* c, Frame* f) except -1:
     """driver.worker: handle_aiocb_rw/flush/... (block/file-posix.c) runs one planned host I/O"""
     cdef i64 bid = f.a[0], pi, off, n, nb = 0, pos, gpa, ln, l, have, end, size
@@ -1219,26 +1224,7 @@ cdef int h_qcow2_worker(Core* c, Frame* f) except -1:
                     pos += ln
             hf.pwrite(o_off, data)
         elif q == QI_GUEST_READ:
-            got = hf.pread(o_off, o_n)
-            if type(got) is bytes:
-                src = PyBytes_AS_STRING(got)
-                have = PyBytes_GET_SIZE(got)
-                pos = 0
-                for e in iov:
-                    gpa = e[0]
-                    ln = e[1]
-                    l = have - pos
-                    if l > ln:
-                        l = ln
-                    if l > 0:
-                        ram_write(c, gpa, src + pos, l)
-                    pos += ln
-            else:
-                mem = _m_mem(m)
-                pos = 0
-                for e in iov:
-                    mem.write(e[0], got[pos:pos + e[1]])
-                    pos += e[1]
+            _scatter(c, m, hf.pread(o_off, o_n), iov)
         elif q == QI_FLUSH:
             hf.fdatasync()
         elif q == QI_WZ or q == QI_DISCARD:

@@ -1390,11 +1390,13 @@ cdef int h_rw_complete(Core* c, Frame* f) except -1:
     return 0
 
 
-cdef int h_flush_complete(Core* c, Frame* f) except -1:
-    """vblk.flush_complete: flush_complete -> _simple_complete (QEMU virtio_blk_flush_complete)"""
+cdef int _simple_complete(Core* c, Frame* f, int kind) except -1:
+    """_simple_complete (QEMU virtio_blk_flush_complete / discard_write_zeroes_complete): a
+    dropped request is forgotten, an error becomes the error action's status, then
+    req_complete"""
     cdef i64 rid = f.a[0], ret = f.a[1], status = 0
     cdef PyObject* p
-    if not _ready(c, K_vblk_flush_complete) or f.n != 2 or f.s[0] or f.s[1]:
+    if not _ready(c, kind) or f.n != 2 or f.s[0] or f.s[1]:
         return BAIL
     key = rid
     p = PyDict_GetItemWithError(_reqs, key)
@@ -1403,7 +1405,7 @@ cdef int h_flush_complete(Core* c, Frame* f) except -1:
     if ret and type(sget(_block, _BlockState, _BS[K_WERROR], "werror")) is not str:
         return BAIL
     begin(c)
-    _RAN[K_vblk_flush_complete] += 1
+    _RAN[kind] += 1
     if p == NULL:
         return 0
     dropped = _get(<dict><object>p, "dropped")
@@ -1414,33 +1416,17 @@ cdef int h_flush_complete(Core* c, Frame* f) except -1:
         status = _error_status(False)
     cont(c, F2(K_vblk_req_complete, rid, status))
     return 0
+
+
+cdef int h_flush_complete(Core* c, Frame* f) except -1:
+    """vblk.flush_complete: flush_complete -> _simple_complete (QEMU virtio_blk_flush_complete)"""
+    return _simple_complete(c, f, K_vblk_flush_complete)
 
 
 cdef int h_dwz_complete(Core* c, Frame* f) except -1:
     """vblk.dwz_complete: dwz_complete -> _simple_complete
     (QEMU virtio_blk_discard_write_zeroes_complete)"""
-    cdef i64 rid = f.a[0], ret = f.a[1], status = 0
-    cdef PyObject* p
-    if not _ready(c, K_vblk_dwz_complete) or f.n != 2 or f.s[0] or f.s[1]:
-        return BAIL
-    key = rid
-    p = PyDict_GetItemWithError(_reqs, key)
-    if p != NULL and type(<object>p) is not dict:
-        return BAIL
-    if ret and type(sget(_block, _BlockState, _BS[K_WERROR], "werror")) is not str:
-        return BAIL
-    begin(c)
-    _RAN[K_vblk_dwz_complete] += 1
-    if p == NULL:
-        return 0
-    dropped = _get(<dict><object>p, "dropped")
-    if dropped is not None and dropped:
-        PyDict_DelItem(_reqs, key)
-        return 0
-    if ret:
-        status = _error_status(False)
-    cont(c, F2(K_vblk_req_complete, rid, status))
-    return 0
+    return _simple_complete(c, f, K_vblk_dwz_complete)
 
 
 cdef int h_req_complete(Core* c, Frame* f) except -1:
