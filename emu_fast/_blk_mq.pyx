@@ -24,6 +24,7 @@ import struct as _struct
 
 import emu.workload as _W
 import emu.guest.process as _P
+cdef object _split_segs = _P.split_segs
 import emu.guest.blk_mq as _Q
 from emu.guest import state as _S
 from emu.spec import blk as _B
@@ -631,17 +632,7 @@ cdef str _split(object m, object q, dict bio):
     rest["bytes"] = nbytes - cut
     sset(p, _Proc, _PR[P_NEXT_BIO], "next_bio", nb + 1)
     if segs:
-        head, tail, pos = [], [], 0
-        for a, n in segs:
-            if pos + n <= cut:
-                head.append((a, n))
-            elif pos >= cut:
-                tail.append((a, n))
-            else:
-                head.append((a, cut - pos))
-                tail.append((a + cut - pos, n - (cut - pos)))
-            pos += n
-        bio["segs"], rest["segs"] = head, tail
+        bio["segs"], rest["segs"] = _split_segs(segs, cut)
     bio["bytes"] = cut
     sget(p, _Proc, _PR[P_PENDING_BIOS], "pending_bios").insert(1, rest)
     sget(p, _Proc, _PR[P_OP_STATE], "op_state")[bio["op_idx"]]["bios"] += 1

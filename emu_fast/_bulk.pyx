@@ -602,11 +602,33 @@ cdef int ram_write(Core* c, i64 gpa, const void* src, i64 n) except -1:
 
 # == load and store ==============================================================================
 
+cdef bint _as_i64(object o, i64* out) except -1:
+    """*out = o when o is an exact int that fits 64 bits (True); False otherwise"""
+    cdef int ovf = 0
+    if not PyLong_CheckExact(o):
+        return False
+    out[0] = PyLong_AsLongLongAndOverflow(o, &ovf)
+    return not ovf
+
+
+cdef bint _ctx_of(dict index, object name, int* out) except -1:
+    """*out = the index of context `name` ("": CTX_FREE) (True); False for anything else"""
+    if type(name) is not str:
+        return False
+    if not name:
+        out[0] = CTX_FREE
+        return True
+    if name not in index:
+        return False
+    out[0] = index[name]
+    return True
+
+
 cdef int _load_sched(Core* c, object sim) except -1:
     """C state of m.sim: 1, or 0 when something in it is not representable"""
     cdef Ev e
     cdef CtxS* x
-    cdef int i, ovf = 0
+    cdef int i
     cdef dict index = {}
     ctxs = sim.ctxs
     if type(ctxs) is not dict or len(<dict>ctxs) > 8:
@@ -621,12 +643,8 @@ cdef int _load_sched(Core* c, object sim) except -1:
         c.nctx = i + 1
         x.obj = <PyObject*>ctx
         x.name = <PyObject*>name
-        step_ns = ctx.step_ns
         busy = ctx.busy
-        if not PyLong_CheckExact(step_ns) or type(busy) is not bool:
-            return 0
-        x.step_ns = PyLong_AsLongLongAndOverflow(step_ns, &ovf)
-        if ovf or x.step_ns < 0:
+        if not _as_i64(ctx.step_ns, &x.step_ns) or x.step_ns < 0 or type(busy) is not bool:
             return 0
         x.busy = busy
         if not (_fl_load(c, ctx.stack, &x.stack) and _fl_load(c, ctx.fifo, &x.fifo)
@@ -658,22 +676,10 @@ cdef int _load_sched(Core* c, object sim) except -1:
         elif name == "qemu":
             c.qemu = i
         i += 1
-    now, seq, cur, decided = sim.now, sim.seq, sim.cur, sim._decided
-    if not (PyLong_CheckExact(now) and PyLong_CheckExact(seq) and type(cur) is str
-            and type(decided) is bool):
+    cur, decided = sim.cur, sim._decided
+    if not (_as_i64(sim.now, &c.now) and _as_i64(sim.seq, &c.seq) and type(decided) is bool
+            and _ctx_of(index, cur, &c.cur)):
         return 0
-    c.now = PyLong_AsLongLongAndOverflow(now, &ovf)
-    if ovf:
-        return 0
-    c.seq = PyLong_AsLongLongAndOverflow(seq, &ovf)
-    if ovf:
-        return 0
-    if cur:
-        if cur not in index:
-            return 0
-        c.cur = index[cur]
-    else:
-        c.cur = CTX_FREE
     c.decided = decided
     q = sim.queue
     if type(q) is not list:
@@ -682,22 +688,8 @@ cdef int _load_sched(Core* c, object sim) except -1:
     for ev in <list>q:
         if type(ev) is not tuple or len(<tuple>ev) != 5:
             return 0
-        t, s, cn = ev[0], ev[1], ev[2]
-        if not (PyLong_CheckExact(t) and PyLong_CheckExact(s) and type(cn) is str):
-            return 0
-        e.time = PyLong_AsLongLongAndOverflow(t, &ovf)
-        if ovf:
-            return 0
-        e.seq = PyLong_AsLongLongAndOverflow(s, &ovf)
-        if ovf:
-            return 0
-        if cn:
-            if cn not in index:
-                return 0
-            e.ctx = index[cn]
-        else:
-            e.ctx = CTX_FREE
-        if not _frame_from(c, ev[3], ev[4], &e.f):
+        if not (_as_i64(ev[0], &e.time) and _as_i64(ev[1], &e.seq)
+                and _ctx_of(index, ev[2], &e.ctx) and _frame_from(c, ev[3], ev[4], &e.f)):
             return 0
         # appended in list order: the list is already a heap, the array is the same heap
         if c.nheap == c.capheap:
@@ -903,7 +895,7 @@ cdef long long bulk_run(object m, long long limit) except -1:
     cdef _Run r
     cdef Core* c
     cdef long long n = 0
-    cdef int i, nloaded = 0, res, ovf = 0
+    cdef int i, nloaded = 0, res
     cdef handler_t fn
     cdef Frame fr
     if not _ENABLED or limit == 0 or _quick_no(m):
@@ -913,11 +905,9 @@ cdef long long bulk_run(object m, long long limit) except -1:
     c.m = <PyObject*>m
     sim = m.sim
     c.sim = <PyObject*>sim
-    steps = m.steps
-    if not PyLong_CheckExact(steps):
+    if not _as_i64(m.steps, &c.steps):
         return 0
-    c.steps = PyLong_AsLongLongAndOverflow(steps, &ovf)
-    if ovf or not _load_sched(c, sim) or not _load_mem(c, m):
+    if not _load_sched(c, sim) or not _load_mem(c, m):
         _ST_REFUSED += 1
         return 0
     try:

@@ -36,6 +36,7 @@ import hashlib as _hashlib
 
 from emu.guest import state as _S
 from emu.guest import process as _P
+cdef object _split_segs = _P.split_segs
 from emu.guest import blk_mq as _Q
 from emu.guest import virtio_blk as _VB
 from emu.machine import Machine
@@ -2072,17 +2073,7 @@ cdef bint _split(object p, dict lim, dict bio, object op, list segs, object nbyt
     rest["bytes"] = nbytes - cut
     SS(p, _PO[P_NEXT_BIO], nb + 1)
     if segs:
-        head, tail, pos = [], [], 0
-        for a, n in segs:
-            if pos + n <= cut:
-                head.append((a, n))
-            elif pos >= cut:
-                tail.append((a, n))
-            else:
-                head.append((a, cut - pos))
-                tail.append((a + cut - pos, n - (cut - pos)))
-            pos += n
-        bio["segs"], rest["segs"] = head, tail
+        bio["segs"], rest["segs"] = _split_segs(segs, cut)
     bio["bytes"] = cut
     SG(p, _PO[P_PENDING_BIOS]).insert(1, rest)
     SG(p, _PO[P_OP_STATE])[bio["op_idx"]]["bios"] += 1

@@ -215,6 +215,21 @@ def _range_bios(m, op: dict, rq_op: str, max_sectors: int, unmap: bool = False) 
     return bios
 
 
+def split_segs(segs: list, cut: int) -> tuple[list, list]:
+    """A bio's (gpa, len) segments cut after `cut` bytes: (the first part's, the rest's)."""
+    head, tail, pos = [], [], 0
+    for a, n in segs:
+        if pos + n <= cut:
+            head.append((a, n))
+        elif pos >= cut:
+            tail.append((a, n))
+        else:
+            head.append((a, cut - pos))
+            tail.append((a + cut - pos, n - (cut - pos)))
+        pos += n
+    return head, tail
+
+
 @handler("blkmq.submit_bio", "blk-mq", "blk_mq_submit_bio", Q.BLKMQ)
 def submit_bio(m) -> str:
     """Split to the queue limits, try a plug or scheduler merge, else take a tag and plug."""
@@ -282,17 +297,7 @@ def _split(m, bio: dict) -> str:
     rest = dict(bio, id=p.next_bio, sector=bio["sector"] + (cut >> 9), bytes=bio["bytes"] - cut)
     p.next_bio += 1
     if segs:
-        head, tail, pos = [], [], 0
-        for a, n in segs:
-            if pos + n <= cut:
-                head.append((a, n))
-            elif pos >= cut:
-                tail.append((a, n))
-            else:
-                head.append((a, cut - pos))
-                tail.append((a + cut - pos, n - (cut - pos)))
-            pos += n
-        bio["segs"], rest["segs"] = head, tail
+        bio["segs"], rest["segs"] = split_segs(segs, cut)
     bio["bytes"] = cut
     p.pending_bios.insert(1, rest)
     p.op_state[bio["op_idx"]]["bios"] += 1
