@@ -19,6 +19,7 @@ from cpython.ref cimport Py_INCREF, Py_DECREF
 from cpython.tuple cimport PyTuple_CheckExact, PyTuple_GET_SIZE, PyTuple_GET_ITEM
 
 import copyreg as _copyreg
+from bisect import bisect_right as _bisect_right
 from heapq import heappop as _py_heappop, heappush as _py_heappush
 
 from emu.block.hostfile import HostFile
@@ -748,6 +749,8 @@ def mem_write_u64(self, gpa, val):
 MEM_METHODS = {"read": mem_read, "read_u16": mem_read_u16, "read_u32": mem_read_u32,
                "read_u64": mem_read_u64, "write": mem_write, "write_u16": mem_write_u16,
                "write_u32": mem_write_u32, "write_u64": mem_write_u64}
+for _name, _fn in MEM_METHODS.items():
+    _fn.__name__ = _name    # a bound method pickles as getattr(self, __name__): the attribute's
 
 
 # == compiled handlers ===========================================================================
@@ -1298,28 +1301,168 @@ cdef class _Pending:
         return 0
 
 
+# -- the bulk core under the session loop ---------------------------------------------------------
+# Where no step's record is looked at as it is made (no breakpoint could match: none enabled, or a
+# quiet re-run; no stop test), the loop hands stretches to the bulk core (emu_fast._bulk), which
+# makes no records.  What the session keeps of records stays exactly the Python engine's:
+#   * the history (the last `maxlen` records): a run with a known end leaves its last maxlen
+#     steps to the recorded loop; otherwise, when the run ends with records missing from that
+#     tail, _regen makes them again: it restores the checkpoint before the tail, re-runs
+#     recorded to the same step, and puts the timeline's own bookkeeping (checkpoint list,
+#     counters) and the session's inputs back as they were;
+#   * s.last / last_by_side, which checkpoints save: the core stops _WINDOW steps before a
+#     checkpoint (or a scheduled input, which pins one), and the recorded steps in between must
+#     show both sides; where they do not, _regen makes the records again first.
+# The rewinds _regen does are not the user's: Timeline.rewinds and its checkpoints are put back.
+
+cdef Py_ssize_t _WINDOW = 64        # recorded steps before each checkpoint
+cdef Py_ssize_t _MIN_STRETCH = 8    # fewer steps are not worth the core's conversions
+cdef Py_ssize_t _CORE_POLL = 1024   # cancelled() is asked this often while the core runs
+cdef long long _REGENS = 0          # _regen calls (for tests and bench)
+cdef long long _CORE_STEPS = 0      # steps session loops gave the core
+
+cdef enum:
+    RERUN_TO = 0            # re-run to step E (a checkpoint and scheduled inputs at E included)
+    RERUN_BEFORE = 1        # re-run to step E, leaving E's checkpoint and inputs to the caller
+    RERUN_END = 2           # re-run to the workload's end (E)
+
+
+cdef class _Gaps:
+    """Which records of this run the core did not make."""
+    cdef long long lo           # the first step the core ran (0: none is missing)
+    cdef long long hi           # no record is missing after this step
+    cdef bint seen_guest        # a record of each side made after hi
+    cdef bint seen_host
+    cdef long long floor        # no re-run restores a checkpoint before this one (the last
+                                # checkpoint when the run began: pokes before it stay)
+
+
+def session_core_stats():
+    """{'steps': steps session loops ran in the bulk core, 'regens': re-runs made to make
+    missing records} since the last reset (for tests and bench)."""
+    return {"steps": _CORE_STEPS, "regens": _REGENS}
+
+
+def session_core_config(window=None, min_stretch=None, poll=None):
+    """Set the session loop's core parameters (for tests: a window of 1 makes _regen run
+    often); returns the previous (window, min_stretch, poll)."""
+    global _WINDOW, _MIN_STRETCH, _CORE_POLL
+    old = (_WINDOW, _MIN_STRETCH, _CORE_POLL)
+    if window is not None:
+        _WINDOW = max(1, window)
+    if min_stretch is not None:
+        _MIN_STRETCH = max(1, min_stretch)
+    if poll is not None:
+        _CORE_POLL = max(1, poll)
+    return old
+
+
+def reset_session_core_stats():
+    global _REGENS, _CORE_STEPS
+    _REGENS = 0
+    _CORE_STEPS = 0
+
+
+cdef int _see(_Gaps g, object rec, frozenset guest) except -1:
+    if sget(rec, _Step, _OFF[4] if _STEP_DIRECT else -1, "layer") in guest:
+        g.seen_guest = True
+    else:
+        g.seen_host = True
+    return 0
+
+
+cdef object _regen(object s, _Pending p, _Gaps g, long long lo, long long E, int mode,
+                   frozenset guest):
+    """Make the records of the steps after lo (up to E) again, by re-running them recorded
+    from the checkpoint at or before lo; the run is left at step E with the timeline as it
+    was.  Returns the re-run's Stop (RERUN_END) or None."""
+    global _REGENS
+    cdef long long base
+    cdef _Pending q
+    m = s.m
+    p.handoff()
+    tl = s.timeline
+    if lo < g.floor:
+        lo = g.floor
+    cps = tl.checkpoints
+    saved = list(cps)
+    rewinds, thinned = tl.rewinds, tl.thinned
+    inputs = list(s.inputs)
+    base = tl.rewind(lo)
+    hist = s.history
+    while hist and hist[len(hist) - 1].n > base:
+        hist.pop()
+    s.inputs = [i for i in s.inputs if i["step"] <= base]
+    _REGENS += 1
+    q = _Pending.__new__(_Pending)
+    q.s = s
+    try:
+        st = _session_loop(s, q, None, None if mode == RERUN_END else E, False, None, None, None,
+                           None, 500, mode == RERUN_BEFORE, guest)
+    finally:
+        q.flush()
+    if m.steps != E:
+        raise RuntimeError(f"re-running steps {base}..{E} to make their records ended at step "
+                           f"{m.steps}: the machine is not deterministic")
+    cps[:] = saved
+    tl.rewinds, tl.thinned = rewinds, thinned
+    s.inputs = inputs
+    if base < g.lo:
+        g.lo = g.hi = 0
+    else:
+        g.hi = base
+    g.seen_guest = g.seen_host = False
+    for rec in reversed(hist):
+        if rec.n <= g.hi or (g.seen_guest and g.seen_host):
+            break
+        _see(g, rec, guest)
+    p.refresh()
+    return st
+
+
 def session_run(s, target=None, bint check=True, limit=None, stop=None, cancelled=None,
                 progress=None, Py_ssize_t every=500):
-    """Session._run on the compiled step (see the section comment)."""
+    """Session._run on the compiled step (see the section comments)."""
+    from emu.sim.steps import GUEST_LAYERS
+    cdef frozenset guest = frozenset(GUEST_LAYERS)
     cdef _Pending p = _Pending.__new__(_Pending)
+    cdef _Gaps g = _Gaps.__new__(_Gaps)
+    cdef long long E, H
     p.s = s
+    cps = s.timeline.checkpoints
+    g.floor = cps[len(cps) - 1].step
     try:
-        return _session_run(s, p, target, check, limit, stop, cancelled, progress, every)
+        st = _session_loop(s, p, g, target, check, limit, stop, cancelled, progress, every,
+                           False, guest)
+        if g.lo:
+            # the records the core did not make, where the session keeps them: the history's
+            # tail and each side's last record
+            E = s.m.steps
+            H = s.history.maxlen
+            mode = RERUN_END if st is not None and st.reason == "end" else RERUN_TO
+            if g.hi > E - H or not (g.seen_guest and g.seen_host):
+                _regen(s, p, g, E - H, E, mode, guest)
+            if g.lo and not (g.seen_guest and g.seen_host):
+                _regen(s, p, g, g.lo - 1, E, mode, guest)
+        return st
     finally:
         p.flush()
 
 
-cdef object _session_run(s, _Pending p, target, bint check, limit, stop, cancelled, progress,
-                         Py_ssize_t every):
-    global _Stop
+cdef object _session_loop(s, _Pending p, _Gaps g, target, bint check, limit, stop, cancelled,
+                          progress, Py_ssize_t every, bint leave_last, frozenset guest):
+    """The loop; g is None for a recorded re-run (no core); leave_last: the last step's
+    checkpoint and scheduled inputs are the caller's."""
+    global _Stop, _CORE_STEPS
     if _Stop is None:
         from emu.session import Stop as _S
         _Stop = _S
     from emu.spec.blk import S_IOERR
-    from emu.sim.steps import GUEST_LAYERS
-    cdef frozenset guest = frozenset(GUEST_LAYERS)
-    cdef Py_ssize_t k = 0, lim = -1, tgt = -1
+    cdef Py_ssize_t k = 0, lim = -1, tgt = -1, poll = 0, poll_every = 64, H = 0
+    cdef long long b, n, st0, nxt
     cdef bint has_target = target is not None
+    cdef bint core
+    cdef list sched_steps = None
     m = s.m
     _ensure(m)
     if limit is not None:
@@ -1328,7 +1471,13 @@ cdef object _session_run(s, _Pending p, target, bint check, limit, stop, cancell
         tgt = target
     table = s.breakpoints
     cdef _Prefilter pf = _Prefilter(table, S_IOERR) if check else None
-    history_append = s.history.append
+    hist = s.history
+    history_append = hist.append
+    if hist.maxlen is not None:
+        H = hist.maxlen
+    core = g is not None and stop is None and (pf is None or pf.none) and H > 0
+    if core:
+        poll_every = _CORE_POLL
     tl = s.timeline
     cdef Py_ssize_t layer_off = _OFF[4] if _STEP_DIRECT else -1     # Step.layer's offset
     cdef str side
@@ -1339,12 +1488,47 @@ cdef object _session_run(s, _Pending p, target, bint check, limit, stop, cancell
             cp_step = cps[len(cps) - 1].step                     # (no negative index: wraparound=False)
             interval = tl.interval
             scheduled = s.scheduled
+            sched_steps = sorted(scheduled) if (core and scheduled) else None
         if lim >= 0 and k >= lim:
             return _Stop("limit", m.steps, f"{limit} step(s) run")
-        if cancelled is not None and k % 64 == 0:
+        if cancelled is not None and k >= poll:
+            poll = k + poll_every
             p.handoff()
             if cancelled():
                 return _Stop("interrupted", m.steps, "stopped by the user (Esc)")
+        if core:
+            # a stretch for the core: up to _WINDOW steps before the next checkpoint or
+            # scheduled input, the last H steps of a run with a known end, the next progress
+            # call or poll of cancelled
+            st0 = sget(m, _Machine, _MO[1], "steps")
+            b = cp_step + interval - _WINDOW - st0
+            if has_target and tgt - H - st0 < b:
+                b = tgt - H - st0
+            if lim >= 0 and lim - k - H < b:
+                b = lim - k - H
+            if sched_steps:
+                i = _bisect_right(sched_steps, st0)
+                if i < len(sched_steps):
+                    nxt = sched_steps[i]
+                    if nxt - _WINDOW - st0 < b:
+                        b = nxt - _WINDOW - st0
+            if progress is not None and every > 0 and every - k % every < b:
+                b = every - k % every
+            if cancelled is not None and poll - k < b:
+                b = poll - k
+            if b >= _MIN_STRETCH:
+                n = bulk_run(m, b)
+                if n:
+                    _CORE_STEPS += n
+                    k += n
+                    if g.lo == 0:
+                        g.lo = st0 + 1
+                    g.hi = st0 + n
+                    g.seen_guest = g.seen_host = False
+                    if progress is not None and every > 0 and k % every == 0:
+                        p.handoff()
+                        progress(m.steps, len(m.guest.blkmq.rqs))
+                    continue
         # -- Session._one
         rec = _step(m)
         if rec is None and not s.closed:
@@ -1368,6 +1552,24 @@ cdef object _session_run(s, _Pending p, target, bint check, limit, stop, cancell
             else:
                 p.host = rec
         steps = sget(m, _Machine, _MO[1], "steps")
+        if g is not None and g.lo:
+            if side == "guest":
+                g.seen_guest = True
+            else:
+                g.seen_host = True
+        if leave_last and steps == tgt:
+            continue            # (the loop ends: this step's checkpoint and inputs are the caller's)
+        if g is not None and g.lo and not (g.seen_guest and g.seen_host) and (
+                steps - cp_step >= interval or (scheduled and steps in scheduled)):
+            # a checkpoint will save s.last and last_by_side: each side's last record must be
+            # there
+            _regen(s, p, g, cp_step, steps, RERUN_BEFORE, guest)
+            if g.lo and not (g.seen_guest and g.seen_host):
+                _regen(s, p, g, g.lo - 1, steps, RERUN_BEFORE, guest)
+            cps = tl.checkpoints
+            cp_step = cps[len(cps) - 1].step
+            interval = tl.interval
+            scheduled = s.scheduled
         if steps - cp_step >= interval:
             p.handoff()
             tl.checkpoint()

@@ -209,6 +209,8 @@ def hf_pwrite(self, off, data):
 
 
 HF_METHODS = {"pread": hf_pread, "pwrite": hf_pwrite}
+for _name, _fn in HF_METHODS.items():
+    _fn.__name__ = _name    # a bound method pickles as getattr(self, __name__): the attribute's
 
 
 def attach(hf):

@@ -1,0 +1,157 @@
+"""The debugger's bulk runs (continue, goto's and replays' re-runs) through the bulk core:
+the session ends up exactly as on the Python engine -- machine, history (its last maxlen
+records), s.last and last_by_side (also as saved in every checkpoint), the timeline's
+checkpoints and counters, the inputs -- while the core ran most steps and made no record."""
+from __future__ import annotations
+
+import collections
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import emu_fast
+from emu import engine
+from emu.session import Session
+from tests.emu_fast.test_differential import SETTINGS, configs, machine, snapshot, workloads
+
+core = emu_fast.require()
+
+
+@pytest.fixture(autouse=True)
+def _window():
+    old = core.session_core_config()
+    yield
+    core.session_core_config(*old)
+
+
+def _rec(r) -> tuple:
+    return (r.n, r.time_ns, r.ctx, r.kind, r.layer, r.function, r.source, r.detail,
+            tuple(map(repr, r.effects)), r.caller, tuple(map(repr, r.facts)))
+
+
+def seen(s: Session) -> tuple:
+    """All a session shows of its records and its timeline."""
+    tl = s.timeline
+    cps = [(c.step, c.pinned, c.file, tl._thaw_extra(c.extra)["closed"],
+            _rec(tl._thaw_extra(c.extra)["last"]) if tl._thaw_extra(c.extra)["last"] else None,
+            [(k, _rec(v)) for k, v in tl._thaw_extra(c.extra)["last_by_side"].items()],
+            sorted(c.ram), sorted(c.blocks)) for c in tl.checkpoints]
+    return (snapshot(s.m), [_rec(r) for r in s.history], _rec(s.last) if s.last else None,
+            [(k, _rec(v)) for k, v in s.last_by_side.items()], cps, tl.rewinds, tl.thinned,
+            s.inputs, s.closed, sorted(s.m.mem.undo or {}), sorted(s.m.hostfile.undo or {}))
+
+
+def pair(tmp, fmt, wl, cfg, interval, hist, max_cps=256):
+    out = []
+    for eng in ("py", "fast"):
+        s = Session(machine(tmp, fmt, "", wl, cfg), checkpoint_interval=interval,
+                    catch_errors=False)
+        s.history = collections.deque(maxlen=hist)
+        s.timeline.max_checkpoints = max_cps
+        s.set_engine(eng)
+        out.append(s)
+    return out
+
+
+def _stop(st_):
+    return None if st_ is None else (st_.reason, st_.step)
+
+
+@settings(**dict(SETTINGS, max_examples=15))
+@given(fmt=st.sampled_from(["raw", "qcow2", "article"]), wl=workloads, cfg=configs,
+       interval=st.sampled_from([5, 37, 200]), hist=st.sampled_from([3, 40, 400]),
+       window=st.sampled_from([1, 4, 64]), back=st.integers(0, 400),
+       max_cps=st.sampled_from([3, 256]))
+def test_continue_and_goto_leave_the_python_engines_session(tmp_path_factory, fmt, wl, cfg,
+                                                            interval, hist, window, back, max_cps):
+    core.session_core_config(window=window, min_stretch=1)
+    tmp = tmp_path_factory.mktemp("sc")
+    s_py, s_fast = pair(tmp, fmt, wl, cfg, interval, hist, max_cps)
+    core.reset_session_core_stats()
+    a = s_py.cont()
+    b = engine.run_until(s_fast, "fast")
+    assert _stop(a) == _stop(b)
+    assert seen(s_py) == seen(s_fast)
+    # going back: goto's re-run from a checkpoint, then a long replay forward
+    k = max(0, s_py.m.steps - back)
+    s_py.goto(k)
+    s_fast.goto(k)
+    assert seen(s_py) == seen(s_fast)
+    s_py.goto(s_py.m.steps // 2)
+    s_fast.goto(s_fast.m.steps // 2)
+    end = s_py.m.steps + (s_py.m.steps + 1) // 2
+    s_py._replay_to(end)
+    engine.replay_to(s_fast, end, "fast")
+    assert seen(s_py) == seen(s_fast)
+
+
+def test_long_runs_go_through_the_core_and_regenerate_rarely(tmp_path):
+    wl = "queue-depth 4\n" + "".join(f"write {(i * 7919) % 900 * 4096} 4k\n" for i in range(300))
+    s_py, s_fast = pair(tmp_path, "qcow2", wl, {}, 1000, 5000)
+    core.reset_session_core_stats()
+    assert _stop(s_py.cont()) == _stop(engine.run_until(s_fast, "fast"))
+    stats = core.session_core_stats()
+    assert seen(s_py) == seen(s_fast)
+    assert stats["steps"] > 0.5 * s_fast.m.steps
+    assert stats["regens"] <= 1                # only the tail, at the end
+
+
+def test_a_one_step_window_forces_regeneration_and_stays_exact(tmp_path):
+    wl = "queue-depth 2\n" + "".join(f"write {i * 65536} 4k\nread {i * 65536} 4k\n"
+                                     for i in range(40))
+    core.session_core_config(window=1, min_stretch=1)
+    s_py, s_fast = pair(tmp_path, "raw", wl, {}, 50, 100)
+    core.reset_session_core_stats()
+    assert _stop(s_py.cont()) == _stop(engine.run_until(s_fast, "fast"))
+    assert core.session_core_stats()["regens"] > 1
+    assert seen(s_py) == seen(s_fast)
+
+
+def test_limit_progress_cancel_and_scheduled_inputs(tmp_path):
+    wl = "queue-depth 8\n" + "".join(f"write {i * 131072} 4k\n" for i in range(60)) + "flush\n"
+    s_py, s_fast = pair(tmp_path, "qcow2", wl, {}, 100, 50)
+    pokes = [{"step": n, "input": "poke", "space": "ram", "addr": 0x1000 + n, "bytes": "abcd"}
+             for n in (350, 351, 900)]
+    for s in (s_py, s_fast):
+        s.schedule(pokes)
+    for eng, s in (("py", s_py), ("fast", s_fast)):
+        prog = []
+        st1 = engine.run_until(s, eng, limit=1234, progress=lambda n, r: prog.append(n), every=200)
+        assert (st1.reason, st1.step) == ("limit", 1234)
+        assert prog == [200, 400, 600, 800, 1000, 1200]
+    assert seen(s_py) == seen(s_fast)
+    # a cancelled run stops where its poll says; the Python engine run to the same step agrees
+    calls = []
+    st2 = engine.run_until(s_fast, "fast", cancelled=lambda: calls.append(1) or len(calls) > 1)
+    assert st2.reason == "interrupted"
+    assert _stop(engine.run_until(s_py, "py", limit=st2.step - s_py.m.steps)) == ("limit", st2.step)
+    assert seen(s_py) == seen(s_fast)
+    assert _stop(s_py.cont()) == _stop(engine.run_until(s_fast, "fast"))
+    assert seen(s_py) == seen(s_fast)
+
+
+def test_breakpoints_keep_the_recorded_loop(tmp_path):
+    """With a breakpoint that could match any step's record, nothing runs in the core."""
+    wl = "".join(f"write {i * 4096} 4k\n" for i in range(20))
+    s_py, s_fast = pair(tmp_path, "raw", wl, {}, 37, 5000)
+    for s in (s_py, s_fast):
+        s.add_breakpoint("watch", "ram 0x0+16")
+    core.reset_session_core_stats()
+    assert _stop(s_py.cont()) == _stop(engine.run_until(s_fast, "fast"))
+    assert core.session_core_stats()["steps"] == 0
+    assert seen(s_py) == seen(s_fast)
+
+
+def test_compiled_methods_bound_to_an_object_pickle_as_its_attribute(tmp_path):
+    """A checkpoint may hold a bound hf.pread (the qcow2 engine's pread_file, set while the
+    compiled one is attached): it must load again (getattr(hf, "pread"))."""
+    import pickle
+    m = machine(tmp_path, "raw", "", "write 0 4k\n", {})
+    emu_fast.attach(m)
+    for obj, name in ((m.hostfile, "pread"), (m.hostfile, "pwrite"), (m.mem, "read"),
+                      (m.mem, "write_u64")):
+        bound = getattr(obj, name)
+        assert type(bound).__name__ == "method" and bound.__func__ is not getattr(type(obj), name)
+        blob = pickle.dumps(bound)
+        assert name.encode() in blob and b"hf_" not in blob and b"mem_" not in blob
