@@ -219,6 +219,18 @@ def counts(bint wrapped=False):
     return {names[i]: a[i] for i in range(NKINDS) if a[i]}
 
 
+cdef bint _STRICT = False      # wrapped handlers bail instead (see set_strict)
+
+
+def set_strict(bint on):
+    """While on, the events this module would run through _wrapped (the compiled handler, whose
+    effects and facts the core throws away) are given back to the compiled loop instead, with
+    their records: a session loop whose breakpoints only catch errors turns it on, so that no
+    error effect happens unseen in the core (the native paths have none: they bail on errors)."""
+    global _STRICT
+    _STRICT = on
+
+
 def reset_counts():
     memset(_COUNT, 0, sizeof(_COUNT))
     memset(_WRAPPED, 0, sizeof(_WRAPPED))
@@ -858,6 +870,8 @@ cdef int _wrapped(Core* c, Frame* f, int kind, object fn, tuple info) except -1:
     """Run the compiled engine's handler fn of this event against a recording scheduler."""
     global _SCRATCH
     cdef int i
+    if _STRICT:
+        return BAIL
     if not _KID:
         _kinds()
     args = []

@@ -1429,11 +1429,24 @@ cdef int h_dwz_complete(Core* c, Frame* f) except -1:
     return _simple_complete(c, f, K_vblk_dwz_complete)
 
 
+cdef bint _STRICT = False      # see set_strict
+
+
+def set_strict(bint on):
+    """While on, a request completing with status IOERR is given back to the compiled loop (with
+    its record and its req-status fact): a session loop whose breakpoints only catch errors
+    turns it on (emu_fast._bulk_blk.set_strict)."""
+    global _STRICT
+    _STRICT = on
+
+
 cdef int h_req_complete(Core* c, Frame* f) except -1:
     """vblk.req_complete: req_complete (QEMU virtio_blk_req_complete: the status byte)"""
     cdef i64 rid = f.a[0], status = f.a[1], gpa
     cdef uint8_t b
     if not _ready(c, K_vblk_req_complete) or f.n != 2 or f.s[0] or f.s[1] or not 0 <= status < 256:
+        return BAIL
+    if status == 1 and _STRICT:     # IOERR: its req-status fact is what `catch error` matches
         return BAIL
     req = _req(rid)
     if req is None:

@@ -1208,6 +1208,12 @@ cdef class _Prefilter:
         except Exception:
             return True
 
+    cdef bint errors_only(self):
+        """Only error catchpoints are enabled (matched by error effects and IOERR facts,
+        which no step the bulk core runs natively has)."""
+        return not (self.always or self.none or self.steps or self.regs or self.inuse_names
+                    or self.rings or self.desc or self.nram or self.nhost)
+
     cdef bint candidate(self, object m, object rec) except -1:
         cdef Py_ssize_t i
         cdef long long a, b
@@ -1317,7 +1323,7 @@ cdef class _Pending:
 
 cdef Py_ssize_t _WINDOW = 64        # recorded steps before each checkpoint
 cdef Py_ssize_t _MIN_STRETCH = 8    # fewer steps are not worth the core's conversions
-cdef Py_ssize_t _CORE_POLL = 1024   # cancelled() is asked this often while the core runs
+cdef Py_ssize_t _CORE_POLL = 64     # cancelled() is asked this often while the core runs (as in Python)
 cdef long long _REGENS = 0          # _regen calls (for tests and bench)
 cdef long long _CORE_STEPS = 0      # steps session loops gave the core
 
@@ -1431,6 +1437,12 @@ def session_run(s, target=None, bint check=True, limit=None, stop=None, cancelle
     p.s = s
     cps = s.timeline.checkpoints
     g.floor = cps[len(cps) - 1].step
+    # with only error catchpoints, the core runs no step whose record could match them
+    from emu.spec.blk import S_IOERR
+    strict = check and stop is None and _Prefilter(s.breakpoints, S_IOERR).errors_only()
+    if strict:
+        for mod in _strict_modules():
+            mod.set_strict(True)
     try:
         st = _session_loop(s, p, g, target, check, limit, stop, cancelled, progress, every,
                            False, guest)
@@ -1446,7 +1458,23 @@ def session_run(s, target=None, bint check=True, limit=None, stop=None, cancelle
                 _regen(s, p, g, g.lo - 1, E, mode, guest)
         return st
     finally:
+        if strict:
+            for mod in _strict_modules():
+                mod.set_strict(False)
         p.flush()
+
+
+cdef tuple _STRICT_MODS = None
+
+
+cdef tuple _strict_modules():
+    """The bulk layers with a strict mode (set_strict): where the core could otherwise run a
+    step with an error effect or an IOERR fact (which it would not record)."""
+    global _STRICT_MODS
+    if _STRICT_MODS is None:
+        from emu_fast import _bulk_blk, _bulk_dev
+        _STRICT_MODS = (_bulk_blk, _bulk_dev)
+    return _STRICT_MODS
 
 
 cdef object _session_loop(s, _Pending p, _Gaps g, target, bint check, limit, stop, cancelled,
@@ -1475,7 +1503,7 @@ cdef object _session_loop(s, _Pending p, _Gaps g, target, bint check, limit, sto
     history_append = hist.append
     if hist.maxlen is not None:
         H = hist.maxlen
-    core = g is not None and stop is None and (pf is None or pf.none) and H > 0
+    core = g is not None and stop is None and (pf is None or pf.none or pf.errors_only()) and H > 0
     if core:
         poll_every = _CORE_POLL
     tl = s.timeline

@@ -155,3 +155,47 @@ def test_compiled_methods_bound_to_an_object_pickle_as_its_attribute(tmp_path):
         assert type(bound).__name__ == "method" and bound.__func__ is not getattr(type(obj), name)
         blob = pickle.dumps(bound)
         assert name.encode() in blob and b"hf_" not in blob and b"mem_" not in blob
+
+
+def _stops(s: Session, eng: str) -> list:
+    out = []
+    while True:
+        st_ = engine.run_until(s, eng)
+        out.append((st_.reason, st_.step, st_.message))
+        if st_.reason == "end" or len(out) > 30:
+            return out
+
+
+@settings(**dict(SETTINGS, max_examples=15))
+@given(fmt=st.sampled_from(["raw", "qcow2", "article"]), wl=workloads, cfg=configs,
+       interval=st.sampled_from([5, 37, 1000]), hist=st.sampled_from([3, 400]))
+def test_error_catchpoints_stop_where_python_does_with_the_core(tmp_path_factory, fmt, wl, cfg,
+                                                                interval, hist):
+    """A session's default catchpoint (catch error: virtio, qcow2, guest, ioerr) lets the core
+    run, in its strict mode: every step that could match still runs recorded."""
+    tmp = tmp_path_factory.mktemp("se")
+    sessions = []
+    for eng in ("py", "fast"):
+        s = Session(machine(tmp, fmt, "", wl, cfg), checkpoint_interval=interval)
+        s.history = collections.deque(maxlen=hist)
+        s.set_engine(eng)
+        sessions.append(s)
+    s_py, s_fast = sessions
+    assert _stops(s_py, "py") == _stops(s_fast, "fast")
+    assert seen(s_py) == seen(s_fast)
+
+
+def test_error_catchpoints_with_faults_use_the_core_and_stop_on_each_error(tmp_path):
+    """Injected write errors (IOERR completions, qcow2 metadata failures) among many good
+    requests: the core runs most steps, every error still stops the run."""
+    wl = "queue-depth 4\n" + "".join(f"write {(i * 7919) % 900 * 4096} 4k\n" for i in range(200))
+    cfg = {"faults": ({"op": "write", "start": 3 << 20, "end": 3 << 20 | 65536, "errno": 5,
+                       "count": -1},)}
+    s_py, s_fast = (Session(machine(tmp_path, "qcow2", "", wl, cfg)) for _ in range(2))
+    s_py.set_engine("py")
+    s_fast.set_engine("fast")
+    core.reset_session_core_stats()
+    stops = _stops(s_fast, "fast")
+    assert stops == _stops(s_py, "py")
+    assert len(stops) > 2 and core.session_core_stats()["steps"] > 0.5 * s_fast.m.steps
+    assert seen(s_py) == seen(s_fast)
