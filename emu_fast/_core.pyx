@@ -1426,6 +1426,19 @@ cdef object _regen(object s, _Pending p, _Gaps g, long long lo, long long E, int
     return st
 
 
+cdef int _regen_sides(object s, _Pending p, _Gaps g, long long E, int mode, frozenset guest,
+                      Py_ssize_t back) except -1:
+    """_regen from further and further back (back checkpoints before the last, doubling) until
+    each side's last record is there, i.e. made after the last step the core ran."""
+    cdef Py_ssize_t n
+    while g.lo and not (g.seen_guest and g.seen_host):
+        cps = s.timeline.checkpoints
+        n = len(cps)
+        _regen(s, p, g, cps[n - 1 - back].step if back < n else g.lo - 1, E, mode, guest)
+        back = 2 * back if back else 1
+    return 0
+
+
 def session_run(s, target=None, bint check=True, limit=None, stop=None, cancelled=None,
                 progress=None, Py_ssize_t every=500):
     """Session._run on the compiled step (see the section comments)."""
@@ -1452,10 +1465,9 @@ def session_run(s, target=None, bint check=True, limit=None, stop=None, cancelle
             E = s.m.steps
             H = s.history.maxlen
             mode = RERUN_END if st is not None and st.reason == "end" else RERUN_TO
-            if g.hi > E - H or not (g.seen_guest and g.seen_host):
+            if g.hi > E - H:
                 _regen(s, p, g, E - H, E, mode, guest)
-            if g.lo and not (g.seen_guest and g.seen_host):
-                _regen(s, p, g, g.lo - 1, E, mode, guest)
+            _regen_sides(s, p, g, E, mode, guest, 1)
         return st
     finally:
         if strict:
@@ -1591,9 +1603,7 @@ cdef object _session_loop(s, _Pending p, _Gaps g, target, bint check, limit, sto
                 steps - cp_step >= interval or (scheduled and steps in scheduled)):
             # a checkpoint will save s.last and last_by_side: each side's last record must be
             # there
-            _regen(s, p, g, cp_step, steps, RERUN_BEFORE, guest)
-            if g.lo and not (g.seen_guest and g.seen_host):
-                _regen(s, p, g, g.lo - 1, steps, RERUN_BEFORE, guest)
+            _regen_sides(s, p, g, steps, RERUN_BEFORE, guest, 0)
             cps = tl.checkpoints
             cp_step = cps[len(cps) - 1].step
             interval = tl.interval
