@@ -198,8 +198,10 @@ cdef int _store(Core* c) except -1:
 # == which events ran here (counts(): for the tests) ===============================================
 cdef long long _COUNT[NKINDS]
 cdef long long _WRAPPED[NKINDS]      # ... of them through _wrapped (the compiled handler)
+cdef long long _NATIVE[NKINDS]       # ... of them through a quiet engine path (_qcow2.bulk_compute)
 memset(_COUNT, 0, sizeof(_COUNT))
 memset(_WRAPPED, 0, sizeof(_WRAPPED))
+memset(_NATIVE, 0, sizeof(_NATIVE))
 
 
 cdef inline int _begin(Core* c, int kind) except -1:
@@ -208,20 +210,24 @@ cdef inline int _begin(Core* c, int kind) except -1:
     return begin(c)
 
 
-def counts(bint wrapped=False):
+def counts(bint wrapped=False, bint quiet=False):
     """{kind: events of that kind this module's handlers ran} since reset_counts() (wrapped:
-    those of them that ran the compiled engine's handler against a recording scheduler)"""
+    those of them that ran the compiled engine's handler against a recording scheduler; quiet:
+    those that ran a quiet engine path, _qcow2.bulk_compute)"""
     from emu_fast._bulk import kind_names
     names = kind_names()
     cdef long long* a = &_COUNT[0]
     if wrapped:
         a = &_WRAPPED[0]
+    elif quiet:
+        a = &_NATIVE[0]
     return {names[i]: a[i] for i in range(NKINDS) if a[i]}
 
 
 def reset_counts():
     memset(_COUNT, 0, sizeof(_COUNT))
     memset(_WRAPPED, 0, sizeof(_WRAPPED))
+    memset(_NATIVE, 0, sizeof(_NATIVE))
 
 
 # == helpers ========================================================================================
@@ -1278,6 +1284,7 @@ cdef int h_qcow2_io_done(Core* c, Frame* f) except -1:
 
 
 cdef object _Qcow2Engine = _QE_mod.Qcow2Engine
+cdef object _FQ_BULK_COMPUTE = getattr(_FQ, "bulk_compute", None)
 cdef object _FastQcow2Engine = _FQ.FastQcow2Engine
 cdef dict _QD = _Q.__dict__
 cdef object _PY_Q_FINISH = _Q._finish
@@ -1321,12 +1328,30 @@ cdef int h_qcow2_compute(Core* c, Frame* f) except -1:
                 what = QC_LINKED
     elif op == S_READ and _get(co, "remaining") == 0:
         what = QC_READ_DONE
-    if what == QC_ENGINE:
-        return _wrapped(c, f, K_qcow2_compute, _FN_COMPUTE, _I_COMPUTE)
-    # _finish's reads: the request, and co["ret"] (formatted by the detail)
     blk = _m_block(m)
     req = _req(c, blk, bid)
     lq = _get(fd, "lock_queue")
+    if what == QC_ENGINE:
+        # a read or write phase: _qcow2.bulk_compute (driver.compute without its record), then
+        # the scheduler calls compute makes; anything else: the compiled handler
+        if (op == S_WRITE or op == S_READ) and phase is not _MISSING and phase != "done" and req is not None \
+                and type(lq) is list and (not lq or (c.qemu >= 0 and type((<list>lq)[0]) is int)) \
+                and _QD.get("PHASES", {}).get(op) is (_PY_WRITE_PHASE if op == S_WRITE else _PY_READ_PHASE) \
+                and _FQ_BULK_COMPUTE is not None:
+            _begin(c, K_qcow2_compute)
+            _NATIVE[K_qcow2_compute] += 1
+            if type(eng) is _Qcow2Engine:
+                eng.__class__ = _FastQcow2Engine    # (as the compiled handler does)
+            r = _FQ_BULK_COMPUTE(m, _m_fmt(m), eng, bid)
+            if r == 1:
+                cont(c, F1(K_qcow2_io, bid), -1)
+                return 0
+            if r == 3:
+                cont(c, F1(K_qcow2_compute, bid), -1)
+                return 0
+            return _q_finish(c, fd, req, lq, co, bid)
+        return _wrapped(c, f, K_qcow2_compute, _FN_COMPUTE, _I_COMPUTE)
+    # _finish's reads: the request, and co["ret"] (formatted by the detail)
     if req is None or not _as_i64(_get(co, "ret"), &r) or type(lq) is not list \
             or (what == QC_TO_LINK and _QD.get("PHASES", {}).get("write") is not _PY_WRITE_PHASE) \
             or (lq and (c.qemu < 0 or type((<list>lq)[0]) is not int)):
@@ -1350,7 +1375,11 @@ cdef int h_qcow2_compute(Core* c, Frame* f) except -1:
             cont(c, F1(K_qcow2_compute, bid), -1)
             co["caller"] = (<tuple>_I_COMPUTE)[2]   # (the step's function: no set_function ran)
             return 0
-    # driver._finish
+    return _q_finish(c, fd, req, lq, co, bid)
+
+
+cdef int _q_finish(Core* c, object fd, object req, object lq, object co, i64 bid) except -1:
+    """driver._finish (bid != 0; the caller checked the request and the lock queue)"""
     PyDict_DelItem(_get(fd, "cos"), bid)
     fd["lock_owner"] = None
     if lq:

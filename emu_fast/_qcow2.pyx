@@ -19,6 +19,7 @@ them too.  It pickles and copies as a plain Qcow2Engine; emu_fast.detach puts th
 back.
 """
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.object cimport PyObject
 from libc.stdint cimport uint8_t, uint64_t
 
 import copyreg as _copyreg
@@ -27,6 +28,7 @@ import errno as _E
 from emu.block.qcow2 import driver as _Q
 from emu.block.qcow2 import engine as _QE
 from emu.block.qcow2 import layout as _L
+from emu.block.qcow2 import cache as _QC
 
 from emu_fast import _support as _SUP
 from emu_fast._core cimport sched_cont, sched_post
@@ -34,6 +36,77 @@ from emu_fast._fmt cimport _hex, _hexll
 from emu_fast._zeros cimport vb_zeros
 
 PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
+
+cdef extern from "Python.h":
+    PyObject** _PyObject_GetDictPtr(object o)
+    PyObject* PyDict_GetItemWithError(object d, object k) except? NULL
+    int PyDict_SetItem(object d, object k, object v) except -1
+
+
+cdef inline object _ga(object o, str name):
+    """getattr(o, name) of an instance attribute (read from o.__dict__: the engine's and the
+    caches' fields, which no class attribute of theirs overrides; else getattr)"""
+    cdef PyObject** dp = _PyObject_GetDictPtr(o)
+    cdef PyObject* v
+    if dp != NULL and dp[0] != NULL:
+        v = PyDict_GetItemWithError(<object>dp[0], name)
+        if v != NULL:
+            return <object>v
+    return getattr(o, name)
+
+
+cdef inline int _sa(object o, str name, object v) except -1:
+    """setattr(o, name, v) of such an instance attribute (into o.__dict__)"""
+    cdef PyObject** dp = _PyObject_GetDictPtr(o)
+    if dp != NULL and dp[0] != NULL:
+        return PyDict_SetItem(<object>dp[0], name, v)
+    setattr(o, name, v)
+    return 0
+
+
+cdef struct Geo:       # the engine's geometry: fields its __init__ sets and nothing changes
+    int cluster_bits
+    long long cluster_size
+    int l2_bits
+    long long l2_size
+    long long l2_slice_size
+    long long l1_size
+    int refcount_order
+    int refcount_block_bits
+    long long refcount_max
+    long long size
+    long long version
+
+cdef Geo _G
+cdef object _G_eng = None       # the engine _G was read from (kept alive: its address stays its own)
+
+
+cdef Geo* _geo_load(object eng) except NULL:
+    """_G read from eng"""
+    global _G_eng
+    _G_eng = None
+    _G.cluster_bits = _ga(eng, "cluster_bits")
+    _G.cluster_size = _ga(eng, "cluster_size")
+    _G.l2_bits = _ga(eng, "l2_bits")
+    _G.l2_size = _ga(eng, "l2_size")
+    _G.l2_slice_size = _ga(eng, "l2_slice_size")
+    _G.l1_size = _ga(eng, "l1_size")
+    _G.refcount_order = _ga(eng, "refcount_order")
+    _G.refcount_block_bits = _ga(eng, "refcount_block_bits")
+    rm = _ga(eng, "refcount_max")
+    _G.refcount_max = rm if rm < (1 << 62) else (1 << 62)   # (64-bit refcounts: Python paths)
+    _G.size = _ga(eng, "size")
+    _G.version = _ga(eng, "version")
+    _G_eng = eng
+    return &_G
+
+
+cdef inline Geo* _geo(object eng) except NULL:
+    """the geometry of eng (read once per compute step, and whenever another engine comes)"""
+    if eng is _G_eng:
+        return &_G
+    return _geo_load(eng)
+
 
 cdef object Qcow2Engine = _QE.Qcow2Engine
 cdef object Qcow2Error = _QE.Qcow2Error
@@ -184,7 +257,7 @@ cdef int _refcount_set(object block, long long index, int order, long long value
 
 cdef inline Py_ssize_t _lookup(object c, long long offset) except -2:
     """Cache.lookup's search: the index caching offset, or -1"""
-    cdef list offsets = c.offsets
+    cdef list offsets = _ga(c, "offsets")
     cdef Py_ssize_t i
     for i in range(len(offsets)):
         if <long long>offsets[i] == offset:
@@ -194,36 +267,36 @@ cdef inline Py_ssize_t _lookup(object c, long long offset) except -2:
 
 cdef int _put(object c, Py_ssize_t i) except -1:
     """Cache.put"""
-    cdef list ref = c.ref
+    cdef list ref = _ga(c, "ref")
     cdef long long r = <long long>ref[i] - 1
     ref[i] = r
     if r == 0:
-        n = c.lru_counter + 1
-        c.lru_counter = n
-        (<list>c.lru)[i] = n
+        n = _ga(c, "lru_counter") + 1
+        _sa(c, "lru_counter", n)
+        (<list>_ga(c, "lru"))[i] = n
     return 0
 
 
 cdef Py_ssize_t _cache_get(object eng, object c, long long offset, bint read=True) except -1:
     """Qcow2Engine.cache_get (a miss: the Python method)"""
     cdef Py_ssize_t i
-    if offset % <long long>c.table_size:
+    if offset % <long long>_ga(c, "table_size"):
         return Qcow2Engine.cache_get(eng, c, offset, read)
     i = _lookup(c, offset)
     if i < 0:
         return Qcow2Engine.cache_get(eng, c, offset, read)
-    cdef list ref = c.ref
+    cdef list ref = _ga(c, "ref")
     ref[i] = <long long>ref[i] + 1
     return i
 
 
 cdef int _cache_set_dependency(object eng, object c, object dep) except -1:
     """Qcow2Engine.cache_set_dependency"""
-    if dep.depends:
+    if _ga(dep, "depends"):
         eng.cache_flush_dependency(dep)
-    if c.depends and c.depends != dep.name:
+    if _ga(c, "depends") and _ga(c, "depends") != _ga(dep, "name"):
         eng.cache_flush_dependency(c)
-    c.depends = dep.name
+    _sa(c, "depends", _ga(dep, "name"))
     return 0
 
 
@@ -231,9 +304,9 @@ cdef int _cache_set_dependency(object eng, object c, object dep) except -1:
 
 cdef bytes _pread(object eng, object offset, object n):
     """Qcow2Engine.pread"""
-    buf = bytearray(eng.pread_file(offset, n))
+    buf = bytearray(_ga(eng, "pread_file")(offset, n))
     cdef long long o = offset, nn = n, off, lo, hi, ln
-    for pend in eng.pending:
+    for pend in _ga(eng, "pending"):
         off = pend[0]
         data = pend[1]
         ln = len(data)
@@ -252,30 +325,30 @@ cdef int _io(object eng, object op, object fn, object what, object offset, objec
         b = bytes(data)
         item["data"] = b
         item["length"] = len(b)
-        eng.pending.append([offset, bytes(data)])
-        eng.file_size = max(eng.file_size, offset + len(b))
+        _ga(eng, "pending").append([offset, bytes(data)])
+        eng.file_size = max(_ga(eng, "file_size"), offset + len(b))
     elif op == "write_zeroes" or op == "discard":
-        eng.pending.append([offset, vb_zeros(length) if type(length) is int and 0 <= length < 1 << 40
+        _ga(eng, "pending").append([offset, vb_zeros(length) if type(length) is int and 0 <= length < 1 << 40
                                     else bytes(length)])
-        eng.file_size = max(eng.file_size, offset + length) if op == "write_zeroes" \
-            else eng.file_size
+        eng.file_size = max(_ga(eng, "file_size"), offset + length) if op == "write_zeroes" \
+            else _ga(eng, "file_size")
     elif op == "guest_write":
-        eng.pending.append([offset, b""])
-        eng.file_size = max(eng.file_size, offset + length)
+        _ga(eng, "pending").append([offset, b""])
+        eng.file_size = max(_ga(eng, "file_size"), offset + length)
     if extra:
         item.update(extra)
-    eng.plan.append(item)
+    _ga(eng, "plan").append(item)
     return 0
 
 
 cdef int _executed(object eng, dict item) except -1:
     """Qcow2Engine.executed"""
     if "data" in item:
-        eng.pending.pop(0)
+        _ga(eng, "pending").pop(0)
         return 0
     op = item["op"]
     if op == "write_zeroes" or op == "discard" or op == "guest_write":
-        eng.pending.pop(0)
+        _ga(eng, "pending").pop(0)
     return 0
 
 
@@ -284,8 +357,8 @@ cdef int _executed(object eng, dict item) except -1:
 cdef long long _check_metadata_overlap(object eng, long long ign, long long offset,
                                        long long size) except -1:
     """Qcow2Engine.check_metadata_overlap"""
-    cdef long long chk = <long long>eng.overlap_check & ~ign
-    cdef long long cs = eng.cluster_size
+    cdef long long chk = <long long>_ga(eng, "overlap_check") & ~ign
+    cdef long long cs = _geo(eng).cluster_size
     cdef long long o, s, end
     cdef uint64_t e
     cdef Py_ssize_t i, top
@@ -297,36 +370,36 @@ cdef long long _check_metadata_overlap(object eng, long long ign, long long offs
     offset = offset & ~(cs - 1)
     end = offset + size
     if chk & OL_ACTIVE_L1:
-        s = eng.l1_size
+        s = _geo(eng).l1_size
         if s:
-            o = eng.l1_table_offset
+            o = _ga(eng, "l1_table_offset")
             if o < end and offset < o + s * 8:
                 return OL_ACTIVE_L1
     if chk & OL_REFCOUNT_TABLE:
-        s = eng.refcount_table_size
+        s = _ga(eng, "refcount_table_size")
         if s:
-            o = eng.refcount_table_offset
+            o = _ga(eng, "refcount_table_offset")
             if o < end and offset < o + s * 8:
                 return OL_REFCOUNT_TABLE
     if chk & OL_SNAPSHOT_TABLE:
-        s = eng.snapshots_size
+        s = _ga(eng, "snapshots_size")
         if s:
-            o = eng.snapshots_offset
+            o = _ga(eng, "snapshots_offset")
             if o < end and offset < o + s:
                 return OL_SNAPSHOT_TABLE
     if chk & OL_INACTIVE_L1:
-        for l1_off, l1_sz in eng.snapshots:
+        for l1_off, l1_sz in _ga(eng, "snapshots"):
             if l1_sz and l1_off < end and offset < l1_off + l1_sz * 8:
                 return OL_INACTIVE_L1
     if chk & OL_ACTIVE_L2:
-        for x in eng.l1_table:
+        for x in _ga(eng, "l1_table"):
             e = x
             e &= L1E_OFFSET_MASK
             if e and <long long>e < end and offset < <long long>e + cs:
                 return OL_ACTIVE_L2
     if chk & OL_REFCOUNT_BLOCK:
-        rt = eng.refcount_table
-        top = eng.max_refcount_table_index
+        rt = _ga(eng, "refcount_table")
+        top = _ga(eng, "max_refcount_table_index")
         for i in range(top + 1):
             e = rt[i]
             e &= REFT_OFFSET_MASK
@@ -349,7 +422,7 @@ cdef int _pre_write_overlap_check(object eng, long long ign, long long offset,
 
 cdef inline object _reftable(object eng, Py_ssize_t ti):
     """eng.refcount_table[ti]: a FrozenTable (a tuple) is indexed in C, anything else as Python does."""
-    rt = eng.refcount_table
+    rt = _ga(eng, "refcount_table")
     if isinstance(rt, tuple):
         return (<tuple>rt)[ti]
     return rt[ti]
@@ -357,36 +430,36 @@ cdef inline object _reftable(object eng, Py_ssize_t ti):
 
 cdef object _get_refcount(object eng, long long cluster_index):
     """Qcow2Engine.get_refcount (a misaligned refcount block: the Python method)"""
-    cdef int rbb = eng.refcount_block_bits
+    cdef int rbb = _geo(eng).refcount_block_bits
     cdef long long ti = cluster_index >> rbb
     cdef uint64_t rb
-    if ti >= <long long>eng.refcount_table_size:
+    if ti >= <long long>_ga(eng, "refcount_table_size"):
         return 0
     rb = _reftable(eng, ti)
     rb &= REFT_OFFSET_MASK
     if not rb:
         return 0
-    cdef long long cs = eng.cluster_size
+    cdef long long cs = _geo(eng).cluster_size
     if rb & <uint64_t>(cs - 1):
         return Qcow2Engine.get_refcount(eng, cluster_index)
-    rbc = eng.rb_cache
+    rbc = _ga(eng, "rb_cache")
     cdef Py_ssize_t i = _cache_get(eng, rbc, <long long>rb, True)
-    val = _refcount_get((<list>rbc.tables)[i], cluster_index & ((1LL << rbb) - 1),
-                        eng.refcount_order)
+    val = _refcount_get((<list>_ga(rbc, "tables"))[i], cluster_index & ((1LL << rbb) - 1),
+                        _geo(eng).refcount_order)
     _put(rbc, i)
     return val
 
 
 cdef int _alloc_refcount_block(object eng, long long cluster_index, Py_ssize_t *ci) except? -99:
     """Qcow2Engine.alloc_refcount_block: an existing block is compiled, a new one is Python"""
-    cdef long long ti = cluster_index >> <int>eng.refcount_block_bits
+    cdef long long ti = cluster_index >> <int>_geo(eng).refcount_block_bits
     cdef uint64_t rb
-    cdef long long cs = eng.cluster_size
-    if ti < <long long>eng.refcount_table_size:
+    cdef long long cs = _geo(eng).cluster_size
+    if ti < <long long>_ga(eng, "refcount_table_size"):
         rb = _reftable(eng, ti)
         rb &= REFT_OFFSET_MASK
         if rb and not rb & <uint64_t>(cs - 1):
-            ci[0] = _cache_get(eng, eng.rb_cache, <long long>rb, True)
+            ci[0] = _cache_get(eng, _ga(eng, "rb_cache"), <long long>rb, True)
             return 0
     r, i = eng.alloc_refcount_block(cluster_index)
     ci[0] = i
@@ -396,21 +469,21 @@ cdef int _alloc_refcount_block(object eng, long long cluster_index, Py_ssize_t *
 cdef long long _update_refcount(object eng, long long offset, long long length, long long addend,
                                 bint decrease, int dtype) except? -99:
     """Qcow2Engine.update_refcount (64-bit refcounts: the Python method)"""
-    cdef int order = eng.refcount_order
+    cdef int order = _geo(eng).refcount_order
     if order > 5:
         return Qcow2Engine.update_refcount(eng, offset, length, addend, decrease, dtype)
     if length <= 0:
         return 0
     if decrease:
-        _cache_set_dependency(eng, eng.rb_cache, eng.l2_cache)
-    cdef int cb = eng.cluster_bits
+        _cache_set_dependency(eng, _ga(eng, "rb_cache"), _ga(eng, "l2_cache"))
+    cdef int cb = _geo(eng).cluster_bits
     cdef long long cs = 1LL << cb
-    cdef int rbb = eng.refcount_block_bits
+    cdef int rbb = _geo(eng).refcount_block_bits
     cdef long long rbs_mask = (1LL << rbb) - 1
-    cdef long long refcount_max = eng.refcount_max
+    cdef long long refcount_max = _geo(eng).refcount_max
     cdef long long start = offset & ~(cs - 1)
     cdef long long last = (offset + length - 1) & ~(cs - 1)
-    rbc = eng.rb_cache
+    rbc = _ga(eng, "rb_cache")
     cdef Py_ssize_t ci = -1, t
     cdef long long old_ti = -1, ti, cluster_index, bi, rc, new
     cdef long long ret = 0, r
@@ -425,21 +498,21 @@ cdef long long _update_refcount(object eng, long long offset, long long length, 
                     ci = -1
                 r = _alloc_refcount_block(eng, cluster_index, &ci)
                 if r == -EAGAIN:
-                    if eng.free_cluster_index > start >> cb:
-                        eng.free_cluster_index = start >> cb
+                    if _ga(eng, "free_cluster_index") > start >> cb:
+                        _sa(eng, "free_cluster_index", start >> cb)
                     ret = r
                     break
             old_ti = ti
-            (<list>rbc.dirty)[ci] = True
+            (<list>_ga(rbc, "dirty"))[ci] = True
             bi = cluster_index & rbs_mask
-            table = (<list>rbc.tables)[ci]
+            table = (<list>_ga(rbc, "tables"))[ci]
             rc = _refcount_get(table, bi, order)
             new = rc - addend if decrease else rc + addend
             if new < 0 or new > refcount_max:
                 ret = -EINVAL
                 break
-            if new == 0 and cluster_index < eng.free_cluster_index:
-                eng.free_cluster_index = cluster_index
+            if new == 0 and cluster_index < _ga(eng, "free_cluster_index"):
+                _sa(eng, "free_cluster_index", cluster_index)
             _refcount_set(table, bi, order, new)
             if new == 0:
                 t = rbc.is_table_offset(offset)
@@ -448,15 +521,15 @@ cdef long long _update_refcount(object eng, long long offset, long long length, 
                     ci = -1
                     old_ti = -1
                     rbc.discard(t)
-                eng.cache_discard_offset(eng.l2_cache, offset)
-                if eng.discard_passthrough[dtype]:
+                eng.cache_discard_offset(_ga(eng, "l2_cache"), offset)
+                if _ga(eng, "discard_passthrough")[dtype]:
                     eng.update_refcount_discard(cluster_offset, cs)
             cluster_offset += cs
     finally:
         if ci >= 0:
             _put(rbc, ci)
-    if not eng.cache_discards:
-        if eng.discards:
+    if not _ga(eng, "cache_discards"):
+        if _ga(eng, "discards"):
             eng.process_discards(ret)
         else:
             eng.discards = []
@@ -471,20 +544,20 @@ cdef long long _update_refcount(object eng, long long offset, long long length, 
 
 cdef long long _alloc_clusters_noref(object eng, long long size, long long max_) except -1:
     """Qcow2Engine.alloc_clusters_noref"""
-    if eng.cache_discards:
+    if _ga(eng, "cache_discards"):
         eng.process_discards(0)
-    cdef int cb = eng.cluster_bits
+    cdef int cb = _geo(eng).cluster_bits
     cdef long long n = (size + (1LL << cb) - 1) >> cb
     cdef long long i = 0
     cdef long long idx
     while i < n:
-        idx = eng.free_cluster_index
-        eng.free_cluster_index = idx + 1
+        idx = _ga(eng, "free_cluster_index")
+        _sa(eng, "free_cluster_index", idx + 1)
         if _get_refcount(eng, idx):
             i = 0
             continue
         i += 1
-    cdef long long fci = eng.free_cluster_index
+    cdef long long fci = _ga(eng, "free_cluster_index")
     if fci > 0 and fci - 1 > max_ >> cb:
         raise Qcow2Error(-EFBIG, "image would exceed the maximum cluster offset")
     return (fci - n) << cb
@@ -501,7 +574,7 @@ cdef long long _alloc_clusters(object eng, long long size) except -1:
 
 cdef long long _alloc_clusters_at(object eng, long long offset, long long nb_clusters) except -1:
     """Qcow2Engine.alloc_clusters_at"""
-    cdef int cb = eng.cluster_bits
+    cdef int cb = _geo(eng).cluster_bits
     cdef long long ci, i
     if nb_clusters == 0:
         return 0
@@ -521,25 +594,25 @@ cdef long long _alloc_clusters_at(object eng, long long offset, long long nb_clu
 
 cdef inline long long _slice_index(object eng, long long off):
     """Qcow2Engine.l2_slice_index"""
-    return (off >> <int>eng.cluster_bits) & (<long long>eng.l2_slice_size - 1)
+    return (off >> <int>_geo(eng).cluster_bits) & (<long long>_geo(eng).l2_slice_size - 1)
 
 
 cdef Py_ssize_t _l2_load(object eng, long long offset, long long l2_offset) except -1:
     """Qcow2Engine.l2_load"""
-    cdef int cb = eng.cluster_bits
-    cdef long long start = 8 * (((offset >> cb) & (<long long>eng.l2_size - 1))
+    cdef int cb = _geo(eng).cluster_bits
+    cdef long long start = 8 * (((offset >> cb) & (<long long>_geo(eng).l2_size - 1))
                                 - _slice_index(eng, offset))
-    return _cache_get(eng, eng.l2_cache, l2_offset + start, True)
+    return _cache_get(eng, _ga(eng, "l2_cache"), l2_offset + start, True)
 
 
 cdef Py_ssize_t _get_cluster_table(object eng, long long offset, Py_ssize_t *l2i) except -1:
     """Qcow2Engine.get_cluster_table (an L2 table to allocate or COW, an offset beyond the L1
     table or a misaligned L2 table: the Python method)"""
-    cdef int cb = eng.cluster_bits
-    cdef long long l1i = offset >> (<int>eng.l2_bits + cb)
+    cdef int cb = _geo(eng).cluster_bits
+    cdef long long l1i = offset >> (<int>_geo(eng).l2_bits + cb)
     cdef uint64_t l1e, l2_offset
-    if l1i < <long long>eng.l1_size:
-        l1e = (<list>eng.l1_table)[l1i]
+    if l1i < <long long>_geo(eng).l1_size:
+        l1e = (<list>_ga(eng, "l1_table"))[l1i]
         l2_offset = l1e & L1E_OFFSET_MASK
         if l1e & QCOW_OFLAG_COPIED and not l2_offset & ((1ULL << cb) - 1):
             l2i[0] = _slice_index(eng, offset)
@@ -560,7 +633,7 @@ cdef inline bint _needs_new_alloc(uint64_t e) noexcept:
 cdef long long _count_single_write_clusters(object eng, long long n, object table, Py_ssize_t l2i,
                                             bint new_alloc) except -1:
     """Qcow2Engine.count_single_write_clusters"""
-    cdef long long cs = eng.cluster_size
+    cdef long long cs = _geo(eng).cluster_size
     cdef uint64_t expected = _get(table, l2i) & L2E_OFFSET_MASK
     cdef uint64_t e
     cdef long long i = 0
@@ -580,8 +653,8 @@ cdef int _calculate_l2_meta(object eng, long long host_cluster_offset, long long
                             long long nbytes, object table, Py_ssize_t l2i0, bint keep_old,
                             list metas) except -1:
     """Qcow2Engine.calculate_l2_meta"""
-    cdef long long cs = eng.cluster_size
-    cdef int cb = eng.cluster_bits
+    cdef long long cs = _geo(eng).cluster_size
+    cdef int cb = _geo(eng).cluster_bits
     cdef long long cow_start_to = guest_offset & (cs - 1)
     cdef long long cow_end_from = cow_start_to + nbytes
     cdef long long nb_clusters = (cow_end_from + cs - 1) >> cb
@@ -620,16 +693,16 @@ cdef inline long long _min3(long long a, long long b, long long c) noexcept:
 cdef int _handle_copied(object eng, long long guest_offset, long long *host_offset,
                         long long *nbytes, list metas) except -1:
     """Qcow2Engine.handle_copied -> ret; host_offset and nbytes are in/out"""
-    cdef long long cs = eng.cluster_size
-    cdef int cb = eng.cluster_bits
+    cdef long long cs = _geo(eng).cluster_size
+    cdef int cb = _geo(eng).cluster_bits
     cdef long long oic = guest_offset & (cs - 1)
     cdef long long n = (oic + nbytes[0] + cs - 1) >> cb
-    n = _min3(n, <long long>eng.l2_slice_size - _slice_index(eng, guest_offset),
+    n = _min3(n, <long long>_geo(eng).l2_slice_size - _slice_index(eng, guest_offset),
               BDRV_REQUEST_MAX_BYTES >> cb)
     cdef Py_ssize_t l2i
     cdef Py_ssize_t ci = _get_cluster_table(eng, guest_offset, &l2i)
-    l2c = eng.l2_cache
-    table = (<list>l2c.tables)[ci]
+    l2c = _ga(eng, "l2_cache")
+    table = (<list>_ga(l2c, "tables"))[ci]
     cdef uint64_t e
     cdef long long cluster_offset, keep, nb
     try:
@@ -658,18 +731,18 @@ cdef int _handle_copied(object eng, long long guest_offset, long long *host_offs
 cdef int _handle_alloc(object eng, long long guest_offset, long long *host_offset,
                        long long *nbytes, list metas) except -1:
     """Qcow2Engine.handle_alloc -> ret; host_offset and nbytes are in/out"""
-    cdef long long cs = eng.cluster_size
-    cdef int cb = eng.cluster_bits
+    cdef long long cs = _geo(eng).cluster_size
+    cdef int cb = _geo(eng).cluster_bits
     cdef long long oic = guest_offset & (cs - 1)
     cdef long long n = (oic + nbytes[0] + cs - 1) >> cb
-    n = _min3(n, <long long>eng.l2_slice_size - _slice_index(eng, guest_offset),
+    n = _min3(n, <long long>_geo(eng).l2_slice_size - _slice_index(eng, guest_offset),
               BDRV_REQUEST_MAX_BYTES >> cb)
     cdef Py_ssize_t l2i
     cdef Py_ssize_t ci = _get_cluster_table(eng, guest_offset, &l2i)
-    l2c = eng.l2_cache
+    l2c = _ga(eng, "l2_cache")
     cdef long long alloc, requested, avail, nb
     try:
-        table = (<list>l2c.tables)[ci]
+        table = (<list>_ga(l2c, "tables"))[ci]
         n = _count_single_write_clusters(eng, n, table, l2i, True)
         if host_offset[0] == INV:
             alloc = _alloc_clusters(eng, n * cs)
@@ -685,7 +758,7 @@ cdef int _handle_alloc(object eng, long long guest_offset, long long *host_offse
         host_offset[0] = alloc + oic
         if nb - oic < nbytes[0]:
             nbytes[0] = nb - oic
-        table = (<list>l2c.tables)[ci]
+        table = (<list>_ga(l2c, "tables"))[ci]
         _calculate_l2_meta(eng, alloc, guest_offset, nbytes[0], table, l2i, False, metas)
         return 1
     finally:
@@ -723,20 +796,20 @@ cdef long long _alloc_host_offset(object eng, long long offset, long long nbytes
 
 cdef int _alloc_cluster_link_l2(object eng, dict mt) except -1:
     """Qcow2Engine.alloc_cluster_link_l2"""
-    if eng.use_lazy_refcounts:
+    if _ga(eng, "use_lazy_refcounts"):
         eng.mark_dirty()
-    if not <long long>eng.incompatible_features & INCOMPAT_DIRTY:
-        _cache_set_dependency(eng, eng.l2_cache, eng.rb_cache)
+    if not <long long>_ga(eng, "incompatible_features") & INCOMPAT_DIRTY:
+        _cache_set_dependency(eng, _ga(eng, "l2_cache"), _ga(eng, "rb_cache"))
     cdef Py_ssize_t l2i
     cdef Py_ssize_t ci = _get_cluster_table(eng, mt["offset"], &l2i)
-    c = eng.l2_cache
-    (<list>c.dirty)[ci] = True
+    c = _ga(eng, "l2_cache")
+    (<list>_ga(c, "dirty"))[ci] = True
     cdef list old = []
     cdef long long nb = mt["nb_clusters"], i
     cdef long long alloc = mt["alloc_offset"]
-    cdef int cb = eng.cluster_bits
+    cdef int cb = _geo(eng).cluster_bits
     cdef uint64_t e
-    table = (<list>c.tables)[ci]
+    table = (<list>_ga(c, "tables"))[ci]
     for i in range(nb):
         e = _get(table, l2i + i)
         if e:
@@ -753,34 +826,34 @@ cdef int _alloc_cluster_link_l2(object eng, dict mt) except -1:
 
 cdef tuple _get_host_offset(object eng, long long offset, long long nbytes):
     """Qcow2Engine.get_host_offset (a misaligned L2 table: the Python method)"""
-    cdef long long cs = eng.cluster_size
-    cdef int cb = eng.cluster_bits
+    cdef long long cs = _geo(eng).cluster_size
+    cdef int cb = _geo(eng).cluster_bits
     cdef long long oic = offset & (cs - 1)
     cdef long long needed = nbytes + oic
-    cdef long long avail = (<long long>eng.l2_slice_size - _slice_index(eng, offset)) << cb
+    cdef long long avail = (<long long>_geo(eng).l2_slice_size - _slice_index(eng, offset)) << cb
     if avail < needed:
         needed = avail
-    cdef long long l1i = offset >> (<int>eng.l2_bits + cb)
+    cdef long long l1i = offset >> (<int>_geo(eng).l2_bits + cb)
     cdef uint64_t l1e = 0, l2_offset
-    if l1i < <long long>eng.l1_size:
-        l1e = (<list>eng.l1_table)[l1i]
-    if l1i >= <long long>eng.l1_size or not l1e & L1E_OFFSET_MASK:
+    if l1i < <long long>_geo(eng).l1_size:
+        l1e = (<list>_ga(eng, "l1_table"))[l1i]
+    if l1i >= <long long>_geo(eng).l1_size or not l1e & L1E_OFFSET_MASK:
         return UNALLOCATED, 0, (avail if avail < needed else needed) - oic, 0
     l2_offset = l1e & L1E_OFFSET_MASK
     if l2_offset & <uint64_t>(cs - 1):
         return Qcow2Engine.get_host_offset(eng, offset, nbytes)
     cdef Py_ssize_t ci = _l2_load(eng, offset, <long long>l2_offset)
-    l2c = eng.l2_cache
+    l2c = _ga(eng, "l2_cache")
     cdef Py_ssize_t l2i
     cdef uint64_t e, ei, expected, hc
     cdef int t, ti
     cdef long long count, nb, i, got
     try:
-        table = (<list>l2c.tables)[ci]
+        table = (<list>_ga(l2c, "tables"))[ci]
         l2i = _slice_index(eng, offset)
         e = _get(table, l2i)
         t = _ctype(e)
-        if eng.version < 3 and (t == T_ZERO_PLAIN or t == T_ZERO_ALLOC):
+        if _geo(eng).version < 3 and (t == T_ZERO_PLAIN or t == T_ZERO_ALLOC):
             eng.signal_corruption(True, f"Zero cluster entry found in pre-v3 image (L2 offset: "
                                   f"{l2_offset:#x}, L2 index: {l2i:#x})")
         host = 0
@@ -821,7 +894,7 @@ cdef tuple _get_host_offset(object eng, long long offset, long long nbytes):
 cdef bint _is_zero_fast(object eng, long long offset, long long nbytes) except -1:
     """Qcow2Engine.is_zero_fast"""
     cdef long long end = offset + nbytes
-    cdef long long size = eng.size
+    cdef long long size = _geo(eng).size
     cdef long long n
     if size < end:
         end = size
@@ -830,7 +903,7 @@ cdef bint _is_zero_fast(object eng, long long offset, long long nbytes) except -
         if t == ZERO_PLAIN or t == ZERO_ALLOC:
             pass
         elif t == UNALLOCATED:
-            backing = eng.backing
+            backing = _ga(eng, "backing")
             if backing is not None and offset < backing.size:
                 return False
         else:
@@ -908,6 +981,24 @@ class FastQcow2Engine(Qcow2Engine):
 
 cdef object _FastQcow2Engine = FastQcow2Engine
 
+# _ga/_sa read and write these fields in the instance's __dict__: no class may override them
+for _cls, _names in ((Qcow2Engine, ("cluster_bits", "l2_cache", "cluster_size", "plan", "free_cluster_index",
+                                    "file_size", "pending", "rb_cache", "l2_slice_size", "l1_size",
+                                    "refcount_table_size", "refcount_table", "refcount_block_bits", "l1_table",
+                                    "refcount_order", "l2_bits", "discards", "cache_discards", "version",
+                                    "use_lazy_refcounts", "snapshots_size", "snapshots_offset", "snapshots",
+                                    "size", "refcount_table_offset", "refcount_max", "pread_file",
+                                    "overlap_check", "max_refcount_table_index", "l2_size", "l1_table_offset",
+                                    "incompatible_features", "discard_passthrough", "backing")),
+                     (FastQcow2Engine, ()),
+                     (_QC.Cache, ("tables", "depends", "name", "ref", "lru_counter", "dirty", "table_size",
+                                  "offsets", "lru"))):
+    for _n in _names:
+        for _k in _cls.__mro__:
+            assert not hasattr(type(_k.__dict__.get(_n)), "__set__"), (_cls, _n)
+for _n in ("cluster_bits", "plan", "free_cluster_index", "l2_cache", "rb_cache", "pending"):
+    assert _n not in FastQcow2Engine.__dict__ and _n not in Qcow2Engine.__dict__, _n
+
 
 cdef inline object _fast_engine(object f):
     eng = f.engine
@@ -922,6 +1013,8 @@ def detach_machine(m):
     eng = getattr(f, "engine", None)
     if type(eng) is _FastQcow2Engine:
         eng.__class__ = Qcow2Engine
+    global _G_eng
+    _G_eng = None
 
 
 # == the driver's compute step (driver.py) ====================================================================
@@ -1007,8 +1100,9 @@ cdef int _write_task(object m, object eng, object bid, dict co, dict piece) exce
     return 0
 
 
-cdef str _write_machine(object m, object eng, object bid, dict co):
-    """driver._write_machine"""
+cdef str _write_machine(object m, object eng, object bid, dict co, bint quiet=False):
+    """driver._write_machine (quiet: no detail, the function named in _qfn instead of m.cur)"""
+    global _qfn
     cdef long long host, cur, pos, rem
     cdef list metas, pieces
     cdef dict piece, mt
@@ -1017,7 +1111,10 @@ cdef str _write_machine(object m, object eng, object bid, dict co):
         if co["remaining"] == 0:
             co["wphase"] = "link"
             return "every piece allocated and written: link the L2 entries"
-        _SUP.set_function(m, "qcow2_alloc_host_offset", CLUSTER_SRC)
+        if quiet:
+            _qfn = S_ALLOC_HOST_OFFSET
+        else:
+            _SUP.set_function(m, "qcow2_alloc_host_offset", CLUSTER_SRC)
         pos = co["pos"]
         rem = co["remaining"]
         metas = []
@@ -1030,11 +1127,16 @@ cdef str _write_machine(object m, object eng, object bid, dict co):
         co["qoff"] += cur
         _pre_write_overlap_check(eng, 0, host, cur)
         _write_task(m, eng, bid, co, piece)
+        if quiet:
+            return None
         what = ", ".join([f"{mt['nb_clusters']} new cluster(s) at {_hex(mt['alloc_offset'])}"
                           for mt in metas if not mt["keep_old"]]) or "in place (COPIED clusters)"
         return f"guest {_hexll(pos)}+{_hexll(cur)} -> host {_hexll(host)}: {what}"
     if wphase == "link":
-        _SUP.set_function(m, "qcow2_alloc_cluster_link_l2", CLUSTER_SRC)
+        if quiet:
+            _qfn = S_LINK_L2
+        else:
+            _SUP.set_function(m, "qcow2_alloc_cluster_link_l2", CLUSTER_SRC)
         pieces = co["pieces"]
         if co["link_i"] >= len(pieces):
             co["wphase"] = "done"
@@ -1044,6 +1146,8 @@ cdef str _write_machine(object m, object eng, object bid, dict co):
         if piece["failed"] or co["ret"]:
             for mt in piece["metas"]:
                 eng.alloc_cluster_abort(mt)
+            if quiet:
+                return None
             return f"piece at guest {_hex(piece['guest'])}: the write failed, qcow2_alloc_cluster_abort frees its clusters"
         n = 0
         for mt in piece["metas"]:
@@ -1051,6 +1155,8 @@ cdef str _write_machine(object m, object eng, object bid, dict co):
             if (cs[1] or ce[1]) and not mt["skip_cow"]:
                 _perform_cow(m, bid, co, piece, mt)
             _alloc_cluster_link_l2(eng, mt)
+        if quiet:
+            return None
         for mt in piece["metas"]:
             n += mt["nb_clusters"]
         return (f"piece at guest {_hex(piece['guest'])}: {n} L2 entr{'y' if n == 1 else 'ies'} "
@@ -1059,20 +1165,24 @@ cdef str _write_machine(object m, object eng, object bid, dict co):
     raise AssertionError(wphase)
 
 
-cdef str _write_phase(object m, object eng, object bid, dict co):
+cdef str _write_phase(object m, object eng, object bid, dict co, bint quiet=False):
     """driver._write_phase"""
-    detail = _write_machine(m, eng, bid, co)
+    detail = _write_machine(m, eng, bid, co, quiet)
     if co["wphase"] == "done":
         co["phase"] = "done"
     return detail
 
 
-cdef str _read_phase(object m, object eng, object bid, dict co):
-    """driver._read_phase"""
+cdef str _read_phase(object m, object eng, object bid, dict co, bint quiet=False):
+    """driver._read_phase (quiet: no detail, the function named in _qfn instead of m.cur)"""
+    global _qfn
     if co["remaining"] == 0:
         co["phase"] = "done"
         return "read complete"
-    _SUP.set_function(m, "qcow2_get_host_offset", CLUSTER_SRC)
+    if quiet:
+        _qfn = S_GET_HOST_OFFSET
+    else:
+        _SUP.set_function(m, "qcow2_get_host_offset", CLUSTER_SRC)
     pos = co["pos"]
     rem = co["remaining"]
     t, host, cur, entry = _get_host_offset(eng, pos, rem if rem < INT_MAX else INT_MAX)
@@ -1085,19 +1195,23 @@ cdef str _read_phase(object m, object eng, object bid, dict co):
     if t == ZERO_PLAIN or t == ZERO_ALLOC or (t == UNALLOCATED and m.fmt.backing is None):
         _io(eng, "guest_zero", "qemu_iovec_memset", f"guest {_hex(pos)}+{_hex(cur)} reads as zero ({t})",
             pos, None, cur, {"iov": seg})
+        if quiet:
+            return None
         return f"guest {_hex(pos)}+{_hex(cur)}: {t} cluster(s)"
     if t == UNALLOCATED:
         _io(eng, "backing_read", "bdrv_co_preadv_part", f"guest {_hex(pos)}+{_hex(cur)} from the backing file",
             pos, None, cur, {"iov": seg})
         return f"guest {_hex(pos)}+{_hex(cur)}: unallocated, read the backing file"
     if t == COMPRESSED:
-        h, csize = _L.compressed_params(entry, eng.cluster_bits)
+        h, csize = _L.compressed_params(entry, _geo(eng).cluster_bits)
         _io(eng, "compressed_read", "qcow2_co_preadv_compressed",
             f"inflate the compressed cluster at host {_hex(h)} ({csize} bytes)", h, None, csize,
             {"iov": seg, "entry": entry, "guest": pos})
         return f"guest {_hex(pos)}+{_hex(cur)}: compressed cluster at host {_hex(h)}"
     _io(eng, "guest_read", "bdrv_co_preadv_part", f"guest {_hex(pos)}+{_hex(cur)} <- host {_hex(host)}", host,
         None, cur, {"iov": seg, "kind": "data"})
+    if quiet:
+        return None
     return f"guest {_hex(pos)}+{_hex(cur)} -> host {_hex(host)}"
 
 
@@ -1107,7 +1221,7 @@ cdef str _compute(object m, object f, object eng, object bid):
     if co["phase"] == "done":
         _finish(m, bid)
         return f"request done ({_errname(co['ret'])}), s->lock released"
-    eng.plan = []
+    _sa(eng, "plan", [])
     op = co["op"]
     try:
         if op == "write":
@@ -1121,9 +1235,9 @@ cdef str _compute(object m, object f, object eng, object bid):
         co["phase"] = "done"
         detail = f"fails: {e}"
         m.log.add(("error", str(e), "qcow2"))
-    plan = eng.plan
+    plan = _ga(eng, "plan")
     co["plan"] = plan
-    eng.plan = []
+    _sa(eng, "plan", [])
     co["pi"] = 0
     if plan:
         sched_cont(m.sim, "qcow2.io", (bid,))
@@ -1141,11 +1255,57 @@ def q_compute(m, bid):
     eng = _fast_engine(f)
     if type(eng) is not _FastQcow2Engine:        # a subclass of the engine: its own methods
         return _Q.compute(m, bid)
+    _geo_load(eng)
     detail = _compute(m, f, eng, bid)
     co = f.cos.get(bid)
     if co is not None and m.cur is not None:
         co["caller"] = m.cur.function
     return detail
+
+
+cdef str S_ALLOC_HOST_OFFSET = "qcow2_alloc_host_offset"     # (the compute step's own function)
+cdef str S_LINK_L2 = "qcow2_alloc_cluster_link_l2"
+cdef str S_GET_HOST_OFFSET = "qcow2_get_host_offset"
+cdef str _qfn = S_ALLOC_HOST_OFFSET     # the function a quiet phase named (Machine.set_function)
+cdef str S_WRITE = "write"
+cdef str S_READ = "read"
+cdef str S_DONE = "done"
+
+
+def bulk_compute(m, f, eng, bid):
+    """driver.compute (and _compute) for a read or write phase, keeping no record (the bulk core,
+    emu_fast/_bulk_blk.pyx h_qcow2_compute, after its begin): no detail, no set_function (the
+    function it would name goes to co["caller"]).  The caller checked that the engine is a
+    FastQcow2Engine and the request a read or write that is not done.  -> 1: cont qcow2.io,
+    2: _finish, 3: cont qcow2.compute (the caller steers the scheduler)"""
+    global _qfn
+    cdef dict co = f.cos[bid]
+    op = co["op"]
+    if type(eng) is not _FastQcow2Engine or co["phase"] == S_DONE or (op != S_WRITE and op != S_READ):
+        raise RuntimeError("bulk_compute: not a read or write phase of a FastQcow2Engine")
+    _geo_load(eng)
+    _qfn = S_ALLOC_HOST_OFFSET
+    _sa(eng, "plan", [])
+    try:
+        if op == S_WRITE:
+            _write_phase(m, eng, bid, co, True)
+        else:
+            _read_phase(m, eng, bid, co, True)
+    except Qcow2Error as e:
+        co["ret"] = e.errno
+        co["phase"] = S_DONE
+        m.log.add(("error", str(e), "qcow2"))
+    plan = _ga(eng, "plan")
+    co["plan"] = plan
+    _sa(eng, "plan", [])
+    co["pi"] = 0
+    if plan:
+        co["caller"] = _qfn
+        return 1
+    if co["phase"] == S_DONE:
+        return 2
+    co["caller"] = _qfn
+    return 3
 
 
 HANDLERS = {
