@@ -23,6 +23,8 @@ from cpython.object cimport PyObject
 
 cdef extern from "Python.h":
     PyObject* _PyType_Lookup(object t, object name)
+    PyObject** _PyObject_GetDictPtr(object o)
+    int PyDict_SetItem(object d, object k, object v) except -1
     dict _PyDict_NewPresized(Py_ssize_t minused)
     int _PyLong_Sign(object v)
     size_t _PyLong_NumBits(object v) except? <size_t>-1
@@ -1336,13 +1338,13 @@ cdef int h_qcow2_compute(Core* c, Frame* f) except -1:
         # the scheduler calls compute makes; anything else: the compiled handler
         if (op == S_WRITE or op == S_READ) and phase is not _MISSING and phase != "done" and req is not None \
                 and type(lq) is list and (not lq or (c.qemu >= 0 and type((<list>lq)[0]) is int)) \
-                and _QD.get("PHASES", {}).get(op) is (_PY_WRITE_PHASE if op == S_WRITE else _PY_READ_PHASE) \
+                and _phase_fn(op) is (_PY_WRITE_PHASE if op == S_WRITE else _PY_READ_PHASE) \
                 and _FQ_BULK_COMPUTE is not None:
             _begin(c, K_qcow2_compute)
             _NATIVE[K_qcow2_compute] += 1
             if type(eng) is _Qcow2Engine:
                 eng.__class__ = _FastQcow2Engine    # (as the compiled handler does)
-            r = _FQ_BULK_COMPUTE(m, _m_fmt(m), eng, bid)
+            r = _FQ_BULK_COMPUTE(m, eng, co, bid)
             if r == 1:
                 cont(c, F1(K_qcow2_io, bid), -1)
                 return 0
@@ -1353,40 +1355,57 @@ cdef int h_qcow2_compute(Core* c, Frame* f) except -1:
         return _wrapped(c, f, K_qcow2_compute, _FN_COMPUTE, _I_COMPUTE)
     # _finish's reads: the request, and co["ret"] (formatted by the detail)
     if req is None or not _as_i64(_get(co, "ret"), &r) or type(lq) is not list \
-            or (what == QC_TO_LINK and _QD.get("PHASES", {}).get("write") is not _PY_WRITE_PHASE) \
+            or (what == QC_TO_LINK and _phase_fn(S_WRITE) is not _PY_WRITE_PHASE) \
             or (lq and (c.qemu < 0 or type((<list>lq)[0]) is not int)):
         return _wrapped(c, f, K_qcow2_compute, _FN_COMPUTE, _I_COMPUTE)
     _begin(c, K_qcow2_compute)
     if type(eng) is _Qcow2Engine:
         eng.__class__ = _FastQcow2Engine            # (as the compiled handler does)
     if what != QC_DONE:                 # the phase runs with a fresh plan, and plans nothing
-        eng.plan = []
+        plan = []
+        _inst_set(eng, "plan", plan)
         if what == QC_TO_LINK:
-            co["wphase"] = "link"
+            (<dict>co)["wphase"] = "link"
         elif what == QC_LINKED:
-            co["wphase"] = "done"
-            co["phase"] = "done"
+            (<dict>co)["wphase"] = "done"
+            (<dict>co)["phase"] = "done"
         else:
-            co["phase"] = "done"
-        co["plan"] = eng.plan
-        eng.plan = []
-        co["pi"] = 0
+            (<dict>co)["phase"] = "done"
+        (<dict>co)["plan"] = plan
+        _inst_set(eng, "plan", [])
+        (<dict>co)["pi"] = 0
         if what == QC_TO_LINK:
             cont(c, F1(K_qcow2_compute, bid), -1)
-            co["caller"] = (<tuple>_I_COMPUTE)[2]   # (the step's function: no set_function ran)
+            (<dict>co)["caller"] = (<tuple>_I_COMPUTE)[2]   # (the step's function: no set_function ran)
             return 0
     return _q_finish(c, fd, req, lq, co, bid)
+
+
+cdef inline object _phase_fn(object op):
+    """driver.PHASES[op] (or _MISSING)"""
+    ph = _get(_QD, "PHASES")
+    return _get(ph, op) if type(ph) is dict else _MISSING
+
+
+cdef int _inst_set(object o, str name, object v) except -1:
+    """setattr(o, name, v) of an instance attribute no class attribute overrides (the
+    engine's plan): into o.__dict__"""
+    cdef PyObject** dp = _PyObject_GetDictPtr(o)
+    if dp != NULL and dp[0] != NULL:
+        return PyDict_SetItem(<object>dp[0], name, v)
+    setattr(o, name, v)
+    return 0
 
 
 cdef int _q_finish(Core* c, object fd, object req, object lq, object co, i64 bid) except -1:
     """driver._finish (bid != 0; the caller checked the request and the lock queue)"""
     PyDict_DelItem(_get(fd, "cos"), bid)
-    fd["lock_owner"] = None
+    (<dict>fd)["lock_owner"] = None
     if lq:
         nxt = (<list>lq).pop(0)
-        fd["lock_owner"] = nxt
+        (<dict>fd)["lock_owner"] = nxt
         post(c, c.qemu, F1(K_qcow2_compute, <i64>nxt), 0, False)
-    req["ret"] = co["ret"]
+    (<dict>req)["ret"] = (<dict>co)["ret"]
     cont(c, F1(K_bdrv_co_done, bid), -1)
     return 0
 

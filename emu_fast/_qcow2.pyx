@@ -150,6 +150,7 @@ cdef enum:
     T_ZERO_ALLOC = 2
     T_NORMAL = 3
     T_COMPRESSED = 4
+    T_PY = 5            # (_gho: the Python method decides)
 cdef tuple TNAME = (_L.UNALLOCATED, _L.ZERO_PLAIN, _L.ZERO_ALLOC, _L.NORMAL, _L.COMPRESSED)
 cdef object UNALLOCATED = _L.UNALLOCATED
 cdef object ZERO_PLAIN = _L.ZERO_PLAIN
@@ -317,6 +318,17 @@ cdef bytes _pread(object eng, object offset, object n):
     return bytes(buf)
 
 
+cdef int _grow_file_size(object eng, object end) except -1:
+    """eng.file_size = max(eng.file_size, end) (ints: the same object stays when it is not less)"""
+    fs = _ga(eng, "file_size")
+    if type(fs) is int and type(end) is int:
+        if end > fs:
+            _sa(eng, "file_size", end)
+        return 0
+    _sa(eng, "file_size", max(fs, end))
+    return 0
+
+
 cdef int _io(object eng, object op, object fn, object what, object offset, object data,
              object length, dict extra) except -1:
     """Qcow2Engine.io"""
@@ -326,15 +338,15 @@ cdef int _io(object eng, object op, object fn, object what, object offset, objec
         item["data"] = b
         item["length"] = len(b)
         _ga(eng, "pending").append([offset, bytes(data)])
-        eng.file_size = max(_ga(eng, "file_size"), offset + len(b))
+        _grow_file_size(eng, offset + len(b))
     elif op == "write_zeroes" or op == "discard":
         _ga(eng, "pending").append([offset, vb_zeros(length) if type(length) is int and 0 <= length < 1 << 40
                                     else bytes(length)])
-        eng.file_size = max(_ga(eng, "file_size"), offset + length) if op == "write_zeroes" \
-            else _ga(eng, "file_size")
+        if op == "write_zeroes":
+            _grow_file_size(eng, offset + length)     # (a discard leaves file_size as it is)
     elif op == "guest_write":
         _ga(eng, "pending").append([offset, b""])
-        eng.file_size = max(_ga(eng, "file_size"), offset + length)
+        _grow_file_size(eng, offset + length)
     if extra:
         item.update(extra)
     _ga(eng, "plan").append(item)
@@ -824,36 +836,42 @@ cdef int _alloc_cluster_link_l2(object eng, dict mt) except -1:
 
 # == reads ===================================================================================================
 
-cdef tuple _get_host_offset(object eng, long long offset, long long nbytes):
-    """Qcow2Engine.get_host_offset (a misaligned L2 table: the Python method)"""
-    cdef long long cs = _geo(eng).cluster_size
-    cdef int cb = _geo(eng).cluster_bits
+cdef int _gho(object eng, long long offset, long long nbytes, uint64_t* host_out, long long* cur_out,
+              uint64_t* entry_out) except -1:
+    """Qcow2Engine.get_host_offset in C: -> the cluster type (T_*; host_out, cur_out, entry_out:
+    the rest of its tuple), or T_PY for a misaligned L2 table (the caller runs the Python method)"""
+    cdef Geo* g = _geo(eng)
+    cdef long long cs = g.cluster_size
+    cdef int cb = g.cluster_bits
     cdef long long oic = offset & (cs - 1)
     cdef long long needed = nbytes + oic
-    cdef long long avail = (<long long>_geo(eng).l2_slice_size - _slice_index(eng, offset)) << cb
+    cdef long long avail = (g.l2_slice_size - ((offset >> cb) & (g.l2_slice_size - 1))) << cb
     if avail < needed:
         needed = avail
-    cdef long long l1i = offset >> (<int>_geo(eng).l2_bits + cb)
+    cdef long long l1i = offset >> (g.l2_bits + cb)
     cdef uint64_t l1e = 0, l2_offset
-    if l1i < <long long>_geo(eng).l1_size:
+    if l1i < g.l1_size:
         l1e = (<list>_ga(eng, "l1_table"))[l1i]
-    if l1i >= <long long>_geo(eng).l1_size or not l1e & L1E_OFFSET_MASK:
-        return UNALLOCATED, 0, (avail if avail < needed else needed) - oic, 0
+    if l1i >= g.l1_size or not l1e & L1E_OFFSET_MASK:
+        host_out[0] = 0
+        cur_out[0] = (avail if avail < needed else needed) - oic
+        entry_out[0] = 0
+        return T_UNALLOCATED
     l2_offset = l1e & L1E_OFFSET_MASK
     if l2_offset & <uint64_t>(cs - 1):
-        return Qcow2Engine.get_host_offset(eng, offset, nbytes)
+        return T_PY
     cdef Py_ssize_t ci = _l2_load(eng, offset, <long long>l2_offset)
     l2c = _ga(eng, "l2_cache")
     cdef Py_ssize_t l2i
-    cdef uint64_t e, ei, expected, hc
+    cdef uint64_t e, ei, expected, hc, host
     cdef int t, ti
     cdef long long count, nb, i, got
     try:
         table = (<list>_ga(l2c, "tables"))[ci]
-        l2i = _slice_index(eng, offset)
+        l2i = (offset >> cb) & (g.l2_slice_size - 1)
         e = _get(table, l2i)
         t = _ctype(e)
-        if _geo(eng).version < 3 and (t == T_ZERO_PLAIN or t == T_ZERO_ALLOC):
+        if g.version < 3 and (t == T_ZERO_PLAIN or t == T_ZERO_ALLOC):
             eng.signal_corruption(True, f"Zero cluster entry found in pre-v3 image (L2 offset: "
                                   f"{l2_offset:#x}, L2 index: {l2i:#x})")
         host = 0
@@ -886,9 +904,22 @@ cdef tuple _get_host_offset(object eng, long long offset, long long nbytes):
         got = count << cb
         if needed < got:
             got = needed
-        return TNAME[t], host, got - oic, e
+        host_out[0] = host
+        cur_out[0] = got - oic
+        entry_out[0] = e
+        return t
     finally:
         _put(l2c, ci)
+
+
+cdef tuple _get_host_offset(object eng, long long offset, long long nbytes):
+    """Qcow2Engine.get_host_offset (a misaligned L2 table: the Python method)"""
+    cdef uint64_t host, e
+    cdef long long cur
+    cdef int t = _gho(eng, offset, nbytes, &host, &cur, &e)
+    if t == T_PY:
+        return Qcow2Engine.get_host_offset(eng, offset, nbytes)
+    return TNAME[t], host, cur, e
 
 
 cdef bint _is_zero_fast(object eng, long long offset, long long nbytes) except -1:
@@ -896,13 +927,18 @@ cdef bint _is_zero_fast(object eng, long long offset, long long nbytes) except -
     cdef long long end = offset + nbytes
     cdef long long size = _geo(eng).size
     cdef long long n
+    cdef uint64_t h, e
+    cdef int t
     if size < end:
         end = size
     while offset < end:
-        t, _h, n, _e = _get_host_offset(eng, offset, end - offset)
-        if t == ZERO_PLAIN or t == ZERO_ALLOC:
+        t = _gho(eng, offset, end - offset, &h, &n, &e)
+        if t == T_PY:
+            tn, _h, n, _e = Qcow2Engine.get_host_offset(eng, offset, end - offset)
+            t = TNAME.index(tn)
+        if t == T_ZERO_PLAIN or t == T_ZERO_ALLOC:
             pass
-        elif t == UNALLOCATED:
+        elif t == T_UNALLOCATED:
             backing = _ga(eng, "backing")
             if backing is not None and offset < backing.size:
                 return False
@@ -1255,7 +1291,7 @@ def q_compute(m, bid):
     eng = _fast_engine(f)
     if type(eng) is not _FastQcow2Engine:        # a subclass of the engine: its own methods
         return _Q.compute(m, bid)
-    _geo_load(eng)
+    _geo(eng)
     detail = _compute(m, f, eng, bid)
     co = f.cos.get(bid)
     if co is not None and m.cur is not None:
@@ -1272,18 +1308,17 @@ cdef str S_READ = "read"
 cdef str S_DONE = "done"
 
 
-def bulk_compute(m, f, eng, bid):
+def bulk_compute(m, eng, dict co, bid):
     """driver.compute (and _compute) for a read or write phase, keeping no record (the bulk core,
     emu_fast/_bulk_blk.pyx h_qcow2_compute, after its begin): no detail, no set_function (the
     function it would name goes to co["caller"]).  The caller checked that the engine is a
     FastQcow2Engine and the request a read or write that is not done.  -> 1: cont qcow2.io,
     2: _finish, 3: cont qcow2.compute (the caller steers the scheduler)"""
     global _qfn
-    cdef dict co = f.cos[bid]
     op = co["op"]
     if type(eng) is not _FastQcow2Engine or co["phase"] == S_DONE or (op != S_WRITE and op != S_READ):
         raise RuntimeError("bulk_compute: not a read or write phase of a FastQcow2Engine")
-    _geo_load(eng)
+    _geo(eng)
     _qfn = S_ALLOC_HOST_OFFSET
     _sa(eng, "plan", [])
     try:
