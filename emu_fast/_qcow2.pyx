@@ -339,7 +339,17 @@ cdef int _io(object eng, object op, object fn, object what, object offset, objec
         item["length"] = len(b)
         _ga(eng, "pending").append([offset, bytes(data)])
         _grow_file_size(eng, offset + len(b))
-    elif op == "write_zeroes" or op == "discard":
+    else:
+        _pend(eng, op, offset, length)
+    if extra:
+        item.update(extra)
+    _ga(eng, "plan").append(item)
+    return 0
+
+
+cdef int _pend(object eng, object op, object offset, object length) except -1:
+    """Qcow2Engine.io's view of the file for an item without data"""
+    if op == "write_zeroes" or op == "discard":
         _ga(eng, "pending").append([offset, vb_zeros(length) if type(length) is int and 0 <= length < 1 << 40
                                     else bytes(length)])
         if op == "write_zeroes":
@@ -347,8 +357,19 @@ cdef int _io(object eng, object op, object fn, object what, object offset, objec
     elif op == "guest_write":
         _ga(eng, "pending").append([offset, b""])
         _grow_file_size(eng, offset + length)
-    if extra:
-        item.update(extra)
+    return 0
+
+
+cdef int _io_kw(object eng, str op, str fn, str what, object offset, object length, str k1, object v1,
+                str k2=None, object v2=None, str k3=None, object v3=None) except -1:
+    """Qcow2Engine.io without data, its extra fields k1=v1, k2=v2, k3=v3 (in that order)"""
+    cdef dict item = {"op": op, "fn": fn, "what": what, "offset": offset, "length": length}
+    _pend(eng, op, offset, length)
+    item[k1] = v1
+    if k2 is not None:
+        item[k2] = v2
+    if k3 is not None:
+        item[k3] = v3
     _ga(eng, "plan").append(item)
     return 0
 
@@ -1115,9 +1136,9 @@ cdef int _write_task(object m, object eng, object bid, dict co, dict piece) exce
             start = mt["alloc_offset"] + cs[0]
             nb = ce[0] + ce[1] - cs[0]
             _pre_write_overlap_check(eng, 0, start, nb)
-            _io(eng, "write_zeroes", "handle_alloc_space",
-                f"COW areas read as zero: zero {_hexll(start)}+{_hexll(nb)} (fallocate ZERO_RANGE)", start,
-                None, nb, {"kind": "data"})
+            _io_kw(eng, "write_zeroes", "handle_alloc_space",
+                   f"COW areas read as zero: zero {_hexll(start)}+{_hexll(nb)} (fallocate ZERO_RANGE)", start,
+                   nb, "kind", "data")
             mt["skip_cow"] = True
     for mt in metas:
         cs, ce = mt["cow_start"], mt["cow_end"]
@@ -1129,11 +1150,205 @@ cdef int _write_task(object m, object eng, object bid, dict co, dict piece) exce
             continue
         mt["data"] = True
         return 0
-    _io(eng, "guest_write", "bdrv_co_pwritev_part", f"guest data {_hex(piece['bytes'])} bytes -> host "
-        f"{_hex(piece['host'])}", piece["host"], None, piece["bytes"],
-        {"parts": _data_parts(m, bid, co, piece["qoff"], piece["bytes"]), "kind": "data",
-         "piece": len(co["pieces"]) - 1})
+    _io_kw(eng, "guest_write", "bdrv_co_pwritev_part", f"guest data {_hex(piece['bytes'])} bytes -> host "
+           f"{_hex(piece['host'])}", piece["host"], piece["bytes"],
+           "parts", _data_parts(m, bid, co, piece["qoff"], piece["bytes"]), "kind", "data",
+           "piece", len(co["pieces"]) - 1)
     return 0
+
+
+cdef long long _FAST_ALLOCS[1]
+_FAST_ALLOCS[0] = 0
+
+
+cdef inline long long _rc_get(const uint8_t* p, long long index, int order) noexcept:
+    """layout.refcount_get on a refcount block's bytes (orders 0-5, index in range)"""
+    cdef int bits = 1 << order
+    cdef int per, n, k
+    cdef uint64_t v
+    if bits < 8:
+        per = 8 // bits
+        return (p[index // per] >> ((index % per) * bits)) & ((1 << bits) - 1)
+    n = bits // 8
+    v = 0
+    for k in range(n):
+        v = (v << 8) | p[index * n + k]
+    return <long long>v
+
+
+cdef int _lru_bump(object c, Py_ssize_t i, long long times) except -1:
+    """times Cache.put(i) after as many gets, on an entry nobody else holds: the LRU counter
+    goes up by times and entry i takes its last value"""
+    n = _ga(c, "lru_counter") + times
+    _sa(c, "lru_counter", n)
+    (<list>_ga(c, "lru"))[i] = n
+    return 0
+
+
+cdef bint _fast_alloc(object m, object eng, object bid, dict co) except -1:
+    """_write_machine's alloc step (driver.py) on its common path, natively: the rest of the
+    request maps to one run of unallocated clusters of a cached L2 slice
+    (qcow2_alloc_host_offset: handle_copied finds nothing, handle_alloc allocates), taken
+    first-fit from free clusters of one cached refcount block (alloc_clusters_noref,
+    update_refcount), no overlap check hits, and the COW areas read as zero (no backing file:
+    handle_alloc_space zeroes them); then the guest data write (_write_task).  It makes
+    exactly the changes those functions make (caches' LRU and dirty marks, the refcounts,
+    free_cluster_index, the metas, the piece, the plan and the pending writes).  False, having
+    changed nothing: not that path (the compiled functions run it)."""
+    cdef Geo* g = _geo(eng)
+    cdef long long cs = g.cluster_size, pos, rem, oic, n, k, kk, i, idx, fci, nchecks, cur
+    cdef long long alloc_first, off, host, ce_from, ce_to, zstart, zn, a_off, a_end, nzget
+    cdef int cb = g.cluster_bits, order = g.refcount_order, rbb = g.refcount_block_bits
+    cdef long long l1i, l2i, ti0, key
+    cdef uint64_t l1e, l2_offset, rb
+    cdef Py_ssize_t li, ri
+    cdef uint8_t* bp
+    if order > 5 or co.get("zero"):
+        return False
+    o_pos = co["pos"]
+    o_rem = co["remaining"]
+    if type(o_pos) is not int or type(o_rem) is not int or o_pos < 0 or o_rem <= 0:
+        return False
+    pos = o_pos
+    rem = o_rem if o_rem < INT_MAX else INT_MAX
+    if _ga(eng, "backing") is not None or _ga(eng, "cache_discards") or _ga(eng, "discards"):
+        return False
+    # the L2 slice (get_cluster_table: an allocated, COPIED, cached table)
+    l1i = pos >> (g.l2_bits + cb)
+    if l1i >= g.l1_size:
+        return False
+    o = (<list>_ga(eng, "l1_table"))[l1i]
+    if type(o) is not int:
+        return False
+    l1e = o
+    l2_offset = l1e & L1E_OFFSET_MASK
+    if not l1e & QCOW_OFLAG_COPIED or not l2_offset or l2_offset & <uint64_t>(cs - 1):
+        return False
+    l2i = (pos >> cb) & (g.l2_slice_size - 1)
+    key = <long long>l2_offset + 8 * (((pos >> cb) & (g.l2_size - 1)) - l2i)
+    l2c = _ga(eng, "l2_cache")
+    if key % <long long>_ga(l2c, "table_size"):
+        return False
+    li = _lookup(l2c, key)
+    if li < 0 or (<list>_ga(l2c, "ref"))[li] != 0:
+        return False
+    table = (<list>_ga(l2c, "tables"))[li]
+    if type(table) is not bytearray or PyByteArray_GET_SIZE(table) != g.l2_slice_size * 8:
+        return False
+    if _get(table, l2i) != 0:
+        return False                    # (handle_copied: in place, or another kind of cluster)
+    oic = pos & (cs - 1)
+    n = _min3((oic + rem + cs - 1) >> cb, g.l2_slice_size - l2i, BDRV_REQUEST_MAX_BYTES >> cb)
+    k = 0
+    while k < n and _get(table, l2i + k) == 0:
+        k += 1
+    kk = _count_single_write_clusters(eng, n, table, l2i, True)
+    if kk != k or k * cs - oic < rem:
+        return False                    # (more than one run: the loop goes on)
+    cur = rem
+    # the free clusters (alloc_clusters_noref over one cached refcount block)
+    o = _ga(eng, "free_cluster_index")
+    if type(o) is not int or o < 0:
+        return False
+    fci = o
+    ti0 = fci >> rbb
+    if ti0 >= <long long>_ga(eng, "refcount_table_size"):
+        return False
+    rb = _reftable(eng, ti0)
+    rb &= REFT_OFFSET_MASK
+    if not rb or rb & <uint64_t>(cs - 1):
+        return False
+    rbc = _ga(eng, "rb_cache")
+    if <long long>rb % <long long>_ga(rbc, "table_size"):
+        return False
+    ri = _lookup(rbc, <long long>rb)
+    if ri < 0 or (<list>_ga(rbc, "ref"))[ri] != 0:
+        return False
+    block = (<list>_ga(rbc, "tables"))[ri]
+    if type(block) is not bytearray or PyByteArray_GET_SIZE(block) != cs \
+            or ((1LL << rbb) << order) > cs * 8:
+        return False
+    bp = <uint8_t*>PyByteArray_AS_STRING(block)
+    idx = fci
+    i = 0
+    nchecks = 0
+    while i < k:
+        if (idx >> rbb) != ti0:
+            return False                # (the scan leaves the block)
+        nchecks += 1
+        if _rc_get(bp, idx & ((1LL << rbb) - 1), order):
+            idx += 1
+            i = 0
+            continue
+        idx += 1
+        i += 1
+    if idx > 0 and idx - 1 > (QCOW_MAX_CLUSTER_OFFSET >> cb):
+        return False
+    alloc_first = idx - k
+    off = alloc_first << cb
+    host = off + oic
+    if 1 > <long long>_geo(eng).refcount_max:
+        return False
+    # the overlap checks it will make (no hit: nothing to do)
+    if _check_metadata_overlap(eng, 0, host, cur):
+        return False
+    ce_from = oic + cur
+    ce_to = (ce_from + cs - 1) // cs * cs
+    zn = ce_to                          # handle_alloc_space: cow_start..cow_end
+    if (oic or ce_to - ce_from) and _check_metadata_overlap(eng, 0, off, zn):
+        return False
+    # -- from here on: the changes ---------------------------------------------------------------
+    # alloc_clusters_noref's get_refcount calls, update_refcount's block (dirty, +1 each)
+    _sa(eng, "free_cluster_index", idx)
+    (<list>_ga(rbc, "dirty"))[ri] = True
+    for i in range(alloc_first, idx):
+        _refcount_set(block, i & ((1LL << rbb) - 1), order, _rc_get(bp, i & ((1LL << rbb) - 1), order) + 1)
+    _lru_bump(rbc, ri, nchecks + 1)
+    _sa(eng, "discards", [])
+    # handle_copied's and handle_alloc's L2 slice, then is_zero_fast's lookups of the COW areas
+    nzget = 0
+    if oic or ce_to - ce_from:
+        a_off = pos - oic
+        a_end = a_off + oic
+        if a_end > g.size:
+            a_end = g.size
+        if a_off < a_end:
+            nzget += 1
+        a_off = pos - oic + ce_from
+        a_end = a_off + ce_to - ce_from
+        if a_end > g.size:
+            a_end = g.size
+        if a_off < a_end:
+            nzget += 1
+    _lru_bump(l2c, li, 2 + nzget)
+    cdef list metas = []
+    _calculate_l2_meta(eng, off, pos, cur, table, l2i, False, metas)
+    cdef dict mt = metas[0]
+    cdef dict piece = {"guest": o_pos, "host": host, "bytes": cur, "qoff": co["qoff"], "metas": metas,
+                       "failed": False}
+    co["pieces"].append(piece)
+    co["pos"] += cur
+    co["remaining"] -= cur
+    co["qoff"] += cur
+    if oic or ce_to - ce_from:
+        _io_kw(eng, "write_zeroes", "handle_alloc_space",
+               f"COW areas read as zero: zero {_hexll(off)}+{_hexll(zn)} (fallocate ZERO_RANGE)", off,
+               zn, "kind", "data")
+        mt["skip_cow"] = True
+    _io_kw(eng, "guest_write", "bdrv_co_pwritev_part", f"guest data {_hexll(cur)} bytes -> host "
+           f"{_hexll(host)}", host, cur,
+           "parts", _data_parts(m, bid, co, piece["qoff"], cur), "kind", "data",
+           "piece", len(co["pieces"]) - 1)
+    _FAST_ALLOCS[0] += 1
+    return True
+
+
+def fast_allocs(bint reset=False):
+    """How many write steps _fast_alloc ran (since the last reset)"""
+    n = _FAST_ALLOCS[0]
+    if reset:
+        _FAST_ALLOCS[0] = 0
+    return n
 
 
 cdef str _write_machine(object m, object eng, object bid, dict co, bint quiet=False):
@@ -1149,6 +1364,8 @@ cdef str _write_machine(object m, object eng, object bid, dict co, bint quiet=Fa
             return "every piece allocated and written: link the L2 entries"
         if quiet:
             _qfn = S_ALLOC_HOST_OFFSET
+            if _fast_alloc(m, eng, bid, co):
+                return None
         else:
             _SUP.set_function(m, "qcow2_alloc_host_offset", CLUSTER_SRC)
         pos = co["pos"]

@@ -36,6 +36,12 @@ def _mods():
     return _bulk, _bulk_blk
 
 
+try:
+    from emu_fast import _qcow2
+except ImportError:         # (not compiled: every test here is skipped)
+    _qcow2 = None
+
+
 def _image(tmp, cs: int, bits: int, lazy: bool, version: int) -> str:
     path = str(tmp / f"q{cs}-{bits}-{int(lazy)}-{version}.qcow2")
     create_qcow2(path, DISK, cluster_size=cs, refcount_bits=bits, lazy_refcounts=lazy,
@@ -112,6 +118,10 @@ write 4096 12288
 write 7340032 4096
 write 1052672 4096
 read 7340032 65536
+write 20480 8192 fill=0x66
+write 3149824 4096
+write 131072 65536
+write 5308416 16384 fill=0x77
 """
 
 
@@ -127,7 +137,10 @@ def test_bulk_qcow2_compute_runs_quiet(tmp_path, cs, l2):
     b = _machine(path, WL, l2, None, {})
     bulk.reset_stats()
     blk.reset_counts()
+    _qcow2.fast_allocs(True)
     _same(a, b, (37, 150))
+    if l2 is None:      # (a one-table cache misses: those steps run the compiled functions)
+        assert _qcow2.fast_allocs() >= 5
     got = blk.counts()
     quiet = blk.counts(quiet=True)
     assert quiet.get("qcow2.compute", 0) >= 20, (quiet, got)
@@ -153,8 +166,9 @@ def test_bulk_qcow2_cow_and_errors_agree(tmp_path):
     assert blk.counts(quiet=True).get("qcow2.compute", 0) > 0
 
 
+@pytest.mark.parametrize("l2", [1, None])
 @pytest.mark.parametrize("lazy", [True, False])
-def test_bulk_qcow2_every_boundary_agrees(tmp_path, lazy):
+def test_bulk_qcow2_every_boundary_agrees(tmp_path, lazy, l2):
     """Stop after every step (runs of 2 and 3 steps: the core runs all but the last of each) so
     what a quiet compute step leaves for the next steps (the plan, co["caller"], the caches,
     the pending writes) is compared at each point; lazy refcounts make the first link step
@@ -162,10 +176,12 @@ def test_bulk_qcow2_every_boundary_agrees(tmp_path, lazy):
     _bulk, blk = _mods()
     path = _image(tmp_path, 4096, 16, lazy, 3)
     wl = ("queue-depth 2\nwrite 0 4096 fill=0x11\nwrite 2097152 8192 fill=0x22\nread 0 8192\n"
-          "write 4194304 65536\nwrite 6144 4096\nread 2093056 8192\n")
-    a = _machine(path, wl, 1, None, {})
-    b = _machine(path, wl, 1, None, {})
+          "write 4194304 65536\nwrite 6144 4096\nread 2093056 8192\nwrite 2109440 4096\n"
+          "write 4259840 65536 fill=0x33\nwrite 12288 2048\n")
+    a = _machine(path, wl, l2, None, {})
+    b = _machine(path, wl, l2, None, {})
     blk.reset_counts()
+    _qcow2.fast_allocs(True)
     while True:
         for k in (2, 3):
             ra, rb = engine.run(a, "py", k), engine.run(b, "fast", k)
@@ -175,3 +191,5 @@ def test_bulk_qcow2_every_boundary_agrees(tmp_path, lazy):
             break
     assert a.digest() == b.digest()
     assert blk.counts(quiet=True).get("qcow2.compute", 0) >= 6
+    if l2 is None:      # new clusters' allocations ran natively (_qcow2._fast_alloc; the last
+        assert _qcow2.fast_allocs() >= 1        # step of each run is the compiled engine's)
