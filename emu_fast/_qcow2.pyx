@@ -434,7 +434,7 @@ cdef long long _check_metadata_overlap(object eng, long long ign, long long offs
         rt = _ga(eng, "refcount_table")
         top = _ga(eng, "max_refcount_table_index")
         for i in range(top + 1):
-            e = rt[i]
+            e = (<tuple>rt)[i] if isinstance(rt, tuple) else rt[i]
             e &= REFT_OFFSET_MASK
             if e and <long long>e < end and offset < <long long>e + cs:
                 return OL_REFCOUNT_BLOCK
@@ -1157,8 +1157,9 @@ cdef int _write_task(object m, object eng, object bid, dict co, dict piece) exce
     return 0
 
 
-cdef long long _FAST_ALLOCS[1]
+cdef long long _FAST_ALLOCS[2]
 _FAST_ALLOCS[0] = 0
+_FAST_ALLOCS[1] = 0
 
 
 cdef inline long long _rc_get(const uint8_t* p, long long index, int order) noexcept:
@@ -1200,7 +1201,7 @@ cdef bint _fast_alloc(object m, object eng, object bid, dict co) except -1:
     cdef long long alloc_first, off, host, ce_from, ce_to, zstart, zn, a_off, a_end, nzget
     cdef int cb = g.cluster_bits, order = g.refcount_order, rbb = g.refcount_block_bits
     cdef long long l1i, l2i, ti0, key
-    cdef uint64_t l1e, l2_offset, rb
+    cdef uint64_t l1e, l2_offset, rb, e0
     cdef Py_ssize_t li, ri
     cdef uint8_t* bp
     if order > 5 or co.get("zero"):
@@ -1211,8 +1212,6 @@ cdef bint _fast_alloc(object m, object eng, object bid, dict co) except -1:
         return False
     pos = o_pos
     rem = o_rem if o_rem < INT_MAX else INT_MAX
-    if _ga(eng, "backing") is not None or _ga(eng, "cache_discards") or _ga(eng, "discards"):
-        return False
     # the L2 slice (get_cluster_table: an allocated, COPIED, cached table)
     l1i = pos >> (g.l2_bits + cb)
     if l1i >= g.l1_size:
@@ -1235,10 +1234,13 @@ cdef bint _fast_alloc(object m, object eng, object bid, dict co) except -1:
     table = (<list>_ga(l2c, "tables"))[li]
     if type(table) is not bytearray or PyByteArray_GET_SIZE(table) != g.l2_slice_size * 8:
         return False
-    if _get(table, l2i) != 0:
-        return False                    # (handle_copied: in place, or another kind of cluster)
     oic = pos & (cs - 1)
     n = _min3((oic + rem + cs - 1) >> cb, g.l2_slice_size - l2i, BDRV_REQUEST_MAX_BYTES >> cb)
+    e0 = _get(table, l2i)
+    if e0 != 0:
+        return _fast_in_place(m, eng, bid, co, o_pos, pos, rem, oic, n, e0, table, l2i, l2c, li)
+    if _ga(eng, "backing") is not None or _ga(eng, "cache_discards") or _ga(eng, "discards"):
+        return False
     k = 0
     while k < n and _get(table, l2i + k) == 0:
         k += 1
@@ -1343,11 +1345,52 @@ cdef bint _fast_alloc(object m, object eng, object bid, dict co) except -1:
     return True
 
 
-def fast_allocs(bint reset=False):
-    """How many write steps _fast_alloc ran (since the last reset)"""
-    n = _FAST_ALLOCS[0]
+cdef bint _fast_in_place(object m, object eng, object bid, dict co, object o_pos, long long pos,
+                         long long rem, long long oic, long long n, uint64_t e0, object table,
+                         long long l2i, object l2c, Py_ssize_t li) except -1:
+    """_fast_alloc's other common path: the rest of the request is one run of COPIED data
+    clusters (handle_copied: written in place, calculate_l2_meta keeps no meta), then the guest
+    data write.  False, having changed nothing: not that path."""
+    cdef Geo* g = _geo(eng)
+    cdef long long cs = g.cluster_size, keep, nbc, i, host, cur
+    cdef int cb = g.cluster_bits
+    cdef uint64_t cluster_offset = e0 & L2E_OFFSET_MASK
+    if _needs_new_alloc(e0) or cluster_offset & <uint64_t>(cs - 1):
+        return False
+    keep = _count_single_write_clusters(eng, n, table, l2i, False)
+    if keep * cs - oic < rem:
+        return False                    # (more than one run: the loop goes on)
+    cur = rem
+    nbc = (oic + cur + cs - 1) >> cb
+    for i in range(nbc):
+        if _ctype(_get(table, l2i + i)) != T_NORMAL:
+            return False                # (preallocated zero clusters: a meta to link)
+    host = <long long>cluster_offset + oic
+    if _check_metadata_overlap(eng, 0, host, cur):
+        return False
+    # -- the changes: handle_copied's L2 slice, the piece, the guest data write
+    _lru_bump(l2c, li, 1)
+    cdef dict piece = {"guest": o_pos, "host": host, "bytes": cur, "qoff": co["qoff"], "metas": [],
+                       "failed": False}
+    co["pieces"].append(piece)
+    co["pos"] += cur
+    co["remaining"] -= cur
+    co["qoff"] += cur
+    _io_kw(eng, "guest_write", "bdrv_co_pwritev_part", f"guest data {_hexll(cur)} bytes -> host "
+           f"{_hexll(host)}", host, cur,
+           "parts", _data_parts(m, bid, co, piece["qoff"], cur), "kind", "data",
+           "piece", len(co["pieces"]) - 1)
+    _FAST_ALLOCS[1] += 1
+    return True
+
+
+def fast_allocs(bint reset=False, bint in_place=False):
+    """How many write steps _fast_alloc ran natively since the last reset (in_place: of
+    clusters written in place; else: of new clusters)"""
+    n = _FAST_ALLOCS[1 if in_place else 0]
     if reset:
         _FAST_ALLOCS[0] = 0
+        _FAST_ALLOCS[1] = 0
     return n
 
 

@@ -141,6 +141,7 @@ def test_bulk_qcow2_compute_runs_quiet(tmp_path, cs, l2):
     _same(a, b, (37, 150))
     if l2 is None:      # (a one-table cache misses: those steps run the compiled functions)
         assert _qcow2.fast_allocs() >= 5
+        assert _qcow2.fast_allocs(in_place=True) >= 1
     got = blk.counts()
     quiet = blk.counts(quiet=True)
     assert quiet.get("qcow2.compute", 0) >= 20, (quiet, got)
