@@ -977,8 +977,10 @@ cdef object _qfmt(Core* c):
     """m.fmt.__dict__ when m.fmt is a Qcow2Format (else None)"""
     if _fmt_kind != K_qcow2_co_entry:
         return None
-    d = _m_fmt(<object>c.m).__dict__
-    return d if type(d) is dict else None
+    cdef PyObject** dp = _PyObject_GetDictPtr(_m_fmt(<object>c.m))
+    if dp == NULL or dp[0] == NULL or type(<object>dp[0]) is not dict:
+        return None
+    return <object>dp[0]
 
 
 cdef object _q_co(object fd, i64 bid):
@@ -1317,18 +1319,18 @@ cdef int h_qcow2_compute(Core* c, Frame* f) except -1:
         return _wrapped(c, f, K_qcow2_compute, _FN_COMPUTE, _I_COMPUTE)
     phase = _get(co, "phase")
     op = _get(co, "op")
-    if phase == "done":
+    if _seq(phase, S_DONE):
         what = QC_DONE
-    elif op == S_WRITE and phase != "done":
+    elif _seq(op, S_WRITE):
         wphase = _get(co, "wphase")
-        if wphase == "alloc":
+        if _seq(wphase, S_ALLOC):
             if _get(co, "remaining") == 0:
                 what = QC_TO_LINK
-        elif wphase == "link":
+        elif _seq(wphase, S_LINK):
             pieces = _get(co, "pieces")
             if _as_i64(_get(co, "link_i"), &li) and type(pieces) is list and li >= len(<list>pieces):
                 what = QC_LINKED
-    elif op == S_READ and _get(co, "remaining") == 0:
+    elif _seq(op, S_READ) and _get(co, "remaining") == 0:
         what = QC_READ_DONE
     blk = _m_block(m)
     req = _req(c, blk, bid)
@@ -1336,9 +1338,9 @@ cdef int h_qcow2_compute(Core* c, Frame* f) except -1:
     if what == QC_ENGINE:
         # a read or write phase: _qcow2.bulk_compute (driver.compute without its record), then
         # the scheduler calls compute makes; anything else: the compiled handler
-        if (op == S_WRITE or op == S_READ) and phase is not _MISSING and phase != "done" and req is not None \
+        if (_seq(op, S_WRITE) or _seq(op, S_READ)) and phase is not _MISSING and req is not None \
                 and type(lq) is list and (not lq or (c.qemu >= 0 and type((<list>lq)[0]) is int)) \
-                and _phase_fn(op) is (_PY_WRITE_PHASE if op == S_WRITE else _PY_READ_PHASE) \
+                and _phase_fn(op) is (_PY_WRITE_PHASE if _seq(op, S_WRITE) else _PY_READ_PHASE) \
                 and _FQ_BULK_COMPUTE is not None:
             _begin(c, K_qcow2_compute)
             _NATIVE[K_qcow2_compute] += 1
@@ -1379,6 +1381,22 @@ cdef int h_qcow2_compute(Core* c, Frame* f) except -1:
             (<dict>co)["caller"] = (<tuple>_I_COMPUTE)[2]   # (the step's function: no set_function ran)
             return 0
     return _q_finish(c, fd, req, lq, co, bid)
+
+
+cdef str S_DONE = "done"
+cdef str S_ALLOC = "alloc"
+cdef str S_LINK = "link"
+cdef str S_START = "start"
+
+
+cdef inline bint _seq(object a, str b) except -1:
+    """a == b for a str b: at once when a is b or another of the driver's phase and op names
+    (interned literals: equal only when identical), else compared"""
+    if a is b:
+        return True
+    if a is S_DONE or a is S_ALLOC or a is S_LINK or a is S_START or a is S_WRITE or a is S_READ:
+        return False
+    return a == b
 
 
 cdef inline object _phase_fn(object op):
