@@ -12,6 +12,13 @@ block or L2 table, a corruption, 64-bit refcounts, an out-of-range entry) run th
 code itself, decided before anything has changed, so every Step record and all state are the
 Python engine's.
 
+The bulk core (emu_fast/_bulk_blk.pyx) runs the read and write phases through bulk_compute:
+the same functions with no detail text and no Machine.set_function (the function it would name
+goes to co["caller"]), and the two common write steps natively (_fast_alloc: new clusters in a
+cached L2 slice from one cached refcount block with zero COW areas; _fast_in_place: COPIED
+clusters), else these compiled functions.  The engine's and caches' fields are read from their
+instance dicts (_ga/_sa), the engine's constant geometry once per engine (_geo).
+
 While the fast engine runs a qcow2 request, the image's Qcow2Engine is given the class
 FastQcow2Engine (this module), whose hot methods are these compiled functions, so Python code
 that calls them (the flush, discard, write-zeroes and close phases, the plan's I/O steps) uses
