@@ -9,12 +9,15 @@ objects (the request, aio and coroutine dicts, BlockState, the qcow2 driver and 
 HostFile through its own pread/pwrite/fdatasync, guest RAM through the core's ram_write), and
 records nothing.  Before begin() a handler only reads.  The paths it does not model (a byte
 range beyond the device, a read-only node, an ignored discard, a probed raw image's sector 0,
-a fault rule that would fire, a failed I/O, a backing or compressed read, the qcow2 engine's
-mapping and allocation in compute, an unusual value anywhere) do not bail: they run the
+a fault rule that would fire, a failed I/O, a backing or compressed read, qcow2's flush,
+discard, write-zeroes and close phases, an unusual value anywhere) do not bail: they run the
 compiled engine's own handler (emu_fast/_block.pyx, _qcow2.pyx; or the Python handler where
 none is compiled) with m.sim a recorder of its scheduler calls and m.cur a scratch record, and
 the recorded calls are then made on the core's scheduler in order (_wrapped), so the stretch
-goes on.  counts() says how many events of each kind ran here, and how many of them so.
+goes on.  qcow2's read and write phases in compute run _qcow2.bulk_compute, the compiled
+phases without a record (its common allocations and in-place writes natively: _qcow2's
+_fast_alloc), and this module makes the scheduler calls compute would.  counts() says how many
+events of each kind ran here, and how many of them so (wrapped) or through bulk_compute (quiet).
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_DelItem, PyDict_GetItemWithError
@@ -23,6 +26,8 @@ from cpython.object cimport PyObject
 
 cdef extern from "Python.h":
     PyObject* _PyType_Lookup(object t, object name)
+    PyObject** _PyObject_GetDictPtr(object o)
+    int PyDict_SetItem(object d, object k, object v) except -1
     dict _PyDict_NewPresized(Py_ssize_t minused)
     int _PyLong_Sign(object v)
     size_t _PyLong_NumBits(object v) except? <size_t>-1
@@ -198,8 +203,10 @@ cdef int _store(Core* c) except -1:
 # == which events ran here (counts(): for the tests) ===============================================
 cdef long long _COUNT[NKINDS]
 cdef long long _WRAPPED[NKINDS]      # ... of them through _wrapped (the compiled handler)
+cdef long long _NATIVE[NKINDS]       # ... of them through a quiet engine path (_qcow2.bulk_compute)
 memset(_COUNT, 0, sizeof(_COUNT))
 memset(_WRAPPED, 0, sizeof(_WRAPPED))
+memset(_NATIVE, 0, sizeof(_NATIVE))
 
 
 cdef inline int _begin(Core* c, int kind) except -1:
@@ -208,14 +215,17 @@ cdef inline int _begin(Core* c, int kind) except -1:
     return begin(c)
 
 
-def counts(bint wrapped=False):
+def counts(bint wrapped=False, bint quiet=False):
     """{kind: events of that kind this module's handlers ran} since reset_counts() (wrapped:
-    those of them that ran the compiled engine's handler against a recording scheduler)"""
+    those of them that ran the compiled engine's handler against a recording scheduler; quiet:
+    those that ran a quiet engine path, _qcow2.bulk_compute)"""
     from emu_fast._bulk import kind_names
     names = kind_names()
     cdef long long* a = &_COUNT[0]
     if wrapped:
         a = &_WRAPPED[0]
+    elif quiet:
+        a = &_NATIVE[0]
     return {names[i]: a[i] for i in range(NKINDS) if a[i]}
 
 
@@ -234,6 +244,7 @@ def set_strict(bint on):
 def reset_counts():
     memset(_COUNT, 0, sizeof(_COUNT))
     memset(_WRAPPED, 0, sizeof(_WRAPPED))
+    memset(_NATIVE, 0, sizeof(_NATIVE))
 
 
 # == helpers ========================================================================================
@@ -983,8 +994,10 @@ cdef object _qfmt(Core* c):
     """m.fmt.__dict__ when m.fmt is a Qcow2Format (else None)"""
     if _fmt_kind != K_qcow2_co_entry:
         return None
-    d = _m_fmt(<object>c.m).__dict__
-    return d if type(d) is dict else None
+    cdef PyObject** dp = _PyObject_GetDictPtr(_m_fmt(<object>c.m))
+    if dp == NULL or dp[0] == NULL or type(<object>dp[0]) is not dict:
+        return None
+    return <object>dp[0]
 
 
 cdef object _q_co(object fd, i64 bid):
@@ -1292,6 +1305,7 @@ cdef int h_qcow2_io_done(Core* c, Frame* f) except -1:
 
 
 cdef object _Qcow2Engine = _QE_mod.Qcow2Engine
+cdef object _FQ_BULK_COMPUTE = getattr(_FQ, "bulk_compute", None)
 cdef object _FastQcow2Engine = _FQ.FastQcow2Engine
 cdef dict _QD = _Q.__dict__
 cdef object _PY_Q_FINISH = _Q._finish
@@ -1322,56 +1336,111 @@ cdef int h_qcow2_compute(Core* c, Frame* f) except -1:
         return _wrapped(c, f, K_qcow2_compute, _FN_COMPUTE, _I_COMPUTE)
     phase = _get(co, "phase")
     op = _get(co, "op")
-    if phase == "done":
+    if _seq(phase, S_DONE):
         what = QC_DONE
-    elif op == S_WRITE and phase != "done":
+    elif _seq(op, S_WRITE):
         wphase = _get(co, "wphase")
-        if wphase == "alloc":
+        if _seq(wphase, S_ALLOC):
             if _get(co, "remaining") == 0:
                 what = QC_TO_LINK
-        elif wphase == "link":
+        elif _seq(wphase, S_LINK):
             pieces = _get(co, "pieces")
             if _as_i64(_get(co, "link_i"), &li) and type(pieces) is list and li >= len(<list>pieces):
                 what = QC_LINKED
-    elif op == S_READ and _get(co, "remaining") == 0:
+    elif _seq(op, S_READ) and _get(co, "remaining") == 0:
         what = QC_READ_DONE
-    if what == QC_ENGINE:
-        return _wrapped(c, f, K_qcow2_compute, _FN_COMPUTE, _I_COMPUTE)
-    # _finish's reads: the request, and co["ret"] (formatted by the detail)
     blk = _m_block(m)
     req = _req(c, blk, bid)
     lq = _get(fd, "lock_queue")
+    if what == QC_ENGINE:
+        # a read or write phase: _qcow2.bulk_compute (driver.compute without its record), then
+        # the scheduler calls compute makes; anything else: the compiled handler
+        if (_seq(op, S_WRITE) or _seq(op, S_READ)) and phase is not _MISSING and req is not None \
+                and type(lq) is list and (not lq or (c.qemu >= 0 and type((<list>lq)[0]) is int)) \
+                and _phase_fn(op) is (_PY_WRITE_PHASE if _seq(op, S_WRITE) else _PY_READ_PHASE) \
+                and _FQ_BULK_COMPUTE is not None:
+            _begin(c, K_qcow2_compute)
+            _NATIVE[K_qcow2_compute] += 1
+            if type(eng) is _Qcow2Engine:
+                eng.__class__ = _FastQcow2Engine    # (as the compiled handler does)
+            r = _FQ_BULK_COMPUTE(m, eng, co, bid)
+            if r == 1:
+                cont(c, F1(K_qcow2_io, bid), -1)
+                return 0
+            if r == 3:
+                cont(c, F1(K_qcow2_compute, bid), -1)
+                return 0
+            return _q_finish(c, fd, req, lq, co, bid)
+        return _wrapped(c, f, K_qcow2_compute, _FN_COMPUTE, _I_COMPUTE)
+    # _finish's reads: the request, and co["ret"] (formatted by the detail)
     if req is None or not _as_i64(_get(co, "ret"), &r) or type(lq) is not list \
-            or (what == QC_TO_LINK and _QD.get("PHASES", {}).get("write") is not _PY_WRITE_PHASE) \
+            or (what == QC_TO_LINK and _phase_fn(S_WRITE) is not _PY_WRITE_PHASE) \
             or (lq and (c.qemu < 0 or type((<list>lq)[0]) is not int)):
         return _wrapped(c, f, K_qcow2_compute, _FN_COMPUTE, _I_COMPUTE)
     _begin(c, K_qcow2_compute)
     if type(eng) is _Qcow2Engine:
         eng.__class__ = _FastQcow2Engine            # (as the compiled handler does)
     if what != QC_DONE:                 # the phase runs with a fresh plan, and plans nothing
-        eng.plan = []
+        plan = []
+        _inst_set(eng, "plan", plan)
         if what == QC_TO_LINK:
-            co["wphase"] = "link"
+            (<dict>co)["wphase"] = "link"
         elif what == QC_LINKED:
-            co["wphase"] = "done"
-            co["phase"] = "done"
+            (<dict>co)["wphase"] = "done"
+            (<dict>co)["phase"] = "done"
         else:
-            co["phase"] = "done"
-        co["plan"] = eng.plan
-        eng.plan = []
-        co["pi"] = 0
+            (<dict>co)["phase"] = "done"
+        (<dict>co)["plan"] = plan
+        _inst_set(eng, "plan", [])
+        (<dict>co)["pi"] = 0
         if what == QC_TO_LINK:
             cont(c, F1(K_qcow2_compute, bid), -1)
-            co["caller"] = (<tuple>_I_COMPUTE)[2]   # (the step's function: no set_function ran)
+            (<dict>co)["caller"] = (<tuple>_I_COMPUTE)[2]   # (the step's function: no set_function ran)
             return 0
-    # driver._finish
+    return _q_finish(c, fd, req, lq, co, bid)
+
+
+cdef str S_DONE = "done"
+cdef str S_ALLOC = "alloc"
+cdef str S_LINK = "link"
+cdef str S_START = "start"
+
+
+cdef inline bint _seq(object a, str b) except -1:
+    """a == b for a str b: at once when a is b or another of the driver's phase and op names
+    (interned literals: equal only when identical), else compared"""
+    if a is b:
+        return True
+    if a is S_DONE or a is S_ALLOC or a is S_LINK or a is S_START or a is S_WRITE or a is S_READ:
+        return False
+    return a == b
+
+
+cdef inline object _phase_fn(object op):
+    """driver.PHASES[op] (or _MISSING)"""
+    ph = _get(_QD, "PHASES")
+    return _get(ph, op) if type(ph) is dict else _MISSING
+
+
+cdef int _inst_set(object o, str name, object v) except -1:
+    """setattr(o, name, v) of an instance attribute no class attribute overrides (the
+    engine's plan): into o.__dict__"""
+    cdef PyObject** dp = _PyObject_GetDictPtr(o)
+    if dp != NULL and dp[0] != NULL:
+        return PyDict_SetItem(<object>dp[0], name, v)
+    setattr(o, name, v)
+    return 0
+
+
+cdef int _q_finish(Core* c, object fd, object req, object lq, object co, i64 bid) except -1:
+    """driver._finish (bid != 0; the caller checked the request and the lock queue)"""
     PyDict_DelItem(_get(fd, "cos"), bid)
-    fd["lock_owner"] = None
+    (<dict>fd)["lock_owner"] = None
     if lq:
         nxt = (<list>lq).pop(0)
-        fd["lock_owner"] = nxt
+        (<dict>fd)["lock_owner"] = nxt
         post(c, c.qemu, F1(K_qcow2_compute, <i64>nxt), 0, False)
-    req["ret"] = co["ret"]
+    (<dict>req)["ret"] = (<dict>co)["ret"]
     cont(c, F1(K_bdrv_co_done, bid), -1)
     return 0
 

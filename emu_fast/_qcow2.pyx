@@ -12,6 +12,13 @@ block or L2 table, a corruption, 64-bit refcounts, an out-of-range entry) run th
 code itself, decided before anything has changed, so every Step record and all state are the
 Python engine's.
 
+The bulk core (emu_fast/_bulk_blk.pyx) runs the read and write phases through bulk_compute:
+the same functions with no detail text and no Machine.set_function (the function it would name
+goes to co["caller"]), and the two common write steps natively (_fast_alloc: new clusters in a
+cached L2 slice from one cached refcount block with zero COW areas; _fast_in_place: COPIED
+clusters), else these compiled functions.  The engine's and caches' fields are read from their
+instance dicts (_ga/_sa), the engine's constant geometry once per engine (_geo).
+
 While the fast engine runs a qcow2 request, the image's Qcow2Engine is given the class
 FastQcow2Engine (this module), whose hot methods are these compiled functions, so Python code
 that calls them (the flush, discard, write-zeroes and close phases, the plan's I/O steps) uses
@@ -19,6 +26,7 @@ them too.  It pickles and copies as a plain Qcow2Engine; emu_fast.detach puts th
 back.
 """
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.object cimport PyObject
 from libc.stdint cimport uint8_t, uint64_t
 
 import copyreg as _copyreg
@@ -27,6 +35,7 @@ import errno as _E
 from emu.block.qcow2 import driver as _Q
 from emu.block.qcow2 import engine as _QE
 from emu.block.qcow2 import layout as _L
+from emu.block.qcow2 import cache as _QC
 
 from emu_fast import _support as _SUP
 from emu_fast._core cimport sched_cont, sched_post
@@ -34,6 +43,77 @@ from emu_fast._fmt cimport _hex, _hexll
 from emu_fast._zeros cimport vb_zeros
 
 PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
+
+cdef extern from "Python.h":
+    PyObject** _PyObject_GetDictPtr(object o)
+    PyObject* PyDict_GetItemWithError(object d, object k) except? NULL
+    int PyDict_SetItem(object d, object k, object v) except -1
+
+
+cdef inline object _ga(object o, str name):
+    """getattr(o, name) of an instance attribute (read from o.__dict__: the engine's and the
+    caches' fields, which no class attribute of theirs overrides; else getattr)"""
+    cdef PyObject** dp = _PyObject_GetDictPtr(o)
+    cdef PyObject* v
+    if dp != NULL and dp[0] != NULL:
+        v = PyDict_GetItemWithError(<object>dp[0], name)
+        if v != NULL:
+            return <object>v
+    return getattr(o, name)
+
+
+cdef inline int _sa(object o, str name, object v) except -1:
+    """setattr(o, name, v) of such an instance attribute (into o.__dict__)"""
+    cdef PyObject** dp = _PyObject_GetDictPtr(o)
+    if dp != NULL and dp[0] != NULL:
+        return PyDict_SetItem(<object>dp[0], name, v)
+    setattr(o, name, v)
+    return 0
+
+
+cdef struct Geo:       # the engine's geometry: fields its __init__ sets and nothing changes
+    int cluster_bits
+    long long cluster_size
+    int l2_bits
+    long long l2_size
+    long long l2_slice_size
+    long long l1_size
+    int refcount_order
+    int refcount_block_bits
+    long long refcount_max
+    long long size
+    long long version
+
+cdef Geo _G
+cdef object _G_eng = None       # the engine _G was read from (kept alive: its address stays its own)
+
+
+cdef Geo* _geo_load(object eng) except NULL:
+    """_G read from eng"""
+    global _G_eng
+    _G_eng = None
+    _G.cluster_bits = _ga(eng, "cluster_bits")
+    _G.cluster_size = _ga(eng, "cluster_size")
+    _G.l2_bits = _ga(eng, "l2_bits")
+    _G.l2_size = _ga(eng, "l2_size")
+    _G.l2_slice_size = _ga(eng, "l2_slice_size")
+    _G.l1_size = _ga(eng, "l1_size")
+    _G.refcount_order = _ga(eng, "refcount_order")
+    _G.refcount_block_bits = _ga(eng, "refcount_block_bits")
+    rm = _ga(eng, "refcount_max")
+    _G.refcount_max = rm if rm < (1 << 62) else (1 << 62)   # (64-bit refcounts: Python paths)
+    _G.size = _ga(eng, "size")
+    _G.version = _ga(eng, "version")
+    _G_eng = eng
+    return &_G
+
+
+cdef inline Geo* _geo(object eng) except NULL:
+    """the geometry of eng (read once per compute step, and whenever another engine comes)"""
+    if eng is _G_eng:
+        return &_G
+    return _geo_load(eng)
+
 
 cdef object Qcow2Engine = _QE.Qcow2Engine
 cdef object Qcow2Error = _QE.Qcow2Error
@@ -77,6 +157,7 @@ cdef enum:
     T_ZERO_ALLOC = 2
     T_NORMAL = 3
     T_COMPRESSED = 4
+    T_PY = 5            # (_gho: the Python method decides)
 cdef tuple TNAME = (_L.UNALLOCATED, _L.ZERO_PLAIN, _L.ZERO_ALLOC, _L.NORMAL, _L.COMPRESSED)
 cdef object UNALLOCATED = _L.UNALLOCATED
 cdef object ZERO_PLAIN = _L.ZERO_PLAIN
@@ -184,7 +265,7 @@ cdef int _refcount_set(object block, long long index, int order, long long value
 
 cdef inline Py_ssize_t _lookup(object c, long long offset) except -2:
     """Cache.lookup's search: the index caching offset, or -1"""
-    cdef list offsets = c.offsets
+    cdef list offsets = _ga(c, "offsets")
     cdef Py_ssize_t i
     for i in range(len(offsets)):
         if <long long>offsets[i] == offset:
@@ -194,36 +275,36 @@ cdef inline Py_ssize_t _lookup(object c, long long offset) except -2:
 
 cdef int _put(object c, Py_ssize_t i) except -1:
     """Cache.put"""
-    cdef list ref = c.ref
+    cdef list ref = _ga(c, "ref")
     cdef long long r = <long long>ref[i] - 1
     ref[i] = r
     if r == 0:
-        n = c.lru_counter + 1
-        c.lru_counter = n
-        (<list>c.lru)[i] = n
+        n = _ga(c, "lru_counter") + 1
+        _sa(c, "lru_counter", n)
+        (<list>_ga(c, "lru"))[i] = n
     return 0
 
 
 cdef Py_ssize_t _cache_get(object eng, object c, long long offset, bint read=True) except -1:
     """Qcow2Engine.cache_get (a miss: the Python method)"""
     cdef Py_ssize_t i
-    if offset % <long long>c.table_size:
+    if offset % <long long>_ga(c, "table_size"):
         return Qcow2Engine.cache_get(eng, c, offset, read)
     i = _lookup(c, offset)
     if i < 0:
         return Qcow2Engine.cache_get(eng, c, offset, read)
-    cdef list ref = c.ref
+    cdef list ref = _ga(c, "ref")
     ref[i] = <long long>ref[i] + 1
     return i
 
 
 cdef int _cache_set_dependency(object eng, object c, object dep) except -1:
     """Qcow2Engine.cache_set_dependency"""
-    if dep.depends:
+    if _ga(dep, "depends"):
         eng.cache_flush_dependency(dep)
-    if c.depends and c.depends != dep.name:
+    if _ga(c, "depends") and _ga(c, "depends") != _ga(dep, "name"):
         eng.cache_flush_dependency(c)
-    c.depends = dep.name
+    _sa(c, "depends", _ga(dep, "name"))
     return 0
 
 
@@ -231,9 +312,9 @@ cdef int _cache_set_dependency(object eng, object c, object dep) except -1:
 
 cdef bytes _pread(object eng, object offset, object n):
     """Qcow2Engine.pread"""
-    buf = bytearray(eng.pread_file(offset, n))
+    buf = bytearray(_ga(eng, "pread_file")(offset, n))
     cdef long long o = offset, nn = n, off, lo, hi, ln
-    for pend in eng.pending:
+    for pend in _ga(eng, "pending"):
         off = pend[0]
         data = pend[1]
         ln = len(data)
@@ -244,6 +325,17 @@ cdef bytes _pread(object eng, object offset, object n):
     return bytes(buf)
 
 
+cdef int _grow_file_size(object eng, object end) except -1:
+    """eng.file_size = max(eng.file_size, end) (ints: the same object stays when it is not less)"""
+    fs = _ga(eng, "file_size")
+    if type(fs) is int and type(end) is int:
+        if end > fs:
+            _sa(eng, "file_size", end)
+        return 0
+    _sa(eng, "file_size", max(fs, end))
+    return 0
+
+
 cdef int _io(object eng, object op, object fn, object what, object offset, object data,
              object length, dict extra) except -1:
     """Qcow2Engine.io"""
@@ -252,30 +344,51 @@ cdef int _io(object eng, object op, object fn, object what, object offset, objec
         b = bytes(data)
         item["data"] = b
         item["length"] = len(b)
-        eng.pending.append([offset, bytes(data)])
-        eng.file_size = max(eng.file_size, offset + len(b))
-    elif op == "write_zeroes" or op == "discard":
-        eng.pending.append([offset, vb_zeros(length) if type(length) is int and 0 <= length < 1 << 40
-                                    else bytes(length)])
-        eng.file_size = max(eng.file_size, offset + length) if op == "write_zeroes" \
-            else eng.file_size
-    elif op == "guest_write":
-        eng.pending.append([offset, b""])
-        eng.file_size = max(eng.file_size, offset + length)
+        _ga(eng, "pending").append([offset, bytes(data)])
+        _grow_file_size(eng, offset + len(b))
+    else:
+        _pend(eng, op, offset, length)
     if extra:
         item.update(extra)
-    eng.plan.append(item)
+    _ga(eng, "plan").append(item)
+    return 0
+
+
+cdef int _pend(object eng, object op, object offset, object length) except -1:
+    """Qcow2Engine.io's view of the file for an item without data"""
+    if op == "write_zeroes" or op == "discard":
+        _ga(eng, "pending").append([offset, vb_zeros(length) if type(length) is int and 0 <= length < 1 << 40
+                                    else bytes(length)])
+        if op == "write_zeroes":
+            _grow_file_size(eng, offset + length)     # (a discard leaves file_size as it is)
+    elif op == "guest_write":
+        _ga(eng, "pending").append([offset, b""])
+        _grow_file_size(eng, offset + length)
+    return 0
+
+
+cdef int _io_kw(object eng, str op, str fn, str what, object offset, object length, str k1, object v1,
+                str k2=None, object v2=None, str k3=None, object v3=None) except -1:
+    """Qcow2Engine.io without data, its extra fields k1=v1, k2=v2, k3=v3 (in that order)"""
+    cdef dict item = {"op": op, "fn": fn, "what": what, "offset": offset, "length": length}
+    _pend(eng, op, offset, length)
+    item[k1] = v1
+    if k2 is not None:
+        item[k2] = v2
+    if k3 is not None:
+        item[k3] = v3
+    _ga(eng, "plan").append(item)
     return 0
 
 
 cdef int _executed(object eng, dict item) except -1:
     """Qcow2Engine.executed"""
     if "data" in item:
-        eng.pending.pop(0)
+        _ga(eng, "pending").pop(0)
         return 0
     op = item["op"]
     if op == "write_zeroes" or op == "discard" or op == "guest_write":
-        eng.pending.pop(0)
+        _ga(eng, "pending").pop(0)
     return 0
 
 
@@ -284,8 +397,8 @@ cdef int _executed(object eng, dict item) except -1:
 cdef long long _check_metadata_overlap(object eng, long long ign, long long offset,
                                        long long size) except -1:
     """Qcow2Engine.check_metadata_overlap"""
-    cdef long long chk = <long long>eng.overlap_check & ~ign
-    cdef long long cs = eng.cluster_size
+    cdef long long chk = <long long>_ga(eng, "overlap_check") & ~ign
+    cdef long long cs = _geo(eng).cluster_size
     cdef long long o, s, end
     cdef uint64_t e
     cdef Py_ssize_t i, top
@@ -297,38 +410,38 @@ cdef long long _check_metadata_overlap(object eng, long long ign, long long offs
     offset = offset & ~(cs - 1)
     end = offset + size
     if chk & OL_ACTIVE_L1:
-        s = eng.l1_size
+        s = _geo(eng).l1_size
         if s:
-            o = eng.l1_table_offset
+            o = _ga(eng, "l1_table_offset")
             if o < end and offset < o + s * 8:
                 return OL_ACTIVE_L1
     if chk & OL_REFCOUNT_TABLE:
-        s = eng.refcount_table_size
+        s = _ga(eng, "refcount_table_size")
         if s:
-            o = eng.refcount_table_offset
+            o = _ga(eng, "refcount_table_offset")
             if o < end and offset < o + s * 8:
                 return OL_REFCOUNT_TABLE
     if chk & OL_SNAPSHOT_TABLE:
-        s = eng.snapshots_size
+        s = _ga(eng, "snapshots_size")
         if s:
-            o = eng.snapshots_offset
+            o = _ga(eng, "snapshots_offset")
             if o < end and offset < o + s:
                 return OL_SNAPSHOT_TABLE
     if chk & OL_INACTIVE_L1:
-        for l1_off, l1_sz in eng.snapshots:
+        for l1_off, l1_sz in _ga(eng, "snapshots"):
             if l1_sz and l1_off < end and offset < l1_off + l1_sz * 8:
                 return OL_INACTIVE_L1
     if chk & OL_ACTIVE_L2:
-        for x in eng.l1_table:
+        for x in _ga(eng, "l1_table"):
             e = x
             e &= L1E_OFFSET_MASK
             if e and <long long>e < end and offset < <long long>e + cs:
                 return OL_ACTIVE_L2
     if chk & OL_REFCOUNT_BLOCK:
-        rt = eng.refcount_table
-        top = eng.max_refcount_table_index
+        rt = _ga(eng, "refcount_table")
+        top = _ga(eng, "max_refcount_table_index")
         for i in range(top + 1):
-            e = rt[i]
+            e = (<tuple>rt)[i] if isinstance(rt, tuple) else rt[i]
             e &= REFT_OFFSET_MASK
             if e and <long long>e < end and offset < <long long>e + cs:
                 return OL_REFCOUNT_BLOCK
@@ -349,7 +462,7 @@ cdef int _pre_write_overlap_check(object eng, long long ign, long long offset,
 
 cdef inline object _reftable(object eng, Py_ssize_t ti):
     """eng.refcount_table[ti]: a FrozenTable (a tuple) is indexed in C, anything else as Python does."""
-    rt = eng.refcount_table
+    rt = _ga(eng, "refcount_table")
     if isinstance(rt, tuple):
         return (<tuple>rt)[ti]
     return rt[ti]
@@ -357,36 +470,36 @@ cdef inline object _reftable(object eng, Py_ssize_t ti):
 
 cdef object _get_refcount(object eng, long long cluster_index):
     """Qcow2Engine.get_refcount (a misaligned refcount block: the Python method)"""
-    cdef int rbb = eng.refcount_block_bits
+    cdef int rbb = _geo(eng).refcount_block_bits
     cdef long long ti = cluster_index >> rbb
     cdef uint64_t rb
-    if ti >= <long long>eng.refcount_table_size:
+    if ti >= <long long>_ga(eng, "refcount_table_size"):
         return 0
     rb = _reftable(eng, ti)
     rb &= REFT_OFFSET_MASK
     if not rb:
         return 0
-    cdef long long cs = eng.cluster_size
+    cdef long long cs = _geo(eng).cluster_size
     if rb & <uint64_t>(cs - 1):
         return Qcow2Engine.get_refcount(eng, cluster_index)
-    rbc = eng.rb_cache
+    rbc = _ga(eng, "rb_cache")
     cdef Py_ssize_t i = _cache_get(eng, rbc, <long long>rb, True)
-    val = _refcount_get((<list>rbc.tables)[i], cluster_index & ((1LL << rbb) - 1),
-                        eng.refcount_order)
+    val = _refcount_get((<list>_ga(rbc, "tables"))[i], cluster_index & ((1LL << rbb) - 1),
+                        _geo(eng).refcount_order)
     _put(rbc, i)
     return val
 
 
 cdef int _alloc_refcount_block(object eng, long long cluster_index, Py_ssize_t *ci) except? -99:
     """Qcow2Engine.alloc_refcount_block: an existing block is compiled, a new one is Python"""
-    cdef long long ti = cluster_index >> <int>eng.refcount_block_bits
+    cdef long long ti = cluster_index >> <int>_geo(eng).refcount_block_bits
     cdef uint64_t rb
-    cdef long long cs = eng.cluster_size
-    if ti < <long long>eng.refcount_table_size:
+    cdef long long cs = _geo(eng).cluster_size
+    if ti < <long long>_ga(eng, "refcount_table_size"):
         rb = _reftable(eng, ti)
         rb &= REFT_OFFSET_MASK
         if rb and not rb & <uint64_t>(cs - 1):
-            ci[0] = _cache_get(eng, eng.rb_cache, <long long>rb, True)
+            ci[0] = _cache_get(eng, _ga(eng, "rb_cache"), <long long>rb, True)
             return 0
     r, i = eng.alloc_refcount_block(cluster_index)
     ci[0] = i
@@ -396,21 +509,21 @@ cdef int _alloc_refcount_block(object eng, long long cluster_index, Py_ssize_t *
 cdef long long _update_refcount(object eng, long long offset, long long length, long long addend,
                                 bint decrease, int dtype) except? -99:
     """Qcow2Engine.update_refcount (64-bit refcounts: the Python method)"""
-    cdef int order = eng.refcount_order
+    cdef int order = _geo(eng).refcount_order
     if order > 5:
         return Qcow2Engine.update_refcount(eng, offset, length, addend, decrease, dtype)
     if length <= 0:
         return 0
     if decrease:
-        _cache_set_dependency(eng, eng.rb_cache, eng.l2_cache)
-    cdef int cb = eng.cluster_bits
+        _cache_set_dependency(eng, _ga(eng, "rb_cache"), _ga(eng, "l2_cache"))
+    cdef int cb = _geo(eng).cluster_bits
     cdef long long cs = 1LL << cb
-    cdef int rbb = eng.refcount_block_bits
+    cdef int rbb = _geo(eng).refcount_block_bits
     cdef long long rbs_mask = (1LL << rbb) - 1
-    cdef long long refcount_max = eng.refcount_max
+    cdef long long refcount_max = _geo(eng).refcount_max
     cdef long long start = offset & ~(cs - 1)
     cdef long long last = (offset + length - 1) & ~(cs - 1)
-    rbc = eng.rb_cache
+    rbc = _ga(eng, "rb_cache")
     cdef Py_ssize_t ci = -1, t
     cdef long long old_ti = -1, ti, cluster_index, bi, rc, new
     cdef long long ret = 0, r
@@ -425,21 +538,21 @@ cdef long long _update_refcount(object eng, long long offset, long long length, 
                     ci = -1
                 r = _alloc_refcount_block(eng, cluster_index, &ci)
                 if r == -EAGAIN:
-                    if eng.free_cluster_index > start >> cb:
-                        eng.free_cluster_index = start >> cb
+                    if _ga(eng, "free_cluster_index") > start >> cb:
+                        _sa(eng, "free_cluster_index", start >> cb)
                     ret = r
                     break
             old_ti = ti
-            (<list>rbc.dirty)[ci] = True
+            (<list>_ga(rbc, "dirty"))[ci] = True
             bi = cluster_index & rbs_mask
-            table = (<list>rbc.tables)[ci]
+            table = (<list>_ga(rbc, "tables"))[ci]
             rc = _refcount_get(table, bi, order)
             new = rc - addend if decrease else rc + addend
             if new < 0 or new > refcount_max:
                 ret = -EINVAL
                 break
-            if new == 0 and cluster_index < eng.free_cluster_index:
-                eng.free_cluster_index = cluster_index
+            if new == 0 and cluster_index < _ga(eng, "free_cluster_index"):
+                _sa(eng, "free_cluster_index", cluster_index)
             _refcount_set(table, bi, order, new)
             if new == 0:
                 t = rbc.is_table_offset(offset)
@@ -448,15 +561,15 @@ cdef long long _update_refcount(object eng, long long offset, long long length, 
                     ci = -1
                     old_ti = -1
                     rbc.discard(t)
-                eng.cache_discard_offset(eng.l2_cache, offset)
-                if eng.discard_passthrough[dtype]:
+                eng.cache_discard_offset(_ga(eng, "l2_cache"), offset)
+                if _ga(eng, "discard_passthrough")[dtype]:
                     eng.update_refcount_discard(cluster_offset, cs)
             cluster_offset += cs
     finally:
         if ci >= 0:
             _put(rbc, ci)
-    if not eng.cache_discards:
-        if eng.discards:
+    if not _ga(eng, "cache_discards"):
+        if _ga(eng, "discards"):
             eng.process_discards(ret)
         else:
             eng.discards = []
@@ -471,20 +584,20 @@ cdef long long _update_refcount(object eng, long long offset, long long length, 
 
 cdef long long _alloc_clusters_noref(object eng, long long size, long long max_) except -1:
     """Qcow2Engine.alloc_clusters_noref"""
-    if eng.cache_discards:
+    if _ga(eng, "cache_discards"):
         eng.process_discards(0)
-    cdef int cb = eng.cluster_bits
+    cdef int cb = _geo(eng).cluster_bits
     cdef long long n = (size + (1LL << cb) - 1) >> cb
     cdef long long i = 0
     cdef long long idx
     while i < n:
-        idx = eng.free_cluster_index
-        eng.free_cluster_index = idx + 1
+        idx = _ga(eng, "free_cluster_index")
+        _sa(eng, "free_cluster_index", idx + 1)
         if _get_refcount(eng, idx):
             i = 0
             continue
         i += 1
-    cdef long long fci = eng.free_cluster_index
+    cdef long long fci = _ga(eng, "free_cluster_index")
     if fci > 0 and fci - 1 > max_ >> cb:
         raise Qcow2Error(-EFBIG, "image would exceed the maximum cluster offset")
     return (fci - n) << cb
@@ -501,7 +614,7 @@ cdef long long _alloc_clusters(object eng, long long size) except -1:
 
 cdef long long _alloc_clusters_at(object eng, long long offset, long long nb_clusters) except -1:
     """Qcow2Engine.alloc_clusters_at"""
-    cdef int cb = eng.cluster_bits
+    cdef int cb = _geo(eng).cluster_bits
     cdef long long ci, i
     if nb_clusters == 0:
         return 0
@@ -521,25 +634,25 @@ cdef long long _alloc_clusters_at(object eng, long long offset, long long nb_clu
 
 cdef inline long long _slice_index(object eng, long long off):
     """Qcow2Engine.l2_slice_index"""
-    return (off >> <int>eng.cluster_bits) & (<long long>eng.l2_slice_size - 1)
+    return (off >> <int>_geo(eng).cluster_bits) & (<long long>_geo(eng).l2_slice_size - 1)
 
 
 cdef Py_ssize_t _l2_load(object eng, long long offset, long long l2_offset) except -1:
     """Qcow2Engine.l2_load"""
-    cdef int cb = eng.cluster_bits
-    cdef long long start = 8 * (((offset >> cb) & (<long long>eng.l2_size - 1))
+    cdef int cb = _geo(eng).cluster_bits
+    cdef long long start = 8 * (((offset >> cb) & (<long long>_geo(eng).l2_size - 1))
                                 - _slice_index(eng, offset))
-    return _cache_get(eng, eng.l2_cache, l2_offset + start, True)
+    return _cache_get(eng, _ga(eng, "l2_cache"), l2_offset + start, True)
 
 
 cdef Py_ssize_t _get_cluster_table(object eng, long long offset, Py_ssize_t *l2i) except -1:
     """Qcow2Engine.get_cluster_table (an L2 table to allocate or COW, an offset beyond the L1
     table or a misaligned L2 table: the Python method)"""
-    cdef int cb = eng.cluster_bits
-    cdef long long l1i = offset >> (<int>eng.l2_bits + cb)
+    cdef int cb = _geo(eng).cluster_bits
+    cdef long long l1i = offset >> (<int>_geo(eng).l2_bits + cb)
     cdef uint64_t l1e, l2_offset
-    if l1i < <long long>eng.l1_size:
-        l1e = (<list>eng.l1_table)[l1i]
+    if l1i < <long long>_geo(eng).l1_size:
+        l1e = (<list>_ga(eng, "l1_table"))[l1i]
         l2_offset = l1e & L1E_OFFSET_MASK
         if l1e & QCOW_OFLAG_COPIED and not l2_offset & ((1ULL << cb) - 1):
             l2i[0] = _slice_index(eng, offset)
@@ -560,7 +673,7 @@ cdef inline bint _needs_new_alloc(uint64_t e) noexcept:
 cdef long long _count_single_write_clusters(object eng, long long n, object table, Py_ssize_t l2i,
                                             bint new_alloc) except -1:
     """Qcow2Engine.count_single_write_clusters"""
-    cdef long long cs = eng.cluster_size
+    cdef long long cs = _geo(eng).cluster_size
     cdef uint64_t expected = _get(table, l2i) & L2E_OFFSET_MASK
     cdef uint64_t e
     cdef long long i = 0
@@ -580,8 +693,8 @@ cdef int _calculate_l2_meta(object eng, long long host_cluster_offset, long long
                             long long nbytes, object table, Py_ssize_t l2i0, bint keep_old,
                             list metas) except -1:
     """Qcow2Engine.calculate_l2_meta"""
-    cdef long long cs = eng.cluster_size
-    cdef int cb = eng.cluster_bits
+    cdef long long cs = _geo(eng).cluster_size
+    cdef int cb = _geo(eng).cluster_bits
     cdef long long cow_start_to = guest_offset & (cs - 1)
     cdef long long cow_end_from = cow_start_to + nbytes
     cdef long long nb_clusters = (cow_end_from + cs - 1) >> cb
@@ -620,16 +733,16 @@ cdef inline long long _min3(long long a, long long b, long long c) noexcept:
 cdef int _handle_copied(object eng, long long guest_offset, long long *host_offset,
                         long long *nbytes, list metas) except -1:
     """Qcow2Engine.handle_copied -> ret; host_offset and nbytes are in/out"""
-    cdef long long cs = eng.cluster_size
-    cdef int cb = eng.cluster_bits
+    cdef long long cs = _geo(eng).cluster_size
+    cdef int cb = _geo(eng).cluster_bits
     cdef long long oic = guest_offset & (cs - 1)
     cdef long long n = (oic + nbytes[0] + cs - 1) >> cb
-    n = _min3(n, <long long>eng.l2_slice_size - _slice_index(eng, guest_offset),
+    n = _min3(n, <long long>_geo(eng).l2_slice_size - _slice_index(eng, guest_offset),
               BDRV_REQUEST_MAX_BYTES >> cb)
     cdef Py_ssize_t l2i
     cdef Py_ssize_t ci = _get_cluster_table(eng, guest_offset, &l2i)
-    l2c = eng.l2_cache
-    table = (<list>l2c.tables)[ci]
+    l2c = _ga(eng, "l2_cache")
+    table = (<list>_ga(l2c, "tables"))[ci]
     cdef uint64_t e
     cdef long long cluster_offset, keep, nb
     try:
@@ -658,18 +771,18 @@ cdef int _handle_copied(object eng, long long guest_offset, long long *host_offs
 cdef int _handle_alloc(object eng, long long guest_offset, long long *host_offset,
                        long long *nbytes, list metas) except -1:
     """Qcow2Engine.handle_alloc -> ret; host_offset and nbytes are in/out"""
-    cdef long long cs = eng.cluster_size
-    cdef int cb = eng.cluster_bits
+    cdef long long cs = _geo(eng).cluster_size
+    cdef int cb = _geo(eng).cluster_bits
     cdef long long oic = guest_offset & (cs - 1)
     cdef long long n = (oic + nbytes[0] + cs - 1) >> cb
-    n = _min3(n, <long long>eng.l2_slice_size - _slice_index(eng, guest_offset),
+    n = _min3(n, <long long>_geo(eng).l2_slice_size - _slice_index(eng, guest_offset),
               BDRV_REQUEST_MAX_BYTES >> cb)
     cdef Py_ssize_t l2i
     cdef Py_ssize_t ci = _get_cluster_table(eng, guest_offset, &l2i)
-    l2c = eng.l2_cache
+    l2c = _ga(eng, "l2_cache")
     cdef long long alloc, requested, avail, nb
     try:
-        table = (<list>l2c.tables)[ci]
+        table = (<list>_ga(l2c, "tables"))[ci]
         n = _count_single_write_clusters(eng, n, table, l2i, True)
         if host_offset[0] == INV:
             alloc = _alloc_clusters(eng, n * cs)
@@ -685,7 +798,7 @@ cdef int _handle_alloc(object eng, long long guest_offset, long long *host_offse
         host_offset[0] = alloc + oic
         if nb - oic < nbytes[0]:
             nbytes[0] = nb - oic
-        table = (<list>l2c.tables)[ci]
+        table = (<list>_ga(l2c, "tables"))[ci]
         _calculate_l2_meta(eng, alloc, guest_offset, nbytes[0], table, l2i, False, metas)
         return 1
     finally:
@@ -723,20 +836,20 @@ cdef long long _alloc_host_offset(object eng, long long offset, long long nbytes
 
 cdef int _alloc_cluster_link_l2(object eng, dict mt) except -1:
     """Qcow2Engine.alloc_cluster_link_l2"""
-    if eng.use_lazy_refcounts:
+    if _ga(eng, "use_lazy_refcounts"):
         eng.mark_dirty()
-    if not <long long>eng.incompatible_features & INCOMPAT_DIRTY:
-        _cache_set_dependency(eng, eng.l2_cache, eng.rb_cache)
+    if not <long long>_ga(eng, "incompatible_features") & INCOMPAT_DIRTY:
+        _cache_set_dependency(eng, _ga(eng, "l2_cache"), _ga(eng, "rb_cache"))
     cdef Py_ssize_t l2i
     cdef Py_ssize_t ci = _get_cluster_table(eng, mt["offset"], &l2i)
-    c = eng.l2_cache
-    (<list>c.dirty)[ci] = True
+    c = _ga(eng, "l2_cache")
+    (<list>_ga(c, "dirty"))[ci] = True
     cdef list old = []
     cdef long long nb = mt["nb_clusters"], i
     cdef long long alloc = mt["alloc_offset"]
-    cdef int cb = eng.cluster_bits
+    cdef int cb = _geo(eng).cluster_bits
     cdef uint64_t e
-    table = (<list>c.tables)[ci]
+    table = (<list>_ga(c, "tables"))[ci]
     for i in range(nb):
         e = _get(table, l2i + i)
         if e:
@@ -751,36 +864,42 @@ cdef int _alloc_cluster_link_l2(object eng, dict mt) except -1:
 
 # == reads ===================================================================================================
 
-cdef tuple _get_host_offset(object eng, long long offset, long long nbytes):
-    """Qcow2Engine.get_host_offset (a misaligned L2 table: the Python method)"""
-    cdef long long cs = eng.cluster_size
-    cdef int cb = eng.cluster_bits
+cdef int _gho(object eng, long long offset, long long nbytes, uint64_t* host_out, long long* cur_out,
+              uint64_t* entry_out) except -1:
+    """Qcow2Engine.get_host_offset in C: -> the cluster type (T_*; host_out, cur_out, entry_out:
+    the rest of its tuple), or T_PY for a misaligned L2 table (the caller runs the Python method)"""
+    cdef Geo* g = _geo(eng)
+    cdef long long cs = g.cluster_size
+    cdef int cb = g.cluster_bits
     cdef long long oic = offset & (cs - 1)
     cdef long long needed = nbytes + oic
-    cdef long long avail = (<long long>eng.l2_slice_size - _slice_index(eng, offset)) << cb
+    cdef long long avail = (g.l2_slice_size - ((offset >> cb) & (g.l2_slice_size - 1))) << cb
     if avail < needed:
         needed = avail
-    cdef long long l1i = offset >> (<int>eng.l2_bits + cb)
+    cdef long long l1i = offset >> (g.l2_bits + cb)
     cdef uint64_t l1e = 0, l2_offset
-    if l1i < <long long>eng.l1_size:
-        l1e = (<list>eng.l1_table)[l1i]
-    if l1i >= <long long>eng.l1_size or not l1e & L1E_OFFSET_MASK:
-        return UNALLOCATED, 0, (avail if avail < needed else needed) - oic, 0
+    if l1i < g.l1_size:
+        l1e = (<list>_ga(eng, "l1_table"))[l1i]
+    if l1i >= g.l1_size or not l1e & L1E_OFFSET_MASK:
+        host_out[0] = 0
+        cur_out[0] = (avail if avail < needed else needed) - oic
+        entry_out[0] = 0
+        return T_UNALLOCATED
     l2_offset = l1e & L1E_OFFSET_MASK
     if l2_offset & <uint64_t>(cs - 1):
-        return Qcow2Engine.get_host_offset(eng, offset, nbytes)
+        return T_PY
     cdef Py_ssize_t ci = _l2_load(eng, offset, <long long>l2_offset)
-    l2c = eng.l2_cache
+    l2c = _ga(eng, "l2_cache")
     cdef Py_ssize_t l2i
-    cdef uint64_t e, ei, expected, hc
+    cdef uint64_t e, ei, expected, hc, host
     cdef int t, ti
     cdef long long count, nb, i, got
     try:
-        table = (<list>l2c.tables)[ci]
-        l2i = _slice_index(eng, offset)
+        table = (<list>_ga(l2c, "tables"))[ci]
+        l2i = (offset >> cb) & (g.l2_slice_size - 1)
         e = _get(table, l2i)
         t = _ctype(e)
-        if eng.version < 3 and (t == T_ZERO_PLAIN or t == T_ZERO_ALLOC):
+        if g.version < 3 and (t == T_ZERO_PLAIN or t == T_ZERO_ALLOC):
             eng.signal_corruption(True, f"Zero cluster entry found in pre-v3 image (L2 offset: "
                                   f"{l2_offset:#x}, L2 index: {l2i:#x})")
         host = 0
@@ -813,24 +932,42 @@ cdef tuple _get_host_offset(object eng, long long offset, long long nbytes):
         got = count << cb
         if needed < got:
             got = needed
-        return TNAME[t], host, got - oic, e
+        host_out[0] = host
+        cur_out[0] = got - oic
+        entry_out[0] = e
+        return t
     finally:
         _put(l2c, ci)
+
+
+cdef tuple _get_host_offset(object eng, long long offset, long long nbytes):
+    """Qcow2Engine.get_host_offset (a misaligned L2 table: the Python method)"""
+    cdef uint64_t host, e
+    cdef long long cur
+    cdef int t = _gho(eng, offset, nbytes, &host, &cur, &e)
+    if t == T_PY:
+        return Qcow2Engine.get_host_offset(eng, offset, nbytes)
+    return TNAME[t], host, cur, e
 
 
 cdef bint _is_zero_fast(object eng, long long offset, long long nbytes) except -1:
     """Qcow2Engine.is_zero_fast"""
     cdef long long end = offset + nbytes
-    cdef long long size = eng.size
+    cdef long long size = _geo(eng).size
     cdef long long n
+    cdef uint64_t h, e
+    cdef int t
     if size < end:
         end = size
     while offset < end:
-        t, _h, n, _e = _get_host_offset(eng, offset, end - offset)
-        if t == ZERO_PLAIN or t == ZERO_ALLOC:
+        t = _gho(eng, offset, end - offset, &h, &n, &e)
+        if t == T_PY:
+            tn, _h, n, _e = Qcow2Engine.get_host_offset(eng, offset, end - offset)
+            t = TNAME.index(tn)
+        if t == T_ZERO_PLAIN or t == T_ZERO_ALLOC:
             pass
-        elif t == UNALLOCATED:
-            backing = eng.backing
+        elif t == T_UNALLOCATED:
+            backing = _ga(eng, "backing")
             if backing is not None and offset < backing.size:
                 return False
         else:
@@ -908,6 +1045,24 @@ class FastQcow2Engine(Qcow2Engine):
 
 cdef object _FastQcow2Engine = FastQcow2Engine
 
+# _ga/_sa read and write these fields in the instance's __dict__: no class may override them
+for _cls, _names in ((Qcow2Engine, ("cluster_bits", "l2_cache", "cluster_size", "plan", "free_cluster_index",
+                                    "file_size", "pending", "rb_cache", "l2_slice_size", "l1_size",
+                                    "refcount_table_size", "refcount_table", "refcount_block_bits", "l1_table",
+                                    "refcount_order", "l2_bits", "discards", "cache_discards", "version",
+                                    "use_lazy_refcounts", "snapshots_size", "snapshots_offset", "snapshots",
+                                    "size", "refcount_table_offset", "refcount_max", "pread_file",
+                                    "overlap_check", "max_refcount_table_index", "l2_size", "l1_table_offset",
+                                    "incompatible_features", "discard_passthrough", "backing")),
+                     (FastQcow2Engine, ()),
+                     (_QC.Cache, ("tables", "depends", "name", "ref", "lru_counter", "dirty", "table_size",
+                                  "offsets", "lru"))):
+    for _n in _names:
+        for _k in _cls.__mro__:
+            assert not hasattr(type(_k.__dict__.get(_n)), "__set__"), (_cls, _n)
+for _n in ("cluster_bits", "plan", "free_cluster_index", "l2_cache", "rb_cache", "pending"):
+    assert _n not in FastQcow2Engine.__dict__ and _n not in Qcow2Engine.__dict__, _n
+
 
 cdef inline object _fast_engine(object f):
     eng = f.engine
@@ -922,6 +1077,8 @@ def detach_machine(m):
     eng = getattr(f, "engine", None)
     if type(eng) is _FastQcow2Engine:
         eng.__class__ = Qcow2Engine
+    global _G_eng
+    _G_eng = None
 
 
 # == the driver's compute step (driver.py) ====================================================================
@@ -986,9 +1143,9 @@ cdef int _write_task(object m, object eng, object bid, dict co, dict piece) exce
             start = mt["alloc_offset"] + cs[0]
             nb = ce[0] + ce[1] - cs[0]
             _pre_write_overlap_check(eng, 0, start, nb)
-            _io(eng, "write_zeroes", "handle_alloc_space",
-                f"COW areas read as zero: zero {_hexll(start)}+{_hexll(nb)} (fallocate ZERO_RANGE)", start,
-                None, nb, {"kind": "data"})
+            _io_kw(eng, "write_zeroes", "handle_alloc_space",
+                   f"COW areas read as zero: zero {_hexll(start)}+{_hexll(nb)} (fallocate ZERO_RANGE)", start,
+                   nb, "kind", "data")
             mt["skip_cow"] = True
     for mt in metas:
         cs, ce = mt["cow_start"], mt["cow_end"]
@@ -1000,15 +1157,253 @@ cdef int _write_task(object m, object eng, object bid, dict co, dict piece) exce
             continue
         mt["data"] = True
         return 0
-    _io(eng, "guest_write", "bdrv_co_pwritev_part", f"guest data {_hex(piece['bytes'])} bytes -> host "
-        f"{_hex(piece['host'])}", piece["host"], None, piece["bytes"],
-        {"parts": _data_parts(m, bid, co, piece["qoff"], piece["bytes"]), "kind": "data",
-         "piece": len(co["pieces"]) - 1})
+    _io_kw(eng, "guest_write", "bdrv_co_pwritev_part", f"guest data {_hex(piece['bytes'])} bytes -> host "
+           f"{_hex(piece['host'])}", piece["host"], piece["bytes"],
+           "parts", _data_parts(m, bid, co, piece["qoff"], piece["bytes"]), "kind", "data",
+           "piece", len(co["pieces"]) - 1)
     return 0
 
 
-cdef str _write_machine(object m, object eng, object bid, dict co):
-    """driver._write_machine"""
+cdef long long _FAST_ALLOCS[2]
+_FAST_ALLOCS[0] = 0
+_FAST_ALLOCS[1] = 0
+
+
+cdef inline long long _rc_get(const uint8_t* p, long long index, int order) noexcept:
+    """layout.refcount_get on a refcount block's bytes (orders 0-5, index in range)"""
+    cdef int bits = 1 << order
+    cdef int per, n, k
+    cdef uint64_t v
+    if bits < 8:
+        per = 8 // bits
+        return (p[index // per] >> ((index % per) * bits)) & ((1 << bits) - 1)
+    n = bits // 8
+    v = 0
+    for k in range(n):
+        v = (v << 8) | p[index * n + k]
+    return <long long>v
+
+
+cdef int _lru_bump(object c, Py_ssize_t i, long long times) except -1:
+    """times Cache.put(i) after as many gets, on an entry nobody else holds: the LRU counter
+    goes up by times and entry i takes its last value"""
+    n = _ga(c, "lru_counter") + times
+    _sa(c, "lru_counter", n)
+    (<list>_ga(c, "lru"))[i] = n
+    return 0
+
+
+cdef bint _fast_alloc(object m, object eng, object bid, dict co) except -1:
+    """_write_machine's alloc step (driver.py) on its common path, natively: the rest of the
+    request maps to one run of unallocated clusters of a cached L2 slice
+    (qcow2_alloc_host_offset: handle_copied finds nothing, handle_alloc allocates), taken
+    first-fit from free clusters of one cached refcount block (alloc_clusters_noref,
+    update_refcount), no overlap check hits, and the COW areas read as zero (no backing file:
+    handle_alloc_space zeroes them); then the guest data write (_write_task).  It makes
+    exactly the changes those functions make (caches' LRU and dirty marks, the refcounts,
+    free_cluster_index, the metas, the piece, the plan and the pending writes).  False, having
+    changed nothing: not that path (the compiled functions run it)."""
+    cdef Geo* g = _geo(eng)
+    cdef long long cs = g.cluster_size, pos, rem, oic, n, k, kk, i, idx, fci, nchecks, cur
+    cdef long long alloc_first, off, host, ce_from, ce_to, zstart, zn, a_off, a_end, nzget
+    cdef int cb = g.cluster_bits, order = g.refcount_order, rbb = g.refcount_block_bits
+    cdef long long l1i, l2i, ti0, key
+    cdef uint64_t l1e, l2_offset, rb, e0
+    cdef Py_ssize_t li, ri
+    cdef uint8_t* bp
+    if order > 5 or co.get("zero"):
+        return False
+    o_pos = co["pos"]
+    o_rem = co["remaining"]
+    if type(o_pos) is not int or type(o_rem) is not int or o_pos < 0 or o_rem <= 0:
+        return False
+    pos = o_pos
+    rem = o_rem if o_rem < INT_MAX else INT_MAX
+    # the L2 slice (get_cluster_table: an allocated, COPIED, cached table)
+    l1i = pos >> (g.l2_bits + cb)
+    if l1i >= g.l1_size:
+        return False
+    o = (<list>_ga(eng, "l1_table"))[l1i]
+    if type(o) is not int:
+        return False
+    l1e = o
+    l2_offset = l1e & L1E_OFFSET_MASK
+    if not l1e & QCOW_OFLAG_COPIED or not l2_offset or l2_offset & <uint64_t>(cs - 1):
+        return False
+    l2i = (pos >> cb) & (g.l2_slice_size - 1)
+    key = <long long>l2_offset + 8 * (((pos >> cb) & (g.l2_size - 1)) - l2i)
+    l2c = _ga(eng, "l2_cache")
+    if key % <long long>_ga(l2c, "table_size"):
+        return False
+    li = _lookup(l2c, key)
+    if li < 0 or (<list>_ga(l2c, "ref"))[li] != 0:
+        return False
+    table = (<list>_ga(l2c, "tables"))[li]
+    if type(table) is not bytearray or PyByteArray_GET_SIZE(table) != g.l2_slice_size * 8:
+        return False
+    oic = pos & (cs - 1)
+    n = _min3((oic + rem + cs - 1) >> cb, g.l2_slice_size - l2i, BDRV_REQUEST_MAX_BYTES >> cb)
+    e0 = _get(table, l2i)
+    if e0 != 0:
+        return _fast_in_place(m, eng, bid, co, o_pos, pos, rem, oic, n, e0, table, l2i, l2c, li)
+    if _ga(eng, "backing") is not None or _ga(eng, "cache_discards") or _ga(eng, "discards"):
+        return False
+    k = 0
+    while k < n and _get(table, l2i + k) == 0:
+        k += 1
+    kk = _count_single_write_clusters(eng, n, table, l2i, True)
+    if kk != k or k * cs - oic < rem:
+        return False                    # (more than one run: the loop goes on)
+    cur = rem
+    # the free clusters (alloc_clusters_noref over one cached refcount block)
+    o = _ga(eng, "free_cluster_index")
+    if type(o) is not int or o < 0:
+        return False
+    fci = o
+    ti0 = fci >> rbb
+    if ti0 >= <long long>_ga(eng, "refcount_table_size"):
+        return False
+    rb = _reftable(eng, ti0)
+    rb &= REFT_OFFSET_MASK
+    if not rb or rb & <uint64_t>(cs - 1):
+        return False
+    rbc = _ga(eng, "rb_cache")
+    if <long long>rb % <long long>_ga(rbc, "table_size"):
+        return False
+    ri = _lookup(rbc, <long long>rb)
+    if ri < 0 or (<list>_ga(rbc, "ref"))[ri] != 0:
+        return False
+    block = (<list>_ga(rbc, "tables"))[ri]
+    if type(block) is not bytearray or PyByteArray_GET_SIZE(block) != cs \
+            or ((1LL << rbb) << order) > cs * 8:
+        return False
+    bp = <uint8_t*>PyByteArray_AS_STRING(block)
+    idx = fci
+    i = 0
+    nchecks = 0
+    while i < k:
+        if (idx >> rbb) != ti0:
+            return False                # (the scan leaves the block)
+        nchecks += 1
+        if _rc_get(bp, idx & ((1LL << rbb) - 1), order):
+            idx += 1
+            i = 0
+            continue
+        idx += 1
+        i += 1
+    if idx > 0 and idx - 1 > (QCOW_MAX_CLUSTER_OFFSET >> cb):
+        return False
+    alloc_first = idx - k
+    off = alloc_first << cb
+    host = off + oic
+    if 1 > <long long>_geo(eng).refcount_max:
+        return False
+    # the overlap checks it will make (no hit: nothing to do)
+    if _check_metadata_overlap(eng, 0, host, cur):
+        return False
+    ce_from = oic + cur
+    ce_to = (ce_from + cs - 1) // cs * cs
+    zn = ce_to                          # handle_alloc_space: cow_start..cow_end
+    if (oic or ce_to - ce_from) and _check_metadata_overlap(eng, 0, off, zn):
+        return False
+    # -- from here on: the changes ---------------------------------------------------------------
+    # alloc_clusters_noref's get_refcount calls, update_refcount's block (dirty, +1 each)
+    _sa(eng, "free_cluster_index", idx)
+    (<list>_ga(rbc, "dirty"))[ri] = True
+    for i in range(alloc_first, idx):
+        _refcount_set(block, i & ((1LL << rbb) - 1), order, _rc_get(bp, i & ((1LL << rbb) - 1), order) + 1)
+    _lru_bump(rbc, ri, nchecks + 1)
+    _sa(eng, "discards", [])
+    # handle_copied's and handle_alloc's L2 slice, then is_zero_fast's lookups of the COW areas
+    nzget = 0
+    if oic or ce_to - ce_from:
+        a_off = pos - oic
+        a_end = a_off + oic
+        if a_end > g.size:
+            a_end = g.size
+        if a_off < a_end:
+            nzget += 1
+        a_off = pos - oic + ce_from
+        a_end = a_off + ce_to - ce_from
+        if a_end > g.size:
+            a_end = g.size
+        if a_off < a_end:
+            nzget += 1
+    _lru_bump(l2c, li, 2 + nzget)
+    cdef list metas = []
+    _calculate_l2_meta(eng, off, pos, cur, table, l2i, False, metas)
+    cdef dict mt = metas[0]
+    cdef dict piece = {"guest": o_pos, "host": host, "bytes": cur, "qoff": co["qoff"], "metas": metas,
+                       "failed": False}
+    co["pieces"].append(piece)
+    co["pos"] += cur
+    co["remaining"] -= cur
+    co["qoff"] += cur
+    if oic or ce_to - ce_from:
+        _io_kw(eng, "write_zeroes", "handle_alloc_space",
+               f"COW areas read as zero: zero {_hexll(off)}+{_hexll(zn)} (fallocate ZERO_RANGE)", off,
+               zn, "kind", "data")
+        mt["skip_cow"] = True
+    _io_kw(eng, "guest_write", "bdrv_co_pwritev_part", f"guest data {_hexll(cur)} bytes -> host "
+           f"{_hexll(host)}", host, cur,
+           "parts", _data_parts(m, bid, co, piece["qoff"], cur), "kind", "data",
+           "piece", len(co["pieces"]) - 1)
+    _FAST_ALLOCS[0] += 1
+    return True
+
+
+cdef bint _fast_in_place(object m, object eng, object bid, dict co, object o_pos, long long pos,
+                         long long rem, long long oic, long long n, uint64_t e0, object table,
+                         long long l2i, object l2c, Py_ssize_t li) except -1:
+    """_fast_alloc's other common path: the rest of the request is one run of COPIED data
+    clusters (handle_copied: written in place, calculate_l2_meta keeps no meta), then the guest
+    data write.  False, having changed nothing: not that path."""
+    cdef Geo* g = _geo(eng)
+    cdef long long cs = g.cluster_size, keep, nbc, i, host, cur
+    cdef int cb = g.cluster_bits
+    cdef uint64_t cluster_offset = e0 & L2E_OFFSET_MASK
+    if _needs_new_alloc(e0) or cluster_offset & <uint64_t>(cs - 1):
+        return False
+    keep = _count_single_write_clusters(eng, n, table, l2i, False)
+    if keep * cs - oic < rem:
+        return False                    # (more than one run: the loop goes on)
+    cur = rem
+    nbc = (oic + cur + cs - 1) >> cb
+    for i in range(nbc):
+        if _ctype(_get(table, l2i + i)) != T_NORMAL:
+            return False                # (preallocated zero clusters: a meta to link)
+    host = <long long>cluster_offset + oic
+    if _check_metadata_overlap(eng, 0, host, cur):
+        return False
+    # -- the changes: handle_copied's L2 slice, the piece, the guest data write
+    _lru_bump(l2c, li, 1)
+    cdef dict piece = {"guest": o_pos, "host": host, "bytes": cur, "qoff": co["qoff"], "metas": [],
+                       "failed": False}
+    co["pieces"].append(piece)
+    co["pos"] += cur
+    co["remaining"] -= cur
+    co["qoff"] += cur
+    _io_kw(eng, "guest_write", "bdrv_co_pwritev_part", f"guest data {_hexll(cur)} bytes -> host "
+           f"{_hexll(host)}", host, cur,
+           "parts", _data_parts(m, bid, co, piece["qoff"], cur), "kind", "data",
+           "piece", len(co["pieces"]) - 1)
+    _FAST_ALLOCS[1] += 1
+    return True
+
+
+def fast_allocs(bint reset=False, bint in_place=False):
+    """How many write steps _fast_alloc ran natively since the last reset (in_place: of
+    clusters written in place; else: of new clusters)"""
+    n = _FAST_ALLOCS[1 if in_place else 0]
+    if reset:
+        _FAST_ALLOCS[0] = 0
+        _FAST_ALLOCS[1] = 0
+    return n
+
+
+cdef str _write_machine(object m, object eng, object bid, dict co, bint quiet=False):
+    """driver._write_machine (quiet: no detail, the function named in _qfn instead of m.cur)"""
+    global _qfn
     cdef long long host, cur, pos, rem
     cdef list metas, pieces
     cdef dict piece, mt
@@ -1017,7 +1412,12 @@ cdef str _write_machine(object m, object eng, object bid, dict co):
         if co["remaining"] == 0:
             co["wphase"] = "link"
             return "every piece allocated and written: link the L2 entries"
-        _SUP.set_function(m, "qcow2_alloc_host_offset", CLUSTER_SRC)
+        if quiet:
+            _qfn = S_ALLOC_HOST_OFFSET
+            if _fast_alloc(m, eng, bid, co):
+                return None
+        else:
+            _SUP.set_function(m, "qcow2_alloc_host_offset", CLUSTER_SRC)
         pos = co["pos"]
         rem = co["remaining"]
         metas = []
@@ -1030,11 +1430,16 @@ cdef str _write_machine(object m, object eng, object bid, dict co):
         co["qoff"] += cur
         _pre_write_overlap_check(eng, 0, host, cur)
         _write_task(m, eng, bid, co, piece)
+        if quiet:
+            return None
         what = ", ".join([f"{mt['nb_clusters']} new cluster(s) at {_hex(mt['alloc_offset'])}"
                           for mt in metas if not mt["keep_old"]]) or "in place (COPIED clusters)"
         return f"guest {_hexll(pos)}+{_hexll(cur)} -> host {_hexll(host)}: {what}"
     if wphase == "link":
-        _SUP.set_function(m, "qcow2_alloc_cluster_link_l2", CLUSTER_SRC)
+        if quiet:
+            _qfn = S_LINK_L2
+        else:
+            _SUP.set_function(m, "qcow2_alloc_cluster_link_l2", CLUSTER_SRC)
         pieces = co["pieces"]
         if co["link_i"] >= len(pieces):
             co["wphase"] = "done"
@@ -1044,6 +1449,8 @@ cdef str _write_machine(object m, object eng, object bid, dict co):
         if piece["failed"] or co["ret"]:
             for mt in piece["metas"]:
                 eng.alloc_cluster_abort(mt)
+            if quiet:
+                return None
             return f"piece at guest {_hex(piece['guest'])}: the write failed, qcow2_alloc_cluster_abort frees its clusters"
         n = 0
         for mt in piece["metas"]:
@@ -1051,6 +1458,8 @@ cdef str _write_machine(object m, object eng, object bid, dict co):
             if (cs[1] or ce[1]) and not mt["skip_cow"]:
                 _perform_cow(m, bid, co, piece, mt)
             _alloc_cluster_link_l2(eng, mt)
+        if quiet:
+            return None
         for mt in piece["metas"]:
             n += mt["nb_clusters"]
         return (f"piece at guest {_hex(piece['guest'])}: {n} L2 entr{'y' if n == 1 else 'ies'} "
@@ -1059,20 +1468,24 @@ cdef str _write_machine(object m, object eng, object bid, dict co):
     raise AssertionError(wphase)
 
 
-cdef str _write_phase(object m, object eng, object bid, dict co):
+cdef str _write_phase(object m, object eng, object bid, dict co, bint quiet=False):
     """driver._write_phase"""
-    detail = _write_machine(m, eng, bid, co)
+    detail = _write_machine(m, eng, bid, co, quiet)
     if co["wphase"] == "done":
         co["phase"] = "done"
     return detail
 
 
-cdef str _read_phase(object m, object eng, object bid, dict co):
-    """driver._read_phase"""
+cdef str _read_phase(object m, object eng, object bid, dict co, bint quiet=False):
+    """driver._read_phase (quiet: no detail, the function named in _qfn instead of m.cur)"""
+    global _qfn
     if co["remaining"] == 0:
         co["phase"] = "done"
         return "read complete"
-    _SUP.set_function(m, "qcow2_get_host_offset", CLUSTER_SRC)
+    if quiet:
+        _qfn = S_GET_HOST_OFFSET
+    else:
+        _SUP.set_function(m, "qcow2_get_host_offset", CLUSTER_SRC)
     pos = co["pos"]
     rem = co["remaining"]
     t, host, cur, entry = _get_host_offset(eng, pos, rem if rem < INT_MAX else INT_MAX)
@@ -1085,19 +1498,23 @@ cdef str _read_phase(object m, object eng, object bid, dict co):
     if t == ZERO_PLAIN or t == ZERO_ALLOC or (t == UNALLOCATED and m.fmt.backing is None):
         _io(eng, "guest_zero", "qemu_iovec_memset", f"guest {_hex(pos)}+{_hex(cur)} reads as zero ({t})",
             pos, None, cur, {"iov": seg})
+        if quiet:
+            return None
         return f"guest {_hex(pos)}+{_hex(cur)}: {t} cluster(s)"
     if t == UNALLOCATED:
         _io(eng, "backing_read", "bdrv_co_preadv_part", f"guest {_hex(pos)}+{_hex(cur)} from the backing file",
             pos, None, cur, {"iov": seg})
         return f"guest {_hex(pos)}+{_hex(cur)}: unallocated, read the backing file"
     if t == COMPRESSED:
-        h, csize = _L.compressed_params(entry, eng.cluster_bits)
+        h, csize = _L.compressed_params(entry, _geo(eng).cluster_bits)
         _io(eng, "compressed_read", "qcow2_co_preadv_compressed",
             f"inflate the compressed cluster at host {_hex(h)} ({csize} bytes)", h, None, csize,
             {"iov": seg, "entry": entry, "guest": pos})
         return f"guest {_hex(pos)}+{_hex(cur)}: compressed cluster at host {_hex(h)}"
     _io(eng, "guest_read", "bdrv_co_preadv_part", f"guest {_hex(pos)}+{_hex(cur)} <- host {_hex(host)}", host,
         None, cur, {"iov": seg, "kind": "data"})
+    if quiet:
+        return None
     return f"guest {_hex(pos)}+{_hex(cur)} -> host {_hex(host)}"
 
 
@@ -1107,7 +1524,7 @@ cdef str _compute(object m, object f, object eng, object bid):
     if co["phase"] == "done":
         _finish(m, bid)
         return f"request done ({_errname(co['ret'])}), s->lock released"
-    eng.plan = []
+    _sa(eng, "plan", [])
     op = co["op"]
     try:
         if op == "write":
@@ -1121,9 +1538,9 @@ cdef str _compute(object m, object f, object eng, object bid):
         co["phase"] = "done"
         detail = f"fails: {e}"
         m.log.add(("error", str(e), "qcow2"))
-    plan = eng.plan
+    plan = _ga(eng, "plan")
     co["plan"] = plan
-    eng.plan = []
+    _sa(eng, "plan", [])
     co["pi"] = 0
     if plan:
         sched_cont(m.sim, "qcow2.io", (bid,))
@@ -1141,11 +1558,56 @@ def q_compute(m, bid):
     eng = _fast_engine(f)
     if type(eng) is not _FastQcow2Engine:        # a subclass of the engine: its own methods
         return _Q.compute(m, bid)
+    _geo(eng)
     detail = _compute(m, f, eng, bid)
     co = f.cos.get(bid)
     if co is not None and m.cur is not None:
         co["caller"] = m.cur.function
     return detail
+
+
+cdef str S_ALLOC_HOST_OFFSET = "qcow2_alloc_host_offset"     # (the compute step's own function)
+cdef str S_LINK_L2 = "qcow2_alloc_cluster_link_l2"
+cdef str S_GET_HOST_OFFSET = "qcow2_get_host_offset"
+cdef str _qfn = S_ALLOC_HOST_OFFSET     # the function a quiet phase named (Machine.set_function)
+cdef str S_WRITE = "write"
+cdef str S_READ = "read"
+cdef str S_DONE = "done"
+
+
+def bulk_compute(m, eng, dict co, bid):
+    """driver.compute (and _compute) for a read or write phase, keeping no record (the bulk core,
+    emu_fast/_bulk_blk.pyx h_qcow2_compute, after its begin): no detail, no set_function (the
+    function it would name goes to co["caller"]).  The caller checked that the engine is a
+    FastQcow2Engine and the request a read or write that is not done.  -> 1: cont qcow2.io,
+    2: _finish, 3: cont qcow2.compute (the caller steers the scheduler)"""
+    global _qfn
+    op = co["op"]
+    if type(eng) is not _FastQcow2Engine or co["phase"] == S_DONE or (op != S_WRITE and op != S_READ):
+        raise RuntimeError("bulk_compute: not a read or write phase of a FastQcow2Engine")
+    _geo(eng)
+    _qfn = S_ALLOC_HOST_OFFSET
+    _sa(eng, "plan", [])
+    try:
+        if op == S_WRITE:
+            _write_phase(m, eng, bid, co, True)
+        else:
+            _read_phase(m, eng, bid, co, True)
+    except Qcow2Error as e:
+        co["ret"] = e.errno
+        co["phase"] = S_DONE
+        m.log.add(("error", str(e), "qcow2"))
+    plan = _ga(eng, "plan")
+    co["plan"] = plan
+    _sa(eng, "plan", [])
+    co["pi"] = 0
+    if plan:
+        co["caller"] = _qfn
+        return 1
+    if co["phase"] == S_DONE:
+        return 2
+    co["caller"] = _qfn
+    return 3
 
 
 HANDLERS = {
