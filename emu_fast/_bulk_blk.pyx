@@ -233,10 +233,11 @@ cdef bint _STRICT = False      # wrapped handlers bail instead (see set_strict)
 
 
 def set_strict(bint on):
-    """While on, the events this module would run through _wrapped (the compiled handler, whose
-    effects and facts the core throws away) are given back to the compiled loop instead, with
-    their records: a session loop whose breakpoints only catch errors turns it on, so that no
-    error effect happens unseen in the core (the native paths have none: they bail on errors)."""
+    """While on, the events this module would run through _wrapped or _qcow2.bulk_compute (the
+    compiled engine's code, which may meet an error and record an error effect the core throws
+    away) are given back to the compiled loop instead, with their records: a session loop whose
+    breakpoints only catch errors turns it on, so that no error effect happens unseen in the
+    core (the native paths have none: they bail on errors)."""
     global _STRICT
     _STRICT = on
 
@@ -1359,6 +1360,8 @@ cdef int h_qcow2_compute(Core* c, Frame* f) except -1:
                 and type(lq) is list and (not lq or (c.qemu >= 0 and type((<list>lq)[0]) is int)) \
                 and _phase_fn(op) is (_PY_WRITE_PHASE if _seq(op, S_WRITE) else _PY_READ_PHASE) \
                 and _FQ_BULK_COMPUTE is not None:
+            if _STRICT:         # (an engine error there would be an error effect, unrecorded)
+                return BAIL
             _begin(c, K_qcow2_compute)
             _NATIVE[K_qcow2_compute] += 1
             if type(eng) is _Qcow2Engine:

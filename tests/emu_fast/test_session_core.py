@@ -199,3 +199,28 @@ def test_error_catchpoints_with_faults_use_the_core_and_stop_on_each_error(tmp_p
     assert stops == _stops(s_py, "py")
     assert len(stops) > 2 and core.session_core_stats()["steps"] > 0.5 * s_fast.m.steps
     assert seen(s_py) == seen(s_fast)
+
+
+def test_error_catchpoints_see_a_qcow2_engine_error_among_core_steps(tmp_path):
+    """An L1 entry with an unaligned L2 offset makes qcow2's engine signal corruption (a
+    Qcow2Error, an "error" effect) in the middle of writes the core runs: `catch error` stops
+    there on both engines."""
+    from emu.block.qcow2.create import create_qcow2
+    from tests.conftest import build
+    path = str(tmp_path / "bad-l1.qcow2")
+    create_qcow2(path, 8 << 20, cluster_size=4096)
+    wl = "".join(f"write {i * 16384} 4k fill=0x{i:02x}\n" for i in range(100)) + \
+        "write 4194304 4096\n" + "".join(f"write {i * 4096} 4k\n" for i in range(50))
+    s_py, s_fast = (Session(build(path, wl, ram_size=4 << 20), checkpoint_interval=200)
+                    for _ in range(2))
+    for s in (s_py, s_fast):    # (qcow2_do_open rejects it in the file: corrupt the engine's copy)
+        s.m.fmt.engine.l1_table[2] = (1 << 63) | 0x30200      # guest 4..6 MiB
+        s.timeline.note_external_write()        # (a change between steps, as a poke)
+    s_py.set_engine("py")
+    s_fast.set_engine("fast")
+    core.reset_session_core_stats()
+    stops = _stops(s_fast, "fast")
+    assert stops == _stops(s_py, "py")
+    assert any(r == "error" and "unaligned" in m for r, _n, m in stops)
+    assert core.session_core_stats()["steps"] > 0.5 * s_fast.m.steps
+    assert seen(s_py) == seen(s_fast)
