@@ -1320,6 +1320,8 @@ cdef class _Pending:
 #     checkpoint (or a scheduled input, which pins one), and the recorded steps in between must
 #     show both sides; where they do not, _regen makes the records again first.
 # The rewinds _regen does are not the user's: Timeline.rewinds and its checkpoints are put back.
+# They never go back past the run's first checkpoint, and the core waits for that one: a change
+# made between steps without a checkpoint (Machine.poke from a script) is in no earlier one.
 
 cdef Py_ssize_t _WINDOW = 64        # recorded steps before each checkpoint
 cdef Py_ssize_t _MIN_STRETCH = 8    # fewer steps are not worth the core's conversions
@@ -1339,8 +1341,10 @@ cdef class _Gaps:
     cdef long long hi           # no record is missing after this step
     cdef bint seen_guest        # a record of each side made after hi
     cdef bint seen_host
-    cdef long long floor        # no re-run restores a checkpoint before this one (the last
-                                # checkpoint when the run began: pokes before it stay)
+    cdef long long floor        # the first checkpoint this run took (-1: none yet): no re-run
+                                # restores one before it (unless the timeline thinned it away),
+                                # and the core waits for it, since a change made between steps
+                                # without a checkpoint (Machine.poke) is in no checkpoint before
 
 
 def session_core_stats():
@@ -1367,14 +1371,6 @@ def reset_session_core_stats():
     global _REGENS, _CORE_STEPS
     _REGENS = 0
     _CORE_STEPS = 0
-
-
-cdef int _see(_Gaps g, object rec, frozenset guest) except -1:
-    if sget(rec, _Step, _OFF[4] if _STEP_DIRECT else -1, "layer") in guest:
-        g.seen_guest = True
-    else:
-        g.seen_host = True
-    return 0
 
 
 cdef object _regen(object s, _Pending p, _Gaps g, long long lo, long long E, int mode,
@@ -1417,26 +1413,12 @@ cdef object _regen(object s, _Pending p, _Gaps g, long long lo, long long E, int
         g.lo = g.hi = 0
     else:
         g.hi = base
-    g.seen_guest = g.seen_host = False
-    for rec in reversed(hist):
-        if rec.n <= g.hi or (g.seen_guest and g.seen_host):
-            break
-        _see(g, rec, guest)
+    # each side's last record is exact now: the checkpoint restored holds them as they were
+    # (the recorded loop took it, or the core stopped before it until both sides were seen)
+    # and the re-run recorded every step after it
+    g.seen_guest = g.seen_host = True
     p.refresh()
     return st
-
-
-cdef int _regen_sides(object s, _Pending p, _Gaps g, long long E, int mode, frozenset guest,
-                      Py_ssize_t back) except -1:
-    """_regen from further and further back (back checkpoints before the last, doubling) until
-    each side's last record is there, i.e. made after the last step the core ran."""
-    cdef Py_ssize_t n
-    while g.lo and not (g.seen_guest and g.seen_host):
-        cps = s.timeline.checkpoints
-        n = len(cps)
-        _regen(s, p, g, cps[n - 1 - back].step if back < n else g.lo - 1, E, mode, guest)
-        back = 2 * back if back else 1
-    return 0
 
 
 def session_run(s, target=None, bint check=True, limit=None, stop=None, cancelled=None,
@@ -1448,8 +1430,7 @@ def session_run(s, target=None, bint check=True, limit=None, stop=None, cancelle
     cdef _Gaps g = _Gaps.__new__(_Gaps)
     cdef long long E, H
     p.s = s
-    cps = s.timeline.checkpoints
-    g.floor = cps[len(cps) - 1].step
+    g.floor = -1
     # with only error catchpoints, the core runs no step whose record could match them
     from emu.spec.blk import S_IOERR
     strict = check and stop is None and _Prefilter(s.breakpoints, S_IOERR).errors_only()
@@ -1467,7 +1448,9 @@ def session_run(s, target=None, bint check=True, limit=None, stop=None, cancelle
             mode = RERUN_END if st is not None and st.reason == "end" else RERUN_TO
             if g.hi > E - H:
                 _regen(s, p, g, E - H, E, mode, guest)
-            _regen_sides(s, p, g, E, mode, guest, 1)
+            if g.lo and not (g.seen_guest and g.seen_host):
+                cps = s.timeline.checkpoints
+                _regen(s, p, g, cps[len(cps) - 1].step, E, mode, guest)
         return st
     finally:
         if strict:
@@ -1536,7 +1519,7 @@ cdef object _session_loop(s, _Pending p, _Gaps g, target, bint check, limit, sto
             p.handoff()
             if cancelled():
                 return _Stop("interrupted", m.steps, "stopped by the user (Esc)")
-        if core:
+        if core and g.floor >= 0:
             # a stretch for the core: up to _WINDOW steps before the next checkpoint or
             # scheduled input, the last H steps of a run with a known end, the next progress
             # call or poll of cancelled
@@ -1603,7 +1586,7 @@ cdef object _session_loop(s, _Pending p, _Gaps g, target, bint check, limit, sto
                 steps - cp_step >= interval or (scheduled and steps in scheduled)):
             # a checkpoint will save s.last and last_by_side: each side's last record must be
             # there
-            _regen_sides(s, p, g, steps, RERUN_BEFORE, guest, 0)
+            _regen(s, p, g, cp_step, steps, RERUN_BEFORE, guest)
             cps = tl.checkpoints
             cp_step = cps[len(cps) - 1].step
             interval = tl.interval
@@ -1612,6 +1595,8 @@ cdef object _session_loop(s, _Pending p, _Gaps g, target, bint check, limit, sto
             p.handoff()
             tl.checkpoint()
             steps = sget(m, _Machine, _MO[1], "steps")
+            if g is not None and g.floor < 0:
+                g.floor = steps
         if scheduled and steps in scheduled:
             p.handoff()
             s._apply_scheduled()
