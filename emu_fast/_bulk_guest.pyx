@@ -25,6 +25,11 @@ from cpython.dict cimport PyDict_SetItem
 
 cdef extern from "Python.h":
     dict _PyDict_NewPresized(Py_ssize_t minused)    # (what BUILD_MAP's _PyDict_FromItems makes)
+    int _list_set_slice "PyList_SetSlice"(object l, Py_ssize_t lo, Py_ssize_t hi,
+                                          PyObject* v) except -1
+    int _rich_eq "PyObject_RichCompareBool"(object a, object b, int op) except -1
+    Py_ssize_t _LIST_SIZE "PyList_GET_SIZE"(object l)
+    PyObject* _LIST_ITEM "PyList_GET_ITEM"(object l, Py_ssize_t i)
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memchr, memcmp, memcpy, memset
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
@@ -297,7 +302,7 @@ cdef i64 _S_EMPTY = 0, _S_OK = 0, _S_IOERR = 0, _S_NOTSUPP = 0      # str argume
 
 cdef int _load(Core* c) except -1:
     global _m, _g, _vq, _q, _p, _mem, _pages, _counters, _rqs, _ready, _notify_ok, _vmexit_ns
-    global _S_EMPTY, _S_OK, _S_IOERR, _S_NOTSUPP, _tr_tag
+    global _S_EMPTY, _S_OK, _S_IOERR, _S_NOTSUPP, _tr_tag, _wp_ok
     _ready = False
     _set_ok(False)
     _rq_forget()
@@ -334,6 +339,7 @@ cdef int _load(Core* c) except -1:
         _notify_ok = False
     else:
         _vmexit_ns = vm
+    _wp_ok = _P.write_pattern is _PY_WRITE_PATTERN
     _S_EMPTY = str_arg(c, "")
     _S_OK = str_arg(c, "OK")
     _S_IOERR = str_arg(c, "IOERR")
@@ -356,6 +362,28 @@ cdef int _store(Core* c) except -1:
 
 
 # == small helpers ===================================================================================
+
+cdef int _del0(list l) except -1:
+    """l.pop(0), its value dropped (list_ass_slice, as list.pop does for an inner index)"""
+    if not _LIST_SIZE(l):
+        raise IndexError("pop from empty list")
+    return _list_set_slice(l, 0, 1, NULL)
+
+
+cdef int _remove(object l, object x) except -1:
+    """l.remove(x) (a list: the same comparisons, the same deletion)"""
+    cdef Py_ssize_t i
+    if type(l) is not list:
+        l.remove(x)
+        return 0
+    for i in range(_LIST_SIZE(l)):
+        if _rich_eq(<object>_LIST_ITEM(l, i), x, 2):     # Py_EQ
+            return _list_set_slice(l, i, i + 1, NULL)
+    raise ValueError("list.remove(x): x not in list")
+
+
+cdef bint _wp_ok = False        # emu.guest.process.write_pattern is emu.workload's (per stretch)
+
 
 # The request the last lookup found: a request's steps follow one another, and within a stretch
 # only these handlers change rqs (the entry of a request goes at _free_request; a new one is
@@ -1524,7 +1552,7 @@ cdef object _dd_dispatch(Core* c, object q):
         SS(q, _QO[Q_DD_BATCHING], 0)
     rq = rqs[rid]
     d = _rq_dir(rq["op"])
-    fifo[d].remove(rid)
+    _remove(fifo[d], rid)
     SG(q, _QO[Q_DD_NEXT_SECTOR])[d] = rq["sector"] + (rq["bytes"] >> 9)
     SS(q, _QO[Q_DD_BATCHING], SG(q, _QO[Q_DD_BATCHING]) + 1)
     return rid
@@ -1627,7 +1655,7 @@ cdef int h_dispatch_ret(Core* c, Frame* f) except -1:
         return BAIL
     if _eq(ret, "OK"):
         begin(c)
-        batch.pop(0)
+        _del0(batch)
         SS(q, _QO[Q_QUEUED], SG(q, _QO[Q_QUEUED]) + 1)
         if batch:
             cont(c, F0(K_blkmq_dispatch), -1, True)
@@ -1636,7 +1664,7 @@ cdef int h_dispatch_ret(Core* c, Frame* f) except -1:
         return 0
     if _eq(ret, "IOERR") or _eq(ret, "NOTSUPP"):
         begin(c)
-        batch.pop(0)
+        _del0(batch)
         e = F3(K_blkmq_end_request, rid, _S_IOERR if _eq(ret, "IOERR") else _S_NOTSUPP, 0)
         e.s[1] = 1
         if batch:
@@ -1681,7 +1709,9 @@ cdef int h_start_request(Core* c, Frame* f) except -1:
 cdef int _op_done(Core* c, object idx) except -1:
     """emu.guest.process._op_done (the AIO completes)"""
     p = _p
-    cdef dict st = SG(p, _PO[P_OP_STATE]).pop(idx)
+    cdef dict st
+    ost = SG(p, _PO[P_OP_STATE])
+    st = (<dict>ost).pop(idx) if type(ost) is dict else ost.pop(idx)
     cdef dict op = SG(p, _PO[P_OPS])[idx]
     SS(p, _PO[P_INFLIGHT], SG(p, _PO[P_INFLIGHT]) - 1)
     if _eq(op["op"], "read"):
@@ -1890,14 +1920,16 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
     elif _eq(kind, "write") or _eq(kind, "read"):
         off = op.get("offset")
         length = op.get("length")
-        lbs = SG(q, _QO[Q_LIMITS]).get("logical_block_size")
+        lim_o = SG(q, _QO[Q_LIMITS])
+        lbs = (<dict>lim_o).get("logical_block_size") if type(lim_o) is dict else \
+            lim_o.get("logical_block_size")
         if not _small(off) or not _small(length) or not _small(lbs) or not lbs:
             return BAIL
         if _eq(kind, "write"):
             fill = op.get("fill")
             if fill is not None and not (type(fill) is int and 0 <= fill <= 255):
                 return BAIL
-            if not _small(op.get("n")) or _P.write_pattern is not _PY_WRITE_PATTERN:
+            if not _small(op.get("n")) or not _wp_ok:
                 return BAIL
         begin(c)
         bios = []
@@ -1973,7 +2005,7 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
         return 0
     SG(p, _PO[P_OP_STATE])[pc] = {"bios": len(bios), "status": "OK", "buf": buf}
     SS(p, _PO[P_INFLIGHT], SG(p, _PO[P_INFLIGHT]) + 1)
-    SG(p, _PO[P_PENDING_BIOS]).extend(bios)
+    (<list>SG(p, _PO[P_PENDING_BIOS])).extend(bios)       # (a list: checked before begin)
     cont(c, F0(K_blkmq_submit_bio), -1, True)
     return 0
 
@@ -2042,7 +2074,7 @@ cdef bint _merge(Core* c, dict rq, dict bio, list pending) except -1:
         rq["sector"] = bio["sector"]
     rq["bytes"] += bio["bytes"]
     rq["nsegs"] += len(bio["segs"]) if not _eq(rq["op"], "DISCARD") else 0
-    pending.pop(0)
+    _del0(pending)
     _next(c)
     return True
 
@@ -2131,7 +2163,7 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
     if tag < 0:
         _sleep(c, "tag")
         return 0
-    pending.pop(0)
+    _del0(pending)
     rid = SG(q, _QO[Q_NEXT_RQ])
     SS(q, _QO[Q_NEXT_RQ], rid + 1)
     rq = {"id": rid, "tag": tag, "op": bop, "sector": b_sector, "bytes": b_bytes,
