@@ -486,18 +486,26 @@ cdef inline int _schedule(Core* c, i64 delay, int ctx, Frame* f) except -1:
     return _heappush(c, c.now + delay, ctx, f)
 
 
-cdef CtxS* _cur_ctx(Core* c) except NULL:
+cdef CtxS* _no_ctx() except NULL:
+    raise KeyError("")
+
+
+cdef inline CtxS* _cur_ctx(Core* c) except NULL:
     """self.ctxs[self.cur]"""
     if c.cur < 0:
-        raise KeyError("")
+        return _no_ctx()
     return &c.ctx[c.cur]
+
+
+cdef int _begun_twice() except -1:
+    raise SystemError("bulk core: begin() called twice in one step")
 
 
 cdef int begin(Core* c) except -1:
     """Scheduler.pop, for the event the running handler takes"""
     cdef Py_ssize_t slot
     if c.begun:
-        raise SystemError("bulk core: begin() called twice in one step")
+        return _begun_twice()
     slot = _heappop(c)
     c.ev = c.evs[slot]
     c.freeslot[c.nfree] = slot
@@ -960,7 +968,7 @@ cdef long long bulk_run(object m, long long limit) except -1:
                     _ST_MAY_END += 1
                     _MAYEND[_top(c).f.kind] += 1
                     break
-                fr = _top(c).f
+                memcpy(&fr, &_top(c).f, sizeof(Frame))
                 fn = _HANDLERS[fr.kind]
                 if fn == NULL:
                     _UNHANDLED[fr.kind] += 1
