@@ -650,6 +650,7 @@ cdef int _write_pattern_ram(Core* c, i64 gpa, long long n, long long offset, lon
     cdef unsigned long long sct
     cdef Py_ssize_t j
     cdef uint8_t* r
+    cdef uint8_t rec[16]
     cdef void* v
     if fill is not None:
         total = length
@@ -674,22 +675,20 @@ cdef int _write_pattern_ram(Core* c, i64 gpa, long long n, long long offset, lon
     first = offset // 512
     count = length // 512
     nn = n % 1000000
+    rec[0] = 119            # 'w'     (the record's first half, the same for every sector)
+    k = nn
+    for j in range(6, 0, -1):
+        rec[j] = <uint8_t>(48 + k % 10)
+        k = k // 10
+    rec[7] = 58             # ':'
     for i in range(count):
         r = _scratch + i * 512
-        r[0] = 119          # 'w'
-        k = nn
-        for j in range(6, 0, -1):
-            r[j] = <uint8_t>(48 + k % 10)
-            k = k // 10
-        r[7] = 58           # ':'
         sct = (<unsigned long long>(first + i)) & 0xFFFFFFFFULL
         for j in range(15, 7, -1):
-            r[j] = <uint8_t>_HEX[sct & 15]
+            rec[j] = <uint8_t>_HEX[sct & 15]
             sct >>= 4
-        j = 16
-        while j < 512:
-            memcpy(r + j, r, <size_t>j)
-            j *= 2
+        for j in range(32):
+            memcpy(r + 16 * j, rec, 16)
     return ram_write(c, gpa, _scratch, total)
 
 
