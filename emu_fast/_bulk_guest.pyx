@@ -1713,17 +1713,19 @@ cdef int _op_done(Core* c, object idx) except -1:
     st = (<dict>ost).pop(idx) if type(ost) is dict else ost.pop(idx)
     cdef dict op = SG(p, _PO[P_OPS])[idx]
     SS(p, _PO[P_INFLIGHT], SG(p, _PO[P_INFLIGHT]) - 1)
-    if _eq(op["op"], "read"):
+    opname = op["op"]                   # (op is not changed below: one lookup of each key)
+    if _eq(opname, "read"):
         data = _mem.read(st["buf"], op["length"])
         SG(p, _PO[P_READS]).append(
             {"n": op["n"], "offset": op["offset"], "length": op["length"],
              "sha256": _sha256(data).hexdigest(), "status": st["status"], "line": op["line"]})
-    if _eq(op["op"], "get-id"):
+    if _eq(opname, "get-id"):
         raw = _mem.read(st["buf"], _ID_BYTES)
         st["serial"] = raw.split(b"\0", 1)[0].decode("latin-1")
-    if st.get("buf"):
-        _pa_free(st["buf"])
-    res = {"n": op["n"], "line": op["line"], "op": op["op"], "status": st["status"]}
+    buf = st.get("buf")
+    if buf:
+        _pa_free(buf)
+    res = {"n": op["n"], "line": op["line"], "op": opname, "status": st["status"]}
     if "serial" in st:
         res["serial"] = st["serial"]
     SG(p, _PO[P_RESULTS]).append(res)
@@ -1755,10 +1757,11 @@ cdef int h_end_request(Core* c, Frame* f) except -1:
     for bio in <list>rq["bios"]:
         idx = bio["op_idx"]                          # bio_done
         st = SG(p, _PO[P_OP_STATE])[idx]
-        st["bios"] -= 1
+        nb = st["bios"] - 1             # (st["bios"] -= 1 ... if st["bios"] == 0)
+        st["bios"] = nb
         if not _eq(status, "OK") and _eq(st["status"], "OK"):
             st["status"] = status
-        if st["bios"] == 0:
+        if nb == 0:
             _op_done(c, idx)
     _free_request(c, rid)
     completed.append({"id": rid, "op": rq["op"], "sector": rq["sector"],
