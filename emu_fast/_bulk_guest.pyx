@@ -306,6 +306,7 @@ cdef int _load(Core* c) except -1:
     _ready = False
     _set_ok(False)
     _rq_forget()
+    _ad_forget()
     m = <object>c.m
     if not _SLOTS_OK or type(m) is not _Machine or c.vcpu < 0:
         return 1            # the core may run; these handlers bail (see _ready)
@@ -358,6 +359,7 @@ cdef int _store(Core* c) except -1:
     _ready = False
     _set_ok(False)
     _rq_forget()
+    _ad_forget()
     return 0
 
 
@@ -694,6 +696,45 @@ cdef int _write_pattern_ram(Core* c, i64 gpa, long long n, long long offset, lon
 
 # == drivers/virtio/virtio_ring.c (emu/guest/vring.py) ==============================================
 
+# What the last add_split / add_desc step left for the next add_desc of its request: rq["add"]
+# (st), rq["sgs"], st["k"], st["i"], st["indirect"], st["table"], valid while neither rq nor st
+# has changed since (their dict version tags: every change of a dict gives it a new one).
+cdef i64 _ad_rid = -1
+cdef object _ad_st = None, _ad_sgs = None, _ad_i = None, _ad_table = None
+cdef i64 _ad_k = 0
+cdef bint _ad_ind = False
+cdef unsigned long long _ad_rqv = 0, _ad_stv = 0
+cdef long long _AD_HITS = 0         # add_desc steps that took these (counts())
+
+
+cdef inline void _ad_forget() noexcept:
+    global _ad_rid, _ad_st, _ad_sgs, _ad_i, _ad_table
+    _ad_rid = -1
+    _ad_st = _ad_sgs = _ad_i = _ad_table = None
+
+
+cdef inline void _ad_keep(i64 rid, dict rq, dict st, object sgs, i64 k, object i, bint ind,
+                          object table) noexcept:
+    global _ad_rid, _ad_st, _ad_sgs, _ad_i, _ad_table, _ad_k, _ad_ind, _ad_rqv, _ad_stv
+    if not VBG_HAVE_DICT_VERSION or not _u16(i):      # (i: what add_desc checks it is)
+        _ad_forget()
+        return
+    _ad_rid = rid
+    _ad_st = st
+    _ad_sgs = sgs
+    _ad_k = k
+    _ad_i = i
+    _ad_ind = ind
+    _ad_table = table
+    _ad_rqv = VBG_DICT_VERSION(rq)
+    _ad_stv = VBG_DICT_VERSION(st)
+
+
+def add_desc_hits():
+    """add_desc steps that used what the previous step of their request left (tests)"""
+    return _AD_HITS
+
+
 cdef int h_add_split(Core* c, Frame* f) except -1:
     """emu.guest.vring.add_split (virtqueue_add_split: indirect or direct, take descriptors)"""
     cdef i64 rid = f.a[0], total, num_free, used
@@ -737,14 +778,16 @@ cdef int h_add_split(Core* c, Frame* f) except -1:
     PyDict_SetItem(st, "used", used)
     rq["add"] = st
     rq["table"] = table
+    _ad_keep(rid, rq, st, sgs, 0, 0 if indirect else head, bool(indirect), table)
     cont(c, F1(K_vring_add_desc, rid))
     return 0
 
 
 cdef int h_add_desc(Core* c, Frame* f) except -1:
     """emu.guest.vring.add_desc (virtqueue_add_desc_split: one descriptor of the chain)"""
+    global _AD_HITS
     cdef i64 rid = f.a[0], k, ci, base, nsgs, flags, written
-    cdef bint ind, last
+    cdef bint ind, last, hit
     cdef dict rq, st
     cdef tuple sg
     if not _kok[K_vring_add_desc]:
@@ -752,17 +795,27 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
     rq = _rq(rid)
     if rq is None:
         return BAIL
-    st_o = rq.get("add")
-    sgs = rq.get("sgs")
-    if type(st_o) is not dict or type(sgs) is not list:
-        return BAIL
-    st = <dict>st_o
-    k_o = st.get("k")
-    i = st.get("i")
-    ind_o = st.get("indirect")
-    if not _is_int(k_o) or not _u16(i) or not _bool(ind_o):
-        return BAIL
-    k = k_o
+    if (rid == _ad_rid and _ad_st is not None and VBG_DICT_VERSION(rq) == _ad_rqv
+            and VBG_DICT_VERSION(<dict>_ad_st) == _ad_stv):
+        st = <dict>_ad_st               # (nothing changed since the last step: no lookups)
+        sgs = _ad_sgs
+        k = _ad_k
+        i = _ad_i
+        ind_o = _ad_ind
+        hit = True
+    else:
+        st_o = rq.get("add")
+        sgs = rq.get("sgs")
+        if type(st_o) is not dict or type(sgs) is not list:
+            return BAIL
+        st = <dict>st_o
+        k_o = st.get("k")
+        i = st.get("i")
+        ind_o = st.get("indirect")
+        if not _is_int(k_o) or not _u16(i) or not _bool(ind_o):
+            return BAIL
+        k = k_o
+        hit = False
     nsgs = len(<list>sgs)
     if not 0 <= k < nsgs:
         return BAIL
@@ -780,7 +833,7 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
     ind = ind_o
     vq = _vq
     if ind:
-        table = st.get("table")
+        table = _ad_table if hit else st.get("table")
         if not _small(table):
             return BAIL
         base = table
@@ -798,6 +851,8 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
     if not _u16(nxt) or not ram_ok(c, base + DESC_SIZE * ci, DESC_SIZE):
         return BAIL
     begin(c)
+    if hit:
+        _AD_HITS += 1
     last = k == nsgs - 1
     written = flags & ~F_NEXT if last else flags
     if not ind:
@@ -811,10 +866,12 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
         if not ind:
             (<list>SG(vq, _VO[VQ_EXTRA_FLAGS]))[ci] = written
         st["prev"] = i
+        _ad_forget()
         cont(c, F1(K_vring_add_head if ind else K_vring_add_avail, rid))
     else:
         st["k"] = k + 1
         st["i"] = nxt
+        _ad_keep(rid, rq, st, sgs, k + 1, nxt, ind, table if ind else None)
         cont(c, F1(K_vring_add_desc, rid))
     return 0
 
