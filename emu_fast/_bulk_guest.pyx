@@ -696,26 +696,30 @@ cdef int _write_pattern_ram(Core* c, i64 gpa, long long n, long long offset, lon
 
 # == drivers/virtio/virtio_ring.c (emu/guest/vring.py) ==============================================
 
-# What the last add_split / add_desc step left for the next add_desc of its request: rq["add"]
-# (st), rq["sgs"], st["k"], st["i"], st["indirect"], st["table"], valid while neither rq nor st
-# has changed since (their dict version tags: every change of a dict gives it a new one).
+# What the last add_split / add_desc step of a request left for its next add_desc, add_head
+# and add_avail: rq["add"] (st), rq["sgs"] and st's k, i, indirect, table, head, used and prev
+# (None: absent, as st.get gives), valid while neither rq nor st has changed since (their dict
+# version tags: every change of a dict gives it a new one).  The handlers check these values
+# as they check what they look up.
 cdef i64 _ad_rid = -1
 cdef object _ad_st = None, _ad_sgs = None, _ad_i = None, _ad_table = None
+cdef object _ad_head = None, _ad_used = None, _ad_prev = None
 cdef i64 _ad_k = 0
 cdef bint _ad_ind = False
 cdef unsigned long long _ad_rqv = 0, _ad_stv = 0
-cdef long long _AD_HITS = 0         # add_desc steps that took these (counts())
+cdef long long _AD_HITS = 0         # add_desc/add_head/add_avail steps that took these
 
 
 cdef inline void _ad_forget() noexcept:
-    global _ad_rid, _ad_st, _ad_sgs, _ad_i, _ad_table
+    global _ad_rid, _ad_st, _ad_sgs, _ad_i, _ad_table, _ad_head, _ad_used, _ad_prev
     _ad_rid = -1
-    _ad_st = _ad_sgs = _ad_i = _ad_table = None
+    _ad_st = _ad_sgs = _ad_i = _ad_table = _ad_head = _ad_used = _ad_prev = None
 
 
 cdef inline void _ad_keep(i64 rid, dict rq, dict st, object sgs, i64 k, object i, bint ind,
-                          object table) noexcept:
+                          object table, object head, object used, object prev) noexcept:
     global _ad_rid, _ad_st, _ad_sgs, _ad_i, _ad_table, _ad_k, _ad_ind, _ad_rqv, _ad_stv
+    global _ad_head, _ad_used, _ad_prev
     if not VBG_HAVE_DICT_VERSION or not _u16(i):      # (i: what add_desc checks it is)
         _ad_forget()
         return
@@ -726,12 +730,22 @@ cdef inline void _ad_keep(i64 rid, dict rq, dict st, object sgs, i64 k, object i
     _ad_i = i
     _ad_ind = ind
     _ad_table = table
+    _ad_head = head
+    _ad_used = used
+    _ad_prev = prev
     _ad_rqv = VBG_DICT_VERSION(rq)
     _ad_stv = VBG_DICT_VERSION(st)
 
 
+cdef inline bint _ad_valid(i64 rid, dict rq) noexcept:
+    """the cache above is rq's (rid's) and neither rq nor its st changed since"""
+    return (rid == _ad_rid and _ad_st is not None and VBG_DICT_VERSION(rq) == _ad_rqv
+            and VBG_DICT_VERSION(<dict>_ad_st) == _ad_stv)
+
+
 def add_desc_hits():
-    """add_desc steps that used what the previous step of their request left (tests)"""
+    """add_desc, add_head and add_avail steps that used what the previous step of their
+    request left (tests)"""
     return _AD_HITS
 
 
@@ -778,7 +792,8 @@ cdef int h_add_split(Core* c, Frame* f) except -1:
     PyDict_SetItem(st, "used", used)
     rq["add"] = st
     rq["table"] = table
-    _ad_keep(rid, rq, st, sgs, 0, 0 if indirect else head, bool(indirect), table)
+    _ad_keep(rid, rq, st, sgs, 0, 0 if indirect else head, bool(indirect), table, head,
+             used, None)
     cont(c, F1(K_vring_add_desc, rid))
     return 0
 
@@ -795,8 +810,7 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
     rq = _rq(rid)
     if rq is None:
         return BAIL
-    if (rid == _ad_rid and _ad_st is not None and VBG_DICT_VERSION(rq) == _ad_rqv
-            and VBG_DICT_VERSION(<dict>_ad_st) == _ad_stv):
+    if _ad_valid(rid, rq):
         st = <dict>_ad_st               # (nothing changed since the last step: no lookups)
         sgs = _ad_sgs
         k = _ad_k
@@ -866,32 +880,46 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
         if not ind:
             (<list>SG(vq, _VO[VQ_EXTRA_FLAGS]))[ci] = written
         st["prev"] = i
-        _ad_forget()
+        if hit:
+            _ad_keep(rid, rq, st, sgs, k, i, ind, _ad_table, _ad_head, _ad_used, i)
+        else:
+            _ad_forget()
         cont(c, F1(K_vring_add_head if ind else K_vring_add_avail, rid))
     else:
         st["k"] = k + 1
         st["i"] = nxt
-        _ad_keep(rid, rq, st, sgs, k + 1, nxt, ind, table if ind else None)
+        if hit:
+            _ad_keep(rid, rq, st, sgs, k + 1, nxt, ind, _ad_table, _ad_head, _ad_used, _ad_prev)
+        else:
+            _ad_forget()
         cont(c, F1(K_vring_add_desc, rid))
     return 0
 
 
 cdef int h_add_head(Core* c, Frame* f) except -1:
     """emu.guest.vring.add_head (the ring descriptor that points at the indirect table)"""
+    global _AD_HITS
     cdef i64 rid = f.a[0], chead, length, desc
     cdef dict rq, st
+    cdef bint hit
     if not _kok[K_vring_add_head]:
         return BAIL
     rq = _rq(rid)
     if rq is None:
         return BAIL
-    st_o = rq.get("add")
-    sgs = rq.get("sgs")
-    if type(st_o) is not dict or type(sgs) is not list:
-        return BAIL
-    st = <dict>st_o
-    head = st.get("head")
-    table = st.get("table")
+    hit = _ad_valid(rid, rq)
+    if hit:                             # (rq and st as the last step left them)
+        sgs = _ad_sgs
+        head = _ad_head
+        table = _ad_table
+    else:
+        st_o = rq.get("add")
+        sgs = rq.get("sgs")
+        if type(st_o) is not dict or type(sgs) is not list:
+            return BAIL
+        st = <dict>st_o
+        head = st.get("head")
+        table = st.get("table")
     if not _u16(head) or not _u64(table):
         return BAIL
     chead = head
@@ -909,6 +937,8 @@ cdef int h_add_head(Core* c, Frame* f) except -1:
     if not _u16(nxt) or length > 0xFFFFFFFF or not ram_ok(c, desc + DESC_SIZE * chead, DESC_SIZE):
         return BAIL
     begin(c)
+    if hit:
+        _AD_HITS += 1
     _write_desc(c, desc + DESC_SIZE * chead, <uint64_t>table, <uint64_t>length, F_INDIRECT,
                 <uint64_t>nxt)
     (<list>extra_len)[chead] = length
@@ -919,20 +949,29 @@ cdef int h_add_head(Core* c, Frame* f) except -1:
 
 cdef int h_add_avail(Core* c, Frame* f) except -1:
     """emu.guest.vring.add_avail (free list, desc_state, avail.ring[shadow % N] = head)"""
+    global _AD_HITS
     cdef i64 rid = f.a[0], chead, num, slot, gpa, cprev
     cdef dict rq, st
+    cdef bint hit
     if not _kok[K_vring_add_avail]:
         return BAIL
     rq = _rq(rid)
     if rq is None:
         return BAIL
-    st_o = rq.get("add")
-    if type(st_o) is not dict:
-        return BAIL
-    st = <dict>st_o
-    head = st.get("head")
-    used = st.get("used")
-    ind = st.get("indirect")
+    hit = _ad_valid(rid, rq)
+    if hit:                             # (rq and st as the last step left them; st has "table")
+        st = <dict>_ad_st
+        head = _ad_head
+        used = _ad_used
+        ind = _ad_ind
+    else:
+        st_o = rq.get("add")
+        if type(st_o) is not dict:
+            return BAIL
+        st = <dict>st_o
+        head = st.get("head")
+        used = st.get("used")
+        ind = st.get("indirect")
     if not _u16(head) or not _is_int(used) or not _bool(ind):
         return BAIL
     chead = head
@@ -942,12 +981,12 @@ cdef int h_add_avail(Core* c, Frame* f) except -1:
     desc_indir = SG(vq, _VO[VQ_DESC_INDIR])
     if (type(extra_next) is not list or type(desc_data) is not list or type(desc_indir) is not list
             or chead >= len(<list>extra_next) or chead >= len(<list>desc_data)
-            or chead >= len(<list>desc_indir) or "table" not in st):
+            or chead >= len(<list>desc_indir) or (not hit and "table" not in st)):
         return BAIL
     if ind:
         cprev = chead
     else:
-        prev = st.get("prev")
+        prev = _ad_prev if hit else st.get("prev")
         if not _u16(prev) or prev >= len(<list>extra_next):
             return BAIL
         cprev = prev
@@ -957,11 +996,17 @@ cdef int h_add_avail(Core* c, Frame* f) except -1:
     if not ram_ok(c, gpa, 2) or not _is_int(SG(vq, _VO[VQ_NUM_FREE])):
         return BAIL
     begin(c)
+    if hit:
+        _AD_HITS += 1
+        table = _ad_table
+    else:
+        table = None
+    _ad_forget()
     del rq["add"]
     SS(vq, _VO[VQ_NUM_FREE], SG(vq, _VO[VQ_NUM_FREE]) - used)
     SS(vq, _VO[VQ_FREE_HEAD], (<list>extra_next)[cprev])
     (<list>desc_data)[chead] = rid
-    (<list>desc_indir)[chead] = st["table"]
+    (<list>desc_indir)[chead] = table if hit else st["table"]
     rq["head"] = head
     ram_w16(c, gpa, <uint64_t>chead)
     cont(c, F1(K_vring_add_publish, rid))
