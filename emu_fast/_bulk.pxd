@@ -144,6 +144,12 @@ cdef struct Ev:
     Frame f
 
 
+cdef struct HeapEnt:    # an entry of the event heap (Core.hq): the event's key and its slot in Core.evs
+    i64 time
+    i64 seq
+    Py_ssize_t slot
+
+
 cdef struct Pre:        # a preempted task: (kind, args, stack)
     Frame f
     Frame* stack
@@ -179,9 +185,9 @@ cdef struct Core:
     # scheduler
     i64 now
     i64 seq
-    Ev* heap
-    Py_ssize_t nheap
-    Py_ssize_t capheap
+    Ev* heap            # (unused: the events are in evs, the heap order in hq)
+    Py_ssize_t nheap    # the number of events (entries of hq)
+    Py_ssize_t capheap  # (unused)
     CtxS ctx[8]
     int nctx
     int vcpu            # index of context "vcpu" (-1 if none)
@@ -197,6 +203,14 @@ cdef struct Core:
     i64 ram_size
     uint8_t* dirty      # mem._dirty (one byte per 4 KiB page)
     PyObject* undo      # mem.undo (a dict, or None)
+    # the event heap: hq[0:nheap] in heapq's order over (time, seq); each entry's event is
+    # evs[entry.slot]; free slots are freeslot[0:nfree]; the three arrays hold capev entries
+    HeapEnt* hq
+    Ev* evs
+    Py_ssize_t* freeslot
+    Py_ssize_t nfree
+    Py_ssize_t nev      # slots handed out so far (evs[0:nev])
+    Py_ssize_t capev
 
 
 ctypedef int (*handler_t)(Core* c, Frame* f) except -1

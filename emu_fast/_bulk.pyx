@@ -381,13 +381,13 @@ cdef void _ctx_free(CtxS* x) noexcept nogil:
 
 # == the heap (heapq over (time, seq)) ============================================================
 
-cdef inline bint _ev_lt(Ev* a, Ev* b) noexcept nogil:
+cdef inline bint _ev_lt(HeapEnt* a, HeapEnt* b) noexcept nogil:
     return a.time < b.time or (a.time == b.time and a.seq < b.seq)
 
 
-cdef void _siftdown(Ev* heap, Py_ssize_t startpos, Py_ssize_t pos) noexcept nogil:
+cdef inline void _siftdown(HeapEnt* heap, Py_ssize_t startpos, Py_ssize_t pos) noexcept nogil:
     """heapq._siftdown"""
-    cdef Ev newitem = heap[pos]
+    cdef HeapEnt newitem = heap[pos]
     cdef Py_ssize_t parentpos
     while pos > startpos:
         parentpos = (pos - 1) >> 1
@@ -399,10 +399,10 @@ cdef void _siftdown(Ev* heap, Py_ssize_t startpos, Py_ssize_t pos) noexcept nogi
     heap[pos] = newitem
 
 
-cdef void _siftup(Ev* heap, Py_ssize_t endpos, Py_ssize_t pos) noexcept nogil:
+cdef inline void _siftup(HeapEnt* heap, Py_ssize_t endpos, Py_ssize_t pos) noexcept nogil:
     """heapq._siftup"""
     cdef Py_ssize_t startpos = pos, childpos = 2 * pos + 1, rightpos
-    cdef Ev newitem = heap[pos]
+    cdef HeapEnt newitem = heap[pos]
     while childpos < endpos:
         rightpos = childpos + 1
         if rightpos < endpos and not _ev_lt(&heap[childpos], &heap[rightpos]):
@@ -414,59 +414,102 @@ cdef void _siftup(Ev* heap, Py_ssize_t endpos, Py_ssize_t pos) noexcept nogil:
     _siftdown(heap, startpos, pos)
 
 
-cdef int _heappush(Core* c, Ev* e) except -1:
-    cdef Ev* v
-    cdef Py_ssize_t cap
-    if c.nheap == c.capheap:
-        cap = 16 if c.capheap == 0 else 2 * c.capheap
-        v = <Ev*>realloc(c.heap, cap * sizeof(Ev))
-        if v == NULL:
-            raise MemoryError()
-        c.heap = v
-        c.capheap = cap
-    c.heap[c.nheap] = e[0]
-    c.nheap += 1
-    _siftdown(c.heap, 0, c.nheap - 1)
+cdef int _grow_heap(Core* c) except -1:
+    """Room for twice as many events (hq, evs and freeslot)"""
+    cdef Py_ssize_t cap = 16 if c.capev == 0 else 2 * c.capev
+    cdef HeapEnt* hq = <HeapEnt*>realloc(c.hq, cap * sizeof(HeapEnt))
+    if hq == NULL:
+        raise MemoryError()
+    c.hq = hq
+    cdef Ev* evs = <Ev*>realloc(c.evs, cap * sizeof(Ev))
+    if evs == NULL:
+        raise MemoryError()
+    c.evs = evs
+    cdef Py_ssize_t* fs = <Py_ssize_t*>realloc(c.freeslot, cap * sizeof(Py_ssize_t))
+    if fs == NULL:
+        raise MemoryError()
+    c.freeslot = fs
+    c.capev = cap
     return 0
 
 
-cdef Ev _heappop(Core* c) noexcept nogil:
-    cdef Ev last, ret
+cdef inline int _heappush(Core* c, i64 time, int ctx, Frame* f) except -1:
+    """heapq.heappush of (time, ++seq, ctx, kind, args)"""
+    cdef Py_ssize_t slot, pos
+    cdef Ev* e
+    if c.nfree:
+        c.nfree -= 1
+        slot = c.freeslot[c.nfree]
+    else:
+        if c.nev == c.capev:
+            _grow_heap(c)
+        slot = c.nev
+        c.nev += 1
+    c.seq += 1
+    e = &c.evs[slot]
+    e.time = time
+    e.seq = c.seq
+    e.ctx = ctx
+    e.f = f[0]
+    pos = c.nheap
+    c.hq[pos].time = time
+    c.hq[pos].seq = c.seq
+    c.hq[pos].slot = slot
+    c.nheap = pos + 1
+    _siftdown(c.hq, 0, pos)
+    return 0
+
+
+cdef inline Py_ssize_t _heappop(Core* c) noexcept nogil:
+    """heapq.heappop: the popped event's slot (the caller frees it)"""
+    cdef HeapEnt last
+    cdef Py_ssize_t ret
     c.nheap -= 1
-    last = c.heap[c.nheap]
+    last = c.hq[c.nheap]
     if c.nheap == 0:
-        return last
-    ret = c.heap[0]
-    c.heap[0] = last
-    _siftup(c.heap, c.nheap, 0)
+        return last.slot
+    ret = c.hq[0].slot
+    c.hq[0] = last
+    _siftup(c.hq, c.nheap, 0)
     return ret
+
+
+cdef inline Ev* _top(Core* c) noexcept nogil:
+    """the event at the top of the heap (c.nheap > 0)"""
+    return &c.evs[c.hq[0].slot]
 
 
 # == Scheduler's rules ===========================================================================
 
-cdef int _schedule(Core* c, i64 delay, int ctx, Frame f) except -1:
+cdef inline int _schedule(Core* c, i64 delay, int ctx, Frame* f) except -1:
     """Scheduler._schedule"""
-    cdef Ev e
-    c.seq += 1
-    e.time = c.now + delay
-    e.seq = c.seq
-    e.ctx = ctx
-    e.f = f
-    return _heappush(c, &e)
+    return _heappush(c, c.now + delay, ctx, f)
 
 
-cdef CtxS* _cur_ctx(Core* c) except NULL:
+cdef CtxS* _no_ctx() except NULL:
+    raise KeyError("")
+
+
+cdef inline CtxS* _cur_ctx(Core* c) except NULL:
     """self.ctxs[self.cur]"""
     if c.cur < 0:
-        raise KeyError("")
+        return _no_ctx()
     return &c.ctx[c.cur]
+
+
+cdef int _begun_twice() except -1:
+    raise SystemError("bulk core: begin() called twice in one step")
 
 
 cdef int begin(Core* c) except -1:
     """Scheduler.pop, for the event the running handler takes"""
+    cdef Py_ssize_t slot
     if c.begun:
-        raise SystemError("bulk core: begin() called twice in one step")
-    c.ev = _heappop(c)
+        return _begun_twice()
+    slot = _heappop(c)
+    c.ev = c.evs[slot]
+    c.freeslot[c.nfree] = slot
+    c.nfree += 1
     c.now = c.ev.time
     c.cur = c.ev.ctx
     c.decided = False
@@ -494,7 +537,7 @@ cdef int _start_next(Core* c, int i, i64 delay) except -1:
     else:
         x.busy = False
         return 0
-    return _schedule(c, x.step_ns if delay < 0 else delay, i, f)
+    return _schedule(c, x.step_ns if delay < 0 else delay, i, &f)
 
 
 cdef int cont(Core* c, Frame f, i64 delay=-1, bint preemptible=False) except -1:
@@ -506,8 +549,8 @@ cdef int cont(Core* c, Frame f, i64 delay=-1, bint preemptible=False) except -1:
     if preemptible and x.urgent.n:
         _pre_push(x, f, &x.stack)
         k = _fl_pop_first(&x.urgent)
-        return _schedule(c, d, c.cur, k)
-    return _schedule(c, d, c.cur, f)
+        return _schedule(c, d, c.cur, &k)
+    return _schedule(c, d, c.cur, &f)
 
 
 cdef int call(Core* c, Frame f, Frame ret, i64 delay=-1) except -1:
@@ -540,7 +583,7 @@ cdef int unblock(Core* c, int i, i64 delay=0) except -1:
         if not x.stack.n:
             return _start_next(c, i, delay)
         f = _fl_pop_last(&x.stack)
-    return _schedule(c, delay, i, f)
+    return _schedule(c, delay, i, &f)
 
 
 cdef int post(Core* c, int i, Frame f, i64 delay=0, bint urgent=False) except -1:
@@ -551,7 +594,7 @@ cdef int post(Core* c, int i, Frame f, i64 delay=0, bint urgent=False) except -1
     x = &c.ctx[i]
     if not x.busy:
         x.busy = True
-        return _schedule(c, delay, i, f)
+        return _schedule(c, delay, i, &f)
     if urgent:
         return _fl_push(&x.urgent, f)
     return _fl_push(&x.fifo, f)
@@ -559,7 +602,7 @@ cdef int post(Core* c, int i, Frame f, i64 delay=0, bint urgent=False) except -1
 
 cdef int at(Core* c, i64 delay, Frame f) except -1:
     """Scheduler.at"""
-    return _schedule(c, delay, CTX_FREE, f)
+    return _schedule(c, delay, CTX_FREE, &f)
 
 
 cdef int _finish_step(Core* c) except -1:
@@ -569,7 +612,8 @@ cdef int _finish_step(Core* c) except -1:
         return 0
     x = &c.ctx[c.cur]
     if x.stack.n:
-        return _schedule(c, x.step_ns, c.cur, _fl_pop_last(&x.stack))
+        x.stack.n -= 1
+        return _schedule(c, x.step_ns, c.cur, &x.stack.v[x.stack.n])
     return _start_next(c, c.cur, -1)
 
 
@@ -692,21 +736,15 @@ cdef int _load_sched(Core* c, object sim) except -1:
                 and _ctx_of(index, ev[2], &e.ctx) and _frame_from(c, ev[3], ev[4], &e.f)):
             return 0
         # appended in list order: the list is already a heap, the array is the same heap
-        if c.nheap == c.capheap:
+        if c.nev == c.capev:
             _grow_heap(c)
-        c.heap[c.nheap] = e
+        c.evs[c.nev] = e
+        c.hq[c.nheap].time = e.time
+        c.hq[c.nheap].seq = e.seq
+        c.hq[c.nheap].slot = c.nev
+        c.nev += 1
         c.nheap += 1
     return 1
-
-
-cdef int _grow_heap(Core* c) except -1:
-    cdef Py_ssize_t cap = 16 if c.capheap == 0 else 2 * c.capheap
-    cdef Ev* v = <Ev*>realloc(c.heap, cap * sizeof(Ev))
-    if v == NULL:
-        raise MemoryError()
-    c.heap = v
-    c.capheap = cap
-    return 0
 
 
 cdef class _FrameBuf:
@@ -741,7 +779,7 @@ cdef int _store_sched(Core* c, object sim) except -1:
         ctx.blocked = _pair(c, &x.blocked) if x.has_blocked else None
     q = []
     for i in range(c.nheap):
-        e = &c.heap[i]
+        e = &c.evs[c.hq[i].slot]
         q.append((e.time, e.seq, _name(c, e.ctx), <str>_KIND_NAMES[e.f.kind], _args_of(c, &e.f)))
     sim.queue[:] = q
     sim.now = c.now
@@ -789,6 +827,9 @@ cdef class _Run:
         for i in range(8):
             _ctx_free(&self.c.ctx[i])
         free(self.c.heap)
+        free(self.c.hq)
+        free(self.c.evs)
+        free(self.c.freeslot)
 
 
 cdef inline bint _may_end(Core* c) noexcept:
@@ -797,14 +838,16 @@ cdef inline bint _may_end(Core* c) noexcept:
     continues predicate (if any) does not promise a next event."""
     cdef CtxS* x
     cdef continues_t p
+    cdef Ev* top
     if c.nheap != 1:
         return False
-    p = _CONTINUES[c.heap[0].f.kind]
-    if p != NULL and p(c, &c.heap[0].f):
+    top = _top(c)
+    p = _CONTINUES[top.f.kind]
+    if p != NULL and p(c, &top.f):
         return False
-    if c.heap[0].ctx < 0:
+    if top.ctx < 0:
         return True
-    x = &c.ctx[c.heap[0].ctx]
+    x = &c.ctx[top.ctx]
     return not (x.stack.n or x.urgent.n or x.npre or x.fifo.n)
 
 
@@ -923,9 +966,9 @@ cdef long long bulk_run(object m, long long limit) except -1:
                     break
                 if _may_end(c):
                     _ST_MAY_END += 1
-                    _MAYEND[c.heap[0].f.kind] += 1
+                    _MAYEND[_top(c).f.kind] += 1
                     break
-                fr = c.heap[0].f
+                memcpy(&fr, &_top(c).f, sizeof(Frame))
                 fn = _HANDLERS[fr.kind]
                 if fn == NULL:
                     _UNHANDLED[fr.kind] += 1
@@ -940,7 +983,8 @@ cdef long long bulk_run(object m, long long limit) except -1:
                                       "without begin()")
                 if res == BAIL:
                     raise SystemError(f"bulk handler of {_KIND_NAMES[fr.kind]} bailed after begin()")
-                _finish_step(c)
+                if c.cur >= 0 and not c.decided:
+                    _finish_step(c)
                 c.steps += 1
                 n += 1
     finally:

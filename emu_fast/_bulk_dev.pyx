@@ -344,6 +344,8 @@ cdef int _load_timing(object timing) except -1:
 
 cdef extern from "Python.h":
     object PyObject_GenericGetDict(object o, void* context)
+    int _list_set_slice "PyList_SetSlice"(object l, Py_ssize_t lo, Py_ssize_t hi,
+                                          PyObject* v) except -1
 
 
 cdef bint _has_own(object o, str name) except -1:
@@ -1309,15 +1311,15 @@ cdef int h_submit_requests(Core* c, Frame* f) except -1:
                 return BAIL
     begin(c)
     _RAN[K_vblk_submit_requests] += 1
-    groups.pop(0)
-    qiov = []
-    for k in range(n - 1):
-        (<dict>_reqs[group[k]])["mr_next"] = group[k + 1]
+    _list_set_slice(groups, 0, 1, NULL)           # groups.pop(0) (groups: a non-empty list)
+    cdef list qiov = []
+    for k in range(n - 1):        # (first is _reqs[group[0]], looked up above)
+        (<dict>first if k == 0 else <dict>_reqs[group[k]])["mr_next"] = group[k + 1]
     for k in range(n):
-        r = <dict>_reqs[group[k]]
-        qiov.extend(r["qiov"])
-        r["stage"] = "submitted"
-    op = "write" if first["is_write"] else "read"
+        r = first if k == 0 else <dict>_reqs[group[k]]
+        qiov.extend((<dict>r)["qiov"])
+        (<dict>r)["stage"] = "submitted"
+    op = "write" if (<dict>first)["is_write"] else "read"
     _aio_submit(c, op, sector << 9, qiov, nbytes, 0, ("vblk.rw_complete", (group[0],)),
                 PyList_GET_SIZE(groups) != 0, F1(K_vblk_submit_requests, qi))
     return 0

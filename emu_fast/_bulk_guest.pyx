@@ -25,6 +25,11 @@ from cpython.dict cimport PyDict_SetItem
 
 cdef extern from "Python.h":
     dict _PyDict_NewPresized(Py_ssize_t minused)    # (what BUILD_MAP's _PyDict_FromItems makes)
+    int _list_set_slice "PyList_SetSlice"(object l, Py_ssize_t lo, Py_ssize_t hi,
+                                          PyObject* v) except -1
+    int _rich_eq "PyObject_RichCompareBool"(object a, object b, int op) except -1
+    Py_ssize_t _LIST_SIZE "PyList_GET_SIZE"(object l)
+    PyObject* _LIST_ITEM "PyList_GET_ITEM"(object l, Py_ssize_t i)
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memchr, memcmp, memcpy, memset
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
@@ -297,10 +302,11 @@ cdef i64 _S_EMPTY = 0, _S_OK = 0, _S_IOERR = 0, _S_NOTSUPP = 0      # str argume
 
 cdef int _load(Core* c) except -1:
     global _m, _g, _vq, _q, _p, _mem, _pages, _counters, _rqs, _ready, _notify_ok, _vmexit_ns
-    global _S_EMPTY, _S_OK, _S_IOERR, _S_NOTSUPP, _tr_tag
+    global _S_EMPTY, _S_OK, _S_IOERR, _S_NOTSUPP, _tr_tag, _wp_ok
     _ready = False
     _set_ok(False)
     _rq_forget()
+    _ad_forget()
     m = <object>c.m
     if not _SLOTS_OK or type(m) is not _Machine or c.vcpu < 0:
         return 1            # the core may run; these handlers bail (see _ready)
@@ -334,6 +340,7 @@ cdef int _load(Core* c) except -1:
         _notify_ok = False
     else:
         _vmexit_ns = vm
+    _wp_ok = _P.write_pattern is _PY_WRITE_PATTERN
     _S_EMPTY = str_arg(c, "")
     _S_OK = str_arg(c, "OK")
     _S_IOERR = str_arg(c, "IOERR")
@@ -352,10 +359,33 @@ cdef int _store(Core* c) except -1:
     _ready = False
     _set_ok(False)
     _rq_forget()
+    _ad_forget()
     return 0
 
 
 # == small helpers ===================================================================================
+
+cdef int _del0(list l) except -1:
+    """l.pop(0), its value dropped (list_ass_slice, as list.pop does for an inner index)"""
+    if not _LIST_SIZE(l):
+        raise IndexError("pop from empty list")
+    return _list_set_slice(l, 0, 1, NULL)
+
+
+cdef int _remove(object l, object x) except -1:
+    """l.remove(x) (a list: the same comparisons, the same deletion)"""
+    cdef Py_ssize_t i
+    if type(l) is not list:
+        l.remove(x)
+        return 0
+    for i in range(_LIST_SIZE(l)):
+        if _rich_eq(<object>_LIST_ITEM(l, i), x, 2):     # Py_EQ
+            return _list_set_slice(l, i, i + 1, NULL)
+    raise ValueError("list.remove(x): x not in list")
+
+
+cdef bint _wp_ok = False        # emu.guest.process.write_pattern is emu.workload's (per stretch)
+
 
 # The request the last lookup found: a request's steps follow one another, and within a stretch
 # only these handlers change rqs (the entry of a request goes at _free_request; a new one is
@@ -622,6 +652,7 @@ cdef int _write_pattern_ram(Core* c, i64 gpa, long long n, long long offset, lon
     cdef unsigned long long sct
     cdef Py_ssize_t j
     cdef uint8_t* r
+    cdef uint8_t rec[16]
     cdef void* v
     if fill is not None:
         total = length
@@ -646,26 +677,77 @@ cdef int _write_pattern_ram(Core* c, i64 gpa, long long n, long long offset, lon
     first = offset // 512
     count = length // 512
     nn = n % 1000000
+    rec[0] = 119            # 'w'     (the record's first half, the same for every sector)
+    k = nn
+    for j in range(6, 0, -1):
+        rec[j] = <uint8_t>(48 + k % 10)
+        k = k // 10
+    rec[7] = 58             # ':'
     for i in range(count):
         r = _scratch + i * 512
-        r[0] = 119          # 'w'
-        k = nn
-        for j in range(6, 0, -1):
-            r[j] = <uint8_t>(48 + k % 10)
-            k = k // 10
-        r[7] = 58           # ':'
         sct = (<unsigned long long>(first + i)) & 0xFFFFFFFFULL
         for j in range(15, 7, -1):
-            r[j] = <uint8_t>_HEX[sct & 15]
+            rec[j] = <uint8_t>_HEX[sct & 15]
             sct >>= 4
-        j = 16
-        while j < 512:
-            memcpy(r + j, r, <size_t>j)
-            j *= 2
+        for j in range(32):
+            memcpy(r + 16 * j, rec, 16)
     return ram_write(c, gpa, _scratch, total)
 
 
 # == drivers/virtio/virtio_ring.c (emu/guest/vring.py) ==============================================
+
+# What the last add_split / add_desc step of a request left for its next add_desc, add_head
+# and add_avail: rq["add"] (st), rq["sgs"] and st's k, i, indirect, table, head, used and prev
+# (None: absent, as st.get gives), valid while neither rq nor st has changed since (their dict
+# version tags: every change of a dict gives it a new one).  The handlers check these values
+# as they check what they look up.
+cdef i64 _ad_rid = -1
+cdef object _ad_st = None, _ad_sgs = None, _ad_i = None, _ad_table = None
+cdef object _ad_head = None, _ad_used = None, _ad_prev = None
+cdef i64 _ad_k = 0
+cdef bint _ad_ind = False
+cdef unsigned long long _ad_rqv = 0, _ad_stv = 0
+cdef long long _AD_HITS = 0         # add_desc/add_head/add_avail steps that took these
+
+
+cdef inline void _ad_forget() noexcept:
+    global _ad_rid, _ad_st, _ad_sgs, _ad_i, _ad_table, _ad_head, _ad_used, _ad_prev
+    _ad_rid = -1
+    _ad_st = _ad_sgs = _ad_i = _ad_table = _ad_head = _ad_used = _ad_prev = None
+
+
+cdef inline void _ad_keep(i64 rid, dict rq, dict st, object sgs, i64 k, object i, bint ind,
+                          object table, object head, object used, object prev) noexcept:
+    global _ad_rid, _ad_st, _ad_sgs, _ad_i, _ad_table, _ad_k, _ad_ind, _ad_rqv, _ad_stv
+    global _ad_head, _ad_used, _ad_prev
+    if not VBG_HAVE_DICT_VERSION or not _u16(i):      # (i: what add_desc checks it is)
+        _ad_forget()
+        return
+    _ad_rid = rid
+    _ad_st = st
+    _ad_sgs = sgs
+    _ad_k = k
+    _ad_i = i
+    _ad_ind = ind
+    _ad_table = table
+    _ad_head = head
+    _ad_used = used
+    _ad_prev = prev
+    _ad_rqv = VBG_DICT_VERSION(rq)
+    _ad_stv = VBG_DICT_VERSION(st)
+
+
+cdef inline bint _ad_valid(i64 rid, dict rq) noexcept:
+    """the cache above is rq's (rid's) and neither rq nor its st changed since"""
+    return (rid == _ad_rid and _ad_st is not None and VBG_DICT_VERSION(rq) == _ad_rqv
+            and VBG_DICT_VERSION(<dict>_ad_st) == _ad_stv)
+
+
+def add_desc_hits():
+    """add_desc, add_head and add_avail steps that used what the previous step of their
+    request left (tests)"""
+    return _AD_HITS
+
 
 cdef int h_add_split(Core* c, Frame* f) except -1:
     """emu.guest.vring.add_split (virtqueue_add_split: indirect or direct, take descriptors)"""
@@ -710,14 +792,17 @@ cdef int h_add_split(Core* c, Frame* f) except -1:
     PyDict_SetItem(st, "used", used)
     rq["add"] = st
     rq["table"] = table
+    _ad_keep(rid, rq, st, sgs, 0, 0 if indirect else head, bool(indirect), table, head,
+             used, None)
     cont(c, F1(K_vring_add_desc, rid))
     return 0
 
 
 cdef int h_add_desc(Core* c, Frame* f) except -1:
     """emu.guest.vring.add_desc (virtqueue_add_desc_split: one descriptor of the chain)"""
+    global _AD_HITS
     cdef i64 rid = f.a[0], k, ci, base, nsgs, flags, written
-    cdef bint ind, last
+    cdef bint ind, last, hit
     cdef dict rq, st
     cdef tuple sg
     if not _kok[K_vring_add_desc]:
@@ -725,17 +810,26 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
     rq = _rq(rid)
     if rq is None:
         return BAIL
-    st_o = rq.get("add")
-    sgs = rq.get("sgs")
-    if type(st_o) is not dict or type(sgs) is not list:
-        return BAIL
-    st = <dict>st_o
-    k_o = st.get("k")
-    i = st.get("i")
-    ind_o = st.get("indirect")
-    if not _is_int(k_o) or not _u16(i) or not _bool(ind_o):
-        return BAIL
-    k = k_o
+    if _ad_valid(rid, rq):
+        st = <dict>_ad_st               # (nothing changed since the last step: no lookups)
+        sgs = _ad_sgs
+        k = _ad_k
+        i = _ad_i
+        ind_o = _ad_ind
+        hit = True
+    else:
+        st_o = rq.get("add")
+        sgs = rq.get("sgs")
+        if type(st_o) is not dict or type(sgs) is not list:
+            return BAIL
+        st = <dict>st_o
+        k_o = st.get("k")
+        i = st.get("i")
+        ind_o = st.get("indirect")
+        if not _is_int(k_o) or not _u16(i) or not _bool(ind_o):
+            return BAIL
+        k = k_o
+        hit = False
     nsgs = len(<list>sgs)
     if not 0 <= k < nsgs:
         return BAIL
@@ -753,7 +847,7 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
     ind = ind_o
     vq = _vq
     if ind:
-        table = st.get("table")
+        table = _ad_table if hit else st.get("table")
         if not _small(table):
             return BAIL
         base = table
@@ -771,6 +865,8 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
     if not _u16(nxt) or not ram_ok(c, base + DESC_SIZE * ci, DESC_SIZE):
         return BAIL
     begin(c)
+    if hit:
+        _AD_HITS += 1
     last = k == nsgs - 1
     written = flags & ~F_NEXT if last else flags
     if not ind:
@@ -784,30 +880,46 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
         if not ind:
             (<list>SG(vq, _VO[VQ_EXTRA_FLAGS]))[ci] = written
         st["prev"] = i
+        if hit:
+            _ad_keep(rid, rq, st, sgs, k, i, ind, _ad_table, _ad_head, _ad_used, i)
+        else:
+            _ad_forget()
         cont(c, F1(K_vring_add_head if ind else K_vring_add_avail, rid))
     else:
         st["k"] = k + 1
         st["i"] = nxt
+        if hit:
+            _ad_keep(rid, rq, st, sgs, k + 1, nxt, ind, _ad_table, _ad_head, _ad_used, _ad_prev)
+        else:
+            _ad_forget()
         cont(c, F1(K_vring_add_desc, rid))
     return 0
 
 
 cdef int h_add_head(Core* c, Frame* f) except -1:
     """emu.guest.vring.add_head (the ring descriptor that points at the indirect table)"""
+    global _AD_HITS
     cdef i64 rid = f.a[0], chead, length, desc
     cdef dict rq, st
+    cdef bint hit
     if not _kok[K_vring_add_head]:
         return BAIL
     rq = _rq(rid)
     if rq is None:
         return BAIL
-    st_o = rq.get("add")
-    sgs = rq.get("sgs")
-    if type(st_o) is not dict or type(sgs) is not list:
-        return BAIL
-    st = <dict>st_o
-    head = st.get("head")
-    table = st.get("table")
+    hit = _ad_valid(rid, rq)
+    if hit:                             # (rq and st as the last step left them)
+        sgs = _ad_sgs
+        head = _ad_head
+        table = _ad_table
+    else:
+        st_o = rq.get("add")
+        sgs = rq.get("sgs")
+        if type(st_o) is not dict or type(sgs) is not list:
+            return BAIL
+        st = <dict>st_o
+        head = st.get("head")
+        table = st.get("table")
     if not _u16(head) or not _u64(table):
         return BAIL
     chead = head
@@ -825,6 +937,8 @@ cdef int h_add_head(Core* c, Frame* f) except -1:
     if not _u16(nxt) or length > 0xFFFFFFFF or not ram_ok(c, desc + DESC_SIZE * chead, DESC_SIZE):
         return BAIL
     begin(c)
+    if hit:
+        _AD_HITS += 1
     _write_desc(c, desc + DESC_SIZE * chead, <uint64_t>table, <uint64_t>length, F_INDIRECT,
                 <uint64_t>nxt)
     (<list>extra_len)[chead] = length
@@ -835,20 +949,29 @@ cdef int h_add_head(Core* c, Frame* f) except -1:
 
 cdef int h_add_avail(Core* c, Frame* f) except -1:
     """emu.guest.vring.add_avail (free list, desc_state, avail.ring[shadow % N] = head)"""
+    global _AD_HITS
     cdef i64 rid = f.a[0], chead, num, slot, gpa, cprev
     cdef dict rq, st
+    cdef bint hit
     if not _kok[K_vring_add_avail]:
         return BAIL
     rq = _rq(rid)
     if rq is None:
         return BAIL
-    st_o = rq.get("add")
-    if type(st_o) is not dict:
-        return BAIL
-    st = <dict>st_o
-    head = st.get("head")
-    used = st.get("used")
-    ind = st.get("indirect")
+    hit = _ad_valid(rid, rq)
+    if hit:                             # (rq and st as the last step left them; st has "table")
+        st = <dict>_ad_st
+        head = _ad_head
+        used = _ad_used
+        ind = _ad_ind
+    else:
+        st_o = rq.get("add")
+        if type(st_o) is not dict:
+            return BAIL
+        st = <dict>st_o
+        head = st.get("head")
+        used = st.get("used")
+        ind = st.get("indirect")
     if not _u16(head) or not _is_int(used) or not _bool(ind):
         return BAIL
     chead = head
@@ -858,12 +981,12 @@ cdef int h_add_avail(Core* c, Frame* f) except -1:
     desc_indir = SG(vq, _VO[VQ_DESC_INDIR])
     if (type(extra_next) is not list or type(desc_data) is not list or type(desc_indir) is not list
             or chead >= len(<list>extra_next) or chead >= len(<list>desc_data)
-            or chead >= len(<list>desc_indir) or "table" not in st):
+            or chead >= len(<list>desc_indir) or (not hit and "table" not in st)):
         return BAIL
     if ind:
         cprev = chead
     else:
-        prev = st.get("prev")
+        prev = _ad_prev if hit else st.get("prev")
         if not _u16(prev) or prev >= len(<list>extra_next):
             return BAIL
         cprev = prev
@@ -873,11 +996,17 @@ cdef int h_add_avail(Core* c, Frame* f) except -1:
     if not ram_ok(c, gpa, 2) or not _is_int(SG(vq, _VO[VQ_NUM_FREE])):
         return BAIL
     begin(c)
+    if hit:
+        _AD_HITS += 1
+        table = _ad_table
+    else:
+        table = None
+    _ad_forget()
     del rq["add"]
     SS(vq, _VO[VQ_NUM_FREE], SG(vq, _VO[VQ_NUM_FREE]) - used)
     SS(vq, _VO[VQ_FREE_HEAD], (<list>extra_next)[cprev])
     (<list>desc_data)[chead] = rid
-    (<list>desc_indir)[chead] = st["table"]
+    (<list>desc_indir)[chead] = table if hit else st["table"]
     rq["head"] = head
     ram_w16(c, gpa, <uint64_t>chead)
     cont(c, F1(K_vring_add_publish, rid))
@@ -1524,7 +1653,7 @@ cdef object _dd_dispatch(Core* c, object q):
         SS(q, _QO[Q_DD_BATCHING], 0)
     rq = rqs[rid]
     d = _rq_dir(rq["op"])
-    fifo[d].remove(rid)
+    _remove(fifo[d], rid)
     SG(q, _QO[Q_DD_NEXT_SECTOR])[d] = rq["sector"] + (rq["bytes"] >> 9)
     SS(q, _QO[Q_DD_BATCHING], SG(q, _QO[Q_DD_BATCHING]) + 1)
     return rid
@@ -1627,7 +1756,7 @@ cdef int h_dispatch_ret(Core* c, Frame* f) except -1:
         return BAIL
     if _eq(ret, "OK"):
         begin(c)
-        batch.pop(0)
+        _del0(batch)
         SS(q, _QO[Q_QUEUED], SG(q, _QO[Q_QUEUED]) + 1)
         if batch:
             cont(c, F0(K_blkmq_dispatch), -1, True)
@@ -1636,7 +1765,7 @@ cdef int h_dispatch_ret(Core* c, Frame* f) except -1:
         return 0
     if _eq(ret, "IOERR") or _eq(ret, "NOTSUPP"):
         begin(c)
-        batch.pop(0)
+        _del0(batch)
         e = F3(K_blkmq_end_request, rid, _S_IOERR if _eq(ret, "IOERR") else _S_NOTSUPP, 0)
         e.s[1] = 1
         if batch:
@@ -1681,20 +1810,24 @@ cdef int h_start_request(Core* c, Frame* f) except -1:
 cdef int _op_done(Core* c, object idx) except -1:
     """emu.guest.process._op_done (the AIO completes)"""
     p = _p
-    cdef dict st = SG(p, _PO[P_OP_STATE]).pop(idx)
+    cdef dict st
+    ost = SG(p, _PO[P_OP_STATE])
+    st = (<dict>ost).pop(idx) if type(ost) is dict else ost.pop(idx)
     cdef dict op = SG(p, _PO[P_OPS])[idx]
     SS(p, _PO[P_INFLIGHT], SG(p, _PO[P_INFLIGHT]) - 1)
-    if _eq(op["op"], "read"):
+    opname = op["op"]                   # (op is not changed below: one lookup of each key)
+    if _eq(opname, "read"):
         data = _mem.read(st["buf"], op["length"])
         SG(p, _PO[P_READS]).append(
             {"n": op["n"], "offset": op["offset"], "length": op["length"],
              "sha256": _sha256(data).hexdigest(), "status": st["status"], "line": op["line"]})
-    if _eq(op["op"], "get-id"):
+    if _eq(opname, "get-id"):
         raw = _mem.read(st["buf"], _ID_BYTES)
         st["serial"] = raw.split(b"\0", 1)[0].decode("latin-1")
-    if st.get("buf"):
-        _pa_free(st["buf"])
-    res = {"n": op["n"], "line": op["line"], "op": op["op"], "status": st["status"]}
+    buf = st.get("buf")
+    if buf:
+        _pa_free(buf)
+    res = {"n": op["n"], "line": op["line"], "op": opname, "status": st["status"]}
     if "serial" in st:
         res["serial"] = st["serial"]
     SG(p, _PO[P_RESULTS]).append(res)
@@ -1726,10 +1859,11 @@ cdef int h_end_request(Core* c, Frame* f) except -1:
     for bio in <list>rq["bios"]:
         idx = bio["op_idx"]                          # bio_done
         st = SG(p, _PO[P_OP_STATE])[idx]
-        st["bios"] -= 1
+        nb = st["bios"] - 1             # (st["bios"] -= 1 ... if st["bios"] == 0)
+        st["bios"] = nb
         if not _eq(status, "OK") and _eq(st["status"], "OK"):
             st["status"] = status
-        if st["bios"] == 0:
+        if nb == 0:
             _op_done(c, idx)
     _free_request(c, rid)
     completed.append({"id": rid, "op": rq["op"], "sector": rq["sector"],
@@ -1890,14 +2024,16 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
     elif _eq(kind, "write") or _eq(kind, "read"):
         off = op.get("offset")
         length = op.get("length")
-        lbs = SG(q, _QO[Q_LIMITS]).get("logical_block_size")
+        lim_o = SG(q, _QO[Q_LIMITS])
+        lbs = (<dict>lim_o).get("logical_block_size") if type(lim_o) is dict else \
+            lim_o.get("logical_block_size")
         if not _small(off) or not _small(length) or not _small(lbs) or not lbs:
             return BAIL
         if _eq(kind, "write"):
             fill = op.get("fill")
             if fill is not None and not (type(fill) is int and 0 <= fill <= 255):
                 return BAIL
-            if not _small(op.get("n")) or _P.write_pattern is not _PY_WRITE_PATTERN:
+            if not _small(op.get("n")) or not _wp_ok:
                 return BAIL
         begin(c)
         bios = []
@@ -1973,7 +2109,7 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
         return 0
     SG(p, _PO[P_OP_STATE])[pc] = {"bios": len(bios), "status": "OK", "buf": buf}
     SS(p, _PO[P_INFLIGHT], SG(p, _PO[P_INFLIGHT]) + 1)
-    SG(p, _PO[P_PENDING_BIOS]).extend(bios)
+    (<list>SG(p, _PO[P_PENDING_BIOS])).extend(bios)       # (a list: checked before begin)
     cont(c, F0(K_blkmq_submit_bio), -1, True)
     return 0
 
@@ -2042,7 +2178,7 @@ cdef bint _merge(Core* c, dict rq, dict bio, list pending) except -1:
         rq["sector"] = bio["sector"]
     rq["bytes"] += bio["bytes"]
     rq["nsegs"] += len(bio["segs"]) if not _eq(rq["op"], "DISCARD") else 0
-    pending.pop(0)
+    _del0(pending)
     _next(c)
     return True
 
@@ -2131,7 +2267,7 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
     if tag < 0:
         _sleep(c, "tag")
         return 0
-    pending.pop(0)
+    _del0(pending)
     rid = SG(q, _QO[Q_NEXT_RQ])
     SS(q, _QO[Q_NEXT_RQ], rid + 1)
     rq = {"id": rid, "tag": tag, "op": bop, "sector": b_sector, "bytes": b_bytes,

@@ -21,12 +21,65 @@ from errno import EBADF as _EBADF
 
 from emu.block.hostfile import BLOCK as _BLOCK_PY, CHUNK as _CHUNK_PY, HostFile
 
+from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
+from cpython.object cimport PyObject
+
+cdef extern from "Python.h":
+    object PyObject_GenericGetDict(object o, void* context)
+    PyObject* PyDict_GetItemWithError(object d, object key) except? NULL
+
+cdef extern from *:
+    """
+    #define VBH_TYPE_TAG(t) ((unsigned long long)((PyTypeObject*)(t))->tp_version_tag)
+    """
+    unsigned long long VBH_TYPE_TAG(object t)
+
 PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
 
 cdef object _HostFile = HostFile
 cdef long long BLOCK = _BLOCK_PY
 cdef long long CHUNK = _CHUNK_PY
 assert BLOCK == 4096 and CHUNK == 65536
+
+# pwrite's fast path reads and writes the instance attributes in the object's __dict__ when
+# that is exactly what attribute access does: the object is exactly a HostFile, whose class
+# (checked again whenever its version tag changes) has neither its own __getattribute__,
+# __getattr__ or __setattr__ nor a class attribute of any of these names.
+_HF_NAMES = ("mode", "writes", "undo", "undo_size", "fd", "ov_fd", "cow", "base_size", "size",
+             "_hashes", "_dirty")
+cdef unsigned long long _hf_tag = 0      # HostFile's version tag when it was last checked
+cdef long long _N_PLAIN = 0              # pwrites that took the fast path (counts())
+
+
+def counts():
+    """{'pwrite_plain': pwrite calls that ran over the instance dict (_hf_plain)}"""
+    return {"pwrite_plain": _N_PLAIN}
+
+
+cdef bint _hf_plain() except -1:
+    """HostFile's attribute access is the instance dict's for _HF_NAMES"""
+    global _hf_tag
+    cdef unsigned long long tag = VBH_TYPE_TAG(_HostFile)
+    if tag != 0 and tag == _hf_tag:
+        return True
+    _hf_tag = 0
+    cls = _HostFile
+    if (cls.__getattribute__ is not object.__getattribute__
+            or cls.__setattr__ is not object.__setattr__ or hasattr(cls, "__getattr__")):
+        return False
+    for name in _HF_NAMES:
+        if hasattr(cls, name):
+            return False
+    _hf_tag = VBH_TYPE_TAG(_HostFile)       # (0: checked again next time)
+    return True
+
+
+cdef inline object _dget(dict d, object hf, str name):
+    """hf.<name> (d: hf's __dict__, see _hf_plain)"""
+    cdef PyObject* o = PyDict_GetItemWithError(d, name)
+    if o == NULL:
+        return getattr(hf, name)          # (raises AttributeError as the access would)
+    return <object>o
 
 
 cdef int _pread_into(int fd, char* buf, long long n, long long off) except -1:
@@ -181,12 +234,66 @@ def hf_pread(self, off, n):
     return _pread(self, off, n)
 
 
+cdef int _pwrite_plain(object hf, dict d, long long o, object data) except -1:
+    """HostFile.pwrite (n > 0) over hf's __dict__ d (_hf_plain; the same steps as hf_pwrite's)"""
+    cdef long long n = PyBytes_GET_SIZE(data), c, last, blk, size
+    cdef const char* buf
+    cdef set cow
+    hashes = _dget(d, hf, "_hashes")                                    # _touch
+    if hashes is not None:
+        dirty = _dget(d, hf, "_dirty")
+        last = (o + n - 1) // CHUNK
+        for c in range(o // CHUNK, last + 1):
+            dirty.add(c)
+    PyDict_SetItem(d, "writes", _dget(d, hf, "writes") + 1)
+    mode = _dget(d, hf, "mode")
+    if mode is not _OVERLAY and mode == "read":
+        raise OSError(_EBADF, "image opened read-only")
+    if _dget(d, hf, "undo") is not None:
+        _keep_old(hf, o, o + n)
+    buf = PyBytes_AS_STRING(data)
+    if mode is not _OVERLAY and mode == "write":
+        _pwrite_from(_dget(d, hf, "fd"), buf, n, o)
+    else:
+        cow_o = _dget(d, hf, "cow")
+        if type(cow_o) is not set:
+            _cow_prepare(hf, o, n)
+        else:                                                            # _cow_prepare
+            cow = <set>cow_o
+            blk = o // BLOCK
+            last = (o + n - 1) // BLOCK
+            if o > blk * BLOCK or o + n < blk * BLOCK + BLOCK:     # (a whole block needs no
+                _cow_block(hf, cow, blk, o, o + n)                #  copy: _cow_block would
+            if o > last * BLOCK or o + n < last * BLOCK + BLOCK:   #  only look it up in cow)
+                _cow_block(hf, cow, last, o, o + n)
+            while blk <= last:
+                cow.add(blk)
+                blk += 1
+        _pwrite_from(_dget(d, hf, "ov_fd"), buf, n, o)
+    size_o = _dget(d, hf, "size")
+    if type(size_o) is int and size_o >= o + n:
+        pass                                   # max(size, o + n) is size itself
+    else:
+        PyDict_SetItem(d, "size", max(size_o, o + n))
+    return 0
+
+
+cdef object _OVERLAY = "overlay"
+
+
 def hf_pwrite(self, off, data):
     """HostFile.pwrite"""
     cdef long long o, n
     cdef const char* buf
     if type(off) is not int or type(data) is not bytes or off < 0:
         return _HostFile.pwrite(self, off, data)
+    if type(self) is _HostFile and _hf_plain():
+        if PyBytes_GET_SIZE(data) == 0:
+            return None
+        global _N_PLAIN
+        _N_PLAIN += 1
+        _pwrite_plain(self, PyObject_GenericGetDict(self, NULL), off, data)
+        return None
     n = PyBytes_GET_SIZE(data)
     if n == 0:
         return None

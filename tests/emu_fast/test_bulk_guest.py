@@ -344,3 +344,28 @@ def test_replaced_methods_are_called(tmp_path, monkeypatch):
     assert dict(counts) == py_counts and py_counts["mmio_write"] > 0
     assert py_counts["kmalloc"] > 0 and py_counts["free_pages"] > 0
     assert snapshot(a) == snapshot(b)
+
+
+@pytest.mark.parametrize("cfg", [{}, {"indirect": False}])
+@pytest.mark.parametrize("chunk", [-1, 5])
+def test_add_desc_reuses_the_state_the_last_step_left(tmp_path, cfg, chunk):
+    """vring.add_desc, add_head and add_avail take rq["add"], rq["sgs"] and the state's k, i,
+    indirect, table, head, used and prev from what the request's previous add_split/add_desc
+    step left while neither dict has changed (their version tags): they do for most of their
+    steps in the core, and the run ends as on the Python engine (stretches of 5 steps end
+    mid-chain: the next stretch looks up again)."""
+    gmod = pytest.importorskip("emu_fast._bulk_guest")
+    wl = "queue-depth 2\n" + "".join(f"write {i * 8192} 4k\nread {i * 4096} 12k\n"
+                                     for i in range(8)) + "wait\n"
+    a = machine(tmp_path, "raw", "", wl, cfg)
+    b = machine(tmp_path, "raw", "", wl, cfg)
+    py_kinds = run_py(a)
+    before = gmod.add_desc_hits()
+    outside = run_bulk(b, chunk)
+    assert snapshot(a) == snapshot(b)
+    hits = gmod.add_desc_hits() - before
+    core = sum(in_core(py_kinds, outside).get(k, 0)
+               for k in ("vring.add_desc", "vring.add_head", "vring.add_avail"))
+    assert 0 < hits <= core
+    if chunk < 0:
+        assert hits >= core // 2, (hits, core)

@@ -156,3 +156,37 @@ def test_reads_past_the_base_share_one_run_of_zeros(tmp_path):
         assert hf.pread(8192, 0) == b""
     finally:
         hf.close()
+
+
+@settings(**dict(SETTINGS, max_examples=60))
+@given(mode=st.sampled_from(["overlay", "write", "read"]), ops=ops, plain=st.booleans())
+def test_pwrite_over_the_instance_dict_is_the_python_method(tmp_path_factory, mode, ops, plain):
+    """hf_pwrite's fast path (the object's __dict__ read and written directly) runs for every
+    pwrite of a plain HostFile and for none once the class has an attribute of one of the
+    names it reads; either way every result and the whole object state are the Python
+    method's."""
+    hfmod = emu_fast.require()._hostfile
+    tmp = tmp_path_factory.mktemp("hfd")
+    base = tmp / "base.img"
+    base.write_bytes(bytes(range(256)) * (SIZE // 256) + b"\x5a" * (SIZE % 256))
+    paths = []
+    for name in ("py.img", "fast.img"):
+        shutil.copy(base, tmp / name)
+        paths.append(str(tmp / name))
+    a = HostFile(paths[0], mode, overlay_dir=str(tmp))
+    b = HostFile(paths[1], mode, overlay_dir=str(tmp))
+    hfmod.attach(b)
+    if not plain:
+        HostFile.base_size = 0          # a class attribute (the instance's shadows it)
+    before = hfmod.counts()["pwrite_plain"]
+    try:
+        for op in ops:
+            assert apply(a, op) == apply(b, op), op
+            assert state(a) == state(b), op
+        writes = sum(1 for op in ops if op[0] == "write")
+        assert hfmod.counts()["pwrite_plain"] - before == (writes if plain else 0)
+    finally:
+        if not plain:
+            del HostFile.base_size
+        a.close()
+        b.close()
