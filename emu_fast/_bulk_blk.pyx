@@ -1262,9 +1262,10 @@ cdef int h_qcow2_worker(Core* c, Frame* f) except -1:
                 if size < end:
                     end = size
             if end > off:
-                old = hf.pread(o_off, end - off)
                 new = vb_zeros(end - off)
-                if old != new or end > hf.size:
+                if end > hf.size:       # (written whatever it reads: no pread, no compare)
+                    hf.pwrite(o_off, new)
+                elif hf.pread(o_off, end - off) != new:
                     hf.pwrite(o_off, new)
         # (QI_READ: a cow_read or read item only records its effect)
     except OSError as e:
