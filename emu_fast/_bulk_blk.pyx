@@ -1416,8 +1416,7 @@ cdef int h_qcow2_compute(Core* c, Frame* f) except -1:
     if type(eng) is _Qcow2Engine:
         eng.__class__ = _FastQcow2Engine            # (as the compiled handler does)
     if what != QC_DONE:                 # the phase runs with a fresh plan, and plans nothing
-        plan = []
-        _inst_set(eng, "plan", plan)
+        plan = []                       # (eng.plan = plan: nothing reads it before the next)
         if what == QC_TO_LINK:
             (<dict>co)["wphase"] = "link"
         elif what == QC_LINKED:
