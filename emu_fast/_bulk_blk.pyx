@@ -1125,10 +1125,41 @@ cdef int h_qcow2_io(Core* c, Frame* f) except -1:
     return 0
 
 
+cdef object _EXECUTED = None     # FastQcow2Engine.executed, as its class dict holds it
+cdef object _PY_EXECUTED = _QE_mod.Qcow2Engine.__dict__["executed"]
+cdef str S_PENDING = "pending"
+
+
+cdef int _executed(object eng, object item) except -1:
+    """eng.executed(item): Qcow2Engine.executed (the ran item's bytes leave the pending view)
+    read and done here when the engine's class has the Python or the compiled method and the
+    instance does not override it (else called)"""
+    global _EXECUTED
+    cdef PyObject* fn
+    cdef PyObject** dp
+    cdef PyObject* pend
+    if _EXECUTED is None:
+        _EXECUTED = _FQ.FastQcow2Engine.__dict__["executed"]
+    fn = _PyType_Lookup(type(eng), "executed")
+    dp = _PyObject_GetDictPtr(eng)
+    if fn != NULL and (<object>fn is _EXECUTED or <object>fn is _PY_EXECUTED) and dp != NULL \
+            and dp[0] != NULL and type(<object>dp[0]) is dict \
+            and PyDict_GetItemWithError(<object>dp[0], "executed") == NULL:
+        pend = PyDict_GetItemWithError(<object>dp[0], S_PENDING)
+        if pend != NULL and type(<object>pend) is list and type(item) is dict:
+            op = (<dict>item)["op"]
+            if PyDict_GetItemWithError(item, "data") != NULL or op == S_WZ or op == S_DISCARD \
+                    or op == S_GUEST_WRITE:
+                (<list><object>pend).pop(0)
+            return 0
+    eng.executed(item)
+    return 0
+
+
 cdef int _next_item(Core* c, object eng, object co, object item, i64 pi, Py_ssize_t nplan,
                     i64 bid) except -1:
     """driver._next_item"""
-    eng.executed(item)
+    _executed(eng, item)
     co["pi"] = pi + 1
     cont(c, F1(K_qcow2_io if pi + 1 < nplan else K_qcow2_compute, bid), -1)
     return 0
@@ -1262,9 +1293,10 @@ cdef int h_qcow2_worker(Core* c, Frame* f) except -1:
                 if size < end:
                     end = size
             if end > off:
-                old = hf.pread(o_off, end - off)
                 new = vb_zeros(end - off)
-                if old != new or end > hf.size:
+                if end > hf.size:       # (written whatever it reads: no pread, no compare)
+                    hf.pwrite(o_off, new)
+                elif hf.pread(o_off, end - off) != new:
                     hf.pwrite(o_off, new)
         # (QI_READ: a cow_read or read item only records its effect)
     except OSError as e:
@@ -1384,8 +1416,7 @@ cdef int h_qcow2_compute(Core* c, Frame* f) except -1:
     if type(eng) is _Qcow2Engine:
         eng.__class__ = _FastQcow2Engine            # (as the compiled handler does)
     if what != QC_DONE:                 # the phase runs with a fresh plan, and plans nothing
-        plan = []
-        _inst_set(eng, "plan", plan)
+        plan = []                       # (eng.plan = plan: nothing reads it before the next)
         if what == QC_TO_LINK:
             (<dict>co)["wphase"] = "link"
         elif what == QC_LINKED:

@@ -48,6 +48,7 @@ cdef extern from "Python.h":
     PyObject** _PyObject_GetDictPtr(object o)
     PyObject* PyDict_GetItemWithError(object d, object k) except? NULL
     int PyDict_SetItem(object d, object k, object v) except -1
+    dict _PyDict_NewPresized(Py_ssize_t minused)
 
 
 cdef inline object _ga(object o, str name):
@@ -370,7 +371,12 @@ cdef int _pend(object eng, object op, object offset, object length) except -1:
 cdef int _io_kw(object eng, str op, str fn, str what, object offset, object length, str k1, object v1,
                 str k2=None, object v2=None, str k3=None, object v3=None) except -1:
     """Qcow2Engine.io without data, its extra fields k1=v1, k2=v2, k3=v3 (in that order)"""
-    cdef dict item = {"op": op, "fn": fn, "what": what, "offset": offset, "length": length}
+    cdef dict item = _PyDict_NewPresized(8)        # (room for the extras: no resize)
+    item["op"] = op
+    item["fn"] = fn
+    item["what"] = what
+    item["offset"] = offset
+    item["length"] = length
     _pend(eng, op, offset, length)
     item[k1] = v1
     if k2 is not None:
@@ -1123,9 +1129,30 @@ cdef list _iov_slice(object iov, long long start, long long n):
 
 cdef list _data_parts(object m, object bid, dict co, long long qoff, long long n):
     """driver._data_parts"""
+    cdef PyObject* r
+    cdef list out
+    cdef long long pos = 0, gpa, ln, lo, hi
     if co.get("zero"):
         return [("zero", n)]
-    return [("ram", gpa, ln) for gpa, ln in _iov_slice(m.block.reqs.get(bid, {})["qiov"], qoff, n)]
+    reqs = m.block.reqs
+    if type(reqs) is not dict:
+        return [("ram", x, y) for x, y in _iov_slice(reqs.get(bid, {})["qiov"], qoff, n)]
+    r = PyDict_GetItemWithError(reqs, bid)
+    req = <object>r if r != NULL else {}
+    iov = req["qiov"]
+    if type(iov) is not list:
+        return [("ram", x, y) for x, y in _iov_slice(iov, qoff, n)]
+    out = []                            # (_iov_slice's pieces, each as a "ram" part)
+    for e in <list>iov:
+        g, l = e
+        gpa = g
+        ln = l
+        lo = qoff if qoff > pos else pos
+        hi = qoff + n if qoff + n < pos + ln else pos + ln
+        if lo < hi:
+            out.append(("ram", gpa + lo - pos, hi - lo))
+        pos += ln
+    return out
 
 
 cdef int _write_task(object m, object eng, object bid, dict co, dict piece) except -1:
@@ -1304,8 +1331,8 @@ cdef bint _fast_alloc(object m, object eng, object bid, dict co) except -1:
     ce_from = oic + cur
     ce_to = (ce_from + cs - 1) // cs * cs
     zn = ce_to                          # handle_alloc_space: cow_start..cow_end
-    if (oic or ce_to - ce_from) and _check_metadata_overlap(eng, 0, off, zn):
-        return False
+    # (its check of off..off+zn is the one just made: check_metadata_overlap rounds host..
+    # host+cur out to the same whole clusters, and host < cs exactly when off == 0)
     # -- from here on: the changes ---------------------------------------------------------------
     # alloc_clusters_noref's get_refcount calls, update_refcount's block (dirty, +1 each)
     _sa(eng, "free_cluster_index", idx)

@@ -194,3 +194,29 @@ def test_bulk_qcow2_every_boundary_agrees(tmp_path, lazy, l2):
     assert blk.counts(quiet=True).get("qcow2.compute", 0) >= 6
     if l2 is None:      # new clusters' allocations ran natively (_qcow2._fast_alloc; the last
         assert _qcow2.fast_allocs() >= 1        # step of each run is the compiled engine's)
+
+
+@pytest.mark.parametrize("mode", ["overlay", "write"])
+def test_bulk_qcow2_zeroed_cow_areas_agree(tmp_path, mode):
+    """The worker's write_zeroes items (handle_alloc_space's zeroed COW areas) run natively,
+    both past the end of the file (written without reading it) and inside it (a cluster freed
+    by an unmapping discard is allocated again: read, compared, written only if not zero), and
+    leave the same image bytes and size as the Python engine's."""
+    import shutil
+    bulk, blk = _mods()
+    path = _image(tmp_path, 65536, 16, False, 3)
+    wl = ("queue-depth 1\nwrite 0 65536 fill=0x11\nwrite 65536 65536 fill=0x22\nflush\n"
+          "discard 0 65536\nflush\nwrite 4096 4096 fill=0x33\nwrite 1048576 4096\n"
+          "write 2097152 4096\ndiscard 65536 65536\nwrite 3145728 4096\nflush\n"
+          "write 6291456 8192 fill=0x44\n")
+    pa, pb = str(tmp_path / "a.qcow2"), str(tmp_path / "b.qcow2")
+    shutil.copy(path, pa)
+    shutil.copy(path, pb)
+    cfg = dict(discard="unmap", mode=mode)
+    a = _machine(pa, wl, None, None, dict(cfg))
+    b = _machine(pb, wl, None, None, dict(cfg))
+    blk.reset_counts()
+    _same(a, b, (60,))
+    assert a.hostfile.size == b.hostfile.size
+    assert blk.counts().get("qcow2.worker", 0) >= 8, blk.counts()
+    assert not blk.counts(wrapped=True).get("qcow2.worker"), blk.counts(wrapped=True)
