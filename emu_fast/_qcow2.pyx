@@ -1220,6 +1220,17 @@ cdef int _lru_bump(object c, Py_ssize_t i, long long times) except -1:
     return 0
 
 
+
+cdef int _plan_guest_write(m, eng, bid, dict co, dict piece, long long cur, long long host) except -1:
+    """The plan item writing the guest's data of the request's last piece (the write phase's
+    bdrv_co_pwritev_part), as _fast_alloc and _fast_in_place plan it."""
+    _io_kw(eng, "guest_write", "bdrv_co_pwritev_part", f"guest data {_hexll(cur)} bytes -> host "
+           f"{_hexll(host)}", host, cur,
+           "parts", _data_parts(m, bid, co, piece["qoff"], cur), "kind", "data",
+           "piece", len(co["pieces"]) - 1)
+    return 0
+
+
 cdef bint _fast_alloc(object m, object eng, object bid, dict co) except -1:
     """_write_machine's alloc step (driver.py) on its common path, natively: the rest of the
     request maps to one run of unallocated clusters of a cached L2 slice
@@ -1371,10 +1382,7 @@ cdef bint _fast_alloc(object m, object eng, object bid, dict co) except -1:
                f"COW areas read as zero: zero {_hexll(off)}+{_hexll(zn)} (fallocate ZERO_RANGE)", off,
                zn, "kind", "data")
         mt["skip_cow"] = True
-    _io_kw(eng, "guest_write", "bdrv_co_pwritev_part", f"guest data {_hexll(cur)} bytes -> host "
-           f"{_hexll(host)}", host, cur,
-           "parts", _data_parts(m, bid, co, piece["qoff"], cur), "kind", "data",
-           "piece", len(co["pieces"]) - 1)
+    _plan_guest_write(m, eng, bid, co, piece, cur, host)
     _FAST_ALLOCS[0] += 1
     return True
 
@@ -1410,10 +1418,7 @@ cdef bint _fast_in_place(object m, object eng, object bid, dict co, object o_pos
     co["pos"] += cur
     co["remaining"] -= cur
     co["qoff"] += cur
-    _io_kw(eng, "guest_write", "bdrv_co_pwritev_part", f"guest data {_hexll(cur)} bytes -> host "
-           f"{_hexll(host)}", host, cur,
-           "parts", _data_parts(m, bid, co, piece["qoff"], cur), "kind", "data",
-           "piece", len(co["pieces"]) - 1)
+    _plan_guest_write(m, eng, bid, co, piece, cur, host)
     _FAST_ALLOCS[1] += 1
     return True
 
