@@ -1566,14 +1566,9 @@ cdef str _compute(object m, object f, object eng, object bid):
         else:
             detail = PHASES[op](m, bid, co)
     except Qcow2Error as e:
-        co["ret"] = e.errno
-        co["phase"] = "done"
+        _failed(m, co, e)
         detail = f"fails: {e}"
-        m.log.add(("error", str(e), "qcow2"))
-    plan = _ga(eng, "plan")
-    co["plan"] = plan
-    _sa(eng, "plan", [])
-    co["pi"] = 0
+    plan = _take_plan(eng, co)
     if plan:
         sched_cont(m.sim, "qcow2.io", (bid,))
         return detail + f"; {len(plan)} host I/O(s) planned"
@@ -1607,6 +1602,23 @@ cdef str S_READ = "read"
 cdef str S_DONE = "done"
 
 
+cdef int _failed(m, dict co, e) except -1:
+    """driver.compute's Qcow2Error: the request ends with its errno, an error effect."""
+    co["ret"] = e.errno
+    co["phase"] = S_DONE
+    m.log.add(("error", str(e), "qcow2"))
+    return 0
+
+
+cdef object _take_plan(eng, dict co):
+    """driver.compute: the phase's plan becomes the request's, the engine's starts empty."""
+    plan = _ga(eng, "plan")
+    co["plan"] = plan
+    _sa(eng, "plan", [])
+    co["pi"] = 0
+    return plan
+
+
 def bulk_compute(m, eng, dict co, bid):
     """driver.compute (and _compute) for a read or write phase, keeping no record (the bulk core,
     emu_fast/_bulk_blk.pyx h_qcow2_compute, after its begin): no detail, no set_function (the
@@ -1626,13 +1638,8 @@ def bulk_compute(m, eng, dict co, bid):
         else:
             _read_phase(m, eng, bid, co, True)
     except Qcow2Error as e:
-        co["ret"] = e.errno
-        co["phase"] = S_DONE
-        m.log.add(("error", str(e), "qcow2"))
-    plan = _ga(eng, "plan")
-    co["plan"] = plan
-    _sa(eng, "plan", [])
-    co["pi"] = 0
+        _failed(m, co, e)
+    plan = _take_plan(eng, co)
     if plan:
         co["caller"] = _qfn
         return 1
