@@ -207,18 +207,27 @@ def build_parser() -> argparse.ArgumentParser:
     bp.add_argument("--requests", type=int, default=2000, metavar="N",
                     help="requests per workload (default 2000)")
     bp.add_argument("--repeat", type=int, default=3, metavar="N", help="best of N runs (default 3)")
+    bp.add_argument("--dir", metavar="DIR", default=None,
+                    help="where images and overlays go (default /dev/shm when it is tmpfs, "
+                         "else the temporary directory)")
     return p
 
 
 def cmd_bench(a) -> int:
     from emu_fast.bench import run_bench
+    from emu_fast.bench import bench_dir
     if a.requests < 1 or a.repeat < 1:
         raise CliError("--requests and --repeat must be at least 1")
+    try:
+        where = bench_dir(a.dir)
+    except ValueError as e:
+        raise CliError(str(e)) from None
     if a.json:
-        res = run_bench(True, requests=a.requests, repeat=a.repeat, out=lambda *x, **k: None)
+        res = run_bench(True, requests=a.requests, repeat=a.repeat, out=lambda *x, **k: None,
+                        dir=where)
         print(json.dumps(res, indent=2))
     else:
-        run_bench(False, requests=a.requests, repeat=a.repeat)
+        run_bench(False, requests=a.requests, repeat=a.repeat, dir=where)
     return 0
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 
 import pytest
 
@@ -37,3 +38,35 @@ def test_qemu_img_bench_without_qemu_img_is_none_and_a_failure_is_reported(tmp_p
     r = B.qemu_img_bench(str(tmp_path / "missing.raw"), "raw", 4)
     assert set(r) == {"error"} and r["error"]
     assert not os.path.exists(tmp_path / "missing.raw")
+
+
+def test_bench_works_in_the_directory_it_is_given_and_says_so(tmp_path):
+    tmp_path = tmp_path / "bench"
+    tmp_path.mkdir()
+    """Images and the engines' overlays go into --dir; the run's own subdirectory is removed
+    afterwards and the result names the directory and its file system."""
+    res = B.run_bench(True, requests=4, workloads=("rand4k",), formats=("qcow2",),
+                      engines=("py",), qemu=False, out=lambda *a: None, repeat=1,
+                      dir=str(tmp_path))
+    assert res["dir"] == str(tmp_path) and res["fs"] == B.fs_type(str(tmp_path))
+    assert res["fs"] != "unknown" and os.listdir(tmp_path) == []
+    img = B.make_image(str(tmp_path / "o.qcow2"), "qcow2")
+    m = B._machine(img, B.workload("rand4k", 2))
+    try:
+        assert os.path.dirname(m.hostfile.ov_path) == str(tmp_path)
+    finally:
+        m.hostfile.close()
+
+
+def test_bench_dir_defaults_to_tmpfs_and_rejects_what_it_cannot_use(tmp_path, monkeypatch):
+    assert B.fs_type("/proc/self") == "proc"
+    if os.path.isdir("/dev/shm") and B.fs_type("/dev/shm") == "tmpfs" \
+            and os.access("/dev/shm", os.W_OK):
+        assert B.bench_dir() == "/dev/shm"
+    monkeypatch.setattr(B, "fs_type", lambda path: "ext4")      # /dev/shm on a disk
+    assert B.bench_dir() == tempfile.gettempdir()
+    with pytest.raises(ValueError, match="not a directory"):
+        B.bench_dir(str(tmp_path / "missing"))
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ValueError, match="not a directory"):
+        B.bench_dir(str(tmp_path / "f"))

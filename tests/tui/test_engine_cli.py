@@ -58,6 +58,13 @@ def test_bench_prints_requests_per_second_and_ratios(capsys):
         assert r["py"]["req_per_s"] > 0 and r["fast"]["req_per_s"] > 0
 
 
+def test_bench_dir_must_be_a_directory(tmp_path, capsys):
+    assert main(["bench", "--dir", str(tmp_path / "missing"), "--requests", "1"]) != 0
+    err = capsys.readouterr().err
+    assert "not a directory" in err and "Traceback" not in err
+    assert not (tmp_path / "missing").exists()
+
+
 def test_set_engine_in_the_debugger_shows_in_the_status_line():
     import asyncio
 
