@@ -98,9 +98,9 @@ def fs_type(path: str) -> str:
     return kind
 
 
-def bench_dir(path: str | None = None) -> str:
+def bench_dir(path: str | None = None, need: int = 0) -> str:
     """The directory bench works in: path (checked), else /dev/shm when it is a writable
-    tmpfs, else the system's temporary directory."""
+    tmpfs with `need` bytes free, else the system's temporary directory."""
     if path is not None:
         if not os.path.isdir(path):
             raise ValueError(f"bench --dir {path}: not a directory")
@@ -109,8 +109,16 @@ def bench_dir(path: str | None = None) -> str:
         return path
     shm = "/dev/shm"
     if os.path.isdir(shm) and os.access(shm, os.W_OK | os.X_OK) and fs_type(shm) == "tmpfs":
-        return shm
+        st = os.statvfs(shm)
+        if st.f_bavail * st.f_frsize >= need:
+            return shm
     return tempfile.gettempdir()
+
+
+def bench_bytes(requests: int) -> int:
+    """A bound on what one bench run writes at once (an image's data and its overlay, 64 KiB
+    per request at most, twice over, and the 64 MiB image's metadata)."""
+    return 2 * requests * 65536 + SIZE
 
 
 def _machine(image: str, wl: str):
@@ -206,7 +214,7 @@ def run_bench(as_json: bool = False, requests: int = 2000, workloads=WORKLOADS,
     import emu_fast
     if "fast" in engines:
         emu_fast.require()
-    base = bench_dir(dir)
+    base = bench_dir(dir, bench_bytes(requests))
     tmp = tempfile.mkdtemp(prefix="vblkdbg-bench-", dir=base)
     res: dict = {"status": emu_fast.status(), "requests": requests, "repeat": repeat,
                  "dir": base, "fs": fs_type(tmp), "results": []}

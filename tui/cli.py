@@ -215,11 +215,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def cmd_bench(a) -> int:
     from emu_fast.bench import run_bench
-    from emu_fast.bench import bench_dir
+    from emu_fast.bench import bench_bytes, bench_dir
     if a.requests < 1 or a.repeat < 1:
         raise CliError("--requests and --repeat must be at least 1")
     try:
-        where = bench_dir(a.dir)
+        where = bench_dir(a.dir, bench_bytes(a.requests))
     except ValueError as e:
         raise CliError(str(e)) from None
     if a.json:

@@ -63,6 +63,8 @@ def test_bench_dir_defaults_to_tmpfs_and_rejects_what_it_cannot_use(tmp_path, mo
     if os.path.isdir("/dev/shm") and B.fs_type("/dev/shm") == "tmpfs" \
             and os.access("/dev/shm", os.W_OK):
         assert B.bench_dir() == "/dev/shm"
+        st = os.statvfs("/dev/shm")                 # too small for the run: not there
+        assert B.bench_dir(need=st.f_bavail * st.f_frsize + (1 << 30)) == tempfile.gettempdir()
     monkeypatch.setattr(B, "fs_type", lambda path: "ext4")      # /dev/shm on a disk
     assert B.bench_dir() == tempfile.gettempdir()
     with pytest.raises(ValueError, match="not a directory"):
