@@ -224,6 +224,23 @@ cdef dict _by_type = None
 cdef list _vqobjs = None
 cdef object _proxy = None
 
+# Counters these handlers only ever increment, kept as C deltas for a stretch and added to the
+# Python values when it ends (m.counters' and vblk.by_type's entries that hold exact ints; an
+# entry that is missing or not an exact int is changed at once, as before).
+cdef enum:
+    C_NOTIFIES, C_INTERRUPTS, C_IRQS_SUPPRESSED, C_IRQS_LOST, BT_IN, BT_OUT, BT_FLUSH, NDEF
+cdef tuple _DKEYS = ("notifies", "interrupts", "irqs_suppressed", "irqs_lost", "IN", "OUT", "FLUSH")
+cdef i64 _dd[NDEF]          # the increments of the stretch
+cdef bint _dok[NDEF]        # the entry holds an exact int: incremented in C
+cdef bint _dabsent[NDEF]    # (by_type) the entry is missing: nothing counted
+
+# vblk.suppress held in C for a stretch (queue index -> bool, in the dict's order)
+cdef bint _sup_has[MAXQ]
+cdef bint _sup_val[MAXQ]
+cdef int _sup_ord[MAXQ]     # the keys in insertion order
+cdef int _sup_n = 0
+cdef bint _sup_changed = False
+
 
 cdef inline bint _ll(object o, i64* out) except -1:
     """o is an exact int that fits a C long long"""
@@ -430,6 +447,9 @@ cdef bint _load(Core* c) except -1:
     breqs = sget(block, _BlockState, _BS[K_REQS], "reqs")
     if type(breqs) is not dict:
         return False
+    if not _load_suppress(<dict>suppress):
+        return False
+    _load_deferred(<dict>counters, <dict>by_type)
     _m = m
     _vdev = vdev
     _vblk = vblk
@@ -442,6 +462,94 @@ cdef bint _load(Core* c) except -1:
     _vqobjs = vqs
     D.ok = True
     return True
+
+
+cdef bint _load_suppress(dict suppress) except -1:
+    """vblk.suppress into _sup_* (False: a key that is not a held queue's index, or a value that
+    is not a bool)"""
+    global _sup_n, _sup_changed
+    cdef i64 qi
+    _sup_n = 0
+    _sup_changed = False
+    memset(_sup_has, 0, sizeof(_sup_has))
+    for k, v in suppress.items():
+        if not _ll(k, &qi) or not 0 <= qi < D.nvq or type(v) is not bool:
+            return False
+        _sup_has[qi] = True
+        _sup_val[qi] = v is True
+        _sup_ord[_sup_n] = <int>qi
+        _sup_n += 1
+    return True
+
+
+cdef inline void _sup_set(int qi, bint v) noexcept:
+    """suppress[qi] = v"""
+    global _sup_n, _sup_changed
+    if not _sup_has[qi]:
+        _sup_has[qi] = True
+        _sup_ord[_sup_n] = qi
+        _sup_n += 1
+    _sup_val[qi] = v
+    _sup_changed = True
+
+
+cdef inline void _sup_del(int qi) noexcept:
+    """suppress.pop(qi, None)"""
+    global _sup_n, _sup_changed
+    cdef int k, j = 0
+    if not _sup_has[qi]:
+        return
+    _sup_has[qi] = False
+    for k in range(_sup_n):
+        if _sup_ord[k] != qi:
+            _sup_ord[j] = _sup_ord[k]
+            j += 1
+    _sup_n = j
+    _sup_changed = True
+
+
+cdef int _store_suppress() except -1:
+    """_sup_* back into vblk.suppress (rebuilt in the order the Python code leaves)"""
+    cdef int k
+    if not _sup_changed:
+        return 0
+    _suppress.clear()
+    for k in range(_sup_n):
+        _suppress[_sup_ord[k]] = _sup_val[_sup_ord[k]] == 1
+    return 0
+
+
+cdef int _load_deferred(dict counters, dict by_type) except -1:
+    cdef int i
+    cdef PyObject* p
+    for i in range(NDEF):
+        _dd[i] = 0
+        p = PyDict_GetItemWithError(counters if i < BT_IN else by_type, _DKEYS[i])
+        _dabsent[i] = p == NULL
+        _dok[i] = p != NULL and PyLong_CheckExact(<object>p)
+    return 0
+
+
+cdef int _store_deferred() except -1:
+    cdef int i
+    for i in range(NDEF):
+        if _dd[i]:
+            d = _counters if i < BT_IN else _by_type
+            k = _DKEYS[i]
+            d[k] = d[k] + _dd[i]
+            _dd[i] = 0
+    return 0
+
+
+cdef inline int _bump(int i) except -1:
+    """counters[key] += 1 (by_type: if the key is there)"""
+    if _dok[i]:
+        _dd[i] += 1
+    elif i < BT_IN:
+        _inc(_counters, _DKEYS[i])
+    elif not _dabsent[i]:
+        _by_type[_DKEYS[i]] = _by_type[_DKEYS[i]] + 1
+    return 0
 
 
 cdef int _layer_load(Core* c) except -1:
@@ -458,6 +566,8 @@ cdef int _layer_store(Core* c) except -1:
     cdef VQ* q
     cdef VQ* q0
     if D.loaded and D.ok:
+        _store_deferred()
+        _store_suppress()
         if D.isr != D.isr0:
             sset(_vdev, _VirtIODevice, _DV[D_ISR], "isr", D.isr)
         for i in range(D.nvq):
@@ -632,7 +742,7 @@ cdef int h_notify(Core* c, Frame* f) except -1:
         return BAIL
     begin(c)
     _RAN[K_vpci_notify] += 1
-    _inc(_counters, "notifies")
+    _bump(C_NOTIFIES)
     if qi < 0 or qi >= D.nvq or not D.q[qi].desc or D.broken:
         unblock(c, c.vcpu, D.vmentry_ns)
         return 0
@@ -686,14 +796,13 @@ cdef int h_handle_vq(Core* c, Frame* f) except -1:
     q = &D.q[qi]
     if not _notification_ok(c, q, False):
         return BAIL
-    key = qi
-    if again and PyDict_GetItemWithError(_suppress, key) == NULL:
+    if again and not _sup_has[qi]:
         return BAIL
     begin(c)
     _RAN[K_vblk_handle_vq] += 1
     if not again:
-        _suppress[key] = bool(q.notification)
-    if _suppress[key]:
+        _sup_set(<int>qi, q.notification)
+    if _sup_val[qi]:
         _set_notification(c, q, False)
     cont(c, F1(K_vblk_pop, qi))
     return 0
@@ -1044,9 +1153,17 @@ cdef int h_handle_request(Core* c, Frame* f) except -1:
     req["in_len"] = in_len
     req["status_gpa"] = status_gpa
     req["type"] = typ
-    tname = _type_name(typ)
-    if PyDict_GetItemWithError(_by_type, tname) != NULL:
-        _by_type[tname] = _by_type[tname] + 1
+    k = typ & ~<uint32_t>0x80000000
+    if k == 0:
+        _bump(BT_IN)
+    elif k == 1:
+        _bump(BT_OUT)
+    elif k == 4:
+        _bump(BT_FLUSH)
+    else:
+        tname = _type_name(typ)
+        if PyDict_GetItemWithError(_by_type, tname) != NULL:
+            _by_type[tname] = _by_type[tname] + 1
     D.submitted += 1
     if masked == 10 or masked == 12:
         if typ & 1 and out_len <= 16:
@@ -1146,9 +1263,7 @@ cdef int h_pass_end(Core* c, Frame* f) except -1:
     if not _ready(c, K_vblk_pass_end) or f.n != 1 or f.s[0] or not 0 <= qi < D.nvq:
         return BAIL
     q = &D.q[qi]
-    key = qi
-    s = _get(_suppress, key)
-    sup = s is not None and s
+    sup = _sup_has[qi] and _sup_val[qi]
     if sup and not _notification_ok(c, q, True):
         return BAIL
     if q.avail and q.caches and not ram_ok(c, q.avail + 2, 2):
@@ -1169,8 +1284,7 @@ cdef int h_pass_end(Core* c, Frame* f) except -1:
     if PyList_GET_SIZE(mrb):
         cont(c, F1(K_vblk_submit_multireq, qi))
         return 0
-    if PyDict_GetItemWithError(_suppress, key) != NULL:
-        PyDict_DelItem(_suppress, key)
+    _sup_del(<int>qi)
     return 0
 
 
@@ -1590,7 +1704,7 @@ cdef int h_notify_used(Core* c, Frame* f) except -1:
     if need:
         cont(c, F1(K_vq_irq, qi))
     else:
-        _inc(_counters, "irqs_suppressed")
+        _bump(C_IRQS_SUPPRESSED)
     return 0
 
 
@@ -1618,9 +1732,9 @@ cdef int h_irq(Core* c, Frame* f) except -1:
     if e.masked:
         _proxy.msix_pba[vec] = True
         return 0
-    _inc(_counters, "interrupts")
+    _bump(C_INTERRUPTS)
     if e.kind == 0:
-        _inc(_counters, "irqs_lost")
+        _bump(C_IRQS_LOST)
         return 0
     post(c, c.vcpu, F1(e.kind, e.data), D.irq_ns, True)
     return 0
