@@ -23,6 +23,7 @@ from cpython.list cimport PyList_GET_SIZE, PyList_GET_ITEM
 from cpython.tuple cimport PyTuple_GET_SIZE, PyTuple_GET_ITEM
 from cpython.long cimport PyLong_CheckExact, PyLong_AsLongLongAndOverflow
 from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_DECREF
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
@@ -209,7 +210,20 @@ def counts():
 
 
 def reset_counts():
+    global _NBORN, _NDECODED, _NMADE, _NWRITTEN
     memset(_RAN, 0, sizeof(_RAN))
+    _NBORN = _NDECODED = _NMADE = _NWRITTEN = 0
+
+
+cdef long long _NBORN = 0       # request records made by pop
+cdef long long _NDECODED = 0    # ... decoded from a vblk.reqs dict
+cdef long long _NMADE = 0       # dicts made for records when a stretch ended
+cdef long long _NWRITTEN = 0    # dicts a record's changed fields were written back into
+
+
+def records():
+    """{what: n} since reset_counts(): the requests held in C (tests: both ways ran)"""
+    return {"born": _NBORN, "decoded": _NDECODED, "made": _NMADE, "written": _NWRITTEN}
 
 # the Python objects of the machine of the stretch (set by _load, dropped by _store)
 cdef object _m = None
@@ -554,6 +568,11 @@ cdef inline int _bump(int i) except -1:
 
 cdef int _layer_load(Core* c) except -1:
     """register_layer's load: the state is loaded at the stretch's first device event."""
+    cdef Py_ssize_t k
+    if _nlive:                          # (a stretch that ended in an exception: drop them)
+        for k in range(HS):
+            if _R[k].rid >= 0:
+                _rec_free(&_R[k])
     D.loaded = False
     D.ok = False
     return 1
@@ -566,6 +585,7 @@ cdef int _layer_store(Core* c) except -1:
     cdef VQ* q
     cdef VQ* q0
     if D.loaded and D.ok:
+        _store_reqs()
         _store_deferred()
         _store_suppress()
         if D.isr != D.isr0:
@@ -684,14 +704,6 @@ cdef inline bint _ready(Core* c, int kind) except -1:
 cdef inline bint _has(int bit) noexcept nogil:
     """VirtIODevice.has_feature"""
     return (D.features >> bit) & 1
-
-
-cdef inline dict _req(i64 rid):
-    """vblk.reqs[rid] when it is a dict (else None)"""
-    cdef PyObject* p = PyDict_GetItemWithError(_reqs, rid)
-    if p == NULL or type(<object>p) is not dict:
-        return None
-    return <dict>p
 
 
 cdef inline object _get(dict d, object key):
@@ -836,6 +848,8 @@ cdef inline bint _mapped(Core* c, uint64_t addr, uint64_t n) noexcept nogil:
 
 cdef int h_pop(Core* c, Frame* f) except -1:
     """vblk.pop: pop -> virtqueue_pop (QEMU virtio_blk_get_request -> virtqueue_split_pop)"""
+    global _nlive, _NBORN
+    cdef Req* r
     cdef i64 qi = f.a[0], aidx = 0, num, idx, nidx, ha, wa = 0, base, max_, i, rid
     cdef i64 itab = 0, ilen = 0
     cdef VQ* q
@@ -927,6 +941,10 @@ cdef int h_pop(Core* c, Frame* f) except -1:
     if evw and not (_no_overlap(wa, 2, q.desc, 16 * num)
                     and (not ind or _no_overlap(wa, 2, itab, ilen))):
         return BAIL         # (the avail_event write would change descriptors read after it)
+    rid = D.next_id
+    r = &_R[rid & (HS - 1)]
+    if nrec > INL or r.rid >= 0 or PyDict_GetItemWithError(_reqs, rid) != NULL:
+        return BAIL
     begin(c)
     _RAN[K_vblk_pop] += 1
     if set_shadow:
@@ -934,33 +952,48 @@ cdef int h_pop(Core* c, Frame* f) except -1:
     q.last_avail_idx = nidx
     if evw:
         ram_w16(c, wa, nidx)
-    # the elem (ints shared between its tuples, as the Python code's are)
-    ring_o = q.desc
-    tab_o = itab if ind else None
-    descs = []
+    # the request: a record (its dict is made if it outlives the stretch: _make_req)
+    r.rid = rid
+    r.qi = <int>qi
+    r.born = True
+    r.d = NULL
+    r.dirty = 0
+    r.has_type = False
+    r.typ = 0
+    r.sector = 0
+    r.in_len = 0
+    r.status_gpa = 0
+    r.mr_next = -1
+    r.is_write = False
+    r.stage = ST_POPPED
+    r.has_status = False
+    r.status = 0
+    r.index = head
+    r.avail_idx = idx
+    r.ring = q.desc
+    r.ind = ind
+    r.itab = itab
+    r.ilen = ilen
+    r.nrec = nrec
     for k in range(nrec):
-        descs.append((tab_o if ind and k else ring_o, _ri[k], _raddr[k], _rlen[k], _rflags[k],
-                      _rnext[k]))
-    out_iov = [(<tuple>descs[_rout[k]])[2:4] for k in range(nout)]
-    in_iov = [(<tuple>descs[_rin[k]])[2:4] for k in range(nin)]
-    elem = PyDict_Copy(_ELEM_T)      # {"index": head, "ndescs": 1, "out": out_iov, "in": in_iov,
-    PyDict_SetItem(elem, "index", head)  # "descs": descs, "indirect": .., "avail_idx": idx}
-    PyDict_SetItem(elem, "out", out_iov)
-    PyDict_SetItem(elem, "in", in_iov)
-    PyDict_SetItem(elem, "descs", descs)
-    if ind:
-        PyDict_SetItem(elem, "indirect", (tab_o, ilen))
-    PyDict_SetItem(elem, "avail_idx", idx)
+        r.ri[k] = _ri[k]
+        r.raddr[k] = _raddr[k]
+        r.rlen[k] = _rlen[k]
+        r.rflags[k] = _rflags[k]
+        r.rnext[k] = _rnext[k]
+    for k in range(nout):
+        r.va[k] = <i64>_raddr[_rout[k]]
+        r.vn[k] = _rlen[_rout[k]]
+    for k in range(nin):
+        r.va[nout + k] = <i64>_raddr[_rin[k]]
+        r.vn[nout + k] = _rlen[_rin[k]]
+    r.nout = nout
+    r.nin = nin
+    r.nq = 0
+    _nlive += 1
+    _NBORN += 1
     q.inuse += 1
-    rid = D.next_id
     D.next_id += 1
-    rid_o = rid
-    r = PyDict_Copy(_REQ_T)          # {"id": rid, "qi": qi, "elem": elem, "type": None, "sector": 0,
-    PyDict_SetItem(r, "id", rid_o)   #  "in_len": 0, "status_gpa": 0, "qiov": [], "mr_next": None,
-    PyDict_SetItem(r, "qi", qi)      #  "is_write": False, "stage": "popped"}
-    PyDict_SetItem(r, "elem", elem)
-    PyDict_SetItem(r, "qiov", [])
-    _reqs[rid_o] = r
     cont(c, F2(K_vblk_handle_request, qi, rid))
     return 0
 
@@ -990,6 +1023,282 @@ cdef int _iov_in(object lst, i64* a, i64* n) except -2:
         if not _ll(<object>PyTuple_GET_ITEM(t, 1), &n[k]) or not 0 <= n[k] < (<i64>1 << 40):
             return -1
     return <int>cnt
+
+
+# == the requests held in C for a stretch =========================================================
+#
+# vblk.reqs' requests are held in C records during a stretch (indexed by rid % HS): a request
+# popped in the stretch ("born") has no dict until the stretch ends, when it is made as the
+# Python code would have left it (elem, descs, iovecs, qiov, ... in the same key order) and put
+# into vblk.reqs after the requests already there (rids grow: the Python engine's order); one
+# completed in the stretch never gets one.  A request that was in vblk.reqs when the stretch
+# began is decoded from its dict at its first event (a dict of another shape: the event bails)
+# and the fields changed are written back into that dict when the stretch ends.  Nothing but
+# these handlers reads vblk.reqs during a stretch.
+
+cdef enum:
+    HS = 1024           # records (a rid whose record slot is taken: its event bails)
+    INL = 32            # descriptors / iovecs / qiov entries of one record at most
+
+cdef enum:              # Req.stage
+    ST_POPPED, ST_MRB, ST_SUBMITTED, ST_FLUSH, ST_COMPLETING
+cdef tuple _STAGES = ("popped", "mrb", "submitted", "flush", "completing")
+
+cdef enum:              # Req.dirty: the fields changed in the stretch (a request with a dict)
+    F_TYPE = 1
+    F_SECTOR = 2
+    F_IN_LEN = 4
+    F_STATUS_GPA = 8
+    F_QIOV = 16
+    F_MR_NEXT = 32
+    F_IS_WRITE = 64
+    F_STAGE = 128
+    F_STATUS = 256
+
+cdef struct Req:        # a VirtIOBlockReq (vblk.reqs[rid])
+    i64 rid             # -1: free
+    int qi
+    bint born           # popped in this stretch: no dict yet
+    PyObject* d         # (not born) its dict (a reference held)
+    unsigned dirty
+    bint has_type       # "type" (None until handle_request)
+    uint32_t typ
+    uint64_t sector
+    i64 in_len, status_gpa
+    i64 mr_next         # -1: None
+    bint is_write
+    int stage
+    bint has_status
+    i64 status
+    # the elem (born: all of it; decoded: index and the iovecs)
+    i64 index, avail_idx, ring, itab, ilen
+    bint ind
+    int nrec, nout, nin
+    i64 ri[INL]
+    uint64_t raddr[INL]
+    uint32_t rlen[INL]
+    uint16_t rflags[INL]
+    uint16_t rnext[INL]
+    i64 va[INL]         # the out iovecs [0, nout), then the in iovecs [nout, nout + nin)
+    i64 vn[INL]
+    int nq              # qiov
+    i64 qa[INL]
+    i64 qn[INL]
+
+cdef Req _R[HS]
+cdef Py_ssize_t _k
+for _k in range(HS):
+    _R[_k].rid = -1
+    _R[_k].d = NULL
+cdef int _nlive = 0     # records in use
+
+
+cdef dict _REQ_KEYS = dict.fromkeys(("id", "qi", "elem", "type", "sector", "in_len", "status_gpa",
+                                     "qiov", "mr_next", "is_write", "stage"))
+
+
+cdef inline void _rec_free(Req* r) noexcept:
+    global _nlive
+    cdef PyObject* d = r.d
+    r.rid = -1
+    r.d = NULL
+    _nlive -= 1
+    if d != NULL:
+        Py_DECREF(<object>d)
+
+
+cdef bint _decode(object o, Req* r, i64 rid) except -1:
+    """r = the request dict o (False: not of the shape the Python code makes)"""
+    cdef dict d
+    cdef i64 v
+    cdef int no, ni, nq, k
+    cdef Py_ssize_t n
+    if type(o) is not dict:
+        return False
+    d = <dict>o
+    n = len(d)
+    for key in _REQ_KEYS:
+        if PyDict_GetItemWithError(d, key) == NULL:
+            return False
+    st = _get(d, "status")
+    if n != 11 + (st is not None):
+        return False                    # ("dropped", or keys of another kind)
+    if st is not None and not (_ll(st, &r.status) and 0 <= r.status < 256):
+        return False
+    r.has_status = st is not None
+    if not (_ll(d["id"], &v) and v == rid and _ll(d["qi"], &v) and 0 <= v < D.nvq):
+        return False
+    r.qi = <int>v
+    elem = d["elem"]
+    if type(elem) is not dict or PyDict_GetItemWithError(<dict>elem, "index") == NULL:
+        return False
+    if not _ll((<dict>elem)["index"], &r.index) or not 0 <= r.index <= 0xFFFFFFFF:
+        return False
+    no = _iov_in(_get(<dict>elem, "out"), _oa, _on)
+    ni = _iov_in(_get(<dict>elem, "in"), _ia, _in)
+    if no < 0 or ni < 0 or no + ni > INL:
+        return False
+    nq = _iov_in(d["qiov"], r.qa, r.qn) if type(d["qiov"]) is list and \
+        PyList_GET_SIZE(d["qiov"]) <= INL else -1
+    if nq < 0:
+        return False
+    if not (_ll(d["sector"], &v) and v >= 0):
+        return False
+    r.sector = <uint64_t>v
+    if not (_ll(d["in_len"], &r.in_len) and _ll(d["status_gpa"], &r.status_gpa)):
+        return False
+    mn = d["mr_next"]
+    if mn is None:
+        r.mr_next = -1
+    elif not (_ll(mn, &r.mr_next) and 0 <= r.mr_next < (<i64>1 << 62)):
+        return False
+    if not _bool(d["is_write"], &r.is_write):
+        return False
+    for k in range(no):
+        r.va[k] = _oa[k]
+        r.vn[k] = _on[k]
+    for k in range(ni):
+        r.va[no + k] = _ia[k]
+        r.vn[no + k] = _in[k]
+    r.nout = no
+    r.nin = ni
+    r.nq = nq
+    r.born = False
+    r.dirty = 0
+    r.has_type = False
+    r.stage = ST_POPPED
+    return True
+
+
+cdef int _rec(i64 rid, Req** out) except -2:
+    """vblk.reqs[rid]'s record: 1 (out set), 0 (no such request), -1 (it cannot be held)"""
+    global _nlive, _NDECODED
+    cdef Req* r = &_R[rid & (HS - 1)]
+    cdef PyObject* p
+    if r.rid == rid:
+        out[0] = r
+        return 1
+    p = PyDict_GetItemWithError(_reqs, rid)
+    if p == NULL:
+        return 0
+    if r.rid >= 0 or rid < 0 or not _decode(<object>p, r, rid):
+        return -1
+    r.rid = rid
+    Py_INCREF(<object>p)
+    r.d = p
+    _nlive += 1
+    _NDECODED += 1
+    out[0] = r
+    return 1
+
+
+cdef list _qiov_list(Req* r):
+    return [(r.qa[k], r.qn[k]) for k in range(r.nq)]
+
+
+cdef dict _make_req(Req* r):
+    """the dict of a request born in the stretch, as pop and the later handlers leave it"""
+    cdef int k
+    cdef dict elem, d
+    ring_o = r.ring
+    tab_o = r.itab if r.ind else None
+    descs = []
+    for k in range(r.nrec):
+        descs.append((tab_o if r.ind and k else ring_o, r.ri[k], r.raddr[k], r.rlen[k],
+                      r.rflags[k], r.rnext[k]))
+    elem = PyDict_Copy(_ELEM_T)     # {"index": head, "ndescs": 1, "out": out_iov, "in": in_iov,
+    PyDict_SetItem(elem, "index", r.index)  # "descs": descs, "indirect": .., "avail_idx": idx}
+    PyDict_SetItem(elem, "out", [(r.va[k], r.vn[k]) for k in range(r.nout)])
+    PyDict_SetItem(elem, "in", [(r.va[k], r.vn[k]) for k in range(r.nout, r.nout + r.nin)])
+    PyDict_SetItem(elem, "descs", descs)
+    if r.ind:
+        PyDict_SetItem(elem, "indirect", (tab_o, r.ilen))
+    PyDict_SetItem(elem, "avail_idx", r.avail_idx)
+    d = PyDict_Copy(_REQ_T)
+    PyDict_SetItem(d, "id", r.rid)
+    PyDict_SetItem(d, "qi", r.qi)
+    PyDict_SetItem(d, "elem", elem)
+    if r.has_type:
+        PyDict_SetItem(d, "type", r.typ)
+    if r.sector:
+        PyDict_SetItem(d, "sector", r.sector)
+    if r.in_len:
+        PyDict_SetItem(d, "in_len", r.in_len)
+    if r.status_gpa:
+        PyDict_SetItem(d, "status_gpa", r.status_gpa)
+    PyDict_SetItem(d, "qiov", _qiov_list(r))
+    if r.mr_next >= 0:
+        PyDict_SetItem(d, "mr_next", r.mr_next)
+    if r.is_write:
+        PyDict_SetItem(d, "is_write", True)
+    if r.stage != ST_POPPED:
+        PyDict_SetItem(d, "stage", _STAGES[r.stage])
+    if r.has_status:
+        PyDict_SetItem(d, "status", r.status)
+    return d
+
+
+cdef int _write_back(Req* r) except -1:
+    """the fields changed in the stretch into the request's dict"""
+    cdef dict d = <dict>r.d
+    cdef unsigned f = r.dirty
+    if f & F_TYPE:
+        d["type"] = r.typ
+    if f & F_SECTOR:
+        d["sector"] = r.sector
+    if f & F_IN_LEN:
+        d["in_len"] = r.in_len
+    if f & F_STATUS_GPA:
+        d["status_gpa"] = r.status_gpa
+    if f & F_QIOV:
+        d["qiov"] = _qiov_list(r)
+    if f & F_MR_NEXT:
+        d["mr_next"] = None if r.mr_next < 0 else r.mr_next
+    if f & F_IS_WRITE:
+        d["is_write"] = bool(r.is_write)
+    if f & F_STAGE:
+        d["stage"] = _STAGES[r.stage]
+    if f & F_STATUS:
+        d["status"] = r.status
+    return 0
+
+
+cdef i64 _born[HS]
+
+
+cdef int _store_reqs() except -1:
+    """every record back into vblk.reqs (see above), and the records freed"""
+    global _NWRITTEN, _NMADE
+    cdef Py_ssize_t k, j, nb = 0
+    cdef i64 t
+    cdef Req* r
+    if not _nlive:
+        return 0
+    for k in range(HS):
+        r = &_R[k]
+        if r.rid < 0:
+            continue
+        if r.born:
+            _born[nb] = r.rid
+            nb += 1
+        else:
+            if r.dirty:
+                _write_back(r)
+                _NWRITTEN += 1
+            _rec_free(r)
+    for k in range(1, nb):              # (rid order: the order pop put them in vblk.reqs)
+        t = _born[k]
+        j = k - 1
+        while j >= 0 and _born[j] > t:
+            _born[j + 1] = _born[j]
+            j -= 1
+        _born[j + 1] = t
+    for k in range(nb):
+        r = &_R[_born[k] & (HS - 1)]
+        _reqs[r.rid] = _make_req(r)
+        _rec_free(r)
+        _NMADE += 1
+    return 0
 
 
 cdef dict _TYPE_NAMES = _B.TYPE_NAMES
@@ -1026,18 +1335,21 @@ cdef int h_handle_request(Core* c, Frame* f) except -1:
     cdef uint32_t typ, masked, num = 0, dflags = 0
     cdef uint64_t sector, dsector = 0
     cdef bint is_write, range_ok, w, is_wz = False
+    cdef Req* r
     if not _ready(c, K_vblk_handle_request) or f.n != 2 or f.s[0] or f.s[1]:
         return BAIL
-    req = _req(rid)
-    if req is None:
+    if _rec(rid, &r) != 1:
         return BAIL
-    elem = _get(req, "elem")
-    if type(elem) is not dict:
-        return BAIL
-    nout = _iov_in(_get(<dict>elem, "out"), _oa, _on)
-    nin = _iov_in(_get(<dict>elem, "in"), _ia, _in)
+    nout = r.nout
+    nin = r.nin
     if nout < 1 or nin < 1:
         return BAIL
+    for k in range(nout):
+        _oa[k] = r.va[k]
+        _on[k] = r.vn[k]
+    for k in range(nin):
+        _ia[k] = r.va[nout + k]
+        _in[k] = r.vn[nout + k]
     for k in range(nout):                   # iov_to_buf(m, out_iov, 16)
         take = min(_on[k], 16 - got)
         if take <= 0:
@@ -1150,9 +1462,11 @@ cdef int h_handle_request(Core* c, Frame* f) except -1:
         status = 2                      # not supported by this device: UNSUPP
     begin(c)
     _RAN[K_vblk_handle_request] += 1
-    req["in_len"] = in_len
-    req["status_gpa"] = status_gpa
-    req["type"] = typ
+    r.in_len = in_len
+    r.status_gpa = status_gpa
+    r.has_type = True
+    r.typ = typ
+    r.dirty |= F_IN_LEN | F_STATUS_GPA | F_TYPE
     k = typ & ~<uint32_t>0x80000000
     if k == 0:
         _bump(BT_IN)
@@ -1167,11 +1481,13 @@ cdef int h_handle_request(Core* c, Frame* f) except -1:
     D.submitted += 1
     if masked == 10 or masked == 12:
         if typ & 1 and out_len <= 16:
-            req["sector"] = dsector
+            r.sector = dsector
+            r.dirty |= F_SECTOR
         if status:
             call(c, F2(K_vblk_req_complete, rid, status), F1(K_vblk_pop, qi))
             return 0
-        req["stage"] = "submitted"
+        r.stage = ST_SUBMITTED
+        r.dirty |= F_STAGE
         if is_wz:
             _aio_submit(c, "write_zeroes", dsector << 9, None, (<i64>num) << 9,
                         4 if dflags & 1 else 0, ("vblk.dwz_complete", (rid,)), True, F1(K_vblk_pop, qi))
@@ -1195,29 +1511,38 @@ cdef int h_handle_request(Core* c, Frame* f) except -1:
         call(c, F2(K_vblk_req_complete, rid, status), F1(K_vblk_pop, qi))
         return 0
     if masked == 4:
-        req["stage"] = "flush"
+        r.stage = ST_FLUSH
+        r.dirty |= F_STAGE
         if PyList_GET_SIZE(mrb) and sget(_vblk, _VirtIOBlock, _BK_[B_MRB_IS_WRITE], "mrb_is_write"):
             call(c, F1(K_vblk_submit_multireq, qi), F2(K_vblk_flush, qi, rid))
         else:
             cont(c, F2(K_vblk_flush, qi, rid))
         return 0
     # _handle_rw
+    cnt = 0
     if is_write:
-        qiov = []
         nb = 16
         for k in range(nout):
             if nb >= _on[k]:
                 nb -= _on[k]
                 continue
-            qiov.append((_oa[k] + nb, _on[k] - nb))
+            r.qa[cnt] = _oa[k] + nb
+            r.qn[cnt] = _on[k] - nb
+            cnt += 1
             nb = 0
     else:
-        qiov = [(_ia[k], _in[k]) for k in range(nin - 1)]
+        for k in range(nin - 1):
+            r.qa[cnt] = _ia[k]
+            r.qn[cnt] = _in[k]
+            cnt += 1
         if _in[nin - 1] > 1:
-            qiov.append((_ia[nin - 1], _in[nin - 1] - 1))
-    req["sector"] = sector
-    req["is_write"] = is_write
-    req["qiov"] = qiov
+            r.qa[cnt] = _ia[nin - 1]
+            r.qn[cnt] = _in[nin - 1] - 1
+            cnt += 1
+    r.nq = <int>cnt
+    r.sector = sector
+    r.is_write = is_write
+    r.dirty |= F_QIOV | F_SECTOR | F_IS_WRITE
     if not range_ok:
         call(c, F2(K_vblk_req_complete, rid, 1), F1(K_vblk_pop, qi))
         return 0
@@ -1229,7 +1554,8 @@ cdef int h_handle_request(Core* c, Frame* f) except -1:
             return 0
     mrb.append(rid)
     sset(_vblk, _VirtIOBlock, _BK_[B_MRB_IS_WRITE], "mrb_is_write", is_write)
-    req["stage"] = "mrb"
+    r.stage = ST_MRB
+    r.dirty |= F_STAGE
     cont(c, F1(K_vblk_pop, qi))
     return 0
 
@@ -1237,10 +1563,10 @@ cdef int h_handle_request(Core* c, Frame* f) except -1:
 cdef int h_mrb_add(Core* c, Frame* f) except -1:
     """vblk.mrb_add: mrb_add (QEMU virtio_blk_handle_request's virtio_blk_submit_multireq)"""
     cdef i64 qi = f.a[0], rid = f.a[1]
+    cdef Req* r
     if not _ready(c, K_vblk_mrb_add) or f.n != 2 or f.s[0] or f.s[1]:
         return BAIL
-    req = _req(rid)
-    if req is None or PyDict_GetItemWithError(req, "is_write") == NULL:
+    if _rec(rid, &r) != 1:
         return BAIL
     mrb = sget(_vblk, _VirtIOBlock, _BK_[B_MRB], "mrb")
     if type(mrb) is not list:
@@ -1248,8 +1574,9 @@ cdef int h_mrb_add(Core* c, Frame* f) except -1:
     begin(c)
     _RAN[K_vblk_mrb_add] += 1
     mrb.append(rid)
-    sset(_vblk, _VirtIOBlock, _BK_[B_MRB_IS_WRITE], "mrb_is_write", req["is_write"])
-    req["stage"] = "mrb"
+    sset(_vblk, _VirtIOBlock, _BK_[B_MRB_IS_WRITE], "mrb_is_write", bool(r.is_write))
+    r.stage = ST_MRB
+    r.dirty |= F_STAGE
     cont(c, F1(K_vblk_pop, qi))
     return 0
 
@@ -1293,6 +1620,8 @@ cdef i64 _ms[64]          # sector
 cdef i64 _msz[64]         # iov_size(qiov)
 cdef i64 _mn[64]          # len(qiov)
 cdef int _mord[64]
+cdef i64 _mid[64]         # id
+cdef Req* _grec[64]       # submit_requests' records
 
 
 cdef int h_submit_multireq(Core* c, Frame* f) except -1:
@@ -1300,29 +1629,24 @@ cdef int h_submit_multireq(Core* c, Frame* f) except -1:
     cdef i64 qi = f.a[0], sector = 0, nb = 0, niov = 0, size, ngroups = 0, merged = 0, v
     cdef Py_ssize_t n, k, j
     cdef int t
-    cdef PyObject* p
+    cdef Req* r
     if not _ready(c, K_vblk_submit_multireq) or f.n != 1 or f.s[0]:
         return BAIL
     mrb = sget(_vblk, _VirtIOBlock, _BK_[B_MRB], "mrb")
     if type(mrb) is not list or PyList_GET_SIZE(mrb) > 64:
         return BAIL
     n = PyList_GET_SIZE(mrb)
-    reqs = []
     for k in range(n):
-        p = PyDict_GetItemWithError(_reqs, <object>PyList_GET_ITEM(mrb, k))
-        if p == NULL or type(<object>p) is not dict:
+        if not _ll(<object>PyList_GET_ITEM(mrb, k), &v) or _rec(v, &r) != 1:
             return BAIL
-        r = <dict>p
-        if (PyDict_GetItemWithError(r, "id") == NULL or not _ll(_get(r, "sector"), &_ms[k])
-                or not 0 <= _ms[k] < (<i64>1 << 60)):
+        if r.sector >= (<uint64_t>1 << 60):
             return BAIL
-        _mn[k] = _iov_in(_get(r, "qiov"), _oa, _on)
-        if _mn[k] < 0:
-            return BAIL
+        _ms[k] = <i64>r.sector
+        _mn[k] = r.nq
         _msz[k] = 0
-        for j in range(_mn[k]):
-            _msz[k] += _on[j]
-        reqs.append(r)
+        for j in range(r.nq):
+            _msz[k] += r.qn[j]
+        _mid[k] = r.rid
         _mord[k] = <int>k
     # list.sort(key=sector): stable; insertion sort of the indices
     if n > 1:
@@ -1349,7 +1673,7 @@ cdef int h_submit_multireq(Core* c, Frame* f) except -1:
             sector = _ms[k]
             nb = 0
             niov = 0
-        cur.append((<dict>reqs[k])["id"])
+        cur.append(_mid[k])
         nb += size // 512
         niov += _mn[k]
     if PyList_GET_SIZE(cur):
@@ -1395,45 +1719,43 @@ cdef inline bint _next_req_ok() except -1:
 
 cdef int h_submit_requests(Core* c, Frame* f) except -1:
     """vblk.submit_requests: submit_requests (QEMU submit_requests -> blk_aio_pwritev/preadv)"""
-    cdef i64 qi = f.a[0], sector = 0, nbytes = 0, cnt
+    cdef i64 qi = f.a[0], sector = 0, nbytes = 0, v
     cdef Py_ssize_t n, k, j
-    cdef PyObject* p
+    cdef Req* r
     if not _ready(c, K_vblk_submit_requests) or f.n != 1 or f.s[0] or not _next_req_ok():
         return BAIL
     groups = sget(_vblk, _VirtIOBlock, _BK_[B_GROUPS], "groups")
     if type(groups) is not list or not PyList_GET_SIZE(groups):
         return BAIL
     group = <object>PyList_GET_ITEM(groups, 0)
-    if type(group) is not list or not PyList_GET_SIZE(group):
+    if type(group) is not list or not PyList_GET_SIZE(group) or PyList_GET_SIZE(group) > 64:
         return BAIL
     n = PyList_GET_SIZE(group)
     for k in range(n):
-        p = PyDict_GetItemWithError(_reqs, <object>PyList_GET_ITEM(group, k))
-        if p == NULL or type(<object>p) is not dict:
+        if not _ll(<object>PyList_GET_ITEM(group, k), &v) or _rec(v, &r) != 1:
             return BAIL
-        r = <dict>p
-        cnt = _iov_in(_get(r, "qiov"), _oa, _on)
-        if cnt < 0:
-            return BAIL
-        for j in range(cnt):
-            nbytes += _on[j]
-        if k == 0:
-            first = r
-            if not _ll(_get(r, "sector"), &sector) or not 0 <= sector < (<i64>1 << 50):
-                return BAIL
-            if type(_get(r, "is_write")) is not bool:
-                return BAIL
+        for j in range(r.nq):
+            nbytes += r.qn[j]
+        _grec[k] = r
+    r = _grec[0]
+    if r.sector >= (<uint64_t>1 << 50):
+        return BAIL
+    sector = <i64>r.sector
     begin(c)
     _RAN[K_vblk_submit_requests] += 1
     _list_set_slice(groups, 0, 1, NULL)           # groups.pop(0) (groups: a non-empty list)
     cdef list qiov = []
-    for k in range(n - 1):        # (first is _reqs[group[0]], looked up above)
-        (<dict>first if k == 0 else <dict>_reqs[group[k]])["mr_next"] = group[k + 1]
+    for k in range(n - 1):
+        r = _grec[k]
+        r.mr_next = _grec[k + 1].rid
+        r.dirty |= F_MR_NEXT
     for k in range(n):
-        r = first if k == 0 else <dict>_reqs[group[k]]
-        qiov.extend((<dict>r)["qiov"])
-        (<dict>r)["stage"] = "submitted"
-    op = "write" if (<dict>first)["is_write"] else "read"
+        r = _grec[k]
+        for j in range(r.nq):
+            qiov.append((r.qa[j], r.qn[j]))
+        r.stage = ST_SUBMITTED
+        r.dirty |= F_STAGE
+    op = "write" if _grec[0].is_write else "read"
     _aio_submit(c, op, sector << 9, qiov, nbytes, 0, ("vblk.rw_complete", (group[0],)),
                 PyList_GET_SIZE(groups) != 0, F1(K_vblk_submit_requests, qi))
     return 0
@@ -1442,14 +1764,15 @@ cdef int h_submit_requests(Core* c, Frame* f) except -1:
 cdef int h_flush(Core* c, Frame* f) except -1:
     """vblk.flush: handle_flush (QEMU virtio_blk_handle_flush -> blk_aio_flush)"""
     cdef i64 qi = f.a[0], rid = f.a[1]
+    cdef Req* r
     if not _ready(c, K_vblk_flush) or f.n != 2 or f.s[0] or f.s[1] or not _next_req_ok():
         return BAIL
-    req = _req(rid)
-    if req is None:
+    if _rec(rid, &r) != 1:
         return BAIL
     begin(c)
     _RAN[K_vblk_flush] += 1
-    req["stage"] = "submitted"
+    r.stage = ST_SUBMITTED
+    r.dirty |= F_STAGE
     _aio_submit(c, "flush", 0, None, 0, 0, ("vblk.flush_complete", (rid,)), True,
                 F1(K_vblk_pop, qi))
     return 0
@@ -1465,32 +1788,20 @@ cdef int _error_status(bint is_read) except -1:
 
 
 cdef int h_rw_complete(Core* c, Frame* f) except -1:
-    """vblk.rw_complete: rw_complete (QEMU virtio_blk_rw_complete)"""
-    cdef i64 rid = f.a[0], ret = f.a[1], status = 0, nxt = 0
-    cdef PyObject* p
+    """vblk.rw_complete: rw_complete (QEMU virtio_blk_rw_complete); a request dropped by a reset:
+    bail"""
+    cdef i64 rid = f.a[0], ret = f.a[1], status = 0, nxt
+    cdef int res
+    cdef Req* r
     if not _ready(c, K_vblk_rw_complete) or f.n != 2 or f.s[0] or f.s[1]:
         return BAIL
-    key = rid
-    p = PyDict_GetItemWithError(_reqs, key)
-    if p == NULL:
+    res = _rec(rid, &r)
+    if res < 0:
+        return BAIL
+    if res == 0:
         begin(c)
         _RAN[K_vblk_rw_complete] += 1
         return 0
-    req = <object>p
-    if type(req) is not dict:
-        return BAIL
-    dropped = _get(<dict>req, "dropped")
-    if dropped is not None and dropped:
-        begin(c)
-        _RAN[K_vblk_rw_complete] += 1
-        PyDict_DelItem(_reqs, key)
-        return 0
-    if PyDict_GetItemWithError(<dict>req, "mr_next") == NULL or \
-            (ret and PyDict_GetItemWithError(<dict>req, "is_write") == NULL):
-        return BAIL
-    nxt_o = (<dict>req)["mr_next"]
-    if nxt_o is not None and not _ll(nxt_o, &nxt):
-        return BAIL
     if ret:
         pol = sget(_block, _BlockState, _BS[K_WERROR], "werror")
         if type(pol) is not str or type(sget(_block, _BlockState, _BS[K_RERROR], "rerror")) is not str:
@@ -1498,8 +1809,9 @@ cdef int h_rw_complete(Core* c, Frame* f) except -1:
     begin(c)
     _RAN[K_vblk_rw_complete] += 1
     if ret:
-        status = _error_status(not (<dict>req)["is_write"])
-    if nxt_o is not None:
+        status = _error_status(not r.is_write)
+    nxt = r.mr_next
+    if nxt >= 0:
         call(c, F2(K_vblk_req_complete, rid, status), F2(K_vblk_rw_complete, nxt, ret))
     else:
         cont(c, F2(K_vblk_req_complete, rid, status))
@@ -1508,25 +1820,21 @@ cdef int h_rw_complete(Core* c, Frame* f) except -1:
 
 cdef int _simple_complete(Core* c, Frame* f, int kind) except -1:
     """_simple_complete (QEMU virtio_blk_flush_complete / discard_write_zeroes_complete): a
-    dropped request is forgotten, an error becomes the error action's status, then
-    req_complete"""
+    missing request is forgotten, an error becomes the error action's status, then
+    req_complete (a request dropped by a reset: bail)"""
     cdef i64 rid = f.a[0], ret = f.a[1], status = 0
-    cdef PyObject* p
+    cdef int res
+    cdef Req* r
     if not _ready(c, kind) or f.n != 2 or f.s[0] or f.s[1]:
         return BAIL
-    key = rid
-    p = PyDict_GetItemWithError(_reqs, key)
-    if p != NULL and type(<object>p) is not dict:
+    res = _rec(rid, &r)
+    if res < 0:
         return BAIL
     if ret and type(sget(_block, _BlockState, _BS[K_WERROR], "werror")) is not str:
         return BAIL
     begin(c)
     _RAN[kind] += 1
-    if p == NULL:
-        return 0
-    dropped = _get(<dict><object>p, "dropped")
-    if dropped is not None and dropped:
-        PyDict_DelItem(_reqs, key)
+    if res == 0:
         return 0
     if ret:
         status = _error_status(False)
@@ -1560,56 +1868,43 @@ cdef int h_req_complete(Core* c, Frame* f) except -1:
     """vblk.req_complete: req_complete (QEMU virtio_blk_req_complete: the status byte)"""
     cdef i64 rid = f.a[0], status = f.a[1], gpa
     cdef uint8_t b
+    cdef Req* r
     if not _ready(c, K_vblk_req_complete) or f.n != 2 or f.s[0] or f.s[1] or not 0 <= status < 256:
         return BAIL
     if status == 1 and _STRICT:     # IOERR: its req-status fact is what `catch error` matches
         return BAIL
-    req = _req(rid)
-    if req is None:
+    if _rec(rid, &r) != 1:
         return BAIL
-    if not _ll(_get(req, "status_gpa"), &gpa) or not ram_ok(c, gpa, 1):
+    gpa = r.status_gpa
+    if not ram_ok(c, gpa, 1):
         return BAIL
     begin(c)
     _RAN[K_vblk_req_complete] += 1
     b = <uint8_t>status
     ram_write(c, gpa, &b, 1)
-    req["status"] = status
-    req["stage"] = "completing"
+    r.has_status = True
+    r.status = status
+    r.stage = ST_COMPLETING
+    r.dirty |= F_STATUS | F_STAGE
     cont(c, F1(K_vq_fill, rid))
     return 0
 
 
-cdef inline int _req_qi(dict req) except -2:
-    """req["qi"] as an index of a queue held in D, or -1"""
-    cdef i64 qi
-    if not _ll(_get(req, "qi"), &qi) or not 0 <= qi < D.nvq:
-        return -1
-    return <int>qi
-
-
 cdef int h_fill(Core* c, Frame* f) except -1:
     """vq.fill: fill -> virtqueue_fill (QEMU virtqueue_split_fill)"""
-    cdef i64 rid = f.a[0], index, length, a = 0
-    cdef int qi
+    cdef i64 rid = f.a[0], a = 0
     cdef VQ* q
     cdef bint filled
     cdef uint32_t e[2]
+    cdef Req* r
     if not _ready(c, K_vq_fill) or f.n != 1 or f.s[0]:
         return BAIL
-    req = _req(rid)
-    if req is None:
+    if _rec(rid, &r) != 1:
         return BAIL
-    qi = _req_qi(req)
-    if qi < 0:
-        return BAIL
-    q = &D.q[qi]
-    elem = _get(req, "elem")
-    if type(elem) is not dict or PyDict_GetItemWithError(req, "in_len") == NULL:
-        return BAIL
+    q = &D.q[r.qi]
     filled = not D.broken and q.used
     if filled:
-        if q.num <= 0 or not _ll(_get(<dict>elem, "index"), &index) or not 0 <= index <= 0xFFFFFFFF \
-                or not _ll(req["in_len"], &length):
+        if q.num <= 0:
             return BAIL
         a = q.used + 4 + 8 * (q.used_idx % q.num)
         if not ram_ok(c, a, 8):
@@ -1617,8 +1912,8 @@ cdef int h_fill(Core* c, Frame* f) except -1:
     begin(c)
     _RAN[K_vq_fill] += 1
     if filled:
-        e[0] = <uint32_t>index
-        e[1] = <uint32_t>(<uint64_t>length & 0xFFFFFFFF)
+        e[0] = <uint32_t>r.index
+        e[1] = <uint32_t>(<uint64_t>r.in_len & 0xFFFFFFFF)
         ram_write(c, a, e, 8)
     cont(c, F1(K_vq_flush, rid))
     return 0
@@ -1627,17 +1922,13 @@ cdef int h_fill(Core* c, Frame* f) except -1:
 cdef int h_flush_used(Core* c, Frame* f) except -1:
     """vq.flush: flush -> virtqueue_flush (QEMU virtqueue_split_flush); broken device: bail"""
     cdef i64 rid = f.a[0], old, new, diff
-    cdef int qi
     cdef VQ* q
+    cdef Req* r
     if not _ready(c, K_vq_flush) or f.n != 1 or f.s[0]:
         return BAIL
-    req = _req(rid)
-    if req is None:
+    if _rec(rid, &r) != 1:
         return BAIL
-    qi = _req_qi(req)
-    if qi < 0:
-        return BAIL
-    q = &D.q[qi]
+    q = &D.q[r.qi]
     if D.broken or not q.used or not ram_ok(c, q.used + 2, 2):
         return BAIL
     begin(c)
@@ -1651,8 +1942,7 @@ cdef int h_flush_used(Core* c, Frame* f) except -1:
     if (diff - 0x10000 if diff >= 0x8000 else diff) < ((new - old) & 0xFFFF):
         q.signalled_used_valid = False
     D.completed += 1
-    st = _get(req, "status")
-    if st is not None and st:
+    if r.has_status and r.status:
         D.errors += 1
     cont(c, F1(K_vq_notify, rid))
     return 0
@@ -1664,14 +1954,12 @@ cdef int h_notify_used(Core* c, Frame* f) except -1:
     cdef int qi, empty = 0
     cdef VQ* q
     cdef bint set_shadow = False, need, v
+    cdef Req* r
     if not _ready(c, K_vq_notify) or f.n != 1 or f.s[0]:
         return BAIL
-    req = _req(rid)
-    if req is None:
+    if _rec(rid, &r) != 1:
         return BAIL
-    qi = _req_qi(req)
-    if qi < 0:
-        return BAIL
+    qi = r.qi
     q = &D.q[qi]
     if _has(24) and not q.inuse:
         empty = _queue_empty(c, q, &set_shadow, &aidx)
@@ -1683,10 +1971,11 @@ cdef int h_notify_used(Core* c, Frame* f) except -1:
                 return BAIL
         elif not ram_ok(c, q.avail + 4 + 2 * q.num, 2):
             return BAIL
-    key = rid
     begin(c)
     _RAN[K_vq_notify] += 1
-    PyDict_DelItem(_reqs, key)
+    if not r.born:
+        PyDict_DelItem(_reqs, rid)          # vblk.reqs.pop(rid)
+    _rec_free(r)
     if set_shadow:
         q.shadow_avail_idx = aidx
     if empty:

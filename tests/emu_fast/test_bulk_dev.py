@@ -167,6 +167,8 @@ def test_same_state_at_every_stop(tmp_path, wl, cfg, chunk):
             break
     same(m_py, m_fast)
     assert _dev.counts()
+    rec = _dev.records()        # requests held in C: made at stops, decoded after them
+    assert rec["born"] and rec["made"] and rec["decoded"] and rec["written"], rec
 
 
 # -- error paths and unusual state: bail, and agree --------------------------------------------------
@@ -265,3 +267,37 @@ def test_random_error_paths(tmp_path_factory, wl, cfg, k, mutate):
     run_py(m_py)
     run_bulk(m_fast)
     same(m_py, m_fast)
+
+
+@settings(**dict(SETTINGS, max_examples=12))
+@given(fmt=st.sampled_from(["raw", "qcow2"]), wl=st.sampled_from(["mixed", "discard-zeroes", "seq"]),
+       qs=st.sampled_from([8, 256]), chunks=st.lists(st.integers(4, 30), min_size=1, max_size=8))
+def test_requests_held_in_c(tmp_path_factory, fmt, wl, qs, chunks):
+    """The requests of vblk.reqs are C records during a stretch: a request popped in it gets its
+    dict when the stretch ends (_make_req), one already there is decoded at its first event and
+    its changed fields written back (_write_back).  Stretches ending at random steps (every
+    stage of a request) leave vblk.reqs equal to the Python engine's, key order too."""
+    tmp = tmp_path_factory.mktemp("bulkdevrec")
+    cfg = {"queue_size": qs}
+    m_py = machine(tmp, fmt, "", WORKLOADS[wl], cfg)
+    m_fast = machine(tmp, fmt, "", WORKLOADS[wl], cfg)
+    _dev.reset_counts()
+    k = 0
+    while True:
+        n = chunks[k % len(chunks)]
+        k += 1
+        a = engine.run(m_py, "py", n)
+        b = engine.run(m_fast, "fast", n)
+        assert a == b and m_py.steps == m_fast.steps
+        assert m_py.vblk == m_fast.vblk and list(m_py.vblk.reqs) == list(m_fast.vblk.reqs)
+        assert [list(r) for r in m_py.vblk.reqs.values()] == \
+            [list(r) for r in m_fast.vblk.reqs.values()]
+        assert m_py.block.reqs == m_fast.block.reqs and m_py.counters == m_fast.counters
+        if a == "end":
+            break
+    if m_py.begin_shutdown() | m_fast.begin_shutdown():
+        engine.run(m_py, "py")
+        engine.run(m_fast, "fast")
+    same(m_py, m_fast)
+    rec = _dev.records()        # (the core runs all but the last step of each run)
+    assert rec["born"] and rec["made"] and rec["decoded"], rec
