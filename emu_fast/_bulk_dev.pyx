@@ -25,7 +25,7 @@ from cpython.long cimport PyLong_CheckExact, PyLong_AsLongLongAndOverflow
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_DECREF
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy, memset, memmove
 
 from emu_fast._bulk cimport *
 from emu_fast._slots cimport slot_offsets, sget, sset
@@ -248,6 +248,20 @@ cdef i64 _dd[NDEF]          # the increments of the stretch
 cdef bint _dok[NDEF]        # the entry holds an exact int: incremented in C
 cdef bint _dabsent[NDEF]    # (by_type) the entry is missing: nothing counted
 
+# vblk.mrb, vblk.mrb_is_write and vblk.groups held in C for a stretch (request ids), new lists
+# stored back when it ends if they changed (the Python code replaces them too)
+cdef enum:
+    MAXM = 64
+cdef i64 _mrb[MAXM]
+cdef int _mrb_n = 0
+cdef bint _miw = False
+cdef i64 _gr[MAXM]          # the groups' ids, one after the other
+cdef int _gn[MAXM]          # each group's size
+cdef int _ng = 0            # groups
+cdef int _ngr = 0           # ids in them
+cdef bint _mrb_changed = False
+cdef bint _groups_changed = False
+
 # vblk.suppress held in C for a stretch (queue index -> bool, in the dict's order)
 cdef bint _sup_has[MAXQ]
 cdef bint _sup_val[MAXQ]
@@ -463,6 +477,8 @@ cdef bint _load(Core* c) except -1:
         return False
     if not _load_suppress(<dict>suppress):
         return False
+    if not _load_mrb(vblk):
+        return False
     _load_deferred(<dict>counters, <dict>by_type)
     _m = m
     _vdev = vdev
@@ -520,6 +536,57 @@ cdef inline void _sup_del(int qi) noexcept:
             j += 1
     _sup_n = j
     _sup_changed = True
+
+
+cdef bint _load_mrb(object vblk) except -1:
+    """vblk.mrb, mrb_is_write and groups into C (False: not lists of ids of the usual sizes)"""
+    global _mrb_n, _miw, _ng, _ngr, _mrb_changed, _groups_changed
+    cdef Py_ssize_t k, j
+    cdef i64 v
+    _mrb_changed = _groups_changed = False
+    mrb = sget(vblk, _VirtIOBlock, _BK_[B_MRB], "mrb")
+    groups = sget(vblk, _VirtIOBlock, _BK_[B_GROUPS], "groups")
+    if type(mrb) is not list or PyList_GET_SIZE(mrb) > MAXM or type(groups) is not list \
+            or not _bool(sget(vblk, _VirtIOBlock, _BK_[B_MRB_IS_WRITE], "mrb_is_write"), &_miw):
+        return False
+    for k in range(PyList_GET_SIZE(mrb)):
+        if not _ll(<object>PyList_GET_ITEM(mrb, k), &_mrb[k]):
+            return False
+    _mrb_n = <int>PyList_GET_SIZE(mrb)
+    _ng = _ngr = 0
+    for g in <list>groups:
+        if type(g) is not list or _ng == MAXM or _ngr + PyList_GET_SIZE(g) > MAXM:
+            return False
+        for j in range(PyList_GET_SIZE(g)):
+            if not _ll(<object>PyList_GET_ITEM(g, j), &_gr[_ngr + j]):
+                return False
+        _gn[_ng] = <int>PyList_GET_SIZE(g)
+        _ng += 1
+        _ngr += <int>PyList_GET_SIZE(g)
+    return True
+
+
+cdef int _store_mrb() except -1:
+    cdef int k, j, o = 0
+    if _mrb_changed:
+        sset(_vblk, _VirtIOBlock, _BK_[B_MRB], "mrb", [_mrb[k] for k in range(_mrb_n)])
+        sset(_vblk, _VirtIOBlock, _BK_[B_MRB_IS_WRITE], "mrb_is_write", _miw == 1)
+    if _groups_changed:
+        groups = []
+        for k in range(_ng):
+            groups.append([_gr[o + j] for j in range(_gn[k])])
+            o += _gn[k]
+        sset(_vblk, _VirtIOBlock, _BK_[B_GROUPS], "groups", groups)
+    return 0
+
+
+cdef inline void _mrb_append(i64 rid, bint is_write) noexcept:
+    """_mrb_append: mrb.append(rid); mrb_is_write = is_write (the caller checks the room)"""
+    global _mrb_n, _miw, _mrb_changed
+    _mrb[_mrb_n] = rid
+    _mrb_n += 1
+    _miw = is_write
+    _mrb_changed = True
 
 
 cdef int _store_suppress() except -1:
@@ -586,6 +653,7 @@ cdef int _layer_store(Core* c) except -1:
     cdef VQ* q0
     if D.loaded and D.ok:
         _store_reqs()
+        _store_mrb()
         _store_deferred()
         _store_suppress()
         if D.isr != D.isr0:
@@ -1366,8 +1434,7 @@ cdef int h_handle_request(Core* c, Frame* f) except -1:
     for k in range(nin):
         in_len += _in[k]
     status_gpa = _ia[nin - 1] + _in[nin - 1] - 1
-    mrb = sget(_vblk, _VirtIOBlock, _BK_[B_MRB], "mrb")
-    if type(mrb) is not list:
+    if _mrb_n >= MAXM:
         return BAIL
     is_write = typ & 1
     if masked == 0:
@@ -1385,10 +1452,6 @@ cdef int h_handle_request(Core* c, Frame* f) except -1:
                 size += _in[k]
             size += _in[nin - 1] - 1
         range_ok = _sect_range_ok(sector, size)
-        if PyList_GET_SIZE(mrb):
-            miw = sget(_vblk, _VirtIOBlock, _BK_[B_MRB_IS_WRITE], "mrb_is_write")
-            if type(miw) is not bool:
-                return BAIL
     elif masked == 10 or masked == 12:
         # _handle_dwz: status 2 (UNSUPP) / 1 (IOERR) / 0 (submit), decided before anything
         is_wz = typ & ~<uint32_t>0x80000000 == 13
@@ -1513,7 +1576,7 @@ cdef int h_handle_request(Core* c, Frame* f) except -1:
     if masked == 4:
         r.stage = ST_FLUSH
         r.dirty |= F_STAGE
-        if PyList_GET_SIZE(mrb) and sget(_vblk, _VirtIOBlock, _BK_[B_MRB_IS_WRITE], "mrb_is_write"):
+        if _mrb_n and _miw:
             call(c, F1(K_vblk_submit_multireq, qi), F2(K_vblk_flush, qi, rid))
         else:
             cont(c, F2(K_vblk_flush, qi, rid))
@@ -1546,14 +1609,12 @@ cdef int h_handle_request(Core* c, Frame* f) except -1:
     if not range_ok:
         call(c, F2(K_vblk_req_complete, rid, 1), F1(K_vblk_pop, qi))
         return 0
-    if PyList_GET_SIZE(mrb):
-        w = sget(_vblk, _VirtIOBlock, _BK_[B_MRB_IS_WRITE], "mrb_is_write") is True
-        if (PyList_GET_SIZE(mrb) == 32 or is_write != w
+    if _mrb_n:
+        if (_mrb_n == 32 or is_write != _miw
                 or not sget(_vblk, _VirtIOBlock, _BK_[B_REQUEST_MERGING], "request_merging")):
             call(c, F1(K_vblk_submit_multireq, qi), F2(K_vblk_mrb_add, qi, rid))
             return 0
-    mrb.append(rid)
-    sset(_vblk, _VirtIOBlock, _BK_[B_MRB_IS_WRITE], "mrb_is_write", is_write)
+    _mrb_append(rid, is_write)
     r.stage = ST_MRB
     r.dirty |= F_STAGE
     cont(c, F1(K_vblk_pop, qi))
@@ -1568,13 +1629,11 @@ cdef int h_mrb_add(Core* c, Frame* f) except -1:
         return BAIL
     if _rec(rid, &r) != 1:
         return BAIL
-    mrb = sget(_vblk, _VirtIOBlock, _BK_[B_MRB], "mrb")
-    if type(mrb) is not list:
+    if _mrb_n >= MAXM:
         return BAIL
     begin(c)
     _RAN[K_vblk_mrb_add] += 1
-    mrb.append(rid)
-    sset(_vblk, _VirtIOBlock, _BK_[B_MRB_IS_WRITE], "mrb_is_write", bool(r.is_write))
+    _mrb_append(rid, r.is_write)
     r.stage = ST_MRB
     r.dirty |= F_STAGE
     cont(c, F1(K_vblk_pop, qi))
@@ -1595,9 +1654,6 @@ cdef int h_pass_end(Core* c, Frame* f) except -1:
         return BAIL
     if q.avail and q.caches and not ram_ok(c, q.avail + 2, 2):
         return BAIL
-    mrb = sget(_vblk, _VirtIOBlock, _BK_[B_MRB], "mrb")
-    if type(mrb) is not list:
-        return BAIL
     begin(c)
     _RAN[K_vblk_pass_end] += 1
     if sup:
@@ -1608,7 +1664,7 @@ cdef int h_pass_end(Core* c, Frame* f) except -1:
     if not empty:
         cont(c, F2(K_vblk_handle_vq, qi, 1))
         return 0
-    if PyList_GET_SIZE(mrb):
+    if _mrb_n:
         cont(c, F1(K_vblk_submit_multireq, qi))
         return 0
     _sup_del(<int>qi)
@@ -1626,18 +1682,17 @@ cdef Req* _grec[64]       # submit_requests' records
 
 cdef int h_submit_multireq(Core* c, Frame* f) except -1:
     """vblk.submit_multireq: submit_multireq (QEMU virtio_blk_submit_multireq: sort, merge)"""
+    global _ng, _ngr, _mrb_n, _mrb_changed, _groups_changed
+    cdef int ncur = 0
     cdef i64 qi = f.a[0], sector = 0, nb = 0, niov = 0, size, ngroups = 0, merged = 0, v
     cdef Py_ssize_t n, k, j
     cdef int t
     cdef Req* r
     if not _ready(c, K_vblk_submit_multireq) or f.n != 1 or f.s[0]:
         return BAIL
-    mrb = sget(_vblk, _VirtIOBlock, _BK_[B_MRB], "mrb")
-    if type(mrb) is not list or PyList_GET_SIZE(mrb) > 64:
-        return BAIL
-    n = PyList_GET_SIZE(mrb)
+    n = _mrb_n
     for k in range(n):
-        if not _ll(<object>PyList_GET_ITEM(mrb, k), &v) or _rec(v, &r) != 1:
+        if _rec(_mrb[k], &r) != 1:
             return BAIL
         if r.sector >= (<uint64_t>1 << 60):
             return BAIL
@@ -1659,28 +1714,30 @@ cdef int h_submit_multireq(Core* c, Frame* f) except -1:
             _mord[j + 1] = t
     begin(c)
     _RAN[K_vblk_submit_multireq] += 1
-    groups = []
-    cur = []
+    _ng = _ngr = 0                  # (groups = [...]: the old ones are dropped)
     for j in range(n):
         k = _mord[j]
         size = _msz[k]
-        if PyList_GET_SIZE(cur) and (sector + nb != _ms[k] or niov > 1024 - _mn[k]
-                                     or size > 0x7FFFFFFF or nb > (0x7FFFFFFF - size) // 512):
-            groups.append(cur)
-            merged += PyList_GET_SIZE(cur) - 1
-            cur = []
-        if not PyList_GET_SIZE(cur):
+        if _ngr > ncur and (sector + nb != _ms[k] or niov > 1024 - _mn[k]
+                            or size > 0x7FFFFFFF or nb > (0x7FFFFFFF - size) // 512):
+            _gn[_ng] = _ngr - ncur
+            merged += _gn[_ng] - 1
+            _ng += 1
+            ncur = _ngr
+        if _ngr == ncur:
             sector = _ms[k]
             nb = 0
             niov = 0
-        cur.append(_mid[k])
+        _gr[_ngr] = _mid[k]
+        _ngr += 1
         nb += size // 512
         niov += _mn[k]
-    if PyList_GET_SIZE(cur):
-        groups.append(cur)
-        merged += PyList_GET_SIZE(cur) - 1
-    sset(_vblk, _VirtIOBlock, _BK_[B_MRB], "mrb", [])
-    sset(_vblk, _VirtIOBlock, _BK_[B_GROUPS], "groups", groups)
+    if _ngr > ncur:
+        _gn[_ng] = _ngr - ncur
+        merged += _gn[_ng] - 1
+        _ng += 1
+    _mrb_n = 0
+    _mrb_changed = _groups_changed = True
     D.merged += merged
     cont(c, F1(K_vblk_submit_requests, qi))
     return 0
@@ -1719,20 +1776,17 @@ cdef inline bint _next_req_ok() except -1:
 
 cdef int h_submit_requests(Core* c, Frame* f) except -1:
     """vblk.submit_requests: submit_requests (QEMU submit_requests -> blk_aio_pwritev/preadv)"""
+    global _ng, _ngr, _groups_changed
     cdef i64 qi = f.a[0], sector = 0, nbytes = 0, v
     cdef Py_ssize_t n, k, j
     cdef Req* r
     if not _ready(c, K_vblk_submit_requests) or f.n != 1 or f.s[0] or not _next_req_ok():
         return BAIL
-    groups = sget(_vblk, _VirtIOBlock, _BK_[B_GROUPS], "groups")
-    if type(groups) is not list or not PyList_GET_SIZE(groups):
+    if not _ng or not _gn[0]:
         return BAIL
-    group = <object>PyList_GET_ITEM(groups, 0)
-    if type(group) is not list or not PyList_GET_SIZE(group) or PyList_GET_SIZE(group) > 64:
-        return BAIL
-    n = PyList_GET_SIZE(group)
+    n = _gn[0]
     for k in range(n):
-        if not _ll(<object>PyList_GET_ITEM(group, k), &v) or _rec(v, &r) != 1:
+        if _rec(_gr[k], &r) != 1:
             return BAIL
         for j in range(r.nq):
             nbytes += r.qn[j]
@@ -1743,7 +1797,11 @@ cdef int h_submit_requests(Core* c, Frame* f) except -1:
     sector = <i64>r.sector
     begin(c)
     _RAN[K_vblk_submit_requests] += 1
-    _list_set_slice(groups, 0, 1, NULL)           # groups.pop(0) (groups: a non-empty list)
+    _ng -= 1                                      # groups.pop(0)
+    _ngr -= <int>n
+    memmove(_gn, _gn + 1, _ng * sizeof(int))
+    memmove(_gr, _gr + n, _ngr * sizeof(i64))
+    _groups_changed = True
     cdef list qiov = []
     for k in range(n - 1):
         r = _grec[k]
@@ -1756,8 +1814,8 @@ cdef int h_submit_requests(Core* c, Frame* f) except -1:
         r.stage = ST_SUBMITTED
         r.dirty |= F_STAGE
     op = "write" if _grec[0].is_write else "read"
-    _aio_submit(c, op, sector << 9, qiov, nbytes, 0, ("vblk.rw_complete", (group[0],)),
-                PyList_GET_SIZE(groups) != 0, F1(K_vblk_submit_requests, qi))
+    _aio_submit(c, op, sector << 9, qiov, nbytes, 0, ("vblk.rw_complete", (_grec[0].rid,)),
+                _ng != 0, F1(K_vblk_submit_requests, qi))
     return 0
 
 
