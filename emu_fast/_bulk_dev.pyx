@@ -199,6 +199,57 @@ cdef dict _BREQ_T = _template((("id", None), ("op", None), ("cur_op", None), ("o
                                ("bytes", None), ("qiov", None), ("flags", None), ("cb", None),
                                ("ret", None), ("phase", "submit")))
 
+# A dict just copied from a template gets its values put in place (CPython 3.11's compact
+# str-keys table: the entries in the template's order) instead of key by key: the same dict.
+# Checked at every use (the table's kind, size and each entry's key); else PyDict_SetItem.
+cdef extern from *:
+    """
+    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+    typedef struct {                    /* Include/internal/pycore_dict.h: _dictkeysobject */
+        Py_ssize_t dk_refcnt;
+        uint8_t dk_log2_size;
+        uint8_t dk_log2_index_bytes;
+        uint8_t dk_kind;
+        uint32_t dk_version;
+        Py_ssize_t dk_usable;
+        Py_ssize_t dk_nentries;
+        char dk_indices[];
+    } vbd_dictkeys;
+    typedef struct { PyObject *me_key; PyObject *me_value; } vbd_uentry;   /* PyDictUnicodeEntry */
+    static int vbd_fill_values(PyObject *d, PyObject **keys, PyObject **vals, Py_ssize_t n) {
+        PyDictObject *mp = (PyDictObject *)d;
+        vbd_dictkeys *dk = (vbd_dictkeys *)mp->ma_keys;
+        vbd_uentry *e;
+        Py_ssize_t i;
+        if (!PyDict_CheckExact(d) || mp->ma_values != NULL || dk->dk_kind != 1 /* UNICODE */
+                || dk->dk_nentries < n || dk->dk_refcnt != 1)
+            return -1;
+        e = (vbd_uentry *)(&((int8_t *)dk->dk_indices)[(size_t)1 << dk->dk_log2_index_bytes]);
+        for (i = 0; i < n; i++)
+            if (e[i].me_key != keys[i] || e[i].me_value == NULL)
+                return -1;
+        for (i = 0; i < n; i++) {
+            PyObject *old = e[i].me_value;
+            Py_INCREF(vals[i]);
+            e[i].me_value = vals[i];
+            Py_DECREF(old);
+        }
+        return 0;
+    }
+    #else
+    static int vbd_fill_values(PyObject *d, PyObject **keys, PyObject **vals, Py_ssize_t n) {
+        return -1;
+    }
+    #endif
+    """
+    int vbd_fill_values(object d, PyObject** keys, PyObject** vals, Py_ssize_t n) noexcept
+
+
+cdef PyObject* _BREQ_KEYS[10]
+for _k, _key in enumerate(_BREQ_T):
+    _BREQ_KEYS[_k] = <PyObject*>_key         # (the template's keys: it keeps them alive)
+
+
 cdef long long _RAN[NKINDS]       # events of each kind run here (counts())
 memset(_RAN, 0, sizeof(_RAN))
 
@@ -210,20 +261,22 @@ def counts():
 
 
 def reset_counts():
-    global _NBORN, _NDECODED, _NMADE, _NWRITTEN
+    global _NBORN, _NDECODED, _NMADE, _NWRITTEN, _NSETITEM
     memset(_RAN, 0, sizeof(_RAN))
-    _NBORN = _NDECODED = _NMADE = _NWRITTEN = 0
+    _NBORN = _NDECODED = _NMADE = _NWRITTEN = _NSETITEM = 0
 
 
 cdef long long _NBORN = 0       # request records made by pop
 cdef long long _NDECODED = 0    # ... decoded from a vblk.reqs dict
 cdef long long _NMADE = 0       # dicts made for records when a stretch ended
 cdef long long _NWRITTEN = 0    # dicts a record's changed fields were written back into
+cdef long long _NSETITEM = 0    # block requests whose values were set key by key (not in place)
 
 
 def records():
     """{what: n} since reset_counts(): the requests held in C (tests: both ways ran)"""
-    return {"born": _NBORN, "decoded": _NDECODED, "made": _NMADE, "written": _NWRITTEN}
+    return {"born": _NBORN, "decoded": _NDECODED, "made": _NMADE, "written": _NWRITTEN,
+            "setitem": _NSETITEM}
 
 # the Python objects of the machine of the stretch (set by _load, dropped by _store)
 cdef object _m = None
@@ -1154,10 +1207,10 @@ cdef struct Req:        # a VirtIOBlockReq (vblk.reqs[rid])
     i64 qn[INL]
 
 cdef Req _R[HS]
-cdef Py_ssize_t _k
-for _k in range(HS):
-    _R[_k].rid = -1
-    _R[_k].d = NULL
+cdef Py_ssize_t _kk
+for _kk in range(HS):
+    _R[_kk].rid = -1
+    _R[_kk].d = NULL
 cdef int _nlive = 0     # records in use
 
 
@@ -1746,20 +1799,34 @@ cdef int h_submit_multireq(Core* c, Frame* f) except -1:
 cdef int _aio_submit(Core* c, str op, object offset, object qiov, i64 nbytes, i64 flags,
                      object cb, bint then, Frame then_f) except -1:
     """emu.block.backend.blk_aio_submit (qiov: its iov_size is nbytes)"""
+    global _NSETITEM
     cdef i64 bid
     blk = _block
     bid_o = sget(blk, _BlockState, _BS[K_NEXT_REQ], "next_req")
     bid = bid_o
     sset(blk, _BlockState, _BS[K_NEXT_REQ], "next_req", bid_o + 1)
     d = PyDict_Copy(_BREQ_T)         # {"id": bid, "op": op, "cur_op": op, "offset": offset,
-    PyDict_SetItem(d, "id", bid_o)   #  "bytes": nbytes, "qiov": qiov, "flags": flags, "cb": cb,
-    PyDict_SetItem(d, "op", op)      #  "ret": None, "phase": "submit"}
-    PyDict_SetItem(d, "cur_op", op)
-    PyDict_SetItem(d, "offset", offset)
-    PyDict_SetItem(d, "bytes", nbytes)
-    PyDict_SetItem(d, "qiov", qiov)
-    PyDict_SetItem(d, "flags", flags)
-    PyDict_SetItem(d, "cb", cb)
+    cdef object nbytes_o = nbytes    #  "bytes": nbytes, "qiov": qiov, "flags": flags, "cb": cb,
+    cdef object flags_o = flags      #  "ret": None, "phase": "submit"}
+    cdef PyObject* v[8]
+    v[0] = <PyObject*>bid_o
+    v[1] = <PyObject*>op
+    v[2] = <PyObject*>op
+    v[3] = <PyObject*>offset
+    v[4] = <PyObject*>nbytes_o
+    v[5] = <PyObject*>qiov
+    v[6] = <PyObject*>flags_o
+    v[7] = <PyObject*>cb
+    if vbd_fill_values(d, _BREQ_KEYS, v, 8) != 0:
+        _NSETITEM += 1
+        PyDict_SetItem(d, "id", bid_o)
+        PyDict_SetItem(d, "op", op)
+        PyDict_SetItem(d, "cur_op", op)
+        PyDict_SetItem(d, "offset", offset)
+        PyDict_SetItem(d, "bytes", nbytes_o)
+        PyDict_SetItem(d, "qiov", qiov)
+        PyDict_SetItem(d, "flags", flags_o)
+        PyDict_SetItem(d, "cb", cb)
     _breqs[bid_o] = d
     if not then:
         cont(c, F1(K_blk_co_entry, bid))

@@ -11,6 +11,7 @@ engine and still agree.
 from __future__ import annotations
 
 import importlib
+import sys
 from collections import Counter
 
 import pytest
@@ -301,3 +302,5 @@ def test_requests_held_in_c(tmp_path_factory, fmt, wl, qs, chunks):
     same(m_py, m_fast)
     rec = _dev.records()        # (the core runs all but the last step of each run)
     assert rec["born"] and rec["made"] and rec["decoded"], rec
+    if sys.version_info[:2] == (3, 11):     # block requests' values put in place (_aio_submit)
+        assert rec["setitem"] == 0, rec
