@@ -532,6 +532,7 @@ cdef bint _load(Core* c) except -1:
         return False
     if not _load_mrb(vblk):
         return False
+    _load_fresh(<dict>reqs)
     _load_deferred(<dict>counters, <dict>by_type)
     _m = m
     _vdev = vdev
@@ -617,6 +618,21 @@ cdef bint _load_mrb(object vblk) except -1:
         _ng += 1
         _ngr += <int>PyList_GET_SIZE(g)
     return True
+
+
+cdef bint _fresh = False       # vblk.reqs' keys were all ints below next_id when the stretch began
+
+
+cdef int _load_fresh(dict reqs) except -1:
+    """_fresh: pop's new ids cannot be in vblk.reqs (its ids grow; the stretch only removes)"""
+    global _fresh
+    cdef i64 v
+    _fresh = False
+    for k in reqs:
+        if not _ll(k, &v) or v >= D.next_id:
+            return 0
+    _fresh = True
+    return 0
 
 
 cdef int _store_mrb() except -1:
@@ -1064,7 +1080,7 @@ cdef int h_pop(Core* c, Frame* f) except -1:
         return BAIL         # (the avail_event write would change descriptors read after it)
     rid = D.next_id
     r = &_R[rid & (HS - 1)]
-    if nrec > INL or r.rid >= 0 or PyDict_GetItemWithError(_reqs, rid) != NULL:
+    if nrec > INL or r.rid >= 0 or (not _fresh and PyDict_GetItemWithError(_reqs, rid) != NULL):
         return BAIL
     begin(c)
     _RAN[K_vblk_pop] += 1
