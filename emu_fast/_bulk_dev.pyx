@@ -26,6 +26,7 @@ from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_DECREF
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset, memmove
+from libc.stdlib cimport malloc, free
 
 from emu_fast._bulk cimport *
 from emu_fast._slots cimport slot_offsets, sget, sset
@@ -261,9 +262,9 @@ def counts():
 
 
 def reset_counts():
-    global _NBORN, _NDECODED, _NMADE, _NWRITTEN, _NSETITEM
+    global _NBORN, _NDECODED, _NMADE, _NWRITTEN, _NSETITEM, _NHEAP
     memset(_RAN, 0, sizeof(_RAN))
-    _NBORN = _NDECODED = _NMADE = _NWRITTEN = _NSETITEM = 0
+    _NBORN = _NDECODED = _NMADE = _NWRITTEN = _NSETITEM = _NHEAP = 0
 
 
 cdef long long _NBORN = 0       # request records made by pop
@@ -271,12 +272,13 @@ cdef long long _NDECODED = 0    # ... decoded from a vblk.reqs dict
 cdef long long _NMADE = 0       # dicts made for records when a stretch ended
 cdef long long _NWRITTEN = 0    # dicts a record's changed fields were written back into
 cdef long long _NSETITEM = 0    # block requests whose values were set key by key (not in place)
+cdef long long _NHEAP = 0       # records of over INL entries (their arrays on the heap)
 
 
 def records():
     """{what: n} since reset_counts(): the requests held in C (tests: both ways ran)"""
     return {"born": _NBORN, "decoded": _NDECODED, "made": _NMADE, "written": _NWRITTEN,
-            "setitem": _NSETITEM}
+            "setitem": _NSETITEM, "heap": _NHEAP}
 
 # the Python objects of the machine of the stretch (set by _load, dropped by _store)
 cdef object _m = None
@@ -1080,8 +1082,9 @@ cdef int h_pop(Core* c, Frame* f) except -1:
         return BAIL         # (the avail_event write would change descriptors read after it)
     rid = D.next_id
     r = &_R[rid & (HS - 1)]
-    if nrec > INL or r.rid >= 0 or (not _fresh and PyDict_GetItemWithError(_reqs, rid) != NULL):
+    if r.rid >= 0 or (not _fresh and PyDict_GetItemWithError(_reqs, rid) != NULL):
         return BAIL
+    _room(r, nrec)
     begin(c)
     _RAN[K_vblk_pop] += 1
     if set_shadow:
@@ -1175,7 +1178,8 @@ cdef int _iov_in(object lst, i64* a, i64* n) except -2:
 
 cdef enum:
     HS = 1024           # records (a rid whose record slot is taken: its event bails)
-    INL = 32            # descriptors / iovecs / qiov entries of one record at most
+    INL = 32            # descriptors / iovecs / qiov entries a record holds inline (more: on
+                        # the heap, _room)
 
 cdef enum:              # Req.stage
     ST_POPPED, ST_MRB, ST_SUBMITTED, ST_FLUSH, ST_COMPLETING
@@ -1211,22 +1215,78 @@ cdef struct Req:        # a VirtIOBlockReq (vblk.reqs[rid])
     i64 index, avail_idx, ring, itab, ilen
     bint ind
     int nrec, nout, nin
-    i64 ri[INL]
-    uint64_t raddr[INL]
-    uint32_t rlen[INL]
-    uint16_t rflags[INL]
-    uint16_t rnext[INL]
-    i64 va[INL]         # the out iovecs [0, nout), then the in iovecs [nout, nout + nin)
-    i64 vn[INL]
+    i64* ri             # (these arrays: cap entries, the b_* below or a heap block)
+    uint64_t* raddr
+    uint32_t* rlen
+    uint16_t* rflags
+    uint16_t* rnext
+    i64* va             # the out iovecs [0, nout), then the in iovecs [nout, nout + nin)
+    i64* vn
     int nq              # qiov
-    i64 qa[INL]
-    i64 qn[INL]
+    i64* qa
+    i64* qn
+    Py_ssize_t cap
+    void* heap
+    i64 b_ri[INL]
+    uint64_t b_raddr[INL]
+    uint32_t b_rlen[INL]
+    uint16_t b_rflags[INL]
+    uint16_t b_rnext[INL]
+    i64 b_va[INL]
+    i64 b_vn[INL]
+    i64 b_qa[INL]
+    i64 b_qn[INL]
 
 cdef Req _R[HS]
+
+
+cdef void _inline_arrays(Req* r) noexcept:
+    r.ri = r.b_ri
+    r.raddr = r.b_raddr
+    r.rlen = r.b_rlen
+    r.rflags = r.b_rflags
+    r.rnext = r.b_rnext
+    r.va = r.b_va
+    r.vn = r.b_vn
+    r.qa = r.b_qa
+    r.qn = r.b_qn
+    r.cap = INL
+    r.heap = NULL
+
+
+cdef int _room(Req* r, Py_ssize_t n) except -1:
+    """r's arrays hold n entries (a heap block, kept for the slot's later records)"""
+    global _NHEAP
+    cdef char* h
+    if n > INL:
+        _NHEAP += 1
+    cdef size_t per = 8 + 8 + 4 + 2 + 2 + 8 + 8 + 8 + 8
+    if n <= r.cap:
+        return 0
+    n = max(n, 2 * r.cap)
+    h = <char*>malloc(n * per)
+    if h == NULL:
+        raise MemoryError()
+    free(r.heap)
+    r.heap = h
+    r.cap = n
+    r.ri = <i64*>h
+    r.raddr = <uint64_t*>(h + 8 * n)
+    r.va = <i64*>(h + 16 * n)
+    r.vn = <i64*>(h + 24 * n)
+    r.qa = <i64*>(h + 32 * n)
+    r.qn = <i64*>(h + 40 * n)
+    r.rlen = <uint32_t*>(h + 48 * n)
+    r.rflags = <uint16_t*>(h + 52 * n)
+    r.rnext = <uint16_t*>(h + 54 * n)
+    return 0
+
+
 cdef Py_ssize_t _kk
 for _kk in range(HS):
     _R[_kk].rid = -1
     _R[_kk].d = NULL
+    _inline_arrays(&_R[_kk])
 cdef int _nlive = 0     # records in use
 
 
@@ -1242,6 +1302,10 @@ cdef inline void _rec_free(Req* r) noexcept:
     _nlive -= 1
     if d != NULL:
         Py_DECREF(<object>d)
+
+
+cdef i64 _tqa[1024]
+cdef i64 _tqn[1024]
 
 
 cdef bint _decode(object o, Req* r, i64 rid) except -1:
@@ -1273,12 +1337,13 @@ cdef bint _decode(object o, Req* r, i64 rid) except -1:
         return False
     no = _iov_in(_get(<dict>elem, "out"), _oa, _on)
     ni = _iov_in(_get(<dict>elem, "in"), _ia, _in)
-    if no < 0 or ni < 0 or no + ni > INL:
+    nq = _iov_in(d["qiov"], _tqa, _tqn)
+    if no < 0 or ni < 0 or nq < 0:
         return False
-    nq = _iov_in(d["qiov"], r.qa, r.qn) if type(d["qiov"]) is list and \
-        PyList_GET_SIZE(d["qiov"]) <= INL else -1
-    if nq < 0:
-        return False
+    _room(r, max(no + ni, nq))
+    for k in range(nq):
+        r.qa[k] = _tqa[k]
+        r.qn[k] = _tqn[k]
     if not (_ll(d["sector"], &v) and v >= 0):
         return False
     r.sector = <uint64_t>v
