@@ -11,12 +11,14 @@ an indirect table the driver did not negotiate, vq.flush on a broken device, an 
 write that would land on a descriptor table pop reads after it, values of unusual types, a
 machine whose modelled Python code was replaced (REGISTRY, blk_aio_submit, msix_notify, ...).
 
-The device's scalar state (VirtIODevice.isr, each VirtQueue's fields, VirtIOBlock's counters)
-is held in C for a stretch: loaded at the first device event of the stretch, stored back (only
-the fields that changed) when the stretch ends.  Nothing but these handlers touches those
-objects during a stretch (the core runs no Python handler).  Request dicts, the MultiReqBuffer
-list, the suppress/by_type/reqs dicts and the counters dict stay the Python objects and are
-changed in place, as the Python handlers change them.
+The device's state is held in C for a stretch: loaded at the first device event of the
+stretch, stored back (only what changed) when the stretch ends: VirtIODevice.isr, each
+VirtQueue's fields, VirtIOBlock's counters, its MultiReqBuffer (mrb, mrb_is_write, groups) and
+suppress dict, the increments of m.counters and vblk.by_type, and the requests of vblk.reqs
+(C records: a request popped and completed in one stretch never gets its dict; see "the
+requests held in C").  Nothing but these handlers touches those objects during a stretch (the
+core runs no Python handler).  The block layer's request dicts (blk_aio_submit) are made as the
+Python code makes them.
 """
 from cpython.dict cimport PyDict_GetItemWithError, PyDict_SetItem, PyDict_DelItem, PyDict_Copy
 from cpython.list cimport PyList_GET_SIZE, PyList_GET_ITEM
