@@ -11,20 +11,24 @@ an indirect table the driver did not negotiate, vq.flush on a broken device, an 
 write that would land on a descriptor table pop reads after it, values of unusual types, a
 machine whose modelled Python code was replaced (REGISTRY, blk_aio_submit, msix_notify, ...).
 
-The device's scalar state (VirtIODevice.isr, each VirtQueue's fields, VirtIOBlock's counters)
-is held in C for a stretch: loaded at the first device event of the stretch, stored back (only
-the fields that changed) when the stretch ends.  Nothing but these handlers touches those
-objects during a stretch (the core runs no Python handler).  Request dicts, the MultiReqBuffer
-list, the suppress/by_type/reqs dicts and the counters dict stay the Python objects and are
-changed in place, as the Python handlers change them.
+The device's state is held in C for a stretch: loaded at the first device event of the
+stretch, stored back (only what changed) when the stretch ends: VirtIODevice.isr, each
+VirtQueue's fields, VirtIOBlock's counters, its MultiReqBuffer (mrb, mrb_is_write, groups) and
+suppress dict, the increments of m.counters and vblk.by_type, and the requests of vblk.reqs
+(C records: a request popped and completed in one stretch never gets its dict; see "the
+requests held in C").  Nothing but these handlers touches those objects during a stretch (the
+core runs no Python handler).  The block layer's request dicts (blk_aio_submit) are made as the
+Python code makes them.
 """
 from cpython.dict cimport PyDict_GetItemWithError, PyDict_SetItem, PyDict_DelItem, PyDict_Copy
 from cpython.list cimport PyList_GET_SIZE, PyList_GET_ITEM
 from cpython.tuple cimport PyTuple_GET_SIZE, PyTuple_GET_ITEM
 from cpython.long cimport PyLong_CheckExact, PyLong_AsLongLongAndOverflow
 from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_DECREF
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy, memset, memmove
+from libc.stdlib cimport malloc, free
 
 from emu_fast._bulk cimport *
 from emu_fast._slots cimport slot_offsets, sget, sset
@@ -198,6 +202,57 @@ cdef dict _BREQ_T = _template((("id", None), ("op", None), ("cur_op", None), ("o
                                ("bytes", None), ("qiov", None), ("flags", None), ("cb", None),
                                ("ret", None), ("phase", "submit")))
 
+# A dict just copied from a template gets its values put in place (CPython 3.11's compact
+# str-keys table: the entries in the template's order) instead of key by key: the same dict.
+# Checked at every use (the table's kind, size and each entry's key); else PyDict_SetItem.
+cdef extern from *:
+    """
+    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+    typedef struct {                    /* Include/internal/pycore_dict.h: _dictkeysobject */
+        Py_ssize_t dk_refcnt;
+        uint8_t dk_log2_size;
+        uint8_t dk_log2_index_bytes;
+        uint8_t dk_kind;
+        uint32_t dk_version;
+        Py_ssize_t dk_usable;
+        Py_ssize_t dk_nentries;
+        char dk_indices[];
+    } vbd_dictkeys;
+    typedef struct { PyObject *me_key; PyObject *me_value; } vbd_uentry;   /* PyDictUnicodeEntry */
+    static int vbd_fill_values(PyObject *d, PyObject **keys, PyObject **vals, Py_ssize_t n) {
+        PyDictObject *mp = (PyDictObject *)d;
+        vbd_dictkeys *dk = (vbd_dictkeys *)mp->ma_keys;
+        vbd_uentry *e;
+        Py_ssize_t i;
+        if (!PyDict_CheckExact(d) || mp->ma_values != NULL || dk->dk_kind != 1 /* UNICODE */
+                || dk->dk_nentries < n || dk->dk_refcnt != 1)
+            return -1;
+        e = (vbd_uentry *)(&((int8_t *)dk->dk_indices)[(size_t)1 << dk->dk_log2_index_bytes]);
+        for (i = 0; i < n; i++)
+            if (e[i].me_key != keys[i] || e[i].me_value == NULL)
+                return -1;
+        for (i = 0; i < n; i++) {
+            PyObject *old = e[i].me_value;
+            Py_INCREF(vals[i]);
+            e[i].me_value = vals[i];
+            Py_DECREF(old);
+        }
+        return 0;
+    }
+    #else
+    static int vbd_fill_values(PyObject *d, PyObject **keys, PyObject **vals, Py_ssize_t n) {
+        return -1;
+    }
+    #endif
+    """
+    int vbd_fill_values(object d, PyObject** keys, PyObject** vals, Py_ssize_t n) noexcept
+
+
+cdef PyObject* _BREQ_KEYS[10]
+for _k, _key in enumerate(_BREQ_T):
+    _BREQ_KEYS[_k] = <PyObject*>_key         # (the template's keys: it keeps them alive)
+
+
 cdef long long _RAN[NKINDS]       # events of each kind run here (counts())
 memset(_RAN, 0, sizeof(_RAN))
 
@@ -209,7 +264,23 @@ def counts():
 
 
 def reset_counts():
+    global _NBORN, _NDECODED, _NMADE, _NWRITTEN, _NSETITEM, _NHEAP
     memset(_RAN, 0, sizeof(_RAN))
+    _NBORN = _NDECODED = _NMADE = _NWRITTEN = _NSETITEM = _NHEAP = 0
+
+
+cdef long long _NBORN = 0       # request records made by pop
+cdef long long _NDECODED = 0    # ... decoded from a vblk.reqs dict
+cdef long long _NMADE = 0       # dicts made for records when a stretch ended
+cdef long long _NWRITTEN = 0    # dicts a record's changed fields were written back into
+cdef long long _NSETITEM = 0    # block requests whose values were set key by key (not in place)
+cdef long long _NHEAP = 0       # records of over INL entries (their arrays on the heap)
+
+
+def records():
+    """{what: n} since reset_counts(): the requests held in C (tests: both ways ran)"""
+    return {"born": _NBORN, "decoded": _NDECODED, "made": _NMADE, "written": _NWRITTEN,
+            "setitem": _NSETITEM, "heap": _NHEAP}
 
 # the Python objects of the machine of the stretch (set by _load, dropped by _store)
 cdef object _m = None
@@ -223,6 +294,37 @@ cdef dict _suppress = None
 cdef dict _by_type = None
 cdef list _vqobjs = None
 cdef object _proxy = None
+
+# Counters these handlers only ever increment, kept as C deltas for a stretch and added to the
+# Python values when it ends (m.counters' and vblk.by_type's entries that hold exact ints; an
+# entry that is missing or not an exact int is changed at once, as before).
+cdef enum:
+    C_NOTIFIES, C_INTERRUPTS, C_IRQS_SUPPRESSED, C_IRQS_LOST, BT_IN, BT_OUT, BT_FLUSH, NDEF
+cdef tuple _DKEYS = ("notifies", "interrupts", "irqs_suppressed", "irqs_lost", "IN", "OUT", "FLUSH")
+cdef i64 _dd[NDEF]          # the increments of the stretch
+cdef bint _dok[NDEF]        # the entry holds an exact int: incremented in C
+cdef bint _dabsent[NDEF]    # (by_type) the entry is missing: nothing counted
+
+# vblk.mrb, vblk.mrb_is_write and vblk.groups held in C for a stretch (request ids), new lists
+# stored back when it ends if they changed (the Python code replaces them too)
+cdef enum:
+    MAXM = 64
+cdef i64 _mrb[MAXM]
+cdef int _mrb_n = 0
+cdef bint _miw = False
+cdef i64 _gr[MAXM]          # the groups' ids, one after the other
+cdef int _gn[MAXM]          # each group's size
+cdef int _ng = 0            # groups
+cdef int _ngr = 0           # ids in them
+cdef bint _mrb_changed = False
+cdef bint _groups_changed = False
+
+# vblk.suppress held in C for a stretch (queue index -> bool, in the dict's order)
+cdef bint _sup_has[MAXQ]
+cdef bint _sup_val[MAXQ]
+cdef int _sup_ord[MAXQ]     # the keys in insertion order
+cdef int _sup_n = 0
+cdef bint _sup_changed = False
 
 
 cdef inline bint _ll(object o, i64* out) except -1:
@@ -430,6 +532,12 @@ cdef bint _load(Core* c) except -1:
     breqs = sget(block, _BlockState, _BS[K_REQS], "reqs")
     if type(breqs) is not dict:
         return False
+    if not _load_suppress(<dict>suppress):
+        return False
+    if not _load_mrb(vblk):
+        return False
+    _load_fresh(<dict>reqs)
+    _load_deferred(<dict>counters, <dict>by_type)
     _m = m
     _vdev = vdev
     _vblk = vblk
@@ -444,8 +552,167 @@ cdef bint _load(Core* c) except -1:
     return True
 
 
+cdef bint _load_suppress(dict suppress) except -1:
+    """vblk.suppress into _sup_* (False: a key that is not a held queue's index, or a value that
+    is not a bool)"""
+    global _sup_n, _sup_changed
+    cdef i64 qi
+    _sup_n = 0
+    _sup_changed = False
+    memset(_sup_has, 0, sizeof(_sup_has))
+    for k, v in suppress.items():
+        if not _ll(k, &qi) or not 0 <= qi < D.nvq or type(v) is not bool:
+            return False
+        _sup_has[qi] = True
+        _sup_val[qi] = v is True
+        _sup_ord[_sup_n] = <int>qi
+        _sup_n += 1
+    return True
+
+
+cdef inline void _sup_set(int qi, bint v) noexcept:
+    """suppress[qi] = v"""
+    global _sup_n, _sup_changed
+    if not _sup_has[qi]:
+        _sup_has[qi] = True
+        _sup_ord[_sup_n] = qi
+        _sup_n += 1
+    _sup_val[qi] = v
+    _sup_changed = True
+
+
+cdef inline void _sup_del(int qi) noexcept:
+    """suppress.pop(qi, None)"""
+    global _sup_n, _sup_changed
+    cdef int k, j = 0
+    if not _sup_has[qi]:
+        return
+    _sup_has[qi] = False
+    for k in range(_sup_n):
+        if _sup_ord[k] != qi:
+            _sup_ord[j] = _sup_ord[k]
+            j += 1
+    _sup_n = j
+    _sup_changed = True
+
+
+cdef bint _load_mrb(object vblk) except -1:
+    """vblk.mrb, mrb_is_write and groups into C (False: not lists of ids of the usual sizes)"""
+    global _mrb_n, _miw, _ng, _ngr, _mrb_changed, _groups_changed
+    cdef Py_ssize_t k, j
+    cdef i64 v
+    _mrb_changed = _groups_changed = False
+    mrb = sget(vblk, _VirtIOBlock, _BK_[B_MRB], "mrb")
+    groups = sget(vblk, _VirtIOBlock, _BK_[B_GROUPS], "groups")
+    if type(mrb) is not list or PyList_GET_SIZE(mrb) > MAXM or type(groups) is not list \
+            or not _bool(sget(vblk, _VirtIOBlock, _BK_[B_MRB_IS_WRITE], "mrb_is_write"), &_miw):
+        return False
+    for k in range(PyList_GET_SIZE(mrb)):
+        if not _ll(<object>PyList_GET_ITEM(mrb, k), &_mrb[k]):
+            return False
+    _mrb_n = <int>PyList_GET_SIZE(mrb)
+    _ng = _ngr = 0
+    for g in <list>groups:
+        if type(g) is not list or _ng == MAXM or _ngr + PyList_GET_SIZE(g) > MAXM:
+            return False
+        for j in range(PyList_GET_SIZE(g)):
+            if not _ll(<object>PyList_GET_ITEM(g, j), &_gr[_ngr + j]):
+                return False
+        _gn[_ng] = <int>PyList_GET_SIZE(g)
+        _ng += 1
+        _ngr += <int>PyList_GET_SIZE(g)
+    return True
+
+
+cdef bint _fresh = False       # vblk.reqs' keys were all ints below next_id when the stretch began
+
+
+cdef int _load_fresh(dict reqs) except -1:
+    """_fresh: pop's new ids cannot be in vblk.reqs (its ids grow; the stretch only removes)"""
+    global _fresh
+    cdef i64 v
+    _fresh = False
+    for k in reqs:
+        if not _ll(k, &v) or v >= D.next_id:
+            return 0
+    _fresh = True
+    return 0
+
+
+cdef int _store_mrb() except -1:
+    cdef int k, j, o = 0
+    if _mrb_changed:
+        sset(_vblk, _VirtIOBlock, _BK_[B_MRB], "mrb", [_mrb[k] for k in range(_mrb_n)])
+        sset(_vblk, _VirtIOBlock, _BK_[B_MRB_IS_WRITE], "mrb_is_write", _miw == 1)
+    if _groups_changed:
+        groups = []
+        for k in range(_ng):
+            groups.append([_gr[o + j] for j in range(_gn[k])])
+            o += _gn[k]
+        sset(_vblk, _VirtIOBlock, _BK_[B_GROUPS], "groups", groups)
+    return 0
+
+
+cdef inline void _mrb_append(i64 rid, bint is_write) noexcept:
+    """_mrb_append: mrb.append(rid); mrb_is_write = is_write (the caller checks the room)"""
+    global _mrb_n, _miw, _mrb_changed
+    _mrb[_mrb_n] = rid
+    _mrb_n += 1
+    _miw = is_write
+    _mrb_changed = True
+
+
+cdef int _store_suppress() except -1:
+    """_sup_* back into vblk.suppress (rebuilt in the order the Python code leaves)"""
+    cdef int k
+    if not _sup_changed:
+        return 0
+    _suppress.clear()
+    for k in range(_sup_n):
+        _suppress[_sup_ord[k]] = _sup_val[_sup_ord[k]] == 1
+    return 0
+
+
+cdef int _load_deferred(dict counters, dict by_type) except -1:
+    cdef int i
+    cdef PyObject* p
+    for i in range(NDEF):
+        _dd[i] = 0
+        p = PyDict_GetItemWithError(counters if i < BT_IN else by_type, _DKEYS[i])
+        _dabsent[i] = p == NULL
+        _dok[i] = p != NULL and PyLong_CheckExact(<object>p)
+    return 0
+
+
+cdef int _store_deferred() except -1:
+    cdef int i
+    for i in range(NDEF):
+        if _dd[i]:
+            d = _counters if i < BT_IN else _by_type
+            k = _DKEYS[i]
+            d[k] = d[k] + _dd[i]
+            _dd[i] = 0
+    return 0
+
+
+cdef inline int _bump(int i) except -1:
+    """counters[key] += 1 (by_type: if the key is there)"""
+    if _dok[i]:
+        _dd[i] += 1
+    elif i < BT_IN:
+        _inc(_counters, _DKEYS[i])
+    elif not _dabsent[i]:
+        _by_type[_DKEYS[i]] = _by_type[_DKEYS[i]] + 1
+    return 0
+
+
 cdef int _layer_load(Core* c) except -1:
     """register_layer's load: the state is loaded at the stretch's first device event."""
+    cdef Py_ssize_t k
+    if _nlive:                          # (a stretch that ended in an exception: drop them)
+        for k in range(HS):
+            if _R[k].rid >= 0:
+                _rec_free(&_R[k])
     D.loaded = False
     D.ok = False
     return 1
@@ -458,6 +725,10 @@ cdef int _layer_store(Core* c) except -1:
     cdef VQ* q
     cdef VQ* q0
     if D.loaded and D.ok:
+        _store_reqs()
+        _store_mrb()
+        _store_deferred()
+        _store_suppress()
         if D.isr != D.isr0:
             sset(_vdev, _VirtIODevice, _DV[D_ISR], "isr", D.isr)
         for i in range(D.nvq):
@@ -576,14 +847,6 @@ cdef inline bint _has(int bit) noexcept nogil:
     return (D.features >> bit) & 1
 
 
-cdef inline dict _req(i64 rid):
-    """vblk.reqs[rid] when it is a dict (else None)"""
-    cdef PyObject* p = PyDict_GetItemWithError(_reqs, rid)
-    if p == NULL or type(<object>p) is not dict:
-        return None
-    return <dict>p
-
-
 cdef inline object _get(dict d, object key):
     """d[key] (None when missing: the callers check the keys they need first)"""
     cdef PyObject* p = PyDict_GetItemWithError(d, key)
@@ -632,7 +895,7 @@ cdef int h_notify(Core* c, Frame* f) except -1:
         return BAIL
     begin(c)
     _RAN[K_vpci_notify] += 1
-    _inc(_counters, "notifies")
+    _bump(C_NOTIFIES)
     if qi < 0 or qi >= D.nvq or not D.q[qi].desc or D.broken:
         unblock(c, c.vcpu, D.vmentry_ns)
         return 0
@@ -686,14 +949,13 @@ cdef int h_handle_vq(Core* c, Frame* f) except -1:
     q = &D.q[qi]
     if not _notification_ok(c, q, False):
         return BAIL
-    key = qi
-    if again and PyDict_GetItemWithError(_suppress, key) == NULL:
+    if again and not _sup_has[qi]:
         return BAIL
     begin(c)
     _RAN[K_vblk_handle_vq] += 1
     if not again:
-        _suppress[key] = bool(q.notification)
-    if _suppress[key]:
+        _sup_set(<int>qi, q.notification)
+    if _sup_val[qi]:
         _set_notification(c, q, False)
     cont(c, F1(K_vblk_pop, qi))
     return 0
@@ -727,6 +989,8 @@ cdef inline bint _mapped(Core* c, uint64_t addr, uint64_t n) noexcept nogil:
 
 cdef int h_pop(Core* c, Frame* f) except -1:
     """vblk.pop: pop -> virtqueue_pop (QEMU virtio_blk_get_request -> virtqueue_split_pop)"""
+    global _nlive, _NBORN
+    cdef Req* r
     cdef i64 qi = f.a[0], aidx = 0, num, idx, nidx, ha, wa = 0, base, max_, i, rid
     cdef i64 itab = 0, ilen = 0
     cdef VQ* q
@@ -818,6 +1082,11 @@ cdef int h_pop(Core* c, Frame* f) except -1:
     if evw and not (_no_overlap(wa, 2, q.desc, 16 * num)
                     and (not ind or _no_overlap(wa, 2, itab, ilen))):
         return BAIL         # (the avail_event write would change descriptors read after it)
+    rid = D.next_id
+    r = &_R[rid & (HS - 1)]
+    if r.rid >= 0 or (not _fresh and PyDict_GetItemWithError(_reqs, rid) != NULL):
+        return BAIL
+    _room(r, nrec)
     begin(c)
     _RAN[K_vblk_pop] += 1
     if set_shadow:
@@ -825,33 +1094,48 @@ cdef int h_pop(Core* c, Frame* f) except -1:
     q.last_avail_idx = nidx
     if evw:
         ram_w16(c, wa, nidx)
-    # the elem (ints shared between its tuples, as the Python code's are)
-    ring_o = q.desc
-    tab_o = itab if ind else None
-    descs = []
+    # the request: a record (its dict is made if it outlives the stretch: _make_req)
+    r.rid = rid
+    r.qi = <int>qi
+    r.born = True
+    r.d = NULL
+    r.dirty = 0
+    r.has_type = False
+    r.typ = 0
+    r.sector = 0
+    r.in_len = 0
+    r.status_gpa = 0
+    r.mr_next = -1
+    r.is_write = False
+    r.stage = ST_POPPED
+    r.has_status = False
+    r.status = 0
+    r.index = head
+    r.avail_idx = idx
+    r.ring = q.desc
+    r.ind = ind
+    r.itab = itab
+    r.ilen = ilen
+    r.nrec = nrec
     for k in range(nrec):
-        descs.append((tab_o if ind and k else ring_o, _ri[k], _raddr[k], _rlen[k], _rflags[k],
-                      _rnext[k]))
-    out_iov = [(<tuple>descs[_rout[k]])[2:4] for k in range(nout)]
-    in_iov = [(<tuple>descs[_rin[k]])[2:4] for k in range(nin)]
-    elem = PyDict_Copy(_ELEM_T)      # {"index": head, "ndescs": 1, "out": out_iov, "in": in_iov,
-    PyDict_SetItem(elem, "index", head)  # "descs": descs, "indirect": .., "avail_idx": idx}
-    PyDict_SetItem(elem, "out", out_iov)
-    PyDict_SetItem(elem, "in", in_iov)
-    PyDict_SetItem(elem, "descs", descs)
-    if ind:
-        PyDict_SetItem(elem, "indirect", (tab_o, ilen))
-    PyDict_SetItem(elem, "avail_idx", idx)
+        r.ri[k] = _ri[k]
+        r.raddr[k] = _raddr[k]
+        r.rlen[k] = _rlen[k]
+        r.rflags[k] = _rflags[k]
+        r.rnext[k] = _rnext[k]
+    for k in range(nout):
+        r.va[k] = <i64>_raddr[_rout[k]]
+        r.vn[k] = _rlen[_rout[k]]
+    for k in range(nin):
+        r.va[nout + k] = <i64>_raddr[_rin[k]]
+        r.vn[nout + k] = _rlen[_rin[k]]
+    r.nout = nout
+    r.nin = nin
+    r.nq = 0
+    _nlive += 1
+    _NBORN += 1
     q.inuse += 1
-    rid = D.next_id
     D.next_id += 1
-    rid_o = rid
-    r = PyDict_Copy(_REQ_T)          # {"id": rid, "qi": qi, "elem": elem, "type": None, "sector": 0,
-    PyDict_SetItem(r, "id", rid_o)   #  "in_len": 0, "status_gpa": 0, "qiov": [], "mr_next": None,
-    PyDict_SetItem(r, "qi", qi)      #  "is_write": False, "stage": "popped"}
-    PyDict_SetItem(r, "elem", elem)
-    PyDict_SetItem(r, "qiov", [])
-    _reqs[rid_o] = r
     cont(c, F2(K_vblk_handle_request, qi, rid))
     return 0
 
@@ -881,6 +1165,344 @@ cdef int _iov_in(object lst, i64* a, i64* n) except -2:
         if not _ll(<object>PyTuple_GET_ITEM(t, 1), &n[k]) or not 0 <= n[k] < (<i64>1 << 40):
             return -1
     return <int>cnt
+
+
+# == the requests held in C for a stretch =========================================================
+#
+# vblk.reqs' requests are held in C records during a stretch (indexed by rid % HS): a request
+# popped in the stretch ("born") has no dict until the stretch ends, when it is made as the
+# Python code would have left it (elem, descs, iovecs, qiov, ... in the same key order) and put
+# into vblk.reqs after the requests already there (rids grow: the Python engine's order); one
+# completed in the stretch never gets one.  A request that was in vblk.reqs when the stretch
+# began is decoded from its dict at its first event (a dict of another shape: the event bails)
+# and the fields changed are written back into that dict when the stretch ends.  Nothing but
+# these handlers reads vblk.reqs during a stretch.
+
+cdef enum:
+    HS = 1024           # records (a rid whose record slot is taken: its event bails)
+    INL = 32            # descriptors / iovecs / qiov entries a record holds inline (more: on
+                        # the heap, _room)
+
+cdef enum:              # Req.stage
+    ST_POPPED, ST_MRB, ST_SUBMITTED, ST_FLUSH, ST_COMPLETING
+cdef tuple _STAGES = ("popped", "mrb", "submitted", "flush", "completing")
+
+cdef enum:              # Req.dirty: the fields changed in the stretch (a request with a dict)
+    F_TYPE = 1
+    F_SECTOR = 2
+    F_IN_LEN = 4
+    F_STATUS_GPA = 8
+    F_QIOV = 16
+    F_MR_NEXT = 32
+    F_IS_WRITE = 64
+    F_STAGE = 128
+    F_STATUS = 256
+
+cdef struct Req:        # a VirtIOBlockReq (vblk.reqs[rid])
+    i64 rid             # -1: free
+    int qi
+    bint born           # popped in this stretch: no dict yet
+    PyObject* d         # (not born) its dict (a reference held)
+    unsigned dirty
+    bint has_type       # "type" (None until handle_request)
+    uint32_t typ
+    uint64_t sector
+    i64 in_len, status_gpa
+    i64 mr_next         # -1: None
+    bint is_write
+    int stage
+    bint has_status
+    i64 status
+    # the elem (born: all of it; decoded: index and the iovecs)
+    i64 index, avail_idx, ring, itab, ilen
+    bint ind
+    int nrec, nout, nin
+    i64* ri             # (these arrays: cap entries, the b_* below or a heap block)
+    uint64_t* raddr
+    uint32_t* rlen
+    uint16_t* rflags
+    uint16_t* rnext
+    i64* va             # the out iovecs [0, nout), then the in iovecs [nout, nout + nin)
+    i64* vn
+    int nq              # qiov
+    i64* qa
+    i64* qn
+    Py_ssize_t cap
+    void* heap
+    i64 b_ri[INL]
+    uint64_t b_raddr[INL]
+    uint32_t b_rlen[INL]
+    uint16_t b_rflags[INL]
+    uint16_t b_rnext[INL]
+    i64 b_va[INL]
+    i64 b_vn[INL]
+    i64 b_qa[INL]
+    i64 b_qn[INL]
+
+cdef Req _R[HS]
+
+
+cdef void _inline_arrays(Req* r) noexcept:
+    r.ri = r.b_ri
+    r.raddr = r.b_raddr
+    r.rlen = r.b_rlen
+    r.rflags = r.b_rflags
+    r.rnext = r.b_rnext
+    r.va = r.b_va
+    r.vn = r.b_vn
+    r.qa = r.b_qa
+    r.qn = r.b_qn
+    r.cap = INL
+    r.heap = NULL
+
+
+cdef int _room(Req* r, Py_ssize_t n) except -1:
+    """r's arrays hold n entries (a heap block, kept for the slot's later records)"""
+    global _NHEAP
+    cdef char* h
+    if n > INL:
+        _NHEAP += 1
+    cdef size_t per = 8 + 8 + 4 + 2 + 2 + 8 + 8 + 8 + 8
+    if n <= r.cap:
+        return 0
+    n = max(n, 2 * r.cap)
+    h = <char*>malloc(n * per)
+    if h == NULL:
+        raise MemoryError()
+    free(r.heap)
+    r.heap = h
+    r.cap = n
+    r.ri = <i64*>h
+    r.raddr = <uint64_t*>(h + 8 * n)
+    r.va = <i64*>(h + 16 * n)
+    r.vn = <i64*>(h + 24 * n)
+    r.qa = <i64*>(h + 32 * n)
+    r.qn = <i64*>(h + 40 * n)
+    r.rlen = <uint32_t*>(h + 48 * n)
+    r.rflags = <uint16_t*>(h + 52 * n)
+    r.rnext = <uint16_t*>(h + 54 * n)
+    return 0
+
+
+cdef Py_ssize_t _kk
+for _kk in range(HS):
+    _R[_kk].rid = -1
+    _R[_kk].d = NULL
+    _inline_arrays(&_R[_kk])
+cdef int _nlive = 0     # records in use
+
+
+cdef dict _REQ_KEYS = dict.fromkeys(("id", "qi", "elem", "type", "sector", "in_len", "status_gpa",
+                                     "qiov", "mr_next", "is_write", "stage"))
+
+
+cdef inline void _rec_free(Req* r) noexcept:
+    global _nlive
+    cdef PyObject* d = r.d
+    r.rid = -1
+    r.d = NULL
+    _nlive -= 1
+    if d != NULL:
+        Py_DECREF(<object>d)
+
+
+cdef i64 _tqa[1024]
+cdef i64 _tqn[1024]
+
+
+cdef bint _decode(object o, Req* r, i64 rid) except -1:
+    """r = the request dict o (False: not of the shape the Python code makes)"""
+    cdef dict d
+    cdef i64 v
+    cdef int no, ni, nq, k
+    cdef Py_ssize_t n
+    if type(o) is not dict:
+        return False
+    d = <dict>o
+    n = len(d)
+    for key in _REQ_KEYS:
+        if PyDict_GetItemWithError(d, key) == NULL:
+            return False
+    st = _get(d, "status")
+    if n != 11 + (st is not None):
+        return False                    # ("dropped", or keys of another kind)
+    if st is not None and not (_ll(st, &r.status) and 0 <= r.status < 256):
+        return False
+    r.has_status = st is not None
+    if not (_ll(d["id"], &v) and v == rid and _ll(d["qi"], &v) and 0 <= v < D.nvq):
+        return False
+    r.qi = <int>v
+    elem = d["elem"]
+    if type(elem) is not dict or PyDict_GetItemWithError(<dict>elem, "index") == NULL:
+        return False
+    if not _ll((<dict>elem)["index"], &r.index) or not 0 <= r.index <= 0xFFFFFFFF:
+        return False
+    no = _iov_in(_get(<dict>elem, "out"), _oa, _on)
+    ni = _iov_in(_get(<dict>elem, "in"), _ia, _in)
+    nq = _iov_in(d["qiov"], _tqa, _tqn)
+    if no < 0 or ni < 0 or nq < 0:
+        return False
+    _room(r, max(no + ni, nq))
+    for k in range(nq):
+        r.qa[k] = _tqa[k]
+        r.qn[k] = _tqn[k]
+    if not (_ll(d["sector"], &v) and v >= 0):
+        return False
+    r.sector = <uint64_t>v
+    if not (_ll(d["in_len"], &r.in_len) and _ll(d["status_gpa"], &r.status_gpa)):
+        return False
+    mn = d["mr_next"]
+    if mn is None:
+        r.mr_next = -1
+    elif not (_ll(mn, &r.mr_next) and 0 <= r.mr_next < (<i64>1 << 62)):
+        return False
+    if not _bool(d["is_write"], &r.is_write):
+        return False
+    for k in range(no):
+        r.va[k] = _oa[k]
+        r.vn[k] = _on[k]
+    for k in range(ni):
+        r.va[no + k] = _ia[k]
+        r.vn[no + k] = _in[k]
+    r.nout = no
+    r.nin = ni
+    r.nq = nq
+    r.born = False
+    r.dirty = 0
+    r.has_type = False
+    r.stage = ST_POPPED
+    return True
+
+
+cdef int _rec(i64 rid, Req** out) except -2:
+    """vblk.reqs[rid]'s record: 1 (out set), 0 (no such request), -1 (it cannot be held)"""
+    global _nlive, _NDECODED
+    cdef Req* r = &_R[rid & (HS - 1)]
+    cdef PyObject* p
+    if r.rid == rid:
+        out[0] = r
+        return 1
+    p = PyDict_GetItemWithError(_reqs, rid)
+    if p == NULL:
+        return 0
+    if r.rid >= 0 or rid < 0 or not _decode(<object>p, r, rid):
+        return -1
+    r.rid = rid
+    Py_INCREF(<object>p)
+    r.d = p
+    _nlive += 1
+    _NDECODED += 1
+    out[0] = r
+    return 1
+
+
+cdef list _qiov_list(Req* r):
+    return [(r.qa[k], r.qn[k]) for k in range(r.nq)]
+
+
+cdef dict _make_req(Req* r):
+    """the dict of a request born in the stretch, as pop and the later handlers leave it"""
+    cdef int k
+    cdef dict elem, d
+    ring_o = r.ring
+    tab_o = r.itab if r.ind else None
+    descs = []
+    for k in range(r.nrec):
+        descs.append((tab_o if r.ind and k else ring_o, r.ri[k], r.raddr[k], r.rlen[k],
+                      r.rflags[k], r.rnext[k]))
+    elem = PyDict_Copy(_ELEM_T)     # {"index": head, "ndescs": 1, "out": out_iov, "in": in_iov,
+    PyDict_SetItem(elem, "index", r.index)  # "descs": descs, "indirect": .., "avail_idx": idx}
+    PyDict_SetItem(elem, "out", [(r.va[k], r.vn[k]) for k in range(r.nout)])
+    PyDict_SetItem(elem, "in", [(r.va[k], r.vn[k]) for k in range(r.nout, r.nout + r.nin)])
+    PyDict_SetItem(elem, "descs", descs)
+    if r.ind:
+        PyDict_SetItem(elem, "indirect", (tab_o, r.ilen))
+    PyDict_SetItem(elem, "avail_idx", r.avail_idx)
+    d = PyDict_Copy(_REQ_T)
+    PyDict_SetItem(d, "id", r.rid)
+    PyDict_SetItem(d, "qi", r.qi)
+    PyDict_SetItem(d, "elem", elem)
+    if r.has_type:
+        PyDict_SetItem(d, "type", r.typ)
+    if r.sector:
+        PyDict_SetItem(d, "sector", r.sector)
+    if r.in_len:
+        PyDict_SetItem(d, "in_len", r.in_len)
+    if r.status_gpa:
+        PyDict_SetItem(d, "status_gpa", r.status_gpa)
+    PyDict_SetItem(d, "qiov", _qiov_list(r))
+    if r.mr_next >= 0:
+        PyDict_SetItem(d, "mr_next", r.mr_next)
+    if r.is_write:
+        PyDict_SetItem(d, "is_write", True)
+    if r.stage != ST_POPPED:
+        PyDict_SetItem(d, "stage", _STAGES[r.stage])
+    if r.has_status:
+        PyDict_SetItem(d, "status", r.status)
+    return d
+
+
+cdef int _write_back(Req* r) except -1:
+    """the fields changed in the stretch into the request's dict"""
+    cdef dict d = <dict>r.d
+    cdef unsigned f = r.dirty
+    if f & F_TYPE:
+        d["type"] = r.typ
+    if f & F_SECTOR:
+        d["sector"] = r.sector
+    if f & F_IN_LEN:
+        d["in_len"] = r.in_len
+    if f & F_STATUS_GPA:
+        d["status_gpa"] = r.status_gpa
+    if f & F_QIOV:
+        d["qiov"] = _qiov_list(r)
+    if f & F_MR_NEXT:
+        d["mr_next"] = None if r.mr_next < 0 else r.mr_next
+    if f & F_IS_WRITE:
+        d["is_write"] = bool(r.is_write)
+    if f & F_STAGE:
+        d["stage"] = _STAGES[r.stage]
+    if f & F_STATUS:
+        d["status"] = r.status
+    return 0
+
+
+cdef i64 _born[HS]
+
+
+cdef int _store_reqs() except -1:
+    """every record back into vblk.reqs (see above), and the records freed"""
+    global _NWRITTEN, _NMADE
+    cdef Py_ssize_t k, j, nb = 0
+    cdef i64 t
+    cdef Req* r
+    if not _nlive:
+        return 0
+    for k in range(HS):
+        r = &_R[k]
+        if r.rid < 0:
+            continue
+        if r.born:
+            _born[nb] = r.rid
+            nb += 1
+        else:
+            if r.dirty:
+                _write_back(r)
+                _NWRITTEN += 1
+            _rec_free(r)
+    for k in range(1, nb):              # (rid order: the order pop put them in vblk.reqs)
+        t = _born[k]
+        j = k - 1
+        while j >= 0 and _born[j] > t:
+            _born[j + 1] = _born[j]
+            j -= 1
+        _born[j + 1] = t
+    for k in range(nb):
+        r = &_R[_born[k] & (HS - 1)]
+        _reqs[r.rid] = _make_req(r)
+        _rec_free(r)
+        _NMADE += 1
+    return 0
 
 
 cdef dict _TYPE_NAMES = _B.TYPE_NAMES
@@ -917,18 +1539,21 @@ cdef int h_handle_request(Core* c, Frame* f) except -1:
     cdef uint32_t typ, masked, num = 0, dflags = 0
     cdef uint64_t sector, dsector = 0
     cdef bint is_write, range_ok, w, is_wz = False
+    cdef Req* r
     if not _ready(c, K_vblk_handle_request) or f.n != 2 or f.s[0] or f.s[1]:
         return BAIL
-    req = _req(rid)
-    if req is None:
+    if _rec(rid, &r) != 1:
         return BAIL
-    elem = _get(req, "elem")
-    if type(elem) is not dict:
-        return BAIL
-    nout = _iov_in(_get(<dict>elem, "out"), _oa, _on)
-    nin = _iov_in(_get(<dict>elem, "in"), _ia, _in)
+    nout = r.nout
+    nin = r.nin
     if nout < 1 or nin < 1:
         return BAIL
+    for k in range(nout):
+        _oa[k] = r.va[k]
+        _on[k] = r.vn[k]
+    for k in range(nin):
+        _ia[k] = r.va[nout + k]
+        _in[k] = r.vn[nout + k]
     for k in range(nout):                   # iov_to_buf(m, out_iov, 16)
         take = min(_on[k], 16 - got)
         if take <= 0:
@@ -945,8 +1570,7 @@ cdef int h_handle_request(Core* c, Frame* f) except -1:
     for k in range(nin):
         in_len += _in[k]
     status_gpa = _ia[nin - 1] + _in[nin - 1] - 1
-    mrb = sget(_vblk, _VirtIOBlock, _BK_[B_MRB], "mrb")
-    if type(mrb) is not list:
+    if _mrb_n >= MAXM:
         return BAIL
     is_write = typ & 1
     if masked == 0:
@@ -964,10 +1588,6 @@ cdef int h_handle_request(Core* c, Frame* f) except -1:
                 size += _in[k]
             size += _in[nin - 1] - 1
         range_ok = _sect_range_ok(sector, size)
-        if PyList_GET_SIZE(mrb):
-            miw = sget(_vblk, _VirtIOBlock, _BK_[B_MRB_IS_WRITE], "mrb_is_write")
-            if type(miw) is not bool:
-                return BAIL
     elif masked == 10 or masked == 12:
         # _handle_dwz: status 2 (UNSUPP) / 1 (IOERR) / 0 (submit), decided before anything
         is_wz = typ & ~<uint32_t>0x80000000 == 13
@@ -1041,20 +1661,32 @@ cdef int h_handle_request(Core* c, Frame* f) except -1:
         status = 2                      # not supported by this device: UNSUPP
     begin(c)
     _RAN[K_vblk_handle_request] += 1
-    req["in_len"] = in_len
-    req["status_gpa"] = status_gpa
-    req["type"] = typ
-    tname = _type_name(typ)
-    if PyDict_GetItemWithError(_by_type, tname) != NULL:
-        _by_type[tname] = _by_type[tname] + 1
+    r.in_len = in_len
+    r.status_gpa = status_gpa
+    r.has_type = True
+    r.typ = typ
+    r.dirty |= F_IN_LEN | F_STATUS_GPA | F_TYPE
+    k = typ & ~<uint32_t>0x80000000
+    if k == 0:
+        _bump(BT_IN)
+    elif k == 1:
+        _bump(BT_OUT)
+    elif k == 4:
+        _bump(BT_FLUSH)
+    else:
+        tname = _type_name(typ)
+        if PyDict_GetItemWithError(_by_type, tname) != NULL:
+            _by_type[tname] = _by_type[tname] + 1
     D.submitted += 1
     if masked == 10 or masked == 12:
         if typ & 1 and out_len <= 16:
-            req["sector"] = dsector
+            r.sector = dsector
+            r.dirty |= F_SECTOR
         if status:
             call(c, F2(K_vblk_req_complete, rid, status), F1(K_vblk_pop, qi))
             return 0
-        req["stage"] = "submitted"
+        r.stage = ST_SUBMITTED
+        r.dirty |= F_STAGE
         if is_wz:
             _aio_submit(c, "write_zeroes", dsector << 9, None, (<i64>num) << 9,
                         4 if dflags & 1 else 0, ("vblk.dwz_complete", (rid,)), True, F1(K_vblk_pop, qi))
@@ -1078,41 +1710,49 @@ cdef int h_handle_request(Core* c, Frame* f) except -1:
         call(c, F2(K_vblk_req_complete, rid, status), F1(K_vblk_pop, qi))
         return 0
     if masked == 4:
-        req["stage"] = "flush"
-        if PyList_GET_SIZE(mrb) and sget(_vblk, _VirtIOBlock, _BK_[B_MRB_IS_WRITE], "mrb_is_write"):
+        r.stage = ST_FLUSH
+        r.dirty |= F_STAGE
+        if _mrb_n and _miw:
             call(c, F1(K_vblk_submit_multireq, qi), F2(K_vblk_flush, qi, rid))
         else:
             cont(c, F2(K_vblk_flush, qi, rid))
         return 0
     # _handle_rw
+    cnt = 0
     if is_write:
-        qiov = []
         nb = 16
         for k in range(nout):
             if nb >= _on[k]:
                 nb -= _on[k]
                 continue
-            qiov.append((_oa[k] + nb, _on[k] - nb))
+            r.qa[cnt] = _oa[k] + nb
+            r.qn[cnt] = _on[k] - nb
+            cnt += 1
             nb = 0
     else:
-        qiov = [(_ia[k], _in[k]) for k in range(nin - 1)]
+        for k in range(nin - 1):
+            r.qa[cnt] = _ia[k]
+            r.qn[cnt] = _in[k]
+            cnt += 1
         if _in[nin - 1] > 1:
-            qiov.append((_ia[nin - 1], _in[nin - 1] - 1))
-    req["sector"] = sector
-    req["is_write"] = is_write
-    req["qiov"] = qiov
+            r.qa[cnt] = _ia[nin - 1]
+            r.qn[cnt] = _in[nin - 1] - 1
+            cnt += 1
+    r.nq = <int>cnt
+    r.sector = sector
+    r.is_write = is_write
+    r.dirty |= F_QIOV | F_SECTOR | F_IS_WRITE
     if not range_ok:
         call(c, F2(K_vblk_req_complete, rid, 1), F1(K_vblk_pop, qi))
         return 0
-    if PyList_GET_SIZE(mrb):
-        w = sget(_vblk, _VirtIOBlock, _BK_[B_MRB_IS_WRITE], "mrb_is_write") is True
-        if (PyList_GET_SIZE(mrb) == 32 or is_write != w
+    if _mrb_n:
+        if (_mrb_n == 32 or is_write != _miw
                 or not sget(_vblk, _VirtIOBlock, _BK_[B_REQUEST_MERGING], "request_merging")):
             call(c, F1(K_vblk_submit_multireq, qi), F2(K_vblk_mrb_add, qi, rid))
             return 0
-    mrb.append(rid)
-    sset(_vblk, _VirtIOBlock, _BK_[B_MRB_IS_WRITE], "mrb_is_write", is_write)
-    req["stage"] = "mrb"
+    _mrb_append(rid, is_write)
+    r.stage = ST_MRB
+    r.dirty |= F_STAGE
     cont(c, F1(K_vblk_pop, qi))
     return 0
 
@@ -1120,19 +1760,18 @@ cdef int h_handle_request(Core* c, Frame* f) except -1:
 cdef int h_mrb_add(Core* c, Frame* f) except -1:
     """vblk.mrb_add: mrb_add (QEMU virtio_blk_handle_request's virtio_blk_submit_multireq)"""
     cdef i64 qi = f.a[0], rid = f.a[1]
+    cdef Req* r
     if not _ready(c, K_vblk_mrb_add) or f.n != 2 or f.s[0] or f.s[1]:
         return BAIL
-    req = _req(rid)
-    if req is None or PyDict_GetItemWithError(req, "is_write") == NULL:
+    if _rec(rid, &r) != 1:
         return BAIL
-    mrb = sget(_vblk, _VirtIOBlock, _BK_[B_MRB], "mrb")
-    if type(mrb) is not list:
+    if _mrb_n >= MAXM:
         return BAIL
     begin(c)
     _RAN[K_vblk_mrb_add] += 1
-    mrb.append(rid)
-    sset(_vblk, _VirtIOBlock, _BK_[B_MRB_IS_WRITE], "mrb_is_write", req["is_write"])
-    req["stage"] = "mrb"
+    _mrb_append(rid, r.is_write)
+    r.stage = ST_MRB
+    r.dirty |= F_STAGE
     cont(c, F1(K_vblk_pop, qi))
     return 0
 
@@ -1146,15 +1785,10 @@ cdef int h_pass_end(Core* c, Frame* f) except -1:
     if not _ready(c, K_vblk_pass_end) or f.n != 1 or f.s[0] or not 0 <= qi < D.nvq:
         return BAIL
     q = &D.q[qi]
-    key = qi
-    s = _get(_suppress, key)
-    sup = s is not None and s
+    sup = _sup_has[qi] and _sup_val[qi]
     if sup and not _notification_ok(c, q, True):
         return BAIL
     if q.avail and q.caches and not ram_ok(c, q.avail + 2, 2):
-        return BAIL
-    mrb = sget(_vblk, _VirtIOBlock, _BK_[B_MRB], "mrb")
-    if type(mrb) is not list:
         return BAIL
     begin(c)
     _RAN[K_vblk_pass_end] += 1
@@ -1166,11 +1800,10 @@ cdef int h_pass_end(Core* c, Frame* f) except -1:
     if not empty:
         cont(c, F2(K_vblk_handle_vq, qi, 1))
         return 0
-    if PyList_GET_SIZE(mrb):
+    if _mrb_n:
         cont(c, F1(K_vblk_submit_multireq, qi))
         return 0
-    if PyDict_GetItemWithError(_suppress, key) != NULL:
-        PyDict_DelItem(_suppress, key)
+    _sup_del(<int>qi)
     return 0
 
 
@@ -1179,36 +1812,32 @@ cdef i64 _ms[64]          # sector
 cdef i64 _msz[64]         # iov_size(qiov)
 cdef i64 _mn[64]          # len(qiov)
 cdef int _mord[64]
+cdef i64 _mid[64]         # id
+cdef Req* _grec[64]       # submit_requests' records
 
 
 cdef int h_submit_multireq(Core* c, Frame* f) except -1:
     """vblk.submit_multireq: submit_multireq (QEMU virtio_blk_submit_multireq: sort, merge)"""
+    global _ng, _ngr, _mrb_n, _mrb_changed, _groups_changed
+    cdef int ncur = 0
     cdef i64 qi = f.a[0], sector = 0, nb = 0, niov = 0, size, ngroups = 0, merged = 0, v
     cdef Py_ssize_t n, k, j
     cdef int t
-    cdef PyObject* p
+    cdef Req* r
     if not _ready(c, K_vblk_submit_multireq) or f.n != 1 or f.s[0]:
         return BAIL
-    mrb = sget(_vblk, _VirtIOBlock, _BK_[B_MRB], "mrb")
-    if type(mrb) is not list or PyList_GET_SIZE(mrb) > 64:
-        return BAIL
-    n = PyList_GET_SIZE(mrb)
-    reqs = []
+    n = _mrb_n
     for k in range(n):
-        p = PyDict_GetItemWithError(_reqs, <object>PyList_GET_ITEM(mrb, k))
-        if p == NULL or type(<object>p) is not dict:
+        if _rec(_mrb[k], &r) != 1:
             return BAIL
-        r = <dict>p
-        if (PyDict_GetItemWithError(r, "id") == NULL or not _ll(_get(r, "sector"), &_ms[k])
-                or not 0 <= _ms[k] < (<i64>1 << 60)):
+        if r.sector >= (<uint64_t>1 << 60):
             return BAIL
-        _mn[k] = _iov_in(_get(r, "qiov"), _oa, _on)
-        if _mn[k] < 0:
-            return BAIL
+        _ms[k] = <i64>r.sector
+        _mn[k] = r.nq
         _msz[k] = 0
-        for j in range(_mn[k]):
-            _msz[k] += _on[j]
-        reqs.append(r)
+        for j in range(r.nq):
+            _msz[k] += r.qn[j]
+        _mid[k] = r.rid
         _mord[k] = <int>k
     # list.sort(key=sector): stable; insertion sort of the indices
     if n > 1:
@@ -1221,28 +1850,30 @@ cdef int h_submit_multireq(Core* c, Frame* f) except -1:
             _mord[j + 1] = t
     begin(c)
     _RAN[K_vblk_submit_multireq] += 1
-    groups = []
-    cur = []
+    _ng = _ngr = 0                  # (groups = [...]: the old ones are dropped)
     for j in range(n):
         k = _mord[j]
         size = _msz[k]
-        if PyList_GET_SIZE(cur) and (sector + nb != _ms[k] or niov > 1024 - _mn[k]
-                                     or size > 0x7FFFFFFF or nb > (0x7FFFFFFF - size) // 512):
-            groups.append(cur)
-            merged += PyList_GET_SIZE(cur) - 1
-            cur = []
-        if not PyList_GET_SIZE(cur):
+        if _ngr > ncur and (sector + nb != _ms[k] or niov > 1024 - _mn[k]
+                            or size > 0x7FFFFFFF or nb > (0x7FFFFFFF - size) // 512):
+            _gn[_ng] = _ngr - ncur
+            merged += _gn[_ng] - 1
+            _ng += 1
+            ncur = _ngr
+        if _ngr == ncur:
             sector = _ms[k]
             nb = 0
             niov = 0
-        cur.append((<dict>reqs[k])["id"])
+        _gr[_ngr] = _mid[k]
+        _ngr += 1
         nb += size // 512
         niov += _mn[k]
-    if PyList_GET_SIZE(cur):
-        groups.append(cur)
-        merged += PyList_GET_SIZE(cur) - 1
-    sset(_vblk, _VirtIOBlock, _BK_[B_MRB], "mrb", [])
-    sset(_vblk, _VirtIOBlock, _BK_[B_GROUPS], "groups", groups)
+    if _ngr > ncur:
+        _gn[_ng] = _ngr - ncur
+        merged += _gn[_ng] - 1
+        _ng += 1
+    _mrb_n = 0
+    _mrb_changed = _groups_changed = True
     D.merged += merged
     cont(c, F1(K_vblk_submit_requests, qi))
     return 0
@@ -1251,20 +1882,34 @@ cdef int h_submit_multireq(Core* c, Frame* f) except -1:
 cdef int _aio_submit(Core* c, str op, object offset, object qiov, i64 nbytes, i64 flags,
                      object cb, bint then, Frame then_f) except -1:
     """emu.block.backend.blk_aio_submit (qiov: its iov_size is nbytes)"""
+    global _NSETITEM
     cdef i64 bid
     blk = _block
     bid_o = sget(blk, _BlockState, _BS[K_NEXT_REQ], "next_req")
     bid = bid_o
     sset(blk, _BlockState, _BS[K_NEXT_REQ], "next_req", bid_o + 1)
     d = PyDict_Copy(_BREQ_T)         # {"id": bid, "op": op, "cur_op": op, "offset": offset,
-    PyDict_SetItem(d, "id", bid_o)   #  "bytes": nbytes, "qiov": qiov, "flags": flags, "cb": cb,
-    PyDict_SetItem(d, "op", op)      #  "ret": None, "phase": "submit"}
-    PyDict_SetItem(d, "cur_op", op)
-    PyDict_SetItem(d, "offset", offset)
-    PyDict_SetItem(d, "bytes", nbytes)
-    PyDict_SetItem(d, "qiov", qiov)
-    PyDict_SetItem(d, "flags", flags)
-    PyDict_SetItem(d, "cb", cb)
+    cdef object nbytes_o = nbytes    #  "bytes": nbytes, "qiov": qiov, "flags": flags, "cb": cb,
+    cdef object flags_o = flags      #  "ret": None, "phase": "submit"}
+    cdef PyObject* v[8]
+    v[0] = <PyObject*>bid_o
+    v[1] = <PyObject*>op
+    v[2] = <PyObject*>op
+    v[3] = <PyObject*>offset
+    v[4] = <PyObject*>nbytes_o
+    v[5] = <PyObject*>qiov
+    v[6] = <PyObject*>flags_o
+    v[7] = <PyObject*>cb
+    if vbd_fill_values(d, _BREQ_KEYS, v, 8) != 0:
+        _NSETITEM += 1
+        PyDict_SetItem(d, "id", bid_o)
+        PyDict_SetItem(d, "op", op)
+        PyDict_SetItem(d, "cur_op", op)
+        PyDict_SetItem(d, "offset", offset)
+        PyDict_SetItem(d, "bytes", nbytes_o)
+        PyDict_SetItem(d, "qiov", qiov)
+        PyDict_SetItem(d, "flags", flags_o)
+        PyDict_SetItem(d, "cb", cb)
     _breqs[bid_o] = d
     if not then:
         cont(c, F1(K_blk_co_entry, bid))
@@ -1281,61 +1926,61 @@ cdef inline bint _next_req_ok() except -1:
 
 cdef int h_submit_requests(Core* c, Frame* f) except -1:
     """vblk.submit_requests: submit_requests (QEMU submit_requests -> blk_aio_pwritev/preadv)"""
-    cdef i64 qi = f.a[0], sector = 0, nbytes = 0, cnt
+    global _ng, _ngr, _groups_changed
+    cdef i64 qi = f.a[0], sector = 0, nbytes = 0, v
     cdef Py_ssize_t n, k, j
-    cdef PyObject* p
+    cdef Req* r
     if not _ready(c, K_vblk_submit_requests) or f.n != 1 or f.s[0] or not _next_req_ok():
         return BAIL
-    groups = sget(_vblk, _VirtIOBlock, _BK_[B_GROUPS], "groups")
-    if type(groups) is not list or not PyList_GET_SIZE(groups):
+    if not _ng or not _gn[0]:
         return BAIL
-    group = <object>PyList_GET_ITEM(groups, 0)
-    if type(group) is not list or not PyList_GET_SIZE(group):
-        return BAIL
-    n = PyList_GET_SIZE(group)
+    n = _gn[0]
     for k in range(n):
-        p = PyDict_GetItemWithError(_reqs, <object>PyList_GET_ITEM(group, k))
-        if p == NULL or type(<object>p) is not dict:
+        if _rec(_gr[k], &r) != 1:
             return BAIL
-        r = <dict>p
-        cnt = _iov_in(_get(r, "qiov"), _oa, _on)
-        if cnt < 0:
-            return BAIL
-        for j in range(cnt):
-            nbytes += _on[j]
-        if k == 0:
-            first = r
-            if not _ll(_get(r, "sector"), &sector) or not 0 <= sector < (<i64>1 << 50):
-                return BAIL
-            if type(_get(r, "is_write")) is not bool:
-                return BAIL
+        for j in range(r.nq):
+            nbytes += r.qn[j]
+        _grec[k] = r
+    r = _grec[0]
+    if r.sector >= (<uint64_t>1 << 50):
+        return BAIL
+    sector = <i64>r.sector
     begin(c)
     _RAN[K_vblk_submit_requests] += 1
-    _list_set_slice(groups, 0, 1, NULL)           # groups.pop(0) (groups: a non-empty list)
+    _ng -= 1                                      # groups.pop(0)
+    _ngr -= <int>n
+    memmove(_gn, _gn + 1, _ng * sizeof(int))
+    memmove(_gr, _gr + n, _ngr * sizeof(i64))
+    _groups_changed = True
     cdef list qiov = []
-    for k in range(n - 1):        # (first is _reqs[group[0]], looked up above)
-        (<dict>first if k == 0 else <dict>_reqs[group[k]])["mr_next"] = group[k + 1]
+    for k in range(n - 1):
+        r = _grec[k]
+        r.mr_next = _grec[k + 1].rid
+        r.dirty |= F_MR_NEXT
     for k in range(n):
-        r = first if k == 0 else <dict>_reqs[group[k]]
-        qiov.extend((<dict>r)["qiov"])
-        (<dict>r)["stage"] = "submitted"
-    op = "write" if (<dict>first)["is_write"] else "read"
-    _aio_submit(c, op, sector << 9, qiov, nbytes, 0, ("vblk.rw_complete", (group[0],)),
-                PyList_GET_SIZE(groups) != 0, F1(K_vblk_submit_requests, qi))
+        r = _grec[k]
+        for j in range(r.nq):
+            qiov.append((r.qa[j], r.qn[j]))
+        r.stage = ST_SUBMITTED
+        r.dirty |= F_STAGE
+    op = "write" if _grec[0].is_write else "read"
+    _aio_submit(c, op, sector << 9, qiov, nbytes, 0, ("vblk.rw_complete", (_grec[0].rid,)),
+                _ng != 0, F1(K_vblk_submit_requests, qi))
     return 0
 
 
 cdef int h_flush(Core* c, Frame* f) except -1:
     """vblk.flush: handle_flush (QEMU virtio_blk_handle_flush -> blk_aio_flush)"""
     cdef i64 qi = f.a[0], rid = f.a[1]
+    cdef Req* r
     if not _ready(c, K_vblk_flush) or f.n != 2 or f.s[0] or f.s[1] or not _next_req_ok():
         return BAIL
-    req = _req(rid)
-    if req is None:
+    if _rec(rid, &r) != 1:
         return BAIL
     begin(c)
     _RAN[K_vblk_flush] += 1
-    req["stage"] = "submitted"
+    r.stage = ST_SUBMITTED
+    r.dirty |= F_STAGE
     _aio_submit(c, "flush", 0, None, 0, 0, ("vblk.flush_complete", (rid,)), True,
                 F1(K_vblk_pop, qi))
     return 0
@@ -1351,32 +1996,20 @@ cdef int _error_status(bint is_read) except -1:
 
 
 cdef int h_rw_complete(Core* c, Frame* f) except -1:
-    """vblk.rw_complete: rw_complete (QEMU virtio_blk_rw_complete)"""
-    cdef i64 rid = f.a[0], ret = f.a[1], status = 0, nxt = 0
-    cdef PyObject* p
+    """vblk.rw_complete: rw_complete (QEMU virtio_blk_rw_complete); a request dropped by a reset:
+    bail"""
+    cdef i64 rid = f.a[0], ret = f.a[1], status = 0, nxt
+    cdef int res
+    cdef Req* r
     if not _ready(c, K_vblk_rw_complete) or f.n != 2 or f.s[0] or f.s[1]:
         return BAIL
-    key = rid
-    p = PyDict_GetItemWithError(_reqs, key)
-    if p == NULL:
+    res = _rec(rid, &r)
+    if res < 0:
+        return BAIL
+    if res == 0:
         begin(c)
         _RAN[K_vblk_rw_complete] += 1
         return 0
-    req = <object>p
-    if type(req) is not dict:
-        return BAIL
-    dropped = _get(<dict>req, "dropped")
-    if dropped is not None and dropped:
-        begin(c)
-        _RAN[K_vblk_rw_complete] += 1
-        PyDict_DelItem(_reqs, key)
-        return 0
-    if PyDict_GetItemWithError(<dict>req, "mr_next") == NULL or \
-            (ret and PyDict_GetItemWithError(<dict>req, "is_write") == NULL):
-        return BAIL
-    nxt_o = (<dict>req)["mr_next"]
-    if nxt_o is not None and not _ll(nxt_o, &nxt):
-        return BAIL
     if ret:
         pol = sget(_block, _BlockState, _BS[K_WERROR], "werror")
         if type(pol) is not str or type(sget(_block, _BlockState, _BS[K_RERROR], "rerror")) is not str:
@@ -1384,8 +2017,9 @@ cdef int h_rw_complete(Core* c, Frame* f) except -1:
     begin(c)
     _RAN[K_vblk_rw_complete] += 1
     if ret:
-        status = _error_status(not (<dict>req)["is_write"])
-    if nxt_o is not None:
+        status = _error_status(not r.is_write)
+    nxt = r.mr_next
+    if nxt >= 0:
         call(c, F2(K_vblk_req_complete, rid, status), F2(K_vblk_rw_complete, nxt, ret))
     else:
         cont(c, F2(K_vblk_req_complete, rid, status))
@@ -1394,25 +2028,21 @@ cdef int h_rw_complete(Core* c, Frame* f) except -1:
 
 cdef int _simple_complete(Core* c, Frame* f, int kind) except -1:
     """_simple_complete (QEMU virtio_blk_flush_complete / discard_write_zeroes_complete): a
-    dropped request is forgotten, an error becomes the error action's status, then
-    req_complete"""
+    missing request is forgotten, an error becomes the error action's status, then
+    req_complete (a request dropped by a reset: bail)"""
     cdef i64 rid = f.a[0], ret = f.a[1], status = 0
-    cdef PyObject* p
+    cdef int res
+    cdef Req* r
     if not _ready(c, kind) or f.n != 2 or f.s[0] or f.s[1]:
         return BAIL
-    key = rid
-    p = PyDict_GetItemWithError(_reqs, key)
-    if p != NULL and type(<object>p) is not dict:
+    res = _rec(rid, &r)
+    if res < 0:
         return BAIL
     if ret and type(sget(_block, _BlockState, _BS[K_WERROR], "werror")) is not str:
         return BAIL
     begin(c)
     _RAN[kind] += 1
-    if p == NULL:
-        return 0
-    dropped = _get(<dict><object>p, "dropped")
-    if dropped is not None and dropped:
-        PyDict_DelItem(_reqs, key)
+    if res == 0:
         return 0
     if ret:
         status = _error_status(False)
@@ -1446,56 +2076,43 @@ cdef int h_req_complete(Core* c, Frame* f) except -1:
     """vblk.req_complete: req_complete (QEMU virtio_blk_req_complete: the status byte)"""
     cdef i64 rid = f.a[0], status = f.a[1], gpa
     cdef uint8_t b
+    cdef Req* r
     if not _ready(c, K_vblk_req_complete) or f.n != 2 or f.s[0] or f.s[1] or not 0 <= status < 256:
         return BAIL
     if status == 1 and _STRICT:     # IOERR: its req-status fact is what `catch error` matches
         return BAIL
-    req = _req(rid)
-    if req is None:
+    if _rec(rid, &r) != 1:
         return BAIL
-    if not _ll(_get(req, "status_gpa"), &gpa) or not ram_ok(c, gpa, 1):
+    gpa = r.status_gpa
+    if not ram_ok(c, gpa, 1):
         return BAIL
     begin(c)
     _RAN[K_vblk_req_complete] += 1
     b = <uint8_t>status
     ram_write(c, gpa, &b, 1)
-    req["status"] = status
-    req["stage"] = "completing"
+    r.has_status = True
+    r.status = status
+    r.stage = ST_COMPLETING
+    r.dirty |= F_STATUS | F_STAGE
     cont(c, F1(K_vq_fill, rid))
     return 0
 
 
-cdef inline int _req_qi(dict req) except -2:
-    """req["qi"] as an index of a queue held in D, or -1"""
-    cdef i64 qi
-    if not _ll(_get(req, "qi"), &qi) or not 0 <= qi < D.nvq:
-        return -1
-    return <int>qi
-
-
 cdef int h_fill(Core* c, Frame* f) except -1:
     """vq.fill: fill -> virtqueue_fill (QEMU virtqueue_split_fill)"""
-    cdef i64 rid = f.a[0], index, length, a = 0
-    cdef int qi
+    cdef i64 rid = f.a[0], a = 0
     cdef VQ* q
     cdef bint filled
     cdef uint32_t e[2]
+    cdef Req* r
     if not _ready(c, K_vq_fill) or f.n != 1 or f.s[0]:
         return BAIL
-    req = _req(rid)
-    if req is None:
+    if _rec(rid, &r) != 1:
         return BAIL
-    qi = _req_qi(req)
-    if qi < 0:
-        return BAIL
-    q = &D.q[qi]
-    elem = _get(req, "elem")
-    if type(elem) is not dict or PyDict_GetItemWithError(req, "in_len") == NULL:
-        return BAIL
+    q = &D.q[r.qi]
     filled = not D.broken and q.used
     if filled:
-        if q.num <= 0 or not _ll(_get(<dict>elem, "index"), &index) or not 0 <= index <= 0xFFFFFFFF \
-                or not _ll(req["in_len"], &length):
+        if q.num <= 0:
             return BAIL
         a = q.used + 4 + 8 * (q.used_idx % q.num)
         if not ram_ok(c, a, 8):
@@ -1503,8 +2120,8 @@ cdef int h_fill(Core* c, Frame* f) except -1:
     begin(c)
     _RAN[K_vq_fill] += 1
     if filled:
-        e[0] = <uint32_t>index
-        e[1] = <uint32_t>(<uint64_t>length & 0xFFFFFFFF)
+        e[0] = <uint32_t>r.index
+        e[1] = <uint32_t>(<uint64_t>r.in_len & 0xFFFFFFFF)
         ram_write(c, a, e, 8)
     cont(c, F1(K_vq_flush, rid))
     return 0
@@ -1513,17 +2130,13 @@ cdef int h_fill(Core* c, Frame* f) except -1:
 cdef int h_flush_used(Core* c, Frame* f) except -1:
     """vq.flush: flush -> virtqueue_flush (QEMU virtqueue_split_flush); broken device: bail"""
     cdef i64 rid = f.a[0], old, new, diff
-    cdef int qi
     cdef VQ* q
+    cdef Req* r
     if not _ready(c, K_vq_flush) or f.n != 1 or f.s[0]:
         return BAIL
-    req = _req(rid)
-    if req is None:
+    if _rec(rid, &r) != 1:
         return BAIL
-    qi = _req_qi(req)
-    if qi < 0:
-        return BAIL
-    q = &D.q[qi]
+    q = &D.q[r.qi]
     if D.broken or not q.used or not ram_ok(c, q.used + 2, 2):
         return BAIL
     begin(c)
@@ -1537,8 +2150,7 @@ cdef int h_flush_used(Core* c, Frame* f) except -1:
     if (diff - 0x10000 if diff >= 0x8000 else diff) < ((new - old) & 0xFFFF):
         q.signalled_used_valid = False
     D.completed += 1
-    st = _get(req, "status")
-    if st is not None and st:
+    if r.has_status and r.status:
         D.errors += 1
     cont(c, F1(K_vq_notify, rid))
     return 0
@@ -1550,14 +2162,12 @@ cdef int h_notify_used(Core* c, Frame* f) except -1:
     cdef int qi, empty = 0
     cdef VQ* q
     cdef bint set_shadow = False, need, v
+    cdef Req* r
     if not _ready(c, K_vq_notify) or f.n != 1 or f.s[0]:
         return BAIL
-    req = _req(rid)
-    if req is None:
+    if _rec(rid, &r) != 1:
         return BAIL
-    qi = _req_qi(req)
-    if qi < 0:
-        return BAIL
+    qi = r.qi
     q = &D.q[qi]
     if _has(24) and not q.inuse:
         empty = _queue_empty(c, q, &set_shadow, &aidx)
@@ -1569,10 +2179,11 @@ cdef int h_notify_used(Core* c, Frame* f) except -1:
                 return BAIL
         elif not ram_ok(c, q.avail + 4 + 2 * q.num, 2):
             return BAIL
-    key = rid
     begin(c)
     _RAN[K_vq_notify] += 1
-    PyDict_DelItem(_reqs, key)
+    if not r.born:
+        PyDict_DelItem(_reqs, rid)          # vblk.reqs.pop(rid)
+    _rec_free(r)
     if set_shadow:
         q.shadow_avail_idx = aidx
     if empty:
@@ -1590,7 +2201,7 @@ cdef int h_notify_used(Core* c, Frame* f) except -1:
     if need:
         cont(c, F1(K_vq_irq, qi))
     else:
-        _inc(_counters, "irqs_suppressed")
+        _bump(C_IRQS_SUPPRESSED)
     return 0
 
 
@@ -1618,9 +2229,9 @@ cdef int h_irq(Core* c, Frame* f) except -1:
     if e.masked:
         _proxy.msix_pba[vec] = True
         return 0
-    _inc(_counters, "interrupts")
+    _bump(C_INTERRUPTS)
     if e.kind == 0:
-        _inc(_counters, "irqs_lost")
+        _bump(C_IRQS_LOST)
         return 0
     post(c, c.vcpu, F1(e.kind, e.data), D.irq_ns, True)
     return 0
