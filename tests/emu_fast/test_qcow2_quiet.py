@@ -103,10 +103,10 @@ _wls = st.tuples(st.sampled_from([1, 1, 2, 4]), st.lists(_line(), min_size=2, ma
 
 
 @settings(**{**SETTINGS, "max_examples": 12})
-@given(cs=st.sampled_from([4096, 65536]), bits=st.sampled_from([16, 1, 64]), lazy=st.booleans(),
-       wl=_wls, runs=st.lists(st.integers(2, 9), min_size=4, max_size=12))
+@given(cs=st.sampled_from([4096, 65536]), bits=st.sampled_from([16, 16, 1, 8, 64]), lazy=st.booleans(),
+       wl=_wls, runs=st.lists(st.integers(2, 16), min_size=4, max_size=12))
 def test_quiet_compute_leaves_the_python_engines_objects(tmp_path_factory, cs, bits, lazy, wl, runs):
-    """Random write-heavy workloads, compared after runs of 2-9 steps: the engine's fields and
+    """Random write-heavy workloads, compared after runs of 2-16 steps: the engine's fields and
     the order of every plan item's, piece's and meta's keys too."""
     tmp = tmp_path_factory.mktemp("quietq")
     path = _image(tmp, cs, bits, lazy, 3)
