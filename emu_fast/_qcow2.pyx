@@ -40,7 +40,7 @@ from emu.block.qcow2 import cache as _QC
 
 from emu_fast import _support as _SUP
 from emu_fast._core cimport sched_cont, sched_post
-from emu_fast._fmt cimport _hex, _hexll, _phex, _pstr, _ascii
+from emu_fast._fmt cimport _hex, _hexll, _phex, _pstr, _ascii, _ll
 from emu_fast._zeros cimport vb_zeros
 
 PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
@@ -124,6 +124,18 @@ cdef extern from *:
         PyObject *v = PyDict_GetItemWithError(d, key);      /* (borrowed: no reference taken) */
         return v != NULL && PyList_CheckExact(v) && PyList_GET_SIZE(v) == 0 && Py_REFCNT(v) == 1;
     }
+    /* a == b for a str b: -1 when a is not an exact str (the caller compares in Python) */
+    static int vbq_str_eq(PyObject *a, PyObject *b) {
+        Py_ssize_t n;
+        if (a == b)
+            return 1;
+        if (!PyUnicode_CheckExact(a))
+            return -1;
+        n = PyUnicode_GET_LENGTH(a);
+        if (n != PyUnicode_GET_LENGTH(b) || PyUnicode_KIND(a) != PyUnicode_KIND(b))
+            return 0;
+        return memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)n * PyUnicode_KIND(a)) == 0;
+    }
     /* d[key] is v itself */
     static int vbq_is(PyObject *d, PyObject *key, PyObject *v) {
         return PyDict_GetItemWithError(d, key) == v;
@@ -132,6 +144,7 @@ cdef extern from *:
     int vbq_fill(object d, PyObject** vals, Py_ssize_t n) except -1
     int vbq_lone_empty_list(object d, object key) except -1
     int vbq_is(object d, object key, object v) except -1
+    int vbq_str_eq(object a, object b) noexcept
 
 cdef extern from "Python.h":
     dict PyDict_Copy(object d)
@@ -422,7 +435,12 @@ cdef inline Py_ssize_t _lookup_l(object offsets, long long offset) except -2:
 
 cdef int _lru_bump_d(dict cd, object c, Py_ssize_t i, long long times) except -1:
     """_lru_bump with the cache's __dict__ cd at hand"""
-    n = _fa(cd, "lru_counter", c) + times
+    cdef long long k
+    o = _fa(cd, "lru_counter", c)
+    if _ll(o, &k) and 0 <= k < (1LL << 62):
+        n = k + times
+    else:
+        n = o + times
     cd["lru_counter"] = n
     (<list>_fa(cd, "lru", c))[i] = n
     return 0
@@ -1548,9 +1566,19 @@ cdef int _piece_done(dict co, dict piece, object o_pos, object o_rem, object o_q
     else:
         pieces.append(piece)
         npieces[0] = len(pieces)
-    co["pos"] = o_pos + cur
-    co["remaining"] = o_rem - cur
-    co["qoff"] = o_qoff + cur
+    cdef long long k
+    if _ll(o_pos, &k) and 0 <= k < (1LL << 62):
+        co["pos"] = k + cur
+    else:
+        co["pos"] = o_pos + cur
+    if _ll(o_rem, &k) and 0 <= k < (1LL << 62):
+        co["remaining"] = k - cur
+    else:
+        co["remaining"] = o_rem - cur
+    if _ll(o_qoff, &k) and 0 <= k < (1LL << 62):
+        co["qoff"] = k + cur
+    else:
+        co["qoff"] = o_qoff + cur
     return 0
 
 
@@ -1791,7 +1819,7 @@ cdef str _write_machine(object m, object eng, object bid, dict co, bint quiet=Fa
     cdef list metas, pieces
     cdef dict piece, mt
     wphase = co["wphase"]
-    if wphase == "alloc":
+    if _is_str(wphase, S_ALLOC):
         if co["remaining"] == 0:
             co["wphase"] = "link"
             return "every piece allocated and written: link the L2 entries"
@@ -1818,7 +1846,7 @@ cdef str _write_machine(object m, object eng, object bid, dict co, bint quiet=Fa
         what = ", ".join([f"{mt['nb_clusters']} new cluster(s) at {_hex(mt['alloc_offset'])}"
                           for mt in metas if not mt["keep_old"]]) or "in place (COPIED clusters)"
         return f"guest {_hexll(pos)}+{_hexll(cur)} -> host {_hexll(host)}: {what}"
-    if wphase == "link":
+    if _is_str(wphase, S_LINK):
         if quiet:
             _qfn = S_LINK_L2
         else:
@@ -1952,12 +1980,15 @@ cdef str _qfn = S_ALLOC_HOST_OFFSET     # the function a quiet phase named (Mach
 cdef str S_WRITE = "write"
 cdef str S_READ = "read"
 cdef str S_DONE = "done"
+cdef str S_ALLOC = "alloc"
+cdef str S_LINK = "link"
 
 
 cdef inline bint _is_str(object o, str s) except -1:
     """o == s, for a str s"""
-    if type(o) is str:
-        return <str>o == s
+    cdef int r = vbq_str_eq(o, s)
+    if r >= 0:
+        return r
     return o == s
 
 
@@ -1995,9 +2026,9 @@ def bulk_compute(m, eng, dict co, bid):
     global _qfn
     op = co["op"]
     ph = co["phase"]
-    cdef bint write = type(op) is str and <str>op == S_WRITE
+    cdef bint write = _is_str(op, S_WRITE)
     if type(eng) is not _FastQcow2Engine or _is_str(ph, S_DONE) \
-            or not (write or (type(op) is str and <str>op == S_READ)):
+            or not (write or _is_str(op, S_READ)):
         raise RuntimeError("bulk_compute: not a read or write phase of a FastQcow2Engine")
     _geo(eng)
     _qfn = S_ALLOC_HOST_OFFSET
