@@ -164,6 +164,21 @@ cdef dict _from_tpl(dict tpl, PyObject** vals, Py_ssize_t n):
     return d
 
 
+def dict_templates(vals=("a", 1, [2], None, (3,), b"4", 5.0, {}), bint native=False):
+    """(the dicts _from_tpl makes from each template with the values vals, and the dict
+    literals of the same keys) -- or, native: whether this build fills a template's copy in
+    place (CPython 3.11) rather than key by key (for the tests)"""
+    cdef PyObject* v[8]
+    cdef Py_ssize_t i
+    for i in range(8):
+        v[i] = <PyObject*>vals[i]
+    if native:
+        d = PyDict_Copy(TPL_GWRITE)
+        return bool(vbq_fill(d, v, 8))
+    made = [_from_tpl(t, v, len(t)) for t in (TPL_META, TPL_PIECE, TPL_ZERO, TPL_GWRITE)]
+    return made, [dict(zip(t, vals)) for t in (TPL_META, TPL_PIECE, TPL_ZERO, TPL_GWRITE)]
+
+
 # the Python engine's dicts of the quiet path, their keys in its order
 cdef dict TPL_META = {"offset": None, "alloc_offset": None, "nb_clusters": None, "keep_old": None,
                       "cow_start": None, "cow_end": None, "skip_cow": None}    # calculate_l2_meta
