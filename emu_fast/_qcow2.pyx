@@ -16,7 +16,10 @@ The bulk core (emu_fast/_bulk_blk.pyx) runs the read and write phases through bu
 the same functions with no detail text and no Machine.set_function (the function it would name
 goes to co["caller"]), and the two common write steps natively (_fast_alloc: new clusters in a
 cached L2 slice from one cached refcount block with zero COW areas; _fast_in_place: COPIED
-clusters), else these compiled functions.  The engine's and caches' fields are read from their
+clusters), else these compiled functions.  Those steps make the plan items, pieces and metas
+from dict templates (their keys in the Python engine's order; on CPython 3.11 a template's copy
+takes its values in place), write their text in C, read each field once, and skip stores of
+the object a field already holds.  The engine's and caches' fields are read from their
 instance dicts (_ga/_sa), the engine's constant geometry once per engine (_geo).
 
 While the fast engine runs a qcow2 request, the image's Qcow2Engine is given the class
@@ -449,7 +452,8 @@ cdef inline Py_ssize_t _lookup_l(object offsets, long long offset) except -2:
 
 
 cdef int _lru_bump_d(dict cd, object c, Py_ssize_t i, long long times) except -1:
-    """_lru_bump with the cache's __dict__ cd at hand"""
+    """times Cache.put(i) after as many gets, on an entry nobody else holds: the LRU counter
+    goes up by times and entry i takes its last value (cd: the cache's __dict__)"""
     cdef long long k
     o = _fa(cd, "lru_counter", c)
     if _ll(o, &k) and 0 <= k < (1LL << 62):
@@ -1469,16 +1473,6 @@ cdef inline long long _rc_get(const uint8_t* p, long long index, int order) noex
     for k in range(n):
         v = (v << 8) | p[index * n + k]
     return <long long>v
-
-
-cdef int _lru_bump(object c, Py_ssize_t i, long long times) except -1:
-    """times Cache.put(i) after as many gets, on an entry nobody else holds: the LRU counter
-    goes up by times and entry i takes its last value"""
-    n = _ga(c, "lru_counter") + times
-    _sa(c, "lru_counter", n)
-    (<list>_ga(c, "lru"))[i] = n
-    return 0
-
 
 
 cdef int _grow_file_size_2(dict ed, object eng, long long e1, long long e2) except -1:
