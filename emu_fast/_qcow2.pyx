@@ -16,7 +16,10 @@ The bulk core (emu_fast/_bulk_blk.pyx) runs the read and write phases through bu
 the same functions with no detail text and no Machine.set_function (the function it would name
 goes to co["caller"]), and the two common write steps natively (_fast_alloc: new clusters in a
 cached L2 slice from one cached refcount block with zero COW areas; _fast_in_place: COPIED
-clusters), else these compiled functions.  The engine's and caches' fields are read from their
+clusters), else these compiled functions.  Those steps make the plan items, pieces and metas
+from dict templates (their keys in the Python engine's order; on CPython 3.11 a template's copy
+takes its values in place), write their text in C, read each field once, and skip stores of
+the object a field already holds.  The engine's and caches' fields are read from their
 instance dicts (_ga/_sa), the engine's constant geometry once per engine (_geo).
 
 While the fast engine runs a qcow2 request, the image's Qcow2Engine is given the class
@@ -27,6 +30,7 @@ back.
 """
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.object cimport PyObject
+from cpython.list cimport PyList_GET_SIZE
 from libc.stdint cimport uint8_t, uint64_t
 
 import copyreg as _copyreg
@@ -39,7 +43,7 @@ from emu.block.qcow2 import cache as _QC
 
 from emu_fast import _support as _SUP
 from emu_fast._core cimport sched_cont, sched_post
-from emu_fast._fmt cimport _hex, _hexll
+from emu_fast._fmt cimport _hex, _hexll, _phex, _pstr, _ascii, _ll
 from emu_fast._zeros cimport vb_zeros
 
 PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
@@ -70,6 +74,169 @@ cdef inline int _sa(object o, str name, object v) except -1:
         return PyDict_SetItem(<object>dp[0], name, v)
     setattr(o, name, v)
     return 0
+
+
+# == the quiet path's objects, made cheaply ==========================================================
+# The bulk core's compute steps make the Python engine's dicts (plan items, pieces, metas) with
+# the same keys in the same order and the same values; these helpers make them without a hash
+# lookup per key, read an object's fields from its __dict__ once, and write its strings in C.
+
+cdef extern from *:
+    """
+    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000 && !defined(Py_LIMITED_API) && !defined(PYPY_VERSION)
+    #ifndef Py_BUILD_CORE
+    #define Py_BUILD_CORE 1
+    #define VBQ_UNDEF_BUILD_CORE 1
+    #endif
+    #include "internal/pycore_dict.h"
+    #ifdef VBQ_UNDEF_BUILD_CORE
+    #undef Py_BUILD_CORE
+    #undef VBQ_UNDEF_BUILD_CORE
+    #endif
+    /* d (a fresh copy of a template dict literal: a combined table of n str keys, entries in
+       insertion order) takes vals[0..n) as its values, in that order; 0: d is not such a table
+       (nothing changed: the caller stores them one by one) */
+    static int vbq_fill(PyObject *d, PyObject *const *vals, Py_ssize_t n) {
+        PyDictObject *mp = (PyDictObject *)d;
+        PyDictKeysObject *k = mp->ma_keys;
+        PyDictUnicodeEntry *ep;
+        PyObject *old;
+        Py_ssize_t i;
+        if (mp->ma_values != NULL || !DK_IS_UNICODE(k) || k->dk_nentries != n || mp->ma_used != n)
+            return 0;
+        ep = DK_UNICODE_ENTRIES(k);
+        for (i = 0; i < n; i++) {
+            old = ep[i].me_value;
+            Py_INCREF(vals[i]);
+            ep[i].me_value = vals[i];
+            Py_XDECREF(old);
+        }
+        if (!PyObject_GC_IsTracked(d))
+            PyObject_GC_Track(d);       /* (its values may be containers) */
+        return 1;
+    }
+    #else
+    static int vbq_fill(PyObject *d, PyObject *const *vals, Py_ssize_t n) {
+        (void)d; (void)vals; (void)n;
+        return 0;
+    }
+    #endif
+    /* d[key] is an empty list that nothing else refers to (replacing it by a new empty list
+       changes nothing anyone can see) */
+    static int vbq_lone_empty_list(PyObject *d, PyObject *key) {
+        PyObject *v = PyDict_GetItemWithError(d, key);      /* (borrowed: no reference taken) */
+        return v != NULL && PyList_CheckExact(v) && PyList_GET_SIZE(v) == 0 && Py_REFCNT(v) == 1;
+    }
+    /* a == b for a str b: -1 when a is not an exact str (the caller compares in Python) */
+    static int vbq_str_eq(PyObject *a, PyObject *b) {
+        Py_ssize_t n;
+        if (a == b)
+            return 1;
+        if (!PyUnicode_CheckExact(a))
+            return -1;
+        n = PyUnicode_GET_LENGTH(a);
+        if (n != PyUnicode_GET_LENGTH(b) || PyUnicode_KIND(a) != PyUnicode_KIND(b))
+            return 0;
+        return memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)n * PyUnicode_KIND(a)) == 0;
+    }
+    /* d[key] is v itself */
+    static int vbq_is(PyObject *d, PyObject *key, PyObject *v) {
+        return PyDict_GetItemWithError(d, key) == v;
+    }
+    """
+    int vbq_fill(object d, PyObject** vals, Py_ssize_t n) except -1
+    int vbq_lone_empty_list(object d, object key) except -1
+    int vbq_is(object d, object key, object v) except -1
+    int vbq_str_eq(object a, object b) noexcept
+
+cdef extern from "Python.h":
+    dict PyDict_Copy(object d)
+
+
+cdef object PY_FALSE = False      # (the object: <PyObject*>False would be a C 0)
+
+
+cdef dict _from_tpl(dict tpl, PyObject** vals, Py_ssize_t n):
+    """{k0: vals[0], k1: vals[1], ...}: the dict literal of tpl's n keys (in its order)"""
+    cdef dict d = PyDict_Copy(tpl)
+    cdef Py_ssize_t i = 0
+    if not vbq_fill(d, vals, n):
+        for k in tpl:
+            d[k] = <object>vals[i]
+            i += 1
+    return d
+
+
+def dict_templates(vals=("a", 1, [2], None, (3,), b"4", 5.0, {}), bint native=False):
+    """(the dicts _from_tpl makes from each template with the values vals, and the dict
+    literals of the same keys) -- or, native: whether this build fills a template's copy in
+    place (CPython 3.11) rather than key by key (for the tests)"""
+    cdef PyObject* v[8]
+    cdef Py_ssize_t i
+    for i in range(8):
+        v[i] = <PyObject*>vals[i]
+    if native:
+        d = PyDict_Copy(TPL_GWRITE)
+        return bool(vbq_fill(d, v, 8))
+    made = [_from_tpl(t, v, len(t)) for t in (TPL_META, TPL_PIECE, TPL_ZERO, TPL_GWRITE)]
+    return made, [dict(zip(t, vals)) for t in (TPL_META, TPL_PIECE, TPL_ZERO, TPL_GWRITE)]
+
+
+# the Python engine's dicts of the quiet path, their keys in its order
+cdef dict TPL_META = {"offset": None, "alloc_offset": None, "nb_clusters": None, "keep_old": None,
+                      "cow_start": None, "cow_end": None, "skip_cow": None}    # calculate_l2_meta
+cdef dict TPL_PIECE = {"guest": None, "host": None, "bytes": None, "qoff": None, "metas": None,
+                       "failed": None}                                         # _write_machine
+cdef dict TPL_ZERO = {"op": None, "fn": None, "what": None, "offset": None, "length": None,
+                      "kind": None}                             # io("write_zeroes", ..., kind=)
+cdef dict TPL_GWRITE = {"op": None, "fn": None, "what": None, "offset": None, "length": None,
+                        "parts": None, "kind": None, "piece": None}   # io("guest_write", ...)
+
+
+cdef inline dict _idict(object o):
+    """o.__dict__ (None: o has none)"""
+    cdef PyObject** dp = _PyObject_GetDictPtr(o)
+    if dp != NULL and dp[0] != NULL:
+        return <dict>dp[0]
+    return None
+
+
+cdef inline object _fa(dict d, str name, object o):
+    """_ga(o, name) with o's __dict__ d at hand"""
+    cdef PyObject* v = PyDict_GetItemWithError(d, name)
+    if v != NULL:
+        return <object>v
+    return getattr(o, name)
+
+
+cdef inline int _phexll(char* p, long long v) noexcept:
+    """format(v, '#x') at p; its length"""
+    if v >= 0:
+        return _phex(p, <unsigned long long>v)
+    p[0] = 45          # '-'
+    return 1 + _phex(p + 1, <unsigned long long>0 - <unsigned long long>v)
+
+
+cdef str _s_zero_cow(long long off, long long n):
+    """f"COW areas read as zero: zero {off:#x}+{n:#x} (fallocate ZERO_RANGE)" (handle_alloc_space)"""
+    cdef char buf[128]
+    cdef int k = _pstr(buf, "COW areas read as zero: zero ")
+    k += _phexll(buf + k, off)
+    buf[k] = 43        # '+'
+    k += 1
+    k += _phexll(buf + k, n)
+    k += _pstr(buf + k, " (fallocate ZERO_RANGE)")
+    return _ascii(buf, k)
+
+
+cdef str _s_guest_data(long long n, long long host):
+    """f"guest data {n:#x} bytes -> host {host:#x}" (driver._write_task)"""
+    cdef char buf[96]
+    cdef int k = _pstr(buf, "guest data ")
+    k += _phexll(buf + k, n)
+    k += _pstr(buf + k, " bytes -> host ")
+    k += _phexll(buf + k, host)
+    return _ascii(buf, k)
 
 
 cdef struct Geo:       # the engine's geometry: fields its __init__ sets and nothing changes
@@ -274,6 +441,30 @@ cdef inline Py_ssize_t _lookup(object c, long long offset) except -2:
     return -1
 
 
+cdef inline Py_ssize_t _lookup_l(object offsets, long long offset) except -2:
+    """Cache.lookup's search in the cache's offsets list: the index caching offset, or -1"""
+    cdef Py_ssize_t i
+    cdef list lst = offsets
+    for i in range(PyList_GET_SIZE(lst)):
+        if <long long>lst[i] == offset:
+            return i
+    return -1
+
+
+cdef int _lru_bump_d(dict cd, object c, Py_ssize_t i, long long times) except -1:
+    """times Cache.put(i) after as many gets, on an entry nobody else holds: the LRU counter
+    goes up by times and entry i takes its last value (cd: the cache's __dict__)"""
+    cdef long long k
+    o = _fa(cd, "lru_counter", c)
+    if _ll(o, &k) and 0 <= k < (1LL << 62):
+        n = k + times
+    else:
+        n = o + times
+    cd["lru_counter"] = n
+    (<list>_fa(cd, "lru", c))[i] = n
+    return 0
+
+
 cdef int _put(object c, Py_ssize_t i) except -1:
     """Cache.put"""
     cdef list ref = _ga(c, "ref")
@@ -300,13 +491,29 @@ cdef Py_ssize_t _cache_get(object eng, object c, long long offset, bint read=Tru
 
 
 cdef int _cache_set_dependency(object eng, object c, object dep) except -1:
-    """Qcow2Engine.cache_set_dependency"""
-    if _ga(dep, "depends"):
+    """Qcow2Engine.cache_set_dependency (c.depends = dep.name: no store when it is that object)"""
+    cdef dict cd = _idict(c)
+    cdef dict dd = _idict(dep)
+    if cd is None or dd is None:
+        if _ga(dep, "depends"):
+            eng.cache_flush_dependency(dep)
+        if _ga(c, "depends") and _ga(c, "depends") != _ga(dep, "name"):
+            eng.cache_flush_dependency(c)
+        _sa(c, "depends", _ga(dep, "name"))
+        return 0
+    if _fa(dd, "depends", dep):
         eng.cache_flush_dependency(dep)
-    if _ga(c, "depends") and _ga(c, "depends") != _ga(dep, "name"):
+    cur = _fa(cd, "depends", c)
+    name = _fa(dd, "name", dep)
+    if cur and cur != name:
         eng.cache_flush_dependency(c)
-    _sa(c, "depends", _ga(dep, "name"))
+        cur = _MISSING
+    if cur is not name:
+        cd["depends"] = name
     return 0
+
+
+cdef object _MISSING = object()
 
 
 # == the view of the file and the plan (Qcow2Engine.pread / io / executed) =========================
@@ -402,9 +609,20 @@ cdef int _executed(object eng, dict item) except -1:
 
 cdef long long _check_metadata_overlap(object eng, long long ign, long long offset,
                                        long long size) except -1:
-    """Qcow2Engine.check_metadata_overlap"""
-    cdef long long chk = <long long>_ga(eng, "overlap_check") & ~ign
-    cdef long long cs = _geo(eng).cluster_size
+    """Qcow2Engine.check_metadata_overlap (its fields read from its __dict__ once each)"""
+    cdef dict ed = _idict(eng)
+    if ed is None:
+        ed = {}                         # (no __dict__: every field through getattr)
+    return _cmo(ed, eng, ign, offset, size, _MISSING, _MISSING, _MISSING)
+
+
+cdef long long _cmo(dict ed, object eng, long long ign, long long offset, long long size,
+                    object l1t, object rts, object rt) except -1:
+    """Qcow2Engine.check_metadata_overlap with its __dict__ ed at hand, and its l1_table,
+    refcount_table_size and refcount_table when the caller has read them (else _MISSING)"""
+    cdef long long chk = <long long>_fa(ed, "overlap_check", eng) & ~ign
+    cdef Geo* g = _geo(eng)
+    cdef long long cs = g.cluster_size
     cdef long long o, s, end
     cdef uint64_t e
     cdef Py_ssize_t i, top
@@ -416,36 +634,39 @@ cdef long long _check_metadata_overlap(object eng, long long ign, long long offs
     offset = offset & ~(cs - 1)
     end = offset + size
     if chk & OL_ACTIVE_L1:
-        s = _geo(eng).l1_size
+        s = g.l1_size
         if s:
-            o = _ga(eng, "l1_table_offset")
+            o = _fa(ed, "l1_table_offset", eng)
             if o < end and offset < o + s * 8:
                 return OL_ACTIVE_L1
     if chk & OL_REFCOUNT_TABLE:
-        s = _ga(eng, "refcount_table_size")
+        s = _fa(ed, "refcount_table_size", eng) if rts is _MISSING else rts
         if s:
-            o = _ga(eng, "refcount_table_offset")
+            o = _fa(ed, "refcount_table_offset", eng)
             if o < end and offset < o + s * 8:
                 return OL_REFCOUNT_TABLE
     if chk & OL_SNAPSHOT_TABLE:
-        s = _ga(eng, "snapshots_size")
+        s = _fa(ed, "snapshots_size", eng)
         if s:
-            o = _ga(eng, "snapshots_offset")
+            o = _fa(ed, "snapshots_offset", eng)
             if o < end and offset < o + s:
                 return OL_SNAPSHOT_TABLE
     if chk & OL_INACTIVE_L1:
-        for l1_off, l1_sz in _ga(eng, "snapshots"):
-            if l1_sz and l1_off < end and offset < l1_off + l1_sz * 8:
-                return OL_INACTIVE_L1
+        sn = _fa(ed, "snapshots", eng)
+        if type(sn) is not list or PyList_GET_SIZE(sn):
+            for l1_off, l1_sz in sn:
+                if l1_sz and l1_off < end and offset < l1_off + l1_sz * 8:
+                    return OL_INACTIVE_L1
     if chk & OL_ACTIVE_L2:
-        for x in _ga(eng, "l1_table"):
+        for x in (_fa(ed, "l1_table", eng) if l1t is _MISSING else l1t):
             e = x
             e &= L1E_OFFSET_MASK
             if e and <long long>e < end and offset < <long long>e + cs:
                 return OL_ACTIVE_L2
     if chk & OL_REFCOUNT_BLOCK:
-        rt = _ga(eng, "refcount_table")
-        top = _ga(eng, "max_refcount_table_index")
+        if rt is _MISSING:
+            rt = _fa(ed, "refcount_table", eng)
+        top = _fa(ed, "max_refcount_table_index", eng)
         for i in range(top + 1):
             e = (<tuple>rt)[i] if isinstance(rt, tuple) else rt[i]
             e &= REFT_OFFSET_MASK
@@ -841,20 +1062,63 @@ cdef long long _alloc_host_offset(object eng, long long offset, long long nbytes
 
 
 cdef int _alloc_cluster_link_l2(object eng, dict mt) except -1:
-    """Qcow2Engine.alloc_cluster_link_l2"""
-    if _ga(eng, "use_lazy_refcounts"):
+    """Qcow2Engine.alloc_cluster_link_l2 (a cached, COPIED L2 table: its get and put natively)"""
+    cdef dict ed = _idict(eng)
+    cdef dict cd
+    cdef Py_ssize_t l2i, ci
+    cdef list old = None
+    cdef long long nb, i, alloc, off, l1i, key
+    cdef uint64_t e, l1e, l2_offset
+    cdef Geo* g = _geo(eng)
+    cdef int cb = g.cluster_bits
+    if ed is None:
+        ed = {}
+    if _fa(ed, "use_lazy_refcounts", eng):
         eng.mark_dirty()
-    if not <long long>_ga(eng, "incompatible_features") & INCOMPAT_DIRTY:
-        _cache_set_dependency(eng, _ga(eng, "l2_cache"), _ga(eng, "rb_cache"))
-    cdef Py_ssize_t l2i
-    cdef Py_ssize_t ci = _get_cluster_table(eng, mt["offset"], &l2i)
+    c = _fa(ed, "l2_cache", eng)
+    if not <long long>_fa(ed, "incompatible_features", eng) & INCOMPAT_DIRTY:
+        _cache_set_dependency(eng, c, _fa(ed, "rb_cache", eng))
+    o_off = mt["offset"]
+    nb = mt["nb_clusters"]
+    alloc = mt["alloc_offset"]
+    # get_cluster_table's common case: the L1 entry is COPIED, its slice cached, nobody holds it
+    # (cache_get then put: the LRU bump of Cache.put)
+    ci = -1
+    cd = _idict(c)
+    if cd is not None and type(o_off) is int and o_off >= 0 and mt["keep_old"] is False:
+        off = o_off
+        l1i = off >> (g.l2_bits + cb)
+        if l1i < g.l1_size:
+            x = (<list>_fa(ed, "l1_table", eng))[l1i]
+            if type(x) is int and x >= 0:
+                l1e = x
+                l2_offset = l1e & L1E_OFFSET_MASK
+                if l1e & QCOW_OFLAG_COPIED and l2_offset and not l2_offset & ((1ULL << cb) - 1):
+                    l2i = (off >> cb) & (g.l2_slice_size - 1)
+                    key = <long long>l2_offset + 8 * (((off >> cb) & (g.l2_size - 1)) - l2i)
+                    if not key % <long long>_fa(cd, "table_size", c):
+                        ci = _lookup_l(_fa(cd, "offsets", c), key)
+                        if ci >= 0 and (<list>_fa(cd, "ref", c))[ci] != 0:
+                            ci = -1
+    if ci >= 0:
+        (<list>_fa(cd, "dirty", c))[ci] = True
+        table = (<list>_fa(cd, "tables", c))[ci]
+        for i in range(nb):
+            e = _get(table, l2i + i)
+            if e:
+                if old is None:
+                    old = []
+                old.append(e)
+            _set(table, l2i + i, <uint64_t>(alloc + (i << cb)) | QCOW_OFLAG_COPIED)
+        _lru_bump_d(cd, c, ci, 1)
+        if old is not None:
+            for x in old:
+                eng.free_any_cluster(x, DISCARD_NEVER)
+        return 0
+    old = []
+    ci = _get_cluster_table(eng, mt["offset"], &l2i)
     c = _ga(eng, "l2_cache")
     (<list>_ga(c, "dirty"))[ci] = True
-    cdef list old = []
-    cdef long long nb = mt["nb_clusters"], i
-    cdef long long alloc = mt["alloc_offset"]
-    cdef int cb = _geo(eng).cluster_bits
-    cdef uint64_t e
     table = (<list>_ga(c, "tables"))[ci]
     for i in range(nb):
         e = _get(table, l2i + i)
@@ -1211,23 +1475,119 @@ cdef inline long long _rc_get(const uint8_t* p, long long index, int order) noex
     return <long long>v
 
 
-cdef int _lru_bump(object c, Py_ssize_t i, long long times) except -1:
-    """times Cache.put(i) after as many gets, on an entry nobody else holds: the LRU counter
-    goes up by times and entry i takes its last value"""
-    n = _ga(c, "lru_counter") + times
-    _sa(c, "lru_counter", n)
-    (<list>_ga(c, "lru"))[i] = n
+cdef int _grow_file_size_2(dict ed, object eng, long long e1, long long e2) except -1:
+    """_grow_file_size to e1, then to e2 (an int file_size: to the larger at once)"""
+    fs = _fa(ed, "file_size", eng)
+    if type(fs) is int:
+        if e2 > e1:
+            e1 = e2
+        if fs < e1:
+            ed["file_size"] = e1
+        return 0
+    _grow_file_size_d(ed, eng, e1)
+    _grow_file_size_d(ed, eng, e2)
     return 0
 
 
+cdef int _grow_file_size_d(dict ed, object eng, long long end) except -1:
+    """_grow_file_size with the engine's __dict__ ed at hand (end: a long long)"""
+    fs = _fa(ed, "file_size", eng)
+    if type(fs) is int:
+        if fs < end:
+            ed["file_size"] = end
+        return 0
+    ed["file_size"] = max(fs, end)
+    return 0
 
-cdef int _plan_guest_write(m, eng, bid, dict co, dict piece, long long cur, long long host) except -1:
+
+cdef int _plan_zero_cow(list plan, object pending, long long off, long long zn) except -1:
+    """io("write_zeroes", "handle_alloc_space", ..., off, length=zn, kind="data") of
+    handle_alloc_space's zeroed COW areas (0 <= zn < 2**40), but for the engine's file_size
+    (the caller grows it: _grow_file_size_2)"""
+    cdef PyObject* v[6]
+    cdef object o_off = off, o_zn = zn
+    what = _s_zero_cow(off, zn)
+    v[0] = <PyObject*>S_WRITE_ZEROES
+    v[1] = <PyObject*>S_HANDLE_ALLOC_SPACE
+    v[2] = <PyObject*>what
+    v[3] = <PyObject*>o_off
+    v[4] = <PyObject*>o_zn
+    v[5] = <PyObject*>S_DATA
+    item = _from_tpl(TPL_ZERO, v, 6)
+    pending.append([o_off, vb_zeros(zn)])
+    plan.append(item)
+    return 0
+
+
+cdef int _plan_guest_write(m, list plan, object pending, bid, dict co, object o_qoff, long long cur,
+                           long long host, Py_ssize_t npieces) except -1:
     """The plan item writing the guest's data of the request's last piece (the write phase's
-    bdrv_co_pwritev_part), as _fast_alloc and _fast_in_place plan it."""
-    _io_kw(eng, "guest_write", "bdrv_co_pwritev_part", f"guest data {_hexll(cur)} bytes -> host "
-           f"{_hexll(host)}", host, cur,
-           "parts", _data_parts(m, bid, co, piece["qoff"], cur), "kind", "data",
-           "piece", len(co["pieces"]) - 1)
+    bdrv_co_pwritev_part: _write_task's io("guest_write", ...)), as _fast_alloc and
+    _fast_in_place plan it (o_qoff: the piece's qoff, npieces: len(co["pieces"])), but for the
+    engine's file_size (the caller grows it: _grow_file_size_2)"""
+    cdef PyObject* v[8]
+    cdef object o_host = host, o_cur = cur
+    what = _s_guest_data(cur, host)
+    parts = _data_parts(m, bid, co, o_qoff, cur)
+    cdef object o_pi = npieces - 1
+    v[0] = <PyObject*>S_GUEST_WRITE
+    v[1] = <PyObject*>S_PWRITEV_PART
+    v[2] = <PyObject*>what
+    v[3] = <PyObject*>o_host
+    v[4] = <PyObject*>o_cur
+    v[5] = <PyObject*>parts
+    v[6] = <PyObject*>S_DATA
+    v[7] = <PyObject*>o_pi
+    item = _from_tpl(TPL_GWRITE, v, 8)
+    pending.append([o_host, b""])
+    plan.append(item)
+    return 0
+
+
+cdef str S_WRITE_ZEROES = "write_zeroes"
+cdef str S_HANDLE_ALLOC_SPACE = "handle_alloc_space"
+cdef str S_GUEST_WRITE = "guest_write"
+cdef str S_PWRITEV_PART = "bdrv_co_pwritev_part"
+cdef str S_DATA = "data"
+
+
+cdef dict _new_piece(object o_pos, long long host, long long cur, object o_qoff, list metas):
+    """_write_machine's piece {"guest", "host", "bytes", "qoff", "metas", "failed": False}"""
+    cdef PyObject* v[6]
+    cdef object o_host = host, o_cur = cur
+    v[0] = <PyObject*>o_pos
+    v[1] = <PyObject*>o_host
+    v[2] = <PyObject*>o_cur
+    v[3] = <PyObject*>o_qoff
+    v[4] = <PyObject*>metas
+    v[5] = <PyObject*>PY_FALSE
+    return _from_tpl(TPL_PIECE, v, 6)
+
+
+cdef int _piece_done(dict co, dict piece, object o_pos, object o_rem, object o_qoff,
+                     long long cur, Py_ssize_t* npieces) except -1:
+    """_write_machine: co["pieces"].append(piece), co["pos"] += cur, co["remaining"] -= cur,
+    co["qoff"] += cur (o_*: their values, read before)"""
+    pieces = co["pieces"]
+    if type(pieces) is list:
+        (<list>pieces).append(piece)
+        npieces[0] = PyList_GET_SIZE(pieces)
+    else:
+        pieces.append(piece)
+        npieces[0] = len(pieces)
+    cdef long long k
+    if _ll(o_pos, &k) and 0 <= k < (1LL << 62):
+        co["pos"] = k + cur
+    else:
+        co["pos"] = o_pos + cur
+    if _ll(o_rem, &k) and 0 <= k < (1LL << 62):
+        co["remaining"] = k - cur
+    else:
+        co["remaining"] = o_rem - cur
+    if _ll(o_qoff, &k) and 0 <= k < (1LL << 62):
+        co["qoff"] = k + cur
+    else:
+        co["qoff"] = o_qoff + cur
     return 0
 
 
@@ -1247,9 +1607,14 @@ cdef bint _fast_alloc(object m, object eng, object bid, dict co) except -1:
     cdef int cb = g.cluster_bits, order = g.refcount_order, rbb = g.refcount_block_bits
     cdef long long l1i, l2i, ti0, key
     cdef uint64_t l1e, l2_offset, rb, e0
-    cdef Py_ssize_t li, ri
+    cdef Py_ssize_t li, ri, npieces
     cdef uint8_t* bp
+    cdef dict ed, cd, rd
+    cdef PyObject* v[7]
     if order > 5 or co.get("zero"):
+        return False
+    ed = _idict(eng)
+    if ed is None:
         return False
     o_pos = co["pos"]
     o_rem = co["remaining"]
@@ -1261,8 +1626,9 @@ cdef bint _fast_alloc(object m, object eng, object bid, dict co) except -1:
     l1i = pos >> (g.l2_bits + cb)
     if l1i >= g.l1_size:
         return False
-    o = (<list>_ga(eng, "l1_table"))[l1i]
-    if type(o) is not int:
+    l1t = _fa(ed, "l1_table", eng)
+    o = (<list>l1t)[l1i]
+    if type(o) is not int or o < 0:
         return False
     l1e = o
     l2_offset = l1e & L1E_OFFSET_MASK
@@ -1270,21 +1636,23 @@ cdef bint _fast_alloc(object m, object eng, object bid, dict co) except -1:
         return False
     l2i = (pos >> cb) & (g.l2_slice_size - 1)
     key = <long long>l2_offset + 8 * (((pos >> cb) & (g.l2_size - 1)) - l2i)
-    l2c = _ga(eng, "l2_cache")
-    if key % <long long>_ga(l2c, "table_size"):
+    l2c = _fa(ed, "l2_cache", eng)
+    cd = _idict(l2c)
+    if cd is None or key % <long long>_fa(cd, "table_size", l2c):
         return False
-    li = _lookup(l2c, key)
-    if li < 0 or (<list>_ga(l2c, "ref"))[li] != 0:
+    li = _lookup_l(_fa(cd, "offsets", l2c), key)
+    if li < 0 or (<list>_fa(cd, "ref", l2c))[li] != 0:
         return False
-    table = (<list>_ga(l2c, "tables"))[li]
+    table = (<list>_fa(cd, "tables", l2c))[li]
     if type(table) is not bytearray or PyByteArray_GET_SIZE(table) != g.l2_slice_size * 8:
         return False
     oic = pos & (cs - 1)
     n = _min3((oic + rem + cs - 1) >> cb, g.l2_slice_size - l2i, BDRV_REQUEST_MAX_BYTES >> cb)
     e0 = _get(table, l2i)
     if e0 != 0:
-        return _fast_in_place(m, eng, bid, co, o_pos, pos, rem, oic, n, e0, table, l2i, l2c, li)
-    if _ga(eng, "backing") is not None or _ga(eng, "cache_discards") or _ga(eng, "discards"):
+        return _fast_in_place(m, eng, ed, bid, co, o_pos, o_rem, pos, rem, oic, n, e0, table, l2i, l2c,
+                              cd, li)
+    if _fa(ed, "backing", eng) is not None or _fa(ed, "cache_discards", eng) or _fa(ed, "discards", eng):
         return False
     k = 0
     while k < n and _get(table, l2i + k) == 0:
@@ -1294,24 +1662,27 @@ cdef bint _fast_alloc(object m, object eng, object bid, dict co) except -1:
         return False                    # (more than one run: the loop goes on)
     cur = rem
     # the free clusters (alloc_clusters_noref over one cached refcount block)
-    o = _ga(eng, "free_cluster_index")
+    o = _fa(ed, "free_cluster_index", eng)
     if type(o) is not int or o < 0:
         return False
     fci = o
     ti0 = fci >> rbb
-    if ti0 >= <long long>_ga(eng, "refcount_table_size"):
+    rts = _fa(ed, "refcount_table_size", eng)
+    if ti0 >= <long long>rts:
         return False
-    rb = _reftable(eng, ti0)
+    rt = _fa(ed, "refcount_table", eng)
+    rb = (<tuple>rt)[ti0] if isinstance(rt, tuple) else rt[ti0]
     rb &= REFT_OFFSET_MASK
     if not rb or rb & <uint64_t>(cs - 1):
         return False
-    rbc = _ga(eng, "rb_cache")
-    if <long long>rb % <long long>_ga(rbc, "table_size"):
+    rbc = _fa(ed, "rb_cache", eng)
+    rd = _idict(rbc)
+    if rd is None or <long long>rb % <long long>_fa(rd, "table_size", rbc):
         return False
-    ri = _lookup(rbc, <long long>rb)
-    if ri < 0 or (<list>_ga(rbc, "ref"))[ri] != 0:
+    ri = _lookup_l(_fa(rd, "offsets", rbc), <long long>rb)
+    if ri < 0 or (<list>_fa(rd, "ref", rbc))[ri] != 0:
         return False
-    block = (<list>_ga(rbc, "tables"))[ri]
+    block = (<list>_fa(rd, "tables", rbc))[ri]
     if type(block) is not bytearray or PyByteArray_GET_SIZE(block) != cs \
             or ((1LL << rbb) << order) > cs * 8:
         return False
@@ -1334,24 +1705,30 @@ cdef bint _fast_alloc(object m, object eng, object bid, dict co) except -1:
     alloc_first = idx - k
     off = alloc_first << cb
     host = off + oic
-    if 1 > <long long>_geo(eng).refcount_max:
+    if 1 > g.refcount_max:
         return False
     # the overlap checks it will make (no hit: nothing to do)
-    if _check_metadata_overlap(eng, 0, host, cur):
+    if _cmo(ed, eng, 0, host, cur, l1t, rts, rt):
         return False
     ce_from = oic + cur
     ce_to = (ce_from + cs - 1) // cs * cs
     zn = ce_to                          # handle_alloc_space: cow_start..cow_end
     # (its check of off..off+zn is the one just made: check_metadata_overlap rounds host..
     # host+cur out to the same whole clusters, and host < cs exactly when off == 0)
+    o_qoff = co["qoff"]
+    pieces = co["pieces"]
+    plan = _fa(ed, "plan", eng)
+    if type(plan) is not list:
+        return False
     # -- from here on: the changes ---------------------------------------------------------------
     # alloc_clusters_noref's get_refcount calls, update_refcount's block (dirty, +1 each)
-    _sa(eng, "free_cluster_index", idx)
-    (<list>_ga(rbc, "dirty"))[ri] = True
+    ed["free_cluster_index"] = idx
+    (<list>_fa(rd, "dirty", rbc))[ri] = True
     for i in range(alloc_first, idx):
         _refcount_set(block, i & ((1LL << rbb) - 1), order, _rc_get(bp, i & ((1LL << rbb) - 1), order) + 1)
-    _lru_bump(rbc, ri, nchecks + 1)
-    _sa(eng, "discards", [])
+    _lru_bump_d(rd, rbc, ri, nchecks + 1)
+    if not vbq_lone_empty_list(ed, "discards"):     # (else: an empty list for an empty list)
+        ed["discards"] = []
     # handle_copied's and handle_alloc's L2 slice, then is_zero_fast's lookups of the COW areas
     nzget = 0
     if oic or ce_to - ce_from:
@@ -1367,29 +1744,38 @@ cdef bint _fast_alloc(object m, object eng, object bid, dict co) except -1:
             a_end = g.size
         if a_off < a_end:
             nzget += 1
-    _lru_bump(l2c, li, 2 + nzget)
-    cdef list metas = []
-    _calculate_l2_meta(eng, off, pos, cur, table, l2i, False, metas)
-    cdef dict mt = metas[0]
-    cdef dict piece = {"guest": o_pos, "host": host, "bytes": cur, "qoff": co["qoff"], "metas": metas,
-                       "failed": False}
-    co["pieces"].append(piece)
-    co["pos"] += cur
-    co["remaining"] -= cur
-    co["qoff"] += cur
+    _lru_bump_d(cd, l2c, li, 2 + nzget)
+    # calculate_l2_meta (keep_old False, the first cluster unallocated: cow_start from 0), its
+    # skip_cow as _write_task leaves it (True when the COW areas are zeroed)
+    cdef object o_moff = pos & ~(cs - 1), o_aoff = off, o_nb = (ce_from + cs - 1) >> cb
+    cdef object o_skip = True if oic or ce_to - ce_from else False
+    o_cs = [0, oic]
+    o_ce = [ce_from, ce_to - ce_from]
+    v[0] = <PyObject*>o_moff
+    v[1] = <PyObject*>o_aoff
+    v[2] = <PyObject*>o_nb
+    v[3] = <PyObject*>PY_FALSE
+    v[4] = <PyObject*>o_cs
+    v[5] = <PyObject*>o_ce
+    v[6] = <PyObject*>o_skip
+    cdef list metas = [_from_tpl(TPL_META, v, 7)]
+    piece = _new_piece(o_pos, host, cur, o_qoff, metas)
+    _piece_done(co, piece, o_pos, o_rem, o_qoff, cur, &npieces)
+    pending = _fa(ed, "pending", eng)
     if oic or ce_to - ce_from:
-        _io_kw(eng, "write_zeroes", "handle_alloc_space",
-               f"COW areas read as zero: zero {_hexll(off)}+{_hexll(zn)} (fallocate ZERO_RANGE)", off,
-               zn, "kind", "data")
-        mt["skip_cow"] = True
-    _plan_guest_write(m, eng, bid, co, piece, cur, host)
+        _plan_zero_cow(plan, pending, off, zn)
+        _plan_guest_write(m, plan, pending, bid, co, o_qoff, cur, host, npieces)
+        _grow_file_size_2(ed, eng, off + zn, host + cur)
+    else:
+        _plan_guest_write(m, plan, pending, bid, co, o_qoff, cur, host, npieces)
+        _grow_file_size_d(ed, eng, host + cur)
     _FAST_ALLOCS[0] += 1
     return True
 
 
-cdef bint _fast_in_place(object m, object eng, object bid, dict co, object o_pos, long long pos,
-                         long long rem, long long oic, long long n, uint64_t e0, object table,
-                         long long l2i, object l2c, Py_ssize_t li) except -1:
+cdef bint _fast_in_place(object m, object eng, dict ed, object bid, dict co, object o_pos, object o_rem,
+                         long long pos, long long rem, long long oic, long long n, uint64_t e0, object table,
+                         long long l2i, object l2c, dict cd, Py_ssize_t li) except -1:
     """_fast_alloc's other common path: the rest of the request is one run of COPIED data
     clusters (handle_copied: written in place, calculate_l2_meta keeps no meta), then the guest
     data write.  False, having changed nothing: not that path."""
@@ -1397,6 +1783,7 @@ cdef bint _fast_in_place(object m, object eng, object bid, dict co, object o_pos
     cdef long long cs = g.cluster_size, keep, nbc, i, host, cur
     cdef int cb = g.cluster_bits
     cdef uint64_t cluster_offset = e0 & L2E_OFFSET_MASK
+    cdef Py_ssize_t npieces
     if _needs_new_alloc(e0) or cluster_offset & <uint64_t>(cs - 1):
         return False
     keep = _count_single_write_clusters(eng, n, table, l2i, False)
@@ -1408,17 +1795,18 @@ cdef bint _fast_in_place(object m, object eng, object bid, dict co, object o_pos
         if _ctype(_get(table, l2i + i)) != T_NORMAL:
             return False                # (preallocated zero clusters: a meta to link)
     host = <long long>cluster_offset + oic
-    if _check_metadata_overlap(eng, 0, host, cur):
+    if _cmo(ed, eng, 0, host, cur, _MISSING, _MISSING, _MISSING):
+        return False
+    o_qoff = co["qoff"]
+    plan = _fa(ed, "plan", eng)
+    if type(plan) is not list:
         return False
     # -- the changes: handle_copied's L2 slice, the piece, the guest data write
-    _lru_bump(l2c, li, 1)
-    cdef dict piece = {"guest": o_pos, "host": host, "bytes": cur, "qoff": co["qoff"], "metas": [],
-                       "failed": False}
-    co["pieces"].append(piece)
-    co["pos"] += cur
-    co["remaining"] -= cur
-    co["qoff"] += cur
-    _plan_guest_write(m, eng, bid, co, piece, cur, host)
+    _lru_bump_d(cd, l2c, li, 1)
+    piece = _new_piece(o_pos, host, cur, o_qoff, [])
+    _piece_done(co, piece, o_pos, o_rem, o_qoff, cur, &npieces)
+    _plan_guest_write(m, plan, _fa(ed, "pending", eng), bid, co, o_qoff, cur, host, npieces)
+    _grow_file_size_d(ed, eng, host + cur)
     _FAST_ALLOCS[1] += 1
     return True
 
@@ -1440,7 +1828,7 @@ cdef str _write_machine(object m, object eng, object bid, dict co, bint quiet=Fa
     cdef list metas, pieces
     cdef dict piece, mt
     wphase = co["wphase"]
-    if wphase == "alloc":
+    if _is_str(wphase, S_ALLOC):
         if co["remaining"] == 0:
             co["wphase"] = "link"
             return "every piece allocated and written: link the L2 entries"
@@ -1467,17 +1855,18 @@ cdef str _write_machine(object m, object eng, object bid, dict co, bint quiet=Fa
         what = ", ".join([f"{mt['nb_clusters']} new cluster(s) at {_hex(mt['alloc_offset'])}"
                           for mt in metas if not mt["keep_old"]]) or "in place (COPIED clusters)"
         return f"guest {_hexll(pos)}+{_hexll(cur)} -> host {_hexll(host)}: {what}"
-    if wphase == "link":
+    if _is_str(wphase, S_LINK):
         if quiet:
             _qfn = S_LINK_L2
         else:
             _SUP.set_function(m, "qcow2_alloc_cluster_link_l2", CLUSTER_SRC)
         pieces = co["pieces"]
-        if co["link_i"] >= len(pieces):
+        link_i = co["link_i"]
+        if link_i >= len(pieces):
             co["wphase"] = "done"
             return "all L2 entries linked"
-        piece = pieces[co["link_i"]]
-        co["link_i"] += 1
+        piece = pieces[link_i]
+        co["link_i"] = link_i + 1
         if piece["failed"] or co["ret"]:
             for mt in piece["metas"]:
                 eng.alloc_cluster_abort(mt)
@@ -1503,7 +1892,7 @@ cdef str _write_machine(object m, object eng, object bid, dict co, bint quiet=Fa
 cdef str _write_phase(object m, object eng, object bid, dict co, bint quiet=False):
     """driver._write_phase"""
     detail = _write_machine(m, eng, bid, co, quiet)
-    if co["wphase"] == "done":
+    if _is_str(co["wphase"], S_DONE):
         co["phase"] = "done"
     return detail
 
@@ -1600,6 +1989,16 @@ cdef str _qfn = S_ALLOC_HOST_OFFSET     # the function a quiet phase named (Mach
 cdef str S_WRITE = "write"
 cdef str S_READ = "read"
 cdef str S_DONE = "done"
+cdef str S_ALLOC = "alloc"
+cdef str S_LINK = "link"
+
+
+cdef inline bint _is_str(object o, str s) except -1:
+    """o == s, for a str s"""
+    cdef int r = vbq_str_eq(o, s)
+    if r >= 0:
+        return r
+    return o == s
 
 
 cdef int _failed(m, dict co, e) except -1:
@@ -1611,11 +2010,19 @@ cdef int _failed(m, dict co, e) except -1:
 
 
 cdef object _take_plan(eng, dict co):
-    """driver.compute: the phase's plan becomes the request's, the engine's starts empty."""
-    plan = _ga(eng, "plan")
-    co["plan"] = plan
-    _sa(eng, "plan", [])
-    co["pi"] = 0
+    """driver.compute: the phase's plan becomes the request's, the engine's starts empty.
+    (An empty plan that nothing else refers to stays the engine's, and the request takes a new
+    empty list: two empty lists, each referred to once, either way.)"""
+    cdef dict ed = _idict(eng)
+    if ed is not None and vbq_lone_empty_list(ed, "plan"):
+        co["plan"] = []
+        plan = None
+    else:
+        plan = _ga(eng, "plan")
+        co["plan"] = plan
+        _sa(eng, "plan", [])
+    if not vbq_is(co, "pi", 0):
+        co["pi"] = 0
     return plan
 
 
@@ -1627,13 +2034,18 @@ def bulk_compute(m, eng, dict co, bid):
     2: _finish, 3: cont qcow2.compute (the caller steers the scheduler)"""
     global _qfn
     op = co["op"]
-    if type(eng) is not _FastQcow2Engine or co["phase"] == S_DONE or (op != S_WRITE and op != S_READ):
+    ph = co["phase"]
+    cdef bint write = _is_str(op, S_WRITE)
+    if type(eng) is not _FastQcow2Engine or _is_str(ph, S_DONE) \
+            or not (write or _is_str(op, S_READ)):
         raise RuntimeError("bulk_compute: not a read or write phase of a FastQcow2Engine")
     _geo(eng)
     _qfn = S_ALLOC_HOST_OFFSET
-    _sa(eng, "plan", [])
+    cdef dict ed = _idict(eng)
+    if ed is None or not vbq_lone_empty_list(ed, "plan"):    # (else: [] for an empty list)
+        _sa(eng, "plan", [])
     try:
-        if op == S_WRITE:
+        if write:
             _write_phase(m, eng, bid, co, True)
         else:
             _read_phase(m, eng, bid, co, True)
@@ -1641,11 +2053,13 @@ def bulk_compute(m, eng, dict co, bid):
         _failed(m, co, e)
     plan = _take_plan(eng, co)
     if plan:
-        co["caller"] = _qfn
+        if not vbq_is(co, "caller", _qfn):
+            co["caller"] = _qfn
         return 1
-    if co["phase"] == S_DONE:
+    if _is_str(co["phase"], S_DONE):
         return 2
-    co["caller"] = _qfn
+    if not vbq_is(co, "caller", _qfn):
+        co["caller"] = _qfn
     return 3
 
 
