@@ -486,6 +486,206 @@ cdef inline bint _bool(object o) noexcept:
     return o is True or o is False
 
 
+# == dict access without the C API's generic paths (CPython 3.11's dict layout) ====================
+# A lookup of a str key in a dict of str keys (what every request, bio and state dict here is)
+# probes the table for the key object itself first (keys are interned identifiers: the Python
+# handlers' constants and these handlers' are the same objects); anything else -- another
+# layout, another key object, a miss -- asks PyDict_GetItemWithError, so the answer is always
+# the C API's.  A new dict of known keys is a copy of a template dict (dict.copy(): its keys
+# table cloned) whose values are then put in place, as BUILD_CONST_KEY_MAP's would be (same
+# keys, order, table size, GC tracking); checked once at import, else built by PyDict_SetItem.
+cdef extern from *:
+    """
+    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+    #define VBG_DICT_FAST 1
+    typedef struct {
+        Py_ssize_t dk_refcnt;
+        uint8_t dk_log2_size;
+        uint8_t dk_log2_index_bytes;
+        uint8_t dk_kind;
+        uint32_t dk_version;
+        Py_ssize_t dk_usable;
+        Py_ssize_t dk_nentries;
+        char dk_indices[];
+    } vbg_keys;
+    typedef struct { PyObject *k; PyObject *v; } vbg_uent;
+    #define VBG_UENT(dk) ((vbg_uent*)(&((int8_t*)((dk)->dk_indices))[(size_t)1 << (dk)->dk_log2_index_bytes]))
+
+    static inline PyObject **vbg_slot(PyObject *d, PyObject *key) {
+        PyDictObject *mp = (PyDictObject *)d;
+        vbg_keys *dk = (vbg_keys *)mp->ma_keys;
+        Py_hash_t h = ((PyASCIIObject *)key)->hash;
+        size_t mask, i, perturb;
+        int ib, n;
+        if (mp->ma_values != NULL || dk->dk_kind != 1 || h == -1)
+            return NULL;
+        mask = ((size_t)1 << dk->dk_log2_size) - 1;
+        i = (size_t)h & mask;
+        perturb = (size_t)h;
+        ib = dk->dk_log2_index_bytes - dk->dk_log2_size;
+        for (n = 0; n < 32; n++) {
+            Py_ssize_t ix;
+            if (ib == 0) ix = ((const int8_t *)dk->dk_indices)[i];
+            else if (ib == 1) ix = ((const int16_t *)dk->dk_indices)[i];
+            else if (ib == 2) ix = ((const int32_t *)dk->dk_indices)[i];
+            else ix = (Py_ssize_t)((const int64_t *)dk->dk_indices)[i];
+            if (ix == -1)
+                return NULL;
+            if (ix >= 0 && VBG_UENT(dk)[ix].k == key)
+                return &VBG_UENT(dk)[ix].v;
+            perturb >>= 5;
+            i = (i * 5 + perturb + 1) & mask;
+        }
+        return NULL;
+    }
+
+    /* d[key] borrowed, or NULL (absent; an error set if the lookup raised) */
+    static inline PyObject *vbg_get(PyObject *d, PyObject *key) {
+        PyObject **s = vbg_slot(d, key);
+        if (s != NULL && *s != NULL)
+            return *s;
+        return PyDict_GetItemWithError(d, key);
+    }
+
+    /* a copy of tmpl (n str keys, unicode table, no deleted entries) with values vals */
+    static PyObject *vbg_build(PyObject *tmpl, PyObject *const *vals, Py_ssize_t n) {
+        PyObject *d = PyDict_Copy(tmpl);
+        vbg_keys *dk;
+        vbg_uent *ep;
+        Py_ssize_t i;
+        int track = 0;
+        if (d == NULL)
+            return NULL;
+        dk = (vbg_keys *)((PyDictObject *)d)->ma_keys;
+        if (((PyDictObject *)d)->ma_values != NULL || dk->dk_kind != 1 || dk->dk_nentries != n
+                || ((PyDictObject *)d)->ma_used != n || (void *)dk == (void *)((PyDictObject *)tmpl)->ma_keys) {
+            Py_DECREF(d);
+            PyErr_SetString(PyExc_SystemError, "vbg_build: unexpected dict layout");
+            return NULL;
+        }
+        ep = VBG_UENT(dk);
+        for (i = 0; i < n; i++) {
+            PyObject *old = ep[i].v, *v = vals[i];
+            Py_INCREF(v);
+            ep[i].v = v;
+            Py_XDECREF(old);
+            if (!track && PyObject_IS_GC(v) && (!PyTuple_CheckExact(v) || PyObject_GC_IsTracked(v)))
+                track = 1;
+        }
+        if (track && !PyObject_GC_IsTracked(d))
+            PyObject_GC_Track(d);
+        return d;
+    }
+    #else
+    #define VBG_DICT_FAST 0
+    static inline PyObject *vbg_get(PyObject *d, PyObject *key) { return PyDict_GetItemWithError(d, key); }
+    static PyObject *vbg_build(PyObject *tmpl, PyObject *const *vals, Py_ssize_t n) {
+        PyErr_SetString(PyExc_SystemError, "vbg_build: not this CPython");
+        return NULL;
+    }
+    #endif
+    /* d.get(key, dflt) (a new reference; NULL: the lookup raised) */
+    static inline PyObject *vbg_getdef(PyObject *d, PyObject *key, PyObject *dflt) {
+        PyObject *v;
+        if (!PyDict_CheckExact(d) || !PyUnicode_CheckExact(key))
+            return PyObject_CallMethod(d, "get", "OO", key, dflt);
+        v = vbg_get(d, key);
+        if (v == NULL) {
+            if (PyErr_Occurred())
+                return NULL;
+            v = dflt;
+        }
+        Py_INCREF(v);
+        return v;
+    }
+    #define vbg_getnone(d, k) vbg_getdef((d), (k), Py_None)
+    /* d[key] (a new reference; NULL: KeyError or what the lookup raised) */
+    static inline PyObject *vbg_getitem(PyObject *d, PyObject *key) {
+        PyObject *v;
+        if (!PyDict_CheckExact(d) || !PyUnicode_CheckExact(key))
+            return PyObject_GetItem(d, key);
+        v = vbg_get(d, key);
+        if (v == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetObject(PyExc_KeyError, key);
+            return NULL;
+        }
+        Py_INCREF(v);
+        return v;
+    }
+    """
+    bint VBG_DICT_FAST
+    object vbg_build(object tmpl, PyObject** vals, Py_ssize_t n)
+    object DGET "vbg_getnone"(object d, object key)               # d.get(key)
+    object DGETD "vbg_getdef"(object d, object key, object dflt)  # d.get(key, dflt)
+    object DG "vbg_getitem"(object d, object key)                 # d[key]
+
+
+# the templates: dict displays evaluated by CPython itself (BUILD_CONST_KEY_MAP's dicts)
+cdef dict _T_RQ = eval('{"id": None, "tag": None, "op": None, "sector": None, "bytes": None, '
+                       '"bios": None, "nsegs": None, "nomerge": None, "unmap": None, '
+                       '"stage": None, "head": None, "table": None, "payload": None, "status": None}')
+cdef dict _T_BIO = eval('{"id": None, "op_idx": None, "op": None, "sector": None, "bytes": None, '
+                        '"segs": None}')
+cdef dict _T_ADD = eval('{"indirect": None, "table": None, "k": None, "i": None, "head": None, '
+                        '"used": None}')
+cdef dict _T_OPST = eval('{"bios": None, "status": None, "buf": None}')
+cdef dict _T_DONE = eval('{"id": None, "op": None, "sector": None, "bytes": None, "status": None}')
+cdef dict _T_RES = eval('{"n": None, "line": None, "op": None, "status": None}')
+cdef object _ZERO = 0
+cdef long long _BUILT = 0          # dicts made from a template (tests)
+
+
+cdef bint _check_build() except -1:
+    """vbg_build makes what the display makes (keys, order, values, table size, tracking)"""
+    cdef PyObject* vals[14]
+    import sys, gc
+    if not VBG_DICT_FAST:
+        return False
+    objs = [1, [2], "x", None, (3,), 4.5, True, 0, -1, 2**70, "y", None, {}, b""]
+    for i in range(14):
+        vals[i] = <PyObject*>objs[i]
+    try:
+        d = vbg_build(_T_RQ, vals, 14)
+    except SystemError:
+        return False
+    ref = eval('{"id": a[0], "tag": a[1], "op": a[2], "sector": a[3], "bytes": a[4], '
+               '"bios": a[5], "nsegs": a[6], "nomerge": a[7], "unmap": a[8], '
+               '"stage": a[9], "head": a[10], "table": a[11], "payload": a[12], "status": a[13]}',
+               {"a": objs})
+    ok = (list(d.items()) == list(ref.items()) and sys.getsizeof(d) == sys.getsizeof(ref)
+          and gc.is_tracked(d) == gc.is_tracked(ref)
+          and all(DG(d, k) is ref[k] for k in ref) and DGET(d, "nope") is None)
+    for i in range(4):
+        vals[i] = <PyObject*>objs[i + 6]        # (no containers: untracked, as the display)
+    d = vbg_build(_T_OPST, vals, 3)
+    ref = eval('{"bios": a[6], "status": a[7], "buf": a[8]}', {"a": objs})
+    return ok and d == ref and not gc.is_tracked(d) and sys.getsizeof(d) == sys.getsizeof(ref)
+
+
+cdef bint _BUILD_OK = _check_build()
+
+
+cdef inline object _mk(dict tmpl, PyObject** vals, Py_ssize_t n):
+    """a new dict of tmpl's keys with values vals (n of them)"""
+    global _BUILT
+    cdef Py_ssize_t i
+    cdef dict d
+    if _BUILD_OK:
+        _BUILT += 1
+        return vbg_build(tmpl, vals, n)
+    d = {}
+    i = 0
+    for k in tmpl:
+        PyDict_SetItem(d, k, <object>vals[i])
+        i += 1
+    return d
+
+
+def dict_stats():
+    """(the fast dict paths are on, dicts made from templates) (tests)"""
+    return bool(_BUILD_OK), _BUILT
+
 
 # == the guest's page allocator (emu/mem/page_alloc.py), in C ======================================
 # PageAllocator.alloc_pages / free_pages / kmalloc / kfree over the allocator's own bytearray
@@ -753,12 +953,14 @@ cdef int h_add_split(Core* c, Frame* f) except -1:
     """emu.guest.vring.add_split (virtqueue_add_split: indirect or direct, take descriptors)"""
     cdef i64 rid = f.a[0], total, num_free, used
     cdef dict rq, st
+    cdef PyObject* v[6]
+    cdef object i0, used_o
     if not _kok[K_vring_add_split]:
         return BAIL
     rq = _rq(rid)
     if rq is None:
         return BAIL
-    sgs = rq.get("sgs")
+    sgs = DGET(rq, "sgs")
     if type(sgs) is not list:
         return BAIL
     total = len(<list>sgs)
@@ -779,17 +981,19 @@ cdef int h_add_split(Core* c, Frame* f) except -1:
     used = 1 if indirect else total
     if num_free < used:
         rq["add_err"] = "ENOSPC"
-        if rq["out_sgs"]:
+        if DG(rq, "out_sgs"):
             cont(c, F1(K_vring_notify, 1))
         return 0
     head = SG(vq, _VO[VQ_FREE_HEAD])
-    st = _PyDict_NewPresized(6)         # {"indirect": .., "table": .., "k": 0, "i": .., "head": .., "used": ..}
-    PyDict_SetItem(st, "indirect", indirect)
-    PyDict_SetItem(st, "table", table)
-    PyDict_SetItem(st, "k", 0)
-    PyDict_SetItem(st, "i", 0 if indirect else head)
-    PyDict_SetItem(st, "head", head)
-    PyDict_SetItem(st, "used", used)
+    i0 = 0 if indirect else head
+    used_o = used
+    v[0] = <PyObject*>indirect
+    v[1] = <PyObject*>table
+    v[2] = <PyObject*>_ZERO
+    v[3] = <PyObject*>i0
+    v[4] = <PyObject*>head
+    v[5] = <PyObject*>used_o
+    st = _mk(_T_ADD, v, 6)      # {"indirect", "table", "k": 0, "i", "head", "used"}
     rq["add"] = st
     rq["table"] = table
     _ad_keep(rid, rq, st, sgs, 0, 0 if indirect else head, bool(indirect), table, head,
@@ -818,14 +1022,14 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
         ind_o = _ad_ind
         hit = True
     else:
-        st_o = rq.get("add")
-        sgs = rq.get("sgs")
+        st_o = DGET(rq, "add")
+        sgs = DGET(rq, "sgs")
         if type(st_o) is not dict or type(sgs) is not list:
             return BAIL
         st = <dict>st_o
-        k_o = st.get("k")
-        i = st.get("i")
-        ind_o = st.get("indirect")
+        k_o = DGET(st, "k")
+        i = DGET(st, "i")
+        ind_o = DGET(st, "indirect")
         if not _is_int(k_o) or not _u16(i) or not _bool(ind_o):
             return BAIL
         k = k_o
@@ -847,7 +1051,7 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
     ind = ind_o
     vq = _vq
     if ind:
-        table = _ad_table if hit else st.get("table")
+        table = _ad_table if hit else DGET(st, "table")
         if not _small(table):
             return BAIL
         base = table
@@ -913,13 +1117,13 @@ cdef int h_add_head(Core* c, Frame* f) except -1:
         head = _ad_head
         table = _ad_table
     else:
-        st_o = rq.get("add")
-        sgs = rq.get("sgs")
+        st_o = DGET(rq, "add")
+        sgs = DGET(rq, "sgs")
         if type(st_o) is not dict or type(sgs) is not list:
             return BAIL
         st = <dict>st_o
-        head = st.get("head")
-        table = st.get("table")
+        head = DGET(st, "head")
+        table = DGET(st, "table")
     if not _u16(head) or not _u64(table):
         return BAIL
     chead = head
@@ -965,13 +1169,13 @@ cdef int h_add_avail(Core* c, Frame* f) except -1:
         used = _ad_used
         ind = _ad_ind
     else:
-        st_o = rq.get("add")
+        st_o = DGET(rq, "add")
         if type(st_o) is not dict:
             return BAIL
         st = <dict>st_o
-        head = st.get("head")
-        used = st.get("used")
-        ind = st.get("indirect")
+        head = DGET(st, "head")
+        used = DGET(st, "used")
+        ind = DGET(st, "indirect")
     if not _u16(head) or not _is_int(used) or not _bool(ind):
         return BAIL
     chead = head
@@ -986,7 +1190,7 @@ cdef int h_add_avail(Core* c, Frame* f) except -1:
     if ind:
         cprev = chead
     else:
-        prev = _ad_prev if hit else st.get("prev")
+        prev = _ad_prev if hit else DGET(st, "prev")
         if not _u16(prev) or prev >= len(<list>extra_next):
             return BAIL
         cprev = prev
@@ -1006,7 +1210,7 @@ cdef int h_add_avail(Core* c, Frame* f) except -1:
     SS(vq, _VO[VQ_NUM_FREE], SG(vq, _VO[VQ_NUM_FREE]) - used)
     SS(vq, _VO[VQ_FREE_HEAD], (<list>extra_next)[cprev])
     (<list>desc_data)[chead] = rid
-    (<list>desc_indir)[chead] = table if hit else st["table"]
+    (<list>desc_indir)[chead] = table if hit else DG(st, "table")
     rq["head"] = head
     ram_w16(c, gpa, <uint64_t>chead)
     cont(c, F1(K_vring_add_publish, rid))
@@ -1297,8 +1501,8 @@ cdef int h_setup_cmd(Core* c, Frame* f) except -1:
     rq = _rq(rid)
     if rq is None:
         return BAIL
-    op = rq.get("op")
-    tag = rq.get("tag")
+    op = DGET(rq, "op")
+    tag = DGET(rq, "tag")
     base = SG(_g, _GO[G_PDU_BASE])
     if not _small(tag) or not _small(base) or type(op) is not str:
         return BAIL
@@ -1313,12 +1517,12 @@ cdef int h_setup_cmd(Core* c, Frame* f) except -1:
     if not rw and not dwz and not _eq(op, "FLUSH"):
         return BAIL                 # unknown: the compiled engine (its KeyError)
     typ = _TYPE_OF[op]
-    sector = rq.get("sector") if rw else 0
+    sector = DGET(rq, "sector") if rw else 0
     if not _u64(sector) or not ram_ok(c, pdu, OUTHDR_SIZE):
         return BAIL
     if dwz:
-        rsect = rq.get("sector")
-        nbytes = rq.get("bytes")
+        rsect = DGET(rq, "sector")
+        nbytes = DGET(rq, "bytes")
         if not _u64(rsect) or not _small(nbytes) or not _u32(nbytes >> 9):
             return BAIL             # (struct.pack would refuse them)
     begin(c)
@@ -1335,7 +1539,7 @@ cdef int h_setup_cmd(Core* c, Frame* f) except -1:
             return 0
         _st(buf, <uint64_t>rsect, 8)
         _st(buf + 8, <uint64_t>(nbytes >> 9), 4)
-        _st(buf + 12, 1 if rq.get("unmap") else 0, 4)       # WRITE_ZEROES_FLAG_UNMAP
+        _st(buf + 12, 1 if DGET(rq, "unmap") else 0, 4)       # WRITE_ZEROES_FLAG_UNMAP
         if ram_ok(c, rng, DWZ_SEG_SIZE):
             ram_write(c, rng, buf, 16)
         else:
@@ -1356,13 +1560,13 @@ cdef int h_map_data(Core* c, Frame* f) except -1:
     rq = _rq(rid)
     if rq is None:
         return BAIL
-    payload = rq.get("payload")
+    payload = DGET(rq, "payload")
     if payload:
         begin(c)
         rq["data_sgs"] = [(payload, DWZ_SEG_SIZE)]
         cont(c, F1(K_blkmq_start_request, rid))
         return 0
-    bios = rq.get("bios")
+    bios = DGET(rq, "bios")
     if type(bios) is not list:
         return BAIL
     # (the scatterlist is built before begin: nothing is changed until it is stored)
@@ -1408,9 +1612,9 @@ cdef int h_add_req(Core* c, Frame* f) except -1:
     rq = _rq(rid)
     if rq is None:
         return BAIL
-    pdu = rq.get("pdu")
-    data_sgs = rq.get("data_sgs")
-    op = rq.get("op")
+    pdu = DGET(rq, "pdu")
+    data_sgs = DGET(rq, "data_sgs")
+    op = DGET(rq, "op")
     if not _small(pdu) or type(data_sgs) is not list or type(op) is not str:
         return BAIL
     for sg in <list>data_sgs:
@@ -1423,12 +1627,12 @@ cdef int h_add_req(Core* c, Frame* f) except -1:
     roles = ["request header"]
     for sg in <list>data_sgs:
         sgs.append(((<tuple>sg)[0], (<tuple>sg)[1], not is_out))
-        roles.append("data" if not rq.get("payload") else "range")
+        roles.append("data" if not DGET(rq, "payload") else "range")
     sgs.append((pdu + 16, 1, True))
     roles.append("status")
     rq["sgs"] = sgs
     rq["roles"] = roles
-    rq["out_sgs"] = 2 if is_out and rq["data_sgs"] else 1
+    rq["out_sgs"] = 2 if is_out and DG(rq, "data_sgs") else 1
     call(c, F1(K_vring_add_split, rid), F1(K_vblkd_add_ret, rid))
     return 0
 
@@ -1453,7 +1657,7 @@ cdef int h_add_ret(Core* c, Frame* f) except -1:
     if err:
         call(c, _kick_frame(), F1(K_vblkd_add_err_kick, rid))
         return 0
-    if rq["last"]:
+    if DG(rq, "last"):
         call(c, _kick_frame(), F1(K_vblkd_queue_rq_end, rid))
         return 0
     cont(c, F1(K_vblkd_queue_rq_end, rid))
@@ -1494,13 +1698,13 @@ cdef int h_request_done(Core* c, Frame* f) except -1:
     rq = _rq(rid)
     if rq is None:
         return BAIL
-    pdu = rq.get("pdu")
+    pdu = DGET(rq, "pdu")
     if not _small(pdu) or not ram_ok(c, <i64>pdu + 16, 1):
         return BAIL
     begin(c)
     status = c.ram[<i64>pdu + 16]
     rq["vstatus"] = status
-    payload = rq.get("payload")
+    payload = DGET(rq, "payload")
     if payload:                                             # _cleanup_cmd
         _pa_kfree(payload)
         rq["payload"] = 0
@@ -1560,7 +1764,7 @@ cdef int _free_request(Core* c, object rid) except -1:
     q = _q
     _rq_forget()
     rq = _rqs.pop(rid)
-    _put_tag(q, rq["tag"])
+    _put_tag(q, DG(rq, "tag"))
     _wake(c, "tag")
     return 0
 
@@ -1590,21 +1794,21 @@ cdef int _dd_insert(Core* c, object rid) except -1:
     q = _q
     rqs = _rqs
     cdef dict rq = rqs[rid]
-    op = rq["op"]
+    op = DG(rq, "op")
     cdef int d = _rq_dir(op)
     cdef dict other
     if _mergeable(op):
         lim = SG(q, _QO[Q_LIMITS])
-        maxs = lim["max_discard_sectors"] if _eq(op, "DISCARD") else lim["max_sectors"]
+        maxs = DG(lim, "max_discard_sectors") if _eq(op, "DISCARD") else DG(lim, "max_sectors")
         for oid in <list>(SG(q, _QO[Q_DD_FIFO])[d]):
             other = rqs[oid]
-            if other["op"] == op and other["sector"] + (other["bytes"] >> 9) == rq["sector"] \
-                    and (other["bytes"] >> 9) + (rq["bytes"] >> 9) <= maxs \
-                    and (_eq(op, "DISCARD") or other["nsegs"] + rq["nsegs"] <= lim["max_segments"]):
-                for bio in rq["bios"]:
-                    other["bios"].append(bio)
-                other["bytes"] += rq["bytes"]
-                other["nsegs"] += rq["nsegs"] if not _eq(op, "DISCARD") else 0
+            if DG(other, "op") == op and DG(other, "sector") + (DG(other, "bytes") >> 9) == DG(rq, "sector") \
+                    and (DG(other, "bytes") >> 9) + (DG(rq, "bytes") >> 9) <= maxs \
+                    and (_eq(op, "DISCARD") or DG(other, "nsegs") + DG(rq, "nsegs") <= DG(lim, "max_segments")):
+                for bio in DG(rq, "bios"):
+                    DG(other, "bios").append(bio)
+                other["bytes"] += DG(rq, "bytes")
+                other["nsegs"] += DG(rq, "nsegs") if not _eq(op, "DISCARD") else 0
                 _free_request(c, rid)
                 return 0
     rq["stage"] = "queued"
@@ -1620,7 +1824,7 @@ cdef object _dd_next(object q, int d):
     bs = None
     rqs = _rqs
     for rid in <list>(SG(q, _QO[Q_DD_FIFO])[d]):
-        s = rqs[rid]["sector"]
+        s = DG(rqs[rid], "sector")
         if s >= pos and (best is None or s < bs):
             best = rid
             bs = s
@@ -1648,13 +1852,13 @@ cdef object _dd_dispatch(Core* c, object q):
             return None
         nxt = _dd_next(q, d)
         head = fifo[d][0]
-        rid = head if nxt is None or rqs[head]["deadline"] <= c.now else nxt
+        rid = head if nxt is None or DG(rqs[head], "deadline") <= c.now else nxt
         SS(q, _QO[Q_DD_LAST_DIR], d)
         SS(q, _QO[Q_DD_BATCHING], 0)
     rq = rqs[rid]
-    d = _rq_dir(rq["op"])
+    d = _rq_dir(DG(rq, "op"))
     _remove(fifo[d], rid)
-    SG(q, _QO[Q_DD_NEXT_SECTOR])[d] = rq["sector"] + (rq["bytes"] >> 9)
+    SG(q, _QO[Q_DD_NEXT_SECTOR])[d] = DG(rq, "sector") + (DG(rq, "bytes") >> 9)
     SS(q, _QO[Q_DD_BATCHING], SG(q, _QO[Q_DD_BATCHING]) + 1)
     return rid
 
@@ -1811,25 +2015,34 @@ cdef int _op_done(Core* c, object idx) except -1:
     """emu.guest.process._op_done (the AIO completes)"""
     p = _p
     cdef dict st
+    cdef PyObject* v[4]
+    cdef object o_n, o_line, s_status
     ost = SG(p, _PO[P_OP_STATE])
     st = (<dict>ost).pop(idx) if type(ost) is dict else ost.pop(idx)
     cdef dict op = SG(p, _PO[P_OPS])[idx]
     SS(p, _PO[P_INFLIGHT], SG(p, _PO[P_INFLIGHT]) - 1)
-    opname = op["op"]                   # (op is not changed below: one lookup of each key)
+    opname = DG(op, "op")                   # (op is not changed below: one lookup of each key)
     if _eq(opname, "read"):
-        data = _mem.read(st["buf"], op["length"])
+        data = _mem.read(DG(st, "buf"), DG(op, "length"))
         SG(p, _PO[P_READS]).append(
-            {"n": op["n"], "offset": op["offset"], "length": op["length"],
-             "sha256": _sha256(data).hexdigest(), "status": st["status"], "line": op["line"]})
+            {"n": DG(op, "n"), "offset": DG(op, "offset"), "length": DG(op, "length"),
+             "sha256": _sha256(data).hexdigest(), "status": DG(st, "status"), "line": DG(op, "line")})
     if _eq(opname, "get-id"):
-        raw = _mem.read(st["buf"], _ID_BYTES)
+        raw = _mem.read(DG(st, "buf"), _ID_BYTES)
         st["serial"] = raw.split(b"\0", 1)[0].decode("latin-1")
-    buf = st.get("buf")
+    buf = DGET(st, "buf")
     if buf:
         _pa_free(buf)
-    res = {"n": op["n"], "line": op["line"], "op": opname, "status": st["status"]}
+    o_n = DG(op, "n")
+    o_line = DG(op, "line")
+    s_status = DG(st, "status")
+    v[0] = <PyObject*>o_n
+    v[1] = <PyObject*>o_line
+    v[2] = <PyObject*>opname
+    v[3] = <PyObject*>s_status
+    res = _mk(_T_RES, v, 4)             # {"n", "line", "op", "status"}
     if "serial" in st:
-        res["serial"] = st["serial"]
+        res["serial"] = DG(st, "serial")
     SG(p, _PO[P_RESULTS]).append(res)
     _wake(c, "mem")
     if SG(p, _PO[P_INFLIGHT]) == 0:
@@ -1843,10 +2056,12 @@ cdef int h_end_request(Core* c, Frame* f) except -1:
     cdef i64 rid = f.a[0], from_irq = f.a[2]
     cdef dict rq, st
     cdef list completed
+    cdef PyObject* v[5]
+    cdef object rid_o, r_op, r_sector, r_bytes
     if not _kok[K_blkmq_end_request] or not f.s[1]:
         return BAIL
     rq = _rq(rid)
-    if rq is None or type(rq.get("bios")) is not list:
+    if rq is None or type(DGET(rq, "bios")) is not list:
         return BAIL
     completed_o = SG(_g, _GO[G_COMPLETED])
     if type(completed_o) is not list:
@@ -1856,18 +2071,26 @@ cdef int h_end_request(Core* c, Frame* f) except -1:
     p = _p
     begin(c)
     rq["status"] = status
-    for bio in <list>rq["bios"]:
-        idx = bio["op_idx"]                          # bio_done
+    for bio in <list>DG(rq, "bios"):
+        idx = DG(bio, "op_idx")                          # bio_done
         st = SG(p, _PO[P_OP_STATE])[idx]
-        nb = st["bios"] - 1             # (st["bios"] -= 1 ... if st["bios"] == 0)
+        nb = DG(st, "bios") - 1             # (st["bios"] -= 1 ... if st["bios"] == 0)
         st["bios"] = nb
-        if not _eq(status, "OK") and _eq(st["status"], "OK"):
+        if not _eq(status, "OK") and _eq(DG(st, "status"), "OK"):
             st["status"] = status
         if nb == 0:
             _op_done(c, idx)
     _free_request(c, rid)
-    completed.append({"id": rid, "op": rq["op"], "sector": rq["sector"],
-                      "bytes": rq["bytes"], "status": status})
+    rid_o = rid
+    r_op = DG(rq, "op")
+    r_sector = DG(rq, "sector")
+    r_bytes = DG(rq, "bytes")
+    v[0] = <PyObject*>rid_o
+    v[1] = <PyObject*>r_op
+    v[2] = <PyObject*>r_sector
+    v[3] = <PyObject*>r_bytes
+    v[4] = <PyObject*>status
+    completed.append(_mk(_T_DONE, v, 5))    # {"id", "op", "sector", "bytes", "status"}
     if len(completed) > 64:
         del completed[0]
     if from_irq:
@@ -1903,14 +2126,17 @@ cdef inline Frame _next_frame():
 
 cdef dict _bio(object p, str rq_op, object sector, object nbytes, list segs):
     """emu.guest.process._bio"""
+    cdef PyObject* v[6]
+    cdef object nb, pc
     nb = SG(p, _PO[P_NEXT_BIO])
-    cdef dict b = _PyDict_NewPresized(6)
-    PyDict_SetItem(b, "id", nb)
-    PyDict_SetItem(b, "op_idx", SG(p, _PO[P_PC]))
-    PyDict_SetItem(b, "op", rq_op)
-    PyDict_SetItem(b, "sector", sector)
-    PyDict_SetItem(b, "bytes", nbytes)
-    PyDict_SetItem(b, "segs", segs)
+    pc = SG(p, _PO[P_PC])
+    v[0] = <PyObject*>nb
+    v[1] = <PyObject*>pc
+    v[2] = <PyObject*>rq_op
+    v[3] = <PyObject*>sector
+    v[4] = <PyObject*>nbytes
+    v[5] = <PyObject*>segs
+    cdef dict b = _mk(_T_BIO, v, 6)     # {"id", "op_idx", "op", "sector", "bytes", "segs"}
     SS(p, _PO[P_NEXT_BIO], nb + 1)
     return b
 
@@ -1919,10 +2145,10 @@ cdef list _range_bios(object p, dict lim, dict op, str rq_op, object max_sectors
     """emu.guest.process._range_bios (discard / write-zeroes bios, cut at max_sectors)"""
     cdef list bios = []
     cdef dict b
-    lbs_sect = lim["logical_block_size"] >> 9
+    lbs_sect = DG(lim, "logical_block_size") >> 9
     step = max(lbs_sect, max_sectors - max_sectors % lbs_sect) << 9
-    length = op["length"]
-    offset = op["offset"]
+    length = DG(op, "length")
+    offset = DG(op, "offset")
     for pos in range(0, length, step):
         n = min(step, length - pos)
         b = _bio(p, rq_op, (offset + pos) >> 9, n, [])
@@ -1958,6 +2184,8 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
     cdef dict op
     cdef long long clen, coff, pos, n, step, npages
     cdef bytes data
+    cdef PyObject* v[3]
+    cdef object nbios
     if not _kok[K_app_op] or not _q_ok(_q):
         return BAIL
     p = _p
@@ -1979,7 +2207,7 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
     if type(op_o) is not dict:
         return BAIL
     op = <dict>op_o
-    kind = op.get("op")
+    kind = DGET(op, "op")
     if _eq(kind, "wait"):
         begin(c)
         if SG(p, _PO[P_INFLIGHT]):
@@ -1989,7 +2217,7 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
         cont(c, F0(K_app_op), -1, True)
         return 0
     if _eq(kind, "at"):
-        t = op.get("time_ns")
+        t = DGET(op, "time_ns")
         if not _small(t):
             return BAIL
         begin(c)
@@ -2001,7 +2229,7 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
         cont(c, F0(K_app_op), -1, True)
         return 0
     if _eq(kind, "queue-depth"):
-        depth = op.get("depth")
+        depth = DGET(op, "depth")
         if type(depth) is not int:
             return BAIL
         begin(c)
@@ -2022,18 +2250,18 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
         else:
             bios = [_bio(p, "FLUSH", 0, 0, [])]
     elif _eq(kind, "write") or _eq(kind, "read"):
-        off = op.get("offset")
-        length = op.get("length")
+        off = DGET(op, "offset")
+        length = DGET(op, "length")
         lim_o = SG(q, _QO[Q_LIMITS])
         lbs = (<dict>lim_o).get("logical_block_size") if type(lim_o) is dict else \
             lim_o.get("logical_block_size")
         if not _small(off) or not _small(length) or not _small(lbs) or not lbs:
             return BAIL
         if _eq(kind, "write"):
-            fill = op.get("fill")
+            fill = DGET(op, "fill")
             if fill is not None and not (type(fill) is int and 0 <= fill <= 255):
                 return BAIL
-            if not _small(op.get("n")) or not _wp_ok:
+            if not _small(DGET(op, "n")) or not _wp_ok:
                 return BAIL
         begin(c)
         bios = []
@@ -2047,7 +2275,7 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
                 buf = 0
             else:
                 if _eq(kind, "write"):
-                    _write_pattern_ram(c, buf, op["n"], off, length, op.get("fill"))
+                    _write_pattern_ram(c, buf, DG(op, "n"), off, length, DGET(op, "fill"))
                 step = BIO_MAX_VECS * PAGE
                 clen = length
                 coff = off
@@ -2058,8 +2286,8 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
                     bios.append(_bio(p, rq_op, (coff + pos) >> 9, n, [(buf + pos, n)]))
                     pos += step
     elif _eq(kind, "discard") or _eq(kind, "write-zeroes"):
-        off = op.get("offset")
-        length = op.get("length")
+        off = DGET(op, "offset")
+        length = DGET(op, "length")
         lim = SG(q, _QO[Q_LIMITS])
         if type(lim) is not dict:
             return BAIL
@@ -2071,16 +2299,16 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
         if off % lbs or length % lbs:
             err = "EINVAL"
         elif _eq(kind, "discard"):
-            mds = lim["max_discard_sectors"]
+            mds = DG(lim, "max_discard_sectors")
             if not mds:
                 err = "EOPNOTSUPP"
             else:
                 bios = _range_bios(p, lim, op, "DISCARD", mds, False)
         else:
-            mwz = lim["max_write_zeroes_sectors"]
+            mwz = DG(lim, "max_write_zeroes_sectors")
             if mwz:
-                bios = _range_bios(p, lim, op, "WRITE_ZEROES", mwz, bool(op.get("unmap")))
-            elif op.get("unmap"):
+                bios = _range_bios(p, lim, op, "WRITE_ZEROES", mwz, bool(DGET(op, "unmap")))
+            elif DGET(op, "unmap"):
                 err = "EOPNOTSUPP"
             else:
                 bios = _zero_page_bios(p, off, length)
@@ -2100,14 +2328,23 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
         return 0
     SS(p, _PO[P_PC], pc + 1)
     if err:
-        SG(p, _PO[P_RESULTS]).append({"n": op["n"], "line": op["line"], "op": kind, "status": err})
+        SG(p, _PO[P_RESULTS]).append({"n": DG(op, "n"), "line": DG(op, "line"), "op": kind, "status": err})
         cont(c, F0(K_app_op), -1, True)
         return 0
     if not bios:
-        SG(p, _PO[P_RESULTS]).append({"n": op["n"], "line": op["line"], "op": kind, "status": "OK"})
+        SG(p, _PO[P_RESULTS]).append({"n": DG(op, "n"), "line": DG(op, "line"), "op": kind, "status": "OK"})
         cont(c, F0(K_app_op), -1, True)
         return 0
-    SG(p, _PO[P_OP_STATE])[pc] = {"bios": len(bios), "status": "OK", "buf": buf}
+    nbios = len(bios)
+    v[0] = <PyObject*>nbios
+    v[1] = <PyObject*>"OK"
+    v[2] = <PyObject*>buf
+    ost = SG(p, _PO[P_OP_STATE])
+    st = _mk(_T_OPST, v, 3)             # {"bios", "status", "buf"}
+    if type(ost) is dict:
+        PyDict_SetItem(<dict>ost, pc, st)
+    else:
+        ost[pc] = st
     SS(p, _PO[P_INFLIGHT], SG(p, _PO[P_INFLIGHT]) + 1)
     (<list>SG(p, _PO[P_PENDING_BIOS])).extend(bios)       # (a list: checked before begin)
     cont(c, F0(K_blkmq_submit_bio), -1, True)
@@ -2127,40 +2364,40 @@ cdef str _try_merge(object q, dict rq, dict bio):
     """emu.guest.blk_mq.try_merge (sizes and sectors in C when they are ints below 2**52)"""
     cdef long long bb, rb, mx, rs, bs, ns, mseg
     cdef bint disc
-    op = rq["op"]
-    if op != bio["op"] or not _mergeable(op) or rq.get("nomerge"):
+    op = DG(rq, "op")
+    if op != DG(bio, "op") or not _mergeable(op) or DGET(rq, "nomerge"):
         return ""
-    stage = rq["stage"]
+    stage = DG(rq, "stage")
     if not (_eq(stage, "plugged") or _eq(stage, "queued")):
         return ""
     lim = SG(q, _QO[Q_LIMITS])
     disc = _eq(op, "DISCARD")
-    if (type(lim) is dict and _ll(bio.get("bytes"), &bb) and _ll(rq.get("bytes"), &rb)
-            and _ll(rq.get("sector"), &rs) and _ll(bio.get("sector"), &bs)):
+    if (type(lim) is dict and _ll(DGET(bio, "bytes"), &bb) and _ll(DGET(rq, "bytes"), &rb)
+            and _ll(DGET(rq, "sector"), &rs) and _ll(DGET(bio, "sector"), &bs)):
         if rs + (rb >> 9) != bs and bs + (bb >> 9) != rs:
             return ""                   # (not adjacent: the limits need not be looked at)
-    if (type(lim) is dict and _ll(bio.get("bytes"), &bb) and _ll(rq.get("bytes"), &rb)
+    if (type(lim) is dict and _ll(DGET(bio, "bytes"), &bb) and _ll(DGET(rq, "bytes"), &rb)
             and _ll((<dict>lim).get("max_discard_sectors" if disc else "max_sectors"), &mx)
-            and _ll(rq.get("sector"), &rs) and _ll(bio.get("sector"), &bs)
-            and (disc or (_ll(rq.get("nsegs"), &ns) and _ll((<dict>lim).get("max_segments"), &mseg)
-                          and type(bio.get("segs")) is list))):
+            and _ll(DGET(rq, "sector"), &rs) and _ll(DGET(bio, "sector"), &bs)
+            and (disc or (_ll(DGET(rq, "nsegs"), &ns) and _ll((<dict>lim).get("max_segments"), &mseg)
+                          and type(DGET(bio, "segs")) is list))):
         if rs + (rb >> 9) != bs and bs + (bb >> 9) != rs:
             return ""                   # (not adjacent: the limits need not be looked at)
         if (rb >> 9) + (bb >> 9) > mx:
             return ""
-        if not disc and ns + len(<list>bio["segs"]) > mseg:
+        if not disc and ns + len(<list>DG(bio, "segs")) > mseg:
             return ""
         if rs + (rb >> 9) == bs:
             return "back"
         return "front"
-    nsect = bio["bytes"] >> 9
-    if (rq["bytes"] >> 9) + nsect > (lim["max_discard_sectors"] if _eq(op, "DISCARD") else lim["max_sectors"]):
+    nsect = DG(bio, "bytes") >> 9
+    if (DG(rq, "bytes") >> 9) + nsect > (DG(lim, "max_discard_sectors") if _eq(op, "DISCARD") else DG(lim, "max_sectors")):
         return ""
-    if not _eq(op, "DISCARD") and rq["nsegs"] + len(bio["segs"]) > lim["max_segments"]:
+    if not _eq(op, "DISCARD") and DG(rq, "nsegs") + len(DG(bio, "segs")) > DG(lim, "max_segments"):
         return ""
-    if rq["sector"] + (rq["bytes"] >> 9) == bio["sector"]:
+    if DG(rq, "sector") + (DG(rq, "bytes") >> 9) == DG(bio, "sector"):
         return "back"
-    if bio["sector"] + nsect == rq["sector"]:
+    if DG(bio, "sector") + nsect == DG(rq, "sector"):
         return "front"
     return ""
 
@@ -2172,12 +2409,12 @@ cdef bint _merge(Core* c, dict rq, dict bio, list pending) except -1:
     if not how:
         return False
     if _eq(how, "back"):                       # do_merge
-        (<list>rq["bios"]).append(bio)
+        (<list>DG(rq, "bios")).append(bio)
     else:
-        (<list>rq["bios"]).insert(0, bio)
-        rq["sector"] = bio["sector"]
-    rq["bytes"] += bio["bytes"]
-    rq["nsegs"] += len(bio["segs"]) if not _eq(rq["op"], "DISCARD") else 0
+        (<list>DG(rq, "bios")).insert(0, bio)
+        rq["sector"] = DG(bio, "sector")
+    rq["bytes"] += DG(bio, "bytes")
+    rq["nsegs"] += len(DG(bio, "segs")) if not _eq(DG(rq, "op"), "DISCARD") else 0
     _del0(pending)
     _next(c)
     return True
@@ -2189,15 +2426,15 @@ cdef bint _split(object p, dict lim, dict bio, object op, list segs, object nbyt
     rest queued next); True when the bio was cut"""
     cdef list head, tail
     cdef long long cmaxs, cnb, cmseg
-    maxs = lim["max_discard_sectors"] if _eq(op, "DISCARD") else (
-        lim["max_write_zeroes_sectors"] if _eq(op, "WRITE_ZEROES") else lim["max_sectors"])
+    maxs = DG(lim, "max_discard_sectors") if _eq(op, "DISCARD") else (
+        DG(lim, "max_write_zeroes_sectors") if _eq(op, "WRITE_ZEROES") else DG(lim, "max_sectors"))
     if _ll(maxs, &cmaxs) and _ll(nbytes, &cnb) and cnb <= (cmaxs << 9):
         # the common case, in C: no cut by size; by segments only past max_segments
-        if not segs or (_ll(lim["max_segments"], &cmseg) and len(segs) <= cmseg):
+        if not segs or (_ll(DG(lim, "max_segments"), &cmseg) and len(segs) <= cmseg):
             return False
     cut = min(nbytes, maxs << 9)
     if segs:
-        mseg = lim["max_segments"]
+        mseg = DG(lim, "max_segments")
         if len(segs) > mseg:
             cut = min(cut, sum([sg[1] for sg in segs[:mseg]]))
     if _eq(op, "FLUSH") or _eq(op, "DRV_IN") or cut >= nbytes:
@@ -2212,7 +2449,7 @@ cdef bint _split(object p, dict lim, dict bio, object op, list segs, object nbyt
         bio["segs"], rest["segs"] = _split_segs(segs, cut)
     bio["bytes"] = cut
     SG(p, _PO[P_PENDING_BIOS]).insert(1, rest)
-    SG(p, _PO[P_OP_STATE])[bio["op_idx"]]["bios"] += 1
+    SG(p, _PO[P_OP_STATE])[DG(bio, "op_idx")]["bios"] += 1
     return True
 
 
@@ -2224,6 +2461,8 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
     cdef long long tag
     cdef Py_ssize_t n_before
     cdef uint8_t hdr[16]
+    cdef PyObject* v[14]
+    cdef object tag_o, rbios, nsegs, nomerge, unmap
     if not _kok[K_blkmq_submit_bio] or not _q_ok(_q):
         return BAIL
     p = _p
@@ -2236,10 +2475,10 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
     if type(bio_o) is not dict:
         return BAIL
     bio = <dict>bio_o
-    bop = bio.get("op")
-    segs_o = bio.get("segs")
-    b_bytes = bio.get("bytes")
-    b_sector = bio.get("sector")
+    bop = DGET(bio, "op")
+    segs_o = DGET(bio, "segs")
+    b_bytes = DGET(bio, "bytes")
+    b_sector = DGET(bio, "sector")
     if type(bop) is not str or type(segs_o) is not list or not _small(b_bytes) \
             or not _small(b_sector):
         return BAIL
@@ -2251,8 +2490,8 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
         return BAIL
     begin(c)
     if _split(p, <dict>lim, bio, bop, segs, b_bytes, b_sector):
-        segs = bio["segs"]
-        b_bytes = bio["bytes"]
+        segs = DG(bio, "segs")
+        b_bytes = DG(bio, "bytes")
     rqs = _rqs
     if _mergeable(bop):
         # the candidates: the plug's last request, then the scheduler FIFO of the bio's
@@ -2270,10 +2509,28 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
     _del0(pending)
     rid = SG(q, _QO[Q_NEXT_RQ])
     SS(q, _QO[Q_NEXT_RQ], rid + 1)
-    rq = {"id": rid, "tag": tag, "op": bop, "sector": b_sector, "bytes": b_bytes,
-          "bios": [bio], "nsegs": len(segs) or (1 if (_eq(bop, "DISCARD") or _eq(bop, "WRITE_ZEROES")) else 0),
-          "nomerge": not _mergeable(bop), "unmap": bio.get("unmap", False),
-          "stage": "plugged", "head": None, "table": 0, "payload": 0, "status": None}
+    tag_o = tag
+    rbios = [bio]
+    nsegs = len(segs) or (1 if (_eq(bop, "DISCARD") or _eq(bop, "WRITE_ZEROES")) else 0)
+    nomerge = not _mergeable(bop)
+    unmap = DGETD(bio, "unmap", False)
+    v[0] = <PyObject*>rid
+    v[1] = <PyObject*>tag_o
+    v[2] = <PyObject*>bop
+    v[3] = <PyObject*>b_sector
+    v[4] = <PyObject*>b_bytes
+    v[5] = <PyObject*>rbios
+    v[6] = <PyObject*>nsegs
+    v[7] = <PyObject*>nomerge
+    v[8] = <PyObject*>unmap
+    v[9] = <PyObject*>"plugged"
+    v[10] = <PyObject*>None
+    v[11] = <PyObject*>_ZERO
+    v[12] = <PyObject*>_ZERO
+    v[13] = <PyObject*>None
+    # {"id", "tag", "op", "sector", "bytes", "bios", "nsegs", "nomerge", "unmap", "stage",
+    #  "head", "table", "payload", "status"}
+    rq = _mk(_T_RQ, v, 14)
     _rq_forget()
     rqs[rid] = rq
     if _eq(bop, "FLUSH") or _eq(bop, "DRV_IN"):
@@ -2354,7 +2611,7 @@ cdef int h_add_err_end(Core* c, Frame* f) except -1:
         return BAIL
     begin(c)
     err = rq.pop("add_err")
-    payload = rq.get("payload")
+    payload = DGET(rq, "payload")
     if payload:                                             # _cleanup_cmd
         _pa_kfree(payload)
         rq["payload"] = 0
