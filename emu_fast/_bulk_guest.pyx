@@ -413,6 +413,22 @@ cdef inline void _rq_forget() noexcept:
     _c_rq = None
 
 
+cdef extern from *:
+    """
+    static inline int vbg_chars_eq(const void *a, const void *b, size_t n) {
+        const unsigned char *x = (const unsigned char *)a, *y = (const unsigned char *)b;
+        size_t i;
+        if (n > 32)
+            return memcmp(a, b, n) == 0;
+        for (i = 0; i < n; i++)
+            if (x[i] != y[i])
+                return 0;
+        return 1;
+    }
+    """
+    bint vbg_chars_eq(const void* a, const void* b, size_t n) noexcept
+
+
 cdef extern from "Python.h":
     Py_ssize_t PyUnicode_GET_LENGTH(object o)
     int PyUnicode_KIND(object o)
@@ -430,21 +446,47 @@ cdef inline bint _eq(object a, str b) except -1:
     n = PyUnicode_GET_LENGTH(b)
     if PyUnicode_GET_LENGTH(a) != n or PyUnicode_KIND(a) != PyUnicode_KIND(b):
         return False
-    return memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), <size_t>(n * PyUnicode_KIND(b))) == 0
+    return vbg_chars_eq(PyUnicode_DATA(a), PyUnicode_DATA(b), <size_t>(n * PyUnicode_KIND(b)))
 
 
 cdef inline bint _is_int(object o) noexcept:
     return type(o) is int
 
 
+cdef extern from *:
+    """
+    /* 1: o is exactly an int that fits a long long (*out, read from its digits when it has
+       at most two); 0: not */
+    static inline int vbg_ll(PyObject *o, long long *out) {
+        int ovf = 0;
+        long long v;
+        if (!PyLong_CheckExact(o))
+            return 0;
+    #if PY_VERSION_HEX < 0x030C0000 && PyLong_SHIFT == 30
+        {
+            Py_ssize_t sz = Py_SIZE(o);
+            const digit *d = ((PyLongObject *)o)->ob_digit;
+            if (sz == 0) { *out = 0; return 1; }
+            if (sz == 1) { *out = (long long)d[0]; return 1; }
+            if (sz == 2) { *out = (long long)d[0] | ((long long)d[1] << 30); return 1; }
+        }
+    #endif
+        v = PyLong_AsLongLongAndOverflow(o, &ovf);
+        if (ovf || (v == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            return 0;
+        }
+        *out = v;
+        return 1;
+    }
+    """
+    bint vbg_ll(object o, long long* out) noexcept
+
+
 cdef inline bint _in(object o, long long hi) noexcept:
     """o is an int in [0, hi]"""
-    cdef int ovf = 0
     cdef long long v
-    if type(o) is not int:
-        return False
-    v = PyLong_AsLongLongAndOverflow(o, &ovf)
-    return ovf == 0 and 0 <= v <= hi
+    return vbg_ll(o, &v) and 0 <= v <= hi
 
 
 cdef inline bint _small(object o) noexcept:
@@ -511,6 +553,7 @@ cdef extern from *:
     typedef struct { PyObject *k; PyObject *v; } vbg_uent;
     #define VBG_UENT(dk) ((vbg_uent*)(&((int8_t*)((dk)->dk_indices))[(size_t)1 << (dk)->dk_log2_index_bytes]))
 
+    static PyObject *vbg_absent = NULL;      /* vbg_slot's "surely not there" */
     static inline PyObject **vbg_slot(PyObject *d, PyObject *key) {
         PyDictObject *mp = (PyDictObject *)d;
         vbg_keys *dk = (vbg_keys *)mp->ma_keys;
@@ -529,10 +572,15 @@ cdef extern from *:
             else if (ib == 1) ix = ((const int16_t *)dk->dk_indices)[i];
             else if (ib == 2) ix = ((const int32_t *)dk->dk_indices)[i];
             else ix = (Py_ssize_t)((const int64_t *)dk->dk_indices)[i];
-            if (ix == -1)
-                return NULL;
-            if (ix >= 0 && VBG_UENT(dk)[ix].k == key)
-                return &VBG_UENT(dk)[ix].v;
+            if (ix == -1)            /* (no key of this hash on the way: no equal key) */
+                return &vbg_absent;
+            if (ix >= 0) {
+                PyObject *k = VBG_UENT(dk)[ix].k;
+                if (k == key)
+                    return &VBG_UENT(dk)[ix].v;
+                if (((PyASCIIObject *)k)->hash == h)
+                    return NULL;         /* maybe an equal key: the C API decides */
+            }
             perturb >>= 5;
             i = (i * 5 + perturb + 1) & mask;
         }
@@ -544,6 +592,8 @@ cdef extern from *:
         PyObject **s = vbg_slot(d, key);
         if (s != NULL && *s != NULL)
             return *s;
+        if (s == &vbg_absent)
+            return NULL;
         return PyDict_GetItemWithError(d, key);
     }
 
@@ -779,17 +829,17 @@ cdef object _pa_alloc(long long npages):
 
 cdef int _pa_free(object gpa) except -1:
     """PageAllocator.free_pages"""
-    cdef long long pos, n
+    cdef long long n, g
     if not _pa_own:
         _free_pages(_pages, gpa)
         return 0
     npages = _pa_large.pop(gpa)
-    pos = gpa >> 12
-    n = npages
-    if 0 <= pos and 0 <= n and pos + n <= PyByteArray_GET_SIZE(_pa_used):
-        memset(<uint8_t*>PyByteArray_AS_STRING(_pa_used) + pos, 0, <size_t>n)
+    if (_ll(gpa, &g) and _ll(npages, &n)
+            and (g >> 12) + n <= PyByteArray_GET_SIZE(_pa_used)):
+        memset(<uint8_t*>PyByteArray_AS_STRING(_pa_used) + (g >> 12), 0, <size_t>n)
     else:
-        _pa_used[pos:pos + npages] = bytes(npages)
+        ppos = gpa >> 12
+        _pa_used[ppos:ppos + npages] = bytes(npages)
     return 0
 
 
@@ -2182,7 +2232,8 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
     """emu.guest.process.op_step (blkdev_write_iter etc.: the next workload operation)"""
     cdef list ops, bios
     cdef dict op
-    cdef long long clen, coff, pos, n, step, npages
+    cdef long long clen, coff, pos, n, step, npages, clbs, cn, cbuf
+    cdef bint is_write
     cdef bytes data
     cdef PyObject* v[3]
     cdef object nbios
@@ -2250,40 +2301,39 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
         else:
             bios = [_bio(p, "FLUSH", 0, 0, [])]
     elif _eq(kind, "write") or _eq(kind, "read"):
+        is_write = _eq(kind, "write")
         off = DGET(op, "offset")
         length = DGET(op, "length")
         lim_o = SG(q, _QO[Q_LIMITS])
-        lbs = (<dict>lim_o).get("logical_block_size") if type(lim_o) is dict else \
-            lim_o.get("logical_block_size")
-        if not _small(off) or not _small(length) or not _small(lbs) or not lbs:
+        lbs = DGET(lim_o, "logical_block_size")
+        if not _ll(off, &coff) or not _ll(length, &clen) or not _ll(lbs, &clbs) or not clbs:
             return BAIL
-        if _eq(kind, "write"):
+        if is_write:
             fill = DGET(op, "fill")
             if fill is not None and not (type(fill) is int and 0 <= fill <= 255):
                 return BAIL
-            if not _small(DGET(op, "n")) or not _wp_ok:
+            if not _ll(DGET(op, "n"), &cn) or not _wp_ok:
                 return BAIL
         begin(c)
         bios = []
-        if off % lbs or length % lbs:
+        if coff % clbs or clen % clbs:
             err = "EINVAL"
         else:
-            npages = (<long long>length + PAGE - 1) // PAGE
+            npages = (clen + PAGE - 1) // PAGE
             buf = _pa_alloc(npages)
             if buf is None:
                 err = "ENOMEM"
                 buf = 0
             else:
-                if _eq(kind, "write"):
-                    _write_pattern_ram(c, buf, DG(op, "n"), off, length, DGET(op, "fill"))
+                cbuf = buf                  # (a page's address: below 2**52)
+                if is_write:
+                    _write_pattern_ram(c, cbuf, cn, coff, clen, fill)
                 step = BIO_MAX_VECS * PAGE
-                clen = length
-                coff = off
-                rq_op = "WRITE" if _eq(kind, "write") else "READ"
+                rq_op = "WRITE" if is_write else "READ"
                 pos = 0
                 while pos < clen:
                     n = min(step, clen - pos)
-                    bios.append(_bio(p, rq_op, (coff + pos) >> 9, n, [(buf + pos, n)]))
+                    bios.append(_bio(p, rq_op, (coff + pos) >> 9, n, [(cbuf + pos, n)]))
                     pos += step
     elif _eq(kind, "discard") or _eq(kind, "write-zeroes"):
         off = DGET(op, "offset")
@@ -2353,11 +2403,7 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
 
 cdef inline bint _ll(object o, long long* out) noexcept:
     """o is an int in [0, 2**52): *out = o"""
-    cdef int ovf = 0
-    if type(o) is not int:
-        return False
-    out[0] = PyLong_AsLongLongAndOverflow(o, &ovf)
-    return ovf == 0 and 0 <= out[0] < LIM
+    return vbg_ll(o, out) and 0 <= out[0] < LIM
 
 
 cdef str _try_merge(object q, dict rq, dict bio):
