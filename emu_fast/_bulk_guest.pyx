@@ -302,11 +302,13 @@ cdef i64 _S_EMPTY = 0, _S_OK = 0, _S_IOERR = 0, _S_NOTSUPP = 0      # str argume
 
 cdef int _load(Core* c) except -1:
     global _m, _g, _vq, _q, _p, _mem, _pages, _counters, _rqs, _ready, _notify_ok, _vmexit_ns
-    global _S_EMPTY, _S_OK, _S_IOERR, _S_NOTSUPP, _tr_tag, _wp_ok
+    global _S_EMPTY, _S_OK, _S_IOERR, _S_NOTSUPP, _tr_tag, _wp_ok, _wb_on
     _ready = False
     _set_ok(False)
     _rq_forget()
+    _wflush_all()               # (none: the last stretch's store wrote them)
     _ad_forget()
+    _wb_on = False
     m = <object>c.m
     if not _SLOTS_OK or type(m) is not _Machine or c.vcpu < 0:
         return 1            # the core may run; these handlers bail (see _ready)
@@ -346,12 +348,18 @@ cdef int _load(Core* c) except -1:
     _S_IOERR = str_arg(c, "IOERR")
     _S_NOTSUPP = str_arg(c, "NOTSUPP")
     _ready = True
+    _wb_on = True
     _set_ok(True)
     return 1
 
 
 cdef int _store(Core* c) except -1:
-    global _m, _g, _vq, _q, _p, _mem, _pages, _counters, _rqs, _ready
+    global _m, _g, _vq, _q, _p, _mem, _pages, _counters, _rqs, _ready, _wb_on
+    try:
+        _wflush_all()           # the kept request fields (and a lazy add state) into the dicts
+    finally:
+        _wb_on = False
+        _ad_forget()
     _m = _g = _vq = _q = _p = _mem = _pages = None
     _pa_load(None)
     _counters = None
@@ -944,63 +952,305 @@ cdef int _write_pattern_ram(Core* c, i64 gpa, long long n, long long offset, lon
     return ram_write(c, gpa, _scratch, total)
 
 
+# == request fields written back at the end of a stretch ============================================
+# Within a stretch only these handlers look at blk-mq's request dicts, and most of what they
+# store into a request (its stage, the driver's pdu, scatterlists and add state, the used
+# length, the status...) is only read back by them.  Those fields (W_*) are kept here, per
+# request in the order they were first stored, and written into the request's dict when the
+# stretch ends (_store), when the slots run out, or before a path that reads the dict itself; a
+# request freed in the stretch (end_request) that nothing else holds is dropped with them
+# unwritten: nobody can see them.  The handlers read those fields through RG/RGET/RIN (this
+# table first), every other field straight from the dict.  The virtqueue add state
+# (rq["add"]) is kept in C (_ad_*) while it is only that: made a dict only when the stretch
+# ends or a path reads it.
+cdef enum:
+    WB_SLOTS = 32
+cdef enum:
+    W_stage = 0, W_deadline, W_last, W_pdu, W_data_sgs, W_start_ns, W_sgs, W_roles, W_out_sgs,
+    W_add, W_table, W_head, W_add_err, W_used_len, W_vstatus, W_status, WB_KEYS
+cdef tuple _WB_NAMES = ("stage", "deadline", "last", "pdu", "data_sgs", "start_ns", "sgs", "roles", "out_sgs", "add", "table", "head", "add_err", "used_len", "vstatus", "status")
+cdef PyObject* _WBK[WB_KEYS]
+for _j in range(WB_KEYS):
+    _WBK[_j] = <PyObject*>_WB_NAMES[_j]        # (the tuple keeps them; interned as the handlers')
+
+cdef struct WSlot:
+    PyObject* d                 # the request dict (a reference), NULL: free
+    int n                       # fields kept, in the order first stored: order[0:n]
+    uint8_t order[WB_KEYS]
+    PyObject* v[WB_KEYS]        # by field: its value (a reference), NULL: not kept
+
+cdef WSlot _ws[WB_SLOTS]
+cdef int _ws_next = 0
+cdef int _ws_used = 0           # slots in use
+cdef int _ws_last = 0           # the slot found last (looked at first)
+cdef bint _wb_on = False        # (in a stretch: set at load, all written back at store)
+cdef long long _WB_DROPPED = 0, _WB_WRITTEN = 0, _WB_STORES = 0
+
+cdef class _LazyAdd:            # rq["add"] while the add state is only in C
+    pass
+cdef object _LAZY = _LazyAdd()
+
+cdef extern from "Python.h":
+    void Py_INCREF(PyObject* o)
+    void Py_DECREF(PyObject* o)
+    Py_ssize_t Py_REFCNT(PyObject* o)
+
+
+cdef inline WSlot* _wslot(object d) noexcept:
+    global _ws_last
+    cdef int i
+    if _ws_used:
+        if _ws[_ws_last].d == <PyObject*>d:
+            return &_ws[_ws_last]
+        for i in range(WB_SLOTS):
+            if _ws[i].d == <PyObject*>d:
+                _ws_last = i
+                return &_ws[i]
+    return NULL
+
+
+cdef void _wclear(WSlot* s) noexcept:
+    global _ws_used
+    cdef int i, w
+    cdef PyObject* d = s.d
+    cdef PyObject* x
+    s.d = NULL
+    _ws_used -= 1
+    for i in range(s.n):
+        w = s.order[i]
+        x = s.v[w]
+        s.v[w] = NULL
+        if x != NULL:
+            Py_DECREF(x)
+    s.n = 0
+    Py_DECREF(d)
+
+
+cdef int _wflush_slot(WSlot* s) except -1:
+    """write slot s's fields into its dict, in order (the lazy add state made a dict first)"""
+    global _WB_WRITTEN
+    cdef int i, w
+    if s.d == NULL:
+        return 0
+    d = <object>s.d
+    try:
+        for i in range(s.n):
+            w = s.order[i]
+            if s.v[w] == <PyObject*>_LAZY:
+                _ad_materialize(s, w)
+            PyDict_SetItem(<dict>d, <object>_WBK[w], <object>s.v[w])
+            _WB_WRITTEN += 1
+    finally:
+        _wclear(s)
+    return 0
+
+
+cdef int _wflush(object d) except -1:
+    """d's fields written back now (a path that reads the dict itself follows)"""
+    cdef WSlot* s = _wslot(d)
+    if s != NULL:
+        _wflush_slot(s)
+    return 0
+
+
+cdef int _wflush_all() except -1:
+    cdef int i
+    for i in range(WB_SLOTS):
+        if _ws[i].d != NULL:
+            _wflush_slot(&_ws[i])
+    return 0
+
+
+cdef int RS(dict d, int w, object v) except -1:
+    """d[field w] = v (kept until written back)"""
+    global _ws_next, _ws_used, _ws_last
+    cdef WSlot* s
+    cdef PyObject* old
+    if not _wb_on:
+        PyDict_SetItem(d, <object>_WBK[w], v)
+        return 0
+    s = _wslot(d)
+    if s == NULL:
+        s = &_ws[_ws_next]
+        if s.d != NULL:
+            _wflush_slot(s)
+        _ws_last = _ws_next
+        _ws_next = (_ws_next + 1) % WB_SLOTS
+        Py_INCREF(<PyObject*>d)
+        s.d = <PyObject*>d
+        s.n = 0
+        _ws_used += 1
+    old = s.v[w]
+    Py_INCREF(<PyObject*>v)
+    s.v[w] = <PyObject*>v
+    if old != NULL:
+        Py_DECREF(old)
+    else:
+        s.order[s.n] = <uint8_t>w
+        s.n += 1
+    return 0
+
+
+cdef inline PyObject* _wfind(object d, int w) except? NULL:
+    """the kept value of d's field w (borrowed), or NULL"""
+    cdef WSlot* s = _wslot(d)
+    if s == NULL or s.v[w] == NULL:
+        return NULL
+    if s.v[w] == <PyObject*>_LAZY:
+        _ad_materialize(s, w)
+    return s.v[w]
+
+
+cdef inline object RG(object d, int w):
+    """d[field w]"""
+    cdef PyObject* p = _wfind(d, w)
+    if p != NULL:
+        return <object>p
+    return DG(d, <object>_WBK[w])
+
+
+cdef inline object RGET(object d, int w):
+    """d.get(field w)"""
+    cdef PyObject* p = _wfind(d, w)
+    if p != NULL:
+        return <object>p
+    return DGET(d, <object>_WBK[w])
+
+
+cdef inline object RGETD(object d, int w, object dflt):
+    """d.get(field w, dflt)"""
+    cdef PyObject* p = _wfind(d, w)
+    if p != NULL:
+        return <object>p
+    return DGETD(d, <object>_WBK[w], dflt)
+
+
+cdef inline bint RIN(object d, int w) except -1:
+    """field w in d"""
+    if _wfind(d, w) != NULL:
+        return True
+    return <object>_WBK[w] in d
+
+
+cdef int RDEL(dict d, int w) except -1:
+    """del d[field w]: a kept one is forgotten (never stored), and one the dict has is deleted
+    there"""
+    cdef WSlot* s = _wslot(d)
+    cdef int i, j
+    cdef bint kept = False
+    cdef PyObject* x
+    if s != NULL and s.v[w] != NULL:
+        x = s.v[w]
+        s.v[w] = NULL
+        for i in range(s.n):
+            if s.order[i] == w:
+                for j in range(i, s.n - 1):
+                    s.order[j] = s.order[j + 1]
+                s.n -= 1
+                break
+        Py_DECREF(x)
+        kept = True
+    key = <object>_WBK[w]
+    if not kept or key in d:
+        del d[key]
+    return 0
+
+
+cdef int _wdrop(object d) except -1:
+    """d (a request just freed) is dropped with its kept fields when only this handler and the
+    slot hold it; else they are written"""
+    global _WB_DROPPED
+    cdef WSlot* s = _wslot(d)
+    if s == NULL:
+        return 0
+    if Py_REFCNT(<PyObject*>d) <= 2:
+        _WB_DROPPED += s.n
+        _wclear(s)
+    else:
+        _wflush_slot(s)
+    return 0
+
+
+def wb_stats():
+    """(fields written back, fields dropped with their freed request, add states made dicts)
+    (tests)"""
+    return _WB_WRITTEN, _WB_DROPPED, _WB_STORES
+
+
 # == drivers/virtio/virtio_ring.c (emu/guest/vring.py) ==============================================
 
-# What the last add_split / add_desc step of a request left for its next add_desc, add_head
-# and add_avail: rq["add"] (st), rq["sgs"] and st's k, i, indirect, table, head, used and prev
-# (None: absent, as st.get gives), valid while neither rq nor st has changed since (their dict
-# version tags: every change of a dict gives it a new one).  The handlers check these values
-# as they check what they look up.
+# The add state of the request being added (rq["add"]: indirect, table, k, i, head, used and,
+# after the last descriptor, prev), kept here while it is lazy: rq's kept "add" field is then
+# _LAZY, and the dict is made (_ad_materialize) only if the stretch ends or a path reads it
+# before add_avail deletes it.
 cdef i64 _ad_rid = -1
-cdef object _ad_st = None, _ad_sgs = None, _ad_i = None, _ad_table = None
+cdef bint _ad_lazy = False
+cdef object _ad_rq = None, _ad_sgs = None, _ad_ind_o = None, _ad_i = None, _ad_table = None
 cdef object _ad_head = None, _ad_used = None, _ad_prev = None
 cdef i64 _ad_k = 0
 cdef bint _ad_ind = False
-cdef unsigned long long _ad_rqv = 0, _ad_stv = 0
 cdef long long _AD_HITS = 0         # add_desc/add_head/add_avail steps that took these
 
 
 cdef inline void _ad_forget() noexcept:
-    global _ad_rid, _ad_st, _ad_sgs, _ad_i, _ad_table, _ad_head, _ad_used, _ad_prev
+    global _ad_rid, _ad_lazy, _ad_rq, _ad_sgs, _ad_ind_o, _ad_i, _ad_table, _ad_head, _ad_used
+    global _ad_prev
     _ad_rid = -1
-    _ad_st = _ad_sgs = _ad_i = _ad_table = _ad_head = _ad_used = _ad_prev = None
+    _ad_lazy = False
+    _ad_rq = _ad_sgs = _ad_ind_o = _ad_i = _ad_table = _ad_head = _ad_used = _ad_prev = None
 
 
-cdef inline void _ad_keep(i64 rid, dict rq, dict st, object sgs, i64 k, object i, bint ind,
-                          object table, object head, object used, object prev) noexcept:
-    global _ad_rid, _ad_st, _ad_sgs, _ad_i, _ad_table, _ad_k, _ad_ind, _ad_rqv, _ad_stv
-    global _ad_head, _ad_used, _ad_prev
-    if not VBG_HAVE_DICT_VERSION or not _u16(i):      # (i: what add_desc checks it is)
+cdef int _ad_materialize(WSlot* s, int at) except -1:
+    """the lazy add state made the dict add_split/add_desc would have left (s.v[at] was _LAZY)"""
+    global _WB_STORES
+    cdef PyObject* v[6]
+    cdef dict st
+    cdef object k_o = _ad_k
+    v[0] = <PyObject*>_ad_ind_o
+    v[1] = <PyObject*>_ad_table
+    v[2] = <PyObject*>k_o
+    v[3] = <PyObject*>_ad_i
+    v[4] = <PyObject*>_ad_head
+    v[5] = <PyObject*>_ad_used
+    st = _mk(_T_ADD, v, 6)      # {"indirect", "table", "k", "i", "head", "used"}
+    if _ad_prev is not None:
+        st["prev"] = _ad_prev
+    Py_INCREF(<PyObject*>st)
+    Py_DECREF(s.v[at])
+    s.v[at] = <PyObject*>st
+    _WB_STORES += 1
+    _ad_forget()
+    return 0
+
+
+cdef int _ad_settle() except -1:
+    """a lazy add state made a dict (another request's add begins)"""
+    cdef WSlot* s
+    cdef int i
+    if not _ad_lazy:
         _ad_forget()
-        return
-    _ad_rid = rid
-    _ad_st = st
-    _ad_sgs = sgs
-    _ad_k = k
-    _ad_i = i
-    _ad_ind = ind
-    _ad_table = table
-    _ad_head = head
-    _ad_used = used
-    _ad_prev = prev
-    _ad_rqv = VBG_DICT_VERSION(rq)
-    _ad_stv = VBG_DICT_VERSION(st)
+        return 0
+    s = _wslot(_ad_rq)
+    if s != NULL and s.v[W_add] == <PyObject*>_LAZY:
+        return _ad_materialize(s, W_add)
+    _ad_forget()
+    return 0
 
 
-cdef inline bint _ad_valid(i64 rid, dict rq) noexcept:
-    """the cache above is rq's (rid's) and neither rq nor its st changed since"""
-    return (rid == _ad_rid and _ad_st is not None and VBG_DICT_VERSION(rq) == _ad_rqv
-            and VBG_DICT_VERSION(<dict>_ad_st) == _ad_stv)
+cdef inline bint _ad_mine(i64 rid, dict rq) noexcept:
+    """the lazy add state is rq's"""
+    return _ad_lazy and rid == _ad_rid and rq is _ad_rq
 
 
 def add_desc_hits():
-    """add_desc, add_head and add_avail steps that used what the previous step of their
-    request left (tests)"""
+    """add_desc, add_head and add_avail steps that used the lazy add state (tests)"""
     return _AD_HITS
 
 
 cdef int h_add_split(Core* c, Frame* f) except -1:
     """emu.guest.vring.add_split (virtqueue_add_split: indirect or direct, take descriptors)"""
+    global _ad_rid, _ad_lazy, _ad_rq, _ad_sgs, _ad_ind_o, _ad_i, _ad_table, _ad_head, _ad_used
+    global _ad_prev, _ad_k, _ad_ind
     cdef i64 rid = f.a[0], total, num_free, used
     cdef dict rq, st
     cdef PyObject* v[6]
@@ -1010,7 +1260,7 @@ cdef int h_add_split(Core* c, Frame* f) except -1:
     rq = _rq(rid)
     if rq is None:
         return BAIL
-    sgs = DGET(rq, "sgs")
+    sgs = RGET(rq, W_sgs)
     if type(sgs) is not list:
         return BAIL
     total = len(<list>sgs)
@@ -1019,8 +1269,9 @@ cdef int h_add_split(Core* c, Frame* f) except -1:
         return BAIL
     num_free = SI(vq, _VO[VQ_NUM_FREE])
     begin(c)
+    _ad_settle()
     if SG(vq, _VO[VQ_BROKEN]):
-        rq["add_err"] = "EIO"
+        RS(rq, W_add_err, "EIO")
         return 0
     indirect = SG(vq, _VO[VQ_INDIRECT]) and total > 1 and num_free > 0
     table = 0
@@ -1030,31 +1281,44 @@ cdef int h_add_split(Core* c, Frame* f) except -1:
             indirect = False
     used = 1 if indirect else total
     if num_free < used:
-        rq["add_err"] = "ENOSPC"
-        if DG(rq, "out_sgs"):
+        RS(rq, W_add_err, "ENOSPC")
+        if RG(rq, W_out_sgs):
             cont(c, F1(K_vring_notify, 1))
         return 0
     head = SG(vq, _VO[VQ_FREE_HEAD])
     i0 = 0 if indirect else head
     used_o = used
-    v[0] = <PyObject*>indirect
-    v[1] = <PyObject*>table
-    v[2] = <PyObject*>_ZERO
-    v[3] = <PyObject*>i0
-    v[4] = <PyObject*>head
-    v[5] = <PyObject*>used_o
-    st = _mk(_T_ADD, v, 6)      # {"indirect", "table", "k": 0, "i", "head", "used"}
-    rq["add"] = st
-    rq["table"] = table
-    _ad_keep(rid, rq, st, sgs, 0, 0 if indirect else head, bool(indirect), table, head,
-             used, None)
+    if _wb_on and _u16(i0):
+        _ad_rid = rid
+        _ad_rq = rq
+        _ad_sgs = sgs
+        _ad_ind_o = indirect
+        _ad_ind = bool(indirect)
+        _ad_table = table
+        _ad_k = 0
+        _ad_i = i0
+        _ad_head = head
+        _ad_used = used_o
+        _ad_prev = None
+        _ad_lazy = True
+        RS(rq, W_add, _LAZY)
+    else:
+        v[0] = <PyObject*>indirect
+        v[1] = <PyObject*>table
+        v[2] = <PyObject*>_ZERO
+        v[3] = <PyObject*>i0
+        v[4] = <PyObject*>head
+        v[5] = <PyObject*>used_o
+        st = _mk(_T_ADD, v, 6)      # {"indirect", "table", "k": 0, "i", "head", "used"}
+        RS(rq, W_add, st)
+    RS(rq, W_table, table)
     cont(c, F1(K_vring_add_desc, rid))
     return 0
 
 
 cdef int h_add_desc(Core* c, Frame* f) except -1:
     """emu.guest.vring.add_desc (virtqueue_add_desc_split: one descriptor of the chain)"""
-    global _AD_HITS
+    global _AD_HITS, _ad_k, _ad_i, _ad_prev
     cdef i64 rid = f.a[0], k, ci, base, nsgs, flags, written
     cdef bint ind, last, hit
     cdef dict rq, st
@@ -1064,16 +1328,16 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
     rq = _rq(rid)
     if rq is None:
         return BAIL
-    if _ad_valid(rid, rq):
-        st = <dict>_ad_st               # (nothing changed since the last step: no lookups)
-        sgs = _ad_sgs
+    st = None
+    if _ad_mine(rid, rq):
+        sgs = _ad_sgs                   # (the lazy state: checked as the dict's values are)
         k = _ad_k
         i = _ad_i
         ind_o = _ad_ind
         hit = True
     else:
-        st_o = DGET(rq, "add")
-        sgs = DGET(rq, "sgs")
+        st_o = RGET(rq, W_add)
+        sgs = RGET(rq, W_sgs)
         if type(st_o) is not dict or type(sgs) is not list:
             return BAIL
         st = <dict>st_o
@@ -1133,19 +1397,18 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
     if last:
         if not ind:
             (<list>SG(vq, _VO[VQ_EXTRA_FLAGS]))[ci] = written
-        st["prev"] = i
         if hit:
-            _ad_keep(rid, rq, st, sgs, k, i, ind, _ad_table, _ad_head, _ad_used, i)
+            _ad_prev = i
         else:
-            _ad_forget()
+            st["prev"] = i
         cont(c, F1(K_vring_add_head if ind else K_vring_add_avail, rid))
     else:
-        st["k"] = k + 1
-        st["i"] = nxt
         if hit:
-            _ad_keep(rid, rq, st, sgs, k + 1, nxt, ind, _ad_table, _ad_head, _ad_used, _ad_prev)
+            _ad_k = k + 1
+            _ad_i = nxt
         else:
-            _ad_forget()
+            st["k"] = k + 1
+            st["i"] = nxt
         cont(c, F1(K_vring_add_desc, rid))
     return 0
 
@@ -1161,14 +1424,14 @@ cdef int h_add_head(Core* c, Frame* f) except -1:
     rq = _rq(rid)
     if rq is None:
         return BAIL
-    hit = _ad_valid(rid, rq)
-    if hit:                             # (rq and st as the last step left them)
+    hit = _ad_mine(rid, rq)
+    if hit:                             # (the lazy state)
         sgs = _ad_sgs
         head = _ad_head
         table = _ad_table
     else:
-        st_o = DGET(rq, "add")
-        sgs = DGET(rq, "sgs")
+        st_o = RGET(rq, W_add)
+        sgs = RGET(rq, W_sgs)
         if type(st_o) is not dict or type(sgs) is not list:
             return BAIL
         st = <dict>st_o
@@ -1212,14 +1475,13 @@ cdef int h_add_avail(Core* c, Frame* f) except -1:
     rq = _rq(rid)
     if rq is None:
         return BAIL
-    hit = _ad_valid(rid, rq)
-    if hit:                             # (rq and st as the last step left them; st has "table")
-        st = <dict>_ad_st
+    hit = _ad_mine(rid, rq)
+    if hit:                             # (the lazy state: it has "table")
         head = _ad_head
         used = _ad_used
         ind = _ad_ind
     else:
-        st_o = DGET(rq, "add")
+        st_o = RGET(rq, W_add)
         if type(st_o) is not dict:
             return BAIL
         st = <dict>st_o
@@ -1253,15 +1515,15 @@ cdef int h_add_avail(Core* c, Frame* f) except -1:
     if hit:
         _AD_HITS += 1
         table = _ad_table
+        _ad_forget()
     else:
-        table = None
-    _ad_forget()
-    del rq["add"]
+        table = DG(st, "table")
+    RDEL(rq, W_add)
     SS(vq, _VO[VQ_NUM_FREE], SG(vq, _VO[VQ_NUM_FREE]) - used)
     SS(vq, _VO[VQ_FREE_HEAD], (<list>extra_next)[cprev])
     (<list>desc_data)[chead] = rid
-    (<list>desc_indir)[chead] = table if hit else DG(st, "table")
-    rq["head"] = head
+    (<list>desc_indir)[chead] = table
+    RS(rq, W_head, head)
     ram_w16(c, gpa, <uint64_t>chead)
     cont(c, F1(K_vring_add_publish, rid))
     return 0
@@ -1285,8 +1547,8 @@ cdef int h_add_publish(Core* c, Frame* f) except -1:
     SS(vq, _VO[VQ_AVAIL_IDX_SHADOW], shadow)
     ram_w16(c, gpa, <uint64_t>shadow)
     SS(vq, _VO[VQ_NUM_ADDED], SG(vq, _VO[VQ_NUM_ADDED]) + 1)
-    rq["stage"] = "avail"
-    rq["add_err"] = ""
+    RS(rq, W_stage, "avail")
+    RS(rq, W_add_err, "")
     return 0
 
 
@@ -1485,7 +1747,7 @@ cdef int h_get_buf(Core* c, Frame* f) except -1:
     if not (<i64>fl_o) & AVAIL_F_NO_INTERRUPT:
         ram_w16(c, avail + AVAIL_RING + 2 * num, <uint64_t>last)
     SS(_g, _GO[G_DONE_COUNT], SG(_g, _GO[G_DONE_COUNT]) + 1)
-    rq["used_len"] = ulen
+    RS(rq, W_used_len, ulen)
     cont(c, F1(K_vblkd_request_done, <i64>rid))
     return 0
 
@@ -1534,7 +1796,7 @@ cdef int h_queue_rq(Core* c, Frame* f) except -1:
     if rq is None:
         return BAIL
     begin(c)
-    rq["last"] = last != 0
+    RS(rq, W_last, last != 0)
     SS(_g, _GO[G_KICK_NEEDED], False)
     cont(c, F1(K_vblkd_setup_cmd, rid))
     return 0
@@ -1560,7 +1822,7 @@ cdef int h_setup_cmd(Core* c, Frame* f) except -1:
     rw = _eq(op, "READ") or _eq(op, "WRITE")
     if _eq(op, "DRV_IN"):
         begin(c)
-        rq["pdu"] = pdu
+        RS(rq, W_pdu, pdu)
         cont(c, F1(K_vblkd_map_data, rid))
         return 0
     dwz = _eq(op, "DISCARD") or _eq(op, "WRITE_ZEROES")
@@ -1576,7 +1838,7 @@ cdef int h_setup_cmd(Core* c, Frame* f) except -1:
         if not _u64(rsect) or not _small(nbytes) or not _u32(nbytes >> 9):
             return BAIL             # (struct.pack would refuse them)
     begin(c)
-    rq["pdu"] = pdu
+    RS(rq, W_pdu, pdu)
     _st(buf, <uint64_t><i64>typ, 4)
     _st(buf + 4, 0, 4)
     _st(buf + 8, <uint64_t>sector, 8)
@@ -1613,7 +1875,7 @@ cdef int h_map_data(Core* c, Frame* f) except -1:
     payload = DGET(rq, "payload")
     if payload:
         begin(c)
-        rq["data_sgs"] = [(payload, DWZ_SEG_SIZE)]
+        RS(rq, W_data_sgs, [(payload, DWZ_SEG_SIZE)])
         cont(c, F1(K_blkmq_start_request, rid))
         return 0
     bios = DGET(rq, "bios")
@@ -1646,7 +1908,7 @@ cdef int h_map_data(Core* c, Frame* f) except -1:
     if have:
         sgs.append((cur_a, cur_n))
     begin(c)
-    rq["data_sgs"] = sgs
+    RS(rq, W_data_sgs, sgs)
     cont(c, F1(K_blkmq_start_request, rid))
     return 0
 
@@ -1662,8 +1924,8 @@ cdef int h_add_req(Core* c, Frame* f) except -1:
     rq = _rq(rid)
     if rq is None:
         return BAIL
-    pdu = DGET(rq, "pdu")
-    data_sgs = DGET(rq, "data_sgs")
+    pdu = RGET(rq, W_pdu)
+    data_sgs = RGET(rq, W_data_sgs)
     op = DGET(rq, "op")
     if not _small(pdu) or type(data_sgs) is not list or type(op) is not str:
         return BAIL
@@ -1680,9 +1942,9 @@ cdef int h_add_req(Core* c, Frame* f) except -1:
         roles.append("data" if not DGET(rq, "payload") else "range")
     sgs.append((pdu + 16, 1, True))
     roles.append("status")
-    rq["sgs"] = sgs
-    rq["roles"] = roles
-    rq["out_sgs"] = 2 if is_out and DG(rq, "data_sgs") else 1
+    RS(rq, W_sgs, sgs)
+    RS(rq, W_roles, roles)
+    RS(rq, W_out_sgs, 2 if is_out and RG(rq, W_data_sgs) else 1)
     call(c, F1(K_vring_add_split, rid), F1(K_vblkd_add_ret, rid))
     return 0
 
@@ -1700,14 +1962,14 @@ cdef int h_add_ret(Core* c, Frame* f) except -1:
     if not _kok[K_vblkd_add_ret]:
         return BAIL
     rq = _rq(rid)
-    if rq is None or "last" not in rq:
+    if rq is None or not RIN(rq, W_last):
         return BAIL
     begin(c)
-    err = rq.get("add_err", "")
+    err = RGETD(rq, W_add_err, "")
     if err:
         call(c, _kick_frame(), F1(K_vblkd_add_err_kick, rid))
         return 0
-    if DG(rq, "last"):
+    if RG(rq, W_last):
         call(c, _kick_frame(), F1(K_vblkd_queue_rq_end, rid))
         return 0
     cont(c, F1(K_vblkd_queue_rq_end, rid))
@@ -1748,12 +2010,12 @@ cdef int h_request_done(Core* c, Frame* f) except -1:
     rq = _rq(rid)
     if rq is None:
         return BAIL
-    pdu = DGET(rq, "pdu")
+    pdu = RGET(rq, W_pdu)
     if not _small(pdu) or not ram_ok(c, <i64>pdu + 16, 1):
         return BAIL
     begin(c)
     status = c.ram[<i64>pdu + 16]
-    rq["vstatus"] = status
+    RS(rq, W_vstatus, status)
     payload = DGET(rq, "payload")
     if payload:                                             # _cleanup_cmd
         _pa_kfree(payload)
@@ -1861,8 +2123,8 @@ cdef int _dd_insert(Core* c, object rid) except -1:
                 other["nsegs"] += DG(rq, "nsegs") if not _eq(op, "DISCARD") else 0
                 _free_request(c, rid)
                 return 0
-    rq["stage"] = "queued"
-    rq["deadline"] = c.now + (DD_READ_EXPIRE_NS if d == 0 else DD_WRITE_EXPIRE_NS)
+    RS(rq, W_stage, "queued")
+    RS(rq, W_deadline, c.now + (DD_READ_EXPIRE_NS if d == 0 else DD_WRITE_EXPIRE_NS))
     SG(q, _QO[Q_DD_FIFO])[d].append(rid)
     return 0
 
@@ -1902,7 +2164,7 @@ cdef object _dd_dispatch(Core* c, object q):
             return None
         nxt = _dd_next(q, d)
         head = fifo[d][0]
-        rid = head if nxt is None or DG(rqs[head], "deadline") <= c.now else nxt
+        rid = head if nxt is None or RG(rqs[head], W_deadline) <= c.now else nxt
         SS(q, _QO[Q_DD_LAST_DIR], d)
         SS(q, _QO[Q_DD_BATCHING], 0)
     rq = rqs[rid]
@@ -1991,7 +2253,7 @@ cdef int h_dispatch(Core* c, Frame* f) except -1:
         return BAIL
     begin(c)
     last = len(batch) == 1
-    rq["stage"] = "dispatched"
+    RS(rq, W_stage, "dispatched")
     call(c, F2(K_vblkd_queue_rq, <i64>rid, 1 if last else 0), F1(K_blkmq_dispatch_ret, <i64>rid))
     return 0
 
@@ -2031,11 +2293,11 @@ cdef int h_dispatch_ret(Core* c, Frame* f) except -1:
         return BAIL
     # DEV_RESOURCE / RESOURCE: requeue the rest at the head of hctx->dispatch
     for r in batch:
-        if _rqs.get(r) is None:
+        if type(_rqs.get(r)) is not dict:
             return BAIL
     begin(c)
     for r in batch:
-        _rqs[r]["stage"] = "requeued"
+        RS(_rqs[r], W_stage, "requeued")
     SS(q, _QO[Q_DISPATCH], batch + SG(q, _QO[Q_DISPATCH]))
     SS(q, _QO[Q_BATCH], [])
     if _eq(ret, "RESOURCE"):
@@ -2055,8 +2317,8 @@ cdef int h_start_request(Core* c, Frame* f) except -1:
     if rq is None:
         return BAIL
     begin(c)
-    rq["stage"] = "started"
-    rq["start_ns"] = c.now
+    RS(rq, W_stage, "started")
+    RS(rq, W_start_ns, c.now)
     cont(c, F1(K_vblkd_add_req, rid))
     return 0
 
@@ -2120,7 +2382,7 @@ cdef int h_end_request(Core* c, Frame* f) except -1:
     status = arg_str(c, f.a[1])
     p = _p
     begin(c)
-    rq["status"] = status
+    RS(rq, W_status, status)
     for bio in <list>DG(rq, "bios"):
         idx = DG(bio, "op_idx")                          # bio_done
         st = SG(p, _PO[P_OP_STATE])[idx]
@@ -2145,6 +2407,7 @@ cdef int h_end_request(Core* c, Frame* f) except -1:
         del completed[0]
     if from_irq:
         cont(c, F0(K_vring_get_buf))
+    _wdrop(rq)                  # (freed: its kept fields need not be written)
     return 0
 
 
@@ -2413,7 +2676,7 @@ cdef str _try_merge(object q, dict rq, dict bio):
     op = DG(rq, "op")
     if op != DG(bio, "op") or not _mergeable(op) or DGET(rq, "nomerge"):
         return ""
-    stage = DG(rq, "stage")
+    stage = RG(rq, W_stage)
     if not (_eq(stage, "plugged") or _eq(stage, "queued")):
         return ""
     lim = SG(q, _QO[Q_LIMITS])
@@ -2585,7 +2848,7 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
             _st(hdr + 4, 0, 4)
             _st(hdr + 8, 0, 8)
             ram_write(c, SI(_g, _GO[G_PDU_BASE]) + tag * PDU_SIZE, hdr, 16)
-        rq["stage"] = "queued"
+        RS(rq, W_stage, "queued")
         SG(q, _QO[Q_DISPATCH]).append(rid)
         call(c, F0(K_blkmq_run_queue), _next_frame())
         return 0
@@ -2653,9 +2916,10 @@ cdef int h_add_err_end(Core* c, Frame* f) except -1:
     if not _kok[K_vblkd_add_err_end]:
         return BAIL
     rq = _rq(rid)
-    if rq is None or "add_err" not in rq:
+    if rq is None or not RIN(rq, W_add_err):
         return BAIL
     begin(c)
+    _wflush(rq)
     err = rq.pop("add_err")
     payload = DGET(rq, "payload")
     if payload:                                             # _cleanup_cmd
