@@ -302,7 +302,8 @@ cdef i64 _S_EMPTY = 0, _S_OK = 0, _S_IOERR = 0, _S_NOTSUPP = 0      # str argume
 
 cdef int _load(Core* c) except -1:
     global _m, _g, _vq, _q, _p, _mem, _pages, _counters, _rqs, _ready, _notify_ok, _vmexit_ns
-    global _S_EMPTY, _S_OK, _S_IOERR, _S_NOTSUPP, _tr_tag, _wp_ok, _wb_on
+    global _S_EMPTY, _S_OK, _S_IOERR, _S_NOTSUPP, _tr_tag, _wp_ok, _wb_on, _lim_obj
+    _lim_obj = None
     _ready = False
     _set_ok(False)
     _rq_forget()
@@ -896,6 +897,22 @@ cdef int _pa_kfree(object gpa) except -1:
 
 # == emu.workload.write_pattern, written into guest RAM ===========================================
 cdef char* _HEX = b"0123456789abcdef"
+cdef extern from *:
+    """
+    /* the 512-byte sector r: 32 copies of the 16-byte record rec */
+    static void vbg_fill_sector(uint8_t *r, const uint8_t *rec) {
+        uint64_t a, b;
+        int j;
+        memcpy(&a, rec, 8);
+        memcpy(&b, rec + 8, 8);
+        #pragma GCC unroll 32
+        for (j = 0; j < 32; j++) {
+            memcpy(r + 16 * j, &a, 8);
+            memcpy(r + 16 * j + 8, &b, 8);
+        }
+    }
+    """
+    void vbg_fill_sector(uint8_t* r, const uint8_t* rec) noexcept nogil
 cdef uint8_t* _scratch = NULL
 cdef Py_ssize_t _scratch_cap = 0
 
@@ -947,8 +964,7 @@ cdef int _write_pattern_ram(Core* c, i64 gpa, long long n, long long offset, lon
         for j in range(15, 7, -1):
             rec[j] = <uint8_t>_HEX[sct & 15]
             sct >>= 4
-        for j in range(32):
-            memcpy(r + 16 * j, rec, 16)
+        vbg_fill_sector(r, rec)
     return ram_write(c, gpa, _scratch, total)
 
 
@@ -2058,7 +2074,18 @@ cdef int _wake(Core* c, str reason) except -1:
     """emu.guest.process._wake"""
     p = _p
     if _eq(SG(p, _PO[P_WAITING]), reason):
-        SS(p, _PO[P_WAITING], "woken-" + reason)
+        # ("woken-" + reason: the same string, made once)
+        if reason is "tag":
+            w = "woken-tag"
+        elif reason is "mem":
+            w = "woken-mem"
+        elif reason is "drain":
+            w = "woken-drain"
+        elif reason is "exit":
+            w = "woken-exit"
+        else:
+            w = "woken-" + reason
+        SS(p, _PO[P_WAITING], w)
         post(c, c.vcpu, F0(K_app_resume), 0, False)
     return 0
 
@@ -2568,8 +2595,11 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
         off = DGET(op, "offset")
         length = DGET(op, "length")
         lim_o = SG(q, _QO[Q_LIMITS])
-        lbs = DGET(lim_o, "logical_block_size")
-        if not _ll(off, &coff) or not _ll(length, &clen) or not _ll(lbs, &clbs) or not clbs:
+        if _lim(lim_o) and _L_OK[L_LBS]:
+            clbs = _L[L_LBS]
+        elif not _ll(DGET(lim_o, "logical_block_size"), &clbs):
+            return BAIL
+        if not _ll(off, &coff) or not _ll(length, &clen) or not clbs:
             return BAIL
         if is_write:
             fill = DGET(op, "fill")
@@ -2673,6 +2703,10 @@ cdef str _try_merge(object q, dict rq, dict bio):
     """emu.guest.blk_mq.try_merge (sizes and sectors in C when they are ints below 2**52)"""
     cdef long long bb, rb, mx, rs, bs, ns, mseg
     cdef bint disc
+    if (_ll(DGET(rq, "sector"), &rs) and _ll(DGET(bio, "sector"), &bs)
+            and _ll(DGET(rq, "bytes"), &rb) and _ll(DGET(bio, "bytes"), &bb)
+            and rs + (rb >> 9) != bs and bs + (bb >> 9) != rs):
+        return ""       # (not adjacent: no merge, whatever the rest says; ints read, no error)
     op = DG(rq, "op")
     if op != DG(bio, "op") or not _mergeable(op) or DGET(rq, "nomerge"):
         return ""
@@ -2729,12 +2763,45 @@ cdef bint _merge(Core* c, dict rq, dict bio, list pending) except -1:
     return True
 
 
+# The queue limits (blk-mq's limits dict) as C ints, read again when the dict is another one or
+# has changed (its version tag); a limit that is not an int in [0, 2**52) is not cached (its
+# _L_OK bit clear: the handlers look it up as before).
+cdef enum:
+    L_MAXS, L_MDS, L_MWZ, L_MSEG, L_LBS, L_N
+cdef tuple _L_NAMES = ("max_sectors", "max_discard_sectors", "max_write_zeroes_sectors",
+                       "max_segments", "logical_block_size")
+cdef object _lim_obj = None
+cdef unsigned long long _lim_ver = 0
+cdef long long _L[L_N]
+cdef bint _L_OK[L_N]
+
+
+cdef bint _lim(object lim) except -1:
+    """_L and _L_OK are lim's (a dict)"""
+    global _lim_obj, _lim_ver
+    cdef int j
+    if lim is _lim_obj and VBG_HAVE_DICT_VERSION and VBG_DICT_VERSION(<dict>lim) == _lim_ver:
+        return True
+    if type(lim) is not dict:
+        return False
+    for j in range(L_N):
+        _L_OK[j] = _ll(DGET(lim, _L_NAMES[j]), &_L[j])
+    _lim_obj = lim
+    _lim_ver = VBG_DICT_VERSION(<dict>lim)
+    return True
+
+
 cdef bint _split(object p, dict lim, dict bio, object op, list segs, object nbytes,
                  object sector) except -1:
     """emu.guest.process._split (bio_split_to_limits: cut at max_sectors / max_segments, the
     rest queued next); True when the bio was cut"""
     cdef list head, tail
     cdef long long cmaxs, cnb, cmseg
+    cdef int w
+    if _lim(lim) and _ll(nbytes, &cnb):
+        w = L_MDS if _eq(op, "DISCARD") else (L_MWZ if _eq(op, "WRITE_ZEROES") else L_MAXS)
+        if _L_OK[w] and cnb <= (_L[w] << 9) and (not segs or (_L_OK[L_MSEG] and len(segs) <= _L[L_MSEG])):
+            return False        # (the common case, from the cached limits: no cut)
     maxs = DG(lim, "max_discard_sectors") if _eq(op, "DISCARD") else (
         DG(lim, "max_write_zeroes_sectors") if _eq(op, "WRITE_ZEROES") else DG(lim, "max_sectors"))
     if _ll(maxs, &cmaxs) and _ll(nbytes, &cnb) and cnb <= (cmaxs << 9):
