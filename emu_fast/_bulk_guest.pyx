@@ -746,6 +746,16 @@ def dict_stats():
     return bool(_BUILD_OK), _BUILT
 
 
+def dict_get(d, key, dflt=None):
+    """d.get(key, dflt) as the handlers look it up (tests)"""
+    return DGETD(d, key, dflt)
+
+
+def dict_item(d, key):
+    """d[key] as the handlers look it up (tests)"""
+    return DG(d, key)
+
+
 # == the guest's page allocator (emu/mem/page_alloc.py), in C ======================================
 # PageAllocator.alloc_pages / free_pages / kmalloc / kfree over the allocator's own bytearray
 # and dicts (looked up at load; nothing here rebinds them), when the allocator is exactly a
