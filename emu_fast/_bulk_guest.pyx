@@ -2168,12 +2168,23 @@ cdef int _dd_insert(Core* c, object rid) except -1:
 
 cdef object _dd_next(object q, int d):
     """emu.guest.blk_mq._dd_next (deadline_next_request)"""
+    cdef long long cpos = 0, cs, cbs = 0
+    cdef bint cmp = True            # (the sectors compared in C while they are small ints)
     pos = SG(q, _QO[Q_DD_NEXT_SECTOR])[d]
     best = None
     bs = None
     rqs = _rqs
+    if not _ll(pos, &cpos):
+        cmp = False
     for rid in <list>(SG(q, _QO[Q_DD_FIFO])[d]):
         s = DG(rqs[rid], "sector")
+        if cmp and _ll(s, &cs):
+            if cs >= cpos and (best is None or cs < cbs):
+                best = rid
+                bs = s
+                cbs = cs
+            continue
+        cmp = False
         if s >= pos and (best is None or s < bs):
             best = rid
             bs = s
@@ -2183,13 +2194,15 @@ cdef object _dd_next(object q, int d):
 cdef object _dd_dispatch(Core* c, object q):
     """emu.guest.blk_mq.dd_dispatch (dd_dispatch_request)"""
     cdef int d
+    cdef long long cs, cb
     fifo = SG(q, _QO[Q_DD_FIFO])
     rqs = _rqs
     rid = None
     if SG(q, _QO[Q_DD_BATCHING]) < DD_FIFO_BATCH:
         rid = _dd_next(q, SG(q, _QO[Q_DD_LAST_DIR]))
     if rid is None:
-        reads, writes = fifo
+        reads = (<list>fifo)[0]         # (_q_ok: a list of two lists)
+        writes = (<list>fifo)[1]
         if reads and not (writes and SG(q, _QO[Q_DD_STARVED]) >= DD_WRITES_STARVED):
             d = 0
             if writes:
@@ -2207,7 +2220,12 @@ cdef object _dd_dispatch(Core* c, object q):
     rq = rqs[rid]
     d = _rq_dir(DG(rq, "op"))
     _remove(fifo[d], rid)
-    SG(q, _QO[Q_DD_NEXT_SECTOR])[d] = DG(rq, "sector") + (DG(rq, "bytes") >> 9)
+    r_sector = DG(rq, "sector")
+    r_bytes = DG(rq, "bytes")
+    if _ll(r_sector, &cs) and _ll(r_bytes, &cb):
+        SG(q, _QO[Q_DD_NEXT_SECTOR])[d] = cs + (cb >> 9)
+    else:
+        SG(q, _QO[Q_DD_NEXT_SECTOR])[d] = r_sector + (r_bytes >> 9)
     SS(q, _QO[Q_DD_BATCHING], SG(q, _QO[Q_DD_BATCHING]) + 1)
     return rid
 
