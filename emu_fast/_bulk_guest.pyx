@@ -92,6 +92,7 @@ assert (B.T_IN, B.T_OUT, B.T_GET_ID, B.S_OK, B.S_UNSUPP) == (0, 1, 8, 0, 2)
 assert _P.PAGE == PAGE and _Q.MERGEABLE == ("READ", "WRITE", "DISCARD")
 
 cdef dict _TYPE_OF = _VB.TYPE_OF
+cdef object _T_GET_ID_O = B.T_GET_ID
 cdef long long BIO_MAX_VECS = _S.BIO_MAX_VECS
 cdef long long BLK_MAX_REQUEST_COUNT = _S.BLK_MAX_REQUEST_COUNT
 cdef long long BLK_PLUG_FLUSH_SIZE = _S.BLK_PLUG_FLUSH_SIZE
@@ -1960,12 +1961,13 @@ cdef int h_add_req(Core* c, Frame* f) except -1:
             return BAIL
     begin(c)
     SS(_g, _GO[G_VQ_LOCKED], True)
-    is_out = bool(_TYPE_OF.get(op, T_GET_ID) & T_OUT)
+    is_out = bool(DGETD(_TYPE_OF, op, _T_GET_ID_O) & T_OUT)
     sgs = [(pdu, OUTHDR_SIZE, False)]
     roles = ["request header"]
+    role = "data" if not DGET(rq, "payload") else "range"      # (rq is not changed in the loop)
     for sg in <list>data_sgs:
         sgs.append(((<tuple>sg)[0], (<tuple>sg)[1], not is_out))
-        roles.append("data" if not DGET(rq, "payload") else "range")
+        roles.append(role)
     sgs.append((pdu + 16, 1, True))
     roles.append("status")
     RS(rq, W_sgs, sgs)
