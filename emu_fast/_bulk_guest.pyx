@@ -92,6 +92,7 @@ assert (B.T_IN, B.T_OUT, B.T_GET_ID, B.S_OK, B.S_UNSUPP) == (0, 1, 8, 0, 2)
 assert _P.PAGE == PAGE and _Q.MERGEABLE == ("READ", "WRITE", "DISCARD")
 
 cdef dict _TYPE_OF = _VB.TYPE_OF
+cdef object _T_GET_ID_O = B.T_GET_ID
 cdef long long BIO_MAX_VECS = _S.BIO_MAX_VECS
 cdef long long BLK_MAX_REQUEST_COUNT = _S.BLK_MAX_REQUEST_COUNT
 cdef long long BLK_PLUG_FLUSH_SIZE = _S.BLK_PLUG_FLUSH_SIZE
@@ -302,11 +303,14 @@ cdef i64 _S_EMPTY = 0, _S_OK = 0, _S_IOERR = 0, _S_NOTSUPP = 0      # str argume
 
 cdef int _load(Core* c) except -1:
     global _m, _g, _vq, _q, _p, _mem, _pages, _counters, _rqs, _ready, _notify_ok, _vmexit_ns
-    global _S_EMPTY, _S_OK, _S_IOERR, _S_NOTSUPP, _tr_tag, _wp_ok
+    global _S_EMPTY, _S_OK, _S_IOERR, _S_NOTSUPP, _tr_tag, _wp_ok, _wb_on, _lim_obj
+    _lim_obj = None
     _ready = False
     _set_ok(False)
     _rq_forget()
+    _wflush_all()               # (none: the last stretch's store wrote them)
     _ad_forget()
+    _wb_on = False
     m = <object>c.m
     if not _SLOTS_OK or type(m) is not _Machine or c.vcpu < 0:
         return 1            # the core may run; these handlers bail (see _ready)
@@ -346,12 +350,18 @@ cdef int _load(Core* c) except -1:
     _S_IOERR = str_arg(c, "IOERR")
     _S_NOTSUPP = str_arg(c, "NOTSUPP")
     _ready = True
+    _wb_on = True
     _set_ok(True)
     return 1
 
 
 cdef int _store(Core* c) except -1:
-    global _m, _g, _vq, _q, _p, _mem, _pages, _counters, _rqs, _ready
+    global _m, _g, _vq, _q, _p, _mem, _pages, _counters, _rqs, _ready, _wb_on
+    try:
+        _wflush_all()           # the kept request fields (and a lazy add state) into the dicts
+    finally:
+        _wb_on = False
+        _ad_forget()
     _m = _g = _vq = _q = _p = _mem = _pages = None
     _pa_load(None)
     _counters = None
@@ -413,6 +423,22 @@ cdef inline void _rq_forget() noexcept:
     _c_rq = None
 
 
+cdef extern from *:
+    """
+    static inline int vbg_chars_eq(const void *a, const void *b, size_t n) {
+        const unsigned char *x = (const unsigned char *)a, *y = (const unsigned char *)b;
+        size_t i;
+        if (n > 32)
+            return memcmp(a, b, n) == 0;
+        for (i = 0; i < n; i++)
+            if (x[i] != y[i])
+                return 0;
+        return 1;
+    }
+    """
+    bint vbg_chars_eq(const void* a, const void* b, size_t n) noexcept
+
+
 cdef extern from "Python.h":
     Py_ssize_t PyUnicode_GET_LENGTH(object o)
     int PyUnicode_KIND(object o)
@@ -430,21 +456,47 @@ cdef inline bint _eq(object a, str b) except -1:
     n = PyUnicode_GET_LENGTH(b)
     if PyUnicode_GET_LENGTH(a) != n or PyUnicode_KIND(a) != PyUnicode_KIND(b):
         return False
-    return memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), <size_t>(n * PyUnicode_KIND(b))) == 0
+    return vbg_chars_eq(PyUnicode_DATA(a), PyUnicode_DATA(b), <size_t>(n * PyUnicode_KIND(b)))
 
 
 cdef inline bint _is_int(object o) noexcept:
     return type(o) is int
 
 
+cdef extern from *:
+    """
+    /* 1: o is exactly an int that fits a long long (*out, read from its digits when it has
+       at most two); 0: not */
+    static inline int vbg_ll(PyObject *o, long long *out) {
+        int ovf = 0;
+        long long v;
+        if (!PyLong_CheckExact(o))
+            return 0;
+    #if PY_VERSION_HEX < 0x030C0000 && PyLong_SHIFT == 30
+        {
+            Py_ssize_t sz = Py_SIZE(o);
+            const digit *d = ((PyLongObject *)o)->ob_digit;
+            if (sz == 0) { *out = 0; return 1; }
+            if (sz == 1) { *out = (long long)d[0]; return 1; }
+            if (sz == 2) { *out = (long long)d[0] | ((long long)d[1] << 30); return 1; }
+        }
+    #endif
+        v = PyLong_AsLongLongAndOverflow(o, &ovf);
+        if (ovf || (v == -1 && PyErr_Occurred())) {
+            PyErr_Clear();
+            return 0;
+        }
+        *out = v;
+        return 1;
+    }
+    """
+    bint vbg_ll(object o, long long* out) noexcept
+
+
 cdef inline bint _in(object o, long long hi) noexcept:
     """o is an int in [0, hi]"""
-    cdef int ovf = 0
     cdef long long v
-    if type(o) is not int:
-        return False
-    v = PyLong_AsLongLongAndOverflow(o, &ovf)
-    return ovf == 0 and 0 <= v <= hi
+    return vbg_ll(o, &v) and 0 <= v <= hi
 
 
 cdef inline bint _small(object o) noexcept:
@@ -485,6 +537,224 @@ cdef inline bint _u16(object o) noexcept:
 cdef inline bint _bool(object o) noexcept:
     return o is True or o is False
 
+
+# == dict access without the C API's generic paths (CPython 3.11's dict layout) ====================
+# A lookup of a str key in a dict of str keys (what every request, bio and state dict here is)
+# probes the table for the key object itself first (keys are interned identifiers: the Python
+# handlers' constants and these handlers' are the same objects); anything else -- another
+# layout, another key object, a miss -- asks PyDict_GetItemWithError, so the answer is always
+# the C API's.  A new dict of known keys is a copy of a template dict (dict.copy(): its keys
+# table cloned) whose values are then put in place, as BUILD_CONST_KEY_MAP's would be (same
+# keys, order, table size, GC tracking); checked once at import, else built by PyDict_SetItem.
+cdef extern from *:
+    """
+    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+    #define VBG_DICT_FAST 1
+    typedef struct {
+        Py_ssize_t dk_refcnt;
+        uint8_t dk_log2_size;
+        uint8_t dk_log2_index_bytes;
+        uint8_t dk_kind;
+        uint32_t dk_version;
+        Py_ssize_t dk_usable;
+        Py_ssize_t dk_nentries;
+        char dk_indices[];
+    } vbg_keys;
+    typedef struct { PyObject *k; PyObject *v; } vbg_uent;
+    #define VBG_UENT(dk) ((vbg_uent*)(&((int8_t*)((dk)->dk_indices))[(size_t)1 << (dk)->dk_log2_index_bytes]))
+
+    static PyObject *vbg_absent = NULL;      /* vbg_slot's "surely not there" */
+    static inline PyObject **vbg_slot(PyObject *d, PyObject *key) {
+        PyDictObject *mp = (PyDictObject *)d;
+        vbg_keys *dk = (vbg_keys *)mp->ma_keys;
+        Py_hash_t h = ((PyASCIIObject *)key)->hash;
+        size_t mask, i, perturb;
+        int ib, n;
+        if (mp->ma_values != NULL || dk->dk_kind != 1 || h == -1)
+            return NULL;
+        mask = ((size_t)1 << dk->dk_log2_size) - 1;
+        i = (size_t)h & mask;
+        perturb = (size_t)h;
+        ib = dk->dk_log2_index_bytes - dk->dk_log2_size;
+        for (n = 0; n < 32; n++) {
+            Py_ssize_t ix;
+            if (ib == 0) ix = ((const int8_t *)dk->dk_indices)[i];
+            else if (ib == 1) ix = ((const int16_t *)dk->dk_indices)[i];
+            else if (ib == 2) ix = ((const int32_t *)dk->dk_indices)[i];
+            else ix = (Py_ssize_t)((const int64_t *)dk->dk_indices)[i];
+            if (ix == -1)            /* (no key of this hash on the way: no equal key) */
+                return &vbg_absent;
+            if (ix >= 0) {
+                PyObject *k = VBG_UENT(dk)[ix].k;
+                if (k == key)
+                    return &VBG_UENT(dk)[ix].v;
+                if (((PyASCIIObject *)k)->hash == h)
+                    return NULL;         /* maybe an equal key: the C API decides */
+            }
+            perturb >>= 5;
+            i = (i * 5 + perturb + 1) & mask;
+        }
+        return NULL;
+    }
+
+    /* d[key] borrowed, or NULL (absent; an error set if the lookup raised) */
+    static inline PyObject *vbg_get(PyObject *d, PyObject *key) {
+        PyObject **s = vbg_slot(d, key);
+        if (s != NULL && *s != NULL)
+            return *s;
+        if (s == &vbg_absent)
+            return NULL;
+        return PyDict_GetItemWithError(d, key);
+    }
+
+    /* a copy of tmpl (n str keys, unicode table, no deleted entries) with values vals */
+    static PyObject *vbg_build(PyObject *tmpl, PyObject *const *vals, Py_ssize_t n) {
+        PyObject *d = PyDict_Copy(tmpl);
+        vbg_keys *dk;
+        vbg_uent *ep;
+        Py_ssize_t i;
+        int track = 0;
+        if (d == NULL)
+            return NULL;
+        dk = (vbg_keys *)((PyDictObject *)d)->ma_keys;
+        if (((PyDictObject *)d)->ma_values != NULL || dk->dk_kind != 1 || dk->dk_nentries != n
+                || ((PyDictObject *)d)->ma_used != n || (void *)dk == (void *)((PyDictObject *)tmpl)->ma_keys) {
+            Py_DECREF(d);
+            PyErr_SetString(PyExc_SystemError, "vbg_build: unexpected dict layout");
+            return NULL;
+        }
+        ep = VBG_UENT(dk);
+        for (i = 0; i < n; i++) {
+            PyObject *old = ep[i].v, *v = vals[i];
+            Py_INCREF(v);
+            ep[i].v = v;
+            Py_XDECREF(old);
+            if (!track && PyObject_IS_GC(v) && (!PyTuple_CheckExact(v) || PyObject_GC_IsTracked(v)))
+                track = 1;
+        }
+        if (track && !PyObject_GC_IsTracked(d))
+            PyObject_GC_Track(d);
+        return d;
+    }
+    #else
+    #define VBG_DICT_FAST 0
+    static inline PyObject *vbg_get(PyObject *d, PyObject *key) { return PyDict_GetItemWithError(d, key); }
+    static PyObject *vbg_build(PyObject *tmpl, PyObject *const *vals, Py_ssize_t n) {
+        PyErr_SetString(PyExc_SystemError, "vbg_build: not this CPython");
+        return NULL;
+    }
+    #endif
+    /* d.get(key, dflt) (a new reference; NULL: the lookup raised) */
+    static inline PyObject *vbg_getdef(PyObject *d, PyObject *key, PyObject *dflt) {
+        PyObject *v;
+        if (!PyDict_CheckExact(d) || !PyUnicode_CheckExact(key))
+            return PyObject_CallMethod(d, "get", "OO", key, dflt);
+        v = vbg_get(d, key);
+        if (v == NULL) {
+            if (PyErr_Occurred())
+                return NULL;
+            v = dflt;
+        }
+        Py_INCREF(v);
+        return v;
+    }
+    #define vbg_getnone(d, k) vbg_getdef((d), (k), Py_None)
+    /* d[key] (a new reference; NULL: KeyError or what the lookup raised) */
+    static inline PyObject *vbg_getitem(PyObject *d, PyObject *key) {
+        PyObject *v;
+        if (!PyDict_CheckExact(d) || !PyUnicode_CheckExact(key))
+            return PyObject_GetItem(d, key);
+        v = vbg_get(d, key);
+        if (v == NULL) {
+            if (!PyErr_Occurred())
+                PyErr_SetObject(PyExc_KeyError, key);
+            return NULL;
+        }
+        Py_INCREF(v);
+        return v;
+    }
+    """
+    bint VBG_DICT_FAST
+    object vbg_build(object tmpl, PyObject** vals, Py_ssize_t n)
+    object DGET "vbg_getnone"(object d, object key)               # d.get(key)
+    object DGETD "vbg_getdef"(object d, object key, object dflt)  # d.get(key, dflt)
+    object DG "vbg_getitem"(object d, object key)                 # d[key]
+
+
+# the templates: dict displays evaluated by CPython itself (BUILD_CONST_KEY_MAP's dicts)
+cdef dict _T_RQ = eval('{"id": None, "tag": None, "op": None, "sector": None, "bytes": None, '
+                       '"bios": None, "nsegs": None, "nomerge": None, "unmap": None, '
+                       '"stage": None, "head": None, "table": None, "payload": None, "status": None}')
+cdef dict _T_BIO = eval('{"id": None, "op_idx": None, "op": None, "sector": None, "bytes": None, '
+                        '"segs": None}')
+cdef dict _T_ADD = eval('{"indirect": None, "table": None, "k": None, "i": None, "head": None, '
+                        '"used": None}')
+cdef dict _T_OPST = eval('{"bios": None, "status": None, "buf": None}')
+cdef dict _T_DONE = eval('{"id": None, "op": None, "sector": None, "bytes": None, "status": None}')
+cdef dict _T_RES = eval('{"n": None, "line": None, "op": None, "status": None}')
+cdef object _ZERO = 0
+cdef long long _BUILT = 0          # dicts made from a template (tests)
+
+
+cdef bint _check_build() except -1:
+    """vbg_build makes what the display makes (keys, order, values, table size, tracking)"""
+    cdef PyObject* vals[14]
+    import sys, gc
+    if not VBG_DICT_FAST:
+        return False
+    objs = [1, [2], "x", None, (3,), 4.5, True, 0, -1, 2**70, "y", None, {}, b""]
+    for i in range(14):
+        vals[i] = <PyObject*>objs[i]
+    try:
+        d = vbg_build(_T_RQ, vals, 14)
+    except SystemError:
+        return False
+    ref = eval('{"id": a[0], "tag": a[1], "op": a[2], "sector": a[3], "bytes": a[4], '
+               '"bios": a[5], "nsegs": a[6], "nomerge": a[7], "unmap": a[8], '
+               '"stage": a[9], "head": a[10], "table": a[11], "payload": a[12], "status": a[13]}',
+               {"a": objs})
+    ok = (list(d.items()) == list(ref.items()) and sys.getsizeof(d) == sys.getsizeof(ref)
+          and gc.is_tracked(d) == gc.is_tracked(ref)
+          and all(DG(d, k) is ref[k] for k in ref) and DGET(d, "nope") is None)
+    for i in range(4):
+        vals[i] = <PyObject*>objs[i + 6]        # (no containers: untracked, as the display)
+    d = vbg_build(_T_OPST, vals, 3)
+    ref = eval('{"bios": a[6], "status": a[7], "buf": a[8]}', {"a": objs})
+    return ok and d == ref and not gc.is_tracked(d) and sys.getsizeof(d) == sys.getsizeof(ref)
+
+
+cdef bint _BUILD_OK = _check_build()
+
+
+cdef inline object _mk(dict tmpl, PyObject** vals, Py_ssize_t n):
+    """a new dict of tmpl's keys with values vals (n of them)"""
+    global _BUILT
+    cdef Py_ssize_t i
+    cdef dict d
+    if _BUILD_OK:
+        _BUILT += 1
+        return vbg_build(tmpl, vals, n)
+    d = {}
+    i = 0
+    for k in tmpl:
+        PyDict_SetItem(d, k, <object>vals[i])
+        i += 1
+    return d
+
+
+def dict_stats():
+    """(the fast dict paths are on, dicts made from templates) (tests)"""
+    return bool(_BUILD_OK), _BUILT
+
+
+def dict_get(d, key, dflt=None):
+    """d.get(key, dflt) as the handlers look it up (tests)"""
+    return DGETD(d, key, dflt)
+
+
+def dict_item(d, key):
+    """d[key] as the handlers look it up (tests)"""
+    return DG(d, key)
 
 
 # == the guest's page allocator (emu/mem/page_alloc.py), in C ======================================
@@ -579,17 +849,17 @@ cdef object _pa_alloc(long long npages):
 
 cdef int _pa_free(object gpa) except -1:
     """PageAllocator.free_pages"""
-    cdef long long pos, n
+    cdef long long n, g
     if not _pa_own:
         _free_pages(_pages, gpa)
         return 0
     npages = _pa_large.pop(gpa)
-    pos = gpa >> 12
-    n = npages
-    if 0 <= pos and 0 <= n and pos + n <= PyByteArray_GET_SIZE(_pa_used):
-        memset(<uint8_t*>PyByteArray_AS_STRING(_pa_used) + pos, 0, <size_t>n)
+    if (_ll(gpa, &g) and _ll(npages, &n)
+            and (g >> 12) + n <= PyByteArray_GET_SIZE(_pa_used)):
+        memset(<uint8_t*>PyByteArray_AS_STRING(_pa_used) + (g >> 12), 0, <size_t>n)
     else:
-        _pa_used[pos:pos + npages] = bytes(npages)
+        ppos = gpa >> 12
+        _pa_used[ppos:ppos + npages] = bytes(npages)
     return 0
 
 
@@ -638,6 +908,22 @@ cdef int _pa_kfree(object gpa) except -1:
 
 # == emu.workload.write_pattern, written into guest RAM ===========================================
 cdef char* _HEX = b"0123456789abcdef"
+cdef extern from *:
+    """
+    /* the 512-byte sector r: 32 copies of the 16-byte record rec */
+    static void vbg_fill_sector(uint8_t *r, const uint8_t *rec) {
+        uint64_t a, b;
+        int j;
+        memcpy(&a, rec, 8);
+        memcpy(&b, rec + 8, 8);
+        #pragma GCC unroll 32
+        for (j = 0; j < 32; j++) {
+            memcpy(r + 16 * j, &a, 8);
+            memcpy(r + 16 * j + 8, &b, 8);
+        }
+    }
+    """
+    void vbg_fill_sector(uint8_t* r, const uint8_t* rec) noexcept nogil
 cdef uint8_t* _scratch = NULL
 cdef Py_ssize_t _scratch_cap = 0
 
@@ -689,76 +975,319 @@ cdef int _write_pattern_ram(Core* c, i64 gpa, long long n, long long offset, lon
         for j in range(15, 7, -1):
             rec[j] = <uint8_t>_HEX[sct & 15]
             sct >>= 4
-        for j in range(32):
-            memcpy(r + 16 * j, rec, 16)
+        vbg_fill_sector(r, rec)
     return ram_write(c, gpa, _scratch, total)
+
+
+# == request fields written back at the end of a stretch ============================================
+# Within a stretch only these handlers look at blk-mq's request dicts, and most of what they
+# store into a request (its stage, the driver's pdu, scatterlists and add state, the used
+# length, the status...) is only read back by them.  Those fields (W_*) are kept here, per
+# request in the order they were first stored, and written into the request's dict when the
+# stretch ends (_store), when the slots run out, or before a path that reads the dict itself; a
+# request freed in the stretch (end_request) that nothing else holds is dropped with them
+# unwritten: nobody can see them.  The handlers read those fields through RG/RGET/RIN (this
+# table first), every other field straight from the dict.  The virtqueue add state
+# (rq["add"]) is kept in C (_ad_*) while it is only that: made a dict only when the stretch
+# ends or a path reads it.
+cdef enum:
+    WB_SLOTS = 32
+cdef enum:
+    W_stage = 0, W_deadline, W_last, W_pdu, W_data_sgs, W_start_ns, W_sgs, W_roles, W_out_sgs,
+    W_add, W_table, W_head, W_add_err, W_used_len, W_vstatus, W_status, WB_KEYS
+cdef tuple _WB_NAMES = ("stage", "deadline", "last", "pdu", "data_sgs", "start_ns", "sgs", "roles", "out_sgs", "add", "table", "head", "add_err", "used_len", "vstatus", "status")
+cdef PyObject* _WBK[WB_KEYS]
+for _j in range(WB_KEYS):
+    _WBK[_j] = <PyObject*>_WB_NAMES[_j]        # (the tuple keeps them; interned as the handlers')
+
+cdef struct WSlot:
+    PyObject* d                 # the request dict (a reference), NULL: free
+    int n                       # fields kept, in the order first stored: order[0:n]
+    uint8_t order[WB_KEYS]
+    PyObject* v[WB_KEYS]        # by field: its value (a reference), NULL: not kept
+
+cdef WSlot _ws[WB_SLOTS]
+cdef int _ws_next = 0
+cdef int _ws_used = 0           # slots in use
+cdef int _ws_last = 0           # the slot found last (looked at first)
+cdef bint _wb_on = False        # (in a stretch: set at load, all written back at store)
+cdef long long _WB_DROPPED = 0, _WB_WRITTEN = 0, _WB_STORES = 0
+
+cdef class _LazyAdd:            # rq["add"] while the add state is only in C
+    pass
+cdef object _LAZY = _LazyAdd()
+
+cdef extern from "Python.h":
+    void Py_INCREF(PyObject* o)
+    void Py_DECREF(PyObject* o)
+    Py_ssize_t Py_REFCNT(PyObject* o)
+
+
+cdef inline WSlot* _wslot(object d) noexcept:
+    global _ws_last
+    cdef int i
+    if _ws_used:
+        if _ws[_ws_last].d == <PyObject*>d:
+            return &_ws[_ws_last]
+        for i in range(WB_SLOTS):
+            if _ws[i].d == <PyObject*>d:
+                _ws_last = i
+                return &_ws[i]
+    return NULL
+
+
+cdef void _wclear(WSlot* s) noexcept:
+    global _ws_used
+    cdef int i, w
+    cdef PyObject* d = s.d
+    cdef PyObject* x
+    s.d = NULL
+    _ws_used -= 1
+    for i in range(s.n):
+        w = s.order[i]
+        x = s.v[w]
+        s.v[w] = NULL
+        if x != NULL:
+            Py_DECREF(x)
+    s.n = 0
+    Py_DECREF(d)
+
+
+cdef int _wflush_slot(WSlot* s) except -1:
+    """write slot s's fields into its dict, in order (the lazy add state made a dict first)"""
+    global _WB_WRITTEN
+    cdef int i, w
+    if s.d == NULL:
+        return 0
+    d = <object>s.d
+    try:
+        for i in range(s.n):
+            w = s.order[i]
+            if s.v[w] == <PyObject*>_LAZY:
+                _ad_materialize(s, w)
+            PyDict_SetItem(<dict>d, <object>_WBK[w], <object>s.v[w])
+            _WB_WRITTEN += 1
+    finally:
+        _wclear(s)
+    return 0
+
+
+cdef int _wflush(object d) except -1:
+    """d's fields written back now (a path that reads the dict itself follows)"""
+    cdef WSlot* s = _wslot(d)
+    if s != NULL:
+        _wflush_slot(s)
+    return 0
+
+
+cdef int _wflush_all() except -1:
+    cdef int i
+    for i in range(WB_SLOTS):
+        if _ws[i].d != NULL:
+            _wflush_slot(&_ws[i])
+    return 0
+
+
+cdef int RS(dict d, int w, object v) except -1:
+    """d[field w] = v (kept until written back)"""
+    global _ws_next, _ws_used, _ws_last
+    cdef WSlot* s
+    cdef PyObject* old
+    if not _wb_on:
+        PyDict_SetItem(d, <object>_WBK[w], v)
+        return 0
+    s = _wslot(d)
+    if s == NULL:
+        s = &_ws[_ws_next]
+        if s.d != NULL:
+            _wflush_slot(s)
+        _ws_last = _ws_next
+        _ws_next = (_ws_next + 1) % WB_SLOTS
+        Py_INCREF(<PyObject*>d)
+        s.d = <PyObject*>d
+        s.n = 0
+        _ws_used += 1
+    old = s.v[w]
+    Py_INCREF(<PyObject*>v)
+    s.v[w] = <PyObject*>v
+    if old != NULL:
+        Py_DECREF(old)
+    else:
+        s.order[s.n] = <uint8_t>w
+        s.n += 1
+    return 0
+
+
+cdef inline PyObject* _wfind(object d, int w) except? NULL:
+    """the kept value of d's field w (borrowed), or NULL"""
+    cdef WSlot* s = _wslot(d)
+    if s == NULL or s.v[w] == NULL:
+        return NULL
+    if s.v[w] == <PyObject*>_LAZY:
+        _ad_materialize(s, w)
+    return s.v[w]
+
+
+cdef inline object RG(object d, int w):
+    """d[field w]"""
+    cdef PyObject* p = _wfind(d, w)
+    if p != NULL:
+        return <object>p
+    return DG(d, <object>_WBK[w])
+
+
+cdef inline object RGET(object d, int w):
+    """d.get(field w)"""
+    cdef PyObject* p = _wfind(d, w)
+    if p != NULL:
+        return <object>p
+    return DGET(d, <object>_WBK[w])
+
+
+cdef inline object RGETD(object d, int w, object dflt):
+    """d.get(field w, dflt)"""
+    cdef PyObject* p = _wfind(d, w)
+    if p != NULL:
+        return <object>p
+    return DGETD(d, <object>_WBK[w], dflt)
+
+
+cdef inline bint RIN(object d, int w) except -1:
+    """field w in d"""
+    if _wfind(d, w) != NULL:
+        return True
+    return <object>_WBK[w] in d
+
+
+cdef int RDEL(dict d, int w) except -1:
+    """del d[field w]: a kept one is forgotten (never stored), and one the dict has is deleted
+    there"""
+    cdef WSlot* s = _wslot(d)
+    cdef int i, j
+    cdef bint kept = False
+    cdef PyObject* x
+    if s != NULL and s.v[w] != NULL:
+        x = s.v[w]
+        s.v[w] = NULL
+        for i in range(s.n):
+            if s.order[i] == w:
+                for j in range(i, s.n - 1):
+                    s.order[j] = s.order[j + 1]
+                s.n -= 1
+                break
+        Py_DECREF(x)
+        kept = True
+    key = <object>_WBK[w]
+    if not kept or key in d:
+        del d[key]
+    return 0
+
+
+cdef int _wdrop(object d) except -1:
+    """d (a request just freed) is dropped with its kept fields when only this handler and the
+    slot hold it; else they are written"""
+    global _WB_DROPPED
+    cdef WSlot* s = _wslot(d)
+    if s == NULL:
+        return 0
+    if Py_REFCNT(<PyObject*>d) <= 2:
+        _WB_DROPPED += s.n
+        _wclear(s)
+    else:
+        _wflush_slot(s)
+    return 0
+
+
+def wb_stats():
+    """(fields written back, fields dropped with their freed request, add states made dicts)
+    (tests)"""
+    return _WB_WRITTEN, _WB_DROPPED, _WB_STORES
 
 
 # == drivers/virtio/virtio_ring.c (emu/guest/vring.py) ==============================================
 
-# What the last add_split / add_desc step of a request left for its next add_desc, add_head
-# and add_avail: rq["add"] (st), rq["sgs"] and st's k, i, indirect, table, head, used and prev
-# (None: absent, as st.get gives), valid while neither rq nor st has changed since (their dict
-# version tags: every change of a dict gives it a new one).  The handlers check these values
-# as they check what they look up.
+# The add state of the request being added (rq["add"]: indirect, table, k, i, head, used and,
+# after the last descriptor, prev), kept here while it is lazy: rq's kept "add" field is then
+# _LAZY, and the dict is made (_ad_materialize) only if the stretch ends or a path reads it
+# before add_avail deletes it.
 cdef i64 _ad_rid = -1
-cdef object _ad_st = None, _ad_sgs = None, _ad_i = None, _ad_table = None
+cdef bint _ad_lazy = False
+cdef object _ad_rq = None, _ad_sgs = None, _ad_ind_o = None, _ad_i = None, _ad_table = None
 cdef object _ad_head = None, _ad_used = None, _ad_prev = None
 cdef i64 _ad_k = 0
 cdef bint _ad_ind = False
-cdef unsigned long long _ad_rqv = 0, _ad_stv = 0
 cdef long long _AD_HITS = 0         # add_desc/add_head/add_avail steps that took these
 
 
 cdef inline void _ad_forget() noexcept:
-    global _ad_rid, _ad_st, _ad_sgs, _ad_i, _ad_table, _ad_head, _ad_used, _ad_prev
+    global _ad_rid, _ad_lazy, _ad_rq, _ad_sgs, _ad_ind_o, _ad_i, _ad_table, _ad_head, _ad_used
+    global _ad_prev
     _ad_rid = -1
-    _ad_st = _ad_sgs = _ad_i = _ad_table = _ad_head = _ad_used = _ad_prev = None
+    _ad_lazy = False
+    _ad_rq = _ad_sgs = _ad_ind_o = _ad_i = _ad_table = _ad_head = _ad_used = _ad_prev = None
 
 
-cdef inline void _ad_keep(i64 rid, dict rq, dict st, object sgs, i64 k, object i, bint ind,
-                          object table, object head, object used, object prev) noexcept:
-    global _ad_rid, _ad_st, _ad_sgs, _ad_i, _ad_table, _ad_k, _ad_ind, _ad_rqv, _ad_stv
-    global _ad_head, _ad_used, _ad_prev
-    if not VBG_HAVE_DICT_VERSION or not _u16(i):      # (i: what add_desc checks it is)
+cdef int _ad_materialize(WSlot* s, int at) except -1:
+    """the lazy add state made the dict add_split/add_desc would have left (s.v[at] was _LAZY)"""
+    global _WB_STORES
+    cdef PyObject* v[6]
+    cdef dict st
+    cdef object k_o = _ad_k
+    v[0] = <PyObject*>_ad_ind_o
+    v[1] = <PyObject*>_ad_table
+    v[2] = <PyObject*>k_o
+    v[3] = <PyObject*>_ad_i
+    v[4] = <PyObject*>_ad_head
+    v[5] = <PyObject*>_ad_used
+    st = _mk(_T_ADD, v, 6)      # {"indirect", "table", "k", "i", "head", "used"}
+    if _ad_prev is not None:
+        st["prev"] = _ad_prev
+    Py_INCREF(<PyObject*>st)
+    Py_DECREF(s.v[at])
+    s.v[at] = <PyObject*>st
+    _WB_STORES += 1
+    _ad_forget()
+    return 0
+
+
+cdef int _ad_settle() except -1:
+    """a lazy add state made a dict (another request's add begins)"""
+    cdef WSlot* s
+    cdef int i
+    if not _ad_lazy:
         _ad_forget()
-        return
-    _ad_rid = rid
-    _ad_st = st
-    _ad_sgs = sgs
-    _ad_k = k
-    _ad_i = i
-    _ad_ind = ind
-    _ad_table = table
-    _ad_head = head
-    _ad_used = used
-    _ad_prev = prev
-    _ad_rqv = VBG_DICT_VERSION(rq)
-    _ad_stv = VBG_DICT_VERSION(st)
+        return 0
+    s = _wslot(_ad_rq)
+    if s != NULL and s.v[W_add] == <PyObject*>_LAZY:
+        return _ad_materialize(s, W_add)
+    _ad_forget()
+    return 0
 
 
-cdef inline bint _ad_valid(i64 rid, dict rq) noexcept:
-    """the cache above is rq's (rid's) and neither rq nor its st changed since"""
-    return (rid == _ad_rid and _ad_st is not None and VBG_DICT_VERSION(rq) == _ad_rqv
-            and VBG_DICT_VERSION(<dict>_ad_st) == _ad_stv)
+cdef inline bint _ad_mine(i64 rid, dict rq) noexcept:
+    """the lazy add state is rq's"""
+    return _ad_lazy and rid == _ad_rid and rq is _ad_rq
 
 
 def add_desc_hits():
-    """add_desc, add_head and add_avail steps that used what the previous step of their
-    request left (tests)"""
+    """add_desc, add_head and add_avail steps that used the lazy add state (tests)"""
     return _AD_HITS
 
 
 cdef int h_add_split(Core* c, Frame* f) except -1:
     """emu.guest.vring.add_split (virtqueue_add_split: indirect or direct, take descriptors)"""
+    global _ad_rid, _ad_lazy, _ad_rq, _ad_sgs, _ad_ind_o, _ad_i, _ad_table, _ad_head, _ad_used
+    global _ad_prev, _ad_k, _ad_ind
     cdef i64 rid = f.a[0], total, num_free, used
     cdef dict rq, st
+    cdef PyObject* v[6]
+    cdef object i0, used_o
     if not _kok[K_vring_add_split]:
         return BAIL
     rq = _rq(rid)
     if rq is None:
         return BAIL
-    sgs = rq.get("sgs")
+    sgs = RGET(rq, W_sgs)
     if type(sgs) is not list:
         return BAIL
     total = len(<list>sgs)
@@ -767,8 +1296,9 @@ cdef int h_add_split(Core* c, Frame* f) except -1:
         return BAIL
     num_free = SI(vq, _VO[VQ_NUM_FREE])
     begin(c)
+    _ad_settle()
     if SG(vq, _VO[VQ_BROKEN]):
-        rq["add_err"] = "EIO"
+        RS(rq, W_add_err, "EIO")
         return 0
     indirect = SG(vq, _VO[VQ_INDIRECT]) and total > 1 and num_free > 0
     table = 0
@@ -778,29 +1308,44 @@ cdef int h_add_split(Core* c, Frame* f) except -1:
             indirect = False
     used = 1 if indirect else total
     if num_free < used:
-        rq["add_err"] = "ENOSPC"
-        if rq["out_sgs"]:
+        RS(rq, W_add_err, "ENOSPC")
+        if RG(rq, W_out_sgs):
             cont(c, F1(K_vring_notify, 1))
         return 0
     head = SG(vq, _VO[VQ_FREE_HEAD])
-    st = _PyDict_NewPresized(6)         # {"indirect": .., "table": .., "k": 0, "i": .., "head": .., "used": ..}
-    PyDict_SetItem(st, "indirect", indirect)
-    PyDict_SetItem(st, "table", table)
-    PyDict_SetItem(st, "k", 0)
-    PyDict_SetItem(st, "i", 0 if indirect else head)
-    PyDict_SetItem(st, "head", head)
-    PyDict_SetItem(st, "used", used)
-    rq["add"] = st
-    rq["table"] = table
-    _ad_keep(rid, rq, st, sgs, 0, 0 if indirect else head, bool(indirect), table, head,
-             used, None)
+    i0 = 0 if indirect else head
+    used_o = used
+    if _wb_on and _u16(i0):
+        _ad_rid = rid
+        _ad_rq = rq
+        _ad_sgs = sgs
+        _ad_ind_o = indirect
+        _ad_ind = bool(indirect)
+        _ad_table = table
+        _ad_k = 0
+        _ad_i = i0
+        _ad_head = head
+        _ad_used = used_o
+        _ad_prev = None
+        _ad_lazy = True
+        RS(rq, W_add, _LAZY)
+    else:
+        v[0] = <PyObject*>indirect
+        v[1] = <PyObject*>table
+        v[2] = <PyObject*>_ZERO
+        v[3] = <PyObject*>i0
+        v[4] = <PyObject*>head
+        v[5] = <PyObject*>used_o
+        st = _mk(_T_ADD, v, 6)      # {"indirect", "table", "k": 0, "i", "head", "used"}
+        RS(rq, W_add, st)
+    RS(rq, W_table, table)
     cont(c, F1(K_vring_add_desc, rid))
     return 0
 
 
 cdef int h_add_desc(Core* c, Frame* f) except -1:
     """emu.guest.vring.add_desc (virtqueue_add_desc_split: one descriptor of the chain)"""
-    global _AD_HITS
+    global _AD_HITS, _ad_k, _ad_i, _ad_prev
     cdef i64 rid = f.a[0], k, ci, base, nsgs, flags, written
     cdef bint ind, last, hit
     cdef dict rq, st
@@ -810,22 +1355,22 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
     rq = _rq(rid)
     if rq is None:
         return BAIL
-    if _ad_valid(rid, rq):
-        st = <dict>_ad_st               # (nothing changed since the last step: no lookups)
-        sgs = _ad_sgs
+    st = None
+    if _ad_mine(rid, rq):
+        sgs = _ad_sgs                   # (the lazy state: checked as the dict's values are)
         k = _ad_k
         i = _ad_i
         ind_o = _ad_ind
         hit = True
     else:
-        st_o = rq.get("add")
-        sgs = rq.get("sgs")
+        st_o = RGET(rq, W_add)
+        sgs = RGET(rq, W_sgs)
         if type(st_o) is not dict or type(sgs) is not list:
             return BAIL
         st = <dict>st_o
-        k_o = st.get("k")
-        i = st.get("i")
-        ind_o = st.get("indirect")
+        k_o = DGET(st, "k")
+        i = DGET(st, "i")
+        ind_o = DGET(st, "indirect")
         if not _is_int(k_o) or not _u16(i) or not _bool(ind_o):
             return BAIL
         k = k_o
@@ -847,7 +1392,7 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
     ind = ind_o
     vq = _vq
     if ind:
-        table = _ad_table if hit else st.get("table")
+        table = _ad_table if hit else DGET(st, "table")
         if not _small(table):
             return BAIL
         base = table
@@ -879,19 +1424,18 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
     if last:
         if not ind:
             (<list>SG(vq, _VO[VQ_EXTRA_FLAGS]))[ci] = written
-        st["prev"] = i
         if hit:
-            _ad_keep(rid, rq, st, sgs, k, i, ind, _ad_table, _ad_head, _ad_used, i)
+            _ad_prev = i
         else:
-            _ad_forget()
+            st["prev"] = i
         cont(c, F1(K_vring_add_head if ind else K_vring_add_avail, rid))
     else:
-        st["k"] = k + 1
-        st["i"] = nxt
         if hit:
-            _ad_keep(rid, rq, st, sgs, k + 1, nxt, ind, _ad_table, _ad_head, _ad_used, _ad_prev)
+            _ad_k = k + 1
+            _ad_i = nxt
         else:
-            _ad_forget()
+            st["k"] = k + 1
+            st["i"] = nxt
         cont(c, F1(K_vring_add_desc, rid))
     return 0
 
@@ -907,19 +1451,19 @@ cdef int h_add_head(Core* c, Frame* f) except -1:
     rq = _rq(rid)
     if rq is None:
         return BAIL
-    hit = _ad_valid(rid, rq)
-    if hit:                             # (rq and st as the last step left them)
+    hit = _ad_mine(rid, rq)
+    if hit:                             # (the lazy state)
         sgs = _ad_sgs
         head = _ad_head
         table = _ad_table
     else:
-        st_o = rq.get("add")
-        sgs = rq.get("sgs")
+        st_o = RGET(rq, W_add)
+        sgs = RGET(rq, W_sgs)
         if type(st_o) is not dict or type(sgs) is not list:
             return BAIL
         st = <dict>st_o
-        head = st.get("head")
-        table = st.get("table")
+        head = DGET(st, "head")
+        table = DGET(st, "table")
     if not _u16(head) or not _u64(table):
         return BAIL
     chead = head
@@ -958,20 +1502,19 @@ cdef int h_add_avail(Core* c, Frame* f) except -1:
     rq = _rq(rid)
     if rq is None:
         return BAIL
-    hit = _ad_valid(rid, rq)
-    if hit:                             # (rq and st as the last step left them; st has "table")
-        st = <dict>_ad_st
+    hit = _ad_mine(rid, rq)
+    if hit:                             # (the lazy state: it has "table")
         head = _ad_head
         used = _ad_used
         ind = _ad_ind
     else:
-        st_o = rq.get("add")
+        st_o = RGET(rq, W_add)
         if type(st_o) is not dict:
             return BAIL
         st = <dict>st_o
-        head = st.get("head")
-        used = st.get("used")
-        ind = st.get("indirect")
+        head = DGET(st, "head")
+        used = DGET(st, "used")
+        ind = DGET(st, "indirect")
     if not _u16(head) or not _is_int(used) or not _bool(ind):
         return BAIL
     chead = head
@@ -986,7 +1529,7 @@ cdef int h_add_avail(Core* c, Frame* f) except -1:
     if ind:
         cprev = chead
     else:
-        prev = _ad_prev if hit else st.get("prev")
+        prev = _ad_prev if hit else DGET(st, "prev")
         if not _u16(prev) or prev >= len(<list>extra_next):
             return BAIL
         cprev = prev
@@ -999,15 +1542,15 @@ cdef int h_add_avail(Core* c, Frame* f) except -1:
     if hit:
         _AD_HITS += 1
         table = _ad_table
+        _ad_forget()
     else:
-        table = None
-    _ad_forget()
-    del rq["add"]
+        table = DG(st, "table")
+    RDEL(rq, W_add)
     SS(vq, _VO[VQ_NUM_FREE], SG(vq, _VO[VQ_NUM_FREE]) - used)
     SS(vq, _VO[VQ_FREE_HEAD], (<list>extra_next)[cprev])
     (<list>desc_data)[chead] = rid
-    (<list>desc_indir)[chead] = table if hit else st["table"]
-    rq["head"] = head
+    (<list>desc_indir)[chead] = table
+    RS(rq, W_head, head)
     ram_w16(c, gpa, <uint64_t>chead)
     cont(c, F1(K_vring_add_publish, rid))
     return 0
@@ -1031,8 +1574,8 @@ cdef int h_add_publish(Core* c, Frame* f) except -1:
     SS(vq, _VO[VQ_AVAIL_IDX_SHADOW], shadow)
     ram_w16(c, gpa, <uint64_t>shadow)
     SS(vq, _VO[VQ_NUM_ADDED], SG(vq, _VO[VQ_NUM_ADDED]) + 1)
-    rq["stage"] = "avail"
-    rq["add_err"] = ""
+    RS(rq, W_stage, "avail")
+    RS(rq, W_add_err, "")
     return 0
 
 
@@ -1231,7 +1774,7 @@ cdef int h_get_buf(Core* c, Frame* f) except -1:
     if not (<i64>fl_o) & AVAIL_F_NO_INTERRUPT:
         ram_w16(c, avail + AVAIL_RING + 2 * num, <uint64_t>last)
     SS(_g, _GO[G_DONE_COUNT], SG(_g, _GO[G_DONE_COUNT]) + 1)
-    rq["used_len"] = ulen
+    RS(rq, W_used_len, ulen)
     cont(c, F1(K_vblkd_request_done, <i64>rid))
     return 0
 
@@ -1280,7 +1823,7 @@ cdef int h_queue_rq(Core* c, Frame* f) except -1:
     if rq is None:
         return BAIL
     begin(c)
-    rq["last"] = last != 0
+    RS(rq, W_last, last != 0)
     SS(_g, _GO[G_KICK_NEEDED], False)
     cont(c, F1(K_vblkd_setup_cmd, rid))
     return 0
@@ -1297,8 +1840,8 @@ cdef int h_setup_cmd(Core* c, Frame* f) except -1:
     rq = _rq(rid)
     if rq is None:
         return BAIL
-    op = rq.get("op")
-    tag = rq.get("tag")
+    op = DGET(rq, "op")
+    tag = DGET(rq, "tag")
     base = SG(_g, _GO[G_PDU_BASE])
     if not _small(tag) or not _small(base) or type(op) is not str:
         return BAIL
@@ -1306,23 +1849,23 @@ cdef int h_setup_cmd(Core* c, Frame* f) except -1:
     rw = _eq(op, "READ") or _eq(op, "WRITE")
     if _eq(op, "DRV_IN"):
         begin(c)
-        rq["pdu"] = pdu
+        RS(rq, W_pdu, pdu)
         cont(c, F1(K_vblkd_map_data, rid))
         return 0
     dwz = _eq(op, "DISCARD") or _eq(op, "WRITE_ZEROES")
     if not rw and not dwz and not _eq(op, "FLUSH"):
         return BAIL                 # unknown: the compiled engine (its KeyError)
     typ = _TYPE_OF[op]
-    sector = rq.get("sector") if rw else 0
+    sector = DGET(rq, "sector") if rw else 0
     if not _u64(sector) or not ram_ok(c, pdu, OUTHDR_SIZE):
         return BAIL
     if dwz:
-        rsect = rq.get("sector")
-        nbytes = rq.get("bytes")
+        rsect = DGET(rq, "sector")
+        nbytes = DGET(rq, "bytes")
         if not _u64(rsect) or not _small(nbytes) or not _u32(nbytes >> 9):
             return BAIL             # (struct.pack would refuse them)
     begin(c)
-    rq["pdu"] = pdu
+    RS(rq, W_pdu, pdu)
     _st(buf, <uint64_t><i64>typ, 4)
     _st(buf + 4, 0, 4)
     _st(buf + 8, <uint64_t>sector, 8)
@@ -1335,7 +1878,7 @@ cdef int h_setup_cmd(Core* c, Frame* f) except -1:
             return 0
         _st(buf, <uint64_t>rsect, 8)
         _st(buf + 8, <uint64_t>(nbytes >> 9), 4)
-        _st(buf + 12, 1 if rq.get("unmap") else 0, 4)       # WRITE_ZEROES_FLAG_UNMAP
+        _st(buf + 12, 1 if DGET(rq, "unmap") else 0, 4)       # WRITE_ZEROES_FLAG_UNMAP
         if ram_ok(c, rng, DWZ_SEG_SIZE):
             ram_write(c, rng, buf, 16)
         else:
@@ -1356,13 +1899,13 @@ cdef int h_map_data(Core* c, Frame* f) except -1:
     rq = _rq(rid)
     if rq is None:
         return BAIL
-    payload = rq.get("payload")
+    payload = DGET(rq, "payload")
     if payload:
         begin(c)
-        rq["data_sgs"] = [(payload, DWZ_SEG_SIZE)]
+        RS(rq, W_data_sgs, [(payload, DWZ_SEG_SIZE)])
         cont(c, F1(K_blkmq_start_request, rid))
         return 0
-    bios = rq.get("bios")
+    bios = DGET(rq, "bios")
     if type(bios) is not list:
         return BAIL
     # (the scatterlist is built before begin: nothing is changed until it is stored)
@@ -1392,7 +1935,7 @@ cdef int h_map_data(Core* c, Frame* f) except -1:
     if have:
         sgs.append((cur_a, cur_n))
     begin(c)
-    rq["data_sgs"] = sgs
+    RS(rq, W_data_sgs, sgs)
     cont(c, F1(K_blkmq_start_request, rid))
     return 0
 
@@ -1408,9 +1951,9 @@ cdef int h_add_req(Core* c, Frame* f) except -1:
     rq = _rq(rid)
     if rq is None:
         return BAIL
-    pdu = rq.get("pdu")
-    data_sgs = rq.get("data_sgs")
-    op = rq.get("op")
+    pdu = RGET(rq, W_pdu)
+    data_sgs = RGET(rq, W_data_sgs)
+    op = DGET(rq, "op")
     if not _small(pdu) or type(data_sgs) is not list or type(op) is not str:
         return BAIL
     for sg in <list>data_sgs:
@@ -1418,17 +1961,18 @@ cdef int h_add_req(Core* c, Frame* f) except -1:
             return BAIL
     begin(c)
     SS(_g, _GO[G_VQ_LOCKED], True)
-    is_out = bool(_TYPE_OF.get(op, T_GET_ID) & T_OUT)
+    is_out = bool(DGETD(_TYPE_OF, op, _T_GET_ID_O) & T_OUT)
     sgs = [(pdu, OUTHDR_SIZE, False)]
     roles = ["request header"]
+    role = "data" if not DGET(rq, "payload") else "range"      # (rq is not changed in the loop)
     for sg in <list>data_sgs:
         sgs.append(((<tuple>sg)[0], (<tuple>sg)[1], not is_out))
-        roles.append("data" if not rq.get("payload") else "range")
+        roles.append(role)
     sgs.append((pdu + 16, 1, True))
     roles.append("status")
-    rq["sgs"] = sgs
-    rq["roles"] = roles
-    rq["out_sgs"] = 2 if is_out and rq["data_sgs"] else 1
+    RS(rq, W_sgs, sgs)
+    RS(rq, W_roles, roles)
+    RS(rq, W_out_sgs, 2 if is_out and RG(rq, W_data_sgs) else 1)
     call(c, F1(K_vring_add_split, rid), F1(K_vblkd_add_ret, rid))
     return 0
 
@@ -1446,14 +1990,14 @@ cdef int h_add_ret(Core* c, Frame* f) except -1:
     if not _kok[K_vblkd_add_ret]:
         return BAIL
     rq = _rq(rid)
-    if rq is None or "last" not in rq:
+    if rq is None or not RIN(rq, W_last):
         return BAIL
     begin(c)
-    err = rq.get("add_err", "")
+    err = RGETD(rq, W_add_err, "")
     if err:
         call(c, _kick_frame(), F1(K_vblkd_add_err_kick, rid))
         return 0
-    if rq["last"]:
+    if RG(rq, W_last):
         call(c, _kick_frame(), F1(K_vblkd_queue_rq_end, rid))
         return 0
     cont(c, F1(K_vblkd_queue_rq_end, rid))
@@ -1494,13 +2038,13 @@ cdef int h_request_done(Core* c, Frame* f) except -1:
     rq = _rq(rid)
     if rq is None:
         return BAIL
-    pdu = rq.get("pdu")
+    pdu = RGET(rq, W_pdu)
     if not _small(pdu) or not ram_ok(c, <i64>pdu + 16, 1):
         return BAIL
     begin(c)
     status = c.ram[<i64>pdu + 16]
-    rq["vstatus"] = status
-    payload = rq.get("payload")
+    RS(rq, W_vstatus, status)
+    payload = DGET(rq, "payload")
     if payload:                                             # _cleanup_cmd
         _pa_kfree(payload)
         rq["payload"] = 0
@@ -1542,7 +2086,18 @@ cdef int _wake(Core* c, str reason) except -1:
     """emu.guest.process._wake"""
     p = _p
     if _eq(SG(p, _PO[P_WAITING]), reason):
-        SS(p, _PO[P_WAITING], "woken-" + reason)
+        # ("woken-" + reason: the same string, made once)
+        if reason is "tag":
+            w = "woken-tag"
+        elif reason is "mem":
+            w = "woken-mem"
+        elif reason is "drain":
+            w = "woken-drain"
+        elif reason is "exit":
+            w = "woken-exit"
+        else:
+            w = "woken-" + reason
+        SS(p, _PO[P_WAITING], w)
         post(c, c.vcpu, F0(K_app_resume), 0, False)
     return 0
 
@@ -1560,7 +2115,7 @@ cdef int _free_request(Core* c, object rid) except -1:
     q = _q
     _rq_forget()
     rq = _rqs.pop(rid)
-    _put_tag(q, rq["tag"])
+    _put_tag(q, DG(rq, "tag"))
     _wake(c, "tag")
     return 0
 
@@ -1590,37 +2145,48 @@ cdef int _dd_insert(Core* c, object rid) except -1:
     q = _q
     rqs = _rqs
     cdef dict rq = rqs[rid]
-    op = rq["op"]
+    op = DG(rq, "op")
     cdef int d = _rq_dir(op)
     cdef dict other
     if _mergeable(op):
         lim = SG(q, _QO[Q_LIMITS])
-        maxs = lim["max_discard_sectors"] if _eq(op, "DISCARD") else lim["max_sectors"]
+        maxs = DG(lim, "max_discard_sectors") if _eq(op, "DISCARD") else DG(lim, "max_sectors")
         for oid in <list>(SG(q, _QO[Q_DD_FIFO])[d]):
             other = rqs[oid]
-            if other["op"] == op and other["sector"] + (other["bytes"] >> 9) == rq["sector"] \
-                    and (other["bytes"] >> 9) + (rq["bytes"] >> 9) <= maxs \
-                    and (_eq(op, "DISCARD") or other["nsegs"] + rq["nsegs"] <= lim["max_segments"]):
-                for bio in rq["bios"]:
-                    other["bios"].append(bio)
-                other["bytes"] += rq["bytes"]
-                other["nsegs"] += rq["nsegs"] if not _eq(op, "DISCARD") else 0
+            if DG(other, "op") == op and DG(other, "sector") + (DG(other, "bytes") >> 9) == DG(rq, "sector") \
+                    and (DG(other, "bytes") >> 9) + (DG(rq, "bytes") >> 9) <= maxs \
+                    and (_eq(op, "DISCARD") or DG(other, "nsegs") + DG(rq, "nsegs") <= DG(lim, "max_segments")):
+                for bio in DG(rq, "bios"):
+                    DG(other, "bios").append(bio)
+                other["bytes"] += DG(rq, "bytes")
+                other["nsegs"] += DG(rq, "nsegs") if not _eq(op, "DISCARD") else 0
                 _free_request(c, rid)
                 return 0
-    rq["stage"] = "queued"
-    rq["deadline"] = c.now + (DD_READ_EXPIRE_NS if d == 0 else DD_WRITE_EXPIRE_NS)
+    RS(rq, W_stage, "queued")
+    RS(rq, W_deadline, c.now + (DD_READ_EXPIRE_NS if d == 0 else DD_WRITE_EXPIRE_NS))
     SG(q, _QO[Q_DD_FIFO])[d].append(rid)
     return 0
 
 
 cdef object _dd_next(object q, int d):
     """emu.guest.blk_mq._dd_next (deadline_next_request)"""
+    cdef long long cpos = 0, cs, cbs = 0
+    cdef bint cmp = True            # (the sectors compared in C while they are small ints)
     pos = SG(q, _QO[Q_DD_NEXT_SECTOR])[d]
     best = None
     bs = None
     rqs = _rqs
+    if not _ll(pos, &cpos):
+        cmp = False
     for rid in <list>(SG(q, _QO[Q_DD_FIFO])[d]):
-        s = rqs[rid]["sector"]
+        s = DG(rqs[rid], "sector")
+        if cmp and _ll(s, &cs):
+            if cs >= cpos and (best is None or cs < cbs):
+                best = rid
+                bs = s
+                cbs = cs
+            continue
+        cmp = False
         if s >= pos and (best is None or s < bs):
             best = rid
             bs = s
@@ -1630,13 +2196,15 @@ cdef object _dd_next(object q, int d):
 cdef object _dd_dispatch(Core* c, object q):
     """emu.guest.blk_mq.dd_dispatch (dd_dispatch_request)"""
     cdef int d
+    cdef long long cs, cb
     fifo = SG(q, _QO[Q_DD_FIFO])
     rqs = _rqs
     rid = None
     if SG(q, _QO[Q_DD_BATCHING]) < DD_FIFO_BATCH:
         rid = _dd_next(q, SG(q, _QO[Q_DD_LAST_DIR]))
     if rid is None:
-        reads, writes = fifo
+        reads = (<list>fifo)[0]         # (_q_ok: a list of two lists)
+        writes = (<list>fifo)[1]
         if reads and not (writes and SG(q, _QO[Q_DD_STARVED]) >= DD_WRITES_STARVED):
             d = 0
             if writes:
@@ -1648,13 +2216,18 @@ cdef object _dd_dispatch(Core* c, object q):
             return None
         nxt = _dd_next(q, d)
         head = fifo[d][0]
-        rid = head if nxt is None or rqs[head]["deadline"] <= c.now else nxt
+        rid = head if nxt is None or RG(rqs[head], W_deadline) <= c.now else nxt
         SS(q, _QO[Q_DD_LAST_DIR], d)
         SS(q, _QO[Q_DD_BATCHING], 0)
     rq = rqs[rid]
-    d = _rq_dir(rq["op"])
+    d = _rq_dir(DG(rq, "op"))
     _remove(fifo[d], rid)
-    SG(q, _QO[Q_DD_NEXT_SECTOR])[d] = rq["sector"] + (rq["bytes"] >> 9)
+    r_sector = DG(rq, "sector")
+    r_bytes = DG(rq, "bytes")
+    if _ll(r_sector, &cs) and _ll(r_bytes, &cb):
+        SG(q, _QO[Q_DD_NEXT_SECTOR])[d] = cs + (cb >> 9)
+    else:
+        SG(q, _QO[Q_DD_NEXT_SECTOR])[d] = r_sector + (r_bytes >> 9)
     SS(q, _QO[Q_DD_BATCHING], SG(q, _QO[Q_DD_BATCHING]) + 1)
     return rid
 
@@ -1737,7 +2310,7 @@ cdef int h_dispatch(Core* c, Frame* f) except -1:
         return BAIL
     begin(c)
     last = len(batch) == 1
-    rq["stage"] = "dispatched"
+    RS(rq, W_stage, "dispatched")
     call(c, F2(K_vblkd_queue_rq, <i64>rid, 1 if last else 0), F1(K_blkmq_dispatch_ret, <i64>rid))
     return 0
 
@@ -1777,11 +2350,11 @@ cdef int h_dispatch_ret(Core* c, Frame* f) except -1:
         return BAIL
     # DEV_RESOURCE / RESOURCE: requeue the rest at the head of hctx->dispatch
     for r in batch:
-        if _rqs.get(r) is None:
+        if type(_rqs.get(r)) is not dict:
             return BAIL
     begin(c)
     for r in batch:
-        _rqs[r]["stage"] = "requeued"
+        RS(_rqs[r], W_stage, "requeued")
     SS(q, _QO[Q_DISPATCH], batch + SG(q, _QO[Q_DISPATCH]))
     SS(q, _QO[Q_BATCH], [])
     if _eq(ret, "RESOURCE"):
@@ -1801,8 +2374,8 @@ cdef int h_start_request(Core* c, Frame* f) except -1:
     if rq is None:
         return BAIL
     begin(c)
-    rq["stage"] = "started"
-    rq["start_ns"] = c.now
+    RS(rq, W_stage, "started")
+    RS(rq, W_start_ns, c.now)
     cont(c, F1(K_vblkd_add_req, rid))
     return 0
 
@@ -1811,25 +2384,34 @@ cdef int _op_done(Core* c, object idx) except -1:
     """emu.guest.process._op_done (the AIO completes)"""
     p = _p
     cdef dict st
+    cdef PyObject* v[4]
+    cdef object o_n, o_line, s_status
     ost = SG(p, _PO[P_OP_STATE])
     st = (<dict>ost).pop(idx) if type(ost) is dict else ost.pop(idx)
     cdef dict op = SG(p, _PO[P_OPS])[idx]
     SS(p, _PO[P_INFLIGHT], SG(p, _PO[P_INFLIGHT]) - 1)
-    opname = op["op"]                   # (op is not changed below: one lookup of each key)
+    opname = DG(op, "op")                   # (op is not changed below: one lookup of each key)
     if _eq(opname, "read"):
-        data = _mem.read(st["buf"], op["length"])
+        data = _mem.read(DG(st, "buf"), DG(op, "length"))
         SG(p, _PO[P_READS]).append(
-            {"n": op["n"], "offset": op["offset"], "length": op["length"],
-             "sha256": _sha256(data).hexdigest(), "status": st["status"], "line": op["line"]})
+            {"n": DG(op, "n"), "offset": DG(op, "offset"), "length": DG(op, "length"),
+             "sha256": _sha256(data).hexdigest(), "status": DG(st, "status"), "line": DG(op, "line")})
     if _eq(opname, "get-id"):
-        raw = _mem.read(st["buf"], _ID_BYTES)
+        raw = _mem.read(DG(st, "buf"), _ID_BYTES)
         st["serial"] = raw.split(b"\0", 1)[0].decode("latin-1")
-    buf = st.get("buf")
+    buf = DGET(st, "buf")
     if buf:
         _pa_free(buf)
-    res = {"n": op["n"], "line": op["line"], "op": opname, "status": st["status"]}
+    o_n = DG(op, "n")
+    o_line = DG(op, "line")
+    s_status = DG(st, "status")
+    v[0] = <PyObject*>o_n
+    v[1] = <PyObject*>o_line
+    v[2] = <PyObject*>opname
+    v[3] = <PyObject*>s_status
+    res = _mk(_T_RES, v, 4)             # {"n", "line", "op", "status"}
     if "serial" in st:
-        res["serial"] = st["serial"]
+        res["serial"] = DG(st, "serial")
     SG(p, _PO[P_RESULTS]).append(res)
     _wake(c, "mem")
     if SG(p, _PO[P_INFLIGHT]) == 0:
@@ -1843,10 +2425,12 @@ cdef int h_end_request(Core* c, Frame* f) except -1:
     cdef i64 rid = f.a[0], from_irq = f.a[2]
     cdef dict rq, st
     cdef list completed
+    cdef PyObject* v[5]
+    cdef object rid_o, r_op, r_sector, r_bytes
     if not _kok[K_blkmq_end_request] or not f.s[1]:
         return BAIL
     rq = _rq(rid)
-    if rq is None or type(rq.get("bios")) is not list:
+    if rq is None or type(DGET(rq, "bios")) is not list:
         return BAIL
     completed_o = SG(_g, _GO[G_COMPLETED])
     if type(completed_o) is not list:
@@ -1855,23 +2439,32 @@ cdef int h_end_request(Core* c, Frame* f) except -1:
     status = arg_str(c, f.a[1])
     p = _p
     begin(c)
-    rq["status"] = status
-    for bio in <list>rq["bios"]:
-        idx = bio["op_idx"]                          # bio_done
+    RS(rq, W_status, status)
+    for bio in <list>DG(rq, "bios"):
+        idx = DG(bio, "op_idx")                          # bio_done
         st = SG(p, _PO[P_OP_STATE])[idx]
-        nb = st["bios"] - 1             # (st["bios"] -= 1 ... if st["bios"] == 0)
+        nb = DG(st, "bios") - 1             # (st["bios"] -= 1 ... if st["bios"] == 0)
         st["bios"] = nb
-        if not _eq(status, "OK") and _eq(st["status"], "OK"):
+        if not _eq(status, "OK") and _eq(DG(st, "status"), "OK"):
             st["status"] = status
         if nb == 0:
             _op_done(c, idx)
     _free_request(c, rid)
-    completed.append({"id": rid, "op": rq["op"], "sector": rq["sector"],
-                      "bytes": rq["bytes"], "status": status})
+    rid_o = rid
+    r_op = DG(rq, "op")
+    r_sector = DG(rq, "sector")
+    r_bytes = DG(rq, "bytes")
+    v[0] = <PyObject*>rid_o
+    v[1] = <PyObject*>r_op
+    v[2] = <PyObject*>r_sector
+    v[3] = <PyObject*>r_bytes
+    v[4] = <PyObject*>status
+    completed.append(_mk(_T_DONE, v, 5))    # {"id", "op", "sector", "bytes", "status"}
     if len(completed) > 64:
         del completed[0]
     if from_irq:
         cont(c, F0(K_vring_get_buf))
+    _wdrop(rq)                  # (freed: its kept fields need not be written)
     return 0
 
 
@@ -1903,14 +2496,17 @@ cdef inline Frame _next_frame():
 
 cdef dict _bio(object p, str rq_op, object sector, object nbytes, list segs):
     """emu.guest.process._bio"""
+    cdef PyObject* v[6]
+    cdef object nb, pc
     nb = SG(p, _PO[P_NEXT_BIO])
-    cdef dict b = _PyDict_NewPresized(6)
-    PyDict_SetItem(b, "id", nb)
-    PyDict_SetItem(b, "op_idx", SG(p, _PO[P_PC]))
-    PyDict_SetItem(b, "op", rq_op)
-    PyDict_SetItem(b, "sector", sector)
-    PyDict_SetItem(b, "bytes", nbytes)
-    PyDict_SetItem(b, "segs", segs)
+    pc = SG(p, _PO[P_PC])
+    v[0] = <PyObject*>nb
+    v[1] = <PyObject*>pc
+    v[2] = <PyObject*>rq_op
+    v[3] = <PyObject*>sector
+    v[4] = <PyObject*>nbytes
+    v[5] = <PyObject*>segs
+    cdef dict b = _mk(_T_BIO, v, 6)     # {"id", "op_idx", "op", "sector", "bytes", "segs"}
     SS(p, _PO[P_NEXT_BIO], nb + 1)
     return b
 
@@ -1919,10 +2515,10 @@ cdef list _range_bios(object p, dict lim, dict op, str rq_op, object max_sectors
     """emu.guest.process._range_bios (discard / write-zeroes bios, cut at max_sectors)"""
     cdef list bios = []
     cdef dict b
-    lbs_sect = lim["logical_block_size"] >> 9
+    lbs_sect = DG(lim, "logical_block_size") >> 9
     step = max(lbs_sect, max_sectors - max_sectors % lbs_sect) << 9
-    length = op["length"]
-    offset = op["offset"]
+    length = DG(op, "length")
+    offset = DG(op, "offset")
     for pos in range(0, length, step):
         n = min(step, length - pos)
         b = _bio(p, rq_op, (offset + pos) >> 9, n, [])
@@ -1956,8 +2552,11 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
     """emu.guest.process.op_step (blkdev_write_iter etc.: the next workload operation)"""
     cdef list ops, bios
     cdef dict op
-    cdef long long clen, coff, pos, n, step, npages
+    cdef long long clen, coff, pos, n, step, npages, clbs, cn, cbuf
+    cdef bint is_write
     cdef bytes data
+    cdef PyObject* v[3]
+    cdef object nbios
     if not _kok[K_app_op] or not _q_ok(_q):
         return BAIL
     p = _p
@@ -1979,7 +2578,7 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
     if type(op_o) is not dict:
         return BAIL
     op = <dict>op_o
-    kind = op.get("op")
+    kind = DGET(op, "op")
     if _eq(kind, "wait"):
         begin(c)
         if SG(p, _PO[P_INFLIGHT]):
@@ -1989,7 +2588,7 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
         cont(c, F0(K_app_op), -1, True)
         return 0
     if _eq(kind, "at"):
-        t = op.get("time_ns")
+        t = DGET(op, "time_ns")
         if not _small(t):
             return BAIL
         begin(c)
@@ -2001,7 +2600,7 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
         cont(c, F0(K_app_op), -1, True)
         return 0
     if _eq(kind, "queue-depth"):
-        depth = op.get("depth")
+        depth = DGET(op, "depth")
         if type(depth) is not int:
             return BAIL
         begin(c)
@@ -2022,44 +2621,46 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
         else:
             bios = [_bio(p, "FLUSH", 0, 0, [])]
     elif _eq(kind, "write") or _eq(kind, "read"):
-        off = op.get("offset")
-        length = op.get("length")
+        is_write = _eq(kind, "write")
+        off = DGET(op, "offset")
+        length = DGET(op, "length")
         lim_o = SG(q, _QO[Q_LIMITS])
-        lbs = (<dict>lim_o).get("logical_block_size") if type(lim_o) is dict else \
-            lim_o.get("logical_block_size")
-        if not _small(off) or not _small(length) or not _small(lbs) or not lbs:
+        if _lim(lim_o) and _L_OK[L_LBS]:
+            clbs = _L[L_LBS]
+        elif not _ll(DGET(lim_o, "logical_block_size"), &clbs):
             return BAIL
-        if _eq(kind, "write"):
-            fill = op.get("fill")
+        if not _ll(off, &coff) or not _ll(length, &clen) or not clbs:
+            return BAIL
+        if is_write:
+            fill = DGET(op, "fill")
             if fill is not None and not (type(fill) is int and 0 <= fill <= 255):
                 return BAIL
-            if not _small(op.get("n")) or not _wp_ok:
+            if not _ll(DGET(op, "n"), &cn) or not _wp_ok:
                 return BAIL
         begin(c)
         bios = []
-        if off % lbs or length % lbs:
+        if coff % clbs or clen % clbs:
             err = "EINVAL"
         else:
-            npages = (<long long>length + PAGE - 1) // PAGE
+            npages = (clen + PAGE - 1) // PAGE
             buf = _pa_alloc(npages)
             if buf is None:
                 err = "ENOMEM"
                 buf = 0
             else:
-                if _eq(kind, "write"):
-                    _write_pattern_ram(c, buf, op["n"], off, length, op.get("fill"))
+                cbuf = buf                  # (a page's address: below 2**52)
+                if is_write:
+                    _write_pattern_ram(c, cbuf, cn, coff, clen, fill)
                 step = BIO_MAX_VECS * PAGE
-                clen = length
-                coff = off
-                rq_op = "WRITE" if _eq(kind, "write") else "READ"
+                rq_op = "WRITE" if is_write else "READ"
                 pos = 0
                 while pos < clen:
                     n = min(step, clen - pos)
-                    bios.append(_bio(p, rq_op, (coff + pos) >> 9, n, [(buf + pos, n)]))
+                    bios.append(_bio(p, rq_op, (coff + pos) >> 9, n, [(cbuf + pos, n)]))
                     pos += step
     elif _eq(kind, "discard") or _eq(kind, "write-zeroes"):
-        off = op.get("offset")
-        length = op.get("length")
+        off = DGET(op, "offset")
+        length = DGET(op, "length")
         lim = SG(q, _QO[Q_LIMITS])
         if type(lim) is not dict:
             return BAIL
@@ -2071,16 +2672,16 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
         if off % lbs or length % lbs:
             err = "EINVAL"
         elif _eq(kind, "discard"):
-            mds = lim["max_discard_sectors"]
+            mds = DG(lim, "max_discard_sectors")
             if not mds:
                 err = "EOPNOTSUPP"
             else:
                 bios = _range_bios(p, lim, op, "DISCARD", mds, False)
         else:
-            mwz = lim["max_write_zeroes_sectors"]
+            mwz = DG(lim, "max_write_zeroes_sectors")
             if mwz:
-                bios = _range_bios(p, lim, op, "WRITE_ZEROES", mwz, bool(op.get("unmap")))
-            elif op.get("unmap"):
+                bios = _range_bios(p, lim, op, "WRITE_ZEROES", mwz, bool(DGET(op, "unmap")))
+            elif DGET(op, "unmap"):
                 err = "EOPNOTSUPP"
             else:
                 bios = _zero_page_bios(p, off, length)
@@ -2100,14 +2701,23 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
         return 0
     SS(p, _PO[P_PC], pc + 1)
     if err:
-        SG(p, _PO[P_RESULTS]).append({"n": op["n"], "line": op["line"], "op": kind, "status": err})
+        SG(p, _PO[P_RESULTS]).append({"n": DG(op, "n"), "line": DG(op, "line"), "op": kind, "status": err})
         cont(c, F0(K_app_op), -1, True)
         return 0
     if not bios:
-        SG(p, _PO[P_RESULTS]).append({"n": op["n"], "line": op["line"], "op": kind, "status": "OK"})
+        SG(p, _PO[P_RESULTS]).append({"n": DG(op, "n"), "line": DG(op, "line"), "op": kind, "status": "OK"})
         cont(c, F0(K_app_op), -1, True)
         return 0
-    SG(p, _PO[P_OP_STATE])[pc] = {"bios": len(bios), "status": "OK", "buf": buf}
+    nbios = len(bios)
+    v[0] = <PyObject*>nbios
+    v[1] = <PyObject*>"OK"
+    v[2] = <PyObject*>buf
+    ost = SG(p, _PO[P_OP_STATE])
+    st = _mk(_T_OPST, v, 3)             # {"bios", "status", "buf"}
+    if type(ost) is dict:
+        PyDict_SetItem(<dict>ost, pc, st)
+    else:
+        ost[pc] = st
     SS(p, _PO[P_INFLIGHT], SG(p, _PO[P_INFLIGHT]) + 1)
     (<list>SG(p, _PO[P_PENDING_BIOS])).extend(bios)       # (a list: checked before begin)
     cont(c, F0(K_blkmq_submit_bio), -1, True)
@@ -2116,51 +2726,51 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
 
 cdef inline bint _ll(object o, long long* out) noexcept:
     """o is an int in [0, 2**52): *out = o"""
-    cdef int ovf = 0
-    if type(o) is not int:
-        return False
-    out[0] = PyLong_AsLongLongAndOverflow(o, &ovf)
-    return ovf == 0 and 0 <= out[0] < LIM
+    return vbg_ll(o, out) and 0 <= out[0] < LIM
 
 
 cdef str _try_merge(object q, dict rq, dict bio):
     """emu.guest.blk_mq.try_merge (sizes and sectors in C when they are ints below 2**52)"""
     cdef long long bb, rb, mx, rs, bs, ns, mseg
     cdef bint disc
-    op = rq["op"]
-    if op != bio["op"] or not _mergeable(op) or rq.get("nomerge"):
+    if (_ll(DGET(rq, "sector"), &rs) and _ll(DGET(bio, "sector"), &bs)
+            and _ll(DGET(rq, "bytes"), &rb) and _ll(DGET(bio, "bytes"), &bb)
+            and rs + (rb >> 9) != bs and bs + (bb >> 9) != rs):
+        return ""       # (not adjacent: no merge, whatever the rest says; ints read, no error)
+    op = DG(rq, "op")
+    if op != DG(bio, "op") or not _mergeable(op) or DGET(rq, "nomerge"):
         return ""
-    stage = rq["stage"]
+    stage = RG(rq, W_stage)
     if not (_eq(stage, "plugged") or _eq(stage, "queued")):
         return ""
     lim = SG(q, _QO[Q_LIMITS])
     disc = _eq(op, "DISCARD")
-    if (type(lim) is dict and _ll(bio.get("bytes"), &bb) and _ll(rq.get("bytes"), &rb)
-            and _ll(rq.get("sector"), &rs) and _ll(bio.get("sector"), &bs)):
+    if (type(lim) is dict and _ll(DGET(bio, "bytes"), &bb) and _ll(DGET(rq, "bytes"), &rb)
+            and _ll(DGET(rq, "sector"), &rs) and _ll(DGET(bio, "sector"), &bs)):
         if rs + (rb >> 9) != bs and bs + (bb >> 9) != rs:
             return ""                   # (not adjacent: the limits need not be looked at)
-    if (type(lim) is dict and _ll(bio.get("bytes"), &bb) and _ll(rq.get("bytes"), &rb)
+    if (type(lim) is dict and _ll(DGET(bio, "bytes"), &bb) and _ll(DGET(rq, "bytes"), &rb)
             and _ll((<dict>lim).get("max_discard_sectors" if disc else "max_sectors"), &mx)
-            and _ll(rq.get("sector"), &rs) and _ll(bio.get("sector"), &bs)
-            and (disc or (_ll(rq.get("nsegs"), &ns) and _ll((<dict>lim).get("max_segments"), &mseg)
-                          and type(bio.get("segs")) is list))):
+            and _ll(DGET(rq, "sector"), &rs) and _ll(DGET(bio, "sector"), &bs)
+            and (disc or (_ll(DGET(rq, "nsegs"), &ns) and _ll((<dict>lim).get("max_segments"), &mseg)
+                          and type(DGET(bio, "segs")) is list))):
         if rs + (rb >> 9) != bs and bs + (bb >> 9) != rs:
             return ""                   # (not adjacent: the limits need not be looked at)
         if (rb >> 9) + (bb >> 9) > mx:
             return ""
-        if not disc and ns + len(<list>bio["segs"]) > mseg:
+        if not disc and ns + len(<list>DG(bio, "segs")) > mseg:
             return ""
         if rs + (rb >> 9) == bs:
             return "back"
         return "front"
-    nsect = bio["bytes"] >> 9
-    if (rq["bytes"] >> 9) + nsect > (lim["max_discard_sectors"] if _eq(op, "DISCARD") else lim["max_sectors"]):
+    nsect = DG(bio, "bytes") >> 9
+    if (DG(rq, "bytes") >> 9) + nsect > (DG(lim, "max_discard_sectors") if _eq(op, "DISCARD") else DG(lim, "max_sectors")):
         return ""
-    if not _eq(op, "DISCARD") and rq["nsegs"] + len(bio["segs"]) > lim["max_segments"]:
+    if not _eq(op, "DISCARD") and DG(rq, "nsegs") + len(DG(bio, "segs")) > DG(lim, "max_segments"):
         return ""
-    if rq["sector"] + (rq["bytes"] >> 9) == bio["sector"]:
+    if DG(rq, "sector") + (DG(rq, "bytes") >> 9) == DG(bio, "sector"):
         return "back"
-    if bio["sector"] + nsect == rq["sector"]:
+    if DG(bio, "sector") + nsect == DG(rq, "sector"):
         return "front"
     return ""
 
@@ -2172,14 +2782,42 @@ cdef bint _merge(Core* c, dict rq, dict bio, list pending) except -1:
     if not how:
         return False
     if _eq(how, "back"):                       # do_merge
-        (<list>rq["bios"]).append(bio)
+        (<list>DG(rq, "bios")).append(bio)
     else:
-        (<list>rq["bios"]).insert(0, bio)
-        rq["sector"] = bio["sector"]
-    rq["bytes"] += bio["bytes"]
-    rq["nsegs"] += len(bio["segs"]) if not _eq(rq["op"], "DISCARD") else 0
+        (<list>DG(rq, "bios")).insert(0, bio)
+        rq["sector"] = DG(bio, "sector")
+    rq["bytes"] += DG(bio, "bytes")
+    rq["nsegs"] += len(DG(bio, "segs")) if not _eq(DG(rq, "op"), "DISCARD") else 0
     _del0(pending)
     _next(c)
+    return True
+
+
+# The queue limits (blk-mq's limits dict) as C ints, read again when the dict is another one or
+# has changed (its version tag); a limit that is not an int in [0, 2**52) is not cached (its
+# _L_OK bit clear: the handlers look it up as before).
+cdef enum:
+    L_MAXS, L_MDS, L_MWZ, L_MSEG, L_LBS, L_N
+cdef tuple _L_NAMES = ("max_sectors", "max_discard_sectors", "max_write_zeroes_sectors",
+                       "max_segments", "logical_block_size")
+cdef object _lim_obj = None
+cdef unsigned long long _lim_ver = 0
+cdef long long _L[L_N]
+cdef bint _L_OK[L_N]
+
+
+cdef bint _lim(object lim) except -1:
+    """_L and _L_OK are lim's (a dict)"""
+    global _lim_obj, _lim_ver
+    cdef int j
+    if lim is _lim_obj and VBG_HAVE_DICT_VERSION and VBG_DICT_VERSION(<dict>lim) == _lim_ver:
+        return True
+    if type(lim) is not dict:
+        return False
+    for j in range(L_N):
+        _L_OK[j] = _ll(DGET(lim, _L_NAMES[j]), &_L[j])
+    _lim_obj = lim
+    _lim_ver = VBG_DICT_VERSION(<dict>lim)
     return True
 
 
@@ -2189,15 +2827,20 @@ cdef bint _split(object p, dict lim, dict bio, object op, list segs, object nbyt
     rest queued next); True when the bio was cut"""
     cdef list head, tail
     cdef long long cmaxs, cnb, cmseg
-    maxs = lim["max_discard_sectors"] if _eq(op, "DISCARD") else (
-        lim["max_write_zeroes_sectors"] if _eq(op, "WRITE_ZEROES") else lim["max_sectors"])
+    cdef int w
+    if _lim(lim) and _ll(nbytes, &cnb):
+        w = L_MDS if _eq(op, "DISCARD") else (L_MWZ if _eq(op, "WRITE_ZEROES") else L_MAXS)
+        if _L_OK[w] and cnb <= (_L[w] << 9) and (not segs or (_L_OK[L_MSEG] and len(segs) <= _L[L_MSEG])):
+            return False        # (the common case, from the cached limits: no cut)
+    maxs = DG(lim, "max_discard_sectors") if _eq(op, "DISCARD") else (
+        DG(lim, "max_write_zeroes_sectors") if _eq(op, "WRITE_ZEROES") else DG(lim, "max_sectors"))
     if _ll(maxs, &cmaxs) and _ll(nbytes, &cnb) and cnb <= (cmaxs << 9):
         # the common case, in C: no cut by size; by segments only past max_segments
-        if not segs or (_ll(lim["max_segments"], &cmseg) and len(segs) <= cmseg):
+        if not segs or (_ll(DG(lim, "max_segments"), &cmseg) and len(segs) <= cmseg):
             return False
     cut = min(nbytes, maxs << 9)
     if segs:
-        mseg = lim["max_segments"]
+        mseg = DG(lim, "max_segments")
         if len(segs) > mseg:
             cut = min(cut, sum([sg[1] for sg in segs[:mseg]]))
     if _eq(op, "FLUSH") or _eq(op, "DRV_IN") or cut >= nbytes:
@@ -2212,7 +2855,7 @@ cdef bint _split(object p, dict lim, dict bio, object op, list segs, object nbyt
         bio["segs"], rest["segs"] = _split_segs(segs, cut)
     bio["bytes"] = cut
     SG(p, _PO[P_PENDING_BIOS]).insert(1, rest)
-    SG(p, _PO[P_OP_STATE])[bio["op_idx"]]["bios"] += 1
+    SG(p, _PO[P_OP_STATE])[DG(bio, "op_idx")]["bios"] += 1
     return True
 
 
@@ -2224,6 +2867,8 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
     cdef long long tag
     cdef Py_ssize_t n_before
     cdef uint8_t hdr[16]
+    cdef PyObject* v[14]
+    cdef object tag_o, rbios, nsegs, nomerge, unmap
     if not _kok[K_blkmq_submit_bio] or not _q_ok(_q):
         return BAIL
     p = _p
@@ -2236,10 +2881,10 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
     if type(bio_o) is not dict:
         return BAIL
     bio = <dict>bio_o
-    bop = bio.get("op")
-    segs_o = bio.get("segs")
-    b_bytes = bio.get("bytes")
-    b_sector = bio.get("sector")
+    bop = DGET(bio, "op")
+    segs_o = DGET(bio, "segs")
+    b_bytes = DGET(bio, "bytes")
+    b_sector = DGET(bio, "sector")
     if type(bop) is not str or type(segs_o) is not list or not _small(b_bytes) \
             or not _small(b_sector):
         return BAIL
@@ -2251,8 +2896,8 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
         return BAIL
     begin(c)
     if _split(p, <dict>lim, bio, bop, segs, b_bytes, b_sector):
-        segs = bio["segs"]
-        b_bytes = bio["bytes"]
+        segs = DG(bio, "segs")
+        b_bytes = DG(bio, "bytes")
     rqs = _rqs
     if _mergeable(bop):
         # the candidates: the plug's last request, then the scheduler FIFO of the bio's
@@ -2270,10 +2915,28 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
     _del0(pending)
     rid = SG(q, _QO[Q_NEXT_RQ])
     SS(q, _QO[Q_NEXT_RQ], rid + 1)
-    rq = {"id": rid, "tag": tag, "op": bop, "sector": b_sector, "bytes": b_bytes,
-          "bios": [bio], "nsegs": len(segs) or (1 if (_eq(bop, "DISCARD") or _eq(bop, "WRITE_ZEROES")) else 0),
-          "nomerge": not _mergeable(bop), "unmap": bio.get("unmap", False),
-          "stage": "plugged", "head": None, "table": 0, "payload": 0, "status": None}
+    tag_o = tag
+    rbios = [bio]
+    nsegs = len(segs) or (1 if (_eq(bop, "DISCARD") or _eq(bop, "WRITE_ZEROES")) else 0)
+    nomerge = not _mergeable(bop)
+    unmap = DGETD(bio, "unmap", False)
+    v[0] = <PyObject*>rid
+    v[1] = <PyObject*>tag_o
+    v[2] = <PyObject*>bop
+    v[3] = <PyObject*>b_sector
+    v[4] = <PyObject*>b_bytes
+    v[5] = <PyObject*>rbios
+    v[6] = <PyObject*>nsegs
+    v[7] = <PyObject*>nomerge
+    v[8] = <PyObject*>unmap
+    v[9] = <PyObject*>"plugged"
+    v[10] = <PyObject*>None
+    v[11] = <PyObject*>_ZERO
+    v[12] = <PyObject*>_ZERO
+    v[13] = <PyObject*>None
+    # {"id", "tag", "op", "sector", "bytes", "bios", "nsegs", "nomerge", "unmap", "stage",
+    #  "head", "table", "payload", "status"}
+    rq = _mk(_T_RQ, v, 14)
     _rq_forget()
     rqs[rid] = rq
     if _eq(bop, "FLUSH") or _eq(bop, "DRV_IN"):
@@ -2282,7 +2945,7 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
             _st(hdr + 4, 0, 4)
             _st(hdr + 8, 0, 8)
             ram_write(c, SI(_g, _GO[G_PDU_BASE]) + tag * PDU_SIZE, hdr, 16)
-        rq["stage"] = "queued"
+        RS(rq, W_stage, "queued")
         SG(q, _QO[Q_DISPATCH]).append(rid)
         call(c, F0(K_blkmq_run_queue), _next_frame())
         return 0
@@ -2350,11 +3013,12 @@ cdef int h_add_err_end(Core* c, Frame* f) except -1:
     if not _kok[K_vblkd_add_err_end]:
         return BAIL
     rq = _rq(rid)
-    if rq is None or "add_err" not in rq:
+    if rq is None or not RIN(rq, W_add_err):
         return BAIL
     begin(c)
+    _wflush(rq)
     err = rq.pop("add_err")
-    payload = rq.get("payload")
+    payload = DGET(rq, "payload")
     if payload:                                             # _cleanup_cmd
         _pa_kfree(payload)
         rq["payload"] = 0
