@@ -29,10 +29,28 @@ cdef extern from "Python.h":
     PyObject** _PyObject_GetDictPtr(object o)
     int PyDict_SetItem(object d, object k, object v) except -1
     dict _PyDict_NewPresized(Py_ssize_t minused)
+    int PyList_SetSlice(object l, Py_ssize_t lo, Py_ssize_t hi, PyObject* v) except -1
     int _PyLong_Sign(object v)
     size_t _PyLong_NumBits(object v) except? <size_t>-1
 from cpython.object cimport PyObject
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from libc.stdint cimport uint64_t
+
+# a dict's version tag (CPython < 3.12: every change of a dict gives it a new one, from one
+# global counter, so an unchanged tag means the same dict with the same contents)
+cdef extern from *:
+    """
+    #if PY_VERSION_HEX < 0x030C0000
+    #define VBB_HAVE_DICT_VERSION 1
+    #define VBB_DICT_VERSION(d) ((unsigned long long)((PyDictObject*)(d))->ma_version_tag)
+    #else
+    #define VBB_HAVE_DICT_VERSION 0
+    #define VBB_DICT_VERSION(d) 0ULL
+    #endif
+    """
+    bint VBB_HAVE_DICT_VERSION
+    unsigned long long VBB_DICT_VERSION(object d) noexcept
+    dict PyDict_Copy(object d)
 from libc.string cimport memcpy, memset
 
 from emu_fast._bulk cimport (
@@ -242,7 +260,15 @@ def set_strict(bint on):
     _STRICT = on
 
 
+def cache_hits():
+    """{cache: lookups it answered} since reset_counts() (tests): "req" (_req), "co" (_q_co),
+    "item" (_q_item)"""
+    return {"req": _RQ_HITS, "co": _QC_HITS, "item": _IT_HITS}
+
+
 def reset_counts():
+    global _RQ_HITS, _QC_HITS, _IT_HITS
+    _RQ_HITS = _QC_HITS = _IT_HITS = 0
     memset(_COUNT, 0, sizeof(_COUNT))
     memset(_WRAPPED, 0, sizeof(_WRAPPED))
     memset(_NATIVE, 0, sizeof(_NATIVE))
@@ -315,14 +341,32 @@ cdef inline bint _as_i64(object o, i64* out) except -1:
     return True
 
 
+# The request the last _req found: reqs[bid] is still _rq_req while reqs's version tag is
+# still _rq_v (the request's own fields are read each time)
+cdef i64 _rq_bid = -1
+cdef object _rq_reqs = None
+cdef object _rq_req = None
+cdef unsigned long long _rq_v = 0
+cdef long long _RQ_HITS = 0
+
+
 cdef inline object _req(Core* c, object blk, i64 bid):
     """m.block.reqs[bid] (a dict), or None: bail"""
+    global _rq_bid, _rq_reqs, _rq_req, _rq_v, _RQ_HITS
     reqs = _b_reqs(blk)
     if type(reqs) is not dict:
         return None
+    if bid == _rq_bid and reqs is _rq_reqs and VBB_DICT_VERSION(reqs) == _rq_v:
+        _RQ_HITS += 1
+        return _rq_req
     r = _get(reqs, bid)
     if type(r) is not dict:
         return None
+    if VBB_HAVE_DICT_VERSION:
+        _rq_bid = bid
+        _rq_reqs = reqs
+        _rq_req = r
+        _rq_v = VBB_DICT_VERSION(reqs)
     return r
 
 
@@ -974,6 +1018,23 @@ cdef enum:
 
 
 cdef inline int _qop(object op) except -1:
+    """QI_* of a plan item's op (the driver's literals are interned: mostly found by identity)"""
+    if op is S_GUEST_WRITE:
+        return QI_GUEST_WRITE
+    if op is S_WRITE:
+        return QI_WRITE
+    if op is S_GUEST_READ:
+        return QI_GUEST_READ
+    if op is S_FLUSH:
+        return QI_FLUSH
+    if op is S_COW_READ or op is S_READ:
+        return QI_READ
+    if op is S_WZ:
+        return QI_WZ
+    if op is S_DISCARD:
+        return QI_DISCARD
+    if op is S_GUEST_ZERO:
+        return QI_OTHER
     if op == S_GUEST_WRITE:
         return QI_GUEST_WRITE
     if op == S_WRITE:
@@ -1001,17 +1062,102 @@ cdef object _qfmt(Core* c):
     return <object>dp[0]
 
 
+# What the last _q_co found in m.fmt.__dict__ (fd): fd["cos"] (_qc_cos), its [bid] (_qc_co),
+# fd["engine"] and fd["lock_queue"] (or _MISSING), still so while neither fd's nor cos's
+# version tag has changed (the coroutine's own fields are read each time)
+cdef i64 _qc_bid = -1
+cdef object _qc_fd = None
+cdef object _qc_cos = None
+cdef object _qc_co = None
+cdef object _qc_eng = None
+cdef object _qc_lq = None
+cdef unsigned long long _qc_fdv = 0, _qc_cosv = 0
+cdef long long _QC_HITS = 0
+
+
+cdef inline bint _qc_valid(object fd, i64 bid) noexcept:
+    """the cache above is fd's request bid, unchanged"""
+    return (bid == _qc_bid and fd is _qc_fd and VBB_DICT_VERSION(fd) == _qc_fdv
+            and VBB_DICT_VERSION(_qc_cos) == _qc_cosv)
+
+
+cdef int _qc_keep(object fd, object cos, i64 bid, object co, object eng, object lq) except -1:
+    """(eng, lq: fd's "engine" and "lock_queue", or _MISSING)"""
+    global _qc_bid, _qc_fd, _qc_cos, _qc_co, _qc_eng, _qc_lq, _qc_fdv, _qc_cosv
+    _qc_bid = bid if VBB_HAVE_DICT_VERSION else -1
+    _qc_fd = fd
+    _qc_cos = cos
+    _qc_co = co
+    _qc_eng = eng
+    _qc_lq = lq
+    _qc_fdv = VBB_DICT_VERSION(fd)
+    _qc_cosv = VBB_DICT_VERSION(cos)
+    return 0
+
+
 cdef object _q_co(object fd, i64 bid):
-    """m.fmt.cos[bid] (a dict), or None"""
+    """m.fmt.cos[bid] (a dict), or None; after a dict, _qc_eng and _qc_lq are fd's "engine"
+    and "lock_queue" (or _MISSING)"""
+    global _QC_HITS
+    if _qc_valid(fd, bid):
+        _QC_HITS += 1
+        return _qc_co
     cos = _get(fd, "cos")
     if type(cos) is not dict:
         return None
     co = _get(cos, bid)
-    return co if type(co) is dict else None
+    if type(co) is not dict:
+        return None
+    _qc_keep(fd, cos, bid, co, _get(fd, "engine"), _get(fd, "lock_queue"))
+    return co
+
+
+# The plan item the last _q_item found: co["plan"] (_it_plan), its [co["pi"]] (_it_item, at
+# _it_pi of _it_nplan items), its op (_it_op, _it_q), still so while neither co's nor the
+# item's version tag has changed and the plan list still holds the item there; _it_ret: the
+# co["io_ret"] the worker stored (when _it_has_ret)
+cdef object _it_co = None
+cdef object _it_plan = None
+cdef object _it_item = None
+cdef object _it_op = None
+cdef int _it_q = QI_OTHER
+cdef i64 _it_pi = 0
+cdef Py_ssize_t _it_nplan = 0
+cdef unsigned long long _it_cov = 0, _it_itv = 0
+cdef bint _it_has_ret = False
+cdef i64 _it_ret = 0
+cdef long long _IT_HITS = 0
+
+
+cdef inline void _it_forget() noexcept:
+    global _it_co, _it_plan, _it_item, _it_op, _it_has_ret
+    _it_co = _it_plan = _it_item = _it_op = None
+    _it_has_ret = False
+
+
+cdef inline void _it_refresh(object co) noexcept:
+    """co (or its item) was just changed by the handler that found the item (which is still
+    co's item): the cache goes on"""
+    global _it_cov, _it_itv
+    if co is _it_co:
+        _it_cov = VBB_DICT_VERSION(co)
+        _it_itv = VBB_DICT_VERSION(_it_item)
 
 
 cdef object _q_item(object co, i64* pi, Py_ssize_t* nplan):
-    """co["plan"][co["pi"]] (a dict with str "op", "fn" and a "what"), or None"""
+    """co["plan"][co["pi"]] (a dict with str "op", "fn" and a "what"), or None; after a dict,
+    _it_op and _it_q are its op"""
+    global _it_co, _it_plan, _it_item, _it_op, _it_q, _it_pi, _it_nplan, _it_cov, _it_itv
+    global _it_has_ret, _IT_HITS
+    if co is _it_co and VBB_DICT_VERSION(co) == _it_cov \
+            and VBB_DICT_VERSION(_it_item) == _it_itv \
+            and PyList_GET_SIZE(_it_plan) == _it_nplan \
+            and PyList_GET_ITEM(_it_plan, _it_pi) == <PyObject*>_it_item:
+        _IT_HITS += 1
+        pi[0] = _it_pi
+        nplan[0] = _it_nplan
+        return _it_item
+    _it_forget()
     plan = _get(co, "plan")
     if type(plan) is not list or not _as_i64(_get(co, "pi"), pi):
         return None
@@ -1019,9 +1165,21 @@ cdef object _q_item(object co, i64* pi, Py_ssize_t* nplan):
         return None
     nplan[0] = len(<list>plan)
     item = (<list>plan)[pi[0]]
-    if type(item) is not dict or type(_get(item, "op")) is not str \
-            or type(_get(item, "fn")) is not str or _get(item, "what") is _MISSING:
+    if type(item) is not dict:
         return None
+    op = _get(item, "op")
+    if type(op) is not str or type(_get(item, "fn")) is not str or _get(item, "what") is _MISSING:
+        return None
+    _it_op = op
+    _it_q = _qop(op)
+    if VBB_HAVE_DICT_VERSION:
+        _it_co = co
+        _it_plan = plan
+        _it_item = item
+        _it_pi = pi[0]
+        _it_nplan = nplan[0]
+        _it_cov = VBB_DICT_VERSION(co)
+        _it_itv = VBB_DICT_VERSION(item)
     return item
 
 
@@ -1048,55 +1206,78 @@ cdef int h_qcow2_co_entry(Core* c, Frame* f) except -1:
             or not _as_i64(o_off, &off) or not _as_i64(o_n, &n) or eng.drv_gone:
         return _wrapped(c, f, K_qcow2_co_entry, _FN_CO_ENTRY, _I_CO_ENTRY)
     _begin(c, K_qcow2_co_entry)
-    rw = opc == OP_WRITE or opc == OP_READ
-    co = _PyDict_NewPresized(12 if rw else 5)
-    co["op"] = op
-    co["phase"] = "start"
-    co["plan"] = []
-    co["pi"] = 0
-    co["ret"] = 0
-    if rw:                              # (co.update(...), in its order)
-        co["pos"] = o_off
-        co["remaining"] = o_n
-        co["qoff"] = 0
-        co["pieces"] = []
-        co["link_i"] = 0
-        co["zero"] = False
-        co["wphase"] = "alloc"
+    if opc == OP_WRITE or opc == OP_READ:
+        # (co.update(...), in its order: a copy of _CO_RW, then the request's own values)
+        co = PyDict_Copy(_CO_RW)
+        PyDict_SetItem(co, S_OP, op)
+        PyDict_SetItem(co, S_PLAN, [])
+        PyDict_SetItem(co, S_POS, o_off)
+        PyDict_SetItem(co, S_REMAINING, o_n)
+        PyDict_SetItem(co, S_PIECES, [])
+    else:
+        co = _PyDict_NewPresized(5)
+        co["op"] = op
+        co["phase"] = "start"
+        co["plan"] = []
+        co["pi"] = 0
+        co["ret"] = 0
     (<dict>cos)[bid] = co
     if owner is not None:
         (<list>lq).append(bid)          # s->lock is held: wait (the task returns)
         return 0
     fd["lock_owner"] = bid
+    _qc_keep(fd, cos, bid, co, eng, lq)  # (compute finds it)
     cont(c, F1(K_qcow2_compute, bid), -1)
     return 0
+
+
+cdef str S_OP = "op"
+cdef str S_PLAN = "plan"
+cdef str S_POS = "pos"
+cdef str S_REMAINING = "remaining"
+cdef str S_PIECES = "pieces"
+# a read or write coroutine's dict as co_entry makes it, its own values None (copied: the copy
+# has its keys in the same order, and the copy's stores only replace values)
+cdef dict _CO_RW = _PyDict_NewPresized(12)
+for _k, _v in (("op", None), ("phase", "start"), ("plan", None), ("pi", 0), ("ret", 0),
+               ("pos", None), ("remaining", None), ("qoff", 0), ("pieces", None), ("link_i", 0),
+               ("zero", False), ("wphase", "alloc")):
+    _CO_RW[_k] = _v
 
 
 cdef int h_qcow2_io(Core* c, Frame* f) except -1:
     """driver.io: bdrv_pwrite/... (block/qcow2.c), the next planned host I/O to the thread pool"""
     cdef i64 bid = f.a[0], pi, ln, tot, gpa, n
     cdef Py_ssize_t nplan
-    cdef int opc
+    cdef int opc, q
     m = <object>c.m
     fd = _qfmt(c)
     co = _q_co(fd, bid) if fd is not None else None
     item = _q_item(co, &pi, &nplan) if co is not None else None
     if item is None:
         return _wrapped(c, f, K_qcow2_io, _FN_IO, _I_IO)
-    op = (<dict>item)["op"]
-    lop = _get(_Q_LAT_OP, op)
-    if lop is _MISSING:
+    op = _it_op
+    q = _it_q
+    if q == QI_GUEST_WRITE or q == QI_WRITE:
+        lop = S_WRITE
+        opc = OP_WRITE
+    elif q == QI_GUEST_READ or q == QI_READ:
         lop = S_READ
-    opc = _opcode(lop)
+        opc = OP_READ
+    else:
+        lop = _get(_Q_LAT_OP, op)
+        if lop is _MISSING:
+            lop = S_READ
+        opc = _opcode(lop)
     o_ln = _get(item, "length")
     if o_ln is _MISSING:
         o_ln = 0
     if not _as_i64(o_ln, &ln):
         return _wrapped(c, f, K_qcow2_io, _FN_IO, _I_IO)
-    if op == S_GUEST_ZERO:
+    if q == QI_OTHER and op == S_GUEST_ZERO:
         # the zeros go straight into guest RAM, then the next item
         iov = _get(item, "iov")
-        eng = _get(fd, "engine")
+        eng = _qc_eng
         if PyDict_GetItemWithError(item, "length") == NULL or eng is _MISSING \
                 or not _iov_ok(c, iov, &tot):
             return _wrapped(c, f, K_qcow2_io, _FN_IO, _I_IO)
@@ -1107,17 +1288,18 @@ cdef int h_qcow2_io(Core* c, Frame* f) except -1:
             if n > 0:
                 z = vb_zeros(n)
                 ram_write(c, gpa, PyBytes_AS_STRING(z), n)
-        return _next_item(c, eng, co, item, pi, nplan, bid)
-    if op == S_FLUSH:
+        return _next_item(c, eng, co, item, pi, nplan, bid, q)
+    if q == QI_FLUSH:
         blk = _m_block(m)
-        eng = _get(fd, "engine")
+        eng = _qc_eng
         if eng is _MISSING:
             return _wrapped(c, f, K_qcow2_io, _FN_IO, _I_IO)
         if _b_no_flush(blk) or _b_flushed_gen(blk) == _b_write_gen(blk):
             _begin(c, K_qcow2_io)
-            return _next_item(c, eng, co, item, pi, nplan, bid)
+            return _next_item(c, eng, co, item, pi, nplan, bid, q)
         _begin(c, K_qcow2_io)
         item["gen"] = _b_write_gen(blk)
+        _it_refresh(co)
     else:
         _begin(c, K_qcow2_io)
     lat = _latency(c, m, lop, opc, ln)
@@ -1130,11 +1312,17 @@ cdef object _PY_EXECUTED = _QE_mod.Qcow2Engine.__dict__["executed"]
 cdef str S_PENDING = "pending"
 
 
-cdef int _executed(object eng, object item) except -1:
+# the engine's __dict__ whose "pending" list _ex_pend is (and no "executed" in it), at version _ex_v
+cdef object _ex_d = None
+cdef object _ex_pend = None
+cdef unsigned long long _ex_v = 0
+
+
+cdef int _executed(object eng, object item, int q) except -1:
     """eng.executed(item): Qcow2Engine.executed (the ran item's bytes leave the pending view)
     read and done here when the engine's class has the Python or the compiled method and the
-    instance does not override it (else called)"""
-    global _EXECUTED
+    instance does not override it (else called); q: _qop of the item's op"""
+    global _EXECUTED, _ex_d, _ex_pend, _ex_v
     cdef PyObject* fn
     cdef PyObject** dp
     cdef PyObject* pend
@@ -1143,26 +1331,40 @@ cdef int _executed(object eng, object item) except -1:
     fn = _PyType_Lookup(type(eng), "executed")
     dp = _PyObject_GetDictPtr(eng)
     if fn != NULL and (<object>fn is _EXECUTED or <object>fn is _PY_EXECUTED) and dp != NULL \
-            and dp[0] != NULL and type(<object>dp[0]) is dict \
-            and PyDict_GetItemWithError(<object>dp[0], "executed") == NULL:
-        pend = PyDict_GetItemWithError(<object>dp[0], S_PENDING)
-        if pend != NULL and type(<object>pend) is list and type(item) is dict:
-            op = (<dict>item)["op"]
-            if PyDict_GetItemWithError(item, "data") != NULL or op == S_WZ or op == S_DISCARD \
-                    or op == S_GUEST_WRITE:
-                (<list><object>pend).pop(0)
+            and dp[0] != NULL and type(<object>dp[0]) is dict and type(item) is dict:
+        d = <object>dp[0]
+        if d is _ex_d and VBB_DICT_VERSION(d) == _ex_v:
+            pend = <PyObject*>_ex_pend
+        elif PyDict_GetItemWithError(d, "executed") == NULL:
+            pend = PyDict_GetItemWithError(d, S_PENDING)
+            if pend != NULL and type(<object>pend) is list and VBB_HAVE_DICT_VERSION:
+                _ex_d = d
+                _ex_pend = <object>pend
+                _ex_v = VBB_DICT_VERSION(d)
+        else:
+            pend = NULL
+        if pend != NULL and type(<object>pend) is list:
+            if q == QI_WZ or q == QI_DISCARD or q == QI_GUEST_WRITE \
+                    or PyDict_GetItemWithError(item, "data") != NULL:
+                if PyList_GET_SIZE(<object>pend) > 0:
+                    PyList_SetSlice(<object>pend, 0, 1, NULL)      # (pop(0), its value unused)
+                else:
+                    (<list><object>pend).pop(0)                     # (IndexError)
             return 0
     eng.executed(item)
     return 0
 
 
 cdef int _next_item(Core* c, object eng, object co, object item, i64 pi, Py_ssize_t nplan,
-                    i64 bid) except -1:
-    """driver._next_item"""
-    _executed(eng, item)
-    co["pi"] = pi + 1
+                    i64 bid, int q) except -1:
+    """driver._next_item (q: _qop of the item's op)"""
+    _executed(eng, item, q)
+    PyDict_SetItem(co, S_PI, pi + 1)
     cont(c, F1(K_qcow2_io if pi + 1 < nplan else K_qcow2_compute, bid), -1)
     return 0
+
+
+cdef str S_PI = "pi"
 
 
 cdef bint _parts_ok(Core* c, object parts, i64* total) except -1:
@@ -1223,27 +1425,30 @@ cdef int h_qcow2_worker(Core* c, Frame* f) except -1:
     cdef int q
     cdef const char* src
     cdef char* dst
+    global _it_has_ret, _it_ret
     m = <object>c.m
     fd = _qfmt(c)
     co = _q_co(fd, bid) if fd is not None else None
     item = _q_item(co, &pi, &nplan) if co is not None else None
     if item is None or c.qemu < 0:
         return _wrapped(c, f, K_qcow2_worker, _FN_WORKER, _I_WORKER)
-    op = (<dict>item)["op"]
-    q = _qop(op)
+    op = _it_op
+    q = _it_q
     o_off = _get(item, "offset")
     o_n = _get(item, "length")
     if o_n is _MISSING:
         o_n = 0
-    if q == QI_OTHER or PyDict_GetItemWithError(Q_WORKER_FN, op) == NULL \
+    if q == QI_OTHER or not _wfn_has(op) \
             or not _as_i64(o_off, &off) or not _as_i64(o_n, &n) or off < 0 or n < 0:
         return _wrapped(c, f, K_qcow2_worker, _FN_WORKER, _I_WORKER)
-    fop = _get(_Q_FAULT_OP, op)
-    if fop is _MISSING:
-        fop = op
     blk = _m_block(m)
-    if _fault_fires(m, blk, fop, o_off, o_n if n > 1 else 1):
-        return _wrapped(c, f, K_qcow2_worker, _FN_WORKER, _I_WORKER)
+    faults = _b_faults(blk)
+    if type(faults) is not list or PyList_GET_SIZE(faults) != 0:
+        fop = _get(_Q_FAULT_OP, op)
+        if fop is _MISSING:
+            fop = op
+        if _fault_fires(m, blk, fop, o_off, o_n if n > 1 else 1):
+            return _wrapped(c, f, K_qcow2_worker, _FN_WORKER, _I_WORKER)
     data = None
     iov = None
     if q == QI_WRITE:
@@ -1301,9 +1506,31 @@ cdef int h_qcow2_worker(Core* c, Frame* f) except -1:
         # (QI_READ: a cow_read or read item only records its effect)
     except OSError as e:
         ret = -(e.errno or EIO)
-    co["io_ret"] = ret
+    PyDict_SetItem(co, S_IO_RET, ret)
+    _it_refresh(co)
+    if co is _it_co and type(ret) is int:
+        _it_has_ret = True
+        _it_ret = ret
     post(c, c.qemu, F1(K_qcow2_io_done, bid), 0, False)
     return 0
+
+
+cdef str S_IO_RET = "io_ret"
+cdef unsigned long long _wfn_v = 0     # driver.WORKER_FN's version when _wfn_all was decided
+cdef bint _wfn_all = False            # ... every QI_* op but QI_OTHER is one of its keys
+
+
+cdef bint _wfn_has(object op) except -1:
+    """op in driver.WORKER_FN (op: a QI_* op other than QI_OTHER)"""
+    global _wfn_v, _wfn_all
+    if VBB_HAVE_DICT_VERSION:
+        if VBB_DICT_VERSION(Q_WORKER_FN) != _wfn_v:
+            _wfn_all = all(k in Q_WORKER_FN for k in ("guest_write", "write", "guest_read", "read",
+                                                      "cow_read", "flush", "write_zeroes", "discard"))
+            _wfn_v = VBB_DICT_VERSION(Q_WORKER_FN)
+        if _wfn_all:
+            return True
+    return PyDict_GetItemWithError(Q_WORKER_FN, op) != NULL
 
 
 cdef int h_qcow2_io_done(Core* c, Frame* f) except -1:
@@ -1315,26 +1542,31 @@ cdef int h_qcow2_io_done(Core* c, Frame* f) except -1:
     fd = _qfmt(c)
     co = _q_co(fd, bid) if fd is not None else None
     item = _q_item(co, &pi, &nplan) if co is not None else None
-    if item is None or not _as_i64(_get(co, "io_ret"), &r) or r != 0:
+    if item is None:
         return _wrapped(c, f, K_qcow2_io_done, _FN_IO_DONE, _I_IO_DONE)
-    op = (<dict>item)["op"]
-    q = _qop(op)
+    if _it_has_ret and co is _it_co:     # (the worker's co["io_ret"], co unchanged since)
+        r = _it_ret
+    elif not _as_i64(_get(co, "io_ret"), &r):
+        return _wrapped(c, f, K_qcow2_io_done, _FN_IO_DONE, _I_IO_DONE)
+    if r != 0:
+        return _wrapped(c, f, K_qcow2_io_done, _FN_IO_DONE, _I_IO_DONE)
+    q = _it_q
     gen = None
     if q == QI_FLUSH:
         gen = _get(item, "gen")
         if gen is _MISSING:
             return _wrapped(c, f, K_qcow2_io_done, _FN_IO_DONE, _I_IO_DONE)
-    eng = _get(fd, "engine")
+    eng = _qc_eng
     if eng is _MISSING:
         return _wrapped(c, f, K_qcow2_io_done, _FN_IO_DONE, _I_IO_DONE)
     blk = _m_block(m)
     _begin(c, K_qcow2_io_done)
-    PyDict_DelItem(co, "io_ret")
+    PyDict_DelItem(co, S_IO_RET)
     if q == QI_WRITE or q == QI_GUEST_WRITE or q == QI_WZ or q == QI_DISCARD:
         sset(blk, _BlockState, _B[9], "write_gen", _b_write_gen(blk) + 1)
     elif q == QI_FLUSH:
         sset(blk, _BlockState, _B[8], "flushed_gen", gen)
-    return _next_item(c, eng, co, item, pi, nplan, bid)
+    return _next_item(c, eng, co, item, pi, nplan, bid, q)
 
 
 cdef object _Qcow2Engine = _QE_mod.Qcow2Engine
@@ -1363,7 +1595,7 @@ cdef int h_qcow2_compute(Core* c, Frame* f) except -1:
     m = <object>c.m
     fd = _qfmt(c)
     co = _q_co(fd, bid) if fd is not None else None
-    eng = _get(fd, "engine") if co is not None else _MISSING
+    eng = _qc_eng if co is not None else _MISSING
     if eng is _MISSING or (type(eng) is not _Qcow2Engine and type(eng) is not _FastQcow2Engine) \
             or _get(_QD, "_finish") is not _PY_Q_FINISH or bid == 0:
         return _wrapped(c, f, K_qcow2_compute, _FN_COMPUTE, _I_COMPUTE)
@@ -1384,7 +1616,7 @@ cdef int h_qcow2_compute(Core* c, Frame* f) except -1:
         what = QC_READ_DONE
     blk = _m_block(m)
     req = _req(c, blk, bid)
-    lq = _get(fd, "lock_queue")
+    lq = _qc_lq
     if what == QC_ENGINE:
         # a read or write phase: _qcow2.bulk_compute (driver.compute without its record), then
         # the scheduler calls compute makes; anything else: the compiled handler
