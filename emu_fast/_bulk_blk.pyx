@@ -1095,6 +1095,12 @@ cdef int _qc_keep(object fd, object cos, i64 bid, object co, object eng, object 
     return 0
 
 
+cdef inline void _qc_cos_changed(object cos) noexcept:
+    """cos changed, but not at the cached request (which was valid just before)"""
+    global _qc_cosv
+    _qc_cosv = VBB_DICT_VERSION(cos)
+
+
 cdef object _q_co(object fd, i64 bid):
     """m.fmt.cos[bid] (a dict), or None; after a dict, _qc_eng and _qc_lq are fd's "engine"
     and "lock_queue" (or _MISSING)"""
@@ -1221,9 +1227,12 @@ cdef int h_qcow2_co_entry(Core* c, Frame* f) except -1:
         co["plan"] = []
         co["pi"] = 0
         co["ret"] = 0
+    was = _qc_valid(fd, _qc_bid)
     (<dict>cos)[bid] = co
     if owner is not None:
         (<list>lq).append(bid)          # s->lock is held: wait (the task returns)
+        if was and bid != _qc_bid:      # (the owner's coroutine is still its cos entry)
+            _qc_cos_changed(cos)
         return 0
     fd["lock_owner"] = bid
     _qc_keep(fd, cos, bid, co, eng, lq)  # (compute finds it)
@@ -1597,7 +1606,7 @@ cdef int h_qcow2_compute(Core* c, Frame* f) except -1:
     co = _q_co(fd, bid) if fd is not None else None
     eng = _qc_eng if co is not None else _MISSING
     if eng is _MISSING or (type(eng) is not _Qcow2Engine and type(eng) is not _FastQcow2Engine) \
-            or _get(_QD, "_finish") is not _PY_Q_FINISH or bid == 0:
+            or not _qd_check() or not _qd_finish_ok or bid == 0:
         return _wrapped(c, f, K_qcow2_compute, _FN_COMPUTE, _I_COMPUTE)
     phase = _get(co, "phase")
     op = _get(co, "op")
@@ -1620,9 +1629,10 @@ cdef int h_qcow2_compute(Core* c, Frame* f) except -1:
     if what == QC_ENGINE:
         # a read or write phase: _qcow2.bulk_compute (driver.compute without its record), then
         # the scheduler calls compute makes; anything else: the compiled handler
-        if (_seq(op, S_WRITE) or _seq(op, S_READ)) and phase is not _MISSING and req is not None \
+        if type(op) is str and (_seq(op, S_WRITE) or _seq(op, S_READ)) and phase is not _MISSING \
+                and req is not None \
                 and type(lq) is list and (not lq or (c.qemu >= 0 and type((<list>lq)[0]) is int)) \
-                and _phase_fn(op) is (_PY_WRITE_PHASE if _seq(op, S_WRITE) else _PY_READ_PHASE) \
+                and (_qd_write_ok if _seq(op, S_WRITE) else _qd_read_ok) \
                 and _FQ_BULK_COMPUTE is not None:
             if _STRICT:         # (an engine error there would be an error effect, unrecorded)
                 return BAIL
@@ -1641,7 +1651,7 @@ cdef int h_qcow2_compute(Core* c, Frame* f) except -1:
         return _wrapped(c, f, K_qcow2_compute, _FN_COMPUTE, _I_COMPUTE)
     # _finish's reads: the request, and co["ret"] (formatted by the detail)
     if req is None or not _as_i64(_get(co, "ret"), &r) or type(lq) is not list \
-            or (what == QC_TO_LINK and _phase_fn(S_WRITE) is not _PY_WRITE_PHASE) \
+            or (what == QC_TO_LINK and not _qd_write_ok) \
             or (lq and (c.qemu < 0 or type((<list>lq)[0]) is not int)):
         return _wrapped(c, f, K_qcow2_compute, _FN_COMPUTE, _I_COMPUTE)
     _begin(c, K_qcow2_compute)
@@ -1682,10 +1692,32 @@ cdef inline bint _seq(object a, str b) except -1:
     return a == b
 
 
-cdef inline object _phase_fn(object op):
-    """driver.PHASES[op] (or _MISSING)"""
+# what compute checks of the driver module, decided once per version of its dict and of
+# driver.PHASES: driver._finish is the Python one (_qd_finish_ok), PHASES["write"] and
+# PHASES["read"] are the Python phases (_qd_write_ok, _qd_read_ok)
+cdef unsigned long long _qd_v = 0, _qd_phv = 0
+cdef object _qd_ph = None
+cdef bint _qd_finish_ok = False, _qd_write_ok = False, _qd_read_ok = False
+
+
+cdef bint _qd_check() except -1:
+    """brings the flags above up to date (-> True)"""
+    global _qd_v, _qd_phv, _qd_ph, _qd_finish_ok, _qd_write_ok, _qd_read_ok
+    if VBB_HAVE_DICT_VERSION and _qd_ph is not None and VBB_DICT_VERSION(_QD) == _qd_v \
+            and VBB_DICT_VERSION(_qd_ph) == _qd_phv:
+        return True
+    _qd_finish_ok = _get(_QD, "_finish") is _PY_Q_FINISH
     ph = _get(_QD, "PHASES")
-    return _get(ph, op) if type(ph) is dict else _MISSING
+    if type(ph) is dict:
+        _qd_write_ok = _get(ph, S_WRITE) is _PY_WRITE_PHASE
+        _qd_read_ok = _get(ph, S_READ) is _PY_READ_PHASE
+        _qd_ph = ph
+        _qd_phv = VBB_DICT_VERSION(ph)
+    else:
+        _qd_write_ok = _qd_read_ok = False
+        _qd_ph = None
+    _qd_v = VBB_DICT_VERSION(_QD)
+    return True
 
 
 cdef int _inst_set(object o, str name, object v) except -1:
