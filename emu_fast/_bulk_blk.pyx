@@ -644,18 +644,28 @@ cdef int h_file_co_entry(Core* c, Frame* f) except -1:
         sset(blk, _BlockState, _B[11], "active_flush", bid)
         req["flush_gen"] = _b_write_gen(blk)
     sset(blk, _BlockState, _B[2], "next_aio", aid + 1)
-    aio = _PyDict_NewPresized(7)       # (the dict display's size: no resize on the way)
-    aio["bid"] = bid
-    aio["op"] = op
-    aio["offset"] = offset
-    aio["bytes"] = o_nb
-    aio["iov"] = iov
-    aio["data"] = None
-    aio["ret"] = None
-    aios[o_aid] = aio
+    aio = PyDict_Copy(_AIO)            # (the dict display, in its order: _AIO's keys)
+    PyDict_SetItem(aio, S_BID, bid)
+    PyDict_SetItem(aio, S_OP, op)
+    PyDict_SetItem(aio, S_OFFSET, offset)
+    PyDict_SetItem(aio, S_BYTES, o_nb)
+    if iov is not None:
+        PyDict_SetItem(aio, S_IOV, iov)
+    PyDict_SetItem(aios, o_aid, aio)
     lat = _latency(c, m, op, opc, nb)
     at(c, lat, F1(K_file_aio_worker, aid))
     return 0
+
+
+cdef str S_BID = "bid"
+cdef str S_OFFSET = "offset"
+cdef str S_BYTES = "bytes"
+cdef str S_IOV = "iov"
+cdef str S_RET = "ret"
+# an aio dict as file_posix.submit makes it, its own values None (copied: see _CO_RW)
+cdef dict _AIO = _PyDict_NewPresized(7)
+for _k in ("bid", "op", "offset", "bytes", "iov", "data", "ret"):
+    _AIO[_k] = None
 
 
 cdef bint _fault_fires(object m, object blk, object op, object off, object n) except -1:
@@ -738,7 +748,7 @@ cdef int h_file_aio_worker(Core* c, Frame* f) except -1:
             _fp_run(m, hf, aio)
     except OSError as e:
         ret = -(e.errno or EIO)
-    aio["ret"] = ret
+    PyDict_SetItem(aio, S_RET, ret)
     post(c, c.qemu, F1(K_file_co_resume, aid), 0, False)
     return 0
 
@@ -768,7 +778,7 @@ cdef int h_file_co_resume(Core* c, Frame* f) except -1:
         return _other(c, f, K_file_co_resume)
     _begin(c, K_file_co_resume)
     PyDict_DelItem(aios, aid)
-    req["ret"] = ret
+    PyDict_SetItem(req, S_RET, ret)
     if opc == OP_FLUSH:
         if ret == 0:
             sset(blk, _BlockState, _B[8], "flushed_gen", req.pop("flush_gen"))
