@@ -262,13 +262,13 @@ def set_strict(bint on):
 
 def cache_hits():
     """{cache: lookups it answered} since reset_counts() (tests): "req" (_req), "co" (_q_co),
-    "item" (_q_item)"""
-    return {"req": _RQ_HITS, "co": _QC_HITS, "item": _IT_HITS}
+    "item" (_q_item), "aio" (file.aio_worker and co_resume)"""
+    return {"req": _RQ_HITS, "co": _QC_HITS, "item": _IT_HITS, "aio": _AO_HITS}
 
 
 def reset_counts():
-    global _RQ_HITS, _QC_HITS, _IT_HITS
-    _RQ_HITS = _QC_HITS = _IT_HITS = 0
+    global _RQ_HITS, _QC_HITS, _IT_HITS, _AO_HITS
+    _RQ_HITS = _QC_HITS = _IT_HITS = _AO_HITS = 0
     memset(_COUNT, 0, sizeof(_COUNT))
     memset(_WRAPPED, 0, sizeof(_WRAPPED))
     memset(_NATIVE, 0, sizeof(_NATIVE))
@@ -588,12 +588,68 @@ cdef int h_raw_co_entry(Core* c, Frame* f) except -1:
     return 0
 
 
-# == file-posix =====================================================================================
+# == file-posix ====================================================================================
+
+# The aio dicts file.co_entry made (AO_N slots, aid & AO_N-1): while m.block.aios is the dict
+# _ao_aios at version _ao_aiosv (every change this module's handlers make to it moves
+# _ao_aiosv along; any other change leaves it behind, and the next change made here clears
+# the slots), aios[aid] is still the slot's aio, and while the aio's own version tag is the
+# slot's, its fields are still the slot's values ("ret": _ao_ret, as the worker stored it)
+cdef enum:
+    AO_N = 16
+cdef i64 _ao_aid[AO_N]
+cdef i64 _ao_bid[AO_N]
+cdef i64 _ao_off[AO_N]
+cdef i64 _ao_n[AO_N]
+cdef int _ao_opc[AO_N]
+cdef unsigned long long _ao_v[AO_N]
+cdef list _ao_aio = [None] * AO_N
+cdef list _ao_op = [None] * AO_N
+cdef list _ao_ooff = [None] * AO_N
+cdef list _ao_on = [None] * AO_N
+cdef list _ao_iov = [None] * AO_N
+cdef list _ao_ret = [None] * AO_N
+cdef object _ao_aios = None
+cdef unsigned long long _ao_aiosv = 0
+cdef long long _AO_HITS = 0
+for _i in range(AO_N):
+    _ao_aid[_i] = -1
+
+
+cdef inline bint _ao_known(object aios) noexcept:
+    """aios has not changed since this module's handlers last changed it"""
+    return aios is _ao_aios and VBB_DICT_VERSION(aios) == _ao_aiosv
+
+
+cdef int _ao_changed(object aios, bint known) except -1:
+    """a handler here just changed aios (known: _ao_known(aios) just before)"""
+    global _ao_aios, _ao_aiosv
+    cdef int i
+    if not known:
+        for i in range(AO_N):
+            _ao_aid[i] = -1
+        _ao_aios = aios
+    _ao_aiosv = VBB_DICT_VERSION(aios)
+    if not VBB_HAVE_DICT_VERSION:
+        _ao_aios = None
+    return 0
+
+
+cdef inline int _ao_slot(object aios, i64 aid) noexcept:
+    """the slot of aios[aid], valid and unchanged, or -1"""
+    cdef int s = <int>(aid & (AO_N - 1))
+    if _ao_aid[s] == aid and aid >= 0 and _ao_known(aios) \
+            and VBB_DICT_VERSION(<object>PyList_GET_ITEM(_ao_aio, s)) == _ao_v[s]:
+        return s
+    return -1
+
+
 
 cdef int h_file_co_entry(Core* c, Frame* f) except -1:
     """file_posix.co_entry: raw_co_prw/raw_co_flush_to_disk (block/file-posix.c) -> thread pool"""
     cdef int opc
-    cdef i64 bid = f.a[0], nb, aid
+    cdef i64 bid = f.a[0], nb, aid, off
+    cdef int sl
     m = <object>c.m
     blk = _m_block(m)
     req = _req(c, blk, bid)
@@ -651,7 +707,23 @@ cdef int h_file_co_entry(Core* c, Frame* f) except -1:
     PyDict_SetItem(aio, S_BYTES, o_nb)
     if iov is not None:
         PyDict_SetItem(aio, S_IOV, iov)
+    known = _ao_known(aios)
     PyDict_SetItem(aios, o_aid, aio)
+    _ao_changed(aios, known)
+    if VBB_HAVE_DICT_VERSION and _as_i64(offset, &off) and aid >= 0:
+        sl = <int>(aid & (AO_N - 1))
+        _ao_aid[sl] = aid
+        _ao_bid[sl] = bid
+        _ao_off[sl] = off
+        _ao_n[sl] = nb
+        _ao_opc[sl] = opc
+        _ao_v[sl] = VBB_DICT_VERSION(aio)
+        _ao_aio[sl] = aio
+        _ao_op[sl] = op
+        _ao_ooff[sl] = offset
+        _ao_on[sl] = o_nb
+        _ao_iov[sl] = iov
+        _ao_ret[sl] = None
     lat = _latency(c, m, op, opc, nb)
     at(c, lat, F1(K_file_aio_worker, aid))
     return 0
@@ -698,30 +770,48 @@ cdef int h_file_aio_worker(Core* c, Frame* f) except -1:
     cdef i64 aid = f.a[0], off, n, nb, gpa, ln, pos, l, have
     cdef const char* src
     cdef char* dst
+    cdef int sl
+    global _AO_HITS
     m = <object>c.m
     blk = _m_block(m)
     aios = _b_aios(blk)
     if type(aios) is not dict:
         return _other(c, f, K_file_aio_worker)
-    aio = _get(aios, aid)
-    if type(aio) is not dict:
-        return _other(c, f, K_file_aio_worker)
-    op = _get(aio, "op")
-    o_off = _get(aio, "offset")
-    o_n = _get(aio, "bytes")
-    opc = _opcode(op)
-    if opc < 0 or not _as_i64(o_off, &off) or not _as_i64(o_n, &n) or off < 0 or n < 0:
+    sl = _ao_slot(aios, aid)
+    if sl >= 0:                         # (the aio co_entry made: its "data" is None)
+        _AO_HITS += 1
+        aio = <object>PyList_GET_ITEM(_ao_aio, sl)
+        op = <object>PyList_GET_ITEM(_ao_op, sl)
+        o_off = <object>PyList_GET_ITEM(_ao_ooff, sl)
+        o_n = <object>PyList_GET_ITEM(_ao_on, sl)
+        iov = <object>PyList_GET_ITEM(_ao_iov, sl)
+        opc = _ao_opc[sl]
+        off = _ao_off[sl]
+        n = _ao_n[sl]
+        data = None
+    else:
+        aio = _get(aios, aid)
+        if type(aio) is not dict:
+            return _other(c, f, K_file_aio_worker)
+        op = _get(aio, "op")
+        o_off = _get(aio, "offset")
+        o_n = _get(aio, "bytes")
+        opc = _opcode(op)
+        if opc < 0 or not _as_i64(o_off, &off) or not _as_i64(o_n, &n):
+            return _other(c, f, K_file_aio_worker)
+        iov = _get(aio, "iov")
+        data = None
+        if opc == OP_WRITE:
+            data = _get(aio, "data")
+    if off < 0 or n < 0:
         return _other(c, f, K_file_aio_worker)
     if c.qemu < 0 or _fault_fires(m, blk, op, o_off, o_n):
         return _other(c, f, K_file_aio_worker)
     hf = _m_hostfile(m)
-    iov = _get(aio, "iov")
-    data = None
     if opc == OP_READ:
         if not _iov_ok(c, iov, &nb):
             return _other(c, f, K_file_aio_worker)
     elif opc == OP_WRITE:
-        data = _get(aio, "data")
         if data is _MISSING:
             return _other(c, f, K_file_aio_worker)
         if data is None and not _iov_ok(c, iov, &nb):
@@ -748,28 +838,42 @@ cdef int h_file_aio_worker(Core* c, Frame* f) except -1:
             _fp_run(m, hf, aio)
     except OSError as e:
         ret = -(e.errno or EIO)
+    sl = _ao_slot(aios, aid)
     PyDict_SetItem(aio, S_RET, ret)
+    if sl >= 0 and PyList_GET_ITEM(_ao_aio, sl) == <PyObject*>aio:
+        _ao_v[sl] = VBB_DICT_VERSION(aio)
+        _ao_ret[sl] = ret
     post(c, c.qemu, F1(K_file_co_resume, aid), 0, False)
     return 0
 
 
 cdef int h_file_co_resume(Core* c, Frame* f) except -1:
     """file_posix.co_resume: the thread-pool completion re-enters raw_co_prw (block/file-posix.c)"""
-    cdef int opc
+    cdef int opc, sl
     cdef i64 aid = f.a[0], bid
+    global _AO_HITS
     m = <object>c.m
     blk = _m_block(m)
     aios = _b_aios(blk)
     if type(aios) is not dict:
         return _other(c, f, K_file_co_resume)
-    aio = _get(aios, aid)
-    if type(aio) is not dict:
-        return _other(c, f, K_file_co_resume)
-    o_bid = _get(aio, "bid")
-    aop = _get(aio, "op")
-    ret = _get(aio, "ret")
-    opc = _opcode(aop)
-    if not _as_i64(o_bid, &bid) or opc < 0 or (ret is not None and type(ret) is not int):
+    sl = _ao_slot(aios, aid)
+    if sl >= 0:
+        _AO_HITS += 1
+        bid = _ao_bid[sl]
+        opc = _ao_opc[sl]
+        ret = <object>PyList_GET_ITEM(_ao_ret, sl)
+    else:
+        aio = _get(aios, aid)
+        if type(aio) is not dict:
+            return _other(c, f, K_file_co_resume)
+        o_bid = _get(aio, "bid")
+        aop = _get(aio, "op")
+        ret = _get(aio, "ret")
+        opc = _opcode(aop)
+        if not _as_i64(o_bid, &bid) or opc < 0:
+            return _other(c, f, K_file_co_resume)
+    if ret is not None and type(ret) is not int:
         return _other(c, f, K_file_co_resume)
     req = _req(c, blk, bid)
     if req is None:
@@ -777,7 +881,11 @@ cdef int h_file_co_resume(Core* c, Frame* f) except -1:
     if opc == OP_FLUSH and ret == 0 and PyDict_GetItemWithError(req, "flush_gen") == NULL:
         return _other(c, f, K_file_co_resume)
     _begin(c, K_file_co_resume)
+    known = _ao_known(aios)
     PyDict_DelItem(aios, aid)
+    _ao_changed(aios, known)
+    if sl >= 0:
+        _ao_aid[sl] = -1
     PyDict_SetItem(req, S_RET, ret)
     if opc == OP_FLUSH:
         if ret == 0:
