@@ -370,6 +370,15 @@ cdef inline object _req(Core* c, object blk, i64 bid):
     return r
 
 
+cdef object _pop0(list l):
+    """l.pop(0) (list_pop: the item, then del l[0])"""
+    if PyList_GET_SIZE(l) == 0:
+        return l.pop(0)                 # (IndexError)
+    x = <object>PyList_GET_ITEM(l, 0)
+    PyList_SetSlice(l, 0, 1, NULL)
+    return x
+
+
 cdef bint _iov_ok(Core* c, object iov, i64* total) except -1:
     """iov is a list of (gpa, len) pairs of exact ints, each inside guest RAM (mem.read and
     mem.write of each would succeed); total = their lengths' sum (emu.device.iov.iov_size)"""
@@ -923,7 +932,7 @@ cdef int h_file_flush_done(Core* c, Frame* f) except -1:
     if mine:
         sset(blk, _BlockState, _B[11], "active_flush", None)
         if wake:
-            o_nxt = (<list>fq).pop(0)
+            o_nxt = _pop0(fq)
             sset(blk, _BlockState, _B[11], "active_flush", o_nxt)
             post(c, c.qemu, F1(K_file_co_entry, nxt), 0, False)
     cont(c, F1(K_bdrv_co_done, bid), -1)
@@ -1853,7 +1862,7 @@ cdef int _q_finish(Core* c, object fd, object req, object lq, object co, i64 bid
     PyDict_DelItem(_get(fd, "cos"), bid)
     (<dict>fd)["lock_owner"] = None
     if lq:
-        nxt = (<list>lq).pop(0)
+        nxt = _pop0(lq)
         (<dict>fd)["lock_owner"] = nxt
         post(c, c.qemu, F1(K_qcow2_compute, <i64>nxt), 0, False)
     (<dict>req)["ret"] = (<dict>co)["ret"]
