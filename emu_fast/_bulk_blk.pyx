@@ -1268,11 +1268,17 @@ cdef inline void _it_forget() noexcept:
     _it_has_ret = False
 
 
-cdef inline void _it_refresh(object co) noexcept:
-    """co (or its item) was just changed by the handler that found the item (which is still
-    co's item): the cache goes on"""
+cdef inline bint _it_valid(object co) noexcept:
+    """the cache is co's, and neither co nor its item has changed since"""
+    return (co is _it_co and VBB_DICT_VERSION(co) == _it_cov
+            and VBB_DICT_VERSION(_it_item) == _it_itv)
+
+
+cdef inline void _it_refresh(object co, bint was) noexcept:
+    """co (or its item) was just changed by the handler that found the item (was: _it_valid(co)
+    just before the change): the cache goes on"""
     global _it_cov, _it_itv
-    if co is _it_co:
+    if was and co is _it_co:
         _it_cov = VBB_DICT_VERSION(co)
         _it_itv = VBB_DICT_VERSION(_it_item)
 
@@ -1282,9 +1288,7 @@ cdef object _q_item(object co, i64* pi, Py_ssize_t* nplan):
     _it_op and _it_q are its op"""
     global _it_co, _it_plan, _it_item, _it_op, _it_q, _it_pi, _it_nplan, _it_cov, _it_itv
     global _it_has_ret, _IT_HITS
-    if co is _it_co and VBB_DICT_VERSION(co) == _it_cov \
-            and VBB_DICT_VERSION(_it_item) == _it_itv \
-            and PyList_GET_SIZE(_it_plan) == _it_nplan \
+    if _it_valid(co) and PyList_GET_SIZE(_it_plan) == _it_nplan \
             and PyList_GET_ITEM(_it_plan, _it_pi) == <PyObject*>_it_item:
         _IT_HITS += 1
         pi[0] = _it_pi
@@ -1434,8 +1438,9 @@ cdef int h_qcow2_io(Core* c, Frame* f) except -1:
             _begin(c, K_qcow2_io)
             return _next_item(c, eng, co, item, pi, nplan, bid, q)
         _begin(c, K_qcow2_io)
+        was = _it_valid(co)
         item["gen"] = _b_write_gen(blk)
-        _it_refresh(co)
+        _it_refresh(co, was)
     else:
         _begin(c, K_qcow2_io)
     lat = _latency(c, m, lop, opc, ln)
@@ -1642,9 +1647,10 @@ cdef int h_qcow2_worker(Core* c, Frame* f) except -1:
         # (QI_READ: a cow_read or read item only records its effect)
     except OSError as e:
         ret = -(e.errno or EIO)
+    was = _it_valid(co)
     PyDict_SetItem(co, S_IO_RET, ret)
-    _it_refresh(co)
-    if co is _it_co and type(ret) is int:
+    _it_refresh(co, was)
+    if was and type(ret) is int:
         _it_has_ret = True
         _it_ret = ret
     post(c, c.qemu, F1(K_qcow2_io_done, bid), 0, False)
