@@ -29,10 +29,28 @@ cdef extern from "Python.h":
     PyObject** _PyObject_GetDictPtr(object o)
     int PyDict_SetItem(object d, object k, object v) except -1
     dict _PyDict_NewPresized(Py_ssize_t minused)
+    int PyList_SetSlice(object l, Py_ssize_t lo, Py_ssize_t hi, PyObject* v) except -1
     int _PyLong_Sign(object v)
     size_t _PyLong_NumBits(object v) except? <size_t>-1
 from cpython.object cimport PyObject
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from libc.stdint cimport uint64_t
+
+# a dict's version tag (CPython < 3.12: every change of a dict gives it a new one, from one
+# global counter, so an unchanged tag means the same dict with the same contents)
+cdef extern from *:
+    """
+    #if PY_VERSION_HEX < 0x030C0000
+    #define VBB_HAVE_DICT_VERSION 1
+    #define VBB_DICT_VERSION(d) ((unsigned long long)((PyDictObject*)(d))->ma_version_tag)
+    #else
+    #define VBB_HAVE_DICT_VERSION 0
+    #define VBB_DICT_VERSION(d) 0ULL
+    #endif
+    """
+    bint VBB_HAVE_DICT_VERSION
+    unsigned long long VBB_DICT_VERSION(object d) noexcept
+    dict PyDict_Copy(object d)
 from libc.string cimport memcpy, memset
 
 from emu_fast._bulk cimport (
@@ -242,7 +260,15 @@ def set_strict(bint on):
     _STRICT = on
 
 
+def cache_hits():
+    """{cache: lookups it answered} since reset_counts() (tests): "req" (_req), "co" (_q_co),
+    "item" (_q_item), "aio" (file.aio_worker and co_resume)"""
+    return {"req": _RQ_HITS, "co": _QC_HITS, "item": _IT_HITS, "aio": _AO_HITS}
+
+
 def reset_counts():
+    global _RQ_HITS, _QC_HITS, _IT_HITS, _AO_HITS
+    _RQ_HITS = _QC_HITS = _IT_HITS = _AO_HITS = 0
     memset(_COUNT, 0, sizeof(_COUNT))
     memset(_WRAPPED, 0, sizeof(_WRAPPED))
     memset(_NATIVE, 0, sizeof(_NATIVE))
@@ -315,15 +341,42 @@ cdef inline bint _as_i64(object o, i64* out) except -1:
     return True
 
 
+# The request the last _req found: reqs[bid] is still _rq_req while reqs's version tag is
+# still _rq_v (the request's own fields are read each time)
+cdef i64 _rq_bid = -1
+cdef object _rq_reqs = None
+cdef object _rq_req = None
+cdef unsigned long long _rq_v = 0
+cdef long long _RQ_HITS = 0
+
+
 cdef inline object _req(Core* c, object blk, i64 bid):
     """m.block.reqs[bid] (a dict), or None: bail"""
+    global _rq_bid, _rq_reqs, _rq_req, _rq_v, _RQ_HITS
     reqs = _b_reqs(blk)
     if type(reqs) is not dict:
         return None
+    if bid == _rq_bid and reqs is _rq_reqs and VBB_DICT_VERSION(reqs) == _rq_v:
+        _RQ_HITS += 1
+        return _rq_req
     r = _get(reqs, bid)
     if type(r) is not dict:
         return None
+    if VBB_HAVE_DICT_VERSION:
+        _rq_bid = bid
+        _rq_reqs = reqs
+        _rq_req = r
+        _rq_v = VBB_DICT_VERSION(reqs)
     return r
+
+
+cdef object _pop0(list l):
+    """l.pop(0) (list_pop: the item, then del l[0])"""
+    if PyList_GET_SIZE(l) == 0:
+        return l.pop(0)                 # (IndexError)
+    x = <object>PyList_GET_ITEM(l, 0)
+    PyList_SetSlice(l, 0, 1, NULL)
+    return x
 
 
 cdef bint _iov_ok(Core* c, object iov, i64* total) except -1:
@@ -544,12 +597,68 @@ cdef int h_raw_co_entry(Core* c, Frame* f) except -1:
     return 0
 
 
-# == file-posix =====================================================================================
+# == file-posix ====================================================================================
+
+# The aio dicts file.co_entry made (AO_N slots, aid & AO_N-1): while m.block.aios is the dict
+# _ao_aios at version _ao_aiosv (every change this module's handlers make to it moves
+# _ao_aiosv along; any other change leaves it behind, and the next change made here clears
+# the slots), aios[aid] is still the slot's aio, and while the aio's own version tag is the
+# slot's, its fields are still the slot's values ("ret": _ao_ret, as the worker stored it)
+cdef enum:
+    AO_N = 16
+cdef i64 _ao_aid[AO_N]
+cdef i64 _ao_bid[AO_N]
+cdef i64 _ao_off[AO_N]
+cdef i64 _ao_n[AO_N]
+cdef int _ao_opc[AO_N]
+cdef unsigned long long _ao_v[AO_N]
+cdef list _ao_aio = [None] * AO_N
+cdef list _ao_op = [None] * AO_N
+cdef list _ao_ooff = [None] * AO_N
+cdef list _ao_on = [None] * AO_N
+cdef list _ao_iov = [None] * AO_N
+cdef list _ao_ret = [None] * AO_N
+cdef object _ao_aios = None
+cdef unsigned long long _ao_aiosv = 0
+cdef long long _AO_HITS = 0
+for _i in range(AO_N):
+    _ao_aid[_i] = -1
+
+
+cdef inline bint _ao_known(object aios) noexcept:
+    """aios has not changed since this module's handlers last changed it"""
+    return aios is _ao_aios and VBB_DICT_VERSION(aios) == _ao_aiosv
+
+
+cdef int _ao_changed(object aios, bint known) except -1:
+    """a handler here just changed aios (known: _ao_known(aios) just before)"""
+    global _ao_aios, _ao_aiosv
+    cdef int i
+    if not known:
+        for i in range(AO_N):
+            _ao_aid[i] = -1
+        _ao_aios = aios
+    _ao_aiosv = VBB_DICT_VERSION(aios)
+    if not VBB_HAVE_DICT_VERSION:
+        _ao_aios = None
+    return 0
+
+
+cdef inline int _ao_slot(object aios, i64 aid) noexcept:
+    """the slot of aios[aid], valid and unchanged, or -1"""
+    cdef int s = <int>(aid & (AO_N - 1))
+    if _ao_aid[s] == aid and aid >= 0 and _ao_known(aios) \
+            and VBB_DICT_VERSION(<object>PyList_GET_ITEM(_ao_aio, s)) == _ao_v[s]:
+        return s
+    return -1
+
+
 
 cdef int h_file_co_entry(Core* c, Frame* f) except -1:
     """file_posix.co_entry: raw_co_prw/raw_co_flush_to_disk (block/file-posix.c) -> thread pool"""
     cdef int opc
-    cdef i64 bid = f.a[0], nb, aid
+    cdef i64 bid = f.a[0], nb, aid, off
+    cdef int sl
     m = <object>c.m
     blk = _m_block(m)
     req = _req(c, blk, bid)
@@ -600,18 +709,44 @@ cdef int h_file_co_entry(Core* c, Frame* f) except -1:
         sset(blk, _BlockState, _B[11], "active_flush", bid)
         req["flush_gen"] = _b_write_gen(blk)
     sset(blk, _BlockState, _B[2], "next_aio", aid + 1)
-    aio = _PyDict_NewPresized(7)       # (the dict display's size: no resize on the way)
-    aio["bid"] = bid
-    aio["op"] = op
-    aio["offset"] = offset
-    aio["bytes"] = o_nb
-    aio["iov"] = iov
-    aio["data"] = None
-    aio["ret"] = None
-    aios[o_aid] = aio
+    aio = PyDict_Copy(_AIO)            # (the dict display, in its order: _AIO's keys)
+    PyDict_SetItem(aio, S_BID, bid)
+    PyDict_SetItem(aio, S_OP, op)
+    PyDict_SetItem(aio, S_OFFSET, offset)
+    PyDict_SetItem(aio, S_BYTES, o_nb)
+    if iov is not None:
+        PyDict_SetItem(aio, S_IOV, iov)
+    known = _ao_known(aios)
+    PyDict_SetItem(aios, o_aid, aio)
+    _ao_changed(aios, known)
+    if VBB_HAVE_DICT_VERSION and _as_i64(offset, &off) and aid >= 0:
+        sl = <int>(aid & (AO_N - 1))
+        _ao_aid[sl] = aid
+        _ao_bid[sl] = bid
+        _ao_off[sl] = off
+        _ao_n[sl] = nb
+        _ao_opc[sl] = opc
+        _ao_v[sl] = VBB_DICT_VERSION(aio)
+        _ao_aio[sl] = aio
+        _ao_op[sl] = op
+        _ao_ooff[sl] = offset
+        _ao_on[sl] = o_nb
+        _ao_iov[sl] = iov
+        _ao_ret[sl] = None
     lat = _latency(c, m, op, opc, nb)
     at(c, lat, F1(K_file_aio_worker, aid))
     return 0
+
+
+cdef str S_BID = "bid"
+cdef str S_OFFSET = "offset"
+cdef str S_BYTES = "bytes"
+cdef str S_IOV = "iov"
+cdef str S_RET = "ret"
+# an aio dict as file_posix.submit makes it, its own values None (copied: see _CO_RW)
+cdef dict _AIO = _PyDict_NewPresized(7)
+for _k in ("bid", "op", "offset", "bytes", "iov", "data", "ret"):
+    _AIO[_k] = None
 
 
 cdef bint _fault_fires(object m, object blk, object op, object off, object n) except -1:
@@ -644,30 +779,48 @@ cdef int h_file_aio_worker(Core* c, Frame* f) except -1:
     cdef i64 aid = f.a[0], off, n, nb, gpa, ln, pos, l, have
     cdef const char* src
     cdef char* dst
+    cdef int sl
+    global _AO_HITS
     m = <object>c.m
     blk = _m_block(m)
     aios = _b_aios(blk)
     if type(aios) is not dict:
         return _other(c, f, K_file_aio_worker)
-    aio = _get(aios, aid)
-    if type(aio) is not dict:
-        return _other(c, f, K_file_aio_worker)
-    op = _get(aio, "op")
-    o_off = _get(aio, "offset")
-    o_n = _get(aio, "bytes")
-    opc = _opcode(op)
-    if opc < 0 or not _as_i64(o_off, &off) or not _as_i64(o_n, &n) or off < 0 or n < 0:
+    sl = _ao_slot(aios, aid)
+    if sl >= 0:                         # (the aio co_entry made: its "data" is None)
+        _AO_HITS += 1
+        aio = <object>PyList_GET_ITEM(_ao_aio, sl)
+        op = <object>PyList_GET_ITEM(_ao_op, sl)
+        o_off = <object>PyList_GET_ITEM(_ao_ooff, sl)
+        o_n = <object>PyList_GET_ITEM(_ao_on, sl)
+        iov = <object>PyList_GET_ITEM(_ao_iov, sl)
+        opc = _ao_opc[sl]
+        off = _ao_off[sl]
+        n = _ao_n[sl]
+        data = None
+    else:
+        aio = _get(aios, aid)
+        if type(aio) is not dict:
+            return _other(c, f, K_file_aio_worker)
+        op = _get(aio, "op")
+        o_off = _get(aio, "offset")
+        o_n = _get(aio, "bytes")
+        opc = _opcode(op)
+        if opc < 0 or not _as_i64(o_off, &off) or not _as_i64(o_n, &n):
+            return _other(c, f, K_file_aio_worker)
+        iov = _get(aio, "iov")
+        data = None
+        if opc == OP_WRITE:
+            data = _get(aio, "data")
+    if off < 0 or n < 0:
         return _other(c, f, K_file_aio_worker)
     if c.qemu < 0 or _fault_fires(m, blk, op, o_off, o_n):
         return _other(c, f, K_file_aio_worker)
     hf = _m_hostfile(m)
-    iov = _get(aio, "iov")
-    data = None
     if opc == OP_READ:
         if not _iov_ok(c, iov, &nb):
             return _other(c, f, K_file_aio_worker)
     elif opc == OP_WRITE:
-        data = _get(aio, "data")
         if data is _MISSING:
             return _other(c, f, K_file_aio_worker)
         if data is None and not _iov_ok(c, iov, &nb):
@@ -694,28 +847,42 @@ cdef int h_file_aio_worker(Core* c, Frame* f) except -1:
             _fp_run(m, hf, aio)
     except OSError as e:
         ret = -(e.errno or EIO)
-    aio["ret"] = ret
+    sl = _ao_slot(aios, aid)
+    PyDict_SetItem(aio, S_RET, ret)
+    if sl >= 0 and PyList_GET_ITEM(_ao_aio, sl) == <PyObject*>aio:
+        _ao_v[sl] = VBB_DICT_VERSION(aio)
+        _ao_ret[sl] = ret
     post(c, c.qemu, F1(K_file_co_resume, aid), 0, False)
     return 0
 
 
 cdef int h_file_co_resume(Core* c, Frame* f) except -1:
     """file_posix.co_resume: the thread-pool completion re-enters raw_co_prw (block/file-posix.c)"""
-    cdef int opc
+    cdef int opc, sl
     cdef i64 aid = f.a[0], bid
+    global _AO_HITS
     m = <object>c.m
     blk = _m_block(m)
     aios = _b_aios(blk)
     if type(aios) is not dict:
         return _other(c, f, K_file_co_resume)
-    aio = _get(aios, aid)
-    if type(aio) is not dict:
-        return _other(c, f, K_file_co_resume)
-    o_bid = _get(aio, "bid")
-    aop = _get(aio, "op")
-    ret = _get(aio, "ret")
-    opc = _opcode(aop)
-    if not _as_i64(o_bid, &bid) or opc < 0 or (ret is not None and type(ret) is not int):
+    sl = _ao_slot(aios, aid)
+    if sl >= 0:
+        _AO_HITS += 1
+        bid = _ao_bid[sl]
+        opc = _ao_opc[sl]
+        ret = <object>PyList_GET_ITEM(_ao_ret, sl)
+    else:
+        aio = _get(aios, aid)
+        if type(aio) is not dict:
+            return _other(c, f, K_file_co_resume)
+        o_bid = _get(aio, "bid")
+        aop = _get(aio, "op")
+        ret = _get(aio, "ret")
+        opc = _opcode(aop)
+        if not _as_i64(o_bid, &bid) or opc < 0:
+            return _other(c, f, K_file_co_resume)
+    if ret is not None and type(ret) is not int:
         return _other(c, f, K_file_co_resume)
     req = _req(c, blk, bid)
     if req is None:
@@ -723,8 +890,12 @@ cdef int h_file_co_resume(Core* c, Frame* f) except -1:
     if opc == OP_FLUSH and ret == 0 and PyDict_GetItemWithError(req, "flush_gen") == NULL:
         return _other(c, f, K_file_co_resume)
     _begin(c, K_file_co_resume)
+    known = _ao_known(aios)
     PyDict_DelItem(aios, aid)
-    req["ret"] = ret
+    _ao_changed(aios, known)
+    if sl >= 0:
+        _ao_aid[sl] = -1
+    PyDict_SetItem(req, S_RET, ret)
     if opc == OP_FLUSH:
         if ret == 0:
             sset(blk, _BlockState, _B[8], "flushed_gen", req.pop("flush_gen"))
@@ -761,7 +932,7 @@ cdef int h_file_flush_done(Core* c, Frame* f) except -1:
     if mine:
         sset(blk, _BlockState, _B[11], "active_flush", None)
         if wake:
-            o_nxt = (<list>fq).pop(0)
+            o_nxt = _pop0(fq)
             sset(blk, _BlockState, _B[11], "active_flush", o_nxt)
             post(c, c.qemu, F1(K_file_co_entry, nxt), 0, False)
     cont(c, F1(K_bdrv_co_done, bid), -1)
@@ -974,6 +1145,23 @@ cdef enum:
 
 
 cdef inline int _qop(object op) except -1:
+    """QI_* of a plan item's op (the driver's literals are interned: mostly found by identity)"""
+    if op is S_GUEST_WRITE:
+        return QI_GUEST_WRITE
+    if op is S_WRITE:
+        return QI_WRITE
+    if op is S_GUEST_READ:
+        return QI_GUEST_READ
+    if op is S_FLUSH:
+        return QI_FLUSH
+    if op is S_COW_READ or op is S_READ:
+        return QI_READ
+    if op is S_WZ:
+        return QI_WZ
+    if op is S_DISCARD:
+        return QI_DISCARD
+    if op is S_GUEST_ZERO:
+        return QI_OTHER
     if op == S_GUEST_WRITE:
         return QI_GUEST_WRITE
     if op == S_WRITE:
@@ -1001,17 +1189,112 @@ cdef object _qfmt(Core* c):
     return <object>dp[0]
 
 
+# What the last _q_co found in m.fmt.__dict__ (fd): fd["cos"] (_qc_cos), its [bid] (_qc_co),
+# fd["engine"] and fd["lock_queue"] (or _MISSING), still so while neither fd's nor cos's
+# version tag has changed (the coroutine's own fields are read each time)
+cdef i64 _qc_bid = -1
+cdef object _qc_fd = None
+cdef object _qc_cos = None
+cdef object _qc_co = None
+cdef object _qc_eng = None
+cdef object _qc_lq = None
+cdef unsigned long long _qc_fdv = 0, _qc_cosv = 0
+cdef long long _QC_HITS = 0
+
+
+cdef inline bint _qc_valid(object fd, i64 bid) noexcept:
+    """the cache above is fd's request bid, unchanged"""
+    return (bid == _qc_bid and fd is _qc_fd and VBB_DICT_VERSION(fd) == _qc_fdv
+            and VBB_DICT_VERSION(_qc_cos) == _qc_cosv)
+
+
+cdef int _qc_keep(object fd, object cos, i64 bid, object co, object eng, object lq) except -1:
+    """(eng, lq: fd's "engine" and "lock_queue", or _MISSING)"""
+    global _qc_bid, _qc_fd, _qc_cos, _qc_co, _qc_eng, _qc_lq, _qc_fdv, _qc_cosv
+    _qc_bid = bid if VBB_HAVE_DICT_VERSION else -1
+    _qc_fd = fd
+    _qc_cos = cos
+    _qc_co = co
+    _qc_eng = eng
+    _qc_lq = lq
+    _qc_fdv = VBB_DICT_VERSION(fd)
+    _qc_cosv = VBB_DICT_VERSION(cos)
+    return 0
+
+
+cdef inline void _qc_cos_changed(object cos) noexcept:
+    """cos changed, but not at the cached request (which was valid just before)"""
+    global _qc_cosv
+    _qc_cosv = VBB_DICT_VERSION(cos)
+
+
 cdef object _q_co(object fd, i64 bid):
-    """m.fmt.cos[bid] (a dict), or None"""
+    """m.fmt.cos[bid] (a dict), or None; after a dict, _qc_eng and _qc_lq are fd's "engine"
+    and "lock_queue" (or _MISSING)"""
+    global _QC_HITS
+    if _qc_valid(fd, bid):
+        _QC_HITS += 1
+        return _qc_co
     cos = _get(fd, "cos")
     if type(cos) is not dict:
         return None
     co = _get(cos, bid)
-    return co if type(co) is dict else None
+    if type(co) is not dict:
+        return None
+    _qc_keep(fd, cos, bid, co, _get(fd, "engine"), _get(fd, "lock_queue"))
+    return co
+
+
+# The plan item the last _q_item found: co["plan"] (_it_plan), its [co["pi"]] (_it_item, at
+# _it_pi of _it_nplan items), its op (_it_op, _it_q), still so while neither co's nor the
+# item's version tag has changed and the plan list still holds the item there; _it_ret: the
+# co["io_ret"] the worker stored (when _it_has_ret)
+cdef object _it_co = None
+cdef object _it_plan = None
+cdef object _it_item = None
+cdef object _it_op = None
+cdef int _it_q = QI_OTHER
+cdef i64 _it_pi = 0
+cdef Py_ssize_t _it_nplan = 0
+cdef unsigned long long _it_cov = 0, _it_itv = 0
+cdef bint _it_has_ret = False
+cdef i64 _it_ret = 0
+cdef long long _IT_HITS = 0
+
+
+cdef inline void _it_forget() noexcept:
+    global _it_co, _it_plan, _it_item, _it_op, _it_has_ret
+    _it_co = _it_plan = _it_item = _it_op = None
+    _it_has_ret = False
+
+
+cdef inline bint _it_valid(object co) noexcept:
+    """the cache is co's, and neither co nor its item has changed since"""
+    return (co is _it_co and VBB_DICT_VERSION(co) == _it_cov
+            and VBB_DICT_VERSION(_it_item) == _it_itv)
+
+
+cdef inline void _it_refresh(object co, bint was) noexcept:
+    """co (or its item) was just changed by the handler that found the item (was: _it_valid(co)
+    just before the change): the cache goes on"""
+    global _it_cov, _it_itv
+    if was and co is _it_co:
+        _it_cov = VBB_DICT_VERSION(co)
+        _it_itv = VBB_DICT_VERSION(_it_item)
 
 
 cdef object _q_item(object co, i64* pi, Py_ssize_t* nplan):
-    """co["plan"][co["pi"]] (a dict with str "op", "fn" and a "what"), or None"""
+    """co["plan"][co["pi"]] (a dict with str "op", "fn" and a "what"), or None; after a dict,
+    _it_op and _it_q are its op"""
+    global _it_co, _it_plan, _it_item, _it_op, _it_q, _it_pi, _it_nplan, _it_cov, _it_itv
+    global _it_has_ret, _IT_HITS
+    if _it_valid(co) and PyList_GET_SIZE(_it_plan) == _it_nplan \
+            and PyList_GET_ITEM(_it_plan, _it_pi) == <PyObject*>_it_item:
+        _IT_HITS += 1
+        pi[0] = _it_pi
+        nplan[0] = _it_nplan
+        return _it_item
+    _it_forget()
     plan = _get(co, "plan")
     if type(plan) is not list or not _as_i64(_get(co, "pi"), pi):
         return None
@@ -1019,9 +1302,21 @@ cdef object _q_item(object co, i64* pi, Py_ssize_t* nplan):
         return None
     nplan[0] = len(<list>plan)
     item = (<list>plan)[pi[0]]
-    if type(item) is not dict or type(_get(item, "op")) is not str \
-            or type(_get(item, "fn")) is not str or _get(item, "what") is _MISSING:
+    if type(item) is not dict:
         return None
+    op = _get(item, "op")
+    if type(op) is not str or type(_get(item, "fn")) is not str or _get(item, "what") is _MISSING:
+        return None
+    _it_op = op
+    _it_q = _qop(op)
+    if VBB_HAVE_DICT_VERSION:
+        _it_co = co
+        _it_plan = plan
+        _it_item = item
+        _it_pi = pi[0]
+        _it_nplan = nplan[0]
+        _it_cov = VBB_DICT_VERSION(co)
+        _it_itv = VBB_DICT_VERSION(item)
     return item
 
 
@@ -1048,55 +1343,81 @@ cdef int h_qcow2_co_entry(Core* c, Frame* f) except -1:
             or not _as_i64(o_off, &off) or not _as_i64(o_n, &n) or eng.drv_gone:
         return _wrapped(c, f, K_qcow2_co_entry, _FN_CO_ENTRY, _I_CO_ENTRY)
     _begin(c, K_qcow2_co_entry)
-    rw = opc == OP_WRITE or opc == OP_READ
-    co = _PyDict_NewPresized(12 if rw else 5)
-    co["op"] = op
-    co["phase"] = "start"
-    co["plan"] = []
-    co["pi"] = 0
-    co["ret"] = 0
-    if rw:                              # (co.update(...), in its order)
-        co["pos"] = o_off
-        co["remaining"] = o_n
-        co["qoff"] = 0
-        co["pieces"] = []
-        co["link_i"] = 0
-        co["zero"] = False
-        co["wphase"] = "alloc"
+    if opc == OP_WRITE or opc == OP_READ:
+        # (co.update(...), in its order: a copy of _CO_RW, then the request's own values)
+        co = PyDict_Copy(_CO_RW)
+        PyDict_SetItem(co, S_OP, op)
+        PyDict_SetItem(co, S_PLAN, [])
+        PyDict_SetItem(co, S_POS, o_off)
+        PyDict_SetItem(co, S_REMAINING, o_n)
+        PyDict_SetItem(co, S_PIECES, [])
+    else:
+        co = _PyDict_NewPresized(5)
+        co["op"] = op
+        co["phase"] = "start"
+        co["plan"] = []
+        co["pi"] = 0
+        co["ret"] = 0
+    was = _qc_valid(fd, _qc_bid)
     (<dict>cos)[bid] = co
     if owner is not None:
         (<list>lq).append(bid)          # s->lock is held: wait (the task returns)
+        if was and bid != _qc_bid:      # (the owner's coroutine is still its cos entry)
+            _qc_cos_changed(cos)
         return 0
     fd["lock_owner"] = bid
+    _qc_keep(fd, cos, bid, co, eng, lq)  # (compute finds it)
     cont(c, F1(K_qcow2_compute, bid), -1)
     return 0
+
+
+cdef str S_OP = "op"
+cdef str S_PLAN = "plan"
+cdef str S_POS = "pos"
+cdef str S_REMAINING = "remaining"
+cdef str S_PIECES = "pieces"
+# a read or write coroutine's dict as co_entry makes it, its own values None (copied: the copy
+# has its keys in the same order, and the copy's stores only replace values)
+cdef dict _CO_RW = _PyDict_NewPresized(12)
+for _k, _v in (("op", None), ("phase", "start"), ("plan", None), ("pi", 0), ("ret", 0),
+               ("pos", None), ("remaining", None), ("qoff", 0), ("pieces", None), ("link_i", 0),
+               ("zero", False), ("wphase", "alloc")):
+    _CO_RW[_k] = _v
 
 
 cdef int h_qcow2_io(Core* c, Frame* f) except -1:
     """driver.io: bdrv_pwrite/... (block/qcow2.c), the next planned host I/O to the thread pool"""
     cdef i64 bid = f.a[0], pi, ln, tot, gpa, n
     cdef Py_ssize_t nplan
-    cdef int opc
+    cdef int opc, q
     m = <object>c.m
     fd = _qfmt(c)
     co = _q_co(fd, bid) if fd is not None else None
     item = _q_item(co, &pi, &nplan) if co is not None else None
     if item is None:
         return _wrapped(c, f, K_qcow2_io, _FN_IO, _I_IO)
-    op = (<dict>item)["op"]
-    lop = _get(_Q_LAT_OP, op)
-    if lop is _MISSING:
+    op = _it_op
+    q = _it_q
+    if q == QI_GUEST_WRITE or q == QI_WRITE:
+        lop = S_WRITE
+        opc = OP_WRITE
+    elif q == QI_GUEST_READ or q == QI_READ:
         lop = S_READ
-    opc = _opcode(lop)
+        opc = OP_READ
+    else:
+        lop = _get(_Q_LAT_OP, op)
+        if lop is _MISSING:
+            lop = S_READ
+        opc = _opcode(lop)
     o_ln = _get(item, "length")
     if o_ln is _MISSING:
         o_ln = 0
     if not _as_i64(o_ln, &ln):
         return _wrapped(c, f, K_qcow2_io, _FN_IO, _I_IO)
-    if op == S_GUEST_ZERO:
+    if q == QI_OTHER and op == S_GUEST_ZERO:
         # the zeros go straight into guest RAM, then the next item
         iov = _get(item, "iov")
-        eng = _get(fd, "engine")
+        eng = _qc_eng
         if PyDict_GetItemWithError(item, "length") == NULL or eng is _MISSING \
                 or not _iov_ok(c, iov, &tot):
             return _wrapped(c, f, K_qcow2_io, _FN_IO, _I_IO)
@@ -1107,17 +1428,19 @@ cdef int h_qcow2_io(Core* c, Frame* f) except -1:
             if n > 0:
                 z = vb_zeros(n)
                 ram_write(c, gpa, PyBytes_AS_STRING(z), n)
-        return _next_item(c, eng, co, item, pi, nplan, bid)
-    if op == S_FLUSH:
+        return _next_item(c, eng, co, item, pi, nplan, bid, q)
+    if q == QI_FLUSH:
         blk = _m_block(m)
-        eng = _get(fd, "engine")
+        eng = _qc_eng
         if eng is _MISSING:
             return _wrapped(c, f, K_qcow2_io, _FN_IO, _I_IO)
         if _b_no_flush(blk) or _b_flushed_gen(blk) == _b_write_gen(blk):
             _begin(c, K_qcow2_io)
-            return _next_item(c, eng, co, item, pi, nplan, bid)
+            return _next_item(c, eng, co, item, pi, nplan, bid, q)
         _begin(c, K_qcow2_io)
+        was = _it_valid(co)
         item["gen"] = _b_write_gen(blk)
+        _it_refresh(co, was)
     else:
         _begin(c, K_qcow2_io)
     lat = _latency(c, m, lop, opc, ln)
@@ -1130,11 +1453,17 @@ cdef object _PY_EXECUTED = _QE_mod.Qcow2Engine.__dict__["executed"]
 cdef str S_PENDING = "pending"
 
 
-cdef int _executed(object eng, object item) except -1:
+# the engine's __dict__ whose "pending" list _ex_pend is (and no "executed" in it), at version _ex_v
+cdef object _ex_d = None
+cdef object _ex_pend = None
+cdef unsigned long long _ex_v = 0
+
+
+cdef int _executed(object eng, object item, int q) except -1:
     """eng.executed(item): Qcow2Engine.executed (the ran item's bytes leave the pending view)
     read and done here when the engine's class has the Python or the compiled method and the
-    instance does not override it (else called)"""
-    global _EXECUTED
+    instance does not override it (else called); q: _qop of the item's op"""
+    global _EXECUTED, _ex_d, _ex_pend, _ex_v
     cdef PyObject* fn
     cdef PyObject** dp
     cdef PyObject* pend
@@ -1143,26 +1472,40 @@ cdef int _executed(object eng, object item) except -1:
     fn = _PyType_Lookup(type(eng), "executed")
     dp = _PyObject_GetDictPtr(eng)
     if fn != NULL and (<object>fn is _EXECUTED or <object>fn is _PY_EXECUTED) and dp != NULL \
-            and dp[0] != NULL and type(<object>dp[0]) is dict \
-            and PyDict_GetItemWithError(<object>dp[0], "executed") == NULL:
-        pend = PyDict_GetItemWithError(<object>dp[0], S_PENDING)
-        if pend != NULL and type(<object>pend) is list and type(item) is dict:
-            op = (<dict>item)["op"]
-            if PyDict_GetItemWithError(item, "data") != NULL or op == S_WZ or op == S_DISCARD \
-                    or op == S_GUEST_WRITE:
-                (<list><object>pend).pop(0)
+            and dp[0] != NULL and type(<object>dp[0]) is dict and type(item) is dict:
+        d = <object>dp[0]
+        if d is _ex_d and VBB_DICT_VERSION(d) == _ex_v:
+            pend = <PyObject*>_ex_pend
+        elif PyDict_GetItemWithError(d, "executed") == NULL:
+            pend = PyDict_GetItemWithError(d, S_PENDING)
+            if pend != NULL and type(<object>pend) is list and VBB_HAVE_DICT_VERSION:
+                _ex_d = d
+                _ex_pend = <object>pend
+                _ex_v = VBB_DICT_VERSION(d)
+        else:
+            pend = NULL
+        if pend != NULL and type(<object>pend) is list:
+            if q == QI_WZ or q == QI_DISCARD or q == QI_GUEST_WRITE \
+                    or PyDict_GetItemWithError(item, "data") != NULL:
+                if PyList_GET_SIZE(<object>pend) > 0:
+                    PyList_SetSlice(<object>pend, 0, 1, NULL)      # (pop(0), its value unused)
+                else:
+                    (<list><object>pend).pop(0)                     # (IndexError)
             return 0
     eng.executed(item)
     return 0
 
 
 cdef int _next_item(Core* c, object eng, object co, object item, i64 pi, Py_ssize_t nplan,
-                    i64 bid) except -1:
-    """driver._next_item"""
-    _executed(eng, item)
-    co["pi"] = pi + 1
+                    i64 bid, int q) except -1:
+    """driver._next_item (q: _qop of the item's op)"""
+    _executed(eng, item, q)
+    PyDict_SetItem(co, S_PI, pi + 1)
     cont(c, F1(K_qcow2_io if pi + 1 < nplan else K_qcow2_compute, bid), -1)
     return 0
+
+
+cdef str S_PI = "pi"
 
 
 cdef bint _parts_ok(Core* c, object parts, i64* total) except -1:
@@ -1223,27 +1566,30 @@ cdef int h_qcow2_worker(Core* c, Frame* f) except -1:
     cdef int q
     cdef const char* src
     cdef char* dst
+    global _it_has_ret, _it_ret
     m = <object>c.m
     fd = _qfmt(c)
     co = _q_co(fd, bid) if fd is not None else None
     item = _q_item(co, &pi, &nplan) if co is not None else None
     if item is None or c.qemu < 0:
         return _wrapped(c, f, K_qcow2_worker, _FN_WORKER, _I_WORKER)
-    op = (<dict>item)["op"]
-    q = _qop(op)
+    op = _it_op
+    q = _it_q
     o_off = _get(item, "offset")
     o_n = _get(item, "length")
     if o_n is _MISSING:
         o_n = 0
-    if q == QI_OTHER or PyDict_GetItemWithError(Q_WORKER_FN, op) == NULL \
+    if q == QI_OTHER or not _wfn_has(op) \
             or not _as_i64(o_off, &off) or not _as_i64(o_n, &n) or off < 0 or n < 0:
         return _wrapped(c, f, K_qcow2_worker, _FN_WORKER, _I_WORKER)
-    fop = _get(_Q_FAULT_OP, op)
-    if fop is _MISSING:
-        fop = op
     blk = _m_block(m)
-    if _fault_fires(m, blk, fop, o_off, o_n if n > 1 else 1):
-        return _wrapped(c, f, K_qcow2_worker, _FN_WORKER, _I_WORKER)
+    faults = _b_faults(blk)
+    if type(faults) is not list or PyList_GET_SIZE(faults) != 0:
+        fop = _get(_Q_FAULT_OP, op)
+        if fop is _MISSING:
+            fop = op
+        if _fault_fires(m, blk, fop, o_off, o_n if n > 1 else 1):
+            return _wrapped(c, f, K_qcow2_worker, _FN_WORKER, _I_WORKER)
     data = None
     iov = None
     if q == QI_WRITE:
@@ -1301,9 +1647,32 @@ cdef int h_qcow2_worker(Core* c, Frame* f) except -1:
         # (QI_READ: a cow_read or read item only records its effect)
     except OSError as e:
         ret = -(e.errno or EIO)
-    co["io_ret"] = ret
+    was = _it_valid(co)
+    PyDict_SetItem(co, S_IO_RET, ret)
+    _it_refresh(co, was)
+    if was and type(ret) is int:
+        _it_has_ret = True
+        _it_ret = ret
     post(c, c.qemu, F1(K_qcow2_io_done, bid), 0, False)
     return 0
+
+
+cdef str S_IO_RET = "io_ret"
+cdef unsigned long long _wfn_v = 0     # driver.WORKER_FN's version when _wfn_all was decided
+cdef bint _wfn_all = False            # ... every QI_* op but QI_OTHER is one of its keys
+
+
+cdef bint _wfn_has(object op) except -1:
+    """op in driver.WORKER_FN (op: a QI_* op other than QI_OTHER)"""
+    global _wfn_v, _wfn_all
+    if VBB_HAVE_DICT_VERSION:
+        if VBB_DICT_VERSION(Q_WORKER_FN) != _wfn_v:
+            _wfn_all = all(k in Q_WORKER_FN for k in ("guest_write", "write", "guest_read", "read",
+                                                      "cow_read", "flush", "write_zeroes", "discard"))
+            _wfn_v = VBB_DICT_VERSION(Q_WORKER_FN)
+        if _wfn_all:
+            return True
+    return PyDict_GetItemWithError(Q_WORKER_FN, op) != NULL
 
 
 cdef int h_qcow2_io_done(Core* c, Frame* f) except -1:
@@ -1315,26 +1684,31 @@ cdef int h_qcow2_io_done(Core* c, Frame* f) except -1:
     fd = _qfmt(c)
     co = _q_co(fd, bid) if fd is not None else None
     item = _q_item(co, &pi, &nplan) if co is not None else None
-    if item is None or not _as_i64(_get(co, "io_ret"), &r) or r != 0:
+    if item is None:
         return _wrapped(c, f, K_qcow2_io_done, _FN_IO_DONE, _I_IO_DONE)
-    op = (<dict>item)["op"]
-    q = _qop(op)
+    if _it_has_ret and co is _it_co:     # (the worker's co["io_ret"], co unchanged since)
+        r = _it_ret
+    elif not _as_i64(_get(co, "io_ret"), &r):
+        return _wrapped(c, f, K_qcow2_io_done, _FN_IO_DONE, _I_IO_DONE)
+    if r != 0:
+        return _wrapped(c, f, K_qcow2_io_done, _FN_IO_DONE, _I_IO_DONE)
+    q = _it_q
     gen = None
     if q == QI_FLUSH:
         gen = _get(item, "gen")
         if gen is _MISSING:
             return _wrapped(c, f, K_qcow2_io_done, _FN_IO_DONE, _I_IO_DONE)
-    eng = _get(fd, "engine")
+    eng = _qc_eng
     if eng is _MISSING:
         return _wrapped(c, f, K_qcow2_io_done, _FN_IO_DONE, _I_IO_DONE)
     blk = _m_block(m)
     _begin(c, K_qcow2_io_done)
-    PyDict_DelItem(co, "io_ret")
+    PyDict_DelItem(co, S_IO_RET)
     if q == QI_WRITE or q == QI_GUEST_WRITE or q == QI_WZ or q == QI_DISCARD:
         sset(blk, _BlockState, _B[9], "write_gen", _b_write_gen(blk) + 1)
     elif q == QI_FLUSH:
         sset(blk, _BlockState, _B[8], "flushed_gen", gen)
-    return _next_item(c, eng, co, item, pi, nplan, bid)
+    return _next_item(c, eng, co, item, pi, nplan, bid, q)
 
 
 cdef object _Qcow2Engine = _QE_mod.Qcow2Engine
@@ -1363,9 +1737,9 @@ cdef int h_qcow2_compute(Core* c, Frame* f) except -1:
     m = <object>c.m
     fd = _qfmt(c)
     co = _q_co(fd, bid) if fd is not None else None
-    eng = _get(fd, "engine") if co is not None else _MISSING
+    eng = _qc_eng if co is not None else _MISSING
     if eng is _MISSING or (type(eng) is not _Qcow2Engine and type(eng) is not _FastQcow2Engine) \
-            or _get(_QD, "_finish") is not _PY_Q_FINISH or bid == 0:
+            or not _qd_check() or not _qd_finish_ok or bid == 0:
         return _wrapped(c, f, K_qcow2_compute, _FN_COMPUTE, _I_COMPUTE)
     phase = _get(co, "phase")
     op = _get(co, "op")
@@ -1384,13 +1758,14 @@ cdef int h_qcow2_compute(Core* c, Frame* f) except -1:
         what = QC_READ_DONE
     blk = _m_block(m)
     req = _req(c, blk, bid)
-    lq = _get(fd, "lock_queue")
+    lq = _qc_lq
     if what == QC_ENGINE:
         # a read or write phase: _qcow2.bulk_compute (driver.compute without its record), then
         # the scheduler calls compute makes; anything else: the compiled handler
-        if (_seq(op, S_WRITE) or _seq(op, S_READ)) and phase is not _MISSING and req is not None \
+        if type(op) is str and (_seq(op, S_WRITE) or _seq(op, S_READ)) and phase is not _MISSING \
+                and req is not None \
                 and type(lq) is list and (not lq or (c.qemu >= 0 and type((<list>lq)[0]) is int)) \
-                and _phase_fn(op) is (_PY_WRITE_PHASE if _seq(op, S_WRITE) else _PY_READ_PHASE) \
+                and (_qd_write_ok if _seq(op, S_WRITE) else _qd_read_ok) \
                 and _FQ_BULK_COMPUTE is not None:
             if _STRICT:         # (an engine error there would be an error effect, unrecorded)
                 return BAIL
@@ -1409,7 +1784,7 @@ cdef int h_qcow2_compute(Core* c, Frame* f) except -1:
         return _wrapped(c, f, K_qcow2_compute, _FN_COMPUTE, _I_COMPUTE)
     # _finish's reads: the request, and co["ret"] (formatted by the detail)
     if req is None or not _as_i64(_get(co, "ret"), &r) or type(lq) is not list \
-            or (what == QC_TO_LINK and _phase_fn(S_WRITE) is not _PY_WRITE_PHASE) \
+            or (what == QC_TO_LINK and not _qd_write_ok) \
             or (lq and (c.qemu < 0 or type((<list>lq)[0]) is not int)):
         return _wrapped(c, f, K_qcow2_compute, _FN_COMPUTE, _I_COMPUTE)
     _begin(c, K_qcow2_compute)
@@ -1450,10 +1825,32 @@ cdef inline bint _seq(object a, str b) except -1:
     return a == b
 
 
-cdef inline object _phase_fn(object op):
-    """driver.PHASES[op] (or _MISSING)"""
+# what compute checks of the driver module, decided once per version of its dict and of
+# driver.PHASES: driver._finish is the Python one (_qd_finish_ok), PHASES["write"] and
+# PHASES["read"] are the Python phases (_qd_write_ok, _qd_read_ok)
+cdef unsigned long long _qd_v = 0, _qd_phv = 0
+cdef object _qd_ph = None
+cdef bint _qd_finish_ok = False, _qd_write_ok = False, _qd_read_ok = False
+
+
+cdef bint _qd_check() except -1:
+    """brings the flags above up to date (-> True)"""
+    global _qd_v, _qd_phv, _qd_ph, _qd_finish_ok, _qd_write_ok, _qd_read_ok
+    if VBB_HAVE_DICT_VERSION and _qd_ph is not None and VBB_DICT_VERSION(_QD) == _qd_v \
+            and VBB_DICT_VERSION(_qd_ph) == _qd_phv:
+        return True
+    _qd_finish_ok = _get(_QD, "_finish") is _PY_Q_FINISH
     ph = _get(_QD, "PHASES")
-    return _get(ph, op) if type(ph) is dict else _MISSING
+    if type(ph) is dict:
+        _qd_write_ok = _get(ph, S_WRITE) is _PY_WRITE_PHASE
+        _qd_read_ok = _get(ph, S_READ) is _PY_READ_PHASE
+        _qd_ph = ph
+        _qd_phv = VBB_DICT_VERSION(ph)
+    else:
+        _qd_write_ok = _qd_read_ok = False
+        _qd_ph = None
+    _qd_v = VBB_DICT_VERSION(_QD)
+    return True
 
 
 cdef int _inst_set(object o, str name, object v) except -1:
@@ -1471,7 +1868,7 @@ cdef int _q_finish(Core* c, object fd, object req, object lq, object co, i64 bid
     PyDict_DelItem(_get(fd, "cos"), bid)
     (<dict>fd)["lock_owner"] = None
     if lq:
-        nxt = (<list>lq).pop(0)
+        nxt = _pop0(lq)
         (<dict>fd)["lock_owner"] = nxt
         post(c, c.qemu, F1(K_qcow2_compute, <i64>nxt), 0, False)
     (<dict>req)["ret"] = (<dict>co)["ret"]

@@ -14,7 +14,7 @@ import errno
 import random
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import Phase, given, settings
 from hypothesis import strategies as st
 
 import emu_fast
@@ -287,3 +287,140 @@ def test_bulk_blk_keeps_the_undo_journals(tmp_path, fmt):
         assert a.mem.undo == b.mem.undo
         assert a.hostfile.undo == b.hostfile.undo and a.hostfile.undo_size == b.hostfile.undo_size
     assert blk.counts().get("file.aio_worker" if fmt == "raw" else "qcow2.worker", 0) > 5
+
+
+# -- what the handlers keep between steps (_bulk_blk's caches) -------------------------------------
+# The request (m.block.reqs[bid]), qcow2's coroutine (m.fmt.cos[bid], with the driver's engine
+# and lock queue), its plan item and file-posix's aio dicts are found once and kept while their
+# dicts' version tags say nothing changed.  Replacing any of them between two runs (the same way
+# on both engines) must be noticed: a handler that went on with the old dict would leave the new
+# one behind and the runs would differ.
+
+def _replace_dicts(m, what: str) -> int:
+    """Put copies in place of the block layer's live request dicts (what: which); some also
+    change what the requests do next (two aios trade offsets, a plan's rest runs backwards),
+    the same on both engines.  -> how many such changes"""
+    moved = 0
+    if what in ("reqs", "all"):
+        for bid, req in list(m.block.reqs.items()):
+            m.block.reqs[bid] = dict(req)
+    if what in ("aios", "all"):
+        aios = m.block.aios
+        if what == "all":
+            for aid, aio in list(aios.items()):
+                aios[aid] = dict(aio)
+        # two writes of the same size trade places (in the live dicts)
+        ws = [aio for aid, aio in sorted(aios.items()) if aio["op"] == "write"]
+        if len(ws) >= 2 and ws[0]["bytes"] == ws[1]["bytes"]:
+            ws[0]["offset"], ws[1]["offset"] = ws[1]["offset"], ws[0]["offset"]
+            moved += 1
+    cos = getattr(m.fmt, "cos", None)
+    if cos is None:
+        return moved
+    if what in ("cos", "all"):
+        for bid, co in list(cos.items()):
+            cos[bid] = dict(co)
+    if what in ("items", "all"):            # the plan list's items, the list itself unchanged
+        for co in cos.values():
+            plan = co.get("plan")
+            for i, item in enumerate(plan or ()):
+                plan[i] = dict(item)
+            pi = co.get("pi")
+            if plan and type(pi) is int and len(plan) - pi >= 2 \
+                    and all(it["op"] != "flush" for it in plan[pi:]):   # (io_done reads a flush's gen)
+                plan[pi:] = plan[pi:][::-1]     # (the items still to run, the other way round)
+                moved += 1
+    if what == "touch":                     # the same values stored again
+        for co in cos.values():
+            co["pi"] = co["pi"]
+        for aio in m.block.aios.values():
+            aio["op"] = aio["op"]
+    return moved
+
+
+RWL = "\n".join(["queue-depth 4"] + [f"write {(i * 7919 % 900) * 4096} 4096" for i in range(24)]
+                + [f"read {(i * 7919 % 900) * 4096} 8192" for i in range(8)] + ["flush", "wait"]) + "\n"
+
+
+@pytest.mark.parametrize("fmt", ["raw", "qcow2", "qcow2s"])
+def test_bulk_blk_caches_hit(tmp_path, fmt):
+    """The kept request, coroutine, plan item and aio answer most of the handlers' lookups
+    (and the runs agree)."""
+    _bulk, blk = _mods()
+    kind = "qcow2" if fmt.startswith("qcow2") else fmt
+    name = "s" if fmt == "qcow2s" else ""
+    wl = RWL.replace("queue-depth 4", "queue-depth 1")
+    a = machine(tmp_path, kind, name, wl, dict(discard="unmap"))
+    b = machine(tmp_path, kind, name, wl, dict(discard="unmap"))
+    _reset()
+    _same(a, b)
+    hits = blk.cache_hits()
+    got = blk.counts()
+    assert hits["req"] >= got["blk.co_entry"], (hits, got)
+    if kind == "raw":
+        assert hits["aio"] >= got["file.aio_worker"], (hits, got)
+        assert hits["co"] == hits["item"] == 0
+    else:
+        assert hits["co"] >= got["qcow2.compute"], (hits, got)
+        assert hits["item"] >= got["qcow2.worker"] + got["qcow2.io_done"] - 2, (hits, got)
+
+
+SWL = "\n".join(["queue-depth 1"] + [f"write {(i * 7919 % 900) * 4096} 4096\nwait" for i in range(4)]
+                + [f"read {(i * 7919 % 900) * 4096} 8192\nwait" for i in range(1)]) + "\n"
+PWL = "\n".join(["queue-depth 4"] + [f"write {(i * 7919 % 900) * 4096} 4096" for i in range(12)]
+                + [f"read {(i * 7919 % 900) * 4096} 8192" for i in range(2)] + ["wait"]) + "\n"
+
+
+@settings(**{**SETTINGS, "max_examples": 10,
+             "phases": (Phase.explicit, Phase.reuse, Phase.generate)})    # (no shrinking: slow)
+@given(fmt=st.sampled_from(["raw", "qcow2", "qcow2s"]),
+       what=st.sampled_from(["reqs", "aios", "cos", "items", "touch", "all"]),
+       cache=st.sampled_from(["writeback", "writethrough"]),
+       wl=st.sampled_from([SWL, PWL]), seed=st.integers(0, 1 << 16))
+def test_bulk_blk_caches_notice_replaced_dicts(tmp_path_factory, fmt, what, cache, wl, seed):
+    """Copies put in place of live request dicts between runs (on both engines) are what the
+    core's handlers go on with (runs of 2-20 steps, to the end; SWL: one request at a time, so
+    that what a handler kept is what the request's next step asks for)."""
+    tmp = tmp_path_factory.mktemp("bulkblkcache")
+    kind = "qcow2" if fmt.startswith("qcow2") else fmt
+    name = "s" if fmt == "qcow2s" else ""
+    a = machine(tmp, kind, name, wl, dict(discard="unmap", cache=cache))
+    b = machine(tmp, kind, name, wl, dict(discard="unmap", cache=cache))
+    rng = random.Random(seed)
+    _reset()
+    while True:
+        k = rng.randrange(2, 21)
+        ra, rb = engine.run(a, "py", k), engine.run(b, "fast", k)
+        assert ra == rb
+        assert snapshot(a) == snapshot(b)
+        if ra != "steps":
+            break
+        _replace_dicts(a, what)
+        _replace_dicts(b, what)
+    assert a.digest() == b.digest()
+
+
+@pytest.mark.parametrize("fmt,what", [("raw", "aios"), ("qcow2", "items")])
+def test_bulk_blk_caches_notice_moved_work(tmp_path, fmt, what):
+    """Between every few steps, in-flight work moves (two aios trade offsets; a plan's items
+    still to run turn round), the same on both engines: the core's handlers must follow."""
+    kind = "qcow2" if fmt.startswith("qcow2") else fmt
+    name = "s" if fmt == "qcow2s" else ""
+    wl = PWL if kind == "raw" else SWL
+    a = machine(tmp_path, kind, name, wl, dict(discard="unmap"))
+    b = machine(tmp_path, kind, name, wl, dict(discard="unmap"))
+    _reset()
+    moved = 0
+    i = 0
+    while True:
+        k = 5 + i * 7 % 31 if kind == "raw" else 2 + i % 7
+        i += 1
+        ra, rb = engine.run(a, "py", k), engine.run(b, "fast", k)
+        assert ra == rb
+        assert snapshot(a) == snapshot(b)
+        if ra != "steps":
+            break
+        n = _replace_dicts(a, what)
+        assert _replace_dicts(b, what) == n
+        moved += n
+    assert moved > 0
