@@ -422,6 +422,8 @@ cdef int _pwrite_kept(object hf, dict d, long long o, bytes data) except -1:
     PyDict_SetItem(d, "writes", _k_writes + 1)
     _k_writes += 1
     _k_ver = VBH_DICT_VER(d)            # (this store is the dict's only change since)
+    if _k_writes >= _K_MAX:
+        _k_dict = None
     if _k_mode == 2:
         raise OSError(_EBADF, "image opened read-only")
     if _k_undo:
@@ -445,7 +447,7 @@ cdef int _pwrite_kept(object hf, dict d, long long o, bytes data) except -1:
     if _k_size < o + n:                                                  # max(size, o + n)
         PyDict_SetItem(d, "size", o + n)
         _k_size = o + n
-        if _k_dict is d:
+        if _k_dict is d and _k_size < _K_MAX:
             _k_ver = VBH_DICT_VER(d)
     return 0
 
