@@ -219,6 +219,8 @@ kept_ops = st.lists(st.one_of(
 @example(mode="overlay", ops=[("write", 0, 4096, 1), ("pywrite", 8192, 7, 2), ("write", 100, 7, 3),
                               ("writes", 2**70), ("write", 0, 1, 4), ("writes", 2**62 - 1),
                               ("write", 0, 1, 5), ("write", 0, 1, 6), ("read", 0, 9000)])
+@example(mode="write", ops=[("write", SIZE + 100, 4096, 1),    # grows: the kept size follows
+                           ("write", SIZE - 1000, 4096, 2), ("read", SIZE, 9000)])
 def test_kept_fields_follow_every_change_of_the_dict(tmp_path_factory, mode, ops):
     """pwrite/pread over the fields kept in C (_k_*: valid while the instance dict's version
     tag is the one they were read at) see every store the Python side makes between calls
