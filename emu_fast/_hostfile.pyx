@@ -7,6 +7,10 @@ object (its fds, overlay copy-on-write set, undo journal and digest bookkeeping)
 pread(2)/pwrite(2) directly.  Like os.pread/os.pwrite they make one call (retried on EINTR),
 raise OSError from errno on failure, and -- as the Python methods do -- zero-pad a short read
 and ignore a short write's count.  Arguments of unusual types go to the Python method itself.
+
+For a plain HostFile the fields the two methods read are kept in C (_k_*) while the instance
+dict's version tag (CPython 3.11, PEP 509: changed by every store into the dict) is unchanged;
+pwrite stores `writes` and `size` into the dict itself and keeps their new values.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.exc cimport PyErr_SetFromErrno
