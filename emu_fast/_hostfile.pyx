@@ -7,6 +7,10 @@ object (its fds, overlay copy-on-write set, undo journal and digest bookkeeping)
 pread(2)/pwrite(2) directly.  Like os.pread/os.pwrite they make one call (retried on EINTR),
 raise OSError from errno on failure, and -- as the Python methods do -- zero-pad a short read
 and ignore a short write's count.  Arguments of unusual types go to the Python method itself.
+
+For a plain HostFile the fields the two methods read are kept in C (_k_*) while the instance
+dict's version tag (CPython 3.11, PEP 509: changed by every store into the dict) is unchanged;
+pwrite stores `writes` and `size` into the dict itself and keeps their new values.
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.exc cimport PyErr_SetFromErrno
@@ -34,6 +38,17 @@ cdef extern from *:
     """
     unsigned long long VBH_TYPE_TAG(object t)
 
+cdef extern from *:
+    """
+    #if PY_VERSION_HEX < 0x030C0000
+    #define VBH_DICT_VER(d) ((unsigned long long)((PyDictObject*)(d))->ma_version_tag)
+    #else
+    #define VBH_DICT_VER(d) 0ULL
+    #endif
+    """
+    unsigned long long VBH_DICT_VER(object d)
+    long long PyLong_AsLongLongAndOverflow(object o, int* overflow) except? -1
+
 PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
 
 cdef object _HostFile = HostFile
@@ -49,11 +64,100 @@ _HF_NAMES = ("mode", "writes", "undo", "undo_size", "fd", "ov_fd", "cow", "base_
              "_hashes", "_dirty")
 cdef unsigned long long _hf_tag = 0      # HostFile's version tag when it was last checked
 cdef long long _N_PLAIN = 0              # pwrites that took the fast path (counts())
+cdef long long _N_KEPT = 0               # of them, those that ran over the kept fields (_k_*)
+cdef long long _N_PREAD_KEPT = 0         # preads that ran over the kept fields
+
+# The fields of one HostFile's __dict__ kept in C, valid while that dict's version tag
+# (CPython 3.11: globally unique, changed by every mutation of the dict) is _k_ver; pwrite
+# keeps them up to date with its own stores ("writes", "size") and takes the new version.
+cdef object _k_dict = None               # the dict they were read from (None: nothing kept)
+cdef unsigned long long _k_ver = 0
+cdef int _k_mode = 0                     # 0 "overlay", 1 "write", 2 "read", 3 another str
+cdef bint _k_hashes = False              # _hashes is not None
+cdef set _k_dirty = None
+cdef bint _k_undo = False                # undo is not None
+cdef long long _k_writes = 0, _k_base = 0, _k_size = 0
+cdef int _k_fd = -1, _k_ov_fd = -1
+cdef set _k_cow = None
+cdef long long _K_MAX = 1LL << 62        # ints kept only below this (no overflow in + 1, o + n)
 
 
 def counts():
-    """{'pwrite_plain': pwrite calls that ran over the instance dict (_hf_plain)}"""
-    return {"pwrite_plain": _N_PLAIN}
+    """{'pwrite_plain': pwrite calls that ran over the instance dict (_hf_plain),
+    'pwrite_kept': of them those over the kept fields (_k_fill), 'pread_kept': same for pread}"""
+    return {"pwrite_plain": _N_PLAIN, "pwrite_kept": _N_KEPT, "pread_kept": _N_PREAD_KEPT}
+
+
+cdef bint _k_int(dict d, str name, long long* out) except -1:
+    """d[name] into *out if it is exactly an int in [-2**62, 2**62)"""
+    cdef int ovf = 0
+    cdef long long v
+    cdef PyObject* o = PyDict_GetItemWithError(d, name)
+    if o == NULL or type(<object>o) is not int:
+        return False
+    v = PyLong_AsLongLongAndOverflow(<object>o, &ovf)
+    if ovf or v >= _K_MAX or v < -_K_MAX:
+        return False
+    out[0] = v
+    return True
+
+
+cdef bint _k_fill(dict d) except -1:
+    """Keep d's fields (a HostFile's __dict__, _hf_plain) in _k_*, if they are of the plain
+    types (else nothing is kept and the callers read the dict)"""
+    global _k_dict, _k_ver, _k_mode, _k_hashes, _k_dirty, _k_undo, _k_writes, _k_base, _k_size
+    global _k_fd, _k_ov_fd, _k_cow
+    cdef PyObject* o
+    cdef long long w, b, s, fd, ofd
+    cdef unsigned long long ver = VBH_DICT_VER(d)
+    _k_dict = None
+    if ver == 0 or type(d) is not dict:
+        return False
+    o = PyDict_GetItemWithError(d, "mode")
+    if o == NULL or type(<object>o) is not str:
+        return False
+    mode = <object>o
+    o = PyDict_GetItemWithError(d, "_hashes")
+    if o == NULL:
+        return False
+    hashes = <object>o is not None
+    o = PyDict_GetItemWithError(d, "_dirty")
+    if o == NULL or (hashes and type(<object>o) is not set):
+        return False
+    dirty = <object>o
+    o = PyDict_GetItemWithError(d, "undo")
+    if o == NULL:
+        return False
+    undo = <object>o is not None
+    o = PyDict_GetItemWithError(d, "cow")
+    if o == NULL or type(<object>o) is not set:
+        return False
+    cow = <object>o
+    if not (_k_int(d, "writes", &w) and _k_int(d, "base_size", &b) and _k_int(d, "size", &s)
+            and _k_int(d, "fd", &fd) and _k_int(d, "ov_fd", &ofd)):
+        return False
+    if fd < -2147483648 or fd > 2147483647 or ofd < -2147483648 or ofd > 2147483647:
+        return False
+    _k_mode = 0 if mode == "overlay" else 1 if mode == "write" else 2 if mode == "read" else 3
+    _k_hashes = hashes
+    _k_dirty = dirty if hashes else None
+    _k_undo = undo
+    _k_cow = cow
+    _k_writes = w
+    _k_base = b
+    _k_size = s
+    _k_fd = <int>fd
+    _k_ov_fd = <int>ofd
+    _k_dict = d
+    _k_ver = ver
+    return True
+
+
+cdef inline bint _k_valid(dict d) except -1:
+    """Whether _k_* hold d's fields (kept now if they can be)"""
+    if d is _k_dict and VBH_DICT_VER(d) == _k_ver:
+        return True
+    return _k_fill(d)
 
 
 cdef bint _hf_plain() except -1:
@@ -109,11 +213,11 @@ cdef int _pwrite_from(int fd, const char* buf, long long n, long long off) excep
             return -1
 
 
-cdef bint _past_base(object hf, set cow, long long off, long long n) except -1:
+cdef bint _past_base(long long base_size, set cow, long long off, long long n) except -1:
     """Whether all of [off, off+n) lies past the base file and outside the overlay's blocks:
     HostFile.pread's loop would read it as one run of zeros."""
     cdef long long blk
-    if off < <long long>hf.base_size:
+    if off < base_size:
         return False
     for blk in range(off // BLOCK, (off + n - 1) // BLOCK + 1):
         if blk in cow:
@@ -124,22 +228,26 @@ cdef bint _past_base(object hf, set cow, long long off, long long n) except -1:
 cdef bytes _pread(object hf, long long off, long long n):
     """HostFile.pread (n > 0)."""
     cdef bytes out
-    cdef char* buf
-    cdef long long pos, end, blk, run_end, base_size
-    cdef bint in_ov
-    cdef int fd
     if hf.mode != "overlay":
         out = PyBytes_FromStringAndSize(NULL, n)
         _pread_into(hf.fd, PyBytes_AS_STRING(out), n, off)
         return out
     cdef set cow = hf.cow
-    if _past_base(hf, cow, off, n):
+    if _past_base(hf.base_size, cow, off, n):
         return vb_zeros(n)              # the same value, shared (emu_fast/_zeros.pxd)
+    return _pread_overlay(cow, hf.ov_fd, hf.fd, hf.base_size, off, n)
+
+
+cdef bytes _pread_overlay(set cow, int ov_fd, int base_fd, long long base_size,
+                          long long off, long long n):
+    """HostFile.pread's overlay loop (n > 0), over the fields given"""
+    cdef bytes out
+    cdef char* buf
+    cdef long long pos, end, blk, run_end
+    cdef bint in_ov
+    cdef int fd
     out = PyBytes_FromStringAndSize(NULL, n)
     buf = PyBytes_AS_STRING(out)
-    cdef int ov_fd = hf.ov_fd
-    cdef int base_fd = hf.fd
-    base_size = hf.base_size
     pos = off
     end = off + n
     while pos < end:
@@ -155,6 +263,18 @@ cdef bytes _pread(object hf, long long off, long long n):
             _pread_into(fd, buf + (pos - off), run_end - pos, pos)
         pos = run_end
     return out
+
+
+cdef bytes _pread_kept(long long off, long long n):
+    """HostFile.pread (n > 0) over the kept fields (_k_valid)"""
+    cdef bytes out
+    if _k_mode != 0:
+        out = PyBytes_FromStringAndSize(NULL, n)
+        _pread_into(_k_fd, PyBytes_AS_STRING(out), n, off)
+        return out
+    if _past_base(_k_base, _k_cow, off, n):
+        return vb_zeros(n)
+    return _pread_overlay(_k_cow, _k_ov_fd, _k_fd, _k_base, off, n)
 
 
 cdef void _cow_block(object hf, set cow, long long blk, long long off, long long end) except *:
@@ -231,6 +351,16 @@ def hf_pread(self, off, n):
         return _HostFile.pread(self, off, n)
     if n <= 0:
         return b""
+    global _N_PREAD_KEPT
+    cdef int ovf = 0, ovf2 = 0
+    cdef long long o, k
+    if type(self) is _HostFile and _hf_plain():
+        o = PyLong_AsLongLongAndOverflow(off, &ovf)
+        k = PyLong_AsLongLongAndOverflow(n, &ovf2)
+        if (not ovf and not ovf2 and o < _K_MAX and k < _K_MAX
+                and _k_valid(PyObject_GenericGetDict(self, NULL))):
+            _N_PREAD_KEPT += 1
+            return _pread_kept(o, k)
     return _pread(self, off, n)
 
 
@@ -281,9 +411,55 @@ cdef int _pwrite_plain(object hf, dict d, long long o, object data) except -1:
 cdef object _OVERLAY = "overlay"
 
 
+cdef int _pwrite_kept(object hf, dict d, long long o, bytes data) except -1:
+    """HostFile.pwrite (n > 0) over the kept fields of hf's __dict__ d (_k_valid; the same
+    steps as _pwrite_plain's)"""
+    global _k_writes, _k_size, _k_ver, _k_dict, _N_KEPT
+    cdef long long n = PyBytes_GET_SIZE(data), c, last, blk
+    cdef const char* buf
+    cdef set cow
+    _N_KEPT += 1
+    if _k_hashes:                                                       # _touch
+        last = (o + n - 1) // CHUNK
+        for c in range(o // CHUNK, last + 1):
+            _k_dirty.add(c)
+    PyDict_SetItem(d, "writes", _k_writes + 1)
+    _k_writes += 1
+    _k_ver = VBH_DICT_VER(d)            # (this store is the dict's only change since)
+    if _k_writes >= _K_MAX:
+        _k_dict = None
+    if _k_mode == 2:
+        raise OSError(_EBADF, "image opened read-only")
+    if _k_undo:
+        _k_dict = None                  # (_keep_old may set undo_size: read again next time)
+        _keep_old(hf, o, o + n)
+    buf = PyBytes_AS_STRING(data)
+    if _k_mode == 1:
+        _pwrite_from(_k_fd, buf, n, o)
+    else:                                                                # _cow_prepare
+        cow = _k_cow
+        blk = o // BLOCK
+        last = (o + n - 1) // BLOCK
+        if o > blk * BLOCK or o + n < blk * BLOCK + BLOCK:     # (a whole block needs no copy)
+            _cow_block(hf, cow, blk, o, o + n)
+        if o > last * BLOCK or o + n < last * BLOCK + BLOCK:
+            _cow_block(hf, cow, last, o, o + n)
+        while blk <= last:
+            cow.add(blk)
+            blk += 1
+        _pwrite_from(_k_ov_fd, buf, n, o)
+    if _k_size < o + n:                                                  # max(size, o + n)
+        PyDict_SetItem(d, "size", o + n)
+        _k_size = o + n
+        if _k_dict is d and _k_size < _K_MAX:
+            _k_ver = VBH_DICT_VER(d)
+    return 0
+
+
 def hf_pwrite(self, off, data):
     """HostFile.pwrite"""
     cdef long long o, n
+    cdef int ovf = 0
     cdef const char* buf
     if type(off) is not int or type(data) is not bytes or off < 0:
         return _HostFile.pwrite(self, off, data)
@@ -292,7 +468,12 @@ def hf_pwrite(self, off, data):
             return None
         global _N_PLAIN
         _N_PLAIN += 1
-        _pwrite_plain(self, PyObject_GenericGetDict(self, NULL), off, data)
+        d = PyObject_GenericGetDict(self, NULL)
+        o = PyLong_AsLongLongAndOverflow(off, &ovf)
+        if not ovf and o < _K_MAX and _k_valid(d):
+            _pwrite_kept(self, d, o, data)
+        else:
+            _pwrite_plain(self, d, off, data)
         return None
     n = PyBytes_GET_SIZE(data)
     if n == 0:

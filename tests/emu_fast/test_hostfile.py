@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 
 import pytest
 from hypothesis import example, given, settings
@@ -199,3 +200,82 @@ def test_pwrite_over_the_instance_dict_is_the_python_method(tmp_path_factory, mo
             del HostFile.base_size
         a.close()
         b.close()
+
+
+_W = st.sampled_from([0, 7, 2**62 - 1, 2**62, -2**62, 2**70])
+kept_ops = st.lists(st.one_of(
+    st.tuples(st.just("read"), _off, st.integers(-1, 20000)),
+    st.tuples(st.just("write"), _off, _len, st.integers(0, 255)),
+    st.tuples(st.just("pywrite"), _off, _len, st.integers(0, 255)),
+    st.tuples(st.just("writes"), _W),
+    st.tuples(st.just("other"), _off, _len),
+    st.tuples(st.just("truncate"), st.integers(0, SIZE + 12000)),
+    st.tuples(st.just("undo"), st.booleans()),
+    st.tuples(st.just("digest"),)), min_size=1, max_size=30)
+
+
+@settings(**dict(SETTINGS, max_examples=80))
+@given(mode=st.sampled_from(["overlay", "write", "read"]), ops=kept_ops)
+@example(mode="overlay", ops=[("write", 0, 4096, 1), ("pywrite", 8192, 7, 2), ("write", 100, 7, 3),
+                              ("writes", 2**70), ("write", 0, 1, 4), ("writes", 2**62 - 1),
+                              ("write", 0, 1, 5), ("write", 0, 1, 6), ("read", 0, 9000)])
+@example(mode="write", ops=[("write", SIZE + 100, 4096, 1),    # grows: the kept size follows
+                           ("write", SIZE - 1000, 4096, 2), ("read", SIZE, 9000)])
+def test_kept_fields_follow_every_change_of_the_dict(tmp_path_factory, mode, ops):
+    """pwrite/pread over the fields kept in C (_k_*: valid while the instance dict's version
+    tag is the one they were read at) see every store the Python side makes between calls
+    (its own pwrite, `writes` set by hand, truncate, digest, the undo journal), another
+    HostFile's calls in between, and ints too large to keep (the dict read instead); every
+    non-empty call with keepable fields runs over the kept fields."""
+    hfmod = emu_fast.require()._hostfile
+    tmp = tmp_path_factory.mktemp("hfk")
+    base = tmp / "base.img"
+    base.write_bytes(bytes(range(256)) * (SIZE // 256) + b"\x5a" * (SIZE % 256))
+    paths = []
+    for name in ("py.img", "fast.img", "other.img"):
+        shutil.copy(base, tmp / name)
+        paths.append(str(tmp / name))
+    a = HostFile(paths[0], mode, overlay_dir=str(tmp))
+    b = HostFile(paths[1], mode, overlay_dir=str(tmp))
+    other = HostFile(paths[2], "overlay", overlay_dir=str(tmp))
+    hfmod.attach(b)
+    hfmod.attach(other)
+    keepable = lambda: -2**62 <= a.writes < 2**62      # noqa: E731
+    kw, kr = [], []                     # the calls the kept fields must serve
+
+    def counted_w(off, data):
+        if data:
+            kw.append(keepable())
+        return HostFile.pwrite(a, off, data)
+
+    in_write = [False]                  # (the compiled pwrite's _keep_old reads without the
+                                        #  method; the Python one's, in truncate too, with it)
+    def counted_r(off, n):
+        if n > 0 and off >= 0 and not (in_write[0]
+                                       and sys._getframe(1).f_code.co_name == "_keep_old"):
+            kr.append(keepable())
+        return HostFile.pread(a, off, n)
+    a.pwrite, a.pread = counted_w, counted_r
+    before = hfmod.counts()
+    try:
+        for op in ops:
+            in_write[0] = op[0] == "write"
+            if op[0] == "pywrite":
+                r = [HostFile.pwrite(h, op[1], bytes([op[3]]) * op[2]) if mode != "read" else None
+                     for h in (a, b)]
+                assert r[0] == r[1]
+            elif op[0] == "writes":
+                a.writes = b.writes = op[1]
+            elif op[0] == "other":
+                other.pwrite(op[1], b"\x07" * op[2])
+                assert other.pread(op[1], op[2]) == b"\x07" * op[2]
+            else:
+                assert apply(a, op) == apply(b, op), op
+            assert state(a) == state(b), op
+        after = hfmod.counts()
+        n_other = 2 * sum(1 for op in ops if op[0] == "other")
+        assert after["pwrite_kept"] - before["pwrite_kept"] + after["pread_kept"] \
+            - before["pread_kept"] == sum(kw) + sum(kr) + n_other
+    finally:
+        for h in (a, b, other):
+            h.close()
