@@ -7,8 +7,10 @@ copy-on-write blocks, undo journal, digest bookkeeping) and the logical content 
 """
 from __future__ import annotations
 
+import dis
 import os
 import shutil
+import sys
 import sys
 
 import pytest
@@ -279,3 +281,37 @@ def test_kept_fields_follow_every_change_of_the_dict(tmp_path_factory, mode, ops
     finally:
         for h in (a, b, other):
             h.close()
+
+
+def test_kept_fields_see_the_interpreters_specialized_attribute_stores(tmp_path):
+    """`hf.writes = v` in a hot function becomes STORE_ATTR_WITH_HINT (CPython 3.11), which
+    writes the instance dict's entry in place: the kept fields must still notice (the store
+    changes the dict's version tag) and every pwrite count on from the stored value."""
+    hfs = []
+    for name in ("py.img", "fast.img"):
+        (tmp_path / name).write_bytes(bytes(3 * 4096))
+        hfs.append(HostFile(str(tmp_path / name), "write"))
+    a, b = hfs
+    emu_fast.require()._hostfile.attach(b)
+
+    def set_writes_a(hf, v):
+        hf.writes = v
+
+    def set_writes_b(hf, v):                        # one each: a hint is for one dict layout
+        hf.writes = v
+    setters = [set_writes_a, set_writes_b]
+
+    try:
+        for i in range(200):                        # warm enough to specialize the store
+            for hf, set_writes in zip(hfs, setters):
+                set_writes(hf, 1000 * i)
+                hf.pwrite(512 * (i % 20), b"\x07" * 100)
+                hf.size = hf.size                   # a store of an equal value, too
+            assert state(a) == state(b), i
+            assert b.writes == 1000 * i + 1
+        if sys.version_info[:2] == (3, 11):         # the store this test is about did run
+            ops = {ins.opname for ins in dis.get_instructions(setters[1], adaptive=True)}
+            assert "STORE_ATTR_WITH_HINT" in ops, ops
+    finally:
+        a.close()
+        b.close()
