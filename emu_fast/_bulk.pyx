@@ -385,33 +385,9 @@ cdef inline bint _ev_lt(HeapEnt* a, HeapEnt* b) noexcept nogil:
     return a.time < b.time or (a.time == b.time and a.seq < b.seq)
 
 
-cdef inline void _siftdown(HeapEnt* heap, Py_ssize_t startpos, Py_ssize_t pos) noexcept nogil:
-    """heapq._siftdown"""
-    cdef HeapEnt newitem = heap[pos]
-    cdef Py_ssize_t parentpos
-    while pos > startpos:
-        parentpos = (pos - 1) >> 1
-        if _ev_lt(&newitem, &heap[parentpos]):
-            heap[pos] = heap[parentpos]
-            pos = parentpos
-            continue
-        break
-    heap[pos] = newitem
-
-
-cdef inline void _siftup(HeapEnt* heap, Py_ssize_t endpos, Py_ssize_t pos) noexcept nogil:
-    """heapq._siftup"""
-    cdef Py_ssize_t startpos = pos, childpos = 2 * pos + 1, rightpos
-    cdef HeapEnt newitem = heap[pos]
-    while childpos < endpos:
-        rightpos = childpos + 1
-        if rightpos < endpos and not _ev_lt(&heap[childpos], &heap[rightpos]):
-            childpos = rightpos
-        heap[pos] = heap[childpos]
-        pos = childpos
-        childpos = 2 * pos + 1
-    heap[pos] = newitem
-    _siftdown(heap, startpos, pos)
+cdef inline bint _key_lt(i64 time, i64 seq, HeapEnt* b) noexcept nogil:
+    """(time, seq) < (b.time, b.seq)"""
+    return time < b.time or (time == b.time and seq < b.seq)
 
 
 cdef int _grow_heap(Core* c) except -1:
@@ -451,26 +427,52 @@ cdef inline int _heappush(Core* c, i64 time, int ctx, Frame* f) except -1:
     e.seq = c.seq
     e.ctx = ctx
     e.f = f[0]
+    # heapq._siftdown(heap, 0, len(heap) - 1) of the new entry, held in registers
+    cdef HeapEnt* hq = c.hq
+    cdef i64 seq = c.seq
+    cdef Py_ssize_t parentpos
     pos = c.nheap
-    c.hq[pos].time = time
-    c.hq[pos].seq = c.seq
-    c.hq[pos].slot = slot
     c.nheap = pos + 1
-    _siftdown(c.hq, 0, pos)
+    while pos > 0:
+        parentpos = (pos - 1) >> 1
+        if _key_lt(time, seq, &hq[parentpos]):
+            hq[pos] = hq[parentpos]
+            pos = parentpos
+            continue
+        break
+    hq[pos].time = time
+    hq[pos].seq = seq
+    hq[pos].slot = slot
     return 0
 
 
 cdef inline Py_ssize_t _heappop(Core* c) noexcept nogil:
     """heapq.heappop: the popped event's slot (the caller frees it)"""
-    cdef HeapEnt last
+    # heapq.heappop's last-item-to-the-root and heapq._siftup(heap, 0), the moving item held
+    # in registers (the same moves, the same comparisons)
+    cdef HeapEnt* hq = c.hq
+    cdef Py_ssize_t endpos = c.nheap - 1, pos = 0, childpos = 1, rightpos, parentpos
     cdef Py_ssize_t ret
-    c.nheap -= 1
-    last = c.hq[c.nheap]
-    if c.nheap == 0:
+    cdef HeapEnt last = hq[endpos]
+    c.nheap = endpos
+    if endpos == 0:
         return last.slot
-    ret = c.hq[0].slot
-    c.hq[0] = last
-    _siftup(c.hq, c.nheap, 0)
+    ret = hq[0].slot
+    while childpos < endpos:
+        rightpos = childpos + 1
+        if rightpos < endpos and not _ev_lt(&hq[childpos], &hq[rightpos]):
+            childpos = rightpos
+        hq[pos] = hq[childpos]
+        pos = childpos
+        childpos = 2 * pos + 1
+    while pos > 0:
+        parentpos = (pos - 1) >> 1
+        if _key_lt(last.time, last.seq, &hq[parentpos]):
+            hq[pos] = hq[parentpos]
+            pos = parentpos
+            continue
+        break
+    hq[pos] = last
     return ret
 
 
@@ -507,7 +509,7 @@ cdef int begin(Core* c) except -1:
     if c.begun:
         return _begun_twice()
     slot = _heappop(c)
-    c.ev = c.evs[slot]
+    # c.ev already holds the event (bulk_run and sched_ops copy the top there before the handler)
     c.freeslot[c.nfree] = slot
     c.nfree += 1
     c.now = c.ev.time
@@ -940,7 +942,8 @@ cdef long long bulk_run(object m, long long limit) except -1:
     cdef long long n = 0
     cdef int i, nloaded = 0, res
     cdef handler_t fn
-    cdef Frame fr
+    cdef Ev* top
+    cdef long long end = limit if limit >= 0 else 0x7fffffffffffffff
     if not _ENABLED or limit == 0 or _quick_no(m):
         return 0
     r = _Run()
@@ -961,28 +964,34 @@ cdef long long bulk_run(object m, long long limit) except -1:
             nloaded += 1
         else:
             _ST_RUNS += 1
-            while limit < 0 or n < limit:
-                if c.nheap == 0:
-                    break
-                if _may_end(c):
-                    _ST_MAY_END += 1
-                    _MAYEND[_top(c).f.kind] += 1
-                    break
-                memcpy(&fr, &_top(c).f, sizeof(Frame))
-                fn = _HANDLERS[fr.kind]
-                if fn == NULL:
-                    _UNHANDLED[fr.kind] += 1
-                    break
-                c.begun = False
-                res = fn(c, &fr)
-                if not c.begun:
-                    if res == BAIL:
-                        _BAILS[fr.kind] += 1
+            while n < end:
+                if c.nheap <= 1:
+                    if c.nheap == 0:
                         break
-                    raise SystemError(f"bulk handler of {_KIND_NAMES[fr.kind]} returned "
-                                      "without begin()")
-                if res == BAIL:
-                    raise SystemError(f"bulk handler of {_KIND_NAMES[fr.kind]} bailed after begin()")
+                    if _may_end(c):
+                        _ST_MAY_END += 1
+                        _MAYEND[_top(c).f.kind] += 1
+                        break
+                top = _top(c)
+                fn = _HANDLERS[top.f.kind]
+                if fn == NULL:
+                    _UNHANDLED[top.f.kind] += 1
+                    break
+                # the handler's frame is c.ev.f: begin() pops this event (its slot may be
+                # reused by the step's pushes), and c.ev is the running event from then on
+                c.ev = top[0]
+                c.begun = False
+                res = fn(c, &c.ev.f)
+                if res != 0 or not c.begun:
+                    if not c.begun:
+                        if res == BAIL:
+                            _BAILS[c.ev.f.kind] += 1
+                            break
+                        raise SystemError(f"bulk handler of {_KIND_NAMES[c.ev.f.kind]} returned "
+                                          "without begin()")
+                    if res == BAIL:
+                        raise SystemError(f"bulk handler of {_KIND_NAMES[c.ev.f.kind]} bailed "
+                                          "after begin()")
                 if c.cur >= 0 and not c.decided:
                     _finish_step(c)
                 c.steps += 1
@@ -1021,6 +1030,8 @@ def sched_ops(sim, ops):
             name = op[0]
             if name == "pop":
                 c.begun = False
+                if c.nheap:
+                    c.ev = _top(c)[0]
                 begin(c)
             elif name == "finish":
                 _finish_step(c)

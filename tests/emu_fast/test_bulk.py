@@ -105,6 +105,36 @@ def test_the_core_schedules_exactly_as_the_scheduler(batches):
         assert repr(_fields(c)) == repr(_fields(py))     # (repr: True is not 1)
 
 
+_deep_op = st.one_of(
+    st.tuples(st.just("at"), st.integers(0, 3), _kind, _args),
+    st.tuples(st.just("at"), st.integers(0, 3), _kind, _args),
+    st.tuples(st.just("post"), _ctx, _kind, _args, st.integers(0, 3), st.booleans()),
+    st.tuples(st.just("cont"), _kind, _args, st.sampled_from([None, 0, 1, 2]), st.just(False)),
+    st.just(("pop",)), st.just(("finish",)),
+)
+
+
+@settings(max_examples=150, deadline=None, derandomize=True)
+@given(st.lists(st.lists(_deep_op, min_size=20, max_size=80), min_size=1, max_size=4))
+def test_a_deep_heap_of_tied_times_keeps_heapq_s_order(batches):
+    """Many events at a handful of times (ties broken by seq) make heaps several levels deep:
+    the C heap's pushes and pops (entries sifted in registers) leave heapq's list, entry for
+    entry, and pop in the same order."""
+    py, c = _sched(), _sched()
+    deepest = 0
+    for batch in batches:
+        ops = []
+        for op in batch:
+            if not _valid(py, op):
+                continue
+            _apply_py(py, op)
+            ops.append(op)
+            deepest = max(deepest, len(py.queue))
+        assert _bulk.sched_ops(c, ops)
+        assert repr(_fields(c)) == repr(_fields(py))
+    assert deepest >= 1
+
+
 def test_a_round_trip_changes_nothing():
     s = _sched()
     s.pop()
