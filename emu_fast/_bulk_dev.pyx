@@ -31,6 +31,7 @@ from libc.string cimport memcpy, memset, memmove
 from libc.stdlib cimport malloc, free
 
 from emu_fast._bulk cimport *
+from emu_fast._pydict311 cimport *
 from emu_fast._slots cimport slot_offsets, sget, sset
 
 import emu.block.backend as _BK
@@ -208,26 +209,15 @@ cdef dict _BREQ_T = _template((("id", None), ("op", None), ("cur_op", None), ("o
 cdef extern from *:
     """
     #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
-    typedef struct {                    /* Include/internal/pycore_dict.h: _dictkeysobject */
-        Py_ssize_t dk_refcnt;
-        uint8_t dk_log2_size;
-        uint8_t dk_log2_index_bytes;
-        uint8_t dk_kind;
-        uint32_t dk_version;
-        Py_ssize_t dk_usable;
-        Py_ssize_t dk_nentries;
-        char dk_indices[];
-    } vbd_dictkeys;
-    typedef struct { PyObject *me_key; PyObject *me_value; } vbd_uentry;   /* PyDictUnicodeEntry */
     static int vbd_fill_values(PyObject *d, PyObject **keys, PyObject **vals, Py_ssize_t n) {
         PyDictObject *mp = (PyDictObject *)d;
-        vbd_dictkeys *dk = (vbd_dictkeys *)mp->ma_keys;
-        vbd_uentry *e;
+        vb_dictkeys *dk = (vb_dictkeys *)mp->ma_keys;
+        vb_uentry *e;
         Py_ssize_t i;
         if (!PyDict_CheckExact(d) || mp->ma_values != NULL || dk->dk_kind != 1 /* UNICODE */
                 || dk->dk_nentries < n || dk->dk_refcnt != 1)
             return -1;
-        e = (vbd_uentry *)(&((int8_t *)dk->dk_indices)[(size_t)1 << dk->dk_log2_index_bytes]);
+        e = VB_UENTRIES(dk);
         for (i = 0; i < n; i++)
             if (e[i].me_key != keys[i] || e[i].me_value == NULL)
                 return -1;

@@ -35,6 +35,7 @@ from libc.string cimport memchr, memcmp, memcpy, memset
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from emu_fast._bulk cimport *
+from emu_fast._pydict311 cimport *
 from emu_fast._slots cimport slot_offsets, vbs_peek, vbs_set
 
 import hashlib as _hashlib
@@ -550,23 +551,11 @@ cdef extern from *:
     """
     #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
     #define VBG_DICT_FAST 1
-    typedef struct {
-        Py_ssize_t dk_refcnt;
-        uint8_t dk_log2_size;
-        uint8_t dk_log2_index_bytes;
-        uint8_t dk_kind;
-        uint32_t dk_version;
-        Py_ssize_t dk_usable;
-        Py_ssize_t dk_nentries;
-        char dk_indices[];
-    } vbg_keys;
-    typedef struct { PyObject *k; PyObject *v; } vbg_uent;
-    #define VBG_UENT(dk) ((vbg_uent*)(&((int8_t*)((dk)->dk_indices))[(size_t)1 << (dk)->dk_log2_index_bytes]))
 
     static PyObject *vbg_absent = NULL;      /* vbg_slot's "surely not there" */
     static inline PyObject **vbg_slot(PyObject *d, PyObject *key) {
         PyDictObject *mp = (PyDictObject *)d;
-        vbg_keys *dk = (vbg_keys *)mp->ma_keys;
+        vb_dictkeys *dk = (vb_dictkeys *)mp->ma_keys;
         Py_hash_t h = ((PyASCIIObject *)key)->hash;
         size_t mask, i, perturb;
         int ib, n;
@@ -585,9 +574,9 @@ cdef extern from *:
             if (ix == -1)            /* (no key of this hash on the way: no equal key) */
                 return &vbg_absent;
             if (ix >= 0) {
-                PyObject *k = VBG_UENT(dk)[ix].k;
+                PyObject *k = VB_UENTRIES(dk)[ix].me_key;
                 if (k == key)
-                    return &VBG_UENT(dk)[ix].v;
+                    return &VB_UENTRIES(dk)[ix].me_value;
                 if (((PyASCIIObject *)k)->hash == h)
                     return NULL;         /* maybe an equal key: the C API decides */
             }
@@ -610,24 +599,24 @@ cdef extern from *:
     /* a copy of tmpl (n str keys, unicode table, no deleted entries) with values vals */
     static PyObject *vbg_build(PyObject *tmpl, PyObject *const *vals, Py_ssize_t n) {
         PyObject *d = PyDict_Copy(tmpl);
-        vbg_keys *dk;
-        vbg_uent *ep;
+        vb_dictkeys *dk;
+        vb_uentry *ep;
         Py_ssize_t i;
         int track = 0;
         if (d == NULL)
             return NULL;
-        dk = (vbg_keys *)((PyDictObject *)d)->ma_keys;
+        dk = (vb_dictkeys *)((PyDictObject *)d)->ma_keys;
         if (((PyDictObject *)d)->ma_values != NULL || dk->dk_kind != 1 || dk->dk_nentries != n
                 || ((PyDictObject *)d)->ma_used != n || (void *)dk == (void *)((PyDictObject *)tmpl)->ma_keys) {
             Py_DECREF(d);
             PyErr_SetString(PyExc_SystemError, "vbg_build: unexpected dict layout");
             return NULL;
         }
-        ep = VBG_UENT(dk);
+        ep = VB_UENTRIES(dk);
         for (i = 0; i < n; i++) {
-            PyObject *old = ep[i].v, *v = vals[i];
+            PyObject *old = ep[i].me_value, *v = vals[i];
             Py_INCREF(v);
-            ep[i].v = v;
+            ep[i].me_value = v;
             Py_XDECREF(old);
             if (!track && PyObject_IS_GC(v) && (!PyTuple_CheckExact(v) || PyObject_GC_IsTracked(v)))
                 track = 1;
