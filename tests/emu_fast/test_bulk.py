@@ -93,7 +93,14 @@ def test_the_core_schedules_exactly_as_the_scheduler(batches):
     """Batches of operations, each batch on the C state (loaded from and stored back into one
     Scheduler) and on the Python rules (another): the two Schedulers stay equal, field for
     field, the heap's list in the same order."""
+    _both_ways(batches)
+
+
+def _both_ways(batches) -> int:
+    """Each batch's valid operations on a Python Scheduler and through the C state of another;
+    after each batch the two equal field for field.  The longest queue the Python one had."""
     py, c = _sched(), _sched()
+    deepest = 0
     for batch in batches:
         ops = []
         for op in batch:
@@ -101,8 +108,10 @@ def test_the_core_schedules_exactly_as_the_scheduler(batches):
                 continue
             _apply_py(py, op)
             ops.append(op)
+            deepest = max(deepest, len(py.queue))
         assert _bulk.sched_ops(c, ops)
         assert repr(_fields(c)) == repr(_fields(py))     # (repr: True is not 1)
+    return deepest
 
 
 _deep_op = st.one_of(
@@ -120,19 +129,7 @@ def test_a_deep_heap_of_tied_times_keeps_heapq_s_order(batches):
     """Many events at a handful of times (ties broken by seq) make heaps several levels deep:
     the C heap's pushes and pops (entries sifted in registers) leave heapq's list, entry for
     entry, and pop in the same order."""
-    py, c = _sched(), _sched()
-    deepest = 0
-    for batch in batches:
-        ops = []
-        for op in batch:
-            if not _valid(py, op):
-                continue
-            _apply_py(py, op)
-            ops.append(op)
-            deepest = max(deepest, len(py.queue))
-        assert _bulk.sched_ops(c, ops)
-        assert repr(_fields(c)) == repr(_fields(py))
-    assert deepest >= 1
+    assert _both_ways(batches) >= 1
 
 
 def test_a_round_trip_changes_nothing():

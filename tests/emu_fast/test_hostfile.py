@@ -11,7 +11,6 @@ import dis
 import os
 import shutil
 import sys
-import sys
 
 import pytest
 from hypothesis import example, given, settings
@@ -33,6 +32,18 @@ ops = st.lists(st.one_of(
     st.tuples(st.just("truncate"), st.integers(0, SIZE + 12000)),
     st.tuples(st.just("undo"), st.booleans()),
     st.tuples(st.just("digest"),)), min_size=1, max_size=25)
+
+
+def images(tmp_path_factory, prefix: str, names=("py.img", "fast.img")):
+    """(dir, base image, [copies of it named names]) in a new temporary directory."""
+    tmp = tmp_path_factory.mktemp(prefix)
+    base = tmp / "base.img"
+    base.write_bytes(bytes(range(256)) * (SIZE // 256) + b"\x5a" * (SIZE % 256))
+    paths = []
+    for name in names:
+        shutil.copy(base, tmp / name)
+        paths.append(str(tmp / name))
+    return tmp, base, paths
 
 
 def state(hf: HostFile) -> dict:
@@ -67,13 +78,7 @@ def apply(hf: HostFile, op: tuple):
 @settings(**dict(SETTINGS, max_examples=120))
 @given(mode=st.sampled_from(["overlay", "write", "read"]), ops=ops)
 def test_compiled_hostfile_methods_are_the_python_ones(tmp_path_factory, mode, ops):
-    tmp = tmp_path_factory.mktemp("hf")
-    base = tmp / "base.img"
-    base.write_bytes(bytes(range(256)) * (SIZE // 256) + b"\x5a" * (SIZE % 256))
-    paths = []
-    for name in ("py.img", "fast.img"):
-        shutil.copy(base, tmp / name)
-        paths.append(str(tmp / name))
+    tmp, base, paths = images(tmp_path_factory, "hf")
     a = HostFile(paths[0], mode, overlay_dir=str(tmp))
     b = HostFile(paths[1], mode, overlay_dir=str(tmp))
     emu_fast.require()._hostfile.attach(b)
@@ -171,13 +176,7 @@ def test_pwrite_over_the_instance_dict_is_the_python_method(tmp_path_factory, mo
     names it reads; either way every result and the whole object state are the Python
     method's."""
     hfmod = emu_fast.require()._hostfile
-    tmp = tmp_path_factory.mktemp("hfd")
-    base = tmp / "base.img"
-    base.write_bytes(bytes(range(256)) * (SIZE // 256) + b"\x5a" * (SIZE % 256))
-    paths = []
-    for name in ("py.img", "fast.img"):
-        shutil.copy(base, tmp / name)
-        paths.append(str(tmp / name))
+    tmp, base, paths = images(tmp_path_factory, "hfd")
     a = HostFile(paths[0], mode, overlay_dir=str(tmp))
     b = HostFile(paths[1], mode, overlay_dir=str(tmp))
     hfmod.attach(b)
@@ -230,13 +229,7 @@ def test_kept_fields_follow_every_change_of_the_dict(tmp_path_factory, mode, ops
     HostFile's calls in between, and ints too large to keep (the dict read instead); every
     non-empty call with keepable fields runs over the kept fields."""
     hfmod = emu_fast.require()._hostfile
-    tmp = tmp_path_factory.mktemp("hfk")
-    base = tmp / "base.img"
-    base.write_bytes(bytes(range(256)) * (SIZE // 256) + b"\x5a" * (SIZE % 256))
-    paths = []
-    for name in ("py.img", "fast.img", "other.img"):
-        shutil.copy(base, tmp / name)
-        paths.append(str(tmp / name))
+    tmp, base, paths = images(tmp_path_factory, "hfk", ("py.img", "fast.img", "other.img"))
     a = HostFile(paths[0], mode, overlay_dir=str(tmp))
     b = HostFile(paths[1], mode, overlay_dir=str(tmp))
     other = HostFile(paths[2], "overlay", overlay_dir=str(tmp))
