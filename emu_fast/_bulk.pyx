@@ -158,6 +158,12 @@ cdef int _kind_id(object kind) except -2:
 
 cdef handler_t _HANDLERS[NKINDS]
 memset(_HANDLERS, 0, sizeof(_HANDLERS))
+# the handlers a stretch runs: _HANDLERS but for the kinds set by stop_before (NULL: the core
+# stops before such an event, and the caller runs it, recorded)
+cdef handler_t _ACTIVE[NKINDS]
+memset(_ACTIVE, 0, sizeof(_ACTIVE))
+cdef bint _STOP[NKINDS]
+memset(_STOP, 0, sizeof(_STOP))
 cdef continues_t _CONTINUES[NKINDS]
 memset(_CONTINUES, 0, sizeof(_CONTINUES))
 cdef load_t _LOADS[8]
@@ -172,6 +178,8 @@ cdef long long _ST_REFUSED = 0        # a layer's load said this machine is not 
 cdef long long _ST_MAY_END = 0        # the next event could have been the run's last (_may_end)
 cdef long long _BAILS[NKINDS]         # a handler returned BAIL for an event of this kind
 cdef long long _UNHANDLED[NKINDS]     # the next event's kind has no bulk handler
+cdef long long _STOPPED[NKINDS]       # ... is one stop_before names
+memset(_STOPPED, 0, sizeof(_STOPPED))
 cdef long long _MAYEND[NKINDS]        # ... could be the run's last (_may_end)
 memset(_MAYEND, 0, sizeof(_MAYEND))
 memset(_BAILS, 0, sizeof(_BAILS))
@@ -182,6 +190,7 @@ cdef int register_handler(int kind, handler_t fn) except -1:
     if kind <= 0 or kind >= NKINDS:
         raise ValueError(f"register_handler: kind {kind} out of range")
     _HANDLERS[kind] = fn
+    _ACTIVE[kind] = NULL if _STOP[kind] else fn
     return 0
 
 
@@ -211,6 +220,24 @@ def kind_names():
     return _KIND_NAMES
 
 
+def stop_before(kinds):
+    """Make stretches stop before every event of these kinds (names, as the scheduler's: a
+    session's breakpoint prefilter names the events whose records could match); the previous
+    set is returned (a frozenset), to be put back when the caller is done."""
+    cdef int i
+    ids = set()
+    for name in kinds:
+        i = _kind_id(name)
+        if i <= 0:
+            raise ValueError(f"stop_before: {name!r} is not an event kind")
+        ids.add(i)
+    prev = frozenset(_KIND_NAMES[i] for i in range(1, NKINDS) if _STOP[i])
+    for i in range(NKINDS):
+        _STOP[i] = i in ids
+        _ACTIVE[i] = NULL if _STOP[i] else _HANDLERS[i]
+    return prev
+
+
 def set_enabled(bint on):
     """Turn the core on or off (off: run() returns 0 at once; for comparisons and benchmarks)."""
     global _ENABLED
@@ -227,6 +254,7 @@ def stats():
     return {"steps": _ST_STEPS, "runs": _ST_RUNS, "refused": _ST_REFUSED, "may_end": _ST_MAY_END,
             "bails": {_KIND_NAMES[i]: _BAILS[i] for i in range(NKINDS) if _BAILS[i]},
             "unhandled": {_KIND_NAMES[i]: _UNHANDLED[i] for i in range(NKINDS) if _UNHANDLED[i]},
+            "stopped": {_KIND_NAMES[i]: _STOPPED[i] for i in range(NKINDS) if _STOPPED[i]},
             "may_end_kinds": {_KIND_NAMES[i]: _MAYEND[i] for i in range(NKINDS) if _MAYEND[i]}}
 
 
@@ -235,6 +263,7 @@ def reset_stats():
     _ST_STEPS = _ST_RUNS = _ST_REFUSED = _ST_MAY_END = 0
     memset(_BAILS, 0, sizeof(_BAILS))
     memset(_UNHANDLED, 0, sizeof(_UNHANDLED))
+    memset(_STOPPED, 0, sizeof(_STOPPED))
     memset(_MAYEND, 0, sizeof(_MAYEND))
 
 
@@ -906,8 +935,11 @@ cdef bint _quick_no(object m) except -1:
     k = _kind_id(<object>PyTuple_GET_ITEM(top, 3))
     if k < 0:
         return True
-    if _HANDLERS[k] == NULL:
-        _UNHANDLED[k] += 1
+    if _ACTIVE[k] == NULL:
+        if _STOP[k]:
+            _STOPPED[k] += 1
+        else:
+            _UNHANDLED[k] += 1
         return True
     if len(<list>q) == 1 and _CONTINUES[k] == NULL:     # (else _may_end decides, loaded)
         name = <object>PyTuple_GET_ITEM(top, 2)
@@ -934,8 +966,9 @@ def run(m, long long limit=-1):
 cdef long long bulk_run(object m, long long limit) except -1:
     """Run at most limit steps of m (limit < 0: no limit) in the core; the number run.
 
-    Stops before an event without a bulk handler, one its handler bails on, and one that could
-    be the run's last (see _may_end); the scheduler and m.steps are then stored back."""
+    Stops before an event without a bulk handler (or of a kind stop_before names), one its
+    handler bails on, and one that could be the run's last (see _may_end); the scheduler and
+    m.steps are then stored back."""
     global _ST_STEPS, _ST_RUNS, _ST_REFUSED, _ST_MAY_END
     cdef _Run r
     cdef Core* c
@@ -973,9 +1006,12 @@ cdef long long bulk_run(object m, long long limit) except -1:
                         _MAYEND[_top(c).f.kind] += 1
                         break
                 top = _top(c)
-                fn = _HANDLERS[top.f.kind]
+                fn = _ACTIVE[top.f.kind]
                 if fn == NULL:
-                    _UNHANDLED[top.f.kind] += 1
+                    if _STOP[top.f.kind]:
+                        _STOPPED[top.f.kind] += 1
+                    else:
+                        _UNHANDLED[top.f.kind] += 1
                     break
                 # the handler's frame is c.ev.f: begin() pops this event (its slot may be
                 # reused by the step's pushes), and c.ev is the running event from then on

@@ -1208,11 +1208,25 @@ cdef class _Prefilter:
         except Exception:
             return True
 
-    cdef bint errors_only(self):
-        """Only error catchpoints are enabled (matched by error effects and IOERR facts,
-        which no step the bulk core runs natively has)."""
-        return not (self.always or self.none or self.steps or self.regs or self.inuse_names
-                    or self.rings or self.desc or self.nram or self.nhost)
+    cdef object core_stops(self):
+        """The events the bulk core must stop before, so that every step whose record could
+        make an enabled breakpoint match runs recorded and is checked: empty with only error
+        catchpoints (which no step the core runs natively matches, in strict mode) or nothing
+        enabled; the desc breakpoints' steps (DESC_STEPS of their `on`) with desc breakpoints;
+        None when some enabled breakpoint could match other steps (the core is not used)."""
+        if self.always or self.steps or self.regs or self.inuse_names or self.rings \
+                or self.nram or self.nhost:
+            return None
+        if not self.desc:
+            return frozenset()
+        from emu.debug.breakpoints import DESC_STEPS
+        kinds = set()
+        for p in self.descs:
+            ons = p["on"]
+            for on, events in DESC_STEPS.items():
+                if ons is None or on in ons:
+                    kinds.update(events)
+        return frozenset(kinds)
 
     cdef bint candidate(self, object m, object rec) except -1:
         cdef Py_ssize_t i
@@ -1431,12 +1445,19 @@ def session_run(s, target=None, bint check=True, limit=None, stop=None, cancelle
     cdef long long E, H
     p.s = s
     g.floor = -1
-    # with only error catchpoints, the core runs no step whose record could match them
+    # with only error catchpoints (and desc breakpoints, whose steps the core stops before),
+    # the core runs no step whose record could match them
     from emu.spec.blk import S_IOERR
-    strict = check and stop is None and _Prefilter(s.breakpoints, S_IOERR).errors_only()
+    cdef _Prefilter pf = _Prefilter(s.breakpoints, S_IOERR)
+    stops = pf.core_stops() if check and stop is None else None
+    strict = stops is not None and pf.error
+    prev_stops = None
     if strict:
         for mod in _strict_modules():
             mod.set_strict(True)
+    if stops:
+        from emu_fast import _bulk
+        prev_stops = _bulk.stop_before(stops)
     try:
         st = _session_loop(s, p, g, target, check, limit, stop, cancelled, progress, every,
                            False, guest)
@@ -1456,6 +1477,9 @@ def session_run(s, target=None, bint check=True, limit=None, stop=None, cancelle
         if strict:
             for mod in _strict_modules():
                 mod.set_strict(False)
+        if prev_stops is not None:
+            from emu_fast import _bulk
+            _bulk.stop_before(prev_stops)
         p.flush()
 
 
@@ -1498,7 +1522,7 @@ cdef object _session_loop(s, _Pending p, _Gaps g, target, bint check, limit, sto
     history_append = hist.append
     if hist.maxlen is not None:
         H = hist.maxlen
-    core = g is not None and stop is None and (pf is None or pf.none or pf.errors_only()) and H > 0
+    core = g is not None and stop is None and (pf is None or pf.core_stops() is not None) and H > 0
     if core:
         poll_every = _CORE_POLL
     tl = s.timeline

@@ -141,6 +141,13 @@ __all__ = ["Breakpoint", "BreakpointError", "BreakpointTable", "Hit", "FIELDS", 
 NEXT, WRITE, INDIRECT = 1, 2, 4
 FLAG_NAMES = {"NEXT": NEXT, "WRITE": WRITE, "INDIRECT": INDIRECT}
 DESC_ON = ("add", "pop", "used")
+# the scheduler events whose handlers put ("desc", on, ...) facts in their step's record:
+# virtqueue_add_split's descriptor and head steps (guest/vring.py), virtqueue_split_pop's step
+# (device/virtio_blk.py vblk.pop -> virtio.virtqueue_pop) and virtqueue_fill's (vq.fill).  The
+# compiled engine's session loop lets its bulk core run every other step unrecorded while only
+# desc breakpoints (and catchpoints) are enabled (emu_fast._core _Prefilter.core_stops).
+DESC_STEPS = {"add": ("vring.add_desc", "vring.add_head"), "pop": ("vblk.pop",),
+              "used": ("vq.fill",)}
 REQ_TYPES = ("IN", "OUT", "FLUSH", "GET_ID", "DISCARD", "WRITE_ZEROES")
 # emu.views.requests() stages (views._live_stage), plus "done"
 STAGES = ("plugged", "queued", "requeued", "driver: adding", "avail: not popped",

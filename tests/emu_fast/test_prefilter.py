@@ -138,3 +138,35 @@ def test_request_breakpoints_are_checked_at_every_step(tmp_path, monkeypatch):
     first = s.cont()
     assert first.reason == "breakpoint"
     assert seen == list(range(1, first.step + 1))
+
+
+@settings(**dict(SETTINGS, max_examples=30))
+@given(fmt=st.sampled_from(["raw", "qcow2", "qcow2s"]), wl=workloads, cfg=configs)
+def test_desc_facts_come_only_from_the_steps_the_core_stops_before(tmp_path_factory, fmt, wl, cfg):
+    """With desc breakpoints the session loop's bulk core runs every step but DESC_STEPS
+    unrecorded: a desc fact of any other step would be a missed match."""
+    tmp = tmp_path_factory.mktemp("ds")
+    m = machine(tmp, "qcow2" if fmt.startswith("qcow2") else fmt, "s" if fmt == "qcow2s" else "",
+                wl, cfg)
+    closed = False
+    while True:
+        rec = m.step()
+        if rec is None:
+            if closed or not m.begin_shutdown():
+                break
+            closed = True
+            continue
+        for f in rec.facts:
+            if f[0] == "desc":
+                assert rec.kind in BP.DESC_STEPS[f[1]], (rec.n, rec.kind, f)
+
+
+def test_desc_facts_of_every_kind_are_seen(tmp_path):
+    """The property above meets each DESC_STEPS event, indirect heads included."""
+    wl = "queue-depth 4\n" + "".join(f"write {i * 8192} 4k\nread {i * 4096} 8k\n" for i in range(8))
+    seen_kinds = set()
+    for cfg in ({"indirect": False}, {"indirect": True}):
+        m = machine(tmp_path, "raw", "", wl, cfg)
+        for rec in iter(m.step, None):
+            seen_kinds.update((rec.kind, f[1]) for f in rec.facts if f[0] == "desc")
+    assert seen_kinds == {(k, on) for on, kinds in BP.DESC_STEPS.items() for k in kinds}

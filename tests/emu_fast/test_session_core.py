@@ -224,3 +224,59 @@ def test_error_catchpoints_see_a_qcow2_engine_error_among_core_steps(tmp_path):
     assert any(r == "error" and "unaligned" in m for r, _n, m in stops)
     assert core.session_core_stats()["steps"] > 0.5 * s_fast.m.steps
     assert seen(s_py) == seen(s_fast)
+
+
+DESC_SPECS = ["desc", "desc on=used", "desc on=add q=0", "desc on=pop len=512..8192",
+              "desc on=used if len == 3", "desc on=pop if req % 7 == 3", "desc indirect=yes",
+              "desc on=add|used head=2"]
+
+
+@settings(**dict(SETTINGS, max_examples=15))
+@given(fmt=st.sampled_from(["raw", "qcow2", "article"]), wl=workloads, cfg=configs,
+       specs=st.lists(st.sampled_from(DESC_SPECS), min_size=1, max_size=2, unique=True),
+       ignore=st.integers(0, 3), interval=st.sampled_from([5, 37, 200]),
+       window=st.sampled_from([1, 4]), hist=st.sampled_from([3, 400]), catch=st.booleans())
+def test_desc_breakpoints_stop_where_python_does_with_the_core(tmp_path_factory, fmt, wl, cfg,
+                                                               specs, ignore, interval, window,
+                                                               hist, catch):
+    """With desc breakpoints (and the default catch error, or not) the core runs the steps no
+    desc fact comes from and stops before the others (DESC_STEPS), which run recorded and are
+    checked: the same stops, hit counts and session as on the Python engine."""
+    core.session_core_config(window=window, min_stretch=1)
+    tmp = tmp_path_factory.mktemp("sd")
+    sessions = []
+    for eng in ("py", "fast"):
+        s = Session(machine(tmp, fmt, "", wl, cfg), checkpoint_interval=interval,
+                    catch_errors=catch)
+        s.history = collections.deque(maxlen=hist)
+        s.set_engine(eng)
+        for spec in specs:
+            bp = s.add_breakpoint("break", spec)
+        s.breakpoints.ignore(bp, ignore)
+        sessions.append(s)
+    s_py, s_fast = sessions
+    assert _stops(s_py, "py") == _stops(s_fast, "fast")
+    assert [b.hits for b in s_py.breakpoints] == [b.hits for b in s_fast.breakpoints]
+    assert seen(s_py) == seen(s_fast)
+
+
+def test_desc_breakpoints_use_the_core_and_stop_on_each_hit(tmp_path):
+    """A long qcow2 run with a desc breakpoint whose condition holds now and then: the core
+    runs most steps, stops before each used-ring step, and every hit stops the run; after
+    the run the core stops before nothing again."""
+    from emu_fast import _bulk
+    wl = "queue-depth 4\n" + "".join(f"write {(i * 7919) % 900 * 4096} 4k\n" for i in range(200))
+    s_py, s_fast = (Session(machine(tmp_path, "qcow2", "", wl, {}), checkpoint_interval=500)
+                    for _ in range(2))
+    for eng, s in (("py", s_py), ("fast", s_fast)):
+        s.set_engine(eng)
+        s.add_breakpoint("break", "desc on=used if req % 50 == 7")
+    core.reset_session_core_stats()
+    _bulk.reset_stats()
+    stops = _stops(s_fast, "fast")
+    assert stops == _stops(s_py, "py")
+    assert [r for r, _n, _m in stops].count("breakpoint") >= 3
+    assert core.session_core_stats()["steps"] > 0.5 * s_fast.m.steps
+    assert _bulk.stats()["stopped"].get("vq.fill", 0) >= 150
+    assert seen(s_py) == seen(s_fast)
+    assert _bulk.stop_before(()) == frozenset()      # put back when the run ended
