@@ -22,11 +22,19 @@ system calls on the image's file system: on a disk they wait for it (~0.4 ms eac
 of the mixed workload's time on both engines); on tmpfs they cost nothing, so the table
 measures the engines.  The header says which directory and file system were used.
 
+Both engines make the same system calls on the image file, and those take the same time on
+both: they bound the fast/py ratio.  Each row records them in one more Python-engine run
+(host_calls: pread, pwrite, fdatasync, ftruncate with their sizes and offsets) and makes them
+again alone, in a plain loop on a new file in the same directory (replay_calls, best of
+`repeat`): `host I/O` is that time, and `ceiling` (py's time over it) the most fast/py could
+be if the fast engine's own work took no time at all.
+
 A second table runs rand4k as the debugger's `continue` does (emu.session.Session.cont: the
 step history, a checkpoint every 1000 steps), on both engines, twice: with a session's default
 catchpoint only (`catch error`: the fast engine's bulk core runs the steps no error can come
-from), and with one descriptor breakpoint more, whose condition never holds, so every step is
-a breakpoint question (the recorded loop).
+from), and with one descriptor breakpoint more, whose condition never holds: the core stops
+before each step that could make a desc fact (emu.debug.breakpoints.DESC_STEPS), which runs
+recorded, so the breakpoint's condition is evaluated there.
 """
 from __future__ import annotations
 
@@ -147,6 +155,72 @@ def run_engine(engine: str, image: str, wl: str) -> dict:
     return out
 
 
+class _SyscallLog:
+    """Stands in for the os module inside emu.block.hostfile for one run: notes the image
+    file's system calls (pread, pwrite, fdatasync, ftruncate) with their sizes and offsets."""
+
+    def __init__(self) -> None:
+        self.calls: list = []
+
+    def __getattr__(self, name: str):
+        return getattr(os, name)
+
+    def pread(self, fd: int, n: int, off: int) -> bytes:
+        self.calls.append(("pread", n, off))
+        return os.pread(fd, n, off)
+
+    def pwrite(self, fd: int, data, off: int) -> int:
+        self.calls.append(("pwrite", len(data), off))
+        return os.pwrite(fd, data, off)
+
+    def fdatasync(self, fd: int) -> None:
+        self.calls.append(("fdatasync", 0, 0))
+        os.fdatasync(fd)
+
+    def ftruncate(self, fd: int, size: int) -> None:
+        self.calls.append(("ftruncate", 0, size))
+        os.ftruncate(fd, size)
+
+
+def host_calls(image: str, wl: str) -> list:
+    """The image file's system calls in one Python-engine run of wl: (name, bytes, offset).
+    Both engines make the same calls (the fast engine makes them from C, unseen here)."""
+    from emu import engine as E
+    from emu.block import hostfile
+    m = _machine(image, wl)
+    log = _SyscallLog()
+    hostfile.os = log
+    try:
+        E.run(m, "py")
+    finally:
+        hostfile.os = os
+        m.hostfile.close()
+    return log.calls
+
+
+def replay_calls(calls: list, dir: str) -> float:
+    """Seconds to make the same system calls alone (os.pwrite & co. in a plain loop), on a new
+    file in dir: the host I/O that both engines' runs contain."""
+    fd, path = tempfile.mkstemp(prefix="vblkdbg-io-", dir=dir)
+    os.unlink(path)
+    try:
+        n = max((c[1] for c in calls if c[0] == "pwrite"), default=0)
+        data = memoryview(bytes(range(256)) * (n // 256 + 1))
+        t0 = time.perf_counter()
+        for op, k, off in calls:
+            if op == "pwrite":
+                os.pwrite(fd, data[:k], off)
+            elif op == "pread":
+                os.pread(fd, k, off)
+            elif op == "fdatasync":
+                os.fdatasync(fd)
+            else:
+                os.ftruncate(fd, off)
+        return time.perf_counter() - t0
+    finally:
+        os.close(fd)
+
+
 def _core_steps() -> int:
     """Steps the bulk core (emu_fast._bulk) has run in this process."""
     from emu_fast import _bulk
@@ -233,6 +307,15 @@ def run_bench(as_json: bool = False, requests: int = 2000, workloads=WORKLOADS,
                 if "py" in row and "fast" in row:
                     row["identical"] = row["py"]["digest"] == row["fast"]["digest"]
                     row["fast_over_py"] = row["py"]["seconds"] / max(row["fast"]["seconds"], 1e-9)
+                if "py" in row:
+                    # the runs' host I/O alone: the most fast/py can be is py's time over it
+                    img = make_image(os.path.join(tmp, f"{wname}-io.{fmt}"), fmt)
+                    calls = host_calls(img, wl)
+                    os.unlink(img)
+                    io_s = min(replay_calls(calls, tmp) for _ in range(max(1, repeat)))
+                    row["host_io"] = {"calls": len(calls), "seconds": io_s}
+                    if io_s > 0:
+                        row["ceiling"] = row["py"]["seconds"] / io_s
                 if qemu and wname == "rand4k":
                     q = None
                     for _ in range(max(1, repeat)):
@@ -286,6 +369,7 @@ def _table(res: dict, engines) -> str:
     head = f"{'workload':<8} {'format':<6} " + " ".join(f"{e + ' req/s':>12}" for e in engines)
     core = "fast" in engines
     head += f" {'fast/py':>8} {'same':>5}" + (f" {'in core':>7}" if core else "")
+    head += f" {'host I/O':>9} {'ceiling':>8}"
     head += "  qemu-img bench -d 1 (req/s, fast/qemu)"
     lines.append(head)
     for row in res["results"]:
@@ -296,6 +380,9 @@ def _table(res: dict, engines) -> str:
         if core:
             f = row["fast"]
             s += f" {100.0 * f.get('core_steps', 0) / max(f['steps'], 1):>6.1f}%"
+        io = row.get("host_io")
+        s += f" {1e3 * io['seconds']:>6.1f} ms" if io else f" {'':>9}"
+        s += f" {row['ceiling']:>7.0f}x" if "ceiling" in row else f" {'':>8}"
         q = row.get("qemu_img")
         if q is not None:
             if "req_per_s" in q:
@@ -305,6 +392,10 @@ def _table(res: dict, engines) -> str:
         lines.append(s)
     if not any("qemu_img" in r for r in res["results"]):
         lines.append("(qemu-img not installed: no qemu-img bench comparison)")
+    if any("host_io" in r for r in res["results"]):
+        lines.append("host I/O: the run's image-file system calls made alone (recorded on the Python "
+                     "engine, replayed in a plain loop); ceiling: py's time over it, the most fast/py "
+                     "can be")
     if res.get("continue"):
         lines += ["", "continue in the debugger (history, checkpoints every 1000 steps, catch error; "
                   f"then also {' '.join(CONTINUE_BREAK)})",

@@ -72,3 +72,36 @@ def test_bench_dir_defaults_to_tmpfs_and_rejects_what_it_cannot_use(tmp_path, mo
     (tmp_path / "f").write_text("x")
     with pytest.raises(ValueError, match="not a directory"):
         B.bench_dir(str(tmp_path / "f"))
+
+
+def test_host_calls_are_the_runs_own_image_io_and_bound_the_ratio(tmp_path):
+    """host_calls notes the image file's system calls of a run: on a raw image, 4 KiB random
+    writes are pwrites of 4 KiB at the workload's own offsets (and nothing is left patched);
+    run_bench replays them and divides py's time by that."""
+    from emu.block import hostfile
+    wl = B.workload("rand4k", 12, seed=7)
+    offsets = sorted(int(line.split()[1]) for line in wl.splitlines() if line.startswith("write"))
+    calls = B.host_calls(B.make_image(str(tmp_path / "h.raw"), "raw"), wl)
+    assert hostfile.os is os
+    writes = [(n, off) for op, n, off in calls if op == "pwrite"]
+    assert sorted(off for n, off in writes if n == 4096) == offsets
+    assert B.replay_calls(calls, str(tmp_path)) > 0
+    assert not [n for n in os.listdir(tmp_path) if n.startswith("vblkdbg-io-")]
+    res = B.run_bench(True, requests=6, workloads=("rand4k",), formats=("raw",), qemu=False,
+                      out=lambda *a: None, repeat=1, dir=str(tmp_path))
+    row = res["results"][0]
+    assert row["host_io"]["calls"] >= 6
+    assert row["ceiling"] == row["py"]["seconds"] / row["host_io"]["seconds"]
+
+
+def test_host_calls_put_the_os_module_back_when_the_run_fails(tmp_path, monkeypatch):
+    from emu import engine as E
+    from emu.block import hostfile
+
+    def boom(m, eng):
+        assert isinstance(hostfile.os, B._SyscallLog)
+        raise RuntimeError("boom")
+    monkeypatch.setattr(E, "run", boom)
+    with pytest.raises(RuntimeError):
+        B.host_calls(B.make_image(str(tmp_path / "h.raw"), "raw"), B.workload("rand4k", 2))
+    assert hostfile.os is os
