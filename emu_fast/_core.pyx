@@ -1212,20 +1212,26 @@ cdef class _Prefilter:
         """The events the bulk core must stop before, so that every step whose record could
         make an enabled breakpoint match runs recorded and is checked: empty with only error
         catchpoints (which no step the core runs natively matches, in strict mode) or nothing
-        enabled; the desc breakpoints' steps (DESC_STEPS of their `on`) with desc breakpoints;
-        None when some enabled breakpoint could match other steps (the core is not used)."""
-        if self.always or self.steps or self.regs or self.inuse_names or self.rings \
-                or self.nram or self.nhost:
+        enabled; for desc breakpoints the steps of their `on` (DESC_STEPS), for host
+        watchpoints the file writes (HOST_WRITE_STEPS), for ring breakpoints the ring index
+        and inuse steps (RING_STEPS); None when some enabled breakpoint could match other
+        steps (step, RAM, register: the core is not used)."""
+        if self.always or self.steps or self.regs or self.nram:
             return None
-        if not self.desc:
-            return frozenset()
-        from emu.debug.breakpoints import DESC_STEPS
+        from emu.debug.breakpoints import DESC_STEPS, HOST_WRITE_STEPS, RING_STEPS
         kinds = set()
         for p in self.descs:
             ons = p["on"]
             for on, events in DESC_STEPS.items():
                 if ons is None or on in ons:
                     kinds.update(events)
+        if self.nhost:
+            kinds.update(HOST_WRITE_STEPS)
+        if self.rings:
+            kinds.update(RING_STEPS["avail"])
+            kinds.update(RING_STEPS["used"])
+        if self.inuse_names:
+            kinds.update(RING_STEPS["inuse"])
         return frozenset(kinds)
 
     cdef bint candidate(self, object m, object rec) except -1:

@@ -141,13 +141,21 @@ __all__ = ["Breakpoint", "BreakpointError", "BreakpointTable", "Hit", "FIELDS", 
 NEXT, WRITE, INDIRECT = 1, 2, 4
 FLAG_NAMES = {"NEXT": NEXT, "WRITE": WRITE, "INDIRECT": INDIRECT}
 DESC_ON = ("add", "pop", "used")
-# the scheduler events whose handlers put ("desc", on, ...) facts in their step's record:
-# virtqueue_add_split's descriptor and head steps (guest/vring.py), virtqueue_split_pop's step
-# (device/virtio_blk.py vblk.pop -> virtio.virtqueue_pop) and virtqueue_fill's (vq.fill).  The
-# compiled engine's session loop lets its bulk core run every other step unrecorded while only
-# desc breakpoints (and catchpoints) are enabled (emu_fast._core _Prefilter.core_stops).
+# The steps whose records some breakpoints look at.  The compiled engine's session loop lets
+# its bulk core run every other step unrecorded while only such breakpoints (and catchpoints)
+# are enabled, stopping before these (emu_fast._core _Prefilter.core_stops); the property
+# tests in tests/emu_fast/test_prefilter.py check that no other step the core runs makes
+# what they match.
+# ("desc", on, ...) facts: virtqueue_add_split's descriptor and head steps (guest/vring.py),
+# virtqueue_split_pop's step (vblk.pop -> virtio.virtqueue_pop) and virtqueue_fill's (vq.fill)
 DESC_STEPS = {"add": ("vring.add_desc", "vring.add_head"), "pop": ("vblk.pop",),
               "used": ("vq.fill",)}
+# ("file", ...) effects (watch host): file-posix's and qcow2's thread-pool workers
+HOST_WRITE_STEPS = ("file.aio_worker", "qcow2.worker")
+# ring breakpoints: avail.idx written (virtqueue_add_split's publication, vring.add_publish),
+# used.idx written (virtqueue_flush, vq.flush), the vqN.inuse register (pop and flush)
+RING_STEPS = {"avail": ("vring.add_publish",), "used": ("vq.flush",),
+              "inuse": ("vblk.pop", "vq.flush")}
 REQ_TYPES = ("IN", "OUT", "FLUSH", "GET_ID", "DISCARD", "WRITE_ZEROES")
 # emu.views.requests() stages (views._live_stage), plus "done"
 STAGES = ("plugged", "queued", "requeued", "driver: adding", "avail: not popped",

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 import emu_fast
 from emu import engine
+from emu.debug.breakpoints import BreakpointError
 from emu.session import Session
 from tests.emu_fast.test_differential import SETTINGS, configs, machine, snapshot, workloads
 
@@ -226,22 +227,26 @@ def test_error_catchpoints_see_a_qcow2_engine_error_among_core_steps(tmp_path):
     assert seen(s_py) == seen(s_fast)
 
 
-DESC_SPECS = ["desc", "desc on=used", "desc on=add q=0", "desc on=pop len=512..8192",
-              "desc on=used if len == 3", "desc on=pop if req % 7 == 3", "desc indirect=yes",
-              "desc on=add|used head=2"]
+CORE_SPECS = [("break", "desc"), ("break", "desc on=used"), ("break", "desc on=add q=0"),
+              ("break", "desc on=pop len=512..8192"), ("break", "desc on=used if len == 3"),
+              ("break", "desc on=pop if req % 7 == 3"), ("break", "desc indirect=yes"),
+              ("break", "desc on=add|used head=2"), ("watch", "host 0x0..0xfffff"),
+              ("watch", "host 0x30000+4096 if new != 0"), ("break", "ring inuse>=2"),
+              ("break", "ring wrap"), ("break", "ring avail_idx=5"), ("break", "ring used_idx=3")]
 
 
 @settings(**dict(SETTINGS, max_examples=15))
 @given(fmt=st.sampled_from(["raw", "qcow2", "article"]), wl=workloads, cfg=configs,
-       specs=st.lists(st.sampled_from(DESC_SPECS), min_size=1, max_size=2, unique=True),
+       specs=st.lists(st.sampled_from(CORE_SPECS), min_size=1, max_size=2, unique=True),
        ignore=st.integers(0, 3), interval=st.sampled_from([5, 37, 200]),
        window=st.sampled_from([1, 4]), hist=st.sampled_from([3, 400]), catch=st.booleans())
-def test_desc_breakpoints_stop_where_python_does_with_the_core(tmp_path_factory, fmt, wl, cfg,
+def test_breakpoints_the_core_stops_for_stop_where_python_does(tmp_path_factory, fmt, wl, cfg,
                                                                specs, ignore, interval, window,
                                                                hist, catch):
-    """With desc breakpoints (and the default catch error, or not) the core runs the steps no
-    desc fact comes from and stops before the others (DESC_STEPS), which run recorded and are
-    checked: the same stops, hit counts and session as on the Python engine."""
+    """With desc and ring breakpoints and host watchpoints (and the default catch error, or
+    not) the core runs the steps none of them can match and stops before the others
+    (DESC_STEPS, HOST_WRITE_STEPS, RING_STEPS), which run recorded and are checked: the same
+    stops, hit counts and session as on the Python engine."""
     core.session_core_config(window=window, min_stretch=1)
     tmp = tmp_path_factory.mktemp("sd")
     sessions = []
@@ -250,9 +255,12 @@ def test_desc_breakpoints_stop_where_python_does_with_the_core(tmp_path_factory,
                     catch_errors=catch)
         s.history = collections.deque(maxlen=hist)
         s.set_engine(eng)
-        for spec in specs:
-            bp = s.add_breakpoint("break", spec)
-        s.breakpoints.ignore(bp, ignore)
+        for verb, spec in specs:
+            try:
+                bp = s.add_breakpoint(verb, spec)
+            except BreakpointError:         # a host range past a small image's end
+                continue
+            s.breakpoints.ignore(bp, ignore)
         sessions.append(s)
     s_py, s_fast = sessions
     assert _stops(s_py, "py") == _stops(s_fast, "fast")
@@ -260,23 +268,29 @@ def test_desc_breakpoints_stop_where_python_does_with_the_core(tmp_path_factory,
     assert seen(s_py) == seen(s_fast)
 
 
-def test_desc_breakpoints_use_the_core_and_stop_on_each_hit(tmp_path):
-    """A long qcow2 run with a desc breakpoint whose condition holds now and then: the core
-    runs most steps, stops before each used-ring step, and every hit stops the run; after
-    the run the core stops before nothing again."""
+@pytest.mark.parametrize("verb,spec,kind,hits", [
+    ("break", "desc on=used if req % 50 == 7", "vq.fill", 3),
+    ("watch", "host 0x0..0x30007", "qcow2.worker", 1),
+    ("break", "ring used_idx=100", "vq.flush", 1)])
+def test_breakpoints_the_core_stops_for_use_it_and_stop_on_each_hit(tmp_path, verb, spec, kind,
+                                                                    hits):
+    """A long qcow2 run with a breakpoint that matches now and then: the core runs most
+    steps, stops before each step the breakpoint could match, and every hit stops the run;
+    after the run the core stops before nothing again."""
     from emu_fast import _bulk
     wl = "queue-depth 4\n" + "".join(f"write {(i * 7919) % 900 * 4096} 4k\n" for i in range(200))
     s_py, s_fast = (Session(machine(tmp_path, "qcow2", "", wl, {}), checkpoint_interval=500)
                     for _ in range(2))
     for eng, s in (("py", s_py), ("fast", s_fast)):
         s.set_engine(eng)
-        s.add_breakpoint("break", "desc on=used if req % 50 == 7")
+        s.add_breakpoint(verb, spec)
     core.reset_session_core_stats()
     _bulk.reset_stats()
     stops = _stops(s_fast, "fast")
     assert stops == _stops(s_py, "py")
-    assert [r for r, _n, _m in stops].count("breakpoint") >= 3
+    assert [r for r, _n, _m in stops].count("breakpoint") + \
+        [r for r, _n, _m in stops].count("watchpoint") >= hits, stops
     assert core.session_core_stats()["steps"] > 0.5 * s_fast.m.steps
-    assert _bulk.stats()["stopped"].get("vq.fill", 0) >= 150
+    assert _bulk.stats()["stopped"].get(kind, 0) >= 150
     assert seen(s_py) == seen(s_fast)
     assert _bulk.stop_before(()) == frozenset()      # put back when the run ended
