@@ -1214,12 +1214,22 @@ cdef class _Prefilter:
         catchpoints (which no step the core runs natively matches, in strict mode) or nothing
         enabled; for desc breakpoints the steps of their `on` (DESC_STEPS), for host
         watchpoints the file writes (HOST_WRITE_STEPS), for ring breakpoints the ring index
-        and inuse steps (RING_STEPS); None when some enabled breakpoint could match other
-        steps (step, RAM, register: the core is not used)."""
-        if self.always or self.steps or self.regs or self.nram:
+        and inuse steps (RING_STEPS), for step breakpoints the steps whose function could
+        match (FUNCTION_STEPS, and those whose kind's registered function does); None when
+        some enabled breakpoint could match other steps (RAM, register: the core is not
+        used)."""
+        if self.always or self.regs or self.nram:
             return None
-        from emu.debug.breakpoints import DESC_STEPS, HOST_WRITE_STEPS, RING_STEPS
+        from emu.debug.breakpoints import DESC_STEPS, FUNCTION_STEPS, HOST_WRITE_STEPS, RING_STEPS
         kinds = set()
+        if self.steps:
+            from emu.sim.steps import REGISTRY
+            from emu_fast import _bulk
+            known = set(_bulk.kind_names())
+            for kind, entry in REGISTRY.items():
+                if kind in known and (kind in FUNCTION_STEPS
+                                      or self._step_matches(entry[1].function)):
+                    kinds.add(kind)
         for p in self.descs:
             ons = p["on"]
             for on, events in DESC_STEPS.items():

@@ -156,6 +156,12 @@ HOST_WRITE_STEPS = ("file.aio_worker", "qcow2.worker")
 # used.idx written (virtqueue_flush, vq.flush), the vqN.inuse register (pop and flush)
 RING_STEPS = {"avail": ("vring.add_publish",), "used": ("vq.flush",),
               "inuse": ("vblk.pop", "vq.flush")}
+# step breakpoints: the steps whose handler names another function than the one its kind is
+# registered with (Machine.set_function: the operation's, the qcow2 plan item's); every other
+# step's record names its kind's function (emu.sim.steps.REGISTRY)
+FUNCTION_STEPS = ("app.op", "blk.co_entry", "bdrv.co_entry", "bdrv.co_done", "raw.co_entry",
+                  "file.co_entry", "file.aio_worker", "file.co_resume", "qcow2.co_entry",
+                  "qcow2.compute", "qcow2.io", "qcow2.io_done", "qcow2.worker")
 REQ_TYPES = ("IN", "OUT", "FLUSH", "GET_ID", "DISCARD", "WRITE_ZEROES")
 # emu.views.requests() stages (views._live_stage), plus "done"
 STAGES = ("plugged", "queued", "requeued", "driver: adding", "avail: not popped",

@@ -142,8 +142,12 @@ def test_request_breakpoints_are_checked_at_every_step(tmp_path, monkeypatch):
 
 def _core_stop_kinds(m, rec) -> set:
     """What rec holds that some breakpoint the core stops for looks at: ("desc", on),
-    ("host",), ("avail",), ("used",), ("inuse",)."""
+    ("host",), ("avail",), ("used",), ("inuse",), ("function",) (not its kind's registered
+    function)."""
+    from emu.sim.steps import REGISTRY
     out = {("desc", f[1]) for f in rec.facts if f[0] == "desc"}
+    if rec.function != REGISTRY[rec.kind][1].function:
+        out.add(("function",))
     gvq = m.guest.vq
     idx = [("avail", gvq.avail + 2)] if gvq.num else []
     idx += [("used", q.used + 2) for q in m.vdev.vqs if q.used and q.num]
@@ -162,6 +166,8 @@ def _stop_steps(what: tuple) -> tuple:
         return BP.DESC_STEPS[what[1]]
     if what[0] == "host":
         return BP.HOST_WRITE_STEPS
+    if what[0] == "function":
+        return BP.FUNCTION_STEPS
     return BP.RING_STEPS[what[0]]
 
 
@@ -169,10 +175,12 @@ def _stop_steps(what: tuple) -> tuple:
 @given(fmt=st.sampled_from(["raw", "qcow2", "qcow2s"]), wl=workloads, cfg=configs)
 def test_what_breakpoints_see_comes_only_from_the_steps_the_core_stops_before(
         tmp_path_factory, fmt, wl, cfg):
-    """With desc, host and ring breakpoints the session loop's bulk core runs every step but
-    DESC_STEPS, HOST_WRITE_STEPS and RING_STEPS unrecorded: a desc fact, a file write, a ring
-    index write or an inuse change of any other step the core runs would be a missed match
-    (the steps the core never runs -- device probe, qcow2 open and close -- are recorded)."""
+    """With desc, host, ring and step breakpoints the session loop's bulk core runs every
+    step but DESC_STEPS, HOST_WRITE_STEPS, RING_STEPS, FUNCTION_STEPS (and the steps whose
+    kind's function a step breakpoint matches) unrecorded: a desc fact, a file write, a ring
+    index write, an inuse change or a function other than its kind's of any other step the core
+    runs would be a missed match (the steps the core never runs -- device probe, qcow2 open and
+    close -- are recorded)."""
     from emu_fast import _bulk
     handled = set(_bulk.handled_kinds())
     tmp = tmp_path_factory.mktemp("ds")
@@ -192,9 +200,10 @@ def test_what_breakpoints_see_comes_only_from_the_steps_the_core_stops_before(
 
 
 def test_each_step_the_core_stops_before_is_seen_doing_it(tmp_path):
-    """The property above meets each DESC_STEPS, HOST_WRITE_STEPS and RING_STEPS event doing
-    what it is listed for (indirect heads included)."""
-    wl = "queue-depth 4\n" + "".join(f"write {i * 8192} 4k\nread {i * 4096} 8k\n" for i in range(8))
+    """The property above meets each DESC_STEPS, HOST_WRITE_STEPS, RING_STEPS and
+    FUNCTION_STEPS event doing what it is listed for (indirect heads included)."""
+    wl = "queue-depth 4\n" + "".join(f"write {i * 8192} 4k\nread {i * 4096} 8k\n" for i in range(8)) \
+        + "flush\ndiscard 0 64k\nwrite-zeroes 65536 64k\n"
     seen_kinds = set()
     for fmt, cfg in (("raw", {"indirect": False}), ("qcow2", {"indirect": True})):
         m = machine(tmp_path, fmt, "", wl, cfg)
@@ -203,4 +212,5 @@ def test_each_step_the_core_stops_before_is_seen_doing_it(tmp_path):
     listed = {(k, ("desc", on)) for on, kinds in BP.DESC_STEPS.items() for k in kinds}
     listed |= {(k, ("host",)) for k in BP.HOST_WRITE_STEPS}
     listed |= {(k, (w,)) for w, kinds in BP.RING_STEPS.items() for k in kinds}
+    listed |= {(k, ("function",)) for k in BP.FUNCTION_STEPS}
     assert seen_kinds == listed

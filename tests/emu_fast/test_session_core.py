@@ -232,7 +232,9 @@ CORE_SPECS = [("break", "desc"), ("break", "desc on=used"), ("break", "desc on=a
               ("break", "desc on=pop if req % 7 == 3"), ("break", "desc indirect=yes"),
               ("break", "desc on=add|used head=2"), ("watch", "host 0x0..0xfffff"),
               ("watch", "host 0x30000+4096 if new != 0"), ("break", "ring inuse>=2"),
-              ("break", "ring wrap"), ("break", "ring avail_idx=5"), ("break", "ring used_idx=3")]
+              ("break", "ring wrap"), ("break", "ring avail_idx=5"), ("break", "ring used_idx=3"),
+              ("break", "step virtqueue_notify"), ("break", "step *flush*"),
+              ("break", "step handle_aiocb_rw if side == 'host'"), ("break", "step blk_mq_*")]
 
 
 @settings(**dict(SETTINGS, max_examples=15))
@@ -271,14 +273,16 @@ def test_breakpoints_the_core_stops_for_stop_where_python_does(tmp_path_factory,
 @pytest.mark.parametrize("verb,spec,kind,hits", [
     ("break", "desc on=used if req % 50 == 7", "vq.fill", 3),
     ("watch", "host 0x0..0x30007", "qcow2.worker", 1),
-    ("break", "ring used_idx=100", "vq.flush", 1)])
+    ("break", "ring used_idx=100", "vq.flush", 1),
+    ("break", "step qcow2_co_flush_to_os", "qcow2.co_entry", 3)])
 def test_breakpoints_the_core_stops_for_use_it_and_stop_on_each_hit(tmp_path, verb, spec, kind,
                                                                     hits):
     """A long qcow2 run with a breakpoint that matches now and then: the core runs most
     steps, stops before each step the breakpoint could match, and every hit stops the run;
     after the run the core stops before nothing again."""
     from emu_fast import _bulk
-    wl = "queue-depth 4\n" + "".join(f"write {(i * 7919) % 900 * 4096} 4k\n" for i in range(200))
+    wl = "queue-depth 4\n" + "".join(f"write {(i * 7919) % 900 * 4096} 4k\n"
+                                     + ("flush\n" if i % 50 == 49 else "") for i in range(200))
     s_py, s_fast = (Session(machine(tmp_path, "qcow2", "", wl, {}), checkpoint_interval=500)
                     for _ in range(2))
     for eng, s in (("py", s_py), ("fast", s_fast)):
