@@ -1215,13 +1215,18 @@ cdef class _Prefilter:
         enabled; for desc breakpoints the steps of their `on` (DESC_STEPS), for host
         watchpoints the file writes (HOST_WRITE_STEPS), for ring breakpoints the ring index
         and inuse steps (RING_STEPS), for step breakpoints the steps whose function could
-        match (FUNCTION_STEPS, and those whose kind's registered function does); None when
-        some enabled breakpoint could match other steps (RAM, register: the core is not
-        used)."""
-        if self.always or self.regs or self.nram:
+        match (FUNCTION_STEPS, and those whose kind's registered function does), for RAM and
+        register watchpoints the steps that write RAM (RAM_STEPS) or registers (REG_STEPS);
+        None with a request breakpoint or one of an unknown kind (the core is not used)."""
+        if self.always:
             return None
-        from emu.debug.breakpoints import DESC_STEPS, FUNCTION_STEPS, HOST_WRITE_STEPS, RING_STEPS
+        from emu.debug.breakpoints import (DESC_STEPS, FUNCTION_STEPS, HOST_WRITE_STEPS,
+                                           RAM_STEPS, REG_STEPS, RING_STEPS)
         kinds = set()
+        if self.nram:
+            kinds.update(RAM_STEPS)
+        if self.regs:
+            kinds.update(REG_STEPS)
         if self.steps:
             from emu.sim.steps import REGISTRY
             from emu_fast import _bulk

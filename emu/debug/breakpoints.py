@@ -156,6 +156,20 @@ HOST_WRITE_STEPS = ("file.aio_worker", "qcow2.worker")
 # used.idx written (virtqueue_flush, vq.flush), the vqN.inuse register (pop and flush)
 RING_STEPS = {"avail": ("vring.add_publish",), "used": ("vq.flush",),
               "inuse": ("vblk.pop", "vq.flush")}
+# ("reg", ...) effects (watch reg): the device's pop (last_avail_idx, inuse), flush (used_idx,
+# inuse), notify (signalled_used) and interrupt (isr) steps, and request handling's virtio_error
+# path (inuse); the transport's registers change in the probe's steps, which the core never runs
+REG_STEPS = ("vblk.pop", "vq.flush", "vq.notify", "vq.irq", "vblk.handle_request")
+# ("ram", ...) effects (watch ram): the guest process's copies into its pages and GET_ID's
+# header (blk-mq's submit_bio), the driver's descriptors, avail ring, flags and used event
+# (add, enable_cb, disable_cb, get_buf), the request header, the device's avail event and
+# used flags (handle_vq, pop, pass_end), GET_ID's reply and the status byte (handle_request,
+# req_complete), the used ring (fill, flush), and the host reads into guest RAM
+RAM_STEPS = ("app.op", "blkmq.submit_bio", "vring.add_desc", "vring.add_head", "vring.add_avail",
+             "vring.add_publish", "vring.enable_cb", "vring.disable_cb", "vring.get_buf",
+             "vblkd.setup_cmd", "vblk.handle_vq", "vblk.pop", "vblk.handle_request",
+             "vblk.pass_end", "vblk.req_complete", "vq.fill", "vq.flush", "file.aio_worker",
+             "qcow2.io", "qcow2.worker")
 # step breakpoints: the steps whose handler names another function than the one its kind is
 # registered with (Machine.set_function: the operation's, the qcow2 plan item's); every other
 # step's record names its kind's function (emu.sim.steps.REGISTRY)

@@ -152,6 +152,8 @@ def _core_stop_kinds(m, rec) -> set:
     idx = [("avail", gvq.avail + 2)] if gvq.num else []
     idx += [("used", q.used + 2) for q in m.vdev.vqs if q.used and q.num]
     for e in rec.effects:
+        if e[0] in ("ram", "reg"):
+            out.add((e[0],))
         if e[0] == "file":
             out.add(("host",))
         elif e[0] == "ram":
@@ -168,6 +170,10 @@ def _stop_steps(what: tuple) -> tuple:
         return BP.HOST_WRITE_STEPS
     if what[0] == "function":
         return BP.FUNCTION_STEPS
+    if what[0] == "ram":
+        return BP.RAM_STEPS
+    if what[0] == "reg":
+        return BP.REG_STEPS
     return BP.RING_STEPS[what[0]]
 
 
@@ -175,12 +181,12 @@ def _stop_steps(what: tuple) -> tuple:
 @given(fmt=st.sampled_from(["raw", "qcow2", "qcow2s"]), wl=workloads, cfg=configs)
 def test_what_breakpoints_see_comes_only_from_the_steps_the_core_stops_before(
         tmp_path_factory, fmt, wl, cfg):
-    """With desc, host, ring and step breakpoints the session loop's bulk core runs every
+    """With any breakpoint but request breakpoints the session loop's bulk core runs every
     step but DESC_STEPS, HOST_WRITE_STEPS, RING_STEPS, FUNCTION_STEPS (and the steps whose
-    kind's function a step breakpoint matches) unrecorded: a desc fact, a file write, a ring
-    index write, an inuse change or a function other than its kind's of any other step the core
-    runs would be a missed match (the steps the core never runs -- device probe, qcow2 open and
-    close -- are recorded)."""
+    kind's function a step breakpoint matches), RAM_STEPS and REG_STEPS unrecorded: a desc
+    fact, a file write, a ring index write, an inuse change, a function other than its kind's,
+    a RAM or register write of any other step the core runs would be a missed match (the steps
+    the core never runs -- device probe, qcow2 open and close -- are recorded)."""
     from emu_fast import _bulk
     handled = set(_bulk.handled_kinds())
     tmp = tmp_path_factory.mktemp("ds")
@@ -200,12 +206,14 @@ def test_what_breakpoints_see_comes_only_from_the_steps_the_core_stops_before(
 
 
 def test_each_step_the_core_stops_before_is_seen_doing_it(tmp_path):
-    """The property above meets each DESC_STEPS, HOST_WRITE_STEPS, RING_STEPS and
-    FUNCTION_STEPS event doing what it is listed for (indirect heads included)."""
+    """The property above meets each step of every list doing what it is listed for (indirect
+    heads and event indexes included) -- but for RAM_STEPS and REG_STEPS, which also list the
+    steps code reading finds writing RAM or a register on rarer paths (GET_ID, event index
+    updates, virtio_error): of those, most are seen."""
     wl = "queue-depth 4\n" + "".join(f"write {i * 8192} 4k\nread {i * 4096} 8k\n" for i in range(8)) \
         + "flush\ndiscard 0 64k\nwrite-zeroes 65536 64k\n"
     seen_kinds = set()
-    for fmt, cfg in (("raw", {"indirect": False}), ("qcow2", {"indirect": True})):
+    for fmt, cfg in (("raw", {"indirect": False}), ("qcow2", {"indirect": True, "event_idx": True})):
         m = machine(tmp_path, fmt, "", wl, cfg)
         for rec in iter(m.step, None):
             seen_kinds.update((rec.kind, what) for what in _core_stop_kinds(m, rec))
@@ -213,4 +221,10 @@ def test_each_step_the_core_stops_before_is_seen_doing_it(tmp_path):
     listed |= {(k, ("host",)) for k in BP.HOST_WRITE_STEPS}
     listed |= {(k, (w,)) for w, kinds in BP.RING_STEPS.items() for k in kinds}
     listed |= {(k, ("function",)) for k in BP.FUNCTION_STEPS}
-    assert seen_kinds == listed
+    from emu_fast import _bulk
+    handled = set(_bulk.handled_kinds())
+    seen_kinds = {(k, w) for k, w in seen_kinds if k in handled}     # (the probe's registers)
+    rare = {(k, ("ram",)) for k in BP.RAM_STEPS} | {(k, ("reg",)) for k in BP.REG_STEPS}
+    seen_rare = seen_kinds & rare
+    assert seen_kinds - seen_rare == listed
+    assert len(seen_rare) >= 0.7 * len(rare), sorted(rare - seen_rare)
