@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, binding=True
-"""emu.block.hostfile.HostFile's pread/pwrite compiled: the protocol layer's host I/O (QEMU
+"""emu.block.hostfile.HostFile's pread/pwrite/write_zeroes compiled: the protocol layer's host I/O (QEMU
 block/file-posix.c, raw_co_prw), for both format drivers (raw and qcow2).
 
 Line-for-line translations of the Python methods named in each docstring, over the same
@@ -23,7 +23,7 @@ from emu_fast._zeros cimport vb_zeros
 
 from errno import EBADF as _EBADF
 
-from emu.block.hostfile import BLOCK as _BLOCK_PY, CHUNK as _CHUNK_PY, HostFile
+from emu.block.hostfile import BLOCK as _BLOCK_PY, CHUNK as _CHUNK_PY, HostFile, _grow
 
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.object cimport PyObject
@@ -496,7 +496,75 @@ def hf_pwrite(self, off, data):
     return None
 
 
-HF_METHODS = {"pread": hf_pread, "pwrite": hf_pwrite}
+cdef int _wz_plain(object hf, dict d, long long o, long long n) except -1:
+    """HostFile.write_zeroes (n > 0) over hf's __dict__ d (_hf_plain), the kept fields (_k_*)
+    brought up to date with its stores when they held d's before it"""
+    global _k_writes, _k_size, _k_ver, _k_dict
+    cdef long long c, last, inside, end = o + n
+    cdef bint kept = _k_valid(d)
+    cdef const char* buf
+    hashes = _dget(d, hf, "_hashes")                                    # _touch
+    if hashes is not None:
+        dirty = _dget(d, hf, "_dirty")
+        last = (end - 1) // CHUNK
+        for c in range(o // CHUNK, last + 1):
+            dirty.add(c)
+    PyDict_SetItem(d, "writes", _dget(d, hf, "writes") + 1)
+    mode = _dget(d, hf, "mode")
+    if mode is not _OVERLAY and mode == "read":
+        if kept:
+            _k_writes += 1
+            _k_ver = VBH_DICT_VER(d)
+            if _k_writes >= _K_MAX:
+                _k_dict = None
+        raise OSError(_EBADF, "image opened read-only")
+    if _dget(d, hf, "undo") is not None:
+        kept = False                    # (_keep_old may set undo_size: read again next time)
+        _keep_old(hf, o, end)
+    size_o = _dget(d, hf, "size")
+    inside_o = min(end, size_o) - o
+    if inside_o > 0:
+        inside = inside_o
+        zeros = vb_zeros(inside)
+        buf = PyBytes_AS_STRING(zeros)
+        if mode is not _OVERLAY and mode == "write":
+            _pwrite_from(_dget(d, hf, "fd"), buf, inside, o)
+        else:
+            _cow_prepare(hf, o, inside)
+            _pwrite_from(_dget(d, hf, "ov_fd"), buf, inside, o)
+    grown = end > size_o
+    if grown:
+        if mode is not _OVERLAY and mode == "write":
+            _grow(_dget(d, hf, "fd"), size_o, end)
+        PyDict_SetItem(d, "size", end)
+    if kept and _k_dict is d:
+        _k_writes += 1
+        if grown:
+            _k_size = end
+        if _k_writes < _K_MAX and _k_size < _K_MAX:
+            _k_ver = VBH_DICT_VER(d)    # (its stores are the dict's only changes since)
+        else:
+            _k_dict = None
+    return 0
+
+
+def hf_write_zeroes(self, off, n):
+    """HostFile.write_zeroes"""
+    cdef long long o, k
+    cdef int ovf = 0, ovf2 = 0
+    if type(off) is not int or type(n) is not int or off < 0:
+        return _HostFile.write_zeroes(self, off, n)
+    if n <= 0:
+        return None
+    o = PyLong_AsLongLongAndOverflow(off, &ovf)
+    k = PyLong_AsLongLongAndOverflow(n, &ovf2)
+    if ovf or ovf2 or o >= _K_MAX or k >= _K_MAX or not (type(self) is _HostFile and _hf_plain()):
+        return _HostFile.write_zeroes(self, off, n)
+    _wz_plain(self, PyObject_GenericGetDict(self, NULL), o, k)
+    return None
+
+
+HF_METHODS = {"pread": hf_pread, "pwrite": hf_pwrite, "write_zeroes": hf_write_zeroes}
 for _name, _fn in HF_METHODS.items():
     _fn.__name__ = _name    # a bound method pickles as getattr(self, __name__): the attribute's
 
