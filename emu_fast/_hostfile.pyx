@@ -23,7 +23,7 @@ from emu_fast._zeros cimport vb_zeros
 
 from errno import EBADF as _EBADF
 
-from emu.block.hostfile import BLOCK as _BLOCK_PY, CHUNK as _CHUNK_PY, HostFile, _grow
+from emu.block.hostfile import BLOCK as _BLOCK_PY, CHUNK as _CHUNK_PY, HostFile
 
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.object cimport PyObject
@@ -502,7 +502,6 @@ cdef int _wz_plain(object hf, dict d, long long o, long long n) except -1:
     global _k_writes, _k_size, _k_ver, _k_dict
     cdef long long c, last, inside, end = o + n
     cdef bint kept = _k_valid(d)
-    cdef const char* buf
     hashes = _dget(d, hf, "_hashes")                                    # _touch
     if hashes is not None:
         dirty = _dget(d, hf, "_dirty")
@@ -522,21 +521,17 @@ cdef int _wz_plain(object hf, dict d, long long o, long long n) except -1:
         kept = False                    # (_keep_old may set undo_size: read again next time)
         _keep_old(hf, o, end)
     size_o = _dget(d, hf, "size")
-    inside_o = min(end, size_o) - o
-    if inside_o > 0:
-        inside = inside_o
+    if mode is not _OVERLAY and mode == "write":
+        zeros = vb_zeros(n)
+        _pwrite_from(_dget(d, hf, "fd"), PyBytes_AS_STRING(zeros), n, o)
+    elif size_o > o:
+        inside = min(end, size_o) - o
         zeros = vb_zeros(inside)
-        buf = PyBytes_AS_STRING(zeros)
-        if mode is not _OVERLAY and mode == "write":
-            _pwrite_from(_dget(d, hf, "fd"), buf, inside, o)
-        else:
-            _cow_prepare(hf, o, inside)
-            _pwrite_from(_dget(d, hf, "ov_fd"), buf, inside, o)
-    grown = end > size_o
+        _cow_prepare(hf, o, inside)
+        _pwrite_from(_dget(d, hf, "ov_fd"), PyBytes_AS_STRING(zeros), inside, o)
+    grown = not (size_o >= end)
     if grown:
-        if mode is not _OVERLAY and mode == "write":
-            _grow(_dget(d, hf, "fd"), size_o, end)
-        PyDict_SetItem(d, "size", end)
+        PyDict_SetItem(d, "size", max(size_o, end))
     if kept and _k_dict is d:
         _k_writes += 1
         if grown:

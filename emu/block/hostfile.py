@@ -54,17 +54,6 @@ def _data_ranges(fd: int, size: int) -> list[tuple[int, int]]:
     return out
 
 
-def _grow(fd: int, size: int, end: int) -> None:
-    """Grow a file from size to end bytes reading as zero: ftruncate (sparse), or -- where the
-    file cannot be truncated (a block device) -- zeros written as pwrite would."""
-    try:
-        os.ftruncate(fd, end)
-    except OSError as e:
-        if e.errno != errno.EINVAL:
-            raise
-        os.pwrite(fd, bytes(end - size), size)
-
-
 class HostFile:
     """One image file as the protocol layer (QEMU block/file-posix.c) sees it."""
 
@@ -160,11 +149,12 @@ class HostFile:
         fallocate(fd, 0, ...): [off, off+n) reads as zero, the size becomes max(size, off+n).
 
         Logically exactly pwrite(off, bytes(n)) -- `writes` + 1, the digest's dirty chunks,
-        the undo journal, EBADF in read mode -- but only the part before the logical end is
-        written (zeros, as pwrite would).  The part at or past `size` is not written: it
-        already reads as zero (in overlay mode every byte at or past `size` does: the module
-        doc's invariant; in write mode the file is grown with ftruncate, sparse, where
-        QEMU would fallocate), so growing the size is enough."""
+        the undo journal, EBADF in read mode.  In overlay mode only the part before the
+        logical end is written (zeros, as pwrite would); the part at or past `size` already
+        reads as zero (the module doc's invariant), so growing the size is enough.  In write
+        mode the user's file gets the zeros written as pwrite writes them (QEMU would
+        fallocate there, leaving unwritten extents that SEEK_DATA and so `qemu-img map`
+        report as holes; the user's file keeps the allocation it always had here)."""
         if n <= 0:
             return
         self._touch(off, n)
@@ -174,18 +164,13 @@ class HostFile:
         if self.undo is not None:
             self._keep_old(off, off + n)
         end = off + n
-        inside = min(end, self.size) - off
-        if inside > 0:
-            zeros = bytes(inside)
-            if self.mode == "write":
-                os.pwrite(self.fd, zeros, off)
-            else:
-                self._cow_prepare(off, inside)
-                os.pwrite(self.ov_fd, zeros, off)
-        if end > self.size:
-            if self.mode == "write":
-                _grow(self.fd, self.size, end)
-            self.size = end
+        if self.mode == "write":
+            os.pwrite(self.fd, bytes(n), off)
+        elif self.size > off:
+            inside = min(end, self.size) - off
+            self._cow_prepare(off, inside)
+            os.pwrite(self.ov_fd, bytes(inside), off)
+        self.size = max(self.size, end)
 
     def _cow_prepare(self, off: int, n: int) -> None:
         end = off + n

@@ -132,21 +132,22 @@ def test_write_zeroes_is_pwrite_of_zeros(tmp_path_factory, compiled, mode, ops):
 
 
 @pytest.mark.parametrize("compiled", COMPILED)
-@pytest.mark.parametrize("mode", ["overlay", "write"])
-def test_write_zeroes_past_the_end_writes_nothing(tmp_path, compiled, mode):
-    """Past the end of the file only the size grows: the overlay gets no block and no bytes,
-    the user's file grows sparse; the part inside the file is zeroed."""
-    base, (hf, _) = _files(tmp_path, mode, compiled)
+def test_overlay_write_zeroes_past_the_end_writes_nothing(tmp_path, compiled):
+    """Past the end of the file only the size grows: the overlay gets no block and no bytes;
+    the part inside the file is zeroed."""
+    base, (hf, _) = _files(tmp_path, "overlay", compiled)
     try:
-        hf.write_zeroes(SIZE + 4096, 1 << 20)
-        assert hf.size == SIZE + 4096 + (1 << 20) and hf.writes == 1
-        fd = hf.ov_fd if mode == "overlay" else hf.fd
-        assert os.fstat(fd).st_blocks * 512 < 64 * 1024
-        assert hf.cow == set()
+        hf.write_zeroes(SIZE - 100, 4096 + 200)        # across the end: the block before it
+        assert sorted(hf.cow) == [SIZE // BLOCK] and hf.writes == 1
+        assert hf.size == SIZE + 4096 + 100
+        hf.write_zeroes(SIZE + 8192, 1 << 20)
+        assert hf.size == SIZE + 8192 + (1 << 20) and hf.writes == 2
+        assert os.fstat(hf.ov_fd).st_blocks * 512 <= BLOCK and len(hf.cow) == 1
         hf.write_zeroes(4096 + 10, 100)               # inside: zeroed as pwrite would
         assert hf.pread(4096, 4096 + 200) == bytes(range(256))[:10] + bytes(100) + \
             (bytes(range(256)) * 17)[110:4096 + 200]
-        assert hf.writes == 2
+        assert hf.pread(SIZE - 150, 400) == b"\x5a" * 50 + bytes(350)
+        assert hf.writes == 3
     finally:
         hf.close()
 
