@@ -158,17 +158,18 @@ def test_saved_qcow2_rand4k_image_passes_qemu_img_check(tmp_path):
     qemu-img check accepts and that holds the guest's data (the same with both engines)."""
     from emu import engine
     from emu_fast import bench
-    from tests.oracle import qemu_img, to_raw
+    from tests.oracle import qemu_img, qemu_img_json, to_raw
     engines = ["py"] + (["fast"] if emu_fast.available() else [])
     raws = []
     for eng in engines:
         d = tmp_path / eng
         d.mkdir()
         img = bench.make_image(str(d / "i.qcow2"), "qcow2")
-        m = bench._machine(img, bench.workload("rand4k", 60))
+        m = bench._machine(img, bench.workload("rand4k", 150))
         engine.run(m, eng)
         engine.set_engine(m, "py")
         m.shutdown()                                # (caches written back, image marked clean)
+        assert m.hostfile.size > m.hostfile.base_size          # grown by zeroed COW areas
         assert m.hostfile.writes > 0 and len(m.hostfile.cow) < m.hostfile.size // BLOCK // 4
         saved = str(d / "saved.qcow2")
         m.hostfile.save_as(saved)
@@ -176,5 +177,7 @@ def test_saved_qcow2_rand4k_image_passes_qemu_img_check(tmp_path):
         check = qemu_img("check", saved, check=False)
         assert check.returncode == 0, check.stdout + check.stderr
         assert "No errors were found" in check.stdout and "leaked" not in check.stdout
+        # every cluster lies within the file (the last one's zeroed tail grew it)
+        assert qemu_img_json("check", saved)["image-end-offset"] <= os.path.getsize(saved)
         raws.append(to_raw(saved, str(d / "saved.raw")))
     assert all(r == raws[0] for r in raws) and raws[0].count(0) != len(raws[0])
