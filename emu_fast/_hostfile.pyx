@@ -497,11 +497,8 @@ def hf_pwrite(self, off, data):
 
 
 cdef int _wz_plain(object hf, dict d, long long o, long long n) except -1:
-    """HostFile.write_zeroes (n > 0) over hf's __dict__ d (_hf_plain), the kept fields (_k_*)
-    brought up to date with its stores when they held d's before it"""
-    global _k_writes, _k_size, _k_ver, _k_dict
+    """HostFile.write_zeroes (n > 0) over hf's __dict__ d (_hf_plain)"""
     cdef long long c, last, inside, end = o + n
-    cdef bint kept = _k_valid(d)
     hashes = _dget(d, hf, "_hashes")                                    # _touch
     if hashes is not None:
         dirty = _dget(d, hf, "_dirty")
@@ -511,14 +508,8 @@ cdef int _wz_plain(object hf, dict d, long long o, long long n) except -1:
     PyDict_SetItem(d, "writes", _dget(d, hf, "writes") + 1)
     mode = _dget(d, hf, "mode")
     if mode is not _OVERLAY and mode == "read":
-        if kept:
-            _k_writes += 1
-            _k_ver = VBH_DICT_VER(d)
-            if _k_writes >= _K_MAX:
-                _k_dict = None
         raise OSError(_EBADF, "image opened read-only")
     if _dget(d, hf, "undo") is not None:
-        kept = False                    # (_keep_old may set undo_size: read again next time)
         _keep_old(hf, o, end)
     size_o = _dget(d, hf, "size")
     if mode is not _OVERLAY and mode == "write":
@@ -529,15 +520,43 @@ cdef int _wz_plain(object hf, dict d, long long o, long long n) except -1:
         zeros = vb_zeros(inside)
         _cow_prepare(hf, o, inside)
         _pwrite_from(_dget(d, hf, "ov_fd"), PyBytes_AS_STRING(zeros), inside, o)
-    grown = not (size_o >= end)
-    if grown:
+    if not (size_o >= end):
         PyDict_SetItem(d, "size", max(size_o, end))
-    if kept and _k_dict is d:
-        _k_writes += 1
-        if grown:
-            _k_size = end
-        if _k_writes < _K_MAX and _k_size < _K_MAX:
-            _k_ver = VBH_DICT_VER(d)    # (its stores are the dict's only changes since)
+    return 0
+
+
+cdef int _wz_kept(object hf, dict d, long long o, long long n) except -1:
+    """HostFile.write_zeroes (n > 0) over the kept fields of hf's __dict__ d (_k_valid; the
+    same steps as _wz_plain's), kept up to date with its stores"""
+    global _k_writes, _k_size, _k_ver, _k_dict
+    cdef long long c, last, inside, end = o + n
+    if _k_hashes:                                                       # _touch
+        last = (end - 1) // CHUNK
+        for c in range(o // CHUNK, last + 1):
+            _k_dirty.add(c)
+    PyDict_SetItem(d, "writes", _k_writes + 1)
+    _k_writes += 1
+    _k_ver = VBH_DICT_VER(d)            # (this store is the dict's only change since)
+    if _k_writes >= _K_MAX:
+        _k_dict = None
+    if _k_mode == 2:
+        raise OSError(_EBADF, "image opened read-only")
+    if _k_undo:
+        _k_dict = None                  # (_keep_old may set undo_size: read again next time)
+        _keep_old(hf, o, end)
+    if _k_mode == 1:
+        zeros = vb_zeros(n)
+        _pwrite_from(_k_fd, PyBytes_AS_STRING(zeros), n, o)
+    elif _k_size > o:
+        inside = min(end, _k_size) - o
+        zeros = vb_zeros(inside)
+        _cow_prepare(hf, o, inside)
+        _pwrite_from(_k_ov_fd, PyBytes_AS_STRING(zeros), inside, o)
+    if _k_size < end:                                                    # max(size, end)
+        PyDict_SetItem(d, "size", end)
+        _k_size = end
+        if _k_dict is d and _k_size < _K_MAX:
+            _k_ver = VBH_DICT_VER(d)
         else:
             _k_dict = None
     return 0
@@ -555,7 +574,11 @@ def hf_write_zeroes(self, off, n):
     k = PyLong_AsLongLongAndOverflow(n, &ovf2)
     if ovf or ovf2 or o >= _K_MAX or k >= _K_MAX or not (type(self) is _HostFile and _hf_plain()):
         return _HostFile.write_zeroes(self, off, n)
-    _wz_plain(self, PyObject_GenericGetDict(self, NULL), o, k)
+    d = PyObject_GenericGetDict(self, NULL)
+    if _k_valid(d):
+        _wz_kept(self, d, o, k)
+    else:
+        _wz_plain(self, d, o, k)
     return None
 
 

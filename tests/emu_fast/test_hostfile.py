@@ -230,6 +230,8 @@ kept_ops = st.lists(st.one_of(
 @example(mode="overlay", ops=[("write", 0, 7, 1), ("zero", SIZE + 100, 9000),   # write_zeroes
                               ("write", SIZE + 50, 100, 2), ("read", SIZE, 9200)])  # keeps them
 @example(mode="read", ops=[("write", 0, 7, 1), ("zero", 0, 9000), ("write", 0, 7, 1)])
+@example(mode="overlay", ops=[("writes", 2**70), ("zero", SIZE - 100, 9000),  # not keepable:
+                              ("zero", SIZE + 20000, 1), ("read", SIZE - 200, 30000)])  # the dict
 def test_kept_fields_follow_every_change_of_the_dict(tmp_path_factory, mode, ops):
     """pwrite/pread over the fields kept in C (_k_*: valid while the instance dict's version
     tag is the one they were read at) see every store the Python side makes between calls
