@@ -1,6 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, binding=True
-"""emu.block.hostfile.HostFile's pread/pwrite/write_zeroes compiled: the protocol layer's host I/O (QEMU
-block/file-posix.c, raw_co_prw), for both format drivers (raw and qcow2).
+"""emu.block.hostfile.HostFile's pread/pwrite/write_zeroes compiled: the protocol layer's host
+I/O (QEMU block/file-posix.c, raw_co_prw, handle_aiocb_write_zeroes), for both format drivers
+(raw and qcow2).
 
 Line-for-line translations of the Python methods named in each docstring, over the same
 object (its fds, overlay copy-on-write set, undo journal and digest bookkeeping), calling

@@ -1,4 +1,4 @@
-"""emu_fast._hostfile: HostFile.pread/pwrite/write_zeroes compiled, against the Python methods.
+"""emu_fast._hostfile: HostFile.pread/pwrite/write_zeroes compiled, against the Python ones.
 
 Two HostFiles on copies of the same image run the same random operations (reads, writes
 across block boundaries and past the end, truncates, an undo journal opened and restored),
@@ -49,8 +49,8 @@ def images(tmp_path_factory, prefix: str, names=("py.img", "fast.img")):
 
 
 def state(hf: HostFile) -> dict:
-    d = {k: v for k, v in vars(hf).items() if k not in ("pread", "pwrite", "write_zeroes", "fd", "ov_fd",
-                                                         "ov_path", "path")}
+    d = {k: v for k, v in vars(hf).items() if k not in ("pread", "pwrite", "write_zeroes", "fd",
+                                                         "ov_fd", "ov_path", "path")}
     d["content"] = HostFile.pread(hf, 0, hf.size)
     return d
 
