@@ -408,7 +408,7 @@ cdef str _q_run_zero(object m, dict item):
         new = vb_zeros(end - off) if type(end) is int and type(off) is int and end - off < 1 << 40 \
             else bytes(end - off)
         if end > f.size or old != new:      # (old != new or end > f.size): neither has effects
-            f.pwrite(off, new)
+            f.write_zeroes(off, end - off)
             _log(m, ("file", off, old, new))
     return f"{'fallocate(ZERO_RANGE)' if op == 'write_zeroes' else 'fallocate(PUNCH_HOLE)'} " \
            f"{_hex(off)}+{_hex(n)}: {item['what']}"

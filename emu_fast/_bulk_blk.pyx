@@ -1639,11 +1639,10 @@ cdef int h_qcow2_worker(Core* c, Frame* f) except -1:
                 if size < end:
                     end = size
             if end > off:
-                new = vb_zeros(end - off)
-                if end > hf.size:       # (written whatever it reads: no pread, no compare)
-                    hf.pwrite(o_off, new)
-                elif hf.pread(o_off, end - off) != new:
-                    hf.pwrite(o_off, new)
+                if end > hf.size:       # (zeroed whatever it reads: no pread, no compare)
+                    hf.write_zeroes(o_off, end - off)
+                elif hf.pread(o_off, end - off) != vb_zeros(end - off):
+                    hf.write_zeroes(o_off, end - off)
         # (QI_READ: a cow_read or read item only records its effect)
     except OSError as e:
         ret = -(e.errno or EIO)

@@ -1,6 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, binding=True
-"""emu.block.hostfile.HostFile's pread/pwrite compiled: the protocol layer's host I/O (QEMU
-block/file-posix.c, raw_co_prw), for both format drivers (raw and qcow2).
+"""emu.block.hostfile.HostFile's pread/pwrite/write_zeroes compiled: the protocol layer's host
+I/O (QEMU block/file-posix.c, raw_co_prw, handle_aiocb_write_zeroes), for both format drivers
+(raw and qcow2).
 
 Line-for-line translations of the Python methods named in each docstring, over the same
 object (its fds, overlay copy-on-write set, undo journal and digest bookkeeping), calling
@@ -496,7 +497,93 @@ def hf_pwrite(self, off, data):
     return None
 
 
-HF_METHODS = {"pread": hf_pread, "pwrite": hf_pwrite}
+cdef int _wz_plain(object hf, dict d, long long o, long long n) except -1:
+    """HostFile.write_zeroes (n > 0) over hf's __dict__ d (_hf_plain)"""
+    cdef long long c, last, inside, end = o + n
+    hashes = _dget(d, hf, "_hashes")                                    # _touch
+    if hashes is not None:
+        dirty = _dget(d, hf, "_dirty")
+        last = (end - 1) // CHUNK
+        for c in range(o // CHUNK, last + 1):
+            dirty.add(c)
+    PyDict_SetItem(d, "writes", _dget(d, hf, "writes") + 1)
+    mode = _dget(d, hf, "mode")
+    if mode is not _OVERLAY and mode == "read":
+        raise OSError(_EBADF, "image opened read-only")
+    if _dget(d, hf, "undo") is not None:
+        _keep_old(hf, o, end)
+    size_o = _dget(d, hf, "size")
+    if mode is not _OVERLAY and mode == "write":
+        zeros = vb_zeros(n)
+        _pwrite_from(_dget(d, hf, "fd"), PyBytes_AS_STRING(zeros), n, o)
+    elif size_o > o:
+        inside = min(end, size_o) - o
+        zeros = vb_zeros(inside)
+        _cow_prepare(hf, o, inside)
+        _pwrite_from(_dget(d, hf, "ov_fd"), PyBytes_AS_STRING(zeros), inside, o)
+    if not (size_o >= end):
+        PyDict_SetItem(d, "size", max(size_o, end))
+    return 0
+
+
+cdef int _wz_kept(object hf, dict d, long long o, long long n) except -1:
+    """HostFile.write_zeroes (n > 0) over the kept fields of hf's __dict__ d (_k_valid; the
+    same steps as _wz_plain's), kept up to date with its stores"""
+    global _k_writes, _k_size, _k_ver, _k_dict
+    cdef long long c, last, inside, end = o + n
+    if _k_hashes:                                                       # _touch
+        last = (end - 1) // CHUNK
+        for c in range(o // CHUNK, last + 1):
+            _k_dirty.add(c)
+    PyDict_SetItem(d, "writes", _k_writes + 1)
+    _k_writes += 1
+    _k_ver = VBH_DICT_VER(d)            # (this store is the dict's only change since)
+    if _k_writes >= _K_MAX:
+        _k_dict = None
+    if _k_mode == 2:
+        raise OSError(_EBADF, "image opened read-only")
+    if _k_undo:
+        _k_dict = None                  # (_keep_old may set undo_size: read again next time)
+        _keep_old(hf, o, end)
+    if _k_mode == 1:
+        zeros = vb_zeros(n)
+        _pwrite_from(_k_fd, PyBytes_AS_STRING(zeros), n, o)
+    elif _k_size > o:
+        inside = min(end, _k_size) - o
+        zeros = vb_zeros(inside)
+        _cow_prepare(hf, o, inside)
+        _pwrite_from(_k_ov_fd, PyBytes_AS_STRING(zeros), inside, o)
+    if _k_size < end:                                                    # max(size, end)
+        PyDict_SetItem(d, "size", end)
+        _k_size = end
+        if _k_dict is d and _k_size < _K_MAX:
+            _k_ver = VBH_DICT_VER(d)
+        else:
+            _k_dict = None
+    return 0
+
+
+def hf_write_zeroes(self, off, n):
+    """HostFile.write_zeroes"""
+    cdef long long o, k
+    cdef int ovf = 0, ovf2 = 0
+    if type(off) is not int or type(n) is not int or off < 0:
+        return _HostFile.write_zeroes(self, off, n)
+    if n <= 0:
+        return None
+    o = PyLong_AsLongLongAndOverflow(off, &ovf)
+    k = PyLong_AsLongLongAndOverflow(n, &ovf2)
+    if ovf or ovf2 or o >= _K_MAX or k >= _K_MAX or not (type(self) is _HostFile and _hf_plain()):
+        return _HostFile.write_zeroes(self, off, n)
+    d = PyObject_GenericGetDict(self, NULL)
+    if _k_valid(d):
+        _wz_kept(self, d, o, k)
+    else:
+        _wz_plain(self, d, o, k)
+    return None
+
+
+HF_METHODS = {"pread": hf_pread, "pwrite": hf_pwrite, "write_zeroes": hf_write_zeroes}
 for _name, _fn in HF_METHODS.items():
     _fn.__name__ = _name    # a bound method pickles as getattr(self, __name__): the attribute's
 

@@ -10,6 +10,16 @@ block per dict (undo[block number] = 4096 bytes, or None for a block that lay wh
 past the logical size), and the first of them keeps the logical size in `undo_size`.
 `restore_blocks` puts such blocks and the size back.  A HostFile is never copied:
 copy.deepcopy returns the object itself, so copies of a format driver share it.
+
+Overlay invariant (write_zeroes grows the size without writing because of it; the tests
+check it after every operation): every byte at or past the logical size `size` reads as
+zero.  `base_size` is never above `size` (truncate lowers it with the size, nothing raises
+it), so a block past the size that is not in `cow` lies past `base_size` and pread gives
+zeros for it.  Blocks in `cow` wholly past the size are dropped by truncate; in the overlay
+file nothing but zeros lies past the size: truncate cuts it there, pwrite never writes past
+the size it sets, and _cow_prepare copies a base block only when it starts below
+`base_size` -- the block straddling `base_size` is either the base file's last one (read
+zero-padded) or, after a shrink, already in `cow`.
 """
 from __future__ import annotations
 
@@ -133,6 +143,34 @@ class HostFile:
             self._cow_prepare(off, n)
             os.pwrite(self.ov_fd, data, off)
         self.size = max(self.size, off + n)
+
+    def write_zeroes(self, off: int, n: int) -> None:
+        """file-posix handle_aiocb_write_zeroes: fallocate(FALLOC_FL_ZERO_RANGE), or past EOF
+        fallocate(fd, 0, ...): [off, off+n) reads as zero, the size becomes max(size, off+n).
+
+        Logically exactly pwrite(off, bytes(n)) -- `writes` + 1, the digest's dirty chunks,
+        the undo journal, EBADF in read mode.  In overlay mode only the part before the
+        logical end is written (zeros, as pwrite would); the part at or past `size` already
+        reads as zero (the module doc's invariant), so growing the size is enough.  In write
+        mode the user's file gets the zeros written as pwrite writes them (QEMU would
+        fallocate there, leaving unwritten extents that SEEK_DATA and so `qemu-img map`
+        report as holes; the user's file keeps the allocation it always had here)."""
+        if n <= 0:
+            return
+        self._touch(off, n)
+        self.writes += 1
+        if self.mode == "read":
+            raise OSError(errno.EBADF, "image opened read-only")
+        if self.undo is not None:
+            self._keep_old(off, off + n)
+        end = off + n
+        if self.mode == "write":
+            os.pwrite(self.fd, bytes(n), off)
+        elif self.size > off:
+            inside = min(end, self.size) - off
+            self._cow_prepare(off, inside)
+            os.pwrite(self.ov_fd, bytes(inside), off)
+        self.size = max(self.size, end)
 
     def _cow_prepare(self, off: int, n: int) -> None:
         end = off + n

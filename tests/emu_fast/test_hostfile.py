@@ -1,4 +1,4 @@
-"""emu_fast._hostfile: HostFile.pread/pwrite compiled, against the Python methods.
+"""emu_fast._hostfile: HostFile.pread/pwrite/write_zeroes compiled, against the Python ones.
 
 Two HostFiles on copies of the same image run the same random operations (reads, writes
 across block boundaries and past the end, truncates, an undo journal opened and restored),
@@ -26,7 +26,9 @@ pytestmark = pytest.mark.skipif(not emu_fast.available(),
 SIZE = 5 * 4096 + 700          # not a multiple of the block size
 _off = st.integers(0, SIZE + 9000)
 _len = st.sampled_from([1, 7, 512, 4095, 4096, 4097, 9000, 16384])
+_zero = st.tuples(st.just("zero"), _off, st.sampled_from([-1, 0, 1, 4095, 4097, 9000, 65536]))
 ops = st.lists(st.one_of(
+    _zero,
     st.tuples(st.just("read"), _off, st.integers(-1, 20000)),
     st.tuples(st.just("write"), _off, _len, st.integers(0, 255)),
     st.tuples(st.just("truncate"), st.integers(0, SIZE + 12000)),
@@ -47,8 +49,8 @@ def images(tmp_path_factory, prefix: str, names=("py.img", "fast.img")):
 
 
 def state(hf: HostFile) -> dict:
-    d = {k: v for k, v in vars(hf).items() if k not in ("pread", "pwrite", "fd", "ov_fd",
-                                                         "ov_path", "path")}
+    d = {k: v for k, v in vars(hf).items() if k not in ("pread", "pwrite", "write_zeroes", "fd",
+                                                         "ov_fd", "ov_path", "path")}
     d["content"] = HostFile.pread(hf, 0, hf.size)
     return d
 
@@ -60,6 +62,8 @@ def apply(hf: HostFile, op: tuple):
             return hf.pread(op[1], op[2])
         if kind == "write":
             return hf.pwrite(op[1], bytes([op[3]]) * op[2])
+        if kind == "zero":
+            return hf.write_zeroes(op[1], op[2])
         if kind == "truncate":
             return hf.truncate(op[1])
         if kind == "digest":
@@ -205,6 +209,7 @@ def test_pwrite_over_the_instance_dict_is_the_python_method(tmp_path_factory, mo
 
 _W = st.sampled_from([0, 7, 2**62 - 1, 2**62, -2**62, 2**70])
 kept_ops = st.lists(st.one_of(
+    _zero,
     st.tuples(st.just("read"), _off, st.integers(-1, 20000)),
     st.tuples(st.just("write"), _off, _len, st.integers(0, 255)),
     st.tuples(st.just("pywrite"), _off, _len, st.integers(0, 255)),
@@ -222,6 +227,11 @@ kept_ops = st.lists(st.one_of(
                               ("write", 0, 1, 5), ("write", 0, 1, 6), ("read", 0, 9000)])
 @example(mode="write", ops=[("write", SIZE + 100, 4096, 1),    # grows: the kept size follows
                            ("write", SIZE - 1000, 4096, 2), ("read", SIZE, 9000)])
+@example(mode="overlay", ops=[("write", 0, 7, 1), ("zero", SIZE + 100, 9000),   # write_zeroes
+                              ("write", SIZE + 50, 100, 2), ("read", SIZE, 9200)])  # keeps them
+@example(mode="read", ops=[("write", 0, 7, 1), ("zero", 0, 9000), ("write", 0, 7, 1)])
+@example(mode="overlay", ops=[("writes", 2**70), ("zero", SIZE - 100, 9000),  # not keepable:
+                              ("zero", SIZE + 20000, 1), ("read", SIZE - 200, 30000)])  # the dict
 def test_kept_fields_follow_every_change_of_the_dict(tmp_path_factory, mode, ops):
     """pwrite/pread over the fields kept in C (_k_*: valid while the instance dict's version
     tag is the one they were read at) see every store the Python side makes between calls
@@ -254,7 +264,7 @@ def test_kept_fields_follow_every_change_of_the_dict(tmp_path_factory, mode, ops
     before = hfmod.counts()
     try:
         for op in ops:
-            in_write[0] = op[0] == "write"
+            in_write[0] = op[0] in ("write", "zero")
             if op[0] == "pywrite":
                 r = [HostFile.pwrite(h, op[1], bytes([op[3]]) * op[2]) if mode != "read" else None
                      for h in (a, b)]

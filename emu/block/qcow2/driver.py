@@ -648,7 +648,7 @@ def _run(m, item: dict) -> str:
             old = f.pread(off, end - off)
             new = bytes(end - off)
             if old != new or end > f.size:
-                f.pwrite(off, new)
+                f.write_zeroes(off, end - off)      # (the part past EOF is not written)
                 m.log.add(("file", off, old, new))
         return f"{'fallocate(ZERO_RANGE)' if op == 'write_zeroes' else 'fallocate(PUNCH_HOLE)'} " \
                f"{off:#x}+{n:#x}: {item['what']}"
