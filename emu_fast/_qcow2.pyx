@@ -32,6 +32,12 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.object cimport PyObject
 from cpython.list cimport PyList_GET_SIZE
 from cpython.exc cimport PyErr_Occurred
+from libc.string cimport memcpy
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object o)
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
+    void* PyUnicode_DATA(object o)
 from libc.stdint cimport uint8_t, uint64_t
 
 import copyreg as _copyreg
@@ -186,6 +192,9 @@ cdef extern from *:
     #endif
     /* vbq_hget with a hint of this call site's own (d: an exact dict or a subclass) */
     #define VBQ_H(d, key) __extension__ ({ static Py_ssize_t vbq_h_ = 0; vbq_hget((PyObject *)(d), (PyObject *)(key), &vbq_h_); })
+    /* VBQ_H on o.__dict__ (NULL: o has none, or key is absent from it) */
+    #define VBQ_GA(o, key) __extension__ ({ PyObject **vbq_dp_ = _PyObject_GetDictPtr((PyObject *)(o)); \
+        (vbq_dp_ != NULL && *vbq_dp_ != NULL) ? VBQ_H(*vbq_dp_, key) : (PyObject *)NULL; })
     static int vbq_err(void) { return -1; }
     /* v (d[key], borrowed: no reference taken) is an empty list that nothing else refers to
        (replacing it by a new empty list changes nothing anyone can see) */
@@ -213,6 +222,7 @@ cdef extern from *:
     int vbq_is(object d, object key, object v) except -1
     int vbq_str_eq(object a, object b) noexcept
     PyObject* VBQ_H(object d, object key)
+    PyObject* VBQ_GA(object o, object key)
     Py_ssize_t vbq_hint_misses
     int vbq_err() except -1
 
@@ -365,18 +375,18 @@ cdef Geo* _geo_load(object eng) except NULL:
     """_G read from eng"""
     global _G_eng
     _G_eng = None
-    _G.cluster_bits = _ga(eng, "cluster_bits")
-    _G.cluster_size = _ga(eng, "cluster_size")
-    _G.l2_bits = _ga(eng, "l2_bits")
-    _G.l2_size = _ga(eng, "l2_size")
-    _G.l2_slice_size = _ga(eng, "l2_slice_size")
-    _G.l1_size = _ga(eng, "l1_size")
-    _G.refcount_order = _ga(eng, "refcount_order")
-    _G.refcount_block_bits = _ga(eng, "refcount_block_bits")
-    rm = _ga(eng, "refcount_max")
+    _G.cluster_bits = _hv(VBQ_GA(eng, "cluster_bits"), eng, "cluster_bits")
+    _G.cluster_size = _hv(VBQ_GA(eng, "cluster_size"), eng, "cluster_size")
+    _G.l2_bits = _hv(VBQ_GA(eng, "l2_bits"), eng, "l2_bits")
+    _G.l2_size = _hv(VBQ_GA(eng, "l2_size"), eng, "l2_size")
+    _G.l2_slice_size = _hv(VBQ_GA(eng, "l2_slice_size"), eng, "l2_slice_size")
+    _G.l1_size = _hv(VBQ_GA(eng, "l1_size"), eng, "l1_size")
+    _G.refcount_order = _hv(VBQ_GA(eng, "refcount_order"), eng, "refcount_order")
+    _G.refcount_block_bits = _hv(VBQ_GA(eng, "refcount_block_bits"), eng, "refcount_block_bits")
+    rm = _hv(VBQ_GA(eng, "refcount_max"), eng, "refcount_max")
     _G.refcount_max = rm if rm < (1 << 62) else (1 << 62)   # (64-bit refcounts: Python paths)
-    _G.size = _ga(eng, "size")
-    _G.version = _ga(eng, "version")
+    _G.size = _hv(VBQ_GA(eng, "size"), eng, "size")
+    _G.version = _hv(VBQ_GA(eng, "version"), eng, "version")
     _G_eng = eng
     return &_G
 
@@ -538,7 +548,7 @@ cdef int _refcount_set(object block, long long index, int order, long long value
 
 cdef inline Py_ssize_t _lookup(object c, long long offset) except -2:
     """Cache.lookup's search: the index caching offset, or -1"""
-    cdef list offsets = _ga(c, "offsets")
+    cdef list offsets = _hv(VBQ_GA(c, "offsets"), c, "offsets")
     cdef Py_ssize_t i
     for i in range(len(offsets)):
         if <long long>offsets[i] == offset:
@@ -572,25 +582,25 @@ cdef int _lru_bump_d(dict cd, object c, Py_ssize_t i, long long times) except -1
 
 cdef int _put(object c, Py_ssize_t i) except -1:
     """Cache.put"""
-    cdef list ref = _ga(c, "ref")
+    cdef list ref = _hv(VBQ_GA(c, "ref"), c, "ref")
     cdef long long r = <long long>ref[i] - 1
     ref[i] = r
     if r == 0:
-        n = _ga(c, "lru_counter") + 1
+        n = _hv(VBQ_GA(c, "lru_counter"), c, "lru_counter") + 1
         _sa(c, "lru_counter", n)
-        (<list>_ga(c, "lru"))[i] = n
+        (<list>_hv(VBQ_GA(c, "lru"), c, "lru"))[i] = n
     return 0
 
 
 cdef Py_ssize_t _cache_get(object eng, object c, long long offset, bint read=True) except -1:
     """Qcow2Engine.cache_get (a miss: the Python method)"""
     cdef Py_ssize_t i
-    if offset % <long long>_ga(c, "table_size"):
+    if offset % <long long>_hv(VBQ_GA(c, "table_size"), c, "table_size"):
         return Qcow2Engine.cache_get(eng, c, offset, read)
     i = _lookup(c, offset)
     if i < 0:
         return Qcow2Engine.cache_get(eng, c, offset, read)
-    cdef list ref = _ga(c, "ref")
+    cdef list ref = _hv(VBQ_GA(c, "ref"), c, "ref")
     ref[i] = <long long>ref[i] + 1
     return i
 
@@ -600,11 +610,11 @@ cdef int _cache_set_dependency(object eng, object c, object dep) except -1:
     cdef dict cd = _idict(c)
     cdef dict dd = _idict(dep)
     if cd is None or dd is None:
-        if _ga(dep, "depends"):
+        if _hv(VBQ_GA(dep, "depends"), dep, "depends"):
             eng.cache_flush_dependency(dep)
-        if _ga(c, "depends") and _ga(c, "depends") != _ga(dep, "name"):
+        if _hv(VBQ_GA(c, "depends"), c, "depends") and _hv(VBQ_GA(c, "depends"), c, "depends") != _hv(VBQ_GA(dep, "name"), dep, "name"):
             eng.cache_flush_dependency(c)
-        _sa(c, "depends", _ga(dep, "name"))
+        _sa(c, "depends", _hv(VBQ_GA(dep, "name"), dep, "name"))
         return 0
     if _hv(VBQ_H(dd, "depends"), dep, "depends"):
         eng.cache_flush_dependency(dep)
@@ -625,9 +635,9 @@ cdef object _MISSING = object()
 
 cdef bytes _pread(object eng, object offset, object n):
     """Qcow2Engine.pread"""
-    buf = bytearray(_ga(eng, "pread_file")(offset, n))
+    buf = bytearray(_hv(VBQ_GA(eng, "pread_file"), eng, "pread_file")(offset, n))
     cdef long long o = offset, nn = n, off, lo, hi, ln
-    for pend in _ga(eng, "pending"):
+    for pend in _hv(VBQ_GA(eng, "pending"), eng, "pending"):
         off = pend[0]
         data = pend[1]
         ln = len(data)
@@ -640,7 +650,7 @@ cdef bytes _pread(object eng, object offset, object n):
 
 cdef int _grow_file_size(object eng, object end) except -1:
     """eng.file_size = max(eng.file_size, end) (ints: the same object stays when it is not less)"""
-    fs = _ga(eng, "file_size")
+    fs = _hv(VBQ_GA(eng, "file_size"), eng, "file_size")
     if type(fs) is int and type(end) is int:
         if end > fs:
             _sa(eng, "file_size", end)
@@ -657,25 +667,25 @@ cdef int _io(object eng, object op, object fn, object what, object offset, objec
         b = bytes(data)
         item["data"] = b
         item["length"] = len(b)
-        _ga(eng, "pending").append([offset, bytes(data)])
+        _hv(VBQ_GA(eng, "pending"), eng, "pending").append([offset, bytes(data)])
         _grow_file_size(eng, offset + len(b))
     else:
         _pend(eng, op, offset, length)
     if extra:
         item.update(extra)
-    _ga(eng, "plan").append(item)
+    _hv(VBQ_GA(eng, "plan"), eng, "plan").append(item)
     return 0
 
 
 cdef int _pend(object eng, object op, object offset, object length) except -1:
     """Qcow2Engine.io's view of the file for an item without data"""
     if op == "write_zeroes" or op == "discard":
-        _ga(eng, "pending").append([offset, vb_zeros(length) if type(length) is int and 0 <= length < 1 << 40
+        _hv(VBQ_GA(eng, "pending"), eng, "pending").append([offset, vb_zeros(length) if type(length) is int and 0 <= length < 1 << 40
                                     else bytes(length)])
         if op == "write_zeroes":
             _grow_file_size(eng, offset + length)     # (a discard leaves file_size as it is)
     elif op == "guest_write":
-        _ga(eng, "pending").append([offset, b""])
+        _hv(VBQ_GA(eng, "pending"), eng, "pending").append([offset, b""])
         _grow_file_size(eng, offset + length)
     return 0
 
@@ -695,18 +705,18 @@ cdef int _io_kw(object eng, str op, str fn, str what, object offset, object leng
         item[k2] = v2
     if k3 is not None:
         item[k3] = v3
-    _ga(eng, "plan").append(item)
+    _hv(VBQ_GA(eng, "plan"), eng, "plan").append(item)
     return 0
 
 
 cdef int _executed(object eng, dict item) except -1:
     """Qcow2Engine.executed"""
     if "data" in item:
-        _ga(eng, "pending").pop(0)
+        _hv(VBQ_GA(eng, "pending"), eng, "pending").pop(0)
         return 0
     op = item["op"]
     if op == "write_zeroes" or op == "discard" or op == "guest_write":
-        _ga(eng, "pending").pop(0)
+        _hv(VBQ_GA(eng, "pending"), eng, "pending").pop(0)
     return 0
 
 
@@ -794,7 +804,7 @@ cdef int _pre_write_overlap_check(object eng, long long ign, long long offset,
 
 cdef inline object _reftable(object eng, Py_ssize_t ti):
     """eng.refcount_table[ti]: a FrozenTable (a tuple) is indexed in C, anything else as Python does."""
-    rt = _ga(eng, "refcount_table")
+    rt = _hv(VBQ_GA(eng, "refcount_table"), eng, "refcount_table")
     if isinstance(rt, tuple):
         return (<tuple>rt)[ti]
     return rt[ti]
@@ -805,7 +815,7 @@ cdef object _get_refcount(object eng, long long cluster_index):
     cdef int rbb = _geo(eng).refcount_block_bits
     cdef long long ti = cluster_index >> rbb
     cdef uint64_t rb
-    if ti >= <long long>_ga(eng, "refcount_table_size"):
+    if ti >= <long long>_hv(VBQ_GA(eng, "refcount_table_size"), eng, "refcount_table_size"):
         return 0
     rb = _reftable(eng, ti)
     rb &= REFT_OFFSET_MASK
@@ -814,9 +824,9 @@ cdef object _get_refcount(object eng, long long cluster_index):
     cdef long long cs = _geo(eng).cluster_size
     if rb & <uint64_t>(cs - 1):
         return Qcow2Engine.get_refcount(eng, cluster_index)
-    rbc = _ga(eng, "rb_cache")
+    rbc = _hv(VBQ_GA(eng, "rb_cache"), eng, "rb_cache")
     cdef Py_ssize_t i = _cache_get(eng, rbc, <long long>rb, True)
-    val = _refcount_get((<list>_ga(rbc, "tables"))[i], cluster_index & ((1LL << rbb) - 1),
+    val = _refcount_get((<list>_hv(VBQ_GA(rbc, "tables"), rbc, "tables"))[i], cluster_index & ((1LL << rbb) - 1),
                         _geo(eng).refcount_order)
     _put(rbc, i)
     return val
@@ -827,11 +837,11 @@ cdef int _alloc_refcount_block(object eng, long long cluster_index, Py_ssize_t *
     cdef long long ti = cluster_index >> <int>_geo(eng).refcount_block_bits
     cdef uint64_t rb
     cdef long long cs = _geo(eng).cluster_size
-    if ti < <long long>_ga(eng, "refcount_table_size"):
+    if ti < <long long>_hv(VBQ_GA(eng, "refcount_table_size"), eng, "refcount_table_size"):
         rb = _reftable(eng, ti)
         rb &= REFT_OFFSET_MASK
         if rb and not rb & <uint64_t>(cs - 1):
-            ci[0] = _cache_get(eng, _ga(eng, "rb_cache"), <long long>rb, True)
+            ci[0] = _cache_get(eng, _hv(VBQ_GA(eng, "rb_cache"), eng, "rb_cache"), <long long>rb, True)
             return 0
     r, i = eng.alloc_refcount_block(cluster_index)
     ci[0] = i
@@ -847,7 +857,7 @@ cdef long long _update_refcount(object eng, long long offset, long long length, 
     if length <= 0:
         return 0
     if decrease:
-        _cache_set_dependency(eng, _ga(eng, "rb_cache"), _ga(eng, "l2_cache"))
+        _cache_set_dependency(eng, _hv(VBQ_GA(eng, "rb_cache"), eng, "rb_cache"), _hv(VBQ_GA(eng, "l2_cache"), eng, "l2_cache"))
     cdef int cb = _geo(eng).cluster_bits
     cdef long long cs = 1LL << cb
     cdef int rbb = _geo(eng).refcount_block_bits
@@ -855,7 +865,7 @@ cdef long long _update_refcount(object eng, long long offset, long long length, 
     cdef long long refcount_max = _geo(eng).refcount_max
     cdef long long start = offset & ~(cs - 1)
     cdef long long last = (offset + length - 1) & ~(cs - 1)
-    rbc = _ga(eng, "rb_cache")
+    rbc = _hv(VBQ_GA(eng, "rb_cache"), eng, "rb_cache")
     cdef Py_ssize_t ci = -1, t
     cdef long long old_ti = -1, ti, cluster_index, bi, rc, new
     cdef long long ret = 0, r
@@ -870,20 +880,20 @@ cdef long long _update_refcount(object eng, long long offset, long long length, 
                     ci = -1
                 r = _alloc_refcount_block(eng, cluster_index, &ci)
                 if r == -EAGAIN:
-                    if _ga(eng, "free_cluster_index") > start >> cb:
+                    if _hv(VBQ_GA(eng, "free_cluster_index"), eng, "free_cluster_index") > start >> cb:
                         _sa(eng, "free_cluster_index", start >> cb)
                     ret = r
                     break
             old_ti = ti
-            (<list>_ga(rbc, "dirty"))[ci] = True
+            (<list>_hv(VBQ_GA(rbc, "dirty"), rbc, "dirty"))[ci] = True
             bi = cluster_index & rbs_mask
-            table = (<list>_ga(rbc, "tables"))[ci]
+            table = (<list>_hv(VBQ_GA(rbc, "tables"), rbc, "tables"))[ci]
             rc = _refcount_get(table, bi, order)
             new = rc - addend if decrease else rc + addend
             if new < 0 or new > refcount_max:
                 ret = -EINVAL
                 break
-            if new == 0 and cluster_index < _ga(eng, "free_cluster_index"):
+            if new == 0 and cluster_index < _hv(VBQ_GA(eng, "free_cluster_index"), eng, "free_cluster_index"):
                 _sa(eng, "free_cluster_index", cluster_index)
             _refcount_set(table, bi, order, new)
             if new == 0:
@@ -893,15 +903,15 @@ cdef long long _update_refcount(object eng, long long offset, long long length, 
                     ci = -1
                     old_ti = -1
                     rbc.discard(t)
-                eng.cache_discard_offset(_ga(eng, "l2_cache"), offset)
-                if _ga(eng, "discard_passthrough")[dtype]:
+                eng.cache_discard_offset(_hv(VBQ_GA(eng, "l2_cache"), eng, "l2_cache"), offset)
+                if _hv(VBQ_GA(eng, "discard_passthrough"), eng, "discard_passthrough")[dtype]:
                     eng.update_refcount_discard(cluster_offset, cs)
             cluster_offset += cs
     finally:
         if ci >= 0:
             _put(rbc, ci)
-    if not _ga(eng, "cache_discards"):
-        if _ga(eng, "discards"):
+    if not _hv(VBQ_GA(eng, "cache_discards"), eng, "cache_discards"):
+        if _hv(VBQ_GA(eng, "discards"), eng, "discards"):
             eng.process_discards(ret)
         else:
             eng.discards = []
@@ -916,20 +926,20 @@ cdef long long _update_refcount(object eng, long long offset, long long length, 
 
 cdef long long _alloc_clusters_noref(object eng, long long size, long long max_) except -1:
     """Qcow2Engine.alloc_clusters_noref"""
-    if _ga(eng, "cache_discards"):
+    if _hv(VBQ_GA(eng, "cache_discards"), eng, "cache_discards"):
         eng.process_discards(0)
     cdef int cb = _geo(eng).cluster_bits
     cdef long long n = (size + (1LL << cb) - 1) >> cb
     cdef long long i = 0
     cdef long long idx
     while i < n:
-        idx = _ga(eng, "free_cluster_index")
+        idx = _hv(VBQ_GA(eng, "free_cluster_index"), eng, "free_cluster_index")
         _sa(eng, "free_cluster_index", idx + 1)
         if _get_refcount(eng, idx):
             i = 0
             continue
         i += 1
-    cdef long long fci = _ga(eng, "free_cluster_index")
+    cdef long long fci = _hv(VBQ_GA(eng, "free_cluster_index"), eng, "free_cluster_index")
     if fci > 0 and fci - 1 > max_ >> cb:
         raise Qcow2Error(-EFBIG, "image would exceed the maximum cluster offset")
     return (fci - n) << cb
@@ -974,7 +984,7 @@ cdef Py_ssize_t _l2_load(object eng, long long offset, long long l2_offset) exce
     cdef int cb = _geo(eng).cluster_bits
     cdef long long start = 8 * (((offset >> cb) & (<long long>_geo(eng).l2_size - 1))
                                 - _slice_index(eng, offset))
-    return _cache_get(eng, _ga(eng, "l2_cache"), l2_offset + start, True)
+    return _cache_get(eng, _hv(VBQ_GA(eng, "l2_cache"), eng, "l2_cache"), l2_offset + start, True)
 
 
 cdef Py_ssize_t _get_cluster_table(object eng, long long offset, Py_ssize_t *l2i) except -1:
@@ -984,7 +994,7 @@ cdef Py_ssize_t _get_cluster_table(object eng, long long offset, Py_ssize_t *l2i
     cdef long long l1i = offset >> (<int>_geo(eng).l2_bits + cb)
     cdef uint64_t l1e, l2_offset
     if l1i < <long long>_geo(eng).l1_size:
-        l1e = (<list>_ga(eng, "l1_table"))[l1i]
+        l1e = (<list>_hv(VBQ_GA(eng, "l1_table"), eng, "l1_table"))[l1i]
         l2_offset = l1e & L1E_OFFSET_MASK
         if l1e & QCOW_OFLAG_COPIED and not l2_offset & ((1ULL << cb) - 1):
             l2i[0] = _slice_index(eng, offset)
@@ -1073,8 +1083,8 @@ cdef int _handle_copied(object eng, long long guest_offset, long long *host_offs
               BDRV_REQUEST_MAX_BYTES >> cb)
     cdef Py_ssize_t l2i
     cdef Py_ssize_t ci = _get_cluster_table(eng, guest_offset, &l2i)
-    l2c = _ga(eng, "l2_cache")
-    table = (<list>_ga(l2c, "tables"))[ci]
+    l2c = _hv(VBQ_GA(eng, "l2_cache"), eng, "l2_cache")
+    table = (<list>_hv(VBQ_GA(l2c, "tables"), l2c, "tables"))[ci]
     cdef uint64_t e
     cdef long long cluster_offset, keep, nb
     try:
@@ -1111,10 +1121,10 @@ cdef int _handle_alloc(object eng, long long guest_offset, long long *host_offse
               BDRV_REQUEST_MAX_BYTES >> cb)
     cdef Py_ssize_t l2i
     cdef Py_ssize_t ci = _get_cluster_table(eng, guest_offset, &l2i)
-    l2c = _ga(eng, "l2_cache")
+    l2c = _hv(VBQ_GA(eng, "l2_cache"), eng, "l2_cache")
     cdef long long alloc, requested, avail, nb
     try:
-        table = (<list>_ga(l2c, "tables"))[ci]
+        table = (<list>_hv(VBQ_GA(l2c, "tables"), l2c, "tables"))[ci]
         n = _count_single_write_clusters(eng, n, table, l2i, True)
         if host_offset[0] == INV:
             alloc = _alloc_clusters(eng, n * cs)
@@ -1130,7 +1140,7 @@ cdef int _handle_alloc(object eng, long long guest_offset, long long *host_offse
         host_offset[0] = alloc + oic
         if nb - oic < nbytes[0]:
             nbytes[0] = nb - oic
-        table = (<list>_ga(l2c, "tables"))[ci]
+        table = (<list>_hv(VBQ_GA(l2c, "tables"), l2c, "tables"))[ci]
         _calculate_l2_meta(eng, alloc, guest_offset, nbytes[0], table, l2i, False, metas)
         return 1
     finally:
@@ -1222,9 +1232,9 @@ cdef int _alloc_cluster_link_l2(object eng, dict mt) except -1:
         return 0
     old = []
     ci = _get_cluster_table(eng, mt["offset"], &l2i)
-    c = _ga(eng, "l2_cache")
-    (<list>_ga(c, "dirty"))[ci] = True
-    table = (<list>_ga(c, "tables"))[ci]
+    c = _hv(VBQ_GA(eng, "l2_cache"), eng, "l2_cache")
+    (<list>_hv(VBQ_GA(c, "dirty"), c, "dirty"))[ci] = True
+    table = (<list>_hv(VBQ_GA(c, "tables"), c, "tables"))[ci]
     for i in range(nb):
         e = _get(table, l2i + i)
         if e:
@@ -1254,7 +1264,7 @@ cdef int _gho(object eng, long long offset, long long nbytes, uint64_t* host_out
     cdef long long l1i = offset >> (g.l2_bits + cb)
     cdef uint64_t l1e = 0, l2_offset
     if l1i < g.l1_size:
-        l1e = (<list>_ga(eng, "l1_table"))[l1i]
+        l1e = (<list>_hv(VBQ_GA(eng, "l1_table"), eng, "l1_table"))[l1i]
     if l1i >= g.l1_size or not l1e & L1E_OFFSET_MASK:
         host_out[0] = 0
         cur_out[0] = (avail if avail < needed else needed) - oic
@@ -1264,13 +1274,13 @@ cdef int _gho(object eng, long long offset, long long nbytes, uint64_t* host_out
     if l2_offset & <uint64_t>(cs - 1):
         return T_PY
     cdef Py_ssize_t ci = _l2_load(eng, offset, <long long>l2_offset)
-    l2c = _ga(eng, "l2_cache")
+    l2c = _hv(VBQ_GA(eng, "l2_cache"), eng, "l2_cache")
     cdef Py_ssize_t l2i
     cdef uint64_t e, ei, expected, hc, host
     cdef int t, ti
     cdef long long count, nb, i, got
     try:
-        table = (<list>_ga(l2c, "tables"))[ci]
+        table = (<list>_hv(VBQ_GA(l2c, "tables"), l2c, "tables"))[ci]
         l2i = (offset >> cb) & (g.l2_slice_size - 1)
         e = _get(table, l2i)
         t = _ctype(e)
@@ -1342,7 +1352,7 @@ cdef bint _is_zero_fast(object eng, long long offset, long long nbytes) except -
         if t == T_ZERO_PLAIN or t == T_ZERO_ALLOC:
             pass
         elif t == T_UNALLOCATED:
-            backing = _ga(eng, "backing")
+            backing = _hv(VBQ_GA(eng, "backing"), eng, "backing")
             if backing is not None and offset < backing.size:
                 return False
         else:
@@ -2013,18 +2023,27 @@ cdef str _read_phase(object m, object eng, object bid, dict co, bint quiet=False
         _qfn = S_GET_HOST_OFFSET
     else:
         _SUP.set_function(m, "qcow2_get_host_offset", CLUSTER_SRC)
-    pos = co["pos"]
-    rem = co["remaining"]
+    pos = _hk(VBQ_H(co, "pos"), co, "pos")
+    rem = _hk(VBQ_H(co, "remaining"), co, "remaining")
     t, host, cur, entry = _get_host_offset(eng, pos, rem if rem < INT_MAX else INT_MAX)
     if cur < 1:
         cur = 1
-    seg = _iov_slice(m.block.reqs.get(bid, {})["qiov"], co["qoff"], cur)
-    co["pos"] += cur
-    co["remaining"] -= cur
-    co["qoff"] += cur
+    reqs = m.block.reqs
+    if type(reqs) is dict:              # (reqs.get(bid, {}) without the {} when bid is there)
+        r = PyDict_GetItemWithError(reqs, bid)
+        if r == NULL and PyErr_Occurred():
+            vbq_err()
+        req = <object>r if r != NULL else {}
+    else:
+        req = reqs.get(bid, {})
+    iov = req["qiov"]
+    qoff = _hk(VBQ_H(co, "qoff"), co, "qoff")
+    seg = _iov_slice(iov, qoff, cur)
+    co["pos"] = pos + cur               # (co["pos"] += cur, of the values just read)
+    co["remaining"] = rem - cur
+    co["qoff"] = qoff + cur
     if t == ZERO_PLAIN or t == ZERO_ALLOC or (t == UNALLOCATED and m.fmt.backing is None):
-        _io(eng, "guest_zero", "qemu_iovec_memset", f"guest {_hex(pos)}+{_hex(cur)} reads as zero ({t})",
-            pos, None, cur, {"iov": seg})
+        _plan_read(eng, S_GUEST_ZERO, S_MEMSET, _s_read_zero(pos, cur, t), pos, cur, seg, None)
         if quiet:
             return None
         return f"guest {_hex(pos)}+{_hex(cur)}: {t} cluster(s)"
@@ -2038,11 +2057,76 @@ cdef str _read_phase(object m, object eng, object bid, dict co, bint quiet=False
             f"inflate the compressed cluster at host {_hex(h)} ({csize} bytes)", h, None, csize,
             {"iov": seg, "entry": entry, "guest": pos})
         return f"guest {_hex(pos)}+{_hex(cur)}: compressed cluster at host {_hex(h)}"
-    _io(eng, "guest_read", "bdrv_co_preadv_part", f"guest {_hex(pos)}+{_hex(cur)} <- host {_hex(host)}", host,
-        None, cur, {"iov": seg, "kind": "data"})
+    _plan_read(eng, S_GUEST_READ, S_PREADV_PART, _s_read_host(pos, cur, host), host, cur, seg, S_DATA)
     if quiet:
         return None
     return f"guest {_hex(pos)}+{_hex(cur)} -> host {_hex(host)}"
+
+
+cdef str S_GUEST_ZERO = "guest_zero"
+cdef str S_MEMSET = "qemu_iovec_memset"
+cdef str S_GUEST_READ = "guest_read"
+cdef str S_PREADV_PART = "bdrv_co_preadv_part"
+cdef dict TPL_RZERO = {"op": None, "fn": None, "what": None, "offset": None, "length": None,
+                       "iov": None}                                 # io(..., length=, iov=)
+cdef dict TPL_RDATA = {"op": None, "fn": None, "what": None, "offset": None, "length": None,
+                       "iov": None, "kind": None}                   # io(..., length=, iov=, kind=)
+
+
+cdef int _plan_read(object eng, str op, str fn, str what, object offset, object length, object seg,
+                    object kind) except -1:
+    """Qcow2Engine.io(op, fn, what, offset, length=length, iov=seg) of a read phase's item (no
+    data: nothing pending), kind=kind after iov when kind is not None"""
+    cdef PyObject* v[7]
+    v[0] = <PyObject*>op
+    v[1] = <PyObject*>fn
+    v[2] = <PyObject*>what
+    v[3] = <PyObject*>offset
+    v[4] = <PyObject*>length
+    v[5] = <PyObject*>seg
+    v[6] = <PyObject*>kind
+    item = _from_tpl(TPL_RZERO, v, 6) if kind is None else _from_tpl(TPL_RDATA, v, 7)
+    _hv(VBQ_GA(eng, "plan"), eng, "plan").append(item)
+    return 0
+
+
+cdef int _pguest(char* buf, long long pos, long long cur) noexcept:
+    """f"guest {pos:#x}+{cur:#x}" at buf; its length"""
+    cdef int k = _pstr(buf, "guest ")
+    k += _phexll(buf + k, pos)
+    buf[k] = 43        # '+'
+    k += 1
+    return k + _phexll(buf + k, cur)
+
+
+cdef str _s_read_zero(object pos, object cur, object t):
+    """f"guest {pos:#x}+{cur:#x} reads as zero ({t})" (_read_phase)"""
+    cdef char buf[160]
+    cdef long long a, b
+    cdef int k
+    cdef Py_ssize_t n
+    if not (_ll(pos, &a) and _ll(cur, &b)) or type(t) is not str or not PyUnicode_IS_ASCII(t) \
+            or PyUnicode_GET_LENGTH(t) > 64:
+        return f"guest {_hex(pos)}+{_hex(cur)} reads as zero ({t})"
+    k = _pguest(buf, a, b)
+    k += _pstr(buf + k, " reads as zero (")
+    n = PyUnicode_GET_LENGTH(t)
+    memcpy(buf + k, PyUnicode_DATA(t), <size_t>n)
+    k += <int>n
+    buf[k] = 41        # ')'
+    return _ascii(buf, k + 1)
+
+
+cdef str _s_read_host(object pos, object cur, object host):
+    """f"guest {pos:#x}+{cur:#x} <- host {host:#x}" (_read_phase)"""
+    cdef char buf[96]
+    cdef long long a, b, h
+    cdef int k
+    if not (_ll(pos, &a) and _ll(cur, &b) and _ll(host, &h)):
+        return f"guest {_hex(pos)}+{_hex(cur)} <- host {_hex(host)}"
+    k = _pguest(buf, a, b)
+    k += _pstr(buf + k, " <- host ")
+    return _ascii(buf, k + _phexll(buf + k, h))
 
 
 cdef str _compute(object m, object f, object eng, object bid):
@@ -2124,7 +2208,7 @@ cdef object _take_plan(eng, dict co):
         co["plan"] = []
         plan = None
     else:
-        plan = _ga(eng, "plan")
+        plan = _hv(VBQ_GA(eng, "plan"), eng, "plan")
         co["plan"] = plan
         _sa(eng, "plan", [])
     if not vbq_is(co, "pi", 0):
