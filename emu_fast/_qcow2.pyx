@@ -20,7 +20,11 @@ clusters), else these compiled functions.  Those steps make the plan items, piec
 from dict templates (their keys in the Python engine's order; on CPython 3.11 a template's copy
 takes its values in place), write their text in C, read each field once, and skip stores of
 the object a field already holds.  The engine's and caches' fields are read from their
-instance dicts (_ga/_sa), the engine's constant geometry once per engine (_geo).
+instance dicts (_ga/_sa), the engine's constant geometry once per engine (_geo).  On CPython
+3.11 a read at a fixed key (VBQ_H: a request's co, a piece, a meta; VBQ_GA: an instance's
+__dict__) first looks at the entry index where that call site found the key last time, and
+takes it when that entry holds the key itself with a value (else the dict's own lookup); the
+read phase makes its plan items from templates too.
 
 While the fast engine runs a qcow2 request, the image's Qcow2Engine is given the class
 FastQcow2Engine (this module), whose hot methods are these compiled functions, so Python code
