@@ -20,7 +20,11 @@ clusters), else these compiled functions.  Those steps make the plan items, piec
 from dict templates (their keys in the Python engine's order; on CPython 3.11 a template's copy
 takes its values in place), write their text in C, read each field once, and skip stores of
 the object a field already holds.  The engine's and caches' fields are read from their
-instance dicts (_ga/_sa), the engine's constant geometry once per engine (_geo).
+instance dicts (_ga/_sa), the engine's constant geometry once per engine (_geo).  On CPython
+3.11 a read at a fixed key (VBQ_H: a request's co, a piece, a meta; VBQ_GA: an instance's
+__dict__) first looks at the entry index where that call site found the key last time, and
+takes it when that entry holds the key itself with a value (else the dict's own lookup); the
+read phase makes its plan items from templates too.
 
 While the fast engine runs a qcow2 request, the image's Qcow2Engine is given the class
 FastQcow2Engine (this module), whose hot methods are these compiled functions, so Python code
@@ -31,6 +35,13 @@ back.
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.object cimport PyObject
 from cpython.list cimport PyList_GET_SIZE
+from cpython.exc cimport PyErr_Occurred
+from libc.string cimport memcpy
+
+cdef extern from "Python.h":
+    bint PyUnicode_IS_ASCII(object o)
+    Py_ssize_t PyUnicode_GET_LENGTH(object o)
+    void* PyUnicode_DATA(object o)
 from libc.stdint cimport uint8_t, uint64_t
 
 import copyreg as _copyreg
@@ -115,18 +126,86 @@ cdef extern from *:
             PyObject_GC_Track(d);       /* (its values may be containers) */
         return 1;
     }
+    /* d[key] (borrowed; NULL: absent, or an error is set) for an exact str key, its entry
+       first looked for at *hint, the index in d's keys table where this call site found key
+       last time (checked: the entry there is key itself, with a value); else the dict's own
+       lookup, and the index of key's entry becomes *hint.  (Tables of str keys, split or
+       combined, and general ones: a dict made presized, _PyDict_NewPresized, has one.) */
+    static Py_ssize_t vbq_hint_misses = 0;
+    static PyObject *vbq_hget_slow(PyObject *d, PyObject *key, Py_ssize_t *hint) {
+        PyDictObject *mp = (PyDictObject *)d;
+        PyDictKeysObject *k;
+        Py_ssize_t i, n;
+        PyObject *v = PyDict_GetItemWithError(d, key);
+        if (v == NULL)
+            return v;
+        vbq_hint_misses++;
+        k = mp->ma_keys;
+        n = k->dk_nentries;
+        if (DK_IS_UNICODE(k)) {
+            PyDictUnicodeEntry *ep = DK_UNICODE_ENTRIES(k);
+            for (i = 0; i < n; i++)
+                if (ep[i].me_key == key) {
+                    *hint = i;
+                    break;
+                }
+        } else {
+            PyDictKeyEntry *ep = DK_ENTRIES(k);
+            for (i = 0; i < n; i++)
+                if (ep[i].me_key == key) {
+                    *hint = i;
+                    break;
+                }
+        }
+        return v;
+    }
+    static inline __attribute__((always_inline)) PyObject *vbq_hget(PyObject *d, PyObject *key, Py_ssize_t *hint) {
+        PyDictObject *mp = (PyDictObject *)d;
+        PyDictKeysObject *k;
+        PyObject *v;
+        Py_ssize_t i = *hint;
+        if (!PyDict_Check(d))
+            return NULL;                /* (the caller's fallback raises what d[key] raises) */
+        k = mp->ma_keys;
+        if ((size_t)i < (size_t)k->dk_nentries) {
+            if (DK_IS_UNICODE(k)) {
+                PyDictUnicodeEntry *ep = DK_UNICODE_ENTRIES(k) + i;
+                if (ep->me_key == key) {
+                    v = mp->ma_values != NULL ? mp->ma_values->values[i] : ep->me_value;
+                    if (v != NULL)
+                        return v;
+                }
+            } else {
+                PyDictKeyEntry *ep = DK_ENTRIES(k) + i;
+                if (ep->me_key == key && ep->me_value != NULL)
+                    return ep->me_value;
+            }
+        }
+        return vbq_hget_slow(d, key, hint);
+    }
     #else
     static int vbq_fill(PyObject *d, PyObject *const *vals, Py_ssize_t n) {
         (void)d; (void)vals; (void)n;
         return 0;
     }
+    static Py_ssize_t vbq_hint_misses = 0;
+    static PyObject *vbq_hget(PyObject *d, PyObject *key, Py_ssize_t *hint) {
+        (void)hint;
+        return PyDict_Check(d) ? PyDict_GetItemWithError(d, key) : NULL;
+    }
     #endif
-    /* d[key] is an empty list that nothing else refers to (replacing it by a new empty list
-       changes nothing anyone can see) */
-    static int vbq_lone_empty_list(PyObject *d, PyObject *key) {
-        PyObject *v = PyDict_GetItemWithError(d, key);      /* (borrowed: no reference taken) */
+    /* vbq_hget with a hint of this call site's own (d: an exact dict or a subclass) */
+    #define VBQ_H(d, key) __extension__ ({ static Py_ssize_t vbq_h_ = 0; vbq_hget((PyObject *)(d), (PyObject *)(key), &vbq_h_); })
+    /* VBQ_H on o.__dict__ (NULL: o has none, or key is absent from it) */
+    #define VBQ_GA(o, key) __extension__ ({ PyObject **vbq_dp_ = _PyObject_GetDictPtr((PyObject *)(o)); \
+        (vbq_dp_ != NULL && *vbq_dp_ != NULL) ? VBQ_H(*vbq_dp_, key) : (PyObject *)NULL; })
+    static int vbq_err(void) { return -1; }
+    /* v (d[key], borrowed: no reference taken) is an empty list that nothing else refers to
+       (replacing it by a new empty list changes nothing anyone can see) */
+    static int vbq_lone_empty(PyObject *v) {
         return v != NULL && PyList_CheckExact(v) && PyList_GET_SIZE(v) == 0 && Py_REFCNT(v) == 1;
     }
+    #define vbq_lone_empty_list(d, key) vbq_lone_empty(VBQ_H(d, key))
     /* a == b for a str b: -1 when a is not an exact str (the caller compares in Python) */
     static int vbq_str_eq(PyObject *a, PyObject *b) {
         Py_ssize_t n;
@@ -140,14 +219,16 @@ cdef extern from *:
         return memcmp(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)n * PyUnicode_KIND(a)) == 0;
     }
     /* d[key] is v itself */
-    static int vbq_is(PyObject *d, PyObject *key, PyObject *v) {
-        return PyDict_GetItemWithError(d, key) == v;
-    }
+    #define vbq_is(d, key, v) (VBQ_H(d, key) == (PyObject *)(v))
     """
     int vbq_fill(object d, PyObject** vals, Py_ssize_t n) except -1
     int vbq_lone_empty_list(object d, object key) except -1
     int vbq_is(object d, object key, object v) except -1
     int vbq_str_eq(object a, object b) noexcept
+    PyObject* VBQ_H(object d, object key)
+    PyObject* VBQ_GA(object o, object key)
+    Py_ssize_t vbq_hint_misses
+    int vbq_err() except -1
 
 cdef extern from "Python.h":
     dict PyDict_Copy(object d)
@@ -209,6 +290,44 @@ cdef inline object _fa(dict d, str name, object o):
     return getattr(o, name)
 
 
+cdef inline object _hv(PyObject* v, object o, str name):
+    """_fa's value from VBQ_H(o's __dict__, name) (v; NULL: absent there, getattr(o, name))"""
+    if v != NULL:
+        return <object>v
+    if PyErr_Occurred():
+        vbq_err()
+    return getattr(o, name)
+
+
+cdef inline object _hk(PyObject* v, dict d, str key):
+    """d[key] from VBQ_H(d, key) (v; NULL: absent, d[key] raises the KeyError)"""
+    if v != NULL:
+        return <object>v
+    if PyErr_Occurred():
+        vbq_err()
+    return d[key]
+
+
+cdef inline object _hn(PyObject* v):
+    """d.get(key) from VBQ_H(d, key) (v; NULL: absent, None)"""
+    if v != NULL:
+        return <object>v
+    if PyErr_Occurred():
+        vbq_err()
+    return None
+
+
+def hinted_get(d, str key, default=None):
+    """d.get(key, default) through one hinted lookup site (vbq_hget), and how many times any
+    site missed its hint so far (for the tests)"""
+    cdef PyObject* v = VBQ_H(d, key) if type(d) is dict else NULL
+    if v == NULL:
+        if PyErr_Occurred():
+            vbq_err()
+        return d.get(key, default), vbq_hint_misses
+    return <object>v, vbq_hint_misses
+
+
 cdef inline int _phexll(char* p, long long v) noexcept:
     """format(v, '#x') at p; its length"""
     if v >= 0:
@@ -260,18 +379,18 @@ cdef Geo* _geo_load(object eng) except NULL:
     """_G read from eng"""
     global _G_eng
     _G_eng = None
-    _G.cluster_bits = _ga(eng, "cluster_bits")
-    _G.cluster_size = _ga(eng, "cluster_size")
-    _G.l2_bits = _ga(eng, "l2_bits")
-    _G.l2_size = _ga(eng, "l2_size")
-    _G.l2_slice_size = _ga(eng, "l2_slice_size")
-    _G.l1_size = _ga(eng, "l1_size")
-    _G.refcount_order = _ga(eng, "refcount_order")
-    _G.refcount_block_bits = _ga(eng, "refcount_block_bits")
-    rm = _ga(eng, "refcount_max")
+    _G.cluster_bits = _hv(VBQ_GA(eng, "cluster_bits"), eng, "cluster_bits")
+    _G.cluster_size = _hv(VBQ_GA(eng, "cluster_size"), eng, "cluster_size")
+    _G.l2_bits = _hv(VBQ_GA(eng, "l2_bits"), eng, "l2_bits")
+    _G.l2_size = _hv(VBQ_GA(eng, "l2_size"), eng, "l2_size")
+    _G.l2_slice_size = _hv(VBQ_GA(eng, "l2_slice_size"), eng, "l2_slice_size")
+    _G.l1_size = _hv(VBQ_GA(eng, "l1_size"), eng, "l1_size")
+    _G.refcount_order = _hv(VBQ_GA(eng, "refcount_order"), eng, "refcount_order")
+    _G.refcount_block_bits = _hv(VBQ_GA(eng, "refcount_block_bits"), eng, "refcount_block_bits")
+    rm = _hv(VBQ_GA(eng, "refcount_max"), eng, "refcount_max")
     _G.refcount_max = rm if rm < (1 << 62) else (1 << 62)   # (64-bit refcounts: Python paths)
-    _G.size = _ga(eng, "size")
-    _G.version = _ga(eng, "version")
+    _G.size = _hv(VBQ_GA(eng, "size"), eng, "size")
+    _G.version = _hv(VBQ_GA(eng, "version"), eng, "version")
     _G_eng = eng
     return &_G
 
@@ -433,7 +552,7 @@ cdef int _refcount_set(object block, long long index, int order, long long value
 
 cdef inline Py_ssize_t _lookup(object c, long long offset) except -2:
     """Cache.lookup's search: the index caching offset, or -1"""
-    cdef list offsets = _ga(c, "offsets")
+    cdef list offsets = _hv(VBQ_GA(c, "offsets"), c, "offsets")
     cdef Py_ssize_t i
     for i in range(len(offsets)):
         if <long long>offsets[i] == offset:
@@ -455,37 +574,37 @@ cdef int _lru_bump_d(dict cd, object c, Py_ssize_t i, long long times) except -1
     """times Cache.put(i) after as many gets, on an entry nobody else holds: the LRU counter
     goes up by times and entry i takes its last value (cd: the cache's __dict__)"""
     cdef long long k
-    o = _fa(cd, "lru_counter", c)
+    o = _hv(VBQ_H(cd, "lru_counter"), c, "lru_counter")
     if _ll(o, &k) and 0 <= k < (1LL << 62):
         n = k + times
     else:
         n = o + times
     cd["lru_counter"] = n
-    (<list>_fa(cd, "lru", c))[i] = n
+    (<list>_hv(VBQ_H(cd, "lru"), c, "lru"))[i] = n
     return 0
 
 
 cdef int _put(object c, Py_ssize_t i) except -1:
     """Cache.put"""
-    cdef list ref = _ga(c, "ref")
+    cdef list ref = _hv(VBQ_GA(c, "ref"), c, "ref")
     cdef long long r = <long long>ref[i] - 1
     ref[i] = r
     if r == 0:
-        n = _ga(c, "lru_counter") + 1
+        n = _hv(VBQ_GA(c, "lru_counter"), c, "lru_counter") + 1
         _sa(c, "lru_counter", n)
-        (<list>_ga(c, "lru"))[i] = n
+        (<list>_hv(VBQ_GA(c, "lru"), c, "lru"))[i] = n
     return 0
 
 
 cdef Py_ssize_t _cache_get(object eng, object c, long long offset, bint read=True) except -1:
     """Qcow2Engine.cache_get (a miss: the Python method)"""
     cdef Py_ssize_t i
-    if offset % <long long>_ga(c, "table_size"):
+    if offset % <long long>_hv(VBQ_GA(c, "table_size"), c, "table_size"):
         return Qcow2Engine.cache_get(eng, c, offset, read)
     i = _lookup(c, offset)
     if i < 0:
         return Qcow2Engine.cache_get(eng, c, offset, read)
-    cdef list ref = _ga(c, "ref")
+    cdef list ref = _hv(VBQ_GA(c, "ref"), c, "ref")
     ref[i] = <long long>ref[i] + 1
     return i
 
@@ -495,16 +614,16 @@ cdef int _cache_set_dependency(object eng, object c, object dep) except -1:
     cdef dict cd = _idict(c)
     cdef dict dd = _idict(dep)
     if cd is None or dd is None:
-        if _ga(dep, "depends"):
+        if _hv(VBQ_GA(dep, "depends"), dep, "depends"):
             eng.cache_flush_dependency(dep)
-        if _ga(c, "depends") and _ga(c, "depends") != _ga(dep, "name"):
+        if _hv(VBQ_GA(c, "depends"), c, "depends") and _hv(VBQ_GA(c, "depends"), c, "depends") != _hv(VBQ_GA(dep, "name"), dep, "name"):
             eng.cache_flush_dependency(c)
-        _sa(c, "depends", _ga(dep, "name"))
+        _sa(c, "depends", _hv(VBQ_GA(dep, "name"), dep, "name"))
         return 0
-    if _fa(dd, "depends", dep):
+    if _hv(VBQ_H(dd, "depends"), dep, "depends"):
         eng.cache_flush_dependency(dep)
-    cur = _fa(cd, "depends", c)
-    name = _fa(dd, "name", dep)
+    cur = _hv(VBQ_H(cd, "depends"), c, "depends")
+    name = _hv(VBQ_H(dd, "name"), dep, "name")
     if cur and cur != name:
         eng.cache_flush_dependency(c)
         cur = _MISSING
@@ -520,9 +639,9 @@ cdef object _MISSING = object()
 
 cdef bytes _pread(object eng, object offset, object n):
     """Qcow2Engine.pread"""
-    buf = bytearray(_ga(eng, "pread_file")(offset, n))
+    buf = bytearray(_hv(VBQ_GA(eng, "pread_file"), eng, "pread_file")(offset, n))
     cdef long long o = offset, nn = n, off, lo, hi, ln
-    for pend in _ga(eng, "pending"):
+    for pend in _hv(VBQ_GA(eng, "pending"), eng, "pending"):
         off = pend[0]
         data = pend[1]
         ln = len(data)
@@ -535,7 +654,7 @@ cdef bytes _pread(object eng, object offset, object n):
 
 cdef int _grow_file_size(object eng, object end) except -1:
     """eng.file_size = max(eng.file_size, end) (ints: the same object stays when it is not less)"""
-    fs = _ga(eng, "file_size")
+    fs = _hv(VBQ_GA(eng, "file_size"), eng, "file_size")
     if type(fs) is int and type(end) is int:
         if end > fs:
             _sa(eng, "file_size", end)
@@ -552,25 +671,25 @@ cdef int _io(object eng, object op, object fn, object what, object offset, objec
         b = bytes(data)
         item["data"] = b
         item["length"] = len(b)
-        _ga(eng, "pending").append([offset, bytes(data)])
+        _hv(VBQ_GA(eng, "pending"), eng, "pending").append([offset, bytes(data)])
         _grow_file_size(eng, offset + len(b))
     else:
         _pend(eng, op, offset, length)
     if extra:
         item.update(extra)
-    _ga(eng, "plan").append(item)
+    _hv(VBQ_GA(eng, "plan"), eng, "plan").append(item)
     return 0
 
 
 cdef int _pend(object eng, object op, object offset, object length) except -1:
     """Qcow2Engine.io's view of the file for an item without data"""
     if op == "write_zeroes" or op == "discard":
-        _ga(eng, "pending").append([offset, vb_zeros(length) if type(length) is int and 0 <= length < 1 << 40
+        _hv(VBQ_GA(eng, "pending"), eng, "pending").append([offset, vb_zeros(length) if type(length) is int and 0 <= length < 1 << 40
                                     else bytes(length)])
         if op == "write_zeroes":
             _grow_file_size(eng, offset + length)     # (a discard leaves file_size as it is)
     elif op == "guest_write":
-        _ga(eng, "pending").append([offset, b""])
+        _hv(VBQ_GA(eng, "pending"), eng, "pending").append([offset, b""])
         _grow_file_size(eng, offset + length)
     return 0
 
@@ -590,18 +709,18 @@ cdef int _io_kw(object eng, str op, str fn, str what, object offset, object leng
         item[k2] = v2
     if k3 is not None:
         item[k3] = v3
-    _ga(eng, "plan").append(item)
+    _hv(VBQ_GA(eng, "plan"), eng, "plan").append(item)
     return 0
 
 
 cdef int _executed(object eng, dict item) except -1:
     """Qcow2Engine.executed"""
     if "data" in item:
-        _ga(eng, "pending").pop(0)
+        _hv(VBQ_GA(eng, "pending"), eng, "pending").pop(0)
         return 0
     op = item["op"]
     if op == "write_zeroes" or op == "discard" or op == "guest_write":
-        _ga(eng, "pending").pop(0)
+        _hv(VBQ_GA(eng, "pending"), eng, "pending").pop(0)
     return 0
 
 
@@ -620,7 +739,7 @@ cdef long long _cmo(dict ed, object eng, long long ign, long long offset, long l
                     object l1t, object rts, object rt) except -1:
     """Qcow2Engine.check_metadata_overlap with its __dict__ ed at hand, and its l1_table,
     refcount_table_size and refcount_table when the caller has read them (else _MISSING)"""
-    cdef long long chk = <long long>_fa(ed, "overlap_check", eng) & ~ign
+    cdef long long chk = <long long>_hv(VBQ_H(ed, "overlap_check"), eng, "overlap_check") & ~ign
     cdef Geo* g = _geo(eng)
     cdef long long cs = g.cluster_size
     cdef long long o, s, end
@@ -636,37 +755,37 @@ cdef long long _cmo(dict ed, object eng, long long ign, long long offset, long l
     if chk & OL_ACTIVE_L1:
         s = g.l1_size
         if s:
-            o = _fa(ed, "l1_table_offset", eng)
+            o = _hv(VBQ_H(ed, "l1_table_offset"), eng, "l1_table_offset")
             if o < end and offset < o + s * 8:
                 return OL_ACTIVE_L1
     if chk & OL_REFCOUNT_TABLE:
-        s = _fa(ed, "refcount_table_size", eng) if rts is _MISSING else rts
+        s = _hv(VBQ_H(ed, "refcount_table_size"), eng, "refcount_table_size") if rts is _MISSING else rts
         if s:
-            o = _fa(ed, "refcount_table_offset", eng)
+            o = _hv(VBQ_H(ed, "refcount_table_offset"), eng, "refcount_table_offset")
             if o < end and offset < o + s * 8:
                 return OL_REFCOUNT_TABLE
     if chk & OL_SNAPSHOT_TABLE:
-        s = _fa(ed, "snapshots_size", eng)
+        s = _hv(VBQ_H(ed, "snapshots_size"), eng, "snapshots_size")
         if s:
-            o = _fa(ed, "snapshots_offset", eng)
+            o = _hv(VBQ_H(ed, "snapshots_offset"), eng, "snapshots_offset")
             if o < end and offset < o + s:
                 return OL_SNAPSHOT_TABLE
     if chk & OL_INACTIVE_L1:
-        sn = _fa(ed, "snapshots", eng)
+        sn = _hv(VBQ_H(ed, "snapshots"), eng, "snapshots")
         if type(sn) is not list or PyList_GET_SIZE(sn):
             for l1_off, l1_sz in sn:
                 if l1_sz and l1_off < end and offset < l1_off + l1_sz * 8:
                     return OL_INACTIVE_L1
     if chk & OL_ACTIVE_L2:
-        for x in (_fa(ed, "l1_table", eng) if l1t is _MISSING else l1t):
+        for x in (_hv(VBQ_H(ed, "l1_table"), eng, "l1_table") if l1t is _MISSING else l1t):
             e = x
             e &= L1E_OFFSET_MASK
             if e and <long long>e < end and offset < <long long>e + cs:
                 return OL_ACTIVE_L2
     if chk & OL_REFCOUNT_BLOCK:
         if rt is _MISSING:
-            rt = _fa(ed, "refcount_table", eng)
-        top = _fa(ed, "max_refcount_table_index", eng)
+            rt = _hv(VBQ_H(ed, "refcount_table"), eng, "refcount_table")
+        top = _hv(VBQ_H(ed, "max_refcount_table_index"), eng, "max_refcount_table_index")
         for i in range(top + 1):
             e = (<tuple>rt)[i] if isinstance(rt, tuple) else rt[i]
             e &= REFT_OFFSET_MASK
@@ -689,7 +808,7 @@ cdef int _pre_write_overlap_check(object eng, long long ign, long long offset,
 
 cdef inline object _reftable(object eng, Py_ssize_t ti):
     """eng.refcount_table[ti]: a FrozenTable (a tuple) is indexed in C, anything else as Python does."""
-    rt = _ga(eng, "refcount_table")
+    rt = _hv(VBQ_GA(eng, "refcount_table"), eng, "refcount_table")
     if isinstance(rt, tuple):
         return (<tuple>rt)[ti]
     return rt[ti]
@@ -700,7 +819,7 @@ cdef object _get_refcount(object eng, long long cluster_index):
     cdef int rbb = _geo(eng).refcount_block_bits
     cdef long long ti = cluster_index >> rbb
     cdef uint64_t rb
-    if ti >= <long long>_ga(eng, "refcount_table_size"):
+    if ti >= <long long>_hv(VBQ_GA(eng, "refcount_table_size"), eng, "refcount_table_size"):
         return 0
     rb = _reftable(eng, ti)
     rb &= REFT_OFFSET_MASK
@@ -709,9 +828,9 @@ cdef object _get_refcount(object eng, long long cluster_index):
     cdef long long cs = _geo(eng).cluster_size
     if rb & <uint64_t>(cs - 1):
         return Qcow2Engine.get_refcount(eng, cluster_index)
-    rbc = _ga(eng, "rb_cache")
+    rbc = _hv(VBQ_GA(eng, "rb_cache"), eng, "rb_cache")
     cdef Py_ssize_t i = _cache_get(eng, rbc, <long long>rb, True)
-    val = _refcount_get((<list>_ga(rbc, "tables"))[i], cluster_index & ((1LL << rbb) - 1),
+    val = _refcount_get((<list>_hv(VBQ_GA(rbc, "tables"), rbc, "tables"))[i], cluster_index & ((1LL << rbb) - 1),
                         _geo(eng).refcount_order)
     _put(rbc, i)
     return val
@@ -722,11 +841,11 @@ cdef int _alloc_refcount_block(object eng, long long cluster_index, Py_ssize_t *
     cdef long long ti = cluster_index >> <int>_geo(eng).refcount_block_bits
     cdef uint64_t rb
     cdef long long cs = _geo(eng).cluster_size
-    if ti < <long long>_ga(eng, "refcount_table_size"):
+    if ti < <long long>_hv(VBQ_GA(eng, "refcount_table_size"), eng, "refcount_table_size"):
         rb = _reftable(eng, ti)
         rb &= REFT_OFFSET_MASK
         if rb and not rb & <uint64_t>(cs - 1):
-            ci[0] = _cache_get(eng, _ga(eng, "rb_cache"), <long long>rb, True)
+            ci[0] = _cache_get(eng, _hv(VBQ_GA(eng, "rb_cache"), eng, "rb_cache"), <long long>rb, True)
             return 0
     r, i = eng.alloc_refcount_block(cluster_index)
     ci[0] = i
@@ -742,7 +861,7 @@ cdef long long _update_refcount(object eng, long long offset, long long length, 
     if length <= 0:
         return 0
     if decrease:
-        _cache_set_dependency(eng, _ga(eng, "rb_cache"), _ga(eng, "l2_cache"))
+        _cache_set_dependency(eng, _hv(VBQ_GA(eng, "rb_cache"), eng, "rb_cache"), _hv(VBQ_GA(eng, "l2_cache"), eng, "l2_cache"))
     cdef int cb = _geo(eng).cluster_bits
     cdef long long cs = 1LL << cb
     cdef int rbb = _geo(eng).refcount_block_bits
@@ -750,7 +869,7 @@ cdef long long _update_refcount(object eng, long long offset, long long length, 
     cdef long long refcount_max = _geo(eng).refcount_max
     cdef long long start = offset & ~(cs - 1)
     cdef long long last = (offset + length - 1) & ~(cs - 1)
-    rbc = _ga(eng, "rb_cache")
+    rbc = _hv(VBQ_GA(eng, "rb_cache"), eng, "rb_cache")
     cdef Py_ssize_t ci = -1, t
     cdef long long old_ti = -1, ti, cluster_index, bi, rc, new
     cdef long long ret = 0, r
@@ -765,20 +884,20 @@ cdef long long _update_refcount(object eng, long long offset, long long length, 
                     ci = -1
                 r = _alloc_refcount_block(eng, cluster_index, &ci)
                 if r == -EAGAIN:
-                    if _ga(eng, "free_cluster_index") > start >> cb:
+                    if _hv(VBQ_GA(eng, "free_cluster_index"), eng, "free_cluster_index") > start >> cb:
                         _sa(eng, "free_cluster_index", start >> cb)
                     ret = r
                     break
             old_ti = ti
-            (<list>_ga(rbc, "dirty"))[ci] = True
+            (<list>_hv(VBQ_GA(rbc, "dirty"), rbc, "dirty"))[ci] = True
             bi = cluster_index & rbs_mask
-            table = (<list>_ga(rbc, "tables"))[ci]
+            table = (<list>_hv(VBQ_GA(rbc, "tables"), rbc, "tables"))[ci]
             rc = _refcount_get(table, bi, order)
             new = rc - addend if decrease else rc + addend
             if new < 0 or new > refcount_max:
                 ret = -EINVAL
                 break
-            if new == 0 and cluster_index < _ga(eng, "free_cluster_index"):
+            if new == 0 and cluster_index < _hv(VBQ_GA(eng, "free_cluster_index"), eng, "free_cluster_index"):
                 _sa(eng, "free_cluster_index", cluster_index)
             _refcount_set(table, bi, order, new)
             if new == 0:
@@ -788,15 +907,15 @@ cdef long long _update_refcount(object eng, long long offset, long long length, 
                     ci = -1
                     old_ti = -1
                     rbc.discard(t)
-                eng.cache_discard_offset(_ga(eng, "l2_cache"), offset)
-                if _ga(eng, "discard_passthrough")[dtype]:
+                eng.cache_discard_offset(_hv(VBQ_GA(eng, "l2_cache"), eng, "l2_cache"), offset)
+                if _hv(VBQ_GA(eng, "discard_passthrough"), eng, "discard_passthrough")[dtype]:
                     eng.update_refcount_discard(cluster_offset, cs)
             cluster_offset += cs
     finally:
         if ci >= 0:
             _put(rbc, ci)
-    if not _ga(eng, "cache_discards"):
-        if _ga(eng, "discards"):
+    if not _hv(VBQ_GA(eng, "cache_discards"), eng, "cache_discards"):
+        if _hv(VBQ_GA(eng, "discards"), eng, "discards"):
             eng.process_discards(ret)
         else:
             eng.discards = []
@@ -811,20 +930,20 @@ cdef long long _update_refcount(object eng, long long offset, long long length, 
 
 cdef long long _alloc_clusters_noref(object eng, long long size, long long max_) except -1:
     """Qcow2Engine.alloc_clusters_noref"""
-    if _ga(eng, "cache_discards"):
+    if _hv(VBQ_GA(eng, "cache_discards"), eng, "cache_discards"):
         eng.process_discards(0)
     cdef int cb = _geo(eng).cluster_bits
     cdef long long n = (size + (1LL << cb) - 1) >> cb
     cdef long long i = 0
     cdef long long idx
     while i < n:
-        idx = _ga(eng, "free_cluster_index")
+        idx = _hv(VBQ_GA(eng, "free_cluster_index"), eng, "free_cluster_index")
         _sa(eng, "free_cluster_index", idx + 1)
         if _get_refcount(eng, idx):
             i = 0
             continue
         i += 1
-    cdef long long fci = _ga(eng, "free_cluster_index")
+    cdef long long fci = _hv(VBQ_GA(eng, "free_cluster_index"), eng, "free_cluster_index")
     if fci > 0 and fci - 1 > max_ >> cb:
         raise Qcow2Error(-EFBIG, "image would exceed the maximum cluster offset")
     return (fci - n) << cb
@@ -869,7 +988,7 @@ cdef Py_ssize_t _l2_load(object eng, long long offset, long long l2_offset) exce
     cdef int cb = _geo(eng).cluster_bits
     cdef long long start = 8 * (((offset >> cb) & (<long long>_geo(eng).l2_size - 1))
                                 - _slice_index(eng, offset))
-    return _cache_get(eng, _ga(eng, "l2_cache"), l2_offset + start, True)
+    return _cache_get(eng, _hv(VBQ_GA(eng, "l2_cache"), eng, "l2_cache"), l2_offset + start, True)
 
 
 cdef Py_ssize_t _get_cluster_table(object eng, long long offset, Py_ssize_t *l2i) except -1:
@@ -879,7 +998,7 @@ cdef Py_ssize_t _get_cluster_table(object eng, long long offset, Py_ssize_t *l2i
     cdef long long l1i = offset >> (<int>_geo(eng).l2_bits + cb)
     cdef uint64_t l1e, l2_offset
     if l1i < <long long>_geo(eng).l1_size:
-        l1e = (<list>_ga(eng, "l1_table"))[l1i]
+        l1e = (<list>_hv(VBQ_GA(eng, "l1_table"), eng, "l1_table"))[l1i]
         l2_offset = l1e & L1E_OFFSET_MASK
         if l1e & QCOW_OFLAG_COPIED and not l2_offset & ((1ULL << cb) - 1):
             l2i[0] = _slice_index(eng, offset)
@@ -968,8 +1087,8 @@ cdef int _handle_copied(object eng, long long guest_offset, long long *host_offs
               BDRV_REQUEST_MAX_BYTES >> cb)
     cdef Py_ssize_t l2i
     cdef Py_ssize_t ci = _get_cluster_table(eng, guest_offset, &l2i)
-    l2c = _ga(eng, "l2_cache")
-    table = (<list>_ga(l2c, "tables"))[ci]
+    l2c = _hv(VBQ_GA(eng, "l2_cache"), eng, "l2_cache")
+    table = (<list>_hv(VBQ_GA(l2c, "tables"), l2c, "tables"))[ci]
     cdef uint64_t e
     cdef long long cluster_offset, keep, nb
     try:
@@ -1006,10 +1125,10 @@ cdef int _handle_alloc(object eng, long long guest_offset, long long *host_offse
               BDRV_REQUEST_MAX_BYTES >> cb)
     cdef Py_ssize_t l2i
     cdef Py_ssize_t ci = _get_cluster_table(eng, guest_offset, &l2i)
-    l2c = _ga(eng, "l2_cache")
+    l2c = _hv(VBQ_GA(eng, "l2_cache"), eng, "l2_cache")
     cdef long long alloc, requested, avail, nb
     try:
-        table = (<list>_ga(l2c, "tables"))[ci]
+        table = (<list>_hv(VBQ_GA(l2c, "tables"), l2c, "tables"))[ci]
         n = _count_single_write_clusters(eng, n, table, l2i, True)
         if host_offset[0] == INV:
             alloc = _alloc_clusters(eng, n * cs)
@@ -1025,7 +1144,7 @@ cdef int _handle_alloc(object eng, long long guest_offset, long long *host_offse
         host_offset[0] = alloc + oic
         if nb - oic < nbytes[0]:
             nbytes[0] = nb - oic
-        table = (<list>_ga(l2c, "tables"))[ci]
+        table = (<list>_hv(VBQ_GA(l2c, "tables"), l2c, "tables"))[ci]
         _calculate_l2_meta(eng, alloc, guest_offset, nbytes[0], table, l2i, False, metas)
         return 1
     finally:
@@ -1073,36 +1192,36 @@ cdef int _alloc_cluster_link_l2(object eng, dict mt) except -1:
     cdef int cb = g.cluster_bits
     if ed is None:
         ed = {}
-    if _fa(ed, "use_lazy_refcounts", eng):
+    if _hv(VBQ_H(ed, "use_lazy_refcounts"), eng, "use_lazy_refcounts"):
         eng.mark_dirty()
-    c = _fa(ed, "l2_cache", eng)
-    if not <long long>_fa(ed, "incompatible_features", eng) & INCOMPAT_DIRTY:
-        _cache_set_dependency(eng, c, _fa(ed, "rb_cache", eng))
-    o_off = mt["offset"]
-    nb = mt["nb_clusters"]
-    alloc = mt["alloc_offset"]
+    c = _hv(VBQ_H(ed, "l2_cache"), eng, "l2_cache")
+    if not <long long>_hv(VBQ_H(ed, "incompatible_features"), eng, "incompatible_features") & INCOMPAT_DIRTY:
+        _cache_set_dependency(eng, c, _hv(VBQ_H(ed, "rb_cache"), eng, "rb_cache"))
+    o_off = _hk(VBQ_H(mt, "offset"), mt, "offset")
+    nb = _hk(VBQ_H(mt, "nb_clusters"), mt, "nb_clusters")
+    alloc = _hk(VBQ_H(mt, "alloc_offset"), mt, "alloc_offset")
     # get_cluster_table's common case: the L1 entry is COPIED, its slice cached, nobody holds it
     # (cache_get then put: the LRU bump of Cache.put)
     ci = -1
     cd = _idict(c)
-    if cd is not None and type(o_off) is int and o_off >= 0 and mt["keep_old"] is False:
+    if cd is not None and type(o_off) is int and o_off >= 0 and _hk(VBQ_H(mt, "keep_old"), mt, "keep_old") is False:
         off = o_off
         l1i = off >> (g.l2_bits + cb)
         if l1i < g.l1_size:
-            x = (<list>_fa(ed, "l1_table", eng))[l1i]
+            x = (<list>_hv(VBQ_H(ed, "l1_table"), eng, "l1_table"))[l1i]
             if type(x) is int and x >= 0:
                 l1e = x
                 l2_offset = l1e & L1E_OFFSET_MASK
                 if l1e & QCOW_OFLAG_COPIED and l2_offset and not l2_offset & ((1ULL << cb) - 1):
                     l2i = (off >> cb) & (g.l2_slice_size - 1)
                     key = <long long>l2_offset + 8 * (((off >> cb) & (g.l2_size - 1)) - l2i)
-                    if not key % <long long>_fa(cd, "table_size", c):
-                        ci = _lookup_l(_fa(cd, "offsets", c), key)
-                        if ci >= 0 and (<list>_fa(cd, "ref", c))[ci] != 0:
+                    if not key % <long long>_hv(VBQ_H(cd, "table_size"), c, "table_size"):
+                        ci = _lookup_l(_hv(VBQ_H(cd, "offsets"), c, "offsets"), key)
+                        if ci >= 0 and (<list>_hv(VBQ_H(cd, "ref"), c, "ref"))[ci] != 0:
                             ci = -1
     if ci >= 0:
-        (<list>_fa(cd, "dirty", c))[ci] = True
-        table = (<list>_fa(cd, "tables", c))[ci]
+        (<list>_hv(VBQ_H(cd, "dirty"), c, "dirty"))[ci] = True
+        table = (<list>_hv(VBQ_H(cd, "tables"), c, "tables"))[ci]
         for i in range(nb):
             e = _get(table, l2i + i)
             if e:
@@ -1117,9 +1236,9 @@ cdef int _alloc_cluster_link_l2(object eng, dict mt) except -1:
         return 0
     old = []
     ci = _get_cluster_table(eng, mt["offset"], &l2i)
-    c = _ga(eng, "l2_cache")
-    (<list>_ga(c, "dirty"))[ci] = True
-    table = (<list>_ga(c, "tables"))[ci]
+    c = _hv(VBQ_GA(eng, "l2_cache"), eng, "l2_cache")
+    (<list>_hv(VBQ_GA(c, "dirty"), c, "dirty"))[ci] = True
+    table = (<list>_hv(VBQ_GA(c, "tables"), c, "tables"))[ci]
     for i in range(nb):
         e = _get(table, l2i + i)
         if e:
@@ -1149,7 +1268,7 @@ cdef int _gho(object eng, long long offset, long long nbytes, uint64_t* host_out
     cdef long long l1i = offset >> (g.l2_bits + cb)
     cdef uint64_t l1e = 0, l2_offset
     if l1i < g.l1_size:
-        l1e = (<list>_ga(eng, "l1_table"))[l1i]
+        l1e = (<list>_hv(VBQ_GA(eng, "l1_table"), eng, "l1_table"))[l1i]
     if l1i >= g.l1_size or not l1e & L1E_OFFSET_MASK:
         host_out[0] = 0
         cur_out[0] = (avail if avail < needed else needed) - oic
@@ -1159,13 +1278,13 @@ cdef int _gho(object eng, long long offset, long long nbytes, uint64_t* host_out
     if l2_offset & <uint64_t>(cs - 1):
         return T_PY
     cdef Py_ssize_t ci = _l2_load(eng, offset, <long long>l2_offset)
-    l2c = _ga(eng, "l2_cache")
+    l2c = _hv(VBQ_GA(eng, "l2_cache"), eng, "l2_cache")
     cdef Py_ssize_t l2i
     cdef uint64_t e, ei, expected, hc, host
     cdef int t, ti
     cdef long long count, nb, i, got
     try:
-        table = (<list>_ga(l2c, "tables"))[ci]
+        table = (<list>_hv(VBQ_GA(l2c, "tables"), l2c, "tables"))[ci]
         l2i = (offset >> cb) & (g.l2_slice_size - 1)
         e = _get(table, l2i)
         t = _ctype(e)
@@ -1237,7 +1356,7 @@ cdef bint _is_zero_fast(object eng, long long offset, long long nbytes) except -
         if t == T_ZERO_PLAIN or t == T_ZERO_ALLOC:
             pass
         elif t == T_UNALLOCATED:
-            backing = _ga(eng, "backing")
+            backing = _hv(VBQ_GA(eng, "backing"), eng, "backing")
             if backing is not None and offset < backing.size:
                 return False
         else:
@@ -1396,14 +1515,15 @@ cdef list _data_parts(object m, object bid, dict co, long long qoff, long long n
     cdef PyObject* r
     cdef list out
     cdef long long pos = 0, gpa, ln, lo, hi
-    if co.get("zero"):
+    if _hn(VBQ_H(co, "zero")):
         return [("zero", n)]
     reqs = m.block.reqs
     if type(reqs) is not dict:
         return [("ram", x, y) for x, y in _iov_slice(reqs.get(bid, {})["qiov"], qoff, n)]
     r = PyDict_GetItemWithError(reqs, bid)
     req = <object>r if r != NULL else {}
-    iov = req["qiov"]
+    r = VBQ_H(req, "qiov")
+    iov = <object>r if r != NULL else req["qiov"]
     if type(iov) is not list:
         return [("ram", x, y) for x, y in _iov_slice(iov, qoff, n)]
     out = []                            # (_iov_slice's pieces, each as a "ram" part)
@@ -1477,7 +1597,7 @@ cdef inline long long _rc_get(const uint8_t* p, long long index, int order) noex
 
 cdef int _grow_file_size_2(dict ed, object eng, long long e1, long long e2) except -1:
     """_grow_file_size to e1, then to e2 (an int file_size: to the larger at once)"""
-    fs = _fa(ed, "file_size", eng)
+    fs = _hv(VBQ_H(ed, "file_size"), eng, "file_size")
     if type(fs) is int:
         if e2 > e1:
             e1 = e2
@@ -1491,7 +1611,7 @@ cdef int _grow_file_size_2(dict ed, object eng, long long e1, long long e2) exce
 
 cdef int _grow_file_size_d(dict ed, object eng, long long end) except -1:
     """_grow_file_size with the engine's __dict__ ed at hand (end: a long long)"""
-    fs = _fa(ed, "file_size", eng)
+    fs = _hv(VBQ_H(ed, "file_size"), eng, "file_size")
     if type(fs) is int:
         if fs < end:
             ed["file_size"] = end
@@ -1568,7 +1688,7 @@ cdef int _piece_done(dict co, dict piece, object o_pos, object o_rem, object o_q
                      long long cur, Py_ssize_t* npieces) except -1:
     """_write_machine: co["pieces"].append(piece), co["pos"] += cur, co["remaining"] -= cur,
     co["qoff"] += cur (o_*: their values, read before)"""
-    pieces = co["pieces"]
+    pieces = _hk(VBQ_H(co, "pieces"), co, "pieces")
     if type(pieces) is list:
         (<list>pieces).append(piece)
         npieces[0] = PyList_GET_SIZE(pieces)
@@ -1611,13 +1731,13 @@ cdef bint _fast_alloc(object m, object eng, object bid, dict co) except -1:
     cdef uint8_t* bp
     cdef dict ed, cd, rd
     cdef PyObject* v[7]
-    if order > 5 or co.get("zero"):
+    if order > 5 or _hn(VBQ_H(co, "zero")):
         return False
     ed = _idict(eng)
     if ed is None:
         return False
-    o_pos = co["pos"]
-    o_rem = co["remaining"]
+    o_pos = _hk(VBQ_H(co, "pos"), co, "pos")
+    o_rem = _hk(VBQ_H(co, "remaining"), co, "remaining")
     if type(o_pos) is not int or type(o_rem) is not int or o_pos < 0 or o_rem <= 0:
         return False
     pos = o_pos
@@ -1626,7 +1746,7 @@ cdef bint _fast_alloc(object m, object eng, object bid, dict co) except -1:
     l1i = pos >> (g.l2_bits + cb)
     if l1i >= g.l1_size:
         return False
-    l1t = _fa(ed, "l1_table", eng)
+    l1t = _hv(VBQ_H(ed, "l1_table"), eng, "l1_table")
     o = (<list>l1t)[l1i]
     if type(o) is not int or o < 0:
         return False
@@ -1636,14 +1756,14 @@ cdef bint _fast_alloc(object m, object eng, object bid, dict co) except -1:
         return False
     l2i = (pos >> cb) & (g.l2_slice_size - 1)
     key = <long long>l2_offset + 8 * (((pos >> cb) & (g.l2_size - 1)) - l2i)
-    l2c = _fa(ed, "l2_cache", eng)
+    l2c = _hv(VBQ_H(ed, "l2_cache"), eng, "l2_cache")
     cd = _idict(l2c)
-    if cd is None or key % <long long>_fa(cd, "table_size", l2c):
+    if cd is None or key % <long long>_hv(VBQ_H(cd, "table_size"), l2c, "table_size"):
         return False
-    li = _lookup_l(_fa(cd, "offsets", l2c), key)
-    if li < 0 or (<list>_fa(cd, "ref", l2c))[li] != 0:
+    li = _lookup_l(_hv(VBQ_H(cd, "offsets"), l2c, "offsets"), key)
+    if li < 0 or (<list>_hv(VBQ_H(cd, "ref"), l2c, "ref"))[li] != 0:
         return False
-    table = (<list>_fa(cd, "tables", l2c))[li]
+    table = (<list>_hv(VBQ_H(cd, "tables"), l2c, "tables"))[li]
     if type(table) is not bytearray or PyByteArray_GET_SIZE(table) != g.l2_slice_size * 8:
         return False
     oic = pos & (cs - 1)
@@ -1652,7 +1772,7 @@ cdef bint _fast_alloc(object m, object eng, object bid, dict co) except -1:
     if e0 != 0:
         return _fast_in_place(m, eng, ed, bid, co, o_pos, o_rem, pos, rem, oic, n, e0, table, l2i, l2c,
                               cd, li)
-    if _fa(ed, "backing", eng) is not None or _fa(ed, "cache_discards", eng) or _fa(ed, "discards", eng):
+    if _hv(VBQ_H(ed, "backing"), eng, "backing") is not None or _hv(VBQ_H(ed, "cache_discards"), eng, "cache_discards") or _hv(VBQ_H(ed, "discards"), eng, "discards"):
         return False
     k = 0
     while k < n and _get(table, l2i + k) == 0:
@@ -1662,27 +1782,27 @@ cdef bint _fast_alloc(object m, object eng, object bid, dict co) except -1:
         return False                    # (more than one run: the loop goes on)
     cur = rem
     # the free clusters (alloc_clusters_noref over one cached refcount block)
-    o = _fa(ed, "free_cluster_index", eng)
+    o = _hv(VBQ_H(ed, "free_cluster_index"), eng, "free_cluster_index")
     if type(o) is not int or o < 0:
         return False
     fci = o
     ti0 = fci >> rbb
-    rts = _fa(ed, "refcount_table_size", eng)
+    rts = _hv(VBQ_H(ed, "refcount_table_size"), eng, "refcount_table_size")
     if ti0 >= <long long>rts:
         return False
-    rt = _fa(ed, "refcount_table", eng)
+    rt = _hv(VBQ_H(ed, "refcount_table"), eng, "refcount_table")
     rb = (<tuple>rt)[ti0] if isinstance(rt, tuple) else rt[ti0]
     rb &= REFT_OFFSET_MASK
     if not rb or rb & <uint64_t>(cs - 1):
         return False
-    rbc = _fa(ed, "rb_cache", eng)
+    rbc = _hv(VBQ_H(ed, "rb_cache"), eng, "rb_cache")
     rd = _idict(rbc)
-    if rd is None or <long long>rb % <long long>_fa(rd, "table_size", rbc):
+    if rd is None or <long long>rb % <long long>_hv(VBQ_H(rd, "table_size"), rbc, "table_size"):
         return False
-    ri = _lookup_l(_fa(rd, "offsets", rbc), <long long>rb)
-    if ri < 0 or (<list>_fa(rd, "ref", rbc))[ri] != 0:
+    ri = _lookup_l(_hv(VBQ_H(rd, "offsets"), rbc, "offsets"), <long long>rb)
+    if ri < 0 or (<list>_hv(VBQ_H(rd, "ref"), rbc, "ref"))[ri] != 0:
         return False
-    block = (<list>_fa(rd, "tables", rbc))[ri]
+    block = (<list>_hv(VBQ_H(rd, "tables"), rbc, "tables"))[ri]
     if type(block) is not bytearray or PyByteArray_GET_SIZE(block) != cs \
             or ((1LL << rbb) << order) > cs * 8:
         return False
@@ -1715,15 +1835,15 @@ cdef bint _fast_alloc(object m, object eng, object bid, dict co) except -1:
     zn = ce_to                          # handle_alloc_space: cow_start..cow_end
     # (its check of off..off+zn is the one just made: check_metadata_overlap rounds host..
     # host+cur out to the same whole clusters, and host < cs exactly when off == 0)
-    o_qoff = co["qoff"]
-    pieces = co["pieces"]
-    plan = _fa(ed, "plan", eng)
+    o_qoff = _hk(VBQ_H(co, "qoff"), co, "qoff")
+    pieces = _hk(VBQ_H(co, "pieces"), co, "pieces")
+    plan = _hv(VBQ_H(ed, "plan"), eng, "plan")
     if type(plan) is not list:
         return False
     # -- from here on: the changes ---------------------------------------------------------------
     # alloc_clusters_noref's get_refcount calls, update_refcount's block (dirty, +1 each)
     ed["free_cluster_index"] = idx
-    (<list>_fa(rd, "dirty", rbc))[ri] = True
+    (<list>_hv(VBQ_H(rd, "dirty"), rbc, "dirty"))[ri] = True
     for i in range(alloc_first, idx):
         _refcount_set(block, i & ((1LL << rbb) - 1), order, _rc_get(bp, i & ((1LL << rbb) - 1), order) + 1)
     _lru_bump_d(rd, rbc, ri, nchecks + 1)
@@ -1761,7 +1881,7 @@ cdef bint _fast_alloc(object m, object eng, object bid, dict co) except -1:
     cdef list metas = [_from_tpl(TPL_META, v, 7)]
     piece = _new_piece(o_pos, host, cur, o_qoff, metas)
     _piece_done(co, piece, o_pos, o_rem, o_qoff, cur, &npieces)
-    pending = _fa(ed, "pending", eng)
+    pending = _hv(VBQ_H(ed, "pending"), eng, "pending")
     if oic or ce_to - ce_from:
         _plan_zero_cow(plan, pending, off, zn)
         _plan_guest_write(m, plan, pending, bid, co, o_qoff, cur, host, npieces)
@@ -1797,15 +1917,15 @@ cdef bint _fast_in_place(object m, object eng, dict ed, object bid, dict co, obj
     host = <long long>cluster_offset + oic
     if _cmo(ed, eng, 0, host, cur, _MISSING, _MISSING, _MISSING):
         return False
-    o_qoff = co["qoff"]
-    plan = _fa(ed, "plan", eng)
+    o_qoff = _hk(VBQ_H(co, "qoff"), co, "qoff")
+    plan = _hv(VBQ_H(ed, "plan"), eng, "plan")
     if type(plan) is not list:
         return False
     # -- the changes: handle_copied's L2 slice, the piece, the guest data write
     _lru_bump_d(cd, l2c, li, 1)
     piece = _new_piece(o_pos, host, cur, o_qoff, [])
     _piece_done(co, piece, o_pos, o_rem, o_qoff, cur, &npieces)
-    _plan_guest_write(m, plan, _fa(ed, "pending", eng), bid, co, o_qoff, cur, host, npieces)
+    _plan_guest_write(m, plan, _hv(VBQ_H(ed, "pending"), eng, "pending"), bid, co, o_qoff, cur, host, npieces)
     _grow_file_size_d(ed, eng, host + cur)
     _FAST_ALLOCS[1] += 1
     return True
@@ -1827,9 +1947,9 @@ cdef str _write_machine(object m, object eng, object bid, dict co, bint quiet=Fa
     cdef long long host, cur, pos, rem
     cdef list metas, pieces
     cdef dict piece, mt
-    wphase = co["wphase"]
+    wphase = _hk(VBQ_H(co, "wphase"), co, "wphase")
     if _is_str(wphase, S_ALLOC):
-        if co["remaining"] == 0:
+        if _hk(VBQ_H(co, "remaining"), co, "remaining") == 0:
             co["wphase"] = "link"
             return "every piece allocated and written: link the L2 entries"
         if quiet:
@@ -1860,23 +1980,23 @@ cdef str _write_machine(object m, object eng, object bid, dict co, bint quiet=Fa
             _qfn = S_LINK_L2
         else:
             _SUP.set_function(m, "qcow2_alloc_cluster_link_l2", CLUSTER_SRC)
-        pieces = co["pieces"]
-        link_i = co["link_i"]
+        pieces = _hk(VBQ_H(co, "pieces"), co, "pieces")
+        link_i = _hk(VBQ_H(co, "link_i"), co, "link_i")
         if link_i >= len(pieces):
             co["wphase"] = "done"
             return "all L2 entries linked"
         piece = pieces[link_i]
         co["link_i"] = link_i + 1
-        if piece["failed"] or co["ret"]:
-            for mt in piece["metas"]:
+        if _hk(VBQ_H(piece, "failed"), piece, "failed") or _hk(VBQ_H(co, "ret"), co, "ret"):
+            for mt in _hk(VBQ_H(piece, "metas"), piece, "metas"):
                 eng.alloc_cluster_abort(mt)
             if quiet:
                 return None
             return f"piece at guest {_hex(piece['guest'])}: the write failed, qcow2_alloc_cluster_abort frees its clusters"
         n = 0
-        for mt in piece["metas"]:
-            cs, ce = mt["cow_start"], mt["cow_end"]
-            if (cs[1] or ce[1]) and not mt["skip_cow"]:
+        for mt in _hk(VBQ_H(piece, "metas"), piece, "metas"):
+            cs, ce = _hk(VBQ_H(mt, "cow_start"), mt, "cow_start"), _hk(VBQ_H(mt, "cow_end"), mt, "cow_end")
+            if (cs[1] or ce[1]) and not _hk(VBQ_H(mt, "skip_cow"), mt, "skip_cow"):
                 _perform_cow(m, bid, co, piece, mt)
             _alloc_cluster_link_l2(eng, mt)
         if quiet:
@@ -1892,7 +2012,7 @@ cdef str _write_machine(object m, object eng, object bid, dict co, bint quiet=Fa
 cdef str _write_phase(object m, object eng, object bid, dict co, bint quiet=False):
     """driver._write_phase"""
     detail = _write_machine(m, eng, bid, co, quiet)
-    if _is_str(co["wphase"], S_DONE):
+    if _is_str(_hk(VBQ_H(co, "wphase"), co, "wphase"), S_DONE):
         co["phase"] = "done"
     return detail
 
@@ -1907,18 +2027,27 @@ cdef str _read_phase(object m, object eng, object bid, dict co, bint quiet=False
         _qfn = S_GET_HOST_OFFSET
     else:
         _SUP.set_function(m, "qcow2_get_host_offset", CLUSTER_SRC)
-    pos = co["pos"]
-    rem = co["remaining"]
+    pos = _hk(VBQ_H(co, "pos"), co, "pos")
+    rem = _hk(VBQ_H(co, "remaining"), co, "remaining")
     t, host, cur, entry = _get_host_offset(eng, pos, rem if rem < INT_MAX else INT_MAX)
     if cur < 1:
         cur = 1
-    seg = _iov_slice(m.block.reqs.get(bid, {})["qiov"], co["qoff"], cur)
-    co["pos"] += cur
-    co["remaining"] -= cur
-    co["qoff"] += cur
+    reqs = m.block.reqs
+    if type(reqs) is dict:              # (reqs.get(bid, {}) without the {} when bid is there)
+        r = PyDict_GetItemWithError(reqs, bid)
+        if r == NULL and PyErr_Occurred():
+            vbq_err()
+        req = <object>r if r != NULL else {}
+    else:
+        req = reqs.get(bid, {})
+    iov = req["qiov"]
+    qoff = _hk(VBQ_H(co, "qoff"), co, "qoff")
+    seg = _iov_slice(iov, qoff, cur)
+    co["pos"] = pos + cur               # (co["pos"] += cur, of the values just read)
+    co["remaining"] = rem - cur
+    co["qoff"] = qoff + cur
     if t == ZERO_PLAIN or t == ZERO_ALLOC or (t == UNALLOCATED and m.fmt.backing is None):
-        _io(eng, "guest_zero", "qemu_iovec_memset", f"guest {_hex(pos)}+{_hex(cur)} reads as zero ({t})",
-            pos, None, cur, {"iov": seg})
+        _plan_read(eng, S_GUEST_ZERO, S_MEMSET, _s_read_zero(pos, cur, t), pos, cur, seg, None)
         if quiet:
             return None
         return f"guest {_hex(pos)}+{_hex(cur)}: {t} cluster(s)"
@@ -1932,11 +2061,76 @@ cdef str _read_phase(object m, object eng, object bid, dict co, bint quiet=False
             f"inflate the compressed cluster at host {_hex(h)} ({csize} bytes)", h, None, csize,
             {"iov": seg, "entry": entry, "guest": pos})
         return f"guest {_hex(pos)}+{_hex(cur)}: compressed cluster at host {_hex(h)}"
-    _io(eng, "guest_read", "bdrv_co_preadv_part", f"guest {_hex(pos)}+{_hex(cur)} <- host {_hex(host)}", host,
-        None, cur, {"iov": seg, "kind": "data"})
+    _plan_read(eng, S_GUEST_READ, S_PREADV_PART, _s_read_host(pos, cur, host), host, cur, seg, S_DATA)
     if quiet:
         return None
     return f"guest {_hex(pos)}+{_hex(cur)} -> host {_hex(host)}"
+
+
+cdef str S_GUEST_ZERO = "guest_zero"
+cdef str S_MEMSET = "qemu_iovec_memset"
+cdef str S_GUEST_READ = "guest_read"
+cdef str S_PREADV_PART = "bdrv_co_preadv_part"
+cdef dict TPL_RZERO = {"op": None, "fn": None, "what": None, "offset": None, "length": None,
+                       "iov": None}                                 # io(..., length=, iov=)
+cdef dict TPL_RDATA = {"op": None, "fn": None, "what": None, "offset": None, "length": None,
+                       "iov": None, "kind": None}                   # io(..., length=, iov=, kind=)
+
+
+cdef int _plan_read(object eng, str op, str fn, str what, object offset, object length, object seg,
+                    object kind) except -1:
+    """Qcow2Engine.io(op, fn, what, offset, length=length, iov=seg) of a read phase's item (no
+    data: nothing pending), kind=kind after iov when kind is not None"""
+    cdef PyObject* v[7]
+    v[0] = <PyObject*>op
+    v[1] = <PyObject*>fn
+    v[2] = <PyObject*>what
+    v[3] = <PyObject*>offset
+    v[4] = <PyObject*>length
+    v[5] = <PyObject*>seg
+    v[6] = <PyObject*>kind
+    item = _from_tpl(TPL_RZERO, v, 6) if kind is None else _from_tpl(TPL_RDATA, v, 7)
+    _hv(VBQ_GA(eng, "plan"), eng, "plan").append(item)
+    return 0
+
+
+cdef int _pguest(char* buf, long long pos, long long cur) noexcept:
+    """f"guest {pos:#x}+{cur:#x}" at buf; its length"""
+    cdef int k = _pstr(buf, "guest ")
+    k += _phexll(buf + k, pos)
+    buf[k] = 43        # '+'
+    k += 1
+    return k + _phexll(buf + k, cur)
+
+
+cdef str _s_read_zero(object pos, object cur, object t):
+    """f"guest {pos:#x}+{cur:#x} reads as zero ({t})" (_read_phase)"""
+    cdef char buf[160]
+    cdef long long a, b
+    cdef int k
+    cdef Py_ssize_t n
+    if not (_ll(pos, &a) and _ll(cur, &b)) or type(t) is not str or not PyUnicode_IS_ASCII(t) \
+            or PyUnicode_GET_LENGTH(t) > 64:
+        return f"guest {_hex(pos)}+{_hex(cur)} reads as zero ({t})"
+    k = _pguest(buf, a, b)
+    k += _pstr(buf + k, " reads as zero (")
+    n = PyUnicode_GET_LENGTH(t)
+    memcpy(buf + k, PyUnicode_DATA(t), <size_t>n)
+    k += <int>n
+    buf[k] = 41        # ')'
+    return _ascii(buf, k + 1)
+
+
+cdef str _s_read_host(object pos, object cur, object host):
+    """f"guest {pos:#x}+{cur:#x} <- host {host:#x}" (_read_phase)"""
+    cdef char buf[96]
+    cdef long long a, b, h
+    cdef int k
+    if not (_ll(pos, &a) and _ll(cur, &b) and _ll(host, &h)):
+        return f"guest {_hex(pos)}+{_hex(cur)} <- host {_hex(host)}"
+    k = _pguest(buf, a, b)
+    k += _pstr(buf + k, " <- host ")
+    return _ascii(buf, k + _phexll(buf + k, h))
 
 
 cdef str _compute(object m, object f, object eng, object bid):
@@ -2018,7 +2212,7 @@ cdef object _take_plan(eng, dict co):
         co["plan"] = []
         plan = None
     else:
-        plan = _ga(eng, "plan")
+        plan = _hv(VBQ_GA(eng, "plan"), eng, "plan")
         co["plan"] = plan
         _sa(eng, "plan", [])
     if not vbq_is(co, "pi", 0):
@@ -2033,8 +2227,8 @@ def bulk_compute(m, eng, dict co, bid):
     FastQcow2Engine and the request a read or write that is not done.  -> 1: cont qcow2.io,
     2: _finish, 3: cont qcow2.compute (the caller steers the scheduler)"""
     global _qfn
-    op = co["op"]
-    ph = co["phase"]
+    op = _hk(VBQ_H(co, "op"), co, "op")
+    ph = _hk(VBQ_H(co, "phase"), co, "phase")
     cdef bint write = _is_str(op, S_WRITE)
     if type(eng) is not _FastQcow2Engine or _is_str(ph, S_DONE) \
             or not (write or _is_str(op, S_READ)):
@@ -2056,7 +2250,7 @@ def bulk_compute(m, eng, dict co, bid):
         if not vbq_is(co, "caller", _qfn):
             co["caller"] = _qfn
         return 1
-    if _is_str(co["phase"], S_DONE):
+    if _is_str(_hk(VBQ_H(co, "phase"), co, "phase"), S_DONE):
         return 2
     if not vbq_is(co, "caller", _qfn):
         co["caller"] = _qfn
