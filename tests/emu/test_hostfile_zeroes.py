@@ -20,10 +20,10 @@ from hypothesis import strategies as st
 
 import emu_fast
 from emu.block.hostfile import BLOCK, HostFile
+from tests.hostfile_ops import SIZE, apply, base_image
 
 SETTINGS = dict(deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-SIZE = 5 * 4096 + 700          # not a multiple of the block size
 _off = st.integers(0, SIZE + 20000)
 _len = st.sampled_from([1, 7, 512, 4095, 4096, 4097, 9000, 16384, 65536])
 ops = st.lists(st.one_of(
@@ -40,7 +40,7 @@ COMPILED = [False] + ([True] if emu_fast.available() else [])
 
 def _files(tmp, mode: str, compiled: bool):
     base = tmp / "base.img"
-    base.write_bytes(bytes(range(256)) * (SIZE // 256) + b"\x5a" * (SIZE % 256))
+    base_image(base)
     hfs = []
     for name in ("zero.img", "pwrite.img"):
         shutil.copy(base, tmp / name)
@@ -49,32 +49,6 @@ def _files(tmp, mode: str, compiled: bool):
             emu_fast.require()._hostfile.attach(hf)
         hfs.append(hf)
     return base, hfs
-
-
-def _apply(hf: HostFile, op: tuple, as_pwrite: bool):
-    kind = op[0]
-    try:
-        if kind == "zero":
-            if as_pwrite:
-                return hf.pwrite(op[1], bytes(op[2]))
-            return hf.write_zeroes(op[1], op[2])
-        if kind == "read":
-            return hf.pread(op[1], op[2])
-        if kind == "write":
-            return hf.pwrite(op[1], bytes([op[3]]) * op[2])
-        if kind == "truncate":
-            return hf.truncate(op[1])
-        if kind == "digest":
-            return hf.digest()
-        if op[1] or hf.undo is None:
-            hf.undo, hf.undo_size = {}, None
-            return None
-        blocks, size = hf.undo, hf.undo_size if hf.undo_size is not None else hf.size
-        hf.undo = None
-        hf.restore_blocks(blocks, size)
-        return None
-    except OSError as e:
-        return ("OSError", e.errno, e.strerror)
 
 
 def past_size_reads_zero(hf: HostFile) -> bool:
@@ -115,7 +89,7 @@ def test_write_zeroes_is_pwrite_of_zeros(tmp_path_factory, compiled, mode, ops):
     base, (a, b) = _files(tmp, mode, compiled)
     try:
         for op in ops:
-            assert _apply(a, op, False) == _apply(b, op, True), op
+            assert apply(a, op) == apply(b, op, zero_as_pwrite=True), op
             assert _logical(a) == _logical(b), op
             assert past_size_reads_zero(a) and past_size_reads_zero(b), op
         assert a.digest() == b.digest()

@@ -18,12 +18,12 @@ from hypothesis import strategies as st
 
 import emu_fast
 from emu.block.hostfile import HostFile
+from tests.hostfile_ops import SIZE, apply, base_image
 from tests.emu_fast.test_differential import SETTINGS
 
 pytestmark = pytest.mark.skipif(not emu_fast.available(),
                                 reason="emu_fast is not compiled (python setup.py build_ext --inplace)")
 
-SIZE = 5 * 4096 + 700          # not a multiple of the block size
 _off = st.integers(0, SIZE + 9000)
 _len = st.sampled_from([1, 7, 512, 4095, 4096, 4097, 9000, 16384])
 _zero = st.tuples(st.just("zero"), _off, st.sampled_from([-1, 0, 1, 4095, 4097, 9000, 65536]))
@@ -40,7 +40,7 @@ def images(tmp_path_factory, prefix: str, names=("py.img", "fast.img")):
     """(dir, base image, [copies of it named names]) in a new temporary directory."""
     tmp = tmp_path_factory.mktemp(prefix)
     base = tmp / "base.img"
-    base.write_bytes(bytes(range(256)) * (SIZE // 256) + b"\x5a" * (SIZE % 256))
+    base_image(base)
     paths = []
     for name in names:
         shutil.copy(base, tmp / name)
@@ -53,30 +53,6 @@ def state(hf: HostFile) -> dict:
                                                          "ov_fd", "ov_path", "path")}
     d["content"] = HostFile.pread(hf, 0, hf.size)
     return d
-
-
-def apply(hf: HostFile, op: tuple):
-    kind = op[0]
-    try:
-        if kind == "read":
-            return hf.pread(op[1], op[2])
-        if kind == "write":
-            return hf.pwrite(op[1], bytes([op[3]]) * op[2])
-        if kind == "zero":
-            return hf.write_zeroes(op[1], op[2])
-        if kind == "truncate":
-            return hf.truncate(op[1])
-        if kind == "digest":
-            return hf.digest()
-        if op[1] or hf.undo is None:
-            hf.undo, hf.undo_size = {}, None
-            return None
-        blocks, size = hf.undo, hf.undo_size if hf.undo_size is not None else hf.size
-        hf.undo = None
-        hf.restore_blocks(blocks, size)
-        return None
-    except OSError as e:
-        return ("OSError", e.errno, e.strerror)
 
 
 @settings(**dict(SETTINGS, max_examples=120))

@@ -32,6 +32,19 @@ SPECS = [("break", "desc"), ("break", "desc on=used q=0"), ("break", "desc on=ad
          ("catch", "error"), ("catch", "error ioerr"), ("catch", "error guest")]
 
 
+def _records(m):
+    """Every step's record of m's run, the shutdown's (qcow2_close, ...) included."""
+    closed = False
+    while True:
+        rec = m.step()
+        if rec is None:
+            if closed or not m.begin_shutdown():
+                return
+            closed = True
+            continue
+        yield rec
+
+
 def _matches(bp, m, rec, table) -> bool:
     return next(iter(BP._MATCHERS[bp.kind](bp, BP._Ctx(m, rec, table))), None) is not None
 
@@ -51,14 +64,7 @@ def test_prefilter_never_skips_a_matching_step(tmp_path_factory, fmt, wl, cfg, s
         except BP.BreakpointError:          # e.g. a host range past a small image's end
             continue
     matched = passed = 0
-    closed = False
-    while True:
-        rec = m.step()
-        if rec is None:
-            if closed or not m.begin_shutdown():
-                break
-            closed = True
-            continue
+    for rec in _records(m):
         cand = emu_fast.require().prefilter_candidates(table, m, [rec], S_IOERR)[0]
         hit = any(_matches(bp, m, rec, table) for bp in bps)
         assert cand or not hit, f"step {rec.n} ({rec.kind}) matches {specs} but was skipped"
@@ -192,14 +198,7 @@ def test_what_breakpoints_see_comes_only_from_the_steps_the_core_stops_before(
     tmp = tmp_path_factory.mktemp("ds")
     m = machine(tmp, "qcow2" if fmt.startswith("qcow2") else fmt, "s" if fmt == "qcow2s" else "",
                 wl, cfg)
-    closed = False
-    while True:
-        rec = m.step()
-        if rec is None:
-            if closed or not m.begin_shutdown():
-                break
-            closed = True
-            continue
+    for rec in _records(m):
         for what in _core_stop_kinds(m, rec):
             assert rec.kind in _stop_steps(what) or (what[0] != "desc" and rec.kind not in handled), \
                 (rec.n, rec.kind, what)
