@@ -127,16 +127,21 @@ class HostFile:
             pos = run_end
         return bytes(out)
 
-    def pwrite(self, off: int, data: bytes) -> None:
-        n = len(data)
-        if n == 0:
-            return
+    def _begin_write(self, off: int, n: int) -> None:
+        """What a write does before the bytes change: the digest's dirty chunks, `writes`,
+        EBADF in read mode, the undo journal's old blocks."""
         self._touch(off, n)
         self.writes += 1
         if self.mode == "read":
             raise OSError(errno.EBADF, "image opened read-only")
         if self.undo is not None:
             self._keep_old(off, off + n)
+
+    def pwrite(self, off: int, data: bytes) -> None:
+        n = len(data)
+        if n == 0:
+            return
+        self._begin_write(off, n)
         if self.mode == "write":
             os.pwrite(self.fd, data, off)
         else:
@@ -157,12 +162,7 @@ class HostFile:
         report as holes; the user's file keeps the allocation it always had here)."""
         if n <= 0:
             return
-        self._touch(off, n)
-        self.writes += 1
-        if self.mode == "read":
-            raise OSError(errno.EBADF, "image opened read-only")
-        if self.undo is not None:
-            self._keep_old(off, off + n)
+        self._begin_write(off, n)
         end = off + n
         if self.mode == "write":
             os.pwrite(self.fd, bytes(n), off)
