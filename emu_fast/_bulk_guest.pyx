@@ -301,6 +301,56 @@ cdef bint _notify_ok = False
 cdef i64 _vmexit_ns = 0
 cdef i64 _S_EMPTY = 0, _S_OK = 0, _S_IOERR = 0, _S_NOTSUPP = 0      # str argument indices
 
+# m.counters' "kicks" and "kicks_suppressed": only these handlers change them in a stretch (the
+# compiled engine's steps run between stretches), so an entry that holds an exact int at load is
+# counted in C and the stretch's increments added to it at store (as _bulk_dev does its
+# counters); an entry missing or of another type at load is incremented at once, as before.
+cdef enum:
+    KC_KICKS, KC_SUPPRESSED, KC_N
+cdef tuple _KC_KEYS = ("kicks", "kicks_suppressed")
+cdef i64 _kc_d[KC_N]            # the stretch's increments
+cdef bint _kc_ok[KC_N]          # the entry held an exact int at load
+cdef long long _KC_DEFERRED = 0     # increments counted in C (tests)
+
+
+cdef int _kc_load(dict counters) except -1:
+    cdef int i
+    for i in range(KC_N):
+        _kc_d[i] = 0
+        _kc_ok[i] = counters is not None and type(counters.get(_KC_KEYS[i])) is int
+    return 0
+
+
+cdef int _kc_store() except -1:
+    """the stretch's increments added to m.counters' entries"""
+    cdef int i
+    cdef i64 d
+    for i in range(KC_N):
+        d = _kc_d[i]
+        _kc_d[i] = 0
+        _kc_ok[i] = False
+        if d:
+            k = _KC_KEYS[i]
+            _counters[k] = _counters[k] + d
+    return 0
+
+
+cdef inline int _kc_bump(int i) except -1:
+    """m.counters[key] += 1"""
+    global _KC_DEFERRED
+    if _kc_ok[i]:
+        _kc_d[i] += 1
+        _KC_DEFERRED += 1
+    else:
+        k = _KC_KEYS[i]
+        _counters[k] += 1
+    return 0
+
+
+def kick_stats():
+    """(kicks and suppressed kicks counted in C, the stretch's increments not yet added) (tests)"""
+    return _KC_DEFERRED, _kc_d[KC_KICKS] + _kc_d[KC_SUPPRESSED]
+
 
 cdef int _load(Core* c) except -1:
     global _m, _g, _vq, _q, _p, _mem, _pages, _counters, _rqs, _ready, _notify_ok, _vmexit_ns
@@ -308,6 +358,7 @@ cdef int _load(Core* c) except -1:
     _lim_obj = None
     _ready = False
     _set_ok(False)
+    _kc_load(None)
     _rq_forget()
     _wflush_all()               # (none: the last stretch's store wrote them)
     _ad_forget()
@@ -330,6 +381,7 @@ cdef int _load(Core* c) except -1:
     _pages = SG(m, _MO[M_PAGES])
     _pa_load(_pages)
     _counters = counters
+    _kc_load(counters)
     _rqs = SG(q, _QO[Q_RQS])
     tr = SG(m, _MO[M_TRANSPORT])
     _notify_ok = False
@@ -363,6 +415,7 @@ cdef int _store(Core* c) except -1:
     finally:
         _wb_on = False
         _ad_forget()
+        _kc_store()             # (the counters' increments)
     _m = _g = _vq = _q = _p = _mem = _pages = None
     _pa_load(None)
     _counters = None
@@ -1580,7 +1633,7 @@ cdef int h_kick_prepare(Core* c, Frame* f) except -1:
         then_notify = bool(arg_str(c, f.a[0]))
     vq = _vq
     ev_o = SG(vq, _VO[VQ_EVENT])
-    if not _bool(ev_o) or "kicks_suppressed" not in _counters:
+    if not _bool(ev_o) or not (_kc_ok[KC_SUPPRESSED] or "kicks_suppressed" in _counters):
         return BAIL
     if ev_o:
         gpa = SI(vq, _VO[VQ_USED]) + USED_RING + USED_ELEM_SIZE * SI(vq, _VO[VQ_NUM])
@@ -1600,7 +1653,7 @@ cdef int h_kick_prepare(Core* c, Frame* f) except -1:
         need = not flags & USED_F_NO_NOTIFY
     SS(_g, _GO[G_KICK_NEEDED], need)
     if not need:
-        _counters["kicks_suppressed"] += 1
+        _kc_bump(KC_SUPPRESSED)
     if then_notify and need:
         cont(c, F1(K_vring_notify, 0))
     return 0
@@ -1619,14 +1672,14 @@ cdef int h_notify(Core* c, Frame* f) except -1:
         begin(c)
         return 0
     off_o = SG(vq, _VO[VQ_NOTIFY_OFF])
-    if not _small(off_o) or "kicks" not in _counters:
+    if not _small(off_o) or not (_kc_ok[KC_KICKS] or "kicks" in _counters):
         return BAIL
     off = off_o
     # Transport.mmio_write: on the notify region it only logs (no state); elsewhere: compiled engine
     if COMMON_CFG <= off < COMMON_CFG + REGION_SIZE or DEVICE_CFG <= off < DEVICE_CFG + REGION_SIZE:
         return BAIL
     begin(c)
-    _counters["kicks"] += 1
+    _kc_bump(KC_KICKS)
     post(c, c.qemu, F1(K_vpci_notify, off), _vmexit_ns, False)
     block(c, F0(K_NONE))
     return 0
@@ -2092,8 +2145,19 @@ cdef int _wake(Core* c, str reason) except -1:
 
 
 cdef int _put_tag(object q, object tag) except -1:
-    """emu.guest.blk_mq.put_tag"""
-    SG(q, _QO[Q_TAGS])[tag] = 0
+    """emu.guest.blk_mq.put_tag (an int tag within the tags bytearray: its byte cleared in
+    place, compared in C)"""
+    cdef long long t, nr
+    tags = SG(q, _QO[Q_TAGS])
+    if type(tags) is bytearray and vbg_ll(tag, &t) and 0 <= t < PyByteArray_GET_SIZE(tags):
+        PyByteArray_AS_STRING(tags)[t] = 0
+        nr_o = SG(q, _QO[Q_NR_REQUESTS])
+        if vbg_ll(nr_o, &nr):
+            if t < nr:
+                SS(q, _QO[Q_ALLOC_HINT], tag)
+            return 0
+    else:
+        tags[tag] = 0
     if tag < SG(q, _QO[Q_NR_REQUESTS]):
         SS(q, _QO[Q_ALLOC_HINT], tag)
     return 0
