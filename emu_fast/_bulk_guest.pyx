@@ -1031,7 +1031,10 @@ cdef int _write_pattern_ram(Core* c, i64 gpa, long long n, long long offset, lon
 # unwritten: nobody can see them.  The handlers read those fields through RG/RGET/RIN (this
 # table first), every other field straight from the dict.  The virtqueue add state
 # (rq["add"]) is kept in C (_ad_*) while it is only that: made a dict only when the stretch
-# ends or a path reads it.
+# ends or a path reads it.  So are the scatterlists (rq["data_sgs"], rq["sgs"], rq["roles"]) of
+# a request of at most PLAN_MAX data segments: map_data keeps the segments in its slot (nd, da,
+# dn), add_req the header's pdu, the direction and the role (pdu, is_out, rng), the fields hold
+# _LZP, and the lists are made (_plan_materialize) only where they are written back or read.
 cdef enum:
     WB_SLOTS = 32
 cdef enum:
@@ -1042,11 +1045,20 @@ cdef PyObject* _WBK[WB_KEYS]
 for _j in range(WB_KEYS):
     _WBK[_j] = <PyObject*>_WB_NAMES[_j]        # (the tuple keeps them; interned as the handlers')
 
+cdef enum:
+    PLAN_MAX = 8
+
 cdef struct WSlot:
     PyObject* d                 # the request dict (a reference), NULL: free
     int n                       # fields kept, in the order first stored: order[0:n]
     uint8_t order[WB_KEYS]
     PyObject* v[WB_KEYS]        # by field: its value (a reference), NULL: not kept
+    int nd                      # the data segments of the lazy scatterlists: (da[i], dn[i])
+    int64_t da[PLAN_MAX]
+    int64_t dn[PLAN_MAX]
+    int64_t pdu                 # (the lazy sgs and roles: the header, the direction, the role)
+    bint is_out
+    bint rng
 
 cdef WSlot _ws[WB_SLOTS]
 cdef int _ws_next = 0
@@ -1058,6 +1070,10 @@ cdef long long _WB_DROPPED = 0, _WB_WRITTEN = 0, _WB_STORES = 0
 cdef class _LazyAdd:            # rq["add"] while the add state is only in C
     pass
 cdef object _LAZY = _LazyAdd()
+cdef class _LazyPlan:           # rq["data_sgs"], rq["sgs"], rq["roles"] while only in the slot
+    pass
+cdef object _LZP = _LazyPlan()
+cdef long long _PLANS = 0, _PLANS_MADE = 0, _PLANS_NOT = 0     # (tests: plan_stats)
 
 cdef extern from "Python.h":
     void Py_INCREF(PyObject* o)
@@ -1107,6 +1123,8 @@ cdef int _wflush_slot(WSlot* s) except -1:
             w = s.order[i]
             if s.v[w] == <PyObject*>_LAZY:
                 _ad_materialize(s, w)
+            elif s.v[w] == <PyObject*>_LZP:
+                _plan_materialize(s, w)
             PyDict_SetItem(<dict>d, <object>_WBK[w], <object>s.v[w])
             _WB_WRITTEN += 1
     finally:
@@ -1167,7 +1185,51 @@ cdef inline PyObject* _wfind(object d, int w) except? NULL:
         return NULL
     if s.v[w] == <PyObject*>_LAZY:
         _ad_materialize(s, w)
+    elif s.v[w] == <PyObject*>_LZP:
+        _plan_materialize(s, w)
     return s.v[w]
+
+
+cdef int _plan_materialize(WSlot* s, int w) except -1:
+    """the lazy scatterlist field w of slot s (holding _LZP) made the list map_data or add_req
+    would have stored"""
+    global _PLANS_MADE
+    cdef list l = []
+    cdef int i
+    if w == W_data_sgs:
+        for i in range(s.nd):
+            l.append((s.da[i], s.dn[i]))
+    elif w == W_sgs:
+        l.append((s.pdu, OUTHDR_SIZE, False))
+        for i in range(s.nd):
+            l.append((s.da[i], s.dn[i], not s.is_out))
+        l.append((s.pdu + 16, 1, True))
+    elif w == W_roles:
+        l.append("request header")
+        for i in range(s.nd):
+            l.append("range" if s.rng else "data")
+        l.append("status")
+    else:
+        raise SystemError("_plan_materialize: not a scatterlist field")
+    Py_INCREF(<PyObject*>l)
+    Py_DECREF(s.v[w])
+    s.v[w] = <PyObject*>l
+    _PLANS_MADE += 1
+    return 0
+
+
+cdef inline WSlot* _plan(object d, int w) noexcept:
+    """d's slot when its field w is a lazy scatterlist, else NULL"""
+    cdef WSlot* s = _wslot(d)
+    if s != NULL and s.v[w] == <PyObject*>_LZP:
+        return s
+    return NULL
+
+
+def plan_stats():
+    """(map_data steps that kept the scatterlists in C, lists made from them, map_data steps of
+    a stretch that made the list) (tests)"""
+    return _PLANS, _PLANS_MADE, _PLANS_NOT
 
 
 cdef inline object RG(object d, int w):
@@ -1324,15 +1386,21 @@ cdef int h_add_split(Core* c, Frame* f) except -1:
     cdef dict rq, st
     cdef PyObject* v[6]
     cdef object i0, used_o
+    cdef WSlot* ps
     if not _kok[K_vring_add_split]:
         return BAIL
     rq = _rq(rid)
     if rq is None:
         return BAIL
-    sgs = RGET(rq, W_sgs)
-    if type(sgs) is not list:
-        return BAIL
-    total = len(<list>sgs)
+    ps = _plan(rq, W_sgs)
+    if ps != NULL:
+        sgs = None                      # (the lazy scatterlist: the header, nd, the status)
+        total = ps.nd + 2
+    else:
+        sgs = RGET(rq, W_sgs)
+        if type(sgs) is not list:
+            return BAIL
+        total = len(<list>sgs)
     vq = _vq
     if not _bool(SG(vq, _VO[VQ_BROKEN])) or not _bool(SG(vq, _VO[VQ_INDIRECT])):
         return BAIL
@@ -1357,7 +1425,7 @@ cdef int h_add_split(Core* c, Frame* f) except -1:
     head = SG(vq, _VO[VQ_FREE_HEAD])
     i0 = 0 if indirect else head
     used_o = used
-    if _wb_on and _u16(i0):
+    if _wb_on and _u16(i0) and (sgs is not None or _plan(rq, W_sgs) != NULL):
         _ad_rid = rid
         _ad_rq = rq
         _ad_sgs = sgs
@@ -1389,9 +1457,11 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
     """emu.guest.vring.add_desc (virtqueue_add_desc_split: one descriptor of the chain)"""
     global _AD_HITS, _ad_k, _ad_i, _ad_prev
     cdef i64 rid = f.a[0], k, ci, base, nsgs, flags, written
-    cdef bint ind, last, hit
+    cdef int64_t cg, cl
+    cdef bint ind, last, hit, c_in
     cdef dict rq, st
     cdef tuple sg
+    cdef WSlot* ps = NULL
     if not _kok[K_vring_add_desc]:
         return BAIL
     rq = _rq(rid)
@@ -1400,6 +1470,10 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
     st = None
     if _ad_mine(rid, rq):
         sgs = _ad_sgs                   # (the lazy state: checked as the dict's values are)
+        if sgs is None:                 # (the lazy scatterlist, still in rq's slot)
+            ps = _plan(rq, W_sgs)
+            if ps == NULL:
+                return BAIL
         k = _ad_k
         i = _ad_i
         ind_o = _ad_ind
@@ -1417,19 +1491,36 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
             return BAIL
         k = k_o
         hit = False
-    nsgs = len(<list>sgs)
-    if not 0 <= k < nsgs:
-        return BAIL
-    sg_o = (<list>sgs)[k]
-    if type(sg_o) is not tuple or len(<tuple>sg_o) != 3:
-        return BAIL
-    sg = <tuple>sg_o
-    gpa = sg[0]
-    length = sg[1]
-    is_in = sg[2]
-    if not _u64(gpa) or not _u32(length):
-        return BAIL
-    flags = F_NEXT | (F_WRITE if is_in else 0)
+    if ps != NULL:
+        nsgs = ps.nd + 2
+        if not 0 <= k < nsgs:
+            return BAIL
+        if k == 0:
+            cg, cl, c_in = ps.pdu, OUTHDR_SIZE, False
+        elif k == nsgs - 1:
+            cg, cl, c_in = ps.pdu + 16, 1, True
+        else:
+            cg, cl, c_in = ps.da[k - 1], ps.dn[k - 1], not ps.is_out
+        if not 0 <= cl <= 0xFFFFFFFF:
+            return BAIL
+        length = cl
+    else:
+        nsgs = len(<list>sgs)
+        if not 0 <= k < nsgs:
+            return BAIL
+        sg_o = (<list>sgs)[k]
+        if type(sg_o) is not tuple or len(<tuple>sg_o) != 3:
+            return BAIL
+        sg = <tuple>sg_o
+        gpa = sg[0]
+        length = sg[1]
+        is_in = sg[2]
+        if not _u64(gpa) or not _u32(length):
+            return BAIL
+        cg = <uint64_t>gpa
+        cl = <uint64_t>length
+        c_in = bool(is_in)
+    flags = F_NEXT | (F_WRITE if c_in else 0)
     ci = i
     ind = ind_o
     vq = _vq
@@ -1461,7 +1552,7 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
         (<list>SG(vq, _VO[VQ_EXTRA_FLAGS]))[ci] = flags
     # (the Python handler writes the descriptor, then once more with NEXT cleared when it is
     # the last: one write of the final bytes leaves the same RAM, dirty marks and undo pages)
-    _write_desc(c, base + DESC_SIZE * ci, <uint64_t>gpa, <uint64_t>length, <uint64_t>written,
+    _write_desc(c, base + DESC_SIZE * ci, <uint64_t>cg, <uint64_t>cl, <uint64_t>written,
                 <uint64_t>nxt)
     if last:
         if not ind:
@@ -1485,9 +1576,10 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
 cdef int h_add_head(Core* c, Frame* f) except -1:
     """emu.guest.vring.add_head (the ring descriptor that points at the indirect table)"""
     global _AD_HITS
-    cdef i64 rid = f.a[0], chead, length, desc
+    cdef i64 rid = f.a[0], chead, length, desc, nsgs = -1
     cdef dict rq, st
     cdef bint hit
+    cdef WSlot* ps
     if not _kok[K_vring_add_head]:
         return BAIL
     rq = _rq(rid)
@@ -1498,6 +1590,11 @@ cdef int h_add_head(Core* c, Frame* f) except -1:
         sgs = _ad_sgs
         head = _ad_head
         table = _ad_table
+        if sgs is None:                 # (the lazy scatterlist, still in rq's slot)
+            ps = _plan(rq, W_sgs)
+            if ps == NULL:
+                return BAIL
+            nsgs = ps.nd + 2
     else:
         st_o = RGET(rq, W_add)
         sgs = RGET(rq, W_sgs)
@@ -1517,7 +1614,7 @@ cdef int h_add_head(Core* c, Frame* f) except -1:
             or chead >= len(<list>extra_next) or chead >= len(<list>extra_len)
             or chead >= len(<list>extra_flags)):
         return BAIL
-    length = DESC_SIZE * len(<list>sgs)
+    length = DESC_SIZE * (nsgs if nsgs >= 0 else len(<list>sgs))
     nxt = (<list>extra_next)[chead]
     desc = SI(vq, _VO[VQ_DESC])
     if not _u16(nxt) or length > 0xFFFFFFFF or not ram_ok(c, desc + DESC_SIZE * chead, DESC_SIZE):
@@ -1930,8 +2027,54 @@ cdef int h_setup_cmd(Core* c, Frame* f) except -1:
     return 0
 
 
+cdef bint _map_plan(Core* c, dict rq, i64 rid, list bios) except -1:
+    """map_data's scatterlist kept in rq's slot (True: the step ran), when it has at most
+    PLAN_MAX segments and every segment is as the list's path needs (False: not changed)"""
+    global _PLANS
+    cdef int64_t da[PLAN_MAX]
+    cdef int64_t dn[PLAN_MAX]
+    cdef long long a, n
+    cdef int nd = 0
+    cdef WSlot* s
+    for bio in bios:
+        if type(bio) is not dict:
+            return False
+        segs = DGET(bio, "segs")
+        if type(segs) is not list:
+            return False
+        for sg in <list>segs:
+            if type(sg) is not tuple or len(<tuple>sg) != 2:
+                return False
+            if not _ll((<tuple>sg)[0], &a) or not _ll((<tuple>sg)[1], &n):
+                return False
+            if nd and da[nd - 1] + dn[nd - 1] == a:
+                dn[nd - 1] += n
+            else:
+                if nd == PLAN_MAX:
+                    return False
+                da[nd] = a
+                dn[nd] = n
+                nd += 1
+    begin(c)
+    s = _wslot(rq)
+    if s != NULL:                       # (sgs and roles still lazy: made from their segments)
+        if s.v[W_sgs] == <PyObject*>_LZP:
+            _plan_materialize(s, W_sgs)
+        if s.v[W_roles] == <PyObject*>_LZP:
+            _plan_materialize(s, W_roles)
+    RS(rq, W_data_sgs, _LZP)
+    s = _wslot(rq)
+    s.nd = nd
+    memcpy(s.da, da, nd * sizeof(int64_t))
+    memcpy(s.dn, dn, nd * sizeof(int64_t))
+    _PLANS += 1
+    cont(c, F1(K_blkmq_start_request, rid))
+    return True
+
+
 cdef int h_map_data(Core* c, Frame* f) except -1:
     """emu.guest.virtio_blk.map_data (blk_rq_map_sg: contiguous segments merge)"""
+    global _PLANS_NOT
     cdef i64 rid = f.a[0]
     cdef dict rq
     cdef list sgs
@@ -1950,6 +2093,8 @@ cdef int h_map_data(Core* c, Frame* f) except -1:
     bios = DGET(rq, "bios")
     if type(bios) is not list:
         return BAIL
+    if _wb_on and _map_plan(c, rq, rid, <list>bios):
+        return 0
     # (the scatterlist is built before begin: nothing is changed until it is stored)
     sgs = []
     cur_a = cur_n = None
@@ -1977,8 +2122,33 @@ cdef int h_map_data(Core* c, Frame* f) except -1:
     if have:
         sgs.append((cur_a, cur_n))
     begin(c)
+    if _wb_on:
+        _PLANS_NOT += 1
     RS(rq, W_data_sgs, sgs)
     cont(c, F1(K_blkmq_start_request, rid))
+    return 0
+
+
+cdef int _add_req_plan(Core* c, dict rq, i64 rid, WSlot* s) except -1:
+    """add_req for a request whose data segments are kept in its slot s: sgs and roles kept
+    there too (the header's pdu, the direction, the role)"""
+    cdef long long cpdu
+    cdef bint is_out
+    pdu = RGET(rq, W_pdu)
+    op = DGET(rq, "op")
+    if not _ll(pdu, &cpdu) or type(op) is not str:
+        return BAIL
+    s = _wslot(rq)                      # (the same slot: nothing has run since _plan)
+    begin(c)
+    SS(_g, _GO[G_VQ_LOCKED], True)
+    is_out = bool(DGETD(_TYPE_OF, op, _T_GET_ID_O) & T_OUT)
+    s.rng = s.nd > 0 and bool(DGET(rq, "payload"))
+    s.pdu = cpdu
+    s.is_out = is_out
+    RS(rq, W_sgs, _LZP)
+    RS(rq, W_roles, _LZP)
+    RS(rq, W_out_sgs, 2 if is_out and s.nd > 0 else 1)
+    call(c, F1(K_vring_add_split, rid), F1(K_vblkd_add_ret, rid))
     return 0
 
 
@@ -1988,11 +2158,15 @@ cdef int h_add_req(Core* c, Frame* f) except -1:
     cdef dict rq
     cdef list sgs, roles
     cdef bint is_out, has_payload
+    cdef WSlot* ps
     if not _kok[K_vblkd_add_req]:
         return BAIL
     rq = _rq(rid)
     if rq is None:
         return BAIL
+    ps = _plan(rq, W_data_sgs)
+    if ps != NULL:
+        return _add_req_plan(c, rq, rid, ps)
     pdu = RGET(rq, W_pdu)
     data_sgs = RGET(rq, W_data_sgs)
     op = DGET(rq, "op")

@@ -79,3 +79,54 @@ def test_kick_counters_of_another_type_incremented_at_once(tmp_path):
     assert len(a.counters["kicks"].hist) > 3
     assert a.counters == b.counters
     assert bytes(a.mem.ram) == bytes(b.mem.ram)
+
+
+# -- the scatterlists (rq["data_sgs"], rq["sgs"], rq["roles"]) kept in C -------------------------
+
+SEQ = ("queue-depth 32\n" + "".join(f"write {i * 4096} 4k\nread {(i + 100) * 8192} 4k\n"
+                                    for i in range(60)) + "wait\nread 0 64k\nwrite 8192 12k\nwait\n")
+
+
+@pytest.mark.parametrize("cfg", [{}, {"indirect": False}])
+@pytest.mark.parametrize("chunk", [1, 2, 3, 5, 8, 13, 10**6])
+def test_scatterlists_kept_in_c_are_the_python_engines(tmp_path, cfg, chunk):
+    """Merged requests of 1 to 16 data segments: up to PLAN_MAX (8) their scatterlists are kept
+    in C and made lists only where a stretch ends with the request alive (the compiled engine
+    reads them); at every stop the request dicts are the Python engine's, values and key order,
+    and the run ends the same."""
+    a = machine(tmp_path, "raw", "", SEQ, cfg)
+    b = machine(tmp_path, "raw", "", SEQ, cfg)
+    p0 = gmod.plan_stats()
+    for stop in (150, 433, 700, 1201, 1650, 2222):
+        _to(a, b, stop, chunk)
+        ra, rb = a.guest.blkmq.rqs, b.guest.blkmq.rqs
+        assert ra == rb, stop
+        assert [list(r) for r in ra.values()] == [list(r) for r in rb.values()], stop
+        assert [[type(x) for x in r.values()] for r in ra.values()] == \
+            [[type(x) for x in r.values()] for r in rb.values()], stop
+        assert snapshot(a) == snapshot(b)
+    run_py(a)
+    run_bulk(b, chunk)
+    assert snapshot(a) == snapshot(b)
+    kept, made, lists = (x - y for x, y in zip(gmod.plan_stats(), p0))
+    assert kept > 0 and lists > 0          # (more than 8 segments: the list path)
+    assert made > 0                        # stretches ended between map_data and the request's end
+
+
+def test_freed_requests_never_make_their_scatterlists(tmp_path):
+    """bench's 4 KiB random writes at queue depth 1 (long stretches): nearly every request's
+    scatterlists stay in C until the request is freed (never made lists), and the run ends as
+    on the Python engine."""
+    from emu_fast import bench as B
+    machines = []
+    for eng in ("py", "fast"):
+        img = B.make_image(str(tmp_path / f"{eng}.raw"), "raw")
+        machines.append(B._machine(img, B.workload("rand4k", 60)))
+    a, b = machines
+    engine.run(a, "py")
+    p0 = gmod.plan_stats()
+    engine.run(b, "fast")
+    assert a.steps == b.steps and a.digest() == b.digest()
+    assert bytes(a.mem.ram) == bytes(b.mem.ram)
+    kept, made, lists = (x - y for x, y in zip(gmod.plan_stats(), p0))
+    assert kept >= 50 and made < kept and lists == 0, (kept, made, lists)   # (3 lists a request)
