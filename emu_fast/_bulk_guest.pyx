@@ -471,6 +471,27 @@ cdef inline dict _rq(i64 rid):
     return <dict>o
 
 
+cdef inline object _rqo(object rid):
+    """m.guest.blkmq.rqs[rid] for a rid object (the request the last lookup found when rid is
+    an int of its id, else the dict's own lookup, raising as it does)"""
+    cdef long long r
+    if _c_rq is not None and vbg_ll(rid, &r) and r == _c_rid:
+        return _c_rq
+    return _rqs[rid]
+
+
+cdef inline void _rq_remember(object rid, dict rq) noexcept:
+    """rq is now m.guest.blkmq.rqs[rid]"""
+    global _c_rid, _c_rq
+    cdef long long r
+    if vbg_ll(rid, &r) and r >= 0:
+        _c_rid = r
+        _c_rq = rq
+    else:
+        _c_rid = -1
+        _c_rq = None
+
+
 cdef inline void _rq_forget() noexcept:
     global _c_rid, _c_rq
     _c_rid = -1
@@ -1061,9 +1082,16 @@ cdef struct WSlot:
     bint rng
 
 cdef WSlot _ws[WB_SLOTS]
-cdef int _ws_next = 0
+cdef int _ws_next = 0           # (the slot a request takes when all are in use)
 cdef int _ws_used = 0           # slots in use
+cdef uint32_t _ws_mask = 0      # ... by bit (only those are looked at)
 cdef int _ws_last = 0           # the slot found last (looked at first)
+assert WB_SLOTS == 32
+cdef extern from *:
+    """
+    #define vbg_ctz32(x) __builtin_ctz(x)
+    """
+    int vbg_ctz32(uint32_t x) noexcept nogil
 cdef bint _wb_on = False        # (in a stretch: set at load, all written back at store)
 cdef long long _WB_DROPPED = 0, _WB_WRITTEN = 0, _WB_STORES = 0
 
@@ -1084,23 +1112,27 @@ cdef extern from "Python.h":
 cdef inline WSlot* _wslot(object d) noexcept:
     global _ws_last
     cdef int i
-    if _ws_used:
+    cdef uint32_t m = _ws_mask
+    if m:
         if _ws[_ws_last].d == <PyObject*>d:
             return &_ws[_ws_last]
-        for i in range(WB_SLOTS):
+        while m:
+            i = vbg_ctz32(m)
             if _ws[i].d == <PyObject*>d:
                 _ws_last = i
                 return &_ws[i]
+            m &= m - 1
     return NULL
 
 
 cdef void _wclear(WSlot* s) noexcept:
-    global _ws_used
+    global _ws_used, _ws_mask
     cdef int i, w
     cdef PyObject* d = s.d
     cdef PyObject* x
     s.d = NULL
     _ws_used -= 1
+    _ws_mask &= ~((<uint32_t>1) << <int>(s - &_ws[0]))
     for i in range(s.n):
         w = s.order[i]
         x = s.v[w]
@@ -1150,23 +1182,28 @@ cdef int _wflush_all() except -1:
 
 cdef int RS(dict d, int w, object v) except -1:
     """d[field w] = v (kept until written back)"""
-    global _ws_next, _ws_used, _ws_last
+    global _ws_next, _ws_used, _ws_last, _ws_mask
     cdef WSlot* s
     cdef PyObject* old
+    cdef int i
     if not _wb_on:
         PyDict_SetItem(d, <object>_WBK[w], v)
         return 0
     s = _wslot(d)
     if s == NULL:
-        s = &_ws[_ws_next]
-        if s.d != NULL:
-            _wflush_slot(s)
-        _ws_last = _ws_next
-        _ws_next = (_ws_next + 1) % WB_SLOTS
+        if _ws_mask != 0xFFFFFFFFU:
+            i = vbg_ctz32(~_ws_mask)        # (the first free slot)
+        else:
+            i = _ws_next                    # (all in use: one written back, in turn)
+            _ws_next = (_ws_next + 1) % WB_SLOTS
+            _wflush_slot(&_ws[i])
+        s = &_ws[i]
+        _ws_last = i
         Py_INCREF(<PyObject*>d)
         s.d = <PyObject*>d
         s.n = 0
         _ws_used += 1
+        _ws_mask |= (<uint32_t>1) << i
     old = s.v[w]
     Py_INCREF(<PyObject*>v)
     s.v[w] = <PyObject*>v
@@ -2371,7 +2408,7 @@ cdef int _dd_insert(Core* c, object rid) except -1:
     """emu.guest.blk_mq.dd_insert (dd_insert_request)"""
     q = _q
     rqs = _rqs
-    cdef dict rq = rqs[rid]
+    cdef dict rq = _rqo(rid)
     op = DG(rq, "op")
     cdef int d = _rq_dir(op)
     cdef dict other
@@ -2379,7 +2416,7 @@ cdef int _dd_insert(Core* c, object rid) except -1:
         lim = SG(q, _QO[Q_LIMITS])
         maxs = DG(lim, "max_discard_sectors") if _eq(op, "DISCARD") else DG(lim, "max_sectors")
         for oid in <list>(SG(q, _QO[Q_DD_FIFO])[d]):
-            other = rqs[oid]
+            other = _rqo(oid)
             if DG(other, "op") == op and DG(other, "sector") + (DG(other, "bytes") >> 9) == DG(rq, "sector") \
                     and (DG(other, "bytes") >> 9) + (DG(rq, "bytes") >> 9) <= maxs \
                     and (_eq(op, "DISCARD") or DG(other, "nsegs") + DG(rq, "nsegs") <= DG(lim, "max_segments")):
@@ -2406,7 +2443,7 @@ cdef object _dd_next(object q, int d):
     if not _ll(pos, &cpos):
         cmp = False
     for rid in <list>(SG(q, _QO[Q_DD_FIFO])[d]):
-        s = DG(rqs[rid], "sector")
+        s = DG(_rqo(rid), "sector")
         if cmp and _ll(s, &cs):
             if cs >= cpos and (best is None or cs < cbs):
                 best = rid
@@ -2443,10 +2480,10 @@ cdef object _dd_dispatch(Core* c, object q):
             return None
         nxt = _dd_next(q, d)
         head = fifo[d][0]
-        rid = head if nxt is None or RG(rqs[head], W_deadline) <= c.now else nxt
+        rid = head if nxt is None or RG(_rqo(head), W_deadline) <= c.now else nxt
         SS(q, _QO[Q_DD_LAST_DIR], d)
         SS(q, _QO[Q_DD_BATCHING], 0)
-    rq = rqs[rid]
+    rq = _rqo(rid)
     d = _rq_dir(DG(rq, "op"))
     _remove(fifo[d], rid)
     r_sector = DG(rq, "sector")
@@ -3130,10 +3167,10 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
         # the candidates: the plug's last request, then the scheduler FIFO of the bio's
         # direction (read in place: nothing changes them before a merge returns)
         plug = SG(q, _QO[Q_PLUG])
-        if plug and _merge(c, rqs[plug[len(plug) - 1]], bio, pending):
+        if plug and _merge(c, _rqo(plug[len(plug) - 1]), bio, pending):
             return 0
         for rid in <list>(SG(q, _QO[Q_DD_FIFO])[_rq_dir(bop)]):
-            if _merge(c, rqs[rid], bio, pending):
+            if _merge(c, _rqo(rid), bio, pending):
                 return 0
     tag = _get_tag(q)
     if tag < 0:
@@ -3166,6 +3203,7 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
     rq = _mk(_T_RQ, v, 14)
     _rq_forget()
     rqs[rid] = rq
+    _rq_remember(rid, rq)       # (rqs[rid] is rq now)
     if _eq(bop, "FLUSH") or _eq(bop, "DRV_IN"):
         if _eq(bop, "DRV_IN"):                 # virtblk_get_id's GET_ID header in the tag's PDU
             _st(hdr, T_GET_ID, 4)
@@ -3179,7 +3217,7 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
     plug = SG(q, _QO[Q_PLUG])
     n_before = len(plug)
     flush_first = n_before > 0 and (n_before >= BLK_MAX_REQUEST_COUNT or
-                                    rqs[plug[n_before - 1]]["bytes"] >= BLK_PLUG_FLUSH_SIZE)
+                                    _rqo(plug[n_before - 1])["bytes"] >= BLK_PLUG_FLUSH_SIZE)
     plug.append(rid)
     if flush_first:
         call(c, F1(K_blkmq_flush_plug, n_before), _next_frame())
