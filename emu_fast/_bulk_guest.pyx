@@ -31,7 +31,7 @@ cdef extern from "Python.h":
     Py_ssize_t _LIST_SIZE "PyList_GET_SIZE"(object l)
     PyObject* _LIST_ITEM "PyList_GET_ITEM"(object l, Py_ssize_t i)
 from libc.stdlib cimport malloc, realloc, free
-from libc.string cimport memchr, memcmp, memcpy, memset
+from libc.string cimport memchr, memcmp, memcpy, memmove, memset
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from emu_fast._bulk cimport *
@@ -416,6 +416,7 @@ cdef int _store(Core* c) except -1:
         _wb_on = False
         _ad_forget()
         _kc_store()             # (the counters' increments)
+        _po_flush_all()         # (the allocator's kept entries)
     _m = _g = _vq = _q = _p = _mem = _pages = None
     _pa_load(None)
     _counters = None
@@ -850,10 +851,110 @@ assert sorted(f.name for f in __import__("dataclasses").fields(PageAllocator)) =
     "large", "size", "slab_free", "slab_objs", "start", "used"]    # (_pa_load counts them)
 
 
+# The allocator's churn within a stretch: large[gpa] = npages (alloc_pages) and
+# slab_objs[gpa] = cls (kmalloc) of a key neither dict holds are kept here, in the order stored,
+# while only these handlers look at the dicts; one freed in the stretch (free_pages, kfree, the
+# slab taking a page) leaves before the dict ever held it -- the Python engine's store and pop
+# leave the same contents in the same order -- and the rest are stored into the dicts, in
+# order, when the stretch ends (_po_flush_all) or the list is full.  A key the dict already
+# holds is stored at once (Python updates it in place); a key that is not an exact int takes
+# the dict's own path, the kept ones stored first.
+cdef enum:
+    PO_MAX = 16
+cdef struct POver:
+    int n
+    int64_t k[PO_MAX]           # the gpa
+    int64_t v[PO_MAX]           # large: npages; slab_objs: the size class's index
+cdef POver _po_large, _po_slab
+_po_large.n = 0
+_po_slab.n = 0
+cdef long long _PO_KEPT = 0, _PO_DROPPED = 0, _PO_STORED = 0    # (tests: alloc_stats)
+
+
+cdef int _po_flush(POver* o, dict d, bint slab) except -1:
+    """o's kept entries stored into d, in order"""
+    global _PO_STORED
+    cdef int j, n = o.n
+    o.n = 0
+    for j in range(n):
+        if slab:
+            PyDict_SetItem(d, o.k[j], _KM_CLASSES[o.v[j]])
+        else:
+            PyDict_SetItem(d, o.k[j], o.v[j])
+        _PO_STORED += 1
+    return 0
+
+
+cdef int _po_flush_all() except -1:
+    if _pa_large is not None:
+        _po_flush(&_po_large, _pa_large, False)
+    if _pa_slab_objs is not None:
+        _po_flush(&_po_slab, _pa_slab_objs, True)
+    _po_large.n = 0
+    _po_slab.n = 0
+    return 0
+
+
+cdef int _po_set(POver* o, dict d, bint slab, int64_t k, object ko, int64_t v, object vo) except -1:
+    """d[ko] = vo (ko an exact int of value k)"""
+    global _PO_KEPT
+    cdef int j
+    for j in range(o.n):
+        if o.k[j] == k:
+            o.v[j] = v
+            return 0
+    if not _wb_on or o.n == PO_MAX or ko in d:
+        if o.n == PO_MAX:
+            _po_flush(o, d, slab)
+        d[ko] = vo
+        return 0
+    o.k[o.n] = k
+    o.v[o.n] = v
+    o.n += 1
+    _PO_KEPT += 1
+    return 0
+
+
+cdef bint _po_pop(POver* o, object ko, int64_t* v) noexcept:
+    """the kept entry of key ko taken out (*v: its value): True; False: ko is not an exact int
+    or no entry is kept for it"""
+    global _PO_DROPPED
+    cdef long long k
+    cdef int j
+    if not o.n or not vbg_ll(ko, &k):
+        return False
+    for j in range(o.n):
+        if o.k[j] == k:
+            v[0] = o.v[j]
+            o.n -= 1
+            if j < o.n:
+                memmove(&o.k[j], &o.k[j + 1], (o.n - j) * sizeof(int64_t))
+                memmove(&o.v[j], &o.v[j + 1], (o.n - j) * sizeof(int64_t))
+            _PO_DROPPED += 1
+            return True
+    return False
+
+
+cdef int _po_other(POver* o, object ko, dict d, bint slab) except -1:
+    """before d's own path for key ko: a key that is not an exact int could equal a kept one
+    (the kept ones are stored first)"""
+    if o.n and type(ko) is not int:
+        _po_flush(o, d, slab)
+    return 0
+
+
+def alloc_stats():
+    """(allocator entries kept in C, dropped when freed in the stretch, stored into the dicts)
+    (tests)"""
+    return _PO_KEPT, _PO_DROPPED, _PO_STORED
+
+
 cdef int _pa_load(object pages) except -1:
     """Use the C allocator when pages is exactly a PageAllocator with the Python methods, none
     overridden on the instance (its __dict__ holds only its six fields)."""
     global _pa_own, _pa_used, _pa_slab_free, _pa_slab_objs, _pa_large
+    _po_large.n = 0             # (stored by the last stretch's end)
+    _po_slab.n = 0
     _pa_own = False
     _pa_used = _pa_slab_free = _pa_slab_objs = _pa_large = None
     global _pa_tag
@@ -906,17 +1007,22 @@ cdef object _pa_alloc(long long npages):
         p = j
     memset(buf + i, 1, <size_t>npages)
     gpa = (<long long>i) << 12
-    _pa_large[gpa] = npages
+    _po_set(&_po_large, _pa_large, False, (<long long>i) << 12, gpa, npages, npages)
     return gpa
 
 
 cdef int _pa_free(object gpa) except -1:
     """PageAllocator.free_pages"""
     cdef long long n, g
+    cdef int64_t kept
     if not _pa_own:
         _free_pages(_pages, gpa)
         return 0
-    npages = _pa_large.pop(gpa)
+    if _po_pop(&_po_large, gpa, &kept):
+        npages = kept
+    else:
+        _po_other(&_po_large, gpa, _pa_large, False)
+        npages = _pa_large.pop(gpa)
     if (_ll(gpa, &g) and _ll(npages, &n)
             and (g >> 12) + n <= PyByteArray_GET_SIZE(_pa_used)):
         memset(<uint8_t*>PyByteArray_AS_STRING(_pa_used) + (g >> 12), 0, <size_t>n)
@@ -929,7 +1035,8 @@ cdef int _pa_free(object gpa) except -1:
 cdef object _pa_kmalloc(long long size):
     """PageAllocator.kmalloc (the slab: LIFO free lists per size class)"""
     cdef list fl
-    cdef long long i, n
+    cdef long long i, n, g
+    cdef int64_t kept
     if not _pa_own:
         return _kmalloc(_pages, size)
     cdef Py_ssize_t j
@@ -948,11 +1055,16 @@ cdef object _pa_kmalloc(long long size):
         page = _pa_alloc(1)
         if page is None:
             return None
-        del _pa_large[page]
+        if not _po_pop(&_po_large, page, &kept):
+            del _pa_large[page]
         n = PAGE // <long long>cls
         fl.extend([page + cls * i for i in range(n - 1, -1, -1)])
     gpa = fl.pop()
-    _pa_slab_objs[gpa] = cls
+    if vbg_ll(gpa, &g):
+        _po_set(&_po_slab, _pa_slab_objs, True, g, gpa, j, cls)
+    else:
+        _po_other(&_po_slab, gpa, _pa_slab_objs, True)
+        _pa_slab_objs[gpa] = cls
     return gpa
 
 
@@ -961,7 +1073,12 @@ cdef int _pa_kfree(object gpa) except -1:
     if not _pa_own:
         _kfree(_pages, gpa)
         return 0
-    cls = _pa_slab_objs.pop(gpa, None)
+    cdef int64_t kept
+    if _po_pop(&_po_slab, gpa, &kept):
+        cls = _KM_CLASSES[kept]
+    else:
+        _po_other(&_po_slab, gpa, _pa_slab_objs, True)
+        cls = _pa_slab_objs.pop(gpa, None)
     if cls is None:
         _pa_free(gpa)
         return 0

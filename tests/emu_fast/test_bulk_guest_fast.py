@@ -130,3 +130,67 @@ def test_freed_requests_never_make_their_scatterlists(tmp_path):
     assert bytes(a.mem.ram) == bytes(b.mem.ram)
     kept, made, lists = (x - y for x, y in zip(gmod.plan_stats(), p0))
     assert kept >= 50 and made < kept and lists == 0, (kept, made, lists)   # (3 lists a request)
+
+
+# -- the page allocator's large / slab_objs entries kept in C within a stretch -------------------
+
+def _alloc_dicts(m):
+    p = m.pages
+    return ([(k, v) for k, v in p.large.items()], [(k, v) for k, v in p.slab_objs.items()],
+            [(k, list(v)) for k, v in p.slab_free.items()], bytes(p.used))
+
+
+@pytest.mark.parametrize("cfg", [{}, {"indirect": False}])
+@pytest.mark.parametrize("chunk", [1, 2, 5, 13, 10**6])
+def test_allocator_entries_kept_in_c_are_the_python_engines(tmp_path, cfg, chunk):
+    """Buffers (alloc_pages) and indirect tables (kmalloc) allocated and freed within a stretch
+    never reach large / slab_objs; those alive when it ends are stored there: at every stop
+    the allocator's dicts are the Python engine's, values and key order."""
+    a = machine(tmp_path, "raw", "", SEQ, cfg)
+    b = machine(tmp_path, "raw", "", SEQ, cfg)
+    s0 = gmod.alloc_stats()
+    for stop in (150, 433, 700, 1201, 1650, 2222):
+        _to(a, b, stop, chunk)
+        assert _alloc_dicts(a) == _alloc_dicts(b), stop
+    run_py(a)
+    run_bulk(b, chunk)
+    assert _alloc_dicts(a) == _alloc_dicts(b)
+    assert snapshot(a) == snapshot(b)
+    kept, dropped, stored = (x - y for x, y in zip(gmod.alloc_stats(), s0))
+    assert kept > 0 and stored > 0, (kept, dropped, stored)
+    if chunk > 10**5 or not cfg:
+        assert dropped > 0                 # (freed in the stretch that allocated them)
+
+
+@pytest.mark.parametrize("which", ["large", "slab_objs"])
+def test_allocator_key_already_held_is_updated_in_place(tmp_path, which):
+    """A key the dict already holds (a stale entry for the next buffer's page or the next slab
+    object, an entry after it) is updated where it is, then popped when freed in the same
+    stretch, as the Python engine does -- not kept in C as a new key (which would leave the
+    stale entry behind, before the other)."""
+    from emu_fast import bench as B
+    machines = []
+    for eng in ("py", "fast"):
+        img = B.make_image(str(tmp_path / f"{eng}.raw"), "raw")
+        machines.append(B._machine(img, B.workload("rand4k", 40)))   # (long stretches)
+    a, b = machines
+    _to(a, b, 300, 10**6)
+    base = len(a.pages.large)
+    while len(a.pages.large) >= base:       # (to a step where a buffer was just freed)
+        _to(a, b, a.steps + 1, 1)
+    for m in (a, b):
+        p = m.pages
+        if which == "large":
+            p.large[p.used.find(b"\0") << 12] = 99         # the next buffer's page
+        else:
+            for c, f in p.slab_free.items():                # the next object of every class
+                if f:
+                    p.slab_objs[f[-1]] = 99
+        getattr(p, which)[1 << 40] = 7          # (an entry after it: the order shows)
+    assert _alloc_dicts(a) == _alloc_dicts(b)
+    k0 = gmod.alloc_stats()[0]
+    engine.run(a, "py")
+    engine.run(b, "fast")
+    assert gmod.alloc_stats()[0] > k0
+    assert _alloc_dicts(a) == _alloc_dicts(b)
+    assert a.steps == b.steps and bytes(a.mem.ram) == bytes(b.mem.ram)
