@@ -1087,7 +1087,6 @@ cdef int _pa_kfree(object gpa) except -1:
 
 
 # == emu.workload.write_pattern, written into guest RAM ===========================================
-cdef char* _HEX = b"0123456789abcdef"
 cdef extern from *:
     """
     /* the 512-byte sector r: 32 copies of the 16-byte record rec */
@@ -1104,6 +1103,27 @@ cdef extern from *:
     }
     """
     void vbg_fill_sector(uint8_t* r, const uint8_t* rec) noexcept nogil
+cdef extern from *:
+    """
+    /* rec[8:16] = the 8 lowercase hex digits of s (two per byte, from a table) */
+    static char vbg_hex2[512];
+    static void vbg_hex2_init(void) {
+        int b;
+        for (b = 0; b < 256; b++) {
+            vbg_hex2[2 * b] = "0123456789abcdef"[b >> 4];
+            vbg_hex2[2 * b + 1] = "0123456789abcdef"[b & 15];
+        }
+    }
+    static inline void vbg_hex8(uint8_t *rec, uint32_t s) {
+        memcpy(rec + 8, vbg_hex2 + 2 * (s >> 24), 2);
+        memcpy(rec + 10, vbg_hex2 + 2 * ((s >> 16) & 255), 2);
+        memcpy(rec + 12, vbg_hex2 + 2 * ((s >> 8) & 255), 2);
+        memcpy(rec + 14, vbg_hex2 + 2 * (s & 255), 2);
+    }
+    """
+    void vbg_hex2_init() noexcept nogil
+    void vbg_hex8(uint8_t* rec, uint32_t s) noexcept nogil
+vbg_hex2_init()
 cdef uint8_t* _scratch = NULL
 cdef Py_ssize_t _scratch_cap = 0
 
@@ -1151,10 +1171,7 @@ cdef int _write_pattern_ram(Core* c, i64 gpa, long long n, long long offset, lon
     rec[7] = 58             # ':'
     for i in range(count):
         r = _scratch + i * 512
-        sct = (<unsigned long long>(first + i)) & 0xFFFFFFFFULL
-        for j in range(15, 7, -1):
-            rec[j] = <uint8_t>_HEX[sct & 15]
-            sct >>= 4
+        vbg_hex8(rec, <uint32_t>(<unsigned long long>(first + i)))     # ("%08x" % (s & 0xFFFFFFFF))
         vbg_fill_sector(r, rec)
     return ram_write(c, gpa, _scratch, total)
 
