@@ -417,6 +417,7 @@ cdef int _store(Core* c) except -1:
         _ad_forget()
         _kc_store()             # (the counters' increments)
         _po_flush_all()         # (the allocator's kept entries)
+        _os_flush()             # (op_state's)
     _m = _g = _vq = _q = _p = _mem = _pages = None
     _pa_load(None)
     _counters = None
@@ -2778,6 +2779,120 @@ cdef int h_start_request(Core* c, Frame* f) except -1:
     return 0
 
 
+# The process's op_state entries of a stretch (op_state[pc] = state at an operation's start,
+# popped when it completes), kept in C in the order stored while only these handlers look at
+# the dict (_os_*), as the allocator's entries are (see _po_set): an operation that completes
+# in its stretch never reaches the dict, the rest are stored at its end (_os_flush) in order.
+cdef enum:
+    OS_MAX = 16
+cdef int _os_n = 0
+cdef int64_t _os_k[OS_MAX]
+cdef PyObject* _os_v[OS_MAX]        # (references)
+cdef dict _os_d = None              # the dict they belong to
+cdef long long _OS_KEPT = 0, _OS_STORED = 0     # (tests: op_state_stats)
+
+
+cdef int _os_flush() except -1:
+    """the kept entries stored into their dict, in order"""
+    global _os_n, _os_d, _OS_STORED
+    cdef int j, n = _os_n
+    cdef PyObject* x
+    d = _os_d
+    _os_n = 0
+    _os_d = None
+    try:
+        for j in range(n):
+            if d is not None:
+                PyDict_SetItem(<dict>d, _os_k[j], <object>_os_v[j])
+                _OS_STORED += 1
+    finally:
+        for j in range(n):
+            x = _os_v[j]
+            _os_v[j] = NULL
+            Py_DECREF(x)
+    return 0
+
+
+cdef int _os_set(object ost, object pc, object st) except -1:
+    """ost[pc] = st"""
+    global _os_n, _os_d, _OS_KEPT
+    cdef long long k
+    cdef int j
+    if type(ost) is not dict or not _wb_on or not vbg_ll(pc, &k):
+        _os_flush()
+        ost[pc] = st
+        return 0
+    if _os_n and ost is not _os_d:
+        _os_flush()
+    for j in range(_os_n):
+        if _os_k[j] == k:               # (kept already: updated where it is)
+            Py_INCREF(<PyObject*>st)
+            Py_DECREF(_os_v[j])
+            _os_v[j] = <PyObject*>st
+            return 0
+    if _os_n == OS_MAX or pc in <dict>ost:
+        _os_flush()
+        PyDict_SetItem(<dict>ost, pc, st)
+        return 0
+    _os_d = <dict>ost
+    _os_k[_os_n] = k
+    Py_INCREF(<PyObject*>st)
+    _os_v[_os_n] = <PyObject*>st
+    _os_n += 1
+    _OS_KEPT += 1
+    return 0
+
+
+cdef inline int _os_find(object ost, object idx) noexcept:
+    """the index of idx's kept entry of ost, or -1"""
+    cdef long long k
+    cdef int j
+    if _os_n and ost is _os_d and vbg_ll(idx, &k):
+        for j in range(_os_n):
+            if _os_k[j] == k:
+                return j
+    return -1
+
+
+cdef object _os_get(object ost, object idx):
+    """ost[idx]"""
+    cdef int j = _os_find(ost, idx)
+    if j >= 0:
+        return <object>_os_v[j]
+    if _os_n and ost is _os_d and type(idx) is not int:
+        _os_flush()                     # (an equal key of another type: the dict decides)
+    return ost[idx]
+
+
+cdef object _os_pop(object ost, object idx):
+    """ost.pop(idx)"""
+    global _os_n
+    cdef int j = _os_find(ost, idx)
+    if j < 0:
+        if _os_n and ost is _os_d and type(idx) is not int:
+            _os_flush()
+        return (<dict>ost).pop(idx) if type(ost) is dict else ost.pop(idx)
+    v = <object>_os_v[j]
+    Py_DECREF(_os_v[j])
+    _os_n -= 1
+    if j < _os_n:
+        memmove(&_os_k[j], &_os_k[j + 1], (_os_n - j) * sizeof(int64_t))
+        memmove(&_os_v[j], &_os_v[j + 1], (_os_n - j) * sizeof(PyObject*))
+    if not _os_n:
+        _os_d_clear()
+    return v
+
+
+cdef inline void _os_d_clear() noexcept:
+    global _os_d
+    _os_d = None
+
+
+def op_state_stats():
+    """(op_state entries kept in C, stored into the dict at a stretch's end) (tests)"""
+    return _OS_KEPT, _OS_STORED
+
+
 cdef int _op_done(Core* c, object idx) except -1:
     """emu.guest.process._op_done (the AIO completes)"""
     p = _p
@@ -2785,7 +2900,7 @@ cdef int _op_done(Core* c, object idx) except -1:
     cdef PyObject* v[4]
     cdef object o_n, o_line, s_status
     ost = SG(p, _PO[P_OP_STATE])
-    st = (<dict>ost).pop(idx) if type(ost) is dict else ost.pop(idx)
+    st = _os_pop(ost, idx)
     cdef dict op = SG(p, _PO[P_OPS])[idx]
     SS(p, _PO[P_INFLIGHT], SG(p, _PO[P_INFLIGHT]) - 1)
     opname = DG(op, "op")                   # (op is not changed below: one lookup of each key)
@@ -2840,7 +2955,7 @@ cdef int h_end_request(Core* c, Frame* f) except -1:
     RS(rq, W_status, status)
     for bio in <list>DG(rq, "bios"):
         idx = DG(bio, "op_idx")                          # bio_done
-        st = SG(p, _PO[P_OP_STATE])[idx]
+        st = _os_get(SG(p, _PO[P_OP_STATE]), idx)
         nb = DG(st, "bios") - 1             # (st["bios"] -= 1 ... if st["bios"] == 0)
         st["bios"] = nb
         if not _eq(status, "OK") and _eq(DG(st, "status"), "OK"):
@@ -3112,10 +3227,7 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
     v[2] = <PyObject*>buf
     ost = SG(p, _PO[P_OP_STATE])
     st = _mk(_T_OPST, v, 3)             # {"bios", "status", "buf"}
-    if type(ost) is dict:
-        PyDict_SetItem(<dict>ost, pc, st)
-    else:
-        ost[pc] = st
+    _os_set(ost, pc, st)
     SS(p, _PO[P_INFLIGHT], SG(p, _PO[P_INFLIGHT]) + 1)
     (<list>SG(p, _PO[P_PENDING_BIOS])).extend(bios)       # (a list: checked before begin)
     cont(c, F0(K_blkmq_submit_bio), -1, True)
@@ -3253,7 +3365,7 @@ cdef bint _split(object p, dict lim, dict bio, object op, list segs, object nbyt
         bio["segs"], rest["segs"] = _split_segs(segs, cut)
     bio["bytes"] = cut
     SG(p, _PO[P_PENDING_BIOS]).insert(1, rest)
-    SG(p, _PO[P_OP_STATE])[DG(bio, "op_idx")]["bios"] += 1
+    _os_get(SG(p, _PO[P_OP_STATE]), DG(bio, "op_idx"))["bios"] += 1
     return True
 
 

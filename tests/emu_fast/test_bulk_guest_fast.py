@@ -194,3 +194,47 @@ def test_allocator_key_already_held_is_updated_in_place(tmp_path, which):
     assert gmod.alloc_stats()[0] > k0
     assert _alloc_dicts(a) == _alloc_dicts(b)
     assert a.steps == b.steps and bytes(a.mem.ram) == bytes(b.mem.ram)
+
+
+# -- the process's op_state entries kept in C within a stretch -----------------------------------
+
+@pytest.mark.parametrize("cfg", [{}, {"indirect": False}])
+@pytest.mark.parametrize("chunk", [1, 3, 13, 10**6])
+def test_op_states_kept_in_c_are_the_python_engines(tmp_path, cfg, chunk):
+    """An operation's op_state entry made and popped within a stretch never reaches the dict;
+    those of operations in flight when it ends are stored there: at every stop op_state is the
+    Python engine's (keys in order, values)."""
+    a = machine(tmp_path, "raw", "", SEQ, cfg)
+    b = machine(tmp_path, "raw", "", SEQ, cfg)
+    s0 = gmod.op_state_stats()
+    for stop in (150, 433, 700, 1201, 1650, 2222):
+        _to(a, b, stop, chunk)
+        assert list(a.guest.proc.op_state.items()) == list(b.guest.proc.op_state.items()), stop
+    run_py(a)
+    run_bulk(b, chunk)
+    assert snapshot(a) == snapshot(b)
+    kept, stored = (x - y for x, y in zip(gmod.op_state_stats(), s0))
+    assert kept > 0 and stored > 0, (kept, stored)
+
+
+def test_op_state_key_already_held_is_updated_in_place(tmp_path):
+    """A stale op_state entry for the next operation's pc (an entry after it) is updated where
+    it is and popped when the operation completes in the same stretch, as the Python engine
+    does."""
+    from emu_fast import bench as B
+    machines = []
+    for eng in ("py", "fast"):
+        img = B.make_image(str(tmp_path / f"{eng}.raw"), "raw")
+        machines.append(B._machine(img, B.workload("rand4k", 40)))   # (long stretches)
+    a, b = machines
+    _to(a, b, 300, 10**6)
+    for m in (a, b):
+        m.guest.proc.op_state[m.guest.proc.pc] = {"stale": 1}
+        m.guest.proc.op_state[10**9] = {"after": 2}
+    assert list(a.guest.proc.op_state.items()) == list(b.guest.proc.op_state.items())
+    k0 = gmod.op_state_stats()[0]
+    engine.run(a, "py")
+    engine.run(b, "fast")
+    assert gmod.op_state_stats()[0] > k0
+    assert list(a.guest.proc.op_state.items()) == list(b.guest.proc.op_state.items())
+    assert a.steps == b.steps and bytes(a.mem.ram) == bytes(b.mem.ram)
