@@ -1675,7 +1675,6 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
             cg, cl, c_in = ps.da[k - 1], ps.dn[k - 1], not ps.is_out
         if not 0 <= cl <= 0xFFFFFFFF:
             return BAIL
-        length = cl
     else:
         nsgs = len(<list>sgs)
         if not 0 <= k < nsgs:
@@ -1720,7 +1719,7 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
     last = k == nsgs - 1
     written = flags & ~F_NEXT if last else flags
     if not ind:
-        (<list>SG(vq, _VO[VQ_EXTRA_LEN]))[ci] = length
+        (<list>SG(vq, _VO[VQ_EXTRA_LEN]))[ci] = length if ps == NULL else cl
         (<list>SG(vq, _VO[VQ_EXTRA_FLAGS]))[ci] = flags
     # (the Python handler writes the descriptor, then once more with NEXT cleared when it is
     # the last: one write of the final bytes leaves the same RAM, dirty marks and undo pages)
