@@ -31,7 +31,7 @@ cdef extern from "Python.h":
     Py_ssize_t _LIST_SIZE "PyList_GET_SIZE"(object l)
     PyObject* _LIST_ITEM "PyList_GET_ITEM"(object l, Py_ssize_t i)
 from libc.stdlib cimport malloc, realloc, free
-from libc.string cimport memchr, memcmp, memcpy, memset
+from libc.string cimport memchr, memcmp, memcpy, memmove, memset
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from emu_fast._bulk cimport *
@@ -301,6 +301,56 @@ cdef bint _notify_ok = False
 cdef i64 _vmexit_ns = 0
 cdef i64 _S_EMPTY = 0, _S_OK = 0, _S_IOERR = 0, _S_NOTSUPP = 0      # str argument indices
 
+# m.counters' "kicks" and "kicks_suppressed": only these handlers change them in a stretch (the
+# compiled engine's steps run between stretches), so an entry that holds an exact int at load is
+# counted in C and the stretch's increments added to it at store (as _bulk_dev does its
+# counters); an entry missing or of another type at load is incremented at once, as before.
+cdef enum:
+    KC_KICKS, KC_SUPPRESSED, KC_N
+cdef tuple _KC_KEYS = ("kicks", "kicks_suppressed")
+cdef i64 _kc_d[KC_N]            # the stretch's increments
+cdef bint _kc_ok[KC_N]          # the entry held an exact int at load
+cdef long long _KC_DEFERRED = 0     # increments counted in C (tests)
+
+
+cdef int _kc_load(dict counters) except -1:
+    cdef int i
+    for i in range(KC_N):
+        _kc_d[i] = 0
+        _kc_ok[i] = counters is not None and type(counters.get(_KC_KEYS[i])) is int
+    return 0
+
+
+cdef int _kc_store() except -1:
+    """the stretch's increments added to m.counters' entries"""
+    cdef int i
+    cdef i64 d
+    for i in range(KC_N):
+        d = _kc_d[i]
+        _kc_d[i] = 0
+        _kc_ok[i] = False
+        if d:
+            k = _KC_KEYS[i]
+            _counters[k] = _counters[k] + d
+    return 0
+
+
+cdef inline int _kc_bump(int i) except -1:
+    """m.counters[key] += 1"""
+    global _KC_DEFERRED
+    if _kc_ok[i]:
+        _kc_d[i] += 1
+        _KC_DEFERRED += 1
+    else:
+        k = _KC_KEYS[i]
+        _counters[k] += 1
+    return 0
+
+
+def kick_stats():
+    """(kicks and suppressed kicks counted in C, the stretch's increments not yet added) (tests)"""
+    return _KC_DEFERRED, _kc_d[KC_KICKS] + _kc_d[KC_SUPPRESSED]
+
 
 cdef int _load(Core* c) except -1:
     global _m, _g, _vq, _q, _p, _mem, _pages, _counters, _rqs, _ready, _notify_ok, _vmexit_ns
@@ -308,6 +358,7 @@ cdef int _load(Core* c) except -1:
     _lim_obj = None
     _ready = False
     _set_ok(False)
+    _kc_load(None)
     _rq_forget()
     _wflush_all()               # (none: the last stretch's store wrote them)
     _ad_forget()
@@ -330,6 +381,7 @@ cdef int _load(Core* c) except -1:
     _pages = SG(m, _MO[M_PAGES])
     _pa_load(_pages)
     _counters = counters
+    _kc_load(counters)
     _rqs = SG(q, _QO[Q_RQS])
     tr = SG(m, _MO[M_TRANSPORT])
     _notify_ok = False
@@ -363,6 +415,9 @@ cdef int _store(Core* c) except -1:
     finally:
         _wb_on = False
         _ad_forget()
+        _kc_store()             # (the counters' increments)
+        _po_flush_all()         # (the allocator's kept entries)
+        _os_flush()             # (op_state's)
     _m = _g = _vq = _q = _p = _mem = _pages = None
     _pa_load(None)
     _counters = None
@@ -416,6 +471,27 @@ cdef inline dict _rq(i64 rid):
     _c_rid = rid
     _c_rq = <dict>o
     return <dict>o
+
+
+cdef inline object _rqo(object rid):
+    """m.guest.blkmq.rqs[rid] for a rid object (the request the last lookup found when rid is
+    an int of its id, else the dict's own lookup, raising as it does)"""
+    cdef long long r
+    if _c_rq is not None and vbg_ll(rid, &r) and r == _c_rid:
+        return _c_rq
+    return _rqs[rid]
+
+
+cdef inline void _rq_remember(object rid, dict rq) noexcept:
+    """rq is now m.guest.blkmq.rqs[rid]"""
+    global _c_rid, _c_rq
+    cdef long long r
+    if vbg_ll(rid, &r) and r >= 0:
+        _c_rid = r
+        _c_rq = rq
+    else:
+        _c_rid = -1
+        _c_rq = None
 
 
 cdef inline void _rq_forget() noexcept:
@@ -776,10 +852,110 @@ assert sorted(f.name for f in __import__("dataclasses").fields(PageAllocator)) =
     "large", "size", "slab_free", "slab_objs", "start", "used"]    # (_pa_load counts them)
 
 
+# The allocator's churn within a stretch: large[gpa] = npages (alloc_pages) and
+# slab_objs[gpa] = cls (kmalloc) of a key neither dict holds are kept here, in the order stored,
+# while only these handlers look at the dicts; one freed in the stretch (free_pages, kfree, the
+# slab taking a page) leaves before the dict ever held it -- the Python engine's store and pop
+# leave the same contents in the same order -- and the rest are stored into the dicts, in
+# order, when the stretch ends (_po_flush_all) or the list is full.  A key the dict already
+# holds is stored at once (Python updates it in place); a key that is not an exact int takes
+# the dict's own path, the kept ones stored first.
+cdef enum:
+    PO_MAX = 16
+cdef struct POver:
+    int n
+    int64_t k[PO_MAX]           # the gpa
+    int64_t v[PO_MAX]           # large: npages; slab_objs: the size class's index
+cdef POver _po_large, _po_slab
+_po_large.n = 0
+_po_slab.n = 0
+cdef long long _PO_KEPT = 0, _PO_DROPPED = 0, _PO_STORED = 0    # (tests: alloc_stats)
+
+
+cdef int _po_flush(POver* o, dict d, bint slab) except -1:
+    """o's kept entries stored into d, in order"""
+    global _PO_STORED
+    cdef int j, n = o.n
+    o.n = 0
+    for j in range(n):
+        if slab:
+            PyDict_SetItem(d, o.k[j], _KM_CLASSES[o.v[j]])
+        else:
+            PyDict_SetItem(d, o.k[j], o.v[j])
+        _PO_STORED += 1
+    return 0
+
+
+cdef int _po_flush_all() except -1:
+    if _pa_large is not None:
+        _po_flush(&_po_large, _pa_large, False)
+    if _pa_slab_objs is not None:
+        _po_flush(&_po_slab, _pa_slab_objs, True)
+    _po_large.n = 0
+    _po_slab.n = 0
+    return 0
+
+
+cdef int _po_set(POver* o, dict d, bint slab, int64_t k, object ko, int64_t v, object vo) except -1:
+    """d[ko] = vo (ko an exact int of value k)"""
+    global _PO_KEPT
+    cdef int j
+    for j in range(o.n):
+        if o.k[j] == k:
+            o.v[j] = v
+            return 0
+    if not _wb_on or o.n == PO_MAX or ko in d:
+        if o.n == PO_MAX:
+            _po_flush(o, d, slab)
+        d[ko] = vo
+        return 0
+    o.k[o.n] = k
+    o.v[o.n] = v
+    o.n += 1
+    _PO_KEPT += 1
+    return 0
+
+
+cdef bint _po_pop(POver* o, object ko, int64_t* v) noexcept:
+    """the kept entry of key ko taken out (*v: its value): True; False: ko is not an exact int
+    or no entry is kept for it"""
+    global _PO_DROPPED
+    cdef long long k
+    cdef int j
+    if not o.n or not vbg_ll(ko, &k):
+        return False
+    for j in range(o.n):
+        if o.k[j] == k:
+            v[0] = o.v[j]
+            o.n -= 1
+            if j < o.n:
+                memmove(&o.k[j], &o.k[j + 1], (o.n - j) * sizeof(int64_t))
+                memmove(&o.v[j], &o.v[j + 1], (o.n - j) * sizeof(int64_t))
+            _PO_DROPPED += 1
+            return True
+    return False
+
+
+cdef int _po_other(POver* o, object ko, dict d, bint slab) except -1:
+    """before d's own path for key ko: a key that is not an exact int could equal a kept one
+    (the kept ones are stored first)"""
+    if o.n and type(ko) is not int:
+        _po_flush(o, d, slab)
+    return 0
+
+
+def alloc_stats():
+    """(allocator entries kept in C, dropped when freed in the stretch, stored into the dicts)
+    (tests)"""
+    return _PO_KEPT, _PO_DROPPED, _PO_STORED
+
+
 cdef int _pa_load(object pages) except -1:
     """Use the C allocator when pages is exactly a PageAllocator with the Python methods, none
     overridden on the instance (its __dict__ holds only its six fields)."""
     global _pa_own, _pa_used, _pa_slab_free, _pa_slab_objs, _pa_large
+    _po_large.n = 0             # (stored by the last stretch's end)
+    _po_slab.n = 0
     _pa_own = False
     _pa_used = _pa_slab_free = _pa_slab_objs = _pa_large = None
     global _pa_tag
@@ -832,17 +1008,22 @@ cdef object _pa_alloc(long long npages):
         p = j
     memset(buf + i, 1, <size_t>npages)
     gpa = (<long long>i) << 12
-    _pa_large[gpa] = npages
+    _po_set(&_po_large, _pa_large, False, (<long long>i) << 12, gpa, npages, npages)
     return gpa
 
 
 cdef int _pa_free(object gpa) except -1:
     """PageAllocator.free_pages"""
     cdef long long n, g
+    cdef int64_t kept
     if not _pa_own:
         _free_pages(_pages, gpa)
         return 0
-    npages = _pa_large.pop(gpa)
+    if _po_pop(&_po_large, gpa, &kept):
+        npages = kept
+    else:
+        _po_other(&_po_large, gpa, _pa_large, False)
+        npages = _pa_large.pop(gpa)
     if (_ll(gpa, &g) and _ll(npages, &n)
             and (g >> 12) + n <= PyByteArray_GET_SIZE(_pa_used)):
         memset(<uint8_t*>PyByteArray_AS_STRING(_pa_used) + (g >> 12), 0, <size_t>n)
@@ -855,7 +1036,8 @@ cdef int _pa_free(object gpa) except -1:
 cdef object _pa_kmalloc(long long size):
     """PageAllocator.kmalloc (the slab: LIFO free lists per size class)"""
     cdef list fl
-    cdef long long i, n
+    cdef long long i, n, g
+    cdef int64_t kept
     if not _pa_own:
         return _kmalloc(_pages, size)
     cdef Py_ssize_t j
@@ -874,11 +1056,16 @@ cdef object _pa_kmalloc(long long size):
         page = _pa_alloc(1)
         if page is None:
             return None
-        del _pa_large[page]
+        if not _po_pop(&_po_large, page, &kept):
+            del _pa_large[page]
         n = PAGE // <long long>cls
         fl.extend([page + cls * i for i in range(n - 1, -1, -1)])
     gpa = fl.pop()
-    _pa_slab_objs[gpa] = cls
+    if vbg_ll(gpa, &g):
+        _po_set(&_po_slab, _pa_slab_objs, True, g, gpa, j, cls)
+    else:
+        _po_other(&_po_slab, gpa, _pa_slab_objs, True)
+        _pa_slab_objs[gpa] = cls
     return gpa
 
 
@@ -887,7 +1074,12 @@ cdef int _pa_kfree(object gpa) except -1:
     if not _pa_own:
         _kfree(_pages, gpa)
         return 0
-    cls = _pa_slab_objs.pop(gpa, None)
+    cdef int64_t kept
+    if _po_pop(&_po_slab, gpa, &kept):
+        cls = _KM_CLASSES[kept]
+    else:
+        _po_other(&_po_slab, gpa, _pa_slab_objs, True)
+        cls = _pa_slab_objs.pop(gpa, None)
     if cls is None:
         _pa_free(gpa)
         return 0
@@ -896,7 +1088,6 @@ cdef int _pa_kfree(object gpa) except -1:
 
 
 # == emu.workload.write_pattern, written into guest RAM ===========================================
-cdef char* _HEX = b"0123456789abcdef"
 cdef extern from *:
     """
     /* the 512-byte sector r: 32 copies of the 16-byte record rec */
@@ -913,6 +1104,27 @@ cdef extern from *:
     }
     """
     void vbg_fill_sector(uint8_t* r, const uint8_t* rec) noexcept nogil
+cdef extern from *:
+    """
+    /* rec[8:16] = the 8 lowercase hex digits of s (two per byte, from a table) */
+    static char vbg_hex2[512];
+    static void vbg_hex2_init(void) {
+        int b;
+        for (b = 0; b < 256; b++) {
+            vbg_hex2[2 * b] = "0123456789abcdef"[b >> 4];
+            vbg_hex2[2 * b + 1] = "0123456789abcdef"[b & 15];
+        }
+    }
+    static inline void vbg_hex8(uint8_t *rec, uint32_t s) {
+        memcpy(rec + 8, vbg_hex2 + 2 * (s >> 24), 2);
+        memcpy(rec + 10, vbg_hex2 + 2 * ((s >> 16) & 255), 2);
+        memcpy(rec + 12, vbg_hex2 + 2 * ((s >> 8) & 255), 2);
+        memcpy(rec + 14, vbg_hex2 + 2 * (s & 255), 2);
+    }
+    """
+    void vbg_hex2_init() noexcept nogil
+    void vbg_hex8(uint8_t* rec, uint32_t s) noexcept nogil
+vbg_hex2_init()
 cdef uint8_t* _scratch = NULL
 cdef Py_ssize_t _scratch_cap = 0
 
@@ -960,10 +1172,7 @@ cdef int _write_pattern_ram(Core* c, i64 gpa, long long n, long long offset, lon
     rec[7] = 58             # ':'
     for i in range(count):
         r = _scratch + i * 512
-        sct = (<unsigned long long>(first + i)) & 0xFFFFFFFFULL
-        for j in range(15, 7, -1):
-            rec[j] = <uint8_t>_HEX[sct & 15]
-            sct >>= 4
+        vbg_hex8(rec, <uint32_t>(<unsigned long long>(first + i)))     # ("%08x" % (s & 0xFFFFFFFF))
         vbg_fill_sector(r, rec)
     return ram_write(c, gpa, _scratch, total)
 
@@ -978,7 +1187,10 @@ cdef int _write_pattern_ram(Core* c, i64 gpa, long long n, long long offset, lon
 # unwritten: nobody can see them.  The handlers read those fields through RG/RGET/RIN (this
 # table first), every other field straight from the dict.  The virtqueue add state
 # (rq["add"]) is kept in C (_ad_*) while it is only that: made a dict only when the stretch
-# ends or a path reads it.
+# ends or a path reads it.  So are the scatterlists (rq["data_sgs"], rq["sgs"], rq["roles"]) of
+# a request of at most PLAN_MAX data segments: map_data keeps the segments in its slot (nd, da,
+# dn), add_req the header's pdu, the direction and the role (pdu, is_out, rng), the fields hold
+# _LZP, and the lists are made (_plan_materialize) only where they are written back or read.
 cdef enum:
     WB_SLOTS = 32
 cdef enum:
@@ -989,22 +1201,42 @@ cdef PyObject* _WBK[WB_KEYS]
 for _j in range(WB_KEYS):
     _WBK[_j] = <PyObject*>_WB_NAMES[_j]        # (the tuple keeps them; interned as the handlers')
 
+cdef enum:
+    PLAN_MAX = 8
+
 cdef struct WSlot:
     PyObject* d                 # the request dict (a reference), NULL: free
     int n                       # fields kept, in the order first stored: order[0:n]
     uint8_t order[WB_KEYS]
     PyObject* v[WB_KEYS]        # by field: its value (a reference), NULL: not kept
+    int nd                      # the data segments of the lazy scatterlists: (da[i], dn[i])
+    int64_t da[PLAN_MAX]
+    int64_t dn[PLAN_MAX]
+    int64_t pdu                 # (the lazy sgs and roles: the header, the direction, the role)
+    bint is_out
+    bint rng
 
 cdef WSlot _ws[WB_SLOTS]
-cdef int _ws_next = 0
+cdef int _ws_next = 0           # (the slot a request takes when all are in use)
 cdef int _ws_used = 0           # slots in use
+cdef uint32_t _ws_mask = 0      # ... by bit (only those are looked at)
 cdef int _ws_last = 0           # the slot found last (looked at first)
+assert WB_SLOTS == 32
+cdef extern from *:
+    """
+    #define vbg_ctz32(x) __builtin_ctz(x)
+    """
+    int vbg_ctz32(uint32_t x) noexcept nogil
 cdef bint _wb_on = False        # (in a stretch: set at load, all written back at store)
 cdef long long _WB_DROPPED = 0, _WB_WRITTEN = 0, _WB_STORES = 0
 
 cdef class _LazyAdd:            # rq["add"] while the add state is only in C
     pass
 cdef object _LAZY = _LazyAdd()
+cdef class _LazyPlan:           # rq["data_sgs"], rq["sgs"], rq["roles"] while only in the slot
+    pass
+cdef object _LZP = _LazyPlan()
+cdef long long _PLANS = 0, _PLANS_MADE = 0, _PLANS_NOT = 0     # (tests: plan_stats)
 
 cdef extern from "Python.h":
     void Py_INCREF(PyObject* o)
@@ -1015,23 +1247,27 @@ cdef extern from "Python.h":
 cdef inline WSlot* _wslot(object d) noexcept:
     global _ws_last
     cdef int i
-    if _ws_used:
+    cdef uint32_t m = _ws_mask
+    if m:
         if _ws[_ws_last].d == <PyObject*>d:
             return &_ws[_ws_last]
-        for i in range(WB_SLOTS):
+        while m:
+            i = vbg_ctz32(m)
             if _ws[i].d == <PyObject*>d:
                 _ws_last = i
                 return &_ws[i]
+            m &= m - 1
     return NULL
 
 
 cdef void _wclear(WSlot* s) noexcept:
-    global _ws_used
+    global _ws_used, _ws_mask
     cdef int i, w
     cdef PyObject* d = s.d
     cdef PyObject* x
     s.d = NULL
     _ws_used -= 1
+    _ws_mask &= ~((<uint32_t>1) << <int>(s - &_ws[0]))
     for i in range(s.n):
         w = s.order[i]
         x = s.v[w]
@@ -1054,6 +1290,8 @@ cdef int _wflush_slot(WSlot* s) except -1:
             w = s.order[i]
             if s.v[w] == <PyObject*>_LAZY:
                 _ad_materialize(s, w)
+            elif s.v[w] == <PyObject*>_LZP:
+                _plan_materialize(s, w)
             PyDict_SetItem(<dict>d, <object>_WBK[w], <object>s.v[w])
             _WB_WRITTEN += 1
     finally:
@@ -1079,23 +1317,28 @@ cdef int _wflush_all() except -1:
 
 cdef int RS(dict d, int w, object v) except -1:
     """d[field w] = v (kept until written back)"""
-    global _ws_next, _ws_used, _ws_last
+    global _ws_next, _ws_used, _ws_last, _ws_mask
     cdef WSlot* s
     cdef PyObject* old
+    cdef int i
     if not _wb_on:
         PyDict_SetItem(d, <object>_WBK[w], v)
         return 0
     s = _wslot(d)
     if s == NULL:
-        s = &_ws[_ws_next]
-        if s.d != NULL:
-            _wflush_slot(s)
-        _ws_last = _ws_next
-        _ws_next = (_ws_next + 1) % WB_SLOTS
+        if _ws_mask != 0xFFFFFFFFU:
+            i = vbg_ctz32(~_ws_mask)        # (the first free slot)
+        else:
+            i = _ws_next                    # (all in use: one written back, in turn)
+            _ws_next = (_ws_next + 1) % WB_SLOTS
+            _wflush_slot(&_ws[i])
+        s = &_ws[i]
+        _ws_last = i
         Py_INCREF(<PyObject*>d)
         s.d = <PyObject*>d
         s.n = 0
         _ws_used += 1
+        _ws_mask |= (<uint32_t>1) << i
     old = s.v[w]
     Py_INCREF(<PyObject*>v)
     s.v[w] = <PyObject*>v
@@ -1114,7 +1357,51 @@ cdef inline PyObject* _wfind(object d, int w) except? NULL:
         return NULL
     if s.v[w] == <PyObject*>_LAZY:
         _ad_materialize(s, w)
+    elif s.v[w] == <PyObject*>_LZP:
+        _plan_materialize(s, w)
     return s.v[w]
+
+
+cdef int _plan_materialize(WSlot* s, int w) except -1:
+    """the lazy scatterlist field w of slot s (holding _LZP) made the list map_data or add_req
+    would have stored"""
+    global _PLANS_MADE
+    cdef list l = []
+    cdef int i
+    if w == W_data_sgs:
+        for i in range(s.nd):
+            l.append((s.da[i], s.dn[i]))
+    elif w == W_sgs:
+        l.append((s.pdu, OUTHDR_SIZE, False))
+        for i in range(s.nd):
+            l.append((s.da[i], s.dn[i], not s.is_out))
+        l.append((s.pdu + 16, 1, True))
+    elif w == W_roles:
+        l.append("request header")
+        for i in range(s.nd):
+            l.append("range" if s.rng else "data")
+        l.append("status")
+    else:
+        raise SystemError("_plan_materialize: not a scatterlist field")
+    Py_INCREF(<PyObject*>l)
+    Py_DECREF(s.v[w])
+    s.v[w] = <PyObject*>l
+    _PLANS_MADE += 1
+    return 0
+
+
+cdef inline WSlot* _plan(object d, int w) noexcept:
+    """d's slot when its field w is a lazy scatterlist, else NULL"""
+    cdef WSlot* s = _wslot(d)
+    if s != NULL and s.v[w] == <PyObject*>_LZP:
+        return s
+    return NULL
+
+
+def plan_stats():
+    """(map_data steps that kept the scatterlists in C, lists made from them, map_data steps of
+    a stretch that made the list) (tests)"""
+    return _PLANS, _PLANS_MADE, _PLANS_NOT
 
 
 cdef inline object RG(object d, int w):
@@ -1271,15 +1558,21 @@ cdef int h_add_split(Core* c, Frame* f) except -1:
     cdef dict rq, st
     cdef PyObject* v[6]
     cdef object i0, used_o
+    cdef WSlot* ps
     if not _kok[K_vring_add_split]:
         return BAIL
     rq = _rq(rid)
     if rq is None:
         return BAIL
-    sgs = RGET(rq, W_sgs)
-    if type(sgs) is not list:
-        return BAIL
-    total = len(<list>sgs)
+    ps = _plan(rq, W_sgs)
+    if ps != NULL:
+        sgs = None                      # (the lazy scatterlist: the header, nd, the status)
+        total = ps.nd + 2
+    else:
+        sgs = RGET(rq, W_sgs)
+        if type(sgs) is not list:
+            return BAIL
+        total = len(<list>sgs)
     vq = _vq
     if not _bool(SG(vq, _VO[VQ_BROKEN])) or not _bool(SG(vq, _VO[VQ_INDIRECT])):
         return BAIL
@@ -1304,7 +1597,7 @@ cdef int h_add_split(Core* c, Frame* f) except -1:
     head = SG(vq, _VO[VQ_FREE_HEAD])
     i0 = 0 if indirect else head
     used_o = used
-    if _wb_on and _u16(i0):
+    if _wb_on and _u16(i0) and (sgs is not None or _plan(rq, W_sgs) != NULL):
         _ad_rid = rid
         _ad_rq = rq
         _ad_sgs = sgs
@@ -1336,9 +1629,11 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
     """emu.guest.vring.add_desc (virtqueue_add_desc_split: one descriptor of the chain)"""
     global _AD_HITS, _ad_k, _ad_i, _ad_prev
     cdef i64 rid = f.a[0], k, ci, base, nsgs, flags, written
-    cdef bint ind, last, hit
+    cdef int64_t cg, cl
+    cdef bint ind, last, hit, c_in
     cdef dict rq, st
     cdef tuple sg
+    cdef WSlot* ps = NULL
     if not _kok[K_vring_add_desc]:
         return BAIL
     rq = _rq(rid)
@@ -1347,6 +1642,10 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
     st = None
     if _ad_mine(rid, rq):
         sgs = _ad_sgs                   # (the lazy state: checked as the dict's values are)
+        if sgs is None:                 # (the lazy scatterlist, still in rq's slot)
+            ps = _plan(rq, W_sgs)
+            if ps == NULL:
+                return BAIL
         k = _ad_k
         i = _ad_i
         ind_o = _ad_ind
@@ -1364,19 +1663,35 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
             return BAIL
         k = k_o
         hit = False
-    nsgs = len(<list>sgs)
-    if not 0 <= k < nsgs:
-        return BAIL
-    sg_o = (<list>sgs)[k]
-    if type(sg_o) is not tuple or len(<tuple>sg_o) != 3:
-        return BAIL
-    sg = <tuple>sg_o
-    gpa = sg[0]
-    length = sg[1]
-    is_in = sg[2]
-    if not _u64(gpa) or not _u32(length):
-        return BAIL
-    flags = F_NEXT | (F_WRITE if is_in else 0)
+    if ps != NULL:
+        nsgs = ps.nd + 2
+        if not 0 <= k < nsgs:
+            return BAIL
+        if k == 0:
+            cg, cl, c_in = ps.pdu, OUTHDR_SIZE, False
+        elif k == nsgs - 1:
+            cg, cl, c_in = ps.pdu + 16, 1, True
+        else:
+            cg, cl, c_in = ps.da[k - 1], ps.dn[k - 1], not ps.is_out
+        if not 0 <= cl <= 0xFFFFFFFF:
+            return BAIL
+    else:
+        nsgs = len(<list>sgs)
+        if not 0 <= k < nsgs:
+            return BAIL
+        sg_o = (<list>sgs)[k]
+        if type(sg_o) is not tuple or len(<tuple>sg_o) != 3:
+            return BAIL
+        sg = <tuple>sg_o
+        gpa = sg[0]
+        length = sg[1]
+        is_in = sg[2]
+        if not _u64(gpa) or not _u32(length):
+            return BAIL
+        cg = <uint64_t>gpa
+        cl = <uint64_t>length
+        c_in = bool(is_in)
+    flags = F_NEXT | (F_WRITE if c_in else 0)
     ci = i
     ind = ind_o
     vq = _vq
@@ -1404,11 +1719,11 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
     last = k == nsgs - 1
     written = flags & ~F_NEXT if last else flags
     if not ind:
-        (<list>SG(vq, _VO[VQ_EXTRA_LEN]))[ci] = length
+        (<list>SG(vq, _VO[VQ_EXTRA_LEN]))[ci] = length if ps == NULL else cl
         (<list>SG(vq, _VO[VQ_EXTRA_FLAGS]))[ci] = flags
     # (the Python handler writes the descriptor, then once more with NEXT cleared when it is
     # the last: one write of the final bytes leaves the same RAM, dirty marks and undo pages)
-    _write_desc(c, base + DESC_SIZE * ci, <uint64_t>gpa, <uint64_t>length, <uint64_t>written,
+    _write_desc(c, base + DESC_SIZE * ci, <uint64_t>cg, <uint64_t>cl, <uint64_t>written,
                 <uint64_t>nxt)
     if last:
         if not ind:
@@ -1432,9 +1747,10 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
 cdef int h_add_head(Core* c, Frame* f) except -1:
     """emu.guest.vring.add_head (the ring descriptor that points at the indirect table)"""
     global _AD_HITS
-    cdef i64 rid = f.a[0], chead, length, desc
+    cdef i64 rid = f.a[0], chead, length, desc, nsgs = -1
     cdef dict rq, st
     cdef bint hit
+    cdef WSlot* ps
     if not _kok[K_vring_add_head]:
         return BAIL
     rq = _rq(rid)
@@ -1445,6 +1761,11 @@ cdef int h_add_head(Core* c, Frame* f) except -1:
         sgs = _ad_sgs
         head = _ad_head
         table = _ad_table
+        if sgs is None:                 # (the lazy scatterlist, still in rq's slot)
+            ps = _plan(rq, W_sgs)
+            if ps == NULL:
+                return BAIL
+            nsgs = ps.nd + 2
     else:
         st_o = RGET(rq, W_add)
         sgs = RGET(rq, W_sgs)
@@ -1464,7 +1785,7 @@ cdef int h_add_head(Core* c, Frame* f) except -1:
             or chead >= len(<list>extra_next) or chead >= len(<list>extra_len)
             or chead >= len(<list>extra_flags)):
         return BAIL
-    length = DESC_SIZE * len(<list>sgs)
+    length = DESC_SIZE * (nsgs if nsgs >= 0 else len(<list>sgs))
     nxt = (<list>extra_next)[chead]
     desc = SI(vq, _VO[VQ_DESC])
     if not _u16(nxt) or length > 0xFFFFFFFF or not ram_ok(c, desc + DESC_SIZE * chead, DESC_SIZE):
@@ -1580,7 +1901,7 @@ cdef int h_kick_prepare(Core* c, Frame* f) except -1:
         then_notify = bool(arg_str(c, f.a[0]))
     vq = _vq
     ev_o = SG(vq, _VO[VQ_EVENT])
-    if not _bool(ev_o) or "kicks_suppressed" not in _counters:
+    if not _bool(ev_o) or not (_kc_ok[KC_SUPPRESSED] or "kicks_suppressed" in _counters):
         return BAIL
     if ev_o:
         gpa = SI(vq, _VO[VQ_USED]) + USED_RING + USED_ELEM_SIZE * SI(vq, _VO[VQ_NUM])
@@ -1600,7 +1921,7 @@ cdef int h_kick_prepare(Core* c, Frame* f) except -1:
         need = not flags & USED_F_NO_NOTIFY
     SS(_g, _GO[G_KICK_NEEDED], need)
     if not need:
-        _counters["kicks_suppressed"] += 1
+        _kc_bump(KC_SUPPRESSED)
     if then_notify and need:
         cont(c, F1(K_vring_notify, 0))
     return 0
@@ -1619,14 +1940,14 @@ cdef int h_notify(Core* c, Frame* f) except -1:
         begin(c)
         return 0
     off_o = SG(vq, _VO[VQ_NOTIFY_OFF])
-    if not _small(off_o) or "kicks" not in _counters:
+    if not _small(off_o) or not (_kc_ok[KC_KICKS] or "kicks" in _counters):
         return BAIL
     off = off_o
     # Transport.mmio_write: on the notify region it only logs (no state); elsewhere: compiled engine
     if COMMON_CFG <= off < COMMON_CFG + REGION_SIZE or DEVICE_CFG <= off < DEVICE_CFG + REGION_SIZE:
         return BAIL
     begin(c)
-    _counters["kicks"] += 1
+    _kc_bump(KC_KICKS)
     post(c, c.qemu, F1(K_vpci_notify, off), _vmexit_ns, False)
     block(c, F0(K_NONE))
     return 0
@@ -1877,8 +2198,54 @@ cdef int h_setup_cmd(Core* c, Frame* f) except -1:
     return 0
 
 
+cdef bint _map_plan(Core* c, dict rq, i64 rid, list bios) except -1:
+    """map_data's scatterlist kept in rq's slot (True: the step ran), when it has at most
+    PLAN_MAX segments and every segment is as the list's path needs (False: not changed)"""
+    global _PLANS
+    cdef int64_t da[PLAN_MAX]
+    cdef int64_t dn[PLAN_MAX]
+    cdef long long a, n
+    cdef int nd = 0
+    cdef WSlot* s
+    for bio in bios:
+        if type(bio) is not dict:
+            return False
+        segs = DGET(bio, "segs")
+        if type(segs) is not list:
+            return False
+        for sg in <list>segs:
+            if type(sg) is not tuple or len(<tuple>sg) != 2:
+                return False
+            if not _ll((<tuple>sg)[0], &a) or not _ll((<tuple>sg)[1], &n):
+                return False
+            if nd and da[nd - 1] + dn[nd - 1] == a:
+                dn[nd - 1] += n
+            else:
+                if nd == PLAN_MAX:
+                    return False
+                da[nd] = a
+                dn[nd] = n
+                nd += 1
+    begin(c)
+    s = _wslot(rq)
+    if s != NULL:                       # (sgs and roles still lazy: made from their segments)
+        if s.v[W_sgs] == <PyObject*>_LZP:
+            _plan_materialize(s, W_sgs)
+        if s.v[W_roles] == <PyObject*>_LZP:
+            _plan_materialize(s, W_roles)
+    RS(rq, W_data_sgs, _LZP)
+    s = _wslot(rq)
+    s.nd = nd
+    memcpy(s.da, da, nd * sizeof(int64_t))
+    memcpy(s.dn, dn, nd * sizeof(int64_t))
+    _PLANS += 1
+    cont(c, F1(K_blkmq_start_request, rid))
+    return True
+
+
 cdef int h_map_data(Core* c, Frame* f) except -1:
     """emu.guest.virtio_blk.map_data (blk_rq_map_sg: contiguous segments merge)"""
+    global _PLANS_NOT
     cdef i64 rid = f.a[0]
     cdef dict rq
     cdef list sgs
@@ -1897,6 +2264,8 @@ cdef int h_map_data(Core* c, Frame* f) except -1:
     bios = DGET(rq, "bios")
     if type(bios) is not list:
         return BAIL
+    if _wb_on and _map_plan(c, rq, rid, <list>bios):
+        return 0
     # (the scatterlist is built before begin: nothing is changed until it is stored)
     sgs = []
     cur_a = cur_n = None
@@ -1924,8 +2293,33 @@ cdef int h_map_data(Core* c, Frame* f) except -1:
     if have:
         sgs.append((cur_a, cur_n))
     begin(c)
+    if _wb_on:
+        _PLANS_NOT += 1
     RS(rq, W_data_sgs, sgs)
     cont(c, F1(K_blkmq_start_request, rid))
+    return 0
+
+
+cdef int _add_req_plan(Core* c, dict rq, i64 rid, WSlot* s) except -1:
+    """add_req for a request whose data segments are kept in its slot s: sgs and roles kept
+    there too (the header's pdu, the direction, the role)"""
+    cdef long long cpdu
+    cdef bint is_out
+    pdu = RGET(rq, W_pdu)
+    op = DGET(rq, "op")
+    if not _ll(pdu, &cpdu) or type(op) is not str:
+        return BAIL
+    s = _wslot(rq)                      # (the same slot: nothing has run since _plan)
+    begin(c)
+    SS(_g, _GO[G_VQ_LOCKED], True)
+    is_out = bool(DGETD(_TYPE_OF, op, _T_GET_ID_O) & T_OUT)
+    s.rng = s.nd > 0 and bool(DGET(rq, "payload"))
+    s.pdu = cpdu
+    s.is_out = is_out
+    RS(rq, W_sgs, _LZP)
+    RS(rq, W_roles, _LZP)
+    RS(rq, W_out_sgs, 2 if is_out and s.nd > 0 else 1)
+    call(c, F1(K_vring_add_split, rid), F1(K_vblkd_add_ret, rid))
     return 0
 
 
@@ -1935,11 +2329,15 @@ cdef int h_add_req(Core* c, Frame* f) except -1:
     cdef dict rq
     cdef list sgs, roles
     cdef bint is_out, has_payload
+    cdef WSlot* ps
     if not _kok[K_vblkd_add_req]:
         return BAIL
     rq = _rq(rid)
     if rq is None:
         return BAIL
+    ps = _plan(rq, W_data_sgs)
+    if ps != NULL:
+        return _add_req_plan(c, rq, rid, ps)
     pdu = RGET(rq, W_pdu)
     data_sgs = RGET(rq, W_data_sgs)
     op = DGET(rq, "op")
@@ -2092,8 +2490,19 @@ cdef int _wake(Core* c, str reason) except -1:
 
 
 cdef int _put_tag(object q, object tag) except -1:
-    """emu.guest.blk_mq.put_tag"""
-    SG(q, _QO[Q_TAGS])[tag] = 0
+    """emu.guest.blk_mq.put_tag (an int tag within the tags bytearray: its byte cleared in
+    place, compared in C)"""
+    cdef long long t, nr
+    tags = SG(q, _QO[Q_TAGS])
+    if type(tags) is bytearray and vbg_ll(tag, &t) and 0 <= t < PyByteArray_GET_SIZE(tags):
+        PyByteArray_AS_STRING(tags)[t] = 0
+        nr_o = SG(q, _QO[Q_NR_REQUESTS])
+        if vbg_ll(nr_o, &nr):
+            if t < nr:
+                SS(q, _QO[Q_ALLOC_HINT], tag)
+            return 0
+    else:
+        tags[tag] = 0
     if tag < SG(q, _QO[Q_NR_REQUESTS]):
         SS(q, _QO[Q_ALLOC_HINT], tag)
     return 0
@@ -2133,7 +2542,7 @@ cdef int _dd_insert(Core* c, object rid) except -1:
     """emu.guest.blk_mq.dd_insert (dd_insert_request)"""
     q = _q
     rqs = _rqs
-    cdef dict rq = rqs[rid]
+    cdef dict rq = _rqo(rid)
     op = DG(rq, "op")
     cdef int d = _rq_dir(op)
     cdef dict other
@@ -2141,7 +2550,7 @@ cdef int _dd_insert(Core* c, object rid) except -1:
         lim = SG(q, _QO[Q_LIMITS])
         maxs = DG(lim, "max_discard_sectors") if _eq(op, "DISCARD") else DG(lim, "max_sectors")
         for oid in <list>(SG(q, _QO[Q_DD_FIFO])[d]):
-            other = rqs[oid]
+            other = _rqo(oid)
             if DG(other, "op") == op and DG(other, "sector") + (DG(other, "bytes") >> 9) == DG(rq, "sector") \
                     and (DG(other, "bytes") >> 9) + (DG(rq, "bytes") >> 9) <= maxs \
                     and (_eq(op, "DISCARD") or DG(other, "nsegs") + DG(rq, "nsegs") <= DG(lim, "max_segments")):
@@ -2168,7 +2577,7 @@ cdef object _dd_next(object q, int d):
     if not _ll(pos, &cpos):
         cmp = False
     for rid in <list>(SG(q, _QO[Q_DD_FIFO])[d]):
-        s = DG(rqs[rid], "sector")
+        s = DG(_rqo(rid), "sector")
         if cmp and _ll(s, &cs):
             if cs >= cpos and (best is None or cs < cbs):
                 best = rid
@@ -2205,10 +2614,10 @@ cdef object _dd_dispatch(Core* c, object q):
             return None
         nxt = _dd_next(q, d)
         head = fifo[d][0]
-        rid = head if nxt is None or RG(rqs[head], W_deadline) <= c.now else nxt
+        rid = head if nxt is None or RG(_rqo(head), W_deadline) <= c.now else nxt
         SS(q, _QO[Q_DD_LAST_DIR], d)
         SS(q, _QO[Q_DD_BATCHING], 0)
-    rq = rqs[rid]
+    rq = _rqo(rid)
     d = _rq_dir(DG(rq, "op"))
     _remove(fifo[d], rid)
     r_sector = DG(rq, "sector")
@@ -2369,6 +2778,120 @@ cdef int h_start_request(Core* c, Frame* f) except -1:
     return 0
 
 
+# The process's op_state entries of a stretch (op_state[pc] = state at an operation's start,
+# popped when it completes), kept in C in the order stored while only these handlers look at
+# the dict (_os_*), as the allocator's entries are (see _po_set): an operation that completes
+# in its stretch never reaches the dict, the rest are stored at its end (_os_flush) in order.
+cdef enum:
+    OS_MAX = 16
+cdef int _os_n = 0
+cdef int64_t _os_k[OS_MAX]
+cdef PyObject* _os_v[OS_MAX]        # (references)
+cdef dict _os_d = None              # the dict they belong to
+cdef long long _OS_KEPT = 0, _OS_STORED = 0     # (tests: op_state_stats)
+
+
+cdef int _os_flush() except -1:
+    """the kept entries stored into their dict, in order"""
+    global _os_n, _os_d, _OS_STORED
+    cdef int j, n = _os_n
+    cdef PyObject* x
+    d = _os_d
+    _os_n = 0
+    _os_d = None
+    try:
+        for j in range(n):
+            if d is not None:
+                PyDict_SetItem(<dict>d, _os_k[j], <object>_os_v[j])
+                _OS_STORED += 1
+    finally:
+        for j in range(n):
+            x = _os_v[j]
+            _os_v[j] = NULL
+            Py_DECREF(x)
+    return 0
+
+
+cdef int _os_set(object ost, object pc, object st) except -1:
+    """ost[pc] = st"""
+    global _os_n, _os_d, _OS_KEPT
+    cdef long long k
+    cdef int j
+    if type(ost) is not dict or not _wb_on or not vbg_ll(pc, &k):
+        _os_flush()
+        ost[pc] = st
+        return 0
+    if _os_n and ost is not _os_d:
+        _os_flush()
+    for j in range(_os_n):
+        if _os_k[j] == k:               # (kept already: updated where it is)
+            Py_INCREF(<PyObject*>st)
+            Py_DECREF(_os_v[j])
+            _os_v[j] = <PyObject*>st
+            return 0
+    if _os_n == OS_MAX or pc in <dict>ost:
+        _os_flush()
+        PyDict_SetItem(<dict>ost, pc, st)
+        return 0
+    _os_d = <dict>ost
+    _os_k[_os_n] = k
+    Py_INCREF(<PyObject*>st)
+    _os_v[_os_n] = <PyObject*>st
+    _os_n += 1
+    _OS_KEPT += 1
+    return 0
+
+
+cdef inline int _os_find(object ost, object idx) noexcept:
+    """the index of idx's kept entry of ost, or -1"""
+    cdef long long k
+    cdef int j
+    if _os_n and ost is _os_d and vbg_ll(idx, &k):
+        for j in range(_os_n):
+            if _os_k[j] == k:
+                return j
+    return -1
+
+
+cdef object _os_get(object ost, object idx):
+    """ost[idx]"""
+    cdef int j = _os_find(ost, idx)
+    if j >= 0:
+        return <object>_os_v[j]
+    if _os_n and ost is _os_d and type(idx) is not int:
+        _os_flush()                     # (an equal key of another type: the dict decides)
+    return ost[idx]
+
+
+cdef object _os_pop(object ost, object idx):
+    """ost.pop(idx)"""
+    global _os_n
+    cdef int j = _os_find(ost, idx)
+    if j < 0:
+        if _os_n and ost is _os_d and type(idx) is not int:
+            _os_flush()
+        return (<dict>ost).pop(idx) if type(ost) is dict else ost.pop(idx)
+    v = <object>_os_v[j]
+    Py_DECREF(_os_v[j])
+    _os_n -= 1
+    if j < _os_n:
+        memmove(&_os_k[j], &_os_k[j + 1], (_os_n - j) * sizeof(int64_t))
+        memmove(&_os_v[j], &_os_v[j + 1], (_os_n - j) * sizeof(PyObject*))
+    if not _os_n:
+        _os_d_clear()
+    return v
+
+
+cdef inline void _os_d_clear() noexcept:
+    global _os_d
+    _os_d = None
+
+
+def op_state_stats():
+    """(op_state entries kept in C, stored into the dict at a stretch's end) (tests)"""
+    return _OS_KEPT, _OS_STORED
+
+
 cdef int _op_done(Core* c, object idx) except -1:
     """emu.guest.process._op_done (the AIO completes)"""
     p = _p
@@ -2376,7 +2899,7 @@ cdef int _op_done(Core* c, object idx) except -1:
     cdef PyObject* v[4]
     cdef object o_n, o_line, s_status
     ost = SG(p, _PO[P_OP_STATE])
-    st = (<dict>ost).pop(idx) if type(ost) is dict else ost.pop(idx)
+    st = _os_pop(ost, idx)
     cdef dict op = SG(p, _PO[P_OPS])[idx]
     SS(p, _PO[P_INFLIGHT], SG(p, _PO[P_INFLIGHT]) - 1)
     opname = DG(op, "op")                   # (op is not changed below: one lookup of each key)
@@ -2431,7 +2954,7 @@ cdef int h_end_request(Core* c, Frame* f) except -1:
     RS(rq, W_status, status)
     for bio in <list>DG(rq, "bios"):
         idx = DG(bio, "op_idx")                          # bio_done
-        st = SG(p, _PO[P_OP_STATE])[idx]
+        st = _os_get(SG(p, _PO[P_OP_STATE]), idx)
         nb = DG(st, "bios") - 1             # (st["bios"] -= 1 ... if st["bios"] == 0)
         st["bios"] = nb
         if not _eq(status, "OK") and _eq(DG(st, "status"), "OK"):
@@ -2703,10 +3226,7 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
     v[2] = <PyObject*>buf
     ost = SG(p, _PO[P_OP_STATE])
     st = _mk(_T_OPST, v, 3)             # {"bios", "status", "buf"}
-    if type(ost) is dict:
-        PyDict_SetItem(<dict>ost, pc, st)
-    else:
-        ost[pc] = st
+    _os_set(ost, pc, st)
     SS(p, _PO[P_INFLIGHT], SG(p, _PO[P_INFLIGHT]) + 1)
     (<list>SG(p, _PO[P_PENDING_BIOS])).extend(bios)       # (a list: checked before begin)
     cont(c, F0(K_blkmq_submit_bio), -1, True)
@@ -2844,7 +3364,7 @@ cdef bint _split(object p, dict lim, dict bio, object op, list segs, object nbyt
         bio["segs"], rest["segs"] = _split_segs(segs, cut)
     bio["bytes"] = cut
     SG(p, _PO[P_PENDING_BIOS]).insert(1, rest)
-    SG(p, _PO[P_OP_STATE])[DG(bio, "op_idx")]["bios"] += 1
+    _os_get(SG(p, _PO[P_OP_STATE]), DG(bio, "op_idx"))["bios"] += 1
     return True
 
 
@@ -2892,10 +3412,10 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
         # the candidates: the plug's last request, then the scheduler FIFO of the bio's
         # direction (read in place: nothing changes them before a merge returns)
         plug = SG(q, _QO[Q_PLUG])
-        if plug and _merge(c, rqs[plug[len(plug) - 1]], bio, pending):
+        if plug and _merge(c, _rqo(plug[len(plug) - 1]), bio, pending):
             return 0
         for rid in <list>(SG(q, _QO[Q_DD_FIFO])[_rq_dir(bop)]):
-            if _merge(c, rqs[rid], bio, pending):
+            if _merge(c, _rqo(rid), bio, pending):
                 return 0
     tag = _get_tag(q)
     if tag < 0:
@@ -2928,6 +3448,7 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
     rq = _mk(_T_RQ, v, 14)
     _rq_forget()
     rqs[rid] = rq
+    _rq_remember(rid, rq)       # (rqs[rid] is rq now)
     if _eq(bop, "FLUSH") or _eq(bop, "DRV_IN"):
         if _eq(bop, "DRV_IN"):                 # virtblk_get_id's GET_ID header in the tag's PDU
             _st(hdr, T_GET_ID, 4)
@@ -2941,7 +3462,7 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
     plug = SG(q, _QO[Q_PLUG])
     n_before = len(plug)
     flush_first = n_before > 0 and (n_before >= BLK_MAX_REQUEST_COUNT or
-                                    rqs[plug[n_before - 1]]["bytes"] >= BLK_PLUG_FLUSH_SIZE)
+                                    _rqo(plug[n_before - 1])["bytes"] >= BLK_PLUG_FLUSH_SIZE)
     plug.append(rid)
     if flush_first:
         call(c, F1(K_blkmq_flush_plug, n_before), _next_frame())
