@@ -442,17 +442,20 @@ def test_request_fields_and_add_state_written_back(tmp_path, chunk):
         assert lazy_made > 0          # stretches ended inside add chains
 
 
+
+def bench_pair(tmp_path, n: int) -> tuple:
+    """Two machines, for the Python and the compiled engine, of bench's 4 KiB random writes
+    (n requests, queue depth 1: long stretches) on fresh raw images."""
+    from emu_fast import bench as B
+    return tuple(B._machine(B.make_image(str(tmp_path / f"{eng}.raw"), "raw"),
+                            B.workload("rand4k", n)) for eng in ("py", "fast"))
+
 def test_freed_requests_drop_their_kept_fields(tmp_path):
     """bench's 4 KiB random writes at queue depth 1 (long stretches): nearly every kept field
     belongs to a request freed in its stretch (dropped, never written), the new request, bio
     and state dicts come from the templates, and the run ends as on the Python engine."""
     gmod = pytest.importorskip("emu_fast._bulk_guest")
-    from emu_fast import bench as B
-    machines = []
-    for eng in ("py", "fast"):
-        img = B.make_image(str(tmp_path / f"{eng}.raw"), "raw")
-        machines.append(B._machine(img, B.workload("rand4k", 60)))
-    a, b = machines
+    a, b = bench_pair(tmp_path, 60)
     engine.run(a, "py")
     w0, d0 = gmod.wb_stats(), gmod.dict_stats()[1]
     engine.run(b, "fast")

@@ -7,7 +7,7 @@ import pytest
 
 import emu_fast
 from emu import engine
-from tests.emu_fast.test_bulk_guest import run_bulk, run_py
+from tests.emu_fast.test_bulk_guest import bench_pair, run_bulk, run_py
 from tests.emu_fast.test_differential import machine, snapshot
 
 pytestmark = pytest.mark.skipif(not emu_fast.available(),
@@ -117,12 +117,7 @@ def test_freed_requests_never_make_their_scatterlists(tmp_path):
     """bench's 4 KiB random writes at queue depth 1 (long stretches): nearly every request's
     scatterlists stay in C until the request is freed (never made lists), and the run ends as
     on the Python engine."""
-    from emu_fast import bench as B
-    machines = []
-    for eng in ("py", "fast"):
-        img = B.make_image(str(tmp_path / f"{eng}.raw"), "raw")
-        machines.append(B._machine(img, B.workload("rand4k", 60)))
-    a, b = machines
+    a, b = bench_pair(tmp_path, 60)
     engine.run(a, "py")
     p0 = gmod.plan_stats()
     engine.run(b, "fast")
@@ -168,12 +163,7 @@ def test_allocator_key_already_held_is_updated_in_place(tmp_path, which):
     object, an entry after it) is updated where it is, then popped when freed in the same
     stretch, as the Python engine does -- not kept in C as a new key (which would leave the
     stale entry behind, before the other)."""
-    from emu_fast import bench as B
-    machines = []
-    for eng in ("py", "fast"):
-        img = B.make_image(str(tmp_path / f"{eng}.raw"), "raw")
-        machines.append(B._machine(img, B.workload("rand4k", 40)))   # (long stretches)
-    a, b = machines
+    a, b = bench_pair(tmp_path, 40)
     _to(a, b, 300, 10**6)
     base = len(a.pages.large)
     while len(a.pages.large) >= base:       # (to a step where a buffer was just freed)
@@ -221,12 +211,7 @@ def test_op_state_key_already_held_is_updated_in_place(tmp_path):
     """A stale op_state entry for the next operation's pc (an entry after it) is updated where
     it is and popped when the operation completes in the same stretch, as the Python engine
     does."""
-    from emu_fast import bench as B
-    machines = []
-    for eng in ("py", "fast"):
-        img = B.make_image(str(tmp_path / f"{eng}.raw"), "raw")
-        machines.append(B._machine(img, B.workload("rand4k", 40)))   # (long stretches)
-    a, b = machines
+    a, b = bench_pair(tmp_path, 40)
     _to(a, b, 300, 10**6)
     for m in (a, b):
         m.guest.proc.op_state[m.guest.proc.pc] = {"stale": 1}
