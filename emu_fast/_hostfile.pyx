@@ -365,11 +365,9 @@ def hf_pread(self, off, n):
     return _pread(self, off, n)
 
 
-cdef int _pwrite_plain(object hf, dict d, long long o, object data) except -1:
-    """HostFile.pwrite (n > 0) over hf's __dict__ d (_hf_plain; the same steps as hf_pwrite's)"""
-    cdef long long n = PyBytes_GET_SIZE(data), c, last, blk, size
-    cdef const char* buf
-    cdef set cow
+cdef object _begin_write_plain(object hf, dict d, long long o, long long n):
+    """HostFile._begin_write (n > 0) over hf's __dict__ d (_hf_plain); returns hf.mode"""
+    cdef long long c, last
     hashes = _dget(d, hf, "_hashes")                                    # _touch
     if hashes is not None:
         dirty = _dget(d, hf, "_dirty")
@@ -382,6 +380,37 @@ cdef int _pwrite_plain(object hf, dict d, long long o, object data) except -1:
         raise OSError(_EBADF, "image opened read-only")
     if _dget(d, hf, "undo") is not None:
         _keep_old(hf, o, o + n)
+    return mode
+
+
+cdef int _begin_write_kept(object hf, dict d, long long o, long long n) except -1:
+    """HostFile._begin_write (n > 0) over the kept fields of hf's __dict__ d (_k_valid),
+    kept up to date with its store of `writes`"""
+    global _k_writes, _k_ver, _k_dict
+    cdef long long c, last
+    if _k_hashes:                                                       # _touch
+        last = (o + n - 1) // CHUNK
+        for c in range(o // CHUNK, last + 1):
+            _k_dirty.add(c)
+    PyDict_SetItem(d, "writes", _k_writes + 1)
+    _k_writes += 1
+    _k_ver = VBH_DICT_VER(d)            # (this store is the dict's only change since)
+    if _k_writes >= _K_MAX:
+        _k_dict = None
+    if _k_mode == 2:
+        raise OSError(_EBADF, "image opened read-only")
+    if _k_undo:
+        _k_dict = None                  # (_keep_old may set undo_size: read again next time)
+        _keep_old(hf, o, o + n)
+    return 0
+
+
+cdef int _pwrite_plain(object hf, dict d, long long o, object data) except -1:
+    """HostFile.pwrite (n > 0) over hf's __dict__ d (_hf_plain; the same steps as hf_pwrite's)"""
+    cdef long long n = PyBytes_GET_SIZE(data), last, blk, size
+    cdef const char* buf
+    cdef set cow
+    mode = _begin_write_plain(hf, d, o, n)
     buf = PyBytes_AS_STRING(data)
     if mode is not _OVERLAY and mode == "write":
         _pwrite_from(_dget(d, hf, "fd"), buf, n, o)
@@ -416,24 +445,11 @@ cdef int _pwrite_kept(object hf, dict d, long long o, bytes data) except -1:
     """HostFile.pwrite (n > 0) over the kept fields of hf's __dict__ d (_k_valid; the same
     steps as _pwrite_plain's)"""
     global _k_writes, _k_size, _k_ver, _k_dict, _N_KEPT
-    cdef long long n = PyBytes_GET_SIZE(data), c, last, blk
+    cdef long long n = PyBytes_GET_SIZE(data), last, blk
     cdef const char* buf
     cdef set cow
     _N_KEPT += 1
-    if _k_hashes:                                                       # _touch
-        last = (o + n - 1) // CHUNK
-        for c in range(o // CHUNK, last + 1):
-            _k_dirty.add(c)
-    PyDict_SetItem(d, "writes", _k_writes + 1)
-    _k_writes += 1
-    _k_ver = VBH_DICT_VER(d)            # (this store is the dict's only change since)
-    if _k_writes >= _K_MAX:
-        _k_dict = None
-    if _k_mode == 2:
-        raise OSError(_EBADF, "image opened read-only")
-    if _k_undo:
-        _k_dict = None                  # (_keep_old may set undo_size: read again next time)
-        _keep_old(hf, o, o + n)
+    _begin_write_kept(hf, d, o, n)
     buf = PyBytes_AS_STRING(data)
     if _k_mode == 1:
         _pwrite_from(_k_fd, buf, n, o)
@@ -499,19 +515,8 @@ def hf_pwrite(self, off, data):
 
 cdef int _wz_plain(object hf, dict d, long long o, long long n) except -1:
     """HostFile.write_zeroes (n > 0) over hf's __dict__ d (_hf_plain)"""
-    cdef long long c, last, inside, end = o + n
-    hashes = _dget(d, hf, "_hashes")                                    # _touch
-    if hashes is not None:
-        dirty = _dget(d, hf, "_dirty")
-        last = (end - 1) // CHUNK
-        for c in range(o // CHUNK, last + 1):
-            dirty.add(c)
-    PyDict_SetItem(d, "writes", _dget(d, hf, "writes") + 1)
-    mode = _dget(d, hf, "mode")
-    if mode is not _OVERLAY and mode == "read":
-        raise OSError(_EBADF, "image opened read-only")
-    if _dget(d, hf, "undo") is not None:
-        _keep_old(hf, o, end)
+    cdef long long inside, end = o + n
+    mode = _begin_write_plain(hf, d, o, n)
     size_o = _dget(d, hf, "size")
     if mode is not _OVERLAY and mode == "write":
         zeros = vb_zeros(n)
@@ -530,21 +535,8 @@ cdef int _wz_kept(object hf, dict d, long long o, long long n) except -1:
     """HostFile.write_zeroes (n > 0) over the kept fields of hf's __dict__ d (_k_valid; the
     same steps as _wz_plain's), kept up to date with its stores"""
     global _k_writes, _k_size, _k_ver, _k_dict
-    cdef long long c, last, inside, end = o + n
-    if _k_hashes:                                                       # _touch
-        last = (end - 1) // CHUNK
-        for c in range(o // CHUNK, last + 1):
-            _k_dirty.add(c)
-    PyDict_SetItem(d, "writes", _k_writes + 1)
-    _k_writes += 1
-    _k_ver = VBH_DICT_VER(d)            # (this store is the dict's only change since)
-    if _k_writes >= _K_MAX:
-        _k_dict = None
-    if _k_mode == 2:
-        raise OSError(_EBADF, "image opened read-only")
-    if _k_undo:
-        _k_dict = None                  # (_keep_old may set undo_size: read again next time)
-        _keep_old(hf, o, end)
+    cdef long long inside, end = o + n
+    _begin_write_kept(hf, d, o, n)
     if _k_mode == 1:
         zeros = vb_zeros(n)
         _pwrite_from(_k_fd, PyBytes_AS_STRING(zeros), n, o)
