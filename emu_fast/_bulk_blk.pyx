@@ -454,21 +454,34 @@ cdef bint _iov_ok(Core* c, object iov, i64* total) except -1:
     return True
 
 
-cdef object _latency(Core* c, object m, object op, int opc, i64 nbytes):
+# The int this module last stored in m.rng (the same object is the same value) and its value
+cdef object _rng_obj = _MISSING
+cdef uint64_t _rng_state = 0
+
+
+cdef i64 _latency(Core* c, object m, object op, int opc, i64 nbytes) except? -1:
     """m.latency.cost(op, nbytes, m.rand()): Machine.rand and LatencyModel.cost"""
+    global _rng_obj, _rng_state
     cdef uint64_t state, z
     cdef i64 base, span
     s = _m_rng(m)
-    if not (_rand_c and _cost_c and type(s) is int and 0 <= nbytes < (<i64>1 << 32)
-            and opc >= 0 and _PyLong_Sign(s) >= 0 and _PyLong_NumBits(s) <= 64):
+    if not (_rand_c and _cost_c and 0 <= nbytes < (<i64>1 << 32) and opc >= 0):
         return _m_latency(m).cost(op, nbytes, m.rand())
-    state = PyLong_AsUnsignedLongLong(s)
+    if s is _rng_obj:
+        state = _rng_state
+    elif type(s) is int and _PyLong_Sign(s) >= 0 and _PyLong_NumBits(s) <= 64:
+        state = PyLong_AsUnsignedLongLong(s)
+    else:
+        return _m_latency(m).cost(op, nbytes, m.rand())
     state = state + <uint64_t>0x9E3779B97F4A7C15
     z = state
     z = (z ^ (z >> 30)) * <uint64_t>0xBF58476D1CE4E5B9
     z = (z ^ (z >> 27)) * <uint64_t>0x94D049BB133111EB
     z = z ^ (z >> 31)
-    sset(m, _Machine, _M[4], "rng", <object>state)
+    ns = <object>state
+    sset(m, _Machine, _M[4], "rng", ns)
+    _rng_obj = ns
+    _rng_state = state
     if opc == OP_READ:
         base = _lat_read + nbytes * _lat_ps // 1000
     elif opc == OP_WRITE:
@@ -802,8 +815,7 @@ cdef int h_file_co_entry(Core* c, Frame* f) except -1:
         _ao_on[sl] = o_nb
         _ao_iov[sl] = iov
         _ao_ret[sl] = None
-    lat = _latency(c, m, op, opc, nb)
-    at(c, lat, F1(K_file_aio_worker, aid))
+    at(c, _latency(c, m, op, opc, nb), F1(K_file_aio_worker, aid))
     return 0
 
 
@@ -1539,8 +1551,7 @@ cdef int h_qcow2_io(Core* c, Frame* f) except -1:
         _it_refresh(co, was)
     else:
         _begin(c, K_qcow2_io)
-    lat = _latency(c, m, lop, opc, ln)
-    at(c, lat, F1(K_qcow2_worker, bid))
+    at(c, _latency(c, m, lop, opc, ln), F1(K_qcow2_worker, bid))
     return 0
 
 
