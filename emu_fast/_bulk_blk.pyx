@@ -62,6 +62,62 @@ from emu_fast._bulk cimport (
     str_arg, unblock)
 from emu_fast._slots cimport slot_offsets, sget, sset
 from emu_fast._zeros cimport vb_zeros
+from emu_fast._pydict311 cimport *
+
+# A dict just copied from a template (PyDict_Copy: a fresh table, the template's keys in its
+# order, a version tag no one has seen) gets some of its values put in place in CPython 3.11's
+# compact str-keys table (entry idx[i] must hold key keys[i]) instead of by PyDict_SetItem: the
+# same dict.  Either table kind (a str-keys table, or the general one _PyDict_NewPresized makes).
+# Checked at every use; -1 (nothing changed): the caller stores them key by key.
+cdef extern from *:
+    """
+    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+    typedef struct { Py_hash_t me_hash; PyObject *me_key; PyObject *me_value; } vbb_gentry;
+    static int vbb_fill_values(PyObject *d, const int *idx, PyObject **keys, PyObject **vals,
+                               Py_ssize_t n) {
+        PyDictObject *mp = (PyDictObject *)d;
+        vb_dictkeys *dk = (vb_dictkeys *)mp->ma_keys;
+        vb_uentry *e;
+        Py_ssize_t i;
+        PyObject **v[8];
+        if (!PyDict_CheckExact(d) || mp->ma_values != NULL || dk->dk_refcnt != 1 || n > 8)
+            return -1;
+        for (i = 0; i < n; i++) {
+            if (idx[i] < 0 || idx[i] >= dk->dk_nentries)
+                return -1;
+            if (dk->dk_kind == 1) {                   /* DICT_KEYS_UNICODE: PyDictUnicodeEntry */
+                e = VB_UENTRIES(dk) + idx[i];
+                if (e->me_key != keys[i])
+                    return -1;
+                v[i] = &e->me_value;
+            } else if (dk->dk_kind == 0) {            /* DICT_KEYS_GENERAL: PyDictKeyEntry */
+                vbb_gentry *g = ((vbb_gentry *)VB_UENTRIES(dk)) + idx[i];
+                if (g->me_key != keys[i])
+                    return -1;
+                v[i] = &g->me_value;
+            } else
+                return -1;
+            if (*v[i] == NULL)
+                return -1;
+        }
+        for (i = 0; i < n; i++) {
+            PyObject *old = *v[i];
+            Py_INCREF(vals[i]);
+            *v[i] = vals[i];
+            Py_DECREF(old);
+        }
+        return 0;
+    }
+    #else
+    static int vbb_fill_values(PyObject *d, const int *idx, PyObject **keys, PyObject **vals,
+                               Py_ssize_t n) {
+        return -1;
+    }
+    #endif
+    """
+    int vbb_fill_values(object d, const int* idx, PyObject** keys, PyObject** vals,
+                        Py_ssize_t n) noexcept
+cdef long long _FILLED = 0       # template copies filled in place (cache_hits()["fill"])
 
 import errno as _E
 from weakref import ref as _weakref
@@ -262,13 +318,14 @@ def set_strict(bint on):
 
 def cache_hits():
     """{cache: lookups it answered} since reset_counts() (tests): "req" (_req), "co" (_q_co),
-    "item" (_q_item), "aio" (file.aio_worker and co_resume)"""
-    return {"req": _RQ_HITS, "co": _QC_HITS, "item": _IT_HITS, "aio": _AO_HITS}
+    "item" (_q_item), "aio" (file.aio_worker and co_resume), "fill" (template copies filled in
+    place: file.co_entry's aio, qcow2.co_entry's coroutine)"""
+    return {"req": _RQ_HITS, "co": _QC_HITS, "item": _IT_HITS, "aio": _AO_HITS, "fill": _FILLED}
 
 
 def reset_counts():
-    global _RQ_HITS, _QC_HITS, _IT_HITS, _AO_HITS
-    _RQ_HITS = _QC_HITS = _IT_HITS = _AO_HITS = 0
+    global _RQ_HITS, _QC_HITS, _IT_HITS, _AO_HITS, _FILLED
+    _RQ_HITS = _QC_HITS = _IT_HITS = _AO_HITS = _FILLED = 0
     memset(_COUNT, 0, sizeof(_COUNT))
     memset(_WRAPPED, 0, sizeof(_WRAPPED))
     memset(_NATIVE, 0, sizeof(_NATIVE))
@@ -397,21 +454,34 @@ cdef bint _iov_ok(Core* c, object iov, i64* total) except -1:
     return True
 
 
-cdef object _latency(Core* c, object m, object op, int opc, i64 nbytes):
+# The int this module last stored in m.rng (the same object is the same value) and its value
+cdef object _rng_obj = _MISSING
+cdef uint64_t _rng_state = 0
+
+
+cdef i64 _latency(Core* c, object m, object op, int opc, i64 nbytes) except? -1:
     """m.latency.cost(op, nbytes, m.rand()): Machine.rand and LatencyModel.cost"""
+    global _rng_obj, _rng_state
     cdef uint64_t state, z
     cdef i64 base, span
     s = _m_rng(m)
-    if not (_rand_c and _cost_c and type(s) is int and 0 <= nbytes < (<i64>1 << 32)
-            and opc >= 0 and _PyLong_Sign(s) >= 0 and _PyLong_NumBits(s) <= 64):
+    if not (_rand_c and _cost_c and 0 <= nbytes < (<i64>1 << 32) and opc >= 0):
         return _m_latency(m).cost(op, nbytes, m.rand())
-    state = PyLong_AsUnsignedLongLong(s)
+    if s is _rng_obj:
+        state = _rng_state
+    elif type(s) is int and _PyLong_Sign(s) >= 0 and _PyLong_NumBits(s) <= 64:
+        state = PyLong_AsUnsignedLongLong(s)
+    else:
+        return _m_latency(m).cost(op, nbytes, m.rand())
     state = state + <uint64_t>0x9E3779B97F4A7C15
     z = state
     z = (z ^ (z >> 30)) * <uint64_t>0xBF58476D1CE4E5B9
     z = (z ^ (z >> 27)) * <uint64_t>0x94D049BB133111EB
     z = z ^ (z >> 31)
-    sset(m, _Machine, _M[4], "rng", <object>state)
+    ns = <object>state
+    sset(m, _Machine, _M[4], "rng", ns)
+    _rng_obj = ns
+    _rng_state = state
     if opc == OP_READ:
         base = _lat_read + nbytes * _lat_ps // 1000
     elif opc == OP_WRITE:
@@ -659,6 +729,9 @@ cdef int h_file_co_entry(Core* c, Frame* f) except -1:
     cdef int opc
     cdef i64 bid = f.a[0], nb, aid, off
     cdef int sl
+    cdef PyObject* fv[5]
+    cdef object o_bid, o_nb
+    global _FILLED
     m = <object>c.m
     blk = _m_block(m)
     req = _req(c, blk, bid)
@@ -710,12 +783,21 @@ cdef int h_file_co_entry(Core* c, Frame* f) except -1:
         req["flush_gen"] = _b_write_gen(blk)
     sset(blk, _BlockState, _B[2], "next_aio", aid + 1)
     aio = PyDict_Copy(_AIO)            # (the dict display, in its order: _AIO's keys)
-    PyDict_SetItem(aio, S_BID, bid)
-    PyDict_SetItem(aio, S_OP, op)
-    PyDict_SetItem(aio, S_OFFSET, offset)
-    PyDict_SetItem(aio, S_BYTES, o_nb)
-    if iov is not None:
-        PyDict_SetItem(aio, S_IOV, iov)
+    o_bid = bid
+    fv[0] = <PyObject*>o_bid
+    fv[1] = <PyObject*>op
+    fv[2] = <PyObject*>offset
+    fv[3] = <PyObject*>o_nb
+    fv[4] = <PyObject*>iov
+    if vbb_fill_values(aio, _AIO_IDX, _AIO_KEYS, fv, 5) == 0:
+        _FILLED += 1
+    else:
+        PyDict_SetItem(aio, S_BID, o_bid)
+        PyDict_SetItem(aio, S_OP, op)
+        PyDict_SetItem(aio, S_OFFSET, offset)
+        PyDict_SetItem(aio, S_BYTES, o_nb)
+        if iov is not None:
+            PyDict_SetItem(aio, S_IOV, iov)
     known = _ao_known(aios)
     PyDict_SetItem(aios, o_aid, aio)
     _ao_changed(aios, known)
@@ -733,8 +815,7 @@ cdef int h_file_co_entry(Core* c, Frame* f) except -1:
         _ao_on[sl] = o_nb
         _ao_iov[sl] = iov
         _ao_ret[sl] = None
-    lat = _latency(c, m, op, opc, nb)
-    at(c, lat, F1(K_file_aio_worker, aid))
+    at(c, _latency(c, m, op, opc, nb), F1(K_file_aio_worker, aid))
     return 0
 
 
@@ -747,6 +828,12 @@ cdef str S_RET = "ret"
 cdef dict _AIO = _PyDict_NewPresized(7)
 for _k in ("bid", "op", "offset", "bytes", "iov", "data", "ret"):
     _AIO[_k] = None
+cdef int _AIO_IDX[5]
+cdef PyObject* _AIO_KEYS[5]
+for _i, _k in enumerate(_AIO):
+    if _i < 5:                          # bid, op, offset, bytes, iov (_AIO keeps the keys alive)
+        _AIO_IDX[_i] = _i
+        _AIO_KEYS[_i] = <PyObject*>_k
 
 
 cdef bint _fault_fires(object m, object blk, object op, object off, object n) except -1:
@@ -1324,6 +1411,8 @@ cdef int h_qcow2_co_entry(Core* c, Frame* f) except -1:
     """driver.co_entry: qcow2_co_preadv_part/pwritev_part/... (block/qcow2.c) takes s->lock"""
     cdef i64 bid = f.a[0], off, n
     cdef int opc
+    cdef PyObject* fv[5]
+    global _FILLED
     m = <object>c.m
     fd = _qfmt(c)
     blk = _m_block(m)
@@ -1346,11 +1435,21 @@ cdef int h_qcow2_co_entry(Core* c, Frame* f) except -1:
     if opc == OP_WRITE or opc == OP_READ:
         # (co.update(...), in its order: a copy of _CO_RW, then the request's own values)
         co = PyDict_Copy(_CO_RW)
-        PyDict_SetItem(co, S_OP, op)
-        PyDict_SetItem(co, S_PLAN, [])
-        PyDict_SetItem(co, S_POS, o_off)
-        PyDict_SetItem(co, S_REMAINING, o_n)
-        PyDict_SetItem(co, S_PIECES, [])
+        plan = []
+        pieces = []
+        fv[0] = <PyObject*>op
+        fv[1] = <PyObject*>plan
+        fv[2] = <PyObject*>o_off
+        fv[3] = <PyObject*>o_n
+        fv[4] = <PyObject*>pieces
+        if vbb_fill_values(co, _CO_RW_IDX, _CO_RW_KEYS, fv, 5) == 0:
+            _FILLED += 1
+        else:
+            PyDict_SetItem(co, S_OP, op)
+            PyDict_SetItem(co, S_PLAN, plan)
+            PyDict_SetItem(co, S_POS, o_off)
+            PyDict_SetItem(co, S_REMAINING, o_n)
+            PyDict_SetItem(co, S_PIECES, pieces)
     else:
         co = _PyDict_NewPresized(5)
         co["op"] = op
@@ -1383,6 +1482,15 @@ for _k, _v in (("op", None), ("phase", "start"), ("plan", None), ("pi", 0), ("re
                ("pos", None), ("remaining", None), ("qoff", 0), ("pieces", None), ("link_i", 0),
                ("zero", False), ("wphase", "alloc")):
     _CO_RW[_k] = _v
+cdef int _CO_RW_IDX[5]
+cdef PyObject* _CO_RW_KEYS[5]
+_i = 0
+for _j, _k in enumerate(_CO_RW):       # op, plan, pos, remaining, pieces (_CO_RW keeps the keys)
+    if _k in ("op", "plan", "pos", "remaining", "pieces"):
+        _CO_RW_IDX[_i] = _j
+        _CO_RW_KEYS[_i] = <PyObject*>_k
+        _i += 1
+assert _i == 5
 
 
 cdef int h_qcow2_io(Core* c, Frame* f) except -1:
@@ -1443,8 +1551,7 @@ cdef int h_qcow2_io(Core* c, Frame* f) except -1:
         _it_refresh(co, was)
     else:
         _begin(c, K_qcow2_io)
-    lat = _latency(c, m, lop, opc, ln)
-    at(c, lat, F1(K_qcow2_worker, bid))
+    at(c, _latency(c, m, lop, opc, ln), F1(K_qcow2_worker, bid))
     return 0
 
 
