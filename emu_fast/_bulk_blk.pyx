@@ -64,59 +64,7 @@ from emu_fast._slots cimport slot_offsets, sget, sset
 from emu_fast._zeros cimport vb_zeros
 from emu_fast._pydict311 cimport *
 
-# A dict just copied from a template (PyDict_Copy: a fresh table, the template's keys in its
-# order, a version tag no one has seen) gets some of its values put in place in CPython 3.11's
-# compact str-keys table (entry idx[i] must hold key keys[i]) instead of by PyDict_SetItem: the
-# same dict.  Either table kind (a str-keys table, or the general one _PyDict_NewPresized makes).
-# Checked at every use; -1 (nothing changed): the caller stores them key by key.
-cdef extern from *:
-    """
-    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
-    typedef struct { Py_hash_t me_hash; PyObject *me_key; PyObject *me_value; } vbb_gentry;
-    static int vbb_fill_values(PyObject *d, const int *idx, PyObject **keys, PyObject **vals,
-                               Py_ssize_t n) {
-        PyDictObject *mp = (PyDictObject *)d;
-        vb_dictkeys *dk = (vb_dictkeys *)mp->ma_keys;
-        vb_uentry *e;
-        Py_ssize_t i;
-        PyObject **v[8];
-        if (!PyDict_CheckExact(d) || mp->ma_values != NULL || dk->dk_refcnt != 1 || n > 8)
-            return -1;
-        for (i = 0; i < n; i++) {
-            if (idx[i] < 0 || idx[i] >= dk->dk_nentries)
-                return -1;
-            if (dk->dk_kind == 1) {                   /* DICT_KEYS_UNICODE: PyDictUnicodeEntry */
-                e = VB_UENTRIES(dk) + idx[i];
-                if (e->me_key != keys[i])
-                    return -1;
-                v[i] = &e->me_value;
-            } else if (dk->dk_kind == 0) {            /* DICT_KEYS_GENERAL: PyDictKeyEntry */
-                vbb_gentry *g = ((vbb_gentry *)VB_UENTRIES(dk)) + idx[i];
-                if (g->me_key != keys[i])
-                    return -1;
-                v[i] = &g->me_value;
-            } else
-                return -1;
-            if (*v[i] == NULL)
-                return -1;
-        }
-        for (i = 0; i < n; i++) {
-            PyObject *old = *v[i];
-            Py_INCREF(vals[i]);
-            *v[i] = vals[i];
-            Py_DECREF(old);
-        }
-        return 0;
-    }
-    #else
-    static int vbb_fill_values(PyObject *d, const int *idx, PyObject **keys, PyObject **vals,
-                               Py_ssize_t n) {
-        return -1;
-    }
-    #endif
-    """
-    int vbb_fill_values(object d, const int* idx, PyObject** keys, PyObject** vals,
-                        Py_ssize_t n) noexcept
+# (vb_fill_values, _pydict311.pxd: a template's copy gets its values put in place)
 cdef long long _FILLED = 0       # template copies filled in place (cache_hits()["fill"])
 
 import errno as _E
@@ -789,7 +737,7 @@ cdef int h_file_co_entry(Core* c, Frame* f) except -1:
     fv[2] = <PyObject*>offset
     fv[3] = <PyObject*>o_nb
     fv[4] = <PyObject*>iov
-    if vbb_fill_values(aio, _AIO_IDX, _AIO_KEYS, fv, 5) == 0:
+    if vb_fill_values(aio, _AIO_IDX, _AIO_KEYS, fv, 5) == 0:
         _FILLED += 1
     else:
         PyDict_SetItem(aio, S_BID, o_bid)
@@ -1442,7 +1390,7 @@ cdef int h_qcow2_co_entry(Core* c, Frame* f) except -1:
         fv[2] = <PyObject*>o_off
         fv[3] = <PyObject*>o_n
         fv[4] = <PyObject*>pieces
-        if vbb_fill_values(co, _CO_RW_IDX, _CO_RW_KEYS, fv, 5) == 0:
+        if vb_fill_values(co, _CO_RW_IDX, _CO_RW_KEYS, fv, 5) == 0:
             _FILLED += 1
         else:
             PyDict_SetItem(co, S_OP, op)

@@ -203,39 +203,8 @@ cdef dict _BREQ_T = _template((("id", None), ("op", None), ("cur_op", None), ("o
                                ("bytes", None), ("qiov", None), ("flags", None), ("cb", None),
                                ("ret", None), ("phase", "submit")))
 
-# A dict just copied from a template gets its values put in place (CPython 3.11's compact
-# str-keys table: the entries in the template's order) instead of key by key: the same dict.
-# Checked at every use (the table's kind, size and each entry's key); else PyDict_SetItem.
-cdef extern from *:
-    """
-    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
-    static int vbd_fill_values(PyObject *d, PyObject **keys, PyObject **vals, Py_ssize_t n) {
-        PyDictObject *mp = (PyDictObject *)d;
-        vb_dictkeys *dk = (vb_dictkeys *)mp->ma_keys;
-        vb_uentry *e;
-        Py_ssize_t i;
-        if (!PyDict_CheckExact(d) || mp->ma_values != NULL || dk->dk_kind != 1 /* UNICODE */
-                || dk->dk_nentries < n || dk->dk_refcnt != 1)
-            return -1;
-        e = VB_UENTRIES(dk);
-        for (i = 0; i < n; i++)
-            if (e[i].me_key != keys[i] || e[i].me_value == NULL)
-                return -1;
-        for (i = 0; i < n; i++) {
-            PyObject *old = e[i].me_value;
-            Py_INCREF(vals[i]);
-            e[i].me_value = vals[i];
-            Py_DECREF(old);
-        }
-        return 0;
-    }
-    #else
-    static int vbd_fill_values(PyObject *d, PyObject **keys, PyObject **vals, Py_ssize_t n) {
-        return -1;
-    }
-    #endif
-    """
-    int vbd_fill_values(object d, PyObject** keys, PyObject** vals, Py_ssize_t n) noexcept
+# A dict just copied from a template gets its values put in place (vb_fill_values,
+# _pydict311.pxd: the entries in the template's order) instead of key by key: the same dict.
 
 
 cdef PyObject* _BREQ_KEYS[10]
@@ -1890,7 +1859,7 @@ cdef int _aio_submit(Core* c, str op, object offset, object qiov, i64 nbytes, i6
     v[5] = <PyObject*>qiov
     v[6] = <PyObject*>flags_o
     v[7] = <PyObject*>cb
-    if vbd_fill_values(d, _BREQ_KEYS, v, 8) != 0:
+    if vb_fill_values(d, NULL, _BREQ_KEYS, v, 8) != 0:
         _NSETITEM += 1
         PyDict_SetItem(d, "id", bid_o)
         PyDict_SetItem(d, "op", op)
