@@ -64,8 +64,22 @@ from emu_fast._slots cimport slot_offsets, sget, sset
 from emu_fast._zeros cimport vb_zeros
 from emu_fast._pydict311 cimport *
 
-# (vb_fill_values, _pydict311.pxd: a template's copy gets its values put in place)
 cdef long long _FILLED = 0       # template copies filled in place (cache_hits()["fill"])
+
+
+cdef int _fill(dict d, const int* idx, PyObject** keys, PyObject** vals, Py_ssize_t n) except -1:
+    """d[keys[i]] = vals[i] for a copy of a template holding those keys: put in place where
+    vb_fill_values (_pydict311.pxd) can, else by PyDict_SetItem (the keys are there: the order
+    stays the template's)"""
+    global _FILLED
+    cdef Py_ssize_t i
+    if vb_fill_values(d, idx, keys, vals, n) == 0:
+        _FILLED += 1
+        return 0
+    for i in range(n):
+        PyDict_SetItem(d, <object>keys[i], <object>vals[i])
+    return 0
+
 
 import errno as _E
 from weakref import ref as _weakref
@@ -679,7 +693,6 @@ cdef int h_file_co_entry(Core* c, Frame* f) except -1:
     cdef int sl
     cdef PyObject* fv[5]
     cdef object o_bid, o_nb
-    global _FILLED
     m = <object>c.m
     blk = _m_block(m)
     req = _req(c, blk, bid)
@@ -737,15 +750,7 @@ cdef int h_file_co_entry(Core* c, Frame* f) except -1:
     fv[2] = <PyObject*>offset
     fv[3] = <PyObject*>o_nb
     fv[4] = <PyObject*>iov
-    if vb_fill_values(aio, _AIO_IDX, _AIO_KEYS, fv, 5) == 0:
-        _FILLED += 1
-    else:
-        PyDict_SetItem(aio, S_BID, o_bid)
-        PyDict_SetItem(aio, S_OP, op)
-        PyDict_SetItem(aio, S_OFFSET, offset)
-        PyDict_SetItem(aio, S_BYTES, o_nb)
-        if iov is not None:
-            PyDict_SetItem(aio, S_IOV, iov)
+    _fill(aio, _AIO_IDX, _AIO_KEYS, fv, 5)
     known = _ao_known(aios)
     PyDict_SetItem(aios, o_aid, aio)
     _ao_changed(aios, known)
@@ -1360,7 +1365,6 @@ cdef int h_qcow2_co_entry(Core* c, Frame* f) except -1:
     cdef i64 bid = f.a[0], off, n
     cdef int opc
     cdef PyObject* fv[5]
-    global _FILLED
     m = <object>c.m
     fd = _qfmt(c)
     blk = _m_block(m)
@@ -1390,14 +1394,7 @@ cdef int h_qcow2_co_entry(Core* c, Frame* f) except -1:
         fv[2] = <PyObject*>o_off
         fv[3] = <PyObject*>o_n
         fv[4] = <PyObject*>pieces
-        if vb_fill_values(co, _CO_RW_IDX, _CO_RW_KEYS, fv, 5) == 0:
-            _FILLED += 1
-        else:
-            PyDict_SetItem(co, S_OP, op)
-            PyDict_SetItem(co, S_PLAN, plan)
-            PyDict_SetItem(co, S_POS, o_off)
-            PyDict_SetItem(co, S_REMAINING, o_n)
-            PyDict_SetItem(co, S_PIECES, pieces)
+        _fill(co, _CO_RW_IDX, _CO_RW_KEYS, fv, 5)
     else:
         co = _PyDict_NewPresized(5)
         co["op"] = op
