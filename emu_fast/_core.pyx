@@ -1479,6 +1479,11 @@ def session_run(s, target=None, bint check=True, limit=None, stop=None, cancelle
     if stops:
         from emu_fast import _bulk
         prev_stops = _bulk.stop_before(stops)
+    # checkpoints find the proxy's idle queues compiled (the same pickle)
+    from emu.transport.virtio_pci import VirtioPciProxy
+    from emu_fast._support import reduce_proxy
+    tl = s.timeline
+    prev_reducer = tl.reducer(VirtioPciProxy, reduce_proxy)
     try:
         st = _session_loop(s, p, g, target, check, limit, stop, cancelled, progress, every,
                            False, guest)
@@ -1495,6 +1500,7 @@ def session_run(s, target=None, bint check=True, limit=None, stop=None, cancelle
                 _regen(s, p, g, cps[len(cps) - 1].step, E, mode, guest)
         return st
     finally:
+        tl.reducer(VirtioPciProxy, prev_reducer)
         if strict:
             for mod in _strict_modules():
                 mod.set_strict(False)

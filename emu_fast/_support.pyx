@@ -311,3 +311,90 @@ def blk_aio_submit(m, op, offset, nbytes, qiov, flags, cb, then):
     else:
         sched_call(_m_sim(m), "blk.co_entry", (bid,), then[0], then[1])
     return bid
+
+
+# -- checkpoints of the virtio-pci proxy (emu/transport/virtio_pci.py) -----------------------------
+
+from cpython.object cimport PyObject
+
+cdef extern from "Python.h":
+    PyObject** _PyObject_GetDictPtr(object obj)
+    int PyDict_Next(object d, Py_ssize_t* pos, PyObject** key, PyObject** value)
+
+import copyreg as _copyreg
+from emu.transport import virtio_pci as _VP
+
+cdef object _ProxyQueue = _VP.ProxyQueue
+cdef object _VirtioPciProxy = _VP.VirtioPciProxy
+cdef object _PY_GETSTATE = _VP.VirtioPciProxy.__getstate__
+cdef object _PY_STATE_WITH = _VP.VirtioPciProxy.state_with
+cdef object _NEWOBJ = _copyreg.__newobj__
+cdef object _ZERO = 0
+cdef object _OBJ_REDUCE_EX = object.__reduce_ex__
+cdef object _OBJ_REDUCE = object.__reduce__
+import pickle as _pickle
+cdef int _PROTO = _pickle.HIGHEST_PROTOCOL         # the checkpoints' (emu.debug.timeline._Freezer)
+
+
+cdef bint _idle_fast(PyObject* d, list idle_keys):
+    """d is an idle queue's __dict__ for sure: the idle keys, in order, holding the small int 0
+    or a list of two of them (False: compare it the slow way)."""
+    cdef Py_ssize_t pos = 0, j = 0
+    cdef PyObject* k
+    cdef PyObject* v
+    cdef object val
+    if type(<object>d) is not dict or len(<dict>d) != len(idle_keys):
+        return False
+    while PyDict_Next(<object>d, &pos, &k, &v):
+        if k != <PyObject*>idle_keys[j]:
+            return False
+        j += 1
+        if v == <PyObject*>_ZERO:
+            continue
+        val = <object>v
+        if type(val) is not list or len(<list>val) != 2:
+            return False
+        if <PyObject*>(<list>val)[0] != <PyObject*>_ZERO or <PyObject*>(<list>val)[1] != <PyObject*>_ZERO:
+            return False
+    return True
+
+
+def proxy_touched(vqs):
+    """emu.transport.virtio_pci._touched: the indices of the queues whose fields differ from
+    an idle ProxyQueue's.  A queue is passed over when its __dict__ holds the idle keys in
+    their order with the cached small int 0 in each (or two of them in a list): those are
+    equal to the idle state; every other one is compared with it as _touched does.  Anything
+    but a list of ProxyQueues goes to _touched."""
+    if type(vqs) is not list:
+        return _VP._touched(vqs)
+    cdef list qs = <list>vqs
+    cdef dict idle = _VP._IDLE
+    cdef list keys = list(idle)
+    cdef list out = []
+    cdef Py_ssize_t i, n = len(qs)
+    cdef PyObject** dp
+    for i in range(n):
+        if type(qs[i]) is not _ProxyQueue:
+            return _VP._touched(vqs)
+    for i in range(n):
+        dp = _PyObject_GetDictPtr(qs[i])
+        if dp == NULL or dp[0] == NULL:
+            return _VP._touched(vqs)
+        if _idle_fast(dp[0], keys):
+            continue
+        if <object>dp[0] != idle:
+            out.append(i)
+    return out
+
+
+def reduce_proxy(px):
+    """What pickling a VirtioPciProxy gives (object.__reduce_ex__: copyreg.__newobj__ and
+    __getstate__'s dict), the dict made with proxy_touched; any other object or a proxy
+    whose class was changed is reduced the default way."""
+    cls = _VirtioPciProxy
+    if (type(px) is not cls or cls.__getstate__ is not _PY_GETSTATE
+            or cls.state_with is not _PY_STATE_WITH or cls.__reduce_ex__ is not _OBJ_REDUCE_EX
+            or cls.__reduce__ is not _OBJ_REDUCE or hasattr(cls, "__getnewargs_ex__")
+            or hasattr(cls, "__getnewargs__")):
+        return px.__reduce_ex__(_PROTO)
+    return (_NEWOBJ, (_VirtioPciProxy,), px.state_with(proxy_touched), None, None)
