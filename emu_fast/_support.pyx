@@ -317,9 +317,47 @@ def blk_aio_submit(m, op, offset, nbytes, qiov, flags, cb, then):
 
 from cpython.object cimport PyObject
 
+from cpython.list cimport PyList_GET_ITEM
+from emu_fast._pydict311 cimport vb_fill_values       # (its C: vb_dictkeys, VB_UENTRIES)
+
 cdef extern from "Python.h":
     PyObject** _PyObject_GetDictPtr(object obj)
     int PyDict_Next(object d, Py_ssize_t* pos, PyObject** key, PyObject** value)
+    Py_ssize_t Py_SIZE(object o)
+
+# CPython 3.11's split tables (Include/internal/pycore_dict.h): an instance __dict__ sharing its
+# class's keys object keeps its values in an array in key order (PyDictValues), ma_used of them
+# set.  Off 3.11 vb_split_values gives NULL and proxy_touched takes the PyDict_Next path.
+cdef extern from *:
+    """
+    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+    static PyObject **vb_split_values(PyObject *d) {
+        PyDictObject *mp = (PyDictObject *)d;
+        return (PyDict_CheckExact(d) && mp->ma_values) ? (PyObject **)mp->ma_values : NULL;
+    }
+    static void *vb_keys_of(PyObject *d) { return ((PyDictObject *)d)->ma_keys; }
+    static Py_ssize_t vb_used(PyObject *d) { return ((PyDictObject *)d)->ma_used; }
+    static int vb_split_keys_start(void *k, PyObject **keys, Py_ssize_t n) {
+        vb_dictkeys *dk = (vb_dictkeys *)k;     /* DICT_KEYS_SPLIT: PyDictUnicodeEntry */
+        Py_ssize_t j;
+        if (dk->dk_kind != 2 || dk->dk_nentries < n)
+            return 0;
+        for (j = 0; j < n; j++)
+            if (VB_UENTRIES(dk)[j].me_key != keys[j])
+                return 0;
+        return 1;
+    }
+    #else
+    static PyObject **vb_split_values(PyObject *d) { return NULL; }
+    static void *vb_keys_of(PyObject *d) { return NULL; }
+    static Py_ssize_t vb_used(PyObject *d) { return 0; }
+    static int vb_split_keys_start(void *k, PyObject **keys, Py_ssize_t n) { return 0; }
+    #endif
+    """
+    PyObject** vb_split_values(PyObject* d)
+    void* vb_keys_of(PyObject* d)
+    Py_ssize_t vb_used(PyObject* d)
+    int vb_split_keys_start(void* k, PyObject** keys, Py_ssize_t n)
 
 import copyreg as _copyreg
 from emu.transport import virtio_pci as _VP
@@ -336,26 +374,28 @@ import pickle as _pickle
 cdef int _PROTO = _pickle.HIGHEST_PROTOCOL         # the checkpoints' (emu.debug.timeline._Freezer)
 
 
+cdef inline bint _zero_value(PyObject* v):
+    """v is the cached small int 0, or a list of two of them (equal to an idle field)."""
+    if v == <PyObject*>_ZERO:
+        return True
+    if type(<object>v) is not list or Py_SIZE(<object>v) != 2:
+        return False
+    return (PyList_GET_ITEM(<object>v, 0) == <PyObject*>_ZERO
+            and PyList_GET_ITEM(<object>v, 1) == <PyObject*>_ZERO)
+
+
 cdef bint _idle_fast(PyObject* d, list idle_keys):
     """d is an idle queue's __dict__ for sure: the idle keys, in order, holding the small int 0
     or a list of two of them (False: compare it the slow way)."""
     cdef Py_ssize_t pos = 0, j = 0
     cdef PyObject* k
     cdef PyObject* v
-    cdef object val
     if type(<object>d) is not dict or len(<dict>d) != len(idle_keys):
         return False
     while PyDict_Next(<object>d, &pos, &k, &v):
-        if k != <PyObject*>idle_keys[j]:
+        if k != <PyObject*>idle_keys[j] or not _zero_value(v):
             return False
         j += 1
-        if v == <PyObject*>_ZERO:
-            continue
-        val = <object>v
-        if type(val) is not list or len(<list>val) != 2:
-            return False
-        if <PyObject*>(<list>val)[0] != <PyObject*>_ZERO or <PyObject*>(<list>val)[1] != <PyObject*>_ZERO:
-            return False
     return True
 
 
@@ -363,16 +403,26 @@ def proxy_touched(vqs):
     """emu.transport.virtio_pci._touched: the indices of the queues whose fields differ from
     an idle ProxyQueue's.  A queue is passed over when its __dict__ holds the idle keys in
     their order with the cached small int 0 in each (or two of them in a list): those are
-    equal to the idle state; every other one is compared with it as _touched does.  Anything
-    but a list of ProxyQueues goes to _touched."""
+    equal to the idle state; every other one is compared with it as _touched does.  On 3.11
+    a split-table __dict__ (the instances' shared keys) is read as its values array once its
+    keys object is seen to start with the idle keys.  Anything but a list of ProxyQueues
+    goes to _touched."""
     if type(vqs) is not list:
         return _VP._touched(vqs)
     cdef list qs = <list>vqs
     cdef dict idle = _VP._IDLE
     cdef list keys = list(idle)
     cdef list out = []
-    cdef Py_ssize_t i, n = len(qs)
+    cdef Py_ssize_t i, j, n = len(qs), nk = len(keys)
     cdef PyObject** dp
+    cdef PyObject** vals
+    cdef void* shared = NULL            # a split table's keys object that starts with `keys`
+    cdef PyObject* karr[8]
+    cdef bint idle_q
+    if nk > 8:
+        return _VP._touched(vqs)
+    for j in range(nk):
+        karr[j] = <PyObject*>keys[j]
     for i in range(n):
         if type(qs[i]) is not _ProxyQueue:
             return _VP._touched(vqs)
@@ -380,9 +430,18 @@ def proxy_touched(vqs):
         dp = _PyObject_GetDictPtr(qs[i])
         if dp == NULL or dp[0] == NULL:
             return _VP._touched(vqs)
-        if _idle_fast(dp[0], keys):
-            continue
-        if <object>dp[0] != idle:
+        vals = vb_split_values(dp[0])
+        if vals != NULL and shared == NULL and vb_split_keys_start(vb_keys_of(dp[0]), karr, nk):
+            shared = vb_keys_of(dp[0])
+        if vals != NULL and shared != NULL and vb_keys_of(dp[0]) == shared and vb_used(dp[0]) == nk:
+            idle_q = True
+            for j in range(nk):
+                if vals[j] == NULL or not _zero_value(vals[j]):
+                    idle_q = False
+                    break
+        else:
+            idle_q = _idle_fast(dp[0], keys)
+        if not idle_q and <object>dp[0] != idle:
             out.append(i)
     return out
 
