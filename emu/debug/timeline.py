@@ -7,7 +7,8 @@ A Timeline keeps checkpoints of one machine.  A checkpoint at step s holds
     pickle is over RAW_MAX bytes (16 KiB): a deep copy
     that stays pristine because it is bytes (the guest process's workload ops, which never
     change, are referred to, and its append-only results list is stored as its length, so
-    a checkpoint costs the same at request 100 and at request 100,000; qcow2's immutable
+    a checkpoint costs the same at request 100 and at request 100,000 (so are the read
+    ops' digests, reads, append-only too); qcow2's immutable
     tables, FrozenTable, are referred to as well);
   * the caller's own state, through the optional `extra` pair (save, load);
   * the host file's logical size and its write/sync counters at s;
@@ -104,12 +105,13 @@ class _Unpickler(pickle.Unpickler):
         super().__init__(io.BytesIO(data))
         self._objs = objs
 
-    def _proc(self, state: dict, ops: int, results: int, n: int) -> Proc:
+    def _proc(self, state: dict, ops: int, results: int, n: int, reads: int, nreads: int) -> Proc:
         p = Proc.__new__(Proc)
         for k, v in state.items():
             setattr(p, k, v)
         p.ops = self._objs[ops]
         p.results = self._objs[results][:n]
+        p.reads = self._objs[reads][:nreads]
         return p
 
     def find_class(self, module: str, name: str):
@@ -157,15 +159,16 @@ class _Freezer:
         return _shared, (self.share(obj),)
 
     def _reduce_proc(self, p: Proc):
-        """The guest process without its two long lists: the workload's ops never change
-        after the machine is built (shared, not copied), and results is append-only with
-        entries that never change (its length is enough: the list at this checkpoint is a
-        prefix of the list as it is later on this timeline).  Copying both made each
-        checkpoint cost O(requests run so far)."""
+        """The guest process without its three long lists: the workload's ops never change
+        after the machine is built (shared, not copied), and results and reads (the read
+        ops' digests) are append-only with entries that never change (their lengths are
+        enough: the list at this checkpoint is a prefix of the list as it is later on this
+        timeline).  Copying them made each checkpoint cost O(requests run so far)."""
         d = {f.name: getattr(p, f.name) for f in fields(p)}
-        ops, results = d["ops"], d["results"]
-        d["ops"] = d["results"] = None          # (keeps the attribute order)
-        return _proc, (d, self.share(ops), self.share(results), len(results))
+        ops, results, reads = d["ops"], d["results"], d["reads"]
+        d["ops"] = d["results"] = d["reads"] = None          # (keeps the attribute order)
+        return _proc, (d, self.share(ops), self.share(results), len(results),
+                       self.share(reads), len(reads))
 
     def dumps(self, obj) -> bytes:
         buf = io.BytesIO()

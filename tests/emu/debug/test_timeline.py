@@ -673,15 +673,17 @@ def test_a_poke_that_breaks_the_device_ends_the_run_sooner_and_rewinds(images):
         plain.close()
 
 
-def test_a_checkpoint_does_not_copy_the_workload_or_its_finished_results(tmp_path):
-    """The workload's ops never change and results only grows: a checkpoint refers to the
-    first and keeps the length of the second, so it costs the same early and late in a long
-    run (copying both made `continue` quadratic in the number of requests)."""
+@pytest.mark.parametrize("op", ["write", "read"])
+def test_a_checkpoint_does_not_copy_the_workload_or_its_finished_results(tmp_path, op):
+    """The workload's ops never change and results (and reads, the read ops' digests) only
+    grow: a checkpoint refers to the first and keeps the lengths of the others, so it costs
+    the same early and late in a long run (copying them made `continue` quadratic in the
+    number of requests)."""
     import pickle
     import zlib
 
     def wl(n):
-        return "".join(f"write {(i * 7919) % 2000 * 512} 512\n" for i in range(n))
+        return "".join(f"{op} {(i * 7919) % 2000 * 512} 512\n" for i in range(n))
 
     def run(n):
         m = build(make_image(tmp_path / f"d{n}.raw", DISK), wl(n))
@@ -695,7 +697,8 @@ def test_a_checkpoint_does_not_copy_the_workload_or_its_finished_results(tmp_pat
     m, tl, cp_long = run(600)
     p = m.guest.proc
     ops = len(zlib.compress(pickle.dumps(p.ops), 1))
-    results = len(zlib.compress(pickle.dumps(p.results), 1))
+    results = len(zlib.compress(pickle.dumps((p.results, p.reads)), 1))
+    assert len(p.reads) == (600 if op == "read" else 0)
     assert len(tl.checkpoints[0].state) < ops                 # the ops are not in a checkpoint
     assert abs(len(cp_long.state) - len(cp_short.state)) < results // 4     # nor the results
     # and a checkpoint taken midway still gives back the results as they were then
@@ -706,6 +709,7 @@ def test_a_checkpoint_does_not_copy_the_workload_or_its_finished_results(tmp_pat
     tl.rewind(mid.step)
     assert 0 < len(ref.guest.proc.results) < 600
     assert m.guest.proc.results == ref.guest.proc.results and m.guest.proc.ops == ref.guest.proc.ops
+    assert m.guest.proc.reads == ref.guest.proc.reads
     assert m.digest() == ref.digest()
 
 
