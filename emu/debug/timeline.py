@@ -4,7 +4,7 @@ A Timeline keeps checkpoints of one machine.  A checkpoint at step s holds
 
   * the machine's component state (every attribute of the Machine except guest RAM, the
     host file and the immutable configuration), pickled, and zlib-compressed when the
-    pickle is over RAW_MAX bytes (16 KiB): a deep copy
+    pickle is over RAW_MAX bytes (48 KiB): a deep copy
     that stays pristine because it is bytes (the guest process's workload ops, which never
     change, are referred to, and its append-only results list is stored as its length, so
     a checkpoint costs the same at request 100 and at request 100,000 (so are the read
@@ -66,11 +66,12 @@ EXCLUDE = frozenset({"mem", "hostfile", "log", "config", "timing", "latency", "d
 SHARED_TYPES = (HostFile, GuestMemory, EffectLog, Machine, RawReader, Qcow2Reader, FrozenTable)
 ZLEVEL = 1                     # the component state compresses ~30x at level 1 in < 1 ms
 # A pickle up to this size is kept as it is.  zlib level 1 was a quarter of a checkpoint's
-# instructions on the raw benchmark machine, whose state pickles to 13 KiB (5 KiB compressed);
-# a checkpoint there keeps ~108 KiB of old RAM pages and file blocks besides, so 8 KiB more
-# is ~7%, and 256 checkpoints keep at most 4 MiB of uncompressed state.  Bigger pickles
-# (qcow2's: ~120 KiB, its cached tables and refcount table) are compressed.
-RAW_MAX = 16 << 10
+# instructions on the raw benchmark machine, whose state pickles to 13-21 KiB (5 KiB
+# compressed), and more than half of one on qcow2's, 26-37 KiB (8-12 KiB compressed; 1.8M
+# instructions, 17% of the fast engine's `continue` there).  A checkpoint on those machines
+# keeps ~100 KiB of old RAM pages and file blocks besides, so ~20 KiB more is ~20%, and 256
+# checkpoints keep at most 12 MiB of uncompressed state.  Bigger pickles are compressed.
+RAW_MAX = 48 << 10
 _PROTO = pickle.PROTO[0]       # a pickle's first byte (a zlib stream's is 0x78)
 
 
