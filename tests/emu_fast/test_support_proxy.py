@@ -36,8 +36,8 @@ ODD = {
     "tuple": lambda q: setattr(q, "avail", (0, 0)),
     "reordered": lambda q: [q.__dict__.__setitem__(k, q.__dict__.pop(k)) for k in ("num", "desc")],
     "none": lambda q: setattr(q, "used", None),
-    "deleted": lambda q: delattr(q, "num"),
-    "readded": lambda q: (delattr(q, "num"), setattr(q, "num", 0)),
+    "deleted": lambda q: q.__dict__.pop("num", None),
+    "readded": lambda q: (q.__dict__.pop("num", None), setattr(q, "num", 0)),
 }
 
 
