@@ -240,7 +240,8 @@ cdef i64 str_arg(Core* c, object s) except -1           # a str argument's index
 cdef object arg_str(Core* c, i64 i)                     # ... and back
 
 # -- guest RAM (emu.mem.guest_memory.GuestMemory; no effect records) ---------------------------
-cdef int ram_write(Core* c, i64 gpa, const void* src, i64 n) except -1   # GuestMemory.write
+# ram_write (GuestMemory.write) is inline below: in place when there is no undo journal
+cdef int bk_ram_write_slow(Core* c, i64 gpa, const void* src, i64 n) except -1   # ram_write, every case
 
 # -- the core's own (the inline functions below call them; not for the layers) ------------------
 cdef int bk_grow(Core* c) except -1                     # room for twice as many events
@@ -305,10 +306,25 @@ cdef inline uint64_t ram_r64(Core* c, i64 gpa) noexcept nogil:
     return v
 
 
+cdef inline int ram_write(Core* c, i64 gpa, const void* src, i64 n) except -1:
+    """GuestMemory.write (no effect record): in place when there is no undo journal"""
+    cdef i64 p, last
+    if c.undo != NULL or not (0 <= gpa and 0 < n and gpa + n <= c.ram_size):
+        return bk_ram_write_slow(c, gpa, src, n)
+    memcpy(c.ram + gpa, src, n)
+    p = gpa >> 12
+    last = (gpa + n - 1) >> 12
+    while True:
+        c.dirty[p] = 1
+        if p == last:
+            return 0
+        p += 1
+
+
 cdef inline int bk_ram_put(Core* c, i64 gpa, const void* src, i64 n) except -1:
-    """GuestMemory.write of a small n (2, 4, 8): inline when there is no undo journal"""
+    """GuestMemory.write of a small n (2, 4, 8): in place when there is no undo journal"""
     if c.undo != NULL or gpa < 0 or gpa + n > c.ram_size:
-        return ram_write(c, gpa, src, n)
+        return bk_ram_write_slow(c, gpa, src, n)
     memcpy(c.ram + gpa, src, n)
     c.dirty[gpa >> 12] = 1
     c.dirty[(gpa + n - 1) >> 12] = 1

@@ -565,8 +565,8 @@ cdef int _finish_step(Core* c) except -1:
 
 # == guest RAM ===================================================================================
 
-cdef int ram_write(Core* c, i64 gpa, const void* src, i64 n) except -1:
-    """GuestMemory.write (no effect record)"""
+cdef int bk_ram_write_slow(Core* c, i64 gpa, const void* src, i64 n) except -1:
+    """GuestMemory.write (no effect record), every case (ram_write: _bulk.pxd, inline)"""
     cdef i64 p, last
     if not ram_ok(c, gpa, n):
         raise _EmuError(f"guest write outside RAM: {gpa:#x}+{n}")
@@ -736,7 +736,10 @@ cdef int _store_sched(Core* c, object sim) except -1:
 
 
 cdef int _load_mem(Core* c, object m) except -1:
-    mem = m.mem
+    return _load_guest_memory(c, m.mem)
+
+
+cdef int _load_guest_memory(Core* c, object mem) except -1:
     if type(mem) is not _GuestMemory:
         return 0
     ram = mem.ram
@@ -1012,4 +1015,31 @@ def sched_ops(sim, ops):
                 raise ValueError(op)
     finally:
         _store_sched(c, sim)
+    return True
+
+
+# == a test hook: guest-RAM writes through the core's accessors ==================================
+
+def ram_ops(mem, ops):
+    """Apply writes to mem (a GuestMemory) through the core's accessors: ops are (2|4|8, gpa,
+    value) (ram_w16/32/64) and (0, gpa, bytes) (ram_write); for tests against GuestMemory's
+    write_u16/32/64 and write (which also log an effect record: these do not).  False (mem
+    untouched) when mem is not one the core can take."""
+    cdef _Run r = _Run()
+    cdef Core* c = &r.c
+    cdef const unsigned char[:] data
+    if not _load_guest_memory(c, mem):
+        return False
+    for width, gpa, v in ops:
+        if width == 2:
+            ram_w16(c, gpa, v)
+        elif width == 4:
+            ram_w32(c, gpa, v)
+        elif width == 8:
+            ram_w64(c, gpa, v)
+        elif width == 0:
+            data = bytes(v)
+            ram_write(c, gpa, &data[0] if len(data) else NULL, len(data))
+        else:
+            raise ValueError(width)
     return True
