@@ -202,7 +202,7 @@ cdef struct Core:
     uint8_t* ram
     i64 ram_size
     uint8_t* dirty      # mem._dirty (one byte per 4 KiB page)
-    PyObject* undo      # mem.undo (a dict, or None)
+    PyObject* undo      # mem.undo (a dict; NULL when it is None)
     # the event heap: hq[0:nheap] in heapq's order over (time, seq); each entry's event is
     # evs[entry.slot]; free slots are freeslot[0:nfree]; the three arrays hold capev entries
     HeapEnt* hq
@@ -230,8 +230,7 @@ cdef int register_layer(load_t load, store_t store) except -1
 cdef int register_continues(int kind, continues_t fn) except -1
 
 # -- the scheduler (emu.sim.scheduler.Scheduler, same rules) -----------------------------------
-cdef int begin(Core* c) except -1                       # Scheduler.pop of the running event
-cdef int cont(Core* c, Frame f, i64 delay=*, bint preemptible=*) except -1   # delay < 0: None
+# begin and cont (every step calls them) are inline below; the rest are calls
 cdef int call(Core* c, Frame f, Frame ret, i64 delay=*) except -1
 cdef int block(Core* c, Frame f) except -1
 cdef int unblock(Core* c, int ctx, i64 delay=*) except -1
@@ -241,7 +240,13 @@ cdef i64 str_arg(Core* c, object s) except -1           # a str argument's index
 cdef object arg_str(Core* c, i64 i)                     # ... and back
 
 # -- guest RAM (emu.mem.guest_memory.GuestMemory; no effect records) ---------------------------
-cdef int ram_write(Core* c, i64 gpa, const void* src, i64 n) except -1   # GuestMemory.write
+# ram_write (GuestMemory.write) is inline below: in place when there is no undo journal
+cdef int bk_ram_write_slow(Core* c, i64 gpa, const void* src, i64 n) except -1   # ram_write, every case
+
+# -- the core's own (the inline functions below call them; not for the layers) ------------------
+cdef int bk_grow(Core* c) except -1                     # room for twice as many events
+cdef int bk_begun_twice() except -1                     # raises SystemError
+cdef int bk_cont_slow(Core* c, Frame* f, i64 delay, bint preemptible) except -1   # cont, every case
 
 
 cdef inline Frame F0(int kind) noexcept nogil:
@@ -301,16 +306,143 @@ cdef inline uint64_t ram_r64(Core* c, i64 gpa) noexcept nogil:
     return v
 
 
+cdef inline int ram_write(Core* c, i64 gpa, const void* src, i64 n) except -1:
+    """GuestMemory.write (no effect record): in place when there is no undo journal"""
+    cdef i64 p, last
+    if c.undo != NULL or not (0 <= gpa and 0 < n and gpa + n <= c.ram_size):
+        return bk_ram_write_slow(c, gpa, src, n)
+    memcpy(c.ram + gpa, src, n)
+    p = gpa >> 12
+    last = (gpa + n - 1) >> 12
+    while True:
+        c.dirty[p] = 1
+        if p == last:
+            return 0
+        p += 1
+
+
+cdef inline int bk_ram_put(Core* c, i64 gpa, const void* src, i64 n) except -1:
+    """GuestMemory.write of a small n (2, 4, 8): in place when there is no undo journal"""
+    if c.undo != NULL or gpa < 0 or gpa + n > c.ram_size:
+        return bk_ram_write_slow(c, gpa, src, n)
+    memcpy(c.ram + gpa, src, n)
+    c.dirty[gpa >> 12] = 1
+    c.dirty[(gpa + n - 1) >> 12] = 1
+    return 0
+
+
 cdef inline int ram_w16(Core* c, i64 gpa, uint64_t v) except -1:
     cdef uint16_t x = <uint16_t>v
-    return ram_write(c, gpa, &x, 2)
+    return bk_ram_put(c, gpa, &x, 2)
 
 
 cdef inline int ram_w32(Core* c, i64 gpa, uint64_t v) except -1:
     cdef uint32_t x = <uint32_t>v
-    return ram_write(c, gpa, &x, 4)
+    return bk_ram_put(c, gpa, &x, 4)
 
 
 cdef inline int ram_w64(Core* c, i64 gpa, uint64_t v) except -1:
     cdef uint64_t x = v
-    return ram_write(c, gpa, &x, 8)
+    return bk_ram_put(c, gpa, &x, 8)
+
+
+
+# -- the event heap (heapq over (time, seq)) and the scheduler's per-step rules, inline ----------
+
+cdef inline bint bk_key_lt(i64 time, i64 seq, HeapEnt* b) noexcept nogil:
+    """(time, seq) < (b.time, b.seq)"""
+    return time < b.time or (time == b.time and seq < b.seq)
+
+
+cdef inline int bk_push(Core* c, i64 time, int ctx, Frame* f) except -1:
+    """heapq.heappush of (time, ++seq, ctx, kind, args)"""
+    cdef Py_ssize_t slot, pos, parentpos
+    cdef HeapEnt* hq
+    cdef Ev* e
+    cdef i64 seq
+    if c.nfree:
+        c.nfree -= 1
+        slot = c.freeslot[c.nfree]
+    else:
+        if c.nev == c.capev:
+            bk_grow(c)
+        slot = c.nev
+        c.nev += 1
+    c.seq += 1
+    seq = c.seq
+    e = &c.evs[slot]
+    e.time = time
+    e.seq = seq
+    e.ctx = ctx
+    e.f = f[0]
+    # heapq._siftdown(heap, 0, len(heap) - 1) of the new entry, held in registers
+    hq = c.hq
+    pos = c.nheap
+    c.nheap = pos + 1
+    while pos > 0:
+        parentpos = (pos - 1) >> 1
+        if bk_key_lt(time, seq, &hq[parentpos]):
+            hq[pos] = hq[parentpos]
+            pos = parentpos
+            continue
+        break
+    hq[pos].time = time
+    hq[pos].seq = seq
+    hq[pos].slot = slot
+    return 0
+
+
+cdef inline Py_ssize_t bk_pop(Core* c) noexcept nogil:
+    """heapq.heappop: the popped event's slot (the caller frees it)"""
+    # heapq.heappop's last-item-to-the-root and heapq._siftup(heap, 0), the moving item held
+    # in registers (the same moves, the same comparisons)
+    cdef HeapEnt* hq = c.hq
+    cdef Py_ssize_t endpos = c.nheap - 1, pos = 0, childpos = 1, rightpos, parentpos
+    cdef Py_ssize_t ret
+    cdef HeapEnt last = hq[endpos]
+    c.nheap = endpos
+    if endpos == 0:
+        return last.slot
+    ret = hq[0].slot
+    while childpos < endpos:
+        rightpos = childpos + 1
+        if rightpos < endpos and not bk_key_lt(hq[childpos].time, hq[childpos].seq, &hq[rightpos]):
+            childpos = rightpos
+        hq[pos] = hq[childpos]
+        pos = childpos
+        childpos = 2 * pos + 1
+    while pos > 0:
+        parentpos = (pos - 1) >> 1
+        if bk_key_lt(last.time, last.seq, &hq[parentpos]):
+            hq[pos] = hq[parentpos]
+            pos = parentpos
+            continue
+        break
+    hq[pos] = last
+    return ret
+
+
+cdef inline int begin(Core* c) except -1:
+    """Scheduler.pop, for the event the running handler takes"""
+    cdef Py_ssize_t slot
+    if c.begun:
+        return bk_begun_twice()
+    slot = bk_pop(c)
+    # c.ev already holds the event (bulk_run and sched_ops copy the top there before the handler)
+    c.freeslot[c.nfree] = slot
+    c.nfree += 1
+    c.now = c.ev.time
+    c.cur = c.ev.ctx
+    c.decided = False
+    c.begun = True
+    return 0
+
+
+cdef inline int cont(Core* c, Frame f, i64 delay=-1, bint preemptible=False) except -1:
+    """Scheduler.cont (delay < 0: None)"""
+    cdef CtxS* x
+    if c.cur < 0 or (preemptible and c.ctx[c.cur].urgent.n):
+        return bk_cont_slow(c, &f, delay, preemptible)
+    x = &c.ctx[c.cur]
+    c.decided = True
+    return bk_push(c, c.now + (x.step_ns if delay < 0 else delay), c.cur, &f)

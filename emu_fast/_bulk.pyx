@@ -410,16 +410,7 @@ cdef void _ctx_free(CtxS* x) noexcept nogil:
 
 # == the heap (heapq over (time, seq)) ============================================================
 
-cdef inline bint _ev_lt(HeapEnt* a, HeapEnt* b) noexcept nogil:
-    return a.time < b.time or (a.time == b.time and a.seq < b.seq)
-
-
-cdef inline bint _key_lt(i64 time, i64 seq, HeapEnt* b) noexcept nogil:
-    """(time, seq) < (b.time, b.seq)"""
-    return time < b.time or (time == b.time and seq < b.seq)
-
-
-cdef int _grow_heap(Core* c) except -1:
+cdef int bk_grow(Core* c) except -1:
     """Room for twice as many events (hq, evs and freeslot)"""
     cdef Py_ssize_t cap = 16 if c.capev == 0 else 2 * c.capev
     cdef HeapEnt* hq = <HeapEnt*>realloc(c.hq, cap * sizeof(HeapEnt))
@@ -438,71 +429,7 @@ cdef int _grow_heap(Core* c) except -1:
     return 0
 
 
-cdef inline int _heappush(Core* c, i64 time, int ctx, Frame* f) except -1:
-    """heapq.heappush of (time, ++seq, ctx, kind, args)"""
-    cdef Py_ssize_t slot, pos
-    cdef Ev* e
-    if c.nfree:
-        c.nfree -= 1
-        slot = c.freeslot[c.nfree]
-    else:
-        if c.nev == c.capev:
-            _grow_heap(c)
-        slot = c.nev
-        c.nev += 1
-    c.seq += 1
-    e = &c.evs[slot]
-    e.time = time
-    e.seq = c.seq
-    e.ctx = ctx
-    e.f = f[0]
-    # heapq._siftdown(heap, 0, len(heap) - 1) of the new entry, held in registers
-    cdef HeapEnt* hq = c.hq
-    cdef i64 seq = c.seq
-    cdef Py_ssize_t parentpos
-    pos = c.nheap
-    c.nheap = pos + 1
-    while pos > 0:
-        parentpos = (pos - 1) >> 1
-        if _key_lt(time, seq, &hq[parentpos]):
-            hq[pos] = hq[parentpos]
-            pos = parentpos
-            continue
-        break
-    hq[pos].time = time
-    hq[pos].seq = seq
-    hq[pos].slot = slot
-    return 0
-
-
-cdef inline Py_ssize_t _heappop(Core* c) noexcept nogil:
-    """heapq.heappop: the popped event's slot (the caller frees it)"""
-    # heapq.heappop's last-item-to-the-root and heapq._siftup(heap, 0), the moving item held
-    # in registers (the same moves, the same comparisons)
-    cdef HeapEnt* hq = c.hq
-    cdef Py_ssize_t endpos = c.nheap - 1, pos = 0, childpos = 1, rightpos, parentpos
-    cdef Py_ssize_t ret
-    cdef HeapEnt last = hq[endpos]
-    c.nheap = endpos
-    if endpos == 0:
-        return last.slot
-    ret = hq[0].slot
-    while childpos < endpos:
-        rightpos = childpos + 1
-        if rightpos < endpos and not _ev_lt(&hq[childpos], &hq[rightpos]):
-            childpos = rightpos
-        hq[pos] = hq[childpos]
-        pos = childpos
-        childpos = 2 * pos + 1
-    while pos > 0:
-        parentpos = (pos - 1) >> 1
-        if _key_lt(last.time, last.seq, &hq[parentpos]):
-            hq[pos] = hq[parentpos]
-            pos = parentpos
-            continue
-        break
-    hq[pos] = last
-    return ret
+# heapq.heappush and heapq.heappop are bk_push and bk_pop (_bulk.pxd: inline in every handler)
 
 
 cdef inline Ev* _top(Core* c) noexcept nogil:
@@ -514,7 +441,7 @@ cdef inline Ev* _top(Core* c) noexcept nogil:
 
 cdef inline int _schedule(Core* c, i64 delay, int ctx, Frame* f) except -1:
     """Scheduler._schedule"""
-    return _heappush(c, c.now + delay, ctx, f)
+    return bk_push(c, c.now + delay, ctx, f)
 
 
 cdef CtxS* _no_ctx() except NULL:
@@ -528,24 +455,11 @@ cdef inline CtxS* _cur_ctx(Core* c) except NULL:
     return &c.ctx[c.cur]
 
 
-cdef int _begun_twice() except -1:
+cdef int bk_begun_twice() except -1:
     raise SystemError("bulk core: begin() called twice in one step")
 
 
-cdef int begin(Core* c) except -1:
-    """Scheduler.pop, for the event the running handler takes"""
-    cdef Py_ssize_t slot
-    if c.begun:
-        return _begun_twice()
-    slot = _heappop(c)
-    # c.ev already holds the event (bulk_run and sched_ops copy the top there before the handler)
-    c.freeslot[c.nfree] = slot
-    c.nfree += 1
-    c.now = c.ev.time
-    c.cur = c.ev.ctx
-    c.decided = False
-    c.begun = True
-    return 0
+# begin (Scheduler.pop) is inline (_bulk.pxd)
 
 
 cdef int _start_next(Core* c, int i, i64 delay) except -1:
@@ -571,17 +485,18 @@ cdef int _start_next(Core* c, int i, i64 delay) except -1:
     return _schedule(c, x.step_ns if delay < 0 else delay, i, &f)
 
 
-cdef int cont(Core* c, Frame f, i64 delay=-1, bint preemptible=False) except -1:
-    """Scheduler.cont"""
+cdef int bk_cont_slow(Core* c, Frame* f, i64 delay, bint preemptible) except -1:
+    """Scheduler.cont (delay < 0: None); cont (_bulk.pxd, inline) calls it for a free event's
+    step and a preemptible cont with urgent work queued"""
     cdef CtxS* x = _cur_ctx(c)
     cdef i64 d = x.step_ns if delay < 0 else delay
     cdef Frame k
     c.decided = True
     if preemptible and x.urgent.n:
-        _pre_push(x, f, &x.stack)
+        _pre_push(x, f[0], &x.stack)
         k = _fl_pop_first(&x.urgent)
         return _schedule(c, d, c.cur, &k)
-    return _schedule(c, d, c.cur, &f)
+    return _schedule(c, d, c.cur, f)
 
 
 cdef int call(Core* c, Frame f, Frame ret, i64 delay=-1) except -1:
@@ -650,8 +565,8 @@ cdef int _finish_step(Core* c) except -1:
 
 # == guest RAM ===================================================================================
 
-cdef int ram_write(Core* c, i64 gpa, const void* src, i64 n) except -1:
-    """GuestMemory.write (no effect record)"""
+cdef int bk_ram_write_slow(Core* c, i64 gpa, const void* src, i64 n) except -1:
+    """GuestMemory.write (no effect record), every case (ram_write: _bulk.pxd, inline)"""
     cdef i64 p, last
     if not ram_ok(c, gpa, n):
         raise _EmuError(f"guest write outside RAM: {gpa:#x}+{n}")
@@ -659,7 +574,7 @@ cdef int ram_write(Core* c, i64 gpa, const void* src, i64 n) except -1:
         return 0
     p = gpa >> 12
     last = (gpa + n - 1) >> 12
-    if c.undo != NULL and <object>c.undo is not None:
+    if c.undo != NULL:
         undo = <dict>c.undo
         while True:
             if not PyDict_Contains(undo, p):
@@ -768,7 +683,7 @@ cdef int _load_sched(Core* c, object sim) except -1:
             return 0
         # appended in list order: the list is already a heap, the array is the same heap
         if c.nev == c.capev:
-            _grow_heap(c)
+            bk_grow(c)
         c.evs[c.nev] = e
         c.hq[c.nheap].time = e.time
         c.hq[c.nheap].seq = e.seq
@@ -821,7 +736,10 @@ cdef int _store_sched(Core* c, object sim) except -1:
 
 
 cdef int _load_mem(Core* c, object m) except -1:
-    mem = m.mem
+    return _load_guest_memory(c, m.mem)
+
+
+cdef int _load_guest_memory(Core* c, object mem) except -1:
     if type(mem) is not _GuestMemory:
         return 0
     ram = mem.ram
@@ -837,7 +755,7 @@ cdef int _load_mem(Core* c, object m) except -1:
     c.ram = <uint8_t*>PyByteArray_AS_STRING(ram)
     c.ram_size = PyByteArray_GET_SIZE(ram)
     c.dirty = <uint8_t*>PyByteArray_AS_STRING(dirty)
-    c.undo = <PyObject*>undo
+    c.undo = NULL if undo is None else <PyObject*>undo
     return 1
 
 
@@ -1097,4 +1015,31 @@ def sched_ops(sim, ops):
                 raise ValueError(op)
     finally:
         _store_sched(c, sim)
+    return True
+
+
+# == a test hook: guest-RAM writes through the core's accessors ==================================
+
+def ram_ops(mem, ops):
+    """Apply writes to mem (a GuestMemory) through the core's accessors: ops are (2|4|8, gpa,
+    value) (ram_w16/32/64) and (0, gpa, bytes) (ram_write); for tests against GuestMemory's
+    write_u16/32/64 and write (which also log an effect record: these do not).  False (mem
+    untouched) when mem is not one the core can take."""
+    cdef _Run r = _Run()
+    cdef Core* c = &r.c
+    cdef const unsigned char[:] data
+    if not _load_guest_memory(c, mem):
+        return False
+    for width, gpa, v in ops:
+        if width == 2:
+            ram_w16(c, gpa, v)
+        elif width == 4:
+            ram_w32(c, gpa, v)
+        elif width == 8:
+            ram_w64(c, gpa, v)
+        elif width == 0:
+            data = bytes(v)
+            ram_write(c, gpa, &data[0] if len(data) else NULL, len(data))
+        else:
+            raise ValueError(width)
     return True
