@@ -244,9 +244,8 @@ cdef bytes _pread_overlay(set cow, int ov_fd, int base_fd, long long base_size,
     """HostFile.pread's overlay loop (n > 0), over the fields given"""
     cdef bytes out
     cdef char* buf
-    cdef long long pos, end, blk, run_end
+    cdef long long pos, end, blk, run_end, mid
     cdef bint in_ov
-    cdef int fd
     out = PyBytes_FromStringAndSize(NULL, n)
     buf = PyBytes_AS_STRING(out)
     pos = off
@@ -257,11 +256,14 @@ cdef bytes _pread_overlay(set cow, int ov_fd, int base_fd, long long base_size,
         run_end = min(end, (blk + 1) * BLOCK)
         while run_end < end and ((run_end // BLOCK) in cow) == in_ov:
             run_end = min(end, (run_end // BLOCK + 1) * BLOCK)
-        fd = ov_fd if in_ov else base_fd
-        if not in_ov and pos >= base_size:
-            memset(buf + (pos - off), 0, <size_t>(run_end - pos))
+        if in_ov:
+            _pread_into(ov_fd, buf + (pos - off), run_end - pos, pos)
         else:
-            _pread_into(fd, buf + (pos - off), run_end - pos, pos)
+            mid = max(pos, min(run_end, base_size))     # the base file counts up to base_size
+            if mid > pos:
+                _pread_into(base_fd, buf + (pos - off), mid - pos, pos)
+            if run_end > mid:
+                memset(buf + (mid - off), 0, <size_t>(run_end - mid))
         pos = run_end
     return out
 

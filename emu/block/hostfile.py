@@ -119,11 +119,15 @@ class HostFile:
             run_end = min(end, (blk + 1) * BLOCK)
             while run_end < end and ((run_end // BLOCK) in cow) == in_ov:
                 run_end = min(end, (run_end // BLOCK + 1) * BLOCK)
-            fd = self.ov_fd if in_ov else self.fd
-            if not in_ov and pos >= self.base_size:
-                out += bytes(run_end - pos)
+            if in_ov:
+                out += self._pread_fd(self.ov_fd, pos, run_end - pos)
             else:
-                out += self._pread_fd(fd, pos, run_end - pos)
+                # the base file's bytes count up to base_size only (a shrink lowers it below
+                # the file's own end): the rest of the run reads as zero
+                mid = max(pos, min(run_end, self.base_size))
+                if mid > pos:
+                    out += self._pread_fd(self.fd, pos, mid - pos)
+                out += bytes(run_end - mid)
             pos = run_end
         return bytes(out)
 

@@ -43,6 +43,32 @@ def test_overlay_equals_direct_writes(tmp_path_factory, ops):
     wr.close()
 
 
+@settings(max_examples=80, deadline=None)
+@given(ops=st.lists(st.one_of(
+    st.tuples(st.just("w"), st.integers(0, SIZE + 9000), st.binary(min_size=1, max_size=9000)),
+    st.tuples(st.just("t"), st.one_of(st.integers(0, SIZE + 9000),
+                                      st.integers(0, 12).map(lambda b: b * 4096)), st.none())),
+    max_size=10))
+def test_overlay_reads_as_the_file_after_truncates(tmp_path_factory, ops):
+    """With shrinks and growths too, every read (past the end as well) of the overlay gives
+    what the file itself, truncated and written the same way, gives: bytes the base image had
+    past a shrink read as zero (a shrink to a block boundary left them readable once)."""
+    d = tmp_path_factory.mktemp("h")
+    base = bytes((i * 13) & 0xFF for i in range(SIZE))
+    ov = HostFile(make_image(d / "a.raw", SIZE, base), "overlay", str(d))
+    wr = HostFile(make_image(d / "b.raw", SIZE, base), "write")
+    try:
+        for kind, arg, data in ops:
+            for hf in (ov, wr):
+                hf.pwrite(arg, data) if kind == "w" else hf.truncate(arg)
+            assert ov.size == wr.size
+            assert ov.pread(0, ov.size + 9000) == wr.pread(0, wr.size + 9000)
+            assert ov.pread(ov.size // 2, 5000) == wr.pread(wr.size // 2, 5000)
+    finally:
+        ov.close()
+        wr.close()
+
+
 def test_overlay_file_is_gone_at_once(tmp_path):
     img = make_image(tmp_path / "x.raw", 8192)
     before = set(os.listdir(tmp_path))
