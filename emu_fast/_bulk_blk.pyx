@@ -65,6 +65,45 @@ from emu_fast._zeros cimport vb_zeros
 from emu_fast._pydict311 cimport *
 
 cdef long long _FILLED = 0       # template copies filled in place (cache_hits()["fill"])
+cdef long long _AT_HITS = 0      # dict reads answered in place by _at (cache_hits()["at"])
+
+# d[key] read in place: the value of entry j of a dict's compact table when that entry holds
+# key itself (a dict holds a key once, so it is d[key]); NULL when it does not (or off 3.11,
+# or a split table): the caller looks it up.  The request dicts are copies of one display
+# (backend.blk_aio_submit), so their keys sit at the display's positions.
+cdef extern from *:
+    """
+    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+    typedef struct { Py_ssize_t dk_refcnt; uint8_t dk_log2_size; uint8_t dk_log2_index_bytes;
+                     uint8_t dk_kind; uint32_t dk_version; Py_ssize_t dk_usable;
+                     Py_ssize_t dk_nentries; char dk_indices[]; } vbb_dictkeys;
+    typedef struct { PyObject *me_key; PyObject *me_value; } vbb_uentry;
+    typedef struct { Py_hash_t me_hash; PyObject *me_key; PyObject *me_value; } vbb_gentry;
+    static PyObject *vbb_at(PyObject *d, Py_ssize_t j, PyObject *key) {
+        PyDictObject *mp = (PyDictObject *)d;
+        vbb_dictkeys *dk;
+        char *ent;
+        if (mp->ma_values != NULL)
+            return NULL;
+        dk = (vbb_dictkeys *)mp->ma_keys;
+        if (j < 0 || j >= dk->dk_nentries)
+            return NULL;
+        ent = dk->dk_indices + ((size_t)1 << dk->dk_log2_index_bytes);
+        if (dk->dk_kind == 1) {
+            vbb_uentry *e = ((vbb_uentry *)ent) + j;
+            return e->me_key == key ? e->me_value : NULL;
+        }
+        if (dk->dk_kind == 0) {
+            vbb_gentry *e = ((vbb_gentry *)ent) + j;
+            return e->me_key == key ? e->me_value : NULL;
+        }
+        return NULL;
+    }
+    #else
+    static PyObject *vbb_at(PyObject *d, Py_ssize_t j, PyObject *key) { return NULL; }
+    #endif
+    """
+    PyObject* vbb_at(object d, Py_ssize_t j, object key) noexcept
 
 
 cdef int _fill(dict d, const int* idx, PyObject** keys, PyObject** vals, Py_ssize_t n) except -1:
@@ -82,6 +121,7 @@ cdef int _fill(dict d, const int* idx, PyObject** keys, PyObject** vals, Py_ssiz
 
 
 import errno as _E
+from sys import intern as _intern
 from weakref import ref as _weakref
 
 from emu import machine as _machine_mod
@@ -281,13 +321,14 @@ def set_strict(bint on):
 def cache_hits():
     """{cache: lookups it answered} since reset_counts() (tests): "req" (_req), "co" (_q_co),
     "item" (_q_item), "aio" (file.aio_worker and co_resume), "fill" (template copies filled in
-    place: file.co_entry's aio, qcow2.co_entry's coroutine)"""
-    return {"req": _RQ_HITS, "co": _QC_HITS, "item": _IT_HITS, "aio": _AO_HITS, "fill": _FILLED}
+    place: file.co_entry's aio, qcow2.co_entry's coroutine), "at" (dict reads done in place, _rg)"""
+    return {"req": _RQ_HITS, "co": _QC_HITS, "item": _IT_HITS, "aio": _AO_HITS, "fill": _FILLED,
+            "at": _AT_HITS}
 
 
 def reset_counts():
-    global _RQ_HITS, _QC_HITS, _IT_HITS, _AO_HITS, _FILLED
-    _RQ_HITS = _QC_HITS = _IT_HITS = _AO_HITS = _FILLED = 0
+    global _RQ_HITS, _QC_HITS, _IT_HITS, _AO_HITS, _FILLED, _AT_HITS
+    _RQ_HITS = _QC_HITS = _IT_HITS = _AO_HITS = _FILLED = _AT_HITS = 0
     memset(_COUNT, 0, sizeof(_COUNT))
     memset(_WRAPPED, 0, sizeof(_WRAPPED))
     memset(_NATIVE, 0, sizeof(_NATIVE))
@@ -298,6 +339,58 @@ def reset_counts():
 cdef inline object _get(object d, object k):
     """d[k] of a dict, or _MISSING"""
     cdef PyObject* p = PyDict_GetItemWithError(d, k)
+    if p == NULL:
+        return _MISSING
+    return <object>p
+
+
+# the entries of a request dict (backend.blk_aio_submit's display), of an aio dict
+# (file_posix.submit's) and of a read or write coroutine (driver.co_entry's _CO_RW) where _rg
+# reads a key in place first
+cdef enum:
+    RQ_OP = 1
+    RQ_CUR_OP = 2
+    RQ_OFFSET = 3
+    RQ_BYTES = 4
+    RQ_QIOV = 5
+    RQ_FLAGS = 6
+    RQ_CB = 7
+    RQ_RET = 8
+    RQ_PHASE = 9
+    AI_BID = 0
+    AI_OP = 1
+    AI_OFFSET = 2
+    AI_BYTES = 3
+    AI_IOV = 4
+    AI_DATA = 5
+    AI_RET = 6
+    CO_OP = 0
+    CO_PHASE = 1
+    CO_RET = 4
+    CO_REMAINING = 6
+    CO_PIECES = 8
+    CO_LINK_I = 9
+    CO_WPHASE = 11
+
+
+cdef str S_CUR_OP = "cur_op"
+cdef str S_QIOV = "qiov"
+cdef str S_FLAGS = "flags"
+cdef str S_CB = "cb"
+cdef str S_PHASE = "phase"
+cdef str S_DATA = "data"
+cdef str S_WPHASE = "wphase"
+cdef str S_LINK_I = "link_i"
+
+
+cdef inline object _rg(object d, Py_ssize_t j, object k):
+    """d[k] of a dict (read in place when its entry j holds k: _at), or _MISSING"""
+    global _AT_HITS
+    cdef PyObject* p = vbb_at(d, j, k)
+    if p != NULL:
+        _AT_HITS += 1
+        return <object>p
+    p = PyDict_GetItemWithError(d, k)
     if p == NULL:
         return _MISSING
     return <object>p
@@ -472,12 +565,12 @@ cdef int h_blk_co_entry(Core* c, Frame* f) except -1:
     req = _req(c, blk, bid)
     if req is None:
         return _other(c, f, K_blk_co_entry)
-    op = _get(req, "op")
+    op = _rg(req, RQ_OP, S_OP)
     opc = _opcode(op)
     if opc < 0:
         return _other(c, f, K_blk_co_entry)
-    o_off = _get(req, "offset")
-    o_n = _get(req, "bytes")
+    o_off = _rg(req, RQ_OFFSET, S_OFFSET)
+    o_n = _rg(req, RQ_BYTES, S_BYTES)
     if not _as_i64(o_off, &off) or not _as_i64(o_n, &n):
         return _other(c, f, K_blk_co_entry)                     # (the detail formats both)
     if opc != OP_FLUSH:
@@ -487,7 +580,7 @@ cdef int h_blk_co_entry(Core* c, Frame* f) except -1:
             return _other(c, f, K_blk_co_entry)                 # _complete_early(-EIO)
     fua = False
     if opc == OP_WRITE and not _b_wce(blk):
-        flags = _get(req, "flags")
+        flags = _rg(req, RQ_FLAGS, S_FLAGS)
         if flags is _MISSING or type(flags) is not int:
             return _other(c, f, K_blk_co_entry)
         fua = True
@@ -507,7 +600,7 @@ cdef int h_bdrv_co_entry(Core* c, Frame* f) except -1:
     req = _req(c, blk, bid)
     if req is None or _fmt_kind == 0:
         return _other(c, f, K_bdrv_co_entry)
-    op = _get(req, "op")
+    op = _rg(req, RQ_OP, S_OP)
     opc = _opcode(op)
     if opc < 0:
         return _other(c, f, K_bdrv_co_entry)
@@ -520,7 +613,7 @@ cdef int h_bdrv_co_entry(Core* c, Frame* f) except -1:
         return _other(c, f, K_bdrv_co_entry)                     # discard=ignore: completes early
     clear = opc == OP_WZ and not unmap
     if clear:
-        flags = _get(req, "flags")
+        flags = _rg(req, RQ_FLAGS, S_FLAGS)
         if flags is _MISSING or type(flags) is not int:
             return _other(c, f, K_bdrv_co_entry)
     _begin(c, K_bdrv_co_entry)
@@ -539,18 +632,18 @@ cdef int h_bdrv_co_done(Core* c, Frame* f) except -1:
     req = _req(c, blk, bid)
     if req is None:
         return _other(c, f, K_bdrv_co_done)
-    op = _get(req, "op")
-    ret = _get(req, "ret")
+    op = _rg(req, RQ_OP, S_OP)
+    ret = _rg(req, RQ_RET, S_RET)
     opc = _opcode(op)
     if opc < 0 or (ret is not None and type(ret) is not int):
         return _other(c, f, K_bdrv_co_done)
     fua = False
     if opc == OP_WRITE:
-        flags = _get(req, "flags")
+        flags = _rg(req, RQ_FLAGS, S_FLAGS)
         if type(flags) is not int:
             return _other(c, f, K_bdrv_co_done)
         if flags & BDRV_REQ_FUA and ret == 0:
-            phase = _get(req, "phase")
+            phase = _rg(req, RQ_PHASE, S_PHASE)
             if phase is _MISSING:
                 return _other(c, f, K_bdrv_co_done)
             if phase != "fua":
@@ -567,9 +660,14 @@ cdef int h_bdrv_co_done(Core* c, Frame* f) except -1:
     return 0
 
 
+cdef str S_RW_COMPLETE = _intern("vblk.rw_complete")     # (as _bulk_dev makes them)
+cdef str S_FLUSH_COMPLETE = _intern("vblk.flush_complete")
+
+
 cdef int h_blk_aio_complete(Core* c, Frame* f) except -1:
     """backend.aio_complete: blk_aio_complete (block/block-backend.c) runs the device's callback"""
     cdef i64 bid = f.a[0], a0 = 0, a1 = 0, r
+    cdef int ik
     cdef Frame nf
     cdef Py_ssize_t na
     m = <object>c.m
@@ -577,18 +675,24 @@ cdef int h_blk_aio_complete(Core* c, Frame* f) except -1:
     req = _req(c, blk, bid)
     if req is None:
         return _other(c, f, K_blk_aio_complete)
-    cb = _get(req, "cb")
-    ret = _get(req, "ret")
+    cb = _rg(req, RQ_CB, S_CB)
+    ret = _rg(req, RQ_RET, S_RET)
     if (type(cb) is not tuple and type(cb) is not list) or len(cb) != 2 \
-            or PyDict_GetItemWithError(req, "op") == NULL or not _as_i64(ret, &r):
+            or _rg(req, RQ_OP, S_OP) is _MISSING or not _as_i64(ret, &r):
         return _other(c, f, K_blk_aio_complete)
     kind = cb[0]
     args = cb[1]
     if type(kind) is not str or (type(args) is not tuple and type(args) is not list):
         return _other(c, f, K_blk_aio_complete)
-    k = _get(_CB_KIND, kind)
+    if kind is S_RW_COMPLETE:           # (the device's literals: mostly found by identity)
+        ik = K_vblk_rw_complete
+    elif kind is S_FLUSH_COMPLETE:
+        ik = K_vblk_flush_complete
+    else:
+        k = _get(_CB_KIND, kind)
+        ik = -1 if k is _MISSING else <int>k
     na = len(args)
-    if k is _MISSING or na > 2:
+    if ik < 0 or na > 2:
         return _other(c, f, K_blk_aio_complete)
     if na >= 1 and not _as_i64(args[0], &a0):
         return _other(c, f, K_blk_aio_complete)
@@ -596,7 +700,7 @@ cdef int h_blk_aio_complete(Core* c, Frame* f) except -1:
         return _other(c, f, K_blk_aio_complete)
     _begin(c, K_blk_aio_complete)
     PyDict_DelItem(_b_reqs(blk), bid)
-    nf = F0(<int>k)
+    nf = F0(ik)
     nf.n = <int>na + 1
     nf.a[0] = a0
     nf.a[1] = a1
@@ -616,12 +720,12 @@ cdef int h_raw_co_entry(Core* c, Frame* f) except -1:
     req = _req(c, blk, bid)
     if req is None:
         return _other(c, f, K_raw_co_entry)
-    op = _get(req, "cur_op")
+    op = _rg(req, RQ_CUR_OP, S_CUR_OP)
     opc = _opcode(op)
     if opc < 0:
         return _other(c, f, K_raw_co_entry)
     if opc == OP_WRITE and _b_probed(blk):
-        off = _get(req, "offset")
+        off = _rg(req, RQ_OFFSET, S_OFFSET)
         if type(off) is not int or off < 512:
             return _other(c, f, K_raw_co_entry)                 # a probed image's sector 0: the compiled engine decides
     _begin(c, K_raw_co_entry)
@@ -698,7 +802,7 @@ cdef int h_file_co_entry(Core* c, Frame* f) except -1:
     req = _req(c, blk, bid)
     if req is None:
         return _other(c, f, K_file_co_entry)
-    op = _get(req, "cur_op")
+    op = _rg(req, RQ_CUR_OP, S_CUR_OP)
     opc = _opcode(op)
     if opc < 0:
         return _other(c, f, K_file_co_entry)
@@ -721,17 +825,17 @@ cdef int h_file_co_entry(Core* c, Frame* f) except -1:
             cont(c, F1(K_file_flush_done, bid), -1)
             return 0
     # submit(): the checks first
-    offset = _get(req, "offset")
+    offset = _rg(req, RQ_OFFSET, S_OFFSET)
     if type(offset) is not int:
         return _other(c, f, K_file_co_entry)                     # (the detail formats it)
     if opc == OP_READ or opc == OP_WRITE:
-        iov = _get(req, "qiov")
+        iov = _rg(req, RQ_QIOV, S_QIOV)
         if not _iov_ok(c, iov, &nb):
             return _other(c, f, K_file_co_entry)
         o_nb = nb
     else:
         iov = None
-        o_nb = _get(req, "bytes")
+        o_nb = _rg(req, RQ_BYTES, S_BYTES)
         if not _as_i64(o_nb, &nb):
             return _other(c, f, K_file_co_entry)
     aios = _b_aios(blk)
@@ -842,16 +946,16 @@ cdef int h_file_aio_worker(Core* c, Frame* f) except -1:
         aio = _get(aios, aid)
         if type(aio) is not dict:
             return _other(c, f, K_file_aio_worker)
-        op = _get(aio, "op")
-        o_off = _get(aio, "offset")
-        o_n = _get(aio, "bytes")
+        op = _rg(aio, AI_OP, S_OP)
+        o_off = _rg(aio, AI_OFFSET, S_OFFSET)
+        o_n = _rg(aio, AI_BYTES, S_BYTES)
         opc = _opcode(op)
         if opc < 0 or not _as_i64(o_off, &off) or not _as_i64(o_n, &n):
             return _other(c, f, K_file_aio_worker)
-        iov = _get(aio, "iov")
+        iov = _rg(aio, AI_IOV, S_IOV)
         data = None
         if opc == OP_WRITE:
-            data = _get(aio, "data")
+            data = _rg(aio, AI_DATA, S_DATA)
     if off < 0 or n < 0:
         return _other(c, f, K_file_aio_worker)
     if c.qemu < 0 or _fault_fires(m, blk, op, o_off, o_n):
@@ -916,9 +1020,9 @@ cdef int h_file_co_resume(Core* c, Frame* f) except -1:
         aio = _get(aios, aid)
         if type(aio) is not dict:
             return _other(c, f, K_file_co_resume)
-        o_bid = _get(aio, "bid")
-        aop = _get(aio, "op")
-        ret = _get(aio, "ret")
+        o_bid = _rg(aio, AI_BID, S_BID)
+        aop = _rg(aio, AI_OP, S_OP)
+        ret = _rg(aio, AI_RET, S_RET)
         opc = _opcode(aop)
         if not _as_i64(o_bid, &bid) or opc < 0:
             return _other(c, f, K_file_co_resume)
@@ -955,7 +1059,7 @@ cdef int h_file_flush_done(Core* c, Frame* f) except -1:
     req = _req(c, blk, bid)
     if req is None:
         return _other(c, f, K_file_flush_done)
-    ret = _get(req, "ret")
+    ret = _rg(req, RQ_RET, S_RET)
     if ret is not None and type(ret) is not int:
         return _other(c, f, K_file_flush_done)                     # (the detail formats it)
     mine = _b_active_flush(blk) == bid
@@ -1372,13 +1476,13 @@ cdef int h_qcow2_co_entry(Core* c, Frame* f) except -1:
     if fd is None or req is None:
         return _wrapped(c, f, K_qcow2_co_entry, _FN_CO_ENTRY, _I_CO_ENTRY)
     eng = _get(fd, "engine")
-    op = _get(req, "cur_op")
+    op = _rg(req, RQ_CUR_OP, S_CUR_OP)
     opc = _opcode(op)
     cos = _get(fd, "cos")
     owner = _get(fd, "lock_owner")
     lq = _get(fd, "lock_queue")
-    o_off = _get(req, "offset")
-    o_n = _get(req, "bytes")
+    o_off = _rg(req, RQ_OFFSET, S_OFFSET)
+    o_n = _rg(req, RQ_BYTES, S_BYTES)
     if eng is _MISSING or opc < 0 or type(cos) is not dict or owner is _MISSING \
             or (owner is not None and type(lq) is not list) \
             or not _as_i64(o_off, &off) or not _as_i64(o_n, &n) or eng.drv_gone:
@@ -1792,20 +1896,20 @@ cdef int h_qcow2_compute(Core* c, Frame* f) except -1:
     if eng is _MISSING or (type(eng) is not _Qcow2Engine and type(eng) is not _FastQcow2Engine) \
             or not _qd_check() or not _qd_finish_ok or bid == 0:
         return _wrapped(c, f, K_qcow2_compute, _FN_COMPUTE, _I_COMPUTE)
-    phase = _get(co, "phase")
-    op = _get(co, "op")
+    phase = _rg(co, CO_PHASE, S_PHASE)
+    op = _rg(co, CO_OP, S_OP)
     if _seq(phase, S_DONE):
         what = QC_DONE
     elif _seq(op, S_WRITE):
-        wphase = _get(co, "wphase")
+        wphase = _rg(co, CO_WPHASE, S_WPHASE)
         if _seq(wphase, S_ALLOC):
-            if _get(co, "remaining") == 0:
+            if _rg(co, CO_REMAINING, S_REMAINING) == 0:
                 what = QC_TO_LINK
         elif _seq(wphase, S_LINK):
-            pieces = _get(co, "pieces")
-            if _as_i64(_get(co, "link_i"), &li) and type(pieces) is list and li >= len(<list>pieces):
+            pieces = _rg(co, CO_PIECES, S_PIECES)
+            if _as_i64(_rg(co, CO_LINK_I, S_LINK_I), &li) and type(pieces) is list and li >= len(<list>pieces):
                 what = QC_LINKED
-    elif _seq(op, S_READ) and _get(co, "remaining") == 0:
+    elif _seq(op, S_READ) and _rg(co, CO_REMAINING, S_REMAINING) == 0:
         what = QC_READ_DONE
     blk = _m_block(m)
     req = _req(c, blk, bid)
@@ -1834,7 +1938,7 @@ cdef int h_qcow2_compute(Core* c, Frame* f) except -1:
             return _q_finish(c, fd, req, lq, co, bid)
         return _wrapped(c, f, K_qcow2_compute, _FN_COMPUTE, _I_COMPUTE)
     # _finish's reads: the request, and co["ret"] (formatted by the detail)
-    if req is None or not _as_i64(_get(co, "ret"), &r) or type(lq) is not list \
+    if req is None or not _as_i64(_rg(co, CO_RET, S_RET), &r) or type(lq) is not list \
             or (what == QC_TO_LINK and not _qd_write_ok) \
             or (lq and (c.qemu < 0 or type((<list>lq)[0]) is not int)):
         return _wrapped(c, f, K_qcow2_compute, _FN_COMPUTE, _I_COMPUTE)

@@ -194,6 +194,13 @@ cdef dict _template(tuple items):
     return d
 
 
+# the completion callbacks' kinds, interned (_bulk_blk's blk.aio_complete finds them by identity)
+from sys import intern as _intern
+cdef str S_RW_COMPLETE = _intern("vblk.rw_complete")
+cdef str S_FLUSH_COMPLETE = _intern("vblk.flush_complete")
+cdef str S_DWZ_COMPLETE = _intern("vblk.dwz_complete")
+
+
 cdef dict _REQ_T = _template((("id", None), ("qi", None), ("elem", None), ("type", None),
                               ("sector", 0), ("in_len", 0), ("status_gpa", 0), ("qiov", None),
                               ("mr_next", None), ("is_write", False), ("stage", "popped")))
@@ -1648,10 +1655,10 @@ cdef int h_handle_request(Core* c, Frame* f) except -1:
         r.dirty |= F_STAGE
         if is_wz:
             _aio_submit(c, "write_zeroes", dsector << 9, None, (<i64>num) << 9,
-                        4 if dflags & 1 else 0, ("vblk.dwz_complete", (rid,)), True, F1(K_vblk_pop, qi))
+                        4 if dflags & 1 else 0, (S_DWZ_COMPLETE, (rid,)), True, F1(K_vblk_pop, qi))
         else:
             _aio_submit(c, "discard", dsector << 9, None, (<i64>num) << 9, 0,
-                        ("vblk.dwz_complete", (rid,)), True, F1(K_vblk_pop, qi))
+                        (S_DWZ_COMPLETE, (rid,)), True, F1(K_vblk_pop, qi))
         return 0
     if masked == 8:
         nb = 0
@@ -1923,7 +1930,7 @@ cdef int h_submit_requests(Core* c, Frame* f) except -1:
         r.stage = ST_SUBMITTED
         r.dirty |= F_STAGE
     op = "write" if _grec[0].is_write else "read"
-    _aio_submit(c, op, sector << 9, qiov, nbytes, 0, ("vblk.rw_complete", (_grec[0].rid,)),
+    _aio_submit(c, op, sector << 9, qiov, nbytes, 0, (S_RW_COMPLETE, (_grec[0].rid,)),
                 _ng != 0, F1(K_vblk_submit_requests, qi))
     return 0
 
@@ -1940,7 +1947,7 @@ cdef int h_flush(Core* c, Frame* f) except -1:
     _RAN[K_vblk_flush] += 1
     r.stage = ST_SUBMITTED
     r.dirty |= F_STAGE
-    _aio_submit(c, "flush", 0, None, 0, 0, ("vblk.flush_complete", (rid,)), True,
+    _aio_submit(c, "flush", 0, None, 0, 0, (S_FLUSH_COMPLETE, (rid,)), True,
                 F1(K_vblk_pop, qi))
     return 0
 
