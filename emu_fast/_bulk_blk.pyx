@@ -23,6 +23,7 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.dict cimport PyDict_DelItem, PyDict_GetItemWithError
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_AsUnsignedLongLong
 from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_XDECREF
 
 cdef extern from "Python.h":
     PyObject* _PyType_Lookup(object t, object name)
@@ -273,6 +274,7 @@ cdef int _load(Core* c) except -1:
 
 
 cdef int _store(Core* c) except -1:
+    _va_flush()                         # (the aios still alive become dicts)
     return 0
 
 
@@ -321,14 +323,15 @@ def set_strict(bint on):
 def cache_hits():
     """{cache: lookups it answered} since reset_counts() (tests): "req" (_req), "co" (_q_co),
     "item" (_q_item), "aio" (file.aio_worker and co_resume), "fill" (template copies filled in
-    place: file.co_entry's aio, qcow2.co_entry's coroutine), "at" (dict reads done in place, _rg)"""
+    place: file.co_entry's aio, qcow2.co_entry's coroutine), "at" (dict reads done in place, _rg),
+    "virtual" (aios kept as records), "materialized" (... of them that became dicts)"""
     return {"req": _RQ_HITS, "co": _QC_HITS, "item": _IT_HITS, "aio": _AO_HITS, "fill": _FILLED,
-            "at": _AT_HITS}
+            "at": _AT_HITS, "virtual": _VA_MADE, "materialized": _VA_DICTS}
 
 
 def reset_counts():
-    global _RQ_HITS, _QC_HITS, _IT_HITS, _AO_HITS, _FILLED, _AT_HITS
-    _RQ_HITS = _QC_HITS = _IT_HITS = _AO_HITS = _FILLED = _AT_HITS = 0
+    global _RQ_HITS, _QC_HITS, _IT_HITS, _AO_HITS, _FILLED, _AT_HITS, _VA_MADE, _VA_DICTS
+    _RQ_HITS = _QC_HITS = _IT_HITS = _AO_HITS = _FILLED = _AT_HITS = _VA_MADE = _VA_DICTS = 0
     memset(_COUNT, 0, sizeof(_COUNT))
     memset(_WRAPPED, 0, sizeof(_WRAPPED))
     memset(_NATIVE, 0, sizeof(_NATIVE))
@@ -790,6 +793,128 @@ cdef inline int _ao_slot(object aios, i64 aid) noexcept:
 
 
 
+# The aio dicts file.co_entry would make for reads, writes and flushes live here instead, as C
+# records (VA_N slots, aid & VA_N-1), while the stretch runs: file.aio_worker reads its record
+# and keeps its ret there, file.co_resume drops it.  The ones still alive become the dicts
+# file_posix.submit makes, and go into aios (_va_aios) in aid order -- the order they were
+# made -- whenever anything else could look at aios: before a real aio is put there, before a
+# compiled or Python handler runs (_wrapped), and when the stretch ends (_store).  So every aio
+# in the table is newer than every aio in the dict, and the dict ends up as the Python engine's.
+cdef struct VA:
+    i64 aid             # -1: a free slot
+    i64 bid
+    i64 off
+    i64 n
+    int opc             # OP_READ, OP_WRITE or OP_FLUSH
+    PyObject* op        # the aio's values (owned references)
+    PyObject* ooff
+    PyObject* on
+    PyObject* iov
+    PyObject* ret       # NULL: None (the worker has not run)
+cdef enum:
+    VA_N = 64
+cdef VA _va[VA_N]
+cdef int _va_n = 0               # records in use
+cdef object _va_aios = None      # the aios dict they belong to
+cdef long long _VA_MADE = 0      # records made (cache_hits()["virtual"])
+cdef long long _VA_DICTS = 0     # ... of them that became dicts (cache_hits()["materialized"])
+for _i in range(VA_N):
+    _va[_i].aid = -1
+
+
+cdef inline VA* _va_find(object aios, i64 aid) noexcept:
+    """the record of aios[aid], or NULL"""
+    cdef VA* v
+    if _va_n == 0 or aios is not _va_aios or aid < 0:
+        return NULL
+    v = &_va[aid & (VA_N - 1)]
+    return v if v.aid == aid else NULL
+
+
+cdef inline void _va_free(VA* v) noexcept:
+    global _va_n
+    v.aid = -1
+    Py_XDECREF(v.op)
+    Py_XDECREF(v.ooff)
+    Py_XDECREF(v.on)
+    Py_XDECREF(v.iov)
+    Py_XDECREF(v.ret)
+    v.op = v.ooff = v.on = v.iov = v.ret = NULL
+    _va_n -= 1
+
+
+cdef int _va_flush() except -1:
+    """The records still alive become aios's dicts, oldest first (file_posix.submit's display,
+    and the "ret" the worker stored)."""
+    global _va_n, _va_aios, _VA_DICTS, _AO_HITS
+    cdef int i, j, k, m = 0
+    cdef int order[VA_N]
+    cdef PyObject* fv[5]
+    cdef VA* v
+    cdef object o_bid, o_aid
+    if _va_n == 0:
+        return 0
+    for i in range(VA_N):
+        if _va[i].aid >= 0:
+            j = m
+            while j > 0 and _va[order[j - 1]].aid > _va[i].aid:
+                order[j] = order[j - 1]
+                j -= 1
+            order[j] = i
+            m += 1
+    aios = _va_aios
+    for k in range(m):
+        v = &_va[order[k]]
+        o_bid = v.bid
+        o_aid = v.aid
+        aio = PyDict_Copy(_AIO)
+        fv[0] = <PyObject*>o_bid
+        fv[1] = v.op
+        fv[2] = v.ooff
+        fv[3] = v.on
+        fv[4] = v.iov
+        _fill(aio, _AIO_IDX, _AIO_KEYS, fv, 5)
+        if v.ret != NULL:
+            PyDict_SetItem(aio, S_RET, <object>v.ret)
+        PyDict_SetItem(aios, o_aid, aio)
+        _VA_DICTS += 1
+        _va_free(v)
+    _va_aios = None
+    return 0
+
+
+cdef bint _va_put(object aios, i64 aid, i64 bid, i64 off, i64 nb, int opc, object op,
+                  object offset, object o_nb, object iov) except -1:
+    """keep a new aio as a record (False: it must be a dict: the records went there first)"""
+    global _va_n, _va_aios, _VA_MADE
+    cdef VA* v
+    if aid < 0 or (_va_n and aios is not _va_aios) \
+            or (len(<dict>aios) and PyDict_GetItemWithError(aios, aid) != NULL):
+        _va_flush()
+        return False
+    v = &_va[aid & (VA_N - 1)]
+    if v.aid >= 0:
+        _va_flush()
+    _va_aios = aios
+    v.aid = aid
+    v.bid = bid
+    v.off = off
+    v.n = nb
+    v.opc = opc
+    Py_INCREF(op)
+    v.op = <PyObject*>op
+    Py_INCREF(offset)
+    v.ooff = <PyObject*>offset
+    Py_INCREF(o_nb)
+    v.on = <PyObject*>o_nb
+    Py_INCREF(iov)
+    v.iov = <PyObject*>iov
+    v.ret = NULL
+    _va_n += 1
+    _VA_MADE += 1
+    return True
+
+
 cdef int h_file_co_entry(Core* c, Frame* f) except -1:
     """file_posix.co_entry: raw_co_prw/raw_co_flush_to_disk (block/file-posix.c) -> thread pool"""
     cdef int opc
@@ -847,6 +972,11 @@ cdef int h_file_co_entry(Core* c, Frame* f) except -1:
         sset(blk, _BlockState, _B[11], "active_flush", bid)
         req["flush_gen"] = _b_write_gen(blk)
     sset(blk, _BlockState, _B[2], "next_aio", aid + 1)
+    if opc <= OP_FLUSH and _as_i64(offset, &off) \
+            and _va_put(aios, aid, bid, off, nb, opc, op, offset, o_nb, iov):
+        at(c, _latency(c, m, op, opc, nb), F1(K_file_aio_worker, aid))
+        return 0
+    _va_flush()                         # (the records first: they are older)
     aio = PyDict_Copy(_AIO)            # (the dict display, in its order: _AIO's keys)
     o_bid = bid
     fv[0] = <PyObject*>o_bid
@@ -924,14 +1054,27 @@ cdef int h_file_aio_worker(Core* c, Frame* f) except -1:
     cdef const char* src
     cdef char* dst
     cdef int sl
+    cdef VA* v
     global _AO_HITS
     m = <object>c.m
     blk = _m_block(m)
     aios = _b_aios(blk)
     if type(aios) is not dict:
         return _other(c, f, K_file_aio_worker)
-    sl = _ao_slot(aios, aid)
-    if sl >= 0:                         # (the aio co_entry made: its "data" is None)
+    v = _va_find(aios, aid)
+    sl = _ao_slot(aios, aid) if v == NULL else -1
+    if v != NULL:                       # (a record: its "data" is None)
+        _AO_HITS += 1
+        aio = None
+        op = <object>v.op
+        o_off = <object>v.ooff
+        o_n = <object>v.on
+        iov = <object>v.iov
+        opc = v.opc
+        off = v.off
+        n = v.n
+        data = None
+    elif sl >= 0:                       # (the aio co_entry made: its "data" is None)
         _AO_HITS += 1
         aio = <object>PyList_GET_ITEM(_ao_aio, sl)
         op = <object>PyList_GET_ITEM(_ao_op, sl)
@@ -991,6 +1134,12 @@ cdef int h_file_aio_worker(Core* c, Frame* f) except -1:
             _fp_run(m, hf, aio)
     except OSError as e:
         ret = -(e.errno or EIO)
+    if v != NULL:
+        Py_INCREF(ret)
+        Py_XDECREF(v.ret)
+        v.ret = <PyObject*>ret
+        post(c, c.qemu, F1(K_file_co_resume, aid), 0, False)
+        return 0
     sl = _ao_slot(aios, aid)
     PyDict_SetItem(aio, S_RET, ret)
     if sl >= 0 and PyList_GET_ITEM(_ao_aio, sl) == <PyObject*>aio:
@@ -1004,14 +1153,21 @@ cdef int h_file_co_resume(Core* c, Frame* f) except -1:
     """file_posix.co_resume: the thread-pool completion re-enters raw_co_prw (block/file-posix.c)"""
     cdef int opc, sl
     cdef i64 aid = f.a[0], bid
+    cdef VA* v
     global _AO_HITS
     m = <object>c.m
     blk = _m_block(m)
     aios = _b_aios(blk)
     if type(aios) is not dict:
         return _other(c, f, K_file_co_resume)
-    sl = _ao_slot(aios, aid)
-    if sl >= 0:
+    v = _va_find(aios, aid)
+    sl = _ao_slot(aios, aid) if v == NULL else -1
+    if v != NULL:
+        _AO_HITS += 1
+        bid = v.bid
+        opc = v.opc
+        ret = None if v.ret == NULL else <object>v.ret
+    elif sl >= 0:
         _AO_HITS += 1
         bid = _ao_bid[sl]
         opc = _ao_opc[sl]
@@ -1034,11 +1190,14 @@ cdef int h_file_co_resume(Core* c, Frame* f) except -1:
     if opc == OP_FLUSH and ret == 0 and PyDict_GetItemWithError(req, "flush_gen") == NULL:
         return _other(c, f, K_file_co_resume)
     _begin(c, K_file_co_resume)
-    known = _ao_known(aios)
-    PyDict_DelItem(aios, aid)
-    _ao_changed(aios, known)
-    if sl >= 0:
-        _ao_aid[sl] = -1
+    if v != NULL:
+        _va_free(v)                     # (aios.pop(aid): the record goes)
+    else:
+        known = _ao_known(aios)
+        PyDict_DelItem(aios, aid)
+        _ao_changed(aios, known)
+        if sl >= 0:
+            _ao_aid[sl] = -1
     PyDict_SetItem(req, S_RET, ret)
     if opc == OP_FLUSH:
         if ret == 0:
@@ -1199,6 +1358,7 @@ cdef int _wrapped(Core* c, Frame* f, int kind, object fn, tuple info) except -1:
     cdef int i
     if _STRICT:
         return BAIL
+    _va_flush()                         # (the handler may look at aios)
     if not _KID:
         _kinds()
     args = []
