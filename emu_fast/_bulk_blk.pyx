@@ -24,6 +24,7 @@ from cpython.dict cimport PyDict_DelItem, PyDict_GetItemWithError
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_AsUnsignedLongLong
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
+from cpython.pycapsule cimport PyCapsule_New
 
 cdef extern from "Python.h":
     PyObject* _PyType_Lookup(object t, object name)
@@ -55,7 +56,7 @@ cdef extern from *:
 from libc.string cimport memcpy, memset
 
 from emu_fast._bulk cimport (
-    BAIL, NKINDS, Core, Frame, F0, F1, K_bdrv_co_done, K_bdrv_co_entry, K_blk_aio_complete, K_blk_co_entry,
+    BAIL, NKINDS, Core, Frame, F0, F1, F2, K_bdrv_co_done, K_bdrv_co_entry, K_blk_aio_complete, K_blk_co_entry,
     K_file_aio_worker, K_file_co_entry, K_file_co_resume, K_file_flush_done, K_qcow2_co_entry,
     K_qcow2_compute, K_qcow2_io, K_qcow2_io_done, K_qcow2_worker,
     K_raw_co_entry, K_vblk_dwz_complete, K_vblk_flush_complete, K_vblk_rw_complete, arg_str, at,
@@ -275,6 +276,7 @@ cdef int _load(Core* c) except -1:
 
 cdef int _store(Core* c) except -1:
     _va_flush()                         # (the aios still alive become dicts)
+    _vr_flush()                         # (... and the requests)
     return 0
 
 
@@ -321,17 +323,22 @@ def set_strict(bint on):
 
 
 def cache_hits():
-    """{cache: lookups it answered} since reset_counts() (tests): "req" (_req), "co" (_q_co),
+    """{cache: lookups it answered} since reset_counts() (tests): "req" (_req, or a request's
+    record), "co" (_q_co),
     "item" (_q_item), "aio" (file.aio_worker and co_resume), "fill" (template copies filled in
     place: file.co_entry's aio, qcow2.co_entry's coroutine), "at" (dict reads done in place, _rg),
-    "virtual" (aios kept as records), "materialized" (... of them that became dicts)"""
+    "virtual" (aios kept as records), "materialized" (... of them that became dicts), "vreq"
+    (requests kept as records), "vreq_dicts" (... of them that became dicts)"""
     return {"req": _RQ_HITS, "co": _QC_HITS, "item": _IT_HITS, "aio": _AO_HITS, "fill": _FILLED,
-            "at": _AT_HITS, "virtual": _VA_MADE, "materialized": _VA_DICTS}
+            "at": _AT_HITS, "virtual": _VA_MADE, "materialized": _VA_DICTS, "vreq": _VR_MADE,
+            "vreq_dicts": _VR_DICTS}
 
 
 def reset_counts():
     global _RQ_HITS, _QC_HITS, _IT_HITS, _AO_HITS, _FILLED, _AT_HITS, _VA_MADE, _VA_DICTS
+    global _VR_MADE, _VR_DICTS
     _RQ_HITS = _QC_HITS = _IT_HITS = _AO_HITS = _FILLED = _AT_HITS = _VA_MADE = _VA_DICTS = 0
+    _VR_MADE = _VR_DICTS = 0
     memset(_COUNT, 0, sizeof(_COUNT))
     memset(_WRAPPED, 0, sizeof(_WRAPPED))
     memset(_NATIVE, 0, sizeof(_NATIVE))
@@ -524,12 +531,16 @@ cdef i64 _latency(Core* c, object m, object op, int opc, i64 nbytes) except? -1:
     cdef i64 base, span
     s = _m_rng(m)
     if not (_rand_c and _cost_c and 0 <= nbytes < (<i64>1 << 32) and opc >= 0):
+        _va_flush()                     # (Python code: it may look at aios and reqs)
+        _vr_flush()
         return _m_latency(m).cost(op, nbytes, m.rand())
     if s is _rng_obj:
         state = _rng_state
     elif type(s) is int and _PyLong_Sign(s) >= 0 and _PyLong_NumBits(s) <= 64:
         state = PyLong_AsUnsignedLongLong(s)
     else:
+        _va_flush()
+        _vr_flush()
         return _m_latency(m).cost(op, nbytes, m.rand())
     state = state + <uint64_t>0x9E3779B97F4A7C15
     z = state
@@ -557,14 +568,174 @@ cdef i64 _latency(Core* c, object m, object op, int opc, i64 nbytes) except? -1:
     return base if base > 1 else 1
 
 
+# == the device's read and write requests as C records =============================================
+# While the stretch runs, a read or write request the device submits (_bulk_dev's
+# blk_aio_submit, raw images only) lives here instead of in m.block.reqs (_vr_reqs): the native
+# handlers below read and update the record (blk.co_entry .. blk.aio_complete, which drops
+# it).  The ones still alive become backend.blk_aio_submit's dicts, in m.block.reqs in bid
+# order -- the order they were submitted -- whenever anything else could look at reqs: before
+# a real request is put there (_bulk_dev calls _vr_flush), before a compiled or Python handler
+# runs (_wrapped), when a handler meets a path it runs on the dict (FUA, a probed sector 0,
+# ...), and when the stretch ends (_store).  So every record is newer than every dict in reqs.
+cdef struct VR:
+    i64 bid             # -1: a free slot
+    int opc             # OP_READ or OP_WRITE
+    i64 off
+    i64 n               # "bytes"
+    i64 rid             # cb = ("vblk.rw_complete", (rid,))
+    PyObject* op        # owned: "op" and "cur_op"
+    PyObject* ooff      # owned: "offset"
+    PyObject* qiov      # owned: "qiov"
+    PyObject* ret       # owned: "ret" (NULL: None)
+cdef enum:
+    VR_N = 64
+cdef VR _vr[VR_N]
+cdef int _vr_n = 0
+cdef object _vr_reqs = None      # the reqs dict the records belong to
+cdef long long _VR_MADE = 0      # (cache_hits()["vreq"])
+cdef long long _VR_DICTS = 0     # (cache_hits()["vreq_dicts"])
+for _i in range(VR_N):
+    _vr[_i].bid = -1
+# backend.blk_aio_submit's display, its own values None (a str-keys table, as _bulk_dev's)
+cdef dict _BREQ = {}
+for _k, _v in (("id", None), ("op", None), ("cur_op", None), ("offset", None), ("bytes", None),
+               ("qiov", None), ("flags", None), ("cb", None), ("ret", None), ("phase", "submit")):
+    _BREQ[_k] = _v
+cdef PyObject* _BREQ_KEYS[9]
+for _i, _k in enumerate(_BREQ):
+    if _i < 9:
+        _BREQ_KEYS[_i] = <PyObject*>_k
+
+
+cdef inline VR* _vr_get(object blk, i64 bid) noexcept:
+    """the record of m.block.reqs[bid], or NULL (a record found counts as a "req" hit)"""
+    global _RQ_HITS
+    cdef VR* v
+    if _vr_n == 0 or bid < 0:
+        return NULL
+    v = &_vr[bid & (VR_N - 1)]
+    if v.bid != bid or _b_reqs(blk) is not _vr_reqs:
+        return NULL
+    _RQ_HITS += 1
+    return v
+
+
+cdef inline void _vr_free(VR* v) noexcept:
+    global _vr_n
+    v.bid = -1
+    Py_XDECREF(v.op)
+    Py_XDECREF(v.ooff)
+    Py_XDECREF(v.qiov)
+    Py_XDECREF(v.ret)
+    v.op = v.ooff = v.qiov = v.ret = NULL
+    _vr_n -= 1
+
+
+cdef int _vr_flush() except -1:
+    """The records still alive become reqs's dicts, oldest first (blk_aio_submit's display)."""
+    global _vr_reqs, _VR_DICTS
+    cdef int i, j, k, m = 0
+    cdef int order[VR_N]
+    cdef PyObject* fv[9]
+    cdef VR* v
+    cdef object o_bid, o_n, o_flags, cb
+    if _vr_n == 0:
+        return 0
+    for i in range(VR_N):
+        if _vr[i].bid >= 0:
+            j = m
+            while j > 0 and _vr[order[j - 1]].bid > _vr[i].bid:
+                order[j] = order[j - 1]
+                j -= 1
+            order[j] = i
+            m += 1
+    reqs = _vr_reqs
+    o_flags = 0
+    for k in range(m):
+        v = &_vr[order[k]]
+        o_bid = v.bid
+        o_n = v.n
+        cb = (S_RW_COMPLETE, (v.rid,))
+        d = PyDict_Copy(_BREQ)
+        fv[0] = <PyObject*>o_bid
+        fv[1] = v.op
+        fv[2] = v.op
+        fv[3] = v.ooff
+        fv[4] = <PyObject*>o_n
+        fv[5] = v.qiov
+        fv[6] = <PyObject*>o_flags
+        fv[7] = <PyObject*>cb
+        fv[8] = v.ret if v.ret != NULL else <PyObject*>None
+        _fill(d, NULL, _BREQ_KEYS, fv, 9)
+        PyDict_SetItem(reqs, o_bid, d)
+        _VR_DICTS += 1
+        _vr_free(v)
+    _vr_reqs = None
+    return 0
+
+
+cdef int _vr_make(Core* c, object blk, i64 bid, object op, object offset, object qiov, i64 nbytes,
+                  i64 rid) except -1:
+    """_bulk_dev's blk_aio_submit of a read or write (flags 0, cb ("vblk.rw_complete", (rid,)),
+    qiov's size nbytes): 1 when kept as a record; 0: the caller puts the dict in reqs (the
+    records went there first)"""
+    global _vr_n, _vr_reqs, _VR_MADE
+    cdef VR* v
+    cdef int opc
+    cdef i64 off
+    reqs = _b_reqs(blk)
+    opc = OP_WRITE if op is S_WRITE else OP_READ if op is S_READ else -1
+    if _fmt_kind != K_raw_co_entry or opc < 0 or type(reqs) is not dict or bid < 0 \
+            or not _as_i64(offset, &off) or (_vr_n and reqs is not _vr_reqs) \
+            or (len(<dict>reqs) and PyDict_GetItemWithError(reqs, bid) != NULL):
+        _vr_flush()
+        return 0
+    v = &_vr[bid & (VR_N - 1)]
+    if v.bid >= 0:
+        _vr_flush()
+    _vr_reqs = reqs
+    v.bid = bid
+    v.opc = opc
+    v.off = off
+    v.n = nbytes
+    v.rid = rid
+    Py_INCREF(op)
+    v.op = <PyObject*>op
+    Py_INCREF(offset)
+    v.ooff = <PyObject*>offset
+    Py_INCREF(qiov)
+    v.qiov = <PyObject*>qiov
+    v.ret = NULL
+    _vr_n += 1
+    _VR_MADE += 1
+    return 1
+
+
+ctypedef int (*vr_make_t)(Core* c, object blk, i64 bid, object op, object offset, object qiov,
+                          i64 nbytes, i64 rid) except -1
+ctypedef int (*vr_flush_t)() except -1
+# (for _bulk_dev: the two functions above, by pointer)
+VR_MAKE = PyCapsule_New(<void*>_vr_make, "emu_fast._bulk_blk.vr_make", NULL)
+VR_FLUSH = PyCapsule_New(<void*>_vr_flush, "emu_fast._bulk_blk.vr_flush", NULL)
+
+
 # == BlockBackend and block/io.c ====================================================================
 
 cdef int h_blk_co_entry(Core* c, Frame* f) except -1:
     """backend.co_entry: blk_co_do_preadv_part/pwritev_part/flush/... (block/block-backend.c)"""
     cdef int opc
     cdef i64 bid = f.a[0], off, n, length
+    cdef VR* vr
     m = <object>c.m
     blk = _m_block(m)
+    vr = _vr_get(blk, bid)
+    if vr != NULL:
+        if (vr.opc != OP_WRITE or _b_wce(blk)) and _as_i64(_b_length(blk), &length) \
+                and vr.off >= 0 and vr.n >= 0 and vr.off <= length and vr.n <= length - vr.off:
+            _begin(c, K_blk_co_entry)
+            cont(c, F1(K_bdrv_co_entry, bid), -1)
+            return 0
+        _vr_flush()                     # (FUA, or out of range: on the dict)
     req = _req(c, blk, bid)
     if req is None:
         return _other(c, f, K_blk_co_entry)
@@ -598,8 +769,16 @@ cdef int h_bdrv_co_entry(Core* c, Frame* f) except -1:
     """backend.bdrv_co_entry: bdrv_co_preadv_part/pwritev_part/... (block/io.c)"""
     cdef int opc
     cdef i64 bid = f.a[0]
+    cdef VR* vr
     m = <object>c.m
     blk = _m_block(m)
+    vr = _vr_get(blk, bid)
+    if vr != NULL:
+        if _fmt_kind != 0 and not (vr.opc == OP_WRITE and _b_read_only(blk)):
+            _begin(c, K_bdrv_co_entry)
+            cont(c, F1(_fmt_kind, bid), -1)
+            return 0
+        _vr_flush()
     req = _req(c, blk, bid)
     if req is None or _fmt_kind == 0:
         return _other(c, f, K_bdrv_co_entry)
@@ -630,8 +809,16 @@ cdef int h_bdrv_co_done(Core* c, Frame* f) except -1:
     """backend.bdrv_co_done: back in bdrv_co_pwritev_part (block/io.c), FUA emulated by a flush"""
     cdef int opc
     cdef i64 bid = f.a[0]
+    cdef VR* vr
     m = <object>c.m
     blk = _m_block(m)
+    vr = _vr_get(blk, bid)
+    if vr != NULL:                      # (flags 0: no FUA)
+        if vr.ret == NULL or type(<object>vr.ret) is int:
+            _begin(c, K_bdrv_co_done)
+            cont(c, F1(K_blk_aio_complete, bid), -1)
+            return 0
+        _vr_flush()
     req = _req(c, blk, bid)
     if req is None:
         return _other(c, f, K_bdrv_co_done)
@@ -673,8 +860,18 @@ cdef int h_blk_aio_complete(Core* c, Frame* f) except -1:
     cdef int ik
     cdef Frame nf
     cdef Py_ssize_t na
+    cdef VR* vr
     m = <object>c.m
     blk = _m_block(m)
+    vr = _vr_get(blk, bid)
+    if vr != NULL:
+        if vr.ret != NULL and _as_i64(<object>vr.ret, &r):
+            _begin(c, K_blk_aio_complete)
+            a0 = vr.rid
+            _vr_free(vr)                # (del reqs[bid])
+            cont(c, F2(K_vblk_rw_complete, a0, r), -1)
+            return 0
+        _vr_flush()
     req = _req(c, blk, bid)
     if req is None:
         return _other(c, f, K_blk_aio_complete)
@@ -718,8 +915,16 @@ cdef int h_raw_co_entry(Core* c, Frame* f) except -1:
     """raw.co_entry: raw_co_preadv/pwritev/... (block/raw-format.c), straight to the file"""
     cdef int opc
     cdef i64 bid = f.a[0]
+    cdef VR* vr
     m = <object>c.m
     blk = _m_block(m)
+    vr = _vr_get(blk, bid)
+    if vr != NULL:
+        if not (vr.opc == OP_WRITE and _b_probed(blk) and vr.off < 512):
+            _begin(c, K_raw_co_entry)
+            cont(c, F1(K_file_co_entry, bid), -1)
+            return 0
+        _vr_flush()
     req = _req(c, blk, bid)
     if req is None:
         return _other(c, f, K_raw_co_entry)
@@ -922,15 +1127,22 @@ cdef int h_file_co_entry(Core* c, Frame* f) except -1:
     cdef int sl
     cdef PyObject* fv[5]
     cdef object o_bid, o_nb
+    cdef VR* vr
     m = <object>c.m
     blk = _m_block(m)
-    req = _req(c, blk, bid)
-    if req is None:
-        return _other(c, f, K_file_co_entry)
-    op = _rg(req, RQ_CUR_OP, S_CUR_OP)
-    opc = _opcode(op)
-    if opc < 0:
-        return _other(c, f, K_file_co_entry)
+    vr = _vr_get(blk, bid)
+    if vr != NULL:                      # (a read or a write)
+        req = None
+        op = <object>vr.op
+        opc = vr.opc
+    else:
+        req = _req(c, blk, bid)
+        if req is None:
+            return _other(c, f, K_file_co_entry)
+        op = _rg(req, RQ_CUR_OP, S_CUR_OP)
+        opc = _opcode(op)
+        if opc < 0:
+            return _other(c, f, K_file_co_entry)
     is_flush = opc == OP_FLUSH
     skip = False
     if is_flush:
@@ -950,11 +1162,11 @@ cdef int h_file_co_entry(Core* c, Frame* f) except -1:
             cont(c, F1(K_file_flush_done, bid), -1)
             return 0
     # submit(): the checks first
-    offset = _rg(req, RQ_OFFSET, S_OFFSET)
+    offset = <object>vr.ooff if vr != NULL else _rg(req, RQ_OFFSET, S_OFFSET)
     if type(offset) is not int:
         return _other(c, f, K_file_co_entry)                     # (the detail formats it)
     if opc == OP_READ or opc == OP_WRITE:
-        iov = _rg(req, RQ_QIOV, S_QIOV)
+        iov = <object>vr.qiov if vr != NULL else _rg(req, RQ_QIOV, S_QIOV)
         if not _iov_ok(c, iov, &nb):
             return _other(c, f, K_file_co_entry)
         o_nb = nb
@@ -1154,6 +1366,7 @@ cdef int h_file_co_resume(Core* c, Frame* f) except -1:
     cdef int opc, sl
     cdef i64 aid = f.a[0], bid
     cdef VA* v
+    cdef VR* vr
     global _AO_HITS
     m = <object>c.m
     blk = _m_block(m)
@@ -1184,11 +1397,15 @@ cdef int h_file_co_resume(Core* c, Frame* f) except -1:
             return _other(c, f, K_file_co_resume)
     if ret is not None and type(ret) is not int:
         return _other(c, f, K_file_co_resume)
-    req = _req(c, blk, bid)
-    if req is None:
-        return _other(c, f, K_file_co_resume)
-    if opc == OP_FLUSH and ret == 0 and PyDict_GetItemWithError(req, "flush_gen") == NULL:
-        return _other(c, f, K_file_co_resume)
+    vr = _vr_get(blk, bid)
+    if vr != NULL:                      # (a read or a write)
+        req = None
+    else:
+        req = _req(c, blk, bid)
+        if req is None:
+            return _other(c, f, K_file_co_resume)
+        if opc == OP_FLUSH and ret == 0 and PyDict_GetItemWithError(req, "flush_gen") == NULL:
+            return _other(c, f, K_file_co_resume)
     _begin(c, K_file_co_resume)
     if v != NULL:
         _va_free(v)                     # (aios.pop(aid): the record goes)
@@ -1198,7 +1415,12 @@ cdef int h_file_co_resume(Core* c, Frame* f) except -1:
         _ao_changed(aios, known)
         if sl >= 0:
             _ao_aid[sl] = -1
-    PyDict_SetItem(req, S_RET, ret)
+    if vr != NULL:
+        Py_INCREF(ret)
+        Py_XDECREF(vr.ret)
+        vr.ret = <PyObject*>ret
+    else:
+        PyDict_SetItem(req, S_RET, ret)
     if opc == OP_FLUSH:
         if ret == 0:
             sset(blk, _BlockState, _B[8], "flushed_gen", req.pop("flush_gen"))
@@ -1358,7 +1580,8 @@ cdef int _wrapped(Core* c, Frame* f, int kind, object fn, tuple info) except -1:
     cdef int i
     if _STRICT:
         return BAIL
-    _va_flush()                         # (the handler may look at aios)
+    _va_flush()                         # (the handler may look at aios and reqs)
+    _vr_flush()
     if not _KID:
         _kinds()
     args = []

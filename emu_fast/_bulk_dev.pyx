@@ -26,6 +26,7 @@ from cpython.tuple cimport PyTuple_GET_SIZE, PyTuple_GET_ITEM
 from cpython.long cimport PyLong_CheckExact, PyLong_AsLongLongAndOverflow
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_DECREF
+from cpython.pycapsule cimport PyCapsule_GetPointer
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset, memmove
 from libc.stdlib cimport malloc, free
@@ -1845,6 +1846,46 @@ cdef int h_submit_multireq(Core* c, Frame* f) except -1:
     return 0
 
 
+# _bulk_blk keeps a raw image's read and write requests as C records during the stretch
+# (_bulk_blk._vr_make; _vr_flush puts the ones alive into block.reqs, before any dict is put
+# there): its two functions, by pointer (VR_MAKE, VR_FLUSH capsules), bound at first use
+ctypedef int (*vr_make_t)(Core* c, object blk, i64 bid, object op, object offset, object qiov,
+                          i64 nbytes, i64 rid) except -1
+ctypedef int (*vr_flush_t)() except -1
+cdef vr_make_t _VR_MAKE = NULL
+cdef vr_flush_t _VR_FLUSH = NULL
+cdef bint _vr_bound = False
+
+
+cdef int _vr_bind() except -1:
+    global _VR_MAKE, _VR_FLUSH, _vr_bound
+    from emu_fast import _bulk_blk as bb
+    _VR_MAKE = <vr_make_t>PyCapsule_GetPointer(bb.VR_MAKE, "emu_fast._bulk_blk.vr_make")
+    _VR_FLUSH = <vr_flush_t>PyCapsule_GetPointer(bb.VR_FLUSH, "emu_fast._bulk_blk.vr_flush")
+    _vr_bound = True
+    return 0
+
+
+cdef int _aio_submit_rw(Core* c, str op, object offset, object qiov, i64 nbytes, i64 rid,
+                        bint then, Frame then_f) except -1:
+    """emu.block.backend.blk_aio_submit of a read or write (flags 0, cb
+    ("vblk.rw_complete", (rid,))): kept as _bulk_blk's record when it takes it"""
+    cdef i64 bid
+    if not _vr_bound:
+        _vr_bind()
+    blk = _block
+    bid_o = sget(blk, _BlockState, _BS[K_NEXT_REQ], "next_req")
+    bid = bid_o
+    if _VR_MAKE(c, blk, bid, op, offset, qiov, nbytes, rid) != 1:
+        return _aio_submit(c, op, offset, qiov, nbytes, 0, (S_RW_COMPLETE, (rid,)), then, then_f)
+    sset(blk, _BlockState, _BS[K_NEXT_REQ], "next_req", bid_o + 1)
+    if not then:
+        cont(c, F1(K_blk_co_entry, bid))
+    else:
+        call(c, F1(K_blk_co_entry, bid), then_f)
+    return 0
+
+
 cdef int _aio_submit(Core* c, str op, object offset, object qiov, i64 nbytes, i64 flags,
                      object cb, bint then, Frame then_f) except -1:
     """emu.block.backend.blk_aio_submit (qiov: its iov_size is nbytes)"""
@@ -1876,6 +1917,9 @@ cdef int _aio_submit(Core* c, str op, object offset, object qiov, i64 nbytes, i6
         PyDict_SetItem(d, "qiov", qiov)
         PyDict_SetItem(d, "flags", flags_o)
         PyDict_SetItem(d, "cb", cb)
+    if not _vr_bound:
+        _vr_bind()
+    _VR_FLUSH()                         # (the kept requests are older)
     _breqs[bid_o] = d
     if not then:
         cont(c, F1(K_blk_co_entry, bid))
@@ -1930,8 +1974,8 @@ cdef int h_submit_requests(Core* c, Frame* f) except -1:
         r.stage = ST_SUBMITTED
         r.dirty |= F_STAGE
     op = "write" if _grec[0].is_write else "read"
-    _aio_submit(c, op, sector << 9, qiov, nbytes, 0, (S_RW_COMPLETE, (_grec[0].rid,)),
-                _ng != 0, F1(K_vblk_submit_requests, qi))
+    _aio_submit_rw(c, op, sector << 9, qiov, nbytes, _grec[0].rid, _ng != 0,
+                   F1(K_vblk_submit_requests, qi))
     return 0
 
 
