@@ -805,10 +805,15 @@ cdef int h_bdrv_co_entry(Core* c, Frame* f) except -1:
     return 0
 
 
+cdef i64 _FUA = BDRV_REQ_FUA if 0 < BDRV_REQ_FUA < (1 << 62) else 0
+cdef bint _fua_small = _FUA != 0       # (flags & FUA in C when flags fits an i64: the same bit)
+
+
 cdef int h_bdrv_co_done(Core* c, Frame* f) except -1:
     """backend.bdrv_co_done: back in bdrv_co_pwritev_part (block/io.c), FUA emulated by a flush"""
     cdef int opc
-    cdef i64 bid = f.a[0]
+    cdef i64 bid = f.a[0], fl
+    cdef bint has_fua
     cdef VR* vr
     m = <object>c.m
     blk = _m_block(m)
@@ -832,7 +837,11 @@ cdef int h_bdrv_co_done(Core* c, Frame* f) except -1:
         flags = _rg(req, RQ_FLAGS, S_FLAGS)
         if type(flags) is not int:
             return _other(c, f, K_bdrv_co_done)
-        if flags & BDRV_REQ_FUA and ret == 0:
+        if _fua_small and _as_i64(flags, &fl):
+            has_fua = (fl & _FUA) != 0
+        else:
+            has_fua = bool(flags & BDRV_REQ_FUA)
+        if has_fua and ret == 0:
             phase = _rg(req, RQ_PHASE, S_PHASE)
             if phase is _MISSING:
                 return _other(c, f, K_bdrv_co_done)

@@ -1302,7 +1302,7 @@ cdef bint _decode(object o, Req* r, i64 rid) except -1:
     elem = d["elem"]
     if type(elem) is not dict or PyDict_GetItemWithError(<dict>elem, "index") == NULL:
         return False
-    if not _ll((<dict>elem)["index"], &r.index) or not 0 <= r.index <= 0xFFFFFFFF:
+    if not _ll((<dict>elem)["index"], &r.index) or not 0 <= r.index <= <i64>0xFFFFFFFF:
         return False
     no = _iov_in(_get(<dict>elem, "out"), _oa, _on)
     ni = _iov_in(_get(<dict>elem, "in"), _ia, _in)
@@ -2131,7 +2131,7 @@ cdef int h_fill(Core* c, Frame* f) except -1:
     _RAN[K_vq_fill] += 1
     if filled:
         e[0] = <uint32_t>r.index
-        e[1] = <uint32_t>(<uint64_t>r.in_len & 0xFFFFFFFF)
+        e[1] = <uint32_t>(<uint64_t>r.in_len)          # (the low 32 bits)
         ram_write(c, a, e, 8)
     cont(c, F1(K_vq_flush, rid))
     return 0
