@@ -683,6 +683,8 @@ cdef int _vr_make(Core* c, object blk, i64 bid, object op, object offset, object
     cdef VR* v
     cdef int opc
     cdef i64 off
+    if _fmt_kind != K_raw_co_entry:
+        return 0                        # (the caller's dict goes in after _vr_flush)
     reqs = _b_reqs(blk)
     opc = OP_WRITE if op is S_WRITE else OP_READ if op is S_READ else -1
     if _fmt_kind != K_raw_co_entry or opc < 0 or type(reqs) is not dict or bid < 0 \
