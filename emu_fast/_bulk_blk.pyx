@@ -7,7 +7,12 @@ Each handler runs one event with exactly the effect of the Python handler named 
 docstring (emu/block/backend.py, raw.py, file_posix.py, qcow2/driver.py) on the machine's own
 objects (the request, aio and coroutine dicts, BlockState, the qcow2 driver and engine, the
 HostFile through its own pread/pwrite/fdatasync, guest RAM through the core's ram_write), and
-records nothing.  Before begin() a handler only reads.  The paths it does not model (a byte
+records nothing.  A raw image's read and write requests (m.block.reqs) and file-posix's read,
+write and flush aios (m.block.aios) are C records instead while the stretch runs (_vr_*, _va_*:
+born and dropped there, they never become dicts); the ones still alive become exactly the
+Python engine's dicts, in its order, whenever Python code could look (the stretch's end, a
+compiled or Python handler, a Python latency model, another request's or aio's dict put in).
+Before begin() a handler only reads.  The paths it does not model (a byte
 range beyond the device, a read-only node, an ignored discard, a probed raw image's sector 0,
 a fault rule that would fire, a failed I/O, a backing or compressed read, qcow2's flush,
 discard, write-zeroes and close phases, an unusual value anywhere) do not bail: they run the

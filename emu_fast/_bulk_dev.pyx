@@ -18,7 +18,9 @@ suppress dict, the increments of m.counters and vblk.by_type, and the requests o
 (C records: a request popped and completed in one stretch never gets its dict; see "the
 requests held in C").  Nothing but these handlers touches those objects during a stretch (the
 core runs no Python handler).  The block layer's request dicts (blk_aio_submit) are made as the
-Python code makes them.
+Python code makes them, except a raw image's reads and writes: _bulk_blk keeps those as C
+records while the stretch runs (its VR_MAKE), and makes the dicts of the ones still alive
+before this module puts another request's dict into block.reqs (its VR_FLUSH).
 """
 from cpython.dict cimport PyDict_GetItemWithError, PyDict_SetItem, PyDict_DelItem, PyDict_Copy
 from cpython.list cimport PyList_GET_SIZE, PyList_GET_ITEM
