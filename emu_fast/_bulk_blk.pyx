@@ -7,7 +7,12 @@ Each handler runs one event with exactly the effect of the Python handler named 
 docstring (emu/block/backend.py, raw.py, file_posix.py, qcow2/driver.py) on the machine's own
 objects (the request, aio and coroutine dicts, BlockState, the qcow2 driver and engine, the
 HostFile through its own pread/pwrite/fdatasync, guest RAM through the core's ram_write), and
-records nothing.  Before begin() a handler only reads.  The paths it does not model (a byte
+records nothing.  A raw image's read and write requests (m.block.reqs) and file-posix's read,
+write and flush aios (m.block.aios) are C records instead while the stretch runs (_vr_*, _va_*:
+born and dropped there, they never become dicts); the ones still alive become exactly the
+Python engine's dicts, in its order, whenever Python code could look (the stretch's end, a
+compiled or Python handler, a Python latency model, another request's or aio's dict put in).
+Before begin() a handler only reads.  The paths it does not model (a byte
 range beyond the device, a read-only node, an ignored discard, a probed raw image's sector 0,
 a fault rule that would fire, a failed I/O, a backing or compressed read, qcow2's flush,
 discard, write-zeroes and close phases, an unusual value anywhere) do not bail: they run the
@@ -23,6 +28,8 @@ from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes
 from cpython.dict cimport PyDict_DelItem, PyDict_GetItemWithError
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_AsUnsignedLongLong
 from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF, Py_XDECREF
+from cpython.pycapsule cimport PyCapsule_New
 
 cdef extern from "Python.h":
     PyObject* _PyType_Lookup(object t, object name)
@@ -54,7 +61,7 @@ cdef extern from *:
 from libc.string cimport memcpy, memset
 
 from emu_fast._bulk cimport (
-    BAIL, NKINDS, Core, Frame, F0, F1, K_bdrv_co_done, K_bdrv_co_entry, K_blk_aio_complete, K_blk_co_entry,
+    BAIL, NKINDS, Core, Frame, F0, F1, F2, K_bdrv_co_done, K_bdrv_co_entry, K_blk_aio_complete, K_blk_co_entry,
     K_file_aio_worker, K_file_co_entry, K_file_co_resume, K_file_flush_done, K_qcow2_co_entry,
     K_qcow2_compute, K_qcow2_io, K_qcow2_io_done, K_qcow2_worker,
     K_raw_co_entry, K_vblk_dwz_complete, K_vblk_flush_complete, K_vblk_rw_complete, arg_str, at,
@@ -65,6 +72,45 @@ from emu_fast._zeros cimport vb_zeros
 from emu_fast._pydict311 cimport *
 
 cdef long long _FILLED = 0       # template copies filled in place (cache_hits()["fill"])
+cdef long long _AT_HITS = 0      # dict reads answered in place by _at (cache_hits()["at"])
+
+# d[key] read in place: the value of entry j of a dict's compact table when that entry holds
+# key itself (a dict holds a key once, so it is d[key]); NULL when it does not (or off 3.11,
+# or a split table): the caller looks it up.  The request dicts are copies of one display
+# (backend.blk_aio_submit), so their keys sit at the display's positions.
+cdef extern from *:
+    """
+    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+    typedef struct { Py_ssize_t dk_refcnt; uint8_t dk_log2_size; uint8_t dk_log2_index_bytes;
+                     uint8_t dk_kind; uint32_t dk_version; Py_ssize_t dk_usable;
+                     Py_ssize_t dk_nentries; char dk_indices[]; } vbb_dictkeys;
+    typedef struct { PyObject *me_key; PyObject *me_value; } vbb_uentry;
+    typedef struct { Py_hash_t me_hash; PyObject *me_key; PyObject *me_value; } vbb_gentry;
+    static PyObject *vbb_at(PyObject *d, Py_ssize_t j, PyObject *key) {
+        PyDictObject *mp = (PyDictObject *)d;
+        vbb_dictkeys *dk;
+        char *ent;
+        if (mp->ma_values != NULL)
+            return NULL;
+        dk = (vbb_dictkeys *)mp->ma_keys;
+        if (j < 0 || j >= dk->dk_nentries)
+            return NULL;
+        ent = dk->dk_indices + ((size_t)1 << dk->dk_log2_index_bytes);
+        if (dk->dk_kind == 1) {
+            vbb_uentry *e = ((vbb_uentry *)ent) + j;
+            return e->me_key == key ? e->me_value : NULL;
+        }
+        if (dk->dk_kind == 0) {
+            vbb_gentry *e = ((vbb_gentry *)ent) + j;
+            return e->me_key == key ? e->me_value : NULL;
+        }
+        return NULL;
+    }
+    #else
+    static PyObject *vbb_at(PyObject *d, Py_ssize_t j, PyObject *key) { return NULL; }
+    #endif
+    """
+    PyObject* vbb_at(object d, Py_ssize_t j, object key) noexcept
 
 
 cdef int _fill(dict d, const int* idx, PyObject** keys, PyObject** vals, Py_ssize_t n) except -1:
@@ -82,6 +128,7 @@ cdef int _fill(dict d, const int* idx, PyObject** keys, PyObject** vals, Py_ssiz
 
 
 import errno as _E
+from sys import intern as _intern
 from weakref import ref as _weakref
 
 from emu import machine as _machine_mod
@@ -233,6 +280,8 @@ cdef int _load(Core* c) except -1:
 
 
 cdef int _store(Core* c) except -1:
+    _va_flush()                         # (the aios still alive become dicts)
+    _vr_flush()                         # (... and the requests)
     return 0
 
 
@@ -279,15 +328,22 @@ def set_strict(bint on):
 
 
 def cache_hits():
-    """{cache: lookups it answered} since reset_counts() (tests): "req" (_req), "co" (_q_co),
+    """{cache: lookups it answered} since reset_counts() (tests): "req" (_req, or a request's
+    record), "co" (_q_co),
     "item" (_q_item), "aio" (file.aio_worker and co_resume), "fill" (template copies filled in
-    place: file.co_entry's aio, qcow2.co_entry's coroutine)"""
-    return {"req": _RQ_HITS, "co": _QC_HITS, "item": _IT_HITS, "aio": _AO_HITS, "fill": _FILLED}
+    place: file.co_entry's aio, qcow2.co_entry's coroutine), "at" (dict reads done in place, _rg),
+    "virtual" (aios kept as records), "materialized" (... of them that became dicts), "vreq"
+    (requests kept as records), "vreq_dicts" (... of them that became dicts)"""
+    return {"req": _RQ_HITS, "co": _QC_HITS, "item": _IT_HITS, "aio": _AO_HITS, "fill": _FILLED,
+            "at": _AT_HITS, "virtual": _VA_MADE, "materialized": _VA_DICTS, "vreq": _VR_MADE,
+            "vreq_dicts": _VR_DICTS}
 
 
 def reset_counts():
-    global _RQ_HITS, _QC_HITS, _IT_HITS, _AO_HITS, _FILLED
-    _RQ_HITS = _QC_HITS = _IT_HITS = _AO_HITS = _FILLED = 0
+    global _RQ_HITS, _QC_HITS, _IT_HITS, _AO_HITS, _FILLED, _AT_HITS, _VA_MADE, _VA_DICTS
+    global _VR_MADE, _VR_DICTS
+    _RQ_HITS = _QC_HITS = _IT_HITS = _AO_HITS = _FILLED = _AT_HITS = _VA_MADE = _VA_DICTS = 0
+    _VR_MADE = _VR_DICTS = 0
     memset(_COUNT, 0, sizeof(_COUNT))
     memset(_WRAPPED, 0, sizeof(_WRAPPED))
     memset(_NATIVE, 0, sizeof(_NATIVE))
@@ -298,6 +354,58 @@ def reset_counts():
 cdef inline object _get(object d, object k):
     """d[k] of a dict, or _MISSING"""
     cdef PyObject* p = PyDict_GetItemWithError(d, k)
+    if p == NULL:
+        return _MISSING
+    return <object>p
+
+
+# the entries of a request dict (backend.blk_aio_submit's display), of an aio dict
+# (file_posix.submit's) and of a read or write coroutine (driver.co_entry's _CO_RW) where _rg
+# reads a key in place first
+cdef enum:
+    RQ_OP = 1
+    RQ_CUR_OP = 2
+    RQ_OFFSET = 3
+    RQ_BYTES = 4
+    RQ_QIOV = 5
+    RQ_FLAGS = 6
+    RQ_CB = 7
+    RQ_RET = 8
+    RQ_PHASE = 9
+    AI_BID = 0
+    AI_OP = 1
+    AI_OFFSET = 2
+    AI_BYTES = 3
+    AI_IOV = 4
+    AI_DATA = 5
+    AI_RET = 6
+    CO_OP = 0
+    CO_PHASE = 1
+    CO_RET = 4
+    CO_REMAINING = 6
+    CO_PIECES = 8
+    CO_LINK_I = 9
+    CO_WPHASE = 11
+
+
+cdef str S_CUR_OP = "cur_op"
+cdef str S_QIOV = "qiov"
+cdef str S_FLAGS = "flags"
+cdef str S_CB = "cb"
+cdef str S_PHASE = "phase"
+cdef str S_DATA = "data"
+cdef str S_WPHASE = "wphase"
+cdef str S_LINK_I = "link_i"
+
+
+cdef inline object _rg(object d, Py_ssize_t j, object k):
+    """d[k] of a dict (read in place when its entry j holds k: _at), or _MISSING"""
+    global _AT_HITS
+    cdef PyObject* p = vbb_at(d, j, k)
+    if p != NULL:
+        _AT_HITS += 1
+        return <object>p
+    p = PyDict_GetItemWithError(d, k)
     if p == NULL:
         return _MISSING
     return <object>p
@@ -428,12 +536,16 @@ cdef i64 _latency(Core* c, object m, object op, int opc, i64 nbytes) except? -1:
     cdef i64 base, span
     s = _m_rng(m)
     if not (_rand_c and _cost_c and 0 <= nbytes < (<i64>1 << 32) and opc >= 0):
+        _va_flush()                     # (Python code: it may look at aios and reqs)
+        _vr_flush()
         return _m_latency(m).cost(op, nbytes, m.rand())
     if s is _rng_obj:
         state = _rng_state
     elif type(s) is int and _PyLong_Sign(s) >= 0 and _PyLong_NumBits(s) <= 64:
         state = PyLong_AsUnsignedLongLong(s)
     else:
+        _va_flush()
+        _vr_flush()
         return _m_latency(m).cost(op, nbytes, m.rand())
     state = state + <uint64_t>0x9E3779B97F4A7C15
     z = state
@@ -461,23 +573,185 @@ cdef i64 _latency(Core* c, object m, object op, int opc, i64 nbytes) except? -1:
     return base if base > 1 else 1
 
 
+# == the device's read and write requests as C records =============================================
+# While the stretch runs, a read or write request the device submits (_bulk_dev's
+# blk_aio_submit, raw images only) lives here instead of in m.block.reqs (_vr_reqs): the native
+# handlers below read and update the record (blk.co_entry .. blk.aio_complete, which drops
+# it).  The ones still alive become backend.blk_aio_submit's dicts, in m.block.reqs in bid
+# order -- the order they were submitted -- whenever anything else could look at reqs: before
+# a real request is put there (_bulk_dev calls _vr_flush), before a compiled or Python handler
+# runs (_wrapped), when a handler meets a path it runs on the dict (FUA, a probed sector 0,
+# ...), and when the stretch ends (_store).  So every record is newer than every dict in reqs.
+cdef struct VR:
+    i64 bid             # -1: a free slot
+    int opc             # OP_READ or OP_WRITE
+    i64 off
+    i64 n               # "bytes"
+    i64 rid             # cb = ("vblk.rw_complete", (rid,))
+    PyObject* op        # owned: "op" and "cur_op"
+    PyObject* ooff      # owned: "offset"
+    PyObject* qiov      # owned: "qiov"
+    PyObject* ret       # owned: "ret" (NULL: None)
+cdef enum:
+    VR_N = 64
+cdef VR _vr[VR_N]
+cdef int _vr_n = 0
+cdef object _vr_reqs = None      # the reqs dict the records belong to
+cdef long long _VR_MADE = 0      # (cache_hits()["vreq"])
+cdef long long _VR_DICTS = 0     # (cache_hits()["vreq_dicts"])
+for _i in range(VR_N):
+    _vr[_i].bid = -1
+# backend.blk_aio_submit's display, its own values None (a str-keys table, as _bulk_dev's)
+cdef dict _BREQ = {}
+for _k, _v in (("id", None), ("op", None), ("cur_op", None), ("offset", None), ("bytes", None),
+               ("qiov", None), ("flags", None), ("cb", None), ("ret", None), ("phase", "submit")):
+    _BREQ[_k] = _v
+cdef PyObject* _BREQ_KEYS[9]
+for _i, _k in enumerate(_BREQ):
+    if _i < 9:
+        _BREQ_KEYS[_i] = <PyObject*>_k
+
+
+cdef inline VR* _vr_get(object blk, i64 bid) noexcept:
+    """the record of m.block.reqs[bid], or NULL (a record found counts as a "req" hit)"""
+    global _RQ_HITS
+    cdef VR* v
+    if _vr_n == 0 or bid < 0:
+        return NULL
+    v = &_vr[bid & (VR_N - 1)]
+    if v.bid != bid or _b_reqs(blk) is not _vr_reqs:
+        return NULL
+    _RQ_HITS += 1
+    return v
+
+
+cdef inline void _vr_free(VR* v) noexcept:
+    global _vr_n
+    v.bid = -1
+    Py_XDECREF(v.op)
+    Py_XDECREF(v.ooff)
+    Py_XDECREF(v.qiov)
+    Py_XDECREF(v.ret)
+    v.op = v.ooff = v.qiov = v.ret = NULL
+    _vr_n -= 1
+
+
+cdef int _vr_flush() except -1:
+    """The records still alive become reqs's dicts, oldest first (blk_aio_submit's display)."""
+    global _vr_reqs, _VR_DICTS
+    cdef int i, j, k, m = 0
+    cdef int order[VR_N]
+    cdef PyObject* fv[9]
+    cdef VR* v
+    cdef object o_bid, o_n, o_flags, cb
+    if _vr_n == 0:
+        return 0
+    for i in range(VR_N):
+        if _vr[i].bid >= 0:
+            j = m
+            while j > 0 and _vr[order[j - 1]].bid > _vr[i].bid:
+                order[j] = order[j - 1]
+                j -= 1
+            order[j] = i
+            m += 1
+    reqs = _vr_reqs
+    o_flags = 0
+    for k in range(m):
+        v = &_vr[order[k]]
+        o_bid = v.bid
+        o_n = v.n
+        cb = (S_RW_COMPLETE, (v.rid,))
+        d = PyDict_Copy(_BREQ)
+        fv[0] = <PyObject*>o_bid
+        fv[1] = v.op
+        fv[2] = v.op
+        fv[3] = v.ooff
+        fv[4] = <PyObject*>o_n
+        fv[5] = v.qiov
+        fv[6] = <PyObject*>o_flags
+        fv[7] = <PyObject*>cb
+        fv[8] = v.ret if v.ret != NULL else <PyObject*>None
+        _fill(d, NULL, _BREQ_KEYS, fv, 9)
+        PyDict_SetItem(reqs, o_bid, d)
+        _VR_DICTS += 1
+        _vr_free(v)
+    _vr_reqs = None
+    return 0
+
+
+cdef int _vr_make(Core* c, object blk, i64 bid, object op, object offset, object qiov, i64 nbytes,
+                  i64 rid) except -1:
+    """_bulk_dev's blk_aio_submit of a read or write (flags 0, cb ("vblk.rw_complete", (rid,)),
+    qiov's size nbytes): 1 when kept as a record; 0: the caller puts the dict in reqs (the
+    records went there first)"""
+    global _vr_n, _vr_reqs, _VR_MADE
+    cdef VR* v
+    cdef int opc
+    cdef i64 off
+    if _fmt_kind != K_raw_co_entry:
+        return 0                        # (the caller's dict goes in after _vr_flush)
+    reqs = _b_reqs(blk)
+    opc = OP_WRITE if op is S_WRITE else OP_READ if op is S_READ else -1
+    if _fmt_kind != K_raw_co_entry or opc < 0 or type(reqs) is not dict or bid < 0 \
+            or not _as_i64(offset, &off) or (_vr_n and reqs is not _vr_reqs) \
+            or (len(<dict>reqs) and PyDict_GetItemWithError(reqs, bid) != NULL):
+        _vr_flush()
+        return 0
+    v = &_vr[bid & (VR_N - 1)]
+    if v.bid >= 0:
+        _vr_flush()
+    _vr_reqs = reqs
+    v.bid = bid
+    v.opc = opc
+    v.off = off
+    v.n = nbytes
+    v.rid = rid
+    Py_INCREF(op)
+    v.op = <PyObject*>op
+    Py_INCREF(offset)
+    v.ooff = <PyObject*>offset
+    Py_INCREF(qiov)
+    v.qiov = <PyObject*>qiov
+    v.ret = NULL
+    _vr_n += 1
+    _VR_MADE += 1
+    return 1
+
+
+ctypedef int (*vr_make_t)(Core* c, object blk, i64 bid, object op, object offset, object qiov,
+                          i64 nbytes, i64 rid) except -1
+ctypedef int (*vr_flush_t)() except -1
+# (for _bulk_dev: the two functions above, by pointer)
+VR_MAKE = PyCapsule_New(<void*>_vr_make, "emu_fast._bulk_blk.vr_make", NULL)
+VR_FLUSH = PyCapsule_New(<void*>_vr_flush, "emu_fast._bulk_blk.vr_flush", NULL)
+
+
 # == BlockBackend and block/io.c ====================================================================
 
 cdef int h_blk_co_entry(Core* c, Frame* f) except -1:
     """backend.co_entry: blk_co_do_preadv_part/pwritev_part/flush/... (block/block-backend.c)"""
     cdef int opc
     cdef i64 bid = f.a[0], off, n, length
+    cdef VR* vr
     m = <object>c.m
     blk = _m_block(m)
+    vr = _vr_get(blk, bid)
+    if vr != NULL:
+        if (vr.opc != OP_WRITE or _b_wce(blk)) and _as_i64(_b_length(blk), &length) \
+                and vr.off >= 0 and vr.n >= 0 and vr.off <= length and vr.n <= length - vr.off:
+            _begin(c, K_blk_co_entry)
+            cont(c, F1(K_bdrv_co_entry, bid), -1)
+            return 0
+        _vr_flush()                     # (FUA, or out of range: on the dict)
     req = _req(c, blk, bid)
     if req is None:
         return _other(c, f, K_blk_co_entry)
-    op = _get(req, "op")
+    op = _rg(req, RQ_OP, S_OP)
     opc = _opcode(op)
     if opc < 0:
         return _other(c, f, K_blk_co_entry)
-    o_off = _get(req, "offset")
-    o_n = _get(req, "bytes")
+    o_off = _rg(req, RQ_OFFSET, S_OFFSET)
+    o_n = _rg(req, RQ_BYTES, S_BYTES)
     if not _as_i64(o_off, &off) or not _as_i64(o_n, &n):
         return _other(c, f, K_blk_co_entry)                     # (the detail formats both)
     if opc != OP_FLUSH:
@@ -487,7 +761,7 @@ cdef int h_blk_co_entry(Core* c, Frame* f) except -1:
             return _other(c, f, K_blk_co_entry)                 # _complete_early(-EIO)
     fua = False
     if opc == OP_WRITE and not _b_wce(blk):
-        flags = _get(req, "flags")
+        flags = _rg(req, RQ_FLAGS, S_FLAGS)
         if flags is _MISSING or type(flags) is not int:
             return _other(c, f, K_blk_co_entry)
         fua = True
@@ -502,12 +776,20 @@ cdef int h_bdrv_co_entry(Core* c, Frame* f) except -1:
     """backend.bdrv_co_entry: bdrv_co_preadv_part/pwritev_part/... (block/io.c)"""
     cdef int opc
     cdef i64 bid = f.a[0]
+    cdef VR* vr
     m = <object>c.m
     blk = _m_block(m)
+    vr = _vr_get(blk, bid)
+    if vr != NULL:
+        if _fmt_kind != 0 and not (vr.opc == OP_WRITE and _b_read_only(blk)):
+            _begin(c, K_bdrv_co_entry)
+            cont(c, F1(_fmt_kind, bid), -1)
+            return 0
+        _vr_flush()
     req = _req(c, blk, bid)
     if req is None or _fmt_kind == 0:
         return _other(c, f, K_bdrv_co_entry)
-    op = _get(req, "op")
+    op = _rg(req, RQ_OP, S_OP)
     opc = _opcode(op)
     if opc < 0:
         return _other(c, f, K_bdrv_co_entry)
@@ -520,7 +802,7 @@ cdef int h_bdrv_co_entry(Core* c, Frame* f) except -1:
         return _other(c, f, K_bdrv_co_entry)                     # discard=ignore: completes early
     clear = opc == OP_WZ and not unmap
     if clear:
-        flags = _get(req, "flags")
+        flags = _rg(req, RQ_FLAGS, S_FLAGS)
         if flags is _MISSING or type(flags) is not int:
             return _other(c, f, K_bdrv_co_entry)
     _begin(c, K_bdrv_co_entry)
@@ -530,27 +812,44 @@ cdef int h_bdrv_co_entry(Core* c, Frame* f) except -1:
     return 0
 
 
+cdef i64 _FUA = BDRV_REQ_FUA if 0 < BDRV_REQ_FUA < (1 << 62) else 0
+cdef bint _fua_small = _FUA != 0       # (flags & FUA in C when flags fits an i64: the same bit)
+
+
 cdef int h_bdrv_co_done(Core* c, Frame* f) except -1:
     """backend.bdrv_co_done: back in bdrv_co_pwritev_part (block/io.c), FUA emulated by a flush"""
     cdef int opc
-    cdef i64 bid = f.a[0]
+    cdef i64 bid = f.a[0], fl
+    cdef bint has_fua
+    cdef VR* vr
     m = <object>c.m
     blk = _m_block(m)
+    vr = _vr_get(blk, bid)
+    if vr != NULL:                      # (flags 0: no FUA)
+        if vr.ret == NULL or type(<object>vr.ret) is int:
+            _begin(c, K_bdrv_co_done)
+            cont(c, F1(K_blk_aio_complete, bid), -1)
+            return 0
+        _vr_flush()
     req = _req(c, blk, bid)
     if req is None:
         return _other(c, f, K_bdrv_co_done)
-    op = _get(req, "op")
-    ret = _get(req, "ret")
+    op = _rg(req, RQ_OP, S_OP)
+    ret = _rg(req, RQ_RET, S_RET)
     opc = _opcode(op)
     if opc < 0 or (ret is not None and type(ret) is not int):
         return _other(c, f, K_bdrv_co_done)
     fua = False
     if opc == OP_WRITE:
-        flags = _get(req, "flags")
+        flags = _rg(req, RQ_FLAGS, S_FLAGS)
         if type(flags) is not int:
             return _other(c, f, K_bdrv_co_done)
-        if flags & BDRV_REQ_FUA and ret == 0:
-            phase = _get(req, "phase")
+        if _fua_small and _as_i64(flags, &fl):
+            has_fua = (fl & _FUA) != 0
+        else:
+            has_fua = bool(flags & BDRV_REQ_FUA)
+        if has_fua and ret == 0:
+            phase = _rg(req, RQ_PHASE, S_PHASE)
             if phase is _MISSING:
                 return _other(c, f, K_bdrv_co_done)
             if phase != "fua":
@@ -567,28 +866,49 @@ cdef int h_bdrv_co_done(Core* c, Frame* f) except -1:
     return 0
 
 
+cdef str S_RW_COMPLETE = _intern("vblk.rw_complete")     # (as _bulk_dev makes them)
+cdef str S_FLUSH_COMPLETE = _intern("vblk.flush_complete")
+
+
 cdef int h_blk_aio_complete(Core* c, Frame* f) except -1:
     """backend.aio_complete: blk_aio_complete (block/block-backend.c) runs the device's callback"""
     cdef i64 bid = f.a[0], a0 = 0, a1 = 0, r
+    cdef int ik
     cdef Frame nf
     cdef Py_ssize_t na
+    cdef VR* vr
     m = <object>c.m
     blk = _m_block(m)
+    vr = _vr_get(blk, bid)
+    if vr != NULL:
+        if vr.ret != NULL and _as_i64(<object>vr.ret, &r):
+            _begin(c, K_blk_aio_complete)
+            a0 = vr.rid
+            _vr_free(vr)                # (del reqs[bid])
+            cont(c, F2(K_vblk_rw_complete, a0, r), -1)
+            return 0
+        _vr_flush()
     req = _req(c, blk, bid)
     if req is None:
         return _other(c, f, K_blk_aio_complete)
-    cb = _get(req, "cb")
-    ret = _get(req, "ret")
+    cb = _rg(req, RQ_CB, S_CB)
+    ret = _rg(req, RQ_RET, S_RET)
     if (type(cb) is not tuple and type(cb) is not list) or len(cb) != 2 \
-            or PyDict_GetItemWithError(req, "op") == NULL or not _as_i64(ret, &r):
+            or _rg(req, RQ_OP, S_OP) is _MISSING or not _as_i64(ret, &r):
         return _other(c, f, K_blk_aio_complete)
     kind = cb[0]
     args = cb[1]
     if type(kind) is not str or (type(args) is not tuple and type(args) is not list):
         return _other(c, f, K_blk_aio_complete)
-    k = _get(_CB_KIND, kind)
+    if kind is S_RW_COMPLETE:           # (the device's literals: mostly found by identity)
+        ik = K_vblk_rw_complete
+    elif kind is S_FLUSH_COMPLETE:
+        ik = K_vblk_flush_complete
+    else:
+        k = _get(_CB_KIND, kind)
+        ik = -1 if k is _MISSING else <int>k
     na = len(args)
-    if k is _MISSING or na > 2:
+    if ik < 0 or na > 2:
         return _other(c, f, K_blk_aio_complete)
     if na >= 1 and not _as_i64(args[0], &a0):
         return _other(c, f, K_blk_aio_complete)
@@ -596,7 +916,7 @@ cdef int h_blk_aio_complete(Core* c, Frame* f) except -1:
         return _other(c, f, K_blk_aio_complete)
     _begin(c, K_blk_aio_complete)
     PyDict_DelItem(_b_reqs(blk), bid)
-    nf = F0(<int>k)
+    nf = F0(ik)
     nf.n = <int>na + 1
     nf.a[0] = a0
     nf.a[1] = a1
@@ -611,17 +931,25 @@ cdef int h_raw_co_entry(Core* c, Frame* f) except -1:
     """raw.co_entry: raw_co_preadv/pwritev/... (block/raw-format.c), straight to the file"""
     cdef int opc
     cdef i64 bid = f.a[0]
+    cdef VR* vr
     m = <object>c.m
     blk = _m_block(m)
+    vr = _vr_get(blk, bid)
+    if vr != NULL:
+        if not (vr.opc == OP_WRITE and _b_probed(blk) and vr.off < 512):
+            _begin(c, K_raw_co_entry)
+            cont(c, F1(K_file_co_entry, bid), -1)
+            return 0
+        _vr_flush()
     req = _req(c, blk, bid)
     if req is None:
         return _other(c, f, K_raw_co_entry)
-    op = _get(req, "cur_op")
+    op = _rg(req, RQ_CUR_OP, S_CUR_OP)
     opc = _opcode(op)
     if opc < 0:
         return _other(c, f, K_raw_co_entry)
     if opc == OP_WRITE and _b_probed(blk):
-        off = _get(req, "offset")
+        off = _rg(req, RQ_OFFSET, S_OFFSET)
         if type(off) is not int or off < 512:
             return _other(c, f, K_raw_co_entry)                 # a probed image's sector 0: the compiled engine decides
     _begin(c, K_raw_co_entry)
@@ -686,6 +1014,128 @@ cdef inline int _ao_slot(object aios, i64 aid) noexcept:
 
 
 
+# The aio dicts file.co_entry would make for reads, writes and flushes live here instead, as C
+# records (VA_N slots, aid & VA_N-1), while the stretch runs: file.aio_worker reads its record
+# and keeps its ret there, file.co_resume drops it.  The ones still alive become the dicts
+# file_posix.submit makes, and go into aios (_va_aios) in aid order -- the order they were
+# made -- whenever anything else could look at aios: before a real aio is put there, before a
+# compiled or Python handler runs (_wrapped), and when the stretch ends (_store).  So every aio
+# in the table is newer than every aio in the dict, and the dict ends up as the Python engine's.
+cdef struct VA:
+    i64 aid             # -1: a free slot
+    i64 bid
+    i64 off
+    i64 n
+    int opc             # OP_READ, OP_WRITE or OP_FLUSH
+    PyObject* op        # the aio's values (owned references)
+    PyObject* ooff
+    PyObject* on
+    PyObject* iov
+    PyObject* ret       # NULL: None (the worker has not run)
+cdef enum:
+    VA_N = 64
+cdef VA _va[VA_N]
+cdef int _va_n = 0               # records in use
+cdef object _va_aios = None      # the aios dict they belong to
+cdef long long _VA_MADE = 0      # records made (cache_hits()["virtual"])
+cdef long long _VA_DICTS = 0     # ... of them that became dicts (cache_hits()["materialized"])
+for _i in range(VA_N):
+    _va[_i].aid = -1
+
+
+cdef inline VA* _va_find(object aios, i64 aid) noexcept:
+    """the record of aios[aid], or NULL"""
+    cdef VA* v
+    if _va_n == 0 or aios is not _va_aios or aid < 0:
+        return NULL
+    v = &_va[aid & (VA_N - 1)]
+    return v if v.aid == aid else NULL
+
+
+cdef inline void _va_free(VA* v) noexcept:
+    global _va_n
+    v.aid = -1
+    Py_XDECREF(v.op)
+    Py_XDECREF(v.ooff)
+    Py_XDECREF(v.on)
+    Py_XDECREF(v.iov)
+    Py_XDECREF(v.ret)
+    v.op = v.ooff = v.on = v.iov = v.ret = NULL
+    _va_n -= 1
+
+
+cdef int _va_flush() except -1:
+    """The records still alive become aios's dicts, oldest first (file_posix.submit's display,
+    and the "ret" the worker stored)."""
+    global _va_n, _va_aios, _VA_DICTS, _AO_HITS
+    cdef int i, j, k, m = 0
+    cdef int order[VA_N]
+    cdef PyObject* fv[5]
+    cdef VA* v
+    cdef object o_bid, o_aid
+    if _va_n == 0:
+        return 0
+    for i in range(VA_N):
+        if _va[i].aid >= 0:
+            j = m
+            while j > 0 and _va[order[j - 1]].aid > _va[i].aid:
+                order[j] = order[j - 1]
+                j -= 1
+            order[j] = i
+            m += 1
+    aios = _va_aios
+    for k in range(m):
+        v = &_va[order[k]]
+        o_bid = v.bid
+        o_aid = v.aid
+        aio = PyDict_Copy(_AIO)
+        fv[0] = <PyObject*>o_bid
+        fv[1] = v.op
+        fv[2] = v.ooff
+        fv[3] = v.on
+        fv[4] = v.iov
+        _fill(aio, _AIO_IDX, _AIO_KEYS, fv, 5)
+        if v.ret != NULL:
+            PyDict_SetItem(aio, S_RET, <object>v.ret)
+        PyDict_SetItem(aios, o_aid, aio)
+        _VA_DICTS += 1
+        _va_free(v)
+    _va_aios = None
+    return 0
+
+
+cdef bint _va_put(object aios, i64 aid, i64 bid, i64 off, i64 nb, int opc, object op,
+                  object offset, object o_nb, object iov) except -1:
+    """keep a new aio as a record (False: it must be a dict: the records went there first)"""
+    global _va_n, _va_aios, _VA_MADE
+    cdef VA* v
+    if aid < 0 or (_va_n and aios is not _va_aios) \
+            or (len(<dict>aios) and PyDict_GetItemWithError(aios, aid) != NULL):
+        _va_flush()
+        return False
+    v = &_va[aid & (VA_N - 1)]
+    if v.aid >= 0:
+        _va_flush()
+    _va_aios = aios
+    v.aid = aid
+    v.bid = bid
+    v.off = off
+    v.n = nb
+    v.opc = opc
+    Py_INCREF(op)
+    v.op = <PyObject*>op
+    Py_INCREF(offset)
+    v.ooff = <PyObject*>offset
+    Py_INCREF(o_nb)
+    v.on = <PyObject*>o_nb
+    Py_INCREF(iov)
+    v.iov = <PyObject*>iov
+    v.ret = NULL
+    _va_n += 1
+    _VA_MADE += 1
+    return True
+
+
 cdef int h_file_co_entry(Core* c, Frame* f) except -1:
     """file_posix.co_entry: raw_co_prw/raw_co_flush_to_disk (block/file-posix.c) -> thread pool"""
     cdef int opc
@@ -693,15 +1143,22 @@ cdef int h_file_co_entry(Core* c, Frame* f) except -1:
     cdef int sl
     cdef PyObject* fv[5]
     cdef object o_bid, o_nb
+    cdef VR* vr
     m = <object>c.m
     blk = _m_block(m)
-    req = _req(c, blk, bid)
-    if req is None:
-        return _other(c, f, K_file_co_entry)
-    op = _get(req, "cur_op")
-    opc = _opcode(op)
-    if opc < 0:
-        return _other(c, f, K_file_co_entry)
+    vr = _vr_get(blk, bid)
+    if vr != NULL:                      # (a read or a write)
+        req = None
+        op = <object>vr.op
+        opc = vr.opc
+    else:
+        req = _req(c, blk, bid)
+        if req is None:
+            return _other(c, f, K_file_co_entry)
+        op = _rg(req, RQ_CUR_OP, S_CUR_OP)
+        opc = _opcode(op)
+        if opc < 0:
+            return _other(c, f, K_file_co_entry)
     is_flush = opc == OP_FLUSH
     skip = False
     if is_flush:
@@ -721,17 +1178,17 @@ cdef int h_file_co_entry(Core* c, Frame* f) except -1:
             cont(c, F1(K_file_flush_done, bid), -1)
             return 0
     # submit(): the checks first
-    offset = _get(req, "offset")
+    offset = <object>vr.ooff if vr != NULL else _rg(req, RQ_OFFSET, S_OFFSET)
     if type(offset) is not int:
         return _other(c, f, K_file_co_entry)                     # (the detail formats it)
     if opc == OP_READ or opc == OP_WRITE:
-        iov = _get(req, "qiov")
+        iov = <object>vr.qiov if vr != NULL else _rg(req, RQ_QIOV, S_QIOV)
         if not _iov_ok(c, iov, &nb):
             return _other(c, f, K_file_co_entry)
         o_nb = nb
     else:
         iov = None
-        o_nb = _get(req, "bytes")
+        o_nb = _rg(req, RQ_BYTES, S_BYTES)
         if not _as_i64(o_nb, &nb):
             return _other(c, f, K_file_co_entry)
     aios = _b_aios(blk)
@@ -743,6 +1200,11 @@ cdef int h_file_co_entry(Core* c, Frame* f) except -1:
         sset(blk, _BlockState, _B[11], "active_flush", bid)
         req["flush_gen"] = _b_write_gen(blk)
     sset(blk, _BlockState, _B[2], "next_aio", aid + 1)
+    if opc <= OP_FLUSH and _as_i64(offset, &off) \
+            and _va_put(aios, aid, bid, off, nb, opc, op, offset, o_nb, iov):
+        at(c, _latency(c, m, op, opc, nb), F1(K_file_aio_worker, aid))
+        return 0
+    _va_flush()                         # (the records first: they are older)
     aio = PyDict_Copy(_AIO)            # (the dict display, in its order: _AIO's keys)
     o_bid = bid
     fv[0] = <PyObject*>o_bid
@@ -820,14 +1282,27 @@ cdef int h_file_aio_worker(Core* c, Frame* f) except -1:
     cdef const char* src
     cdef char* dst
     cdef int sl
+    cdef VA* v
     global _AO_HITS
     m = <object>c.m
     blk = _m_block(m)
     aios = _b_aios(blk)
     if type(aios) is not dict:
         return _other(c, f, K_file_aio_worker)
-    sl = _ao_slot(aios, aid)
-    if sl >= 0:                         # (the aio co_entry made: its "data" is None)
+    v = _va_find(aios, aid)
+    sl = _ao_slot(aios, aid) if v == NULL else -1
+    if v != NULL:                       # (a record: its "data" is None)
+        _AO_HITS += 1
+        aio = None
+        op = <object>v.op
+        o_off = <object>v.ooff
+        o_n = <object>v.on
+        iov = <object>v.iov
+        opc = v.opc
+        off = v.off
+        n = v.n
+        data = None
+    elif sl >= 0:                       # (the aio co_entry made: its "data" is None)
         _AO_HITS += 1
         aio = <object>PyList_GET_ITEM(_ao_aio, sl)
         op = <object>PyList_GET_ITEM(_ao_op, sl)
@@ -842,16 +1317,16 @@ cdef int h_file_aio_worker(Core* c, Frame* f) except -1:
         aio = _get(aios, aid)
         if type(aio) is not dict:
             return _other(c, f, K_file_aio_worker)
-        op = _get(aio, "op")
-        o_off = _get(aio, "offset")
-        o_n = _get(aio, "bytes")
+        op = _rg(aio, AI_OP, S_OP)
+        o_off = _rg(aio, AI_OFFSET, S_OFFSET)
+        o_n = _rg(aio, AI_BYTES, S_BYTES)
         opc = _opcode(op)
         if opc < 0 or not _as_i64(o_off, &off) or not _as_i64(o_n, &n):
             return _other(c, f, K_file_aio_worker)
-        iov = _get(aio, "iov")
+        iov = _rg(aio, AI_IOV, S_IOV)
         data = None
         if opc == OP_WRITE:
-            data = _get(aio, "data")
+            data = _rg(aio, AI_DATA, S_DATA)
     if off < 0 or n < 0:
         return _other(c, f, K_file_aio_worker)
     if c.qemu < 0 or _fault_fires(m, blk, op, o_off, o_n):
@@ -887,6 +1362,12 @@ cdef int h_file_aio_worker(Core* c, Frame* f) except -1:
             _fp_run(m, hf, aio)
     except OSError as e:
         ret = -(e.errno or EIO)
+    if v != NULL:
+        Py_INCREF(ret)
+        Py_XDECREF(v.ret)
+        v.ret = <PyObject*>ret
+        post(c, c.qemu, F1(K_file_co_resume, aid), 0, False)
+        return 0
     sl = _ao_slot(aios, aid)
     PyDict_SetItem(aio, S_RET, ret)
     if sl >= 0 and PyList_GET_ITEM(_ao_aio, sl) == <PyObject*>aio:
@@ -900,14 +1381,22 @@ cdef int h_file_co_resume(Core* c, Frame* f) except -1:
     """file_posix.co_resume: the thread-pool completion re-enters raw_co_prw (block/file-posix.c)"""
     cdef int opc, sl
     cdef i64 aid = f.a[0], bid
+    cdef VA* v
+    cdef VR* vr
     global _AO_HITS
     m = <object>c.m
     blk = _m_block(m)
     aios = _b_aios(blk)
     if type(aios) is not dict:
         return _other(c, f, K_file_co_resume)
-    sl = _ao_slot(aios, aid)
-    if sl >= 0:
+    v = _va_find(aios, aid)
+    sl = _ao_slot(aios, aid) if v == NULL else -1
+    if v != NULL:
+        _AO_HITS += 1
+        bid = v.bid
+        opc = v.opc
+        ret = None if v.ret == NULL else <object>v.ret
+    elif sl >= 0:
         _AO_HITS += 1
         bid = _ao_bid[sl]
         opc = _ao_opc[sl]
@@ -916,26 +1405,38 @@ cdef int h_file_co_resume(Core* c, Frame* f) except -1:
         aio = _get(aios, aid)
         if type(aio) is not dict:
             return _other(c, f, K_file_co_resume)
-        o_bid = _get(aio, "bid")
-        aop = _get(aio, "op")
-        ret = _get(aio, "ret")
+        o_bid = _rg(aio, AI_BID, S_BID)
+        aop = _rg(aio, AI_OP, S_OP)
+        ret = _rg(aio, AI_RET, S_RET)
         opc = _opcode(aop)
         if not _as_i64(o_bid, &bid) or opc < 0:
             return _other(c, f, K_file_co_resume)
     if ret is not None and type(ret) is not int:
         return _other(c, f, K_file_co_resume)
-    req = _req(c, blk, bid)
-    if req is None:
-        return _other(c, f, K_file_co_resume)
-    if opc == OP_FLUSH and ret == 0 and PyDict_GetItemWithError(req, "flush_gen") == NULL:
-        return _other(c, f, K_file_co_resume)
+    vr = _vr_get(blk, bid)
+    if vr != NULL:                      # (a read or a write)
+        req = None
+    else:
+        req = _req(c, blk, bid)
+        if req is None:
+            return _other(c, f, K_file_co_resume)
+        if opc == OP_FLUSH and ret == 0 and PyDict_GetItemWithError(req, "flush_gen") == NULL:
+            return _other(c, f, K_file_co_resume)
     _begin(c, K_file_co_resume)
-    known = _ao_known(aios)
-    PyDict_DelItem(aios, aid)
-    _ao_changed(aios, known)
-    if sl >= 0:
-        _ao_aid[sl] = -1
-    PyDict_SetItem(req, S_RET, ret)
+    if v != NULL:
+        _va_free(v)                     # (aios.pop(aid): the record goes)
+    else:
+        known = _ao_known(aios)
+        PyDict_DelItem(aios, aid)
+        _ao_changed(aios, known)
+        if sl >= 0:
+            _ao_aid[sl] = -1
+    if vr != NULL:
+        Py_INCREF(ret)
+        Py_XDECREF(vr.ret)
+        vr.ret = <PyObject*>ret
+    else:
+        PyDict_SetItem(req, S_RET, ret)
     if opc == OP_FLUSH:
         if ret == 0:
             sset(blk, _BlockState, _B[8], "flushed_gen", req.pop("flush_gen"))
@@ -955,7 +1456,7 @@ cdef int h_file_flush_done(Core* c, Frame* f) except -1:
     req = _req(c, blk, bid)
     if req is None:
         return _other(c, f, K_file_flush_done)
-    ret = _get(req, "ret")
+    ret = _rg(req, RQ_RET, S_RET)
     if ret is not None and type(ret) is not int:
         return _other(c, f, K_file_flush_done)                     # (the detail formats it)
     mine = _b_active_flush(blk) == bid
@@ -1095,6 +1596,8 @@ cdef int _wrapped(Core* c, Frame* f, int kind, object fn, tuple info) except -1:
     cdef int i
     if _STRICT:
         return BAIL
+    _va_flush()                         # (the handler may look at aios and reqs)
+    _vr_flush()
     if not _KID:
         _kinds()
     args = []
@@ -1372,13 +1875,13 @@ cdef int h_qcow2_co_entry(Core* c, Frame* f) except -1:
     if fd is None or req is None:
         return _wrapped(c, f, K_qcow2_co_entry, _FN_CO_ENTRY, _I_CO_ENTRY)
     eng = _get(fd, "engine")
-    op = _get(req, "cur_op")
+    op = _rg(req, RQ_CUR_OP, S_CUR_OP)
     opc = _opcode(op)
     cos = _get(fd, "cos")
     owner = _get(fd, "lock_owner")
     lq = _get(fd, "lock_queue")
-    o_off = _get(req, "offset")
-    o_n = _get(req, "bytes")
+    o_off = _rg(req, RQ_OFFSET, S_OFFSET)
+    o_n = _rg(req, RQ_BYTES, S_BYTES)
     if eng is _MISSING or opc < 0 or type(cos) is not dict or owner is _MISSING \
             or (owner is not None and type(lq) is not list) \
             or not _as_i64(o_off, &off) or not _as_i64(o_n, &n) or eng.drv_gone:
@@ -1792,20 +2295,20 @@ cdef int h_qcow2_compute(Core* c, Frame* f) except -1:
     if eng is _MISSING or (type(eng) is not _Qcow2Engine and type(eng) is not _FastQcow2Engine) \
             or not _qd_check() or not _qd_finish_ok or bid == 0:
         return _wrapped(c, f, K_qcow2_compute, _FN_COMPUTE, _I_COMPUTE)
-    phase = _get(co, "phase")
-    op = _get(co, "op")
+    phase = _rg(co, CO_PHASE, S_PHASE)
+    op = _rg(co, CO_OP, S_OP)
     if _seq(phase, S_DONE):
         what = QC_DONE
     elif _seq(op, S_WRITE):
-        wphase = _get(co, "wphase")
+        wphase = _rg(co, CO_WPHASE, S_WPHASE)
         if _seq(wphase, S_ALLOC):
-            if _get(co, "remaining") == 0:
+            if _rg(co, CO_REMAINING, S_REMAINING) == 0:
                 what = QC_TO_LINK
         elif _seq(wphase, S_LINK):
-            pieces = _get(co, "pieces")
-            if _as_i64(_get(co, "link_i"), &li) and type(pieces) is list and li >= len(<list>pieces):
+            pieces = _rg(co, CO_PIECES, S_PIECES)
+            if _as_i64(_rg(co, CO_LINK_I, S_LINK_I), &li) and type(pieces) is list and li >= len(<list>pieces):
                 what = QC_LINKED
-    elif _seq(op, S_READ) and _get(co, "remaining") == 0:
+    elif _seq(op, S_READ) and _rg(co, CO_REMAINING, S_REMAINING) == 0:
         what = QC_READ_DONE
     blk = _m_block(m)
     req = _req(c, blk, bid)
@@ -1834,7 +2337,7 @@ cdef int h_qcow2_compute(Core* c, Frame* f) except -1:
             return _q_finish(c, fd, req, lq, co, bid)
         return _wrapped(c, f, K_qcow2_compute, _FN_COMPUTE, _I_COMPUTE)
     # _finish's reads: the request, and co["ret"] (formatted by the detail)
-    if req is None or not _as_i64(_get(co, "ret"), &r) or type(lq) is not list \
+    if req is None or not _as_i64(_rg(co, CO_RET, S_RET), &r) or type(lq) is not list \
             or (what == QC_TO_LINK and not _qd_write_ok) \
             or (lq and (c.qemu < 0 or type((<list>lq)[0]) is not int)):
         return _wrapped(c, f, K_qcow2_compute, _FN_COMPUTE, _I_COMPUTE)

@@ -18,7 +18,9 @@ suppress dict, the increments of m.counters and vblk.by_type, and the requests o
 (C records: a request popped and completed in one stretch never gets its dict; see "the
 requests held in C").  Nothing but these handlers touches those objects during a stretch (the
 core runs no Python handler).  The block layer's request dicts (blk_aio_submit) are made as the
-Python code makes them.
+Python code makes them, except a raw image's reads and writes: _bulk_blk keeps those as C
+records while the stretch runs (its VR_MAKE), and makes the dicts of the ones still alive
+before this module puts another request's dict into block.reqs (its VR_FLUSH).
 """
 from cpython.dict cimport PyDict_GetItemWithError, PyDict_SetItem, PyDict_DelItem, PyDict_Copy
 from cpython.list cimport PyList_GET_SIZE, PyList_GET_ITEM
@@ -26,6 +28,7 @@ from cpython.tuple cimport PyTuple_GET_SIZE, PyTuple_GET_ITEM
 from cpython.long cimport PyLong_CheckExact, PyLong_AsLongLongAndOverflow
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_DECREF
+from cpython.pycapsule cimport PyCapsule_GetPointer
 from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset, memmove
 from libc.stdlib cimport malloc, free
@@ -192,6 +195,13 @@ cdef dict _template(tuple items):
         assert type(k) is str
         d[k] = v
     return d
+
+
+# the completion callbacks' kinds, interned (_bulk_blk's blk.aio_complete finds them by identity)
+from sys import intern as _intern
+cdef str S_RW_COMPLETE = _intern("vblk.rw_complete")
+cdef str S_FLUSH_COMPLETE = _intern("vblk.flush_complete")
+cdef str S_DWZ_COMPLETE = _intern("vblk.dwz_complete")
 
 
 cdef dict _REQ_T = _template((("id", None), ("qi", None), ("elem", None), ("type", None),
@@ -1294,7 +1304,7 @@ cdef bint _decode(object o, Req* r, i64 rid) except -1:
     elem = d["elem"]
     if type(elem) is not dict or PyDict_GetItemWithError(<dict>elem, "index") == NULL:
         return False
-    if not _ll((<dict>elem)["index"], &r.index) or not 0 <= r.index <= 0xFFFFFFFF:
+    if not _ll((<dict>elem)["index"], &r.index) or not 0 <= r.index <= <i64>0xFFFFFFFF:
         return False
     no = _iov_in(_get(<dict>elem, "out"), _oa, _on)
     ni = _iov_in(_get(<dict>elem, "in"), _ia, _in)
@@ -1648,10 +1658,10 @@ cdef int h_handle_request(Core* c, Frame* f) except -1:
         r.dirty |= F_STAGE
         if is_wz:
             _aio_submit(c, "write_zeroes", dsector << 9, None, (<i64>num) << 9,
-                        4 if dflags & 1 else 0, ("vblk.dwz_complete", (rid,)), True, F1(K_vblk_pop, qi))
+                        4 if dflags & 1 else 0, (S_DWZ_COMPLETE, (rid,)), True, F1(K_vblk_pop, qi))
         else:
             _aio_submit(c, "discard", dsector << 9, None, (<i64>num) << 9, 0,
-                        ("vblk.dwz_complete", (rid,)), True, F1(K_vblk_pop, qi))
+                        (S_DWZ_COMPLETE, (rid,)), True, F1(K_vblk_pop, qi))
         return 0
     if masked == 8:
         nb = 0
@@ -1838,6 +1848,46 @@ cdef int h_submit_multireq(Core* c, Frame* f) except -1:
     return 0
 
 
+# _bulk_blk keeps a raw image's read and write requests as C records during the stretch
+# (_bulk_blk._vr_make; _vr_flush puts the ones alive into block.reqs, before any dict is put
+# there): its two functions, by pointer (VR_MAKE, VR_FLUSH capsules), bound at first use
+ctypedef int (*vr_make_t)(Core* c, object blk, i64 bid, object op, object offset, object qiov,
+                          i64 nbytes, i64 rid) except -1
+ctypedef int (*vr_flush_t)() except -1
+cdef vr_make_t _VR_MAKE = NULL
+cdef vr_flush_t _VR_FLUSH = NULL
+cdef bint _vr_bound = False
+
+
+cdef int _vr_bind() except -1:
+    global _VR_MAKE, _VR_FLUSH, _vr_bound
+    from emu_fast import _bulk_blk as bb
+    _VR_MAKE = <vr_make_t>PyCapsule_GetPointer(bb.VR_MAKE, "emu_fast._bulk_blk.vr_make")
+    _VR_FLUSH = <vr_flush_t>PyCapsule_GetPointer(bb.VR_FLUSH, "emu_fast._bulk_blk.vr_flush")
+    _vr_bound = True
+    return 0
+
+
+cdef int _aio_submit_rw(Core* c, str op, object offset, object qiov, i64 nbytes, i64 rid,
+                        bint then, Frame then_f) except -1:
+    """emu.block.backend.blk_aio_submit of a read or write (flags 0, cb
+    ("vblk.rw_complete", (rid,))): kept as _bulk_blk's record when it takes it"""
+    cdef i64 bid
+    if not _vr_bound:
+        _vr_bind()
+    blk = _block
+    bid_o = sget(blk, _BlockState, _BS[K_NEXT_REQ], "next_req")
+    bid = bid_o
+    if _VR_MAKE(c, blk, bid, op, offset, qiov, nbytes, rid) != 1:
+        return _aio_submit(c, op, offset, qiov, nbytes, 0, (S_RW_COMPLETE, (rid,)), then, then_f)
+    sset(blk, _BlockState, _BS[K_NEXT_REQ], "next_req", bid_o + 1)
+    if not then:
+        cont(c, F1(K_blk_co_entry, bid))
+    else:
+        call(c, F1(K_blk_co_entry, bid), then_f)
+    return 0
+
+
 cdef int _aio_submit(Core* c, str op, object offset, object qiov, i64 nbytes, i64 flags,
                      object cb, bint then, Frame then_f) except -1:
     """emu.block.backend.blk_aio_submit (qiov: its iov_size is nbytes)"""
@@ -1869,6 +1919,9 @@ cdef int _aio_submit(Core* c, str op, object offset, object qiov, i64 nbytes, i6
         PyDict_SetItem(d, "qiov", qiov)
         PyDict_SetItem(d, "flags", flags_o)
         PyDict_SetItem(d, "cb", cb)
+    if not _vr_bound:
+        _vr_bind()
+    _VR_FLUSH()                         # (the kept requests are older)
     _breqs[bid_o] = d
     if not then:
         cont(c, F1(K_blk_co_entry, bid))
@@ -1923,8 +1976,8 @@ cdef int h_submit_requests(Core* c, Frame* f) except -1:
         r.stage = ST_SUBMITTED
         r.dirty |= F_STAGE
     op = "write" if _grec[0].is_write else "read"
-    _aio_submit(c, op, sector << 9, qiov, nbytes, 0, ("vblk.rw_complete", (_grec[0].rid,)),
-                _ng != 0, F1(K_vblk_submit_requests, qi))
+    _aio_submit_rw(c, op, sector << 9, qiov, nbytes, _grec[0].rid, _ng != 0,
+                   F1(K_vblk_submit_requests, qi))
     return 0
 
 
@@ -1940,7 +1993,7 @@ cdef int h_flush(Core* c, Frame* f) except -1:
     _RAN[K_vblk_flush] += 1
     r.stage = ST_SUBMITTED
     r.dirty |= F_STAGE
-    _aio_submit(c, "flush", 0, None, 0, 0, ("vblk.flush_complete", (rid,)), True,
+    _aio_submit(c, "flush", 0, None, 0, 0, (S_FLUSH_COMPLETE, (rid,)), True,
                 F1(K_vblk_pop, qi))
     return 0
 
@@ -2080,7 +2133,7 @@ cdef int h_fill(Core* c, Frame* f) except -1:
     _RAN[K_vq_fill] += 1
     if filled:
         e[0] = <uint32_t>r.index
-        e[1] = <uint32_t>(<uint64_t>r.in_len & 0xFFFFFFFF)
+        e[1] = <uint32_t>(<uint64_t>r.in_len)          # (the low 32 bits)
         ram_write(c, a, e, 8)
     cont(c, F1(K_vq_flush, rid))
     return 0
