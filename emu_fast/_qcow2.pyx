@@ -54,8 +54,9 @@ from emu.block.qcow2 import cache as _QC
 
 from emu_fast import _support as _SUP
 from emu_fast._core cimport sched_cont, sched_post
-from emu_fast._fmt cimport _hex, _hexll, _phex, _pstr, _ascii, _ll
+from emu_fast._fmt cimport _hex, _hexll, _ascii, _ll
 from emu_fast._zeros cimport vb_zeros
+from emu_fast._slots cimport slot_offsets, sget
 
 PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
 
@@ -183,6 +184,91 @@ cdef extern from *:
         }
         return vbq_hget_slow(d, key, hint);
     }
+    /* The quiet compute step's stores of a field that is there (vbq_hset).  insertdict's
+       path for a key that is already in the dict (MAINTAIN_TRACKING, the new value in the
+       key's entry or split-table slot, a new version tag when the value is another object,
+       the old value's reference dropped), with the version tag drawn once per step: a dict
+       made and dropped at the step's first such store takes the next tag of the global
+       counter (DICT_NEXT_VERSION, which is not exported), and every dict changed in place
+       during the step takes that tag.  Each of them had only older tags before (every earlier
+       tag was drawn before), and no one reads a dict's version during a step (the bulk core's
+       handlers, which keep values while a dict's tag stays, run between steps), so any reader
+       sees a tag that moved whenever a value changed.  Outside a step (vbq_step 0), or when
+       the entry at *hint is not key with a value: PyDict_SetItem, and *hint learns where key
+       is. */
+    static int vbq_step = 0;            /* a quiet compute step runs (bulk_compute) */
+    static uint64_t vbq_tag = 0;        /* the step's version tag (0: not drawn yet) */
+    static Py_ssize_t vbq_set_misses = 0;
+    static Py_ssize_t vbq_set_inplace = 0;
+    static int vbq_hset_slow(PyObject *d, PyObject *key, PyObject *v, Py_ssize_t *hint) {
+        PyDictObject *mp = (PyDictObject *)d;
+        PyDictKeysObject *k;
+        Py_ssize_t i, n;
+        if (PyDict_SetItem(d, key, v) < 0)
+            return -1;
+        vbq_set_misses++;
+        k = mp->ma_keys;
+        n = k->dk_nentries;
+        if (DK_IS_UNICODE(k)) {
+            PyDictUnicodeEntry *ep = DK_UNICODE_ENTRIES(k);
+            for (i = 0; i < n; i++)
+                if (ep[i].me_key == key) {
+                    *hint = i;
+                    break;
+                }
+        } else {
+            PyDictKeyEntry *ep = DK_ENTRIES(k);
+            for (i = 0; i < n; i++)
+                if (ep[i].me_key == key) {
+                    *hint = i;
+                    break;
+                }
+        }
+        return 0;
+    }
+    static inline __attribute__((always_inline)) int vbq_hset(PyObject *d, PyObject *key, PyObject *v, Py_ssize_t *hint) {
+        PyDictObject *mp = (PyDictObject *)d;
+        PyDictKeysObject *k;
+        PyObject **slot, *old, *t;
+        Py_ssize_t i = *hint;
+        if (!vbq_step || !PyDict_CheckExact(d))
+            return vbq_hset_slow(d, key, v, hint);
+        k = mp->ma_keys;
+        if ((size_t)i >= (size_t)k->dk_nentries)
+            return vbq_hset_slow(d, key, v, hint);
+        if (DK_IS_UNICODE(k)) {
+            PyDictUnicodeEntry *ep = DK_UNICODE_ENTRIES(k) + i;
+            if (ep->me_key != key)
+                return vbq_hset_slow(d, key, v, hint);
+            slot = mp->ma_values != NULL ? &mp->ma_values->values[i] : &ep->me_value;
+        } else {
+            PyDictKeyEntry *ep = DK_ENTRIES(k) + i;
+            if (ep->me_key != key)
+                return vbq_hset_slow(d, key, v, hint);
+            slot = &ep->me_value;
+        }
+        old = *slot;
+        if (old == NULL)                /* (a split table's key this dict lacks) */
+            return vbq_hset_slow(d, key, v, hint);
+        if (vbq_tag == 0 && old != v) {
+            t = PyDict_New();
+            if (t == NULL)
+                return -1;
+            vbq_tag = ((PyDictObject *)t)->ma_version_tag;
+            Py_DECREF(t);
+        }
+        if (PyType_IS_GC(Py_TYPE(v)) && PyObject_IS_GC(v) && !PyObject_GC_IsTracked(d)
+                && (!PyTuple_CheckExact(v) || PyObject_GC_IsTracked(v)))
+            PyObject_GC_Track(d);       /* (MAINTAIN_TRACKING; the key is a str) */
+        vbq_set_inplace++;
+        if (old != v) {
+            Py_INCREF(v);
+            *slot = v;
+            mp->ma_version_tag = vbq_tag;
+            Py_DECREF(old);
+        }
+        return 0;
+    }
     #else
     static int vbq_fill(PyObject *d, PyObject *const *vals, Py_ssize_t n) {
         (void)d; (void)vals; (void)n;
@@ -193,7 +279,24 @@ cdef extern from *:
         (void)hint;
         return PyDict_Check(d) ? PyDict_GetItemWithError(d, key) : NULL;
     }
+    static int vbq_step = 0;
+    static uint64_t vbq_tag = 0;
+    static Py_ssize_t vbq_set_misses = 0;
+    static Py_ssize_t vbq_set_inplace = 0;
+    static int vbq_hset(PyObject *d, PyObject *key, PyObject *v, Py_ssize_t *hint) {
+        (void)hint;
+        return PyDict_SetItem(d, key, v);
+    }
     #endif
+    /* d[key] = v (d: a dict) through vbq_hset with a hint of this call site's own */
+    #define VBQ_HS(d, key, v) __extension__ ({ static Py_ssize_t vbq_hs_ = 0; vbq_hset((PyObject *)(d), (PyObject *)(key), (PyObject *)(v), &vbq_hs_); })
+    /* a quiet compute step begins (1) or ends (0): no version tag drawn yet (see vbq_hset) */
+    static int vbq_step_set(int on) {
+        int was = vbq_step;
+        vbq_step = on;
+        vbq_tag = 0;
+        return was;
+    }
     /* vbq_hget with a hint of this call site's own (d: an exact dict or a subclass) */
     #define VBQ_H(d, key) __extension__ ({ static Py_ssize_t vbq_h_ = 0; vbq_hget((PyObject *)(d), (PyObject *)(key), &vbq_h_); })
     /* VBQ_H on o.__dict__ (NULL: o has none, or key is absent from it) */
@@ -229,6 +332,10 @@ cdef extern from *:
     PyObject* VBQ_GA(object o, object key)
     Py_ssize_t vbq_hint_misses
     int vbq_err() except -1
+    int VBQ_HS(object d, object key, object v) except -1
+    int vbq_step_set(int on) noexcept
+    Py_ssize_t vbq_set_misses
+    Py_ssize_t vbq_set_inplace
 
 cdef extern from "Python.h":
     dict PyDict_Copy(object d)
@@ -328,32 +435,95 @@ def hinted_get(d, str key, default=None):
     return <object>v, vbq_hint_misses
 
 
+cdef extern from *:
+    """
+    static const char vbq_xdigits[] = "0123456789abcdef";
+    /* "0x%llx" of u at p: its digits counted first, then written from the last one; its length */
+    static inline int vbq_phex(char *p, unsigned long long u) {
+        int n = u ? (67 - __builtin_clzll(u)) >> 2 : 1, i;
+        p[0] = '0';
+        p[1] = 'x';
+        for (i = n + 1; i >= 2; i--) {
+            p[i] = vbq_xdigits[u & 15];
+            u >>= 4;
+        }
+        return n + 2;
+    }
+    """
+    int vbq_phex(char* p, unsigned long long u) noexcept
+
+
+cdef inline int _pcs(char* p, const char* s, int n) noexcept:
+    """the n chars of the C string literal s at p (a memcpy of a constant size); n"""
+    memcpy(p, s, n)
+    return n
+
+
+cdef extern from *:
+    """
+    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+    #define vbq_dict_version(d) ((unsigned long long)((PyDictObject *)(d))->ma_version_tag)
+    #else
+    #define vbq_dict_version(d) 0ULL
+    #endif
+    """
+    unsigned long long vbq_dict_version(dict d) noexcept
+
+
+def hinted_sets(list stores, bint step=True):
+    """d[key] = v for each (d, key, v) of stores (exact dicts) through one hinted store site
+    (vbq_hset), all in one quiet step (step) or outside any; -> the version tag of each d after
+    its store, and how many stores any site made in place and through PyDict_SetItem so far
+    (for the tests)"""
+    cdef int outer = vbq_step_set(1 if step else 0)
+    cdef list tags = []
+    cdef dict d
+    try:
+        for d, key, v in stores:
+            VBQ_HS(d, <str?>key, v)
+            tags.append(vbq_dict_version(d))
+    finally:
+        vbq_step_set(outer)
+    return tags, vbq_set_inplace, vbq_set_misses
+
+
+def dict_version(dict d):
+    """d's version tag (PEP 509; 0 off CPython 3.11) (for the tests)"""
+    return vbq_dict_version(d)
+
+
 cdef inline int _phexll(char* p, long long v) noexcept:
     """format(v, '#x') at p; its length"""
     if v >= 0:
-        return _phex(p, <unsigned long long>v)
+        return vbq_phex(p, <unsigned long long>v)
     p[0] = 45          # '-'
-    return 1 + _phex(p + 1, <unsigned long long>0 - <unsigned long long>v)
+    return 1 + vbq_phex(p + 1, <unsigned long long>0 - <unsigned long long>v)
+
+
+def hex_text(long long v):
+    """format(v, '#x') as _phexll writes it (for the tests)"""
+    cdef char buf[24]
+    return _ascii(buf, _phexll(buf, v))
 
 
 cdef str _s_zero_cow(long long off, long long n):
     """f"COW areas read as zero: zero {off:#x}+{n:#x} (fallocate ZERO_RANGE)" (handle_alloc_space)"""
     cdef char buf[128]
-    cdef int k = _pstr(buf, "COW areas read as zero: zero ")
+    cdef int k = _pcs(buf, "COW areas read as zero: zero ", 29)
     k += _phexll(buf + k, off)
     buf[k] = 43        # '+'
     k += 1
     k += _phexll(buf + k, n)
-    k += _pstr(buf + k, " (fallocate ZERO_RANGE)")
+    k += _pcs(buf + k, " (fallocate ZERO_RANGE)", 23)
     return _ascii(buf, k)
 
 
 cdef str _s_guest_data(long long n, long long host):
     """f"guest data {n:#x} bytes -> host {host:#x}" (driver._write_task)"""
     cdef char buf[96]
-    cdef int k = _pstr(buf, "guest data ")
+    cdef int k = _pcs(buf, "guest data ", 11)
     k += _phexll(buf + k, n)
-    k += _pstr(buf + k, " bytes -> host ")
+    k += _pcs(buf + k, " bytes -> host ", 15)
     k += _phexll(buf + k, host)
     return _ascii(buf, k)
 
@@ -403,6 +573,20 @@ cdef inline Geo* _geo(object eng) except NULL:
 
 
 cdef object Qcow2Engine = _QE.Qcow2Engine
+from emu.machine import Machine as _Machine_cls
+from emu.block import backend as _BK
+cdef object _Machine = _Machine_cls
+cdef object _BlockState = _BK.BlockState
+# members read at their offsets (emu_fast/_slots.pxd): Machine.block, Machine.fmt; BlockState.reqs
+cdef Py_ssize_t _QM[2]
+cdef Py_ssize_t _QB[1]
+SLOT_PATHS = {"Machine": slot_offsets(_Machine, ("block", "fmt"), _QM),
+              "BlockState": slot_offsets(_BlockState, ("reqs",), _QB)}
+
+
+cdef inline object _m_reqs(object m):
+    """m.block.reqs"""
+    return sget(sget(m, _Machine, _QM[0], "block"), _BlockState, _QB[0], "reqs")
 cdef object Qcow2Error = _QE.Qcow2Error
 cdef object _refcount_get_py = _L.refcount_get
 cdef object _refcount_set_py = _L.refcount_set
@@ -579,7 +763,7 @@ cdef int _lru_bump_d(dict cd, object c, Py_ssize_t i, long long times) except -1
         n = k + times
     else:
         n = o + times
-    cd["lru_counter"] = n
+    VBQ_HS(cd, "lru_counter", n)
     (<list>_hv(VBQ_H(cd, "lru"), c, "lru"))[i] = n
     return 0
 
@@ -628,7 +812,7 @@ cdef int _cache_set_dependency(object eng, object c, object dep) except -1:
         eng.cache_flush_dependency(c)
         cur = _MISSING
     if cur is not name:
-        cd["depends"] = name
+        VBQ_HS(cd, "depends", name)
     return 0
 
 
@@ -1517,7 +1701,7 @@ cdef list _data_parts(object m, object bid, dict co, long long qoff, long long n
     cdef long long pos = 0, gpa, ln, lo, hi
     if _hn(VBQ_H(co, "zero")):
         return [("zero", n)]
-    reqs = m.block.reqs
+    reqs = _m_reqs(m)
     if type(reqs) is not dict:
         return [("ram", x, y) for x, y in _iov_slice(reqs.get(bid, {})["qiov"], qoff, n)]
     r = PyDict_GetItemWithError(reqs, bid)
@@ -1602,7 +1786,7 @@ cdef int _grow_file_size_2(dict ed, object eng, long long e1, long long e2) exce
         if e2 > e1:
             e1 = e2
         if fs < e1:
-            ed["file_size"] = e1
+            VBQ_HS(ed, "file_size", e1)
         return 0
     _grow_file_size_d(ed, eng, e1)
     _grow_file_size_d(ed, eng, e2)
@@ -1614,7 +1798,7 @@ cdef int _grow_file_size_d(dict ed, object eng, long long end) except -1:
     fs = _hv(VBQ_H(ed, "file_size"), eng, "file_size")
     if type(fs) is int:
         if fs < end:
-            ed["file_size"] = end
+            VBQ_HS(ed, "file_size", end)
         return 0
     ed["file_size"] = max(fs, end)
     return 0
@@ -1697,15 +1881,15 @@ cdef int _piece_done(dict co, dict piece, object o_pos, object o_rem, object o_q
         npieces[0] = len(pieces)
     cdef long long k
     if _ll(o_pos, &k) and 0 <= k < (1LL << 62):
-        co["pos"] = k + cur
+        VBQ_HS(co, "pos", k + cur)
     else:
         co["pos"] = o_pos + cur
     if _ll(o_rem, &k) and 0 <= k < (1LL << 62):
-        co["remaining"] = k - cur
+        VBQ_HS(co, "remaining", k - cur)
     else:
         co["remaining"] = o_rem - cur
     if _ll(o_qoff, &k) and 0 <= k < (1LL << 62):
-        co["qoff"] = k + cur
+        VBQ_HS(co, "qoff", k + cur)
     else:
         co["qoff"] = o_qoff + cur
     return 0
@@ -1842,7 +2026,7 @@ cdef bint _fast_alloc(object m, object eng, object bid, dict co) except -1:
         return False
     # -- from here on: the changes ---------------------------------------------------------------
     # alloc_clusters_noref's get_refcount calls, update_refcount's block (dirty, +1 each)
-    ed["free_cluster_index"] = idx
+    VBQ_HS(ed, "free_cluster_index", idx)
     (<list>_hv(VBQ_H(rd, "dirty"), rbc, "dirty"))[ri] = True
     for i in range(alloc_first, idx):
         _refcount_set(block, i & ((1LL << rbb) - 1), order, _rc_get(bp, i & ((1LL << rbb) - 1), order) + 1)
@@ -1950,7 +2134,7 @@ cdef str _write_machine(object m, object eng, object bid, dict co, bint quiet=Fa
     wphase = _hk(VBQ_H(co, "wphase"), co, "wphase")
     if _is_str(wphase, S_ALLOC):
         if _hk(VBQ_H(co, "remaining"), co, "remaining") == 0:
-            co["wphase"] = "link"
+            VBQ_HS(co, "wphase", S_LINK)
             return "every piece allocated and written: link the L2 entries"
         if quiet:
             _qfn = S_ALLOC_HOST_OFFSET
@@ -1983,10 +2167,10 @@ cdef str _write_machine(object m, object eng, object bid, dict co, bint quiet=Fa
         pieces = _hk(VBQ_H(co, "pieces"), co, "pieces")
         link_i = _hk(VBQ_H(co, "link_i"), co, "link_i")
         if link_i >= len(pieces):
-            co["wphase"] = "done"
+            VBQ_HS(co, "wphase", S_DONE)
             return "all L2 entries linked"
         piece = pieces[link_i]
-        co["link_i"] = link_i + 1
+        VBQ_HS(co, "link_i", link_i + 1)
         if _hk(VBQ_H(piece, "failed"), piece, "failed") or _hk(VBQ_H(co, "ret"), co, "ret"):
             for mt in _hk(VBQ_H(piece, "metas"), piece, "metas"):
                 eng.alloc_cluster_abort(mt)
@@ -2013,7 +2197,7 @@ cdef str _write_phase(object m, object eng, object bid, dict co, bint quiet=Fals
     """driver._write_phase"""
     detail = _write_machine(m, eng, bid, co, quiet)
     if _is_str(_hk(VBQ_H(co, "wphase"), co, "wphase"), S_DONE):
-        co["phase"] = "done"
+        VBQ_HS(co, "phase", S_DONE)
     return detail
 
 
@@ -2032,7 +2216,7 @@ cdef str _read_phase(object m, object eng, object bid, dict co, bint quiet=False
     t, host, cur, entry = _get_host_offset(eng, pos, rem if rem < INT_MAX else INT_MAX)
     if cur < 1:
         cur = 1
-    reqs = m.block.reqs
+    reqs = _m_reqs(m)
     if type(reqs) is dict:              # (reqs.get(bid, {}) without the {} when bid is there)
         r = PyDict_GetItemWithError(reqs, bid)
         if r == NULL and PyErr_Occurred():
@@ -2043,10 +2227,10 @@ cdef str _read_phase(object m, object eng, object bid, dict co, bint quiet=False
     iov = req["qiov"]
     qoff = _hk(VBQ_H(co, "qoff"), co, "qoff")
     seg = _iov_slice(iov, qoff, cur)
-    co["pos"] = pos + cur               # (co["pos"] += cur, of the values just read)
-    co["remaining"] = rem - cur
-    co["qoff"] = qoff + cur
-    if t == ZERO_PLAIN or t == ZERO_ALLOC or (t == UNALLOCATED and m.fmt.backing is None):
+    VBQ_HS(co, "pos", pos + cur)        # (co["pos"] += cur, of the values just read)
+    VBQ_HS(co, "remaining", rem - cur)
+    VBQ_HS(co, "qoff", qoff + cur)
+    if t == ZERO_PLAIN or t == ZERO_ALLOC or (t == UNALLOCATED and sget(m, _Machine, _QM[1], "fmt").backing is None):
         _plan_read(eng, S_GUEST_ZERO, S_MEMSET, _s_read_zero(pos, cur, t), pos, cur, seg, None)
         if quiet:
             return None
@@ -2096,7 +2280,7 @@ cdef int _plan_read(object eng, str op, str fn, str what, object offset, object 
 
 cdef int _pguest(char* buf, long long pos, long long cur) noexcept:
     """f"guest {pos:#x}+{cur:#x}" at buf; its length"""
-    cdef int k = _pstr(buf, "guest ")
+    cdef int k = _pcs(buf, "guest ", 6)
     k += _phexll(buf + k, pos)
     buf[k] = 43        # '+'
     k += 1
@@ -2113,7 +2297,7 @@ cdef str _s_read_zero(object pos, object cur, object t):
             or PyUnicode_GET_LENGTH(t) > 64:
         return f"guest {_hex(pos)}+{_hex(cur)} reads as zero ({t})"
     k = _pguest(buf, a, b)
-    k += _pstr(buf + k, " reads as zero (")
+    k += _pcs(buf + k, " reads as zero (", 16)
     n = PyUnicode_GET_LENGTH(t)
     memcpy(buf + k, PyUnicode_DATA(t), <size_t>n)
     k += <int>n
@@ -2129,7 +2313,7 @@ cdef str _s_read_host(object pos, object cur, object host):
     if not (_ll(pos, &a) and _ll(cur, &b) and _ll(host, &h)):
         return f"guest {_hex(pos)}+{_hex(cur)} <- host {_hex(host)}"
     k = _pguest(buf, a, b)
-    k += _pstr(buf + k, " <- host ")
+    k += _pcs(buf + k, " <- host ", 9)
     return _ascii(buf, k + _phexll(buf + k, h))
 
 
@@ -2209,14 +2393,18 @@ cdef object _take_plan(eng, dict co):
     empty list: two empty lists, each referred to once, either way.)"""
     cdef dict ed = _idict(eng)
     if ed is not None and vbq_lone_empty_list(ed, "plan"):
-        co["plan"] = []
+        VBQ_HS(co, "plan", [])
         plan = None
+    elif ed is not None:
+        plan = _hv(VBQ_H(ed, "plan"), eng, "plan")
+        VBQ_HS(co, "plan", plan)
+        VBQ_HS(ed, "plan", [])
     else:
         plan = _hv(VBQ_GA(eng, "plan"), eng, "plan")
         co["plan"] = plan
         _sa(eng, "plan", [])
     if not vbq_is(co, "pi", 0):
-        co["pi"] = 0
+        VBQ_HS(co, "pi", 0)
     return plan
 
 
@@ -2236,24 +2424,35 @@ def bulk_compute(m, eng, dict co, bid):
     _geo(eng)
     _qfn = S_ALLOC_HOST_OFFSET
     cdef dict ed = _idict(eng)
-    if ed is None or not vbq_lone_empty_list(ed, "plan"):    # (else: [] for an empty list)
-        _sa(eng, "plan", [])
+    cdef int outer = vbq_step_set(1)    # (its stores: vbq_hset)
     try:
-        if write:
-            _write_phase(m, eng, bid, co, True)
-        else:
-            _read_phase(m, eng, bid, co, True)
-    except Qcow2Error as e:
-        _failed(m, co, e)
-    plan = _take_plan(eng, co)
+        if ed is None:
+            _sa(eng, "plan", [])
+        elif not vbq_lone_empty_list(ed, "plan"):     # (else: [] for an empty list)
+            VBQ_HS(ed, "plan", [])
+        try:
+            if write:
+                _write_phase(m, eng, bid, co, True)
+            else:
+                _read_phase(m, eng, bid, co, True)
+        except Qcow2Error as e:
+            _failed(m, co, e)
+        plan = _take_plan(eng, co)
+        return _steer(co, plan)
+    finally:
+        vbq_step_set(outer)
+
+
+cdef int _steer(dict co, object plan) except -1:
+    """bulk_compute's answer after _take_plan (and co["caller"])"""
     if plan:
         if not vbq_is(co, "caller", _qfn):
-            co["caller"] = _qfn
+            VBQ_HS(co, "caller", _qfn)
         return 1
     if _is_str(_hk(VBQ_H(co, "phase"), co, "phase"), S_DONE):
         return 2
     if not vbq_is(co, "caller", _qfn):
-        co["caller"] = _qfn
+        VBQ_HS(co, "caller", _qfn)
     return 3
 
 
