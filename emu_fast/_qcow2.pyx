@@ -127,6 +127,65 @@ cdef extern from *:
             PyObject_GC_Track(d);       /* (its values may be containers) */
         return 1;
     }
+    /* The bytes of a keys table (dictobject.c _PyDict_KeysSize, which is not exported) */
+    static size_t vbq_keys_size(PyDictKeysObject *k) {
+        return sizeof(PyDictKeysObject) + ((size_t)1 << k->dk_log2_index_bytes)
+            + ((((size_t)1 << k->dk_log2_size) << 1) / 3)
+              * (k->dk_kind == DICT_KEYS_GENERAL ? sizeof(PyDictKeyEntry) : sizeof(PyDictUnicodeEntry));
+    }
+    /* A new dict of tpl's n str keys (a combined table of exactly them, entries in order) with
+       the values vals[0..n), as PyDict_Copy(tpl) then vbq_fill make it but without the
+       template's values: a new empty dict (PyDict_New: its version tag) takes a copy of tpl's
+       keys table (clone_combined_dict_keys: the same bytes, the keys referred to once more)
+       with vals in its entries; tracked by the garbage collector when a value may be
+       (MAINTAIN_TRACKING, as the dict literal is).  None (a new reference): tpl is not such a
+       table (the caller makes it the other way); NULL: an error. */
+    static PyObject *vbq_tpl_new(PyObject *tpl, PyObject *const *vals, Py_ssize_t n) {
+        PyDictObject *mp = (PyDictObject *)tpl, *d;
+        PyDictKeysObject *k = mp->ma_keys, *nk;
+        PyDictUnicodeEntry *ep;
+        size_t size;
+        Py_ssize_t i;
+        int track = 0;
+    #ifdef Py_REF_DEBUG
+        Py_RETURN_NONE;                 /* (_Py_RefTotal counts keys tables too) */
+    #endif
+        if (!PyDict_CheckExact(tpl) || mp->ma_values != NULL || k->dk_kind != DICT_KEYS_UNICODE
+                || k->dk_refcnt != 1 || k->dk_nentries != n || mp->ma_used != n)
+            Py_RETURN_NONE;
+        d = (PyDictObject *)PyDict_New();
+        if (d == NULL)
+            return NULL;
+        size = vbq_keys_size(k);
+        nk = (PyDictKeysObject *)PyObject_Malloc(size);
+        if (nk == NULL) {
+            Py_DECREF(d);
+            return PyErr_NoMemory();
+        }
+        memcpy(nk, k, size);
+        nk->dk_refcnt = 1;
+        ep = DK_UNICODE_ENTRIES(nk);
+        for (i = 0; i < n; i++) {
+            Py_INCREF(ep[i].me_key);
+            Py_INCREF(vals[i]);
+            ep[i].me_value = vals[i];
+            if (!track && PyType_IS_GC(Py_TYPE(vals[i])) && PyObject_IS_GC(vals[i])
+                    && (!PyTuple_CheckExact(vals[i]) || PyObject_GC_IsTracked(vals[i])))
+                track = 1;
+        }
+        d->ma_keys->dk_refcnt--;        /* (PyDict_New's shared empty table: dictkeys_decref,
+                                           which never frees that one) */
+        d->ma_keys = nk;
+        d->ma_used = n;
+        if (track)
+            PyObject_GC_Track((PyObject *)d);
+        return (PyObject *)d;
+    }
+    /* tpl's keys table is as large as vbq_keys_size says (dict.__sizeof__ counts it) */
+    static int vbq_tpl_size_ok(PyObject *tpl, Py_ssize_t sizeof_) {
+        PyDictKeysObject *k = ((PyDictObject *)tpl)->ma_keys;
+        return (Py_ssize_t)(sizeof(PyDictObject) + vbq_keys_size(k)) == sizeof_;
+    }
     /* d[key] (borrowed; NULL: absent, or an error is set) for an exact str key, its entry
        first looked for at *hint, the index in d's keys table where this call site found key
        last time (checked: the entry there is key itself, with a value); else the dict's own
@@ -274,6 +333,14 @@ cdef extern from *:
         (void)d; (void)vals; (void)n;
         return 0;
     }
+    static PyObject *vbq_tpl_new(PyObject *tpl, PyObject *const *vals, Py_ssize_t n) {
+        (void)tpl; (void)vals; (void)n;
+        Py_RETURN_NONE;
+    }
+    static int vbq_tpl_size_ok(PyObject *tpl, Py_ssize_t sizeof_) {
+        (void)tpl; (void)sizeof_;
+        return 0;
+    }
     static Py_ssize_t vbq_hint_misses = 0;
     static PyObject *vbq_hget(PyObject *d, PyObject *key, Py_ssize_t *hint) {
         (void)hint;
@@ -325,6 +392,8 @@ cdef extern from *:
     #define vbq_is(d, key, v) (VBQ_H(d, key) == (PyObject *)(v))
     """
     int vbq_fill(object d, PyObject** vals, Py_ssize_t n) except -1
+    object vbq_tpl_new(dict tpl, PyObject** vals, Py_ssize_t n)
+    int vbq_tpl_size_ok(dict tpl, Py_ssize_t sizeof_) noexcept
     int vbq_lone_empty_list(object d, object key) except -1
     int vbq_is(object d, object key, object v) except -1
     int vbq_str_eq(object a, object b) noexcept
@@ -344,10 +413,18 @@ cdef extern from "Python.h":
 cdef object PY_FALSE = False      # (the object: <PyObject*>False would be a C 0)
 
 
+cdef bint _TPL_NEW = False        # vbq_tpl_new makes the templates' dicts (set below)
+
+
 cdef dict _from_tpl(dict tpl, PyObject** vals, Py_ssize_t n):
     """{k0: vals[0], k1: vals[1], ...}: the dict literal of tpl's n keys (in its order)"""
-    cdef dict d = PyDict_Copy(tpl)
+    cdef dict d
     cdef Py_ssize_t i = 0
+    if _TPL_NEW:
+        o = vbq_tpl_new(tpl, vals, n)
+        if o is not None:
+            return <dict>o
+    d = PyDict_Copy(tpl)
     if not vbq_fill(d, vals, n):
         for k in tpl:
             d[k] = <object>vals[i]
@@ -357,15 +434,14 @@ cdef dict _from_tpl(dict tpl, PyObject** vals, Py_ssize_t n):
 
 def dict_templates(vals=("a", 1, [2], None, (3,), b"4", 5.0, {}), bint native=False):
     """(the dicts _from_tpl makes from each template with the values vals, and the dict
-    literals of the same keys) -- or, native: whether this build fills a template's copy in
-    place (CPython 3.11) rather than key by key (for the tests)"""
+    literals of the same keys) -- or, native: whether this build makes them natively
+    (vbq_tpl_new, CPython 3.11) rather than as copies filled key by key (for the tests)"""
     cdef PyObject* v[8]
     cdef Py_ssize_t i
     for i in range(8):
         v[i] = <PyObject*>vals[i]
     if native:
-        d = PyDict_Copy(TPL_GWRITE)
-        return bool(vbq_fill(d, v, 8))
+        return _TPL_NEW
     made = [_from_tpl(t, v, len(t)) for t in (TPL_META, TPL_PIECE, TPL_ZERO, TPL_GWRITE)]
     return made, [dict(zip(t, vals)) for t in (TPL_META, TPL_PIECE, TPL_ZERO, TPL_GWRITE)]
 
@@ -2259,6 +2335,11 @@ cdef dict TPL_RZERO = {"op": None, "fn": None, "what": None, "offset": None, "le
                        "iov": None}                                 # io(..., length=, iov=)
 cdef dict TPL_RDATA = {"op": None, "fn": None, "what": None, "offset": None, "length": None,
                        "iov": None, "kind": None}                   # io(..., length=, iov=, kind=)
+
+# vbq_tpl_new copies a template's keys table: on when each template's table has the size it
+# computes (as dict.__sizeof__ counts it)
+_TPL_NEW = all(vbq_tpl_size_ok(_t, _t.__sizeof__())
+               for _t in (TPL_META, TPL_PIECE, TPL_ZERO, TPL_GWRITE, TPL_RZERO, TPL_RDATA))
 
 
 cdef int _plan_read(object eng, str op, str fn, str what, object offset, object length, object seg,
