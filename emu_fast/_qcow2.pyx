@@ -846,13 +846,19 @@ cdef int _lru_bump_d(dict cd, object c, Py_ssize_t i, long long times) except -1
 
 cdef int _put(object c, Py_ssize_t i) except -1:
     """Cache.put"""
-    cdef list ref = _hv(VBQ_GA(c, "ref"), c, "ref")
+    cdef dict cd = _idict(c)
+    if cd is None:
+        cd = {}                         # (no __dict__: every field through getattr)
+    cdef list ref = _hv(VBQ_H(cd, "ref"), c, "ref")
     cdef long long r = <long long>ref[i] - 1
     ref[i] = r
     if r == 0:
-        n = _hv(VBQ_GA(c, "lru_counter"), c, "lru_counter") + 1
-        _sa(c, "lru_counter", n)
-        (<list>_hv(VBQ_GA(c, "lru"), c, "lru"))[i] = n
+        n = _hv(VBQ_H(cd, "lru_counter"), c, "lru_counter") + 1
+        if _idict(c) is None:
+            _sa(c, "lru_counter", n)
+        else:
+            VBQ_HS(cd, "lru_counter", n)
+        (<list>_hv(VBQ_H(cd, "lru"), c, "lru"))[i] = n
     return 0
 
 
@@ -1705,7 +1711,8 @@ for _cls, _names in ((Qcow2Engine, ("cluster_bits", "l2_cache", "cluster_size", 
                                     "incompatible_features", "discard_passthrough", "backing")),
                      (FastQcow2Engine, ()),
                      (_QC.Cache, ("tables", "depends", "name", "ref", "lru_counter", "dirty", "table_size",
-                                  "offsets", "lru"))):
+                                  "offsets", "lru")),
+                     (_Q.Qcow2Format, ("backing",))):
     for _n in _names:
         for _k in _cls.__mro__:
             assert not hasattr(type(_k.__dict__.get(_n)), "__set__"), (_cls, _n)
@@ -2278,53 +2285,85 @@ cdef str _write_phase(object m, object eng, object bid, dict co, bint quiet=Fals
 
 
 cdef str _read_phase(object m, object eng, object bid, dict co, bint quiet=False):
-    """driver._read_phase (quiet: no detail, the function named in _qfn instead of m.cur)"""
+    """driver._read_phase (quiet: no detail, the function named in _qfn instead of m.cur); the
+    mapping is _gho's (its cluster type as a T_* code, the host offset and length in C), the
+    Python method's for a misaligned L2 table"""
     global _qfn
-    if co["remaining"] == 0:
-        co["phase"] = "done"
+    cdef long long a, r, c
+    cdef uint64_t h, e
+    cdef int t
+    rem = _hk(VBQ_H(co, "remaining"), co, "remaining")
+    if rem == 0:
+        VBQ_HS(co, "phase", S_DONE)
         return "read complete"
     if quiet:
         _qfn = S_GET_HOST_OFFSET
     else:
         _SUP.set_function(m, "qcow2_get_host_offset", CLUSTER_SRC)
     pos = _hk(VBQ_H(co, "pos"), co, "pos")
-    rem = _hk(VBQ_H(co, "remaining"), co, "remaining")
-    t, host, cur, entry = _get_host_offset(eng, pos, rem if rem < INT_MAX else INT_MAX)
-    if cur < 1:
-        cur = 1
+    a = pos                             # (as get_host_offset's arguments convert)
+    r = rem if rem < INT_MAX else INT_MAX
+    t = _gho(eng, a, r, &h, &c, &e)
+    if t == T_PY:
+        tn, o_h, o_c, o_e = Qcow2Engine.get_host_offset(eng, a, r)
+        t = TNAME.index(tn)
+        h = o_h
+        c = o_c
+        e = o_e
+    if c < 1:
+        c = 1
+    cdef object o_cur = c
     reqs = _m_reqs(m)
     if type(reqs) is dict:              # (reqs.get(bid, {}) without the {} when bid is there)
-        r = PyDict_GetItemWithError(reqs, bid)
-        if r == NULL and PyErr_Occurred():
+        rq = PyDict_GetItemWithError(reqs, bid)
+        if rq == NULL and PyErr_Occurred():
             vbq_err()
-        req = <object>r if r != NULL else {}
+        req = <object>rq if rq != NULL else {}
     else:
         req = reqs.get(bid, {})
-    iov = req["qiov"]
+    iov = _hk(VBQ_H(req, "qiov"), req, "qiov") if type(req) is dict else req["qiov"]
     qoff = _hk(VBQ_H(co, "qoff"), co, "qoff")
-    seg = _iov_slice(iov, qoff, cur)
-    VBQ_HS(co, "pos", pos + cur)        # (co["pos"] += cur, of the values just read)
-    VBQ_HS(co, "remaining", rem - cur)
-    VBQ_HS(co, "qoff", qoff + cur)
-    if t == ZERO_PLAIN or t == ZERO_ALLOC or (t == UNALLOCATED and sget(m, _Machine, _QM[1], "fmt").backing is None):
-        _plan_read(eng, S_GUEST_ZERO, S_MEMSET, _s_read_zero(pos, cur, t), pos, cur, seg, None)
+    seg = _iov_slice(iov, qoff, c)
+    cdef long long k
+    if 0 <= a < (1LL << 62):            # (co["pos"] += cur, of the values just read)
+        VBQ_HS(co, "pos", a + c)
+    else:
+        VBQ_HS(co, "pos", pos + o_cur)
+    if _ll(rem, &k) and 0 <= k < (1LL << 62):
+        VBQ_HS(co, "remaining", k - c)
+    else:
+        VBQ_HS(co, "remaining", rem - o_cur)
+    if _ll(qoff, &k) and 0 <= k < (1LL << 62):
+        VBQ_HS(co, "qoff", k + c)
+    else:
+        VBQ_HS(co, "qoff", qoff + o_cur)
+    if t == T_ZERO_PLAIN or t == T_ZERO_ALLOC or (t == T_UNALLOCATED and _fmt_backing(m) is None):
+        _plan_read(eng, S_GUEST_ZERO, S_MEMSET, _s_read_zero(pos, o_cur, TNAME[t]), pos, o_cur, seg, None)
         if quiet:
             return None
-        return f"guest {_hex(pos)}+{_hex(cur)}: {t} cluster(s)"
-    if t == UNALLOCATED:
-        _io(eng, "backing_read", "bdrv_co_preadv_part", f"guest {_hex(pos)}+{_hex(cur)} from the backing file",
-            pos, None, cur, {"iov": seg})
-        return f"guest {_hex(pos)}+{_hex(cur)}: unallocated, read the backing file"
-    if t == COMPRESSED:
-        h, csize = _L.compressed_params(entry, _geo(eng).cluster_bits)
+        return f"guest {_hex(pos)}+{_hex(o_cur)}: {TNAME[t]} cluster(s)"
+    if t == T_UNALLOCATED:
+        _io(eng, "backing_read", "bdrv_co_preadv_part", f"guest {_hex(pos)}+{_hex(o_cur)} from the backing file",
+            pos, None, o_cur, {"iov": seg})
+        return f"guest {_hex(pos)}+{_hex(o_cur)}: unallocated, read the backing file"
+    if t == T_COMPRESSED:
+        entry = e
+        o_h, csize = _L.compressed_params(entry, _geo(eng).cluster_bits)
         _io(eng, "compressed_read", "qcow2_co_preadv_compressed",
-            f"inflate the compressed cluster at host {_hex(h)} ({csize} bytes)", h, None, csize,
+            f"inflate the compressed cluster at host {_hex(o_h)} ({csize} bytes)", o_h, None, csize,
             {"iov": seg, "entry": entry, "guest": pos})
-        return f"guest {_hex(pos)}+{_hex(cur)}: compressed cluster at host {_hex(h)}"
-    _plan_read(eng, S_GUEST_READ, S_PREADV_PART, _s_read_host(pos, cur, host), host, cur, seg, S_DATA)
+        return f"guest {_hex(pos)}+{_hex(o_cur)}: compressed cluster at host {_hex(o_h)}"
+    host = h
+    _plan_read(eng, S_GUEST_READ, S_PREADV_PART, _s_read_host(pos, o_cur, host), host, o_cur, seg, S_DATA)
     if quiet:
         return None
-    return f"guest {_hex(pos)}+{_hex(cur)} -> host {_hex(host)}"
+    return f"guest {_hex(pos)}+{_hex(o_cur)} -> host {_hex(host)}"
+
+
+cdef inline object _fmt_backing(object m):
+    """m.fmt.backing (the format's instance attribute: see the check below)"""
+    f = sget(m, _Machine, _QM[1], "fmt")
+    return _hv(VBQ_GA(f, "backing"), f, "backing")
 
 
 cdef str S_GUEST_ZERO = "guest_zero"
