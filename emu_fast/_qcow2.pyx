@@ -101,6 +101,7 @@ cdef extern from *:
     #define VBQ_UNDEF_BUILD_CORE 1
     #endif
     #include "internal/pycore_dict.h"
+    #include "internal/pycore_gc.h"
     #ifdef VBQ_UNDEF_BUILD_CORE
     #undef Py_BUILD_CORE
     #undef VBQ_UNDEF_BUILD_CORE
@@ -169,8 +170,7 @@ cdef extern from *:
             Py_INCREF(ep[i].me_key);
             Py_INCREF(vals[i]);
             ep[i].me_value = vals[i];
-            if (!track && PyType_IS_GC(Py_TYPE(vals[i])) && PyObject_IS_GC(vals[i])
-                    && (!PyTuple_CheckExact(vals[i]) || PyObject_GC_IsTracked(vals[i])))
+            if (!track && PyType_IS_GC(Py_TYPE(vals[i])) && _PyObject_GC_MAY_BE_TRACKED(vals[i]))
                 track = 1;
         }
         d->ma_keys->dk_refcnt--;        /* (PyDict_New's shared empty table: dictkeys_decref,
@@ -316,8 +316,7 @@ cdef extern from *:
             vbq_tag = ((PyDictObject *)t)->ma_version_tag;
             Py_DECREF(t);
         }
-        if (PyType_IS_GC(Py_TYPE(v)) && PyObject_IS_GC(v) && !PyObject_GC_IsTracked(d)
-                && (!PyTuple_CheckExact(v) || PyObject_GC_IsTracked(v)))
+        if (!_PyObject_GC_IS_TRACKED(d) && _PyObject_GC_MAY_BE_TRACKED(v))
             PyObject_GC_Track(d);       /* (MAINTAIN_TRACKING; the key is a str) */
         vbq_set_inplace++;
         if (old != v) {
@@ -886,11 +885,12 @@ cdef int _cache_set_dependency(object eng, object c, object dep) except -1:
             eng.cache_flush_dependency(c)
         _sa(c, "depends", _hv(VBQ_GA(dep, "name"), dep, "name"))
         return 0
-    if _hv(VBQ_H(dd, "depends"), dep, "depends"):
+    ddep = _hv(VBQ_H(dd, "depends"), dep, "depends")
+    if ddep is not None and ddep:
         eng.cache_flush_dependency(dep)
     cur = _hv(VBQ_H(cd, "depends"), c, "depends")
     name = _hv(VBQ_H(dd, "name"), dep, "name")
-    if cur and cur != name:
+    if cur is not name and cur is not None and cur and cur != name:
         eng.cache_flush_dependency(c)
         cur = _MISSING
     if cur is not name:
