@@ -270,6 +270,10 @@ cdef extern from *:
         n = k->dk_nentries;
         if (DK_IS_UNICODE(k)) {
             PyDictUnicodeEntry *ep = DK_UNICODE_ENTRIES(k);
+            if (n > 0 && ep[n - 1].me_key == key) {     /* (a key just added: the last entry) */
+                *hint = n - 1;
+                return 0;
+            }
             for (i = 0; i < n; i++)
                 if (ep[i].me_key == key) {
                     *hint = i;
@@ -1864,11 +1868,12 @@ cdef inline long long _rc_get(const uint8_t* p, long long index, int order) noex
 
 cdef int _grow_file_size_2(dict ed, object eng, long long e1, long long e2) except -1:
     """_grow_file_size to e1, then to e2 (an int file_size: to the larger at once)"""
+    cdef long long f
     fs = _hv(VBQ_H(ed, "file_size"), eng, "file_size")
     if type(fs) is int:
         if e2 > e1:
             e1 = e2
-        if fs < e1:
+        if (f < e1) if _ll(fs, &f) else (fs < e1):
             VBQ_HS(ed, "file_size", e1)
         return 0
     _grow_file_size_d(ed, eng, e1)
@@ -1878,9 +1883,10 @@ cdef int _grow_file_size_2(dict ed, object eng, long long e1, long long e2) exce
 
 cdef int _grow_file_size_d(dict ed, object eng, long long end) except -1:
     """_grow_file_size with the engine's __dict__ ed at hand (end: a long long)"""
+    cdef long long f
     fs = _hv(VBQ_H(ed, "file_size"), eng, "file_size")
     if type(fs) is int:
-        if fs < end:
+        if (f < end) if _ll(fs, &f) else (fs < end):
             VBQ_HS(ed, "file_size", end)
         return 0
     ed["file_size"] = max(fs, end)
