@@ -1913,13 +1913,13 @@ cdef int _plan_zero_cow(list plan, object pending, long long off, long long zn) 
 
 
 cdef int _plan_guest_write(m, list plan, object pending, bid, dict co, object o_qoff, long long cur,
-                           long long host, Py_ssize_t npieces) except -1:
+                           long long host, object o_cur, object o_host, Py_ssize_t npieces) except -1:
     """The plan item writing the guest's data of the request's last piece (the write phase's
     bdrv_co_pwritev_part: _write_task's io("guest_write", ...)), as _fast_alloc and
-    _fast_in_place plan it (o_qoff: the piece's qoff, npieces: len(co["pieces"])), but for the
+    _fast_in_place plan it (o_qoff: the piece's qoff, o_cur and o_host: the piece's "bytes" and
+    "host" objects, which _write_task passes on; npieces: len(co["pieces"])), but for the
     engine's file_size (the caller grows it: _grow_file_size_2)"""
     cdef PyObject* v[8]
-    cdef object o_host = host, o_cur = cur
     what = _s_guest_data(cur, host)
     parts = _data_parts(m, bid, co, o_qoff, cur)
     cdef object o_pi = npieces - 1
@@ -1944,10 +1944,9 @@ cdef str S_PWRITEV_PART = "bdrv_co_pwritev_part"
 cdef str S_DATA = "data"
 
 
-cdef dict _new_piece(object o_pos, long long host, long long cur, object o_qoff, list metas):
+cdef dict _new_piece(object o_pos, object o_host, object o_cur, object o_qoff, list metas):
     """_write_machine's piece {"guest", "host", "bytes", "qoff", "metas", "failed": False}"""
     cdef PyObject* v[6]
-    cdef object o_host = host, o_cur = cur
     v[0] = <PyObject*>o_pos
     v[1] = <PyObject*>o_host
     v[2] = <PyObject*>o_cur
@@ -2152,15 +2151,16 @@ cdef bint _fast_alloc(object m, object eng, object bid, dict co) except -1:
     v[5] = <PyObject*>o_ce
     v[6] = <PyObject*>o_skip
     cdef list metas = [_from_tpl(TPL_META, v, 7)]
-    piece = _new_piece(o_pos, host, cur, o_qoff, metas)
+    cdef object o_host = host, o_cur = cur
+    piece = _new_piece(o_pos, o_host, o_cur, o_qoff, metas)
     _piece_done(co, piece, o_pos, o_rem, o_qoff, cur, &npieces)
     pending = _hv(VBQ_H(ed, "pending"), eng, "pending")
     if oic or ce_to - ce_from:
         _plan_zero_cow(plan, pending, off, zn)
-        _plan_guest_write(m, plan, pending, bid, co, o_qoff, cur, host, npieces)
+        _plan_guest_write(m, plan, pending, bid, co, o_qoff, cur, host, o_cur, o_host, npieces)
         _grow_file_size_2(ed, eng, off + zn, host + cur)
     else:
-        _plan_guest_write(m, plan, pending, bid, co, o_qoff, cur, host, npieces)
+        _plan_guest_write(m, plan, pending, bid, co, o_qoff, cur, host, o_cur, o_host, npieces)
         _grow_file_size_d(ed, eng, host + cur)
     _FAST_ALLOCS[0] += 1
     return True
@@ -2196,9 +2196,11 @@ cdef bint _fast_in_place(object m, object eng, dict ed, object bid, dict co, obj
         return False
     # -- the changes: handle_copied's L2 slice, the piece, the guest data write
     _lru_bump_d(cd, l2c, li, 1)
-    piece = _new_piece(o_pos, host, cur, o_qoff, [])
+    cdef object o_host = host, o_cur = cur
+    piece = _new_piece(o_pos, o_host, o_cur, o_qoff, [])
     _piece_done(co, piece, o_pos, o_rem, o_qoff, cur, &npieces)
-    _plan_guest_write(m, plan, _hv(VBQ_H(ed, "pending"), eng, "pending"), bid, co, o_qoff, cur, host, npieces)
+    _plan_guest_write(m, plan, _hv(VBQ_H(ed, "pending"), eng, "pending"), bid, co, o_qoff, cur, host, o_cur,
+                      o_host, npieces)
     _grow_file_size_d(ed, eng, host + cur)
     _FAST_ALLOCS[1] += 1
     return True
