@@ -24,7 +24,10 @@ instance dicts (_ga/_sa), the engine's constant geometry once per engine (_geo).
 3.11 a read at a fixed key (VBQ_H: a request's co, a piece, a meta; VBQ_GA: an instance's
 __dict__) first looks at the entry index where that call site found the key last time, and
 takes it when that entry holds the key itself with a value (else the dict's own lookup); the
-read phase makes its plan items from templates too.
+read phase makes its plan items from templates too.  During a quiet step (bulk_compute) a store
+of a key the dict holds (VBQ_HS) puts the value in that entry as insertdict does, with one new
+version tag per step (vbq_hset); a template's dict is a new dict given a copy of the template's
+keys table with the values in its entries (vbq_tpl_new).
 
 While the fast engine runs a qcow2 request, the image's Qcow2Engine is given the class
 FastQcow2Engine (this module), whose hot methods are these compiled functions, so Python code
