@@ -24,7 +24,10 @@ instance dicts (_ga/_sa), the engine's constant geometry once per engine (_geo).
 3.11 a read at a fixed key (VBQ_H: a request's co, a piece, a meta; VBQ_GA: an instance's
 __dict__) first looks at the entry index where that call site found the key last time, and
 takes it when that entry holds the key itself with a value (else the dict's own lookup); the
-read phase makes its plan items from templates too.
+read phase makes its plan items from templates too.  During a quiet step (bulk_compute) a store
+of a key the dict holds (VBQ_HS) puts the value in that entry as insertdict does, with one new
+version tag per step (vbq_hset); a template's dict is a new dict given a copy of the template's
+keys table with the values in its entries (vbq_tpl_new).
 
 While the fast engine runs a qcow2 request, the image's Qcow2Engine is given the class
 FastQcow2Engine (this module), whose hot methods are these compiled functions, so Python code
@@ -54,8 +57,9 @@ from emu.block.qcow2 import cache as _QC
 
 from emu_fast import _support as _SUP
 from emu_fast._core cimport sched_cont, sched_post
-from emu_fast._fmt cimport _hex, _hexll, _phex, _pstr, _ascii, _ll
+from emu_fast._fmt cimport _hex, _hexll, _ascii, _ll
 from emu_fast._zeros cimport vb_zeros
+from emu_fast._slots cimport slot_offsets, sget
 
 PYX_SHA256 = PYX_HASH                   # the hash of this file when it was compiled (setup.py)
 
@@ -100,6 +104,7 @@ cdef extern from *:
     #define VBQ_UNDEF_BUILD_CORE 1
     #endif
     #include "internal/pycore_dict.h"
+    #include "internal/pycore_gc.h"
     #ifdef VBQ_UNDEF_BUILD_CORE
     #undef Py_BUILD_CORE
     #undef VBQ_UNDEF_BUILD_CORE
@@ -125,6 +130,64 @@ cdef extern from *:
         if (!PyObject_GC_IsTracked(d))
             PyObject_GC_Track(d);       /* (its values may be containers) */
         return 1;
+    }
+    /* The bytes of a keys table (dictobject.c _PyDict_KeysSize, which is not exported) */
+    static size_t vbq_keys_size(PyDictKeysObject *k) {
+        return sizeof(PyDictKeysObject) + ((size_t)1 << k->dk_log2_index_bytes)
+            + ((((size_t)1 << k->dk_log2_size) << 1) / 3)
+              * (k->dk_kind == DICT_KEYS_GENERAL ? sizeof(PyDictKeyEntry) : sizeof(PyDictUnicodeEntry));
+    }
+    /* A new dict of tpl's n str keys (a combined table of exactly them, entries in order) with
+       the values vals[0..n), as PyDict_Copy(tpl) then vbq_fill make it but without the
+       template's values: a new empty dict (PyDict_New: its version tag) takes a copy of tpl's
+       keys table (clone_combined_dict_keys: the same bytes, the keys referred to once more)
+       with vals in its entries; tracked by the garbage collector when a value may be
+       (MAINTAIN_TRACKING, as the dict literal is).  None (a new reference): tpl is not such a
+       table (the caller makes it the other way); NULL: an error. */
+    static PyObject *vbq_tpl_new(PyObject *tpl, PyObject *const *vals, Py_ssize_t n) {
+        PyDictObject *mp = (PyDictObject *)tpl, *d;
+        PyDictKeysObject *k = mp->ma_keys, *nk;
+        PyDictUnicodeEntry *ep;
+        size_t size;
+        Py_ssize_t i;
+        int track = 0;
+    #ifdef Py_REF_DEBUG
+        Py_RETURN_NONE;                 /* (_Py_RefTotal counts keys tables too) */
+    #endif
+        if (!PyDict_CheckExact(tpl) || mp->ma_values != NULL || k->dk_kind != DICT_KEYS_UNICODE
+                || k->dk_refcnt != 1 || k->dk_nentries != n || mp->ma_used != n)
+            Py_RETURN_NONE;
+        d = (PyDictObject *)PyDict_New();
+        if (d == NULL)
+            return NULL;
+        size = vbq_keys_size(k);
+        nk = (PyDictKeysObject *)PyObject_Malloc(size);
+        if (nk == NULL) {
+            Py_DECREF(d);
+            return PyErr_NoMemory();
+        }
+        memcpy(nk, k, size);
+        nk->dk_refcnt = 1;
+        ep = DK_UNICODE_ENTRIES(nk);
+        for (i = 0; i < n; i++) {
+            Py_INCREF(ep[i].me_key);
+            Py_INCREF(vals[i]);
+            ep[i].me_value = vals[i];
+            if (!track && PyType_IS_GC(Py_TYPE(vals[i])) && _PyObject_GC_MAY_BE_TRACKED(vals[i]))
+                track = 1;
+        }
+        d->ma_keys->dk_refcnt--;        /* (PyDict_New's shared empty table: dictkeys_decref,
+                                           which never frees that one) */
+        d->ma_keys = nk;
+        d->ma_used = n;
+        if (track)
+            PyObject_GC_Track((PyObject *)d);
+        return (PyObject *)d;
+    }
+    /* tpl's keys table is as large as vbq_keys_size says (dict.__sizeof__ counts it) */
+    static int vbq_tpl_size_ok(PyObject *tpl, Py_ssize_t sizeof_) {
+        PyDictKeysObject *k = ((PyDictObject *)tpl)->ma_keys;
+        return (Py_ssize_t)(sizeof(PyDictObject) + vbq_keys_size(k)) == sizeof_;
     }
     /* d[key] (borrowed; NULL: absent, or an error is set) for an exact str key, its entry
        first looked for at *hint, the index in d's keys table where this call site found key
@@ -183,9 +246,105 @@ cdef extern from *:
         }
         return vbq_hget_slow(d, key, hint);
     }
+    /* The quiet compute step's stores of a field that is there (vbq_hset).  insertdict's
+       path for a key that is already in the dict (MAINTAIN_TRACKING, the new value in the
+       key's entry or split-table slot, a new version tag when the value is another object,
+       the old value's reference dropped), with the version tag drawn once per step: a dict
+       made and dropped at the step's first such store takes the next tag of the global
+       counter (DICT_NEXT_VERSION, which is not exported), and every dict changed in place
+       during the step takes that tag.  Each of them had only older tags before (every earlier
+       tag was drawn before), and no one reads a dict's version during a step (the bulk core's
+       handlers, which keep values while a dict's tag stays, run between steps), so any reader
+       sees a tag that moved whenever a value changed.  Outside a step (vbq_step 0), or when
+       the entry at *hint is not key with a value: PyDict_SetItem, and *hint learns where key
+       is. */
+    static int vbq_step = 0;            /* a quiet compute step runs (bulk_compute) */
+    static uint64_t vbq_tag = 0;        /* the step's version tag (0: not drawn yet) */
+    static Py_ssize_t vbq_set_misses = 0;
+    static Py_ssize_t vbq_set_inplace = 0;
+    static int vbq_hset_slow(PyObject *d, PyObject *key, PyObject *v, Py_ssize_t *hint) {
+        PyDictObject *mp = (PyDictObject *)d;
+        PyDictKeysObject *k;
+        Py_ssize_t i, n;
+        if (PyDict_SetItem(d, key, v) < 0)
+            return -1;
+        vbq_set_misses++;
+        k = mp->ma_keys;
+        n = k->dk_nentries;
+        if (DK_IS_UNICODE(k)) {
+            PyDictUnicodeEntry *ep = DK_UNICODE_ENTRIES(k);
+            if (n > 0 && ep[n - 1].me_key == key) {     /* (a key just added: the last entry) */
+                *hint = n - 1;
+                return 0;
+            }
+            for (i = 0; i < n; i++)
+                if (ep[i].me_key == key) {
+                    *hint = i;
+                    break;
+                }
+        } else {
+            PyDictKeyEntry *ep = DK_ENTRIES(k);
+            for (i = 0; i < n; i++)
+                if (ep[i].me_key == key) {
+                    *hint = i;
+                    break;
+                }
+        }
+        return 0;
+    }
+    static inline __attribute__((always_inline)) int vbq_hset(PyObject *d, PyObject *key, PyObject *v, Py_ssize_t *hint) {
+        PyDictObject *mp = (PyDictObject *)d;
+        PyDictKeysObject *k;
+        PyObject **slot, *old, *t;
+        Py_ssize_t i = *hint;
+        if (!vbq_step || !PyDict_CheckExact(d))
+            return vbq_hset_slow(d, key, v, hint);
+        k = mp->ma_keys;
+        if ((size_t)i >= (size_t)k->dk_nentries)
+            return vbq_hset_slow(d, key, v, hint);
+        if (DK_IS_UNICODE(k)) {
+            PyDictUnicodeEntry *ep = DK_UNICODE_ENTRIES(k) + i;
+            if (ep->me_key != key)
+                return vbq_hset_slow(d, key, v, hint);
+            slot = mp->ma_values != NULL ? &mp->ma_values->values[i] : &ep->me_value;
+        } else {
+            PyDictKeyEntry *ep = DK_ENTRIES(k) + i;
+            if (ep->me_key != key)
+                return vbq_hset_slow(d, key, v, hint);
+            slot = &ep->me_value;
+        }
+        old = *slot;
+        if (old == NULL)                /* (a split table's key this dict lacks) */
+            return vbq_hset_slow(d, key, v, hint);
+        if (vbq_tag == 0 && old != v) {
+            t = PyDict_New();
+            if (t == NULL)
+                return -1;
+            vbq_tag = ((PyDictObject *)t)->ma_version_tag;
+            Py_DECREF(t);
+        }
+        if (!_PyObject_GC_IS_TRACKED(d) && _PyObject_GC_MAY_BE_TRACKED(v))
+            PyObject_GC_Track(d);       /* (MAINTAIN_TRACKING; the key is a str) */
+        vbq_set_inplace++;
+        if (old != v) {
+            Py_INCREF(v);
+            *slot = v;
+            mp->ma_version_tag = vbq_tag;
+            Py_DECREF(old);
+        }
+        return 0;
+    }
     #else
     static int vbq_fill(PyObject *d, PyObject *const *vals, Py_ssize_t n) {
         (void)d; (void)vals; (void)n;
+        return 0;
+    }
+    static PyObject *vbq_tpl_new(PyObject *tpl, PyObject *const *vals, Py_ssize_t n) {
+        (void)tpl; (void)vals; (void)n;
+        Py_RETURN_NONE;
+    }
+    static int vbq_tpl_size_ok(PyObject *tpl, Py_ssize_t sizeof_) {
+        (void)tpl; (void)sizeof_;
         return 0;
     }
     static Py_ssize_t vbq_hint_misses = 0;
@@ -193,7 +352,24 @@ cdef extern from *:
         (void)hint;
         return PyDict_Check(d) ? PyDict_GetItemWithError(d, key) : NULL;
     }
+    static int vbq_step = 0;
+    static uint64_t vbq_tag = 0;
+    static Py_ssize_t vbq_set_misses = 0;
+    static Py_ssize_t vbq_set_inplace = 0;
+    static int vbq_hset(PyObject *d, PyObject *key, PyObject *v, Py_ssize_t *hint) {
+        (void)hint;
+        return PyDict_SetItem(d, key, v);
+    }
     #endif
+    /* d[key] = v (d: a dict) through vbq_hset with a hint of this call site's own */
+    #define VBQ_HS(d, key, v) __extension__ ({ static Py_ssize_t vbq_hs_ = 0; vbq_hset((PyObject *)(d), (PyObject *)(key), (PyObject *)(v), &vbq_hs_); })
+    /* a quiet compute step begins (1) or ends (0): no version tag drawn yet (see vbq_hset) */
+    static int vbq_step_set(int on) {
+        int was = vbq_step;
+        vbq_step = on;
+        vbq_tag = 0;
+        return was;
+    }
     /* vbq_hget with a hint of this call site's own (d: an exact dict or a subclass) */
     #define VBQ_H(d, key) __extension__ ({ static Py_ssize_t vbq_h_ = 0; vbq_hget((PyObject *)(d), (PyObject *)(key), &vbq_h_); })
     /* VBQ_H on o.__dict__ (NULL: o has none, or key is absent from it) */
@@ -222,6 +398,8 @@ cdef extern from *:
     #define vbq_is(d, key, v) (VBQ_H(d, key) == (PyObject *)(v))
     """
     int vbq_fill(object d, PyObject** vals, Py_ssize_t n) except -1
+    object vbq_tpl_new(dict tpl, PyObject** vals, Py_ssize_t n)
+    int vbq_tpl_size_ok(dict tpl, Py_ssize_t sizeof_) noexcept
     int vbq_lone_empty_list(object d, object key) except -1
     int vbq_is(object d, object key, object v) except -1
     int vbq_str_eq(object a, object b) noexcept
@@ -229,6 +407,10 @@ cdef extern from *:
     PyObject* VBQ_GA(object o, object key)
     Py_ssize_t vbq_hint_misses
     int vbq_err() except -1
+    int VBQ_HS(object d, object key, object v) except -1
+    int vbq_step_set(int on) noexcept
+    Py_ssize_t vbq_set_misses
+    Py_ssize_t vbq_set_inplace
 
 cdef extern from "Python.h":
     dict PyDict_Copy(object d)
@@ -237,10 +419,18 @@ cdef extern from "Python.h":
 cdef object PY_FALSE = False      # (the object: <PyObject*>False would be a C 0)
 
 
+cdef bint _TPL_NEW = False        # vbq_tpl_new makes the templates' dicts (set below)
+
+
 cdef dict _from_tpl(dict tpl, PyObject** vals, Py_ssize_t n):
     """{k0: vals[0], k1: vals[1], ...}: the dict literal of tpl's n keys (in its order)"""
-    cdef dict d = PyDict_Copy(tpl)
+    cdef dict d
     cdef Py_ssize_t i = 0
+    if _TPL_NEW:
+        o = vbq_tpl_new(tpl, vals, n)
+        if o is not None:
+            return <dict>o
+    d = PyDict_Copy(tpl)
     if not vbq_fill(d, vals, n):
         for k in tpl:
             d[k] = <object>vals[i]
@@ -250,15 +440,14 @@ cdef dict _from_tpl(dict tpl, PyObject** vals, Py_ssize_t n):
 
 def dict_templates(vals=("a", 1, [2], None, (3,), b"4", 5.0, {}), bint native=False):
     """(the dicts _from_tpl makes from each template with the values vals, and the dict
-    literals of the same keys) -- or, native: whether this build fills a template's copy in
-    place (CPython 3.11) rather than key by key (for the tests)"""
+    literals of the same keys) -- or, native: whether this build makes them natively
+    (vbq_tpl_new, CPython 3.11) rather than as copies filled key by key (for the tests)"""
     cdef PyObject* v[8]
     cdef Py_ssize_t i
     for i in range(8):
         v[i] = <PyObject*>vals[i]
     if native:
-        d = PyDict_Copy(TPL_GWRITE)
-        return bool(vbq_fill(d, v, 8))
+        return _TPL_NEW
     made = [_from_tpl(t, v, len(t)) for t in (TPL_META, TPL_PIECE, TPL_ZERO, TPL_GWRITE)]
     return made, [dict(zip(t, vals)) for t in (TPL_META, TPL_PIECE, TPL_ZERO, TPL_GWRITE)]
 
@@ -328,32 +517,95 @@ def hinted_get(d, str key, default=None):
     return <object>v, vbq_hint_misses
 
 
+cdef extern from *:
+    """
+    static const char vbq_xdigits[] = "0123456789abcdef";
+    /* "0x%llx" of u at p: its digits counted first, then written from the last one; its length */
+    static inline int vbq_phex(char *p, unsigned long long u) {
+        int n = u ? (67 - __builtin_clzll(u)) >> 2 : 1, i;
+        p[0] = '0';
+        p[1] = 'x';
+        for (i = n + 1; i >= 2; i--) {
+            p[i] = vbq_xdigits[u & 15];
+            u >>= 4;
+        }
+        return n + 2;
+    }
+    """
+    int vbq_phex(char* p, unsigned long long u) noexcept
+
+
+cdef inline int _pcs(char* p, const char* s, int n) noexcept:
+    """the n chars of the C string literal s at p (a memcpy of a constant size); n"""
+    memcpy(p, s, n)
+    return n
+
+
+cdef extern from *:
+    """
+    #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
+    #define vbq_dict_version(d) ((unsigned long long)((PyDictObject *)(d))->ma_version_tag)
+    #else
+    #define vbq_dict_version(d) 0ULL
+    #endif
+    """
+    unsigned long long vbq_dict_version(dict d) noexcept
+
+
+def hinted_sets(list stores, bint step=True):
+    """d[key] = v for each (d, key, v) of stores (exact dicts) through one hinted store site
+    (vbq_hset), all in one quiet step (step) or outside any; -> the version tag of each d after
+    its store, and how many stores any site made in place and through PyDict_SetItem so far
+    (for the tests)"""
+    cdef int outer = vbq_step_set(1 if step else 0)
+    cdef list tags = []
+    cdef dict d
+    try:
+        for d, key, v in stores:
+            VBQ_HS(d, <str?>key, v)
+            tags.append(vbq_dict_version(d))
+    finally:
+        vbq_step_set(outer)
+    return tags, vbq_set_inplace, vbq_set_misses
+
+
+def dict_version(dict d):
+    """d's version tag (PEP 509; 0 off CPython 3.11) (for the tests)"""
+    return vbq_dict_version(d)
+
+
 cdef inline int _phexll(char* p, long long v) noexcept:
     """format(v, '#x') at p; its length"""
     if v >= 0:
-        return _phex(p, <unsigned long long>v)
+        return vbq_phex(p, <unsigned long long>v)
     p[0] = 45          # '-'
-    return 1 + _phex(p + 1, <unsigned long long>0 - <unsigned long long>v)
+    return 1 + vbq_phex(p + 1, <unsigned long long>0 - <unsigned long long>v)
+
+
+def hex_text(long long v):
+    """format(v, '#x') as _phexll writes it (for the tests)"""
+    cdef char buf[24]
+    return _ascii(buf, _phexll(buf, v))
 
 
 cdef str _s_zero_cow(long long off, long long n):
     """f"COW areas read as zero: zero {off:#x}+{n:#x} (fallocate ZERO_RANGE)" (handle_alloc_space)"""
     cdef char buf[128]
-    cdef int k = _pstr(buf, "COW areas read as zero: zero ")
+    cdef int k = _pcs(buf, "COW areas read as zero: zero ", 29)
     k += _phexll(buf + k, off)
     buf[k] = 43        # '+'
     k += 1
     k += _phexll(buf + k, n)
-    k += _pstr(buf + k, " (fallocate ZERO_RANGE)")
+    k += _pcs(buf + k, " (fallocate ZERO_RANGE)", 23)
     return _ascii(buf, k)
 
 
 cdef str _s_guest_data(long long n, long long host):
     """f"guest data {n:#x} bytes -> host {host:#x}" (driver._write_task)"""
     cdef char buf[96]
-    cdef int k = _pstr(buf, "guest data ")
+    cdef int k = _pcs(buf, "guest data ", 11)
     k += _phexll(buf + k, n)
-    k += _pstr(buf + k, " bytes -> host ")
+    k += _pcs(buf + k, " bytes -> host ", 15)
     k += _phexll(buf + k, host)
     return _ascii(buf, k)
 
@@ -403,6 +655,20 @@ cdef inline Geo* _geo(object eng) except NULL:
 
 
 cdef object Qcow2Engine = _QE.Qcow2Engine
+from emu.machine import Machine as _Machine_cls
+from emu.block import backend as _BK
+cdef object _Machine = _Machine_cls
+cdef object _BlockState = _BK.BlockState
+# members read at their offsets (emu_fast/_slots.pxd): Machine.block, Machine.fmt; BlockState.reqs
+cdef Py_ssize_t _QM[2]
+cdef Py_ssize_t _QB[1]
+SLOT_PATHS = {"Machine": slot_offsets(_Machine, ("block", "fmt"), _QM),
+              "BlockState": slot_offsets(_BlockState, ("reqs",), _QB)}
+
+
+cdef inline object _m_reqs(object m):
+    """m.block.reqs"""
+    return sget(sget(m, _Machine, _QM[0], "block"), _BlockState, _QB[0], "reqs")
 cdef object Qcow2Error = _QE.Qcow2Error
 cdef object _refcount_get_py = _L.refcount_get
 cdef object _refcount_set_py = _L.refcount_set
@@ -579,20 +845,26 @@ cdef int _lru_bump_d(dict cd, object c, Py_ssize_t i, long long times) except -1
         n = k + times
     else:
         n = o + times
-    cd["lru_counter"] = n
+    VBQ_HS(cd, "lru_counter", n)
     (<list>_hv(VBQ_H(cd, "lru"), c, "lru"))[i] = n
     return 0
 
 
 cdef int _put(object c, Py_ssize_t i) except -1:
     """Cache.put"""
-    cdef list ref = _hv(VBQ_GA(c, "ref"), c, "ref")
+    cdef dict cd = _idict(c)
+    if cd is None:
+        cd = {}                         # (no __dict__: every field through getattr)
+    cdef list ref = _hv(VBQ_H(cd, "ref"), c, "ref")
     cdef long long r = <long long>ref[i] - 1
     ref[i] = r
     if r == 0:
-        n = _hv(VBQ_GA(c, "lru_counter"), c, "lru_counter") + 1
-        _sa(c, "lru_counter", n)
-        (<list>_hv(VBQ_GA(c, "lru"), c, "lru"))[i] = n
+        n = _hv(VBQ_H(cd, "lru_counter"), c, "lru_counter") + 1
+        if _idict(c) is None:
+            _sa(c, "lru_counter", n)
+        else:
+            VBQ_HS(cd, "lru_counter", n)
+        (<list>_hv(VBQ_H(cd, "lru"), c, "lru"))[i] = n
     return 0
 
 
@@ -620,15 +892,16 @@ cdef int _cache_set_dependency(object eng, object c, object dep) except -1:
             eng.cache_flush_dependency(c)
         _sa(c, "depends", _hv(VBQ_GA(dep, "name"), dep, "name"))
         return 0
-    if _hv(VBQ_H(dd, "depends"), dep, "depends"):
+    ddep = _hv(VBQ_H(dd, "depends"), dep, "depends")
+    if ddep is not None and ddep:
         eng.cache_flush_dependency(dep)
     cur = _hv(VBQ_H(cd, "depends"), c, "depends")
     name = _hv(VBQ_H(dd, "name"), dep, "name")
-    if cur and cur != name:
+    if cur is not name and cur is not None and cur and cur != name:
         eng.cache_flush_dependency(c)
         cur = _MISSING
     if cur is not name:
-        cd["depends"] = name
+        VBQ_HS(cd, "depends", name)
     return 0
 
 
@@ -1445,7 +1718,8 @@ for _cls, _names in ((Qcow2Engine, ("cluster_bits", "l2_cache", "cluster_size", 
                                     "incompatible_features", "discard_passthrough", "backing")),
                      (FastQcow2Engine, ()),
                      (_QC.Cache, ("tables", "depends", "name", "ref", "lru_counter", "dirty", "table_size",
-                                  "offsets", "lru"))):
+                                  "offsets", "lru")),
+                     (_Q.Qcow2Format, ("backing",))):
     for _n in _names:
         for _k in _cls.__mro__:
             assert not hasattr(type(_k.__dict__.get(_n)), "__set__"), (_cls, _n)
@@ -1517,7 +1791,7 @@ cdef list _data_parts(object m, object bid, dict co, long long qoff, long long n
     cdef long long pos = 0, gpa, ln, lo, hi
     if _hn(VBQ_H(co, "zero")):
         return [("zero", n)]
-    reqs = m.block.reqs
+    reqs = _m_reqs(m)
     if type(reqs) is not dict:
         return [("ram", x, y) for x, y in _iov_slice(reqs.get(bid, {})["qiov"], qoff, n)]
     r = PyDict_GetItemWithError(reqs, bid)
@@ -1597,12 +1871,13 @@ cdef inline long long _rc_get(const uint8_t* p, long long index, int order) noex
 
 cdef int _grow_file_size_2(dict ed, object eng, long long e1, long long e2) except -1:
     """_grow_file_size to e1, then to e2 (an int file_size: to the larger at once)"""
+    cdef long long f
     fs = _hv(VBQ_H(ed, "file_size"), eng, "file_size")
     if type(fs) is int:
         if e2 > e1:
             e1 = e2
-        if fs < e1:
-            ed["file_size"] = e1
+        if (f < e1) if _ll(fs, &f) else (fs < e1):
+            VBQ_HS(ed, "file_size", e1)
         return 0
     _grow_file_size_d(ed, eng, e1)
     _grow_file_size_d(ed, eng, e2)
@@ -1611,10 +1886,11 @@ cdef int _grow_file_size_2(dict ed, object eng, long long e1, long long e2) exce
 
 cdef int _grow_file_size_d(dict ed, object eng, long long end) except -1:
     """_grow_file_size with the engine's __dict__ ed at hand (end: a long long)"""
+    cdef long long f
     fs = _hv(VBQ_H(ed, "file_size"), eng, "file_size")
     if type(fs) is int:
-        if fs < end:
-            ed["file_size"] = end
+        if (f < end) if _ll(fs, &f) else (fs < end):
+            VBQ_HS(ed, "file_size", end)
         return 0
     ed["file_size"] = max(fs, end)
     return 0
@@ -1640,13 +1916,13 @@ cdef int _plan_zero_cow(list plan, object pending, long long off, long long zn) 
 
 
 cdef int _plan_guest_write(m, list plan, object pending, bid, dict co, object o_qoff, long long cur,
-                           long long host, Py_ssize_t npieces) except -1:
+                           long long host, object o_cur, object o_host, Py_ssize_t npieces) except -1:
     """The plan item writing the guest's data of the request's last piece (the write phase's
     bdrv_co_pwritev_part: _write_task's io("guest_write", ...)), as _fast_alloc and
-    _fast_in_place plan it (o_qoff: the piece's qoff, npieces: len(co["pieces"])), but for the
+    _fast_in_place plan it (o_qoff: the piece's qoff, o_cur and o_host: the piece's "bytes" and
+    "host" objects, which _write_task passes on; npieces: len(co["pieces"])), but for the
     engine's file_size (the caller grows it: _grow_file_size_2)"""
     cdef PyObject* v[8]
-    cdef object o_host = host, o_cur = cur
     what = _s_guest_data(cur, host)
     parts = _data_parts(m, bid, co, o_qoff, cur)
     cdef object o_pi = npieces - 1
@@ -1671,10 +1947,9 @@ cdef str S_PWRITEV_PART = "bdrv_co_pwritev_part"
 cdef str S_DATA = "data"
 
 
-cdef dict _new_piece(object o_pos, long long host, long long cur, object o_qoff, list metas):
+cdef dict _new_piece(object o_pos, object o_host, object o_cur, object o_qoff, list metas):
     """_write_machine's piece {"guest", "host", "bytes", "qoff", "metas", "failed": False}"""
     cdef PyObject* v[6]
-    cdef object o_host = host, o_cur = cur
     v[0] = <PyObject*>o_pos
     v[1] = <PyObject*>o_host
     v[2] = <PyObject*>o_cur
@@ -1697,15 +1972,15 @@ cdef int _piece_done(dict co, dict piece, object o_pos, object o_rem, object o_q
         npieces[0] = len(pieces)
     cdef long long k
     if _ll(o_pos, &k) and 0 <= k < (1LL << 62):
-        co["pos"] = k + cur
+        VBQ_HS(co, "pos", k + cur)
     else:
         co["pos"] = o_pos + cur
     if _ll(o_rem, &k) and 0 <= k < (1LL << 62):
-        co["remaining"] = k - cur
+        VBQ_HS(co, "remaining", k - cur)
     else:
         co["remaining"] = o_rem - cur
     if _ll(o_qoff, &k) and 0 <= k < (1LL << 62):
-        co["qoff"] = k + cur
+        VBQ_HS(co, "qoff", k + cur)
     else:
         co["qoff"] = o_qoff + cur
     return 0
@@ -1842,7 +2117,7 @@ cdef bint _fast_alloc(object m, object eng, object bid, dict co) except -1:
         return False
     # -- from here on: the changes ---------------------------------------------------------------
     # alloc_clusters_noref's get_refcount calls, update_refcount's block (dirty, +1 each)
-    ed["free_cluster_index"] = idx
+    VBQ_HS(ed, "free_cluster_index", idx)
     (<list>_hv(VBQ_H(rd, "dirty"), rbc, "dirty"))[ri] = True
     for i in range(alloc_first, idx):
         _refcount_set(block, i & ((1LL << rbb) - 1), order, _rc_get(bp, i & ((1LL << rbb) - 1), order) + 1)
@@ -1879,15 +2154,16 @@ cdef bint _fast_alloc(object m, object eng, object bid, dict co) except -1:
     v[5] = <PyObject*>o_ce
     v[6] = <PyObject*>o_skip
     cdef list metas = [_from_tpl(TPL_META, v, 7)]
-    piece = _new_piece(o_pos, host, cur, o_qoff, metas)
+    cdef object o_host = host, o_cur = cur
+    piece = _new_piece(o_pos, o_host, o_cur, o_qoff, metas)
     _piece_done(co, piece, o_pos, o_rem, o_qoff, cur, &npieces)
     pending = _hv(VBQ_H(ed, "pending"), eng, "pending")
     if oic or ce_to - ce_from:
         _plan_zero_cow(plan, pending, off, zn)
-        _plan_guest_write(m, plan, pending, bid, co, o_qoff, cur, host, npieces)
+        _plan_guest_write(m, plan, pending, bid, co, o_qoff, cur, host, o_cur, o_host, npieces)
         _grow_file_size_2(ed, eng, off + zn, host + cur)
     else:
-        _plan_guest_write(m, plan, pending, bid, co, o_qoff, cur, host, npieces)
+        _plan_guest_write(m, plan, pending, bid, co, o_qoff, cur, host, o_cur, o_host, npieces)
         _grow_file_size_d(ed, eng, host + cur)
     _FAST_ALLOCS[0] += 1
     return True
@@ -1923,9 +2199,11 @@ cdef bint _fast_in_place(object m, object eng, dict ed, object bid, dict co, obj
         return False
     # -- the changes: handle_copied's L2 slice, the piece, the guest data write
     _lru_bump_d(cd, l2c, li, 1)
-    piece = _new_piece(o_pos, host, cur, o_qoff, [])
+    cdef object o_host = host, o_cur = cur
+    piece = _new_piece(o_pos, o_host, o_cur, o_qoff, [])
     _piece_done(co, piece, o_pos, o_rem, o_qoff, cur, &npieces)
-    _plan_guest_write(m, plan, _hv(VBQ_H(ed, "pending"), eng, "pending"), bid, co, o_qoff, cur, host, npieces)
+    _plan_guest_write(m, plan, _hv(VBQ_H(ed, "pending"), eng, "pending"), bid, co, o_qoff, cur, host, o_cur,
+                      o_host, npieces)
     _grow_file_size_d(ed, eng, host + cur)
     _FAST_ALLOCS[1] += 1
     return True
@@ -1950,7 +2228,7 @@ cdef str _write_machine(object m, object eng, object bid, dict co, bint quiet=Fa
     wphase = _hk(VBQ_H(co, "wphase"), co, "wphase")
     if _is_str(wphase, S_ALLOC):
         if _hk(VBQ_H(co, "remaining"), co, "remaining") == 0:
-            co["wphase"] = "link"
+            VBQ_HS(co, "wphase", S_LINK)
             return "every piece allocated and written: link the L2 entries"
         if quiet:
             _qfn = S_ALLOC_HOST_OFFSET
@@ -1983,10 +2261,10 @@ cdef str _write_machine(object m, object eng, object bid, dict co, bint quiet=Fa
         pieces = _hk(VBQ_H(co, "pieces"), co, "pieces")
         link_i = _hk(VBQ_H(co, "link_i"), co, "link_i")
         if link_i >= len(pieces):
-            co["wphase"] = "done"
+            VBQ_HS(co, "wphase", S_DONE)
             return "all L2 entries linked"
         piece = pieces[link_i]
-        co["link_i"] = link_i + 1
+        VBQ_HS(co, "link_i", link_i + 1)
         if _hk(VBQ_H(piece, "failed"), piece, "failed") or _hk(VBQ_H(co, "ret"), co, "ret"):
             for mt in _hk(VBQ_H(piece, "metas"), piece, "metas"):
                 eng.alloc_cluster_abort(mt)
@@ -2013,58 +2291,90 @@ cdef str _write_phase(object m, object eng, object bid, dict co, bint quiet=Fals
     """driver._write_phase"""
     detail = _write_machine(m, eng, bid, co, quiet)
     if _is_str(_hk(VBQ_H(co, "wphase"), co, "wphase"), S_DONE):
-        co["phase"] = "done"
+        VBQ_HS(co, "phase", S_DONE)
     return detail
 
 
 cdef str _read_phase(object m, object eng, object bid, dict co, bint quiet=False):
-    """driver._read_phase (quiet: no detail, the function named in _qfn instead of m.cur)"""
+    """driver._read_phase (quiet: no detail, the function named in _qfn instead of m.cur); the
+    mapping is _gho's (its cluster type as a T_* code, the host offset and length in C), the
+    Python method's for a misaligned L2 table"""
     global _qfn
-    if co["remaining"] == 0:
-        co["phase"] = "done"
+    cdef long long a, r, c
+    cdef uint64_t h, e
+    cdef int t
+    rem = _hk(VBQ_H(co, "remaining"), co, "remaining")
+    if rem == 0:
+        VBQ_HS(co, "phase", S_DONE)
         return "read complete"
     if quiet:
         _qfn = S_GET_HOST_OFFSET
     else:
         _SUP.set_function(m, "qcow2_get_host_offset", CLUSTER_SRC)
     pos = _hk(VBQ_H(co, "pos"), co, "pos")
-    rem = _hk(VBQ_H(co, "remaining"), co, "remaining")
-    t, host, cur, entry = _get_host_offset(eng, pos, rem if rem < INT_MAX else INT_MAX)
-    if cur < 1:
-        cur = 1
-    reqs = m.block.reqs
+    a = pos                             # (as get_host_offset's arguments convert)
+    r = rem if rem < INT_MAX else INT_MAX
+    t = _gho(eng, a, r, &h, &c, &e)
+    if t == T_PY:
+        tn, o_h, o_c, o_e = Qcow2Engine.get_host_offset(eng, a, r)
+        t = TNAME.index(tn)
+        h = o_h
+        c = o_c
+        e = o_e
+    if c < 1:
+        c = 1
+    cdef object o_cur = c
+    reqs = _m_reqs(m)
     if type(reqs) is dict:              # (reqs.get(bid, {}) without the {} when bid is there)
-        r = PyDict_GetItemWithError(reqs, bid)
-        if r == NULL and PyErr_Occurred():
+        rq = PyDict_GetItemWithError(reqs, bid)
+        if rq == NULL and PyErr_Occurred():
             vbq_err()
-        req = <object>r if r != NULL else {}
+        req = <object>rq if rq != NULL else {}
     else:
         req = reqs.get(bid, {})
-    iov = req["qiov"]
+    iov = _hk(VBQ_H(req, "qiov"), req, "qiov") if type(req) is dict else req["qiov"]
     qoff = _hk(VBQ_H(co, "qoff"), co, "qoff")
-    seg = _iov_slice(iov, qoff, cur)
-    co["pos"] = pos + cur               # (co["pos"] += cur, of the values just read)
-    co["remaining"] = rem - cur
-    co["qoff"] = qoff + cur
-    if t == ZERO_PLAIN or t == ZERO_ALLOC or (t == UNALLOCATED and m.fmt.backing is None):
-        _plan_read(eng, S_GUEST_ZERO, S_MEMSET, _s_read_zero(pos, cur, t), pos, cur, seg, None)
+    seg = _iov_slice(iov, qoff, c)
+    cdef long long k
+    if 0 <= a < (1LL << 62):            # (co["pos"] += cur, of the values just read)
+        VBQ_HS(co, "pos", a + c)
+    else:
+        VBQ_HS(co, "pos", pos + o_cur)
+    if _ll(rem, &k) and 0 <= k < (1LL << 62):
+        VBQ_HS(co, "remaining", k - c)
+    else:
+        VBQ_HS(co, "remaining", rem - o_cur)
+    if _ll(qoff, &k) and 0 <= k < (1LL << 62):
+        VBQ_HS(co, "qoff", k + c)
+    else:
+        VBQ_HS(co, "qoff", qoff + o_cur)
+    if t == T_ZERO_PLAIN or t == T_ZERO_ALLOC or (t == T_UNALLOCATED and _fmt_backing(m) is None):
+        _plan_read(eng, S_GUEST_ZERO, S_MEMSET, _s_read_zero(pos, o_cur, TNAME[t]), pos, o_cur, seg, None)
         if quiet:
             return None
-        return f"guest {_hex(pos)}+{_hex(cur)}: {t} cluster(s)"
-    if t == UNALLOCATED:
-        _io(eng, "backing_read", "bdrv_co_preadv_part", f"guest {_hex(pos)}+{_hex(cur)} from the backing file",
-            pos, None, cur, {"iov": seg})
-        return f"guest {_hex(pos)}+{_hex(cur)}: unallocated, read the backing file"
-    if t == COMPRESSED:
-        h, csize = _L.compressed_params(entry, _geo(eng).cluster_bits)
+        return f"guest {_hex(pos)}+{_hex(o_cur)}: {TNAME[t]} cluster(s)"
+    if t == T_UNALLOCATED:
+        _io(eng, "backing_read", "bdrv_co_preadv_part", f"guest {_hex(pos)}+{_hex(o_cur)} from the backing file",
+            pos, None, o_cur, {"iov": seg})
+        return f"guest {_hex(pos)}+{_hex(o_cur)}: unallocated, read the backing file"
+    if t == T_COMPRESSED:
+        entry = e
+        o_h, csize = _L.compressed_params(entry, _geo(eng).cluster_bits)
         _io(eng, "compressed_read", "qcow2_co_preadv_compressed",
-            f"inflate the compressed cluster at host {_hex(h)} ({csize} bytes)", h, None, csize,
+            f"inflate the compressed cluster at host {_hex(o_h)} ({csize} bytes)", o_h, None, csize,
             {"iov": seg, "entry": entry, "guest": pos})
-        return f"guest {_hex(pos)}+{_hex(cur)}: compressed cluster at host {_hex(h)}"
-    _plan_read(eng, S_GUEST_READ, S_PREADV_PART, _s_read_host(pos, cur, host), host, cur, seg, S_DATA)
+        return f"guest {_hex(pos)}+{_hex(o_cur)}: compressed cluster at host {_hex(o_h)}"
+    host = h
+    _plan_read(eng, S_GUEST_READ, S_PREADV_PART, _s_read_host(pos, o_cur, host), host, o_cur, seg, S_DATA)
     if quiet:
         return None
-    return f"guest {_hex(pos)}+{_hex(cur)} -> host {_hex(host)}"
+    return f"guest {_hex(pos)}+{_hex(o_cur)} -> host {_hex(host)}"
+
+
+cdef inline object _fmt_backing(object m):
+    """m.fmt.backing (the format's instance attribute: see the check below)"""
+    f = sget(m, _Machine, _QM[1], "fmt")
+    return _hv(VBQ_GA(f, "backing"), f, "backing")
 
 
 cdef str S_GUEST_ZERO = "guest_zero"
@@ -2075,6 +2385,11 @@ cdef dict TPL_RZERO = {"op": None, "fn": None, "what": None, "offset": None, "le
                        "iov": None}                                 # io(..., length=, iov=)
 cdef dict TPL_RDATA = {"op": None, "fn": None, "what": None, "offset": None, "length": None,
                        "iov": None, "kind": None}                   # io(..., length=, iov=, kind=)
+
+# vbq_tpl_new copies a template's keys table: on when each template's table has the size it
+# computes (as dict.__sizeof__ counts it)
+_TPL_NEW = all(vbq_tpl_size_ok(_t, _t.__sizeof__())
+               for _t in (TPL_META, TPL_PIECE, TPL_ZERO, TPL_GWRITE, TPL_RZERO, TPL_RDATA))
 
 
 cdef int _plan_read(object eng, str op, str fn, str what, object offset, object length, object seg,
@@ -2096,7 +2411,7 @@ cdef int _plan_read(object eng, str op, str fn, str what, object offset, object 
 
 cdef int _pguest(char* buf, long long pos, long long cur) noexcept:
     """f"guest {pos:#x}+{cur:#x}" at buf; its length"""
-    cdef int k = _pstr(buf, "guest ")
+    cdef int k = _pcs(buf, "guest ", 6)
     k += _phexll(buf + k, pos)
     buf[k] = 43        # '+'
     k += 1
@@ -2113,7 +2428,7 @@ cdef str _s_read_zero(object pos, object cur, object t):
             or PyUnicode_GET_LENGTH(t) > 64:
         return f"guest {_hex(pos)}+{_hex(cur)} reads as zero ({t})"
     k = _pguest(buf, a, b)
-    k += _pstr(buf + k, " reads as zero (")
+    k += _pcs(buf + k, " reads as zero (", 16)
     n = PyUnicode_GET_LENGTH(t)
     memcpy(buf + k, PyUnicode_DATA(t), <size_t>n)
     k += <int>n
@@ -2129,7 +2444,7 @@ cdef str _s_read_host(object pos, object cur, object host):
     if not (_ll(pos, &a) and _ll(cur, &b) and _ll(host, &h)):
         return f"guest {_hex(pos)}+{_hex(cur)} <- host {_hex(host)}"
     k = _pguest(buf, a, b)
-    k += _pstr(buf + k, " <- host ")
+    k += _pcs(buf + k, " <- host ", 9)
     return _ascii(buf, k + _phexll(buf + k, h))
 
 
@@ -2209,14 +2524,18 @@ cdef object _take_plan(eng, dict co):
     empty list: two empty lists, each referred to once, either way.)"""
     cdef dict ed = _idict(eng)
     if ed is not None and vbq_lone_empty_list(ed, "plan"):
-        co["plan"] = []
+        VBQ_HS(co, "plan", [])
         plan = None
+    elif ed is not None:
+        plan = _hv(VBQ_H(ed, "plan"), eng, "plan")
+        VBQ_HS(co, "plan", plan)
+        VBQ_HS(ed, "plan", [])
     else:
         plan = _hv(VBQ_GA(eng, "plan"), eng, "plan")
         co["plan"] = plan
         _sa(eng, "plan", [])
     if not vbq_is(co, "pi", 0):
-        co["pi"] = 0
+        VBQ_HS(co, "pi", 0)
     return plan
 
 
@@ -2236,24 +2555,35 @@ def bulk_compute(m, eng, dict co, bid):
     _geo(eng)
     _qfn = S_ALLOC_HOST_OFFSET
     cdef dict ed = _idict(eng)
-    if ed is None or not vbq_lone_empty_list(ed, "plan"):    # (else: [] for an empty list)
-        _sa(eng, "plan", [])
+    cdef int outer = vbq_step_set(1)    # (its stores: vbq_hset)
     try:
-        if write:
-            _write_phase(m, eng, bid, co, True)
-        else:
-            _read_phase(m, eng, bid, co, True)
-    except Qcow2Error as e:
-        _failed(m, co, e)
-    plan = _take_plan(eng, co)
+        if ed is None:
+            _sa(eng, "plan", [])
+        elif not vbq_lone_empty_list(ed, "plan"):     # (else: [] for an empty list)
+            VBQ_HS(ed, "plan", [])
+        try:
+            if write:
+                _write_phase(m, eng, bid, co, True)
+            else:
+                _read_phase(m, eng, bid, co, True)
+        except Qcow2Error as e:
+            _failed(m, co, e)
+        plan = _take_plan(eng, co)
+        return _steer(co, plan)
+    finally:
+        vbq_step_set(outer)
+
+
+cdef int _steer(dict co, object plan) except -1:
+    """bulk_compute's answer after _take_plan (and co["caller"])"""
     if plan:
         if not vbq_is(co, "caller", _qfn):
-            co["caller"] = _qfn
+            VBQ_HS(co, "caller", _qfn)
         return 1
     if _is_str(_hk(VBQ_H(co, "phase"), co, "phase"), S_DONE):
         return 2
     if not vbq_is(co, "caller", _qfn):
-        co["caller"] = _qfn
+        VBQ_HS(co, "caller", _qfn)
     return 3
 
 
