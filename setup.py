@@ -84,6 +84,11 @@ def _extensions() -> list:
     except Exception as e:  # noqa: BLE001
         _warn(f"cythonize failed ({e})")
         return []
+    if sys.platform != "win32":
+        # a CPython-internal macro missing from the public headers compiles as a call of an
+        # undefined function and only fails when the module is imported: fail the build
+        for e in exts:
+            e.extra_compile_args.append("-Werror=implicit-function-declaration")
     return exts
 
 

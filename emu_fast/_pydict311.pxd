@@ -72,6 +72,11 @@ cdef extern from *:
             Py_INCREF(vals[i]);
             *v = vals[i];
             Py_DECREF(old);
+            /* MAINTAIN_TRACKING, as PyDict_SetItem does: a copy of an all-atomic template
+               is untracked until it holds a container */
+            if (!PyObject_GC_IsTracked(d) && PyObject_IS_GC(vals[i])
+                    && (!PyTuple_CheckExact(vals[i]) || PyObject_GC_IsTracked(vals[i])))
+                PyObject_GC_Track(d);
         }
         return 0;
     }
