@@ -2782,63 +2782,124 @@ cdef int h_start_request(Core* c, Frame* f) except -1:
 # popped when it completes), kept in C in the order stored while only these handlers look at
 # the dict (_os_*), as the allocator's entries are (see _po_set): an operation that completes
 # in its stretch never reaches the dict, the rest are stored at its end (_os_flush) in order.
+# An entry app.op makes is kept as a C record (_os_v NULL: its bios count, status and buf),
+# made the dict {"bios", "status", "buf"} (_os_dict) only where it is stored into op_state or
+# a path reads it as a dict (_split, a get-id's completion); end_request counts its bios down
+# and _op_done reads it in C.
 cdef enum:
     OS_MAX = 16
 cdef int _os_n = 0
 cdef int64_t _os_k[OS_MAX]
-cdef PyObject* _os_v[OS_MAX]        # (references)
+cdef PyObject* _os_v[OS_MAX]        # (references) the entry's dict, or NULL: a C record
+cdef int64_t _os_nb[OS_MAX]         # a C record's "bios"
+cdef PyObject* _os_st[OS_MAX]       # ... its "status" (a reference)
+cdef PyObject* _os_bf[OS_MAX]       # ... its "buf" (a reference)
 cdef dict _os_d = None              # the dict they belong to
 cdef long long _OS_KEPT = 0, _OS_STORED = 0     # (tests: op_state_stats)
+cdef long long _OS_REC = 0, _OS_MADE = 0, _OS_RDONE = 0    # (tests: op_state_records)
+
+
+cdef object _os_dict(int j):
+    """kept entry j as a dict (a C record made the dict app.op would have stored; borrowed)"""
+    global _OS_MADE
+    cdef PyObject* v[3]
+    cdef PyObject* x
+    cdef object nb
+    if _os_v[j] == NULL:
+        nb = _os_nb[j]
+        v[0] = <PyObject*>nb
+        v[1] = _os_st[j]
+        v[2] = _os_bf[j]
+        d = _mk(_T_OPST, v, 3)          # {"bios", "status", "buf"}
+        Py_INCREF(<PyObject*>d)
+        _os_v[j] = <PyObject*>d
+        x = _os_st[j]
+        _os_st[j] = NULL
+        Py_DECREF(x)
+        x = _os_bf[j]
+        _os_bf[j] = NULL
+        Py_DECREF(x)
+        _OS_MADE += 1
+    return <object>_os_v[j]
+
+
+cdef void _os_release(int j) noexcept:
+    """kept entry j's references dropped"""
+    cdef PyObject* x
+    x = _os_v[j]
+    _os_v[j] = NULL
+    if x != NULL:
+        Py_DECREF(x)
+    x = _os_st[j]
+    _os_st[j] = NULL
+    if x != NULL:
+        Py_DECREF(x)
+    x = _os_bf[j]
+    _os_bf[j] = NULL
+    if x != NULL:
+        Py_DECREF(x)
 
 
 cdef int _os_flush() except -1:
     """the kept entries stored into their dict, in order"""
     global _os_n, _os_d, _OS_STORED
     cdef int j, n = _os_n
-    cdef PyObject* x
     d = _os_d
-    _os_n = 0
-    _os_d = None
     try:
         for j in range(n):
             if d is not None:
-                PyDict_SetItem(<dict>d, _os_k[j], <object>_os_v[j])
+                PyDict_SetItem(<dict>d, _os_k[j], _os_dict(j))
                 _OS_STORED += 1
     finally:
+        _os_n = 0
+        _os_d = None
         for j in range(n):
-            x = _os_v[j]
-            _os_v[j] = NULL
-            Py_DECREF(x)
+            _os_release(j)
     return 0
 
 
-cdef int _os_set(object ost, object pc, object st) except -1:
-    """ost[pc] = st"""
-    global _os_n, _os_d, _OS_KEPT
+cdef int _os_set(object ost, object pc, Py_ssize_t nbios, object status, object buf) except -1:
+    """ost[pc] = {"bios": nbios, "status": status, "buf": buf}"""
+    global _os_n, _os_d, _OS_KEPT, _OS_REC
     cdef long long k
     cdef int j
+    cdef PyObject* v[3]
+    cdef object nb
     if type(ost) is not dict or not _wb_on or not vbg_ll(pc, &k):
         _os_flush()
-        ost[pc] = st
+        nb = nbios
+        v[0] = <PyObject*>nb
+        v[1] = <PyObject*>status
+        v[2] = <PyObject*>buf
+        ost[pc] = _mk(_T_OPST, v, 3)
         return 0
     if _os_n and ost is not _os_d:
         _os_flush()
     for j in range(_os_n):
         if _os_k[j] == k:               # (kept already: updated where it is)
-            Py_INCREF(<PyObject*>st)
-            Py_DECREF(_os_v[j])
-            _os_v[j] = <PyObject*>st
+            break
+    else:
+        if _os_n == OS_MAX or pc in <dict>ost:
+            _os_flush()
+            nb = nbios
+            v[0] = <PyObject*>nb
+            v[1] = <PyObject*>status
+            v[2] = <PyObject*>buf
+            PyDict_SetItem(<dict>ost, pc, _mk(_T_OPST, v, 3))
             return 0
-    if _os_n == OS_MAX or pc in <dict>ost:
-        _os_flush()
-        PyDict_SetItem(<dict>ost, pc, st)
-        return 0
-    _os_d = <dict>ost
-    _os_k[_os_n] = k
-    Py_INCREF(<PyObject*>st)
-    _os_v[_os_n] = <PyObject*>st
-    _os_n += 1
-    _OS_KEPT += 1
+        _os_d = <dict>ost
+        j = _os_n
+        _os_k[j] = k
+        _os_v[j] = _os_st[j] = _os_bf[j] = NULL
+        _os_n += 1
+        _OS_KEPT += 1
+    _os_release(j)
+    _os_nb[j] = nbios
+    Py_INCREF(<PyObject*>status)
+    _os_st[j] = <PyObject*>status
+    Py_INCREF(<PyObject*>buf)
+    _os_bf[j] = <PyObject*>buf
+    _OS_REC += 1
     return 0
 
 
@@ -2857,28 +2918,37 @@ cdef object _os_get(object ost, object idx):
     """ost[idx]"""
     cdef int j = _os_find(ost, idx)
     if j >= 0:
-        return <object>_os_v[j]
+        return _os_dict(j)
     if _os_n and ost is _os_d and type(idx) is not int:
         _os_flush()                     # (an equal key of another type: the dict decides)
     return ost[idx]
 
 
+cdef void _os_drop(int j) noexcept:
+    """kept entry j removed (its references dropped)"""
+    global _os_n
+    _os_release(j)
+    _os_n -= 1
+    if j < _os_n:
+        memmove(&_os_k[j], &_os_k[j + 1], (_os_n - j) * sizeof(int64_t))
+        memmove(&_os_v[j], &_os_v[j + 1], (_os_n - j) * sizeof(PyObject*))
+        memmove(&_os_nb[j], &_os_nb[j + 1], (_os_n - j) * sizeof(int64_t))
+        memmove(&_os_st[j], &_os_st[j + 1], (_os_n - j) * sizeof(PyObject*))
+        memmove(&_os_bf[j], &_os_bf[j + 1], (_os_n - j) * sizeof(PyObject*))
+    _os_v[_os_n] = _os_st[_os_n] = _os_bf[_os_n] = NULL
+    if not _os_n:
+        _os_d_clear()
+
+
 cdef object _os_pop(object ost, object idx):
     """ost.pop(idx)"""
-    global _os_n
     cdef int j = _os_find(ost, idx)
     if j < 0:
         if _os_n and ost is _os_d and type(idx) is not int:
             _os_flush()
         return (<dict>ost).pop(idx) if type(ost) is dict else ost.pop(idx)
-    v = <object>_os_v[j]
-    Py_DECREF(_os_v[j])
-    _os_n -= 1
-    if j < _os_n:
-        memmove(&_os_k[j], &_os_k[j + 1], (_os_n - j) * sizeof(int64_t))
-        memmove(&_os_v[j], &_os_v[j + 1], (_os_n - j) * sizeof(PyObject*))
-    if not _os_n:
-        _os_d_clear()
+    v = _os_dict(j)
+    _os_drop(j)
     return v
 
 
@@ -2892,37 +2962,65 @@ def op_state_stats():
     return _OS_KEPT, _OS_STORED
 
 
+def op_state_records():
+    """(op_state entries kept as C records, records made dicts, operations completed from a
+    record) (tests)"""
+    return _OS_REC, _OS_MADE, _OS_RDONE
+
+
 cdef int _op_done(Core* c, object idx) except -1:
     """emu.guest.process._op_done (the AIO completes)"""
+    global _OS_RDONE
     p = _p
-    cdef dict st
+    cdef dict st = None
     cdef PyObject* v[4]
-    cdef object o_n, o_line, s_status
+    cdef object o_n, o_line, s_status, s_buf, nb_rec = None
+    cdef int j
     ost = SG(p, _PO[P_OP_STATE])
-    st = _os_pop(ost, idx)
+    j = _os_find(ost, idx)
+    if j >= 0 and _os_v[j] == NULL:     # (a C record: popped, its status and buf read in C)
+        s_status = <object>_os_st[j]
+        s_buf = <object>_os_bf[j]
+        nb_rec = _os_nb[j]
+        _os_drop(j)
+    else:
+        st = _os_pop(ost, idx)
     cdef dict op = SG(p, _PO[P_OPS])[idx]
     SS(p, _PO[P_INFLIGHT], SG(p, _PO[P_INFLIGHT]) - 1)
     opname = DG(op, "op")                   # (op is not changed below: one lookup of each key)
+    if st is None:
+        if _eq(opname, "get-id"):           # (it stores "serial" into the entry: the dict)
+            v[0] = <PyObject*>nb_rec
+            v[1] = <PyObject*>s_status
+            v[2] = <PyObject*>s_buf
+            st = _mk(_T_OPST, v, 3)
+        else:
+            _OS_RDONE += 1
+    if st is not None:
+        s_status = None
+        s_buf = None
     if _eq(opname, "read"):
-        data = _mem.read(DG(st, "buf"), DG(op, "length"))
+        data = _mem.read(DG(st, "buf") if st is not None else s_buf, DG(op, "length"))
         SG(p, _PO[P_READS]).append(
             {"n": DG(op, "n"), "offset": DG(op, "offset"), "length": DG(op, "length"),
-             "sha256": _sha256(data).hexdigest(), "status": DG(st, "status"), "line": DG(op, "line")})
+             "sha256": _sha256(data).hexdigest(),
+             "status": DG(st, "status") if st is not None else s_status, "line": DG(op, "line")})
     if _eq(opname, "get-id"):
         raw = _mem.read(DG(st, "buf"), _ID_BYTES)
         st["serial"] = raw.split(b"\0", 1)[0].decode("latin-1")
-    buf = DGET(st, "buf")
+    buf = DGET(st, "buf") if st is not None else s_buf
     if buf:
         _pa_free(buf)
     o_n = DG(op, "n")
     o_line = DG(op, "line")
-    s_status = DG(st, "status")
+    if st is not None:
+        s_status = DG(st, "status")
     v[0] = <PyObject*>o_n
     v[1] = <PyObject*>o_line
     v[2] = <PyObject*>opname
     v[3] = <PyObject*>s_status
     res = _mk(_T_RES, v, 4)             # {"n", "line", "op", "status"}
-    if "serial" in st:
+    if st is not None and "serial" in st:
         res["serial"] = DG(st, "serial")
     SG(p, _PO[P_RESULTS]).append(res)
     _wake(c, "mem")
@@ -2939,6 +3037,8 @@ cdef int h_end_request(Core* c, Frame* f) except -1:
     cdef list completed
     cdef PyObject* v[5]
     cdef object rid_o, r_op, r_sector, r_bytes
+    cdef int j
+    cdef PyObject* x
     if not _kok[K_blkmq_end_request] or not f.s[1]:
         return BAIL
     rq = _rq(rid)
@@ -2954,7 +3054,19 @@ cdef int h_end_request(Core* c, Frame* f) except -1:
     RS(rq, W_status, status)
     for bio in <list>DG(rq, "bios"):
         idx = DG(bio, "op_idx")                          # bio_done
-        st = _os_get(SG(p, _PO[P_OP_STATE]), idx)
+        ost = SG(p, _PO[P_OP_STATE])
+        j = _os_find(ost, idx)
+        if j >= 0 and _os_v[j] == NULL:     # (a C record: counted down in C)
+            _os_nb[j] -= 1
+            if not _eq(status, "OK") and _eq(<object>_os_st[j], "OK"):
+                x = _os_st[j]
+                Py_INCREF(<PyObject*>status)
+                _os_st[j] = <PyObject*>status
+                Py_DECREF(x)
+            if _os_nb[j] == 0:
+                _op_done(c, idx)
+            continue
+        st = _os_get(ost, idx)
         nb = DG(st, "bios") - 1             # (st["bios"] -= 1 ... if st["bios"] == 0)
         st["bios"] = nb
         if not _eq(status, "OK") and _eq(DG(st, "status"), "OK"):
@@ -3067,8 +3179,6 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
     cdef long long clen, coff, pos, n, step, npages, clbs, cn, cbuf
     cdef bint is_write
     cdef bytes data
-    cdef PyObject* v[3]
-    cdef object nbios
     if not _kok[K_app_op] or not _q_ok(_q):
         return BAIL
     p = _p
@@ -3220,13 +3330,7 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
         SG(p, _PO[P_RESULTS]).append({"n": DG(op, "n"), "line": DG(op, "line"), "op": kind, "status": "OK"})
         cont(c, F0(K_app_op), -1, True)
         return 0
-    nbios = len(bios)
-    v[0] = <PyObject*>nbios
-    v[1] = <PyObject*>"OK"
-    v[2] = <PyObject*>buf
-    ost = SG(p, _PO[P_OP_STATE])
-    st = _mk(_T_OPST, v, 3)             # {"bios", "status", "buf"}
-    _os_set(ost, pc, st)
+    _os_set(SG(p, _PO[P_OP_STATE]), pc, len(bios), "OK", buf)     # {"bios", "status", "buf"}
     SS(p, _PO[P_INFLIGHT], SG(p, _PO[P_INFLIGHT]) + 1)
     (<list>SG(p, _PO[P_PENDING_BIOS])).extend(bios)       # (a list: checked before begin)
     cont(c, F0(K_blkmq_submit_bio), -1, True)
