@@ -102,6 +102,9 @@ cdef object DD_READ_EXPIRE_NS = _S.DD_READ_EXPIRE_NS
 cdef object DD_WRITE_EXPIRE_NS = _S.DD_WRITE_EXPIRE_NS
 cdef long long DD_WRITES_STARVED = _S.DD_WRITES_STARVED
 cdef long long DD_FIFO_BATCH = _S.DD_FIFO_BATCH
+cdef bint _DD_EXP_C = all(type(x) is int and 0 <= x < (1 << 52) for x in (DD_READ_EXPIRE_NS, DD_WRITE_EXPIRE_NS))
+cdef long long _DD_READ_C = DD_READ_EXPIRE_NS if _DD_EXP_C else 0
+cdef long long _DD_WRITE_C = DD_WRITE_EXPIRE_NS if _DD_EXP_C else 0
 cdef long long LIM = 1LL << 52          # C arithmetic only on values below this
 cdef long long COMMON_CFG = _PCI.COMMON_CFG
 cdef long long DEVICE_CFG = _PCI.DEVICE_CFG
@@ -176,7 +179,11 @@ cdef inline object SG(object o, Py_ssize_t off):
 
 
 cdef inline i64 SI(object o, Py_ssize_t off) except? -1:
-    """int(o.<member>) as a C integer"""
+    """int(o.<member>) as a C integer (an exact int read from its digits)"""
+    cdef PyObject* p = vbs_peek(o, off)
+    cdef long long v
+    if p != NULL and vbg_ll(<object>p, &v):
+        return v
     return <i64>SG(o, off)
 
 
@@ -522,18 +529,28 @@ cdef extern from "Python.h":
     void* PyUnicode_DATA(object o)
 
 
+cdef extern from *:
+    """
+    /* a == b for an exact str b: identity, then the length, the kind and the characters (a
+       str subclass or another type: PyObject_RichCompareBool) */
+    static inline int vbg_eq(PyObject *a, PyObject *b) {
+        Py_ssize_t n;
+        if (a == b)
+            return 1;
+        if (!PyUnicode_CheckExact(a))
+            return PyObject_RichCompareBool(a, b, Py_EQ);
+        n = PyUnicode_GET_LENGTH(b);
+        if (PyUnicode_GET_LENGTH(a) != n || PyUnicode_KIND(a) != PyUnicode_KIND(b))
+            return 0;
+        return vbg_chars_eq(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)(n * PyUnicode_KIND(b)));
+    }
+    """
+    int vbg_eq(object a, object b) except -1
+
+
 cdef inline bint _eq(object a, str b) except -1:
-    """a == b for a str literal b: identity, then the length, then the characters (a str
-    subclass or another type: ==)"""
-    cdef Py_ssize_t n
-    if a is b:
-        return True
-    if type(a) is not str:
-        return a == b
-    n = PyUnicode_GET_LENGTH(b)
-    if PyUnicode_GET_LENGTH(a) != n or PyUnicode_KIND(a) != PyUnicode_KIND(b):
-        return False
-    return vbg_chars_eq(PyUnicode_DATA(a), PyUnicode_DATA(b), <size_t>(n * PyUnicode_KIND(b)))
+    """a == b for a str literal b (vbg_eq)"""
+    return vbg_eq(a, b)
 
 
 cdef inline bint _is_int(object o) noexcept:
@@ -2561,7 +2578,10 @@ cdef int _dd_insert(Core* c, object rid) except -1:
                 _free_request(c, rid)
                 return 0
     RS(rq, W_stage, "queued")
-    RS(rq, W_deadline, c.now + (DD_READ_EXPIRE_NS if d == 0 else DD_WRITE_EXPIRE_NS))
+    if _DD_EXP_C and 0 <= c.now < LIM:         # (small ints: added in C)
+        RS(rq, W_deadline, c.now + (_DD_READ_C if d == 0 else _DD_WRITE_C))
+    else:
+        RS(rq, W_deadline, c.now + (DD_READ_EXPIRE_NS if d == 0 else DD_WRITE_EXPIRE_NS))
     SG(q, _QO[Q_DD_FIFO])[d].append(rid)
     return 0
 
@@ -2595,10 +2615,12 @@ cdef object _dd_dispatch(Core* c, object q):
     """emu.guest.blk_mq.dd_dispatch (dd_dispatch_request)"""
     cdef int d
     cdef long long cs, cb
+    cdef long long cb_
     fifo = SG(q, _QO[Q_DD_FIFO])
     rqs = _rqs
     rid = None
-    if SG(q, _QO[Q_DD_BATCHING]) < DD_FIFO_BATCH:
+    batching = SG(q, _QO[Q_DD_BATCHING])
+    if (cb_ < DD_FIFO_BATCH) if vbg_ll(batching, &cb_) else (batching < DD_FIFO_BATCH):
         rid = _dd_next(q, SG(q, _QO[Q_DD_LAST_DIR]))
     if rid is None:
         reads = (<list>fifo)[0]         # (_q_ok: a list of two lists)
@@ -2632,6 +2654,15 @@ cdef object _dd_dispatch(Core* c, object q):
 
 cdef bint _q_ok(object q) except -1:
     """The blk-mq lists these handlers walk are lists (and the FIFOs two lists)."""
+    cdef PyObject* pl = vbs_peek(q, _QO[Q_PLUG])
+    cdef PyObject* ba = vbs_peek(q, _QO[Q_BATCH])
+    cdef PyObject* di = vbs_peek(q, _QO[Q_DISPATCH])
+    cdef PyObject* ff = vbs_peek(q, _QO[Q_DD_FIFO])
+    if pl != NULL and ba != NULL and di != NULL and ff != NULL:      # (all set: read in place)
+        return (type(<object>pl) is list and type(<object>ba) is list and type(<object>di) is list
+                and type(<object>ff) is list and _LIST_SIZE(<object>ff) == 2
+                and type(<object>_LIST_ITEM(<object>ff, 0)) is list
+                and type(<object>_LIST_ITEM(<object>ff, 1)) is list)
     fifo = SG(q, _QO[Q_DD_FIFO])
     return (type(SG(q, _QO[Q_PLUG])) is list and type(SG(q, _QO[Q_BATCH])) is list
             and type(SG(q, _QO[Q_DISPATCH])) is list and type(fifo) is list
@@ -2662,27 +2693,35 @@ cdef int h_flush_plug(Core* c, Frame* f) except -1:
 
 cdef int h_run_queue(Core* c, Frame* f) except -1:
     """emu.guest.blk_mq.run_queue (blk_mq_run_hw_queue / blk_mq_sched_dispatch_requests)"""
+    cdef long long cnr
     if not _kok[K_blkmq_run_queue] or not _q_ok(_q):
         return BAIL
     begin(c)
     q = _q
     if SG(q, _QO[Q_STOPPED]):
         return 0
-    if SG(q, _QO[Q_BATCH]):
+    if _LIST_SIZE(SG(q, _QO[Q_BATCH])):            # (_q_ok: the batch and dispatch are lists)
         return 0
     disp = SG(q, _QO[Q_DISPATCH])
-    if disp:
+    if _LIST_SIZE(disp):
         SS(q, _QO[Q_BATCH], disp)
         SS(q, _QO[Q_DISPATCH], [])
         SS(q, _QO[Q_BATCH_FROM], "dispatch")
     else:
         batch = SG(q, _QO[Q_BATCH])
         nr = SG(q, _QO[Q_NR_REQUESTS])
-        while len(batch) < nr:
-            rid = _dd_dispatch(c, q)
-            if rid is None:
-                break
-            batch.append(rid)
+        if vbg_ll(nr, &cnr):            # (an int: compared in C)
+            while _LIST_SIZE(batch) < cnr:
+                rid = _dd_dispatch(c, q)
+                if rid is None:
+                    break
+                (<list>batch).append(rid)
+        else:
+            while len(batch) < nr:
+                rid = _dd_dispatch(c, q)
+                if rid is None:
+                    break
+                batch.append(rid)
         SS(q, _QO[Q_BATCH_FROM], "sched")
     if not SG(q, _QO[Q_BATCH]):
         return 0
