@@ -370,6 +370,8 @@ cdef int _load(Core* c) except -1:
     _wflush_all()               # (none: the last stretch's store wrote them)
     _ad_forget()
     _wb_on = False
+    _pool_free(&_pl_rq)
+    _pool_free(&_pl_done)
     m = <object>c.m
     if not _SLOTS_OK or type(m) is not _Machine or c.vcpu < 0:
         return 1            # the core may run; these handlers bail (see _ready)
@@ -425,6 +427,8 @@ cdef int _store(Core* c) except -1:
         _kc_store()             # (the counters' increments)
         _po_flush_all()         # (the allocator's kept entries)
         _os_flush()             # (op_state's)
+        _pool_free(&_pl_rq)     # (the kept dict shells)
+        _pool_free(&_pl_done)
     _m = _g = _vq = _q = _p = _mem = _pages = None
     _pa_load(None)
     _counters = None
@@ -827,6 +831,143 @@ cdef inline object _mk(dict tmpl, PyObject** vals, Py_ssize_t n):
 def dict_stats():
     """(the fast dict paths are on, dicts made from templates) (tests)"""
     return bool(_BUILD_OK), _BUILT
+
+
+# A request dict freed by end_request, or a completion entry leaving m.guest.completed, that
+# only the handler holds and that is still laid out exactly as a copy of its template (the
+# same key objects in order, the same table and index, nothing added or deleted) is not
+# deallocated but kept (_pool_put: its values dropped there and then, as its deallocation
+# would, untracked) and refilled as the next dict of that template (_pool_get: a new version
+# tag by PyDict_SetItem of its first value, the others put in place, tracked as a new copy
+# would be): the same dict a copy of the template makes.  The kept shells are freed when the
+# stretch ends.
+cdef extern from *:
+    """
+    #if VBG_DICT_FAST
+    /* d laid out exactly as a copy of tmpl (n str keys): 1, else 0 */
+    static int vbg_like_tmpl(PyObject *d, PyObject *tmpl, Py_ssize_t n) {
+        PyDictObject *mp = (PyDictObject *)d, *tp = (PyDictObject *)tmpl;
+        vb_dictkeys *dk, *tk;
+        Py_ssize_t i;
+        if (!PyDict_CheckExact(d) || mp->ma_values != NULL || tp->ma_values != NULL
+                || mp->ma_used != n || tp->ma_used != n)
+            return 0;
+        dk = (vb_dictkeys *)mp->ma_keys;
+        tk = (vb_dictkeys *)tp->ma_keys;
+        if (dk == tk || dk->dk_refcnt != 1 || dk->dk_kind != 1 || tk->dk_kind != 1
+                || dk->dk_log2_size != tk->dk_log2_size
+                || dk->dk_log2_index_bytes != tk->dk_log2_index_bytes
+                || dk->dk_nentries != n || tk->dk_nentries != n || dk->dk_usable != tk->dk_usable)
+            return 0;
+        for (i = 0; i < n; i++)
+            if (VB_UENTRIES(dk)[i].me_key != VB_UENTRIES(tk)[i].me_key
+                    || VB_UENTRIES(dk)[i].me_value == NULL)
+                return 0;
+        return memcmp(dk->dk_indices, tk->dk_indices, (size_t)1 << dk->dk_log2_index_bytes) == 0;
+    }
+    /* d's n values dropped (None in their place), d untracked */
+    static void vbg_clear_values(PyObject *d, Py_ssize_t n) {
+        vb_uentry *ep = VB_UENTRIES((vb_dictkeys *)((PyDictObject *)d)->ma_keys);
+        Py_ssize_t i;
+        if (PyObject_GC_IsTracked(d))
+            PyObject_GC_UnTrack(d);
+        for (i = 0; i < n; i++) {
+            PyObject *old = ep[i].me_value;
+            Py_INCREF(Py_None);
+            ep[i].me_value = Py_None;
+            Py_DECREF(old);
+        }
+    }
+    /* d (vbg_clear_values'd) given values vals: the first by PyDict_SetItem (a new version
+       tag), the rest in place; tracked when a value may be (as vbg_build) */
+    static int vbg_refill(PyObject *d, PyObject *const *vals, Py_ssize_t n) {
+        vb_uentry *ep = VB_UENTRIES((vb_dictkeys *)((PyDictObject *)d)->ma_keys);
+        Py_ssize_t i;
+        int track = 0;
+        if (PyDict_SetItem(d, ep[0].me_key, vals[0]) < 0)
+            return -1;
+        ep = VB_UENTRIES((vb_dictkeys *)((PyDictObject *)d)->ma_keys);
+        for (i = 0; i < n; i++) {
+            PyObject *old = ep[i].me_value, *v = vals[i];
+            if (i) {
+                Py_INCREF(v);
+                ep[i].me_value = v;
+                Py_XDECREF(old);
+            }
+            if (!track && PyObject_IS_GC(v) && (!PyTuple_CheckExact(v) || PyObject_GC_IsTracked(v)))
+                track = 1;
+        }
+        if (track && !PyObject_GC_IsTracked(d))
+            PyObject_GC_Track(d);
+        else if (!track && PyObject_GC_IsTracked(d))
+            PyObject_GC_UnTrack(d);
+        return 0;
+    }
+    #else
+    static int vbg_like_tmpl(PyObject *d, PyObject *tmpl, Py_ssize_t n) { return 0; }
+    static void vbg_clear_values(PyObject *d, Py_ssize_t n) { }
+    static int vbg_refill(PyObject *d, PyObject *const *vals, Py_ssize_t n) { return -1; }
+    #endif
+    """
+    bint vbg_like_tmpl(object d, object tmpl, Py_ssize_t n) noexcept
+    void vbg_clear_values(object d, Py_ssize_t n) noexcept
+    int vbg_refill(object d, PyObject** vals, Py_ssize_t n) except -1
+
+cdef enum:
+    POOL_MAX = 4
+cdef struct DPool:
+    int n
+    PyObject* d[POOL_MAX]       # (references) cleared shells
+cdef DPool _pl_rq, _pl_done
+_pl_rq.n = 0
+_pl_done.n = 0
+cdef long long _POOL_PUT = 0, _POOL_GOT = 0      # (tests: pool_stats)
+
+
+cdef int _pool_put(DPool* pl, object d, dict tmpl, Py_ssize_t n) except -1:
+    """d (going away: only the caller holds it) kept for the next dict of tmpl's keys when it
+    is laid out as tmpl's copy (its values dropped now); else left to its deallocation"""
+    global _POOL_PUT
+    if (not _BUILD_OK or not _wb_on or pl.n == POOL_MAX or Py_REFCNT(<PyObject*>d) != 1
+            or not vbg_like_tmpl(d, tmpl, n)):
+        return 0
+    Py_INCREF(<PyObject*>d)
+    pl.d[pl.n] = <PyObject*>d
+    pl.n += 1
+    vbg_clear_values(d, n)
+    _POOL_PUT += 1
+    return 0
+
+
+cdef object _pool_get(DPool* pl, dict tmpl, PyObject** vals, Py_ssize_t n):
+    """a new dict of tmpl's keys with values vals: a kept shell refilled, else _mk"""
+    global _POOL_GOT, _BUILT
+    cdef PyObject* x
+    if not pl.n:
+        return _mk(tmpl, vals, n)
+    pl.n -= 1
+    x = pl.d[pl.n]
+    pl.d[pl.n] = NULL
+    d = <object>x
+    Py_DECREF(x)                # (d holds it now)
+    vbg_refill(d, vals, n)
+    _POOL_GOT += 1
+    _BUILT += 1
+    return d
+
+
+cdef void _pool_free(DPool* pl) noexcept:
+    cdef PyObject* x
+    while pl.n:
+        pl.n -= 1
+        x = pl.d[pl.n]
+        pl.d[pl.n] = NULL
+        Py_DECREF(x)
+
+
+def pool_stats():
+    """(dicts kept for reuse, dicts refilled from them) (tests)"""
+    return _POOL_PUT, _POOL_GOT
 
 
 def dict_get(d, key, dflt=None):
@@ -3122,12 +3263,16 @@ cdef int h_end_request(Core* c, Frame* f) except -1:
     v[2] = <PyObject*>r_sector
     v[3] = <PyObject*>r_bytes
     v[4] = <PyObject*>status
-    completed.append(_mk(_T_DONE, v, 5))    # {"id", "op", "sector", "bytes", "status"}
+    completed.append(_pool_get(&_pl_done, _T_DONE, v, 5))  # {"id", "op", "sector", "bytes", "status"}
     if len(completed) > 64:
+        old = completed[0]
         del completed[0]
+        _pool_put(&_pl_done, old, _T_DONE, 5)       # (only old holds it: kept for the next)
+        old = None
     if from_irq:
         cont(c, F0(K_vring_get_buf))
     _wdrop(rq)                  # (freed: its kept fields need not be written)
+    _pool_put(&_pl_rq, rq, _T_RQ, 14)           # (only rq holds it: kept for the next)
     return 0
 
 
@@ -3588,7 +3733,7 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
     v[13] = <PyObject*>None
     # {"id", "tag", "op", "sector", "bytes", "bios", "nsegs", "nomerge", "unmap", "stage",
     #  "head", "table", "payload", "status"}
-    rq = _mk(_T_RQ, v, 14)
+    rq = _pool_get(&_pl_rq, _T_RQ, v, 14)
     _rq_forget()
     rqs[rid] = rq
     _rq_remember(rid, rq)       # (rqs[rid] is rq now)

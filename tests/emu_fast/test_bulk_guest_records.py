@@ -114,3 +114,47 @@ def test_op_state_records_take_an_error_status(tmp_path):
     assert bytes(a.mem.ram) == bytes(b.mem.ram) and _proc(a) == _proc(b)
     assert [r["status"] for r in b.guest.proc.results].count("IOERR") == 16
     assert gmod.op_state_records()[2] - r0[2] >= 16
+
+
+# -- request dicts and completion entries going away, refilled as the next ones -----------------
+
+def _dicts(m):
+    import gc
+    import sys
+    ds = list(m.guest.blkmq.rqs.values()) + list(m.guest.completed)
+    return [(list(d.items()), sys.getsizeof(d), gc.is_tracked(d)) for d in ds]
+
+
+@pytest.mark.parametrize("chunk", [7, 10**6])
+def test_freed_dicts_refilled_are_new_dicts(tmp_path, chunk):
+    """bench's 4 KiB random writes: a request dict freed by end_request and a completion entry
+    leaving m.guest.completed are refilled as the next ones; at every stop the live requests and
+    the completion entries are the Python engine's (items in order, size, GC tracking)."""
+    a, b = bench_pair(tmp_path, 120)
+    p0 = gmod.pool_stats()
+    for stop in (1000, 2345, 4000, 5555):
+        _to(a, b, stop, chunk)
+        assert _dicts(a) == _dicts(b), stop
+    engine.run(a, "py")
+    engine.run(b, "fast")
+    assert a.steps == b.steps and a.digest() == b.digest()
+    assert _dicts(a) == _dicts(b) and len(b.guest.completed) == 64
+    put, got = (x - y for x, y in zip(gmod.pool_stats(), p0))
+    assert got > 0 and put >= got and (got > 100 or chunk < 50), (put, got)
+
+
+def test_dicts_held_elsewhere_are_never_refilled(tmp_path):
+    """A request dict or completion entry something else still holds when it goes away keeps
+    its last contents (never refilled), as on the Python engine."""
+    a, b = bench_pair(tmp_path, 150)       # (more than 64: entries leave m.guest.completed)
+    held = {id(a): [], id(b): []}
+    for stop in range(300, 3000, 97):
+        _to(a, b, stop, 10**6)
+        for m in (a, b):
+            held[id(m)] += list(m.guest.blkmq.rqs.values()) + list(m.guest.completed)
+    engine.run(a, "py")
+    engine.run(b, "fast")
+    assert a.steps == b.steps and a.digest() == b.digest()
+    ha, hb = held[id(a)], held[id(b)]
+    assert len(ha) == len(hb) > 100
+    assert [list(d.items()) for d in ha] == [list(d.items()) for d in hb]
