@@ -537,7 +537,7 @@ cdef extern from *:
     """
     /* a == b for an exact str b: identity, then the length, the kind and the characters (a
        str subclass or another type: PyObject_RichCompareBool) */
-    static inline int vbg_eq(PyObject *a, PyObject *b) {
+    static inline __attribute__((always_inline)) int vbg_eq(PyObject *a, PyObject *b) {
         Py_ssize_t n;
         if (a == b)
             return 1;
@@ -565,7 +565,7 @@ cdef extern from *:
     """
     /* 1: o is exactly an int that fits a long long (*out, read from its digits when it has
        at most two); 0: not */
-    static inline int vbg_ll(PyObject *o, long long *out) {
+    static inline __attribute__((always_inline)) int vbg_ll(PyObject *o, long long *out) {
         int ovf = 0;
         long long v;
         if (!PyLong_CheckExact(o))
@@ -650,7 +650,7 @@ cdef extern from *:
     #define VBG_DICT_FAST 1
 
     static PyObject *vbg_absent = NULL;      /* vbg_slot's "surely not there" */
-    static inline PyObject **vbg_slot(PyObject *d, PyObject *key) {
+    static inline __attribute__((always_inline)) PyObject **vbg_slot(PyObject *d, PyObject *key) {
         PyDictObject *mp = (PyDictObject *)d;
         vb_dictkeys *dk = (vb_dictkeys *)mp->ma_keys;
         Py_hash_t h = ((PyASCIIObject *)key)->hash;
@@ -684,7 +684,7 @@ cdef extern from *:
     }
 
     /* d[key] borrowed, or NULL (absent; an error set if the lookup raised) */
-    static inline PyObject *vbg_get(PyObject *d, PyObject *key) {
+    static inline __attribute__((always_inline)) PyObject *vbg_get(PyObject *d, PyObject *key) {
         PyObject **s = vbg_slot(d, key);
         if (s != NULL && *s != NULL)
             return *s;
@@ -731,7 +731,7 @@ cdef extern from *:
     }
     #endif
     /* d.get(key, dflt) (a new reference; NULL: the lookup raised) */
-    static inline PyObject *vbg_getdef(PyObject *d, PyObject *key, PyObject *dflt) {
+    static inline __attribute__((always_inline)) PyObject *vbg_getdef(PyObject *d, PyObject *key, PyObject *dflt) {
         PyObject *v;
         if (!PyDict_CheckExact(d) || !PyUnicode_CheckExact(key))
             return PyObject_CallMethod(d, "get", "OO", key, dflt);
@@ -746,7 +746,7 @@ cdef extern from *:
     }
     #define vbg_getnone(d, k) vbg_getdef((d), (k), Py_None)
     /* d[key] (a new reference; NULL: KeyError or what the lookup raised) */
-    static inline PyObject *vbg_getitem(PyObject *d, PyObject *key) {
+    static inline __attribute__((always_inline)) PyObject *vbg_getitem(PyObject *d, PyObject *key) {
         PyObject *v;
         if (!PyDict_CheckExact(d) || !PyUnicode_CheckExact(key))
             return PyObject_GetItem(d, key);
