@@ -2756,11 +2756,16 @@ cdef object _dd_dispatch(Core* c, object q):
     """emu.guest.blk_mq.dd_dispatch (dd_dispatch_request)"""
     cdef int d
     cdef long long cs, cb
-    cdef long long cb_
+    cdef long long cb_, cld
     fifo = SG(q, _QO[Q_DD_FIFO])
     rqs = _rqs
     rid = None
     batching = SG(q, _QO[Q_DD_BATCHING])
+    if (not _LIST_SIZE(<object>_LIST_ITEM(fifo, 0)) and not _LIST_SIZE(<object>_LIST_ITEM(fifo, 1))
+            and vbg_ll(batching, &cb_) and vbg_ll(SG(q, _QO[Q_DD_LAST_DIR]), &cld) and 0 <= cld <= 1
+            and type(SG(q, _QO[Q_DD_NEXT_SECTOR])) is list
+            and _LIST_SIZE(SG(q, _QO[Q_DD_NEXT_SECTOR])) == 2):
+        return None             # (both FIFOs empty: nothing to dispatch, and nothing read can raise)
     if (cb_ < DD_FIFO_BATCH) if vbg_ll(batching, &cb_) else (batching < DD_FIFO_BATCH):
         rid = _dd_next(q, SG(q, _QO[Q_DD_LAST_DIR]))
     if rid is None:
