@@ -1649,16 +1649,19 @@ cdef bint _ad_lazy = False
 cdef object _ad_rq = None, _ad_sgs = None, _ad_ind_o = None, _ad_i = None, _ad_table = None
 cdef object _ad_head = None, _ad_used = None, _ad_prev = None
 cdef i64 _ad_k = 0
+cdef i64 _ad_ci = 0                 # "i" (an int in [0, 0xFFFF]; _ad_i is made from it)
+cdef i64 _ad_ctable = -1            # "table" as a C int when it is one below 2**52, else -1
 cdef bint _ad_ind = False
 cdef long long _AD_HITS = 0         # add_desc/add_head/add_avail steps that took these
 
 
 cdef inline void _ad_forget() noexcept:
     global _ad_rid, _ad_lazy, _ad_rq, _ad_sgs, _ad_ind_o, _ad_i, _ad_table, _ad_head, _ad_used
-    global _ad_prev
+    global _ad_prev, _ad_ctable
     _ad_rid = -1
     _ad_lazy = False
     _ad_rq = _ad_sgs = _ad_ind_o = _ad_i = _ad_table = _ad_head = _ad_used = _ad_prev = None
+    _ad_ctable = -1
 
 
 cdef int _ad_materialize(WSlot* s, int at) except -1:
@@ -1667,10 +1670,11 @@ cdef int _ad_materialize(WSlot* s, int at) except -1:
     cdef PyObject* v[6]
     cdef dict st
     cdef object k_o = _ad_k
+    cdef object i_o = _ad_ci
     v[0] = <PyObject*>_ad_ind_o
     v[1] = <PyObject*>_ad_table
     v[2] = <PyObject*>k_o
-    v[3] = <PyObject*>_ad_i
+    v[3] = <PyObject*>i_o
     v[4] = <PyObject*>_ad_head
     v[5] = <PyObject*>_ad_used
     st = _mk(_T_ADD, v, 6)      # {"indirect", "table", "k", "i", "head", "used"}
@@ -1711,8 +1715,9 @@ def add_desc_hits():
 cdef int h_add_split(Core* c, Frame* f) except -1:
     """emu.guest.vring.add_split (virtqueue_add_split: indirect or direct, take descriptors)"""
     global _ad_rid, _ad_lazy, _ad_rq, _ad_sgs, _ad_ind_o, _ad_i, _ad_table, _ad_head, _ad_used
-    global _ad_prev, _ad_k, _ad_ind
+    global _ad_prev, _ad_k, _ad_ind, _ad_ci, _ad_ctable
     cdef i64 rid = f.a[0], total, num_free, used
+    cdef long long ct
     cdef dict rq, st
     cdef PyObject* v[6]
     cdef object i0, used_o
@@ -1762,8 +1767,10 @@ cdef int h_add_split(Core* c, Frame* f) except -1:
         _ad_ind_o = indirect
         _ad_ind = bool(indirect)
         _ad_table = table
+        _ad_ctable = ct if _ll(table, &ct) else -1
         _ad_k = 0
-        _ad_i = i0
+        _ad_i = None
+        _ad_ci = i0
         _ad_head = head
         _ad_used = used_o
         _ad_prev = None
@@ -1785,8 +1792,8 @@ cdef int h_add_split(Core* c, Frame* f) except -1:
 
 cdef int h_add_desc(Core* c, Frame* f) except -1:
     """emu.guest.vring.add_desc (virtqueue_add_desc_split: one descriptor of the chain)"""
-    global _AD_HITS, _ad_k, _ad_i, _ad_prev
-    cdef i64 rid = f.a[0], k, ci, base, nsgs, flags, written
+    global _AD_HITS, _ad_k, _ad_i, _ad_prev, _ad_ci
+    cdef i64 rid = f.a[0], k, ci, base, nsgs, flags, written, cnxt
     cdef int64_t cg, cl
     cdef bint ind, last, hit, c_in
     cdef dict rq, st
@@ -1805,7 +1812,8 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
             if ps == NULL:
                 return BAIL
         k = _ad_k
-        i = _ad_i
+        i = None
+        ci = _ad_ci
         ind_o = _ad_ind
         hit = True
     else:
@@ -1820,6 +1828,7 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
         if not _is_int(k_o) or not _u16(i) or not _bool(ind_o):
             return BAIL
         k = k_o
+        ci = i
         hit = False
     if ps != NULL:
         nsgs = ps.nd + 2
@@ -1850,15 +1859,20 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
         cl = <uint64_t>length
         c_in = bool(is_in)
     flags = F_NEXT | (F_WRITE if c_in else 0)
-    ci = i
     ind = ind_o
     vq = _vq
+    nxt = None
     if ind:
-        table = _ad_table if hit else DGET(st, "table")
-        if not _small(table):
-            return BAIL
-        base = table
-        nxt = i + 1
+        if hit and _ad_ctable >= 0:
+            base = _ad_ctable
+        else:
+            table = _ad_table if hit else DGET(st, "table")
+            if not _small(table):
+                return BAIL
+            base = table
+        cnxt = ci + 1
+        if not hit:
+            nxt = cnxt
     else:
         base = SI(vq, _VO[VQ_DESC])
         extra_next = SG(vq, _VO[VQ_EXTRA_NEXT])
@@ -1869,7 +1883,10 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
                 or ci >= len(<list>SG(vq, _VO[VQ_EXTRA_LEN]))
                 or ci >= len(<list>SG(vq, _VO[VQ_EXTRA_FLAGS]))):
             return BAIL
-    if not _u16(nxt) or not ram_ok(c, base + DESC_SIZE * ci, DESC_SIZE):
+        if not _u16(nxt):
+            return BAIL
+        cnxt = nxt
+    if not 0 <= cnxt <= 0xFFFF or not ram_ok(c, base + DESC_SIZE * ci, DESC_SIZE):
         return BAIL
     begin(c)
     if hit:
@@ -1882,19 +1899,19 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
     # (the Python handler writes the descriptor, then once more with NEXT cleared when it is
     # the last: one write of the final bytes leaves the same RAM, dirty marks and undo pages)
     _write_desc(c, base + DESC_SIZE * ci, <uint64_t>cg, <uint64_t>cl, <uint64_t>written,
-                <uint64_t>nxt)
+                <uint64_t>cnxt)
     if last:
         if not ind:
             (<list>SG(vq, _VO[VQ_EXTRA_FLAGS]))[ci] = written
         if hit:
-            _ad_prev = i
+            _ad_prev = ci
         else:
             st["prev"] = i
         cont(c, F1(K_vring_add_head if ind else K_vring_add_avail, rid))
     else:
         if hit:
             _ad_k = k + 1
-            _ad_i = nxt
+            _ad_ci = cnxt
         else:
             st["k"] = k + 1
             st["i"] = nxt
