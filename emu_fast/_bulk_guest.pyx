@@ -102,6 +102,9 @@ cdef object DD_READ_EXPIRE_NS = _S.DD_READ_EXPIRE_NS
 cdef object DD_WRITE_EXPIRE_NS = _S.DD_WRITE_EXPIRE_NS
 cdef long long DD_WRITES_STARVED = _S.DD_WRITES_STARVED
 cdef long long DD_FIFO_BATCH = _S.DD_FIFO_BATCH
+cdef bint _DD_EXP_C = all(type(x) is int and 0 <= x < (1 << 52) for x in (DD_READ_EXPIRE_NS, DD_WRITE_EXPIRE_NS))
+cdef long long _DD_READ_C = DD_READ_EXPIRE_NS if _DD_EXP_C else 0
+cdef long long _DD_WRITE_C = DD_WRITE_EXPIRE_NS if _DD_EXP_C else 0
 cdef long long LIM = 1LL << 52          # C arithmetic only on values below this
 cdef long long COMMON_CFG = _PCI.COMMON_CFG
 cdef long long DEVICE_CFG = _PCI.DEVICE_CFG
@@ -176,7 +179,11 @@ cdef inline object SG(object o, Py_ssize_t off):
 
 
 cdef inline i64 SI(object o, Py_ssize_t off) except? -1:
-    """int(o.<member>) as a C integer"""
+    """int(o.<member>) as a C integer (an exact int read from its digits)"""
+    cdef PyObject* p = vbs_peek(o, off)
+    cdef long long v
+    if p != NULL and vbg_ll(<object>p, &v):
+        return v
     return <i64>SG(o, off)
 
 
@@ -363,6 +370,8 @@ cdef int _load(Core* c) except -1:
     _wflush_all()               # (none: the last stretch's store wrote them)
     _ad_forget()
     _wb_on = False
+    _pool_free(&_pl_rq)
+    _pool_free(&_pl_done)
     m = <object>c.m
     if not _SLOTS_OK or type(m) is not _Machine or c.vcpu < 0:
         return 1            # the core may run; these handlers bail (see _ready)
@@ -418,6 +427,8 @@ cdef int _store(Core* c) except -1:
         _kc_store()             # (the counters' increments)
         _po_flush_all()         # (the allocator's kept entries)
         _os_flush()             # (op_state's)
+        _pool_free(&_pl_rq)     # (the kept dict shells)
+        _pool_free(&_pl_done)
     _m = _g = _vq = _q = _p = _mem = _pages = None
     _pa_load(None)
     _counters = None
@@ -522,18 +533,28 @@ cdef extern from "Python.h":
     void* PyUnicode_DATA(object o)
 
 
+cdef extern from *:
+    """
+    /* a == b for an exact str b: identity, then the length, the kind and the characters (a
+       str subclass or another type: PyObject_RichCompareBool) */
+    static inline __attribute__((always_inline)) int vbg_eq(PyObject *a, PyObject *b) {
+        Py_ssize_t n;
+        if (a == b)
+            return 1;
+        if (!PyUnicode_CheckExact(a))
+            return PyObject_RichCompareBool(a, b, Py_EQ);
+        n = PyUnicode_GET_LENGTH(b);
+        if (PyUnicode_GET_LENGTH(a) != n || PyUnicode_KIND(a) != PyUnicode_KIND(b))
+            return 0;
+        return vbg_chars_eq(PyUnicode_DATA(a), PyUnicode_DATA(b), (size_t)(n * PyUnicode_KIND(b)));
+    }
+    """
+    int vbg_eq(object a, object b) except -1
+
+
 cdef inline bint _eq(object a, str b) except -1:
-    """a == b for a str literal b: identity, then the length, then the characters (a str
-    subclass or another type: ==)"""
-    cdef Py_ssize_t n
-    if a is b:
-        return True
-    if type(a) is not str:
-        return a == b
-    n = PyUnicode_GET_LENGTH(b)
-    if PyUnicode_GET_LENGTH(a) != n or PyUnicode_KIND(a) != PyUnicode_KIND(b):
-        return False
-    return vbg_chars_eq(PyUnicode_DATA(a), PyUnicode_DATA(b), <size_t>(n * PyUnicode_KIND(b)))
+    """a == b for a str literal b (vbg_eq)"""
+    return vbg_eq(a, b)
 
 
 cdef inline bint _is_int(object o) noexcept:
@@ -544,7 +565,7 @@ cdef extern from *:
     """
     /* 1: o is exactly an int that fits a long long (*out, read from its digits when it has
        at most two); 0: not */
-    static inline int vbg_ll(PyObject *o, long long *out) {
+    static inline __attribute__((always_inline)) int vbg_ll(PyObject *o, long long *out) {
         int ovf = 0;
         long long v;
         if (!PyLong_CheckExact(o))
@@ -629,7 +650,7 @@ cdef extern from *:
     #define VBG_DICT_FAST 1
 
     static PyObject *vbg_absent = NULL;      /* vbg_slot's "surely not there" */
-    static inline PyObject **vbg_slot(PyObject *d, PyObject *key) {
+    static inline __attribute__((always_inline)) PyObject **vbg_slot(PyObject *d, PyObject *key) {
         PyDictObject *mp = (PyDictObject *)d;
         vb_dictkeys *dk = (vb_dictkeys *)mp->ma_keys;
         Py_hash_t h = ((PyASCIIObject *)key)->hash;
@@ -663,7 +684,7 @@ cdef extern from *:
     }
 
     /* d[key] borrowed, or NULL (absent; an error set if the lookup raised) */
-    static inline PyObject *vbg_get(PyObject *d, PyObject *key) {
+    static inline __attribute__((always_inline)) PyObject *vbg_get(PyObject *d, PyObject *key) {
         PyObject **s = vbg_slot(d, key);
         if (s != NULL && *s != NULL)
             return *s;
@@ -710,7 +731,7 @@ cdef extern from *:
     }
     #endif
     /* d.get(key, dflt) (a new reference; NULL: the lookup raised) */
-    static inline PyObject *vbg_getdef(PyObject *d, PyObject *key, PyObject *dflt) {
+    static inline __attribute__((always_inline)) PyObject *vbg_getdef(PyObject *d, PyObject *key, PyObject *dflt) {
         PyObject *v;
         if (!PyDict_CheckExact(d) || !PyUnicode_CheckExact(key))
             return PyObject_CallMethod(d, "get", "OO", key, dflt);
@@ -725,7 +746,7 @@ cdef extern from *:
     }
     #define vbg_getnone(d, k) vbg_getdef((d), (k), Py_None)
     /* d[key] (a new reference; NULL: KeyError or what the lookup raised) */
-    static inline PyObject *vbg_getitem(PyObject *d, PyObject *key) {
+    static inline __attribute__((always_inline)) PyObject *vbg_getitem(PyObject *d, PyObject *key) {
         PyObject *v;
         if (!PyDict_CheckExact(d) || !PyUnicode_CheckExact(key))
             return PyObject_GetItem(d, key);
@@ -810,6 +831,143 @@ cdef inline object _mk(dict tmpl, PyObject** vals, Py_ssize_t n):
 def dict_stats():
     """(the fast dict paths are on, dicts made from templates) (tests)"""
     return bool(_BUILD_OK), _BUILT
+
+
+# A request dict freed by end_request, or a completion entry leaving m.guest.completed, that
+# only the handler holds and that is still laid out exactly as a copy of its template (the
+# same key objects in order, the same table and index, nothing added or deleted) is not
+# deallocated but kept (_pool_put: its values dropped there and then, as its deallocation
+# would, untracked) and refilled as the next dict of that template (_pool_get: a new version
+# tag by PyDict_SetItem of its first value, the others put in place, tracked as a new copy
+# would be): the same dict a copy of the template makes.  The kept shells are freed when the
+# stretch ends.
+cdef extern from *:
+    """
+    #if VBG_DICT_FAST
+    /* d laid out exactly as a copy of tmpl (n str keys): 1, else 0 */
+    static int vbg_like_tmpl(PyObject *d, PyObject *tmpl, Py_ssize_t n) {
+        PyDictObject *mp = (PyDictObject *)d, *tp = (PyDictObject *)tmpl;
+        vb_dictkeys *dk, *tk;
+        Py_ssize_t i;
+        if (!PyDict_CheckExact(d) || mp->ma_values != NULL || tp->ma_values != NULL
+                || mp->ma_used != n || tp->ma_used != n)
+            return 0;
+        dk = (vb_dictkeys *)mp->ma_keys;
+        tk = (vb_dictkeys *)tp->ma_keys;
+        if (dk == tk || dk->dk_refcnt != 1 || dk->dk_kind != 1 || tk->dk_kind != 1
+                || dk->dk_log2_size != tk->dk_log2_size
+                || dk->dk_log2_index_bytes != tk->dk_log2_index_bytes
+                || dk->dk_nentries != n || tk->dk_nentries != n || dk->dk_usable != tk->dk_usable)
+            return 0;
+        for (i = 0; i < n; i++)
+            if (VB_UENTRIES(dk)[i].me_key != VB_UENTRIES(tk)[i].me_key
+                    || VB_UENTRIES(dk)[i].me_value == NULL)
+                return 0;
+        return memcmp(dk->dk_indices, tk->dk_indices, (size_t)1 << dk->dk_log2_index_bytes) == 0;
+    }
+    /* d's n values dropped (None in their place), d untracked */
+    static void vbg_clear_values(PyObject *d, Py_ssize_t n) {
+        vb_uentry *ep = VB_UENTRIES((vb_dictkeys *)((PyDictObject *)d)->ma_keys);
+        Py_ssize_t i;
+        if (PyObject_GC_IsTracked(d))
+            PyObject_GC_UnTrack(d);
+        for (i = 0; i < n; i++) {
+            PyObject *old = ep[i].me_value;
+            Py_INCREF(Py_None);
+            ep[i].me_value = Py_None;
+            Py_DECREF(old);
+        }
+    }
+    /* d (vbg_clear_values'd) given values vals: the first by PyDict_SetItem (a new version
+       tag), the rest in place; tracked when a value may be (as vbg_build) */
+    static int vbg_refill(PyObject *d, PyObject *const *vals, Py_ssize_t n) {
+        vb_uentry *ep = VB_UENTRIES((vb_dictkeys *)((PyDictObject *)d)->ma_keys);
+        Py_ssize_t i;
+        int track = 0;
+        if (PyDict_SetItem(d, ep[0].me_key, vals[0]) < 0)
+            return -1;
+        ep = VB_UENTRIES((vb_dictkeys *)((PyDictObject *)d)->ma_keys);
+        for (i = 0; i < n; i++) {
+            PyObject *old = ep[i].me_value, *v = vals[i];
+            if (i) {
+                Py_INCREF(v);
+                ep[i].me_value = v;
+                Py_XDECREF(old);
+            }
+            if (!track && PyObject_IS_GC(v) && (!PyTuple_CheckExact(v) || PyObject_GC_IsTracked(v)))
+                track = 1;
+        }
+        if (track && !PyObject_GC_IsTracked(d))
+            PyObject_GC_Track(d);
+        else if (!track && PyObject_GC_IsTracked(d))
+            PyObject_GC_UnTrack(d);
+        return 0;
+    }
+    #else
+    static int vbg_like_tmpl(PyObject *d, PyObject *tmpl, Py_ssize_t n) { return 0; }
+    static void vbg_clear_values(PyObject *d, Py_ssize_t n) { }
+    static int vbg_refill(PyObject *d, PyObject *const *vals, Py_ssize_t n) { return -1; }
+    #endif
+    """
+    bint vbg_like_tmpl(object d, object tmpl, Py_ssize_t n) noexcept
+    void vbg_clear_values(object d, Py_ssize_t n) noexcept
+    int vbg_refill(object d, PyObject** vals, Py_ssize_t n) except -1
+
+cdef enum:
+    POOL_MAX = 4
+cdef struct DPool:
+    int n
+    PyObject* d[POOL_MAX]       # (references) cleared shells
+cdef DPool _pl_rq, _pl_done
+_pl_rq.n = 0
+_pl_done.n = 0
+cdef long long _POOL_PUT = 0, _POOL_GOT = 0      # (tests: pool_stats)
+
+
+cdef int _pool_put(DPool* pl, object d, dict tmpl, Py_ssize_t n) except -1:
+    """d (going away: only the caller holds it) kept for the next dict of tmpl's keys when it
+    is laid out as tmpl's copy (its values dropped now); else left to its deallocation"""
+    global _POOL_PUT
+    if (not _BUILD_OK or not _wb_on or pl.n == POOL_MAX or Py_REFCNT(<PyObject*>d) != 1
+            or not vbg_like_tmpl(d, tmpl, n)):
+        return 0
+    Py_INCREF(<PyObject*>d)
+    pl.d[pl.n] = <PyObject*>d
+    pl.n += 1
+    vbg_clear_values(d, n)
+    _POOL_PUT += 1
+    return 0
+
+
+cdef object _pool_get(DPool* pl, dict tmpl, PyObject** vals, Py_ssize_t n):
+    """a new dict of tmpl's keys with values vals: a kept shell refilled, else _mk"""
+    global _POOL_GOT, _BUILT
+    cdef PyObject* x
+    if not pl.n:
+        return _mk(tmpl, vals, n)
+    pl.n -= 1
+    x = pl.d[pl.n]
+    pl.d[pl.n] = NULL
+    d = <object>x
+    Py_DECREF(x)                # (d holds it now)
+    vbg_refill(d, vals, n)
+    _POOL_GOT += 1
+    _BUILT += 1
+    return d
+
+
+cdef void _pool_free(DPool* pl) noexcept:
+    cdef PyObject* x
+    while pl.n:
+        pl.n -= 1
+        x = pl.d[pl.n]
+        pl.d[pl.n] = NULL
+        Py_DECREF(x)
+
+
+def pool_stats():
+    """(dicts kept for reuse, dicts refilled from them) (tests)"""
+    return _POOL_PUT, _POOL_GOT
 
 
 def dict_get(d, key, dflt=None):
@@ -1491,16 +1649,19 @@ cdef bint _ad_lazy = False
 cdef object _ad_rq = None, _ad_sgs = None, _ad_ind_o = None, _ad_i = None, _ad_table = None
 cdef object _ad_head = None, _ad_used = None, _ad_prev = None
 cdef i64 _ad_k = 0
+cdef i64 _ad_ci = 0                 # "i" (an int in [0, 0xFFFF]; _ad_i is made from it)
+cdef i64 _ad_ctable = -1            # "table" as a C int when it is one below 2**52, else -1
 cdef bint _ad_ind = False
 cdef long long _AD_HITS = 0         # add_desc/add_head/add_avail steps that took these
 
 
 cdef inline void _ad_forget() noexcept:
     global _ad_rid, _ad_lazy, _ad_rq, _ad_sgs, _ad_ind_o, _ad_i, _ad_table, _ad_head, _ad_used
-    global _ad_prev
+    global _ad_prev, _ad_ctable
     _ad_rid = -1
     _ad_lazy = False
     _ad_rq = _ad_sgs = _ad_ind_o = _ad_i = _ad_table = _ad_head = _ad_used = _ad_prev = None
+    _ad_ctable = -1
 
 
 cdef int _ad_materialize(WSlot* s, int at) except -1:
@@ -1509,10 +1670,11 @@ cdef int _ad_materialize(WSlot* s, int at) except -1:
     cdef PyObject* v[6]
     cdef dict st
     cdef object k_o = _ad_k
+    cdef object i_o = _ad_ci
     v[0] = <PyObject*>_ad_ind_o
     v[1] = <PyObject*>_ad_table
     v[2] = <PyObject*>k_o
-    v[3] = <PyObject*>_ad_i
+    v[3] = <PyObject*>i_o
     v[4] = <PyObject*>_ad_head
     v[5] = <PyObject*>_ad_used
     st = _mk(_T_ADD, v, 6)      # {"indirect", "table", "k", "i", "head", "used"}
@@ -1553,8 +1715,9 @@ def add_desc_hits():
 cdef int h_add_split(Core* c, Frame* f) except -1:
     """emu.guest.vring.add_split (virtqueue_add_split: indirect or direct, take descriptors)"""
     global _ad_rid, _ad_lazy, _ad_rq, _ad_sgs, _ad_ind_o, _ad_i, _ad_table, _ad_head, _ad_used
-    global _ad_prev, _ad_k, _ad_ind
+    global _ad_prev, _ad_k, _ad_ind, _ad_ci, _ad_ctable
     cdef i64 rid = f.a[0], total, num_free, used
+    cdef long long ct
     cdef dict rq, st
     cdef PyObject* v[6]
     cdef object i0, used_o
@@ -1604,8 +1767,10 @@ cdef int h_add_split(Core* c, Frame* f) except -1:
         _ad_ind_o = indirect
         _ad_ind = bool(indirect)
         _ad_table = table
+        _ad_ctable = ct if _ll(table, &ct) else -1
         _ad_k = 0
-        _ad_i = i0
+        _ad_i = None
+        _ad_ci = i0
         _ad_head = head
         _ad_used = used_o
         _ad_prev = None
@@ -1627,8 +1792,8 @@ cdef int h_add_split(Core* c, Frame* f) except -1:
 
 cdef int h_add_desc(Core* c, Frame* f) except -1:
     """emu.guest.vring.add_desc (virtqueue_add_desc_split: one descriptor of the chain)"""
-    global _AD_HITS, _ad_k, _ad_i, _ad_prev
-    cdef i64 rid = f.a[0], k, ci, base, nsgs, flags, written
+    global _AD_HITS, _ad_k, _ad_i, _ad_prev, _ad_ci
+    cdef i64 rid = f.a[0], k, ci, base, nsgs, flags, written, cnxt
     cdef int64_t cg, cl
     cdef bint ind, last, hit, c_in
     cdef dict rq, st
@@ -1647,7 +1812,8 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
             if ps == NULL:
                 return BAIL
         k = _ad_k
-        i = _ad_i
+        i = None
+        ci = _ad_ci
         ind_o = _ad_ind
         hit = True
     else:
@@ -1662,6 +1828,7 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
         if not _is_int(k_o) or not _u16(i) or not _bool(ind_o):
             return BAIL
         k = k_o
+        ci = i
         hit = False
     if ps != NULL:
         nsgs = ps.nd + 2
@@ -1692,15 +1859,20 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
         cl = <uint64_t>length
         c_in = bool(is_in)
     flags = F_NEXT | (F_WRITE if c_in else 0)
-    ci = i
     ind = ind_o
     vq = _vq
+    nxt = None
     if ind:
-        table = _ad_table if hit else DGET(st, "table")
-        if not _small(table):
-            return BAIL
-        base = table
-        nxt = i + 1
+        if hit and _ad_ctable >= 0:
+            base = _ad_ctable
+        else:
+            table = _ad_table if hit else DGET(st, "table")
+            if not _small(table):
+                return BAIL
+            base = table
+        cnxt = ci + 1
+        if not hit:
+            nxt = cnxt
     else:
         base = SI(vq, _VO[VQ_DESC])
         extra_next = SG(vq, _VO[VQ_EXTRA_NEXT])
@@ -1711,7 +1883,10 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
                 or ci >= len(<list>SG(vq, _VO[VQ_EXTRA_LEN]))
                 or ci >= len(<list>SG(vq, _VO[VQ_EXTRA_FLAGS]))):
             return BAIL
-    if not _u16(nxt) or not ram_ok(c, base + DESC_SIZE * ci, DESC_SIZE):
+        if not _u16(nxt):
+            return BAIL
+        cnxt = nxt
+    if not 0 <= cnxt <= 0xFFFF or not ram_ok(c, base + DESC_SIZE * ci, DESC_SIZE):
         return BAIL
     begin(c)
     if hit:
@@ -1724,19 +1899,19 @@ cdef int h_add_desc(Core* c, Frame* f) except -1:
     # (the Python handler writes the descriptor, then once more with NEXT cleared when it is
     # the last: one write of the final bytes leaves the same RAM, dirty marks and undo pages)
     _write_desc(c, base + DESC_SIZE * ci, <uint64_t>cg, <uint64_t>cl, <uint64_t>written,
-                <uint64_t>nxt)
+                <uint64_t>cnxt)
     if last:
         if not ind:
             (<list>SG(vq, _VO[VQ_EXTRA_FLAGS]))[ci] = written
         if hit:
-            _ad_prev = i
+            _ad_prev = ci
         else:
             st["prev"] = i
         cont(c, F1(K_vring_add_head if ind else K_vring_add_avail, rid))
     else:
         if hit:
             _ad_k = k + 1
-            _ad_i = nxt
+            _ad_ci = cnxt
         else:
             st["k"] = k + 1
             st["i"] = nxt
@@ -2561,7 +2736,10 @@ cdef int _dd_insert(Core* c, object rid) except -1:
                 _free_request(c, rid)
                 return 0
     RS(rq, W_stage, "queued")
-    RS(rq, W_deadline, c.now + (DD_READ_EXPIRE_NS if d == 0 else DD_WRITE_EXPIRE_NS))
+    if _DD_EXP_C and 0 <= c.now < LIM:         # (small ints: added in C)
+        RS(rq, W_deadline, c.now + (_DD_READ_C if d == 0 else _DD_WRITE_C))
+    else:
+        RS(rq, W_deadline, c.now + (DD_READ_EXPIRE_NS if d == 0 else DD_WRITE_EXPIRE_NS))
     SG(q, _QO[Q_DD_FIFO])[d].append(rid)
     return 0
 
@@ -2595,10 +2773,17 @@ cdef object _dd_dispatch(Core* c, object q):
     """emu.guest.blk_mq.dd_dispatch (dd_dispatch_request)"""
     cdef int d
     cdef long long cs, cb
+    cdef long long cb_, cld
     fifo = SG(q, _QO[Q_DD_FIFO])
     rqs = _rqs
     rid = None
-    if SG(q, _QO[Q_DD_BATCHING]) < DD_FIFO_BATCH:
+    batching = SG(q, _QO[Q_DD_BATCHING])
+    if (not _LIST_SIZE(<object>_LIST_ITEM(fifo, 0)) and not _LIST_SIZE(<object>_LIST_ITEM(fifo, 1))
+            and vbg_ll(batching, &cb_) and vbg_ll(SG(q, _QO[Q_DD_LAST_DIR]), &cld) and 0 <= cld <= 1
+            and type(SG(q, _QO[Q_DD_NEXT_SECTOR])) is list
+            and _LIST_SIZE(SG(q, _QO[Q_DD_NEXT_SECTOR])) == 2):
+        return None             # (both FIFOs empty: nothing to dispatch, and nothing read can raise)
+    if (cb_ < DD_FIFO_BATCH) if vbg_ll(batching, &cb_) else (batching < DD_FIFO_BATCH):
         rid = _dd_next(q, SG(q, _QO[Q_DD_LAST_DIR]))
     if rid is None:
         reads = (<list>fifo)[0]         # (_q_ok: a list of two lists)
@@ -2632,6 +2817,15 @@ cdef object _dd_dispatch(Core* c, object q):
 
 cdef bint _q_ok(object q) except -1:
     """The blk-mq lists these handlers walk are lists (and the FIFOs two lists)."""
+    cdef PyObject* pl = vbs_peek(q, _QO[Q_PLUG])
+    cdef PyObject* ba = vbs_peek(q, _QO[Q_BATCH])
+    cdef PyObject* di = vbs_peek(q, _QO[Q_DISPATCH])
+    cdef PyObject* ff = vbs_peek(q, _QO[Q_DD_FIFO])
+    if pl != NULL and ba != NULL and di != NULL and ff != NULL:      # (all set: read in place)
+        return (type(<object>pl) is list and type(<object>ba) is list and type(<object>di) is list
+                and type(<object>ff) is list and _LIST_SIZE(<object>ff) == 2
+                and type(<object>_LIST_ITEM(<object>ff, 0)) is list
+                and type(<object>_LIST_ITEM(<object>ff, 1)) is list)
     fifo = SG(q, _QO[Q_DD_FIFO])
     return (type(SG(q, _QO[Q_PLUG])) is list and type(SG(q, _QO[Q_BATCH])) is list
             and type(SG(q, _QO[Q_DISPATCH])) is list and type(fifo) is list
@@ -2662,27 +2856,35 @@ cdef int h_flush_plug(Core* c, Frame* f) except -1:
 
 cdef int h_run_queue(Core* c, Frame* f) except -1:
     """emu.guest.blk_mq.run_queue (blk_mq_run_hw_queue / blk_mq_sched_dispatch_requests)"""
+    cdef long long cnr
     if not _kok[K_blkmq_run_queue] or not _q_ok(_q):
         return BAIL
     begin(c)
     q = _q
     if SG(q, _QO[Q_STOPPED]):
         return 0
-    if SG(q, _QO[Q_BATCH]):
+    if _LIST_SIZE(SG(q, _QO[Q_BATCH])):            # (_q_ok: the batch and dispatch are lists)
         return 0
     disp = SG(q, _QO[Q_DISPATCH])
-    if disp:
+    if _LIST_SIZE(disp):
         SS(q, _QO[Q_BATCH], disp)
         SS(q, _QO[Q_DISPATCH], [])
         SS(q, _QO[Q_BATCH_FROM], "dispatch")
     else:
         batch = SG(q, _QO[Q_BATCH])
         nr = SG(q, _QO[Q_NR_REQUESTS])
-        while len(batch) < nr:
-            rid = _dd_dispatch(c, q)
-            if rid is None:
-                break
-            batch.append(rid)
+        if vbg_ll(nr, &cnr):            # (an int: compared in C)
+            while _LIST_SIZE(batch) < cnr:
+                rid = _dd_dispatch(c, q)
+                if rid is None:
+                    break
+                (<list>batch).append(rid)
+        else:
+            while len(batch) < nr:
+                rid = _dd_dispatch(c, q)
+                if rid is None:
+                    break
+                batch.append(rid)
         SS(q, _QO[Q_BATCH_FROM], "sched")
     if not SG(q, _QO[Q_BATCH]):
         return 0
@@ -2782,63 +2984,124 @@ cdef int h_start_request(Core* c, Frame* f) except -1:
 # popped when it completes), kept in C in the order stored while only these handlers look at
 # the dict (_os_*), as the allocator's entries are (see _po_set): an operation that completes
 # in its stretch never reaches the dict, the rest are stored at its end (_os_flush) in order.
+# An entry app.op makes is kept as a C record (_os_v NULL: its bios count, status and buf),
+# made the dict {"bios", "status", "buf"} (_os_dict) only where it is stored into op_state or
+# a path reads it as a dict (_split, a get-id's completion); end_request counts its bios down
+# and _op_done reads it in C.
 cdef enum:
     OS_MAX = 16
 cdef int _os_n = 0
 cdef int64_t _os_k[OS_MAX]
-cdef PyObject* _os_v[OS_MAX]        # (references)
+cdef PyObject* _os_v[OS_MAX]        # (references) the entry's dict, or NULL: a C record
+cdef int64_t _os_nb[OS_MAX]         # a C record's "bios"
+cdef PyObject* _os_st[OS_MAX]       # ... its "status" (a reference)
+cdef PyObject* _os_bf[OS_MAX]       # ... its "buf" (a reference)
 cdef dict _os_d = None              # the dict they belong to
 cdef long long _OS_KEPT = 0, _OS_STORED = 0     # (tests: op_state_stats)
+cdef long long _OS_REC = 0, _OS_MADE = 0, _OS_RDONE = 0    # (tests: op_state_records)
+
+
+cdef object _os_dict(int j):
+    """kept entry j as a dict (a C record made the dict app.op would have stored; borrowed)"""
+    global _OS_MADE
+    cdef PyObject* v[3]
+    cdef PyObject* x
+    cdef object nb
+    if _os_v[j] == NULL:
+        nb = _os_nb[j]
+        v[0] = <PyObject*>nb
+        v[1] = _os_st[j]
+        v[2] = _os_bf[j]
+        d = _mk(_T_OPST, v, 3)          # {"bios", "status", "buf"}
+        Py_INCREF(<PyObject*>d)
+        _os_v[j] = <PyObject*>d
+        x = _os_st[j]
+        _os_st[j] = NULL
+        Py_DECREF(x)
+        x = _os_bf[j]
+        _os_bf[j] = NULL
+        Py_DECREF(x)
+        _OS_MADE += 1
+    return <object>_os_v[j]
+
+
+cdef void _os_release(int j) noexcept:
+    """kept entry j's references dropped"""
+    cdef PyObject* x
+    x = _os_v[j]
+    _os_v[j] = NULL
+    if x != NULL:
+        Py_DECREF(x)
+    x = _os_st[j]
+    _os_st[j] = NULL
+    if x != NULL:
+        Py_DECREF(x)
+    x = _os_bf[j]
+    _os_bf[j] = NULL
+    if x != NULL:
+        Py_DECREF(x)
 
 
 cdef int _os_flush() except -1:
     """the kept entries stored into their dict, in order"""
     global _os_n, _os_d, _OS_STORED
     cdef int j, n = _os_n
-    cdef PyObject* x
     d = _os_d
-    _os_n = 0
-    _os_d = None
     try:
         for j in range(n):
             if d is not None:
-                PyDict_SetItem(<dict>d, _os_k[j], <object>_os_v[j])
+                PyDict_SetItem(<dict>d, _os_k[j], _os_dict(j))
                 _OS_STORED += 1
     finally:
+        _os_n = 0
+        _os_d = None
         for j in range(n):
-            x = _os_v[j]
-            _os_v[j] = NULL
-            Py_DECREF(x)
+            _os_release(j)
     return 0
 
 
-cdef int _os_set(object ost, object pc, object st) except -1:
-    """ost[pc] = st"""
-    global _os_n, _os_d, _OS_KEPT
+cdef int _os_set(object ost, object pc, Py_ssize_t nbios, object status, object buf) except -1:
+    """ost[pc] = {"bios": nbios, "status": status, "buf": buf}"""
+    global _os_n, _os_d, _OS_KEPT, _OS_REC
     cdef long long k
     cdef int j
+    cdef PyObject* v[3]
+    cdef object nb
     if type(ost) is not dict or not _wb_on or not vbg_ll(pc, &k):
         _os_flush()
-        ost[pc] = st
+        nb = nbios
+        v[0] = <PyObject*>nb
+        v[1] = <PyObject*>status
+        v[2] = <PyObject*>buf
+        ost[pc] = _mk(_T_OPST, v, 3)
         return 0
     if _os_n and ost is not _os_d:
         _os_flush()
     for j in range(_os_n):
         if _os_k[j] == k:               # (kept already: updated where it is)
-            Py_INCREF(<PyObject*>st)
-            Py_DECREF(_os_v[j])
-            _os_v[j] = <PyObject*>st
+            break
+    else:
+        if _os_n == OS_MAX or pc in <dict>ost:
+            _os_flush()
+            nb = nbios
+            v[0] = <PyObject*>nb
+            v[1] = <PyObject*>status
+            v[2] = <PyObject*>buf
+            PyDict_SetItem(<dict>ost, pc, _mk(_T_OPST, v, 3))
             return 0
-    if _os_n == OS_MAX or pc in <dict>ost:
-        _os_flush()
-        PyDict_SetItem(<dict>ost, pc, st)
-        return 0
-    _os_d = <dict>ost
-    _os_k[_os_n] = k
-    Py_INCREF(<PyObject*>st)
-    _os_v[_os_n] = <PyObject*>st
-    _os_n += 1
-    _OS_KEPT += 1
+        _os_d = <dict>ost
+        j = _os_n
+        _os_k[j] = k
+        _os_v[j] = _os_st[j] = _os_bf[j] = NULL
+        _os_n += 1
+        _OS_KEPT += 1
+    _os_release(j)
+    _os_nb[j] = nbios
+    Py_INCREF(<PyObject*>status)
+    _os_st[j] = <PyObject*>status
+    Py_INCREF(<PyObject*>buf)
+    _os_bf[j] = <PyObject*>buf
+    _OS_REC += 1
     return 0
 
 
@@ -2857,28 +3120,37 @@ cdef object _os_get(object ost, object idx):
     """ost[idx]"""
     cdef int j = _os_find(ost, idx)
     if j >= 0:
-        return <object>_os_v[j]
+        return _os_dict(j)
     if _os_n and ost is _os_d and type(idx) is not int:
         _os_flush()                     # (an equal key of another type: the dict decides)
     return ost[idx]
 
 
+cdef void _os_drop(int j) noexcept:
+    """kept entry j removed (its references dropped)"""
+    global _os_n
+    _os_release(j)
+    _os_n -= 1
+    if j < _os_n:
+        memmove(&_os_k[j], &_os_k[j + 1], (_os_n - j) * sizeof(int64_t))
+        memmove(&_os_v[j], &_os_v[j + 1], (_os_n - j) * sizeof(PyObject*))
+        memmove(&_os_nb[j], &_os_nb[j + 1], (_os_n - j) * sizeof(int64_t))
+        memmove(&_os_st[j], &_os_st[j + 1], (_os_n - j) * sizeof(PyObject*))
+        memmove(&_os_bf[j], &_os_bf[j + 1], (_os_n - j) * sizeof(PyObject*))
+    _os_v[_os_n] = _os_st[_os_n] = _os_bf[_os_n] = NULL
+    if not _os_n:
+        _os_d_clear()
+
+
 cdef object _os_pop(object ost, object idx):
     """ost.pop(idx)"""
-    global _os_n
     cdef int j = _os_find(ost, idx)
     if j < 0:
         if _os_n and ost is _os_d and type(idx) is not int:
             _os_flush()
         return (<dict>ost).pop(idx) if type(ost) is dict else ost.pop(idx)
-    v = <object>_os_v[j]
-    Py_DECREF(_os_v[j])
-    _os_n -= 1
-    if j < _os_n:
-        memmove(&_os_k[j], &_os_k[j + 1], (_os_n - j) * sizeof(int64_t))
-        memmove(&_os_v[j], &_os_v[j + 1], (_os_n - j) * sizeof(PyObject*))
-    if not _os_n:
-        _os_d_clear()
+    v = _os_dict(j)
+    _os_drop(j)
     return v
 
 
@@ -2892,37 +3164,65 @@ def op_state_stats():
     return _OS_KEPT, _OS_STORED
 
 
+def op_state_records():
+    """(op_state entries kept as C records, records made dicts, operations completed from a
+    record) (tests)"""
+    return _OS_REC, _OS_MADE, _OS_RDONE
+
+
 cdef int _op_done(Core* c, object idx) except -1:
     """emu.guest.process._op_done (the AIO completes)"""
+    global _OS_RDONE
     p = _p
-    cdef dict st
+    cdef dict st = None
     cdef PyObject* v[4]
-    cdef object o_n, o_line, s_status
+    cdef object o_n, o_line, s_status, s_buf, nb_rec = None
+    cdef int j
     ost = SG(p, _PO[P_OP_STATE])
-    st = _os_pop(ost, idx)
+    j = _os_find(ost, idx)
+    if j >= 0 and _os_v[j] == NULL:     # (a C record: popped, its status and buf read in C)
+        s_status = <object>_os_st[j]
+        s_buf = <object>_os_bf[j]
+        nb_rec = _os_nb[j]
+        _os_drop(j)
+    else:
+        st = _os_pop(ost, idx)
     cdef dict op = SG(p, _PO[P_OPS])[idx]
     SS(p, _PO[P_INFLIGHT], SG(p, _PO[P_INFLIGHT]) - 1)
     opname = DG(op, "op")                   # (op is not changed below: one lookup of each key)
+    if st is None:
+        if _eq(opname, "get-id"):           # (it stores "serial" into the entry: the dict)
+            v[0] = <PyObject*>nb_rec
+            v[1] = <PyObject*>s_status
+            v[2] = <PyObject*>s_buf
+            st = _mk(_T_OPST, v, 3)
+        else:
+            _OS_RDONE += 1
+    if st is not None:
+        s_status = None
+        s_buf = None
     if _eq(opname, "read"):
-        data = _mem.read(DG(st, "buf"), DG(op, "length"))
+        data = _mem.read(DG(st, "buf") if st is not None else s_buf, DG(op, "length"))
         SG(p, _PO[P_READS]).append(
             {"n": DG(op, "n"), "offset": DG(op, "offset"), "length": DG(op, "length"),
-             "sha256": _sha256(data).hexdigest(), "status": DG(st, "status"), "line": DG(op, "line")})
+             "sha256": _sha256(data).hexdigest(),
+             "status": DG(st, "status") if st is not None else s_status, "line": DG(op, "line")})
     if _eq(opname, "get-id"):
         raw = _mem.read(DG(st, "buf"), _ID_BYTES)
         st["serial"] = raw.split(b"\0", 1)[0].decode("latin-1")
-    buf = DGET(st, "buf")
+    buf = DGET(st, "buf") if st is not None else s_buf
     if buf:
         _pa_free(buf)
     o_n = DG(op, "n")
     o_line = DG(op, "line")
-    s_status = DG(st, "status")
+    if st is not None:
+        s_status = DG(st, "status")
     v[0] = <PyObject*>o_n
     v[1] = <PyObject*>o_line
     v[2] = <PyObject*>opname
     v[3] = <PyObject*>s_status
     res = _mk(_T_RES, v, 4)             # {"n", "line", "op", "status"}
-    if "serial" in st:
+    if st is not None and "serial" in st:
         res["serial"] = DG(st, "serial")
     SG(p, _PO[P_RESULTS]).append(res)
     _wake(c, "mem")
@@ -2939,6 +3239,8 @@ cdef int h_end_request(Core* c, Frame* f) except -1:
     cdef list completed
     cdef PyObject* v[5]
     cdef object rid_o, r_op, r_sector, r_bytes
+    cdef int j
+    cdef PyObject* x
     if not _kok[K_blkmq_end_request] or not f.s[1]:
         return BAIL
     rq = _rq(rid)
@@ -2954,7 +3256,19 @@ cdef int h_end_request(Core* c, Frame* f) except -1:
     RS(rq, W_status, status)
     for bio in <list>DG(rq, "bios"):
         idx = DG(bio, "op_idx")                          # bio_done
-        st = _os_get(SG(p, _PO[P_OP_STATE]), idx)
+        ost = SG(p, _PO[P_OP_STATE])
+        j = _os_find(ost, idx)
+        if j >= 0 and _os_v[j] == NULL:     # (a C record: counted down in C)
+            _os_nb[j] -= 1
+            if not _eq(status, "OK") and _eq(<object>_os_st[j], "OK"):
+                x = _os_st[j]
+                Py_INCREF(<PyObject*>status)
+                _os_st[j] = <PyObject*>status
+                Py_DECREF(x)
+            if _os_nb[j] == 0:
+                _op_done(c, idx)
+            continue
+        st = _os_get(ost, idx)
         nb = DG(st, "bios") - 1             # (st["bios"] -= 1 ... if st["bios"] == 0)
         st["bios"] = nb
         if not _eq(status, "OK") and _eq(DG(st, "status"), "OK"):
@@ -2971,12 +3285,16 @@ cdef int h_end_request(Core* c, Frame* f) except -1:
     v[2] = <PyObject*>r_sector
     v[3] = <PyObject*>r_bytes
     v[4] = <PyObject*>status
-    completed.append(_mk(_T_DONE, v, 5))    # {"id", "op", "sector", "bytes", "status"}
+    completed.append(_pool_get(&_pl_done, _T_DONE, v, 5))  # {"id", "op", "sector", "bytes", "status"}
     if len(completed) > 64:
+        old = completed[0]
         del completed[0]
+        _pool_put(&_pl_done, old, _T_DONE, 5)       # (only old holds it: kept for the next)
+        old = None
     if from_irq:
         cont(c, F0(K_vring_get_buf))
     _wdrop(rq)                  # (freed: its kept fields need not be written)
+    _pool_put(&_pl_rq, rq, _T_RQ, 14)           # (only rq holds it: kept for the next)
     return 0
 
 
@@ -3067,8 +3385,6 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
     cdef long long clen, coff, pos, n, step, npages, clbs, cn, cbuf
     cdef bint is_write
     cdef bytes data
-    cdef PyObject* v[3]
-    cdef object nbios
     if not _kok[K_app_op] or not _q_ok(_q):
         return BAIL
     p = _p
@@ -3220,13 +3536,7 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
         SG(p, _PO[P_RESULTS]).append({"n": DG(op, "n"), "line": DG(op, "line"), "op": kind, "status": "OK"})
         cont(c, F0(K_app_op), -1, True)
         return 0
-    nbios = len(bios)
-    v[0] = <PyObject*>nbios
-    v[1] = <PyObject*>"OK"
-    v[2] = <PyObject*>buf
-    ost = SG(p, _PO[P_OP_STATE])
-    st = _mk(_T_OPST, v, 3)             # {"bios", "status", "buf"}
-    _os_set(ost, pc, st)
+    _os_set(SG(p, _PO[P_OP_STATE]), pc, len(bios), "OK", buf)     # {"bios", "status", "buf"}
     SS(p, _PO[P_INFLIGHT], SG(p, _PO[P_INFLIGHT]) + 1)
     (<list>SG(p, _PO[P_PENDING_BIOS])).extend(bios)       # (a list: checked before begin)
     cont(c, F0(K_blkmq_submit_bio), -1, True)
@@ -3445,7 +3755,7 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
     v[13] = <PyObject*>None
     # {"id", "tag", "op", "sector", "bytes", "bios", "nsegs", "nomerge", "unmap", "stage",
     #  "head", "table", "payload", "status"}
-    rq = _mk(_T_RQ, v, 14)
+    rq = _pool_get(&_pl_rq, _T_RQ, v, 14)
     _rq_forget()
     rqs[rid] = rq
     _rq_remember(rid, rq)       # (rqs[rid] is rq now)
