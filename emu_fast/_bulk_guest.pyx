@@ -693,13 +693,29 @@ cdef extern from *:
         return PyDict_GetItemWithError(d, key);
     }
 
+    /* entries [from, n) of a str-keys table get values vals[from..n) in place; whether any of
+       vals[0..n) may be GC-tracked (the dict must be, then) */
+    static int vbg_put_values(vb_uentry *ep, PyObject *const *vals, Py_ssize_t from,
+                              Py_ssize_t n) {
+        Py_ssize_t i;
+        int track = 0;
+        for (i = 0; i < n; i++) {
+            PyObject *old = ep[i].me_value, *v = vals[i];
+            if (i >= from) {
+                Py_INCREF(v);
+                ep[i].me_value = v;
+                Py_XDECREF(old);
+            }
+            if (!track && VB_MAY_BE_TRACKED(v))
+                track = 1;
+        }
+        return track;
+    }
+
     /* a copy of tmpl (n str keys, unicode table, no deleted entries) with values vals */
     static PyObject *vbg_build(PyObject *tmpl, PyObject *const *vals, Py_ssize_t n) {
         PyObject *d = PyDict_Copy(tmpl);
         vb_dictkeys *dk;
-        vb_uentry *ep;
-        Py_ssize_t i;
-        int track = 0;
         if (d == NULL)
             return NULL;
         dk = (vb_dictkeys *)((PyDictObject *)d)->ma_keys;
@@ -709,16 +725,7 @@ cdef extern from *:
             PyErr_SetString(PyExc_SystemError, "vbg_build: unexpected dict layout");
             return NULL;
         }
-        ep = VB_UENTRIES(dk);
-        for (i = 0; i < n; i++) {
-            PyObject *old = ep[i].me_value, *v = vals[i];
-            Py_INCREF(v);
-            ep[i].me_value = v;
-            Py_XDECREF(old);
-            if (!track && PyObject_IS_GC(v) && (!PyTuple_CheckExact(v) || PyObject_GC_IsTracked(v)))
-                track = 1;
-        }
-        if (track && !PyObject_GC_IsTracked(d))
+        if (vbg_put_values(VB_UENTRIES(dk), vals, 0, n) && !PyObject_GC_IsTracked(d))
             PyObject_GC_Track(d);
         return d;
     }
@@ -882,21 +889,11 @@ cdef extern from *:
        tag), the rest in place; tracked when a value may be (as vbg_build) */
     static int vbg_refill(PyObject *d, PyObject *const *vals, Py_ssize_t n) {
         vb_uentry *ep = VB_UENTRIES((vb_dictkeys *)((PyDictObject *)d)->ma_keys);
-        Py_ssize_t i;
-        int track = 0;
+        int track;
         if (PyDict_SetItem(d, ep[0].me_key, vals[0]) < 0)
             return -1;
-        ep = VB_UENTRIES((vb_dictkeys *)((PyDictObject *)d)->ma_keys);
-        for (i = 0; i < n; i++) {
-            PyObject *old = ep[i].me_value, *v = vals[i];
-            if (i) {
-                Py_INCREF(v);
-                ep[i].me_value = v;
-                Py_XDECREF(old);
-            }
-            if (!track && PyObject_IS_GC(v) && (!PyTuple_CheckExact(v) || PyObject_GC_IsTracked(v)))
-                track = 1;
-        }
+        track = vbg_put_values(VB_UENTRIES((vb_dictkeys *)((PyDictObject *)d)->ma_keys),
+                               vals, 1, n);
         if (track && !PyObject_GC_IsTracked(d))
             PyObject_GC_Track(d);
         else if (!track && PyObject_GC_IsTracked(d))

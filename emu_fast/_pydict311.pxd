@@ -6,6 +6,11 @@ from cpython.object cimport PyObject
 
 cdef extern from *:
     """
+    #ifndef VB_MAY_BE_TRACKED
+    /* v may be tracked by the cyclic GC: a dict holding it must be (MAINTAIN_TRACKING) */
+    #define VB_MAY_BE_TRACKED(v) \
+        (PyObject_IS_GC(v) && (!PyTuple_CheckExact(v) || PyObject_GC_IsTracked(v)))
+    #endif
     #if PY_VERSION_HEX >= 0x030B0000 && PY_VERSION_HEX < 0x030C0000
     #ifndef VB_PYDICT311
     #define VB_PYDICT311 1
@@ -74,8 +79,7 @@ cdef extern from *:
             Py_DECREF(old);
             /* MAINTAIN_TRACKING, as PyDict_SetItem does: a copy of an all-atomic template
                is untracked until it holds a container */
-            if (!PyObject_GC_IsTracked(d) && PyObject_IS_GC(vals[i])
-                    && (!PyTuple_CheckExact(vals[i]) || PyObject_GC_IsTracked(vals[i])))
+            if (!PyObject_GC_IsTracked(d) && VB_MAY_BE_TRACKED(vals[i]))
                 PyObject_GC_Track(d);
         }
         return 0;

@@ -195,31 +195,33 @@ cdef extern from *:
        lookup, and the index of key's entry becomes *hint.  (Tables of str keys, split or
        combined, and general ones: a dict made presized, _PyDict_NewPresized, has one.) */
     static Py_ssize_t vbq_hint_misses = 0;
+    /* *hint = the index of key's entry in d's keys table (the key object itself; the last
+       entry looked at first: a key just added), when it is there */
+    static void vbq_learn_hint(PyObject *d, PyObject *key, Py_ssize_t *hint) {
+        PyDictKeysObject *k = ((PyDictObject *)d)->ma_keys;
+        Py_ssize_t i, n = k->dk_nentries;
+        if (DK_IS_UNICODE(k)) {
+            PyDictUnicodeEntry *ep = DK_UNICODE_ENTRIES(k);
+            for (i = n - 1; i >= 0; i--)
+                if (ep[i].me_key == key) {
+                    *hint = i;
+                    return;
+                }
+        } else {
+            PyDictKeyEntry *ep = DK_ENTRIES(k);
+            for (i = n - 1; i >= 0; i--)
+                if (ep[i].me_key == key) {
+                    *hint = i;
+                    return;
+                }
+        }
+    }
     static PyObject *vbq_hget_slow(PyObject *d, PyObject *key, Py_ssize_t *hint) {
-        PyDictObject *mp = (PyDictObject *)d;
-        PyDictKeysObject *k;
-        Py_ssize_t i, n;
         PyObject *v = PyDict_GetItemWithError(d, key);
         if (v == NULL)
             return v;
         vbq_hint_misses++;
-        k = mp->ma_keys;
-        n = k->dk_nentries;
-        if (DK_IS_UNICODE(k)) {
-            PyDictUnicodeEntry *ep = DK_UNICODE_ENTRIES(k);
-            for (i = 0; i < n; i++)
-                if (ep[i].me_key == key) {
-                    *hint = i;
-                    break;
-                }
-        } else {
-            PyDictKeyEntry *ep = DK_ENTRIES(k);
-            for (i = 0; i < n; i++)
-                if (ep[i].me_key == key) {
-                    *hint = i;
-                    break;
-                }
-        }
+        vbq_learn_hint(d, key, hint);
         return v;
     }
     static inline __attribute__((always_inline)) PyObject *vbq_hget(PyObject *d, PyObject *key, Py_ssize_t *hint) {
@@ -263,33 +265,10 @@ cdef extern from *:
     static Py_ssize_t vbq_set_misses = 0;
     static Py_ssize_t vbq_set_inplace = 0;
     static int vbq_hset_slow(PyObject *d, PyObject *key, PyObject *v, Py_ssize_t *hint) {
-        PyDictObject *mp = (PyDictObject *)d;
-        PyDictKeysObject *k;
-        Py_ssize_t i, n;
         if (PyDict_SetItem(d, key, v) < 0)
             return -1;
         vbq_set_misses++;
-        k = mp->ma_keys;
-        n = k->dk_nentries;
-        if (DK_IS_UNICODE(k)) {
-            PyDictUnicodeEntry *ep = DK_UNICODE_ENTRIES(k);
-            if (n > 0 && ep[n - 1].me_key == key) {     /* (a key just added: the last entry) */
-                *hint = n - 1;
-                return 0;
-            }
-            for (i = 0; i < n; i++)
-                if (ep[i].me_key == key) {
-                    *hint = i;
-                    break;
-                }
-        } else {
-            PyDictKeyEntry *ep = DK_ENTRIES(k);
-            for (i = 0; i < n; i++)
-                if (ep[i].me_key == key) {
-                    *hint = i;
-                    break;
-                }
-        }
+        vbq_learn_hint(d, key, hint);
         return 0;
     }
     static inline __attribute__((always_inline)) int vbq_hset(PyObject *d, PyObject *key, PyObject *v, Py_ssize_t *hint) {
