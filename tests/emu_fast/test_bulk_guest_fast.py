@@ -85,6 +85,21 @@ def test_kick_counters_of_another_type_incremented_at_once(tmp_path):
 
 SEQ = ("queue-depth 32\n" + "".join(f"write {i * 4096} 4k\nread {(i + 100) * 8192} 4k\n"
                                     for i in range(60)) + "wait\nread 0 64k\nwrite 8192 12k\nwait\n")
+STOPS = (150, 433, 700, 1201, 1650, 2222)
+
+
+def agree_at_stops(tmp_path, cfg, chunk, view) -> None:
+    """SEQ on both engines, the bulk core's stretches at most chunk steps: view(machine) is
+    the same on both at each of STOPS and at the end, and so are the end's snapshots."""
+    a = machine(tmp_path, "raw", "", SEQ, cfg)
+    b = machine(tmp_path, "raw", "", SEQ, cfg)
+    for stop in STOPS:
+        _to(a, b, stop, chunk)
+        assert view(a) == view(b), stop
+    run_py(a)
+    run_bulk(b, chunk)
+    assert view(a) == view(b)
+    assert snapshot(a) == snapshot(b)
 
 
 @pytest.mark.parametrize("cfg", [{}, {"indirect": False}])
@@ -94,20 +109,10 @@ def test_scatterlists_kept_in_c_are_the_python_engines(tmp_path, cfg, chunk):
     in C and made lists only where a stretch ends with the request alive (the compiled engine
     reads them); at every stop the request dicts are the Python engine's, values and key order,
     and the run ends the same."""
-    a = machine(tmp_path, "raw", "", SEQ, cfg)
-    b = machine(tmp_path, "raw", "", SEQ, cfg)
     p0 = gmod.plan_stats()
-    for stop in (150, 433, 700, 1201, 1650, 2222):
-        _to(a, b, stop, chunk)
-        ra, rb = a.guest.blkmq.rqs, b.guest.blkmq.rqs
-        assert ra == rb, stop
-        assert [list(r) for r in ra.values()] == [list(r) for r in rb.values()], stop
-        assert [[type(x) for x in r.values()] for r in ra.values()] == \
-            [[type(x) for x in r.values()] for r in rb.values()], stop
-        assert snapshot(a) == snapshot(b)
-    run_py(a)
-    run_bulk(b, chunk)
-    assert snapshot(a) == snapshot(b)
+    agree_at_stops(tmp_path, cfg, chunk, lambda m: (
+        m.guest.blkmq.rqs, [list(r) for r in m.guest.blkmq.rqs.values()],
+        [[type(x) for x in r.values()] for r in m.guest.blkmq.rqs.values()], snapshot(m)))
     kept, made, lists = (x - y for x, y in zip(gmod.plan_stats(), p0))
     assert kept > 0 and lists > 0          # (more than 8 segments: the list path)
     assert made > 0                        # stretches ended between map_data and the request's end
@@ -141,16 +146,8 @@ def test_allocator_entries_kept_in_c_are_the_python_engines(tmp_path, cfg, chunk
     """Buffers (alloc_pages) and indirect tables (kmalloc) allocated and freed within a stretch
     never reach large / slab_objs; those alive when it ends are stored there: at every stop
     the allocator's dicts are the Python engine's, values and key order."""
-    a = machine(tmp_path, "raw", "", SEQ, cfg)
-    b = machine(tmp_path, "raw", "", SEQ, cfg)
     s0 = gmod.alloc_stats()
-    for stop in (150, 433, 700, 1201, 1650, 2222):
-        _to(a, b, stop, chunk)
-        assert _alloc_dicts(a) == _alloc_dicts(b), stop
-    run_py(a)
-    run_bulk(b, chunk)
-    assert _alloc_dicts(a) == _alloc_dicts(b)
-    assert snapshot(a) == snapshot(b)
+    agree_at_stops(tmp_path, cfg, chunk, _alloc_dicts)
     kept, dropped, stored = (x - y for x, y in zip(gmod.alloc_stats(), s0))
     assert kept > 0 and stored > 0, (kept, dropped, stored)
     if chunk > 10**5 or not cfg:

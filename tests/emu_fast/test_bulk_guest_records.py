@@ -8,26 +8,16 @@ import pytest
 import emu_fast
 from emu import engine
 from tests.emu_fast.test_bulk_guest import bench_pair, run_bulk, run_py
-from tests.emu_fast.test_differential import machine, snapshot
+from tests.emu_fast.test_bulk_guest_fast import SEQ, _to, agree_at_stops
+from tests.emu_fast.test_differential import snapshot
 
 pytestmark = pytest.mark.skipif(not emu_fast.available(),
                                 reason="emu_fast is not compiled (python setup.py build_ext --inplace)")
 
-_bulk = pytest.importorskip("emu_fast._bulk")
 gmod = pytest.importorskip("emu_fast._bulk_guest")
 
-# queue depth 32: many operations in flight when a stretch ends; reads (their sha256 and
+# SEQ, queue depth 32: many operations in flight when a stretch ends; reads (their sha256 and
 # status from the record), multi-bio operations (64k and 12k over merged requests)
-SEQ = ("queue-depth 32\n" + "".join(f"write {i * 4096} 4k\nread {(i + 100) * 8192} 4k\n"
-                                    for i in range(60)) + "wait\nread 0 64k\nwrite 8192 12k\nwait\n")
-
-
-def _to(a, b, stop, chunk):
-    engine.run(a, "py", stop - a.steps)
-    while b.steps < stop:
-        if _bulk.run(b, min(chunk, stop - b.steps)) == 0:
-            emu_fast.step(b)
-    assert a.steps == b.steps == stop
 
 
 def _proc(m):
@@ -43,16 +33,8 @@ def test_op_state_records_are_the_python_engines(tmp_path, cfg, chunk):
     (then the dict {"bios", "status", "buf"} is stored) or it completes (the result and read
     made from the record): at every stop op_state (keys in order, values, their types), the
     results and the reads are the Python engine's."""
-    a = machine(tmp_path, "raw", "", SEQ, cfg)
-    b = machine(tmp_path, "raw", "", SEQ, cfg)
     r0 = gmod.op_state_records()
-    for stop in (150, 433, 700, 1201, 1650, 2222):
-        _to(a, b, stop, chunk)
-        assert _proc(a) == _proc(b), stop
-    run_py(a)
-    run_bulk(b, chunk)
-    assert snapshot(a) == snapshot(b)
-    assert _proc(a) == _proc(b)
+    agree_at_stops(tmp_path, cfg, chunk, _proc)
     recs, made, done = (x - y for x, y in zip(gmod.op_state_records(), r0))
     assert recs > 0 and made > 0, (recs, made, done)
     assert done > 0 or chunk < 50, (recs, made, done)     # (an operation lives ~50 steps)
