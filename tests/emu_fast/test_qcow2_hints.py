@@ -9,17 +9,10 @@ import os
 
 import pytest
 
-import emu_fast
 from emu import engine
 
-pytestmark = pytest.mark.skipif(
-    not emu_fast.available() or "_bulk_blk" not in getattr(emu_fast, "BULK_LAYERS", ()),
-    reason="emu_fast (with the bulk core's block layer) is not compiled")
-
-try:
-    from emu_fast import _qcow2
-except ImportError:         # (not compiled: every test here is skipped)
-    _qcow2 = None
+# (skipped, as test_bulk_qcow2, when the bulk core's block layer is not compiled)
+from tests.emu_fast.test_bulk_qcow2 import _qcow2, pytestmark  # noqa: F401
 
 
 def _get(d, key, default=None):

@@ -17,19 +17,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import emu_fast
 from emu import engine
-from tests.emu_fast.test_bulk_qcow2 import DISK, _image, _machine, _mods
+from tests.emu_fast.test_bulk_qcow2 import DISK, _image, _machine, _mods, _qcow2, pytestmark  # noqa: F401
 from tests.emu_fast.test_differential import SETTINGS, snapshot
 
-pytestmark = pytest.mark.skipif(
-    not emu_fast.available() or "_bulk_blk" not in getattr(emu_fast, "BULK_LAYERS", ()),
-    reason="emu_fast (with the bulk core's block layer) is not compiled")
-
-try:
-    from emu_fast import _qcow2
-except ImportError:         # (not compiled: every test here is skipped)
-    _qcow2 = None
 
 
 def _ordered(v):
