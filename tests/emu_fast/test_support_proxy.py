@@ -34,7 +34,8 @@ ODD = {
     "big_zero": lambda q: setattr(q, "num", int("0" * 30)),
     "list_false": lambda q: q.desc.__setitem__(1, False),
     "tuple": lambda q: setattr(q, "avail", (0, 0)),
-    "reordered": lambda q: [q.__dict__.__setitem__(k, q.__dict__.pop(k)) for k in ("num", "desc")],
+    "reordered": lambda q: [q.__dict__.__setitem__(k, q.__dict__.pop(k)) for k in ("num", "desc")
+                            if k in q.__dict__],
     "none": lambda q: setattr(q, "used", None),
     "deleted": lambda q: q.__dict__.pop("num", None),
     "readded": lambda q: (q.__dict__.pop("num", None), setattr(q, "num", 0)),
