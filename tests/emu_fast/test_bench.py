@@ -105,3 +105,50 @@ def test_host_calls_put_the_os_module_back_when_the_run_fails(tmp_path, monkeypa
     with pytest.raises(RuntimeError):
         B.host_calls(B.make_image(str(tmp_path / "h.raw"), "raw"), B.workload("rand4k", 2))
     assert hostfile.os is os
+
+
+def _row(wl, fmt, over_py, ceiling=None, over_qemu=None):
+    r = {"workload": wl, "format": fmt, "py": {}, "fast": {}, "fast_over_py": over_py}
+    if ceiling is not None:
+        r["ceiling"] = ceiling
+    if over_qemu is not None:
+        r["engine_over_qemu"] = over_qemu
+    return r
+
+
+def test_targets_say_which_rows_meet_them_and_which_the_ceiling_rules_out():
+    """Each target is met only when every row it covers meets it; a row whose host I/O ceiling
+    is under 50x is named as out of reach; the qemu-img target covers qcow2 rand4k alone."""
+    rows = [_row("rand4k", "raw", 60.0, 70.0, 9.0), _row("rand4k", "qcow2", 18.0, 112.0, 2.3),
+            _row("seq64k", "raw", 5.3, 8.0)]
+    py, qemu = B.targets(rows)
+    assert py["goal"] == 50 and not py["met"]
+    assert [(x["workload"], x["format"], x["met"], x["reachable"]) for x in py["rows"]] == \
+        [("rand4k", "raw", True, True), ("rand4k", "qcow2", False, True), ("seq64k", "raw", False, False)]
+    assert qemu["met"] and [(x["format"], x["measured"]) for x in qemu["rows"]] == [("qcow2", 2.3)]
+    lines = B._target_lines([py, qemu])
+    assert lines[0].startswith("target fast/py >= 50x: NOT met (1 of 3 rows; best 60.00x, rand4k raw")
+    assert lines[0].endswith("out of reach by the host I/O ceiling: seq64k raw)")
+    assert lines[1].startswith("target fast/qemu-img bench -d 1, qcow2 rand4k >= 1x: met (1 of 1 rows")
+    rows[1]["fast_over_py"], rows[2]["fast_over_py"] = 50.0, 51.0       # all rows: met
+    rows[1]["engine_over_qemu"] = 0.99
+    py, qemu = B.targets(rows)
+    assert py["met"] and not qemu["met"]
+    py, qemu = B.targets([_row("rand4k", "raw", 60.0)])                  # nothing to judge qemu by
+    assert "reachable" not in py["rows"][0] and qemu["rows"] == [] and not qemu["met"]
+    assert B._target_lines([qemu]) == [
+        "target fast/qemu-img bench -d 1, qcow2 rand4k >= 1x: not measured in this run"]
+
+
+def test_a_bench_run_reports_its_targets_from_its_own_rows(tmp_path):
+    res = B.run_bench(True, requests=4, workloads=("rand4k",), formats=("raw", "qcow2"),
+                      qemu=False, out=lambda *a: None, repeat=1, dir=str(tmp_path))
+    py, qemu = res["targets"]
+    assert [(x["workload"], x["format"], x["measured"]) for x in py["rows"]] == \
+        [(r["workload"], r["format"], r["fast_over_py"]) for r in res["results"]]
+    assert py["met"] == all(r["fast_over_py"] >= 50 for r in res["results"])
+    assert qemu["rows"] == []
+    printed = []
+    B.run_bench(False, requests=2, workloads=("rand4k",), formats=("raw",), qemu=False,
+                out=printed.append, repeat=1, dir=str(tmp_path))
+    assert "target fast/py >= 50x: " in printed[0]
