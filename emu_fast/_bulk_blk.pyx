@@ -14,14 +14,15 @@ Python engine's dicts, in its order, whenever Python code could look (the stretc
 compiled or Python handler, a Python latency model, another request's or aio's dict put in).
 Before begin() a handler only reads.  The paths it does not model (a byte
 range beyond the device, a read-only node, an ignored discard, a probed raw image's sector 0,
-a fault rule that would fire, a failed I/O, a backing or compressed read, qcow2's flush,
-discard, write-zeroes and close phases, an unusual value anywhere) do not bail: they run the
+a fault rule that would fire, a failed I/O, a backing or compressed read, qcow2's discard,
+write-zeroes and close phases, an unusual value anywhere) do not bail: they run the
 compiled engine's own handler (emu_fast/_block.pyx, _qcow2.pyx; or the Python handler where
 none is compiled) with m.sim a recorder of its scheduler calls and m.cur a scratch record, and
 the recorded calls are then made on the core's scheduler in order (_wrapped), so the stretch
-goes on.  qcow2's read and write phases in compute run _qcow2.bulk_compute, the compiled
-phases without a record (its common allocations and in-place writes natively: _qcow2's
-_fast_alloc), and this module makes the scheduler calls compute would.  counts() says how many
+goes on.  qcow2's read, write and flush phases in compute run _qcow2.bulk_compute (called in
+C: BULK_COMPUTE_C), the compiled phases without a record (its common allocations and in-place
+writes natively: _qcow2's _fast_alloc), and this module makes the scheduler calls compute
+would.  counts() says how many
 events of each kind ran here, and how many of them so (wrapped) or through bulk_compute (quiet).
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
