@@ -14,14 +14,15 @@ Python engine's dicts, in its order, whenever Python code could look (the stretc
 compiled or Python handler, a Python latency model, another request's or aio's dict put in).
 Before begin() a handler only reads.  The paths it does not model (a byte
 range beyond the device, a read-only node, an ignored discard, a probed raw image's sector 0,
-a fault rule that would fire, a failed I/O, a backing or compressed read, qcow2's flush,
-discard, write-zeroes and close phases, an unusual value anywhere) do not bail: they run the
+a fault rule that would fire, a failed I/O, a backing or compressed read, qcow2's discard,
+write-zeroes and close phases, an unusual value anywhere) do not bail: they run the
 compiled engine's own handler (emu_fast/_block.pyx, _qcow2.pyx; or the Python handler where
 none is compiled) with m.sim a recorder of its scheduler calls and m.cur a scratch record, and
 the recorded calls are then made on the core's scheduler in order (_wrapped), so the stretch
-goes on.  qcow2's read and write phases in compute run _qcow2.bulk_compute, the compiled
-phases without a record (its common allocations and in-place writes natively: _qcow2's
-_fast_alloc), and this module makes the scheduler calls compute would.  counts() says how many
+goes on.  qcow2's read, write and flush phases in compute run _qcow2.bulk_compute (called in
+C: BULK_COMPUTE_C), the compiled phases without a record (its common allocations and in-place
+writes natively: _qcow2's _fast_alloc), and this module makes the scheduler calls compute
+would.  counts() says how many
 events of each kind ran here, and how many of them so (wrapped) or through bulk_compute (quiet).
 """
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
@@ -29,7 +30,7 @@ from cpython.dict cimport PyDict_DelItem, PyDict_GetItemWithError
 from cpython.long cimport PyLong_AsLongLongAndOverflow, PyLong_AsUnsignedLongLong
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF, Py_XDECREF
-from cpython.pycapsule cimport PyCapsule_New
+from cpython.pycapsule cimport PyCapsule_New, PyCapsule_GetPointer, PyCapsule_IsValid
 
 cdef extern from "Python.h":
     PyObject* _PyType_Lookup(object t, object name)
@@ -2267,11 +2268,18 @@ cdef int h_qcow2_io_done(Core* c, Frame* f) except -1:
 
 cdef object _Qcow2Engine = _QE_mod.Qcow2Engine
 cdef object _FQ_BULK_COMPUTE = getattr(_FQ, "bulk_compute", None)
+# _qcow2's bulk_compute in C (its BULK_COMPUTE_C), else NULL (the Python-level function)
+ctypedef int (*_bulk_compute_fn)(object, object, dict, object) except -1
+cdef _bulk_compute_fn _BULK_COMPUTE_C = NULL
+_cap = getattr(_FQ, "BULK_COMPUTE_C", None)
+if _cap is not None and PyCapsule_IsValid(_cap, "emu_fast._qcow2.bulk_compute"):
+    _BULK_COMPUTE_C = <_bulk_compute_fn>PyCapsule_GetPointer(_cap, "emu_fast._qcow2.bulk_compute")
 cdef object _FastQcow2Engine = _FQ.FastQcow2Engine
 cdef dict _QD = _Q.__dict__
 cdef object _PY_Q_FINISH = _Q._finish
 cdef object _PY_WRITE_PHASE = _Q._write_phase
 cdef object _PY_READ_PHASE = _Q._read_phase
+cdef object _PY_FLUSH_PHASE = _Q._flush_phase
 
 # the compute steps that decide without the engine (driver._compute):
 cdef enum:
@@ -2314,12 +2322,12 @@ cdef int h_qcow2_compute(Core* c, Frame* f) except -1:
     req = _req(c, blk, bid)
     lq = _qc_lq
     if what == QC_ENGINE:
-        # a read or write phase: _qcow2.bulk_compute (driver.compute without its record), then
-        # the scheduler calls compute makes; anything else: the compiled handler
-        if type(op) is str and (_seq(op, S_WRITE) or _seq(op, S_READ)) and phase is not _MISSING \
-                and req is not None \
+        # a read, write or flush phase: _qcow2.bulk_compute (driver.compute without its
+        # record), then the scheduler calls compute makes; anything else: the compiled handler
+        if type(op) is str and (_qd_write_ok if _seq(op, S_WRITE) else _qd_read_ok if _seq(op, S_READ)
+                                else _qd_flush_ok and _seq(op, S_FLUSH)) \
+                and phase is not _MISSING and req is not None \
                 and type(lq) is list and (not lq or (c.qemu >= 0 and type((<list>lq)[0]) is int)) \
-                and (_qd_write_ok if _seq(op, S_WRITE) else _qd_read_ok) \
                 and _FQ_BULK_COMPUTE is not None:
             if _STRICT:         # (an engine error there would be an error effect, unrecorded)
                 return BAIL
@@ -2327,7 +2335,10 @@ cdef int h_qcow2_compute(Core* c, Frame* f) except -1:
             _NATIVE[K_qcow2_compute] += 1
             if type(eng) is _Qcow2Engine:
                 eng.__class__ = _FastQcow2Engine    # (as the compiled handler does)
-            r = _FQ_BULK_COMPUTE(m, eng, co, bid)
+            if _BULK_COMPUTE_C != NULL:
+                r = _BULK_COMPUTE_C(m, eng, <dict>co, bid)
+            else:
+                r = _FQ_BULK_COMPUTE(m, eng, co, bid)
             if r == 1:
                 cont(c, F1(K_qcow2_io, bid), -1)
                 return 0
@@ -2380,16 +2391,17 @@ cdef inline bint _seq(object a, str b) except -1:
 
 
 # what compute checks of the driver module, decided once per version of its dict and of
-# driver.PHASES: driver._finish is the Python one (_qd_finish_ok), PHASES["write"] and
-# PHASES["read"] are the Python phases (_qd_write_ok, _qd_read_ok)
+# driver.PHASES: driver._finish is the Python one (_qd_finish_ok), PHASES["write"],
+# PHASES["read"] and PHASES["flush"] are the Python phases (_qd_write_ok, _qd_read_ok,
+# _qd_flush_ok)
 cdef unsigned long long _qd_v = 0, _qd_phv = 0
 cdef object _qd_ph = None
-cdef bint _qd_finish_ok = False, _qd_write_ok = False, _qd_read_ok = False
+cdef bint _qd_finish_ok = False, _qd_write_ok = False, _qd_read_ok = False, _qd_flush_ok = False
 
 
 cdef bint _qd_check() except -1:
     """brings the flags above up to date (-> True)"""
-    global _qd_v, _qd_phv, _qd_ph, _qd_finish_ok, _qd_write_ok, _qd_read_ok
+    global _qd_v, _qd_phv, _qd_ph, _qd_finish_ok, _qd_write_ok, _qd_read_ok, _qd_flush_ok
     if VBB_HAVE_DICT_VERSION and _qd_ph is not None and VBB_DICT_VERSION(_QD) == _qd_v \
             and VBB_DICT_VERSION(_qd_ph) == _qd_phv:
         return True
@@ -2398,10 +2410,11 @@ cdef bint _qd_check() except -1:
     if type(ph) is dict:
         _qd_write_ok = _get(ph, S_WRITE) is _PY_WRITE_PHASE
         _qd_read_ok = _get(ph, S_READ) is _PY_READ_PHASE
+        _qd_flush_ok = _get(ph, S_FLUSH) is _PY_FLUSH_PHASE and _BULK_COMPUTE_C != NULL   # (a _qcow2 with the quiet flush)
         _qd_ph = ph
         _qd_phv = VBB_DICT_VERSION(ph)
     else:
-        _qd_write_ok = _qd_read_ok = False
+        _qd_write_ok = _qd_read_ok = _qd_flush_ok = False
         _qd_ph = None
     _qd_v = VBB_DICT_VERSION(_QD)
     return True

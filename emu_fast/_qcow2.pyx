@@ -39,6 +39,7 @@ from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.object cimport PyObject
 from cpython.list cimport PyList_GET_SIZE
 from cpython.exc cimport PyErr_Occurred
+from cpython.pycapsule cimport PyCapsule_New
 from libc.string cimport memcpy
 
 cdef extern from "Python.h":
@@ -65,6 +66,7 @@ PYX_SHA256 = PYX_HASH                   # the hash of this file when it was comp
 
 cdef extern from "Python.h":
     PyObject** _PyObject_GetDictPtr(object o)
+    PyObject* _PyType_Lookup(object t, object name)
     PyObject* PyDict_GetItemWithError(object d, object k) except? NULL
     int PyDict_SetItem(object d, object k, object v) except -1
     dict _PyDict_NewPresized(Py_ssize_t minused)
@@ -1828,9 +1830,10 @@ cdef int _write_task(object m, object eng, object bid, dict co, dict piece) exce
     return 0
 
 
-cdef long long _FAST_ALLOCS[2]
+cdef long long _FAST_ALLOCS[3]      # (and [2]: the flush phases bulk_compute ran)
 _FAST_ALLOCS[0] = 0
 _FAST_ALLOCS[1] = 0
+_FAST_ALLOCS[2] = 0
 
 
 cdef inline long long _rc_get(const uint8_t* p, long long index, int order) noexcept:
@@ -2188,13 +2191,15 @@ cdef bint _fast_in_place(object m, object eng, dict ed, object bid, dict co, obj
     return True
 
 
-def fast_allocs(bint reset=False, bint in_place=False):
+def fast_allocs(bint reset=False, bint in_place=False, bint flushes=False):
     """How many write steps _fast_alloc ran natively since the last reset (in_place: of
-    clusters written in place; else: of new clusters)"""
-    n = _FAST_ALLOCS[1 if in_place else 0]
+    clusters written in place; else: of new clusters; flushes: how many flush phases
+    bulk_compute ran instead)"""
+    n = _FAST_ALLOCS[2 if flushes else 1 if in_place else 0]
     if reset:
         _FAST_ALLOCS[0] = 0
         _FAST_ALLOCS[1] = 0
+        _FAST_ALLOCS[2] = 0
     return n
 
 
@@ -2519,18 +2524,25 @@ cdef object _take_plan(eng, dict co):
 
 
 def bulk_compute(m, eng, dict co, bid):
-    """driver.compute (and _compute) for a read or write phase, keeping no record (the bulk core,
-    emu_fast/_bulk_blk.pyx h_qcow2_compute, after its begin): no detail, no set_function (the
-    function it would name goes to co["caller"]).  The caller checked that the engine is a
-    FastQcow2Engine and the request a read or write that is not done.  -> 1: cont qcow2.io,
-    2: _finish, 3: cont qcow2.compute (the caller steers the scheduler)"""
+    """driver.compute (and _compute) for a read, write or flush phase, keeping no record (the
+    bulk core, emu_fast/_bulk_blk.pyx h_qcow2_compute, after its begin, calls _bulk_compute
+    itself through BULK_COMPUTE_C): no detail, no set_function (the function it would name
+    goes to co["caller"]).  The caller checked that the engine is a FastQcow2Engine and the
+    request a read, write or flush that is not done.  -> 1: cont qcow2.io, 2: _finish, 3: cont
+    qcow2.compute (the caller steers the scheduler)"""
+    return _bulk_compute(m, eng, co, bid)
+
+
+cdef int _bulk_compute(object m, object eng, dict co, object bid) except -1:
+    """bulk_compute"""
     global _qfn
     op = _hk(VBQ_H(co, "op"), co, "op")
     ph = _hk(VBQ_H(co, "phase"), co, "phase")
     cdef bint write = _is_str(op, S_WRITE)
+    cdef bint flush = not write and _is_str(op, S_FLUSH)
     if type(eng) is not _FastQcow2Engine or _is_str(ph, S_DONE) \
-            or not (write or _is_str(op, S_READ)):
-        raise RuntimeError("bulk_compute: not a read or write phase of a FastQcow2Engine")
+            or not (write or flush or _is_str(op, S_READ)):
+        raise RuntimeError("bulk_compute: not a read, write or flush phase of a FastQcow2Engine")
     _geo(eng)
     _qfn = S_ALLOC_HOST_OFFSET
     cdef dict ed = _idict(eng)
@@ -2543,6 +2555,8 @@ def bulk_compute(m, eng, dict co, bid):
         try:
             if write:
                 _write_phase(m, eng, bid, co, True)
+            elif flush:
+                _flush_phase(eng, co)
             else:
                 _read_phase(m, eng, bid, co, True)
         except Qcow2Error as e:
@@ -2551,6 +2565,109 @@ def bulk_compute(m, eng, dict co, bid):
         return _steer(co, plan)
     finally:
         vbq_step_set(outer)
+
+
+# bulk_compute for the bulk core, called in C (int (*)(object m, object eng, dict co, object bid))
+BULK_COMPUTE_C = PyCapsule_New(<void*>_bulk_compute, "emu_fast._qcow2.bulk_compute", NULL)
+
+
+# == the flush phase, quiet ============================================================================
+cdef str S_FLUSH = "flush"
+cdef str S_WRITE_CACHES = "qcow2_write_caches"
+cdef str S_FLUSH_CHILDREN = "bdrv_co_flush(file): flush the children"
+cdef str S_CACHE_ENTRY_FLUSH = "qcow2_cache_entry_flush"
+cdef str S_REFCOUNT = "refcount"
+cdef str S_L2 = "l2"
+# the methods the flush phase runs, as the engine's module (and FastQcow2Engine: io,
+# pre_write_overlap_check) define them: compiled below while FastQcow2Engine still finds these
+cdef tuple _FLUSH_METHODS = tuple((_n, FastQcow2Engine.__dict__.get(_n) or Qcow2Engine.__dict__[_n]) for _n in
+                                  ("write_caches", "need_accurate_refcounts", "cache_write",
+                                   "cache_entry_flush", "_cname", "bdrv_flush", "cache_flush",
+                                   "cache_flush_dependency", "cache", "io",
+                                   "pre_write_overlap_check"))
+
+
+cdef bint _flush_methods_plain() except -1:
+    """FastQcow2Engine's methods of the flush phase are the engine module's own"""
+    cdef PyObject* f
+    for n, fn in _FLUSH_METHODS:
+        f = _PyType_Lookup(_FastQcow2Engine, n)
+        if f == NULL or <object>f is not fn:
+            return False
+    return True
+
+
+cdef int _flush_phase(object eng, dict co) except -1:
+    """driver._flush_phase, quiet (the function it names goes to _qfn): qcow2_write_caches, then
+    bdrv_flush of the file (the engine's methods compiled below while FastQcow2Engine's are the
+    engine module's own and this module's, else called)"""
+    global _qfn
+    _qfn = S_WRITE_CACHES
+    _FAST_ALLOCS[2] += 1
+    co["phase"] = S_DONE
+    if not _flush_methods_plain():
+        eng.write_caches()
+        eng.bdrv_flush(S_FLUSH_CHILDREN)
+        return 0
+    _cache_write(eng, _ga(eng, "l2_cache"))                  # Qcow2Engine.write_caches
+    if not (_ga(eng, "incompatible_features") & INCOMPAT_DIRTY):    # (need_accurate_refcounts)
+        _cache_write(eng, _ga(eng, "rb_cache"))
+    _bdrv_flush(eng, S_FLUSH_CHILDREN)
+    return 0
+
+
+cdef inline str _cname(object c):
+    """Qcow2Engine._cname"""
+    return "L2 table" if _ga(c, "name") == S_L2 else "refcount block"
+
+
+cdef int _cache_write(object eng, object c) except -1:
+    """Qcow2Engine.cache_write"""
+    cdef Py_ssize_t i, n = _ga(c, "size")
+    for i in range(n):
+        _cache_entry_flush(eng, c, i)
+    return 0
+
+
+cdef int _cache_entry_flush(object eng, object c, Py_ssize_t i) except -1:
+    """Qcow2Engine.cache_entry_flush"""
+    if not _ga(c, "dirty")[i] or not _ga(c, "offsets")[i]:
+        return 0
+    if _ga(c, "depends"):
+        _cache_flush_dependency(eng, c)
+    elif _ga(c, "depends_on_flush"):
+        _bdrv_flush(eng, _cname(c) + " cache depends on a flush (COW data must be stable)")
+        _sa(c, "depends_on_flush", False)
+    _pre_write_overlap_check(eng, OL_REFCOUNT_BLOCK if _ga(c, "name") == S_REFCOUNT else OL_ACTIVE_L2,
+                             _ga(c, "offsets")[i], _ga(c, "table_size"))
+    off = _ga(c, "offsets")[i]
+    what = _cname(c) + " @" + _hex(off)
+    data = bytes(_ga(c, "tables")[i])
+    _io(eng, "write", S_CACHE_ENTRY_FLUSH, what, off, data, 0,
+        {"kind": "l2" if _ga(c, "name") == S_L2 else "refcount-block"})
+    _ga(c, "dirty")[i] = False
+    return 0
+
+
+cdef int _cache_flush(object eng, object c) except -1:
+    """Qcow2Engine.cache_flush"""
+    _cache_write(eng, c)
+    _bdrv_flush(eng, "qcow2_cache_flush(" + _cname(c) + " cache)")
+    return 0
+
+
+cdef int _cache_flush_dependency(object eng, object c) except -1:
+    """Qcow2Engine.cache_flush_dependency"""
+    dep = _ga(c, "depends")
+    _cache_flush(eng, _ga(eng, "l2_cache") if dep == S_L2 else _ga(eng, "rb_cache"))   # (self.cache)
+    _sa(c, "depends", "")
+    _sa(c, "depends_on_flush", False)
+    return 0
+
+
+cdef int _bdrv_flush(object eng, str why) except -1:
+    """Qcow2Engine.bdrv_flush"""
+    return _io(eng, S_FLUSH, "bdrv_flush", why, 0, None, 0, None)
 
 
 cdef int _steer(dict co, object plan) except -1:
