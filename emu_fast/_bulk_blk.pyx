@@ -2271,9 +2271,10 @@ cdef object _FQ_BULK_COMPUTE = getattr(_FQ, "bulk_compute", None)
 # _qcow2's bulk_compute in C (its BULK_COMPUTE_C), else NULL (the Python-level function)
 ctypedef int (*_bulk_compute_fn)(object, object, dict, object) except -1
 cdef _bulk_compute_fn _BULK_COMPUTE_C = NULL
+cdef const char* _BC_NAME = "emu_fast._qcow2.bulk_compute: int (object m, object eng, dict co, object bid) except -1"     # (the name carries the signature)
 _cap = getattr(_FQ, "BULK_COMPUTE_C", None)
-if _cap is not None and PyCapsule_IsValid(_cap, "emu_fast._qcow2.bulk_compute"):
-    _BULK_COMPUTE_C = <_bulk_compute_fn>PyCapsule_GetPointer(_cap, "emu_fast._qcow2.bulk_compute")
+if _cap is not None and PyCapsule_IsValid(_cap, _BC_NAME):
+    _BULK_COMPUTE_C = <_bulk_compute_fn>PyCapsule_GetPointer(_cap, _BC_NAME)
 cdef object _FastQcow2Engine = _FQ.FastQcow2Engine
 cdef dict _QD = _Q.__dict__
 cdef object _PY_Q_FINISH = _Q._finish

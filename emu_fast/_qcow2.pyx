@@ -2567,8 +2567,9 @@ cdef int _bulk_compute(object m, object eng, dict co, object bid) except -1:
         vbq_step_set(outer)
 
 
-# bulk_compute for the bulk core, called in C (int (*)(object m, object eng, dict co, object bid))
-BULK_COMPUTE_C = PyCapsule_New(<void*>_bulk_compute, "emu_fast._qcow2.bulk_compute", NULL)
+# bulk_compute for the bulk core, called in C; the capsule's name carries the signature, which
+# _bulk_blk checks before it takes the pointer (a changed signature there falls back to the Python call)
+BULK_COMPUTE_C = PyCapsule_New(<void*>_bulk_compute, "emu_fast._qcow2.bulk_compute: int (object m, object eng, dict co, object bid) except -1", NULL)
 
 
 # == the flush phase, quiet ============================================================================
