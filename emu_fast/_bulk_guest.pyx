@@ -372,6 +372,7 @@ cdef int _load(Core* c) except -1:
     _wb_on = False
     _pool_free(&_pl_rq)
     _pool_free(&_pl_done)
+    _pool_free(&_pl_bio)
     m = <object>c.m
     if not _SLOTS_OK or type(m) is not _Machine or c.vcpu < 0:
         return 1            # the core may run; these handlers bail (see _ready)
@@ -429,6 +430,7 @@ cdef int _store(Core* c) except -1:
         _os_flush()             # (op_state's)
         _pool_free(&_pl_rq)     # (the kept dict shells)
         _pool_free(&_pl_done)
+        _pool_free(&_pl_bio)
     _m = _g = _vq = _q = _p = _mem = _pages = None
     _pa_load(None)
     _counters = None
@@ -908,6 +910,8 @@ cdef extern from *:
     """
     bint vbg_like_tmpl(object d, object tmpl, Py_ssize_t n) noexcept
     void vbg_clear_values(object d, Py_ssize_t n) noexcept
+    bint vbg_like_tmpl_p "vbg_like_tmpl"(PyObject* d, object tmpl, Py_ssize_t n) noexcept
+    void vbg_clear_values_p "vbg_clear_values"(PyObject* d, Py_ssize_t n) noexcept
     int vbg_refill(object d, PyObject** vals, Py_ssize_t n) except -1
 
 cdef enum:
@@ -915,10 +919,12 @@ cdef enum:
 cdef struct DPool:
     int n
     PyObject* d[POOL_MAX]       # (references) cleared shells
-cdef DPool _pl_rq, _pl_done
+cdef DPool _pl_rq, _pl_done, _pl_bio
 _pl_rq.n = 0
 _pl_done.n = 0
+_pl_bio.n = 0
 cdef long long _POOL_PUT = 0, _POOL_GOT = 0      # (tests: pool_stats)
+cdef long long _BIO_PUT = 0, _BIO_GOT = 0        # (tests: bio_pool_stats)
 
 
 cdef int _pool_put(DPool* pl, object d, dict tmpl, Py_ssize_t n) except -1:
@@ -965,6 +971,37 @@ cdef void _pool_free(DPool* pl) noexcept:
 def pool_stats():
     """(dicts kept for reuse, dicts refilled from them) (tests)"""
     return _POOL_PUT, _POOL_GOT
+
+
+# A freed request's bios (blk_mq_end_request's bio_endio: the request's bio list and its bios
+# go with it) are kept the same way when nothing else can reach them: the request dict only the
+# handler holds, its "bios" list only the request, each bio dict only that list (and laid out as
+# _T_BIO's copy); app.op's next bios are refilled from them (emu.guest.process._bio).
+cdef int _bios_put(dict rq) except -1:
+    """rq's bios (rq going away: only the caller holds it) kept for the next bios"""
+    global _BIO_PUT
+    cdef PyObject* x
+    cdef Py_ssize_t i
+    if not _BUILD_OK or not _wb_on or _pl_bio.n == POOL_MAX or Py_REFCNT(<PyObject*>rq) != 1:
+        return 0
+    bl = DGET(rq, "bios")
+    if type(bl) is not list or Py_REFCNT(<PyObject*>bl) != 2:    # (rq's and bl's)
+        return 0
+    for i in range(_LIST_SIZE(bl)):
+        x = _LIST_ITEM(bl, i)
+        if _pl_bio.n == POOL_MAX or Py_REFCNT(x) != 1 or not vbg_like_tmpl_p(x, _T_BIO, 6):
+            continue
+        Py_INCREF(x)            # (the pool's; the list's goes with the list)
+        _pl_bio.d[_pl_bio.n] = x
+        _pl_bio.n += 1
+        vbg_clear_values_p(x, 6)
+        _BIO_PUT += 1
+    return 0
+
+
+def bio_pool_stats():
+    """(bio dicts kept for reuse, bio dicts refilled from them) (tests)"""
+    return _BIO_PUT, _BIO_GOT
 
 
 def dict_get(d, key, dflt=None):
@@ -3291,6 +3328,8 @@ cdef int h_end_request(Core* c, Frame* f) except -1:
     if from_irq:
         cont(c, F0(K_vring_get_buf))
     _wdrop(rq)                  # (freed: its kept fields need not be written)
+    bio = None                  # (the loop's last bio: only rq's list holds it now)
+    _bios_put(rq)                               # (its bios, when only rq reaches them)
     _pool_put(&_pl_rq, rq, _T_RQ, 14)           # (only rq holds it: kept for the next)
     return 0
 
@@ -3323,7 +3362,9 @@ cdef inline Frame _next_frame():
 
 cdef dict _bio(object p, str rq_op, object sector, object nbytes, list segs):
     """emu.guest.process._bio"""
+    global _BIO_GOT, _BUILT
     cdef PyObject* v[6]
+    cdef PyObject* x
     cdef object nb, pc
     nb = SG(p, _PO[P_NEXT_BIO])
     pc = SG(p, _PO[P_PC])
@@ -3333,7 +3374,18 @@ cdef dict _bio(object p, str rq_op, object sector, object nbytes, list segs):
     v[3] = <PyObject*>sector
     v[4] = <PyObject*>nbytes
     v[5] = <PyObject*>segs
-    cdef dict b = _mk(_T_BIO, v, 6)     # {"id", "op_idx", "op", "sector", "bytes", "segs"}
+    cdef dict b
+    if _pl_bio.n:               # (a kept bio shell refilled: _pool_get's)
+        _pl_bio.n -= 1
+        x = _pl_bio.d[_pl_bio.n]
+        _pl_bio.d[_pl_bio.n] = NULL
+        b = <dict>x
+        Py_DECREF(x)            # (b holds it now)
+        vbg_refill(b, v, 6)
+        _BIO_GOT += 1
+        _BUILT += 1
+    else:
+        b = _mk(_T_BIO, v, 6)   # {"id", "op_idx", "op", "sector", "bytes", "segs"}
     SS(p, _PO[P_NEXT_BIO], nb + 1)
     return b
 

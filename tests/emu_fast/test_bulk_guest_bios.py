@@ -1,0 +1,72 @@
+"""The guest bulk handlers' bios (emu_fast/_bulk_guest.pyx): a freed request's bios that
+nothing else can reach are refilled as app.op's next bios; what Python can see when a stretch
+ends -- the pending bios, the live requests' bios (items in order, size, GC tracking) -- is the
+Python engine's."""
+from __future__ import annotations
+
+import pytest
+
+import emu_fast
+from emu import engine
+from tests.emu_fast.test_bulk_guest import bench_pair
+from tests.emu_fast.test_bulk_guest_fast import _to, agree_at_stops
+
+pytestmark = pytest.mark.skipif(not emu_fast.available(),
+                                reason="emu_fast is not compiled (python setup.py build_ext --inplace)")
+
+gmod = pytest.importorskip("emu_fast._bulk_guest")
+
+
+def _bios(m):
+    import gc
+    import sys
+    q, p = m.guest.blkmq, m.guest.proc
+    bs = list(p.pending_bios) + [b for rq in q.rqs.values() for b in rq["bios"]]
+    return ([(list(b.items()), sys.getsizeof(b), gc.is_tracked(b)) for b in bs],
+            [len(rq["bios"]) for rq in q.rqs.values()], p.next_bio)
+
+
+@pytest.mark.parametrize("chunk", [7, 10**6])
+def test_freed_bios_refilled_are_new_bios(tmp_path, chunk):
+    """bench's 4 KiB random writes: the bio of a request freed by end_request is refilled as
+    app.op's next bio; at every stop the pending and live requests' bios are the Python
+    engine's and the run ends the same."""
+    a, b = bench_pair(tmp_path, 120)
+    p0 = gmod.bio_pool_stats()
+    for stop in (1000, 2345, 4000, 5555):
+        _to(a, b, stop, chunk)
+        assert _bios(a) == _bios(b), stop
+    engine.run(a, "py")
+    engine.run(b, "fast")
+    assert a.steps == b.steps and a.digest() == b.digest()
+    assert bytes(a.mem.ram) == bytes(b.mem.ram) and _bios(a) == _bios(b)
+    put, got = (x - y for x, y in zip(gmod.bio_pool_stats(), p0))
+    assert got > 0 and put >= got and (got > 100 or chunk < 50), (put, got)
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 13, 10**6])
+def test_merged_and_split_bios_are_the_python_engines(tmp_path, chunk):
+    """SEQ at queue depth 32 (requests of several merged bios, many in flight at a stretch's
+    end): the bios at every stop and the run are the Python engine's."""
+    p0 = gmod.bio_pool_stats()
+    agree_at_stops(tmp_path, {}, chunk, _bios)
+    put, got = (x - y for x, y in zip(gmod.bio_pool_stats(), p0))
+    assert put >= got and (got > 0 or chunk < 5), (put, got)
+
+
+def test_bios_held_elsewhere_are_never_refilled(tmp_path):
+    """A bio something else still holds when its request goes away keeps its last contents
+    (never refilled), as on the Python engine."""
+    a, b = bench_pair(tmp_path, 150)
+    held = {id(a): [], id(b): []}
+    for stop in range(300, 3000, 97):
+        _to(a, b, stop, 10**6)
+        for m in (a, b):
+            held[id(m)] += list(m.guest.proc.pending_bios) + [
+                x for rq in m.guest.blkmq.rqs.values() for x in rq["bios"]]
+    engine.run(a, "py")
+    engine.run(b, "fast")
+    assert a.steps == b.steps and a.digest() == b.digest()
+    ha, hb = held[id(a)], held[id(b)]
+    assert len(ha) == len(hb) > 20
+    assert [list(d.items()) for d in ha] == [list(d.items()) for d in hb]
