@@ -304,6 +304,7 @@ cdef object _pages = None
 cdef dict _counters = None
 cdef dict _rqs = None
 cdef bint _ready = False
+cdef bint _qok_known = False    # (_q_ok found this stretch's blk-mq lists lists)
 cdef bint _notify_ok = False
 cdef i64 _vmexit_ns = 0
 cdef i64 _S_EMPTY = 0, _S_OK = 0, _S_IOERR = 0, _S_NOTSUPP = 0      # str argument indices
@@ -361,8 +362,9 @@ def kick_stats():
 
 cdef int _load(Core* c) except -1:
     global _m, _g, _vq, _q, _p, _mem, _pages, _counters, _rqs, _ready, _notify_ok, _vmexit_ns
-    global _S_EMPTY, _S_OK, _S_IOERR, _S_NOTSUPP, _tr_tag, _wp_ok, _wb_on, _lim_obj
+    global _S_EMPTY, _S_OK, _S_IOERR, _S_NOTSUPP, _tr_tag, _wp_ok, _wb_on, _lim_obj, _qok_known
     _lim_obj = None
+    _qok_known = False
     _ready = False
     _set_ok(False)
     _kc_load(None)
@@ -419,7 +421,8 @@ cdef int _load(Core* c) except -1:
 
 
 cdef int _store(Core* c) except -1:
-    global _m, _g, _vq, _q, _p, _mem, _pages, _counters, _rqs, _ready, _wb_on
+    global _m, _g, _vq, _q, _p, _mem, _pages, _counters, _rqs, _ready, _wb_on, _qok_known
+    _qok_known = False
     try:
         _wflush_all()           # the kept request fields (and a lazy add state) into the dicts
     finally:
@@ -2849,8 +2852,23 @@ cdef object _dd_dispatch(Core* c, object q):
     return rid
 
 
+# Within a stretch only these handlers rebind those members, each time to a new list (the
+# plug's rest, the batch, hctx->dispatch), and none rebinds the FIFOs: once _q_ok has found them
+# lists in a stretch they stay so until it ends (_qok_known, cleared at load and store).
+
+
 cdef bint _q_ok(object q) except -1:
     """The blk-mq lists these handlers walk are lists (and the FIFOs two lists)."""
+    global _qok_known
+    if _qok_known and q is _q:
+        return True
+    cdef bint ok = _q_ok_now(q)
+    _qok_known = ok and _wb_on and q is _q
+    return ok
+
+
+cdef bint _q_ok_now(object q) except -1:
+    """_q_ok, looked at now"""
     cdef PyObject* pl = vbs_peek(q, _QO[Q_PLUG])
     cdef PyObject* ba = vbs_peek(q, _QO[Q_BATCH])
     cdef PyObject* di = vbs_peek(q, _QO[Q_DISPATCH])
@@ -3431,8 +3449,9 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
     """emu.guest.process.op_step (blkdev_write_iter etc.: the next workload operation)"""
     cdef list ops, bios
     cdef dict op
-    cdef long long clen, coff, pos, n, step, npages, clbs, cn, cbuf
+    cdef long long clen, coff, pos, n, step, npages, clbs, cn, cbuf, cpc
     cdef bint is_write
+    cdef int rw
     cdef bytes data
     if not _kok[K_app_op] or not _q_ok(_q):
         return BAIL
@@ -3444,19 +3463,30 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
     if type(ops_o) is not list or not _small(pc) or type(SG(p, _PO[P_PENDING_BIOS])) is not list:
         return BAIL
     ops = <list>ops_o
-    if pc >= len(ops):
+    cpc = pc                    # (_small: an int in [0, 2**52), compared and indexed in C)
+    if cpc >= _LIST_SIZE(ops):
         begin(c)
         if SG(p, _PO[P_INFLIGHT]):
             _sleep(c, "exit")
             return 0
         cont(c, F0(K_app_exit))
         return 0
-    op_o = ops[pc]
+    op_o = <object>_LIST_ITEM(ops, cpc)
     if type(op_o) is not dict:
         return BAIL
     op = <dict>op_o
     kind = DGET(op, "op")
-    if _eq(kind, "wait"):
+    # (an exact str kind is compared once with "write" and "read" first: its comparisons with
+    # the other kinds are false and have no effect; any other kind takes the chain in order)
+    rw = 0
+    if type(kind) is str:
+        if _eq(kind, "write"):
+            rw = 1
+        elif _eq(kind, "read"):
+            rw = 2
+    if rw:
+        pass
+    elif _eq(kind, "wait"):
         begin(c)
         if SG(p, _PO[P_INFLIGHT]):
             _sleep(c, "drain")
@@ -3464,7 +3494,7 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
         SS(p, _PO[P_PC], pc + 1)
         cont(c, F0(K_app_op), -1, True)
         return 0
-    if _eq(kind, "at"):
+    elif _eq(kind, "at"):
         t = DGET(op, "time_ns")
         if not _small(t):
             return BAIL
@@ -3476,7 +3506,7 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
             return 0
         cont(c, F0(K_app_op), -1, True)
         return 0
-    if _eq(kind, "queue-depth"):
+    elif _eq(kind, "queue-depth"):
         depth = DGET(op, "depth")
         if type(depth) is not int:
             return BAIL
@@ -3491,14 +3521,14 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
         return 0
     buf = 0
     err = ""
-    if _eq(kind, "flush"):
+    if not rw and _eq(kind, "flush"):
         begin(c)
         if not SG(q, _QO[Q_WRITE_CACHE]):
             bios = []
         else:
             bios = [_bio(p, "FLUSH", 0, 0, [])]
-    elif _eq(kind, "write") or _eq(kind, "read"):
-        is_write = _eq(kind, "write")
+    elif rw or _eq(kind, "write") or _eq(kind, "read"):
+        is_write = rw == 1 if rw else _eq(kind, "write")
         off = DGET(op, "offset")
         length = DGET(op, "length")
         lim_o = SG(q, _QO[Q_LIMITS])
