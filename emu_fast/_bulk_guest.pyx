@@ -1324,17 +1324,44 @@ cdef uint8_t* _scratch = NULL
 cdef Py_ssize_t _scratch_cap = 0
 
 
+cdef inline void _dirty_range(Core* c, i64 gpa, i64 n) noexcept:
+    """ram_write's page marks for [gpa, gpa + n) (0 < n, in RAM)"""
+    cdef i64 p = gpa >> 12, last = (gpa + n - 1) >> 12
+    while p <= last:
+        c.dirty[p] = 1
+        p += 1
+
+
+cdef void _pattern_into(uint8_t* dst, long long n, long long offset, long long length,
+                        object fill, long long total) noexcept:
+    """write_pattern(n, offset, length, fill) made at dst (total bytes: _write_pattern_ram's)"""
+    cdef long long first, count, nn, k, i
+    cdef Py_ssize_t j
+    cdef uint8_t rec[16]
+    if fill is not None:
+        memset(dst, <int><long long>fill, <size_t>total)
+        return
+    first = offset // 512
+    count = length // 512
+    nn = n % 1000000
+    rec[0] = 119            # 'w'     (the record's first half, the same for every sector)
+    k = nn
+    for j in range(6, 0, -1):
+        rec[j] = <uint8_t>(48 + k % 10)
+        k = k // 10
+    rec[7] = 58             # ':'
+    for i in range(count):
+        vbg_hex8(rec, <uint32_t>(<unsigned long long>(first + i)))     # ("%08x" % (s & 0xFFFFFFFF))
+        vbg_fill_sector(dst + i * 512, rec)
+
+
 cdef int _write_pattern_ram(Core* c, i64 gpa, long long n, long long offset, long long length,
                             object fill) except -1:
     """GuestMemory.write(gpa, write_pattern(n, offset, length, fill)) for 0 <= offset, length <
     2**52 and fill None or a byte (fill: length bytes; else 16-byte records 'wNNNNNN:SSSSSSSS',
     32 per sector, for length // 512 sectors)"""
     global _scratch, _scratch_cap
-    cdef long long first, count, nn, k, i, total
-    cdef unsigned long long sct
-    cdef Py_ssize_t j
-    cdef uint8_t* r
-    cdef uint8_t rec[16]
+    cdef long long total
     cdef void* v
     if fill is not None:
         total = length
@@ -1347,28 +1374,17 @@ cdef int _write_pattern_ram(Core* c, i64 gpa, long long n, long long offset, lon
     if not ram_ok(c, gpa, total):
         _mem.write(gpa, _write_pattern(n, offset, length, fill))     # (raises as Python does)
         return 0
+    if c.undo == NULL:              # (no undo journal: made in place, as ram_write would copy it)
+        _pattern_into(c.ram + gpa, n, offset, length, fill, total)
+        _dirty_range(c, gpa, total)
+        return 0
     if total > _scratch_cap:
         v = realloc(_scratch, <size_t>total)
         if v == NULL:
             raise MemoryError()
         _scratch = <uint8_t*>v
         _scratch_cap = total
-    if fill is not None:
-        memset(_scratch, <int><long long>fill, <size_t>total)
-        return ram_write(c, gpa, _scratch, total)
-    first = offset // 512
-    count = length // 512
-    nn = n % 1000000
-    rec[0] = 119            # 'w'     (the record's first half, the same for every sector)
-    k = nn
-    for j in range(6, 0, -1):
-        rec[j] = <uint8_t>(48 + k % 10)
-        k = k // 10
-    rec[7] = 58             # ':'
-    for i in range(count):
-        r = _scratch + i * 512
-        vbg_hex8(rec, <uint32_t>(<unsigned long long>(first + i)))     # ("%08x" % (s & 0xFFFFFFFF))
-        vbg_fill_sector(r, rec)
+    _pattern_into(_scratch, n, offset, length, fill, total)
     return ram_write(c, gpa, _scratch, total)
 
 

@@ -70,3 +70,32 @@ def test_bios_held_elsewhere_are_never_refilled(tmp_path):
     ha, hb = held[id(a)], held[id(b)]
     assert len(ha) == len(hb) > 20
     assert [list(d.items()) for d in ha] == [list(d.items()) for d in hb]
+
+
+# -- app.op's write buffers: the pattern made in guest RAM ------------------------------------
+
+def _ram(m):
+    return bytes(m.mem.ram), bytes(m.mem._dirty), m.mem.undo
+
+
+@pytest.mark.parametrize("undo", [None, {}])
+@pytest.mark.parametrize("chunk", [5, 10**6])
+def test_write_buffers_made_in_ram_are_the_python_engines(tmp_path, undo, chunk):
+    """A write's buffer (the record pattern and fill=) is made in guest RAM in place when there
+    is no undo journal (through a scratch buffer and the core's RAM write otherwise): at every
+    stop the RAM bytes, the pages marked for rehashing and the journal are the Python
+    engine's, and the run ends the same."""
+    from emu_fast import bench as B
+    wl = "queue-depth 4\n" + "".join(
+        f"write {k * 12288} {4 << (k % 3)}k{' fill=0x%02x' % k if k % 2 else ''}\n"
+        for k in range(24)) + "wait\nread 0 64k\n"
+    a, b = (B._machine(B.make_image(str(tmp_path / f"{e}.raw"), "raw"), wl) for e in ("py", "fast"))
+    for m in (a, b):
+        m.mem.undo = None if undo is None else dict(undo)
+    for stop in (200, 555, 1200):
+        _to(a, b, stop, chunk)
+        assert _ram(a) == _ram(b), stop
+    engine.run(a, "py")
+    engine.run(b, "fast")
+    assert a.steps == b.steps and _ram(a) == _ram(b)
+    assert a.digest() == b.digest()
