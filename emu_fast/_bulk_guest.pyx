@@ -1145,6 +1145,34 @@ def alloc_stats():
     return _PO_KEPT, _PO_DROPPED, _PO_STORED
 
 
+# The slab's free list of size class j (slab_free[_KM_CLASSES[j]], a list) found by its last
+# lookup, while the dict has not changed since (its version tag: a dict's tags are never another
+# dict's, so an unchanged tag is the same dict holding the same lists); 0: look it up.
+cdef PyObject* _sf_l[32]                # (borrowed: the dict holds it)
+cdef unsigned long long _sf_v[32]
+memset(_sf_v, 0, sizeof(_sf_v))
+cdef long long _SF_HITS = 0             # (tests: slab_list_hits)
+
+
+cdef inline object _sf_get(Py_ssize_t j, object cls):
+    """slab_free.get(cls) for cls = _KM_CLASSES[j]"""
+    global _SF_HITS
+    cdef unsigned long long v = VBG_DICT_VERSION(_pa_slab_free)
+    if VBG_HAVE_DICT_VERSION and _sf_v[j] != 0 and _sf_v[j] == v:
+        _SF_HITS += 1
+        return <object>_sf_l[j]
+    fl = _pa_slab_free.get(cls)
+    if VBG_HAVE_DICT_VERSION and type(fl) is list:
+        _sf_l[j] = <PyObject*>fl
+        _sf_v[j] = v
+    return fl
+
+
+def slab_list_hits():
+    """slab free lists taken from _sf_l, not looked up (tests)"""
+    return _SF_HITS
+
+
 cdef int _pa_load(object pages) except -1:
     """Use the C allocator when pages is exactly a PageAllocator with the Python methods, none
     overridden on the instance (its __dict__ holds only its six fields)."""
@@ -1153,6 +1181,7 @@ cdef int _pa_load(object pages) except -1:
     _po_slab.n = 0
     _pa_own = False
     _pa_used = _pa_slab_free = _pa_slab_objs = _pa_large = None
+    memset(_sf_v, 0, sizeof(_sf_v))
     global _pa_tag
     if type(pages) is not _PageAllocator:
         return 0
@@ -1243,7 +1272,7 @@ cdef object _pa_kmalloc(long long size):
             break
     if cls is None:
         return _kmalloc(_pages, size)
-    free_o = _pa_slab_free.get(cls)
+    free_o = _sf_get(j, cls)
     if free_o is None:
         free_o = _pa_slab_free.setdefault(cls, [])
     fl = free_o
@@ -1272,6 +1301,10 @@ cdef int _pa_kfree(object gpa) except -1:
     cdef int64_t kept
     if _po_pop(&_po_slab, gpa, &kept):
         cls = _KM_CLASSES[kept]
+        fl = _sf_get(kept, cls)
+        if fl is not None:              # (else slab_free[cls] raises, as Python's would)
+            (<list>fl).append(gpa) if type(fl) is list else fl.append(gpa)
+            return 0
     else:
         _po_other(&_po_slab, gpa, _pa_slab_objs, True)
         cls = _pa_slab_objs.pop(gpa, None)

@@ -99,3 +99,37 @@ def test_write_buffers_made_in_ram_are_the_python_engines(tmp_path, undo, chunk)
     engine.run(b, "fast")
     assert a.steps == b.steps and _ram(a) == _ram(b)
     assert a.digest() == b.digest()
+
+
+# -- the slab's free lists found again without a lookup ----------------------------------------
+
+def _slab(m):
+    pa = m.pages
+    return (sorted((k, list(v)) for k, v in pa.slab_free.items()), list(pa.slab_objs.items()),
+            list(pa.large.items()), bytes(pa.used))
+
+
+def test_slab_free_lists_replaced_between_stretches_are_the_ones_used(tmp_path):
+    """kmalloc/kfree take a size class's free list from their last lookup while slab_free is
+    unchanged (its version tag); a list replaced between stretches (a new list, the dict
+    changed) is the one used from then on, and the allocator ends as on the Python engine."""
+    a, b = bench_pair(tmp_path, 120)
+    h0 = gmod.slab_list_hits()
+    olds = []
+    for stop in (700, 1900, 3100, 4400):
+        _to(a, b, stop, 10**6)
+        assert _slab(a) == _slab(b), stop
+        for m in (a, b):
+            sf = m.pages.slab_free
+            olds.append(dict(sf))               # (the old lists stay alive, unchanged from here)
+            frozen = {k: list(v) for k, v in sf.items()}
+            for k in list(sf):
+                sf[k] = list(sf[k])
+            olds.append(frozen)
+    engine.run(a, "py")
+    engine.run(b, "fast")
+    assert a.steps == b.steps and a.digest() == b.digest()
+    assert _slab(a) == _slab(b)
+    for i in range(0, len(olds), 2):            # (nothing appended to or popped from a replaced list)
+        assert {k: list(v) for k, v in olds[i].items()} == olds[i + 1]
+    assert gmod.slab_list_hits() - h0 > 100
