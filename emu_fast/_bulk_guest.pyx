@@ -562,6 +562,30 @@ cdef inline bint _eq(object a, str b) except -1:
     return vbg_eq(a, b)
 
 
+cdef extern from *:
+    """
+    /* PyObject_IsTrue(o): True, False, None and an exact list, int or str answered in place
+       (what their own slots would answer); anything else asks PyObject_IsTrue */
+    static inline __attribute__((always_inline)) int vbg_true(PyObject *o) {
+        if (o == Py_True)
+            return 1;
+        if (o == Py_False || o == Py_None)
+            return 0;
+        if (PyList_CheckExact(o) || PyLong_CheckExact(o))
+            return Py_SIZE(o) != 0;
+        if (PyUnicode_CheckExact(o))
+            return PyUnicode_GET_LENGTH(o) != 0;
+        return PyObject_IsTrue(o);
+    }
+    """
+    int vbg_true(object o) except -1
+
+
+cdef inline bint _t(object o) except -1:
+    """bool(o) (vbg_true)"""
+    return vbg_true(o)
+
+
 cdef inline bint _is_int(object o) noexcept:
     return type(o) is int
 
@@ -1828,19 +1852,19 @@ cdef int h_add_split(Core* c, Frame* f) except -1:
     num_free = SI(vq, _VO[VQ_NUM_FREE])
     begin(c)
     _ad_settle()
-    if SG(vq, _VO[VQ_BROKEN]):
+    if _t(SG(vq, _VO[VQ_BROKEN])):
         RS(rq, W_add_err, "EIO")
         return 0
     indirect = SG(vq, _VO[VQ_INDIRECT]) and total > 1 and num_free > 0
     table = 0
     if indirect:
         table = _pa_kmalloc(DESC_SIZE * total) or 0
-        if not table:
+        if not _t(table):
             indirect = False
     used = 1 if indirect else total
     if num_free < used:
         RS(rq, W_add_err, "ENOSPC")
-        if RG(rq, W_out_sgs):
+        if _t(RG(rq, W_out_sgs)):
             cont(c, F1(K_vring_notify, 1))
         return 0
     head = SG(vq, _VO[VQ_FREE_HEAD])
@@ -2227,9 +2251,9 @@ cdef int h_interrupt(Core* c, Frame* f) except -1:
     used_idx = ram_r16(c, gpa)
     if used_idx == SI(vq, _VO[VQ_LAST_USED_IDX]):
         return 0
-    if SG(vq, _VO[VQ_BROKEN]):
+    if _t(SG(vq, _VO[VQ_BROKEN])):
         return 0
-    if SG(vq, _VO[VQ_EVENT]):
+    if _t(SG(vq, _VO[VQ_EVENT])):
         SS(vq, _VO[VQ_EVENT_TRIGGERED], True)
     SS(_g, _GO[G_DONE_COUNT], 0)
     cont(c, F0(K_vblkd_done))
@@ -2256,9 +2280,9 @@ cdef int h_disable_cb(Core* c, Frame* f) except -1:
         return 0
     flags |= AVAIL_F_NO_INTERRUPT
     SS(vq, _VO[VQ_AVAIL_FLAGS_SHADOW], flags)
-    if SG(vq, _VO[VQ_EVENT_TRIGGERED]):
+    if _t(SG(vq, _VO[VQ_EVENT_TRIGGERED])):
         return 0
-    if SG(vq, _VO[VQ_EVENT]):
+    if _t(SG(vq, _VO[VQ_EVENT])):
         ram_w16(c, avail + AVAIL_RING + 2 * num, 0)
         return 0
     ram_w16(c, avail + AVAIL_FLAGS, <uint64_t>flags)
@@ -2337,7 +2361,7 @@ cdef int h_get_buf(Core* c, Frame* f) except -1:
     SS(vq, _VO[VQ_FREE_HEAD], uid)
     SS(vq, _VO[VQ_NUM_FREE], SG(vq, _VO[VQ_NUM_FREE]) + n)
     table = desc_indir[uid]
-    if table:
+    if _t(table):
         _pa_kfree(table)
         desc_indir[uid] = 0
     last = (last + 1) & 0xFFFF
@@ -2370,7 +2394,7 @@ cdef int h_enable_cb(Core* c, Frame* f) except -1:
     if flags & AVAIL_F_NO_INTERRUPT:
         flags &= ~AVAIL_F_NO_INTERRUPT
         SS(vq, _VO[VQ_AVAIL_FLAGS_SHADOW], flags)
-        if not SG(vq, _VO[VQ_EVENT]):
+        if not _t(SG(vq, _VO[VQ_EVENT])):
             ram_w16(c, avail + AVAIL_FLAGS, <uint64_t>flags)
     last = SI(vq, _VO[VQ_LAST_USED_IDX])
     ram_w16(c, avail + AVAIL_RING + 2 * num, <uint64_t>last)
@@ -2517,7 +2541,7 @@ cdef int h_map_data(Core* c, Frame* f) except -1:
     if rq is None:
         return BAIL
     payload = DGET(rq, "payload")
-    if payload:
+    if _t(payload):
         begin(c)
         RS(rq, W_data_sgs, [(payload, DWZ_SEG_SIZE)])
         cont(c, F1(K_blkmq_start_request, rid))
@@ -2612,7 +2636,7 @@ cdef int h_add_req(Core* c, Frame* f) except -1:
     is_out = bool(DGETD(_TYPE_OF, op, _T_GET_ID_O) & T_OUT)
     sgs = [(pdu, OUTHDR_SIZE, False)]
     roles = ["request header"]
-    role = "data" if not DGET(rq, "payload") else "range"      # (rq is not changed in the loop)
+    role = "data" if not _t(DGET(rq, "payload")) else "range"      # (rq is not changed in the loop)
     for sg in <list>data_sgs:
         sgs.append(((<tuple>sg)[0], (<tuple>sg)[1], not is_out))
         roles.append(role)
@@ -2620,7 +2644,7 @@ cdef int h_add_req(Core* c, Frame* f) except -1:
     roles.append("status")
     RS(rq, W_sgs, sgs)
     RS(rq, W_roles, roles)
-    RS(rq, W_out_sgs, 2 if is_out and RG(rq, W_data_sgs) else 1)
+    RS(rq, W_out_sgs, 2 if is_out and _t(RG(rq, W_data_sgs)) else 1)
     call(c, F1(K_vring_add_split, rid), F1(K_vblkd_add_ret, rid))
     return 0
 
@@ -2642,10 +2666,10 @@ cdef int h_add_ret(Core* c, Frame* f) except -1:
         return BAIL
     begin(c)
     err = RGETD(rq, W_add_err, "")
-    if err:
+    if _t(err):
         call(c, _kick_frame(), F1(K_vblkd_add_err_kick, rid))
         return 0
-    if RG(rq, W_last):
+    if _t(RG(rq, W_last)):
         call(c, _kick_frame(), F1(K_vblkd_queue_rq_end, rid))
         return 0
     cont(c, F1(K_vblkd_queue_rq_end, rid))
@@ -2660,7 +2684,7 @@ cdef int h_queue_rq_end(Core* c, Frame* f) except -1:
     g = _g
     SS(g, _GO[G_VQ_LOCKED], False)
     SS(_q, _QO[Q_LAST_RET], "OK")
-    if SG(g, _GO[G_KICK_NEEDED]):
+    if _t(SG(g, _GO[G_KICK_NEEDED])):
         SS(g, _GO[G_KICK_NEEDED], False)
         cont(c, F1(K_vring_notify, 0))
     return 0
@@ -2693,7 +2717,7 @@ cdef int h_request_done(Core* c, Frame* f) except -1:
     status = c.ram[<i64>pdu + 16]
     RS(rq, W_vstatus, status)
     payload = DGET(rq, "payload")
-    if payload:                                             # _cleanup_cmd
+    if _t(payload):                                             # _cleanup_cmd
         _pa_kfree(payload)
         rq["payload"] = 0
     e = F3(K_blkmq_end_request, rid,
@@ -2710,9 +2734,9 @@ cdef int h_done_end(Core* c, Frame* f) except -1:
     begin(c)
     g = _g
     q = _q
-    if SG(g, _GO[G_DONE_COUNT]) and SG(q, _QO[Q_STOPPED]):
+    if _t(SG(g, _GO[G_DONE_COUNT])) and _t(SG(q, _QO[Q_STOPPED])):
         SS(q, _QO[Q_STOPPED], False)
-        if not SG(q, _QO[Q_RUN_WORK_PENDING]):
+        if not _t(SG(q, _QO[Q_RUN_WORK_PENDING])):
             SS(q, _QO[Q_RUN_WORK_PENDING], True)
             post(c, c.vcpu, F0(K_blkmq_run_work), 0, False)
     SS(g, _GO[G_VQ_LOCKED], False)
@@ -2785,18 +2809,23 @@ cdef long long _get_tag(object q) except -2:
     cdef long long hint = SG(q, _QO[Q_ALLOC_HINT])
     tags = SG(q, _QO[Q_TAGS])
     cdef char* t_
+    cdef const void* z
     cdef long long k, t
     if type(tags) is not bytearray or hint < 0 or n <= 0 or n > PyByteArray_GET_SIZE(tags):
         return _Q.get_tag(q)
     t_ = PyByteArray_AS_STRING(tags)
-    for k in range(n):
-        t = (hint + k) % n
-        if not t_[t]:
-            t_[t] = 1
-            if t == hint:
-                SS(q, _QO[Q_ALLOC_HINT], (t + 1) % n)
-            return t
-    return -1
+    # (the first (hint + k) % n, k < n, whose byte is 0: from hint % n to n, then from 0)
+    k = hint % n
+    z = memchr(t_ + k, 0, <size_t>(n - k))
+    if z == NULL:
+        z = memchr(t_, 0, <size_t>k)
+        if z == NULL:
+            return -1
+    t = <char*>z - t_
+    t_[t] = 1
+    if t == hint:
+        SS(q, _QO[Q_ALLOC_HINT], (t + 1) % n)
+    return t
 
 
 cdef int _dd_insert(Core* c, object rid) except -1:
@@ -2874,11 +2903,11 @@ cdef object _dd_dispatch(Core* c, object q):
     if rid is None:
         reads = (<list>fifo)[0]         # (_q_ok: a list of two lists)
         writes = (<list>fifo)[1]
-        if reads and not (writes and SG(q, _QO[Q_DD_STARVED]) >= DD_WRITES_STARVED):
+        if _t(reads) and not (_t(writes) and SG(q, _QO[Q_DD_STARVED]) >= DD_WRITES_STARVED):
             d = 0
-            if writes:
+            if _t(writes):
                 SS(q, _QO[Q_DD_STARVED], SG(q, _QO[Q_DD_STARVED]) + 1)
-        elif writes:
+        elif _t(writes):
             d = 1
             SS(q, _QO[Q_DD_STARVED], 0)
         else:
@@ -2962,7 +2991,7 @@ cdef int h_run_queue(Core* c, Frame* f) except -1:
         return BAIL
     begin(c)
     q = _q
-    if SG(q, _QO[Q_STOPPED]):
+    if _t(SG(q, _QO[Q_STOPPED])):
         return 0
     if _LIST_SIZE(SG(q, _QO[Q_BATCH])):            # (_q_ok: the batch and dispatch are lists)
         return 0
@@ -2987,7 +3016,7 @@ cdef int h_run_queue(Core* c, Frame* f) except -1:
                     break
                 batch.append(rid)
         SS(q, _QO[Q_BATCH_FROM], "sched")
-    if not SG(q, _QO[Q_BATCH]):
+    if not _t(SG(q, _QO[Q_BATCH])):
         return 0
     SS(q, _QO[Q_QUEUED], 0)
     cont(c, F0(K_blkmq_dispatch))
@@ -3060,7 +3089,7 @@ cdef int h_dispatch_ret(Core* c, Frame* f) except -1:
     SS(q, _QO[Q_BATCH], [])
     if _eq(ret, "RESOURCE"):
         at(c, 3_000_000, F0(K_blkmq_delay_run))
-    if SG(q, _QO[Q_QUEUED]):
+    if _t(SG(q, _QO[Q_QUEUED])):
         cont(c, F0(K_vblkd_commit_rqs))
     return 0
 
@@ -3312,7 +3341,7 @@ cdef int _op_done(Core* c, object idx) except -1:
         raw = _mem.read(DG(st, "buf"), _ID_BYTES)
         st["serial"] = raw.split(b"\0", 1)[0].decode("latin-1")
     buf = DGET(st, "buf") if st is not None else s_buf
-    if buf:
+    if _t(buf):
         _pa_free(buf)
     o_n = DG(op, "n")
     o_line = DG(op, "line")
@@ -3406,14 +3435,14 @@ cdef int h_end_request(Core* c, Frame* f) except -1:
 cdef int _sleep(Core* c, str reason) except -1:
     """emu.guest.process._sleep (schedule() flushes the plug first)"""
     SS(_p, _PO[P_WAITING], reason)
-    if SG(_q, _QO[Q_PLUG]):
+    if _t(SG(_q, _QO[Q_PLUG])):
         cont(c, F1(K_blkmq_flush_plug, -1))
     return 0
 
 
 cdef inline int _next(Core* c) except -1:
     """emu.guest.process._next"""
-    if SG(_p, _PO[P_PENDING_BIOS]):
+    if _t(SG(_p, _PO[P_PENDING_BIOS])):
         cont(c, F0(K_blkmq_submit_bio), -1, True)
     else:
         cont(c, F0(K_app_op), -1, True)
@@ -3422,7 +3451,7 @@ cdef inline int _next(Core* c) except -1:
 
 cdef inline Frame _next_frame():
     """emu.guest.process._next_frame"""
-    if SG(_p, _PO[P_PENDING_BIOS]):
+    if _t(SG(_p, _PO[P_PENDING_BIOS])):
         return F0(K_blkmq_submit_bio)
     return F0(K_app_op)
 
@@ -3478,7 +3507,7 @@ cdef list _zero_page_bios(object p, long long off, long long length):
     cdef list bios = [], segs
     cdef long long pos, n, k, step = BIO_MAX_VECS * PAGE
     g = _g
-    if not SG(g, _GO[G_ZERO_PAGE]):
+    if not _t(SG(g, _GO[G_ZERO_PAGE])):
         SS(g, _GO[G_ZERO_PAGE], _pa_alloc(1) or 0)
     zero_page = SG(g, _GO[G_ZERO_PAGE])
     pos = 0
@@ -3515,7 +3544,7 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
     cpc = pc                    # (_small: an int in [0, 2**52), compared and indexed in C)
     if cpc >= _LIST_SIZE(ops):
         begin(c)
-        if SG(p, _PO[P_INFLIGHT]):
+        if _t(SG(p, _PO[P_INFLIGHT])):
             _sleep(c, "exit")
             return 0
         cont(c, F0(K_app_exit))
@@ -3537,7 +3566,7 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
         pass
     elif _eq(kind, "wait"):
         begin(c)
-        if SG(p, _PO[P_INFLIGHT]):
+        if _t(SG(p, _PO[P_INFLIGHT])):
             _sleep(c, "drain")
             return 0
         SS(p, _PO[P_PC], pc + 1)
@@ -3572,7 +3601,7 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
     err = ""
     if not rw and _eq(kind, "flush"):
         begin(c)
-        if not SG(q, _QO[Q_WRITE_CACHE]):
+        if not _t(SG(q, _QO[Q_WRITE_CACHE])):
             bios = []
         else:
             bios = [_bio(p, "FLUSH", 0, 0, [])]
@@ -3652,7 +3681,7 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
             bios = [_bio(p, "DRV_IN", 0, _ID_BYTES, [(buf, _ID_BYTES)])]
     else:
         return BAIL             # unknown: the compiled engine
-    if _eq(err, "ENOMEM") and SG(p, _PO[P_INFLIGHT]):
+    if _eq(err, "ENOMEM") and _t(SG(p, _PO[P_INFLIGHT])):
         _sleep(c, "mem")
         return 0
     SS(p, _PO[P_PC], pc + 1)
@@ -3821,7 +3850,7 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
     p = _p
     q = _q
     pend_o = SG(p, _PO[P_PENDING_BIOS])
-    if type(pend_o) is not list or not pend_o:
+    if type(pend_o) is not list or not _t(pend_o):
         return BAIL
     pending = <list>pend_o
     bio_o = pending[0]
@@ -3947,7 +3976,7 @@ cdef int h_add_err_kick(Core* c, Frame* f) except -1:
     if not _kok[K_vblkd_add_err_kick]:
         return BAIL
     begin(c)
-    if SG(_g, _GO[G_KICK_NEEDED]):
+    if _t(SG(_g, _GO[G_KICK_NEEDED])):
         call(c, F1(K_vring_notify, 0), F1(K_vblkd_add_err_end, rid))
     else:
         cont(c, F1(K_vblkd_add_err_end, rid))
@@ -3967,7 +3996,7 @@ cdef int h_add_err_end(Core* c, Frame* f) except -1:
     _wflush(rq)
     err = rq.pop("add_err")
     payload = DGET(rq, "payload")
-    if payload:                                             # _cleanup_cmd
+    if _t(payload):                                             # _cleanup_cmd
         _pa_kfree(payload)
         rq["payload"] = 0
     SS(_g, _GO[G_VQ_LOCKED], False)
@@ -3994,7 +4023,7 @@ cdef int h_commit_notify(Core* c, Frame* f) except -1:
     if not _kok[K_vblkd_commit_notify]:
         return BAIL
     begin(c)
-    if SG(_g, _GO[G_KICK_NEEDED]):
+    if _t(SG(_g, _GO[G_KICK_NEEDED])):
         SS(_g, _GO[G_KICK_NEEDED], False)
         cont(c, F1(K_vring_notify, 0))
     return 0
@@ -4034,7 +4063,7 @@ cdef int h_app_exit(Core* c, Frame* f) except -1:
         return BAIL
     begin(c)
     SS(_p, _PO[P_WAITING], "done")
-    if SG(_q, _QO[Q_PLUG]):
+    if _t(SG(_q, _QO[Q_PLUG])):
         cont(c, F1(K_blkmq_flush_plug, -1))
     return 0
 
