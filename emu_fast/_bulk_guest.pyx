@@ -375,6 +375,7 @@ cdef int _load(Core* c) except -1:
     _pool_free(&_pl_rq)
     _pool_free(&_pl_done)
     _pool_free(&_pl_bio)
+    _pool_free(&_pl_l1)
     m = <object>c.m
     if not _SLOTS_OK or type(m) is not _Machine or c.vcpu < 0:
         return 1            # the core may run; these handlers bail (see _ready)
@@ -434,6 +435,7 @@ cdef int _store(Core* c) except -1:
         _pool_free(&_pl_rq)     # (the kept dict shells)
         _pool_free(&_pl_done)
         _pool_free(&_pl_bio)
+        _pool_free(&_pl_l1)
     _m = _g = _vq = _q = _p = _mem = _pages = None
     _pa_load(None)
     _counters = None
@@ -946,12 +948,14 @@ cdef enum:
 cdef struct DPool:
     int n
     PyObject* d[POOL_MAX]       # (references) cleared shells
-cdef DPool _pl_rq, _pl_done, _pl_bio
+cdef DPool _pl_rq, _pl_done, _pl_bio, _pl_l1    # (_pl_l1: one-slot lists, a freed request's "bios")
 _pl_rq.n = 0
 _pl_done.n = 0
 _pl_bio.n = 0
+_pl_l1.n = 0
 cdef long long _POOL_PUT = 0, _POOL_GOT = 0      # (tests: pool_stats)
 cdef long long _BIO_PUT = 0, _BIO_GOT = 0        # (tests: bio_pool_stats)
+cdef long long _L1_PUT = 0, _L1_GOT = 0
 
 
 cdef int _pool_put(DPool* pl, object d, dict tmpl, Py_ssize_t n) except -1:
@@ -1006,7 +1010,7 @@ def pool_stats():
 # _T_BIO's copy); app.op's next bios are refilled from them (emu.guest.process._bio).
 cdef int _bios_put(dict rq) except -1:
     """rq's bios (rq going away: only the caller holds it) kept for the next bios"""
-    global _BIO_PUT
+    global _BIO_PUT, _L1_PUT
     cdef PyObject* x
     cdef Py_ssize_t i
     if not _BUILD_OK or not _wb_on or _pl_bio.n == POOL_MAX or Py_REFCNT(<PyObject*>rq) != 1:
@@ -1023,12 +1027,63 @@ cdef int _bios_put(dict rq) except -1:
         _pl_bio.n += 1
         vbg_clear_values_p(x, 6)
         _BIO_PUT += 1
+    if _pl_l1.n < POOL_MAX and vbg_list1_keep(bl):     # (the list itself, for submit_bio's next)
+        Py_INCREF(<PyObject*>bl)
+        _pl_l1.d[_pl_l1.n] = <PyObject*>bl
+        _pl_l1.n += 1
+        _L1_PUT += 1
     return 0
 
 
+cdef extern from *:
+    """
+    /* l (an exact list of one item, one slot allocated, only the caller holding it besides its
+       owner) emptied for reuse: its item dropped, its slot kept, untracked; 1, else 0 */
+    static int vbg_list1_keep(PyObject *l) {
+        PyListObject *o = (PyListObject *)l;
+        PyObject *x;
+        if (!PyList_CheckExact(l) || Py_SIZE(l) != 1 || o->allocated != 1 || o->ob_item == NULL)
+            return 0;
+        x = o->ob_item[0];
+        o->ob_item[0] = NULL;
+        Py_SET_SIZE(o, 0);
+        if (PyObject_GC_IsTracked(l))
+            PyObject_GC_UnTrack(l);
+        Py_XDECREF(x);
+        return 1;
+    }
+    /* a kept list refilled as [x] (what PyList_New(1) and PyList_SET_ITEM make, tracked) */
+    static void vbg_list1_fill(PyObject *l, PyObject *x) {
+        Py_INCREF(x);
+        ((PyListObject *)l)->ob_item[0] = x;
+        Py_SET_SIZE((PyListObject *)l, 1);
+        PyObject_GC_Track(l);
+    }
+    """
+    bint vbg_list1_keep(object l) noexcept
+    void vbg_list1_fill(object l, object x) noexcept
+
+
+cdef list _list1(object x):
+    """[x] (a kept list refilled, else a new one)"""
+    global _L1_GOT
+    cdef PyObject* p
+    if not _pl_l1.n:
+        return [x]
+    _pl_l1.n -= 1
+    p = _pl_l1.d[_pl_l1.n]
+    _pl_l1.d[_pl_l1.n] = NULL
+    l = <list>p
+    Py_DECREF(p)                # (l holds it now)
+    vbg_list1_fill(l, x)
+    _L1_GOT += 1
+    return l
+
+
 def bio_pool_stats():
-    """(bio dicts kept for reuse, bio dicts refilled from them) (tests)"""
-    return _BIO_PUT, _BIO_GOT
+    """(bio dicts kept for reuse, bio dicts refilled from them, bio lists kept, bio lists
+    refilled) (tests)"""
+    return _BIO_PUT, _BIO_GOT, _L1_PUT, _L1_GOT
 
 
 def dict_get(d, key, dflt=None):
@@ -3892,7 +3947,7 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
     rid = SG(q, _QO[Q_NEXT_RQ])
     SS(q, _QO[Q_NEXT_RQ], rid + 1)
     tag_o = tag
-    rbios = [bio]
+    rbios = _list1(bio)
     nsegs = len(segs) or (1 if (_eq(bop, "DISCARD") or _eq(bop, "WRITE_ZEROES")) else 0)
     nomerge = not _mergeable(bop)
     unmap = DGETD(bio, "unmap", False)

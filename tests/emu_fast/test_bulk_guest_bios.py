@@ -23,13 +23,15 @@ def _bios(m):
     q, p = m.guest.blkmq, m.guest.proc
     bs = list(p.pending_bios) + [b for rq in q.rqs.values() for b in rq["bios"]]
     return ([(list(b.items()), sys.getsizeof(b), gc.is_tracked(b)) for b in bs],
-            [len(rq["bios"]) for rq in q.rqs.values()], p.next_bio)
+            [(len(rq["bios"]), sys.getsizeof(rq["bios"]), gc.is_tracked(rq["bios"]))
+             for rq in q.rqs.values()], p.next_bio)
 
 
 @pytest.mark.parametrize("chunk", [7, 10**6])
 def test_freed_bios_refilled_are_new_bios(tmp_path, chunk):
     """bench's 4 KiB random writes: the bio of a request freed by end_request is refilled as
-    app.op's next bio; at every stop the pending and live requests' bios are the Python
+    app.op's next bio, and its one-bio list as submit_bio's next request's; at every stop the
+    pending and live requests' bios and bio lists (items, size, GC tracking) are the Python
     engine's and the run ends the same."""
     a, b = bench_pair(tmp_path, 120)
     p0 = gmod.bio_pool_stats()
@@ -40,8 +42,9 @@ def test_freed_bios_refilled_are_new_bios(tmp_path, chunk):
     engine.run(b, "fast")
     assert a.steps == b.steps and a.digest() == b.digest()
     assert bytes(a.mem.ram) == bytes(b.mem.ram) and _bios(a) == _bios(b)
-    put, got = (x - y for x, y in zip(gmod.bio_pool_stats(), p0))
+    put, got, lput, lgot = (x - y for x, y in zip(gmod.bio_pool_stats(), p0))
     assert got > 0 and put >= got and (got > 100 or chunk < 50), (put, got)
+    assert lgot > 0 and lput >= lgot and (lgot > 100 or chunk < 50), (lput, lgot)
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 13, 10**6])
@@ -50,8 +53,9 @@ def test_merged_and_split_bios_are_the_python_engines(tmp_path, chunk):
     end): the bios at every stop and the run are the Python engine's."""
     p0 = gmod.bio_pool_stats()
     agree_at_stops(tmp_path, {}, chunk, _bios)
-    put, got = (x - y for x, y in zip(gmod.bio_pool_stats(), p0))
+    put, got, lput, lgot = (x - y for x, y in zip(gmod.bio_pool_stats(), p0))
     assert put >= got and (got > 0 or chunk < 5), (put, got)
+    assert lput >= lgot, (lput, lgot)
 
 
 def test_bios_held_elsewhere_are_never_refilled(tmp_path):
@@ -59,17 +63,22 @@ def test_bios_held_elsewhere_are_never_refilled(tmp_path):
     (never refilled), as on the Python engine."""
     a, b = bench_pair(tmp_path, 150)
     held = {id(a): [], id(b): []}
+    lists = {id(a): [], id(b): []}
     for stop in range(300, 3000, 97):
         _to(a, b, stop, 10**6)
         for m in (a, b):
             held[id(m)] += list(m.guest.proc.pending_bios) + [
                 x for rq in m.guest.blkmq.rqs.values() for x in rq["bios"]]
+            lists[id(m)] += [rq["bios"] for rq in m.guest.blkmq.rqs.values()]
     engine.run(a, "py")
     engine.run(b, "fast")
     assert a.steps == b.steps and a.digest() == b.digest()
     ha, hb = held[id(a)], held[id(b)]
     assert len(ha) == len(hb) > 20
     assert [list(d.items()) for d in ha] == [list(d.items()) for d in hb]
+    la, lb = lists[id(a)], lists[id(b)]
+    assert len(la) == len(lb) > 20
+    assert [[list(d.items()) for d in x] for x in la] == [[list(d.items()) for d in x] for x in lb]
 
 
 # -- app.op's write buffers: the pattern made in guest RAM ------------------------------------
