@@ -3372,7 +3372,14 @@ cdef int _op_done(Core* c, object idx) except -1:
         _os_drop(j)
     else:
         st = _os_pop(ost, idx)
-    cdef dict op = SG(p, _PO[P_OPS])[idx]
+    ops = SG(p, _PO[P_OPS])
+    cdef long long ci
+    cdef dict op
+    if type(ops) is list and vbg_ll(idx, &ci) and 0 <= ci < _LIST_SIZE(ops):
+        op_o = <object>_LIST_ITEM(ops, ci)         # (ops[idx], read in place)
+    else:
+        op_o = ops[idx]
+    op = op_o
     SS(p, _PO[P_INFLIGHT], SG(p, _PO[P_INFLIGHT]) - 1)
     opname = DG(op, "op")                   # (op is not changed below: one lookup of each key)
     if st is None:
@@ -3460,8 +3467,8 @@ cdef int h_end_request(Core* c, Frame* f) except -1:
             st["status"] = status
         if nb == 0:
             _op_done(c, idx)
-    _free_request(c, rid)
-    rid_o = rid
+    rid_o = rid                 # (boxed once: the key popped from rqs and the entry's "id")
+    _free_request(c, rid_o)
     r_op = DG(rq, "op")
     r_sector = DG(rq, "sector")
     r_bytes = DG(rq, "bytes")
