@@ -304,6 +304,7 @@ cdef object _pages = None
 cdef dict _counters = None
 cdef dict _rqs = None
 cdef bint _ready = False
+cdef bint _qok_known = False    # (_q_ok found this stretch's blk-mq lists lists)
 cdef bint _notify_ok = False
 cdef i64 _vmexit_ns = 0
 cdef i64 _S_EMPTY = 0, _S_OK = 0, _S_IOERR = 0, _S_NOTSUPP = 0      # str argument indices
@@ -361,8 +362,9 @@ def kick_stats():
 
 cdef int _load(Core* c) except -1:
     global _m, _g, _vq, _q, _p, _mem, _pages, _counters, _rqs, _ready, _notify_ok, _vmexit_ns
-    global _S_EMPTY, _S_OK, _S_IOERR, _S_NOTSUPP, _tr_tag, _wp_ok, _wb_on, _lim_obj
+    global _S_EMPTY, _S_OK, _S_IOERR, _S_NOTSUPP, _tr_tag, _wp_ok, _wb_on, _lim_obj, _qok_known
     _lim_obj = None
+    _qok_known = False
     _ready = False
     _set_ok(False)
     _kc_load(None)
@@ -372,6 +374,8 @@ cdef int _load(Core* c) except -1:
     _wb_on = False
     _pool_free(&_pl_rq)
     _pool_free(&_pl_done)
+    _pool_free(&_pl_bio)
+    _pool_free(&_pl_l1)
     m = <object>c.m
     if not _SLOTS_OK or type(m) is not _Machine or c.vcpu < 0:
         return 1            # the core may run; these handlers bail (see _ready)
@@ -418,7 +422,8 @@ cdef int _load(Core* c) except -1:
 
 
 cdef int _store(Core* c) except -1:
-    global _m, _g, _vq, _q, _p, _mem, _pages, _counters, _rqs, _ready, _wb_on
+    global _m, _g, _vq, _q, _p, _mem, _pages, _counters, _rqs, _ready, _wb_on, _qok_known
+    _qok_known = False
     try:
         _wflush_all()           # the kept request fields (and a lazy add state) into the dicts
     finally:
@@ -429,6 +434,8 @@ cdef int _store(Core* c) except -1:
         _os_flush()             # (op_state's)
         _pool_free(&_pl_rq)     # (the kept dict shells)
         _pool_free(&_pl_done)
+        _pool_free(&_pl_bio)
+        _pool_free(&_pl_l1)
     _m = _g = _vq = _q = _p = _mem = _pages = None
     _pa_load(None)
     _counters = None
@@ -555,6 +562,30 @@ cdef extern from *:
 cdef inline bint _eq(object a, str b) except -1:
     """a == b for a str literal b (vbg_eq)"""
     return vbg_eq(a, b)
+
+
+cdef extern from *:
+    """
+    /* PyObject_IsTrue(o): True, False, None and an exact list, int or str answered in place
+       (what their own slots would answer); anything else asks PyObject_IsTrue */
+    static inline __attribute__((always_inline)) int vbg_true(PyObject *o) {
+        if (o == Py_True)
+            return 1;
+        if (o == Py_False || o == Py_None)
+            return 0;
+        if (PyList_CheckExact(o) || PyLong_CheckExact(o))
+            return Py_SIZE(o) != 0;
+        if (PyUnicode_CheckExact(o))
+            return PyUnicode_GET_LENGTH(o) != 0;
+        return PyObject_IsTrue(o);
+    }
+    """
+    int vbg_true(object o) except -1
+
+
+cdef inline bint _t(object o) except -1:
+    """bool(o) (vbg_true)"""
+    return vbg_true(o)
 
 
 cdef inline bint _is_int(object o) noexcept:
@@ -908,6 +939,8 @@ cdef extern from *:
     """
     bint vbg_like_tmpl(object d, object tmpl, Py_ssize_t n) noexcept
     void vbg_clear_values(object d, Py_ssize_t n) noexcept
+    bint vbg_like_tmpl_p "vbg_like_tmpl"(PyObject* d, object tmpl, Py_ssize_t n) noexcept
+    void vbg_clear_values_p "vbg_clear_values"(PyObject* d, Py_ssize_t n) noexcept
     int vbg_refill(object d, PyObject** vals, Py_ssize_t n) except -1
 
 cdef enum:
@@ -915,10 +948,14 @@ cdef enum:
 cdef struct DPool:
     int n
     PyObject* d[POOL_MAX]       # (references) cleared shells
-cdef DPool _pl_rq, _pl_done
+cdef DPool _pl_rq, _pl_done, _pl_bio, _pl_l1    # (_pl_l1: one-slot lists, a freed request's "bios")
 _pl_rq.n = 0
 _pl_done.n = 0
+_pl_bio.n = 0
+_pl_l1.n = 0
 cdef long long _POOL_PUT = 0, _POOL_GOT = 0      # (tests: pool_stats)
+cdef long long _BIO_PUT = 0, _BIO_GOT = 0        # (tests: bio_pool_stats)
+cdef long long _L1_PUT = 0, _L1_GOT = 0
 
 
 cdef int _pool_put(DPool* pl, object d, dict tmpl, Py_ssize_t n) except -1:
@@ -965,6 +1002,88 @@ cdef void _pool_free(DPool* pl) noexcept:
 def pool_stats():
     """(dicts kept for reuse, dicts refilled from them) (tests)"""
     return _POOL_PUT, _POOL_GOT
+
+
+# A freed request's bios (blk_mq_end_request's bio_endio: the request's bio list and its bios
+# go with it) are kept the same way when nothing else can reach them: the request dict only the
+# handler holds, its "bios" list only the request, each bio dict only that list (and laid out as
+# _T_BIO's copy); app.op's next bios are refilled from them (emu.guest.process._bio).
+cdef int _bios_put(dict rq) except -1:
+    """rq's bios (rq going away: only the caller holds it) kept for the next bios"""
+    global _BIO_PUT, _L1_PUT
+    cdef PyObject* x
+    cdef Py_ssize_t i
+    if not _BUILD_OK or not _wb_on or _pl_bio.n == POOL_MAX or Py_REFCNT(<PyObject*>rq) != 1:
+        return 0
+    bl = DGET(rq, "bios")
+    if type(bl) is not list or Py_REFCNT(<PyObject*>bl) != 2:    # (rq's and bl's)
+        return 0
+    for i in range(_LIST_SIZE(bl)):
+        x = _LIST_ITEM(bl, i)
+        if _pl_bio.n == POOL_MAX or Py_REFCNT(x) != 1 or not vbg_like_tmpl_p(x, _T_BIO, 6):
+            continue
+        Py_INCREF(x)            # (the pool's; the list's goes with the list)
+        _pl_bio.d[_pl_bio.n] = x
+        _pl_bio.n += 1
+        vbg_clear_values_p(x, 6)
+        _BIO_PUT += 1
+    if _pl_l1.n < POOL_MAX and vbg_list1_keep(bl):     # (the list itself, for submit_bio's next)
+        Py_INCREF(<PyObject*>bl)
+        _pl_l1.d[_pl_l1.n] = <PyObject*>bl
+        _pl_l1.n += 1
+        _L1_PUT += 1
+    return 0
+
+
+cdef extern from *:
+    """
+    /* l (an exact list of one item, one slot allocated, only the caller holding it besides its
+       owner) emptied for reuse: its item dropped, its slot kept, untracked; 1, else 0 */
+    static int vbg_list1_keep(PyObject *l) {
+        PyListObject *o = (PyListObject *)l;
+        PyObject *x;
+        if (!PyList_CheckExact(l) || Py_SIZE(l) != 1 || o->allocated != 1 || o->ob_item == NULL)
+            return 0;
+        x = o->ob_item[0];
+        o->ob_item[0] = NULL;
+        Py_SET_SIZE(o, 0);
+        if (PyObject_GC_IsTracked(l))
+            PyObject_GC_UnTrack(l);
+        Py_XDECREF(x);
+        return 1;
+    }
+    /* a kept list refilled as [x] (what PyList_New(1) and PyList_SET_ITEM make, tracked) */
+    static void vbg_list1_fill(PyObject *l, PyObject *x) {
+        Py_INCREF(x);
+        ((PyListObject *)l)->ob_item[0] = x;
+        Py_SET_SIZE((PyListObject *)l, 1);
+        PyObject_GC_Track(l);
+    }
+    """
+    bint vbg_list1_keep(object l) noexcept
+    void vbg_list1_fill(object l, object x) noexcept
+
+
+cdef list _list1(object x):
+    """[x] (a kept list refilled, else a new one)"""
+    global _L1_GOT
+    cdef PyObject* p
+    if not _pl_l1.n:
+        return [x]
+    _pl_l1.n -= 1
+    p = _pl_l1.d[_pl_l1.n]
+    _pl_l1.d[_pl_l1.n] = NULL
+    l = <list>p
+    Py_DECREF(p)                # (l holds it now)
+    vbg_list1_fill(l, x)
+    _L1_GOT += 1
+    return l
+
+
+def bio_pool_stats():
+    """(bio dicts kept for reuse, bio dicts refilled from them, bio lists kept, bio lists
+    refilled) (tests)"""
+    return _BIO_PUT, _BIO_GOT, _L1_PUT, _L1_GOT
 
 
 def dict_get(d, key, dflt=None):
@@ -1105,6 +1224,34 @@ def alloc_stats():
     return _PO_KEPT, _PO_DROPPED, _PO_STORED
 
 
+# The slab's free list of size class j (slab_free[_KM_CLASSES[j]], a list) found by its last
+# lookup, while the dict has not changed since (its version tag: a dict's tags are never another
+# dict's, so an unchanged tag is the same dict holding the same lists); 0: look it up.
+cdef PyObject* _sf_l[32]                # (borrowed: the dict holds it)
+cdef unsigned long long _sf_v[32]
+memset(_sf_v, 0, sizeof(_sf_v))
+cdef long long _SF_HITS = 0             # (tests: slab_list_hits)
+
+
+cdef inline object _sf_get(Py_ssize_t j, object cls):
+    """slab_free.get(cls) for cls = _KM_CLASSES[j]"""
+    global _SF_HITS
+    cdef unsigned long long v = VBG_DICT_VERSION(_pa_slab_free)
+    if VBG_HAVE_DICT_VERSION and _sf_v[j] != 0 and _sf_v[j] == v:
+        _SF_HITS += 1
+        return <object>_sf_l[j]
+    fl = _pa_slab_free.get(cls)
+    if VBG_HAVE_DICT_VERSION and type(fl) is list:
+        _sf_l[j] = <PyObject*>fl
+        _sf_v[j] = v
+    return fl
+
+
+def slab_list_hits():
+    """slab free lists taken from _sf_l, not looked up (tests)"""
+    return _SF_HITS
+
+
 cdef int _pa_load(object pages) except -1:
     """Use the C allocator when pages is exactly a PageAllocator with the Python methods, none
     overridden on the instance (its __dict__ holds only its six fields)."""
@@ -1113,6 +1260,7 @@ cdef int _pa_load(object pages) except -1:
     _po_slab.n = 0
     _pa_own = False
     _pa_used = _pa_slab_free = _pa_slab_objs = _pa_large = None
+    memset(_sf_v, 0, sizeof(_sf_v))
     global _pa_tag
     if type(pages) is not _PageAllocator:
         return 0
@@ -1203,7 +1351,7 @@ cdef object _pa_kmalloc(long long size):
             break
     if cls is None:
         return _kmalloc(_pages, size)
-    free_o = _pa_slab_free.get(cls)
+    free_o = _sf_get(j, cls)
     if free_o is None:
         free_o = _pa_slab_free.setdefault(cls, [])
     fl = free_o
@@ -1232,6 +1380,10 @@ cdef int _pa_kfree(object gpa) except -1:
     cdef int64_t kept
     if _po_pop(&_po_slab, gpa, &kept):
         cls = _KM_CLASSES[kept]
+        fl = _sf_get(kept, cls)
+        if fl is not None:              # (else slab_free[cls] raises, as Python's would)
+            (<list>fl).append(gpa) if type(fl) is list else fl.append(gpa)
+            return 0
     else:
         _po_other(&_po_slab, gpa, _pa_slab_objs, True)
         cls = _pa_slab_objs.pop(gpa, None)
@@ -1284,17 +1436,44 @@ cdef uint8_t* _scratch = NULL
 cdef Py_ssize_t _scratch_cap = 0
 
 
+cdef inline void _dirty_range(Core* c, i64 gpa, i64 n) noexcept:
+    """ram_write's page marks for [gpa, gpa + n) (0 < n, in RAM)"""
+    cdef i64 p = gpa >> 12, last = (gpa + n - 1) >> 12
+    while p <= last:
+        c.dirty[p] = 1
+        p += 1
+
+
+cdef void _pattern_into(uint8_t* dst, long long n, long long offset, long long length,
+                        object fill, long long total) noexcept:
+    """write_pattern(n, offset, length, fill) made at dst (total bytes: _write_pattern_ram's)"""
+    cdef long long first, count, nn, k, i
+    cdef Py_ssize_t j
+    cdef uint8_t rec[16]
+    if fill is not None:
+        memset(dst, <int><long long>fill, <size_t>total)
+        return
+    first = offset // 512
+    count = length // 512
+    nn = n % 1000000
+    rec[0] = 119            # 'w'     (the record's first half, the same for every sector)
+    k = nn
+    for j in range(6, 0, -1):
+        rec[j] = <uint8_t>(48 + k % 10)
+        k = k // 10
+    rec[7] = 58             # ':'
+    for i in range(count):
+        vbg_hex8(rec, <uint32_t>(<unsigned long long>(first + i)))     # ("%08x" % (s & 0xFFFFFFFF))
+        vbg_fill_sector(dst + i * 512, rec)
+
+
 cdef int _write_pattern_ram(Core* c, i64 gpa, long long n, long long offset, long long length,
                             object fill) except -1:
     """GuestMemory.write(gpa, write_pattern(n, offset, length, fill)) for 0 <= offset, length <
     2**52 and fill None or a byte (fill: length bytes; else 16-byte records 'wNNNNNN:SSSSSSSS',
     32 per sector, for length // 512 sectors)"""
     global _scratch, _scratch_cap
-    cdef long long first, count, nn, k, i, total
-    cdef unsigned long long sct
-    cdef Py_ssize_t j
-    cdef uint8_t* r
-    cdef uint8_t rec[16]
+    cdef long long total
     cdef void* v
     if fill is not None:
         total = length
@@ -1307,28 +1486,17 @@ cdef int _write_pattern_ram(Core* c, i64 gpa, long long n, long long offset, lon
     if not ram_ok(c, gpa, total):
         _mem.write(gpa, _write_pattern(n, offset, length, fill))     # (raises as Python does)
         return 0
+    if c.undo == NULL:              # (no undo journal: made in place, as ram_write would copy it)
+        _pattern_into(c.ram + gpa, n, offset, length, fill, total)
+        _dirty_range(c, gpa, total)
+        return 0
     if total > _scratch_cap:
         v = realloc(_scratch, <size_t>total)
         if v == NULL:
             raise MemoryError()
         _scratch = <uint8_t*>v
         _scratch_cap = total
-    if fill is not None:
-        memset(_scratch, <int><long long>fill, <size_t>total)
-        return ram_write(c, gpa, _scratch, total)
-    first = offset // 512
-    count = length // 512
-    nn = n % 1000000
-    rec[0] = 119            # 'w'     (the record's first half, the same for every sector)
-    k = nn
-    for j in range(6, 0, -1):
-        rec[j] = <uint8_t>(48 + k % 10)
-        k = k // 10
-    rec[7] = 58             # ':'
-    for i in range(count):
-        r = _scratch + i * 512
-        vbg_hex8(rec, <uint32_t>(<unsigned long long>(first + i)))     # ("%08x" % (s & 0xFFFFFFFF))
-        vbg_fill_sector(r, rec)
+    _pattern_into(_scratch, n, offset, length, fill, total)
     return ram_write(c, gpa, _scratch, total)
 
 
@@ -1739,19 +1907,19 @@ cdef int h_add_split(Core* c, Frame* f) except -1:
     num_free = SI(vq, _VO[VQ_NUM_FREE])
     begin(c)
     _ad_settle()
-    if SG(vq, _VO[VQ_BROKEN]):
+    if _t(SG(vq, _VO[VQ_BROKEN])):
         RS(rq, W_add_err, "EIO")
         return 0
     indirect = SG(vq, _VO[VQ_INDIRECT]) and total > 1 and num_free > 0
     table = 0
     if indirect:
         table = _pa_kmalloc(DESC_SIZE * total) or 0
-        if not table:
+        if not _t(table):
             indirect = False
     used = 1 if indirect else total
     if num_free < used:
         RS(rq, W_add_err, "ENOSPC")
-        if RG(rq, W_out_sgs):
+        if _t(RG(rq, W_out_sgs)):
             cont(c, F1(K_vring_notify, 1))
         return 0
     head = SG(vq, _VO[VQ_FREE_HEAD])
@@ -2138,9 +2306,9 @@ cdef int h_interrupt(Core* c, Frame* f) except -1:
     used_idx = ram_r16(c, gpa)
     if used_idx == SI(vq, _VO[VQ_LAST_USED_IDX]):
         return 0
-    if SG(vq, _VO[VQ_BROKEN]):
+    if _t(SG(vq, _VO[VQ_BROKEN])):
         return 0
-    if SG(vq, _VO[VQ_EVENT]):
+    if _t(SG(vq, _VO[VQ_EVENT])):
         SS(vq, _VO[VQ_EVENT_TRIGGERED], True)
     SS(_g, _GO[G_DONE_COUNT], 0)
     cont(c, F0(K_vblkd_done))
@@ -2167,9 +2335,9 @@ cdef int h_disable_cb(Core* c, Frame* f) except -1:
         return 0
     flags |= AVAIL_F_NO_INTERRUPT
     SS(vq, _VO[VQ_AVAIL_FLAGS_SHADOW], flags)
-    if SG(vq, _VO[VQ_EVENT_TRIGGERED]):
+    if _t(SG(vq, _VO[VQ_EVENT_TRIGGERED])):
         return 0
-    if SG(vq, _VO[VQ_EVENT]):
+    if _t(SG(vq, _VO[VQ_EVENT])):
         ram_w16(c, avail + AVAIL_RING + 2 * num, 0)
         return 0
     ram_w16(c, avail + AVAIL_FLAGS, <uint64_t>flags)
@@ -2248,7 +2416,7 @@ cdef int h_get_buf(Core* c, Frame* f) except -1:
     SS(vq, _VO[VQ_FREE_HEAD], uid)
     SS(vq, _VO[VQ_NUM_FREE], SG(vq, _VO[VQ_NUM_FREE]) + n)
     table = desc_indir[uid]
-    if table:
+    if _t(table):
         _pa_kfree(table)
         desc_indir[uid] = 0
     last = (last + 1) & 0xFFFF
@@ -2281,7 +2449,7 @@ cdef int h_enable_cb(Core* c, Frame* f) except -1:
     if flags & AVAIL_F_NO_INTERRUPT:
         flags &= ~AVAIL_F_NO_INTERRUPT
         SS(vq, _VO[VQ_AVAIL_FLAGS_SHADOW], flags)
-        if not SG(vq, _VO[VQ_EVENT]):
+        if not _t(SG(vq, _VO[VQ_EVENT])):
             ram_w16(c, avail + AVAIL_FLAGS, <uint64_t>flags)
     last = SI(vq, _VO[VQ_LAST_USED_IDX])
     ram_w16(c, avail + AVAIL_RING + 2 * num, <uint64_t>last)
@@ -2428,7 +2596,7 @@ cdef int h_map_data(Core* c, Frame* f) except -1:
     if rq is None:
         return BAIL
     payload = DGET(rq, "payload")
-    if payload:
+    if _t(payload):
         begin(c)
         RS(rq, W_data_sgs, [(payload, DWZ_SEG_SIZE)])
         cont(c, F1(K_blkmq_start_request, rid))
@@ -2523,7 +2691,7 @@ cdef int h_add_req(Core* c, Frame* f) except -1:
     is_out = bool(DGETD(_TYPE_OF, op, _T_GET_ID_O) & T_OUT)
     sgs = [(pdu, OUTHDR_SIZE, False)]
     roles = ["request header"]
-    role = "data" if not DGET(rq, "payload") else "range"      # (rq is not changed in the loop)
+    role = "data" if not _t(DGET(rq, "payload")) else "range"      # (rq is not changed in the loop)
     for sg in <list>data_sgs:
         sgs.append(((<tuple>sg)[0], (<tuple>sg)[1], not is_out))
         roles.append(role)
@@ -2531,7 +2699,7 @@ cdef int h_add_req(Core* c, Frame* f) except -1:
     roles.append("status")
     RS(rq, W_sgs, sgs)
     RS(rq, W_roles, roles)
-    RS(rq, W_out_sgs, 2 if is_out and RG(rq, W_data_sgs) else 1)
+    RS(rq, W_out_sgs, 2 if is_out and _t(RG(rq, W_data_sgs)) else 1)
     call(c, F1(K_vring_add_split, rid), F1(K_vblkd_add_ret, rid))
     return 0
 
@@ -2553,10 +2721,10 @@ cdef int h_add_ret(Core* c, Frame* f) except -1:
         return BAIL
     begin(c)
     err = RGETD(rq, W_add_err, "")
-    if err:
+    if _t(err):
         call(c, _kick_frame(), F1(K_vblkd_add_err_kick, rid))
         return 0
-    if RG(rq, W_last):
+    if _t(RG(rq, W_last)):
         call(c, _kick_frame(), F1(K_vblkd_queue_rq_end, rid))
         return 0
     cont(c, F1(K_vblkd_queue_rq_end, rid))
@@ -2571,7 +2739,7 @@ cdef int h_queue_rq_end(Core* c, Frame* f) except -1:
     g = _g
     SS(g, _GO[G_VQ_LOCKED], False)
     SS(_q, _QO[Q_LAST_RET], "OK")
-    if SG(g, _GO[G_KICK_NEEDED]):
+    if _t(SG(g, _GO[G_KICK_NEEDED])):
         SS(g, _GO[G_KICK_NEEDED], False)
         cont(c, F1(K_vring_notify, 0))
     return 0
@@ -2604,7 +2772,7 @@ cdef int h_request_done(Core* c, Frame* f) except -1:
     status = c.ram[<i64>pdu + 16]
     RS(rq, W_vstatus, status)
     payload = DGET(rq, "payload")
-    if payload:                                             # _cleanup_cmd
+    if _t(payload):                                             # _cleanup_cmd
         _pa_kfree(payload)
         rq["payload"] = 0
     e = F3(K_blkmq_end_request, rid,
@@ -2621,9 +2789,9 @@ cdef int h_done_end(Core* c, Frame* f) except -1:
     begin(c)
     g = _g
     q = _q
-    if SG(g, _GO[G_DONE_COUNT]) and SG(q, _QO[Q_STOPPED]):
+    if _t(SG(g, _GO[G_DONE_COUNT])) and _t(SG(q, _QO[Q_STOPPED])):
         SS(q, _QO[Q_STOPPED], False)
-        if not SG(q, _QO[Q_RUN_WORK_PENDING]):
+        if not _t(SG(q, _QO[Q_RUN_WORK_PENDING])):
             SS(q, _QO[Q_RUN_WORK_PENDING], True)
             post(c, c.vcpu, F0(K_blkmq_run_work), 0, False)
     SS(g, _GO[G_VQ_LOCKED], False)
@@ -2696,18 +2864,23 @@ cdef long long _get_tag(object q) except -2:
     cdef long long hint = SG(q, _QO[Q_ALLOC_HINT])
     tags = SG(q, _QO[Q_TAGS])
     cdef char* t_
+    cdef const void* z
     cdef long long k, t
     if type(tags) is not bytearray or hint < 0 or n <= 0 or n > PyByteArray_GET_SIZE(tags):
         return _Q.get_tag(q)
     t_ = PyByteArray_AS_STRING(tags)
-    for k in range(n):
-        t = (hint + k) % n
-        if not t_[t]:
-            t_[t] = 1
-            if t == hint:
-                SS(q, _QO[Q_ALLOC_HINT], (t + 1) % n)
-            return t
-    return -1
+    # (the first (hint + k) % n, k < n, whose byte is 0: from hint % n to n, then from 0)
+    k = hint % n
+    z = memchr(t_ + k, 0, <size_t>(n - k))
+    if z == NULL:
+        z = memchr(t_, 0, <size_t>k)
+        if z == NULL:
+            return -1
+    t = <char*>z - t_
+    t_[t] = 1
+    if t == hint:
+        SS(q, _QO[Q_ALLOC_HINT], (t + 1) % n)
+    return t
 
 
 cdef int _dd_insert(Core* c, object rid) except -1:
@@ -2785,11 +2958,11 @@ cdef object _dd_dispatch(Core* c, object q):
     if rid is None:
         reads = (<list>fifo)[0]         # (_q_ok: a list of two lists)
         writes = (<list>fifo)[1]
-        if reads and not (writes and SG(q, _QO[Q_DD_STARVED]) >= DD_WRITES_STARVED):
+        if _t(reads) and not (_t(writes) and SG(q, _QO[Q_DD_STARVED]) >= DD_WRITES_STARVED):
             d = 0
-            if writes:
+            if _t(writes):
                 SS(q, _QO[Q_DD_STARVED], SG(q, _QO[Q_DD_STARVED]) + 1)
-        elif writes:
+        elif _t(writes):
             d = 1
             SS(q, _QO[Q_DD_STARVED], 0)
         else:
@@ -2812,8 +2985,23 @@ cdef object _dd_dispatch(Core* c, object q):
     return rid
 
 
+# Within a stretch only these handlers rebind those members, each time to a new list (the
+# plug's rest, the batch, hctx->dispatch), and none rebinds the FIFOs: once _q_ok has found them
+# lists in a stretch they stay so until it ends (_qok_known, cleared at load and store).
+
+
 cdef bint _q_ok(object q) except -1:
     """The blk-mq lists these handlers walk are lists (and the FIFOs two lists)."""
+    global _qok_known
+    if _qok_known and q is _q:
+        return True
+    cdef bint ok = _q_ok_now(q)
+    _qok_known = ok and _wb_on and q is _q
+    return ok
+
+
+cdef bint _q_ok_now(object q) except -1:
+    """_q_ok, looked at now"""
     cdef PyObject* pl = vbs_peek(q, _QO[Q_PLUG])
     cdef PyObject* ba = vbs_peek(q, _QO[Q_BATCH])
     cdef PyObject* di = vbs_peek(q, _QO[Q_DISPATCH])
@@ -2858,7 +3046,7 @@ cdef int h_run_queue(Core* c, Frame* f) except -1:
         return BAIL
     begin(c)
     q = _q
-    if SG(q, _QO[Q_STOPPED]):
+    if _t(SG(q, _QO[Q_STOPPED])):
         return 0
     if _LIST_SIZE(SG(q, _QO[Q_BATCH])):            # (_q_ok: the batch and dispatch are lists)
         return 0
@@ -2883,7 +3071,7 @@ cdef int h_run_queue(Core* c, Frame* f) except -1:
                     break
                 batch.append(rid)
         SS(q, _QO[Q_BATCH_FROM], "sched")
-    if not SG(q, _QO[Q_BATCH]):
+    if not _t(SG(q, _QO[Q_BATCH])):
         return 0
     SS(q, _QO[Q_QUEUED], 0)
     cont(c, F0(K_blkmq_dispatch))
@@ -2956,7 +3144,7 @@ cdef int h_dispatch_ret(Core* c, Frame* f) except -1:
     SS(q, _QO[Q_BATCH], [])
     if _eq(ret, "RESOURCE"):
         at(c, 3_000_000, F0(K_blkmq_delay_run))
-    if SG(q, _QO[Q_QUEUED]):
+    if _t(SG(q, _QO[Q_QUEUED])):
         cont(c, F0(K_vblkd_commit_rqs))
     return 0
 
@@ -3184,7 +3372,14 @@ cdef int _op_done(Core* c, object idx) except -1:
         _os_drop(j)
     else:
         st = _os_pop(ost, idx)
-    cdef dict op = SG(p, _PO[P_OPS])[idx]
+    ops = SG(p, _PO[P_OPS])
+    cdef long long ci
+    cdef dict op
+    if type(ops) is list and vbg_ll(idx, &ci) and 0 <= ci < _LIST_SIZE(ops):
+        op_o = <object>_LIST_ITEM(ops, ci)         # (ops[idx], read in place)
+    else:
+        op_o = ops[idx]
+    op = op_o
     SS(p, _PO[P_INFLIGHT], SG(p, _PO[P_INFLIGHT]) - 1)
     opname = DG(op, "op")                   # (op is not changed below: one lookup of each key)
     if st is None:
@@ -3208,7 +3403,7 @@ cdef int _op_done(Core* c, object idx) except -1:
         raw = _mem.read(DG(st, "buf"), _ID_BYTES)
         st["serial"] = raw.split(b"\0", 1)[0].decode("latin-1")
     buf = DGET(st, "buf") if st is not None else s_buf
-    if buf:
+    if _t(buf):
         _pa_free(buf)
     o_n = DG(op, "n")
     o_line = DG(op, "line")
@@ -3272,8 +3467,8 @@ cdef int h_end_request(Core* c, Frame* f) except -1:
             st["status"] = status
         if nb == 0:
             _op_done(c, idx)
-    _free_request(c, rid)
-    rid_o = rid
+    rid_o = rid                 # (boxed once: the key popped from rqs and the entry's "id")
+    _free_request(c, rid_o)
     r_op = DG(rq, "op")
     r_sector = DG(rq, "sector")
     r_bytes = DG(rq, "bytes")
@@ -3291,6 +3486,8 @@ cdef int h_end_request(Core* c, Frame* f) except -1:
     if from_irq:
         cont(c, F0(K_vring_get_buf))
     _wdrop(rq)                  # (freed: its kept fields need not be written)
+    bio = None                  # (the loop's last bio: only rq's list holds it now)
+    _bios_put(rq)                               # (its bios, when only rq reaches them)
     _pool_put(&_pl_rq, rq, _T_RQ, 14)           # (only rq holds it: kept for the next)
     return 0
 
@@ -3300,14 +3497,14 @@ cdef int h_end_request(Core* c, Frame* f) except -1:
 cdef int _sleep(Core* c, str reason) except -1:
     """emu.guest.process._sleep (schedule() flushes the plug first)"""
     SS(_p, _PO[P_WAITING], reason)
-    if SG(_q, _QO[Q_PLUG]):
+    if _t(SG(_q, _QO[Q_PLUG])):
         cont(c, F1(K_blkmq_flush_plug, -1))
     return 0
 
 
 cdef inline int _next(Core* c) except -1:
     """emu.guest.process._next"""
-    if SG(_p, _PO[P_PENDING_BIOS]):
+    if _t(SG(_p, _PO[P_PENDING_BIOS])):
         cont(c, F0(K_blkmq_submit_bio), -1, True)
     else:
         cont(c, F0(K_app_op), -1, True)
@@ -3316,14 +3513,16 @@ cdef inline int _next(Core* c) except -1:
 
 cdef inline Frame _next_frame():
     """emu.guest.process._next_frame"""
-    if SG(_p, _PO[P_PENDING_BIOS]):
+    if _t(SG(_p, _PO[P_PENDING_BIOS])):
         return F0(K_blkmq_submit_bio)
     return F0(K_app_op)
 
 
 cdef dict _bio(object p, str rq_op, object sector, object nbytes, list segs):
     """emu.guest.process._bio"""
+    global _BIO_GOT, _BUILT
     cdef PyObject* v[6]
+    cdef PyObject* x
     cdef object nb, pc
     nb = SG(p, _PO[P_NEXT_BIO])
     pc = SG(p, _PO[P_PC])
@@ -3333,7 +3532,18 @@ cdef dict _bio(object p, str rq_op, object sector, object nbytes, list segs):
     v[3] = <PyObject*>sector
     v[4] = <PyObject*>nbytes
     v[5] = <PyObject*>segs
-    cdef dict b = _mk(_T_BIO, v, 6)     # {"id", "op_idx", "op", "sector", "bytes", "segs"}
+    cdef dict b
+    if _pl_bio.n:               # (a kept bio shell refilled: _pool_get's)
+        _pl_bio.n -= 1
+        x = _pl_bio.d[_pl_bio.n]
+        _pl_bio.d[_pl_bio.n] = NULL
+        b = <dict>x
+        Py_DECREF(x)            # (b holds it now)
+        vbg_refill(b, v, 6)
+        _BIO_GOT += 1
+        _BUILT += 1
+    else:
+        b = _mk(_T_BIO, v, 6)   # {"id", "op_idx", "op", "sector", "bytes", "segs"}
     SS(p, _PO[P_NEXT_BIO], nb + 1)
     return b
 
@@ -3359,7 +3569,7 @@ cdef list _zero_page_bios(object p, long long off, long long length):
     cdef list bios = [], segs
     cdef long long pos, n, k, step = BIO_MAX_VECS * PAGE
     g = _g
-    if not SG(g, _GO[G_ZERO_PAGE]):
+    if not _t(SG(g, _GO[G_ZERO_PAGE])):
         SS(g, _GO[G_ZERO_PAGE], _pa_alloc(1) or 0)
     zero_page = SG(g, _GO[G_ZERO_PAGE])
     pos = 0
@@ -3379,8 +3589,9 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
     """emu.guest.process.op_step (blkdev_write_iter etc.: the next workload operation)"""
     cdef list ops, bios
     cdef dict op
-    cdef long long clen, coff, pos, n, step, npages, clbs, cn, cbuf
+    cdef long long clen, coff, pos, n, step, npages, clbs, cn, cbuf, cpc
     cdef bint is_write
+    cdef int rw
     cdef bytes data
     if not _kok[K_app_op] or not _q_ok(_q):
         return BAIL
@@ -3392,27 +3603,38 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
     if type(ops_o) is not list or not _small(pc) or type(SG(p, _PO[P_PENDING_BIOS])) is not list:
         return BAIL
     ops = <list>ops_o
-    if pc >= len(ops):
+    cpc = pc                    # (_small: an int in [0, 2**52), compared and indexed in C)
+    if cpc >= _LIST_SIZE(ops):
         begin(c)
-        if SG(p, _PO[P_INFLIGHT]):
+        if _t(SG(p, _PO[P_INFLIGHT])):
             _sleep(c, "exit")
             return 0
         cont(c, F0(K_app_exit))
         return 0
-    op_o = ops[pc]
+    op_o = <object>_LIST_ITEM(ops, cpc)
     if type(op_o) is not dict:
         return BAIL
     op = <dict>op_o
     kind = DGET(op, "op")
-    if _eq(kind, "wait"):
+    # (an exact str kind is compared once with "write" and "read" first: its comparisons with
+    # the other kinds are false and have no effect; any other kind takes the chain in order)
+    rw = 0
+    if type(kind) is str:
+        if _eq(kind, "write"):
+            rw = 1
+        elif _eq(kind, "read"):
+            rw = 2
+    if rw:
+        pass
+    elif _eq(kind, "wait"):
         begin(c)
-        if SG(p, _PO[P_INFLIGHT]):
+        if _t(SG(p, _PO[P_INFLIGHT])):
             _sleep(c, "drain")
             return 0
         SS(p, _PO[P_PC], pc + 1)
         cont(c, F0(K_app_op), -1, True)
         return 0
-    if _eq(kind, "at"):
+    elif _eq(kind, "at"):
         t = DGET(op, "time_ns")
         if not _small(t):
             return BAIL
@@ -3424,7 +3646,7 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
             return 0
         cont(c, F0(K_app_op), -1, True)
         return 0
-    if _eq(kind, "queue-depth"):
+    elif _eq(kind, "queue-depth"):
         depth = DGET(op, "depth")
         if type(depth) is not int:
             return BAIL
@@ -3439,14 +3661,14 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
         return 0
     buf = 0
     err = ""
-    if _eq(kind, "flush"):
+    if not rw and _eq(kind, "flush"):
         begin(c)
-        if not SG(q, _QO[Q_WRITE_CACHE]):
+        if not _t(SG(q, _QO[Q_WRITE_CACHE])):
             bios = []
         else:
             bios = [_bio(p, "FLUSH", 0, 0, [])]
-    elif _eq(kind, "write") or _eq(kind, "read"):
-        is_write = _eq(kind, "write")
+    elif rw or _eq(kind, "write") or _eq(kind, "read"):
+        is_write = rw == 1 if rw else _eq(kind, "write")
         off = DGET(op, "offset")
         length = DGET(op, "length")
         lim_o = SG(q, _QO[Q_LIMITS])
@@ -3521,7 +3743,7 @@ cdef int h_app_op(Core* c, Frame* f) except -1:
             bios = [_bio(p, "DRV_IN", 0, _ID_BYTES, [(buf, _ID_BYTES)])]
     else:
         return BAIL             # unknown: the compiled engine
-    if _eq(err, "ENOMEM") and SG(p, _PO[P_INFLIGHT]):
+    if _eq(err, "ENOMEM") and _t(SG(p, _PO[P_INFLIGHT])):
         _sleep(c, "mem")
         return 0
     SS(p, _PO[P_PC], pc + 1)
@@ -3690,7 +3912,7 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
     p = _p
     q = _q
     pend_o = SG(p, _PO[P_PENDING_BIOS])
-    if type(pend_o) is not list or not pend_o:
+    if type(pend_o) is not list or not _t(pend_o):
         return BAIL
     pending = <list>pend_o
     bio_o = pending[0]
@@ -3732,7 +3954,7 @@ cdef int h_submit_bio(Core* c, Frame* f) except -1:
     rid = SG(q, _QO[Q_NEXT_RQ])
     SS(q, _QO[Q_NEXT_RQ], rid + 1)
     tag_o = tag
-    rbios = [bio]
+    rbios = _list1(bio)
     nsegs = len(segs) or (1 if (_eq(bop, "DISCARD") or _eq(bop, "WRITE_ZEROES")) else 0)
     nomerge = not _mergeable(bop)
     unmap = DGETD(bio, "unmap", False)
@@ -3816,7 +4038,7 @@ cdef int h_add_err_kick(Core* c, Frame* f) except -1:
     if not _kok[K_vblkd_add_err_kick]:
         return BAIL
     begin(c)
-    if SG(_g, _GO[G_KICK_NEEDED]):
+    if _t(SG(_g, _GO[G_KICK_NEEDED])):
         call(c, F1(K_vring_notify, 0), F1(K_vblkd_add_err_end, rid))
     else:
         cont(c, F1(K_vblkd_add_err_end, rid))
@@ -3836,7 +4058,7 @@ cdef int h_add_err_end(Core* c, Frame* f) except -1:
     _wflush(rq)
     err = rq.pop("add_err")
     payload = DGET(rq, "payload")
-    if payload:                                             # _cleanup_cmd
+    if _t(payload):                                             # _cleanup_cmd
         _pa_kfree(payload)
         rq["payload"] = 0
     SS(_g, _GO[G_VQ_LOCKED], False)
@@ -3863,7 +4085,7 @@ cdef int h_commit_notify(Core* c, Frame* f) except -1:
     if not _kok[K_vblkd_commit_notify]:
         return BAIL
     begin(c)
-    if SG(_g, _GO[G_KICK_NEEDED]):
+    if _t(SG(_g, _GO[G_KICK_NEEDED])):
         SS(_g, _GO[G_KICK_NEEDED], False)
         cont(c, F1(K_vring_notify, 0))
     return 0
@@ -3903,7 +4125,7 @@ cdef int h_app_exit(Core* c, Frame* f) except -1:
         return BAIL
     begin(c)
     SS(_p, _PO[P_WAITING], "done")
-    if SG(_q, _QO[Q_PLUG]):
+    if _t(SG(_q, _QO[Q_PLUG])):
         cont(c, F1(K_blkmq_flush_plug, -1))
     return 0
 
