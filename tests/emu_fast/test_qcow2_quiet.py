@@ -178,21 +178,31 @@ def test_dict_templates_track_and_size_as_the_literals():
     the values: tracked); its table has the literal's size, its keys are referred to once more
     while it lives, and it grows as any dict does"""
     import sys
-    keys = [k for d in _qcow2.dict_templates()[1] for k in d]
-    base = [sys.getrefcount(k) for k in keys]
-    made, literals = _qcow2.dict_templates(("a", 1, 2, None, (3,), b"4", 5.0, 6))
-    for d, lit in zip(made, literals):
-        assert list(d.items()) == list(lit.items())
-        assert gc.is_tracked(d) == gc.is_tracked(lit) == False      # noqa: E712
-        assert sys.getsizeof(d) == sys.getsizeof(lit)
-    made2, literals2 = _qcow2.dict_templates(("a", 1, 2, None, ([],), b"4", 5.0, 6))
-    for d, lit in zip(made2, literals2):                     # (a tracked tuple: every one)
-        assert gc.is_tracked(d) and gc.is_tracked(lit)
-    del made2, literals2, d, lit
-    assert [sys.getrefcount(k) for k in keys] != base           # (made's keys: held)
-    for d in made:
-        for i in range(20):
-            d[f"k{i}"] = i
-        assert list(d)[-1] == "k19" and d["k7"] == 7
-    del made, literals, d
-    assert [sys.getrefcount(k) for k in keys] == base
+    # the keys are shared: nothing else may move their counts in between (no collection of
+    # earlier tests' garbage, no switch to a thread an earlier test left running)
+    gc.collect()
+    gc.disable()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(100.0)
+    try:
+        keys = [k for d in _qcow2.dict_templates()[1] for k in d]
+        base = [sys.getrefcount(k) for k in keys]
+        made, literals = _qcow2.dict_templates(("a", 1, 2, None, (3,), b"4", 5.0, 6))
+        for d, lit in zip(made, literals):
+            assert list(d.items()) == list(lit.items())
+            assert gc.is_tracked(d) == gc.is_tracked(lit) == False      # noqa: E712
+            assert sys.getsizeof(d) == sys.getsizeof(lit)
+        made2, literals2 = _qcow2.dict_templates(("a", 1, 2, None, ([],), b"4", 5.0, 6))
+        for d, lit in zip(made2, literals2):                     # (a tracked tuple: every one)
+            assert gc.is_tracked(d) and gc.is_tracked(lit)
+        del made2, literals2, d, lit
+        assert [sys.getrefcount(k) for k in keys] != base           # (made's keys: held)
+        for d in made:
+            for i in range(20):
+                d[f"k{i}"] = i
+            assert list(d)[-1] == "k19" and d["k7"] == 7
+        del made, literals, d
+        assert [sys.getrefcount(k) for k in keys] == base
+    finally:
+        sys.setswitchinterval(interval)
+        gc.enable()
