@@ -35,11 +35,11 @@ pytestmark = pytest.mark.skipif(
 
 MiB = 1 << 20
 TWISTS = ("next_aio", "read_only", "short", "sector0", "fault", "writethrough", "peek_latency",
-          "peek_rand", "big_rng")
+          "peek_rand", "peek_rng", "big_rng")
 # the event kind each twist sends through _wrapped at least once (None: no wrapped path)
 EXPECT = {"next_aio": "file.co_entry", "read_only": "bdrv.co_entry", "short": "blk.co_entry",
           "sector0": "raw.co_entry", "fault": "file.aio_worker", "writethrough": None,
-          "peek_latency": None, "peek_rand": None, "big_rng": None}
+          "peek_latency": None, "peek_rand": None, "peek_rng": None, "big_rng": None}
 
 
 def _records_wl(items, depth: int) -> str:
@@ -53,6 +53,16 @@ def _records_wl(items, depth: int) -> str:
             lines.append(f"read {blk * 4096} {n * 512}")
             lines.append(f"write {((blk * 37 + i * 11) % 900) * 4096} 4096")
     return "\n".join(lines + ["wait", "at 100ms"]) + "\n"
+
+
+def _peek_int(m, seen: list, v: int) -> int:
+    """v as an rng state whose "+" (splitmix64's first step, in Machine.rand) is Python code that
+    looks at reqs and aios"""
+    class PeekInt(int):
+        def __add__(self, other):
+            seen.append(("rng", repr(m.block.reqs), repr(m.block.aios)))
+            return int(self) + other
+    return PeekInt(v)
 
 
 def _twist(m, twist: str, seen: list) -> None:
@@ -86,6 +96,8 @@ def _twist(m, twist: str, seen: list) -> None:
         m.rand = peek
     elif twist == "big_rng":            # (rand in Python once: the state is masked to 64 bits)
         m.rng = (1 << 70) + 12345
+    elif twist == "peek_rng":           # (again after every chunk: see _agree)
+        m.rng = _peek_int(m, seen, m.rng)
 
 
 def _build(tmp, wl: str, twist: str, cfg: dict, seen: list):
@@ -120,6 +132,9 @@ def _agree(tmp, wl: str, twist: str, cfg: dict, chunks) -> None:
         assert snapshot(a) == snapshot(b)
         if ra == "end":
             break
+        if twist == "peek_rng":
+            a.rng = _peek_int(a, seen_a, a.rng)
+            b.rng = _peek_int(b, seen_b, b.rng)
     assert a.digest() == b.digest()
     assert not _bulk.stats()["bails"]
     hits = _bulk_blk.cache_hits()
@@ -127,8 +142,10 @@ def _agree(tmp, wl: str, twist: str, cfg: dict, chunks) -> None:
     if EXPECT[twist]:
         assert _bulk_blk.counts(wrapped=True).get(EXPECT[twist], 0) > 0, \
             _bulk_blk.counts(wrapped=True)
+    if twist != "short":                # (FUA and the rest of blk.co_entry: natively)
+        assert _bulk_blk.counts(wrapped=True).get("blk.co_entry", 0) == 0
     if twist.startswith("peek"):
-        assert len(seen_a) > 5
+        assert len(seen_a) > (0 if twist == "peek_rng" else 5)
 
 
 @settings(**{**SETTINGS, "max_examples": 40})
@@ -139,6 +156,8 @@ def _agree(tmp, wl: str, twist: str, cfg: dict, chunks) -> None:
        chunks=st.lists(st.integers(1, 200), min_size=0, max_size=4))
 def test_bulk_blk_wrapped_paths_with_records_alive(tmp_path_factory, twist, items, depth, discard,
                                                    chunks):
+    """Random raw workloads (the tail: sector 0, and requests beyond half the disk) with one
+    twist: the same dicts, state and stops as the Python engine after every chunk."""
     tmp = tmp_path_factory.mktemp("wrapped")
     items = list(items) + [("write", 0, 8), ("write", 5, 16), ("read", 2, 8), ("read", 600, 16),
                           ("write", 800, 8)]
@@ -154,6 +173,8 @@ FIXED = [("write", 3, 8), ("read", 9, 16), ("flush", 0, 0), ("discard", 12, 8),
 @pytest.mark.parametrize("twist", TWISTS)
 @pytest.mark.parametrize("chunks", [(), (7, 23, 61)])
 def test_bulk_blk_each_twist(tmp_path, twist, chunks):
+    """Every twist, in one run and chunk by chunk (its wrapped kind must run; blk.co_entry,
+    FUA included, stays native but for requests beyond the backend)."""
     _agree(tmp_path, _records_wl(FIXED, 16), twist, dict(discard="unmap"), chunks)
 
 
