@@ -171,7 +171,7 @@ FIXED = [("write", 3, 8), ("read", 9, 16), ("flush", 0, 0), ("discard", 12, 8),
 
 
 @pytest.mark.parametrize("twist", TWISTS)
-@pytest.mark.parametrize("chunks", [(), (7, 23, 61)])
+@pytest.mark.parametrize("chunks", [(), (7, 23, 61), (13,) * 400], ids=["whole", "some", "dense"])
 def test_bulk_blk_each_twist(tmp_path, twist, chunks):
     """Every twist, in one run and chunk by chunk (its wrapped kind must run; blk.co_entry,
     FUA included, stays native but for requests beyond the backend)."""
