@@ -122,6 +122,7 @@ def _agree(tmp, wl: str, twist: str, cfg: dict, chunks) -> None:
     for k in list(chunks) + [None]:
         ra, rb = engine.run(a, "py", k), engine.run(b, "fast", k)
         assert ra == rb
+        assert b.cur == a.cur                                       # (the last record)
         assert repr(a.block.reqs) == repr(b.block.reqs), a.steps     # (keys, order, values)
         assert repr(a.block.aios) == repr(b.block.aios), a.steps
         assert (a.block.next_req, a.block.next_aio, a.block.active_flush, a.block.flush_queue,
