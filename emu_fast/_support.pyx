@@ -118,8 +118,8 @@ def set_function(m, function, source=None, caller=None):
 def rand(m):
     """Machine.rand (emu.sim.rng.splitmix64 inlined)"""
     if type(m) is not _Machine or _Machine.rand is not _PY_RAND \
-            or _machine_mod.splitmix64 is not _PY_SPLITMIX:
-        return m.rand()
+            or _machine_mod.splitmix64 is not _PY_SPLITMIX or "rand" in m.__dict__:
+        return m.rand()                 # (an instance's own rand too, as Machine's callers see it)
     state = _m_rng(m)
     if type(state) is not int:
         return m.rand()
